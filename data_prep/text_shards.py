@@ -1,0 +1,571 @@
+"""The small path from local text to token shards: read -> sentencepiece -> ``.bin``/``.idx`` -> manifest.
+
+This is not the Common Crawl pipeline (no extraction, language id, filters or dedup, one process): it is
+for text you already trust -- a folder of ``.txt`` files, JSONL with a ``text`` field -- and for the
+embedded sample corpus that a first run trains on. Its output directory has the same contract as the
+big pipeline's: ``tokenizer.model``, ``shard_NNNNN.bin/.idx`` in Megatron's format, and ``manifest.json``
+written last, so the trainer cannot tell them apart.
+
+Reruns are cheap: the manifest records a hash of the configuration and of every input's bytes; when it
+matches and the shards are intact, nothing is redone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import sys
+import zlib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megadepth.data.indexed import (
+    DataError,
+    IndexedDatasetWriter,
+    atomic_write_bytes,
+    best_dtype,
+    bin_path,
+    index_exists,
+)
+
+__all__ = [
+    "DEFAULT_VOCAB_SIZE",
+    "add_cli",
+    "build_text_shards",
+    "expand_inputs",
+    "prepare_sample_data",
+    "read_documents",
+    "train_tokenizer",
+]
+
+DEFAULT_VOCAB_SIZE = 2048
+DEFAULT_DOCS_PER_SHARD = 50_000
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.model"
+SHARD_PREFIX = "shard_"
+_FORMAT_VERSION = 1
+_SUFFIXES = (".jsonl.gz", ".jsonl", ".txt")
+_BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")
+#: Fixed special ids so every tokenizer made here agrees: the trainer may rely on eos_id == 2.
+SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
+
+
+def _suffix(p: Path) -> str | None:
+    name = p.name.lower()
+    return next((s for s in _SUFFIXES if name.endswith(s)), None)
+
+
+def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+    """Files to read: each path as given, a directory expanded to its supported files (sorted).
+
+    Missing paths and unsupported file types are a :class:`DataError` up front, not after an hour.
+    """
+    files: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f))
+            if not found:
+                raise DataError(f"{p}: no {', '.join(_SUFFIXES)} files in this directory")
+            files.extend(found)
+        elif p.is_file():
+            if not _suffix(p):
+                raise DataError(f"{p}: unsupported file type (expected {', '.join(_SUFFIXES)})")
+            files.append(p)
+        else:
+            raise DataError(f"{p}: no such file or directory")
+    if not files:
+        raise DataError("no input files given")
+    return files
+
+
+def _decode_lines(data: bytes, stats: Counter) -> str:
+    """UTF-8 text, dropping (and counting) only the lines that do not decode."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        kept = []
+        for line in data.splitlines(keepends=True):
+            try:
+                kept.append(line.decode("utf-8"))
+            except UnicodeDecodeError:
+                stats["bad_utf8_line"] += 1
+        return "".join(kept)
+
+
+def _read_txt(path: Path, split_paragraphs: bool, stats: Counter) -> Iterator[str]:
+    text = _decode_lines(path.read_bytes(), stats)
+    parts = _BLANK_RUN.split(text) if split_paragraphs else [text]
+    for part in parts:
+        if part.strip():
+            yield part
+        else:
+            stats["empty"] += 1
+
+
+def _read_jsonl(path: Path, stats: Counter) -> Iterator[str]:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    with opener(path, "rb") as f:
+        lines = iter(f)
+        while True:
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except (EOFError, OSError, zlib.error):
+                # A truncated or damaged gzip stream: keep what was read, count it, move on.
+                stats["corrupt_file"] += 1
+                return
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                stats["bad_utf8_line"] += 1
+                continue
+            except json.JSONDecodeError:
+                stats["bad_json_line"] += 1
+                continue
+            text = obj.get("text") if isinstance(obj, dict) else None
+            if not isinstance(text, str):
+                stats["no_text_field"] += 1
+            elif not text.strip():
+                stats["empty"] += 1
+            else:
+                yield text
+
+
+def read_documents(
+    paths: Iterable[str | Path], *, split_paragraphs: bool = False, stats: Counter | None = None
+) -> Iterator[str]:
+    """Documents from ``.txt`` / ``.jsonl`` / ``.jsonl.gz`` files (directories are expanded).
+
+    A ``.txt`` file is one document, or one per blank-line-separated paragraph with
+    ``split_paragraphs``. JSONL lines give their ``text`` field. Bad lines (not UTF-8, not JSON, no
+    ``text`` string, empty) are skipped and counted in ``stats`` by reason; a damaged gzip stream ends
+    that file (counted as ``corrupt_file``). One bad record must not cost a day-long job.
+    """
+    stats = stats if stats is not None else Counter()
+    for path in expand_inputs(paths):
+        if _suffix(path) == ".txt":
+            yield from _read_txt(path, split_paragraphs, stats)
+        else:
+            yield from _read_jsonl(path, stats)
+
+
+def _sentences(documents: Iterable[str]) -> Iterator[str]:
+    """sentencepiece trains on lines; lines longer than its limit would be dropped, so documents are split."""
+    for doc in documents:
+        for line in doc.split("\n"):
+            if line.strip():
+                yield line
+
+
+def _sp_message(e: Exception) -> str:
+    """sentencepiece's own reason without its C++ source location prefix."""
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return msg.split("] ", 1)[1] if "] " in msg else msg
+
+
+def train_tokenizer(
+    documents: Iterable[str],
+    out_prefix: str | Path,
+    vocab_size: int,
+    model_type: str = "bpe",
+    seed: int = 0,
+    *,
+    max_sentences: int = 2_000_000,
+) -> Path:
+    """Train a sentencepiece model on ``documents``; writes ``OUT_PREFIX.model`` and returns its path.
+
+    Settings follow Llama's tokenizer, chosen so that decoding gives back the exact input text:
+    identity normalisation, whitespace kept as is, byte fallback (no unknown tokens, newlines and rare
+    characters become byte pieces), digits split. Special ids are fixed: unk=0, bos=1, eos=2, no pad.
+    The model is produced in memory (so the output path is not embedded in it) and the same inputs and
+    seed give byte-identical models; threads are capped at 2 to keep that and the machine usable.
+    """
+    import sentencepiece as spm
+
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    out = Path(f"{os.fspath(out_prefix)}.model")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sentences = _sentences(documents)
+    first = next(sentences, None)
+    if first is None:
+        raise DataError("no text to train a tokenizer on (all documents empty)")
+    spm.set_random_generator_seed(int(seed))
+    writer = io.BytesIO()
+
+    def all_sentences() -> Iterator[str]:
+        yield first
+        yield from sentences
+
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=all_sentences(),
+            model_writer=writer,
+            vocab_size=int(vocab_size),
+            model_type=model_type,
+            byte_fallback=True,
+            normalization_rule_name="identity",
+            remove_extra_whitespaces=False,
+            add_dummy_prefix=True,
+            allow_whitespace_only_pieces=True,
+            split_digits=True,
+            character_coverage=0.9995,
+            max_sentence_length=16384,
+            input_sentence_size=int(max_sentences),
+            shuffle_input_sentence=True,
+            num_threads=min(2, os.cpu_count() or 1),
+            minloglevel=2,
+            **SPECIAL_IDS,
+        )
+    except RuntimeError as e:
+        raise DataError(
+            f"sentencepiece could not train a {model_type} tokenizer of {vocab_size} pieces: {_sp_message(e)}"
+        ) from None
+    atomic_write_bytes(out, writer.getvalue())
+    return out
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _load_tokenizer(path: Path) -> Any:
+    import sentencepiece as spm
+
+    if not path.is_file():
+        raise DataError(f"{path}: tokenizer model not found")
+    try:
+        return spm.SentencePieceProcessor(model_proto=path.read_bytes())
+    except (RuntimeError, OSError, TypeError) as e:
+        raise DataError(f"{path}: not a readable sentencepiece model ({_sp_message(e)})") from None
+
+
+def _manifest_is_current(out_dir: Path, config_hash: str) -> dict | None:
+    """The existing manifest when it was made with this configuration and its files are intact."""
+    m = out_dir / MANIFEST
+    try:
+        manifest = json.loads(m.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
+        return None
+    tok = out_dir / TOKENIZER
+    if not tok.is_file() or _sha256_file(tok) != manifest.get("tokenizer", {}).get("sha256"):
+        return None
+    itemsize = np.dtype(manifest.get("dtype", "uint16")).itemsize
+    for shard in manifest.get("shards", []):
+        prefix = out_dir / shard["prefix"]
+        if not index_exists(prefix) or bin_path(prefix).stat().st_size != shard["tokens"] * itemsize:
+            return None
+    return manifest
+
+
+def _remove_old_outputs(out_dir: Path) -> None:
+    """Manifest first (so a half-rebuilt directory never looks complete), then old shards.
+
+    Old shards must go: a previous run with more shards would otherwise leave extra files that the
+    trainer, which reads every shard in the directory, would mix in.
+    """
+    (out_dir / MANIFEST).unlink(missing_ok=True)
+    for f in out_dir.glob(f"{SHARD_PREFIX}*"):
+        if f.is_file() and (f.name.endswith((".idx", ".bin", ".tmp"))):
+            f.unlink()
+
+
+def _build(
+    inputs: Sequence[str | Path],
+    out_dir: Path,
+    vocab_size: int,
+    tokenizer: Path | None,
+    docs_per_shard: int,
+    seed: int,
+    model_type: str,
+    split_paragraphs: bool,
+    progress: bool,
+) -> tuple[dict, bool]:
+    """:func:`build_text_shards`, also saying whether an up-to-date manifest was reused."""
+    from tqdm import tqdm
+
+    if docs_per_shard < 1:
+        raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
+    if model_type not in ("bpe", "unigram"):
+        raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    files = expand_inputs(inputs)
+    input_records = [
+        {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": _sha256_file(f)} for f in files
+    ]
+    given_tok = Path(tokenizer) if tokenizer is not None else None
+    if given_tok is not None:
+        _load_tokenizer(given_tok)  # fail before touching out_dir
+    config = {
+        "format_version": _FORMAT_VERSION,
+        "inputs": [r["sha256"] for r in input_records],
+        "tokenizer": _sha256_file(given_tok) if given_tok is not None else None,
+        "vocab_size": None if given_tok is not None else int(vocab_size),
+        "model_type": None if given_tok is not None else model_type,
+        "seed": int(seed),
+        "docs_per_shard": int(docs_per_shard),
+        "split_paragraphs": bool(split_paragraphs),
+        "special_ids": SPECIAL_IDS if given_tok is None else None,
+    }
+    config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    current = _manifest_is_current(out_dir, config_hash)
+    if current is not None:
+        return current, True
+    _remove_old_outputs(out_dir)
+
+    tok_path = out_dir / TOKENIZER
+    if given_tok is None:
+        train_tokenizer(
+            read_documents(files, split_paragraphs=split_paragraphs),
+            out_dir / "tokenizer",
+            vocab_size,
+            model_type,
+            seed,
+        )
+    elif given_tok.resolve() != tok_path.resolve():
+        atomic_write_bytes(tok_path, given_tok.read_bytes())
+    sp = _load_tokenizer(tok_path)
+    vocab = int(sp.get_piece_size())
+    eos = int(sp.eos_id())
+    if eos < 0:
+        raise DataError(
+            f"{given_tok or tok_path}: the tokenizer has no EOS piece (documents must end in EOS)"
+        )
+    dtype = best_dtype(vocab)
+
+    stats: Counter = Counter()
+    shards: list[dict] = []
+    writer: IndexedDatasetWriter | None = None
+
+    def close_shard() -> None:
+        nonlocal writer
+        if writer is not None:
+            writer.finalize()
+            shards.append(
+                {"prefix": writer.prefix.name, "documents": writer.num_documents, "tokens": writer.num_tokens}
+            )
+            writer = None
+
+    docs = read_documents(files, split_paragraphs=split_paragraphs, stats=stats)
+    threads = min(2, os.cpu_count() or 1)
+    bar = tqdm(desc=f"tokenize {out_dir.name}", unit="doc", disable=not progress, file=sys.stderr)
+    try:
+        while True:
+            batch = [d for _, d in zip(range(256), docs, strict=False)]
+            if not batch:
+                break
+            for ids in sp.encode(batch, num_threads=threads):
+                if writer is None:
+                    writer = IndexedDatasetWriter(out_dir / f"{SHARD_PREFIX}{len(shards):05d}", dtype)
+                ids.append(eos)
+                writer.add_document(np.asarray(ids, dtype=dtype))
+                if writer.num_documents >= docs_per_shard:
+                    close_shard()
+            bar.update(len(batch))
+        close_shard()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    if not shards:
+        raise DataError(f"no documents in {', '.join(str(f) for f in files)} (skipped: {dict(stats)})")
+
+    n_docs = sum(s["documents"] for s in shards)
+    n_tokens = sum(s["tokens"] for s in shards)
+    skipped = dict(sorted(stats.items()))
+    manifest = {
+        "format": "megadepth-shards",
+        "format_version": _FORMAT_VERSION,
+        "config_hash": config_hash,
+        "config": config,
+        "inputs": input_records,
+        "tokenizer": {
+            "file": TOKENIZER,
+            "sha256": _sha256_file(tok_path),
+            "trained": given_tok is None,
+            "source": None if given_tok is None else str(given_tok.resolve()),
+            "model_type": model_type if given_tok is None else None,
+            "vocab_size": vocab,
+            "unk_id": int(sp.unk_id()),
+            "bos_id": int(sp.bos_id()),
+            "eos_id": eos,
+            "pad_id": int(sp.pad_id()),
+        },
+        "vocab_size": vocab,
+        "eos_id": eos,
+        "dtype": dtype.name,
+        "documents": n_docs,
+        "tokens": n_tokens,
+        "skipped": skipped,
+        "stages": {
+            "read": {"files": len(files), "documents_out": n_docs, "dropped": skipped},
+            "tokenize": {"documents": n_docs, "tokens": n_tokens, "eos_appended": True},
+        },
+        "shards": shards,
+    }
+    atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    return manifest, False
+
+
+def build_text_shards(
+    inputs: Sequence[str | Path],
+    out_dir: str | Path,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    tokenizer: str | Path | None = None,
+    docs_per_shard: int = DEFAULT_DOCS_PER_SHARD,
+    seed: int = 0,
+    *,
+    model_type: str = "bpe",
+    split_paragraphs: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Tokenize local text files into a data directory; returns its manifest.
+
+    Trains a tokenizer on the inputs (or copies ``tokenizer``) into ``OUT/tokenizer.model``, encodes
+    each document followed by EOS into ``OUT/shard_00000.bin/.idx``, ... (``docs_per_shard`` documents
+    each; token dtype uint16 below 65,500 pieces), and writes ``OUT/manifest.json`` last. If the
+    directory already holds a complete result for the same configuration and input bytes, that
+    manifest is returned and nothing is rewritten.
+    """
+    manifest, _ = _build(
+        inputs,
+        Path(out_dir),
+        vocab_size,
+        Path(tokenizer) if tokenizer is not None else None,
+        docs_per_shard,
+        seed,
+        model_type,
+        split_paragraphs,
+        progress,
+    )
+    return manifest
+
+
+def _sample_source(out_dir: Path) -> Path:
+    """``OUT/source/python_docs.jsonl``, rewritten only when its content changed (reruns touch nothing)."""
+    from data_prep.sample_text import sample_corpus_jsonl
+
+    src = out_dir / "source" / "python_docs.jsonl"
+    data = sample_corpus_jsonl()
+    if src.is_file() and src.read_bytes() == data:
+        return src
+    return atomic_write_bytes(src, data)
+
+
+def prepare_sample_data(
+    out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE, *, progress: bool = True
+) -> dict:
+    """The embedded default data: CPython's own documentation -> ``OUT/`` shards (seconds, no network).
+
+    The source text is kept as ``OUT/source/python_docs.jsonl`` so that the manifest's input hash
+    refers to a file a user can read.
+    """
+    out = Path(out_dir)
+    return build_text_shards([_sample_source(out)], out, vocab_size=vocab_size, progress=progress)
+
+
+def _summary(out: Path, manifest: dict, reused: bool) -> str:
+    state = "already up to date" if reused else "written"
+    return (
+        f"{out}: {manifest['documents']} documents, {manifest['tokens']} tokens in "
+        f"{len(manifest['shards'])} shard(s), vocab {manifest['vocab_size']} ({state})"
+    )
+
+
+def _run(fn: Any, out: Path) -> int:
+    try:
+        manifest, reused = fn()
+    except (DataError, OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(_summary(out, manifest, reused))
+    return 0
+
+
+def _cmd_text(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    return _run(
+        lambda: _build(
+            args.input,
+            out,
+            args.vocab_size,
+            Path(args.tokenizer) if args.tokenizer else None,
+            args.docs_per_shard,
+            args.seed,
+            args.model_type,
+            args.split_paragraphs,
+            True,
+        ),
+        out,
+    )
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    return _run(
+        lambda: _build(
+            [_sample_source(out)], out, args.vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, True
+        ),
+        out,
+    )
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``text`` and ``sample`` on the ``megadepth prep`` subparsers.
+
+    Each parser sets ``func``: call ``args.func(args)`` to get the exit code (0 ok, 2 bad input).
+    """
+    text = subparsers.add_parser(
+        "text",
+        help="tokenize local .txt/.jsonl/.jsonl.gz files into shards",
+        description="Tokenize local text into Megatron .bin/.idx shards with a sentencepiece tokenizer.",
+    )
+    text.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or directories")
+    text.add_argument("--out", required=True, metavar="DIR", help="output data directory")
+    text.add_argument(
+        "--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="pieces to train (default %(default)s)"
+    )
+    text.add_argument(
+        "--tokenizer", metavar="MODEL", help="use this sentencepiece model instead of training one"
+    )
+    text.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="default %(default)s")
+    text.add_argument(
+        "--split-paragraphs",
+        action="store_true",
+        help=".txt files: one document per blank-line-separated paragraph",
+    )
+    text.add_argument(
+        "--docs-per-shard", type=int, default=DEFAULT_DOCS_PER_SHARD, help="default %(default)s"
+    )
+    text.add_argument("--seed", type=int, default=0, help="tokenizer training seed (default %(default)s)")
+    text.set_defaults(func=_cmd_text)
+
+    sample = subparsers.add_parser(
+        "sample",
+        help="the embedded sample corpus (CPython's documentation) as shards; no network",
+        description="Write CPython's bundled documentation as a ready-to-train data directory.",
+    )
+    sample.add_argument("--out", required=True, metavar="DIR", help="output data directory")
+    sample.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="default %(default)s")
+    sample.set_defaults(func=_cmd_sample)

@@ -1,0 +1,1 @@
+"""Analysis of runs: plots (and, later, coordinate checks and transfer reports)."""

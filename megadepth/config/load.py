@@ -1,0 +1,225 @@
+"""Loading YAML configs: merge files left to right, apply ``--set`` overrides, validate.
+
+All checks happen here, before any process group, model or data is touched, so a typo costs a second
+and not a queued cluster job. YAML is read with ``yaml.safe_load`` only.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from megadepth.config.schema import Config
+
+INCLUDE_KEY = "include"
+"""A top-level YAML key listing other YAML files (relative to this one) merged before this file."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and, for typos, the nearest valid one."""
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model behind a field annotation, if the field is a nested section."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            model = _section_model(arg)
+            if model is not None:
+                return model
+    return None
+
+
+def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted leaf key of the schema, e.g. ``model.depth``."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        sub = _section_model(field.annotation)
+        if sub is not None:
+            keys.extend(all_keys(sub, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _suggest(key: str, candidates: Iterable[str]) -> str:
+    """The nearest valid key: a correctly spelled key in the wrong section first ('train.lr' ->
+    'optimizer.lr'), then the closest dotted key, then the closest leaf name."""
+    candidates = list(candidates)
+    depth = key.count(".") + 1
+    # compare against keys (and section names) of the same nesting depth
+    pool = sorted({".".join(c.split(".")[:depth]) for c in candidates})
+    leaf = key.rsplit(".", 1)[-1]
+    by_leaf: dict[str, str] = {}
+    for c in pool:
+        by_leaf.setdefault(c.rsplit(".", 1)[-1], c)
+    if depth > 1 and leaf in by_leaf:
+        best = [by_leaf[leaf]]
+    else:
+        best = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+    if not best:
+        leaf_match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.7)
+        best = [by_leaf[leaf_match[0]]] if leaf_match else []
+    return f"; did you mean '{best[0]}'?" if best else ""
+
+
+def _check_keys(data: Mapping[str, Any], model: type[BaseModel], prefix: str, source: str) -> None:
+    """Reject unknown keys with the dotted name and a suggestion (pydantic would only say 'extra')."""
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        field = model.model_fields.get(key)
+        if field is None:
+            hint = _suggest(dotted, all_keys())
+            raise ConfigError(f"unknown config key '{dotted}'{source}{hint}")
+        sub = _section_model(field.annotation)
+        if sub is not None:
+            if not isinstance(value, Mapping):
+                raise ConfigError(f"config key '{dotted}'{source} must be a mapping of "
+                                  f"{', '.join(sub.model_fields)}; got {value!r}")
+            _check_keys(value, sub, f"{dotted}.", source)
+
+
+def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    """Merge ``update`` into a copy of ``base``; mappings merge recursively, everything else replaces."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read one YAML file (and the files it includes) into a plain dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    resolved = path.resolve()
+    if resolved in _seen:
+        raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in (*_seen, resolved))}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of sections, got {type(data).__name__}")
+    includes = data.pop(INCLUDE_KEY, [])
+    if isinstance(includes, str):
+        includes = [includes]
+    merged: dict[str, Any] = {}
+    for inc in includes:
+        merged = deep_merge(merged, read_yaml(path.parent / inc, (*_seen, resolved)))
+    _check_keys(data, Config, "", f" (in {path})")
+    return deep_merge(merged, data)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``a.b=c`` -> (``a.b``, value); the value is parsed as YAML, so ``20`` is an int and ``[1,2]`` a list."""
+    if "=" not in item:
+        raise ConfigError(f"override '{item}' must look like section.key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def apply_override(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
+    """Set one dotted key, refusing keys the schema does not have."""
+    valid = all_keys()
+    if key not in valid:
+        hint = _suggest(key, valid)
+        raise ConfigError(f"unknown config key '{key}' (in --set){hint}")
+    parts = key.split(".")
+    update: dict[str, Any] = {parts[-1]: value}
+    for part in reversed(parts[:-1]):
+        update = {part: update}
+    return deep_merge(data, update)
+
+
+def _describe_errors(exc: ValidationError) -> str:
+    lines = []
+    keys = all_keys()
+    for err in exc.errors():
+        # keep the part of the location that names a config key (pydantic appends union branch tags)
+        parts: list[str] = []
+        for part in err["loc"]:
+            candidate = ".".join([*parts, str(part)])
+            if any(k == candidate or k.startswith(candidate + ".") for k in keys) or isinstance(part, int):
+                parts.append(str(part))
+        loc = ".".join(parts)
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "value_error" or not loc:
+            lines.append(msg)
+        else:
+            lines.append(f"{loc}: {msg} (got {err.get('input')!r})")
+    # one line per problem; de-duplicate union branches that say the same thing
+    return "; ".join(dict.fromkeys(lines))
+
+
+def validate(data: Mapping[str, Any]) -> Config:
+    """Turn a merged dict into a frozen :class:`Config`, with readable errors."""
+    _check_keys(data, Config, "", "")
+    try:
+        return Config.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(f"invalid config: {_describe_errors(exc)}") from None
+
+
+def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
+    """Merge ``paths`` left to right, apply ``overrides`` (``a.b=c``) in order, validate."""
+    data: dict[str, Any] = {}
+    for path in paths:
+        data = deep_merge(data, read_yaml(path))
+    for item in overrides:
+        data = apply_override(data, *parse_override(item))
+    return validate(data)
+
+
+def to_yaml(config: Config) -> str:
+    """The resolved config as YAML (what goes into every run directory and checkpoint)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+def explain(model: type[BaseModel] = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(dotted key, default, docstring) for every leaf field: the schema's documentation."""
+    rows: list[tuple[str, str, str]] = []
+    for name, field in model.model_fields.items():
+        sub = _section_model(field.annotation)
+        if sub is not None:
+            rows.extend(explain(sub, f"{prefix}{name}."))
+        else:
+            default = field.get_default(call_default_factory=True)
+            rows.append((f"{prefix}{name}", repr(default), " ".join((field.description or "").split())))
+    return rows
+
+
+def resolve_batch(config: Config, dp_size: int) -> tuple[int, int]:
+    """(grad_accum, global_batch) for a data-parallel size, checking global = micro x accum x dp."""
+    train = config.train
+    per_step = train.micro_batch * dp_size
+    if train.grad_accum is None and train.global_batch is not None:
+        if train.global_batch % per_step:
+            raise ConfigError(
+                f"train.global_batch ({train.global_batch}) is not divisible by train.micro_batch "
+                f"({train.micro_batch}) x data-parallel size ({dp_size})"
+            )
+        return train.global_batch // per_step, train.global_batch
+    accum = train.grad_accum or 1
+    if train.global_batch is not None and train.global_batch != per_step * accum:
+        raise ConfigError(
+            f"train.global_batch ({train.global_batch}) != train.micro_batch ({train.micro_batch}) x "
+            f"train.grad_accum ({accum}) x data-parallel size ({dp_size}) = {per_step * accum}"
+        )
+    return accum, per_step * accum

@@ -1,0 +1,266 @@
+"""The one typed schema of a megadepth run.
+
+Every field carries a docstring: ``megadepth config --explain`` prints them, and error messages point
+at the dotted key. Sections are frozen pydantic models that forbid unknown keys; the loader
+(:mod:`megadepth.config.load`) catches typos earlier, with a suggestion, before pydantic sees them.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PRESETS = ("sp", "mup", "depth_mup", "completep", "custom")
+
+
+class Section(BaseModel):
+    """Base of every config section: frozen, no unknown keys, field docstrings kept as descriptions."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+
+
+class ModelConfig(Section):
+    depth: int = Field(4, ge=1)
+    """Number of transformer layers L; each layer holds two residual branches (attention and MLP)."""
+    width: int = Field(128, ge=1)
+    """Model width d (size of the residual stream)."""
+    heads: int = Field(4, ge=1)
+    """Number of attention heads; must divide the width."""
+    base_depth: int | None = Field(None, ge=1)
+    """Depth L0 at which hyperparameters were tuned; the depth multiplier is r = depth / base_depth.
+    Unset means 'this model is the base' (r = 1)."""
+    base_width: int | None = Field(None, ge=1)
+    """Width d0 at which hyperparameters were tuned; the width multiplier is m = width / base_width.
+    Unset means 'this model is the base' (m = 1)."""
+    mlp_ratio: float = Field(4.0, gt=0)
+    """MLP hidden width as a multiple of the width (kept fixed when scaling, so m is the same for all
+    hidden matrices)."""
+    activation: Literal["gelu", "relu", "abs"] = "gelu"
+    """MLP non-linearity. Tensor Programs VI finds abs maximises feature diversity among homogeneous
+    activations."""
+    seq_len: int = Field(256, ge=1)
+    """Training sequence length in tokens."""
+    max_positions: int | None = Field(None, ge=1)
+    """Size of the learned position table; defaults to seq_len. seq_len may not exceed it."""
+    vocab_size: int = Field(2048, ge=2)
+    """Embedding rows; must be at least the tokenizer's vocabulary size."""
+    position: Literal["learned", "rotary"] = "learned"
+    """Position encoding: a learned table added to the token embedding (GPT-2), or rotary embeddings
+    applied to queries and keys (no parameters)."""
+    rotary_base: float = Field(10000.0, gt=0)
+    """Base of the rotary frequencies (only with position: rotary)."""
+    tie_embeddings: bool = True
+    """Share the token embedding matrix with the LM head (readout)."""
+    bias: bool = False
+    """Biases in the attention and MLP linear layers (and LayerNorms)."""
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the embedding and on each branch output; 0 disables it."""
+    norm_eps: float = Field(1e-5, gt=0)
+    """LayerNorm epsilon."""
+
+    @model_validator(mode="after")
+    def _shapes_agree(self) -> ModelConfig:
+        if self.width % self.heads:
+            raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
+        if self.max_positions is not None and self.seq_len > self.max_positions:
+            raise ValueError(
+                f"model.seq_len ({self.seq_len}) is larger than the position table "
+                f"(model.max_positions = {self.max_positions})"
+            )
+        if self.position == "rotary" and (self.width // self.heads) % 2:
+            raise ValueError("rotary positions need an even head size (model.width / model.heads)")
+        return self
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.heads
+
+    @property
+    def mlp_width(self) -> int:
+        return round(self.mlp_ratio * self.width)
+
+    @property
+    def positions(self) -> int:
+        return self.max_positions or self.seq_len
+
+
+class ParametrizationConfig(Section):
+    name: Literal["sp", "mup", "depth_mup", "completep", "custom"] = "depth_mup"
+    """Parametrization: sp (standard), mup (width only), depth_mup (alpha=1/2, gamma=1/2),
+    completep (alpha=1, gamma=0) or custom (alpha and gamma given)."""
+    alpha: float | None = None
+    """Branch multiplier exponent: each residual branch is scaled by a * r^-alpha. Only with name: custom
+    (the presets fix it)."""
+    gamma: float | None = None
+    """Depth exponent of the learning rate of in-branch parameters (LR * r^-gamma). Only with
+    name: custom; gamma = 1 - alpha keeps per-block updates of order 1/L for Adam."""
+    init_std: float = Field(0.02, gt=0)
+    """Base init std sigma of matrices and embeddings (at the base shape)."""
+    branch_multiplier: float = Field(1.0, gt=0)
+    """Base branch multiplier a."""
+    input_multiplier: float = Field(1.0, gt=0)
+    """Embedding output multiplier alpha_in."""
+    output_multiplier: float = Field(1.0, gt=0)
+    """Readout multiplier alpha_out (divided by m under width-muP)."""
+    attn_multiplier: float = Field(1.0, gt=0)
+    """Attention-logit multiplier: the softmax scale is attn_multiplier / sqrt(base_head_dim) at the base
+    shape (1/d_head scaling away from it under muP, 1/sqrt(d_head) under SP)."""
+    base_head_dim: int | None = Field(None, ge=1)
+    """Head size at the base shape; defaults to base_width / heads (heads fixed as width grows)."""
+    zero_query: bool = False
+    """Initialise the query projection to zero (a standard muP option)."""
+    zero_readout: bool = False
+    """Initialise an untied LM head to zero (a standard muP option)."""
+    eps_scaling: Literal["scaled", "constant"] = "scaled"
+    """Adam epsilon rule: 'scaled' follows CompleteP (eps/m for width-scaled groups, times r^-alpha
+    inside branches); 'constant' leaves eps alone (the `mup` package's choice)."""
+    wd_depth_scaling: Literal["none", "one_minus_alpha"] = "none"
+    """Depth scaling of hidden-matrix weight decay: none (default) or r^(1-alpha)."""
+
+    @model_validator(mode="after")
+    def _exponents_match_preset(self) -> ParametrizationConfig:
+        if self.name == "custom":
+            if self.alpha is None or self.gamma is None:
+                raise ValueError("parametrization.name 'custom' needs both parametrization.alpha and .gamma")
+        elif self.alpha is not None or self.gamma is not None:
+            raise ValueError(
+                f"parametrization.alpha/gamma are fixed by the preset '{self.name}'; "
+                "use parametrization.name: custom to choose them"
+            )
+        return self
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam"] = "adamw"
+    """Optimizer: adamw (decoupled weight decay) or adam (L2 penalty in the gradient)."""
+    lr: float = Field(3e-3, gt=0)
+    """Base learning rate eta (at the base shape); each parameter group multiplies it."""
+    weight_decay: float = Field(0.1, ge=0)
+    """Base weight decay lambda; zero for norms and biases."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """Adam betas."""
+    eps: float = Field(1e-8, gt=0)
+    """Base Adam epsilon (scaled per group by the parametrization)."""
+    grad_clip: float = Field(1.0, ge=0)
+    """Global gradient-norm clipping threshold; 0 disables clipping."""
+
+
+class ScheduleConfig(Section):
+    name: Literal["cosine", "linear", "wsd", "constant"] = "cosine"
+    """LR schedule after warm-up: cosine or linear decay to min_lr_ratio, warmup-stable-decay, or
+    constant. Every group keeps its own multiplier (the schedule is a factor)."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up steps from 0 to the full LR."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """Final LR as a fraction of the peak LR."""
+    decay_fraction: float = Field(0.2, gt=0, le=1)
+    """wsd only: fraction of the steps spent in the final linear decay."""
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, ge=1)
+    """Number of optimizer steps."""
+    micro_batch: int = Field(8, ge=1)
+    """Sequences per micro-batch per data-parallel rank."""
+    grad_accum: int | None = Field(None, ge=1)
+    """Micro-batches accumulated per optimizer step; derived from global_batch when unset (else 1)."""
+    global_batch: int | None = Field(None, ge=1)
+    """Sequences per optimizer step; must equal micro_batch x grad_accum x data-parallel size."""
+    seed: int = 1234
+    """Seed of initialisation, data order and dropout."""
+    log_every: int = Field(10, ge=1)
+    """Write a metrics record every N steps."""
+    eval_every: int = Field(0, ge=0)
+    """Evaluate on the validation split every N steps (0: only at the end)."""
+    eval_samples: int = Field(64, ge=0)
+    """Validation sequences per evaluation (the same ones every time)."""
+    save_every: int = Field(0, ge=0)
+    """Save a checkpoint every N steps (0: only at the end, when save_final)."""
+    save_final: bool = True
+    """Save a checkpoint when training ends."""
+    stop_after_steps: int = Field(0, ge=0)
+    """Stop after this many steps in this process, saving a checkpoint first (0: never). For jobs with a
+    time limit: the next job resumes where this one stopped (summary status 'stopped')."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """How many recent checkpoints to keep."""
+    out_dir: str = "runs/default"
+    """The run directory (config, metrics, summary, checkpoints, W&B run)."""
+    resume: Literal["auto", "never", "must"] = "auto"
+    """auto: continue from out_dir/checkpoints/latest when present; never: refuse a run directory that
+    has checkpoints; must: fail without one."""
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """Training precision; auto is bf16 on a GPU that supports it and fp32 otherwise."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where to train; auto uses CUDA when present."""
+    progress: bool = True
+    """Show a progress bar on rank 0."""
+
+
+class DataConfig(Section):
+    path: str | list[float | str] = "data/sample"
+    """A data directory (all shards in it), a shard prefix, or a Megatron-style list alternating
+    weight and path to blend several."""
+    tokenizer: str | None = None
+    """sentencepiece model; defaults to tokenizer.model in the (first) data directory."""
+    valid_fraction: float = Field(0.02, ge=0, lt=1)
+    """Fraction of documents (taken from the end) held out for validation."""
+    num_workers: int = Field(0, ge=0)
+    """Data-loader worker processes per rank."""
+    cache_dir: str | None = None
+    """Directory to cache sample indices in (built in memory when unset)."""
+
+
+class ParallelConfig(Section):
+    tensor: int = Field(1, ge=1)
+    """Tensor-parallel size."""
+    pipeline: int = Field(1, ge=1)
+    """Pipeline-parallel size."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (with tensor > 1)."""
+    zero_stage: int = Field(0, ge=0, le=3)
+    """DeepSpeed ZeRO stage."""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend; auto is nccl on GPUs and gloo on CPUs."""
+    timeout_s: int = Field(600, ge=1)
+    """Timeout of distributed start-up and collectives, so a broken peer ends the run instead of hanging."""
+
+
+class WandbConfig(Section):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    """offline (default, no account needed; `wandb sync` later), online or disabled."""
+    project: str = "megadepth"
+    """W&B project."""
+    group: str | None = None
+    """W&B group (sweeps put all their runs in one)."""
+    name: str | None = None
+    """W&B run name; defaults to the run directory's name."""
+    tags: list[str] = Field(default_factory=list)
+    """W&B tags attached to the run."""
+
+
+class Config(Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    """Model shape."""
+    parametrization: ParametrizationConfig = Field(default_factory=ParametrizationConfig)
+    """How init, multipliers and optimizer settings scale with width and depth."""
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    """Optimizer and its base hyperparameters."""
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    """Learning-rate schedule."""
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    """Training loop, checkpoints, run directory."""
+    data: DataConfig = Field(default_factory=DataConfig)
+    """Training data."""
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
+    """Parallel layout."""
+    wandb: WandbConfig = Field(default_factory=WandbConfig)
+    """Weights & Biases logging."""
+
+    @model_validator(mode="after")
+    def _cross_section(self) -> Config:
+        if self.parallel.sequence_parallel and self.parallel.tensor == 1:
+            raise ValueError("parallel.sequence_parallel needs parallel.tensor > 1")
+        if self.train.eval_every and self.data.valid_fraction == 0:
+            raise ValueError("train.eval_every is set but data.valid_fraction is 0: nothing to evaluate on")
+        return self

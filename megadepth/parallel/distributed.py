@@ -1,0 +1,145 @@
+"""Process-group set-up: who am I, on what device, in which layout.
+
+Everything here is checked before a model or data is allocated, so an impossible layout or a device
+that does not exist fails in the first second, on every rank alike.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+
+from megadepth.config.load import ConfigError
+from megadepth.config.schema import Config
+
+
+@dataclass(frozen=True)
+class DistEnv:
+    """This process's place in the job (from the launcher's environment variables)."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Parallel sizes; data parallel is what is left of the world after tensor x pipeline."""
+
+    tensor: int
+    pipeline: int
+    data: int
+
+
+def read_env() -> DistEnv:
+    """Rank and sizes as set by the DeepSpeed launcher, torchrun or Slurm; a single process otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", str(world))))
+    return DistEnv(rank, world, local_rank, local_world)
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def resolve_device(config: Config, env: DistEnv) -> torch.device:
+    """The device this rank trains on; asking for more GPUs than exist is an error, not a hang."""
+    want = config.train.device
+    has_cuda = torch.cuda.is_available()
+    if want == "cuda" and not has_cuda:
+        raise ConfigError("train.device is 'cuda' but no CUDA device is available (use 'auto' or 'cpu')")
+    if want == "cpu" or not has_cuda:
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if env.local_world_size > count:
+        raise ConfigError(
+            f"{env.local_world_size} processes on this node but only {count} CUDA device(s); "
+            "lower --nproc-per-node or use train.device: cpu"
+        )
+    return torch.device("cuda", env.local_rank)
+
+
+def resolve_precision(config: Config, device: torch.device) -> str:
+    """'bf16' or 'fp32'. auto picks bf16 on GPUs that support it; fp32 on CPUs (exact and faster there)."""
+    want = config.train.precision
+    if want == "auto":
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return want
+
+
+def check_layout(config: Config, world_size: int) -> Layout:
+    """Data-parallel size from the world size; impossible layouts fail here, before any work."""
+    tp, pp = config.parallel.tensor, config.parallel.pipeline
+    if world_size % (tp * pp):
+        raise ConfigError(
+            f"parallel.tensor ({tp}) x parallel.pipeline ({pp}) = {tp * pp} does not divide the world size "
+            f"({world_size} processes)"
+        )
+    if config.model.heads % tp:
+        raise ConfigError(f"model.heads ({config.model.heads}) is not divisible by parallel.tensor ({tp})")
+    if config.model.depth % pp:
+        raise ConfigError(f"model.depth ({config.model.depth}) is not divisible by parallel.pipeline ({pp})")
+    if tp > 1 or pp > 1:
+        raise ConfigError(
+            "parallel.tensor and parallel.pipeline > 1 are not available in this version "
+            "(tensor and pipeline parallelism are tracked as their own issues); use data parallelism"
+        )
+    return Layout(tensor=tp, pipeline=pp, data=world_size // (tp * pp))
+
+
+def backend_for(config: Config, device: torch.device) -> str:
+    if config.parallel.backend != "auto":
+        return config.parallel.backend
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def prepare_deepspeed_env(device: torch.device) -> None:
+    """Environment DeepSpeed reads at import: the CPU accelerator when there is no GPU, and no JIT build
+    of its shared-memory all-reduce op (gloo training does not need it, and the build costs ~24 s and
+    leaves a file in /dev/shm per rank)."""
+    if device.type == "cpu":
+        os.environ["DS_ACCELERATOR"] = "cpu"
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def init_distributed(config: Config, env: DistEnv, device: torch.device) -> None:
+    """Create the default process group (also for a single process: DeepSpeed requires one)."""
+    import deepspeed
+
+    if env.world_size == 1:
+        os.environ.setdefault("RANK", "0")
+        os.environ.setdefault("WORLD_SIZE", "1")
+        os.environ.setdefault("LOCAL_RANK", "0")
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(
+            dist_backend=backend_for(config, device),
+            auto_mpi_discovery=False,
+            timeout=timedelta(seconds=config.parallel.timeout_s),
+            rank=env.rank,
+            world_size=env.world_size,
+        )
+
+
+def shutdown() -> None:
+    """Destroy the process group: without it, a gloo rank sometimes aborts at exit."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

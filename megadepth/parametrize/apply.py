@@ -1,0 +1,105 @@
+"""Applying a parametrization to a model: deterministic init and optimizer parameter groups."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from megadepth.config.schema import OptimizerConfig
+from megadepth.parametrize.roles import Role
+from megadepth.parametrize.rules import Parametrization
+
+
+def param_roles(model: nn.Module) -> dict[str, Role]:
+    """Role of every parameter of ``model`` by its full name.
+
+    Modules declare the roles of their own parameters in a ``param_roles`` dict attribute (local name ->
+    Role). Every trainable parameter must be covered: an untagged one raises.
+    """
+    roles: dict[str, Role] = {}
+    for mod_name, module in model.named_modules():
+        for local, role in getattr(module, "param_roles", {}).items():
+            if getattr(module, local, None) is None:
+                continue  # optional parameter (e.g. bias=False)
+            roles[f"{mod_name}.{local}" if mod_name else local] = role
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and n not in roles]
+    if missing:
+        raise ValueError(f"parameters without a parametrization role: {', '.join(missing)}")
+    return roles
+
+
+def stable_seed(seed: int, name: str) -> int:
+    """A per-parameter seed that depends only on (seed, name): the same under any parallel layout and
+    construction order, and across processes (unlike Python's salted hash())."""
+    digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+@torch.no_grad()
+def initialize(model: nn.Module, ptz: Parametrization, seed: int) -> None:
+    """Initialise every parameter from its role's rule, each from its own seeded generator."""
+    params = dict(model.named_parameters())
+    for name, role in param_roles(model).items():
+        param = params[name]
+        rule = ptz.rule(role)
+        if rule.init_std == 0.0:
+            param.fill_(rule.init_value)
+            continue
+        gen = torch.Generator(device=param.device).manual_seed(stable_seed(seed, name))
+        values = torch.empty(param.shape, dtype=torch.float32, device=param.device)
+        values.normal_(0.0, rule.init_std, generator=gen)
+        param.copy_(values)
+
+
+def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerConfig) -> list[dict]:
+    """One optimizer group per role present, with absolute lr, eps and weight decay.
+
+    Each group also carries ``lr_mult`` (its LR relative to the base LR) and its role ``name``; the LR
+    schedule multiplies each group's own LR by a factor, so the ratios survive scheduling.
+    Tied parameters appear once (in the group of the first role that claims them).
+    """
+    roles = param_roles(model)
+    params = dict(model.named_parameters())
+    by_role: dict[Role, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for name, role in roles.items():
+        p = params[name]
+        if id(p) in seen or not p.requires_grad:
+            continue
+        seen.add(id(p))
+        by_role.setdefault(role, []).append(p)
+    groups = []
+    for role in Role:  # fixed order: identical group order on every rank and stage
+        if role not in by_role:
+            continue
+        rule = ptz.rule(role)
+        groups.append(
+            {
+                "name": role.value,
+                "params": by_role[role],
+                "lr": optimizer.lr * rule.lr_mult,
+                "lr_mult": rule.lr_mult,
+                "eps": optimizer.eps * rule.eps_mult,
+                "weight_decay": optimizer.weight_decay * rule.wd_mult,
+                "betas": tuple(optimizer.betas),
+            }
+        )
+    return groups
+
+
+def roles_present(model: nn.Module) -> list[Role]:
+    present = set(param_roles(model).values())
+    return [r for r in Role if r in present]
+
+
+def count_params(params: Iterable[nn.Parameter]) -> int:
+    seen: set[int] = set()
+    total = 0
+    for p in params:
+        if id(p) not in seen:
+            seen.add(id(p))
+            total += p.numel()
+    return total

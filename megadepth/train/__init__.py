@@ -1,0 +1,1 @@
+"""Training: DeepSpeed engine set-up, the loop, schedules, checkpoints, metrics."""

@@ -1,0 +1,308 @@
+"""``megadepth train``: checks, data, engine, the loop, eval, checkpoints, metrics.
+
+The order matters: everything that can be wrong with a config, a layout or the data is checked before
+the run directory is created and before any process group or model exists.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from megadepth.config.load import ConfigError, resolve_batch, to_yaml
+from megadepth.config.schema import Config
+from megadepth.data import DataError, MicroBatchSampler, build_datasets, make_loader
+from megadepth.parallel.distributed import (
+    DistEnv,
+    Layout,
+    check_layout,
+    init_distributed,
+    prepare_deepspeed_env,
+    read_env,
+    resolve_device,
+    resolve_precision,
+    shutdown,
+)
+from megadepth.parametrize import roles_present, stable_seed
+from megadepth.train import checkpoint
+from megadepth.train.data_checks import check_tokenizer
+from megadepth.train.rundir import MetricsLog, RunDir, atomic_write_json, atomic_write_text, read_metrics
+from megadepth.train.schedule import lr_factor
+from megadepth.train.tracking import Tracker
+
+
+@dataclass
+class Plan:
+    """Everything decided before any work starts."""
+
+    config: Config
+    env: DistEnv
+    layout: Layout
+    device: torch.device
+    precision: str
+    grad_accum: int
+    global_batch: int
+    run: RunDir
+    resume_tag: str | None
+
+
+def plan_run(config: Config) -> Plan:
+    """All start-up checks; raises ConfigError / DataError with a one-line message."""
+    env = read_env()
+    layout = check_layout(config, env.world_size)
+    device = resolve_device(config, env)
+    precision = resolve_precision(config, device)
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("train.precision is bf16 but this GPU does not support bf16")
+    grad_accum, global_batch = resolve_batch(config, layout.data)
+    check_tokenizer(config)
+    run = RunDir(config.train.out_dir)
+    resume_tag = checkpoint.latest_tag(run.checkpoints)
+    if config.train.resume == "never" and resume_tag is not None:
+        raise ConfigError(
+            f"train.resume is 'never' but {run.checkpoints} already holds checkpoint {resume_tag}; "
+            "choose another train.out_dir or resume: auto"
+        )
+    if config.train.resume == "must" and resume_tag is None:
+        raise ConfigError(f"train.resume is 'must' but {run.checkpoints} holds no complete checkpoint")
+    return Plan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag)
+
+
+def _all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return (t / torch.distributed.get_world_size()).tolist()
+
+
+def _replica_grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    """Norm of the (already data-parallel averaged) gradients of a full model replica.
+
+    DeepSpeed reports the global norm itself under ZeRO and bf16, but not for fp32 without ZeRO, where
+    every rank holds the whole gradient after backward's all-reduce at the accumulation boundary.
+    """
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:
+        return torch.tensor(float("nan"))
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+
+
+def _grad_norm(engine: Any, fallback: torch.Tensor | None) -> float:
+    value = engine.get_global_grad_norm()
+    if value is None:
+        value = fallback
+    if value is None:
+        return float("nan")
+    return float(value.item() if torch.is_tensor(value) else value)
+
+
+@torch.no_grad()
+def evaluate(engine: Any, dataset: Any, plan: Plan) -> float:
+    """Mean loss over the first ``eval_samples`` validation sequences (the same ones every time,
+    whatever the number of data-parallel ranks)."""
+    cfg = plan.config.train
+    n = min(cfg.eval_samples, len(dataset))
+    mine = list(range(plan.env.rank, n, plan.layout.data))
+    total = torch.zeros(2, dtype=torch.float64, device=plan.device)
+    engine.eval()
+    for start in range(0, len(mine), cfg.micro_batch):
+        idx = mine[start : start + cfg.micro_batch]
+        batch = torch.from_numpy(np.stack([dataset[i] for i in idx])).to(plan.device)
+        loss = engine(batch[:, :-1], batch[:, 1:])
+        total[0] += loss.double() * len(idx)
+        total[1] += len(idx)
+    engine.train()
+    torch.distributed.all_reduce(total)
+    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
+
+
+def train(config: Config) -> dict[str, Any]:
+    """Train per ``config`` in this process (one rank of a job, or the whole job); returns the summary."""
+    plan = plan_run(config)
+    cfg = config.train
+    steps_total = cfg.steps
+    train_set, valid_set = build_datasets(
+        config.data.path,
+        seq_len=config.model.seq_len,
+        seed=cfg.seed,
+        train_samples=steps_total * plan.global_batch,
+        valid_samples=cfg.eval_samples,
+        valid_fraction=config.data.valid_fraction,
+        cache_dir=config.data.cache_dir,
+    )
+    if cfg.eval_every and valid_set is None:
+        raise ConfigError("train.eval_every is set but there is no validation data (eval_samples is 0?)")
+
+    prepare_deepspeed_env(plan.device)
+    if plan.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // plan.env.local_world_size))
+    init_distributed(config, plan.env, plan.device)
+    try:
+        return _train_initialised(plan, train_set, valid_set)
+    finally:
+        shutdown()
+
+
+def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from megadepth.train.engine import build_engine
+
+    config, env, run = plan.config, plan.env, plan.run
+    cfg = config.train
+    config_yaml = to_yaml(config)
+    is_main = env.is_main
+    if is_main:
+        run.root.mkdir(parents=True, exist_ok=True)
+        run.summary.unlink(missing_ok=True)  # nothing may claim success until this run ends
+        atomic_write_text(run.config, config_yaml)
+    torch.distributed.barrier()
+
+    built = build_engine(config, plan.device, plan.grad_accum, plan.global_batch, plan.precision)
+    engine = built.engine
+    step, consumed = 0, 0
+    if plan.resume_tag is not None:
+        state = checkpoint.load(engine, run.checkpoints, plan.resume_tag)
+        step, consumed = int(state["step"]), int(state["consumed_samples"])
+
+    table = built.parametrization.format_table(config.optimizer, roles_present(built.model))
+    tracker = Tracker(config.wandb, run.root, config.model_dump(mode="json"), enabled=is_main)
+    metrics = MetricsLog(run.metrics, resume_step=step if plan.resume_tag else None) if is_main else None
+    out = tqdm.write if is_main else (lambda *_a, **_k: None)
+    if is_main:
+        atomic_write_text(run.parametrization, table + "\n")
+        out(
+            f"megadepth: {built.model.num_params():,} parameters, depth {config.model.depth}, width "
+            f"{config.model.width}; {env.world_size} process(es) on {plan.device.type}, {plan.precision}; "
+            f"global batch {plan.global_batch} = {cfg.micro_batch} x {plan.grad_accum} x {plan.layout.data}"
+        )
+        out(table)
+        if plan.resume_tag:
+            out(f"resuming from {run.checkpoints / plan.resume_tag} at step {step}")
+
+    sampler = MicroBatchSampler(len(train_set), consumed, cfg.micro_batch, env.rank, plan.layout.data)
+    batches = iter(make_loader(train_set, sampler, num_workers=config.data.num_workers,
+                               pin_memory=plan.device.type == "cuda"))
+    first_step = step
+    tokens_per_step = plan.global_batch * config.model.seq_len
+    status, error = "completed", None
+    last_loss, last_eval = float("nan"), float("nan")
+    start_time = interval_time = time.perf_counter()
+    interval_loss = torch.zeros((), dtype=torch.float64, device=plan.device)
+    interval_steps = 0
+    show_bar = is_main and cfg.progress and sys.stderr.isatty()  # log lines only when not a terminal
+    bar = tqdm(total=cfg.steps, initial=step, disable=not show_bar, desc="train",
+               dynamic_ncols=True)
+    try:
+        while step < cfg.steps:
+            # log every log_every steps, plus the first step of the run (the starting loss) and the last
+            log_due = (step + 1) % cfg.log_every == 0 or step + 1 in (first_step + 1, cfg.steps)
+            own_norm = None
+            for micro in range(plan.grad_accum):
+                if config.model.dropout > 0:
+                    torch.manual_seed(stable_seed(cfg.seed, f"dropout:{step}:{micro}:{env.rank}"))
+                batch = next(batches).to(plan.device, non_blocking=True)
+                loss = engine(batch[:, :-1], batch[:, 1:])
+                engine.backward(loss)
+                if log_due and micro == plan.grad_accum - 1 and config.parallel.zero_stage == 0:
+                    own_norm = _replica_grad_norm(built.model)
+                engine.step()
+                interval_loss += loss.detach().double() / plan.grad_accum
+            step += 1
+            consumed += plan.global_batch
+            interval_steps += 1
+            bar.update(1)
+
+            record: dict[str, Any] | None = None
+            if log_due:
+                (mean_loss,) = _all_reduce_mean([float(interval_loss) / interval_steps], plan.device)
+                now = time.perf_counter()
+                record = {
+                    "step": step,
+                    "consumed_tokens": consumed * config.model.seq_len,
+                    "loss": mean_loss,
+                    "lr": config.optimizer.lr * lr_factor(step - 1, cfg.steps, config.schedule),
+                    "grad_norm": _grad_norm(engine, own_norm),
+                    "tokens_per_s": interval_steps * tokens_per_step / max(now - interval_time, 1e-9),
+                    "elapsed_s": now - start_time,
+                }
+                last_loss = mean_loss
+                interval_loss.zero_()
+                interval_steps, interval_time = 0, now
+                bar.set_postfix(loss=f"{mean_loss:.4f}")
+            eval_due = valid_set is not None and cfg.eval_samples > 0 and (
+                (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
+            )
+            if eval_due:
+                last_eval = evaluate(engine, valid_set, plan)
+                record = record or {"step": step, "consumed_tokens": consumed * config.model.seq_len}
+                record["eval_loss"] = last_eval
+            if record is not None and is_main:
+                metrics.write(record)  # type: ignore[union-attr]
+                tracker.log(record, step)
+                parts = [f"step {step}/{cfg.steps}"]
+                parts += [f"{k} {record[k]:.4g}" for k in ("loss", "eval_loss", "lr", "grad_norm") if k in record]
+                if "tokens_per_s" in record:
+                    parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
+                out("  ".join(parts))
+            if record is not None and "loss" in record and not math.isfinite(record["loss"]):
+                status = "diverged"
+                break
+            stop_now = bool(cfg.stop_after_steps) and step - first_step >= cfg.stop_after_steps and step < cfg.steps
+            if (
+                (cfg.save_every and step % cfg.save_every == 0)
+                or (step == cfg.steps and cfg.save_final)
+                or stop_now
+            ):
+                client = {"step": step, "consumed_samples": consumed, "seed": cfg.seed}
+                checkpoint.save(engine, run.checkpoints, step, client, config_yaml, cfg.keep_checkpoints, is_main)
+            if stop_now:
+                status = "stopped"
+                out(f"stopping after {cfg.stop_after_steps} steps (train.stop_after_steps); resume continues")
+                break
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        bar.close()
+        summary = {
+            "status": status,
+            "final_loss": last_loss,
+            "final_eval_loss": last_eval,
+            "steps": step,
+            "tokens": consumed * config.model.seq_len,
+            "wall_s": time.perf_counter() - start_time,
+            "world_size": env.world_size,
+            "parametrization": config.parametrization.name,
+            "depth": config.model.depth,
+            "width": config.model.width,
+        }
+        if error:
+            summary["error"] = error
+        if is_main:
+            metrics.close()  # type: ignore[union-attr]
+            _finish_outputs(run, summary, tracker, title=f"{config.parametrization.name}, depth "
+                            f"{config.model.depth}, width {config.model.width}")
+    return summary
+
+
+def _finish_outputs(run: RunDir, summary: dict[str, Any], tracker: Tracker, title: str) -> None:
+    """Plot, W&B summary, then summary.json last (its presence means the run ended this way)."""
+    from megadepth.analysis.plots import plot_loss_curve
+
+    try:
+        plot_loss_curve(read_metrics(run.metrics), run.loss_plot, title=title)
+    except Exception as exc:  # a plotting problem must not turn a finished run into a failed one
+        print(f"megadepth: warning: could not draw {run.loss_plot}: {exc}")
+    tracker.summary({k: v for k, v in summary.items() if k != "error"})
+    tracker.finish(exit_code=0 if summary["status"] == "completed" else 1)
+    atomic_write_json(run.summary, summary)
+
+
+__all__ = ["DataError", "Plan", "evaluate", "plan_run", "train"]

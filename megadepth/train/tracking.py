@@ -1,0 +1,47 @@
+"""Weights & Biases, offline by default: no account, no network; `wandb sync` uploads later.
+
+Only rank 0 logs. The API key is never read, passed or written by megadepth: online mode uses whatever
+`wandb login` stored, and the config we log holds no secrets.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from megadepth.config.schema import WandbConfig
+
+
+class Tracker:
+    """A thin wrapper so the training loop does not care whether W&B is on."""
+
+    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], enabled: bool) -> None:
+        self.run = None
+        if not enabled or cfg.mode == "disabled":
+            return
+        import wandb  # imported lazily: slow, and absent on some benchmark images
+
+        self.run = wandb.init(
+            project=cfg.project,
+            group=cfg.group,
+            name=cfg.name or run_dir.resolve().name,
+            tags=list(cfg.tags),
+            mode=cfg.mode,
+            dir=str(run_dir),
+            config=config,
+            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
+        )
+
+    def log(self, record: dict[str, Any], step: int) -> None:
+        if self.run is not None:
+            self.run.log({k: v for k, v in record.items() if k != "step"}, step=step)
+
+    def summary(self, data: dict[str, Any]) -> None:
+        if self.run is not None:
+            for key, value in data.items():
+                self.run.summary[key] = value
+
+    def finish(self, exit_code: int = 0) -> None:
+        if self.run is not None:
+            self.run.finish(exit_code=exit_code)
+            self.run = None

@@ -1,0 +1,122 @@
+"""Run a function on N local ranks (gloo, CPU) from inside pytest, fast.
+
+Starting ranks through the DeepSpeed launcher costs 10-30 s a test, mostly imports. A multiprocessing
+forkserver that has already imported torch and DeepSpeed forks each rank in milliseconds
+(DEEPSPEED_CPU.md, "Fast distributed tests"). Each call gets its own free port and a timeout, and
+every rank is killed if one fails, so a broken test cannot hang the suite.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import socket
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+_CTX: Any = None
+RANK_ENV = {
+    "DS_ACCELERATOR": "cpu",
+    "GLOO_SOCKET_IFNAME": "lo",
+    "OMP_NUM_THREADS": "1",
+    "MASTER_ADDR": "127.0.0.1",
+    "WANDB_SILENT": "true",
+}
+
+
+def _context() -> Any:
+    global _CTX
+    if _CTX is None:
+        os.environ.update({k: v for k, v in RANK_ENV.items() if k != "MASTER_ADDR"})
+        tests_dir = os.path.dirname(os.path.abspath(__file__))
+        root = os.path.dirname(tests_dir)
+        os.environ["PYTHONPATH"] = os.pathsep.join(
+            [tests_dir, root, *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
+        )
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["torch", "deepspeed", "megadepth.train.loop", "megadepth.train.engine",
+                                    "distributed"])
+        _CTX = ctx
+    return _CTX
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _rank_main(fn: Callable[..., Any], rank: int, world: int, port: int, args: tuple, results: Any) -> None:
+    os.environ.update(RANK_ENV)
+    os.environ.update({
+        "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world),
+        "LOCAL_WORLD_SIZE": str(world), "MASTER_PORT": str(port),
+    })
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        results.put((rank, "ok", fn(*args)))
+    except BaseException:
+        results.put((rank, "error", traceback.format_exc()))
+        sys.exit(1)
+
+
+def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 180.0) -> list[Any]:
+    """Run ``fn(*args)`` on ``world`` ranks; returns the per-rank results in rank order.
+
+    ``fn`` must be importable (a module-level function). Raises with the failing rank's traceback.
+    """
+    ctx = _context()
+    results = ctx.Queue()
+    port = free_port()
+    procs = [ctx.Process(target=_rank_main, args=(fn, r, world, port, args, results), daemon=True)
+             for r in range(world)]
+    for p in procs:
+        p.start()
+    out: dict[int, Any] = {}
+    try:
+        while len(out) < world:
+            try:
+                rank, status, value = results.get(timeout=timeout)
+            except queue.Empty:
+                raise TimeoutError(f"{world}-rank run of {fn.__name__} timed out after {timeout:.0f} s") from None
+            if status != "ok":
+                raise RuntimeError(f"rank {rank} of {world} failed:\n{value}")
+            out[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [out[r] for r in range(world)]
+
+
+def train_rank(config_dict: dict) -> dict:
+    """A rank function: validate a config dict and train; returns the summary."""
+    from megadepth.config import validate
+    from megadepth.train.loop import train
+
+    return train(validate(config_dict))
+
+
+def train_rank_failing_checkpoint(config_dict: dict) -> dict:
+    """Train, but make the checkpoint write fail (a full disk, say); returns the summary.json found."""
+    import json
+    from pathlib import Path
+
+    from megadepth.train import checkpoint
+
+    def broken_save(*_args: Any, **_kwargs: Any) -> str:
+        raise OSError("No space left on device")
+
+    checkpoint.save = broken_save
+    try:
+        train_rank(config_dict)
+    except OSError as exc:
+        summary = json.loads((Path(config_dict["train"]["out_dir"]) / "summary.json").read_text())
+        return {"raised": str(exc), "summary": summary}
+    return {"raised": None}

@@ -1,0 +1,189 @@
+"""Configs: merging, overrides, and errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from megadepth.config import ConfigError, all_keys, explain, load_config, resolve_batch, to_yaml, validate
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "configs"
+
+# The keys DESIGN.md promises to scripts and docs.
+CONTRACT_KEYS = """model.depth model.width model.heads model.base_depth model.base_width model.activation
+model.seq_len model.vocab_size parametrization.name parametrization.alpha parametrization.gamma optimizer.name
+optimizer.lr optimizer.weight_decay schedule.warmup_steps train.steps train.micro_batch train.grad_accum
+train.seed train.log_every train.eval_every train.save_every train.out_dir data.path parallel.tensor
+parallel.pipeline parallel.sequence_parallel parallel.zero_stage wandb.mode""".split()
+
+
+def write(tmp_path: Path, name: str, text: str) -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_contract_keys_exist() -> None:
+    assert set(CONTRACT_KEYS) <= set(all_keys())
+
+
+def test_every_key_is_documented() -> None:
+    rows = explain()
+    assert len(rows) == len(all_keys())
+    undocumented = [key for key, _, doc in rows if len(doc) < 10]
+    assert undocumented == []
+
+
+def test_files_merge_left_to_right(tmp_path: Path) -> None:
+    a = write(tmp_path, "a.yaml", "model: {depth: 3, width: 32, heads: 2}\noptimizer: {lr: 0.1}\n")
+    b = write(tmp_path, "b.yaml", "model: {depth: 5}\n")
+    cfg = load_config([a, b])
+    assert (cfg.model.depth, cfg.model.width, cfg.model.heads, cfg.optimizer.lr) == (5, 32, 2, 0.1)
+    cfg = load_config([b, a])
+    assert cfg.model.depth == 3
+
+
+def test_include_is_merged_before_the_file(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "sub", "shape.yaml", "model: {depth: 7, width: 48, heads: 3}\n")
+    top = write(tmp_path, "top.yaml", "include: [sub/shape.yaml]\nmodel: {depth: 9}\n")
+    cfg = load_config([top])
+    assert (cfg.model.depth, cfg.model.width) == (9, 48)
+
+
+def test_include_cycle_is_an_error(tmp_path: Path) -> None:
+    write(tmp_path, "x.yaml", "include: [y.yaml]\n")
+    y = write(tmp_path, "y.yaml", "include: [x.yaml]\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config([y])
+
+
+def test_overrides_convert_types() -> None:
+    cfg = load_config([], ["train.steps=20", "model.tie_embeddings=false", "optimizer.betas=[0.8, 0.9]",
+                           "optimizer.lr=1e-3", "data.path=[0.3, a, 0.7, b]", "wandb.group=abc"])
+    assert cfg.train.steps == 20 and isinstance(cfg.train.steps, int)
+    assert cfg.model.tie_embeddings is False
+    assert cfg.optimizer.betas == (0.8, 0.9)
+    assert cfg.optimizer.lr == pytest.approx(1e-3)
+    assert cfg.data.path == [0.3, "a", 0.7, "b"]
+    assert cfg.wandb.group == "abc"
+
+
+def test_later_override_wins() -> None:
+    assert load_config([], ["train.steps=5", "train.steps=6"]).train.steps == 6
+
+
+@pytest.mark.parametrize(
+    ("override", "named", "suggested"),
+    [
+        ("model.dpeth=3", "model.dpeth", "model.depth"),
+        ("train.lr=0.1", "train.lr", "optimizer.lr"),
+        ("optimiser.lr=0.1", "optimiser.lr", "optimizer.lr"),
+        ("parallel.tensr=2", "parallel.tensr", "parallel.tensor"),
+    ],
+)
+def test_unknown_override_names_key_and_suggests(override: str, named: str, suggested: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config([], [override])
+    assert f"'{named}'" in str(info.value) and f"'{suggested}'" in str(info.value)
+
+
+def test_unknown_key_in_file_names_file_key_and_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "bad.yaml", "model:\n  widht: 64\n")
+    with pytest.raises(ConfigError) as info:
+        load_config([path])
+    msg = str(info.value)
+    assert "model.widht" in msg and "model.width" in msg and "bad.yaml" in msg
+
+
+def test_unknown_section_suggests_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="did you mean 'schedule'"):
+        load_config([write(tmp_path, "s.yaml", "schedul: {warmup_steps: 3}\n")])
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("model.depth=abc", "model.depth"),
+        ("model.depth=2.5", "model.depth"),
+        ("model.depth=0", "model.depth"),
+        ("model.activation=tanh", "model.activation"),
+        ("train.micro_batch=[1]", "train.micro_batch"),
+        ("optimizer.betas=[0.9, x]", "optimizer.betas"),
+    ],
+)
+def test_wrong_types_name_the_key(override: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config([], [override])
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_section_must_be_mapping() -> None:
+    with pytest.raises(ConfigError, match="'model'"):
+        validate({"model": 3})
+
+
+def test_cross_field_checks() -> None:
+    with pytest.raises(ConfigError, match="divisible by model.heads"):
+        load_config([], ["model.width=100", "model.heads=3"])
+    with pytest.raises(ConfigError, match="position table"):
+        load_config([], ["model.seq_len=512", "model.max_positions=256"])
+    with pytest.raises(ConfigError, match="custom"):
+        load_config([], ["parametrization.name=custom", "parametrization.alpha=0.5"])
+    with pytest.raises(ConfigError, match="fixed by the preset"):
+        load_config([], ["parametrization.name=depth_mup", "parametrization.alpha=1.0"])
+    with pytest.raises(ConfigError, match="sequence_parallel"):
+        load_config([], ["parallel.sequence_parallel=true"])
+
+
+def test_derived_batch_sizes() -> None:
+    cfg = load_config([], ["train.micro_batch=4", "train.global_batch=32"])
+    assert resolve_batch(cfg, dp_size=2) == (4, 32)
+    assert resolve_batch(cfg, dp_size=8) == (1, 32)
+    with pytest.raises(ConfigError, match="not divisible"):
+        resolve_batch(cfg, dp_size=3)
+    cfg = load_config([], ["train.micro_batch=4", "train.grad_accum=2", "train.global_batch=32"])
+    with pytest.raises(ConfigError, match=r"global_batch \(32\) != train.micro_batch \(4\)"):
+        resolve_batch(cfg, dp_size=1)
+    assert resolve_batch(load_config([], ["train.micro_batch=3"]), dp_size=2) == (1, 6)
+
+
+def test_yaml_is_loaded_safely(tmp_path: Path) -> None:
+    path = write(tmp_path, "evil.yaml", "model: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config([path])
+
+
+def test_resolved_yaml_round_trips(tmp_path: Path) -> None:
+    cfg = load_config([CONFIGS / "quickstart.yaml"], ["train.steps=7"])
+    again = load_config([write(tmp_path, "resolved.yaml", to_yaml(cfg))])
+    assert again == cfg
+
+
+def test_config_is_frozen() -> None:
+    cfg = validate({})
+    with pytest.raises(Exception):  # noqa: B017 - pydantic raises its ValidationError subclass
+        cfg.train.steps = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("shape", sorted(p.name for p in (CONFIGS / "model").glob("*.yaml")))
+@pytest.mark.parametrize("preset", sorted(p.name for p in (CONFIGS / "parametrization").glob("*.yaml")))
+def test_shipped_configs_compose(shape: str, preset: str) -> None:
+    cfg = load_config([CONFIGS / "model" / shape, CONFIGS / "parametrization" / preset])
+    assert cfg.parametrization.name == preset.removesuffix(".yaml")
+
+
+def test_shipped_shapes_match_benchmarks() -> None:
+    expected = {"gpt-124m": (12, 768, 1024), "gpt-350m": (24, 1024, 1024), "gpt-1.3b": (24, 2048, 2048)}
+    for name, (depth, width, seq) in expected.items():
+        m = load_config([CONFIGS / "model" / f"{name}.yaml"]).model
+        assert (m.depth, m.width, m.seq_len, m.vocab_size) == (depth, width, seq, 50304)
+
+
+def test_quickstart_is_depth_mup() -> None:
+    cfg = load_config([CONFIGS / "quickstart.yaml"])
+    assert cfg.parametrization.name == "depth_mup"
+    assert cfg.model.depth > (cfg.model.base_depth or cfg.model.depth)

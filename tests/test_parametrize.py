@@ -1,0 +1,209 @@
+"""Parametrization rules against PARAMETRIZATIONS.md, worked out by hand for m = 4, r = 4."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from megadepth.config import validate
+from megadepth.model import GPT
+from megadepth.parametrize import Parametrization, Role, initialize, param_groups, param_roles
+
+ETA, EPS, WD, SIGMA = 0.01, 1e-8, 0.1, 0.02
+
+
+def make(preset: str, width: int = 128, depth: int = 8, base_width: int = 32, base_depth: int = 2,
+         **extra: object) -> tuple:
+    ptz_cfg = {"name": preset, "init_std": SIGMA, **extra}
+    if preset == "custom":
+        ptz_cfg.setdefault("alpha", 0.75)
+        ptz_cfg.setdefault("gamma", 0.25)
+    cfg = validate({
+        "model": {"width": width, "depth": depth, "heads": 4, "base_width": base_width,
+                  "base_depth": base_depth, "seq_len": 16, "vocab_size": 64},
+        "parametrization": ptz_cfg,
+        "optimizer": {"lr": ETA, "eps": EPS, "weight_decay": WD},
+    })
+    return cfg, Parametrization.from_config(cfg.model, cfg.parametrization)
+
+
+# expected (init std, LR, eps, WD) per role at m = 4, r = 4; head size 32, base head size 8
+HIDDEN = {
+    "sp": (0.02, 0.01, 1e-8, 0.1),
+    "mup": (0.01, 0.0025, 2.5e-9, 0.4),
+    "depth_mup": (0.01, 0.00125, 1.25e-9, 0.4),
+    "completep": (0.01, 0.0025, 6.25e-10, 0.4),
+    "custom": (0.01, 0.0025 * 4**-0.25, 2.5e-9 * 4**-0.75, 0.4),
+}
+# output projections: SP 0.02/sqrt(2*8); muP family sigma/sqrt(m)/sqrt(2*base_depth) = 0.01/2
+OUT_PROJ_STD = {"sp": 0.005, "mup": 0.005, "depth_mup": 0.005, "completep": 0.005, "custom": 0.005}
+BRANCH_VECTOR = {  # (LR, eps) of LayerNorm gains / biases inside branches
+    "sp": (0.01, 1e-8),
+    "mup": (0.01, 2.5e-9),
+    "depth_mup": (0.005, 1.25e-9),
+    "completep": (0.01, 6.25e-10),
+    "custom": (0.01 * 4**-0.25, 2.5e-9 * 4**-0.75),
+}
+OUTSIDE_EPS = {"sp": 1e-8, "mup": 2.5e-9, "depth_mup": 2.5e-9, "completep": 2.5e-9, "custom": 2.5e-9}
+MULTIPLIERS = {  # (branch, readout, attention scale)
+    "sp": (1.0, 1.0, 1 / math.sqrt(32)),
+    "mup": (1.0, 0.25, math.sqrt(8) / 32),
+    "depth_mup": (0.5, 0.25, math.sqrt(8) / 32),
+    "completep": (0.25, 0.25, math.sqrt(8) / 32),
+    "custom": (4**-0.75, 0.25, math.sqrt(8) / 32),
+}
+PRESETS = list(HIDDEN)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_hidden_matrices(preset: str) -> None:
+    _, ptz = make(preset)
+    std, lr, eps, wd = HIDDEN[preset]
+    for role in (Role.QUERY, Role.HIDDEN):
+        rule = ptz.rule(role)
+        assert rule.init_std == pytest.approx(std)
+        assert ETA * rule.lr_mult == pytest.approx(lr)
+        assert EPS * rule.eps_mult == pytest.approx(eps)
+        assert WD * rule.wd_mult == pytest.approx(wd)
+    out = ptz.rule(Role.OUTPUT_PROJ)
+    assert out.init_std == pytest.approx(OUT_PROJ_STD[preset])
+    assert ETA * out.lr_mult == pytest.approx(lr)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_vectors_embeddings_readout(preset: str) -> None:
+    _, ptz = make(preset)
+    lr, eps = BRANCH_VECTOR[preset]
+    for role, init in ((Role.BRANCH_GAIN, 1.0), (Role.BRANCH_BIAS, 0.0)):
+        rule = ptz.rule(role)
+        assert (rule.init_std, rule.init_value, rule.wd_mult) == (0.0, init, 0.0)
+        assert ETA * rule.lr_mult == pytest.approx(lr)
+        assert EPS * rule.eps_mult == pytest.approx(eps)
+    for role in (Role.FINAL_GAIN, Role.FINAL_BIAS):
+        rule = ptz.rule(role)
+        assert (rule.lr_mult, rule.wd_mult) == (1.0, 0.0)
+        assert EPS * rule.eps_mult == pytest.approx(OUTSIDE_EPS[preset])
+    for role in (Role.EMBEDDING, Role.POSITION, Role.READOUT):
+        rule = ptz.rule(role)
+        assert (rule.init_std, rule.lr_mult, rule.wd_mult) == (SIGMA, 1.0, 1.0)
+        assert EPS * rule.eps_mult == pytest.approx(OUTSIDE_EPS[preset])
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_forward_multipliers(preset: str) -> None:
+    _, ptz = make(preset)
+    mult = ptz.multipliers()
+    branch, readout, attn = MULTIPLIERS[preset]
+    assert mult.branch == pytest.approx(branch)
+    assert mult.readout == pytest.approx(readout)
+    assert mult.attn_scale == pytest.approx(attn)
+    assert mult.embedding == 1.0
+
+
+def test_base_multipliers_are_applied() -> None:
+    _, ptz = make("completep", branch_multiplier=2.0, input_multiplier=3.0, output_multiplier=8.0,
+                  attn_multiplier=0.5)
+    mult = ptz.multipliers()
+    assert (mult.branch, mult.embedding, mult.readout) == pytest.approx((0.5, 3.0, 2.0))
+    assert mult.attn_scale == pytest.approx(0.5 * math.sqrt(8) / 32)
+
+
+def test_options_zero_init_eps_and_weight_decay() -> None:
+    _, ptz = make("depth_mup", zero_query=True, zero_readout=True)
+    assert ptz.rule(Role.QUERY).init_std == 0.0 and ptz.rule(Role.HIDDEN).init_std > 0
+    assert ptz.rule(Role.READOUT).init_std == 0.0 and ptz.rule(Role.EMBEDDING).init_std > 0
+    _, ptz = make("depth_mup", eps_scaling="constant")
+    assert {ptz.rule(r).eps_mult for r in Role} == {1.0}
+    _, ptz = make("depth_mup", wd_depth_scaling="one_minus_alpha")
+    assert WD * ptz.rule(Role.HIDDEN).wd_mult == pytest.approx(0.4 * 2.0)  # lambda * m * r^(1/2)
+
+
+def model_for(cfg, ptz, seed: int = 7) -> GPT:
+    model = GPT(cfg.model, ptz.multipliers())
+    initialize(model, ptz, seed)
+    return model
+
+
+def groups_by_name(model: GPT, ptz, cfg) -> dict:
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {
+        g["name"]: (g["lr"], g["eps"], g["weight_decay"], sorted(names[id(p)] for p in g["params"]))
+        for g in param_groups(model, ptz, cfg.optimizer)
+    }
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_base_shape_invariant(tied: bool) -> None:
+    """At m = r = 1 every preset builds the same weights, multipliers and optimizer groups."""
+    built = {}
+    for preset in PRESETS:
+        cfg, ptz = make(preset, width=64, depth=3, base_width=64, base_depth=3, zero_query=False)
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"tie_embeddings": tied,
+                                                                            "bias": True})})
+        model = model_for(cfg, ptz)
+        built[preset] = (model.state_dict(), ptz.multipliers(), groups_by_name(model, ptz, cfg))
+    ref_state, ref_mult, ref_groups = built["sp"]
+    for preset, (state, mult, groups) in built.items():
+        assert asdict(mult) == pytest.approx(asdict(ref_mult)), preset
+        assert groups.keys() == ref_groups.keys(), preset
+        for name, (lr, eps, wd, members) in groups.items():
+            assert (lr, eps, wd) == pytest.approx(ref_groups[name][:3]), (preset, name)
+            assert members == ref_groups[name][3]
+        for key, value in state.items():
+            assert torch.equal(value, ref_state[key]), (preset, key)
+
+
+def test_every_parameter_in_exactly_one_group() -> None:
+    for tied in (True, False):
+        cfg, ptz = make("depth_mup")
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"tie_embeddings": tied, "bias": True})})
+        model = model_for(cfg, ptz)
+        groups = param_groups(model, ptz, cfg.optimizer)
+        ids = [id(p) for g in groups for p in g["params"]]
+        assert len(ids) == len(set(ids))
+        assert set(ids) == {id(p) for p in model.parameters()}
+        names = {g["name"] for g in groups}
+        assert ("readout" in names) is (not tied)
+        assert {"branch_bias", "final_bias"} <= names
+
+
+def test_untagged_parameter_is_refused() -> None:
+    cfg, ptz = make("mup")
+    model = model_for(cfg, ptz)
+    model.extra = torch.nn.Parameter(torch.zeros(3))
+    with pytest.raises(ValueError, match="extra"):
+        param_roles(model)
+
+
+def test_init_statistics_follow_the_rules() -> None:
+    cfg, ptz = make("mup", width=512, depth=2, base_width=128, base_depth=2)
+    model = model_for(cfg, ptz)
+    block = model.blocks[0]
+    assert block.attn.key_value.weight.std().item() == pytest.approx(SIGMA / 2, rel=0.03)
+    assert block.mlp.down.weight.std().item() == pytest.approx(SIGMA / 2 / 2, rel=0.03)
+    assert model.embed.token.weight.std().item() == pytest.approx(SIGMA, rel=0.05)
+    assert torch.all(block.attn_norm.weight == 1)
+
+
+def test_depth_parametrized_init_does_not_depend_on_depth() -> None:
+    """Block 0 and the embeddings are the same tensors at depth 2 and 16 (init is keyed on names, and
+    in-branch init does not scale with depth under Depth-muP); SP's output projections do shrink."""
+    shallow = model_for(*make("depth_mup", width=32, depth=2, base_width=32, base_depth=2))
+    deep = model_for(*make("depth_mup", width=32, depth=16, base_width=32, base_depth=2))
+    for key, value in shallow.state_dict().items():
+        if key.startswith(("blocks.0.", "embed.")):
+            assert torch.equal(value, deep.state_dict()[key]), key
+    sp_shallow = model_for(*make("sp", width=32, depth=2, base_width=32, base_depth=2))
+    sp_deep = model_for(*make("sp", width=32, depth=16, base_width=32, base_depth=2))
+    ratio = sp_shallow.blocks[0].mlp.down.weight.std() / sp_deep.blocks[0].mlp.down.weight.std()
+    assert ratio.item() == pytest.approx(math.sqrt(16 / 2), rel=1e-5)
+
+
+def test_same_seed_same_weights_other_seed_differs() -> None:
+    cfg, ptz = make("completep")
+    a, b, c = model_for(cfg, ptz, 1), model_for(cfg, ptz, 1), model_for(cfg, ptz, 2)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    assert not torch.equal(a.blocks[0].attn.query.weight, c.blocks[0].attn.query.weight)
