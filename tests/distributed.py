@@ -73,7 +73,8 @@ def run_ranks(fn: Callable[..., Any], world: int, *args: Any, timeout: float = 1
     ctx = _context()
     results = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=_rank_main, args=(fn, r, world, port, args, results), daemon=True)
+    # not daemonic: a rank may start data-loader workers; every rank is joined or killed below
+    procs = [ctx.Process(target=_rank_main, args=(fn, r, world, port, args, results), daemon=False)
              for r in range(world)]
     for p in procs:
         p.start()

@@ -166,3 +166,18 @@ def test_failure_mid_run_is_recorded_and_never_claims_success(sample_data: Path,
                           tiny_config(sample_data, out, train={"steps": 4, "save_every": 3}))
     assert result["raised"] == "No space left on device"
     assert result["summary"]["status"] == "failed" and "No space left" in result["summary"]["error"]
+
+
+def test_blended_data_and_loader_workers(sample_data: Path, tmp_path: Path) -> None:
+    """A weighted blend trains, and loader worker processes deliver exactly the same batches."""
+    other = tmp_path / "copy"
+    other.mkdir()
+    for f in sample_data.iterdir():
+        if f.is_file():
+            (other / f.name).write_bytes(f.read_bytes())
+    blend = [0.7, str(sample_data), 0.3, str(other)]
+    for workers in (0, 2):
+        cfg = tiny_config(sample_data, tmp_path / f"w{workers}", data={"path": blend, "num_workers": workers})
+        (summary,) = run_ranks(train_rank, 1, cfg)
+        assert summary["status"] == "completed"
+    assert_close(losses(tmp_path / "w0"), losses(tmp_path / "w2"), rel=1e-6)

@@ -8,12 +8,7 @@ from pathlib import Path
 from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
 from megadepth.data import DataError, find_tokenizer, read_data_manifest
-
-
-def _data_dirs(path: str | list) -> list[str]:
-    if isinstance(path, str):
-        return [path]
-    return [str(p) for p in path[1::2]]
+from megadepth.data.builder import parse_data_path
 
 
 def sha256_file(path: Path) -> str:
@@ -26,16 +21,19 @@ def check_tokenizer(config: Config) -> Path | None:
     Returns its path (None when neither data.tokenizer nor a tokenizer.model beside the data exists;
     training on pre-tokenized shards does not need one).
     """
-    first = _data_dirs(config.data.path)[0]
-    if not Path(first).exists() and not Path(f"{first}.idx").exists():
-        raise DataError(f"data.path: {first} does not exist (neither a data directory nor a shard prefix)")
-    manifest = read_data_manifest(first) if Path(first).is_dir() else None
-    if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:
-        raise ConfigError(
-            f"the shards in {first} use a vocabulary of {manifest['vocab_size']} tokens but model.vocab_size "
-            f"is {config.model.vocab_size}"
-        )
-    path = Path(config.data.tokenizer) if config.data.tokenizer else find_tokenizer(first)
+    components = [p for _, p in parse_data_path(config.data.path)]
+    manifests = {}
+    for comp in components:
+        if not Path(comp).exists() and not Path(f"{comp}.idx").exists():
+            raise DataError(f"data.path: {comp} does not exist (neither a data directory nor a shard prefix)")
+        manifest = read_data_manifest(comp)
+        manifests[comp] = manifest
+        if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:
+            raise ConfigError(
+                f"the shards in {comp} use a vocabulary of {manifest['vocab_size']} tokens but "
+                f"model.vocab_size is {config.model.vocab_size}"
+            )
+    path = Path(config.data.tokenizer) if config.data.tokenizer else find_tokenizer(config.data.path)
     if path is None:
         return None
     if not path.is_file():
@@ -51,10 +49,12 @@ def check_tokenizer(config: Config) -> Path | None:
             f"tokenizer {path} has {sp.get_piece_size()} pieces but model.vocab_size is "
             f"{config.model.vocab_size}; raise model.vocab_size"
         )
-    expected = ((manifest or {}).get("tokenizer") or {}).get("sha256")
-    if expected and sha256_file(path) != expected:
-        raise DataError(
-            f"tokenizer {path} is not the one the shards in {first} were made with (sha256 differs from "
-            "manifest.json)"
-        )
+    digest = sha256_file(path)
+    for comp, manifest in manifests.items():
+        expected = ((manifest or {}).get("tokenizer") or {}).get("sha256")
+        if expected and digest != expected:
+            raise DataError(
+                f"tokenizer {path} is not the one the shards in {comp} were made with (sha256 differs from "
+                "manifest.json)"
+            )
     return path
