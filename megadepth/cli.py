@@ -34,8 +34,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     import torch
 
     from launch.deepspeed_launcher import LaunchSpec, build_command, describe, launcher_env
-    from megadepth.parallel.distributed import check_layout, free_port
-    from megadepth.train.data_checks import check_tokenizer
+    from megadepth.parallel.distributed import free_port
+    from megadepth.train.preflight import preflight
 
     config = load_config(args.configs, args.overrides)
     use_gpu = torch.cuda.is_available() and config.train.device != "cpu"
@@ -45,12 +45,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         )
     if config.train.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-    # the same checks each rank runs, once, before any process is started
-    from megadepth.config import resolve_batch
-
-    layout = check_layout(config, args.nproc_per_node)
-    resolve_batch(config, layout.data)
-    check_tokenizer(config)
+    preflight(config, args.nproc_per_node)  # the checks every rank runs, once, before any process starts
     spec = LaunchSpec(
         nproc_per_node=args.nproc_per_node,
         config_files=tuple(args.configs),

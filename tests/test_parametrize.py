@@ -27,7 +27,7 @@ def make(preset: str, width: int = 128, depth: int = 8, base_width: int = 32, ba
         "parametrization": ptz_cfg,
         "optimizer": {"lr": ETA, "eps": EPS, "weight_decay": WD},
     })
-    return cfg, Parametrization.from_config(cfg.model, cfg.parametrization)
+    return cfg, Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
 
 
 # expected (init std, LR, eps, WD) per role at m = 4, r = 4; head size 32, base head size 8
@@ -130,7 +130,7 @@ def model_for(cfg, ptz, seed: int = 7) -> GPT:
 def groups_by_name(model: GPT, ptz, cfg) -> dict:
     names = {id(p): n for n, p in model.named_parameters()}
     return {
-        g["name"]: (g["lr"], g["eps"], g["weight_decay"], sorted(names[id(p)] for p in g["params"]))
+        g["name"]: (g["lr"], g.get("eps"), g["weight_decay"], sorted(names[id(p)] for p in g["params"]))
         for g in param_groups(model, ptz, cfg.optimizer)
     }
 
@@ -207,3 +207,72 @@ def test_same_seed_same_weights_other_seed_differs() -> None:
     a, b, c = model_for(cfg, ptz, 1), model_for(cfg, ptz, 1), model_for(cfg, ptz, 2)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
     assert not torch.equal(a.blocks[0].attn.query.weight, c.blocks[0].attn.query.weight)
+
+
+# ---- SGD: muP's SGD column; gamma = 1 - 2 alpha for the depth presets ----------------------------------
+SGD_EXPECTED = {  # preset: (hidden LR, hidden WD, vector LR (embedding/readout/final gain), vector WD, branch-gain LR)
+    "sp": (0.01, 0.1, 0.01, 0.1, 0.01),
+    "mup": (0.01, 0.1, 0.04, 0.025, 0.04),
+    "depth_mup": (0.01, 0.1, 0.04, 0.025, 0.04),  # gamma = 0
+    "completep": (0.04, 0.1, 0.04, 0.025, 0.16),  # gamma = -1: in-branch LR x r
+    "custom": (0.01 * 4**-0.25, 0.1, 0.04, 0.025, 0.04 * 4**-0.25),
+}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_sgd_rules(preset: str) -> None:
+    cfg, ptz = make(preset, **{})
+    cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"name": "sgd"})})
+    ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer="sgd")
+    hidden_lr, hidden_wd, vec_lr, vec_wd, gain_lr = SGD_EXPECTED[preset]
+    for role in (Role.QUERY, Role.HIDDEN, Role.OUTPUT_PROJ):
+        assert ETA * ptz.rule(role).lr_mult == pytest.approx(hidden_lr)
+        assert WD * ptz.rule(role).wd_mult == pytest.approx(hidden_wd)
+    for role in (Role.EMBEDDING, Role.POSITION, Role.READOUT):
+        assert ETA * ptz.rule(role).lr_mult == pytest.approx(vec_lr)
+        assert WD * ptz.rule(role).wd_mult == pytest.approx(vec_wd)
+    assert ETA * ptz.rule(Role.FINAL_GAIN).lr_mult == pytest.approx(vec_lr)
+    assert ETA * ptz.rule(Role.BRANCH_GAIN).lr_mult == pytest.approx(gain_lr)
+    # init and forward multipliers do not depend on the optimizer
+    _, adam = make(preset)
+    assert ptz.multipliers() == adam.multipliers()
+    assert all(ptz.rule(r).init_std == adam.rule(r).init_std for r in Role)
+    groups = param_groups(model_for(cfg, ptz), ptz, cfg.optimizer)
+    assert all("eps" not in g and "betas" not in g for g in groups)
+
+
+def test_preset_gammas() -> None:
+    from megadepth.parametrize import preset_gamma
+
+    assert preset_gamma("depth_mup", 0.5, "adamw") == 0.5 and preset_gamma("depth_mup", 0.5, "sgd") == 0.0
+    assert preset_gamma("completep", 1.0, "adam") == 0.0 and preset_gamma("completep", 1.0, "sgd") == -1.0
+    assert preset_gamma("sp", 0.0, "sgd") == preset_gamma("mup", 0.0, "adamw") == 0.0
+    with pytest.raises(ValueError, match="no parametrization rule"):
+        preset_gamma("depth_mup", 0.5, "lion")
+
+
+def test_base_shape_invariant_under_sgd() -> None:
+    built = {}
+    for preset in PRESETS:
+        cfg, _ = make(preset, width=64, depth=3, base_width=64, base_depth=3)
+        cfg = cfg.model_copy(update={"optimizer": cfg.optimizer.model_copy(update={"name": "sgd"})})
+        ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer="sgd")
+        built[preset] = groups_by_name(model_for(cfg, ptz), ptz, cfg)
+    for preset, groups in built.items():
+        assert groups == built["sp"], preset
+
+
+def test_linear_block_model() -> None:
+    """Block depth 1: x + branch * MS(act(W x)), one matrix per layer, tagged as a hidden matrix."""
+    cfg, ptz = make("depth_mup", width=32, depth=4, base_width=32, base_depth=1)
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"block": "linear", "activation": "abs"})})
+    model = model_for(cfg, ptz)
+    roles = param_roles(model)
+    assert {n for n in roles if n.startswith("blocks.0.")} == {"blocks.0.linear.weight"}
+    assert roles["blocks.0.linear.weight"] is Role.HIDDEN
+    block = model.blocks[0]
+    x = torch.randn(2, 5, 32)
+    z = (x @ block.linear.weight.T).abs()
+    expected = x + 0.5 * (z - z.mean(-1, keepdim=True))
+    assert torch.allclose(block(x), expected, atol=1e-6)
+    assert block.branch == pytest.approx(0.5)  # r = 4, alpha = 1/2

@@ -181,3 +181,16 @@ def test_blended_data_and_loader_workers(sample_data: Path, tmp_path: Path) -> N
         (summary,) = run_ranks(train_rank, 1, cfg)
         assert summary["status"] == "completed"
     assert_close(losses(tmp_path / "w0"), losses(tmp_path / "w2"), rel=1e-6)
+
+
+@pytest.mark.parametrize("block", ["transformer", "linear"])
+def test_sgd_and_block_variants_train(sample_data: Path, tmp_path: Path, block: str) -> None:
+    cfg = tiny_config(sample_data, tmp_path / "run", model={"block": block, "activation": "abs"},
+                      optimizer={"name": "sgd", "lr": 0.5, "momentum": 0.9},
+                      train={"steps": 8, "log_every": 1})
+    (summary,) = run_ranks(train_rank, 1, cfg)
+    assert summary["status"] == "completed"
+    curve = losses(tmp_path / "run")
+    assert curve[8] < curve[1]
+    table = (tmp_path / "run" / "parametrization.txt").read_text()
+    assert "depth_mup (sgd)" in table and "gamma = 0" in table

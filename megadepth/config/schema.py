@@ -36,6 +36,10 @@ class ModelConfig(Section):
     mlp_ratio: float = Field(4.0, gt=0)
     """MLP hidden width as a multiple of the width (kept fixed when scaling, so m is the same for all
     hidden matrices)."""
+    block: Literal["transformer", "linear"] = "transformer"
+    """Residual block: 'transformer' (pre-LN attention + MLP, two branches per layer) or 'linear' (block
+    depth 1, Tensor Programs VI's main setting: x + branch * MS(act(W x)), one matrix per branch, mean
+    subtraction MS, no attention and no LayerNorm inside; a per-token model, for depth studies)."""
     activation: Literal["gelu", "relu", "abs"] = "gelu"
     """MLP non-linearity. Tensor Programs VI finds abs maximises feature diversity among homogeneous
     activations."""
@@ -87,14 +91,15 @@ class ModelConfig(Section):
 
 class ParametrizationConfig(Section):
     name: Literal["sp", "mup", "depth_mup", "completep", "custom"] = "depth_mup"
-    """Parametrization: sp (standard), mup (width only), depth_mup (alpha=1/2, gamma=1/2),
-    completep (alpha=1, gamma=0) or custom (alpha and gamma given)."""
+    """Parametrization: sp (standard), mup (width only), depth_mup (alpha = 1/2), completep (alpha = 1)
+    or custom (alpha and gamma given). Presets take gamma = 1 - alpha (Adam) or 1 - 2 alpha (SGD)."""
     alpha: float | None = None
     """Branch multiplier exponent: each residual branch is scaled by a * r^-alpha. Only with name: custom
     (the presets fix it)."""
     gamma: float | None = None
     """Depth exponent of the learning rate of in-branch parameters (LR * r^-gamma). Only with
-    name: custom; gamma = 1 - alpha keeps per-block updates of order 1/L for Adam."""
+    name: custom. The presets use gamma = 1 - alpha for Adam and 1 - 2 alpha for SGD, which keep each
+    block's per-step feature update of order 1/L."""
     init_std: float = Field(0.02, gt=0)
     """Base init std sigma of matrices and embeddings (at the base shape)."""
     branch_multiplier: float = Field(1.0, gt=0)
@@ -132,8 +137,9 @@ class ParametrizationConfig(Section):
 
 
 class OptimizerConfig(Section):
-    name: Literal["adamw", "adam"] = "adamw"
-    """Optimizer: adamw (decoupled weight decay) or adam (L2 penalty in the gradient)."""
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    """Optimizer: adamw (decoupled weight decay), adam (L2 penalty in the gradient) or sgd (with optional
+    momentum). The parametrization has a rule set for each (muP's Adam and SGD columns)."""
     lr: float = Field(3e-3, gt=0)
     """Base learning rate eta (at the base shape); each parameter group multiplies it."""
     weight_decay: float = Field(0.1, ge=0)
@@ -144,6 +150,16 @@ class OptimizerConfig(Section):
     """Base Adam epsilon (scaled per group by the parametrization)."""
     grad_clip: float = Field(1.0, ge=0)
     """Global gradient-norm clipping threshold; 0 disables clipping."""
+    momentum: float = Field(0.0, ge=0, lt=1)
+    """SGD momentum (sgd only)."""
+    nesterov: bool = False
+    """Nesterov momentum (sgd only, needs momentum > 0)."""
+
+    @model_validator(mode="after")
+    def _sgd_options(self) -> OptimizerConfig:
+        if self.nesterov and (self.name != "sgd" or self.momentum == 0):
+            raise ValueError("optimizer.nesterov needs optimizer.name: sgd and optimizer.momentum > 0")
+        return self
 
 
 class ScheduleConfig(Section):

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from megadepth.config.schema import ModelConfig
-from megadepth.model.layers import Block, Embedding, Head
+from megadepth.model.layers import Block, Embedding, Head, LinearBlock
 from megadepth.parametrize.rules import Multipliers
 
 
@@ -23,7 +23,11 @@ class GPT(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = Embedding(cfg, mult.embedding)
-        self.blocks = nn.ModuleList(Block(cfg, mult.branch, mult.attn_scale) for _ in range(cfg.depth))
+        if cfg.block == "linear":
+            blocks = [LinearBlock(cfg, mult.branch) for _ in range(cfg.depth)]
+        else:
+            blocks = [Block(cfg, mult.branch, mult.attn_scale) for _ in range(cfg.depth)]
+        self.blocks = nn.ModuleList(blocks)
         self.head = Head(cfg, mult.readout, tied=self.embed.token if cfg.tie_embeddings else None)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -147,6 +147,27 @@ class Block(nn.Module):
         return x + self.branch * self.dropout(self.mlp(self.mlp_norm(x)))
 
 
+class LinearBlock(nn.Module):
+    """Block depth 1 (Tensor Programs VI's main setting): x <- x + branch * MS(act(W x)).
+
+    One matrix per branch, mean subtraction MS over features, no LayerNorm, no attention: a per-token
+    resnet whose depth behaviour the theory describes exactly (Depth-muP is its unique optimal
+    parametrization).
+    """
+
+    def __init__(self, cfg: ModelConfig, branch_multiplier: float) -> None:
+        super().__init__()
+        self.linear = Linear(cfg.width, cfg.width, cfg.bias, Role.HIDDEN)
+        self.act = activation_fn(cfg.activation)
+        self.branch = branch_multiplier
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = self.act(self.linear(x))
+        z = z - z.mean(dim=-1, keepdim=True)
+        return x + self.branch * self.dropout(z)
+
+
 class Head(nn.Module):
     """Final LayerNorm, readout multiplier, LM head (its own matrix, or the tied token embedding)."""
 

@@ -2,15 +2,16 @@
 
 from megadepth.parametrize.apply import initialize, param_groups, param_roles, roles_present, stable_seed
 from megadepth.parametrize.roles import Role
-from megadepth.parametrize.rules import PRESET_EXPONENTS, Multipliers, Parametrization, RoleRule
+from megadepth.parametrize.rules import PRESETS, Multipliers, Parametrization, RoleRule, preset_gamma
 
 __all__ = [
-    "PRESET_EXPONENTS",
+    "PRESETS",
     "Multipliers",
     "Parametrization",
     "Role",
     "RoleRule",
     "initialize",
+    "preset_gamma",
     "param_groups",
     "param_roles",
     "roles_present",

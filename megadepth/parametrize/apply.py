@@ -10,7 +10,7 @@ from torch import nn
 
 from megadepth.config.schema import OptimizerConfig
 from megadepth.parametrize.roles import Role
-from megadepth.parametrize.rules import Parametrization
+from megadepth.parametrize.rules import ADAM_FAMILY, Parametrization
 
 
 def param_roles(model: nn.Module) -> dict[str, Role]:
@@ -55,7 +55,7 @@ def initialize(model: nn.Module, ptz: Parametrization, seed: int) -> None:
 
 
 def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerConfig) -> list[dict]:
-    """One optimizer group per role present, with absolute lr, eps and weight decay.
+    """One optimizer group per role present, with absolute lr, weight decay (and Adam's eps).
 
     Each group also carries ``lr_mult`` (its LR relative to the base LR) and its role ``name``; the LR
     schedule multiplies each group's own LR by a factor, so the ratios survive scheduling.
@@ -76,17 +76,16 @@ def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerCon
         if role not in by_role:
             continue
         rule = ptz.rule(role)
-        groups.append(
-            {
-                "name": role.value,
-                "params": by_role[role],
-                "lr": optimizer.lr * rule.lr_mult,
-                "lr_mult": rule.lr_mult,
-                "eps": optimizer.eps * rule.eps_mult,
-                "weight_decay": optimizer.weight_decay * rule.wd_mult,
-                "betas": tuple(optimizer.betas),
-            }
-        )
+        group = {
+            "name": role.value,
+            "params": by_role[role],
+            "lr": optimizer.lr * rule.lr_mult,
+            "lr_mult": rule.lr_mult,
+            "weight_decay": optimizer.weight_decay * rule.wd_mult,
+        }
+        if optimizer.name in ADAM_FAMILY:
+            group.update(eps=optimizer.eps * rule.eps_mult, betas=tuple(optimizer.betas))
+        groups.append(group)
     return groups
 
 

@@ -5,8 +5,15 @@ eta (LR), sigma (init std), eps, lambda (weight decay), a (branch multiplier), a
 alpha_attn. At m = r = 1 every preset gives identical numbers: that is what makes "tune at the base,
 then scale" exact, and tests/test_parametrize.py checks it.
 
-A preset is three things: whether width scaling (muP) is on, the branch exponent alpha and the LR
-depth exponent gamma. SP is (off, 0, 0), muP (on, 0, 0), Depth-muP (on, 1/2, 1/2), CompleteP (on, 1, 0).
+A preset is two things: whether width scaling (muP) is on, and the branch exponent alpha. The LR depth
+exponent gamma follows from alpha and the optimizer family: 1 - alpha for Adam(W), 1 - 2 alpha for SGD
+(each block's per-step feature update stays of order 1/L). SP is (off, 0), muP (on, 0), Depth-muP
+(on, 1/2: gamma 1/2 with Adam, 0 with SGD), CompleteP (on, 1: gamma 0 with Adam).
+
+The optimizer family matters for width too: Adam normalises gradients entry-wise, so hidden matrices get
+LR eta/m; SGD does not, so vector-like parameters (embeddings, biases, gains, and the readout behind its
+1/m multiplier) get LR eta*m and hidden matrices keep eta (the `mup` package's MuAdam / MuSGD). Weight
+decay is scaled inversely to the width factor of the LR, so lr x wd does not depend on width.
 """
 
 from __future__ import annotations
@@ -17,12 +24,25 @@ from dataclasses import asdict, dataclass
 from megadepth.config.schema import ModelConfig, OptimizerConfig, ParametrizationConfig
 from megadepth.parametrize.roles import Role
 
-PRESET_EXPONENTS: dict[str, tuple[bool, float, float]] = {
-    "sp": (False, 0.0, 0.0),
-    "mup": (True, 0.0, 0.0),
-    "depth_mup": (True, 0.5, 0.5),
-    "completep": (True, 1.0, 0.0),
+PRESETS: dict[str, tuple[bool, float]] = {
+    "sp": (False, 0.0),
+    "mup": (True, 0.0),
+    "depth_mup": (True, 0.5),
+    "completep": (True, 1.0),
 }
+ADAM_FAMILY = ("adam", "adamw")
+SGD_FAMILY = ("sgd",)
+
+
+def preset_gamma(name: str, alpha: float, optimizer: str) -> float:
+    """gamma of a preset: none for SP and muP, 1 - alpha (Adam) or 1 - 2 alpha (SGD) otherwise."""
+    if name in ("sp", "mup"):
+        return 0.0
+    if optimizer in ADAM_FAMILY:
+        return 1.0 - alpha
+    if optimizer in SGD_FAMILY:
+        return 1.0 - 2.0 * alpha
+    raise ValueError(f"no parametrization rule for optimizer '{optimizer}'")
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,7 @@ class Parametrization:
     """A resolved parametrization for one model shape."""
 
     name: str
+    optimizer: str
     width_scaling: bool
     alpha: float
     gamma: float
@@ -69,15 +90,20 @@ class Parametrization:
     cfg: ParametrizationConfig
 
     @classmethod
-    def from_config(cls, model: ModelConfig, cfg: ParametrizationConfig) -> Parametrization:
+    def from_config(cls, model: ModelConfig, cfg: ParametrizationConfig, *, optimizer: str) -> Parametrization:
+        """Resolve for a model shape and an optimizer family (required: SGD and Adam differ)."""
+        if optimizer not in ADAM_FAMILY + SGD_FAMILY:
+            raise ValueError(f"no parametrization rule for optimizer '{optimizer}'")
         if cfg.name == "custom":
             width_scaling, alpha, gamma = True, float(cfg.alpha), float(cfg.gamma)  # type: ignore[arg-type]
         else:
-            width_scaling, alpha, gamma = PRESET_EXPONENTS[cfg.name]
+            width_scaling, alpha = PRESETS[cfg.name]
+            gamma = preset_gamma(cfg.name, alpha, optimizer)
         base_width = model.base_width or model.width
         base_depth = model.base_depth or model.depth
         return cls(
             name=cfg.name,
+            optimizer=optimizer,
             width_scaling=width_scaling,
             alpha=alpha,
             gamma=gamma,
@@ -109,36 +135,61 @@ class Parametrization:
     # ---- per-role rules ------------------------------------------------------------------------
     def rule(self, role: Role) -> RoleRule:
         c, m, r = self.cfg, self.m, self.r
-        w = m if self.width_scaling else 1.0  # width factor of hidden matrices
+        w = m if self.width_scaling else 1.0  # width multiplier, 1 when width is not parametrized
+        depth_lr = r**-self.gamma if role.in_branch else 1.0
+        depth_wd = r ** (1.0 - self.alpha) if c.wd_depth_scaling == "one_minus_alpha" else 1.0
+        init_std, init_value = self._init(role, w)
+        if self.optimizer in SGD_FAMILY:
+            # vector-like parameters (one wide dimension) get eta * m, matrices eta; no eps in SGD
+            lr_width = 1.0 if role.is_hidden_matrix else w
+            return RoleRule(init_std, init_value, lr_width * depth_lr, 1.0, self._wd(role, lr_width, depth_wd))
         scaled_eps = c.eps_scaling == "scaled"
         # eps follows the size of the gradients: 1/m for width-scaled groups, r^-alpha inside branches
-        eps_width = (1.0 / w) if scaled_eps else 1.0
-        eps_branch = eps_width * (r**-self.alpha if scaled_eps else 1.0)
-        depth_lr = r**-self.gamma
-        depth_wd = r ** (1.0 - self.alpha) if c.wd_depth_scaling == "one_minus_alpha" else 1.0
-        sigma = c.init_std
+        eps = (1.0 / w if scaled_eps else 1.0) * (r**-self.alpha if scaled_eps and role.in_branch else 1.0)
+        lr_width = 1.0 / w if role.is_hidden_matrix else 1.0
+        return RoleRule(init_std, init_value, lr_width * depth_lr, eps, self._wd(role, lr_width, depth_wd))
 
+    def _init(self, role: Role, w: float) -> tuple[float, float]:
+        """(init std, constant init) of a role. Init does not depend on the optimizer, nor (except SP's
+        GPT-2 factor) on depth: the branch multiplier does that job."""
+        c = self.cfg
         if role.is_hidden_matrix:
-            std = sigma / math.sqrt(w)
+            std = c.init_std / math.sqrt(w)
             if role is Role.OUTPUT_PROJ:
-                # GPT-2's 1/sqrt(2L); frozen at the base depth when depth is parametrized, so depth is
-                # not counted twice (the branch multiplier already does that job)
+                # GPT-2's 1/sqrt(2L), frozen at the base depth when depth is parametrized (not counted twice)
                 std /= math.sqrt(2 * (self.base_depth if self.width_scaling else self.depth))
             if role is Role.QUERY and c.zero_query:
                 std = 0.0
-            return RoleRule(std, 0.0, depth_lr / w, eps_branch, w * depth_wd)
-        if role in (Role.BRANCH_GAIN, Role.BRANCH_BIAS):
-            return RoleRule(0.0, 1.0 if role is Role.BRANCH_GAIN else 0.0, depth_lr, eps_branch, 0.0)
-        if role in (Role.FINAL_GAIN, Role.FINAL_BIAS):
-            return RoleRule(0.0, 1.0 if role is Role.FINAL_GAIN else 0.0, 1.0, eps_width, 0.0)
+            return std, 0.0
+        if role in (Role.BRANCH_GAIN, Role.FINAL_GAIN):
+            return 0.0, 1.0
+        if role in (Role.BRANCH_BIAS, Role.FINAL_BIAS):
+            return 0.0, 0.0
+        if role is Role.READOUT and c.zero_readout:
+            return 0.0, 0.0
+        return c.init_std, 0.0  # embedding, position, readout
+
+    @staticmethod
+    def _wd(role: Role, lr_width: float, depth_wd: float) -> float:
+        """Weight decay multiplier: none for gains and biases; inverse to the LR's width factor, so that
+        lr x wd (the decay per step) is width-independent; optional depth factor for hidden matrices."""
+        if role in (Role.BRANCH_GAIN, Role.BRANCH_BIAS, Role.FINAL_GAIN, Role.FINAL_BIAS):
+            return 0.0
+        return (1.0 / lr_width) * (depth_wd if role.is_hidden_matrix else 1.0)
+
+    def forward_multiplier(self, role: Role) -> float:
+        """The forward multiplier acting on a role's output (for the start-up table)."""
+        mult = self.multipliers()
+        if role.in_branch:
+            return mult.branch
         if role in (Role.EMBEDDING, Role.POSITION):
-            return RoleRule(sigma, 0.0, 1.0, eps_width, 1.0)
+            return mult.embedding
         if role is Role.READOUT:
-            return RoleRule(0.0 if c.zero_readout else sigma, 0.0, 1.0, eps_width, 1.0)
-        raise ValueError(f"no rule for role {role!r}")
+            return mult.readout
+        return 1.0
 
     def describe(self, optimizer: OptimizerConfig, roles: list[Role] | None = None) -> list[dict]:
-        """Absolute per-role settings (init std, LR, eps, WD) plus the multipliers: what a user got."""
+        """Absolute per-role settings (init, forward multiplier, LR, eps, WD): what a user got."""
         rows = []
         for role in roles or list(Role):
             rule = self.rule(role)
@@ -146,8 +197,9 @@ class Parametrization:
                 {
                     "role": role.value,
                     "init": f"{rule.init_std:.4g}" if rule.init_std else f"const {rule.init_value:g}",
+                    "multiplier": self.forward_multiplier(role),
                     "lr": optimizer.lr * rule.lr_mult,
-                    "eps": optimizer.eps * rule.eps_mult,
+                    "eps": optimizer.eps * rule.eps_mult if self.optimizer in ADAM_FAMILY else None,
                     "weight_decay": optimizer.weight_decay * rule.wd_mult,
                 }
             )
@@ -161,14 +213,14 @@ class Parametrization:
     def format_table(self, optimizer: OptimizerConfig, roles: list[Role] | None = None) -> str:
         mult = self.multipliers()
         head = (
-            f"parametrization {self.name}: m = {self.m:g}, r = {self.r:g}, alpha = {self.alpha:g}, "
-            f"gamma = {self.gamma:g}; multipliers: embedding {mult.embedding:.4g}, branch {mult.branch:.4g}, "
-            f"readout {mult.readout:.4g}, attention {mult.attn_scale:.4g}"
+            f"parametrization {self.name} ({self.optimizer}): m = {self.m:g}, r = {self.r:g}, "
+            f"alpha = {self.alpha:g}, gamma = {self.gamma:g}; attention scale {mult.attn_scale:.4g}"
         )
-        lines = [head, f"{'role':<12} {'init std':>12} {'lr':>11} {'eps':>11} {'wd':>11}"]
+        lines = [head, f"{'role':<12} {'init std':>10} {'fwd mult':>9} {'lr':>11} {'eps':>11} {'wd':>11}"]
         for row in self.describe(optimizer, roles):
+            eps = f"{row['eps']:>11.4g}" if row["eps"] is not None else f"{'-':>11}"
             lines.append(
-                f"{row['role']:<12} {row['init']:>12} {row['lr']:>11.4g} {row['eps']:>11.4g} "
+                f"{row['role']:<12} {row['init']:>10} {row['multiplier']:>9.4g} {row['lr']:>11.4g} {eps} "
                 f"{row['weight_decay']:>11.4g}"
             )
         return "\n".join(lines)

@@ -10,6 +10,7 @@ import torch
 from megadepth.config.schema import Config
 from megadepth.model import GPT
 from megadepth.parametrize import Parametrization, initialize, param_groups
+from megadepth.parametrize.checks import verify_attention_scale
 from megadepth.train.schedule import make_scheduler
 
 
@@ -30,9 +31,12 @@ def deepspeed_config(config: Config, grad_accum: int, global_batch: int, precisi
 
 
 def build_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer:
-    cls = torch.optim.AdamW if config.optimizer.name == "adamw" else torch.optim.Adam
-    # foreach kernels on both CPU and GPU; fused=True is a CUDA/bf16 speed option for later issues
-    return cls(groups, lr=config.optimizer.lr, betas=tuple(config.optimizer.betas), eps=config.optimizer.eps)
+    """The torch optimizer over the parametrization's groups (each group carries its own lr/eps/wd)."""
+    opt = config.optimizer
+    if opt.name == "sgd":
+        return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
+    cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
 
 
 @dataclass
@@ -48,7 +52,9 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
     """Build the model on ``device``, initialise it from its roles, wrap it in a DeepSpeed engine."""
     import deepspeed
 
-    ptz = Parametrization.from_config(config.model, config.parametrization)
+    ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
+    if config.model.block == "transformer":
+        verify_attention_scale(device, torch.bfloat16 if precision == "bf16" else torch.float32)
     model = GPT(config.model, ptz.multipliers()).to(device)
     initialize(model, ptz, config.train.seed)
     groups = param_groups(model, ptz, config.optimizer)

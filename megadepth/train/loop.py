@@ -16,13 +16,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from megadepth.config.load import ConfigError, resolve_batch, to_yaml
+from megadepth.config.load import ConfigError, to_yaml
 from megadepth.config.schema import Config
 from megadepth.data import DataError, MicroBatchSampler, build_datasets, make_loader
 from megadepth.parallel.distributed import (
     DistEnv,
     Layout,
-    check_layout,
     init_distributed,
     prepare_deepspeed_env,
     read_env,
@@ -32,7 +31,7 @@ from megadepth.parallel.distributed import (
 )
 from megadepth.parametrize import roles_present, stable_seed
 from megadepth.train import checkpoint
-from megadepth.train.data_checks import check_tokenizer
+from megadepth.train.preflight import preflight
 from megadepth.train.rundir import MetricsLog, RunDir, atomic_write_json, atomic_write_text, read_metrics
 from megadepth.train.schedule import lr_factor
 from megadepth.train.tracking import Tracker
@@ -56,13 +55,11 @@ class Plan:
 def plan_run(config: Config) -> Plan:
     """All start-up checks; raises ConfigError / DataError with a one-line message."""
     env = read_env()
-    layout = check_layout(config, env.world_size)
+    layout, grad_accum, global_batch = preflight(config, env.world_size)
     device = resolve_device(config, env)
     precision = resolve_precision(config, device)
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError("train.precision is bf16 but this GPU does not support bf16")
-    grad_accum, global_batch = resolve_batch(config, layout.data)
-    check_tokenizer(config)
     run = RunDir(config.train.out_dir)
     resume_tag = checkpoint.latest_tag(run.checkpoints)
     if config.train.resume == "never" and resume_tag is not None:

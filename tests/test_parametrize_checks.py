@@ -1,0 +1,58 @@
+"""Combinations that would silently break a parametrization stop with a message."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megadepth.config import ConfigError, validate
+from megadepth.parametrize.checks import check_parametrization, verify_attention_scale
+
+
+def cfg(**sections: dict):
+    base = {"model": {"width": 64, "heads": 4, "depth": 4, "base_width": 32, "base_depth": 2}}
+    for key, values in sections.items():
+        base[key] = {**base.get(key, {}), **values}
+    return validate(base)
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"model": {"base_width": 128}}, "model.base_width (128) is larger"),
+        ({"model": {"base_depth": 8}}, "model.base_depth (8) is larger"),
+        ({"parametrization": {"zero_readout": True}}, "zero_readout with model.tie_embeddings"),
+        ({"model": {"heads": 8, "base_width": 36, "width": 72}}, "base head size is ambiguous"),
+        ({"model": {"block": "linear", "position": "rotary"}}, "rotary has no effect"),
+        ({"model": {"block": "linear"}, "parametrization": {"zero_query": True}}, "zero_query has no effect"),
+    ],
+)
+def test_refused(sections: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_parametrization(cfg(**sections))
+    assert message in str(info.value)
+
+
+def test_allowed() -> None:
+    check_parametrization(cfg())
+    check_parametrization(cfg(model={"tie_embeddings": False}, parametrization={"zero_readout": True}))
+    check_parametrization(cfg(model={"heads": 8, "base_width": 36, "width": 72},
+                              parametrization={"base_head_dim": 9}))
+    check_parametrization(cfg(parametrization={"name": "sp"}, model={"heads": 3, "width": 66, "base_width": 33}))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_scale_is_honoured_by_sdpa(dtype: torch.dtype) -> None:
+    verify_attention_scale(torch.device("cpu"), dtype)
+
+
+def test_kernel_that_drops_the_scale_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    real = F.scaled_dot_product_attention
+
+    def default_scale_only(q, k, v, is_causal=False, scale=None, **kwargs):  # a kernel without `scale`
+        return real(q, k, v, is_causal=is_causal, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", default_scale_only)
+    with pytest.raises(ConfigError, match="ignores the softmax scale"):
+        verify_attention_scale(torch.device("cpu"), torch.float32)
