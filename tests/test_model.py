@@ -14,7 +14,7 @@ from megadepth.parametrize import Parametrization, initialize
 
 def build(**model: object) -> GPT:
     cfg = validate({"model": {"width": 32, "depth": 2, "heads": 4, "seq_len": 16, "vocab_size": 50, **model}})
-    ptz = Parametrization.from_config(cfg.model, cfg.parametrization)
+    ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
     gpt = GPT(cfg.model, ptz.multipliers())
     initialize(gpt, ptz, seed=3)
     return gpt.eval()
