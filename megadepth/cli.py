@@ -61,6 +61,40 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     return subprocess.call(cmd, env={**os.environ, **env})
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
+    return values
+
+
+def _cmd_coord_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from megadepth.analysis.coord_check import format_slopes, plot_coord_check, run_coord_check
+    from megadepth.parametrize.checks import check_parametrization
+    from megadepth.train.data_checks import check_tokenizer
+    from megadepth.train.rundir import atomic_write_json
+
+    config = load_config(args.configs, args.overrides)
+    for depth in args.depths:  # every shape must pass the same start-up checks as a training run
+        for width in args.widths or [config.model.width]:
+            shaped = config.model_copy(update={"model": config.model.model_copy(update={"depth": depth, "width": width})})
+            check_parametrization(shaped)
+    check_tokenizer(config)
+    out = Path(args.out)
+    result = run_coord_check(config, args.depths, args.widths, args.steps, seeds=tuple(range(args.seeds)))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "coord.json", result)
+    plot_coord_check(result, out / "coord.png")
+    print(format_slopes(result))
+    print(f"wrote {out / 'coord.json'} and {out / 'coord.png'}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.explain:
         for key, default, doc in explain():
@@ -92,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the launcher command and exit")
     _add_config_args(p)
     p.set_defaults(func=_cmd_launch)
+
+    p = sub.add_parser("coord-check", help="coordinate check: activation and update sizes across depth/width")
+    _add_config_args(p)
+    p.add_argument("--depths", type=_int_list, required=True, help="e.g. 2,4,8,16,32")
+    p.add_argument("--widths", type=_int_list, default=None, help="e.g. 64,128,256 (default: the config's)")
+    p.add_argument("--steps", type=int, default=5, help="optimizer steps per shape (default 5)")
+    p.add_argument("--seeds", type=int, default=1, help="seeds averaged per shape (default 1)")
+    p.add_argument("--out", required=True, help="output directory for coord.json and coord.png")
+    p.set_defaults(func=_cmd_coord_check)
 
     p = sub.add_parser("config", help="print the resolved config, or document every key")
     p.add_argument("configs", nargs="*", metavar="CONFIG.yaml")

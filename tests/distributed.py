@@ -121,3 +121,12 @@ def train_rank_failing_checkpoint(config_dict: dict) -> dict:
         summary = json.loads((Path(config_dict["train"]["out_dir"]) / "summary.json").read_text())
         return {"raised": str(exc), "summary": summary}
     return {"raised": None}
+
+
+def coord_check_rank(config_dict: dict, depths: list[int], widths: list[int] | None, steps: int) -> dict:
+    """A rank function: the coordinate check's slopes for a config dict."""
+    from megadepth.analysis.coord_check import run_coord_check
+    from megadepth.config import validate
+
+    result = run_coord_check(validate(config_dict), depths, widths, steps, progress=False)
+    return result["slopes"]

@@ -140,3 +140,27 @@ def test_quickstart_path_and_launch_equals_train(tmp_path: Path) -> None:
         assert loss == pytest.approx(ref[step], rel=1e-5)
     assert list((tmp_path / "l" / "wandb").glob("offline-run-*"))
     assert (tmp_path / "l" / "loss.png").exists()
+
+
+@pytest.mark.slow
+def test_coord_check_command(sample_data: Path, tmp_path: Path) -> None:
+    cfg = write_config(tmp_path, tiny_config(sample_data, tmp_path / "unused", model={"seq_len": 16}))
+    out = tmp_path / "coord"
+    done = _cli("coord-check", str(cfg), "--depths", "2,4", "--widths", "32,64", "--steps", "2", "--out", str(out),
+                "--set", "model.base_width=32", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "coord.json").read_text())
+    assert (out / "coord.png").read_bytes()[:4] == b"\x89PNG"
+    shapes = {(r["depth"], r["width"]) for r in result["records"]}
+    assert shapes == {(2, 32), (4, 32), (2, 64), (4, 64)}
+    assert {r["quantity"] for r in result["records"]} == {"residual", "block_output", "residual_change",
+                                                          "block_change", "logits_change"}
+    assert {r["step"] for r in result["records"]} == {0, 1, 2}
+    assert set(result["slopes"]) == {"depth", "width"} and "mean" in result["slopes"]["depth"]["residual"]
+    assert "slope" in done.stdout
+
+
+def test_coord_check_bad_depths(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["coord-check", str(ROOT / "configs" / "quickstart.yaml"), "--depths", "2,x", "--out", "o"])
+    assert "comma-separated integers" in capsys.readouterr().err

@@ -1,0 +1,270 @@
+"""Coordinate check across depth (and width): does the parametrization keep activations and their
+updates of the right size as the model grows?
+
+For each shape the model is built and trained for a few steps on the REAL training path (the DeepSpeed
+engine, the parametrization's param groups and schedule, the configured data), with one LR. Before the
+first step and after each step a fixed probe batch is run through the model and, per layer l, we record
+(RMS = root mean square over all coordinates):
+
+- ``residual``          RMS of the residual stream h_l after block l (l = 0 is the embedding),
+- ``block_output``      RMS of block l's contribution h_l - h_{l-1} (branch multiplier included),
+- ``residual_change``   RMS of h_l(t) - h_l(0), the change since initialisation,
+- ``block_change``      RMS of block l's contribution at step t minus at step 0,
+- ``logits_change``     RMS of the logits' change (one value per model).
+
+Summaries per shape: the residual quantities at the last layer, the block quantities averaged over
+layers. Their log-log slopes against depth (and width) are what theory predicts (PARAMETRIZATIONS.md,
+"How to check an implementation"): under Depth-muP and CompleteP the residual stream and its change are
+flat in depth while one block's output scales like r^-alpha; under SP they drift.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megadepth.config.load import validate
+from megadepth.config.schema import Config
+
+QUANTITIES = ("residual", "block_output", "residual_change", "block_change", "logits_change")
+
+
+@dataclass(frozen=True)
+class Shape:
+    depth: int
+    width: int
+
+
+def _rms(x: torch.Tensor) -> float:
+    return float(x.double().pow(2).mean().sqrt())
+
+
+def _with_shape(config: Config, shape: Shape, steps: int, seed: int) -> Config:
+    data = config.model_dump(mode="json")
+    data["model"].update(depth=shape.depth, width=shape.width)
+    data["train"].update(steps=steps, seed=seed, progress=False, save_final=False, save_every=0,
+                         eval_every=0, eval_samples=0, grad_accum=None, global_batch=None)
+    data["data"]["valid_fraction"] = 0.0
+    data["wandb"]["mode"] = "disabled"
+    return validate(data)
+
+
+class _Recorder:
+    """Forward hooks on the embedding and every block: the residual stream after each of them."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.streams: list[torch.Tensor] = []
+        mods = [model.embed, *model.blocks]
+        self.handles = [m.register_forward_hook(self._hook) for m in mods]
+
+    def _hook(self, _module: Any, _inputs: Any, output: torch.Tensor) -> None:
+        self.streams.append(output.detach().float().clone())
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@torch.no_grad()
+def _probe(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    was_training = model.training
+    model.eval()
+    rec = _Recorder(model)
+    try:
+        logits = model(tokens).detach().float()
+    finally:
+        rec.close()
+        model.train(was_training)
+    return rec.streams, logits
+
+
+def _measure_shape(config: Config, device: torch.device, precision: str) -> list[dict[str, Any]]:
+    """Train one shape for config.train.steps steps; records of (step, quantity, layer, value)."""
+    from megadepth.data import MicroBatchSampler, build_datasets, make_loader
+    from megadepth.train.engine import build_engine
+
+    cfg = config.train
+    train_set, _ = build_datasets(config.data.path, seq_len=config.model.seq_len, seed=cfg.seed,
+                                  train_samples=(cfg.steps + 1) * cfg.micro_batch, valid_samples=0,
+                                  valid_fraction=0.0, cache_dir=config.data.cache_dir)
+    built = build_engine(config, device, 1, cfg.micro_batch, precision)
+    engine, model = built.engine, built.model
+    loader = iter(make_loader(train_set, MicroBatchSampler(len(train_set), 0, cfg.micro_batch, 0, 1)))
+    probe = next(loader).to(device)[:, :-1]  # the probe batch is held out of training
+    streams0, logits0 = _probe(model, probe)
+    blocks0 = [b - a for a, b in zip(streams0[:-1], streams0[1:], strict=True)]
+    records: list[dict[str, Any]] = []
+
+    def record(step: int, streams: list[torch.Tensor], logits: torch.Tensor) -> None:
+        blocks = [b - a for a, b in zip(streams[:-1], streams[1:], strict=True)]
+        for layer, h in enumerate(streams):
+            records.append({"step": step, "quantity": "residual", "layer": layer, "value": _rms(h)})
+            records.append({"step": step, "quantity": "residual_change", "layer": layer,
+                            "value": _rms(h - streams0[layer])})
+        for layer, delta in enumerate(blocks, start=1):
+            records.append({"step": step, "quantity": "block_output", "layer": layer, "value": _rms(delta)})
+            records.append({"step": step, "quantity": "block_change", "layer": layer,
+                            "value": _rms(delta - blocks0[layer - 1])})
+        records.append({"step": step, "quantity": "logits_change", "layer": len(streams) - 1,
+                        "value": _rms(logits - logits0)})
+
+    record(0, streams0, logits0)
+    for step in range(1, cfg.steps + 1):
+        batch = next(loader).to(device)
+        loss = engine(batch[:, :-1], batch[:, 1:])
+        engine.backward(loss)
+        engine.step()
+        if not math.isfinite(float(loss.detach())):
+            break
+        record(step, *_probe(model, probe))
+    return records
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[tuple[int, int, int, str], float]:
+    """(depth, width, step, quantity) -> one number: last layer for residual quantities and logits,
+    the mean over blocks for block quantities."""
+    grouped: dict[tuple[int, int, int, str], list[tuple[int, float]]] = {}
+    for r in records:
+        grouped.setdefault((r["depth"], r["width"], r["step"], r["quantity"]), []).append((r["layer"], r["value"]))
+    out = {}
+    for key, values in grouped.items():
+        if key[3].startswith("block"):
+            out[key] = float(np.mean([v for _, v in values]))
+        else:
+            out[key] = max(values)[1]  # the last layer
+    return out
+
+
+def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
+    """Least-squares slope of log(y) against log(x); nan when fewer than two positive points."""
+    pts = [(math.log(x), math.log(y)) for x, y in zip(xs, ys, strict=True) if x > 0 and y > 0 and math.isfinite(y)]
+    if len(pts) < 2:
+        return float("nan")
+    lx, ly = np.array(pts).T
+    return float(np.polyfit(lx, ly, 1)[0])
+
+
+def slopes(summary: dict[tuple[int, int, int, str], float], axis: str) -> dict[str, dict[str, Any]]:
+    """Per quantity: the slope against ``axis`` ('depth' or 'width') at each step, and their mean over
+    steps >= 1 (the init is not judged). With several values of the other axis, slopes are averaged."""
+    idx = 0 if axis == "depth" else 1
+    other = 1 - idx
+    out: dict[str, dict[str, Any]] = {}
+    steps = sorted({k[2] for k in summary})
+    for q in QUANTITIES:
+        per_step = {}
+        for s in steps:
+            fits = []
+            for fixed in sorted({k[other] for k in summary}):
+                pts = sorted((k[idx], v) for k, v in summary.items() if k[2] == s and k[3] == q and k[other] == fixed)
+                if len(pts) >= 2:
+                    fits.append(fit_slope([p[0] for p in pts], [p[1] for p in pts]))
+            fits = [f for f in fits if math.isfinite(f)]
+            if fits:
+                per_step[s] = float(np.mean(fits))
+        trained = [v for s, v in per_step.items() if s >= 1]
+        out[q] = {"per_step": per_step, "mean": float(np.mean(trained)) if trained else float("nan")}
+    return out
+
+
+def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int] | None, steps: int,
+                    seeds: Sequence[int] = (0,), progress: bool = True) -> dict[str, Any]:
+    """Measure every (depth, width, seed); returns the coord.json content (records averaged over seeds)."""
+    from tqdm import tqdm
+
+    from megadepth.parallel.distributed import (
+        init_distributed,
+        prepare_deepspeed_env,
+        read_env,
+        resolve_device,
+    )
+    from megadepth.parallel.distributed import resolve_precision as _precision
+
+    widths = list(widths or [config.model.width])
+    env = read_env()
+    device = resolve_device(config, env)
+    precision = _precision(config, device)
+    prepare_deepspeed_env(device)
+    init_distributed(config, env, device)
+    shapes = [Shape(d, w) for w in widths for d in depths]
+    sums: dict[tuple[int, int, int, str, int], list[float]] = {}
+    for shape in tqdm(shapes, desc="coord-check", disable=not progress):
+        for seed in seeds:
+            cfg = _with_shape(config, shape, steps, seed)
+            for r in _measure_shape(cfg, device, precision):
+                sums.setdefault((shape.depth, shape.width, r["step"], r["quantity"], r["layer"]), []).append(r["value"])
+    records = [
+        {"depth": d, "width": w, "step": s, "quantity": q, "layer": layer, "value": float(np.mean(v))}
+        for (d, w, s, q, layer), v in sorted(sums.items())
+    ]
+    summary = summarise(records)
+    result: dict[str, Any] = {
+        "parametrization": config.parametrization.name,
+        "optimizer": config.optimizer.name,
+        "lr": config.optimizer.lr,
+        "base_depth": config.model.base_depth,
+        "base_width": config.model.base_width,
+        "depths": list(depths),
+        "widths": widths,
+        "steps": steps,
+        "seeds": list(seeds),
+        "records": records,
+        "slopes": {},
+    }
+    if len(set(depths)) > 1:
+        result["slopes"]["depth"] = slopes(summary, "depth")
+    if len(set(widths)) > 1:
+        result["slopes"]["width"] = slopes(summary, "width")
+    return result
+
+
+def plot_coord_check(result: dict[str, Any], out: Path) -> Path:
+    """coord.png: one panel per quantity, one line per step, x = depth (and a row for width)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = summarise(result["records"])
+    axes_needed = [a for a in ("depth", "width") if a in result["slopes"]] or ["depth"]
+    fig, axes = plt.subplots(len(axes_needed), len(QUANTITIES), figsize=(4 * len(QUANTITIES), 3.4 * len(axes_needed)),
+                             squeeze=False, dpi=100)
+    steps = sorted({k[2] for k in summary})
+    cmap = plt.get_cmap("viridis")
+    for row, axis in enumerate(axes_needed):
+        idx, fixed_idx = (0, 1) if axis == "depth" else (1, 0)
+        fixed = sorted({k[fixed_idx] for k in summary})[-1]
+        for col, q in enumerate(QUANTITIES):
+            ax = axes[row][col]
+            for s in steps:
+                pts = sorted((k[idx], v) for k, v in summary.items() if k[2] == s and k[3] == q and k[fixed_idx] == fixed)
+                if pts and not (s == 0 and q.endswith("change")):
+                    ax.plot(*zip(*pts, strict=True), "o-", color=cmap(s / max(1, steps[-1])), label=f"step {s}", ms=3)
+            slope = result["slopes"].get(axis, {}).get(q, {}).get("mean", float("nan"))
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(f"{q}\nslope vs {axis}: {slope:+.2f}", fontsize=9)
+            ax.set_xlabel(axis)
+            ax.grid(alpha=0.3, which="both")
+        axes[row][0].legend(fontsize=7)
+    fig.suptitle(f"coordinate check: {result['parametrization']} ({result['optimizer']}, lr {result['lr']:g})")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def format_slopes(result: dict[str, Any]) -> str:
+    lines = [f"coordinate check: {result['parametrization']} ({result['optimizer']}), mean log-log slope over steps >= 1"]
+    for axis, per_q in result["slopes"].items():
+        lines.append("  vs " + axis + ": " + ", ".join(f"{q} {v['mean']:+.3f}" for q, v in per_q.items()))
+    return "\n".join(lines)
