@@ -41,7 +41,7 @@ def test_attention_matches_reference_softmax() -> None:
     with torch.no_grad():
         got = attn(x)
         q = attn.query(x).view(2, 7, 2, 16).transpose(1, 2)
-        k, v = attn.key_value(x).view(2, 7, 2, 2, 16).permute(2, 0, 3, 1, 4)
+        k, v = attn.key_value(x).view(2, 7, 2, 2, 16).permute(3, 0, 2, 1, 4)  # rows: [heads, 2, head_dim]
         scores = q @ k.transpose(-1, -2) * attn.scale
         scores = scores.masked_fill(torch.triu(torch.ones(7, 7, dtype=torch.bool), 1), float("-inf"))
         ref = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 7, 32)
@@ -80,8 +80,8 @@ def test_initial_loss_is_near_uniform() -> None:
 
 def test_tied_and_untied_heads() -> None:
     tied, untied = build(tie_embeddings=True), build(tie_embeddings=False)
-    assert tied.head.weight is None and untied.head.weight is not None
-    assert untied.num_params() == tied.num_params() + 50 * 32
+    assert tied.head.proj is None and untied.head.proj is not None
+    assert untied.num_params() == tied.num_params() + 128 * 32  # the vocabulary padded to 128 rows
     assert tied.head.tied.weight is tied.embed.token.weight
 
 

@@ -87,13 +87,14 @@ def _probe(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Ten
 def _measure_shape(config: Config, device: torch.device, precision: str) -> list[dict[str, Any]]:
     """Train one shape for config.train.steps steps; records of (step, quantity, layer, value)."""
     from megadepth.data import MicroBatchSampler, build_datasets, make_loader
+    from megadepth.parallel.topology import build_grid
     from megadepth.train.engine import build_engine
 
     cfg = config.train
     train_set, _ = build_datasets(config.data.path, seq_len=config.model.seq_len, seed=cfg.seed,
                                   train_samples=(cfg.steps + 1) * cfg.micro_batch, valid_samples=0,
                                   valid_fraction=0.0, cache_dir=config.data.cache_dir)
-    built = build_engine(config, device, 1, cfg.micro_batch, precision)
+    built = build_engine(config, device, 1, cfg.micro_batch, precision, build_grid(1, 1, 1, False))
     engine, model = built.engine, built.model
     loader = iter(make_loader(train_set, MicroBatchSampler(len(train_set), 0, cfg.micro_batch, 0, 1)))
     probe = next(loader).to(device)[:, :-1]  # the probe batch is held out of training

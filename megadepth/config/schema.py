@@ -48,7 +48,11 @@ class ModelConfig(Section):
     max_positions: int | None = Field(None, ge=1)
     """Size of the learned position table; defaults to seq_len. seq_len may not exceed it."""
     vocab_size: int = Field(2048, ge=2)
-    """Embedding rows; must be at least the tokenizer's vocabulary size."""
+    """Vocabulary size: at least the tokenizer's. The embedding is padded to vocab_multiple rows;
+    padding rows are never predicted."""
+    vocab_multiple: int = Field(128, ge=1)
+    """Pad the embedding's rows to a multiple of this (Megatron's make-vocab-size-divisible-by); must
+    be divisible by parallel.tensor. Independent of the layout, so every layout has the same weights."""
     position: Literal["learned", "rotary"] = "learned"
     """Position encoding: a learned table added to the token embedding (GPT-2), or rotary embeddings
     applied to queries and keys (no parameters)."""
@@ -87,6 +91,10 @@ class ModelConfig(Section):
     @property
     def positions(self) -> int:
         return self.max_positions or self.seq_len
+
+    @property
+    def padded_vocab(self) -> int:
+        return -(-self.vocab_size // self.vocab_multiple) * self.vocab_multiple
 
 
 class ParametrizationConfig(Section):

@@ -1,8 +1,13 @@
-"""The layers of a pre-LayerNorm GPT, each usable on its own (and later as a pipeline stage).
+"""The layers of a pre-LayerNorm GPT, built from tensor-parallel layers, each usable on its own (and
+as a pipeline stage).
 
 Every module declares the parametrization role of its parameters in ``param_roles``; forward
 multipliers arrive as plain numbers (:class:`megadepth.parametrize.Multipliers`), so this file knows
-nothing about SP, muP or depth scaling.
+nothing about SP, muP or depth scaling. Tensor parallelism comes in as a
+:class:`megadepth.parallel.topology.TensorParallel` (size 1: plain layers, no collectives):
+attention heads are split across ranks (query/key/value column-parallel, output row-parallel), the MLP
+column-then-row, the vocabulary of embedding and head by rows. With sequence parallelism the residual
+stream, LayerNorms and dropout work on sequence shards between those regions.
 """
 
 from __future__ import annotations
@@ -12,6 +17,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from megadepth.config.schema import ModelConfig
+from megadepth.parallel.cross_entropy import vocab_parallel_cross_entropy
+from megadepth.parallel.layers import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    replicated,
+)
+from megadepth.parallel.mappings import copy_to_tp, gather_from_sequence, scatter_to_sequence
+from megadepth.parallel.topology import TensorParallel
 from megadepth.parametrize.roles import Role
 
 
@@ -26,24 +40,29 @@ def activation_fn(name: str):
     raise ValueError(f"unknown activation '{name}' (choose gelu, relu or abs)")
 
 
-class LayerNorm(nn.LayerNorm):
-    """LayerNorm with an optional bias; ``gain_role``/``bias_role`` say whether it sits in a branch."""
+class LayerNorm(nn.Module):
+    """LayerNorm with an optional bias, replicated on every tensor-parallel rank.
 
-    def __init__(self, width: int, eps: float, bias: bool, in_branch: bool) -> None:
-        super().__init__(width, eps=eps, bias=bias)
+    ``in_branch`` decides the role (a branch gain/bias or the final norm). Under sequence parallelism
+    each rank normalises its own sequence shard, so the gradients of the (replicated) gain and bias are
+    summed over the group.
+    """
+
+    def __init__(self, width: int, eps: float, bias: bool, in_branch: bool, tp: TensorParallel) -> None:
+        super().__init__()
+        self.eps = eps
+        self.tp = tp
+        self.weight = nn.Parameter(torch.ones(width))
+        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
         self.param_roles = (
             {"weight": Role.BRANCH_GAIN, "bias": Role.BRANCH_BIAS}
             if in_branch
             else {"weight": Role.FINAL_GAIN, "bias": Role.FINAL_BIAS}
         )
 
-
-class Linear(nn.Linear):
-    """nn.Linear whose weight role is given by its owner; the bias is an in-branch bias."""
-
-    def __init__(self, fan_in: int, fan_out: int, bias: bool, role: Role) -> None:
-        super().__init__(fan_in, fan_out, bias=bias)
-        self.param_roles = {"weight": role, "bias": Role.BRANCH_BIAS}
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, (x.shape[-1],), replicated(self.weight, self.tp), replicated(self.bias, self.tp),
+                            self.eps)
 
 
 class Rotary(nn.Module):
@@ -68,12 +87,15 @@ class Rotary(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Token embedding (+ learned positions), times the embedding multiplier alpha_in."""
+    """Token embedding (+ learned positions), times the embedding multiplier alpha_in.
 
-    def __init__(self, cfg: ModelConfig, multiplier: float) -> None:
+    Returns the residual stream: full sequence, or this rank's sequence shard under sequence parallelism.
+    """
+
+    def __init__(self, cfg: ModelConfig, multiplier: float, tp: TensorParallel) -> None:
         super().__init__()
-        self.token = nn.Embedding(cfg.vocab_size, cfg.width)
-        self.token.param_roles = {"weight": Role.EMBEDDING}
+        self.tp = tp
+        self.token = VocabParallelEmbedding(cfg.padded_vocab, cfg.width, tp)
         self.position: nn.Embedding | None = None
         if cfg.position == "learned":
             self.position = nn.Embedding(cfg.positions, cfg.width)
@@ -90,57 +112,85 @@ class Embedding(nn.Module):
                     f"sequence of {seq} tokens is longer than the position table ({self.position.num_embeddings})"
                 )
             h = h + self.position.weight[:seq]
-        return self.dropout(h * self.multiplier)
+        h = h * self.multiplier
+        if self.tp.sequence_parallel:
+            h = scatter_to_sequence(h, self.tp.group)
+            with self.tp.rng.fork():  # each rank drops out its own sequence shard
+                return self.dropout(h)
+        return self.dropout(h)
 
 
 class Attention(nn.Module):
-    """Causal self-attention through torch SDPA (flash / memory-efficient kernels where available)."""
+    """Causal self-attention through torch SDPA, heads split across the tensor-parallel group.
 
-    def __init__(self, cfg: ModelConfig, attn_scale: float) -> None:
+    The key/value matrix is laid out head by head ([heads, 2, head_dim] rows), so a contiguous split of
+    its rows gives each rank the keys and values of its own heads.
+    """
+
+    def __init__(self, cfg: ModelConfig, attn_scale: float, tp: TensorParallel) -> None:
         super().__init__()
-        self.heads = cfg.heads
+        self.tp = tp
+        self.heads = tp.shard(cfg.heads, "model.heads")
         self.head_dim = cfg.head_dim
-        self.query = Linear(cfg.width, cfg.width, cfg.bias, Role.QUERY)
-        self.key_value = Linear(cfg.width, 2 * cfg.width, cfg.bias, Role.HIDDEN)
-        self.out = Linear(cfg.width, cfg.width, cfg.bias, Role.OUTPUT_PROJ)
+        self.query = ColumnParallelLinear(cfg.width, cfg.width, cfg.bias, Role.QUERY, tp)
+        self.key_value = ColumnParallelLinear(cfg.width, 2 * cfg.width, cfg.bias, Role.HIDDEN, tp)
+        self.out = RowParallelLinear(cfg.width, cfg.width, cfg.bias, Role.OUTPUT_PROJ, tp)
         self.scale = attn_scale
         self.dropout = cfg.dropout
         self.rotary = Rotary(cfg.head_dim, cfg.positions, cfg.rotary_base) if cfg.position == "rotary" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, seq, width = x.shape
-        q = self.query(x).view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
-        k, v = self.key_value(x).view(batch, seq, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q = self.query(x)
+        kv = self.key_value(x)
+        batch, seq = q.shape[0], q.shape[1]  # the full sequence (gathered under sequence parallelism)
+        q = q.view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
+        k, v = kv.view(batch, seq, self.heads, 2, self.head_dim).permute(3, 0, 2, 1, 4)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=self.scale, dropout_p=self.dropout if self.training else 0.0
-        )
-        return self.out(y.transpose(1, 2).reshape(batch, seq, width))
+        with self.tp.rng.fork():  # attention dropout differs per head, so per tensor-parallel rank
+            y = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=self.scale, dropout_p=self.dropout if self.training else 0.0
+            )
+        return self.out(y.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
-        self.up = Linear(cfg.width, cfg.mlp_width, cfg.bias, Role.HIDDEN)
-        self.down = Linear(cfg.mlp_width, cfg.width, cfg.bias, Role.OUTPUT_PROJ)
+        self.up = ColumnParallelLinear(cfg.width, cfg.mlp_width, cfg.bias, Role.HIDDEN, tp)
+        self.down = RowParallelLinear(cfg.mlp_width, cfg.width, cfg.bias, Role.OUTPUT_PROJ, tp)
         self.act = activation_fn(cfg.activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.up(x)))
 
 
+class _BranchDropout(nn.Module):
+    """Dropout on a branch output: sequence shards draw per-rank masks, replicated activations one."""
+
+    def __init__(self, p: float, tp: TensorParallel) -> None:
+        super().__init__()
+        self.dropout = nn.Dropout(p)
+        self.tp = tp
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tp.sequence_parallel and self.dropout.p > 0:
+            with self.tp.rng.fork():
+                return self.dropout(x)
+        return self.dropout(x)
+
+
 class Block(nn.Module):
     """x <- x + branch * Attn(LN(x)); x <- x + branch * MLP(LN(x)), with branch = a * r^-alpha."""
 
-    def __init__(self, cfg: ModelConfig, branch_multiplier: float, attn_scale: float) -> None:
+    def __init__(self, cfg: ModelConfig, branch_multiplier: float, attn_scale: float, tp: TensorParallel) -> None:
         super().__init__()
-        self.attn_norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=True)
-        self.attn = Attention(cfg, attn_scale)
-        self.mlp_norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=True)
-        self.mlp = MLP(cfg)
+        self.attn_norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=True, tp=tp)
+        self.attn = Attention(cfg, attn_scale, tp)
+        self.mlp_norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=True, tp=tp)
+        self.mlp = MLP(cfg, tp)
         self.branch = branch_multiplier
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = _BranchDropout(cfg.dropout, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.branch * self.dropout(self.attn(self.attn_norm(x)))
@@ -152,15 +202,17 @@ class LinearBlock(nn.Module):
 
     One matrix per branch, mean subtraction MS over features, no LayerNorm, no attention: a per-token
     resnet whose depth behaviour the theory describes exactly (Depth-muP is its unique optimal
-    parametrization).
+    parametrization). Under tensor parallelism W is column-parallel and its output gathered (the mean
+    subtraction needs every feature); sequence parallelism is not offered for this block.
     """
 
-    def __init__(self, cfg: ModelConfig, branch_multiplier: float) -> None:
+    def __init__(self, cfg: ModelConfig, branch_multiplier: float, tp: TensorParallel) -> None:
         super().__init__()
-        self.linear = Linear(cfg.width, cfg.width, cfg.bias, Role.HIDDEN)
+        self.tp = tp
+        self.linear = ColumnParallelLinear(cfg.width, cfg.width, cfg.bias, Role.HIDDEN, tp, gather_output=True)
         self.act = activation_fn(cfg.activation)
         self.branch = branch_multiplier
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = _BranchDropout(cfg.dropout, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.act(self.linear(x))
@@ -169,19 +221,36 @@ class LinearBlock(nn.Module):
 
 
 class Head(nn.Module):
-    """Final LayerNorm, readout multiplier, LM head (its own matrix, or the tied token embedding)."""
+    """Final LayerNorm, readout multiplier, LM head (its own vocab-parallel matrix, or the tied token
+    embedding). ``forward`` returns this rank's slice of the vocabulary's logits."""
 
-    def __init__(self, cfg: ModelConfig, readout_multiplier: float, tied: nn.Embedding | None) -> None:
+    def __init__(self, cfg: ModelConfig, readout_multiplier: float, tp: TensorParallel,
+                 tied: VocabParallelEmbedding | None) -> None:
         super().__init__()
-        self.norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=False)
+        self.tp = tp
+        self.norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=False, tp=tp)
         self.multiplier = readout_multiplier
         self.tied = tied
-        self.weight: nn.Parameter | None = None
+        self.vocab_size = cfg.vocab_size
+        self.proj: ColumnParallelLinear | None = None
         if tied is None:
-            self.weight = nn.Parameter(torch.empty(cfg.vocab_size, cfg.width))
-        self.param_roles = {"weight": Role.READOUT}
+            self.proj = ColumnParallelLinear(cfg.width, cfg.padded_vocab, False, Role.READOUT, tp)
+        self.vocab_start = tp.rank * (cfg.padded_vocab // tp.size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the readout multiplier is applied here and only here (pitfall: applying 1/m twice)
-        weight = self.tied.weight if self.tied is not None else self.weight
-        return F.linear(self.norm(x) * self.multiplier, weight)
+        h = self.norm(x) * self.multiplier
+        if self.proj is not None:
+            return self.proj(h)
+        h = gather_from_sequence(h, self.tp.group) if self.tp.sequence_parallel else copy_to_tp(h, self.tp.group)
+        return F.linear(h, self.tied.weight)
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (fp32) from this rank's logits; padding is never predicted."""
+        if not self.tp.enabled:
+            logits = logits[..., : self.vocab_size] if logits.shape[-1] > self.vocab_size else logits
+            return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        per_token = vocab_parallel_cross_entropy(
+            logits, labels, vocab_start=self.vocab_start, vocab_size=self.vocab_size, group=self.tp.group
+        )
+        return per_token.mean()

@@ -88,16 +88,40 @@ def check_layout(config: Config, world_size: int) -> Layout:
             f"parallel.tensor ({tp}) x parallel.pipeline ({pp}) = {tp * pp} does not divide the world size "
             f"({world_size} processes)"
         )
-    if config.model.heads % tp:
-        raise ConfigError(f"model.heads ({config.model.heads}) is not divisible by parallel.tensor ({tp})")
+    check_tensor_parallel(config)
     if config.model.depth % pp:
         raise ConfigError(f"model.depth ({config.model.depth}) is not divisible by parallel.pipeline ({pp})")
-    if tp > 1 or pp > 1:
+    if pp > 1:
         raise ConfigError(
-            "parallel.tensor and parallel.pipeline > 1 are not available in this version "
-            "(tensor and pipeline parallelism are tracked as their own issues); use data parallelism"
+            "parallel.pipeline > 1 is not available in this version (pipeline parallelism is tracked as its "
+            "own issue); use tensor and data parallelism"
         )
     return Layout(tensor=tp, pipeline=pp, data=world_size // (tp * pp))
+
+
+def check_tensor_parallel(config: Config) -> None:
+    """Every dimension tensor parallelism splits must divide evenly; said before any model exists."""
+    tp, model = config.parallel.tensor, config.model
+    if tp == 1:
+        return
+    splits = {
+        "model.heads": model.heads,
+        "model.width": model.width,
+        "the MLP width (model.mlp_ratio x model.width)": model.mlp_width,
+        "model.vocab_multiple": model.vocab_multiple,
+    }
+    for what, n in splits.items():
+        if n % tp:
+            hint = " (the vocabulary is padded to a multiple of it)" if what == "model.vocab_multiple" else ""
+            raise ConfigError(f"{what} ({n}) is not divisible by parallel.tensor ({tp}){hint}")
+    if config.parallel.sequence_parallel:
+        if model.seq_len % tp:
+            raise ConfigError(
+                f"model.seq_len ({model.seq_len}) is not divisible by parallel.tensor ({tp}), as sequence "
+                "parallelism requires"
+            )
+        if model.block == "linear":
+            raise ConfigError("parallel.sequence_parallel is not available with model.block: linear")
 
 
 def backend_for(config: Config, device: torch.device) -> str:

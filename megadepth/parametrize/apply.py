@@ -40,7 +40,11 @@ def stable_seed(seed: int, name: str) -> int:
 
 @torch.no_grad()
 def initialize(model: nn.Module, ptz: Parametrization, seed: int) -> None:
-    """Initialise every parameter from its role's rule, each from its own seeded generator."""
+    """Initialise every parameter from its role's rule, each from its own seeded generator.
+
+    Tensor-parallel shards (``partition_dim``/``global_shape``, see megadepth.parallel.layers) draw the
+    whole global tensor and keep their slice, so TP=2 gathered equals TP=1 for the same seed.
+    """
     params = dict(model.named_parameters())
     for name, role in param_roles(model).items():
         param = params[name]
@@ -48,9 +52,13 @@ def initialize(model: nn.Module, ptz: Parametrization, seed: int) -> None:
         if rule.init_std == 0.0:
             param.fill_(rule.init_value)
             continue
+        # draw the GLOBAL tensor and keep this rank's slice: identical weights under any layout
+        global_shape = getattr(param, "global_shape", tuple(param.shape))
         gen = torch.Generator(device=param.device).manual_seed(stable_seed(seed, name))
-        values = torch.empty(param.shape, dtype=torch.float32, device=param.device)
+        values = torch.empty(global_shape, dtype=torch.float32, device=param.device)
         values.normal_(0.0, rule.init_std, generator=gen)
+        if getattr(param, "tp_size", 1) > 1:
+            values = values.chunk(param.tp_size, dim=param.partition_dim)[param.tp_rank]
         param.copy_(values)
 
 

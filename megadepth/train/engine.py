@@ -9,6 +9,7 @@ import torch
 
 from megadepth.config.schema import Config
 from megadepth.model import GPT
+from megadepth.parallel.topology import Grid
 from megadepth.parametrize import Parametrization, initialize, param_groups
 from megadepth.parametrize.checks import verify_attention_scale
 from megadepth.train.schedule import make_scheduler
@@ -48,14 +49,15 @@ class Built:
 
 
 def build_engine(config: Config, device: torch.device, grad_accum: int, global_batch: int,
-                 precision: str) -> Built:
-    """Build the model on ``device``, initialise it from its roles, wrap it in a DeepSpeed engine."""
+                 precision: str, grid: Grid) -> Built:
+    """Build this rank's part of the model on ``device``, initialise it from its roles (global shapes,
+    sliced), wrap it in a DeepSpeed engine that averages gradients over the data-parallel group only."""
     import deepspeed
 
     ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
     if config.model.block == "transformer":
         verify_attention_scale(device, torch.bfloat16 if precision == "bf16" else torch.float32)
-    model = GPT(config.model, ptz.multipliers()).to(device)
+    model = GPT(config.model, ptz.multipliers(), grid.tensor).to(device)
     initialize(model, ptz, config.train.seed)
     groups = param_groups(model, ptz, config.optimizer)
     optimizer = build_optimizer(config, groups)
@@ -64,5 +66,6 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
         optimizer=optimizer,
         lr_scheduler=make_scheduler(config.schedule, config.train.steps),
         config=deepspeed_config(config, grad_accum, global_batch, precision),
+        mpu=grid.mpu,
     )
     return Built(engine=engine, model=model, parametrization=ptz, groups=groups)

@@ -29,6 +29,7 @@ from megadepth.parallel.distributed import (
     resolve_precision,
     shutdown,
 )
+from megadepth.parallel.topology import Grid, TensorParallel, build_grid
 from megadepth.parametrize import roles_present, stable_seed
 from megadepth.train import checkpoint
 from megadepth.train.preflight import preflight
@@ -78,16 +79,28 @@ def _all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
     return (t / torch.distributed.get_world_size()).tolist()
 
 
-def _replica_grad_norm(model: torch.nn.Module) -> torch.Tensor:
-    """Norm of the (already data-parallel averaged) gradients of a full model replica.
+def _replica_grad_norm(model: torch.nn.Module, tp: TensorParallel) -> torch.Tensor:
+    """Norm of the (already data-parallel averaged) gradients of one model replica.
 
     DeepSpeed reports the global norm itself under ZeRO and bf16, but not for fp32 without ZeRO, where
-    every rank holds the whole gradient after backward's all-reduce at the accumulation boundary.
+    every rank holds its replica's whole gradient after backward's all-reduce. Tensor-parallel shards
+    are summed over the tensor group; replicated parameters (identical on every rank) counted once.
     """
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if not grads:
-        return torch.tensor(float("nan"))
-    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads]))
+    sharded = torch.zeros((), dtype=torch.float64)
+    replicated = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        sq = p.grad.detach().double().pow(2).sum().cpu()
+        if getattr(p, "tensor_model_parallel", False):
+            sharded += sq
+        else:
+            replicated += sq
+    if tp.enabled:
+        sharded = sharded.to(next(model.parameters()).device)
+        torch.distributed.all_reduce(sharded, group=tp.group)
+        sharded = sharded.cpu()
+    return (sharded + replicated).sqrt()
 
 
 def _grad_norm(engine: Any, fallback: torch.Tensor | None) -> float:
@@ -100,12 +113,12 @@ def _grad_norm(engine: Any, fallback: torch.Tensor | None) -> float:
 
 
 @torch.no_grad()
-def evaluate(engine: Any, dataset: Any, plan: Plan) -> float:
+def evaluate(engine: Any, dataset: Any, plan: Plan, grid: Grid) -> float:
     """Mean loss over the first ``eval_samples`` validation sequences (the same ones every time,
-    whatever the number of data-parallel ranks)."""
+    whatever the layout: data-parallel ranks split them, tensor-parallel ranks share them)."""
     cfg = plan.config.train
     n = min(cfg.eval_samples, len(dataset))
-    mine = list(range(plan.env.rank, n, plan.layout.data))
+    mine = list(range(grid.data_rank, n, grid.data_size))
     total = torch.zeros(2, dtype=torch.float64, device=plan.device)
     engine.eval()
     for start in range(0, len(mine), cfg.micro_batch):
@@ -161,7 +174,9 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
         atomic_write_text(run.config, config_yaml)
     torch.distributed.barrier()
 
-    built = build_engine(config, plan.device, plan.grad_accum, plan.global_batch, plan.precision)
+    layout = plan.layout
+    grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
+    built = build_engine(config, plan.device, plan.grad_accum, plan.global_batch, plan.precision, grid)
     engine = built.engine
     step, consumed = 0, 0
     if plan.resume_tag is not None:
@@ -177,13 +192,15 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
         out(
             f"megadepth: {built.model.num_params():,} parameters, depth {config.model.depth}, width "
             f"{config.model.width}; {env.world_size} process(es) on {plan.device.type}, {plan.precision}; "
-            f"global batch {plan.global_batch} = {cfg.micro_batch} x {plan.grad_accum} x {plan.layout.data}"
+            f"global batch {plan.global_batch} = {cfg.micro_batch} x {plan.grad_accum} x {layout.data}; "
+            f"layout tensor {layout.tensor} x data {layout.data}"
+            + (" (sequence parallel)" if grid.tensor.sequence_parallel else "")
         )
         out(table)
         if plan.resume_tag:
             out(f"resuming from {run.checkpoints / plan.resume_tag} at step {step}")
 
-    sampler = MicroBatchSampler(len(train_set), consumed, cfg.micro_batch, env.rank, plan.layout.data)
+    sampler = MicroBatchSampler(len(train_set), consumed, cfg.micro_batch, grid.data_rank, grid.data_size)
     batches = iter(make_loader(train_set, sampler, num_workers=config.data.num_workers,
                                pin_memory=plan.device.type == "cuda"))
     first_step = step
@@ -202,13 +219,15 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
             log_due = (step + 1) % cfg.log_every == 0 or step + 1 in (first_step + 1, cfg.steps)
             own_norm = None
             for micro in range(plan.grad_accum):
-                if config.model.dropout > 0:
-                    torch.manual_seed(stable_seed(cfg.seed, f"dropout:{step}:{micro}:{env.rank}"))
+                if config.model.dropout > 0:  # replicated regions: one mask per data rank; shards: per TP rank
+                    torch.manual_seed(stable_seed(cfg.seed, f"dropout:{step}:{micro}:{grid.data_rank}"))
+                    grid.tensor.rng.seed(stable_seed(cfg.seed, f"dropout:{step}:{micro}:{grid.data_rank}:"
+                                                               f"{grid.tensor.rank}"))
                 batch = next(batches).to(plan.device, non_blocking=True)
                 loss = engine(batch[:, :-1], batch[:, 1:])
                 engine.backward(loss)
                 if log_due and micro == plan.grad_accum - 1 and config.parallel.zero_stage == 0:
-                    own_norm = _replica_grad_norm(built.model)
+                    own_norm = _replica_grad_norm(built.model, grid.tensor)
                 engine.step()
                 interval_loss += loss.detach().double() / plan.grad_accum
             step += 1
@@ -237,7 +256,7 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
                 (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
             )
             if eval_due:
-                last_eval = evaluate(engine, valid_set, plan)
+                last_eval = evaluate(engine, valid_set, plan, grid)
                 record = record or {"step": step, "consumed_tokens": consumed * config.model.seq_len}
                 record["eval_loss"] = last_eval
             if record is not None and is_main:

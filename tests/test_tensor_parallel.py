@@ -1,0 +1,126 @@
+"""Tensor and sequence parallelism on the gloo backend, against the unsharded computation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import tiny_config
+from distributed import run_ranks, train_rank
+from tp_ranks import gathered_initial_state, layer_checks, sequence_parallel_checks
+
+pytestmark = [pytest.mark.distributed]
+
+
+def test_parallel_layers_match_unsharded_layers() -> None:
+    for diffs in run_ranks(layer_checks, 2, 2):
+        bad = {k: v for k, v in diffs.items() if v > 1e-5}
+        assert not bad, bad
+        assert len(diffs) >= 12
+
+
+def test_sequence_parallel_region_matches_unsharded() -> None:
+    for diffs in run_ranks(sequence_parallel_checks, 2, 2):
+        bad = {k: v for k, v in diffs.items() if v > 1e-5}
+        assert not bad, bad
+
+
+def shape(data: Path, out: Path, preset: str = "depth_mup", tensor: int = 1, sp: bool = False, **train) -> dict:
+    return tiny_config(
+        data, out,
+        model={"width": 64, "base_width": 32, "heads": 4, "depth": 2, "base_depth": 1, "seq_len": 32,
+               "vocab_size": 520, "bias": True},  # padded to 640 rows: 120 padding rows
+        parametrization={"name": preset},
+        parallel={"tensor": tensor, "sequence_parallel": sp},
+        train={"grad_accum": 2, **train},
+    )
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_initial_weights_and_groups_equal_under_tp(sample_data: Path, tmp_path: Path, tied: bool) -> None:
+    for preset in ("sp", "mup", "depth_mup"):
+        one = shape(sample_data, tmp_path, preset)
+        two = shape(sample_data, tmp_path, preset, tensor=2)
+        for cfg in (one, two):
+            cfg["model"]["tie_embeddings"] = tied
+        (ref,) = run_ranks(gathered_initial_state, 1, one)
+        got = run_ranks(gathered_initial_state, 2, two)
+        for result in got:
+            assert result["state"].keys() == ref["state"].keys()
+            for name, value in ref["state"].items():
+                assert (result["state"][name] == value).all() and result["state"][name].shape == value.shape, (preset, name)
+            assert result["groups"] == ref["groups"], preset
+
+
+def losses(out: Path) -> dict[int, float]:
+    return {r["step"]: r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+
+def assert_close(a: dict[int, float], b: dict[int, float], rel: float) -> None:
+    assert a.keys() == b.keys() and len(a) >= 3
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=rel), (step, a[step], b[step])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["sp", "mup", "depth_mup"])
+def test_tp2_trains_like_tp1(sample_data: Path, tmp_path: Path, preset: str) -> None:
+    """Losses over 3 optimizer steps (fp32) at TP=2, with and without sequence parallelism, equal TP=1."""
+    run_ranks(train_rank, 1, shape(sample_data, tmp_path / "tp1", preset))
+    ref = losses(tmp_path / "tp1")
+    for sp in (False, True):
+        out = tmp_path / f"tp2-sp{sp}"
+        summaries = run_ranks(train_rank, 2, shape(sample_data, out, preset, tensor=2, sp=sp))
+        assert summaries[0]["status"] == "completed"
+        assert_close(losses(out), ref, rel=1e-5)
+    assert ref[3] != ref[1]
+
+
+@pytest.mark.slow
+def test_tp2_dp2_trains_like_one_process(sample_data: Path, tmp_path: Path) -> None:
+    run_ranks(train_rank, 1, shape(sample_data, tmp_path / "one"))
+    four = shape(sample_data, tmp_path / "four", tensor=2, grad_accum=1)
+    four["parallel"]["zero_stage"] = 1
+    summaries = run_ranks(train_rank, 4, four)
+    assert summaries[0]["world_size"] == 4
+    assert_close(losses(tmp_path / "four"), losses(tmp_path / "one"), rel=1e-5)
+    one_gn = {r["step"]: r["grad_norm"] for r in map(json.loads, (tmp_path / "one" / "metrics.jsonl").read_text().splitlines())}
+    four_gn = {r["step"]: r["grad_norm"] for r in map(json.loads, (tmp_path / "four" / "metrics.jsonl").read_text().splitlines())}
+    assert_close(one_gn, four_gn, rel=1e-4)
+
+
+@pytest.mark.slow
+def test_tp2_checkpoint_resumes_at_tp2(sample_data: Path, tmp_path: Path) -> None:
+    straight = shape(sample_data, tmp_path / "straight", tensor=2, steps=5, save_final=True)
+    run_ranks(train_rank, 2, straight)
+    first = shape(sample_data, tmp_path / "resumed", tensor=2, steps=5, save_final=True, stop_after_steps=3)
+    assert run_ranks(train_rank, 2, first)[0]["status"] == "stopped"
+    ckpt = tmp_path / "resumed" / "checkpoints" / "step_00000003"
+    assert sorted(p.name for p in ckpt.glob("mp_rank_*_model_states.pt")) == [
+        "mp_rank_00_model_states.pt", "mp_rank_01_model_states.pt"]
+    second = shape(sample_data, tmp_path / "resumed", tensor=2, steps=5, save_final=True, resume="must")
+    assert run_ranks(train_rank, 2, second)[0]["status"] == "completed"
+    assert_close(losses(tmp_path / "resumed"), losses(tmp_path / "straight"), rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("model", "parallel", "world", "message"),
+    [
+        ({"heads": 6, "width": 96}, {"tensor": 4}, 4, "model.heads (6) is not divisible by parallel.tensor (4)"),
+        ({"heads": 4, "width": 64, "mlp_ratio": 2.3}, {"tensor": 2}, 2, "MLP width"),
+        ({"vocab_multiple": 100}, {"tensor": 8}, 8, "model.vocab_multiple (100) is not divisible"),
+        ({}, {"tensor": 2}, 3, "does not divide the world size (3 processes)"),
+        ({"seq_len": 30}, {"tensor": 4, "sequence_parallel": True}, 4, "model.seq_len (30) is not divisible"),
+        ({"block": "linear"}, {"tensor": 2, "sequence_parallel": True}, 2, "not available with model.block: linear"),
+    ],
+)
+def test_impossible_tensor_layouts_fail_before_work(model: dict, parallel: dict, world: int, message: str) -> None:
+    from megadepth.config import ConfigError, validate
+    from megadepth.parallel.distributed import check_layout
+
+    base = {"width": 64, "heads": 8, "seq_len": 32}
+    cfg = validate({"model": {**base, **model}, "parallel": parallel})
+    with pytest.raises(ConfigError) as info:
+        check_layout(cfg, world)
+    assert message in str(info.value)
