@@ -95,6 +95,14 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge_tp(args: argparse.Namespace) -> int:
+    from megadepth.parallel.merge import merge_tensor_parallel
+
+    target = merge_tensor_parallel(args.checkpoints, args.out, args.tag)
+    print(f"wrote {target} (parallel.tensor = 1)")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.explain:
         for key, default, doc in explain():
@@ -135,6 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds averaged per shape (default 1)")
     p.add_argument("--out", required=True, help="output directory for coord.json and coord.png")
     p.set_defaults(func=_cmd_coord_check)
+
+    p = sub.add_parser("merge-tp", help="merge a tensor-parallel checkpoint into one TP=1 checkpoint")
+    p.add_argument("checkpoints", help="a run's checkpoints/ directory")
+    p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(func=_cmd_merge_tp)
 
     p = sub.add_parser("config", help="print the resolved config, or document every key")
     p.add_argument("configs", nargs="*", metavar="CONFIG.yaml")

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_config
 from distributed import run_ranks, train_rank
-from tp_ranks import gathered_initial_state, layer_checks, sequence_parallel_checks
+from tp_ranks import gathered_initial_state, layer_checks, module_state, sequence_parallel_checks
 
 pytestmark = [pytest.mark.distributed]
 
@@ -124,3 +124,35 @@ def test_impossible_tensor_layouts_fail_before_work(model: dict, parallel: dict,
     with pytest.raises(ConfigError) as info:
         check_layout(cfg, world)
     assert message in str(info.value)
+
+
+@pytest.mark.slow
+def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SGD keeps layouts bit-comparable (AdamW's rounding differs by ~1e-4 between layouts): after 3 steps
+    the merged TP=2 weights equal the TP=1 run's weights; a TP=1 run cannot resume the TP=2 checkpoint."""
+    import numpy as np
+
+    from megadepth.cli import main
+    from megadepth.config import ConfigError, validate
+    from megadepth.train.loop import plan_run
+
+    def cfg(out: Path, tensor: int) -> dict:
+        c = shape(sample_data, out, tensor=tensor, steps=3, save_final=True)
+        c["optimizer"] = {"name": "sgd", "lr": 0.5, "momentum": 0.9}
+        return c
+
+    run_ranks(train_rank, 1, cfg(tmp_path / "tp1", 1))
+    run_ranks(train_rank, 2, cfg(tmp_path / "tp2", 2))
+    assert main(["merge-tp", str(tmp_path / "tp2" / "checkpoints"), "--out", str(tmp_path / "merged")]) == 0
+    merged_file = tmp_path / "merged" / "step_00000003" / "mp_rank_00_model_states.pt"
+    merged = module_state(str(merged_file))
+    ref = module_state(str(tmp_path / "tp1" / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt"))
+    assert merged.keys() == ref.keys()
+    for key in ref:
+        assert merged[key].shape == ref[key].shape, key
+        assert np.allclose(merged[key], ref[key], atol=1e-6, rtol=1e-5), key
+    merged_cfg = validate(__import__("yaml").safe_load((merged_file.parent / "config.yaml").read_text()))
+    assert merged_cfg.parallel.tensor == 1
+
+    with pytest.raises(ConfigError, match="saved at parallel.tensor = 2"):
+        plan_run(validate(cfg(tmp_path / "tp2", 1)))

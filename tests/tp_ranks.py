@@ -175,3 +175,9 @@ def gathered_initial_state(config_dict: dict) -> dict[str, Any]:
         state[name] = t.numpy().copy()  # numpy: pickled by value (tensors would be shared by fd)
     groups = [(g["name"], g["lr"], g.get("eps"), g["weight_decay"]) for g in param_groups(model, ptz, config.optimizer)]
     return {"state": state, "groups": groups}
+
+
+def module_state(path: str) -> dict[str, Any]:
+    """The module weights of a (merged) checkpoint file, as numpy arrays."""
+    state = torch.load(path, map_location="cpu", weights_only=True)["module"]
+    return {k: v.numpy() for k, v in state.items()}

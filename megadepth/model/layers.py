@@ -140,8 +140,9 @@ class Attention(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.positions, cfg.rotary_base) if cfg.position == "rotary" else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        q = self.query(x)
-        kv = self.key_value(x)
+        x = self.query.enter(x)  # one gather (or one backward all-reduce) for query, keys and values
+        q = self.query(x, entered=True)
+        kv = self.key_value(x, entered=True)
         batch, seq = q.shape[0], q.shape[1]  # the full sequence (gathered under sequence parallelism)
         q = q.view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
         k, v = kv.view(batch, seq, self.heads, 2, self.head_dim).permute(3, 0, 2, 1, 4)

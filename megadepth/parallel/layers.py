@@ -65,12 +65,16 @@ class ColumnParallelLinear(nn.Module):
             mark_sharded(self.bias, 0, tp, (fan_out,))
         self.param_roles = {"weight": role, "bias": Role.BRANCH_BIAS}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def enter(self, x: torch.Tensor) -> torch.Tensor:
+        """Bring the input into the tensor-parallel region (all-gather the sequence under sequence
+        parallelism, else identity with an all-reduce backward). Layers that read the same input call
+        it once and pass ``entered=True``, so the collective runs once, not once per layer."""
         if self.tp.sequence_parallel:
-            x = gather_from_sequence(x, self.tp.group)
-        else:
-            x = copy_to_tp(x, self.tp.group)
-        y = F.linear(x, self.weight, self.bias)
+            return gather_from_sequence(x, self.tp.group)
+        return copy_to_tp(x, self.tp.group)
+
+    def forward(self, x: torch.Tensor, entered: bool = False) -> torch.Tensor:
+        y = F.linear(x if entered else self.enter(x), self.weight, self.bias)
         return gather_last_dim(y, self.tp.group) if self.gather_output else y
 
 

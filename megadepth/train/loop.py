@@ -11,10 +11,12 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from megadepth.config.load import ConfigError, to_yaml
 from megadepth.config.schema import Config
@@ -70,7 +72,23 @@ def plan_run(config: Config) -> Plan:
         )
     if config.train.resume == "must" and resume_tag is None:
         raise ConfigError(f"train.resume is 'must' but {run.checkpoints} holds no complete checkpoint")
+    if resume_tag is not None and config.train.resume != "never":
+        _check_resume_layout(config, run.checkpoints / resume_tag)
     return Plan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag)
+
+
+def _check_resume_layout(config: Config, tag_dir: Path) -> None:
+    """A checkpoint resumes only at the tensor-parallel size it was saved at (shards differ)."""
+    saved_file = tag_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+    saved_tp = int((saved.get("parallel") or {}).get("tensor", 1))
+    if saved_tp != config.parallel.tensor:
+        raise ConfigError(
+            f"{tag_dir} was saved at parallel.tensor = {saved_tp} but this run uses {config.parallel.tensor}; "
+            "resume with the same layout, or merge it with `megadepth merge-tp` and start a new run from it"
+        )
 
 
 def _all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
