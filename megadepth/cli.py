@@ -157,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("prep", help="turn text into token shards")
-    from data_prep.text_shards import add_cli
+    from data_prep.cli import add_cli
 
     add_cli(p.add_subparsers(dest="prep_command", required=True))
     return parser

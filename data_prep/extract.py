@@ -1,0 +1,144 @@
+"""Decoding HTML bytes and turning HTML into text, each page under a time limit.
+
+Decoding: a byte-order mark, else strict UTF-8 (most of the web), else the HTTP charset, else the
+``<meta charset>`` of the page, else resiliparse's detector (which never fails: undecodable bytes
+become U+FFFD). Extraction: resiliparse main content (default) or trafilatura with FineWeb's settings.
+
+Both extractors are checked on a known page when they are created: trafilatura with lxml >= 5.2 needs
+the separate ``lxml_html_clean`` package and otherwise fails on every page, which a per-page time limit
+or error handler would turn into a silently empty crawl.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import signal
+import threading
+from collections import Counter
+from contextlib import contextmanager
+
+from data_prep.config import ExtractConfig
+from megadepth.data.indexed import DataError
+
+__all__ = ["Extractor", "decode_html"]
+
+_META = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
+_BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+
+
+def _codec(name: str | None) -> str | None:
+    if not name:
+        return None
+    try:
+        return codecs.lookup(name.strip().lower()).name
+    except LookupError:
+        return None
+
+
+def decode_html(payload: bytes, http_charset: str | None, stats: Counter | None = None) -> str:
+    """HTML bytes -> str, trying the declared encodings before guessing (see the module doc)."""
+    for bom, enc in _BOMS:
+        if payload.startswith(bom):
+            return payload.decode(enc, errors="replace")
+    try:
+        return payload.decode("utf-8")
+    except UnicodeDecodeError:
+        pass
+    if stats is not None:
+        stats["read:non_utf8"] += 1
+    m = _META.search(payload[:4096])
+    for enc in (_codec(http_charset), _codec(m.group(1).decode("ascii", "ignore")) if m else None):
+        if enc and enc not in ("utf-8", "utf_8"):
+            try:
+                return payload.decode(enc)
+            except (UnicodeDecodeError, LookupError):
+                continue
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    return bytes_to_str(payload, detect_encoding(payload))
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _raise_timeout(signum, frame):  # pragma: no cover - called by the signal machinery
+    raise _Timeout()
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """SIGALRM-based limit; a no-op outside the main thread (signals only go there)."""
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "setitimer"):
+        yield
+        return
+    old = signal.signal(signal.SIGALRM, _raise_timeout)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+_CHECK_HTML = (
+    "<html><head><title>t</title></head><body><nav><a href='/'>Home</a> <a href='/x'>About</a></nav>"
+    "<article><h1>Checking the extractor</h1><p>The quick brown fox jumps over the lazy dog, and this "
+    "sentence is long enough to count as the main content of a page that an extractor must keep.</p>"
+    "<p>A second paragraph says that seven wizards quietly hex jovial kings in bright harbours.</p>"
+    "</article><footer>Copyright</footer></body></html>"
+)
+
+
+class Extractor:
+    """HTML -> text with the configured engine; ``None`` when a page yields nothing or times out."""
+
+    def __init__(self, cfg: ExtractConfig) -> None:
+        self.cfg = cfg
+        if cfg.engine == "resiliparse":
+            from resiliparse.extract.html2text import extract_plain_text
+
+            self._fn = lambda html: extract_plain_text(html, main_content=cfg.main_content)
+        else:
+            try:
+                import trafilatura
+            except ImportError as e:
+                raise DataError(f"extract.engine trafilatura: cannot import it ({e})") from None
+
+            def traf(html: str) -> str | None:
+                return trafilatura.extract(
+                    html, favor_precision=True, include_comments=False, deduplicate=True
+                )
+
+            self._fn = traf
+        self._self_check()
+
+    def _self_check(self) -> None:
+        try:
+            out = self._fn(_CHECK_HTML) or ""
+        except Exception as e:  # noqa: BLE001 - any failure here means every page would fail
+            raise DataError(
+                f"extract.engine {self.cfg.engine} fails on a simple page ({type(e).__name__}: {e}); "
+                "for trafilatura with lxml >= 5.2 install lxml_html_clean"
+            ) from None
+        if "seven wizards" not in out:
+            raise DataError(
+                f"extract.engine {self.cfg.engine} returned no main text for a simple page; "
+                "check the installation (trafilatura needs lxml_html_clean with lxml >= 5.2)"
+            )
+
+    def __call__(self, html: str, stats: Counter) -> str | None:
+        try:
+            with _time_limit(self.cfg.time_limit_s):
+                text = self._fn(html)
+        except _Timeout:
+            stats["drop:extract_timeout"] += 1
+            return None
+        except Exception:  # noqa: BLE001 - a parser error on one page is that page's problem
+            stats["drop:extract_error"] += 1
+            return None
+        if not text or not text.strip():
+            stats["drop:extract_empty"] += 1
+            return None
+        return text.strip()

@@ -1,0 +1,195 @@
+"""Inputs: local WARC/WET/ARC files, Common Crawl ``*.paths.gz`` lists, globs, directories, and local
+Hugging Face ``datasets`` sources (Parquet, JSONL, Arrow, ``save_to_disk`` folders).
+
+Everything is resolved and checked before any work starts: a missing path, an empty glob or a Parquet
+file without the text column is a :class:`DataError` naming it. The result is a sorted, de-duplicated
+list; its order defines the work (task ``r`` of ``W`` takes ``inputs[r::W]``) and which copy of a
+duplicate document survives.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from megadepth.data.indexed import DataError
+
+__all__ = ["InputFile", "kind_of", "resolve_inputs"]
+
+_KINDS = (
+    (".warc.wet.gz", "warc"),
+    (".wet.gz", "warc"),
+    (".wet", "warc"),
+    (".warc.gz", "warc"),
+    (".warc", "warc"),
+    (".arc.gz", "arc"),
+    (".arc", "arc"),
+    (".parquet", "parquet"),
+    (".jsonl.gz", "jsonl"),
+    (".jsonl", "jsonl"),
+    (".ndjson", "jsonl"),
+    (".json.gz", "jsonl"),
+    (".json", "jsonl"),
+    (".arrow", "arrow"),
+)
+_WAT = (".wat.gz", ".wat")
+_PATHS = (".paths.gz", ".paths")
+_REMOTE = ("s3://", "gs://", "gcs://", "http://", "https://", "hf://", "az://", "abfs://")
+
+
+@dataclass(frozen=True, order=True)
+class InputFile:
+    """One unit of input. ``path`` is an absolute local path or a URL; ``size`` is None for URLs."""
+
+    path: str
+    kind: str
+    size: int | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict) -> InputFile:
+        return cls(d["path"], d["kind"], d.get("size"))
+
+    @property
+    def remote(self) -> bool:
+        return self.path.startswith(_REMOTE)
+
+
+def kind_of(name: str) -> str | None:
+    """The reader for a file name, or None when it is not an input type."""
+    low = name.lower()
+    if low.endswith(_WAT) or low.endswith(_PATHS):
+        return None
+    return next((k for suffix, k in _KINDS if low.endswith(suffix)), None)
+
+
+def _local(p: Path) -> InputFile:
+    kind = kind_of(p.name)
+    if kind is None:
+        raise DataError(f"{p}: unsupported input type (WARC/WET/ARC, Parquet, JSONL, Arrow)")
+    try:
+        size = p.stat().st_size
+    except OSError as e:
+        raise DataError(f"{p}: cannot read ({e.strerror})") from None
+    if not os.access(p, os.R_OK):
+        raise DataError(f"{p}: not readable (permission denied)")
+    return InputFile(str(p.resolve()), kind, size)
+
+
+def _datasets_dir(p: Path) -> list[InputFile] | None:
+    """A ``Dataset.save_to_disk`` folder: its Arrow files in the order ``state.json`` lists them."""
+    state = p / "state.json"
+    if not state.is_file():
+        return None
+    try:
+        files = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
+    except (ValueError, KeyError, TypeError):
+        raise DataError(f"{state}: not a datasets state.json (no _data_files)") from None
+    return [_local(p / f) for f in files]
+
+
+def _expand_dir(p: Path) -> list[InputFile]:
+    saved = _datasets_dir(p)
+    if saved is not None:
+        return saved
+    found: list[InputFile] = []
+    for f in sorted(p.rglob("*")):
+        if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
+            continue
+        if f.parent != p and (f.parent / "state.json").is_file():
+            continue  # inside a save_to_disk folder: handled through its state.json
+        if kind_of(f.name) is not None:
+            found.append(_local(f))
+    for state in sorted(p.rglob("state.json")):
+        if state.parent != p:
+            found.extend(_datasets_dir(state.parent) or [])
+    if not found:
+        raise DataError(f"{p}: no WARC/WET/ARC, Parquet, JSONL or Arrow files in this directory")
+    return found
+
+
+def _read_paths_file(p: Path, prefix: str | None) -> list[InputFile]:
+    """A Common Crawl ``warc.paths.gz`` / ``wet.paths.gz``: one relative key per line, joined to ``prefix``."""
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.name.lower().endswith(".gz") else p.read_bytes()
+        keys = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+    except (OSError, EOFError, UnicodeDecodeError) as e:
+        raise DataError(f"{p}: not a readable paths file ({e})") from None
+    if not keys:
+        raise DataError(f"{p}: empty paths file")
+    if prefix is None:
+        raise DataError(
+            f"{p}: a paths file needs a prefix to resolve its keys against (--prefix DIR, or "
+            "e.g. --prefix https://data.commoncrawl.org/ or s3://commoncrawl/)"
+        )
+    out: list[InputFile] = []
+    if prefix.startswith(_REMOTE):
+        base = prefix if prefix.endswith("/") else prefix + "/"
+        for k in keys:
+            kind = kind_of(k)
+            if kind is None:
+                raise DataError(f"{p}: key {k!r} is not a WARC/WET/ARC file (WAT files hold no text)")
+            if kind not in ("warc", "arc"):
+                raise DataError(f"{p}: remote inputs must be WARC/WET/ARC, got {k!r}")
+            out.append(InputFile(base + k, kind, None))
+        return out
+    root = Path(prefix)
+    if not root.is_dir():
+        raise DataError(f"--prefix {prefix}: no such directory")
+    missing = [k for k in keys if not (root / k).is_file()]
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise DataError(f"{p}: {root / missing[0]} does not exist{more} (of {len(keys)} listed)")
+    return [_local(root / k) for k in keys]
+
+
+def _one(raw: str, prefix: str | None) -> list[InputFile]:
+    if raw.startswith(_REMOTE):
+        kind = kind_of(raw)
+        if kind not in ("warc", "arc"):
+            raise DataError(f"{raw}: remote inputs must be WARC/WET/ARC files")
+        return [InputFile(raw, kind, None)]
+    p = Path(raw).expanduser()
+    if p.is_dir():
+        return _expand_dir(p)
+    if p.is_file():
+        low = p.name.lower()
+        if low.endswith(_PATHS):
+            return _read_paths_file(p, prefix)
+        if low.endswith(_WAT):
+            raise DataError(f"{p}: a WAT file holds metadata only; give the WARC or WET files")
+        return [_local(p)]
+    if any(ch in raw for ch in "*?["):
+        matches = sorted(glob.glob(os.path.expanduser(raw), recursive=True))
+        if not matches:
+            raise DataError(f"{raw}: no files match this pattern")
+        out: list[InputFile] = []
+        for m in matches:
+            mp = Path(m)
+            if mp.is_dir():
+                continue
+            if kind_of(mp.name) is None and not mp.name.lower().endswith(_PATHS):
+                continue
+            out.extend(_one(m, prefix))
+        if not out:
+            raise DataError(f"{raw}: the matching files are not WARC/WET/ARC, Parquet, JSONL or Arrow")
+        return out
+    raise DataError(f"{raw}: no such file or directory")
+
+
+def resolve_inputs(paths: Iterable[str | os.PathLike], prefix: str | None = None) -> list[InputFile]:
+    """The sorted, unique input files behind ``paths``; a :class:`DataError` for anything unusable."""
+    files: set[InputFile] = set()
+    given = [os.fspath(p) for p in paths]
+    if not given:
+        raise DataError("no inputs given (--input PATH ...)")
+    for raw in given:
+        files.update(_one(raw, prefix))
+    return sorted(files, key=lambda f: f.path)

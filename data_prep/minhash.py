@@ -1,0 +1,112 @@
+"""Exact and MinHash near-duplicate keys, LSH band collisions, and union-find over them.
+
+Text is normalised first (lower case, digits as 0, punctuation dropped, one space between words), as
+datatrove does. The exact key is a 64-bit xxhash of that normal form. For MinHash, each word is hashed
+with xxhash (stable across processes and machines, unlike ``hash()``), word n-grams get a 64-bit
+rolling hash, and ``bands x rows`` permutations ``a*h + b mod 2^64`` (``a`` odd, drawn from ``seed``)
+give the signature; each band of ``rows`` values is mixed into one 64-bit band key. Two documents
+whose keys agree in any band are a candidate pair; union-find over all pairs forms clusters, and the
+smallest document id (earliest in input order) of each cluster is kept.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import xxhash
+
+__all__ = ["MinHasher", "exact_key", "normalize_words", "union_find_roots"]
+
+_NORM_WORD = re.compile(r"[^\W_]+")
+_DIGITS = str.maketrans("0123456789", "0000000000")
+_ROLL = np.uint64(0x100000001B3)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def normalize_words(text: str) -> list[str]:
+    """Lower-cased words, digits mapped to 0, punctuation and spacing dropped."""
+    return _NORM_WORD.findall(text.lower().translate(_DIGITS))
+
+
+def exact_key(words: list[str]) -> int:
+    """64-bit key of the normalised text."""
+    return xxhash.xxh3_64_intdigest(" ".join(words).encode())
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, vectorised: spreads every input bit over the output."""
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(30))
+        x = x * _M1
+        x = x ^ (x >> np.uint64(27))
+        x = x * _M2
+        return x ^ (x >> np.uint64(31))
+
+
+class MinHasher:
+    """Band keys of a document: ``keys(words) -> uint64[bands]``."""
+
+    def __init__(self, ngram: int = 5, bands: int = 14, rows: int = 8, seed: int = 1) -> None:
+        self.ngram, self.bands, self.rows = ngram, bands, rows
+        rng = np.random.Generator(np.random.PCG64(seed))
+        k = bands * rows
+        self._a = rng.integers(0, 2**63, size=k, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
+        self._b = rng.integers(0, 2**63, size=k, dtype=np.uint64)
+        self._band_salt = _mix(np.arange(1, bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+
+    def shingles(self, words: list[str]) -> np.ndarray:
+        """64-bit hashes of the distinct word n-grams (one shingle of all words when there are fewer)."""
+        if not words:
+            return np.zeros(1, dtype=np.uint64)
+        cache: dict[str, int] = {}
+        wh = np.fromiter(
+            (cache[w] if w in cache else cache.setdefault(w, xxhash.xxh3_64_intdigest(w.encode())) for w in words),
+            dtype=np.uint64,
+            count=len(words),
+        )
+        n = min(self.ngram, len(wh))
+        m = len(wh) - n + 1
+        h = wh[:m].copy()
+        with np.errstate(over="ignore"):
+            for k in range(1, n):
+                h = h * _ROLL + wh[k : k + m]
+        return np.unique(h)
+
+    def signature(self, words: list[str]) -> np.ndarray:
+        sh = self.shingles(words)
+        with np.errstate(over="ignore"):
+            return (sh[:, None] * self._a[None, :] + self._b[None, :]).min(axis=0)
+
+    def keys(self, words: list[str]) -> np.ndarray:
+        """One 64-bit key per band."""
+        sig = self.signature(words).reshape(self.bands, self.rows)
+        acc = self._band_salt.copy()
+        with np.errstate(over="ignore"):
+            for r in range(self.rows):
+                acc = _mix(acc ^ sig[:, r]) * _ROLL
+        return _mix(acc)
+
+
+def union_find_roots(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Root of every node 0..n-1 given edges (u, v): the smallest node id of its component.
+
+    Vectorised union-find: hook each edge's larger root under its smaller root (``minimum.at``), then
+    compress paths by pointer jumping; repeat until no edge joins two roots. Deterministic.
+    """
+    parent = np.arange(n, dtype=np.int64)
+    u = np.asarray(u, dtype=np.int64)
+    v = np.asarray(v, dtype=np.int64)
+    while True:
+        pu, pv = parent[u], parent[v]
+        lo, hi = np.minimum(pu, pv), np.maximum(pu, pv)
+        join = lo != hi
+        if not join.any():
+            return parent
+        np.minimum.at(parent, hi[join], lo[join])
+        while True:
+            nxt = parent[parent]
+            if np.array_equal(nxt, parent):
+                break
+            parent = nxt

@@ -1,0 +1,69 @@
+"""The Common Crawl pipeline, end to end: plan (checks first), run locally, read the manifest.
+
+>>> plan = plan_run(["crawl/*.warc.gz"], "data/cc", overrides=["tokenizer.vocab_size=32000"])
+>>> manifest, walls = run_plan(plan, workers=8)
+
+Everything that can be wrong with the request is found by :func:`plan_run` before any work: missing
+inputs, an output directory that cannot be written, unknown config keys, a Parquet file without the
+text column, a tokenizer file that is not a sentencepiece model, an extractor that does not work.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from data_prep.config import load_prep_config
+from data_prep.inputs import resolve_inputs
+from data_prep.plan import Plan, make_plan
+from data_prep.records import check_input_columns
+from data_prep.runner import run_local
+from data_prep.stages import MANIFEST, _check_tokenizer
+
+__all__ = ["plan_run", "prepare_commoncrawl", "run_plan"]
+
+
+def plan_run(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    config_files: Sequence[str | Path] = (),
+    overrides: Sequence[str] = (),
+    extra: Mapping | None = None,
+) -> Plan:
+    """Resolve and check everything; returns the plan (nothing is written but the output probe)."""
+    cfg = load_prep_config(config_files, overrides, extra)
+    files = resolve_inputs(inputs, cfg.read.paths_prefix)
+    check_input_columns(files, cfg.read)
+    if cfg.tokenizer.model:
+        _check_tokenizer(Path(cfg.tokenizer.model))
+    if any(f.kind in ("warc", "arc") for f in files):
+        from data_prep.extract import Extractor
+
+        Extractor(cfg.extract)  # self-check: fails here, not on every page
+    if cfg.language.enabled:
+        from data_prep.langid import LanguageIdentifier
+
+        LanguageIdentifier(cfg.language)
+    return make_plan(out, files, cfg)
+
+
+def run_plan(plan: Plan, workers: int = 1, progress: bool = True) -> tuple[dict, dict[str, float]]:
+    """Run (or resume) every stage locally; returns (manifest, wall seconds per stage)."""
+    walls = run_local(plan, workers=workers, progress=progress)
+    return json.loads((plan.out / MANIFEST).read_text()), walls
+
+
+def prepare_commoncrawl(
+    inputs: Sequence[str | Path],
+    out: str | Path,
+    *,
+    workers: int = 1,
+    overrides: Sequence[str] = (),
+    config_files: Sequence[str | Path] = (),
+    progress: bool = False,
+) -> dict:
+    """:func:`plan_run` + :func:`run_plan`; returns the manifest."""
+    plan = plan_run(inputs, out, config_files=config_files, overrides=overrides)
+    return run_plan(plan, workers=workers, progress=progress)[0]

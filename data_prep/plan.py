@@ -1,0 +1,222 @@
+"""The plan of a run: inputs, configuration, stage hashes, directory layout, units of work and markers.
+
+``OUT/plan.json`` is written first (atomically) and is all a task needs: the sorted inputs define the
+work, the configuration defines what is done to them. Each stage writes into
+``OUT/work/<stage>-<hash>/`` where the hash covers that stage's settings and every upstream stage's
+hash, so outputs are a function of (inputs, config): a changed setting gets fresh directories, and an
+unchanged one resumes from the done markers already there.
+
+A stage is a list of independent *units* (an input file, a band partition, a shard group). A Slurm
+task ``rank`` of ``world`` runs ``units[rank::world]``; the local pool hands out units one by one.
+Because a unit's output depends only on the unit, the result is the same for any number of workers
+or tasks. Each unit writes temporary files, renames them into place, then writes its done marker
+(a small JSON of its statistics) last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+from data_prep.config import PrepConfig, stable_hash
+from data_prep.inputs import InputFile
+from megadepth.data.indexed import DataError, atomic_write_bytes
+
+__all__ = ["FORMAT_VERSION", "PLAN", "STAGES", "Plan", "load_plan", "make_plan"]
+
+FORMAT_VERSION = 1
+PLAN = "plan.json"
+#: Stages in order; each depends on all before it.
+STAGES = ("extract", "buckets", "cluster", "tokenizer", "tokenize", "finalize")
+SINGLE = "all"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass
+class Plan:
+    out: Path
+    inputs: list[InputFile]
+    config: PrepConfig
+    tokenizer_sha256: str | None  # of a given model (None: trained)
+
+    # ------------------------------------------------------------------ hashes and directories
+    @cached_property
+    def hashes(self) -> dict[str, str]:
+        c = self.config
+        h_inputs = stable_hash([[i.path, i.kind, i.size] for i in self.inputs])
+        extract = stable_hash(
+            {
+                "v": FORMAT_VERSION,
+                "inputs": h_inputs,
+                "read": c.read.model_dump(mode="json"),
+                "extract": c.extract.model_dump(mode="json"),
+                "language": c.language.model_dump(mode="json"),
+                "gopher_repetition": c.gopher_repetition.model_dump(mode="json"),
+                "gopher_quality": c.gopher_quality.model_dump(mode="json"),
+                "c4": c.c4.model_dump(mode="json"),
+                "fineweb": c.fineweb.model_dump(mode="json"),
+                "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
+            }
+        )
+        dedup = stable_hash({"up": extract, "dedup": c.dedup.model_dump(mode="json")})
+        tok_cfg = c.tokenizer.model_dump(mode="json")
+        tok_cfg.pop("num_threads")
+        if self.tokenizer_sha256:
+            tok_cfg = {"model_sha256": self.tokenizer_sha256}
+        tokenizer = stable_hash({"up": dedup, "tokenizer": tok_cfg})
+        tokenize = stable_hash(
+            {"up": tokenizer, "pii": c.pii.model_dump(mode="json"), "shards": c.shards.model_dump(mode="json")}
+        )
+        return {
+            "inputs": h_inputs,
+            "extract": extract,
+            "buckets": dedup,
+            "cluster": dedup,
+            "tokenizer": tokenizer,
+            "tokenize": tokenize,
+            "finalize": tokenize,
+        }
+
+    @property
+    def config_hash(self) -> str:
+        """The hash of everything that determines the shards."""
+        return self.hashes["tokenize"]
+
+    def stage_dir(self, stage: str) -> Path:
+        name = {"buckets": "dedup", "cluster": "dedup"}.get(stage, stage)
+        return self.out / "work" / f"{name}-{self.hashes[stage]}"
+
+    def marker_dir(self, stage: str) -> Path:
+        return self.stage_dir(stage) / "done" / stage
+
+    # ------------------------------------------------------------------------------- units
+    @property
+    def dedup_rows(self) -> list[int]:
+        """Key rows of the signature files the buckets stage compares: bands, then the exact key."""
+        d = self.config.dedup
+        rows = list(range(d.bands)) if d.minhash else []
+        if d.exact:
+            rows.append(d.bands)
+        return rows
+
+    @property
+    def n_groups(self) -> int:
+        fps = self.config.shards.files_per_shard
+        return (len(self.inputs) + fps - 1) // fps
+
+    def units(self, stage: str) -> list[str]:
+        if stage == "extract":
+            return [f"{i:06d}" for i in range(len(self.inputs))]
+        if stage == "buckets":
+            return [f"k{k:03d}-p{p:04d}" for k in self.dedup_rows for p in range(self.config.dedup.partitions)]
+        if stage == "cluster":
+            return [SINGLE] if self.dedup_rows else []
+        if stage == "tokenize":
+            return [f"{g:05d}" for g in range(self.n_groups)]
+        if stage in ("tokenizer", "finalize"):
+            return [SINGLE]
+        raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+
+    def marker(self, stage: str, unit: str) -> Path:
+        return self.marker_dir(stage) / f"{unit}.json"
+
+    def is_done(self, stage: str, unit: str) -> bool:
+        return self.marker(stage, unit).is_file()
+
+    def pending(self, stage: str) -> list[str]:
+        return [u for u in self.units(stage) if not self.is_done(stage, u)]
+
+    def read_marker(self, stage: str, unit: str) -> dict:
+        return json.loads(self.marker(stage, unit).read_text())
+
+    def write_marker(self, stage: str, unit: str, data: dict) -> None:
+        atomic_write_bytes(self.marker(stage, unit), (json.dumps(data, sort_keys=True) + "\n").encode())
+
+    def require_done(self, stage: str) -> None:
+        """A :class:`DataError` unless every unit of ``stage`` has its done marker."""
+        missing = self.pending(stage)
+        if missing:
+            total = len(self.units(stage))
+            raise DataError(
+                f"stage '{stage}' is not finished ({total - len(missing)} of {total} units done, e.g. "
+                f"{missing[0]} missing): run it first"
+            )
+
+    # ------------------------------------------------------------------------------ persist
+    def to_json(self) -> dict:
+        return {
+            "format": "megadepth-prep-plan",
+            "format_version": FORMAT_VERSION,
+            "config_hash": self.config_hash,
+            "hashes": self.hashes,
+            "inputs": [i.to_json() for i in self.inputs],
+            "config": self.config.model_dump(mode="json"),
+            "tokenizer_sha256": self.tokenizer_sha256,
+        }
+
+    def save(self) -> None:
+        atomic_write_bytes(self.out / PLAN, (json.dumps(self.to_json(), indent=1) + "\n").encode())
+
+
+def make_plan(out: str | Path, inputs: list[InputFile], config: PrepConfig) -> Plan:
+    """A plan for ``inputs`` into ``out`` (checked: the output is writable, a given tokenizer exists)."""
+    out = Path(out)
+    check_writable(out)
+    tok_sha = None
+    if config.tokenizer.model:
+        p = Path(config.tokenizer.model)
+        if not p.is_file():
+            raise DataError(f"tokenizer {p}: no such file")
+        tok_sha = sha256_file(p)
+        config = config.model_copy(
+            update={"tokenizer": config.tokenizer.model_copy(update={"model": str(p.resolve())})}
+        )
+    if not inputs:
+        raise DataError("no inputs")
+    return Plan(out.resolve(), inputs, config, tok_sha)
+
+
+def load_plan(out: str | Path) -> Plan:
+    out = Path(out)
+    p = out / PLAN
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{p}: no plan here (run 'megadepth prep slurm' or 'prep run' first)") from None
+    except (OSError, ValueError) as e:
+        raise DataError(f"{p}: unreadable plan ({e})") from None
+    if data.get("format_version") != FORMAT_VERSION:
+        raise DataError(f"{p}: plan format {data.get('format_version')} is not {FORMAT_VERSION}")
+    plan = Plan(
+        out.resolve(),
+        [InputFile.from_json(d) for d in data["inputs"]],
+        PrepConfig.model_validate(data["config"]),
+        data.get("tokenizer_sha256"),
+    )
+    if plan.config_hash != data["config_hash"]:
+        raise DataError(f"{p}: config hash mismatch (written by another megadepth version?)")
+    return plan
+
+
+def check_writable(out: Path) -> None:
+    """The output directory exists or can be made, and a file can be written in it: checked up front."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: exists and is not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise DataError(f"--out {out}: not writable ({e.strerror or e})") from None

@@ -1,0 +1,224 @@
+"""Running the stages: a local process pool, one Slurm array task, or Slurm scripts for a cluster.
+
+No scheduler of our own: locally a ``ProcessPoolExecutor`` hands units to ``--workers`` processes
+(one pool for the whole run), on a cluster Slurm job arrays run ``megadepth prep task`` with the rank
+from ``SLURM_ARRAY_TASK_ID`` and the stages chained by ``--dependency=afterok``. Both call
+:func:`data_prep.stages.run_unit`, so they produce the same files.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from data_prep.plan import STAGES, Plan, load_plan
+from data_prep.stages import run_unit
+from megadepth.data.indexed import DataError, atomic_write_bytes
+
+__all__ = ["run_local", "run_task", "write_slurm_scripts"]
+
+_PLANS: dict[str, Plan] = {}
+
+
+def _worker_unit(out: str, stage: str, unit: str) -> tuple[str, dict]:
+    plan = _PLANS.get(out)
+    if plan is None:
+        plan = _PLANS[out] = load_plan(out)
+    return unit, run_unit(plan, stage, unit)
+
+
+def _postfix(stage: str, done: list[dict], t0: float) -> str:
+    el = max(time.perf_counter() - t0, 1e-9)
+    if stage == "extract":
+        n = sum(m["stats"].get("docs_in", 0) for m in done)
+        k = sum(m["kept"] for m in done)
+        return f"docs {n} kept {k} ({n / el:.0f} docs/s)"
+    if stage == "tokenize":
+        t = sum(m["tokens"] for m in done)
+        return f"tokens {t} ({t / el / 1e6:.2f}M/s)"
+    return ""
+
+
+def run_local(plan: Plan, workers: int = 1, progress: bool = True) -> dict[str, float]:
+    """Every stage in order, each unit once; a rerun continues where a killed one stopped.
+
+    Returns wall seconds per stage. ``workers`` processes share the units of each stage.
+    """
+    from tqdm import tqdm
+
+    if workers < 1:
+        raise DataError(f"--workers must be >= 1, got {workers}")
+    plan.save()
+    walls: dict[str, float] = {}
+    pool: cf.ProcessPoolExecutor | None = None
+    try:
+        for stage in STAGES:
+            units = plan.units(stage)
+            pending = [u for u in units if stage == "finalize" or not plan.is_done(stage, u)]
+            t0 = time.perf_counter()
+            done = [plan.read_marker(stage, u) for u in units if u not in pending]
+            bar = tqdm(
+                total=len(units),
+                initial=len(units) - len(pending),
+                desc=f"prep {stage}",
+                unit="unit",
+                disable=not progress or not units,
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+            try:
+                if workers == 1 or len(pending) <= 1:
+                    for u in pending:
+                        if stage == "finalize":
+                            plan.marker(stage, u).unlink(missing_ok=True)
+                        done.append(run_unit(plan, stage, u))
+                        bar.update(1)
+                        bar.set_postfix_str(_postfix(stage, done, t0), refresh=False)
+                else:
+                    if pool is None:
+                        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
+                    futures = [pool.submit(_worker_unit, str(plan.out), stage, u) for u in pending]
+                    for fut in cf.as_completed(futures):
+                        done.append(fut.result()[1])
+                        bar.update(1)
+                        bar.set_postfix_str(_postfix(stage, done, t0), refresh=False)
+            finally:
+                bar.close()
+            walls[stage] = time.perf_counter() - t0
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+    return walls
+
+
+def _env_int(name: str) -> int | None:
+    v = os.environ.get(name)
+    if v is None or v == "":
+        return None
+    try:
+        return int(v)
+    except ValueError:
+        raise DataError(f"${name}={v!r} is not an integer") from None
+
+
+def run_task(out: str | Path, stage: str, rank: int | None, world_size: int | None, progress: bool = False) -> dict:
+    """One task of one stage: units ``[rank::world_size]``; rank defaults to ``$SLURM_ARRAY_TASK_ID``.
+
+    Checks that the previous stages are finished, skips units already done, and writes the task's own
+    done marker after its last unit.
+    """
+    if stage not in STAGES:
+        raise DataError(f"--stage {stage!r}: one of {', '.join(STAGES)}")
+    if rank is None:
+        rank = _env_int("SLURM_ARRAY_TASK_ID")
+    if world_size is None:
+        world_size = _env_int("SLURM_ARRAY_TASK_COUNT")
+    if rank is None:
+        raise DataError("no rank: give --rank or run inside a Slurm array ($SLURM_ARRAY_TASK_ID)")
+    if world_size is None:
+        raise DataError("no world size: give --world-size (or $SLURM_ARRAY_TASK_COUNT)")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise DataError(f"rank {rank} is not in [0, {world_size})")
+    plan = load_plan(out)
+    for before in STAGES[: STAGES.index(stage)]:
+        plan.require_done(before)
+    mine = plan.units(stage)[rank::world_size]
+    done = {}
+    for u in mine:
+        if stage == "finalize":
+            plan.marker(stage, u).unlink(missing_ok=True)
+        done[u] = run_unit(plan, stage, u)
+    task_marker = plan.marker_dir(stage) / "tasks" / f"{rank}-of-{world_size}"
+    atomic_write_bytes(task_marker, (" ".join(mine) + "\n").encode())
+    return done
+
+
+_SBATCH = """#!/bin/bash
+# megadepth prep: stage '{stage}' ({n_units} units over {tasks} array tasks). Written by 'megadepth prep slurm'.
+#SBATCH --job-name={job}
+#SBATCH --array=0-{last}{throttle}
+#SBATCH --ntasks=1
+#SBATCH --cpus-per-task={cpus}
+#SBATCH --mem={mem}
+#SBATCH --time={time}
+#SBATCH --output={logs}/{stage}_%A_%a.log
+#SBATCH --requeue
+{extra}set -euo pipefail
+cd {cwd}
+exec {python} -m megadepth prep task --stage {stage} --world-size {tasks} --out {out} --plan-hash {plan_hash}
+"""
+
+_SUBMIT = """#!/bin/bash
+# Submits the stages of this megadepth prep run as Slurm job arrays, each after the previous one
+# succeeded. Rerunning it after a failure resumes: finished units are skipped.
+set -euo pipefail
+cd "$(dirname "$0")"
+dep=""
+{body}echo "submitted; the data directory is complete when {out}/manifest.json exists"
+"""
+
+
+def write_slurm_scripts(
+    plan: Plan,
+    tasks: int,
+    *,
+    partition: str | None = None,
+    account: str | None = None,
+    time_limit: str = "12:00:00",
+    mem: str = "8G",
+    cpus_per_task: int = 1,
+    max_parallel: int | None = None,
+    python: str | None = None,
+) -> Path:
+    """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh."""
+    if tasks < 1:
+        raise DataError(f"--tasks must be >= 1, got {tasks}")
+    plan.save()
+    sdir = plan.out / "slurm"
+    logs = sdir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    extra = ""
+    if partition:
+        extra += f"#SBATCH --partition={partition}\n"
+    if account:
+        extra += f"#SBATCH --account={account}\n"
+    python = python or sys.executable
+    body = ""
+    for stage in STAGES:
+        n = len(plan.units(stage))
+        if n == 0:
+            continue
+        world = min(tasks, n)
+        script = sdir / f"{stage}.sbatch"
+        text = _SBATCH.format(
+            stage=stage,
+            n_units=n,
+            tasks=world,
+            job=f"mdprep-{stage}-{plan.config_hash[:6]}",
+            last=world - 1,
+            throttle=f"%{max_parallel}" if max_parallel else "",
+            cpus=cpus_per_task,
+            mem=mem,
+            time=time_limit,
+            logs=shlex.quote(str(logs)),
+            extra=extra,
+            cwd=shlex.quote(os.getcwd()),
+            python=shlex.quote(python),
+            out=shlex.quote(str(plan.out)),
+            plan_hash=plan.config_hash,
+        )
+        atomic_write_bytes(script, text.encode())
+        script.chmod(0o755)
+        body += (
+            f'jid=$(sbatch --parsable ${{dep:+--dependency=afterok:$dep}} {stage}.sbatch)\n'
+            f'echo "{stage}: job $jid"\ndep="${{jid%%;*}}"\n'
+        )
+    submit = sdir / "submit.sh"
+    atomic_write_bytes(submit, _SUBMIT.format(body=body, out=plan.out).encode())
+    submit.chmod(0o755)
+    return submit

@@ -1,0 +1,686 @@
+"""What each unit of each stage does (see :mod:`data_prep.plan` for units, layout and markers).
+
+extract    one input file -> ``docs/NNNNNN.parquet`` (id, url, date, text, language, language_score,
+           source) + ``sig/NNNNNN.{keys,docs}.npy`` (per key row: sorted 64-bit band / exact keys and
+           the row each belongs to). Read -> select -> decode -> HTML to text -> language -> Gopher
+           repetition -> Gopher quality -> C4 -> FineWeb -> keys.
+buckets    one (key row, key range) -> ``edges/UNIT.npy``: pairs of global document ids whose keys are
+           equal (each later document linked to the first one with that key).
+cluster    all edges -> union-find -> ``removed.npy``: sorted global ids of every document that is not
+           the smallest id of its cluster. Exact-key edges are joined first so the two kinds of
+           duplicate are counted apart.
+tokenizer  trains sentencepiece on an order-independent hash sample of the kept text (or copies a given
+           model) -> ``tokenizer.model``.
+tokenize   one group of input files -> PII masking -> encode + EOS -> ``shard_GGGGG.bin/.idx`` and
+           ``documents/part-GGGGG.parquet`` with the same documents in the same order.
+finalize   links shards, document parts and the tokenizer into OUT/, writes ``manifest.json`` last.
+
+A document's global id is its row in its input file's extract output plus the number of documents
+kept from all earlier input files; smaller ids win in deduplication, so the earliest copy in input
+order survives, whatever the number of workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from data_prep.plan import SINGLE, Plan, sha256_file
+from megadepth.data.indexed import (
+    DataError,
+    IndexedDatasetWriter,
+    atomic_write_bytes,
+    best_dtype,
+    bin_path,
+    idx_path,
+)
+
+__all__ = ["MANIFEST", "run_unit"]
+
+MANIFEST = "manifest.json"
+TOKENIZER = "tokenizer.model"
+DOCS_DIR = "documents"
+_DOC_COLUMNS = ("id", "url", "date", "text", "language", "language_score", "source")
+_U64 = 1 << 64
+
+# Objects that are costly to build (LID model, extractor) are kept per process, per plan.
+_CACHE: dict[tuple[str, str], Any] = {}
+
+
+def _cached(plan: Plan, name: str, build):
+    key = (plan.config_hash, name)
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
+
+
+def _maybe_die(stage: str, unit: str) -> None:
+    """Test hook: ``MEGADEPTH_PREP_DIE=stage:unit`` kills this process mid-unit, like a node failure."""
+    if os.environ.get("MEGADEPTH_PREP_DIE") == f"{stage}:{unit}":
+        os._exit(137)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+
+
+def _doc_schema():
+    import pyarrow as pa
+
+    return pa.schema(
+        [
+            ("id", pa.string()),
+            ("url", pa.string()),
+            ("date", pa.string()),
+            ("text", pa.large_string()),
+            ("language", pa.string()),
+            ("language_score", pa.float32()),
+            ("source", pa.string()),
+        ]
+    )
+
+
+# ------------------------------------------------------------------------------------------ extract
+
+
+class _Extractor:
+    """Everything the extract stage needs, built once per process."""
+
+    def __init__(self, plan: Plan) -> None:
+        from data_prep.extract import Extractor
+        from data_prep.filters import build_filters
+        from data_prep.langid import LanguageIdentifier
+        from data_prep.minhash import MinHasher
+
+        c = plan.config
+        self.html = Extractor(c.extract)
+        self.lid = LanguageIdentifier(c.language) if c.language.enabled else None
+        self.filters = build_filters(c)
+        d = c.dedup
+        self.minhash = MinHasher(d.ngram, d.bands, d.rows, d.seed) if d.minhash else None
+
+
+def _extract(plan: Plan, unit: str) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_prep.extract import decode_html
+    from data_prep.minhash import exact_key, normalize_words
+    from data_prep.records import read_documents
+
+    i = int(unit)
+    inp = plan.inputs[i]
+    c = plan.config
+    tools = _cached(plan, "extract", lambda: _Extractor(plan))
+    d = c.dedup
+    n_rows = d.bands + 1
+    stats: Counter = Counter()
+    timing: Counter = Counter()
+    sd = plan.stage_dir("extract")
+    out = sd / "docs" / f"{unit}.parquet"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    (sd / "sig").mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(out)
+    schema = _doc_schema()
+    cols: dict[str, list] = {k: [] for k in _DOC_COLUMNS}
+    keys: list[np.ndarray] = []
+    kept = kept_chars = 0
+    t_start = time.perf_counter()
+    writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+
+    def flush() -> None:
+        if cols["id"]:
+            writer.write_table(pa.table(cols, schema=schema), row_group_size=c.shards.row_group_docs)
+            for v in cols.values():
+                v.clear()
+
+    try:
+        clock = time.perf_counter()
+        for raw in read_documents(inp, c.read, stats):
+            now = time.perf_counter()
+            timing["read"] += now - clock
+            stats["docs_in"] += 1
+            if raw.html is not None:
+                text = tools.html(decode_html(raw.html, raw.charset, stats), stats)
+                t2 = time.perf_counter()
+                timing["html"] += t2 - now
+                now = t2
+                if text is None:
+                    clock = now
+                    continue
+            else:
+                text = raw.text.strip()
+            lang, score = "", 0.0
+            if tools.lid is not None:
+                lang, score = tools.lid.identify(text)
+                t2 = time.perf_counter()
+                timing["language"] += t2 - now
+                now = t2
+                if not tools.lid.keep(lang, score):
+                    stats["drop:language"] += 1
+                    clock = now
+                    continue
+            reason = None
+            for name, f in tools.filters:
+                new, why = f(text)
+                if new is None:
+                    reason = f"drop:{name}:{why}"
+                    break
+                text = new
+            t2 = time.perf_counter()
+            timing["filters"] += t2 - now
+            now = t2
+            if reason is not None:
+                stats[reason] += 1
+                clock = now
+                continue
+            words = normalize_words(text)
+            row = np.zeros(n_rows, dtype=np.uint64)
+            if tools.minhash is not None:
+                row[: d.bands] = tools.minhash.keys(words)
+            row[d.bands] = exact_key(words)
+            keys.append(row)
+            cols["id"].append(raw.id)
+            cols["url"].append(raw.url)
+            cols["date"].append(raw.date)
+            cols["text"].append(text)
+            cols["language"].append(lang)
+            cols["language_score"].append(score)
+            cols["source"].append(inp.path)
+            kept += 1
+            kept_chars += len(text)
+            if len(cols["id"]) >= c.shards.row_group_docs:
+                flush()
+                _maybe_die("extract", unit)
+            clock = time.perf_counter()
+            timing["dedup_keys"] += clock - now
+        flush()
+        writer.close()
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    mat = np.stack(keys, axis=1) if keys else np.zeros((n_rows, 0), dtype=np.uint64)
+    order = np.argsort(mat, axis=1, kind="stable").astype(np.uint32)
+    sorted_keys = np.take_along_axis(mat, order.astype(np.int64), axis=1)
+    for name, arr in (("keys", sorted_keys), ("docs", order)):
+        final = sd / "sig" / f"{unit}.{name}.npy"
+        t = _tmp(final)
+        with open(t, "wb") as f:
+            np.save(f, arr)
+        os.replace(t, final)
+    os.replace(tmp, out)
+    stats["kept"] = kept
+    return {
+        "input": inp.path,
+        "kept": kept,
+        "kept_chars": kept_chars,
+        "stats": dict(sorted(stats.items())),
+        "seconds": round(time.perf_counter() - t_start, 4),
+        "timing": {k: round(v, 4) for k, v in sorted(timing.items())},
+    }
+
+
+def _offsets(plan: Plan) -> np.ndarray:
+    """Global id of each input file's first kept document (and the total at the end)."""
+    kept = [plan.read_marker("extract", u)["kept"] for u in plan.units("extract")]
+    return np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))
+
+
+# ------------------------------------------------------------------------------------------ buckets
+
+
+def _buckets(plan: Plan, unit: str) -> dict:
+    t0 = time.perf_counter()
+    k = int(unit[1:4])
+    p = int(unit.split("-p")[1])
+    parts = plan.config.dedup.partitions
+    lo = np.uint64(p * _U64 // parts)
+    hi = None if p == parts - 1 else np.uint64((p + 1) * _U64 // parts)
+    offsets = _offsets(plan)
+    sd = plan.stage_dir("extract") / "sig"
+    all_keys, all_ids = [], []
+    for i, u in enumerate(plan.units("extract")):
+        if offsets[i + 1] == offsets[i]:
+            continue
+        keys = np.load(sd / f"{u}.keys.npy", mmap_mode="r")[k]
+        docs = np.load(sd / f"{u}.docs.npy", mmap_mode="r")[k]
+        a = int(np.searchsorted(keys, lo, side="left"))
+        b = len(keys) if hi is None else int(np.searchsorted(keys, hi, side="left"))
+        if b > a:
+            all_keys.append(np.array(keys[a:b]))
+            all_ids.append(docs[a:b].astype(np.int64) + offsets[i])
+    edges = np.zeros((0, 2), dtype=np.int64)
+    if all_keys:
+        keys = np.concatenate(all_keys)
+        ids = np.concatenate(all_ids)
+        order = np.lexsort((ids, keys))
+        keys, ids = keys[order], ids[order]
+        same = keys[1:] == keys[:-1]
+        if same.any():
+            # each run of equal keys: link every member to the run's first (smallest id) member
+            starts = np.concatenate(([True], ~same))
+            run_first = ids[np.maximum.accumulate(np.where(starts, np.arange(len(ids)), 0))]
+            member = ~starts
+            edges = np.stack([run_first[member], ids[member]], axis=1)
+    out = plan.stage_dir("buckets") / "edges" / f"{unit}.npy"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    t = _tmp(out)
+    with open(t, "wb") as f:
+        np.save(f, edges)
+    os.replace(t, out)
+    return {"edges": int(len(edges)), "seconds": round(time.perf_counter() - t0, 4)}
+
+
+# ------------------------------------------------------------------------------------------ cluster
+
+
+def _cluster(plan: Plan, unit: str) -> dict:
+    from data_prep.minhash import union_find_roots
+
+    t0 = time.perf_counter()
+    bands = plan.config.dedup.bands
+    exact, fuzzy = [], []
+    for u in plan.units("buckets"):
+        e = np.load(plan.stage_dir("buckets") / "edges" / f"{u}.npy")
+        (exact if int(u[1:4]) == bands else fuzzy).append(e)
+    ex = np.concatenate(exact) if exact else np.zeros((0, 2), dtype=np.int64)
+    fz = np.concatenate(fuzzy) if fuzzy else np.zeros((0, 2), dtype=np.int64)
+    nodes = np.unique(np.concatenate([ex.ravel(), fz.ravel()]))
+    n = len(nodes)
+    ex_c = np.searchsorted(nodes, ex)
+    fz_c = np.searchsorted(nodes, fz)
+    own = np.arange(n)
+    roots_exact = union_find_roots(n, ex_c[:, 0], ex_c[:, 1])
+    n_exact = int((roots_exact != own).sum())
+    both = np.concatenate([ex_c, fz_c])
+    roots = union_find_roots(n, both[:, 0], both[:, 1])
+    removed = nodes[roots != own]
+    clusters = int(len(np.unique(roots[roots != own])))
+    out = plan.stage_dir("cluster") / "removed.npy"
+    t = _tmp(out)
+    with open(t, "wb") as f:
+        np.save(f, np.sort(removed).astype(np.int64))
+    os.replace(t, out)
+    return {
+        "exact_duplicates": n_exact,
+        "near_duplicates": int(len(removed)) - n_exact,
+        "removed": int(len(removed)),
+        "clusters": clusters,
+        "edges": {"exact": int(len(ex)), "minhash": int(len(fz))},
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+
+
+def _removed(plan: Plan) -> np.ndarray:
+    if not plan.units("cluster"):
+        return np.zeros(0, dtype=np.int64)
+    return np.load(plan.stage_dir("cluster") / "removed.npy", mmap_mode="r")
+
+
+def _kept_rows(plan: Plan, i: int, offsets: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """Rows of input ``i``'s extract output that survive deduplication (a boolean mask)."""
+    n = int(offsets[i + 1] - offsets[i])
+    mask = np.ones(n, dtype=bool)
+    a, b = np.searchsorted(removed, [offsets[i], offsets[i + 1]])
+    mask[np.asarray(removed[a:b]) - offsets[i]] = False
+    return mask
+
+
+# ---------------------------------------------------------------------------------------- tokenizer
+
+
+def _tokenizer(plan: Plan, unit: str) -> dict:
+    import pyarrow.parquet as pq
+    import xxhash
+
+    from data_prep.pii import mask_pii
+    from data_prep.text_shards import train_tokenizer
+
+    t0 = time.perf_counter()
+    c = plan.config
+    out_dir = plan.stage_dir("tokenizer")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / TOKENIZER
+    if c.tokenizer.model:
+        src = Path(c.tokenizer.model)
+        if sha256_file(src) != plan.tokenizer_sha256:
+            raise DataError(f"tokenizer {src} changed since the plan was made")
+        atomic_write_bytes(final, src.read_bytes())
+        _check_tokenizer(final)
+        return {"trained": False, "source": str(src), "seconds": round(time.perf_counter() - t0, 4)}
+    offsets = _offsets(plan)
+    removed = _removed(plan)
+    total_chars = sum(plan.read_marker("extract", u)["kept_chars"] for u in plan.units("extract"))
+    rate = min(1.0, c.tokenizer.sample_chars / max(total_chars, 1))
+    cut = int(rate * (_U64 - 1))
+    sampled = Counter()
+
+    def sample():
+        for i, u in enumerate(plan.units("extract")):
+            if offsets[i + 1] == offsets[i]:
+                continue
+            mask = _kept_rows(plan, i, offsets, removed)
+            pf = pq.ParquetFile(plan.stage_dir("extract") / "docs" / f"{u}.parquet")
+            row = 0
+            for batch in pf.iter_batches(columns=["text"], batch_size=c.shards.row_group_docs):
+                for text in batch.column(0).to_pylist():
+                    if mask[row] and xxhash.xxh3_64_intdigest(f"{u}:{row}".encode()) <= cut:
+                        sampled["documents"] += 1
+                        sampled["chars"] += len(text)
+                        if c.pii.enabled:
+                            text = mask_pii(text, c.pii.emails, c.pii.ips)[0]
+                        yield text
+                    row += 1
+
+    train_tokenizer(
+        sample(), out_dir / "tokenizer", c.tokenizer.vocab_size, c.tokenizer.model_type, c.tokenizer.seed
+    )
+    _check_tokenizer(final)
+    return {
+        "trained": True,
+        "sample_documents": sampled["documents"],
+        "sample_chars": sampled["chars"],
+        "seconds": round(time.perf_counter() - t0, 4),
+    }
+
+
+def _check_tokenizer(path: Path):
+    import sentencepiece as spm
+
+    try:
+        sp = spm.SentencePieceProcessor(model_proto=path.read_bytes())
+    except (RuntimeError, OSError, TypeError) as e:
+        raise DataError(f"{path}: not a readable sentencepiece model ({e})") from None
+    if sp.eos_id() < 0:
+        raise DataError(f"{path}: the tokenizer has no EOS piece (documents must end in EOS)")
+    return sp
+
+
+# ----------------------------------------------------------------------------------------- tokenize
+
+
+def _tokenize(plan: Plan, unit: str) -> dict:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_prep.pii import mask_pii
+
+    t0 = time.perf_counter()
+    c = plan.config
+    g = int(unit)
+    sp = _cached(plan, "sp", lambda: _check_tokenizer(plan.stage_dir("tokenizer") / TOKENIZER))
+    eos = int(sp.eos_id())
+    dtype = best_dtype(int(sp.get_piece_size()))
+    offsets = _offsets(plan)
+    removed = _removed(plan)
+    sd = plan.stage_dir("tokenize")
+    (sd / DOCS_DIR).mkdir(parents=True, exist_ok=True)
+    prefix = sd / f"shard_{unit}"
+    parquet = sd / DOCS_DIR / f"part-{unit}.parquet"
+    tmp = _tmp(parquet)
+    fps = c.shards.files_per_shard
+    files = range(g * fps, min((g + 1) * fps, len(plan.inputs)))
+    schema = _doc_schema().append(pa.field("tokens", pa.int32()))
+    writer = IndexedDatasetWriter(prefix, dtype)
+    pqw = pq.ParquetWriter(tmp, schema, compression="zstd")
+    n_docs = n_tokens = n_email = n_ip = 0
+    t_encode = 0.0
+    try:
+        for i in files:
+            if offsets[i + 1] == offsets[i]:
+                continue
+            mask = _kept_rows(plan, i, offsets, removed)
+            pf = pq.ParquetFile(plan.stage_dir("extract") / "docs" / f"{i:06d}.parquet")
+            row = 0
+            for batch in pf.iter_batches(batch_size=c.shards.row_group_docs):
+                m = mask[row : row + batch.num_rows]
+                row += batch.num_rows
+                table = pa.Table.from_batches([batch])
+                if not m.all():
+                    table = table.filter(pa.array(m))
+                if table.num_rows == 0:
+                    continue
+                texts = table.column("text").to_pylist()
+                if c.pii.enabled:
+                    for j, t in enumerate(texts):
+                        masked, e, ip = mask_pii(t, c.pii.emails, c.pii.ips)
+                        if e or ip:
+                            texts[j] = masked
+                            n_email += e
+                            n_ip += ip
+                    table = table.set_column(
+                        table.schema.get_field_index("text"), "text", pa.array(texts, pa.large_string())
+                    )
+                te = time.perf_counter()
+                encoded = sp.encode(texts, num_threads=c.tokenizer.num_threads)
+                t_encode += time.perf_counter() - te
+                lengths = []
+                for ids in encoded:
+                    ids.append(eos)
+                    writer.add_document(np.array(ids, dtype=dtype))
+                    lengths.append(len(ids))
+                n_docs += len(lengths)
+                n_tokens += sum(lengths)
+                table = table.append_column("tokens", pa.array(lengths, pa.int32()))
+                pqw.write_table(table, row_group_size=c.shards.row_group_docs)
+                _maybe_die("tokenize", unit)
+        pqw.close()
+        if n_docs:
+            writer.finalize()
+            os.replace(tmp, parquet)
+        else:
+            writer.abort()
+            tmp.unlink(missing_ok=True)
+    except BaseException:
+        writer.abort()
+        pqw.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return {
+        "shard": prefix.name if n_docs else None,
+        "documents": n_docs,
+        "tokens": n_tokens,
+        "pii": {"emails": n_email, "ipv4": n_ip},
+        "seconds": round(time.perf_counter() - t0, 4),
+        "encode_seconds": round(t_encode, 4),
+    }
+
+
+# ----------------------------------------------------------------------------------------- finalize
+
+
+def _link(src: Path, dst: Path) -> None:
+    """``dst`` becomes the same file as ``src`` (a hard link; a copy across file systems), atomically."""
+    if dst.exists() and os.path.samefile(src, dst):
+        return
+    tmp = _tmp(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copy2(src, tmp)
+    os.replace(tmp, dst)
+
+
+def _sum_stats(markers: list[dict]) -> Counter:
+    total: Counter = Counter()
+    for m in markers:
+        total.update(m["stats"])
+    return total
+
+
+def _finalize(plan: Plan, unit: str) -> dict:
+    out = plan.out
+    (out / MANIFEST).unlink(missing_ok=True)  # a half-updated directory never looks complete
+    tok_markers = [(u, plan.read_marker("tokenize", u)) for u in plan.units("tokenize")]
+    shards = [(u, m) for u, m in tok_markers if m["shard"]]
+    if not shards:
+        raise DataError("no document survived the pipeline: nothing to write (see the drop counts in work/)")
+    wanted_shards = {f"shard_{u}" for u, _ in shards}
+    for f in out.glob("shard_*"):
+        if f.is_file() and f.name.rsplit(".", 1)[0] not in wanted_shards:
+            f.unlink()
+    docs_dir = out / DOCS_DIR
+    docs_dir.mkdir(exist_ok=True)
+    wanted_parts = {f"part-{u}.parquet" for u, _ in shards}
+    for f in docs_dir.glob("*.parquet"):
+        if f.name not in wanted_parts:
+            f.unlink()
+    sd = plan.stage_dir("tokenize")
+    for u, _ in shards:
+        _link(bin_path(sd / f"shard_{u}"), bin_path(out / f"shard_{u}"))
+        _link(idx_path(sd / f"shard_{u}"), idx_path(out / f"shard_{u}"))
+        _link(sd / DOCS_DIR / f"part-{u}.parquet", docs_dir / f"part-{u}.parquet")
+    _link(plan.stage_dir("tokenizer") / TOKENIZER, out / TOKENIZER)
+    manifest = build_manifest(plan)
+    atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    return {"shards": len(shards)}
+
+
+def build_manifest(plan: Plan) -> dict:
+    """``manifest.json``: inputs, configuration and its hash, counts per stage and rule, shards."""
+    import sentencepiece as spm
+
+    c = plan.config
+    ex = [plan.read_marker("extract", u) for u in plan.units("extract")]
+    read_stats = _sum_stats(ex)
+    cluster = plan.read_marker("cluster", SINGLE) if plan.units("cluster") else None
+    buckets = [plan.read_marker("buckets", u) for u in plan.units("buckets")]
+    tok_info = plan.read_marker("tokenizer", SINGLE)
+    tok = [(u, plan.read_marker("tokenize", u)) for u in plan.units("tokenize")]
+    tok_path = plan.out / TOKENIZER
+    sp = spm.SentencePieceProcessor(model_proto=tok_path.read_bytes())
+    vocab = int(sp.get_piece_size())
+    dropped = {k[5:]: v for k, v in sorted(read_stats.items()) if k.startswith("drop:") and v}
+    skipped = {k: v for k, v in sorted(read_stats.items()) if k.startswith(("skip:", "corrupt:")) and v}
+    n_docs = sum(m["documents"] for _, m in tok)
+    n_tokens = sum(m["tokens"] for _, m in tok)
+    docs_in = read_stats["docs_in"]
+    kept = sum(m["kept"] for m in ex)
+
+    def rate(n: float, s: float) -> float | None:
+        return round(n / s, 1) if s > 0 else None
+
+    ex_seconds = sum(m["seconds"] for m in ex)
+    timing: Counter = Counter()
+    for m in ex:
+        timing.update(m.get("timing", {}))
+    tok_seconds = sum(m["seconds"] for _, m in tok)
+    enc_seconds = sum(m["encode_seconds"] for _, m in tok)
+    dedup_seconds = sum(m["seconds"] for m in buckets) + (cluster["seconds"] if cluster else 0.0)
+    return {
+        "format": "megadepth-shards",
+        "format_version": 1,
+        "producer": "megadepth prep run (Common Crawl pipeline)",
+        "config_hash": plan.config_hash,
+        "stage_hashes": plan.hashes,
+        "config": c.model_dump(mode="json"),
+        "inputs": [i.to_json() for i in plan.inputs],
+        "tokenizer": {
+            "file": TOKENIZER,
+            "sha256": sha256_file(tok_path),
+            "trained": tok_info["trained"],
+            "source": tok_info.get("source"),
+            "model_type": c.tokenizer.model_type if tok_info["trained"] else None,
+            "vocab_size": vocab,
+            "unk_id": int(sp.unk_id()),
+            "bos_id": int(sp.bos_id()),
+            "eos_id": int(sp.eos_id()),
+            "pad_id": int(sp.pad_id()),
+            "sample_documents": tok_info.get("sample_documents"),
+        },
+        "vocab_size": vocab,
+        "eos_id": int(sp.eos_id()),
+        "dtype": best_dtype(vocab).name,
+        "documents": n_docs,
+        "tokens": n_tokens,
+        "documents_parquet": f"{DOCS_DIR}/part-*.parquet",
+        "stages": {
+            "read": {
+                "files": len(plan.inputs),
+                "records": read_stats["read:records"],
+                "documents_out": docs_in,
+                "skipped": skipped,
+                "files_read_leniently": read_stats["read:fallback_files"],
+                "non_utf8_pages": read_stats["read:non_utf8"],
+            },
+            "extract_and_filter": {
+                "documents_in": docs_in,
+                "documents_out": kept,
+                "dropped": dropped,
+                "seconds": round(ex_seconds, 3),
+                "docs_per_s": rate(docs_in, ex_seconds),
+                "seconds_by_step": {k: round(v, 3) for k, v in sorted(timing.items())},
+            },
+            "dedup": {
+                "documents_in": kept,
+                "documents_out": kept - (cluster["removed"] if cluster else 0),
+                "exact_duplicates": cluster["exact_duplicates"] if cluster else 0,
+                "near_duplicates": cluster["near_duplicates"] if cluster else 0,
+                "clusters": cluster["clusters"] if cluster else 0,
+                "seconds": round(dedup_seconds, 3),
+                "docs_per_s": rate(kept, dedup_seconds),
+            },
+            "tokenizer": {
+                "trained": tok_info["trained"],
+                "sample_documents": tok_info.get("sample_documents"),
+                "seconds": tok_info["seconds"],
+            },
+            "tokenize": {
+                "documents": n_docs,
+                "tokens": n_tokens,
+                "eos_appended": True,
+                "pii_masked": {
+                    "emails": sum(m["pii"]["emails"] for _, m in tok),
+                    "ipv4": sum(m["pii"]["ipv4"] for _, m in tok),
+                },
+                "seconds": round(tok_seconds, 3),
+                "tokens_per_s": rate(n_tokens, tok_seconds),
+                "encode_tokens_per_s": rate(n_tokens, enc_seconds),
+            },
+        },
+        "shards": [
+            {
+                "prefix": m["shard"],
+                "documents": m["documents"],
+                "tokens": m["tokens"],
+                "parquet": f"{DOCS_DIR}/part-{u}.parquet",
+                "inputs": [
+                    plan.inputs[i].path
+                    for i in range(
+                        int(u) * c.shards.files_per_shard,
+                        min((int(u) + 1) * c.shards.files_per_shard, len(plan.inputs)),
+                    )
+                ],
+            }
+            for u, m in tok
+            if m["shard"]
+        ],
+    }
+
+
+_RUN = {
+    "extract": _extract,
+    "buckets": _buckets,
+    "cluster": _cluster,
+    "tokenizer": _tokenizer,
+    "tokenize": _tokenize,
+    "finalize": _finalize,
+}
+
+
+def run_unit(plan: Plan, stage: str, unit: str) -> dict:
+    """Run one unit unless its done marker exists; write the marker last. Returns the marker's data."""
+    if plan.is_done(stage, unit):
+        return plan.read_marker(stage, unit)
+    data = _RUN[stage](plan, unit)
+    plan.write_marker(stage, unit, data)
+    return data
