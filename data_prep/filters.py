@@ -49,9 +49,14 @@ TERMINAL_PUNCTUATION = (
 _P = np.uint64(0x9E3779B97F4A7C15)
 
 
+_LAST: list = [None, None]  # the last text split, and its tokens: the rules run on the same text
+
+
 def split_words(text: str) -> list[str]:
     """Word tokens: runs of letters/digits, and each other non-space character on its own."""
-    return _TOKEN.findall(text)
+    if _LAST[0] is not text:
+        _LAST[0], _LAST[1] = text, _TOKEN.findall(text)
+    return _LAST[1]
 
 
 def _find_duplicates(items: list[str]) -> tuple[int, int]:
@@ -67,46 +72,88 @@ def _find_duplicates(items: list[str]) -> tuple[int, int]:
     return dup, chars
 
 
-def _ngram_hashes(ids: np.ndarray, n: int) -> np.ndarray:
-    """A 64-bit rolling hash of each n-gram of word ids (collisions are ~2^-64 per pair)."""
-    m = len(ids) - n + 1
-    h = ids[:m].copy()
-    with np.errstate(over="ignore"):
-        for k in range(1, n):
-            h = h * _P + ids[k : k + m]
-    return h
-
-
-def _top_ngram_chars(h: np.ndarray, ngram_chars: np.ndarray) -> int:
-    """Characters of the most frequent n-gram times its count (ties: the first to appear, like Counter)."""
-    uniq, first, inverse, counts = np.unique(h, return_index=True, return_inverse=True, return_counts=True)
-    best = counts.max()
-    cand = np.flatnonzero(counts == best)
-    pick = cand[np.argmin(first[cand])]
-    return int(ngram_chars[first[pick]]) * int(best)
-
-
-def _dup_ngram_chars(h: np.ndarray, ngram_chars: np.ndarray, n: int) -> int:
-    """datatrove's find_all_duplicate: scan left to right; a repeated n-gram counts its characters and
-    the scan jumps past it. Only n-grams that occur twice can repeat, so only they are visited."""
-    uniq, inverse, counts = np.unique(h, return_inverse=True, return_counts=True)
-    multi = np.flatnonzero(counts[inverse] > 1)
-    if len(multi) == 0:
-        return 0
+def _greedy_dup_chars(pos: np.ndarray, h: np.ndarray, chars: np.ndarray, n: int) -> int:
+    """datatrove's find_all_duplicate on the n-grams that occur more than once (``pos`` ascending):
+    scan left to right; an n-gram seen before counts its characters and the scan jumps past it. The
+    n-grams that occur once are never repeats and never matter to the others, so they are skipped."""
     seen: set[int] = set()
     repeated = 0
     nxt = 0
-    hv = h[multi].tolist()
-    chars = ngram_chars[multi].tolist()
-    for pos, key, c in zip(multi.tolist(), hv, chars, strict=True):
-        if pos < nxt:
+    for p, key, c in zip(pos.tolist(), h.tolist(), chars.tolist(), strict=True):
+        if p < nxt:
             continue
         if key in seen:
             repeated += c
-            nxt = pos + n
+            nxt = p + n
         else:
             seen.add(key)
     return repeated
+
+
+def _counts(h: np.ndarray) -> np.ndarray:
+    """For each element, how often its value occurs in ``h`` (np.unique without its overhead)."""
+    if len(h) < 2:
+        return np.ones(len(h), dtype=np.int64)
+    order = np.argsort(h, kind="stable")
+    hs = h[order]
+    start = np.empty(len(hs), dtype=bool)
+    start[0] = True
+    np.not_equal(hs[1:], hs[:-1], out=start[1:])
+    bounds = np.flatnonzero(start)
+    sizes = np.diff(np.append(bounds, len(hs)))
+    out = np.empty(len(hs), dtype=np.int64)
+    out[order] = np.repeat(sizes, sizes)
+    return out
+
+
+def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) -> str | None:
+    """The n-gram rules; the reason of the first that fails, or None.
+
+    n-grams grow one word at a time, only at positions where the shorter n-gram occurs more than once
+    (an n-gram can only repeat where its prefix repeats), so the work shrinks quickly with n. Each
+    n-gram has a 64-bit rolling hash of its word ids.
+    """
+    n_words = len(words)
+    ids = np.array(list(map({}.setdefault, words, range(n_words))), dtype=np.uint64)
+    csum = np.zeros(n_words + 1, dtype=np.int64)
+    np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=n_words), out=csum[1:])
+    top = dict(cfg.top_n_grams)
+    dup = dict(cfg.dup_n_grams)
+    max_n = max([*top, *dup], default=0)
+    top_frac: dict[int, float] = {}
+    dup_frac: dict[int, float] = {}
+    pos = np.arange(n_words)
+    h = ids.copy()
+    for n in range(1, max_n + 1):
+        if n > n_words:
+            break
+        if n > 1:
+            keep = pos <= n_words - n
+            pos, h = pos[keep], h[keep] * _P + ids[pos[keep] + (n - 1)]
+        counts = _counts(h)
+        repeated = counts > 1
+        if n in top:
+            # Counter.most_common(1): the highest count, ties to the n-gram seen first (the earliest
+            # position holding the highest count is that n-gram's first occurrence); with no repeats
+            # at all every count is 1 and that is the first n-gram of the text
+            best = int(counts.max()) if len(counts) else 1
+            p = int(pos[int(np.argmax(counts))]) if best > 1 else 0
+            chars = int(csum[p + n] - csum[p]) + (n - 1)  # " ".join of the n words
+            top_frac[n] = chars * best / n_chars
+        pos, h = pos[repeated], h[repeated]
+        if n in dup:
+            chars_n = csum[pos + n] - csum[pos]  # "".join of the n words
+            dup_frac[n] = _greedy_dup_chars(pos, h, chars_n, n) / n_chars if len(pos) else 0.0
+        if not len(pos) and n >= max(top, default=0):
+            break  # nothing repeats any more: every later duplicated-n-gram fraction is 0
+    # the rules in datatrove's order: top n-grams as configured, then duplicated n-grams
+    for n, frac in cfg.top_n_grams:
+        if top_frac.get(n, 0.0) > frac:
+            return f"top_{n}_gram"
+    for n, frac in cfg.dup_n_grams:
+        if dup_frac.get(n, 0.0) > frac:
+            return f"duplicated_{n}_n_grams"
+    return None
 
 
 def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> tuple[str | None, str | None]:
@@ -126,26 +173,10 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> tuple[str | Non
     if cfg.dup_line_char_frac is not None and chars / n_chars > cfg.dup_line_char_frac:
         return None, "dup_line_char_frac"
     words = split_words(text)
-    if not words:
-        return text, None
-    vocab: dict[str, int] = {}
-    ids = np.fromiter((vocab.setdefault(w, len(vocab)) for w in words), dtype=np.uint64, count=len(words))
-    wlen = np.fromiter(map(len, words), dtype=np.int64, count=len(words))
-    csum = np.concatenate(([0], np.cumsum(wlen)))
-    for n, frac in cfg.top_n_grams:
-        if len(words) < n:
-            continue
-        # " ".join of n words
-        chars_n = csum[n:] - csum[:-n] + (n - 1)
-        if _top_ngram_chars(_ngram_hashes(ids, n), chars_n) / n_chars > frac:
-            return None, f"top_{n}_gram"
-    for n, frac in cfg.dup_n_grams:
-        if len(words) < n:
-            continue
-        # "".join of n words
-        chars_n = csum[n:] - csum[:-n]
-        if _dup_ngram_chars(_ngram_hashes(ids, n), chars_n, n) / n_chars > frac:
-            return None, f"duplicated_{n}_n_grams"
+    if words:
+        reason = _ngram_stats(words, cfg, n_chars)
+        if reason is not None:
+            return None, reason
     return text, None
 
 
@@ -181,7 +212,7 @@ def gopher_quality(text: str, cfg: GopherQualityConfig) -> tuple[str | None, str
             return None, "too_many_end_ellipsis"
     if cfg.min_alpha_words_ratio is not None:
         # word tokens with a letter, over all tokens (punctuation tokens count, as in datatrove)
-        alpha = sum(1 for w in words if _LETTER.search(w))
+        alpha = sum(1 for w in words if w.isalpha() or _LETTER.search(w))
         if alpha / n_tokens < cfg.min_alpha_words_ratio:
             return None, "below_alpha_threshold"
     if cfg.min_stop_words is not None:

@@ -46,10 +46,13 @@ class LanguageIdentifier:
             raise DataError(f"language.model: {path} is not a fastText model ({e})") from None
         self.languages = frozenset(cfg.languages) if cfg.languages else None
         self.threshold = cfg.threshold
+        self.max_chars = cfg.max_chars
         self._k = 5 if self.languages and len(self.languages) > 1 else 1
 
     def identify(self, text: str) -> tuple[str, float]:
         """The top label, or the best-scoring allowed one among the top few, and its probability."""
+        if self.max_chars is not None and len(text) > self.max_chars:
+            text = text[: self.max_chars]
         labels, scores = self._model.predict(text.replace("\n", " "), k=self._k)
         best = (labels[0][9:], float(scores[0])) if labels else ("unknown", 0.0)
         if self.languages and best[0] not in self.languages:

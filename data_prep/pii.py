@@ -19,6 +19,11 @@ EMAIL_REPLACEMENTS = ("email@example.com", "firstname.lastname@example.org")
 #: Documentation ranges (RFC 5737): never anybody's address.
 IP_REPLACEMENTS = ("192.0.2.1", "198.51.100.23", "203.0.113.42", "192.0.2.254", "198.51.100.7", "203.0.113.9")
 
+#: Never anybody's address, whatever this Python's ``is_global`` says about them (it changed over versions).
+_NOT_PUBLIC = tuple(
+    ipaddress.IPv4Network(n) for n in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24", "100.64.0.0/10")
+)
+
 _EMAIL = re.compile(
     r"\b[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
     r"@(?:[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?\.)+[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?\b"
@@ -37,7 +42,7 @@ def _ip(m: re.Match) -> str:
         addr = ipaddress.IPv4Address(s)
     except ValueError:
         return s
-    if not addr.is_global:
+    if not addr.is_global or any(addr in net for net in _NOT_PUBLIC):
         return s
     return _pick(IP_REPLACEMENTS, s)
 

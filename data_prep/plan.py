@@ -66,6 +66,7 @@ class Plan:
                 "gopher_quality": c.gopher_quality.model_dump(mode="json"),
                 "c4": c.c4.model_dump(mode="json"),
                 "fineweb": c.fineweb.model_dump(mode="json"),
+                "pii": c.pii.model_dump(mode="json"),
                 "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
             }
         )
@@ -76,7 +77,7 @@ class Plan:
             tok_cfg = {"model_sha256": self.tokenizer_sha256}
         tokenizer = stable_hash({"up": dedup, "tokenizer": tok_cfg})
         tokenize = stable_hash(
-            {"up": tokenizer, "pii": c.pii.model_dump(mode="json"), "shards": c.shards.model_dump(mode="json")}
+            {"up": tokenizer, "shards": c.shards.model_dump(mode="json")}
         )
         return {
             "inputs": h_inputs,

@@ -1,0 +1,206 @@
+"""Benchmark of the Common Crawl pipeline (data_prep) on one machine, all figures from one run.
+
+Builds WARC files offline from real pages (pydoc's HTML for the standard library, article pages around
+CPython's documentation prose; see data_prep.corpus), then measures on the same pages:
+
+1. the extraction-only ceiling: FastWARC read + resiliparse main-content extraction, one core;
+2. the whole local pipeline with one worker (read, decode, extract, language id, Gopher/C4/FineWeb
+   rules, exact + MinHash dedup, tokenization with EOS, shard + Parquet writing), end-to-end docs/s,
+   with the tokenizer given and, separately, the tokenizer training time;
+3. tokenization: tokens/s of the pipeline's tokenize stage (Parquet read, PII masking, encode, EOS,
+   .bin/.idx + Parquet writing) against raw ``sentencepiece.encode`` on the same texts, one thread;
+4. scaling: wall time of the pipeline with 2 workers against 1;
+5. peak memory of a 1-worker run at two corpus sizes (bounded by shard size, not by input size).
+
+    python benchmarks/prep_bench.py [--pages 2000] [--files 4] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def build_corpus(root: Path, pages: int, files: int) -> list[Path]:
+    """Half pydoc module pages (heavy HTML, mostly dropped by the quality rules, as most of a crawl is),
+    half articles of 10 prose paragraphs drawn at random (real text, distinct pages); every 20th page
+    is a copy of an earlier one under another URL with a changed footer (a near duplicate)."""
+    import random
+
+    from data_prep.corpus import (
+        article_html,
+        module_doc_pages,
+        prose_paragraphs,
+        warc_response,
+        warcinfo,
+        write_warc,
+    )
+
+    rng = random.Random(0)
+    modules = module_doc_pages()
+    paras = prose_paragraphs()
+    made: list[tuple[str, str]] = []
+    for k in range(pages):
+        if k % 20 == 19 and made:
+            url, html = made[rng.randrange(len(made))]
+            made.append((url.replace(".example/", f".example/copy{k}/"),
+                         html.replace("</body>", f"<footer><p>Mirror {k}</p></footer></body>")))
+        elif k % 2 == 0:
+            name, html = modules[(k // 2) % len(modules)]
+            made.append((f"https://docs.example/{k}/{name}.html", html))
+        else:
+            group = rng.sample(paras, 10)
+            made.append((f"https://blog.example/{k}", article_html(" ".join(group[0].split()[:6]), group)))
+    per_file = (pages + files - 1) // files
+    paths = []
+    for f in range(files):
+        recs = [warcinfo(f"bench-{f}.warc.gz")]
+        for url, html in made[f * per_file : (f + 1) * per_file]:
+            recs += warc_response(url, html.encode("utf-8"))
+        paths.append(write_warc(root / f"bench-{f:03d}.warc.gz", recs))
+    return paths
+
+
+def ceiling(paths: list[Path]) -> tuple[int, float]:
+    from fastwarc.warc import ArchiveIterator, WarcRecordType
+    from resiliparse.extract.html2text import extract_plain_text
+    from resiliparse.parse.encoding import bytes_to_str, detect_encoding
+
+    n = 0
+    t0 = time.perf_counter()
+    for p in paths:
+        for r in ArchiveIterator(str(p), record_types=WarcRecordType.response, fsspec_args=False):
+            body = r.reader.read()
+            extract_plain_text(bytes_to_str(body, detect_encoding(body)), main_content=True)
+            n += 1
+    return n, time.perf_counter() - t0
+
+
+def run_pipeline(paths, out: Path, workers: int, overrides: list[str]) -> tuple[dict, float]:
+    from data_prep.pipeline import plan_run, run_plan
+
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    plan = plan_run([str(p) for p in paths], out, overrides=overrides)
+    manifest, _ = run_plan(plan, workers=workers, progress=False)
+    return manifest, time.perf_counter() - t0
+
+
+def raw_encode(tokenizer: Path, texts: list[str]) -> tuple[int, float]:
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(tokenizer))
+    t0 = time.perf_counter()
+    n = sum(len(ids) for ids in sp.encode(texts, num_threads=1))
+    return n, time.perf_counter() - t0
+
+
+def peak_rss_mb(paths, out: Path, overrides: list[str]) -> float:
+    """Peak RSS of a fresh 1-worker `megadepth prep run` process."""
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "megadepth", "prep", "run", "--no-progress", "--out", str(out), "--input"]
+    cmd += [str(p) for p in paths]
+    for o in overrides:
+        cmd += ["--set", o]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(before, after) / 1024
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pages", type=int, default=2000)
+    ap.add_argument("--files", type=int, default=4)
+    ap.add_argument("--json", help="also write the figures here")
+    args = ap.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    tmp = Path(tempfile.mkdtemp(prefix="prep-bench-"))
+    try:
+        t0 = time.perf_counter()
+        paths = build_corpus(tmp / "in", args.pages, args.files)
+        size = sum(p.stat().st_size for p in paths)
+        print(f"corpus: {args.pages} pages in {len(paths)} WARC files, {size / 1e6:.1f} MB gz "
+              f"(built in {time.perf_counter() - t0:.1f} s)")
+
+        n_pages, t_ceiling = ceiling(paths)
+        ceil_rate = n_pages / t_ceiling
+        print(f"extraction-only ceiling (fastwarc + resiliparse, 1 core): {ceil_rate:,.0f} pages/s")
+
+        # tokenizer training, once; the timed runs use the trained model (a one-off cost per corpus)
+        m_train, t_train = run_pipeline(paths, tmp / "train", 1, ["tokenizer.vocab_size=1024"])
+        tok = tmp / "tokenizer.model"
+        shutil.copy(tmp / "train" / "tokenizer.model", tok)
+        given = [f"tokenizer.model={tok}"]
+
+        m1, t1 = run_pipeline(paths, tmp / "w1", 1, given)
+        docs_in = m1["stages"]["extract_and_filter"]["documents_in"]
+        e2e = docs_in / t1
+        print(f"pipeline, 1 worker, end to end: {e2e:,.0f} docs/s ({docs_in} docs in {t1:.2f} s) "
+              f"-> {e2e / ceil_rate:.2f} of the ceiling")
+        print(f"  with tokenizer training in the run: {docs_in / t_train:,.0f} docs/s "
+              f"(training {m_train['stages']['tokenizer']['seconds']:.1f} s)")
+        ex = m1["stages"]["extract_and_filter"]
+        print(f"  extract stage alone: {ex['docs_per_s']:,.0f} docs/s; by step: {ex['seconds_by_step']}")
+        print(f"  kept {ex['documents_out']}, duplicates removed {m1['stages']['dedup']['exact_duplicates']} exact "
+              f"+ {m1['stages']['dedup']['near_duplicates']} near, {m1['tokens']:,} tokens")
+
+        import pyarrow.parquet as pq
+
+        texts = []
+        for part in sorted((tmp / "w1" / "documents").glob("*.parquet")):
+            texts += pq.read_table(part, columns=["text"]).column(0).to_pylist()
+        n_raw, t_raw = raw_encode(tok, texts)
+        raw_rate = n_raw / t_raw
+        tk = m1["stages"]["tokenize"]
+        ours = tk["tokens_per_s"]
+        print(f"tokenization: raw sentencepiece.encode {raw_rate / 1e6:.2f}M tokens/s, tokenize stage "
+              f"{ours / 1e6:.2f}M tokens/s -> {ours / raw_rate:.2f} of raw")
+
+        m2, t2 = run_pipeline(paths, tmp / "w2", 2, given)
+        same = all(
+            (tmp / "w1" / s["prefix"]).with_suffix(".bin").read_bytes()
+            == (tmp / "w2" / s["prefix"]).with_suffix(".bin").read_bytes()
+            for s in m1["shards"]
+        )
+        print(f"2 workers: {t2:.2f} s vs {t1:.2f} s -> speed-up {t1 / t2:.2f}x (shards identical: {same})")
+
+        small = paths[: max(1, len(paths) // 2)]
+        rss_small = peak_rss_mb(small, tmp / "rss1", given)
+        rss_all = peak_rss_mb(paths, tmp / "rss2", given)
+        print(f"peak RSS, 1 worker: {rss_small:.0f} MB for {len(small)} file(s), {rss_all:.0f} MB for {len(paths)}")
+        figures = {
+            "pages": args.pages,
+            "files": len(paths),
+            "ceiling_pages_per_s": round(ceil_rate, 1),
+            "pipeline_docs_per_s": round(e2e, 1),
+            "pipeline_fraction_of_ceiling": round(e2e / ceil_rate, 3),
+            "pipeline_docs_per_s_with_training": round(docs_in / t_train, 1),
+            "raw_encode_tokens_per_s": round(raw_rate),
+            "tokenize_stage_tokens_per_s": ours,
+            "tokenize_fraction_of_raw": round(ours / raw_rate, 3),
+            "wall_1_worker_s": round(t1, 3),
+            "wall_2_workers_s": round(t2, 3),
+            "speedup_2_workers": round(t1 / t2, 3),
+            "shards_identical_1_vs_2_workers": same,
+            "peak_rss_mb": {str(len(small)): round(rss_small), str(len(paths)): round(rss_all)},
+        }
+        if args.json:
+            Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")
+        print(json.dumps(figures))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
