@@ -68,6 +68,7 @@ class Plan:
                 "fineweb": c.fineweb.model_dump(mode="json"),
                 "pii": c.pii.model_dump(mode="json"),
                 "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
+                "row_group_docs": c.shards.row_group_docs,
             }
         )
         dedup = stable_hash({"up": extract, "dedup": c.dedup.model_dump(mode="json")})

@@ -111,8 +111,11 @@ def _select(
         kind = "text"
     elif rtype in ("response", "resource"):
         kind = "html"
+    elif rtype in ("", "unknown", "no_type"):
+        stats["corrupt:record"] += 1  # no readable WARC-Type header
+        return None
     else:
-        stats[f"skip:record_{rtype or 'unknown'}"] += 1
+        stats[f"skip:record_{rtype}"] += 1
         return None
     if not warc.get("warc-target-uri"):
         stats["skip:no_url"] += 1
@@ -182,7 +185,7 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
     it = ArchiveIterator(
         path, parse_http=True, auto_decode="none", fsspec_args=None if remote else False, stream_detect=True
     )
-    held: tuple[str, RawDoc | None] | None = None
+    held: tuple[str, RawDoc | None, Counter] | None = None
     last_pos = 0
     n = 0
     try:
@@ -198,22 +201,29 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
                 http = _lower(hh.items())
                 status = hh.status_code
             rid = warc.get("warc-record-id", f"@{r.stream_pos}")
-            kind = _select(rtype, warc, status, http, r.content_length, cfg, stats)
+            counts: Counter = Counter()  # this record's counts: merged once it is known to be sound
+            kind = _select(rtype, warc, status, http, r.content_length, cfg, counts)
             doc = None
             if kind is not None:
                 payload = r.reader.read()
                 if len(payload) != r.content_length:
                     raise _Damaged("truncated record")
-                doc = _make_doc(kind, warc, http, payload, stats)
+                doc = _make_doc(kind, warc, http, payload, counts)
+            elif r.reader.consume() != r.content_length:
+                # a skipped record must end where its Content-Length says, too: one that swallows
+                # the rest of the file would otherwise hide every record after it
+                raise _Damaged("truncated record")
             if held is not None:
                 delivered.add(held[0])
+                stats.update(held[2])
                 if held[1] is not None:
                     yield held[1]
-            held = (rid, doc)
+            held = (rid, doc, counts)
     except OSError as e:
         raise _Damaged(str(e)) from None
     if held is not None:
         delivered.add(held[0])
+        stats.update(held[2])
         if held[1] is not None:
             yield held[1]
     if not remote and path.lower().endswith(".gz") and not _gzip_tail_ok(path, last_pos):
@@ -269,11 +279,12 @@ def _gzip_tail_ok(path: str, last_pos: int) -> bool:
         return complete and end == size
 
 
-def _decompress_members(data, dst, stats: Counter) -> None:
+def _decompress_members(data, dst, stats: Counter) -> bool:
     """Write the content of every readable gzip member of ``data`` into ``dst``, in order.
 
     A member that fails to inflate is skipped up to the next gzip header, junk between members too;
-    a truncated last member contributes what could be inflated. Each is counted.
+    a truncated last member contributes what could be inflated. Each is counted. Returns whether the
+    file ended inside a member.
     """
     pos, n = 0, len(data)
     while pos < n:
@@ -282,7 +293,7 @@ def _decompress_members(data, dst, stats: Counter) -> None:
             if data[pos : nxt if nxt >= 0 else n].strip(b"\x00\r\n\t "):
                 stats["corrupt:gzip"] += 1
             if nxt < 0:
-                return
+                return False
             pos = nxt
         try:
             end, complete = _inflate_member(data, pos, dst.write)
@@ -290,13 +301,14 @@ def _decompress_members(data, dst, stats: Counter) -> None:
             stats["corrupt:gzip"] += 1
             nxt = data.find(_GZ_MAGIC, pos + 1)
             if nxt < 0:
-                return
+                return False
             pos = nxt
             continue
         if not complete:
             stats["corrupt:truncated"] += 1
-            return
+            return True
         pos = end
+    return False
 
 
 def _parse_header_block(block: bytes) -> tuple[dict[str, str], bool]:
@@ -360,7 +372,7 @@ def _lenient_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set[
                 if data[:3] != _GZ_MAGIC:
                     yield from _scan(data, cfg, stats, delivered)
                     return
-                _decompress_members(data, plain, stats)
+                truncated = _decompress_members(data, plain, stats)
         finally:
             if src_f is not raw:
                 src_f.close()
@@ -368,7 +380,7 @@ def _lenient_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set[
         if plain.tell() == 0:
             return
         with mmap.mmap(plain.fileno(), 0, access=mmap.ACCESS_READ) as buf:
-            yield from _scan(buf, cfg, stats, delivered)
+            yield from _scan(buf, cfg, stats, delivered, truncation_counted=truncated)
 
 
 def _next_start(buf, pos: int) -> int:
@@ -378,7 +390,9 @@ def _next_start(buf, pos: int) -> int:
     return m.start() + (1 if buf[m.start() : m.start() + 1] == b"\n" else 0)
 
 
-def _scan(buf, cfg: ReadConfig, stats: Counter, delivered: set[str]) -> Iterator[RawDoc]:
+def _scan(
+    buf, cfg: ReadConfig, stats: Counter, delivered: set[str], truncation_counted: bool = False
+) -> Iterator[RawDoc]:
     n = len(buf)
     pos = _next_start(buf, 0)
     if pos != 0 and buf[: max(pos, 0) if pos >= 0 else n].strip():
@@ -405,8 +419,12 @@ def _scan(buf, cfg: ReadConfig, stats: Counter, delivered: set[str]) -> Iterator
             pos = _next_start(buf, start)
             continue
         if end > n:
-            stats["corrupt:truncated"] += 1
             pos = _next_start(buf, start)
+            if pos >= 0:
+                stats["corrupt:record"] += 1  # a Content-Length past the end, with records after it
+            elif not truncation_counted:
+                stats["corrupt:truncated"] += 1
+                truncation_counted = True
             continue
         tail = bytes(buf[end : end + 4])
         if not (tail.startswith((b"\r\n\r\n", b"\n\n")) or (end + len(tail) == n and not tail.strip())):
