@@ -6,8 +6,6 @@ Bad input ends in one line on stderr and exit code 2; an unexpected crash keeps 
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 from collections.abc import Sequence
 
@@ -31,34 +29,89 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
+    """Check everything for the whole job (options, hostfile, config at the total world size), then run
+    the DeepSpeed launcher, or print it (--dry-run), or write a Slurm script (--slurm)."""
+    import shlex
+    from pathlib import Path
+
     import torch
 
-    from launch.deepspeed_launcher import LaunchSpec, build_command, describe, launcher_env
+    from launch.deepspeed_launcher import LaunchSpec, build_command, describe, launcher_env, run
+    from launch.hostfile import LaunchError, format_hostfile, write_hostfile
+    from launch.plan import LaunchRequest, check_slurm_request, check_ssh_mode, plan_launch
+    from launch.slurm import SlurmSpec, render_sbatch
     from megadepth.parallel.distributed import free_port
     from megadepth.train.preflight import preflight
 
+    request = LaunchRequest(args.nproc_per_node, args.hostfile, args.nnodes, args.node_rank, args.master_addr,
+                            args.master_port)
+    plan = None
+    try:
+        if args.slurm is not None:
+            world_size = check_slurm_request(request)
+        elif args.sbatch:
+            raise LaunchError("--sbatch options are for --slurm scripts")
+        else:
+            plan = plan_launch(request, free_port=free_port)
+            world_size = plan.world_size
+    except LaunchError as exc:
+        raise ConfigError(str(exc)) from None
+
     config = load_config(args.configs, args.overrides)
     use_gpu = torch.cuda.is_available() and config.train.device != "cpu"
-    if use_gpu and args.nproc_per_node > torch.cuda.device_count():
-        raise ConfigError(
-            f"--nproc-per-node {args.nproc_per_node} but this node has {torch.cuda.device_count()} CUDA device(s)"
-        )
-    if config.train.device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-    preflight(config, args.nproc_per_node)  # the checks every rank runs, once, before any process starts
+    if plan is not None and plan.mode != "hostfile":  # the ranks run on this machine: check its devices
+        if use_gpu and args.nproc_per_node > torch.cuda.device_count():
+            raise ConfigError(
+                f"--nproc-per-node {args.nproc_per_node} but this node has {torch.cuda.device_count()} CUDA device(s)"
+            )
+        if config.train.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
+    preflight(config, world_size)  # the checks every rank runs, once, for the whole job, before any process starts
+
+    try:
+        if plan is None:
+            script = render_sbatch(SlurmSpec(
+                nnodes=args.nnodes, nproc_per_node=args.nproc_per_node, config_files=tuple(args.configs),
+                overrides=tuple(args.overrides), master_port=args.master_port,
+                gpus=config.train.device != "cpu", sbatch_options=tuple(args.sbatch),
+            ))
+            if args.dry_run:
+                print(script, end="")
+                return 0
+            Path(args.slurm).write_text(script)
+            print(f"wrote {args.slurm} ({args.nnodes} node(s) x {args.nproc_per_node} = {world_size} ranks); "
+                  f"submit it with: sbatch {shlex.quote(args.slurm)}")
+            return 0
+        if not args.dry_run:
+            check_ssh_mode(plan)  # pdsh and passwordless ssh to every host (hostfile mode only)
+    except LaunchError as exc:
+        raise ConfigError(str(exc)) from None
+
     spec = LaunchSpec(
         nproc_per_node=args.nproc_per_node,
         config_files=tuple(args.configs),
         overrides=tuple(args.overrides),
-        master_port=args.master_port or free_port(),
+        master_port=plan.master_port,
         use_gpu=use_gpu,
+        hostfile=str(plan.hostfile) if plan.hostfile is not None else None,
+        num_nodes=plan.num_nodes,
+        node_rank=plan.node_rank,
+        master_addr=plan.master_addr,
     )
-    cmd, env = build_command(spec), launcher_env(spec)
+    # hostfile mode: the other nodes' ranks do not inherit this environment (docs/launching.md)
+    cmd, env = build_command(spec), ({} if plan.mode == "hostfile" else launcher_env(spec))
+    steps = []
+    if plan.hostfile_generated:
+        lines = format_hostfile(plan.hosts).splitlines()
+        steps.append(f"printf '%s\\n' {' '.join(shlex.quote(x) for x in lines)} > {shlex.quote(str(plan.hostfile))}")
+    steps.append(describe(cmd, env))
     if args.dry_run:
-        print(describe(cmd, env))
+        print("\n".join([f"# {plan.summary()}", *steps]))
         return 0
-    print(f"megadepth: {describe(cmd, env)}", flush=True)
-    return subprocess.call(cmd, env={**os.environ, **env})
+    if plan.hostfile_generated:
+        write_hostfile(list(plan.hosts), plan.hostfile)
+    print(f"megadepth: {plan.summary()}\nmegadepth: {steps[-1]}", flush=True)
+    return run(cmd, env)
 
 
 def _int_list(text: str) -> list[int]:
@@ -127,11 +180,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("launch", help="run training under the DeepSpeed launcher on this node")
+    p = sub.add_parser(
+        "launch", help="run training under the DeepSpeed launcher: this node, a hostfile, or one node of many",
+        description="One node: --nproc-per-node K. All nodes of a hostfile over ssh/pdsh: --hostfile H. One node "
+                    "of many, no ssh (Slurm tasks, Kubernetes pods): --nnodes N --node-rank R --master-addr A. "
+                    "A Slurm batch script: --slurm FILE --nnodes N. See docs/launching.md.")
     p.add_argument("--nproc-per-node", type=int, required=True,
-                   help="processes on this node: GPUs, or CPU processes on gloo without a GPU")
-    p.add_argument("--master-port", type=int, default=None, help="rendezvous port (default: a free one)")
-    p.add_argument("--dry-run", action="store_true", help="print the launcher command and exit")
+                   help="processes per node: GPUs, or CPU processes on gloo without a GPU")
+    p.add_argument("--hostfile", default=None, metavar="H",
+                   help="hostfile, one 'HOSTNAME slots=N' per line: start every host's processes over ssh/pdsh "
+                        "(with --node-rank: only this node's, without ssh)")
+    p.add_argument("--nnodes", type=int, default=None,
+                   help="number of nodes (per-node launches and --slurm; with --hostfile: use its first N hosts)")
+    p.add_argument("--node-rank", type=int, default=None,
+                   help="this node's rank, 0..nnodes-1: start only this node's processes, without ssh")
+    p.add_argument("--master-addr", default=None, help="address of node 0 (the rendezvous), the same on every node")
+    p.add_argument("--master-port", type=int, default=None,
+                   help="rendezvous port (default: a free one on one node, 29500 across nodes, from the job id "
+                        "under --slurm)")
+    p.add_argument("--slurm", default=None, metavar="FILE",
+                   help="write a Slurm batch script that runs one launcher per node (needs --nnodes) instead of "
+                        "launching; with --dry-run, print it")
+    p.add_argument("--sbatch", action="append", default=[], metavar="OPTION",
+                   help="an extra #SBATCH option for --slurm, e.g. --sbatch=--partition=gpu (repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check everything and print the exact commands (or the --slurm script); start nothing")
     _add_config_args(p)
     p.set_defaults(func=_cmd_launch)
 

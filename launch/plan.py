@@ -1,0 +1,204 @@
+"""From `megadepth launch` options to one checked plan: which mode, which hosts, how many ranks.
+
+Three modes (docs/launching.md):
+- single node: ``--nproc-per-node K`` alone;
+- hostfile (ssh): ``--hostfile H``: this one launcher starts every node's ranks through ssh/pdsh;
+- per node: ``--node-rank R`` with ``--nnodes N --master-addr A`` (or a ``--hostfile``): one launcher per
+  node, none of them uses ssh; what Slurm tasks and Kubernetes pods run.
+
+Everything here is checked before a process starts; mistakes are LaunchError, one line each.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from launch.hostfile import (
+    Host,
+    LaunchError,
+    check_resolvable,
+    check_slots,
+    generated_hostfile_path,
+    generated_hosts,
+    read_hostfile,
+)
+
+DEFAULT_MULTI_NODE_PORT = 29500
+"""The rendezvous port when several nodes must agree on it and none was given (torch's and DeepSpeed's)."""
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """The launch options as given on the command line (None: not given)."""
+
+    nproc_per_node: int
+    hostfile: str | None = None
+    nnodes: int | None = None
+    node_rank: int | None = None
+    master_addr: str | None = None
+    master_port: int | None = None
+
+
+@dataclass(frozen=True)
+class LaunchPlan:
+    """A checked launch: the nodes taking part, this node's place, and the rendezvous address."""
+
+    mode: str  # "single", "hostfile" or "per-node"
+    nproc_per_node: int
+    hosts: tuple[Host, ...]
+    hostfile: Path | None
+    """What DeepSpeed gets as -H (None in single-node mode)."""
+    hostfile_generated: bool
+    """True: the launcher writes ``hostfile`` itself (per-node mode without --hostfile)."""
+    num_nodes: int | None
+    """--num_nodes for DeepSpeed: set when only the first N hosts of a longer hostfile take part."""
+    node_rank: int | None
+    master_addr: str | None
+    master_port: int
+
+    @property
+    def nnodes(self) -> int:
+        return len(self.hosts)
+
+    @property
+    def world_size(self) -> int:
+        """Total ranks: DeepSpeed starts ``nproc_per_node`` on every node taking part."""
+        return self.nnodes * self.nproc_per_node
+
+    def summary(self) -> str:
+        k, world = self.nproc_per_node, self.world_size
+        if self.mode == "single":
+            return f"{k} process(es) on this node"
+        if self.mode == "hostfile":
+            names = ", ".join(h.name for h in self.hosts)
+            return f"{self.nnodes} node(s) x {k} = {world} processes over ssh on {names}"
+        first = self.node_rank * k
+        return (
+            f"node {self.node_rank} of {self.nnodes}: ranks {first}-{first + k - 1} of {world}, "
+            f"rendezvous at {self.master_addr}:{self.master_port}"
+        )
+
+
+def _positive(value: int | None, option: str) -> None:
+    if value is not None and value < 1:
+        raise LaunchError(f"{option} must be at least 1 (got {value})")
+
+
+def _hostfile_hosts(path: str, nnodes: int | None, nproc: int) -> tuple[list[Host], int | None]:
+    hosts = read_hostfile(path)
+    num_nodes = None
+    if nnodes is not None:
+        if nnodes > len(hosts):
+            raise LaunchError(f"--nnodes {nnodes} but hostfile {path} lists only {len(hosts)} host(s)")
+        if nnodes < len(hosts):
+            hosts, num_nodes = hosts[:nnodes], nnodes
+    check_slots(hosts, nproc, source=f"hostfile {path}")
+    return hosts, num_nodes
+
+
+def plan_launch(req: LaunchRequest, free_port: Callable[[], int], resolve_hosts: bool = True) -> LaunchPlan:
+    """Check the combination of options and the hostfile; no process is started, no file written."""
+    _positive(req.nproc_per_node, "--nproc-per-node")
+    _positive(req.nnodes, "--nnodes")
+    if req.node_rank is not None and req.node_rank < 0:
+        raise LaunchError(f"--node-rank must be 0 or more (got {req.node_rank})")
+    if req.master_port is not None and not 1 <= req.master_port <= 65535:
+        raise LaunchError(f"--master-port must be a TCP port, 1-65535 (got {req.master_port})")
+    if req.master_addr is not None and not req.master_addr.strip():
+        raise LaunchError("--master-addr is empty")
+    k = req.nproc_per_node
+
+    if req.node_rank is not None:  # per node: one launcher on each node, no ssh
+        if req.hostfile is not None:
+            hosts, num_nodes = _hostfile_hosts(req.hostfile, req.nnodes, k)  # names need not resolve
+            hostfile, generated = Path(req.hostfile), False
+        elif req.nnodes is None:
+            raise LaunchError("--node-rank needs --nnodes (how many nodes take part) or a --hostfile")
+        else:
+            hosts, num_nodes = generated_hosts(req.nnodes, k), None
+            hostfile, generated = generated_hostfile_path(req.nnodes, k), True
+        if req.node_rank >= len(hosts):
+            raise LaunchError(
+                f"--node-rank {req.node_rank} is out of range for {len(hosts)} node(s) (0..{len(hosts) - 1})"
+            )
+        master_addr = req.master_addr
+        if master_addr is None:
+            if len(hosts) > 1:
+                raise LaunchError(
+                    "--node-rank needs --master-addr: node 0's address, the same on every node"
+                )
+            master_addr = "127.0.0.1"
+        return LaunchPlan("per-node", k, tuple(hosts), hostfile, generated, num_nodes, req.node_rank,
+                          master_addr, req.master_port or DEFAULT_MULTI_NODE_PORT)
+
+    if req.hostfile is not None:  # one launcher for all nodes, over ssh
+        hosts, num_nodes = _hostfile_hosts(req.hostfile, req.nnodes, k)
+        if resolve_hosts:
+            check_resolvable(hosts, source=f"hostfile {req.hostfile}")
+        return LaunchPlan("hostfile", k, tuple(hosts), Path(req.hostfile), False, num_nodes, None,
+                          req.master_addr, req.master_port or DEFAULT_MULTI_NODE_PORT)
+
+    if req.nnodes is not None and req.nnodes > 1:
+        raise LaunchError(
+            f"--nnodes {req.nnodes} needs --node-rank and --master-addr (one launcher per node) "
+            "or a --hostfile (one launcher for all nodes, over ssh)"
+        )
+    if req.master_addr is not None:
+        raise LaunchError("--master-addr is for multi-node launches: add --nnodes and --node-rank, or a --hostfile")
+    return LaunchPlan("single", k, (Host("localhost", k),), None, False, None, None, None,
+                      req.master_port or free_port())
+
+
+def check_ssh_mode(plan: LaunchPlan, connect_timeout_s: int = 10) -> None:
+    """What a hostfile launch needs on this machine: pdsh (for more than one node) and passwordless
+    ssh to every host (DeepSpeed itself checks only the first)."""
+    if plan.mode != "hostfile":
+        return
+    if plan.nnodes > 1 and shutil.which("pdsh") is None:
+        raise LaunchError(
+            "pdsh is not installed: the DeepSpeed launcher starts the other nodes' ranks through it "
+            "(apt-get install pdsh), or start one launcher per node with --nnodes/--node-rank/--master-addr"
+        )
+    if shutil.which("ssh") is None:
+        raise LaunchError("ssh is not installed: a --hostfile launch reaches the hosts through ssh")
+
+    def probe(host: Host) -> str | None:
+        cmd = ["ssh", "-o", "BatchMode=yes", "-o", f"ConnectTimeout={connect_timeout_s}", host.name, "true"]
+        try:
+            done = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                                  timeout=connect_timeout_s + 5)
+        except subprocess.TimeoutExpired:
+            return "timed out"
+        if done.returncode == 0:
+            return None
+        lines = [x for x in done.stderr.strip().splitlines() if x.strip()]
+        return lines[-1].strip() if lines else f"exit code {done.returncode}"
+
+    with ThreadPoolExecutor(max_workers=min(32, plan.nnodes)) as pool:
+        failures = [(h, why) for h, why in zip(plan.hosts, pool.map(probe, plan.hosts), strict=True) if why]
+    if failures:
+        listing = "; ".join(f"{h.name}: {why}" for h, why in failures)
+        raise LaunchError(
+            f"not reachable by passwordless ssh (ssh -o BatchMode=yes HOST true) from this machine: {listing}"
+        )
+
+
+def check_slurm_request(req: LaunchRequest) -> int:
+    """The options a `--slurm` script takes; returns its world size. Hosts, node rank and master address
+    come from the job, so giving them is a mistake."""
+    given = [opt for opt, value in (("--hostfile", req.hostfile), ("--node-rank", req.node_rank),
+                                    ("--master-addr", req.master_addr)) if value is not None]
+    if given:
+        raise LaunchError(f"--slurm takes the hosts, node ranks and master address from the job; drop {given[0]}")
+    if req.nnodes is None:
+        raise LaunchError("--slurm needs --nnodes (how many nodes the job asks for)")
+    _positive(req.nproc_per_node, "--nproc-per-node")
+    _positive(req.nnodes, "--nnodes")
+    if req.master_port is not None and not 1 <= req.master_port <= 65535:
+        raise LaunchError(f"--master-port must be a TCP port, 1-65535 (got {req.master_port})")
+    return req.nnodes * req.nproc_per_node
