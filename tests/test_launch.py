@@ -1,0 +1,350 @@
+"""Launching: hostfiles, the three launch modes, the Slurm script, and bad input said before anything starts.
+
+Fast tests: `megadepth launch` in-process (checks and --dry-run start no process) and a few tiny
+subprocesses. The real multi-node runs are in test_launch_multinode.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+from launch.deepspeed_launcher import LaunchSpec, build_command
+from launch.hostfile import (
+    Host,
+    LaunchError,
+    generated_hostfile_path,
+    parse_hostfile_text,
+    read_hostfile,
+    write_hostfile,
+)
+from launch.plan import LaunchRequest, plan_launch
+from launch.slurm import SlurmSpec, render_sbatch
+from megadepth.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _no_port() -> int:
+    raise AssertionError("a multi-node plan must not pick a random port")
+
+
+# --- hostfiles -------------------------------------------------------------------------------------------
+
+def test_parse_hostfile_comments_blank_lines_and_order() -> None:
+    text = "# the cluster\n\nworker-1 slots=8\n  worker-0\tslots=8   # second\n10.0.0.7 slots=4\n"
+    hosts = parse_hostfile_text(text)
+    assert [(h.name, h.slots, h.line) for h in hosts] == [("worker-1", 8, 3), ("worker-0", 8, 4), ("10.0.0.7", 4, 5)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "lists no hosts"),
+        ("# only a comment\n\n", "lists no hosts"),
+        ("a slots=2\nb slots=0\n", "line 2: bad slot count '0' for b"),
+        ("a slots=x\n", "line 1: bad slot count 'x'"),
+        ("a slots=-1\n", "bad slot count '-1'"),
+        ("a slots=8x\n", "bad slot count '8x'"),  # DeepSpeed would read this as 8
+        ("a slots=\n", "bad slot count ''"),
+        ("a\n", "line 1: expected 'HOSTNAME slots=N'"),
+        ("a slots=2 max_slots=4\n", "expected 'HOSTNAME slots=N'"),
+        ("a slots = 2\n", "expected 'HOSTNAME slots=N'"),
+        ("a slots=2\nb slots=2\na slots=4\n", "line 3: duplicate entry for a (first on line 1)"),
+        ("root@a slots=2\n", "bad host name 'root@a'"),
+        ("a:22 slots=2\n", "bad host name 'a:22'"),
+        ("a,b slots=2\n", "bad host name 'a,b'"),
+    ],
+)
+def test_bad_hostfiles(text: str, message: str) -> None:
+    with pytest.raises(LaunchError, match=re.escape(message)) as err:
+        parse_hostfile_text(text, source="hostfile H")
+    assert str(err.value).startswith("hostfile H") and "\n" not in str(err.value)
+
+
+def test_accepted_hostfiles_read_the_same_in_deepspeed() -> None:
+    """We pass the user's own file to DeepSpeed: whatever we accept, its parser must read identically."""
+    from deepspeed.launcher.runner import _parse_hostfile
+
+    for text in ["a slots=1\n", "# c\nnode-1 slots=8\n  node-2\tslots=16  # gpu\n\n10.1.2.3 slots=4\n"]:
+        ours = {h.name: h.slots for h in parse_hostfile_text(text)}
+        assert dict(_parse_hostfile(text.splitlines(keepends=True))) == ours
+
+
+def test_missing_hostfile(tmp_path: Path) -> None:
+    with pytest.raises(LaunchError, match="does not exist"):
+        read_hostfile(tmp_path / "nope")
+
+
+def test_generated_hostfile_written_atomically(tmp_path: Path) -> None:
+    hosts = [Host("node0", 2), Host("node1", 2)]
+    path = write_hostfile(hosts, tmp_path / "sub" / "hf")
+    assert path.read_text() == "node0 slots=2\nnode1 slots=2\n"
+    assert [(h.name, h.slots) for h in read_hostfile(path)] == [("node0", 2), ("node1", 2)]
+    assert os.listdir(tmp_path / "sub") == ["hf"]  # no temporary file left beside it
+
+
+# --- plans and commands ----------------------------------------------------------------------------------
+
+def test_single_node_plan_and_command() -> None:
+    plan = plan_launch(LaunchRequest(4), free_port=lambda: 31000)
+    assert (plan.mode, plan.world_size, plan.master_port, plan.hostfile) == ("single", 4, 31000, None)
+    cmd = build_command(LaunchSpec(4, ("a.yaml",), ("train.steps=2",), master_port=31000))
+    assert cmd[1:] == ["--num_gpus", "4", "--master_port", "31000", "--no_local_rank", "--module", "megadepth",
+                       "train", "a.yaml", "--set", "train.steps=2"]
+
+
+def test_per_node_plan_generates_a_hostfile() -> None:
+    plan = plan_launch(LaunchRequest(8, nnodes=2, node_rank=1, master_addr="10.0.0.1"), free_port=_no_port)
+    assert (plan.mode, plan.nnodes, plan.world_size, plan.master_port) == ("per-node", 2, 16, 29500)
+    assert plan.hostfile_generated and plan.hostfile == generated_hostfile_path(2, 8)
+    assert [(h.name, h.slots) for h in plan.hosts] == [("node0", 8), ("node1", 8)]
+    assert plan.summary() == "node 1 of 2: ranks 8-15 of 16, rendezvous at 10.0.0.1:29500"
+    cmd = build_command(LaunchSpec(8, ("c.yaml",), hostfile=str(plan.hostfile), node_rank=1,
+                                   master_addr="10.0.0.1", master_port=29500))
+    assert cmd[1:12] == ["-H", str(plan.hostfile), "--num_gpus", "8", "--no_ssh", "--node_rank", "1",
+                         "--master_addr", "10.0.0.1", "--master_port", "29500"]
+
+
+def test_hostfile_plans(tmp_path: Path) -> None:
+    hf = tmp_path / "hosts"
+    hf.write_text("localhost slots=8\n127.0.0.1 slots=8\n")
+    plan = plan_launch(LaunchRequest(8, hostfile=str(hf)), free_port=_no_port)
+    assert (plan.mode, plan.world_size, plan.num_nodes, plan.master_addr) == ("hostfile", 16, None, None)
+    first = plan_launch(LaunchRequest(4, hostfile=str(hf), nnodes=1), free_port=_no_port)
+    assert (first.world_size, first.num_nodes, [h.name for h in first.hosts]) == (4, 1, ["localhost"])
+    # per-node mode with the user's hostfile: names are not looked up
+    hf.write_text("gpu-a.invalid slots=8\ngpu-b.invalid slots=8\n")
+    per = plan_launch(LaunchRequest(8, hostfile=str(hf), node_rank=0, master_addr="gpu-a.invalid"),
+                      free_port=_no_port)
+    assert (per.mode, per.world_size, per.hostfile_generated) == ("per-node", 16, False)
+
+
+# --- the command line: dry runs --------------------------------------------------------------------------
+
+@pytest.fixture()
+def cfg(sample_data: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(tiny_config(sample_data, tmp_path / "run", train={"global_batch": 16})))
+    return path
+
+
+def _launch(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    code = main(["launch", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err.strip()
+
+
+def test_dry_run_per_node(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = _launch(["--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "1", "--master-addr",
+                            "10.1.1.1", "--master-port", "29777", "--dry-run", str(cfg), "--set", "wandb.name=x y"],
+                           capsys)
+    assert code == 0
+    comment, printf, command = out.strip().splitlines()
+    hostfile = generated_hostfile_path(2, 2)
+    assert comment == "# node 1 of 2: ranks 2-3 of 4, rendezvous at 10.1.1.1:29777"
+    assert printf == f"printf '%s\\n' 'node0 slots=2' 'node1 slots=2' > {hostfile}"
+    assert f"-H {hostfile} --num_gpus 2 --no_ssh --node_rank 1 --master_addr 10.1.1.1 --master_port 29777 " \
+           "--no_local_rank --module megadepth train" in command
+    assert command.endswith("--set 'wandb.name=x y'") and "DS_ACCELERATOR=cpu OMP_NUM_THREADS=" in command
+    assert not (tmp_path / "run").exists()
+    # the printed lines are a working shell script: the hostfile they write is the one DeepSpeed reads
+    script = tmp_path / "dry.sh"
+    script.write_text(printf.replace(str(hostfile), str(tmp_path / "hf")) + "\n")
+    subprocess.run(["sh", str(script)], check=True)
+    assert (tmp_path / "hf").read_text() == "node0 slots=2\nnode1 slots=2\n"
+
+
+def test_dry_run_hostfile_mode(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    hf = tmp_path / "hosts"
+    hf.write_text("localhost slots=4\n127.0.0.1 slots=4\n")
+    code, out, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), "--master-addr", "127.0.0.1",
+                              "--dry-run", str(cfg)], capsys)
+    assert code == 0, err
+    comment, command = out.strip().splitlines()
+    assert comment == "# 2 node(s) x 2 = 4 processes over ssh on localhost, 127.0.0.1"  # 2 of each host's 4 slots
+    assert f"deepspeed -H {hf} --num_gpus 2 --master_addr 127.0.0.1 --master_port 29500 --no_local_rank" in command
+    assert "--no_ssh" not in command and "--node_rank" not in command
+    # the other nodes do not inherit this environment: printing it would mislead
+    assert "DS_ACCELERATOR" not in command and "OMP_NUM_THREADS" not in command
+    code, out, _ = _launch(["--nproc-per-node", "4", "--hostfile", str(hf), "--nnodes", "1", "--dry-run",
+                            str(cfg)], capsys)
+    assert code == 0 and f"-H {hf} --num_nodes 1 --num_gpus 4 --master_port 29500" in out
+
+
+def test_slurm_script_written_and_checked(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "job.sbatch"
+    code, out, _ = _launch(["--nproc-per-node", "8", "--nnodes", "2", "--slurm", str(target),
+                            "--sbatch=--partition=gpu", "--sbatch=--time=04:00:00", str(cfg),
+                            "--set", "train.steps=5", "--set", "train.global_batch=64"], capsys)
+    assert code == 0 and f"submit it with: sbatch {target}" in out and "16 ranks" in out
+    text = target.read_text()
+    assert text.startswith("#!/bin/bash\n")
+    directives = [line for line in text.splitlines() if line.startswith("#SBATCH")]
+    assert directives == ["#SBATCH --job-name=megadepth", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
+                          "#SBATCH --exclusive", "#SBATCH --gpus-per-node=8", "#SBATCH --output=slurm-%x-%j.out",
+                          "#SBATCH --partition=gpu", "#SBATCH --time=04:00:00"]
+    first_command = next(i for i, line in enumerate(text.splitlines()) if line and not line.startswith("#"))
+    assert first_command > text.splitlines().index(directives[-1])  # sbatch stops reading at the first command
+    assert "--set train.steps=5" in text and "-m megadepth launch" in text
+    if shutil.which("bash"):
+        subprocess.run(["bash", "-n", str(target)], check=True)  # valid shell syntax
+    assert not (tmp_path / "run").exists()
+
+
+def test_slurm_script_cpu_has_no_gpu_request(sample_data: Path, tmp_path: Path) -> None:
+    text = render_sbatch(SlurmSpec(nnodes=3, nproc_per_node=2, config_files=("c.yaml",), gpus=False,
+                                   master_port=29999, workdir="/shared/work dir"))
+    assert "--gpus-per-node" not in text and "MASTER_PORT=29999" in text and "cd '/shared/work dir'" in text
+    assert "--nproc-per-node 2 --nnodes 3" in text
+
+
+def test_slurm_script_runs_one_launcher_per_node(cfg: Path, tmp_path: Path) -> None:
+    """Run the generated script with stand-ins for Slurm's `scontrol` and `srun` (srun starts each node's
+    task with its SLURM_NODEID, as Slurm would, adding --dry-run): each node's launcher must get its own
+    node rank and the same master address, port and config."""
+    target = tmp_path / "job.sbatch"
+    assert main(["launch", "--nproc-per-node", "2", "--nnodes", "2", "--slurm", str(target), str(cfg),
+                 "--set", "wandb.name=two words"]) == 0
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "scontrol").write_text('#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu-[07-08]" ] || exit 3\n'
+                                      'printf "gpu-07\\ngpu-08\\n"\n')
+    (bin_dir / "srun").write_text(
+        "#!/bin/bash\n"
+        'echo "srun $*" > "$OUT/srun-args"\n'
+        'while [[ "$1" == -* ]]; do shift; done\n'  # srun's own options
+        'for node in 0 1; do SLURM_NODEID=$node "$@" --dry-run > "$OUT/node$node" 2>&1 & done\n'
+        "wait\n"
+    )
+    for tool in ("scontrol", "srun"):
+        (bin_dir / tool).chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "OUT": str(tmp_path), "PYTHONPATH": str(ROOT),
+           "SLURM_JOB_NODELIST": "gpu-[07-08]", "SLURM_JOB_ID": "123456", "SLURM_JOB_NUM_NODES": "2",
+           "SLURM_CPUS_ON_NODE": "64"}
+    done = subprocess.run(["bash", str(target)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "master gpu-07:23456" in done.stderr  # 20000 + 123456 % 20000
+    srun_args = (tmp_path / "srun-args").read_text()
+    assert "--nodes=2 --ntasks-per-node=1 --cpus-per-task=64 --kill-on-bad-exit=1" in srun_args
+    commands = {}
+    for node in (0, 1):
+        lines = (tmp_path / f"node{node}").read_text().strip().splitlines()
+        assert lines[0] == f"# node {node} of 2: ranks {2 * node}-{2 * node + 1} of 4, rendezvous at gpu-07:23456"
+        commands[node] = lines[-1]
+        assert f"--no_ssh --node_rank {node} --master_addr gpu-07 --master_port 23456" in lines[-1]
+        assert lines[-1].endswith(f"train {cfg} --set 'wandb.name=two words'")
+    assert commands[0].replace("--node_rank 0", "--node_rank 1") == commands[1]
+
+
+# --- bad input: one line, exit code 2, nothing started ---------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("options", "hostfile", "message"),
+    [
+        (["--nnodes", "2"], None, "--nnodes 2 needs --node-rank and --master-addr"),
+        (["--nnodes", "2", "--node-rank", "0"], None, "--node-rank needs --master-addr"),
+        (["--node-rank", "0", "--master-addr", "a"], None, "--node-rank needs --nnodes"),
+        (["--nnodes", "2", "--node-rank", "2", "--master-addr", "a"], None, "--node-rank 2 is out of range for 2 node(s) (0..1)"),
+        (["--nnodes", "2", "--node-rank", "-1", "--master-addr", "a"], None, "--node-rank must be 0 or more"),
+        (["--nnodes", "0", "--node-rank", "0", "--master-addr", "a"], None, "--nnodes must be at least 1"),
+        (["--master-addr", "10.0.0.1"], None, "--master-addr is for multi-node launches"),
+        (["--master-port", "70000"], None, "--master-port must be a TCP port"),
+        (["--sbatch=--partition=x"], None, "--sbatch options are for --slurm"),
+        (["--slurm", "x.sbatch"], None, "--slurm needs --nnodes"),
+        (["--slurm", "x.sbatch", "--nnodes", "2", "--node-rank", "0"], None, "drop --node-rank"),
+        (["--slurm", "x.sbatch", "--nnodes", "2", "--sbatch=partition=x"], None, "--sbatch takes one sbatch option"),
+        (["--hostfile", "HF"], "no-such-host.invalid slots=2\nlocalhost slots=2\n",
+         "unknown host no-such-host.invalid (line 1): the name does not resolve"),
+        (["--hostfile", "HF"], "localhost slots=2\nlocalhost slots=2\n", "line 2: duplicate entry for localhost"),
+        (["--hostfile", "HF"], "localhost slots=0\n", "bad slot count '0'"),
+        (["--hostfile", "HF"], "# nothing\n", "lists no hosts"),
+        (["--hostfile", "HF"], "localhost slots=1\n", "--nproc-per-node is 2 but localhost (line 1) slots=1 has fewer slots"),
+        (["--hostfile", "HF", "--nnodes", "3"], "localhost slots=2\n127.0.0.1 slots=2\n", "--nnodes 3 but hostfile"),
+        (["--hostfile", "HF", "--node-rank", "2", "--master-addr", "x"], "a slots=2\nb slots=2\n",
+         "--node-rank 2 is out of range for 2 node(s)"),
+        (["--hostfile", "HF/missing"], None, "does not exist"),
+        # more processes than the layout allows: preflight at the whole job's world size
+        (["--nnodes", "3", "--node-rank", "0", "--master-addr", "a"], None, "data-parallel size (6)"),
+        (["--hostfile", "HF"], "localhost slots=2\n127.0.0.1 slots=2\n", None),  # 4 ranks: fine (dry run)
+        (["--slurm", "x.sbatch", "--nnodes", "3"], None, "data-parallel size (6)"),
+        (["--nnodes", "2", "--node-rank", "0", "--master-addr", "a", "--set", "parallel.tensor=3"], None,
+         "does not divide the world size (4 processes)"),
+    ],
+)
+def test_bad_launch_input(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], options: list[str],
+                          hostfile: str | None, message: str | None) -> None:
+    hf = tmp_path / "hosts"
+    if hostfile is not None:
+        hf.write_text(hostfile)
+    options = [str(hf) if o == "HF" else o.replace("HF/", f"{tmp_path}/") for o in options]
+    config_args = [str(cfg)]
+    if "--set" in options:
+        i = options.index("--set")
+        options, config_args = options[:i], [str(cfg), *options[i:]]
+    start = time.monotonic()
+    code, out, err = _launch(["--nproc-per-node", "2", *options, "--dry-run", *config_args], capsys)
+    if message is None:
+        assert code == 0, err
+        return
+    assert code == 2 and message in err, err
+    assert err.startswith("megadepth: error:") and "\n" not in err and out == ""
+    assert time.monotonic() - start < 30
+    assert not (tmp_path / "run").exists() and not (tmp_path / "x.sbatch").exists()
+
+
+def test_hostfile_mode_needs_pdsh_and_ssh(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Not a dry run: a hostfile launch first checks this machine can reach every host (pdsh for several
+    nodes, passwordless ssh to each); here neither works, so it must stop with one line, starting nothing."""
+    hf = tmp_path / "hosts"
+    hf.write_text("localhost slots=2\n127.0.0.1 slots=2\n")
+    if shutil.which("pdsh") is None:
+        code, _, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), str(cfg)], capsys)
+        assert code == 2 and "pdsh is not installed" in err and "\n" not in err
+    hf.write_text("localhost slots=2\n")  # one node: no pdsh needed, ssh still is
+    ssh_works = shutil.which("ssh") is not None and subprocess.run(
+        ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "localhost", "true"], capture_output=True,
+        stdin=subprocess.DEVNULL, timeout=20).returncode == 0
+    if ssh_works:
+        pytest.skip("this machine has passwordless ssh to localhost")
+    code, _, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), str(cfg)], capsys)
+    assert code == 2 and "\n" not in err
+    assert ("not reachable by passwordless ssh" in err and "localhost:" in err) or "ssh is not installed" in err
+    assert not (tmp_path / "run").exists()
+
+
+# --- signals reach the launcher's children ---------------------------------------------------------------
+
+def test_sigterm_is_passed_on_to_the_launcher(tmp_path: Path) -> None:
+    """A scheduler stopping `megadepth launch` must stop what it started, not orphan it."""
+    pid_file = tmp_path / "child.pid"
+    child = ("import os, time, pathlib; pathlib.Path(os.environ['PID_FILE']).write_text(str(os.getpid())); "
+             "time.sleep(120)")
+    parent = ("import sys; from launch.deepspeed_launcher import run; "
+              f"sys.exit(run([sys.executable, '-c', {child!r}], {{'PID_FILE': {str(pid_file)!r}}}))")
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        child_pid = int(pid_file.read_text())
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM  # the child's own exit: killed by the forwarded signal
+        with pytest.raises(ProcessLookupError):
+            os.kill(child_pid, 0)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

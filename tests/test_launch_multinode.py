@@ -1,0 +1,151 @@
+"""Two nodes on this machine: two `megadepth launch` per-node invocations (node ranks 0 and 1, 2 processes
+each, one master address and port) train to the same losses as one launcher with 4 processes; a node
+that never comes up ends the other node's launcher with an error, leaving no process behind.
+
+Every launcher runs in its own session (process group), with a free port and a deadline; whatever
+happens, every group is killed at the end, so a failing side cannot leave ranks running.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+from megadepth.parallel.distributed import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.distributed]
+
+ROOT = Path(__file__).resolve().parents[1]
+DEADLINE_S = 240
+
+
+def _start(args: list[str], cwd: Path, log: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true", "GLOO_SOCKET_IFNAME": "lo"}
+    with log.open("w") as out:  # the child keeps its own descriptor
+        return subprocess.Popen([sys.executable, "-m", "megadepth", "launch", *args], cwd=cwd, env=env,
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _kill_groups(procs: list[subprocess.Popen]) -> None:
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    for proc in procs:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=10)
+
+
+def _wait(procs: list[subprocess.Popen], timeout: float) -> list[int | None]:
+    """Wait until all exit, one fails (the others would wait for it in vain) or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        codes = [p.poll() for p in procs]
+        if all(c is not None for c in codes) or any(c not in (None, 0) for c in codes):
+            break
+        time.sleep(0.2)
+    return [p.poll() for p in procs]
+
+
+def _groups_gone(procs: list[subprocess.Popen], within_s: float = 15) -> bool:
+    deadline = time.monotonic() + within_s
+    while any(_group_alive(p.pid) for p in procs):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
+
+
+def _metrics(out_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_nodes_on_localhost_equal_one_node_of_four(sample_data: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, tmp_path / "unused", train={"global_batch": 16},
+                                              parallel={"timeout_s": 120})))
+
+    # one node, 4 processes: the reference
+    one = _start(["--nproc-per-node", "4", str(cfg), "--set", f"train.out_dir={tmp_path / 'one'}"], tmp_path,
+                 tmp_path / "one.log")
+    try:
+        codes = _wait([one], DEADLINE_S)
+        assert codes == [0], (tmp_path / "one.log").read_text()[-4000:]
+        assert _groups_gone([one])
+    finally:
+        _kill_groups([one])
+
+    # two nodes of 2 processes: node ranks 0 and 1, the same master address and port, started together
+    port = free_port()
+    two_dir = tmp_path / "two"
+    nodes = [
+        _start(["--nproc-per-node", "2", "--nnodes", "2", "--node-rank", str(rank), "--master-addr", "127.0.0.1",
+                "--master-port", str(port), str(cfg), "--set", f"train.out_dir={two_dir}"],
+               tmp_path, tmp_path / f"node{rank}.log")
+        for rank in (0, 1)
+    ]
+    try:
+        codes = _wait(nodes, DEADLINE_S)
+        logs = [(tmp_path / f"node{rank}.log").read_text() for rank in (0, 1)]
+        assert codes == [0, 0], "\n".join(log[-3000:] for log in logs)
+        assert _groups_gone(nodes), "a launcher exited but left processes behind"
+    finally:
+        _kill_groups(nodes)
+
+    for rank, log in enumerate(logs):
+        assert f"node {rank} of 2: ranks {2 * rank}-{2 * rank + 1} of 4, rendezvous at 127.0.0.1:{port}" in log
+        assert f"--no_ssh --node_rank {rank} --master_addr 127.0.0.1 --master_port {port}" in log
+
+    ref, got = json.loads((tmp_path / "one" / "summary.json").read_text()), json.loads((two_dir / "summary.json").read_text())
+    assert (ref["status"], got["status"], ref["world_size"], got["world_size"]) == ("completed", "completed", 4, 4)
+    ref_m, got_m = _metrics(tmp_path / "one"), _metrics(two_dir)
+    assert [r["step"] for r in ref_m] == [r["step"] for r in got_m] == [1, 2, 3]
+    for a, b in zip(ref_m, got_m, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+        assert b["consumed_tokens"] == a["consumed_tokens"]
+    assert ref_m[0]["loss"] != ref_m[-1]["loss"]  # it trained
+    assert got["final_eval_loss"] == pytest.approx(ref["final_eval_loss"], rel=1e-5)
+    # each node resolved the same config (bar the run directory this test chose)
+    ref_cfg, got_cfg = (yaml.safe_load((d / "config.yaml").read_text()) for d in (tmp_path / "one", two_dir))
+    ref_cfg["train"].pop("out_dir"), got_cfg["train"].pop("out_dir")
+    assert ref_cfg == got_cfg
+
+
+def test_a_missing_node_ends_the_other_with_an_error(sample_data: Path, tmp_path: Path) -> None:
+    """Node 1 never starts: node 0's ranks give up after parallel.timeout_s with a message, its launcher
+    exits non-zero, and nothing of it keeps running."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, tmp_path / "run", train={"global_batch": 16},
+                                              parallel={"timeout_s": 5})))
+    node0 = _start(["--nproc-per-node", "2", "--nnodes", "2", "--node-rank", "0", "--master-addr", "127.0.0.1",
+                    "--master-port", str(free_port()), str(cfg)], tmp_path, tmp_path / "node0.log")
+    try:
+        (code,) = _wait([node0], DEADLINE_S)
+        log = (tmp_path / "node0.log").read_text()
+        assert code is not None, "node 0 still waits for node 1 after the deadline:\n" + log[-3000:]
+        assert code != 0
+        assert re.search(r"time[ds]?[ -]?out", log, re.IGNORECASE), log[-3000:]
+        assert _groups_gone([node0]), "the launcher exited but left ranks behind"
+    finally:
+        _kill_groups([node0])
+    assert not (tmp_path / "run" / "summary.json").exists() or \
+        json.loads((tmp_path / "run" / "summary.json").read_text())["status"] != "completed"
