@@ -4,7 +4,7 @@ Text is normalised first (lower case, digits as 0, punctuation dropped, one spac
 datatrove does. The exact key is a 64-bit xxhash of that normal form. For MinHash, each word is hashed
 with xxhash (stable across processes and machines, unlike ``hash()``), word n-grams get a 64-bit
 rolling hash, and ``bands x rows`` hash functions ``a*h + b mod 2^32`` on its upper 32 bits (``a``
-odd, drawn from ``seed``) give the signature; each band of ``rows`` values is mixed into one 64-bit band key. Two documents
+odd, drawn from ``seed``) give the signature; each band of ``rows`` values is hashed (xxhash) into one 64-bit band key. Two documents
 whose keys agree in any band are a candidate pair; union-find over all pairs forms clusters, and the
 smallest document id (earliest in input order) of each cluster is kept.
 """
@@ -19,30 +19,18 @@ import xxhash
 __all__ = ["MinHasher", "exact_key", "normalize_words", "union_find_roots"]
 
 _NORM_WORD = re.compile(r"[^\W_]+")
-_DIGITS = str.maketrans("0123456789", "0000000000")
+_DIGIT = re.compile(r"\d")
 _ROLL = np.uint64(0x100000001B3)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
 
 
 def normalize_words(text: str) -> list[str]:
     """Lower-cased words, digits mapped to 0, punctuation and spacing dropped."""
-    return _NORM_WORD.findall(text.lower().translate(_DIGITS))
+    return _NORM_WORD.findall(_DIGIT.sub("0", text.lower()))
 
 
 def exact_key(words: list[str]) -> int:
     """64-bit key of the normalised text."""
     return xxhash.xxh3_64_intdigest(" ".join(words).encode())
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser, vectorised: spreads every input bit over the output."""
-    # uint64 arithmetic on arrays wraps silently (no overflow warnings, unlike numpy scalars)
-    x = x ^ (x >> np.uint64(30))
-    x = x * _M1
-    x = x ^ (x >> np.uint64(27))
-    x = x * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 class MinHasher:
@@ -54,7 +42,6 @@ class MinHasher:
         k = bands * rows
         self._a = rng.integers(0, 2**31, size=k, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
         self._b = rng.integers(0, 2**32, size=k, dtype=np.uint32)
-        self._band_salt = _mix(np.arange(1, bands + 1, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15))
 
     def shingles(self, words: list[str]) -> np.ndarray:
         """64-bit hashes of the distinct word n-grams (one shingle of all words when there are fewer)."""
@@ -76,12 +63,11 @@ class MinHasher:
         return (sh[:, None] * self._a[None, :] + self._b[None, :]).min(axis=0)
 
     def keys(self, words: list[str]) -> np.ndarray:
-        """One 64-bit key per band."""
-        sig = self.signature(words).astype(np.uint64).reshape(self.bands, self.rows)
-        acc = self._band_salt.copy()
-        for r in range(self.rows):
-            acc = _mix(acc ^ sig[:, r]) * _ROLL
-        return _mix(acc)
+        """One 64-bit key per band: xxhash of the band's ``rows`` values, seeded with the band number."""
+        sig = self.signature(words).reshape(self.bands, self.rows)
+        return np.array(
+            [xxhash.xxh3_64_intdigest(row.tobytes(), seed=b) for b, row in enumerate(sig)], dtype=np.uint64
+        )
 
 
 def union_find_roots(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:

@@ -17,7 +17,8 @@ def format_report(manifest: dict, walls: dict[str, float] | None = None) -> str:
     lines.append(_row("input files", rd["files"]))
     lines.append(_row("WARC records / rows read", rd["records"]))
     for k, v in rd["skipped"].items():
-        lines.append(_row(f"  skipped {k}", v))
+        kind, _, what = k.partition(":")
+        lines.append(_row(f"  {'skipped' if kind == 'skip' else 'damaged, skipped'}: {what.replace('_', ' ')}", v))
     if rd["files_read_leniently"]:
         lines.append(_row("  files with damage (read leniently)", rd["files_read_leniently"]))
     lines.append(_row("documents in", ex["documents_in"]))
