@@ -239,11 +239,16 @@ class ParallelConfig(Section):
     tensor: int = Field(1, ge=1)
     """Tensor-parallel size."""
     pipeline: int = Field(1, ge=1)
-    """Pipeline-parallel size."""
+    """Pipeline-parallel size (DeepSpeed's pipeline engine; micro-batches = train.grad_accum)."""
+    partition: Literal["uniform", "parameters"] = "uniform"
+    """How layers are split into pipeline stages: 'uniform' gives every stage the same number of blocks
+    (model.depth must be divisible by parallel.pipeline), 'parameters' balances parameter counts."""
+    activation_checkpoint_interval: int = Field(0, ge=0)
+    """Recompute activations in the backward pass every N blocks (0: off): less memory, more compute."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism (with tensor > 1)."""
     zero_stage: int = Field(0, ge=0, le=3)
-    """DeepSpeed ZeRO stage."""
+    """DeepSpeed ZeRO stage (pipeline parallelism needs stage 1)."""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend; auto is nccl on GPUs and gloo on CPUs."""
     timeout_s: int = Field(600, ge=1)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from megadepth.config.schema import ModelConfig
-from megadepth.model.layers import Block, Embedding, Head, LinearBlock
+from megadepth.model.layers import Block, Embedding, Head, LinearBlock, LMLoss
 from megadepth.parallel.mappings import gather_last_dim
 from megadepth.parallel.topology import TensorParallel
 from megadepth.parametrize.rules import Multipliers
@@ -22,10 +23,12 @@ class GPT(nn.Module):
     silently keep PyTorch's defaults.
     """
 
-    def __init__(self, cfg: ModelConfig, mult: Multipliers, tp: TensorParallel | None = None) -> None:
+    def __init__(self, cfg: ModelConfig, mult: Multipliers, tp: TensorParallel | None = None,
+                 checkpoint_interval: int = 0) -> None:
         super().__init__()
         tp = tp or TensorParallel()
         self.cfg = cfg
+        self.checkpoint_interval = checkpoint_interval
         self.tp = tp
         self.embed = Embedding(cfg, mult.embedding, tp)
         if cfg.block == "linear":
@@ -34,16 +37,27 @@ class GPT(nn.Module):
             blocks = [Block(cfg, mult.branch, mult.attn_scale, tp) for _ in range(cfg.depth)]
         self.blocks = nn.ModuleList(blocks)
         self.head = Head(cfg, mult.readout, tp, tied=self.embed.token if cfg.tie_embeddings else None)
+        self.loss = LMLoss(cfg, tp)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(tokens)
-        for block in self.blocks:
-            h = block(h)
+        step = self.checkpoint_interval
+        if step and self.training and torch.is_grad_enabled():
+            # recompute each group of `step` blocks in the backward pass instead of keeping activations
+            for start in range(0, len(self.blocks), step):
+                h = checkpoint(self._run_blocks, h, start, start + step, use_reentrant=False)
+        else:
+            h = self._run_blocks(h, 0, len(self.blocks))
         logits = self.head(h)
         if labels is not None:
-            return self.head.loss(logits, labels)
+            return self.loss(logits, labels)
         logits = gather_last_dim(logits, self.tp.group) if self.tp.enabled else logits
         return logits[..., : self.cfg.vocab_size]
+
+    def _run_blocks(self, h: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+        for block in self.blocks[start:stop]:
+            h = block(h)
+        return h
 
     def num_params(self) -> int:
         """Parameters of this rank counted once (tied matrices once)."""

@@ -90,12 +90,14 @@ class Embedding(nn.Module):
     """Token embedding (+ learned positions), times the embedding multiplier alpha_in.
 
     Returns the residual stream: full sequence, or this rank's sequence shard under sequence parallelism.
+    ``with_token=False`` builds only the part after the token lookup (a pipeline stage whose token
+    embedding is the tied module; see megadepth.model.pipeline).
     """
 
-    def __init__(self, cfg: ModelConfig, multiplier: float, tp: TensorParallel) -> None:
+    def __init__(self, cfg: ModelConfig, multiplier: float, tp: TensorParallel, with_token: bool = True) -> None:
         super().__init__()
         self.tp = tp
-        self.token = VocabParallelEmbedding(cfg.padded_vocab, cfg.width, tp)
+        self.token = VocabParallelEmbedding(cfg.padded_vocab, cfg.width, tp) if with_token else None
         self.position: nn.Embedding | None = None
         if cfg.position == "learned":
             self.position = nn.Embedding(cfg.positions, cfg.width)
@@ -104,9 +106,12 @@ class Embedding(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        h = self.token(tokens)
+        return self.finish(self.token(tokens))
+
+    def finish(self, h: torch.Tensor) -> torch.Tensor:
+        """Positions, multiplier, (sequence scatter), dropout on the looked-up token embeddings."""
         if self.position is not None:
-            seq = tokens.shape[-1]
+            seq = h.shape[1]
             if seq > self.position.num_embeddings:
                 raise ValueError(
                     f"sequence of {seq} tokens is longer than the position table ({self.position.num_embeddings})"
@@ -221,33 +226,52 @@ class LinearBlock(nn.Module):
         return x + self.branch * self.dropout(z)
 
 
+def tied_logits(embedding: VocabParallelEmbedding, h: torch.Tensor) -> torch.Tensor:
+    """This rank's vocabulary slice of the logits through the tied token-embedding matrix."""
+    tp = embedding.tp
+    h = gather_from_sequence(h, tp.group) if tp.sequence_parallel else copy_to_tp(h, tp.group)
+    return F.linear(h, embedding.weight)
+
+
 class Head(nn.Module):
     """Final LayerNorm, readout multiplier, LM head (its own vocab-parallel matrix, or the tied token
-    embedding). ``forward`` returns this rank's slice of the vocabulary's logits."""
+    embedding). ``forward`` returns this rank's slice of the vocabulary's logits; ``with_proj=False``
+    builds only the norm and multiplier (a pipeline stage: the projection is a stage of its own)."""
 
     def __init__(self, cfg: ModelConfig, readout_multiplier: float, tp: TensorParallel,
-                 tied: VocabParallelEmbedding | None) -> None:
+                 tied: VocabParallelEmbedding | None, with_proj: bool = True) -> None:
         super().__init__()
         self.tp = tp
         self.norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=False, tp=tp)
         self.multiplier = readout_multiplier
         self.tied = tied
-        self.vocab_size = cfg.vocab_size
         self.proj: ColumnParallelLinear | None = None
-        if tied is None:
+        if tied is None and with_proj:
             self.proj = ColumnParallelLinear(cfg.width, cfg.padded_vocab, False, Role.READOUT, tp)
-        self.vocab_start = tp.rank * (cfg.padded_vocab // tp.size)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        # the readout multiplier is applied here and only here (pitfall: applying 1/m twice)
+        return self.norm(x) * self.multiplier
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # the readout multiplier is applied here and only here (pitfall: applying 1/m twice)
-        h = self.norm(x) * self.multiplier
+        h = self.features(x)
         if self.proj is not None:
             return self.proj(h)
-        h = gather_from_sequence(h, self.tp.group) if self.tp.sequence_parallel else copy_to_tp(h, self.tp.group)
-        return F.linear(h, self.tied.weight)
+        if self.tied is not None:
+            return tied_logits(self.tied, h)
+        return h
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy (fp32) from this rank's logits; padding is never predicted."""
+
+class LMLoss:
+    """Mean next-token cross-entropy (fp32) from this rank's vocabulary slice of the logits; padding
+    columns are never predicted. A plain callable so the pipeline engine can use it as its loss_fn."""
+
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel) -> None:
+        self.tp = tp
+        self.vocab_size = cfg.vocab_size
+        self.vocab_start = tp.rank * (cfg.padded_vocab // tp.size)
+
+    def __call__(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         if not self.tp.enabled:
             logits = logits[..., : self.vocab_size] if logits.shape[-1] > self.vocab_size else logits
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))

@@ -89,14 +89,34 @@ def check_layout(config: Config, world_size: int) -> Layout:
             f"({world_size} processes)"
         )
     check_tensor_parallel(config)
-    if config.model.depth % pp:
-        raise ConfigError(f"model.depth ({config.model.depth}) is not divisible by parallel.pipeline ({pp})")
-    if pp > 1:
+    check_pipeline(config)
+    par = config.parallel
+    if par.activation_checkpoint_interval and config.model.dropout > 0 and tp > 1:
         raise ConfigError(
-            "parallel.pipeline > 1 is not available in this version (pipeline parallelism is tracked as its "
-            "own issue); use tensor and data parallelism"
+            "parallel.activation_checkpoint_interval with model.dropout > 0 and tensor parallelism would "
+            "recompute different dropout masks; set model.dropout: 0 or turn checkpointing off"
         )
     return Layout(tensor=tp, pipeline=pp, data=world_size // (tp * pp))
+
+
+def check_pipeline(config: Config) -> None:
+    """Pipeline layouts DeepSpeed's engine can run correctly; said before any model exists."""
+    par, depth = config.parallel, config.model.depth
+    pp = par.pipeline
+    if pp == 1:
+        return
+    if par.partition == "uniform" and depth % pp:
+        raise ConfigError(
+            f"model.depth ({depth}) is not divisible by parallel.pipeline ({pp}) as parallel.partition "
+            "'uniform' requires (or use parallel.partition: parameters)"
+        )
+    if depth < pp:
+        raise ConfigError(f"model.depth ({depth}) is smaller than parallel.pipeline ({pp}): a stage without blocks")
+    if par.zero_stage != 1:
+        raise ConfigError(
+            f"parallel.pipeline > 1 needs parallel.zero_stage: 1 (got {par.zero_stage}): DeepSpeed's pipeline "
+            "engine does not combine with ZeRO 2/3, and without ZeRO it clips gradients by one stage's norm"
+        )
 
 
 def check_tensor_parallel(config: Config) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import nn
@@ -39,7 +39,8 @@ def stable_seed(seed: int, name: str) -> int:
 
 
 @torch.no_grad()
-def initialize(model: nn.Module, ptz: Parametrization, seed: int) -> None:
+def initialize(model: nn.Module, ptz: Parametrization, seed: int,
+               name_for: Callable[[str], str] | None = None) -> None:
     """Initialise every parameter from its role's rule, each from its own seeded generator.
 
     Tensor-parallel shards (``partition_dim``/``global_shape``, see megadepth.parallel.layers) draw the
@@ -49,12 +50,13 @@ def initialize(model: nn.Module, ptz: Parametrization, seed: int) -> None:
     for name, role in param_roles(model).items():
         param = params[name]
         rule = ptz.rule(role)
+        seed_name = name_for(name) if name_for else name  # pipeline stages map to the plain GPT's names
         if rule.init_std == 0.0:
             param.fill_(rule.init_value)
             continue
         # draw the GLOBAL tensor and keep this rank's slice: identical weights under any layout
         global_shape = getattr(param, "global_shape", tuple(param.shape))
-        gen = torch.Generator(device=param.device).manual_seed(stable_seed(seed, name))
+        gen = torch.Generator(device=param.device).manual_seed(stable_seed(seed, seed_name))
         values = torch.empty(global_shape, dtype=torch.float32, device=param.device)
         values.normal_(0.0, rule.init_std, generator=gen)
         if getattr(param, "tp_size", 1) > 1:

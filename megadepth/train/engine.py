@@ -43,22 +43,38 @@ def build_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer
 @dataclass
 class Built:
     engine: Any
-    model: GPT
+    model: torch.nn.Module
+    """The plain GPT, or this rank's PipelineModule stage."""
     parametrization: Parametrization
     groups: list[dict]
+    pipeline: bool
 
 
 def build_engine(config: Config, device: torch.device, grad_accum: int, global_batch: int,
                  precision: str, grid: Grid) -> Built:
     """Build this rank's part of the model on ``device``, initialise it from its roles (global shapes,
-    sliced), wrap it in a DeepSpeed engine that averages gradients over the data-parallel group only."""
+    sliced), wrap it in a DeepSpeed engine that averages gradients over the data-parallel group only
+    (the pipeline engine when parallel.pipeline > 1)."""
     import deepspeed
 
     ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
     if config.model.block == "transformer":
         verify_attention_scale(device, torch.bfloat16 if precision == "bf16" else torch.float32)
-    model = GPT(config.model, ptz.multipliers(), grid.tensor).to(device)
-    initialize(model, ptz, config.train.seed)
+    pipeline = config.parallel.pipeline > 1
+    interval = config.parallel.activation_checkpoint_interval
+    if pipeline:
+        from megadepth.model.pipeline import add_role_placeholders, build_pipeline, canonical_name
+
+        model = build_pipeline(config, ptz.multipliers(), grid.tensor, interval)
+        add_role_placeholders(model, config, ptz.multipliers(), grid.tensor)
+        model = model.to(device)
+        depth, tied = config.model.depth, config.model.tie_embeddings
+        initialize(model, ptz, config.train.seed, name_for=lambda n: canonical_name(n, depth, tied))
+        mpu = None  # the PipelineModule brings its own grid
+    else:
+        model = GPT(config.model, ptz.multipliers(), grid.tensor, checkpoint_interval=interval).to(device)
+        initialize(model, ptz, config.train.seed)
+        mpu = grid.mpu
     groups = param_groups(model, ptz, config.optimizer)
     optimizer = build_optimizer(config, groups)
     engine, _, _, _ = deepspeed.initialize(
@@ -66,6 +82,6 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
         optimizer=optimizer,
         lr_scheduler=make_scheduler(config.schedule, config.train.steps),
         config=deepspeed_config(config, grad_accum, global_batch, precision),
-        mpu=grid.mpu,
+        mpu=mpu,
     )
-    return Built(engine=engine, model=model, parametrization=ptz, groups=groups)
+    return Built(engine=engine, model=model, parametrization=ptz, groups=groups, pipeline=pipeline)

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import yaml
 
@@ -31,12 +30,13 @@ from megadepth.parallel.distributed import (
     resolve_precision,
     shutdown,
 )
-from megadepth.parallel.topology import Grid, TensorParallel, build_grid
-from megadepth.parametrize import roles_present, stable_seed
+from megadepth.parallel.topology import build_grid
+from megadepth.parametrize import roles_present
 from megadepth.train import checkpoint
 from megadepth.train.preflight import preflight
 from megadepth.train.rundir import MetricsLog, RunDir, atomic_write_json, atomic_write_text, read_metrics
 from megadepth.train.schedule import lr_factor
+from megadepth.train.step import Stepper
 from megadepth.train.tracking import Tracker
 
 
@@ -97,59 +97,6 @@ def _all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
     return (t / torch.distributed.get_world_size()).tolist()
 
 
-def _replica_grad_norm(model: torch.nn.Module, tp: TensorParallel) -> torch.Tensor:
-    """Norm of the (already data-parallel averaged) gradients of one model replica.
-
-    DeepSpeed reports the global norm itself under ZeRO and bf16, but not for fp32 without ZeRO, where
-    every rank holds its replica's whole gradient after backward's all-reduce. Tensor-parallel shards
-    are summed over the tensor group; replicated parameters (identical on every rank) counted once.
-    """
-    sharded = torch.zeros((), dtype=torch.float64)
-    replicated = torch.zeros((), dtype=torch.float64)
-    for p in model.parameters():
-        if p.grad is None:
-            continue
-        sq = p.grad.detach().double().pow(2).sum().cpu()
-        if getattr(p, "tensor_model_parallel", False):
-            sharded += sq
-        else:
-            replicated += sq
-    if tp.enabled:
-        sharded = sharded.to(next(model.parameters()).device)
-        torch.distributed.all_reduce(sharded, group=tp.group)
-        sharded = sharded.cpu()
-    return (sharded + replicated).sqrt()
-
-
-def _grad_norm(engine: Any, fallback: torch.Tensor | None) -> float:
-    value = engine.get_global_grad_norm()
-    if value is None:
-        value = fallback
-    if value is None:
-        return float("nan")
-    return float(value.item() if torch.is_tensor(value) else value)
-
-
-@torch.no_grad()
-def evaluate(engine: Any, dataset: Any, plan: Plan, grid: Grid) -> float:
-    """Mean loss over the first ``eval_samples`` validation sequences (the same ones every time,
-    whatever the layout: data-parallel ranks split them, tensor-parallel ranks share them)."""
-    cfg = plan.config.train
-    n = min(cfg.eval_samples, len(dataset))
-    mine = list(range(grid.data_rank, n, grid.data_size))
-    total = torch.zeros(2, dtype=torch.float64, device=plan.device)
-    engine.eval()
-    for start in range(0, len(mine), cfg.micro_batch):
-        idx = mine[start : start + cfg.micro_batch]
-        batch = torch.from_numpy(np.stack([dataset[i] for i in idx])).to(plan.device)
-        loss = engine(batch[:, :-1], batch[:, 1:])
-        total[0] += loss.double() * len(idx)
-        total[1] += len(idx)
-    engine.train()
-    torch.distributed.all_reduce(total)
-    return float(total[0] / total[1]) if total[1] > 0 else float("nan")
-
-
 def train(config: Config) -> dict[str, Any]:
     """Train per ``config`` in this process (one rank of a job, or the whole job); returns the summary."""
     plan = plan_run(config)
@@ -208,10 +155,10 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
     if is_main:
         atomic_write_text(run.parametrization, table + "\n")
         out(
-            f"megadepth: {built.model.num_params():,} parameters, depth {config.model.depth}, width "
+            f"megadepth: {sum(p.numel() for p in built.model.parameters()):,} parameters on this rank, depth {config.model.depth}, width "
             f"{config.model.width}; {env.world_size} process(es) on {plan.device.type}, {plan.precision}; "
             f"global batch {plan.global_batch} = {cfg.micro_batch} x {plan.grad_accum} x {layout.data}; "
-            f"layout tensor {layout.tensor} x data {layout.data}"
+            f"layout pipeline {layout.pipeline} x tensor {layout.tensor} x data {layout.data}"
             + (" (sequence parallel)" if grid.tensor.sequence_parallel else "")
         )
         out(table)
@@ -221,6 +168,8 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
     sampler = MicroBatchSampler(len(train_set), consumed, cfg.micro_batch, grid.data_rank, grid.data_size)
     batches = iter(make_loader(train_set, sampler, num_workers=config.data.num_workers,
                                pin_memory=plan.device.type == "cuda"))
+    stepper = Stepper(built, grid, plan.device, plan.grad_accum, cfg.micro_batch, cfg.seed,
+                      dropout=config.model.dropout > 0, own_norm=config.parallel.zero_stage == 0)
     first_step = step
     tokens_per_step = plan.global_batch * config.model.seq_len
     status, error = "completed", None
@@ -235,19 +184,7 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
         while step < cfg.steps:
             # log every log_every steps, plus the first step of the run (the starting loss) and the last
             log_due = (step + 1) % cfg.log_every == 0 or step + 1 in (first_step + 1, cfg.steps)
-            own_norm = None
-            for micro in range(plan.grad_accum):
-                if config.model.dropout > 0:  # replicated regions: one mask per data rank; shards: per TP rank
-                    torch.manual_seed(stable_seed(cfg.seed, f"dropout:{step}:{micro}:{grid.data_rank}"))
-                    grid.tensor.rng.seed(stable_seed(cfg.seed, f"dropout:{step}:{micro}:{grid.data_rank}:"
-                                                               f"{grid.tensor.rank}"))
-                batch = next(batches).to(plan.device, non_blocking=True)
-                loss = engine(batch[:, :-1], batch[:, 1:])
-                engine.backward(loss)
-                if log_due and micro == plan.grad_accum - 1 and config.parallel.zero_stage == 0:
-                    own_norm = _replica_grad_norm(built.model, grid.tensor)
-                engine.step()
-                interval_loss += loss.detach().double() / plan.grad_accum
+            interval_loss += stepper.train_step(batches, step, want_norm=log_due)
             step += 1
             consumed += plan.global_batch
             interval_steps += 1
@@ -262,7 +199,7 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
                     "consumed_tokens": consumed * config.model.seq_len,
                     "loss": mean_loss,
                     "lr": config.optimizer.lr * lr_factor(step - 1, cfg.steps, config.schedule),
-                    "grad_norm": _grad_norm(engine, own_norm),
+                    "grad_norm": stepper.grad_norm(),
                     "tokens_per_s": interval_steps * tokens_per_step / max(now - interval_time, 1e-9),
                     "elapsed_s": now - start_time,
                 }
@@ -274,7 +211,7 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
                 (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
             )
             if eval_due:
-                last_eval = evaluate(engine, valid_set, plan, grid)
+                last_eval = stepper.evaluate(valid_set, cfg.eval_samples)
                 record = record or {"step": step, "consumed_tokens": consumed * config.model.seq_len}
                 record["eval_loss"] = last_eval
             if record is not None and is_main:
@@ -339,4 +276,4 @@ def _finish_outputs(run: RunDir, summary: dict[str, Any], tracker: Tracker, titl
     atomic_write_json(run.summary, summary)
 
 
-__all__ = ["DataError", "Plan", "evaluate", "plan_run", "train"]
+__all__ = ["DataError", "Plan", "plan_run", "train"]

@@ -1,0 +1,130 @@
+"""One optimizer step and one evaluation, for the plain engine and for the pipeline engine.
+
+The plain DeepSpeed engine takes micro-batches one at a time (forward, backward, step at the
+accumulation boundary); the pipeline engine takes an iterator and runs every micro-batch of the step
+itself (``train_batch`` / ``eval_batch``), feeding inputs to the first stage and labels to the last.
+Both return the step's mean loss on every rank, kept on the device (no host sync per step).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import torch
+
+from megadepth.parallel.topology import Grid, TensorParallel
+from megadepth.parametrize import stable_seed
+
+
+def replica_grad_norm(model: torch.nn.Module, tp: TensorParallel) -> torch.Tensor:
+    """Norm of the (already data-parallel averaged) gradients of one model replica.
+
+    DeepSpeed reports the global norm itself under ZeRO and bf16, but not for fp32 without ZeRO, where
+    every rank holds its replica's whole gradient after backward's all-reduce. Tensor-parallel shards
+    are summed over the tensor group; replicated parameters (identical on every rank) counted once.
+    """
+    sharded = torch.zeros((), dtype=torch.float64)
+    replicated = torch.zeros((), dtype=torch.float64)
+    for p in model.parameters():
+        if p.grad is None:
+            continue
+        sq = p.grad.detach().double().pow(2).sum().cpu()
+        if getattr(p, "tensor_model_parallel", False):
+            sharded += sq
+        else:
+            replicated += sq
+    if tp.enabled:
+        sharded = sharded.to(next(model.parameters()).device)
+        torch.distributed.all_reduce(sharded, group=tp.group)
+        sharded = sharded.cpu()
+    return (sharded + replicated).sqrt()
+
+
+def _pairs(batches: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for batch in batches:
+        yield batch[:, :-1], batch[:, 1:]
+
+
+class Stepper:
+    """Runs training steps and evaluations on a built engine (see megadepth.train.engine)."""
+
+    def __init__(self, built: Any, grid: Grid, device: torch.device, grad_accum: int, micro_batch: int,
+                 seed: int, dropout: bool, own_norm: bool) -> None:
+        self.built = built
+        self.engine = built.engine
+        self.grid = grid
+        self.device = device
+        self.grad_accum = grad_accum
+        self.micro_batch = micro_batch
+        self.seed = seed
+        self.dropout = dropout
+        self.own_norm = own_norm and not built.pipeline
+        self.last_own_norm: torch.Tensor | None = None
+
+    def _seed_dropout(self, step: int, micro: int) -> None:
+        """Replicated regions: one mask per data rank; sharded regions: one per tensor rank too."""
+        if not self.dropout:
+            return
+        g = self.grid
+        torch.manual_seed(stable_seed(self.seed, f"dropout:{step}:{micro}:{g.data_rank}:{g.pipe_rank}"))
+        g.tensor.rng.seed(stable_seed(self.seed, f"dropout:{step}:{micro}:{g.data_rank}:{g.pipe_rank}:{g.tensor.rank}"))
+
+    def train_step(self, batches: Iterator[torch.Tensor], step: int, want_norm: bool) -> torch.Tensor:
+        """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss (device tensor)."""
+        self.last_own_norm = None
+        if self.built.pipeline:
+            self._seed_dropout(step, 0)
+            return self.engine.train_batch(data_iter=_pairs(batches)).detach().double().reshape(())
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for micro in range(self.grad_accum):
+            self._seed_dropout(step, micro)
+            batch = next(batches).to(self.device, non_blocking=True)
+            loss = self.engine(batch[:, :-1], batch[:, 1:])
+            self.engine.backward(loss)
+            if want_norm and self.own_norm and micro == self.grad_accum - 1:
+                self.last_own_norm = replica_grad_norm(self.built.model, self.grid.tensor)
+            self.engine.step()
+            total += loss.detach().double()
+        return total / self.grad_accum
+
+    def grad_norm(self) -> float:
+        """The last step's global gradient norm (DeepSpeed's, else ours), nan if unknown."""
+        value = self.engine.get_global_grad_norm()
+        if value is None:
+            value = self.last_own_norm
+        if value is None:
+            return float("nan")
+        return float(value.item() if torch.is_tensor(value) else value)
+
+    @torch.no_grad()
+    def evaluate(self, dataset: Any, num_samples: int) -> float:
+        """Mean loss over the first ``num_samples`` sequences of ``dataset``, the same ones every time:
+        data-parallel ranks split them, tensor- and pipeline-parallel ranks share them. The pipeline
+        engine runs whole micro-batches only, so there each data rank evaluates a multiple of
+        micro_batch sequences (choose eval_samples as a multiple of micro_batch x data-parallel size)."""
+        g, mb = self.grid, self.micro_batch
+        mine = list(range(g.data_rank, min(num_samples, len(dataset)), g.data_size))
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+
+        def batch_of(idx: list[int]) -> torch.Tensor:
+            return torch.from_numpy(np.stack([dataset[i] for i in idx])).to(self.device)
+
+        if self.built.pipeline:
+            k = len(mine) // mb
+            if k:
+                loader = (batch_of(mine[i * mb : (i + 1) * mb]) for i in range(k))
+                loss = self.engine.eval_batch(_pairs(loader), num_micro_batches=k).double().reshape(())
+                total[0] += loss.to(self.device) * (k * mb)
+                total[1] += k * mb
+        else:
+            self.engine.eval()
+            for start in range(0, len(mine), mb):
+                idx = mine[start : start + mb]
+                loss = self.engine(*next(_pairs(iter([batch_of(idx)]))))
+                total[0] += loss.double() * len(idx)
+                total[1] += len(idx)
+            self.engine.train()
+        torch.distributed.all_reduce(total)
+        return float(total[0] / total[1]) if total[1] > 0 else float("nan")
