@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from megadepth.config import ConfigError, explain, load_config, to_yaml
 
 EXIT_BAD_INPUT = 2
+EXIT_STARTUP = 3
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from megadepth.data import DataError
+    from megadepth.parallel.distributed import StartupError
 
     args = build_parser().parse_args(argv)
     try:
@@ -245,6 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"megadepth: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except StartupError as exc:
+        print(f"megadepth: error: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
     except KeyboardInterrupt:
         print("megadepth: interrupted", file=sys.stderr)
         return 130

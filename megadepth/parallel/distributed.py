@@ -17,6 +17,10 @@ from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
 
 
+class StartupError(RuntimeError):
+    """The job's processes could not form a process group in time (a node missing, a wrong address)."""
+
+
 @dataclass(frozen=True)
 class DistEnv:
     """This process's place in the job (from the launcher's environment variables)."""
@@ -174,13 +178,21 @@ def init_distributed(config: Config, env: DistEnv, device: torch.device) -> None
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(
-            dist_backend=backend_for(config, device),
-            auto_mpi_discovery=False,
-            timeout=timedelta(seconds=config.parallel.timeout_s),
-            rank=env.rank,
-            world_size=env.world_size,
-        )
+        try:
+            deepspeed.init_distributed(
+                dist_backend=backend_for(config, device),
+                auto_mpi_discovery=False,
+                timeout=timedelta(seconds=config.parallel.timeout_s),
+                rank=env.rank,
+                world_size=env.world_size,
+            )
+        except (RuntimeError, TimeoutError) as exc:  # DistStoreError is a RuntimeError
+            where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+            raise StartupError(
+                f"rank {env.rank} could not join the {env.world_size}-process job at {where} within "
+                f"parallel.timeout_s = {config.parallel.timeout_s} s (are all nodes started, with the same "
+                f"master address and port?): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from None
 
 
 def shutdown() -> None:

@@ -6,6 +6,7 @@ the run directory is created and before any process group or model exists.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import sys
@@ -77,6 +78,19 @@ def plan_run(config: Config) -> Plan:
     return Plan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag)
 
 
+def _check_same_config(config_yaml: str) -> None:
+    """Every rank (every node) must train the same resolved config: compare their sha256."""
+    digest = hashlib.sha256(config_yaml.encode()).hexdigest()
+    digests: list[str] = [""] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(digests, digest)
+    odd = [rank for rank, d in enumerate(digests) if d != digests[0]]
+    if odd:
+        raise ConfigError(
+            f"ranks {odd} resolved a different config than rank 0 (sha256 {digests[0][:12]}...): every node "
+            "must be given the same config files and --set overrides"
+        )
+
+
 def _check_resume_layout(config: Config, tag_dir: Path) -> None:
     """A checkpoint resumes only at the tensor-parallel size it was saved at (shards differ)."""
     saved_file = tag_dir / "config.yaml"
@@ -132,6 +146,7 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
     config, env, run = plan.config, plan.env, plan.run
     cfg = config.train
     config_yaml = to_yaml(config)
+    _check_same_config(config_yaml)
     is_main = env.is_main
     if is_main:
         run.root.mkdir(parents=True, exist_ok=True)
