@@ -130,3 +130,8 @@ def coord_check_rank(config_dict: dict, depths: list[int], widths: list[int] | N
 
     result = run_coord_check(validate(config_dict), depths, widths, steps, progress=False)
     return result["slopes"]
+
+
+def train_rank_own_config(configs: list[dict]) -> dict:
+    """Each rank trains its own config dict (to test that mismatched nodes are refused)."""
+    return train_rank(configs[int(os.environ["RANK"])])

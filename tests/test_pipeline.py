@@ -120,3 +120,12 @@ def test_impossible_pipeline_layouts(sections: dict, world: int, message: str) -
     with pytest.raises(ConfigError) as info:
         check_layout(validate(cfg), world)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("pipeline", [1, 2])
+def test_activation_checkpointing_changes_nothing(sample_data: Path, tmp_path: Path, reference: Path,
+                                                  pipeline: int) -> None:
+    cfg = shape(sample_data, tmp_path / "run", pipeline=pipeline)
+    cfg["parallel"]["activation_checkpoint_interval"] = 1
+    run_ranks(train_rank, pipeline, cfg)
+    assert_close(records(tmp_path / "run", "loss"), records(reference, "loss"), rel=1e-5)

@@ -194,3 +194,32 @@ def test_sgd_and_block_variants_train(sample_data: Path, tmp_path: Path, block: 
     assert curve[8] < curve[1]
     table = (tmp_path / "run" / "parametrization.txt").read_text()
     assert "depth_mup (sgd)" in table and "gamma = 0" in table
+
+
+def test_ranks_with_different_configs_are_refused(sample_data: Path, tmp_path: Path) -> None:
+    from distributed import train_rank_own_config
+
+    a = tiny_config(sample_data, tmp_path / "run")
+    b = tiny_config(sample_data, tmp_path / "run", optimizer={"lr": 0.02})
+    with pytest.raises(RuntimeError, match="resolved a different config than rank 0"):
+        run_ranks(train_rank_own_config, 2, [a, b])
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_distributed_startup_timeout_is_a_clear_error(sample_data: Path, tmp_path: Path) -> None:
+    """A job whose other rank never comes: a one-line error after parallel.timeout_s, not a hang."""
+    import os
+    import subprocess
+    import sys
+
+    from distributed import free_port
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, tmp_path / "run", parallel={"timeout_s": 3})))
+    env = {**os.environ, "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run([sys.executable, "-m", "megadepth", "train", str(cfg)], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 3, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("megadepth: error: rank 0 could not join the 2-process job") and "3 s" in last
