@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -109,17 +108,25 @@ def raw_encode(tokenizer: Path, texts: list[str]) -> tuple[int, float]:
     return n, time.process_time() - t0
 
 
+_RSS = """
+import resource, sys
+from data_prep.pipeline import plan_run, run_plan
+plan = plan_run(sys.argv[2:], sys.argv[1], overrides=[o for o in sys.stdin.read().split("\\n") if o])
+run_plan(plan, workers=1, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
 def peak_rss_mb(paths, out: Path, overrides: list[str]) -> float:
-    """Peak RSS of a fresh 1-worker `megadepth prep run` process."""
+    """Peak RSS of a fresh process running the pipeline with 1 worker (the library, not the megadepth
+    command, whose parser imports torch for other subcommands)."""
     shutil.rmtree(out, ignore_errors=True)
-    cmd = [sys.executable, "-m", "megadepth", "prep", "run", "--no-progress", "--out", str(out), "--input"]
-    cmd += [str(p) for p in paths]
-    for o in overrides:
-        cmd += ["--set", o]
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
-    after = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return max(before, after) / 1024
+    proc = subprocess.run(
+        [sys.executable, "-c", _RSS, str(out), *map(str, paths)],
+        input="\n".join(overrides), capture_output=True, text=True, check=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    return int(proc.stdout.strip().splitlines()[-1]) / 1024
 
 
 def main() -> None:
