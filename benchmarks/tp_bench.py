@@ -16,13 +16,11 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, ensure_sample_data, median_step_s, run_training
 
 
 def comm_volume(depth: int, width: int, seq: int, micro_batch: int, tp: int, bytes_per: int, grad_accum: int,
@@ -40,36 +38,18 @@ def comm_volume(depth: int, width: int, seq: int, micro_batch: int, tp: int, byt
     return {"all_reduces_per_micro_batch": reductions, "activation_bytes": activation, "bytes_per_rank_per_step": per_rank}
 
 
-def ensure_data(data: Path) -> None:
-    if not (data / "manifest.json").exists():
-        subprocess.run([sys.executable, "-m", "megadepth", "prep", "sample", "--out", str(data)], check=True, cwd=ROOT)
-
-
 def run_layout(tp: int, args: argparse.Namespace, data: Path, out: Path) -> dict[str, float]:
     sets = [
-        f"data.path={data}", f"train.out_dir={out}", f"train.steps={args.steps}", "train.log_every=1",
+        f"data.path={data}", f"train.steps={args.steps}", "train.log_every=1",
         "train.eval_every=0", "train.eval_samples=0", "train.save_final=false", "train.progress=false",
         "wandb.mode=disabled", f"model.width={args.width}", f"model.base_width={args.width}",
         f"model.depth={args.depth}", f"model.heads={args.heads}", f"model.seq_len={args.seq}",
         f"train.micro_batch={args.micro_batch}", "train.grad_accum=1", "train.global_batch=null",
         f"parallel.tensor={tp}", "data.valid_fraction=0",
     ]
-    cmd = [sys.executable, "-m", "megadepth"]
-    if tp == 1:
-        cmd += ["train", "configs/quickstart.yaml"]
-    else:
-        cmd += ["launch", "--nproc-per-node", str(tp), "configs/quickstart.yaml"]
-    for item in sets:
-        cmd += ["--set", item]
-    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // tp))}
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"TP={tp} run failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    records = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    rates = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][args.warmup:]
-    tokens_per_step = args.micro_batch * args.seq
-    tok_s = statistics.median(rates)
-    return {"tokens_per_s": tok_s, "step_ms": 1000 * tokens_per_step / tok_s}
+    records = run_training(tp, sets, out, threads_per_rank=max(1, (os.cpu_count() or 1) // tp))
+    step_s = median_step_s(records, args.micro_batch * args.seq, args.warmup)
+    return {"tokens_per_s": args.micro_batch * args.seq / step_s, "step_ms": 1000 * step_s}
 
 
 def layer_overhead(width: int, tokens: int, repeats: int) -> dict[str, float]:
@@ -128,7 +108,7 @@ def main() -> None:
     args = parser.parse_args()
 
     data = Path(args.data)
-    ensure_data(data)
+    ensure_sample_data(data)
     results: dict[str, object] = {"shape": vars(args)}
     with tempfile.TemporaryDirectory() as tmp:
         for tp in (1, 2):
@@ -145,6 +125,8 @@ def main() -> None:
               f"{r['all_reduces_per_micro_batch'] if tp > 1 else 0:>15} {r['bytes_per_rank_per_step'] / 1e6:>18.2f}")
     ov = results["layer_overhead_tp1"]
     print(f"TP=1 parallel layers vs nn.Linear on {ov['device']}: column {ov['column']:.3f}x, row {ov['row']:.3f}x")  # type: ignore[index]
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores (figures are only "
+          "comparable on an otherwise idle machine)")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
 
