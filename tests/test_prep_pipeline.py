@@ -245,34 +245,39 @@ def test_megatron_reads_the_shards(run1) -> None:
         assert seen[p] == [ours[i].tolist() for i in range(len(ours))]
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "megadepth", "prep", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=120)
+def _cli(capsys, *args: str) -> subprocess.CompletedProcess:
+    """``megadepth prep ARGS`` in this process (its parser is slow to import in a fresh one)."""
+    from megadepth.cli import main
+
+    capsys.readouterr()
+    rc = main(["prep", *args])
+    out, err = capsys.readouterr()
+    return subprocess.CompletedProcess(args, rc, out, err)
 
 
-def test_cli_errors_come_before_any_work(run1, tmp_path: Path) -> None:
+def test_cli_errors_come_before_any_work(run1, tmp_path: Path, capsys) -> None:
     inp = str(run1["root"] / "in")
-    p = _cli("run", "--input", str(tmp_path / "missing.warc.gz"), "--out", str(tmp_path / "o"))
+    p = _cli(capsys, "run", "--input", str(tmp_path / "missing.warc.gz"), "--out", str(tmp_path / "o"))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "missing.warc.gz" in p.stderr
     assert not (tmp_path / "o").exists()
     (tmp_path / "file").write_text("x")
-    p = _cli("run", "--input", inp, "--out", str(tmp_path / "file" / "o"))
+    p = _cli(capsys, "run", "--input", inp, "--out", str(tmp_path / "file" / "o"))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1 and "not writable" in p.stderr
-    p = _cli("run", "--input", inp, "--out", str(tmp_path / "file"))
+    p = _cli(capsys, "run", "--input", inp, "--out", str(tmp_path / "file"))
     assert p.returncode == 2 and "not a directory" in p.stderr
-    p = _cli("run", "--input", inp, "--out", str(tmp_path / "o"), "--set", "dedup.band=3")
+    p = _cli(capsys, "run", "--input", inp, "--out", str(tmp_path / "o"), "--set", "dedup.band=3")
     assert p.returncode == 2 and "did you mean 'dedup.bands'" in p.stderr and not (tmp_path / "o").exists()
-    p = _cli("run", "--input", inp, "--out", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "file"))
+    p = _cli(capsys, "run", "--input", inp, "--out", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "file"))
     assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1
-    p = _cli("task", "--stage", "tokenize", "--rank", "0", "--world-size", "1", "--out", str(tmp_path / "none"))
+    p = _cli(capsys, "task", "--stage", "tokenize", "--rank", "0", "--world-size", "1", "--out", str(tmp_path / "none"))
     assert p.returncode == 2 and "no plan" in p.stderr
-    p = _cli("task", "--stage", "finalize", "--world-size", "1", "--out", str(run1["out"]))
+    p = _cli(capsys, "task", "--stage", "finalize", "--world-size", "1", "--out", str(run1["out"]))
     assert p.returncode == 2 and "SLURM_ARRAY_TASK_ID" in p.stderr
     paths = tmp_path / "warc.paths.gz"
     paths.write_bytes(gzip.compress(b"a.warc.gz\n"))
-    p = _cli("slurm", "--input", str(paths), "--out", str(tmp_path / "s"), "--tasks", "2")
+    p = _cli(capsys, "slurm", "--input", str(paths), "--out", str(tmp_path / "s"), "--tasks", "2")
     assert p.returncode == 2 and "prefix" in p.stderr
-    p = _cli("slurm", "--input", str(paths), "--prefix", inp, "--out", str(tmp_path / "s"), "--tasks", "2")
+    p = _cli(capsys, "slurm", "--input", str(paths), "--prefix", inp, "--out", str(tmp_path / "s"), "--tasks", "2")
     assert p.returncode == 0 and (tmp_path / "s" / "slurm" / "submit.sh").is_file()
 
 
