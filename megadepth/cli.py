@@ -234,6 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     from data_prep.cli import add_cli
 
     add_cli(p.add_subparsers(dest="prep_command", required=True))
+
+    from megadepth.analysis.report import add_cli as add_report_cli
+    from megadepth.sweep.cli import add_cli as add_sweep_cli
+
+    add_sweep_cli(sub)
+    add_report_cli(sub)
     return parser
 
 

@@ -1,0 +1,684 @@
+"""``megadepth report DIR``: does the optimal learning rate transfer across depth?
+
+Reads a sweep directory (``sweep.json`` + ``runs/<id>/``; or any directory of run directories, the axes
+then being the config keys that differ between runs) and, per panel (parametrization, plus any other
+axis that is not the x axis, the curve axis or the seed), per curve (depth):
+
+- aggregates the metric over seeds at every grid value of x (log2 LR): mean, standard deviation,
+  standard error; a point where any seed diverged counts as diverged (loss +inf) and is drawn as such;
+- estimates the optimum by fitting a parabola in log2(x) to the ``window`` grid points around the grid
+  argmin (3 by default: exact through the argmin and its neighbours), with a standard error propagated
+  from the seeds' spread (delta method; with one seed and a window of more than 3 points, from the fit's
+  residuals). An argmin at the edge of the grid, or next to a diverged point, cannot be bracketed: it is
+  reported as such (no uncertainty), never extrapolated;
+- the shift of the optimum from the shallowest to the deepest curve in log2 units, and its slope against
+  log2(depth) (optimum ~ depth^slope);
+- the transfer loss: each curve's loss at the shallowest curve's optimum minus its own best loss.
+
+Writes DIR/report/transfer.png (one panel per parametrization: metric vs log2 x, one curve per depth,
+mean and +-1 std band over seeds, individual seeds as dots, diverged points as crosses at the top, the
+fitted optima as stars), DIR/report/loss_vs_depth.png (loss at the transferred LR, and each depth's own
+best, against depth), DIR/report/transfer.json and DIR/report/transfer.txt (the printed table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from megadepth.config.load import ConfigError
+from megadepth.train.rundir import atomic_write_json, atomic_write_text
+
+METRICS = ("final_eval_loss", "final_loss")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fitting
+
+
+@dataclass
+class Optimum:
+    """The estimated optimum of one curve, in log2(x)."""
+
+    log2_x: float | None
+    stderr: float | None
+    loss: float | None
+    loss_stderr: float | None
+    method: str  # fit | argmin | edge | none
+    note: str = ""
+    grid_argmin: float | None = None
+    window: tuple[float, float] | None = None
+    coef: tuple[float, float, float] | None = None  # a, b, c of a t^2 + b t + c, t = log2_x - center
+    center: float = 0.0
+
+    def value(self, lx: float) -> float | None:
+        """The fitted parabola at ``lx`` if ``lx`` lies in the fit window, else None."""
+        if self.coef is None or self.window is None or not (self.window[0] - 1e-9 <= lx <= self.window[1] + 1e-9):
+            return None
+        a, b, c = self.coef
+        t = lx - self.center
+        return a * t * t + b * t + c
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "log2_x": self.log2_x,
+            "x": None if self.log2_x is None else 2.0 ** self.log2_x,
+            "stderr_log2": self.stderr,
+            "loss": self.loss,
+            "loss_stderr": self.loss_stderr,
+            "method": self.method,
+            "note": self.note,
+            "grid_argmin_log2_x": self.grid_argmin,
+            "window_log2_x": list(self.window) if self.window else None,
+        }
+
+
+def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float | None], window: int = 3) -> Optimum:
+    """Optimum of one curve given grid values ``lx`` (log2 x, increasing), mean losses (+inf: diverged,
+    nan: missing) and standard errors of the means (None where there is a single seed)."""
+    if window < 3 or window % 2 == 0:
+        raise ConfigError(f"--window must be an odd number of grid points, at least 3 (got {window})")
+    lx = [float(v) for v in lx]
+    y = [float(v) for v in mean]
+    finite = [i for i, v in enumerate(y) if math.isfinite(v)]
+    if not finite:
+        return Optimum(None, None, None, None, "none", "no finished, finite point")
+    best = min(finite, key=lambda i: y[i])
+    arg = Optimum(lx[best], None, y[best], sem[best], "argmin", grid_argmin=lx[best])
+    if len(y) == 1:
+        arg.note = "a single grid value"
+        return arg
+    if best == 0 or best == len(y) - 1:
+        side = "lowest" if best == 0 else "highest"
+        return Optimum(lx[best], None, y[best], sem[best], "edge",
+                       f"best at the {side} grid value: extend the grid", grid_argmin=lx[best])
+    half = window // 2
+    lo, hi = max(0, best - half), min(len(y) - 1, best + half)
+    idx = list(range(lo, hi + 1))
+    bad = [i for i in idx if not math.isfinite(y[i])]
+    if any(abs(i - best) == 1 for i in bad):
+        arg.note = "a neighbouring grid value diverged" if any(y[i] == math.inf for i in bad) else \
+            "a neighbouring grid value is missing"
+        return arg
+    # keep the contiguous finite run around the argmin
+    left = best
+    while left - 1 >= lo and math.isfinite(y[left - 1]):
+        left -= 1
+    right = best
+    while right + 1 <= hi and math.isfinite(y[right + 1]):
+        right += 1
+    idx = list(range(left, right + 1))
+    center = lx[best]
+    t = np.array([lx[i] - center for i in idx])
+    ys = np.array([y[i] for i in idx])
+    design = np.stack([t * t, t, np.ones_like(t)], axis=1)
+    pinv = np.linalg.pinv(design)  # (3, n): coef = pinv @ y (least squares; exact for 3 points)
+    a, b, c = (float(v) for v in pinv @ ys)
+    if not a > 0:
+        arg.note = "points around the argmin are not convex"
+        return arg
+    t_star = -b / (2 * a)
+    t_star = min(max(t_star, float(t[0])), float(t[-1]))
+    loss = a * t_star * t_star + b * t_star + c
+    variances: np.ndarray | None = None
+    sems = [sem[i] for i in idx]
+    if all(s is not None and math.isfinite(s) for s in sems):
+        variances = np.array([float(s) ** 2 for s in sems])  # type: ignore[arg-type]
+    elif len(idx) > 3:
+        resid = ys - design @ np.array([a, b, c])
+        variances = np.full(len(idx), float(resid @ resid) / (len(idx) - 3))
+    stderr = loss_stderr = None
+    if variances is not None:
+        cov = pinv @ np.diag(variances) @ pinv.T
+        g = np.array([b / (2 * a * a), -1 / (2 * a), 0.0])
+        stderr = float(math.sqrt(max(g @ cov @ g, 0.0)))
+        h = np.array([b * b / (4 * a * a), -b / (2 * a), 1.0])
+        loss_stderr = float(math.sqrt(max(h @ cov @ h, 0.0)))
+    return Optimum(center + t_star, stderr, loss, loss_stderr, "fit", grid_argmin=lx[best],
+                   window=(lx[idx[0]], lx[idx[-1]]), coef=(a, b, c), center=center,
+                   note="" if variances is not None else "one seed: no uncertainty")
+
+
+def weighted_slope(xs: Sequence[float], ys: Sequence[float], ses: Sequence[float | None]) -> tuple[float, float | None]:
+    """Slope of ys against xs (weighted by 1/se^2 when every se is known and positive) and its stderr."""
+    x, y = np.array(xs, dtype=float), np.array(ys, dtype=float)
+    if all(s is not None and s > 0 for s in ses):
+        w = 1.0 / np.array(ses, dtype=float) ** 2
+        known = True
+    else:
+        w = np.ones_like(x)
+        known = False
+    xm = float((w * x).sum() / w.sum())
+    sxx = float((w * (x - xm) ** 2).sum())
+    slope = float((w * (x - xm) * y).sum() / sxx)
+    if known:
+        return slope, math.sqrt(1.0 / sxx)
+    if len(x) > 2:
+        intercept = float((w * y).sum() / w.sum()) - slope * xm
+        resid = y - (slope * x + intercept)
+        return slope, math.sqrt(float(resid @ resid) / (len(x) - 2) / sxx)
+    return slope, None
+
+
+def interpolate(lx: Sequence[float], values: Sequence[float], at: float) -> float | None:
+    """Linear interpolation in log2 x; None outside the grid or next to a missing point, inf next to a
+    diverged one."""
+    for i in range(len(lx)):
+        if abs(lx[i] - at) < 1e-9:
+            v = values[i]
+            return None if math.isnan(v) else v
+    for i in range(len(lx) - 1):
+        if lx[i] < at < lx[i + 1]:
+            a, b = values[i], values[i + 1]
+            if math.isnan(a) or math.isnan(b):
+                return None
+            if math.isinf(a) or math.isinf(b):
+                return math.inf
+            w = (at - lx[i]) / (lx[i + 1] - lx[i])
+            return (1 - w) * a + w * b
+    return None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading runs
+
+
+@dataclass
+class Run:
+    id: str
+    point: dict[str, Any]
+    status: str
+    value: float  # the metric; +inf diverged; nan missing
+    error: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Layout:
+    """Which axis plays which part."""
+
+    x: str
+    curve: str | None
+    seed: str | None
+    panels: list[str]
+    metric: str
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for key, value in data.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+    else:
+        out[prefix[:-1]] = data
+    return out
+
+
+def _hashable(value: Any) -> Any:
+    return tuple(_hashable(v) for v in value) if isinstance(value, list) else value
+
+
+def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]]:
+    """The runs of a sweep directory (or of a plain directory of run directories) and the sweep's meta."""
+    from megadepth.sweep.spec import NON_RESULT_KEYS, NON_RESULT_SECTIONS
+    from megadepth.sweep.state import read_json, read_state
+
+    if not root.is_dir():
+        raise ConfigError(f"report: {root} is not a directory")
+    index = read_json(root / "sweep.json")
+    if index is not None and isinstance(index.get("runs"), list):
+        meta = {"name": index.get("name", root.name), "axes": list(index.get("axes", [])),
+                "report": dict(index.get("report") or {}), "metric": index.get("metric"), "source": "sweep.json"}
+        entries = [(str(e["id"]), dict(e.get("point") or {})) for e in index["runs"] if "id" in e]
+        run_root = root / "runs"
+    else:
+        run_root = root / "runs" if (root / "runs").is_dir() else root
+        dirs = sorted(d for d in run_root.iterdir() if d.is_dir() and (d / "config.yaml").is_file())
+        if not dirs:
+            raise ConfigError(f"report: {root} is not a sweep directory (no sweep.json) and holds no run "
+                              "directories (no */config.yaml); run `megadepth sweep SWEEP.yaml --out DIR` first")
+        flat = {}
+        for d in dirs:
+            try:
+                flat[d.name] = _flatten(yaml.safe_load((d / "config.yaml").read_text(encoding="utf-8")) or {})
+            except yaml.YAMLError:
+                continue
+        keys = sorted({k for f in flat.values() for k in f})
+        axes = [k for k in keys
+                if k not in NON_RESULT_KEYS and k.split(".")[0] not in NON_RESULT_SECTIONS
+                and len({repr(_hashable(f.get(k))) for f in flat.values()}) > 1]
+        meta = {"name": root.name, "axes": axes, "report": {}, "metric": None, "source": "run directories"}
+        entries = [(name, {k: f.get(k) for k in axes}) for name, f in flat.items()]
+    runs: list[Run] = []
+    metric_name = metric or meta.get("metric")
+    for rid, point in entries:
+        state = read_state(run_root / rid, rid)
+        runs.append(Run(rid, point, state.status, math.nan, state.error, state.summary))
+    if metric_name is None:  # a plain directory: eval loss where runs have it, else train loss
+        has_eval = any(math.isfinite(_metric_of(r, "final_eval_loss")) for r in runs if r.status == "completed")
+        metric_name = "final_eval_loss" if has_eval else "final_loss"
+    if metric_name not in METRICS:
+        raise ConfigError(f"report: --metric must be one of {', '.join(METRICS)}, got '{metric_name}'")
+    for r in runs:
+        r.value = math.inf if r.status == "diverged" else (_metric_of(r, metric_name) if r.status == "completed"
+                                                            else math.nan)
+        if r.status == "completed" and r.value != r.value:
+            r.status = "no metric"
+        elif r.status == "completed" and math.isinf(r.value):
+            r.status = "diverged"
+    meta["metric"] = metric_name
+    return runs, meta
+
+
+def _metric_of(run: Run, name: str) -> float:
+    from megadepth.sweep.state import as_float
+
+    return as_float(run.summary.get(name))
+
+
+def choose_layout(meta: dict[str, Any], x: str | None, curve: str | None, seed: str | None) -> Layout:
+    axes = list(meta["axes"])
+    rep = meta.get("report") or {}
+    x = x or rep.get("x") or "optimizer.lr"
+    curve = curve or rep.get("curve") or "model.depth"
+    seed = seed or rep.get("seed") or "train.seed"
+    if x not in axes:
+        raise ConfigError(f"report: the x axis '{x}' is not an axis of this sweep (axes: {', '.join(axes) or 'none'}); "
+                          "choose one with --x")
+    curve_axis = curve if curve in axes and curve != x else None
+    seed_axis = seed if seed in axes and seed not in (x, curve_axis) else None
+    panels = [a for a in axes if a not in (x, curve_axis, seed_axis)]
+    return Layout(x, curve_axis, seed_axis, panels, meta["metric"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# Analysis
+
+
+def _label(key: str, value: Any) -> str:
+    leaf = key.rsplit(".", 1)[-1]
+    return str(value) if leaf == "name" else f"{leaf}={value}"
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))
+
+
+def analyse(runs: list[Run], layout: Layout, window: int = 3) -> dict[str, Any]:
+    """Everything the table, the figures and transfer.json show."""
+    panel_keys: dict[tuple[Any, ...], dict[str, Any]] = {}
+    cells: dict[tuple[Any, ...], dict[Any, dict[float, list[Run]]]] = {}
+    for r in runs:
+        if layout.x not in r.point:
+            continue
+        pkey = tuple(_hashable(r.point.get(a)) for a in layout.panels)
+        panel_keys.setdefault(pkey, {a: r.point.get(a) for a in layout.panels})
+        cval = _hashable(r.point.get(layout.curve)) if layout.curve else None
+        xval = r.point[layout.x]
+        if not isinstance(xval, (int, float)) or isinstance(xval, bool) or xval <= 0:
+            raise ConfigError(f"report: the x axis '{layout.x}' needs positive numbers (it is fitted in log2), "
+                              f"got {xval!r}")
+        cells.setdefault(pkey, {}).setdefault(cval, {}).setdefault(float(xval), []).append(r)
+
+    panels = []
+    for pkey in cells:  # panels in grid order (the spec's order of parametrizations)
+        curves = []
+        for cval in sorted(cells[pkey], key=_sort_key):
+            by_x = cells[pkey][cval]
+            points = []
+            for xval in sorted(by_x):
+                group = sorted(by_x[xval], key=lambda r: _sort_key(r.point.get(layout.seed)) if layout.seed else 0)
+                done = [r for r in group if r.status in ("completed", "diverged")]
+                vals = [r.value for r in done]
+                diverged = sum(1 for v in vals if v == math.inf)
+                fin = [v for v in vals if math.isfinite(v)]
+                if not done:
+                    mean = std = math.nan
+                    sem = None
+                elif diverged:
+                    mean, std, sem = math.inf, math.nan, None
+                else:
+                    mean = float(np.mean(fin))
+                    std = float(np.std(fin, ddof=1)) if len(fin) > 1 else math.nan
+                    sem = std / math.sqrt(len(fin)) if len(fin) > 1 else None
+                points.append({
+                    "x": xval, "log2_x": math.log2(xval), "mean": mean, "std": std, "sem": sem,
+                    "n": len(done), "n_diverged": diverged, "n_missing": len(group) - len(done),
+                    "seeds": [{"seed": r.point.get(layout.seed) if layout.seed else None, "value": r.value,
+                               "status": r.status, "id": r.id} for r in group],
+                })
+            lx = [p["log2_x"] for p in points]
+            opt = fit_optimum(lx, [p["mean"] for p in points], [p["sem"] for p in points], window)
+            curves.append({"curve": cval, "points": points, "optimum": opt})
+        panel = {"panel": panel_keys[pkey],
+                 "label": ", ".join(_label(a, v) for a, v in panel_keys[pkey].items()) or "all runs",
+                 "curves": curves}
+        panel.update(_transfer(curves, layout))
+        panels.append(panel)
+    return {"panels": panels}
+
+
+def _grid_step(curves: list[dict[str, Any]]) -> float | None:
+    steps = sorted({round(b["log2_x"] - a["log2_x"], 9) for c in curves for a, b in zip(c["points"], c["points"][1:], strict=False)})
+    return steps[0] if steps else None
+
+
+def _transfer(curves: list[dict[str, Any]], layout: Layout) -> dict[str, Any]:
+    """Shift of the optimum (shallowest -> deepest), its slope against log2(depth), transfer losses."""
+    out: dict[str, Any] = {"grid_step_log2": _grid_step(curves), "shift": None, "slope": None, "transfer": []}
+    have = [c for c in curves if c["optimum"].log2_x is not None]
+    if not have:
+        return out
+    ref = have[0]
+    ref_opt: Optimum = ref["optimum"]
+    numeric = all(isinstance(c["curve"], (int, float)) and not isinstance(c["curve"], bool) and c["curve"] > 0
+                  for c in have)
+    if len(have) >= 2:
+        last = have[-1]
+        lo, hi = ref_opt, last["optimum"]
+        se = math.sqrt(lo.stderr ** 2 + hi.stderr ** 2) if lo.stderr is not None and hi.stderr is not None else None
+        shift: dict[str, Any] = {"from": ref["curve"], "to": last["curve"], "log2": hi.log2_x - lo.log2_x,
+                                 "stderr": se, "bounded": lo.method in ("fit", "argmin") and hi.method in ("fit", "argmin")}
+        if numeric and last["curve"] != ref["curve"]:
+            shift["per_doubling"] = shift["log2"] / math.log2(last["curve"] / ref["curve"])
+        out["shift"] = shift
+        fitted = [c for c in have if c["optimum"].method == "fit"]
+        if numeric and len(fitted) >= 2 and len({c["curve"] for c in fitted}) >= 2:
+            slope, slope_se = weighted_slope([math.log2(c["curve"]) for c in fitted],
+                                             [c["optimum"].log2_x for c in fitted],
+                                             [c["optimum"].stderr for c in fitted])
+            out["slope"] = {"value": slope, "stderr": slope_se, "curves": [c["curve"] for c in fitted]}
+    for c in curves:
+        opt: Optimum = c["optimum"]
+        lx = [p["log2_x"] for p in c["points"]]
+        means = [p["mean"] for p in c["points"]]
+        at = opt.value(ref_opt.log2_x) if opt.method == "fit" else None
+        if at is None:
+            at = interpolate(lx, means, ref_opt.log2_x)
+        sems = [p["sem"] if p["sem"] is not None else math.nan for p in c["points"]]
+        at_sem = interpolate(lx, sems, ref_opt.log2_x)
+        entry = {"curve": c["curve"], "log2_x": ref_opt.log2_x,
+                 "loss_at_transferred": at,
+                 "loss_at_transferred_sem": at_sem if at_sem is not None and math.isfinite(at_sem) else None,
+                 "best_loss": opt.loss,
+                 "transfer_loss": (at - opt.loss) if at is not None and opt.loss is not None else None}
+        out["transfer"].append(entry)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Output
+
+
+def _f(v: float | None, fmt: str = ".3f") -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if v == math.inf:
+        return "inf"
+    return format(v, fmt)
+
+
+def format_table(result: dict[str, Any], layout: Layout, meta: dict[str, Any], counts: dict[str, int]) -> str:
+    curve_name = (layout.curve or "curve").rsplit(".", 1)[-1]
+    xname = layout.x.rsplit(".", 1)[-1]
+    lines = [f"transfer report '{meta['name']}': {layout.metric} vs log2({layout.x}), one curve per "
+             f"{layout.curve or '-'}, mean over {layout.seed or 'one run'}; runs: "
+             + ", ".join(f"{n} {k}" for k, n in counts.items())]
+    for panel in result["panels"]:
+        lines.append("")
+        lines.append(panel["label"])
+        lines.append(f"  {curve_name:>6}  {'runs':>7}  {'grid best':>9}  {'log2 ' + xname + ' (fit)':>18}  "
+                     f"{xname:>9}  {'loss':>7}  {'transfer loss':>13}  note")
+        transfer = {t["curve"]: t for t in panel["transfer"]}
+        for c in panel["curves"]:
+            opt: Optimum = c["optimum"]
+            n_done = sum(p["n"] for p in c["points"])
+            n_all = n_done + sum(p["n_missing"] for p in c["points"])
+            fit = (f"{opt.log2_x:7.2f} ± {_f(opt.stderr, '.2f'):>5}" if opt.method == "fit" else
+                   f"{_f(opt.log2_x, '.2f'):>7} ({opt.method})")
+            tl = transfer.get(c["curve"], {}).get("transfer_loss")
+            lines.append(f"  {c['curve']!s:>6}  {f'{n_done}/{n_all}':>7}  {_f(opt.grid_argmin, '.2f'):>9}  {fit:>18}  "
+                         f"{_f(None if opt.log2_x is None else 2 ** opt.log2_x, '.3g'):>9}  {_f(opt.loss):>7}  "
+                         f"{_f(tl, '+.4f'):>13}  {opt.note}")
+        shift, slope = panel["shift"], panel["slope"]
+        if shift:
+            step = panel["grid_step_log2"]
+            moved = abs(shift["log2"]) / step if step else None
+            text = (f"  optimum shift {curve_name} {shift['from']} -> {shift['to']}: {shift['log2']:+.2f}"
+                    + (f" ± {shift['stderr']:.2f}" if shift["stderr"] is not None else "") + " log2 units")
+            if "per_doubling" in shift:
+                text += f" ({shift['per_doubling']:+.2f} per doubling of {curve_name})"
+            if moved is not None:
+                text += f"; {moved:.1f} grid step(s)"
+            if not shift["bounded"]:
+                text += " [an optimum is at the grid edge: a bound, not an estimate]"
+            lines.append(text)
+        if slope:
+            lines.append(f"  fitted optimum ~ {curve_name}^({slope['value']:+.3f}"
+                         + (f" ± {slope['stderr']:.3f}" if slope["stderr"] is not None else "") + ")")
+        if panel["transfer"]:
+            last = panel["transfer"][-1]
+            lines.append(f"  transfer loss at {curve_name} {last['curve']} (its loss at the {curve_name} "
+                         f"{panel['transfer'][0]['curve']} optimum minus its own best): {_f(last['transfer_loss'], '+.4f')}")
+    return "\n".join(lines)
+
+
+def _colors(n: int) -> list[Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["viridis"]
+    return [cmap(0.1 + 0.8 * i / max(1, n - 1)) for i in range(n)]
+
+
+def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = result["panels"]
+    ncols = min(3, len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), dpi=110, squeeze=False, sharey=True)
+    finite = [p["mean"] for panel in panels for c in panel["curves"] for p in c["points"] if math.isfinite(p["mean"])]
+    if finite:
+        lo, med = min(finite), float(np.median(finite))
+        top = min(max(finite), lo + 3 * max(med - lo, 0.05))
+        pad = 0.05 * (top - lo) or 0.05
+        ylim = (lo - pad, top + 2 * pad)
+    else:
+        ylim = (0.0, 1.0)
+    curve_name = (layout.curve or "").rsplit(".", 1)[-1]
+    for k, panel in enumerate(panels):
+        ax = axes[k // ncols][k % ncols]
+        colors = _colors(len(panel["curves"]))
+        for color, c in zip(colors, panel["curves"], strict=True):
+            pts = c["points"]
+            xs = np.array([p["log2_x"] for p in pts])
+            mean = np.array([p["mean"] for p in pts])
+            std = np.array([p["std"] for p in pts])
+            ok = np.isfinite(mean)
+            label = f"{curve_name} {c['curve']}" if layout.curve else "runs"
+            ax.plot(xs[ok], np.minimum(mean[ok], ylim[1]), "-o", color=color, ms=3.5, lw=1.4, label=label)
+            band = ok & np.isfinite(std)
+            if band.any():
+                ax.fill_between(xs[band], (mean - std)[band], (mean + std)[band], color=color, alpha=0.18, lw=0)
+            for p in pts:  # individual seeds
+                vals = [s["value"] for s in p["seeds"] if math.isfinite(s["value"])]
+                if len(vals) > 1:
+                    ax.plot([p["log2_x"]] * len(vals), np.minimum(vals, ylim[1]), ".", color=color, alpha=0.45, ms=3)
+            off = ok & (mean > ylim[1])
+            if off.any():
+                ax.plot(xs[off], [ylim[1]] * int(off.sum()), "^", color=color, ms=6, clip_on=False)
+            div = [p["log2_x"] for p in pts if p["n_diverged"]]
+            if div:
+                ax.plot(div, [ylim[1]] * len(div), "x", color=color, ms=7, mew=2, clip_on=False)
+            opt: Optimum = c["optimum"]
+            if opt.log2_x is not None and opt.loss is not None:
+                marker = "*" if opt.method == "fit" else "D"
+                ax.errorbar([opt.log2_x], [min(opt.loss, ylim[1])], xerr=[[opt.stderr or 0], [opt.stderr or 0]],
+                            fmt=marker, color=color, ms=10 if marker == "*" else 5, mec="black", mew=0.6,
+                            capsize=2, zorder=5)
+        shift = panel["shift"]
+        sub = f"\nshift {shift['log2']:+.2f} log2" if shift else ""
+        if shift and shift["stderr"] is not None:
+            sub += f" ± {shift['stderr']:.2f}"
+        ax.set_title(panel["label"] + sub, fontsize=10)
+        ax.set_xlabel(f"log2 {layout.x}")
+        if k % ncols == 0:
+            ax.set_ylabel(layout.metric)
+        ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left")
+    for k in range(len(panels), nrows * ncols):
+        axes[k // ncols][k % ncols].axis("off")
+    fig.suptitle(f"{title}: star = fitted optimum (± stderr), diamond = grid argmin only, "
+                 "x = diverged, ^ = off scale; band = ±1 std over seeds", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def plot_loss_vs_depth(result: dict[str, Any], layout: Layout, out: Path, title: str) -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not layout.curve:
+        return None
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    curve_name = layout.curve.rsplit(".", 1)[-1]
+    drew = False
+    for k, panel in enumerate(result["panels"]):
+        color = cycle[k % len(cycle)]
+        rows = [t for t in panel["transfer"] if t["loss_at_transferred"] is not None]
+        numeric = all(isinstance(t["curve"], (int, float)) for t in panel["transfer"])
+        pos = (lambda v: v) if numeric else (lambda v, _t=[t["curve"] for t in panel["transfer"]]: _t.index(v))
+        fin = [t for t in rows if math.isfinite(t["loss_at_transferred"])]
+        if fin:
+            ax.errorbar([pos(t["curve"]) for t in fin], [t["loss_at_transferred"] for t in fin],
+                        yerr=[t["loss_at_transferred_sem"] or 0 for t in fin], fmt="-o", color=color, capsize=3,
+                        label=f"{panel['label']}: at the LR of {curve_name} {panel['transfer'][0]['curve']}")
+            drew = True
+        best = [t for t in panel["transfer"] if t["best_loss"] is not None]
+        if best:
+            ax.plot([pos(t["curve"]) for t in best], [t["best_loss"] for t in best], "--", color=color, alpha=0.6,
+                    label=f"{panel['label']}: own best")
+            drew = True
+        div = [t for t in rows if not math.isfinite(t["loss_at_transferred"])]
+        if div:
+            ax.plot([pos(t["curve"]) for t in div], [ax.get_ylim()[1]] * len(div), "x", color=color, ms=8, mew=2)
+        if numeric:
+            ax.set_xscale("log", base=2)
+    if not drew:
+        plt.close(fig)
+        return None
+    ax.set_xlabel(curve_name)
+    ax.set_ylabel(layout.metric)
+    ax.set_title(f"{title}: loss at the transferred LR vs {curve_name}\n(deeper should be better when transfer works)",
+                 fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, out, plt)
+
+
+def _save(fig: Any, out: Path, plt: Any) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+def _jsonable(result: dict[str, Any], layout: Layout, meta: dict[str, Any], counts: dict[str, int],
+              failed: list[Run]) -> dict[str, Any]:
+    panels = []
+    for panel in result["panels"]:
+        curves = [{"curve": c["curve"], "optimum": c["optimum"].as_dict(), "points": c["points"]}
+                  for c in panel["curves"]]
+        panels.append({"panel": panel["panel"], "label": panel["label"], "grid_step_log2": panel["grid_step_log2"],
+                       "shift": panel["shift"], "slope": panel["slope"], "transfer": panel["transfer"],
+                       "curves": curves})
+    return {
+        "sweep": meta["name"], "source": meta["source"], "metric": layout.metric, "x": layout.x,
+        "curve": layout.curve, "seed": layout.seed, "panel_axes": layout.panels, "runs": counts,
+        "not_finished": [{"id": r.id, "point": r.point, "status": r.status, "error": r.error} for r in failed],
+        "panels": panels,
+    }
+
+
+def report(root: str | Path, *, metric: str | None = None, x: str | None = None, curve: str | None = None,
+           seed: str | None = None, window: int = 3, out: str | Path | None = None) -> dict[str, Any]:
+    """Analyse a sweep directory and write its report; returns transfer.json's content (+ 'table')."""
+    root = Path(root)
+    runs, meta = load_runs(root, metric)
+    layout = choose_layout(meta, x, curve, seed)
+    counts: dict[str, int] = {}
+    for r in runs:
+        counts[r.status] = counts.get(r.status, 0) + 1
+    finished = [r for r in runs if r.status in ("completed", "diverged")]
+    if not finished:
+        state = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no runs"
+        hint = (f"; the runs have no {layout.metric} (try --metric final_loss)" if counts.get("no metric") else
+                "; run (or finish) the sweep first: megadepth sweep SWEEP.yaml --out DIR")
+        raise ConfigError(f"report: {root} has no finished runs ({state}){hint}")
+    result = analyse(runs, layout, window)
+    target = Path(out) if out else root / "report"
+    table = format_table(result, layout, meta, counts)
+    not_finished = [r for r in runs if r.status not in ("completed", "diverged")]
+    if not_finished:
+        table += f"\n\n{len(not_finished)} run(s) not in the figures: " + ", ".join(
+            f"{k} {n}" for k, n in counts.items() if k not in ("completed", "diverged"))
+        for r in [r for r in not_finished if r.error][:5]:
+            table += f"\n  {r.id}: {r.error}"
+    data = _jsonable(result, layout, meta, counts, not_finished)
+    target.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(target / "transfer.json", data)
+    atomic_write_text(target / "transfer.txt", table + "\n")
+    plot_transfer(result, layout, target / "transfer.png", meta["name"])
+    depth_png = plot_loss_vs_depth(result, layout, target / "loss_vs_depth.png", meta["name"])
+    data["table"] = table
+    data["files"] = [str(target / "transfer.png"), *([str(depth_png)] if depth_png else []),
+                     str(target / "transfer.json"), str(target / "transfer.txt")]
+    return data
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    data = report(args.dir, metric=args.metric, x=args.x, curve=args.curve, seed=args.seed, window=args.window,
+                  out=args.out)
+    print(data["table"])
+    print("wrote " + ", ".join(data["files"]))
+    return 0
+
+
+def add_cli(subparsers: Any) -> None:
+    """Register ``megadepth report``."""
+    p = subparsers.add_parser(
+        "report",
+        help="read a sweep: optimal LR per depth (fitted), its shift, transfer loss; plots",
+        description="Writes DIR/report/transfer.png, loss_vs_depth.png, transfer.json and transfer.txt and "
+        "prints the table. See docs/transfer.md.",
+    )
+    p.add_argument("dir", metavar="DIR", help="a sweep directory (or a directory of run directories)")
+    p.add_argument("--metric", choices=METRICS, default=None, help="default: the sweep's metric")
+    p.add_argument("--x", default=None, metavar="KEY", help="the swept axis to optimise (default optimizer.lr)")
+    p.add_argument("--curve", default=None, metavar="KEY", help="one curve per value of (default model.depth)")
+    p.add_argument("--seed", default=None, metavar="KEY", help="averaged over (default train.seed)")
+    p.add_argument("--window", type=int, default=3, metavar="N",
+                   help="grid points in the parabola fit around the best one (odd, >= 3; default 3)")
+    p.add_argument("--out", default=None, metavar="DIR", help="where to write (default DIR/report)")
+    p.set_defaults(func=_cmd_report)

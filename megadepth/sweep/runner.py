@@ -1,0 +1,442 @@
+"""Running a sweep: the sweep directory, choosing what to run, and the local executor.
+
+Every grid point is one ``megadepth train`` process with its own run directory ``DIR/runs/<id>/``.
+``--jobs N`` runs N at once: one GPU each when there are GPUs (``CUDA_VISIBLE_DEVICES`` per process),
+else CPU processes sharing the cores (``OMP_NUM_THREADS`` = cores / N). The executor never trusts
+anything but the run directories, so it can be killed and started again at any time, and several
+executors (Slurm array tasks) can share one sweep directory: a per-point lock keeps them apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from megadepth.config.load import ConfigError, to_yaml, validate
+from megadepth.sweep.spec import Point, SweepSpec, diff_configs, expand
+from megadepth.sweep.state import (
+    CONFIG_FILE,
+    FINAL,
+    LOG_FILE,
+    PointLock,
+    RunRecord,
+    RunState,
+    count,
+    last_log_line,
+    read_json,
+    read_state,
+)
+from megadepth.train.rundir import atomic_write_json, atomic_write_text
+
+TRAIN_COMMAND: list[str] = [sys.executable, "-m", "megadepth", "train"]
+"""How one point is run (its config file is appended). Tests substitute a stand-in trainer."""
+
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE", "MASTER_ADDR", "MASTER_PORT",
+            "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+"""Launcher variables a sweep may have inherited: each run is a single process of its own."""
+
+INTERRUPT_CODES = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
+"""Exit codes of a run killed by a stop request rather than by its own failure."""
+
+SPEC_FILE = "sweep.yaml"
+INDEX_FILE = "sweep.json"
+
+
+class SweepDir:
+    """``DIR/``: sweep.yaml (the frozen spec), sweep.json (an index), runs/<id>/, slurm/, report/."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root).resolve()
+
+    @property
+    def spec(self) -> Path:
+        return self.root / SPEC_FILE
+
+    @property
+    def index(self) -> Path:
+        return self.root / INDEX_FILE
+
+    @property
+    def runs(self) -> Path:
+        return self.root / "runs"
+
+    def run_dir(self, point: Point | str) -> Path:
+        return self.runs / (point if isinstance(point, str) else point.id)
+
+
+def group_name(spec: SweepSpec) -> str:
+    """The W&B group all runs share: the base config's wandb.group if set, else the sweep's name."""
+    return str((spec.config.get("wandb") or {}).get("group") or spec.name)
+
+
+def point_config(spec: SweepSpec, point: Point, sweep: SweepDir) -> dict[str, Any]:
+    """The config a point is trained with: its grid config plus its run directory and W&B group."""
+    data = point.config.model_dump(mode="json")
+    data["train"]["out_dir"] = str(sweep.run_dir(point))
+    data["train"]["progress"] = False
+    data["wandb"]["group"] = group_name(spec)
+    data["wandb"]["name"] = point.id
+    return data
+
+
+def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True) -> tuple[SweepDir, list[Point]]:
+    """Expand and check the grid, refuse a directory that holds a different sweep, write the frozen spec."""
+    sweep = SweepDir(out)
+    if sweep.root.exists() and not sweep.root.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    points = expand(spec)
+    _preflight(spec, points, sweep)
+    for point in points:
+        saved_file = sweep.run_dir(point) / "config.yaml"
+        if not saved_file.is_file():
+            continue
+        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
+        changed = diff_configs(saved, point_config(spec, point, sweep))
+        if changed:
+            key = changed[0]
+            old, new = _dotted(saved, key), _dotted(point.config.model_dump(mode="json"), key)
+            raise ConfigError(
+                f"{sweep.run_dir(point)} was run with a different config ({key}: {old!r} there, {new!r} now"
+                f"{f', and {len(changed) - 1} more key(s)' if len(changed) > 1 else ''}); "
+                "use a new --out directory for a changed sweep"
+            )
+    if write:
+        sweep.runs.mkdir(parents=True, exist_ok=True)
+        header = (f"# The frozen spec of this sweep (base config files inlined); written by megadepth sweep.\n"
+                  f"# Source: {spec.source}\n")
+        atomic_write_text(sweep.spec, header + spec.frozen_yaml())
+        write_index(spec, sweep, points)
+    return sweep, points
+
+
+def _dotted(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir) -> None:
+    """The trainer's start-up checks for every point (layout, parametrization, batch, data, tokenizer),
+    so a point that cannot start fails the sweep now, not hours into it."""
+    from megadepth.data import DataError
+    from megadepth.train.preflight import preflight
+
+    done: set[str] = set()
+    for point in points:
+        cfg = point.config
+        key = repr((cfg.model.model_dump(), cfg.parametrization.model_dump(), cfg.parallel.model_dump(),
+                    cfg.train.micro_batch, cfg.train.grad_accum, cfg.train.global_batch, cfg.data.model_dump(),
+                    cfg.optimizer.name))
+        if key in done:
+            continue
+        done.add(key)
+        try:
+            preflight(validate(point_config(spec, point, sweep)), 1)
+        except (ConfigError, DataError) as exc:
+            raise ConfigError(f"grid point {point.label}: {exc}") from None
+
+
+def states(sweep: SweepDir, points: Sequence[Point]) -> list[RunState]:
+    return [read_state(sweep.run_dir(p), p.id) for p in points]
+
+
+def write_index(spec: SweepSpec, sweep: SweepDir, points: Sequence[Point],
+                extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """DIR/sweep.json: the spec's identity, the axes, and every point's current state (rebuilt from the
+    run directories; Slurm submissions are kept from the previous index)."""
+    old = read_json(sweep.index) or {}
+    runs = []
+    current = states(sweep, points)
+    for point, st in zip(points, current, strict=True):
+        entry: dict[str, Any] = {"id": point.id, "label": point.label, "point": point.values,
+                                 "status": st.status, "attempts": st.attempts, "dir": f"runs/{point.id}"}
+        for key in ("final_loss", "final_eval_loss", "steps", "tokens", "wall_s"):
+            if key in st.summary:
+                entry[key] = st.summary[key]
+        if st.error:
+            entry["error"] = st.error
+        runs.append(entry)
+    index = {
+        "name": spec.name,
+        "spec": SPEC_FILE,
+        "spec_sha256": spec.sha256(),
+        "source": spec.source,
+        "wandb_group": group_name(spec),
+        "metric": spec.metric,
+        "axes": spec.axis_keys,
+        "report": spec.report,
+        "budget": spec.budget,
+        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "counts": count(current),
+        "slurm": old.get("slurm", []),
+        "runs": runs,
+    }
+    if extra:
+        for key, value in extra.items():
+            index[key] = (index.get(key) or []) + value if isinstance(value, list) else value
+    atomic_write_json(sweep.index, index)
+    return index
+
+
+def select(sweep: SweepDir, points: Sequence[Point], max_attempts: int, retry_failed: bool
+           ) -> tuple[list[Point], dict[str, int]]:
+    """Points to run now: pending ones, and failed ones with attempts left (all failed ones with
+    ``retry_failed``); completed, diverged and running ones are skipped."""
+    todo, skipped = [], {"completed": 0, "diverged": 0, "running": 0, "failed": 0}
+    for point in points:
+        st = read_state(sweep.run_dir(point), point.id)
+        if st.status in ("completed", "diverged", "running"):
+            skipped[st.status] += 1
+        elif st.status == "failed" and not retry_failed and RunRecord(st.dir, point.id).failed_attempts() >= max_attempts:
+            skipped["failed"] += 1
+        else:
+            todo.append(point)
+    return todo, skipped
+
+
+def resolve_devices(arg: str) -> list[str]:
+    """GPUs to spread runs over: 'auto' (CUDA_VISIBLE_DEVICES, else every visible GPU), 'cpu', or '0,1,2'."""
+    if arg == "cpu":
+        return []
+    if arg != "auto":
+        devices = [d.strip() for d in arg.split(",") if d.strip()]
+        if not devices:
+            raise ConfigError(f"--devices '{arg}': expected auto, cpu or a list like 0,1,2,3")
+        return devices
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+
+
+def child_env(device: str | None, threads: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    if device is None:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        if "OMP_NUM_THREADS" not in os.environ:
+            env["OMP_NUM_THREADS"] = str(threads)
+            env["MKL_NUM_THREADS"] = str(threads)
+    else:
+        env["CUDA_VISIBLE_DEVICES"] = device
+    env.setdefault("WANDB_SILENT", "true")
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Outcome:
+    point: Point
+    outcome: str  # completed, diverged, failed, stopped, skipped (locked elsewhere), interrupted
+    attempt: int = 0
+    error: str | None = None
+    wall_s: float = 0.0
+    summary: dict[str, Any] = field(default_factory=dict)
+
+
+class LocalExecutor:
+    """Runs points as separate ``megadepth train`` processes, ``jobs`` at a time; failed ones are retried
+    until they have failed ``max_attempts`` times (counting earlier invocations)."""
+
+    def __init__(self, spec: SweepSpec, sweep: SweepDir, points: Sequence[Point], *, jobs: int,
+                 devices: Sequence[str], max_attempts: int = 2, command: Sequence[str] | None = None,
+                 index_points: Sequence[Point] | None = None, echo: Callable[[str], None] = print) -> None:
+        if jobs < 1:
+            raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+        self.spec, self.sweep, self.points = spec, sweep, list(points)
+        self.jobs, self.devices, self.max_attempts = jobs, list(devices), max_attempts
+        self.command = list(command or TRAIN_COMMAND)
+        # what sweep.json lists, rewritten after every run (None: leave the index alone, as array tasks do)
+        self.index_points = list(index_points) if index_points is not None else None
+        self.echo = echo
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        self.threads = max(1, cores // jobs)
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.results: list[Outcome] = []
+
+    # one slot per job; slot k uses GPU k mod #GPUs (or the CPU)
+    def _device(self, slot: int) -> str | None:
+        return self.devices[slot % len(self.devices)] if self.devices else None
+
+    def run(self) -> list[Outcome]:
+        work: queue.Queue[Point] = queue.Queue()
+        for point in self.points:
+            work.put(point)
+        self._pending = len(self.points)
+        self._total = len(self.points)
+        self._done = 0
+        threads = [threading.Thread(target=self._worker, args=(slot, work), daemon=True)
+                   for slot in range(min(self.jobs, max(1, len(self.points))))]
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # Slurm (time limit, preemption, scancel) and `kill` send SIGTERM: stop like Ctrl-C
+            previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            for t in threads:
+                t.start()
+            while any(t.is_alive() for t in threads):
+                for t in threads:
+                    t.join(timeout=0.2)
+        except KeyboardInterrupt:
+            self._stop.set()
+            self._terminate_all()
+            for t in threads:
+                t.join(timeout=30)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+        return self.results
+
+    def _terminate_all(self) -> None:
+        with self._lock:
+            procs = list(self._procs.values())
+        for proc in procs:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for proc in procs:
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+
+    def _worker(self, slot: int, work: queue.Queue[Point]) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                if self._pending == 0:
+                    return
+            try:
+                point = work.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            result = self._run_point(point, slot)
+            requeue = False
+            with self._lock:
+                if result.outcome == "stopped":
+                    requeue = True  # train.stop_after_steps: the next process resumes from the checkpoint
+                elif (result.outcome == "failed" and not self._stop.is_set()
+                      and RunRecord(self.sweep.run_dir(point), point.id).failed_attempts() < self.max_attempts):
+                    requeue = True
+                if not requeue:
+                    self._pending -= 1
+                    self._done += 1
+                    self.results.append(result)
+                self._report(result, retry=requeue)
+                if self.index_points is not None:
+                    try:
+                        write_index(self.spec, self.sweep, self.index_points)
+                    except OSError as exc:  # a convenience; the run directories are the truth
+                        self.echo(f"megadepth sweep: warning: could not update {self.sweep.index}: {exc}")
+            if requeue:
+                work.put(point)
+
+    def _report(self, r: Outcome, retry: bool) -> None:
+        metric = r.summary.get(self.spec.metric)
+        shown = f"{self.spec.metric} {metric:.4f}" if isinstance(metric, (int, float)) else ""
+        if r.outcome == "failed":
+            shown = f"{r.error or 'failed'}" + (" (will retry)" if retry else "")
+        elif r.outcome == "diverged":
+            shown = "loss not finite"
+        elif r.outcome == "skipped":
+            shown = "running in another executor"
+        elif r.outcome == "interrupted":
+            shown = "interrupted: stays pending"
+        elif r.outcome == "stopped":
+            shown = "stopped (train.stop_after_steps); resuming"
+        self.echo(f"[{self._done}/{self._total}] {r.outcome:<9} {r.point.label}  {shown}  "
+                  f"({r.wall_s:.1f} s)  runs/{r.point.id}")
+
+    def _run_point(self, point: Point, slot: int) -> Outcome:
+        run_dir = self.sweep.run_dir(point)
+        lock = PointLock(run_dir)
+        if not lock.held:
+            return Outcome(point, "skipped")
+        try:
+            current = read_state(run_dir, point.id, check_lock=False)
+            if current.status in FINAL:  # finished by another executor since we chose it
+                return Outcome(point, current.status, summary=current.summary)
+            summary_file = run_dir / "summary.json"
+            summary_file.unlink(missing_ok=True)  # a stale failed/stopped summary must not outlive this attempt
+            config_file = run_dir / CONFIG_FILE
+            atomic_write_text(config_file, to_yaml(validate(point_config(self.spec, point, self.sweep))))
+            command = [*self.command, str(config_file)]
+            log = run_dir / LOG_FILE
+            record = RunRecord(run_dir, point.id, point.values)
+            attempt = record.start(command, log)
+            start = time.monotonic()
+            with log.open("ab") as out:
+                out.write(f"== megadepth sweep: attempt {attempt['n']} at {attempt['started']} on "
+                          f"{attempt['host']}: {' '.join(command)}\n".encode())
+                out.flush()
+                try:
+                    proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            env=child_env(self._device(slot), self.threads),
+                                            pass_fds=(lock.fd,), start_new_session=True)
+                except OSError as exc:
+                    error = f"could not start {command[0]}: {exc}"
+                    record.end(attempt, None, "failed", error, time.monotonic() - start)
+                    return Outcome(point, "failed", attempt["n"], error)
+                with self._lock:
+                    self._procs[proc.pid] = proc
+                code = proc.wait()
+                with self._lock:
+                    self._procs.pop(proc.pid, None)
+            wall = time.monotonic() - start
+            summary = read_json(summary_file) or {}
+            status = summary.get("status")
+            # stopped by us, or killed by a signal from outside (scancel, preemption, Ctrl-C): not the
+            # run's fault, so not a failed attempt; the point stays pending. SIGKILL (the OOM killer) is.
+            if status not in (*FINAL, "stopped") and (self._stop.is_set() or code in INTERRUPT_CODES):
+                record.end(attempt, code, "interrupted", f"terminated by signal {-code}" if code < 0 else None, wall)
+                return Outcome(point, "interrupted", attempt["n"], wall_s=wall)
+            if status in (*FINAL, "stopped"):
+                record.end(attempt, code, status, None, wall)
+                return Outcome(point, status, attempt["n"], wall_s=wall, summary=summary)
+            error = summary.get("error") or last_log_line(log) or f"exit code {code}"
+            if code and not summary.get("error"):
+                error = f"exit code {code}: {error}"
+            record.end(attempt, code, "failed", error, wall)
+            return Outcome(point, "failed", attempt["n"], error, wall, summary)
+        finally:
+            lock.release()
+
+
+def _raise_interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def run_local(spec: SweepSpec, sweep: SweepDir, all_points: Sequence[Point] | None, todo: Sequence[Point], *,
+              jobs: int, devices: Sequence[str], max_attempts: int, echo: Callable[[str], None] = print
+              ) -> list[Outcome]:
+    """Run ``todo``; rewrite sweep.json over ``all_points`` as runs finish (not when None)."""
+    executor = LocalExecutor(spec, sweep, todo, jobs=jobs, devices=devices, max_attempts=max_attempts,
+                             index_points=all_points, echo=echo)
+    try:
+        return executor.run()
+    finally:
+        if all_points is not None:
+            write_index(spec, sweep, all_points)
+
+
+def sbatch_available() -> str | None:
+    return shutil.which("sbatch")

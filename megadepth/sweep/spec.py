@@ -1,0 +1,414 @@
+"""Sweep specs: a base config, grid axes over any config key, a budget and a metric -> grid points.
+
+A spec is YAML (docs/transfer.md has the full reference)::
+
+    name: cpu-transfer                     # W&B group and report title (default: the file name)
+    base: [../model/tiny.yaml]             # config files, relative to this file, merged left to right
+    config:                                # config values on top of them (any section)
+      model: {width: 64, base_depth: 2}
+    grid:                                  # axis -> values; the grid is their product, in this order
+      parametrization.name: [sp, depth_mup, completep]
+      model.depth: [2, 4, 8, 16]
+      optimizer.lr: {log2_range: [-10, -5]}          # 2^-10 .. 2^-5, step 1 (or [start, stop, step])
+      train.seed: [1, 2]
+      "model.width,model.heads": [[64, 4], [128, 8]]  # linked axes move together
+    budget: {steps: 150}                   # or {tokens: 2_000_000}: steps from each point's batch x seq_len
+    metric: final_eval_loss                # or final_loss: what the report minimises
+    report: {x: optimizer.lr, curve: model.depth, seed: train.seed}
+
+Everything is checked before any run starts: unknown spec keys and axes (named, with the nearest valid
+key), empty grids and axes, duplicate values, a zero budget, and every grid point's full config.
+
+A run id is a readable slug plus the first 10 hex digits of sha256 over the point's canonical JSON
+(keys sorted, values as the validated config holds them), so it is the same on every machine and every
+invocation, and does not change when other points are added to the grid.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import itertools
+import json
+import math
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from megadepth.config.load import (
+    ConfigError,
+    all_keys,
+    apply_override,
+    deep_merge,
+    parse_override,
+    read_yaml,
+    resolve_batch,
+    validate,
+)
+from megadepth.config.schema import Config
+
+SPEC_KEYS = ("name", "description", "base", "config", "grid", "budget", "metric", "report")
+METRICS = ("final_eval_loss", "final_loss")
+REPORT_KEYS = ("x", "curve", "seed")
+DEFAULT_REPORT = {"x": "optimizer.lr", "curve": "model.depth", "seed": "train.seed"}
+
+# Keys whose value does not change what a run computes: ignored when checking that a finished run was
+# made with the config the sweep would give it now, and never allowed as axes where noted.
+NON_RESULT_KEYS = ("train.out_dir", "train.progress", "train.resume", "data.num_workers", "data.cache_dir",
+                   "parallel.timeout_s")
+NON_RESULT_SECTIONS = ("wandb",)
+FORBIDDEN_AXES = ("train.out_dir", "wandb.group", "wandb.name")
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: its axis values, its id and its fully validated config (out_dir not yet set)."""
+
+    index: int
+    values: dict[str, Any]
+    id: str
+    label: str
+    config: Config
+
+
+@dataclass
+class SweepSpec:
+    """A parsed, checked sweep spec. ``config`` holds the merged base config (``base`` files inlined)."""
+
+    name: str
+    config: dict[str, Any]
+    axes: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]
+    budget: dict[str, int]
+    metric: str = "final_eval_loss"
+    report: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_REPORT))
+    description: str = ""
+    source: str = ""
+
+    @property
+    def axis_keys(self) -> list[str]:
+        return [key for keys, _ in self.axes for key in keys]
+
+    def frozen(self) -> dict[str, Any]:
+        """A self-contained spec (no ``base`` files): what DIR/sweep.yaml holds and Slurm tasks read."""
+        grid: dict[str, Any] = {}
+        for keys, values in self.axes:
+            if len(keys) == 1:
+                grid[keys[0]] = [v[0] for v in values]
+            else:
+                grid[",".join(keys)] = [list(v) for v in values]
+        out: dict[str, Any] = {"name": self.name}
+        if self.description:
+            out["description"] = self.description
+        out.update({"config": self.config, "grid": grid, "budget": dict(self.budget), "metric": self.metric,
+                    "report": dict(self.report)})
+        return out
+
+    def frozen_yaml(self) -> str:
+        return yaml.safe_dump(self.frozen(), sort_keys=False)
+
+    def sha256(self) -> str:
+        return hashlib.sha256(json.dumps(self.frozen(), sort_keys=True).encode()).hexdigest()
+
+
+def _suggest(word: str, options: Sequence[str]) -> str:
+    best = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    return f"; did you mean '{best[0]}'?" if best else ""
+
+
+def _nested(key: str, value: Any) -> dict[str, Any]:
+    out: Any = value
+    for part in reversed(key.split(".")):
+        out = {part: out}
+    return out
+
+
+def check_axis_key(key: str, where: str) -> None:
+    """An axis must be a config key: unknown ones are named with the config loader's suggestion."""
+    if key in FORBIDDEN_AXES:
+        raise ConfigError(f"{where}: '{key}' cannot be a sweep axis (the sweep sets it for every run)")
+    check_key(key, where)
+
+
+def check_key(key: str, where: str) -> None:
+    """``key`` must be a dotted config key; the message names it and the nearest valid one."""
+    if key in all_keys():
+        return
+    try:
+        validate(_nested(key, None))
+    except ConfigError as exc:
+        if "unknown config key" in str(exc):
+            raise ConfigError(f"{where}: {exc}") from None
+    raise ConfigError(f"{where}: '{key}' is not a config key (axes name one setting, e.g. 'model.depth')")
+
+
+def _expand_values(key: str, raw: Any, where: str) -> list[Any]:
+    """An axis' values: a list, or {values: [...]}, {log2: [e...]}, {log2_range: [start, stop(, step)]}."""
+    if isinstance(raw, Mapping):
+        if len(raw) != 1:
+            raise ConfigError(f"{where}: axis '{key}' must be a list or one of values/log2/log2_range, got {dict(raw)}")
+        (kind, arg), = raw.items()
+        if kind == "values":
+            values = arg
+        elif kind == "log2":
+            if not isinstance(arg, list) or not all(isinstance(e, (int, float)) for e in arg):
+                raise ConfigError(f"{where}: axis '{key}': log2 takes a list of exponents, got {arg!r}")
+            values = [2.0 ** e for e in arg]
+        elif kind == "log2_range":
+            if (not isinstance(arg, list) or len(arg) not in (2, 3)
+                    or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in arg)):
+                raise ConfigError(f"{where}: axis '{key}': log2_range takes [start, stop] or [start, stop, step], "
+                                  f"got {arg!r}")
+            start, stop = arg[0], arg[1]
+            step = arg[2] if len(arg) == 3 else 1
+            if step <= 0:
+                raise ConfigError(f"{where}: axis '{key}': log2_range step must be positive, got {step}")
+            count = math.floor((stop - start) / step + 1e-9) + 1
+            values = [2.0 ** (start + i * step) for i in range(max(count, 0))]
+        else:
+            raise ConfigError(f"{where}: axis '{key}': unknown value form '{kind}'"
+                              f"{_suggest(kind, ['values', 'log2', 'log2_range'])}")
+    else:
+        values = raw
+    if not isinstance(values, list):
+        values = [values]
+    if not values:
+        raise ConfigError(f"{where}: axis '{key}' has no values (the grid would be empty)")
+    return values
+
+
+def _parse_axes(grid: Any, where: str) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+    if grid is None or (isinstance(grid, Mapping) and not grid):
+        raise ConfigError(f"{where}: the grid is empty: 'grid:' needs at least one axis, e.g. "
+                          "'optimizer.lr: {log2_range: [-10, -5]}'")
+    if not isinstance(grid, Mapping):
+        raise ConfigError(f"{where}: 'grid' must map config keys to lists of values, got {type(grid).__name__}")
+    axes: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
+    seen: set[str] = set()
+    for name, raw in grid.items():
+        keys = tuple(k.strip() for k in str(name).split(","))
+        for key in keys:
+            check_axis_key(key, f"{where}: grid axis")
+            if key in seen:
+                raise ConfigError(f"{where}: grid axis '{key}' appears twice")
+            seen.add(key)
+        values = _expand_values(str(name), raw, where)
+        rows: list[tuple[Any, ...]] = []
+        for value in values:
+            if len(keys) == 1:
+                rows.append((value,))
+            elif isinstance(value, list) and len(value) == len(keys):
+                rows.append(tuple(value))
+            else:
+                raise ConfigError(f"{where}: linked axes '{name}' take lists of {len(keys)} values, got {value!r}")
+        seen_rows: set[str] = set()
+        for row in rows:
+            text = json.dumps(list(row) if len(keys) > 1 else row[0], sort_keys=True)
+            if text in seen_rows:
+                raise ConfigError(f"{where}: grid axis '{name}' lists {text} more than once")
+            seen_rows.add(text)
+        axes.append((keys, rows))
+    return axes
+
+
+def _parse_budget(raw: Any, axis_keys: list[str], where: str) -> dict[str, int]:
+    if raw is None:
+        if "train.steps" in axis_keys:
+            return {}
+        raise ConfigError(f"{where}: the sweep needs a budget: 'budget: {{steps: N}}' or 'budget: {{tokens: N}}' "
+                          "(or a train.steps axis)")
+    if not isinstance(raw, Mapping) or len(raw) != 1 or next(iter(raw)) not in ("steps", "tokens"):
+        raise ConfigError(f"{where}: budget must be {{steps: N}} or {{tokens: N}}, got {raw!r}")
+    (kind, value), = raw.items()
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{where}: budget.{kind} must be a whole number, got {value!r}")
+    if value < 1:
+        raise ConfigError(f"{where}: budget.{kind} must be at least 1 (got {value}): a run needs at least one "
+                          "optimizer step")
+    if "train.steps" in axis_keys:
+        raise ConfigError(f"{where}: budget.{kind} and a train.steps axis both set the run length; keep one")
+    return {kind: value}
+
+
+def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Path | None = None,
+               overrides: Sequence[str] = (), name: str | None = None) -> SweepSpec:
+    """Check a spec mapping; ``base`` files are read relative to ``base_dir`` and inlined."""
+    where = source
+    unknown = [k for k in data if k not in SPEC_KEYS]
+    if unknown:
+        raise ConfigError(f"{where}: unknown sweep key '{unknown[0]}'{_suggest(str(unknown[0]), SPEC_KEYS)} "
+                          f"(a sweep spec has {', '.join(SPEC_KEYS)})")
+    base = data.get("base") or []
+    if isinstance(base, str):
+        base = [base]
+    config: dict[str, Any] = {}
+    for path in base:
+        config = deep_merge(config, read_yaml((base_dir or Path(".")) / path))
+    inline = data.get("config") or {}
+    if not isinstance(inline, Mapping):
+        raise ConfigError(f"{where}: 'config' must be a mapping of config sections, got {type(inline).__name__}")
+    for key in _flatten(inline):
+        check_key(key, f"{where}: config")
+    config = deep_merge(config, inline)
+    axes = _parse_axes(data.get("grid"), where)
+    axis_keys = [k for keys, _ in axes for k in keys]
+    for item in overrides:
+        key, value = parse_override(item)
+        if key in axis_keys:
+            raise ConfigError(f"--set {key}: '{key}' is a sweep axis; change its values in the grid instead")
+        config = apply_override(config, key, value)
+    budget = _parse_budget(data.get("budget"), axis_keys, where)
+    metric = data.get("metric", "final_eval_loss")
+    if metric not in METRICS:
+        raise ConfigError(f"{where}: metric '{metric}' is not one of {', '.join(METRICS)}{_suggest(str(metric), METRICS)}")
+    report = dict(DEFAULT_REPORT)
+    raw_report = data.get("report") or {}
+    if not isinstance(raw_report, Mapping):
+        raise ConfigError(f"{where}: 'report' must be a mapping with keys {', '.join(REPORT_KEYS)}")
+    for key, value in raw_report.items():
+        if key not in REPORT_KEYS:
+            raise ConfigError(f"{where}: unknown report key '{key}'{_suggest(str(key), REPORT_KEYS)}")
+        check_axis_key(str(value), f"{where}: report.{key}")
+        report[key] = str(value)
+    spec_name = str(data.get("name") or name or "sweep")
+    if not re.fullmatch(r"[A-Za-z0-9._+-]+", spec_name):
+        raise ConfigError(f"{where}: name '{spec_name}' may only hold letters, digits and . _ + -")
+    return SweepSpec(name=spec_name, config=config, axes=axes, budget=budget, metric=metric, report=report,
+                     description=str(data.get("description") or ""), source=source)
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[str]:
+    out: list[str] = []
+    for key, value in data.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.extend(_flatten(value, f"{dotted}."))
+        else:
+            out.append(dotted)
+    return out
+
+
+def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
+    """Read a sweep spec file (YAML, ``safe_load``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"sweep spec not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path}: a sweep spec must be a mapping with {', '.join(SPEC_KEYS)}")
+    return parse_spec(data, source=str(path), base_dir=path.parent, overrides=overrides, name=path.stem)
+
+
+def get_dotted(data: Mapping[str, Any], key: str) -> Any:
+    out: Any = data
+    for part in key.split("."):
+        out = out[part]
+    return out
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def point_label(values: Mapping[str, Any]) -> str:
+    """Human-readable form of a point, e.g. ``sp depth=8 lr=2^-7 seed=1``."""
+    parts = []
+    for key, value in values.items():
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf == "name" and isinstance(value, str):
+            parts.append(value)
+            continue
+        if isinstance(value, float) and value > 0 and float(math.log2(value)).is_integer():
+            parts.append(f"{leaf}=2^{int(math.log2(value))}")
+        else:
+            parts.append(f"{leaf}={_fmt(value)}")
+    return " ".join(parts)
+
+
+def point_id(values: Mapping[str, Any]) -> str:
+    """Deterministic run id: readable slug + sha256 of the canonical JSON of the point."""
+    canonical = json.dumps(dict(values), sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
+    slug_parts = []
+    for key, value in sorted(values.items()):  # canonical order: reordering the axes keeps every id
+        leaf = key.rsplit(".", 1)[-1]
+        slug_parts.append(_fmt(value) if (leaf == "name" and isinstance(value, str)) else f"{leaf}{_fmt(value)}")
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(slug_parts))
+    slug = slug.strip("-_")[:72]
+    return f"{slug}-{digest}" if slug else digest
+
+
+def steps_for(config: Config, budget: Mapping[str, int]) -> int:
+    """Optimizer steps for a point: budget.steps, or budget.tokens / (global batch x seq_len), one process."""
+    if "steps" in budget:
+        return int(budget["steps"])
+    if "tokens" in budget:
+        _, global_batch = resolve_batch(config, 1)
+        per_step = global_batch * config.model.seq_len
+        steps = budget["tokens"] // per_step
+        if steps < 1:
+            raise ConfigError(f"budget.tokens ({budget['tokens']}) is less than one optimizer step "
+                              f"({per_step} tokens = {global_batch} sequences x {config.model.seq_len})")
+        return int(steps)
+    return config.train.steps
+
+
+def expand(spec: SweepSpec) -> list[Point]:
+    """The grid points in order (product of the axes as listed), each with its validated config."""
+    points: list[Point] = []
+    ids: dict[str, str] = {}
+    for index, combo in enumerate(itertools.product(*[rows for _, rows in spec.axes])):
+        raw: dict[str, Any] = {}
+        for (keys, _), row in zip(spec.axes, combo, strict=True):
+            raw.update(zip(keys, row, strict=True))
+        data = copy.deepcopy(spec.config)
+        for key, value in raw.items():
+            data = deep_merge(data, _nested(key, value))
+        label = point_label(raw)
+        try:
+            config = validate(data)
+            if spec.budget:
+                steps = steps_for(config, spec.budget)
+                config = validate(deep_merge(data, {"train": {"steps": steps}}))
+        except ConfigError as exc:
+            raise ConfigError(f"grid point {label}: {exc}") from None
+        dumped = config.model_dump(mode="json")
+        values = {key: get_dotted(dumped, key) for key in raw}  # canonical: as the validated config holds it
+        pid = point_id(values)
+        if pid in ids:
+            raise ConfigError(f"grid points {ids[pid]} and {label} are the same run")
+        ids[pid] = label
+        points.append(Point(index=index, values=values, id=pid, label=label, config=config))
+    if spec.metric == "final_eval_loss":
+        bad = next((p for p in points if p.config.train.eval_samples == 0 or p.config.data.valid_fraction == 0), None)
+        if bad is not None:
+            raise ConfigError(f"metric final_eval_loss needs an evaluation, but grid point {bad.label} has "
+                              "train.eval_samples or data.valid_fraction 0 (or use metric: final_loss)")
+    return points
+
+
+def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ (result-affecting keys only). Keys only one side has are not
+    compared: a schema that gained or lost a key since the run was made does not invalidate the run."""
+    out: list[str] = []
+    for key in sorted(set(old) & set(new)):
+        dotted = f"{prefix}{key}"
+        if dotted in NON_RESULT_KEYS or (not prefix and key in NON_RESULT_SECTIONS):
+            continue
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            out.extend(diff_configs(a, b, f"{dotted}."))
+        elif a != b and not (isinstance(a, list) and isinstance(b, tuple | list) and list(a) == list(b)):
+            out.append(dotted)
+    return out

@@ -1,0 +1,346 @@
+"""Sweeps: spec parsing and grid expansion, deterministic ids, resume, retries, diverged and crashed runs,
+the Slurm array writer, and bad input. A stand-in trainer (a small script that follows the run-directory
+contract) keeps these fast; tests/test_sweep_e2e.py runs the real trainer."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+
+from megadepth.cli import main
+from megadepth.config import ConfigError
+from megadepth.sweep import runner
+from megadepth.sweep.spec import expand, load_spec, parse_spec, point_id
+from megadepth.sweep.state import read_state
+
+FAKE_TRAINER = r'''
+"""Stand-in for `megadepth train CONFIG`: the run-directory contract, a loss from (lr, depth), and
+misbehaviour on request: lr >= 1 diverges, depth 3 crashes, width 48 crashes on its first attempt only,
+width 40 is killed by SIGTERM."""
+import json, math, os, sys, time
+from pathlib import Path
+import yaml
+
+cfg = yaml.safe_load(open(sys.argv[1]))
+out = Path(cfg["train"]["out_dir"]); out.mkdir(parents=True, exist_ok=True)
+(out / "summary.json").unlink(missing_ok=True)
+(out / "config.yaml").write_text(yaml.safe_dump(cfg))
+lr, depth, width = cfg["optimizer"]["lr"], cfg["model"]["depth"], cfg["model"]["width"]
+with open(os.environ["FAKE_TRAIN_LOG"], "a") as f:
+    f.write(json.dumps({"out": out.name, "group": cfg["wandb"]["group"], "omp": os.environ.get("OMP_NUM_THREADS"),
+                        "cuda": os.environ.get("CUDA_VISIBLE_DEVICES"), "rank": os.environ.get("RANK")}) + "\n")
+print("fake trainer starting", flush=True)
+if depth == 3:
+    raise RuntimeError("boom: depth 3 is cursed")
+if width == 40:  # killed from outside (scancel, preemption)
+    import signal
+    os.kill(os.getpid(), signal.SIGTERM)
+marker = out / "flaky_marker"
+if width == 48 and not marker.exists():
+    marker.write_text("x")
+    raise SystemExit("flaky first attempt")
+time.sleep(float(os.environ.get("FAKE_TRAIN_SLEEP", "0")))
+loss = float("nan") if lr >= 1 else 3.0 + (math.log2(lr) + 7 + 0.3 * math.log2(depth)) ** 2 / 10
+with open(out / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"step": 1, "loss": loss, "consumed_tokens": 64}) + "\n")
+status = "diverged" if not math.isfinite(loss) else "completed"
+summary = {"status": status, "final_loss": loss if math.isfinite(loss) else "nan",
+           "final_eval_loss": loss + 0.01 if math.isfinite(loss) else "nan",
+           "steps": cfg["train"]["steps"], "tokens": 64, "wall_s": 0.01}
+(out / "summary.json").write_text(json.dumps(summary))
+sys.exit(0 if status == "completed" else 1)
+'''
+
+
+@pytest.fixture()
+def fake_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Route the sweep's runs to the stand-in trainer; returns the file each run appends a line to."""
+    script = tmp_path / "fake_train.py"
+    script.write_text(FAKE_TRAINER)
+    log = tmp_path / "fake_calls.jsonl"
+    monkeypatch.setattr(runner, "TRAIN_COMMAND", [sys.executable, str(script)])
+    monkeypatch.setenv("FAKE_TRAIN_LOG", str(log))
+    monkeypatch.setenv("RANK", "5")  # a stray launcher variable must not reach the runs
+    return log
+
+
+def calls(log: Path) -> list[dict]:
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def write_spec(tmp_path: Path, sample_data: Path, grid: dict, name: str = "t", **extra) -> Path:
+    base = tiny_config(sample_data, tmp_path / "unused")
+    del base["train"]["out_dir"]
+    spec = {"name": name, "config": base, "grid": grid, "budget": {"steps": 3}, **extra}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ spec
+
+
+def test_grid_expansion_order_values_linked_axes_and_ids() -> None:
+    spec = parse_spec({
+        "config": {"model": {"base_depth": 2, "heads": 2, "width": 32}},
+        "grid": {"parametrization.name": ["sp", "completep"], "model.depth": [2, 4],
+                 "optimizer.lr": {"log2_range": [-9, -8, 0.5]}, "model.width,model.heads": [[32, 2], [64, 4]]},
+        "budget": {"tokens": 5000},
+        "metric": "final_loss",
+    })
+    points = expand(spec)
+    assert len(points) == 2 * 2 * 3 * 2
+    first = points[0].values
+    assert first == {"parametrization.name": "sp", "model.depth": 2, "optimizer.lr": 2.0 ** -9,
+                     "model.width": 32, "model.heads": 2}
+    assert [p.values["optimizer.lr"] for p in points[:6:2]] == [2.0 ** -9, 2.0 ** -8.5, 2.0 ** -8]
+    # tokens -> steps from each point's batch (8 sequences by default) x seq_len (256 by default)
+    assert points[0].config.train.steps == 5000 // (8 * 256)
+    assert points[1].config.model.heads == 4 and points[1].config.model.width == 64
+    # ids: deterministic (sha256 of the canonical point), readable, unique, stable when the grid grows
+    assert points[0].id == point_id(dict(first))
+    assert points[0].id.startswith("depth2_heads2_width32_lr0.00195_sp-") and len(points[0].id.split("-")[-1]) == 10
+    assert len({p.id for p in points}) == len(points)
+    bigger = expand(parse_spec({**spec.frozen(), "grid": {**spec.frozen()["grid"], "model.depth": [2, 4, 8]}}))
+    assert {p.id for p in points} <= {p.id for p in bigger}
+    # the frozen spec round-trips to the same grid
+    again = expand(parse_spec(yaml.safe_load(spec.frozen_yaml())))
+    assert [p.id for p in again] == [p.id for p in points]
+    assert point_id({"a": 1, "b": 2.0}) == point_id({"b": 2.0, "a": 1})
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"grid": {"model.dpeth": [2, 4]}, "budget": {"steps": 3}}, "unknown config key 'model.dpeth'; did you mean 'model.depth'"),
+        ({"grid": {"train.lr": [0.1]}, "budget": {"steps": 3}}, "did you mean 'optimizer.lr'"),
+        ({"grid": {}, "budget": {"steps": 3}}, "the grid is empty"),
+        ({"budget": {"steps": 3}}, "the grid is empty"),
+        ({"grid": {"model.depth": []}, "budget": {"steps": 3}}, "axis 'model.depth' has no values"),
+        ({"grid": {"optimizer.lr": {"log2_range": [-4, -6]}}, "budget": {"steps": 3}}, "has no values"),
+        ({"grid": {"model.depth": [2, 2]}, "budget": {"steps": 3}}, "lists 2 more than once"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 0}}, "budget.steps must be at least 1 (got 0)"),
+        ({"grid": {"model.depth": [2]}, "budget": {"tokens": 0}}, "budget.tokens must be at least 1"),
+        ({"grid": {"model.depth": [2]}}, "the sweep needs a budget"),
+        ({"grid": {"model.depth": [2]}, "budget": {"tokens": 10}}, "less than one optimizer step"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "metirc": "final_loss"}, "did you mean 'metric'"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "metric": "loss"}, "metric 'loss' is not one of"),
+        ({"grid": {"train.out_dir": ["a"]}, "budget": {"steps": 3}}, "cannot be a sweep axis"),
+        ({"grid": {"model.heads": [3]}, "budget": {"steps": 3}}, "grid point heads=3: invalid config"),
+        ({"grid": {"model.width,model.heads": [[64]]}, "budget": {"steps": 3}}, "take lists of 2 values"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "config": {"train": {"eval_samples": 0}}},
+         "final_eval_loss needs an evaluation"),
+    ],
+)
+def test_bad_specs(spec: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        expand(parse_spec(spec, source="s.yaml"))
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_input_through_the_cli(sample_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                   fake_trainer: Path) -> None:
+    def run(args: list[str]) -> tuple[int, str]:
+        code = main(args)
+        return code, capsys.readouterr().err.strip()
+
+    code, err = run(["sweep", str(tmp_path / "missing.yaml"), "--out", str(tmp_path / "o")])
+    assert code == 2 and "sweep spec not found" in err
+    spec = write_spec(tmp_path, sample_data, {"model.dpeth": [2, 4]})
+    code, err = run(["sweep", str(spec), "--out", str(tmp_path / "o")])
+    assert code == 2 and err.startswith("megadepth: error:") and "did you mean 'model.depth'" in err and "\n" not in err
+    spec = write_spec(tmp_path, sample_data, {"model.depth": [2]}, budget={"steps": 0})
+    code, err = run(["sweep", str(spec), "--out", str(tmp_path / "o")])
+    assert code == 2 and "budget.steps must be at least 1" in err
+    spec = write_spec(tmp_path, sample_data, {"model.depth": [2, 4]})
+    code, err = run(["sweep", str(spec), "--out", str(tmp_path / "o"), "--set", "model.depth=8"])
+    assert code == 2 and "is a sweep axis" in err
+    code, err = run(["sweep", str(spec), "--out", str(tmp_path / "o"), "--set", "data.path=/nonexistent"])
+    assert code == 2 and "grid point depth=2: data.path: /nonexistent does not exist" in err
+    code, err = run(["sweep", str(spec), "--out", str(tmp_path / "o"), "--set", "model.base_depth=4"])
+    assert code == 2 and "model.base_depth (4) is larger than model.depth (2)" in err
+    assert not (tmp_path / "o").exists() and not calls(fake_trainer)  # nothing ran, nothing written
+
+
+# ------------------------------------------------------------------------------------------ executor
+
+
+def test_sweep_runs_resumes_and_shares_a_wandb_group(sample_data: Path, tmp_path: Path, fake_trainer: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, sample_data, {"model.depth": [2, 4], "optimizer.lr": {"log2": [-8, -7, -6]}},
+                      name="resume")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "2"]) == 0
+    first = calls(fake_trainer)
+    assert len(first) == 6 and len({c["out"] for c in first}) == 6
+    assert {c["group"] for c in first} == {"resume"}  # one W&B group for the whole sweep
+    assert all(c["rank"] is None and c["cuda"] == "" for c in first)
+    assert {c["omp"] for c in first} == {str(max(1, len(os.sched_getaffinity(0)) // 2))}
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["counts"] == {"completed": 6} and index["wandb_group"] == "resume"
+    assert [r["point"]["model.depth"] for r in index["runs"]] == [2, 2, 2, 4, 4, 4]
+    for r in index["runs"]:
+        run_dir = out / r["dir"]
+        assert (run_dir / "summary.json").is_file() and (run_dir / "sweep_config.yaml").is_file()
+        assert json.loads((run_dir / "sweep_run.json").read_text())["attempts"][0]["outcome"] == "completed"
+        cfg = yaml.safe_load((run_dir / "sweep_config.yaml").read_text())
+        assert cfg["train"]["out_dir"] == str(run_dir.resolve()) and cfg["train"]["steps"] == 3
+        assert cfg["wandb"]["group"] == "resume" and cfg["wandb"]["name"] == r["id"]
+    capsys.readouterr()
+
+    # a second invocation runs nothing new
+    assert main(["sweep", str(spec), "--out", str(out), "--jobs", "2"]) == 0
+    assert len(calls(fake_trainer)) == 6
+    assert "0 to run (6 completed skipped)" in capsys.readouterr().out
+
+    # growing the grid runs only the new points; ids of the old ones do not change
+    spec2 = write_spec(tmp_path, sample_data, {"model.depth": [2, 4, 8], "optimizer.lr": {"log2": [-8, -7, -6]}},
+                       name="resume")
+    assert main(["sweep", str(spec2), "--out", str(out)]) == 0
+    assert len(calls(fake_trainer)) == 9
+    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 9
+
+    # a changed base config is refused rather than mixed into the old runs
+    capsys.readouterr()
+    assert main(["sweep", str(spec2), "--out", str(out), "--set", "optimizer.weight_decay=0.5"]) == 2
+    assert "was run with a different config (optimizer.weight_decay" in capsys.readouterr().err
+
+    # the report reads it
+    assert main(["report", str(out)]) == 0
+    assert "depth" in capsys.readouterr().out
+
+
+def test_diverged_and_crashed_runs_never_stop_the_sweep(sample_data: Path, tmp_path: Path, fake_trainer: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    # lr 2 diverges; depth 3 crashes every time; width 48 crashes once and then succeeds
+    spec = write_spec(tmp_path, sample_data,
+                      {"model.depth,model.width": [[2, 32], [3, 32], [4, 48]], "optimizer.lr": [0.01, 2.0]},
+                      name="rough")
+    out = tmp_path / "sweep"
+    code = main(["sweep", str(spec), "--out", str(out), "--jobs", "2"])
+    printed = capsys.readouterr().out
+    assert code == 1  # some points failed for good
+    index = json.loads((out / "sweep.json").read_text())
+    by = {(r["point"]["model.depth"], r["point"]["optimizer.lr"]): r for r in index["runs"]}
+    assert by[(2, 0.01)]["status"] == "completed"
+    assert by[(2, 2.0)]["status"] == "diverged" and by[(2, 2.0)]["final_loss"] == "nan"
+    assert by[(2, 2.0)]["attempts"] == 1  # a diverged run is a result, not retried
+    crashed = by[(3, 0.01)]
+    assert crashed["status"] == "failed" and crashed["attempts"] == 2  # retried once
+    assert "RuntimeError: boom: depth 3 is cursed" in crashed["error"]
+    attempts = json.loads((out / crashed["dir"] / "sweep_run.json").read_text())["attempts"]
+    assert [a["outcome"] for a in attempts] == ["failed", "failed"] and attempts[0]["exit_code"] == 1
+    assert (out / crashed["dir"] / "train.log").read_text().count("fake trainer starting") == 2
+    assert by[(4, 0.01)]["status"] == "completed" and by[(4, 0.01)]["attempts"] == 2  # the flaky one
+    assert "(will retry)" in printed and "failed: depth=3 width=32 lr=0.01" in printed
+    assert index["counts"] == {"completed": 2, "diverged": 2, "failed": 2}
+
+    # state as read from the run directories agrees with the index
+    assert read_state(out / crashed["dir"], crashed["id"]).status == "failed"
+
+    # again: out of retries, nothing runs; --retry-failed runs the two failed points once more
+    n = len(calls(fake_trainer))
+    assert main(["sweep", str(spec), "--out", str(out)]) == 1  # the sweep still holds failed points
+    assert len(calls(fake_trainer)) == n
+    main(["sweep", str(spec), "--out", str(out), "--retry-failed", "--retries", "0"])
+    assert len(calls(fake_trainer)) == n + 2
+
+    # the report shows the diverged points and lists the failures, without crashing
+    capsys.readouterr()
+    assert main(["report", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "2 diverged" in text and "2 failed" in text and "boom" in text
+    data = json.loads((out / "report" / "transfer.json").read_text())
+    assert {r["status"] for r in data["not_finished"]} == {"failed"}
+
+
+def test_interrupted_and_stale_state(sample_data: Path, tmp_path: Path, fake_trainer: Path) -> None:
+    spec_path = write_spec(tmp_path, sample_data, {"model.depth": [2, 4]}, name="stale")
+    spec = load_spec(spec_path)
+    sweep, points = runner.prepare(spec, tmp_path / "sweep")
+    # an attempt that started but never ended (the executor was killed): pending, runs again, not a failure
+    rec = runner.RunRecord(sweep.run_dir(points[0]), points[0].id, points[0].values)
+    rec.start(["x"], sweep.run_dir(points[0]) / "train.log")
+    # a 'stopped' summary (train.stop_after_steps) is resumable: pending
+    (sweep.run_dir(points[1])).mkdir(parents=True, exist_ok=True)
+    (sweep.run_dir(points[1]) / "summary.json").write_text(json.dumps({"status": "stopped"}))
+    assert [read_state(sweep.run_dir(p), p.id).status for p in points] == ["pending", "pending"]
+    # a point locked by another executor is 'running' and skipped
+    lock = runner.PointLock(sweep.run_dir(points[0]))
+    try:
+        assert read_state(sweep.run_dir(points[0]), points[0].id).status == "running"
+        todo, skipped = runner.select(sweep, points, max_attempts=2, retry_failed=False)
+        assert [p.id for p in todo] == [points[1].id] and skipped["running"] == 1
+    finally:
+        lock.release()
+    assert main(["sweep", str(spec_path), "--out", str(tmp_path / "sweep")]) == 0
+    assert len(calls(fake_trainer)) == 2
+
+    # a run killed by SIGTERM from outside is interrupted, not failed: pending, no retry used up
+    spec_path = write_spec(tmp_path, sample_data, {"model.width": [40]}, name="killed")
+    assert main(["sweep", str(spec_path), "--out", str(tmp_path / "killed")]) == 0
+    index = json.loads((tmp_path / "killed" / "sweep.json").read_text())
+    assert index["counts"] == {"pending": 1} and index["runs"][0]["attempts"] == 1
+    attempt = json.loads((tmp_path / "killed" / index["runs"][0]["dir"] / "sweep_run.json").read_text())["attempts"][0]
+    assert attempt["outcome"] == "interrupted" and attempt["error"] == "terminated by signal 15"
+
+
+def test_slurm_array_is_written_submitted_and_its_tasks_run(sample_data: Path, tmp_path: Path, fake_trainer: Path,
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    spec = write_spec(tmp_path, sample_data, {"model.depth": [2, 4], "optimizer.lr": {"log2": [-8, -7, -6]}},
+                      name="cluster")
+    out = tmp_path / "sweep"
+    path = os.environ.get("PATH", "/usr/bin:/bin")
+    # no sbatch on PATH: scripts are written and the command printed
+    monkeypatch.setenv("PATH", str(tmp_path / "nobin"))
+    assert main(["sweep", str(spec), "--out", str(out), "--executor", "slurm", "--points-per-task", "4",
+                 "--partition", "gpu", "--setup", "source .venv/bin/activate", "--max-parallel", "8"]) == 0
+    printed = capsys.readouterr().out
+    assert "sbatch is not on PATH" in printed
+    scripts = sorted((out / "slurm").glob("*.sbatch"))
+    assert len(scripts) == 1
+    text = scripts[0].read_text()
+    assert "#SBATCH --array=0-1%8" in text and "#SBATCH --gres=gpu:1" in text and "#SBATCH --partition=gpu" in text
+    assert "source .venv/bin/activate" in text and "--task-index \"$SLURM_ARRAY_TASK_ID\"" in text
+    assert str(out.resolve() / "sweep.yaml") in text
+    tasks = scripts[0].with_suffix(".tasks").read_text().splitlines()
+    assert [len(line.split()) for line in tasks] == [3, 3]  # 6 points dealt round-robin over 2 tasks
+    index = json.loads((out / "sweep.json").read_text())
+    assert tasks[0].split() == [index["runs"][i]["id"] for i in (0, 2, 4)]
+
+    # with a (fake) sbatch: submitted, the job id recorded
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    sbatch = bindir / "sbatch"
+    sbatch.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'sbatch_args'}\necho 4242\n")
+    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{path}")
+    assert main(["sweep", str(spec), "--out", str(out), "--executor", "slurm", "--gpus-per-task", "0"]) == 0
+    assert "submitted job array 4242" in capsys.readouterr().out
+    assert (tmp_path / "sbatch_args").read_text().startswith("--parsable ")
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["slurm"][-1]["job_id"] == "4242" and index["slurm"][-1]["tasks"] == 6
+    latest = sorted((out / "slurm").glob("*.sbatch"))[-1]
+    assert "--gres" not in latest.read_text() and "--devices cpu" in latest.read_text()
+
+    # what array task 1 runs: its points only, from the frozen spec; then task 0 and a rerun of task 1
+    task_list = str(scripts[0].with_suffix(".tasks"))
+    frozen = str(out / "sweep.yaml")
+    assert main(["sweep", frozen, "--out", str(out), "--task-list", task_list, "--task-index", "1"]) == 0
+    assert sorted(c["out"] for c in calls(fake_trainer)) == sorted(tasks[1].split())
+    assert main(["sweep", frozen, "--out", str(out), "--task-list", task_list, "--task-index", "0"]) == 0
+    assert main(["sweep", frozen, "--out", str(out), "--task-list", task_list, "--task-index", "1"]) == 0
+    assert len(calls(fake_trainer)) == 6
+    capsys.readouterr()
+    assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
+    assert "6 completed; index:" in capsys.readouterr().out
+    assert main(["sweep", frozen, "--out", str(out), "--task-list", task_list, "--task-index", "7"]) == 2
