@@ -59,7 +59,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         raise ConfigError("--task-list runs points in this process: it needs --executor local")
     spec = load_spec(args.spec, args.overrides)
     max_attempts = 1 + args.retries
-    sweep, points = prepare(spec, args.out, write=not task_mode and not args.dry_run)
+    sweep, points = prepare(spec, args.out, write=not (task_mode or args.dry_run or args.status))
 
     if task_mode:
         todo = _task_points(args.task_list, args.task_index, points)

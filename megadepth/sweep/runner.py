@@ -368,6 +368,8 @@ class LocalExecutor:
 
     def _run_point(self, point: Point, slot: int) -> Outcome:
         run_dir = self.sweep.run_dir(point)
+        if self._stop.is_set():
+            return Outcome(point, "interrupted")
         lock = PointLock(run_dir)
         if not lock.held:
             return Outcome(point, "skipped")
@@ -398,6 +400,9 @@ class LocalExecutor:
                     return Outcome(point, "failed", attempt["n"], error)
                 with self._lock:
                     self._procs[proc.pid] = proc
+                if self._stop.is_set():  # stopped between the snapshot of running children and now
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGTERM)
                 code = proc.wait()
                 with self._lock:
                     self._procs.pop(proc.pid, None)
