@@ -6,6 +6,7 @@ Bad input ends in one line on stderr and exit code 2; an unexpected crash keeps 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -149,6 +150,22 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from megadepth.train.bench import run_bench
+
+    config = load_config(args.configs, args.overrides)
+    result = run_bench(config, args.steps, args.warmup, args.peak_tflops)
+    if int(os.environ.get("RANK", "0")) == 0:
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.json:
+            Path(args.json).write_text(text + "\n")
+    return 0
+
+
 def _cmd_merge_tp(args: argparse.Namespace) -> int:
     from megadepth.parallel.merge import merge_tensor_parallel
 
@@ -217,6 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=1, help="seeds averaged per shape (default 1)")
     p.add_argument("--out", required=True, help="output directory for coord.json and coord.png")
     p.set_defaults(func=_cmd_coord_check)
+
+    p = sub.add_parser("bench", help="time training steps on this device (random tokens); prints JSON")
+    _add_config_args(p)
+    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--peak-tflops", type=float, default=989.4,
+                   help="the device's peak for MFU (default: H200 dense bf16, BENCHMARKS.md)")
+    p.add_argument("--json", default=None, help="also write the JSON here")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("merge-tp", help="merge a tensor-parallel checkpoint into one TP=1 checkpoint")
     p.add_argument("checkpoints", help="a run's checkpoints/ directory")

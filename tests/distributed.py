@@ -135,3 +135,11 @@ def coord_check_rank(config_dict: dict, depths: list[int], widths: list[int] | N
 def train_rank_own_config(configs: list[dict]) -> dict:
     """Each rank trains its own config dict (to test that mismatched nodes are refused)."""
     return train_rank(configs[int(os.environ["RANK"])])
+
+
+def bench_rank(config_dict: dict, steps: int, warmup: int) -> dict:
+    """A rank function: `megadepth bench` on a config dict."""
+    from megadepth.config import validate
+    from megadepth.train.bench import run_bench
+
+    return run_bench(validate(config_dict), steps, warmup)

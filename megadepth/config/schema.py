@@ -160,6 +160,8 @@ class OptimizerConfig(Section):
     """Global gradient-norm clipping threshold; 0 disables clipping."""
     momentum: float = Field(0.0, ge=0, lt=1)
     """SGD momentum (sgd only)."""
+    fused: bool | None = None
+    """Use torch's fused Adam/AdamW kernel; unset means on for CUDA, off on CPU."""
     nesterov: bool = False
     """Nesterov momentum (sgd only, needs momentum > 0)."""
 
@@ -219,6 +221,9 @@ class TrainConfig(Section):
     """Where to train; auto uses CUDA when present."""
     progress: bool = True
     """Show a progress bar on rank 0."""
+    compile: bool = False
+    """torch.compile each transformer block (not with the pipeline engine); the first steps are slower
+    while it compiles."""
 
 
 class DataConfig(Section):

@@ -95,6 +95,9 @@ def check_layout(config: Config, world_size: int) -> Layout:
     check_tensor_parallel(config)
     check_pipeline(config)
     par = config.parallel
+    if config.train.compile and pp > 1:
+        raise ConfigError("train.compile is not available with parallel.pipeline > 1 (the pipeline engine "
+                          "runs the stages itself)")
     if par.activation_checkpoint_interval and config.model.dropout > 0 and tp > 1:
         raise ConfigError(
             "parallel.activation_checkpoint_interval with model.dropout > 0 and tensor parallelism would "

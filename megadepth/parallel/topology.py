@@ -8,6 +8,8 @@ are averaged over the data-parallel group only and ZeRO shards within it.
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,7 +58,8 @@ def build_grid(pipeline: int, tensor: int, data: int, sequence_parallel: bool) -
     from deepspeed.runtime.pipe.topology import PipelineParallelGrid, PipeModelDataParallelTopology
 
     topo = PipeModelDataParallelTopology(num_pp=pipeline, num_mp=tensor, num_dp=data)
-    grid = PipelineParallelGrid(topology=topo)
+    with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the topology to stdout on rank 0
+        grid = PipelineParallelGrid(topology=topo)
     tp = TensorParallel(
         group=grid.get_slice_parallel_group() if tensor > 1 else None,
         rank=grid.get_slice_parallel_rank(),

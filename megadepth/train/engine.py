@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
 from megadepth.model import GPT
 from megadepth.parallel.topology import Grid
@@ -37,7 +38,11 @@ def build_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-    return cls(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps)
+    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
+    fused = on_cuda if opt.fused is None else opt.fused
+    if fused and not on_cuda:
+        raise ConfigError("optimizer.fused needs the parameters on a CUDA device")
+    return cls(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=fused or None)
 
 
 @dataclass
@@ -74,6 +79,9 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
     else:
         model = GPT(config.model, ptz.multipliers(), grid.tensor, checkpoint_interval=interval).to(device)
         initialize(model, ptz, config.train.seed)
+        if config.train.compile:
+            for block in model.blocks:
+                block.compile()  # in place: parameter names and the engine's view stay the same
         mpu = grid.mpu
     groups = param_groups(model, ptz, config.optimizer)
     optimizer = build_optimizer(config, groups)

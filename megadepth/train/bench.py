@@ -1,0 +1,126 @@
+"""`megadepth bench`: time optimizer steps through exactly the training code path.
+
+Same engine set-up as `megadepth train` (DeepSpeed engine, the parametrization's multipliers and param
+groups, parallel layers, the same Stepper), fed random tokens so that neither data nor disk is measured
+(as in BENCHMARKS.md). Warm-up steps (compilation, allocator) are excluded; the timed steps run without a
+host sync in between and are synchronised once at the end.
+
+MFU uses BENCHMARKS.md's convention: flops per token = 6 N + 12 L d T with N = 12 L d^2 + V d (the tied
+head counted once), MFU = tokens/s x flops per token / peak; the default peak is the H200's dense bf16
+989.4 TFLOP/s, so CPU figures are only for comparing runs with each other.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from megadepth.config.schema import Config
+
+H200_PEAK_TFLOPS = 989.4
+
+
+def flops_per_token(depth: int, width: int, seq_len: int, vocab: int) -> float:
+    n = 12 * depth * width**2 + vocab * width
+    return 6 * n + 12 * depth * width * seq_len
+
+
+def _random_batches(config: Config, device: torch.device, seed: int) -> Iterator[torch.Tensor]:
+    """Endless random token batches of [micro_batch, seq_len + 1], made once and cycled (no host work
+    in the timed loop)."""
+    gen = torch.Generator().manual_seed(seed)
+    m = config.model
+    pool = [torch.randint(0, m.vocab_size, (config.train.micro_batch, m.seq_len + 1), generator=gen)
+            for _ in range(4)]
+    pool = [b.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else b for b in pool]
+    i = 0
+    while True:
+        yield pool[i % len(pool)]
+        i += 1
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200_PEAK_TFLOPS) -> dict[str, Any]:
+    """Build the engine for this rank and time ``steps`` optimizer steps after ``warmup`` ones."""
+    from megadepth.config.load import resolve_batch
+    from megadepth.parallel.distributed import (
+        check_layout,
+        init_distributed,
+        prepare_deepspeed_env,
+        read_env,
+        resolve_device,
+        resolve_precision,
+        shutdown,
+    )
+    from megadepth.parallel.topology import build_grid
+    from megadepth.parametrize.checks import check_parametrization
+    from megadepth.train.engine import build_engine
+    from megadepth.train.step import Stepper
+
+    env = read_env()
+    check_parametrization(config)
+    layout = check_layout(config, env.world_size)
+    grad_accum, global_batch = resolve_batch(config, layout.data)
+    device = resolve_device(config, env)
+    precision = resolve_precision(config, device)
+    prepare_deepspeed_env(device)
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+    init_distributed(config, env, device)
+    try:
+        grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
+        built = build_engine(config, device, grad_accum, global_batch, precision, grid)
+        stepper = Stepper(built, grid, device, grad_accum, config.train.micro_batch, config.train.seed,
+                          dropout=config.model.dropout > 0, own_norm=False)
+        batches = _random_batches(config, device, config.train.seed + grid.data_rank)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        loss = None
+        for step in range(warmup):
+            loss = stepper.train_step(batches, step, want_norm=False)
+        _sync(device)
+        start = time.perf_counter()
+        for step in range(warmup, warmup + steps):
+            loss = stepper.train_step(batches, step, want_norm=False)
+        _sync(device)
+        elapsed = time.perf_counter() - start
+        m = config.model
+        tokens_per_s = steps * global_batch * m.seq_len / elapsed
+        fpt = flops_per_token(m.depth, m.width, m.seq_len, m.padded_vocab)
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device) / 2**30
+        else:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+        return {
+            "tokens_per_s": tokens_per_s,
+            "step_ms": 1000 * elapsed / steps,
+            "mfu": tokens_per_s * fpt / (peak_tflops * 1e12),
+            "peak_mem_gib": peak,
+            "flops_per_token": fpt,
+            "peak_tflops": peak_tflops,
+            "final_loss": float(loss) if loss is not None else float("nan"),
+            "steps": steps,
+            "warmup": warmup,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "precision": precision,
+            "world_size": env.world_size,
+            "layout": {"pipeline": layout.pipeline, "tensor": layout.tensor, "data": layout.data},
+            "global_batch": global_batch,
+            "seq_len": m.seq_len,
+            "depth": m.depth,
+            "width": m.width,
+            "vocab": m.padded_vocab,
+            "parametrization": config.parametrization.name,
+            "compile": config.train.compile,
+        }
+    finally:
+        shutdown()

@@ -1,0 +1,67 @@
+"""`megadepth bench` and the plain-PyTorch reference: they run, report what they must, and MFU follows
+BENCHMARKS.md's convention (checked against the figures published there, not against our own code)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from distributed import bench_rank, run_ranks
+
+from megadepth.config import load_config
+from megadepth.train.bench import flops_per_token
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["model.depth=2", "model.width=64", "model.heads=4", "model.seq_len=32", "train.micro_batch=4",
+        "model.vocab_size=512"]
+
+
+def test_flops_convention_reproduces_the_published_mfu() -> None:
+    """BENCHMARKS.md: gpt-124m at 512,648 tokens/s is 44.3% MFU, gpt-350m at 193,037 is 47.3%,
+    gpt-1.3b at 61,519 is 56.4% (peak 989.4 TFLOP/s, vocab 50304)."""
+    for (depth, width, seq), tok_s, mfu in [((12, 768, 1024), 512_648, 0.443), ((24, 1024, 1024), 193_037, 0.473),
+                                            ((24, 2048, 2048), 61_519, 0.564)]:
+        assert tok_s * flops_per_token(depth, width, seq, 50304) / 989.4e12 == pytest.approx(mfu, abs=0.0006)
+
+
+def test_bench_configs_have_the_benchmark_shapes() -> None:
+    expected = {"gpt-124m": (12, 768, 1024, 32), "gpt-350m": (24, 1024, 1024, 16), "gpt-1.3b": (24, 2048, 2048, 8)}
+    for name, (depth, width, seq, mb) in expected.items():
+        cfg = load_config([ROOT / "configs" / "bench" / f"{name}.yaml"])
+        assert (cfg.model.depth, cfg.model.width, cfg.model.seq_len, cfg.train.micro_batch) == (depth, width, seq, mb)
+        assert cfg.model.padded_vocab == 50304 and cfg.model.tie_embeddings and not cfg.model.bias
+
+
+@pytest.mark.distributed
+def test_bench_runs_the_training_path_on_cpu() -> None:
+    cfg = load_config([ROOT / "configs" / "bench" / "gpt-124m.yaml"], TINY).model_dump(mode="json")
+    (result,) = run_ranks(bench_rank, 1, cfg, 4, 2)
+    assert {"tokens_per_s", "step_ms", "mfu", "peak_mem_gib"} <= result.keys()
+    assert result["tokens_per_s"] > 0 and result["step_ms"] > 0 and result["peak_mem_gib"] > 0
+    expected = result["tokens_per_s"] * flops_per_token(2, 64, 32, 512) / 989.4e12
+    assert result["mfu"] == pytest.approx(expected)
+    assert result["tokens_per_s"] == pytest.approx(4 * 32 / (result["step_ms"] / 1000))
+    assert result["device"] == "cpu" and result["precision"] == "fp32"
+
+
+@pytest.mark.slow
+def test_plain_reference_and_bench_command(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    sets = [a for item in TINY for a in ("--set", item)]
+    plain = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "plain_gpt.py"),
+                            str(ROOT / "configs" / "bench" / "gpt-124m.yaml"), *sets, "--steps", "3", "--warmup", "1",
+                            "--no-compile", "--json", str(tmp_path / "plain.json")],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert plain.returncode == 0, plain.stderr[-2000:]
+    bench = subprocess.run([sys.executable, "-m", "megadepth", "bench", str(ROOT / "configs" / "bench" / "gpt-124m.yaml"),
+                            *sets, "--steps", "3", "--warmup", "1", "--json", str(tmp_path / "bench.json")],
+                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert bench.returncode == 0, bench.stderr[-2000:]
+    for name in ("plain", "bench"):
+        data = json.loads((tmp_path / f"{name}.json").read_text())
+        assert data["tokens_per_s"] > 0 and 0 < data["mfu"] < 1
+    assert json.loads(bench.stdout)["steps"] == 3  # stdout is exactly the JSON
