@@ -20,6 +20,9 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q $(TORCH_ARGS) "$(TORCH)"
 	$(BIN)/pip install -q -e ".[dev]"
+	# mup (the muP reference, for the peer check) declares torchvision, which would drag in a CUDA build of
+	# torch; it needs only what is already installed, so install it alone
+	$(BIN)/pip install -q --no-deps "mup==1.0.0"
 	touch $@
 
 install: $(BIN)/.installed

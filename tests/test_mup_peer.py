@@ -8,14 +8,13 @@ decay must agree, and MuReadout's output multiplier must equal ours.
 
 from __future__ import annotations
 
+import mup  # installed by the Makefile (with --no-deps: see pyproject.toml)
 import pytest
 import torch
 
-mup = pytest.importorskip("mup", reason="the peer check needs the `mup` package (dev extra)")
-
-from megadepth.config import validate  # noqa: E402
-from megadepth.model import GPT  # noqa: E402
-from megadepth.parametrize import Parametrization, Role, param_groups, param_roles  # noqa: E402
+from megadepth.config import validate
+from megadepth.model import GPT
+from megadepth.parametrize import Parametrization, Role, param_groups, param_roles
 
 BASE_WIDTH = 32
 

@@ -1,0 +1,48 @@
+"""The table of benchmarks/gpu_bench.sh: megadepth against the plain reference measured in the same run,
+and against the nanoGPT anchor of BENCHMARKS.md.
+
+    python benchmarks/bench_table.py OUT_DIR gpt-124m gpt-350m gpt-1.3b
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# BENCHMARKS.md, one H200: nanoGPT + torch.compile tokens/s and MFU
+ANCHOR = {"gpt-124m": (512_648, 0.443), "gpt-350m": (193_037, 0.473), "gpt-1.3b": (61_519, 0.564)}
+
+
+def load(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def table(out: Path, shapes: list[str]) -> str:
+    lines = [
+        "| shape | megadepth tokens/s | MFU | peak GiB | plain tokens/s | plain MFU | megadepth / plain | megadepth / anchor MFU |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for shape in shapes:
+        ours, plain = load(out / f"megadepth-{shape}.json"), load(out / f"plain-{shape}.json")
+        anchor_mfu = ANCHOR.get(shape, (None, None))[1]
+
+        def cell(d: dict | None, key: str, fmt: str) -> str:
+            return format(d[key], fmt) if d and key in d else "failed"
+
+        ratio = f"{ours['tokens_per_s'] / plain['tokens_per_s']:.3f}" if ours and plain else "-"
+        vs_anchor = f"{ours['mfu'] / anchor_mfu:.3f}" if ours and anchor_mfu else "-"
+        lines.append(
+            f"| {shape} | {cell(ours, 'tokens_per_s', ',.0f')} | {cell(ours, 'mfu', '.1%')} | "
+            f"{cell(ours, 'peak_mem_gib', '.1f')} | {cell(plain, 'tokens_per_s', ',.0f')} | {cell(plain, 'mfu', '.1%')} | "
+            f"{ratio} | {vs_anchor} |"
+        )
+    device = (load(out / f"megadepth-{shapes[0]}.json") or {}).get("device", "?")
+    return "\n".join([f"device: {device}", *lines])
+
+
+if __name__ == "__main__":
+    print(table(Path(sys.argv[1]), sys.argv[2:]))

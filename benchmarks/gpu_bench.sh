@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# ONE device call for issue "Training throughput": megadepth bench and the plain-PyTorch reference, side
+# by side, for the three BENCHMARKS.md shapes; a table last, JSON under $OUT. Budget: about 8 minutes.
+#
+# Prepare once on the development machine (from the repository root):
+#   bash ../shared/device/fetch-wheels.sh            # DeepSpeed + pydantic wheels into .whl/ (git-ignored)
+# Then the device call (carry [".whl"]):
+#   bash benchmarks/gpu_bench.sh
+# On a CPU machine, for a dry run of every part at a tiny shape:
+#   OUT=/tmp/bench SHAPES="gpt-124m" BENCH_SET="--set model.depth=2 --set model.width=64 --set model.heads=4 \
+#     --set model.seq_len=64 --set train.micro_batch=2" STEPS=3 WARMUP=1 COMPILE=false bash benchmarks/gpu_bench.sh
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/megadepth-bench}
+SHAPES=${SHAPES:-"gpt-124m gpt-350m gpt-1.3b"}
+STEPS=${STEPS:-20}
+WARMUP=${WARMUP:-8}
+COMPILE=${COMPILE:-true}
+BENCH_SET=${BENCH_SET:-}
+mkdir -p "$OUT"
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=$PWD:/tmp/site
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+export TORCH_CUDA_ARCH_LIST=9.0   # the image's 9.0a breaks DeepSpeed's JIT builds (BENCHMARKS.md)
+python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee "$OUT/env.txt"
+plain_compile=""
+[ "$COMPILE" = "true" ] || plain_compile="--no-compile"
+for shape in $SHAPES; do
+  cfg=configs/bench/$shape.yaml
+  echo "== $shape: megadepth bench (compile=$COMPILE)"
+  # shellcheck disable=SC2086
+  timeout 240 python3 -m megadepth bench "$cfg" $BENCH_SET --set train.compile=$COMPILE --steps "$STEPS" \
+    --warmup "$WARMUP" --json "$OUT/megadepth-$shape.json" > "$OUT/megadepth-$shape.log" 2>&1 \
+    || { echo "megadepth bench $shape failed:"; tail -20 "$OUT/megadepth-$shape.log"; }
+  echo "== $shape: plain PyTorch reference"
+  # shellcheck disable=SC2086
+  timeout 180 python3 benchmarks/plain_gpt.py "$cfg" $BENCH_SET --steps "$STEPS" --warmup "$WARMUP" $plain_compile \
+    --json "$OUT/plain-$shape.json" > "$OUT/plain-$shape.log" 2>&1 \
+    || { echo "plain $shape failed:"; tail -20 "$OUT/plain-$shape.log"; }
+done
+python3 benchmarks/bench_table.py "$OUT" $SHAPES | tee "$OUT/table.md"
