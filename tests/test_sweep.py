@@ -344,3 +344,13 @@ def test_slurm_array_is_written_submitted_and_its_tasks_run(sample_data: Path, t
     assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
     assert "6 completed; index:" in capsys.readouterr().out
     assert main(["sweep", frozen, "--out", str(out), "--task-list", task_list, "--task-index", "7"]) == 2
+
+
+@pytest.mark.parametrize(("name", "runs", "steps"), [("cpu_transfer", 168, 150), ("gpu_transfer", 240, 3051)])
+def test_shipped_sweeps_expand(name: str, runs: int, steps: int) -> None:
+    """The reproductions in configs/sweeps load, validate every grid point, and have the documented size."""
+    root = Path(__file__).resolve().parent.parent
+    points = expand(load_spec(root / "configs" / "sweeps" / f"{name}.yaml"))
+    assert len(points) == runs
+    assert {p.config.train.steps for p in points} == {steps}
+    assert {p.values["parametrization.name"] for p in points} == {"sp", "depth_mup", "completep"}
