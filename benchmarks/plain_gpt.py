@@ -82,7 +82,7 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     torch.manual_seed(0)
     model = PlainGPT(m.padded_vocab, m.seq_len, m.width, m.depth, m.heads).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda or None)
+    opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
     step_fn = model if args.no_compile else torch.compile(model)
     gen = torch.Generator().manual_seed(0)
     pool = [torch.randint(0, m.vocab_size, (batch, m.seq_len + 1), generator=gen).to(device) for _ in range(4)]

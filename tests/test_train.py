@@ -127,11 +127,22 @@ def test_diverged_run_is_recorded(sample_data: Path, tmp_path: Path) -> None:
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
 
 
-def test_grad_norm_is_the_same_with_and_without_zero(sample_data: Path, tmp_path: Path) -> None:
-    """Our replica norm (ZeRO 0) and DeepSpeed's own (ZeRO 1) agree: both are the true global norm."""
+def test_own_clipping_and_norm_equal_deepspeeds(sample_data: Path, tmp_path: Path) -> None:
+    """fp32 without ZeRO: megadepth's Stepper takes the norm and clips; with ZeRO 1 DeepSpeed's optimizer
+    does both. With a threshold below every step's norm the two give the same norms and losses, and the
+    clipped run differs from an unclipped one (the clipping really acted)."""
+    clip = 0.05
     for stage in (0, 1):
-        run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / f"z{stage}", parallel={"zero_stage": stage}))
-    assert_close(losses(tmp_path / "z0", "grad_norm"), losses(tmp_path / "z1", "grad_norm"), rel=1e-5)
+        run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / f"z{stage}", parallel={"zero_stage": stage},
+                                             optimizer={"grad_clip": clip}))
+    run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / "free", optimizer={"grad_clip": 0.0}))
+    norms = losses(tmp_path / "z0", "grad_norm")
+    assert all(g > 2 * clip for g in norms.values()), norms
+    assert_close(norms, losses(tmp_path / "z1", "grad_norm"), rel=1e-5)
+    assert_close(losses(tmp_path / "z0"), losses(tmp_path / "z1"), rel=1e-5)
+    clipped, free = losses(tmp_path / "z0"), losses(tmp_path / "free")
+    assert clipped[1] == pytest.approx(free[1], rel=1e-6)  # same start
+    assert abs(clipped[3] - free[3]) > 1e-3
 
 
 def test_bf16_on_cpu(sample_data: Path, tmp_path: Path) -> None:

@@ -161,7 +161,7 @@ class OptimizerConfig(Section):
     momentum: float = Field(0.0, ge=0, lt=1)
     """SGD momentum (sgd only)."""
     fused: bool | None = None
-    """Use torch's fused Adam/AdamW kernel; unset means on for CUDA, off on CPU."""
+    """Use torch's fused Adam/AdamW kernel (CUDA and CPU); unset means on. False: the per-parameter loop."""
     nesterov: bool = False
     """Nesterov momentum (sgd only, needs momentum > 0)."""
 

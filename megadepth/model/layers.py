@@ -60,9 +60,14 @@ class LayerNorm(nn.Module):
             else {"weight": Role.FINAL_GAIN, "bias": Role.FINAL_BIAS}
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.layer_norm(x, (x.shape[-1],), replicated(self.weight, self.tp), replicated(self.bias, self.tp),
-                            self.eps)
+    def forward(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+        """LN(x), or LN(x) * scale with the scale applied to the gain and bias vectors (width elements)
+        instead of to the activations (batch x sequence x width): one elementwise pass less."""
+        weight, bias = replicated(self.weight, self.tp), replicated(self.bias, self.tp)
+        if scale is not None:
+            weight = weight * scale
+            bias = bias * scale if bias is not None else None
+        return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
 
 
 class Rotary(nn.Module):
@@ -116,8 +121,9 @@ class Embedding(nn.Module):
                 raise ValueError(
                     f"sequence of {seq} tokens is longer than the position table ({self.position.num_embeddings})"
                 )
-            h = h + self.position.weight[:seq]
-        h = h * self.multiplier
+            h = torch.add(h, self.position.weight[:seq]).mul_(self.multiplier)  # the sum is not saved for backward
+        else:
+            h = h * self.multiplier
         if self.tp.sequence_parallel:
             h = scatter_to_sequence(h, self.tp.group)
             with self.tp.rng.fork():  # each rank drops out its own sequence shard
@@ -199,8 +205,9 @@ class Block(nn.Module):
         self.dropout = _BranchDropout(cfg.dropout, tp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.branch * self.dropout(self.attn(self.attn_norm(x)))
-        return x + self.branch * self.dropout(self.mlp(self.mlp_norm(x)))
+        # x + branch * f(x) as one add-with-alpha: one elementwise pass (and its backward) less per branch
+        x = torch.add(x, self.dropout(self.attn(self.attn_norm(x))), alpha=self.branch)
+        return torch.add(x, self.dropout(self.mlp(self.mlp_norm(x))), alpha=self.branch)
 
 
 class LinearBlock(nn.Module):
@@ -223,7 +230,7 @@ class LinearBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.act(self.linear(x))
         z = z - z.mean(dim=-1, keepdim=True)
-        return x + self.branch * self.dropout(z)
+        return torch.add(x, self.dropout(z), alpha=self.branch)
 
 
 def tied_logits(embedding: VocabParallelEmbedding, h: torch.Tensor) -> torch.Tensor:
@@ -251,7 +258,7 @@ class Head(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         # the readout multiplier is applied here and only here (pitfall: applying 1/m twice)
-        return self.norm(x) * self.multiplier
+        return self.norm(x, scale=self.multiplier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)

@@ -15,6 +15,7 @@ import torch
 
 from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
+from megadepth.parallel.host_memory import keep_freed_memory
 
 
 class StartupError(RuntimeError):
@@ -160,9 +161,11 @@ def backend_for(config: Config, device: torch.device) -> str:
 def prepare_deepspeed_env(device: torch.device) -> None:
     """Environment DeepSpeed reads at import: the CPU accelerator when there is no GPU, and no JIT build
     of its shared-memory all-reduce op (gloo training does not need it, and the build costs ~24 s and
-    leaves a file in /dev/shm per rank)."""
+    leaves a file in /dev/shm per rank). On CPU, also glibc's allocator thresholds: see
+    :mod:`megadepth.parallel.host_memory`."""
     if device.type == "cpu":
         os.environ["DS_ACCELERATOR"] = "cpu"
+        keep_freed_memory()  # per-step page faults otherwise (megadepth.parallel.host_memory)
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False

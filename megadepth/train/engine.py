@@ -7,7 +7,6 @@ from typing import Any
 
 import torch
 
-from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
 from megadepth.model import GPT
 from megadepth.parallel.topology import Grid
@@ -16,13 +15,15 @@ from megadepth.parametrize.checks import verify_attention_scale
 from megadepth.train.schedule import make_scheduler
 
 
-def deepspeed_config(config: Config, grad_accum: int, global_batch: int, precision: str) -> dict[str, Any]:
-    """The DeepSpeed JSON config derived from ours (the user never writes one)."""
+def deepspeed_config(config: Config, grad_accum: int, global_batch: int, precision: str,
+                     engine_clips: bool = True) -> dict[str, Any]:
+    """The DeepSpeed JSON config derived from ours (the user never writes one). ``engine_clips=False``:
+    the Stepper clips (see :func:`clips_itself`)."""
     return {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": config.train.micro_batch,
         "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": config.optimizer.grad_clip,
+        "gradient_clipping": config.optimizer.grad_clip if engine_clips else 0.0,
         "zero_optimization": {"stage": config.parallel.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
         # our optimizer is torch's AdamW with per-group eps and weight decay; ZeRO wraps it as is
@@ -38,11 +39,17 @@ def build_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-    on_cuda = all(p.is_cuda for g in groups for p in g["params"])
-    fused = on_cuda if opt.fused is None else opt.fused
-    if fused and not on_cuda:
-        raise ConfigError("optimizer.fused needs the parameters on a CUDA device")
+    # torch has fused Adam kernels for CUDA and (since 2.4) CPU: one pass over each tensor instead of a
+    # dozen elementwise ops per parameter
+    fused = True if opt.fused is None else opt.fused
     return cls(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=fused or None)
+
+
+def clips_itself(config: Config, precision: str) -> bool:
+    """Whether megadepth clips gradients itself: the plain engine in fp32 without ZeRO, where gradients
+    sit in the parameters' ``.grad`` (under ZeRO and bf16, DeepSpeed's optimizers own the fp32 gradients
+    and clip them; the pipeline engine clips in its own step)."""
+    return config.parallel.pipeline == 1 and config.parallel.zero_stage == 0 and precision == "fp32"
 
 
 @dataclass
@@ -53,6 +60,8 @@ class Built:
     parametrization: Parametrization
     groups: list[dict]
     pipeline: bool
+    own_clip: float = 0.0
+    """Clipping threshold the Stepper applies (0: DeepSpeed clips, or no clipping)."""
 
 
 def build_engine(config: Config, device: torch.device, grad_accum: int, global_batch: int,
@@ -85,11 +94,17 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
         mpu = grid.mpu
     groups = param_groups(model, ptz, config.optimizer)
     optimizer = build_optimizer(config, groups)
+    own = clips_itself(config, precision)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         optimizer=optimizer,
         lr_scheduler=make_scheduler(config.schedule, config.train.steps),
-        config=deepspeed_config(config, grad_accum, global_batch, precision),
+        config=deepspeed_config(config, grad_accum, global_batch, precision, engine_clips=not own),
         mpu=mpu,
     )
-    return Built(engine=engine, model=model, parametrization=ptz, groups=groups, pipeline=pipeline)
+    if own and grid.data_size == 1:
+        # a data-parallel group of one: averaging is the identity, but DeepSpeed would still flatten
+        # every gradient into buckets and run a collective each step
+        engine.enable_backward_allreduce = False
+    return Built(engine=engine, model=model, parametrization=ptz, groups=groups, pipeline=pipeline,
+                 own_clip=config.optimizer.grad_clip if own else 0.0)

@@ -18,28 +18,52 @@ from megadepth.parallel.topology import Grid, TensorParallel
 from megadepth.parametrize import stable_seed
 
 
+def _split_grads(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """(tensor-parallel shards, replicated) gradients of this rank's parameters, tied ones once."""
+    sharded: list[torch.Tensor] = []
+    replicated: list[torch.Tensor] = []
+    for p in model.parameters():
+        if p.grad is not None:
+            (sharded if getattr(p, "tensor_model_parallel", False) else replicated).append(p.grad)
+    return sharded, replicated
+
+
+def _squared_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    if not grads:
+        return torch.zeros((), dtype=torch.float64, device=device)
+    return torch.stack(torch._foreach_norm(grads)).double().pow(2).sum()
+
+
 def replica_grad_norm(model: torch.nn.Module, tp: TensorParallel) -> torch.Tensor:
-    """Norm of the (already data-parallel averaged) gradients of one model replica.
+    """Norm of the (already data-parallel averaged) gradients of one model replica, on the device.
 
     DeepSpeed reports the global norm itself under ZeRO and bf16, but not for fp32 without ZeRO, where
     every rank holds its replica's whole gradient after backward's all-reduce. Tensor-parallel shards
     are summed over the tensor group; replicated parameters (identical on every rank) counted once.
+    Foreach norms and no host transfer: computing it every step costs no sync.
     """
-    sharded = torch.zeros((), dtype=torch.float64)
-    replicated = torch.zeros((), dtype=torch.float64)
-    for p in model.parameters():
-        if p.grad is None:
-            continue
-        sq = p.grad.detach().double().pow(2).sum().cpu()
-        if getattr(p, "tensor_model_parallel", False):
-            sharded += sq
-        else:
-            replicated += sq
+    sharded, replicated = _split_grads(model)
+    device = next(model.parameters()).device
+    sq_sharded = _squared_norm(sharded, device)
     if tp.enabled:
-        sharded = sharded.to(next(model.parameters()).device)
-        torch.distributed.all_reduce(sharded, group=tp.group)
-        sharded = sharded.cpu()
-    return (sharded + replicated).sqrt()
+        torch.distributed.all_reduce(sq_sharded, group=tp.group)
+    return (sq_sharded + _squared_norm(replicated, device)).sqrt()
+
+
+def clip_replica_grads(model: torch.nn.Module, tp: TensorParallel, max_norm: float) -> torch.Tensor:
+    """Scale the gradients so that the replica norm is at most ``max_norm``; returns the norm before.
+
+    The fp32 path without ZeRO clips here rather than in DeepSpeed, whose ``clip_grad_norm_`` takes a
+    norm per parameter in a Python loop and two collectives per step even on one process; the rule is
+    the same (coefficient max_norm / (norm + 1e-6), capped at 1), and tests compare both.
+    """
+    norm = replica_grad_norm(model, tp)
+    sharded, replicated = _split_grads(model)
+    grads = sharded + replicated
+    if grads:
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
+        torch._foreach_mul_(grads, coef)
+    return norm
 
 
 def _pairs(batches: Iterator[torch.Tensor]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -83,8 +107,11 @@ class Stepper:
             batch = next(batches).to(self.device, non_blocking=True)
             loss = self.engine(batch[:, :-1], batch[:, 1:])
             self.engine.backward(loss)
-            if want_norm and self.own_norm and micro == self.grad_accum - 1:
-                self.last_own_norm = replica_grad_norm(self.built.model, self.grid.tensor)
+            if micro == self.grad_accum - 1:  # gradients complete (and data-parallel averaged) here
+                if self.built.own_clip > 0:
+                    self.last_own_norm = clip_replica_grads(self.built.model, self.grid.tensor, self.built.own_clip)
+                elif want_norm and self.own_norm:
+                    self.last_own_norm = replica_grad_norm(self.built.model, self.grid.tensor)
             self.engine.step()
             total += loss.detach().double()
         return total / self.grad_accum

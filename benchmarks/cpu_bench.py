@@ -1,0 +1,89 @@
+"""CPU throughput check: `megadepth bench` against the plain-PyTorch reference at the tiny shape.
+
+The "Training throughput" issue asks for the full stack (DeepSpeed engine, parametrization multipliers,
+parallel layers, the training Stepper) within 10% of a minimal plain-PyTorch GPT of the same shape on
+CPU, and for Depth-muP's multipliers to cost under 1% against SP. Both sides run eager here (no
+torch.compile: inductor's CPU build time would dominate a short run), fp32, one process, one thread by
+default (on the 2-core development machine two-thread figures swing by +-15% from run to run). Runs
+alternate A/B/C... so that a change in machine load hits every side alike; the medians are compared.
+
+megadepth sets glibc's allocator thresholds on CPU (megadepth/parallel/host_memory.py); the plain script
+does not, so it is also run with the same settings through glibc's environment variables: that ratio is
+the cost of the stack itself, the other what a user gets against a plain script as it stands.
+
+    python benchmarks/cpu_bench.py                      # configs/bench/tiny.yaml, 3 rounds
+    python benchmarks/cpu_bench.py --rounds 5 --steps 80 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from megadepth.parallel.host_memory import MMAP_THRESHOLD, TOP_PAD, TRIM_THRESHOLD
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+              "MALLOC_TOP_PAD_": str(TOP_PAD)}
+
+
+def _run(cmd: list[str], env: dict[str, str]) -> dict:
+    """Run one benchmark process and read the JSON it writes (its stdout is not parsed)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        subprocess.run([*cmd, "--json", str(out)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env=env)
+        return json.loads(out.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="configs/bench/tiny.yaml")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for every side")
+    parser.add_argument("--json", default=None, help="write every measurement here")
+    args = parser.parse_args()
+
+    py = sys.executable
+    timing = ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    base["OMP_NUM_THREADS"] = str(args.threads)
+    plain = [py, "benchmarks/plain_gpt.py", args.config, "--no-compile", *timing]
+    sides = {
+        "plain": (plain, base),
+        "plain, tuned malloc": (plain, base | MALLOC_ENV),
+        "megadepth depth_mup": ([py, "-m", "megadepth", "bench", args.config, *timing], base),
+        "megadepth sp": ([py, "-m", "megadepth", "bench", args.config, "--set", "parametrization.name=sp", *timing],
+                         base),
+    }
+    results: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(args.rounds):
+        for name, (cmd, env) in sides.items():
+            tps = _run(cmd, env)["tokens_per_s"]
+            results[name].append(tps)
+            print(f"round {r + 1}/{args.rounds}  {name:<20} {tps:10,.0f} tokens/s", flush=True)
+    med = {name: statistics.median(v) for name, v in results.items()}
+    load = os.getloadavg()[0]
+    print(f"\n{args.config}, {args.steps} timed steps after {args.warmup}, eager fp32, {args.threads} thread(s), "
+          f"median of {args.rounds} (load average {load:.1f} on {os.cpu_count()} cores)")
+    print(f"{'path':<22}{'tokens/s':>12}{'ratio to plain':>16}{'to tuned plain':>16}")
+    for name, value in med.items():
+        print(f"{name:<22}{value:12,.0f}{value / med['plain']:16.3f}{value / med['plain, tuned malloc']:16.3f}")
+    print(f"Depth-muP multipliers vs SP: {med['megadepth depth_mup'] / med['megadepth sp']:.3f} of SP's throughput")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"config": args.config, "steps": args.steps, "threads": args.threads,
+                                               "rounds": results,
+                                               "median": med, "load_average": load}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
