@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from functools import lru_cache
+from itertools import filterfalse
 
 import numpy as np
 
@@ -31,7 +33,9 @@ __all__ = [
     "split_words",
 ]
 
-_TOKEN = re.compile(r"\w+(?:['’.]\w+)*|\.\.\.|[^\w\s]")
+#: possessive quantifiers: what follows a word run is never a word character, so giving characters
+#: back can never make a match, and not trying saves ~10 % of the split
+_TOKEN = re.compile(r"\w++(?:['’.]\w++)*+|\.\.\.|[^\w\s]")
 _WORD = re.compile(r"\w+(?:['’.]\w+)*")
 _LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPHS = re.compile(r"\n{2,}")
@@ -49,14 +53,58 @@ TERMINAL_PUNCTUATION = (
 _P = np.uint64(0x9E3779B97F4A7C15)
 
 
-_LAST: list = [None, None]  # the last text split, and its tokens: the rules run on the same text
+class _Doc:
+    """What the rules compute from one text, computed once and shared by the rules run on it.
+
+    The rules of one document run one after the other on the same ``str`` object (C4 may hand a new
+    one to FineWeb), so the last analysed text is kept (``_LAST``) and each rule asks for it again by
+    identity. Tokens are split per line (no token crosses a newline, so the concatenation is the
+    whole text's split) and kept by stripped line: C4 keeps lines stripped and mostly unchanged, and
+    FineWeb's word count on C4's output then costs dictionary look-ups instead of a second split.
+    """
+
+    __slots__ = ("line_tokens", "parts", "text", "_tokens")
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.parts = text.split("\n")
+        self.line_tokens: dict[str, list[str]] = {}
+        self._tokens: list[str] | None = None
+
+    @property
+    def tokens(self) -> list[str]:
+        if self._tokens is None:
+            out: list[str] = []
+            for part in self.parts:
+                out += _tokens_of_line(part, self.line_tokens)
+            self._tokens = out
+        return self._tokens
+
+
+def _tokens_of_line(line: str, cache: dict[str, list[str]]) -> list[str]:
+    """The tokens of one line (no newline in it), memoised by the stripped line: stripping removes
+    only whitespace, which no token contains, so a line and its stripped form split alike."""
+    key = line.strip()
+    toks = cache.get(key)
+    if toks is None:
+        toks = cache[key] = _TOKEN.findall(key)
+    return toks
+
+
+_LAST: _Doc = _Doc("")  # the last text analysed (replaced whole, never mutated field by field)
+
+
+def _doc(text: str) -> _Doc:
+    global _LAST
+    d = _LAST
+    if d.text is not text:
+        d = _LAST = _Doc(text)
+    return d
 
 
 def split_words(text: str) -> list[str]:
     """Word tokens: runs of letters/digits, and each other non-space character on its own."""
-    if _LAST[0] is not text:
-        _LAST[0], _LAST[1] = text, _TOKEN.findall(text)
-    return _LAST[1]
+    return _doc(text).tokens
 
 
 def _find_duplicates(items: list[str]) -> tuple[int, int]:
@@ -91,19 +139,55 @@ def _greedy_dup_chars(pos: np.ndarray, h: np.ndarray, chars: np.ndarray, n: int)
 
 
 def _counts(h: np.ndarray) -> np.ndarray:
-    """For each element, how often its value occurs in ``h`` (np.unique without its overhead)."""
-    if len(h) < 2:
-        return np.ones(len(h), dtype=np.int64)
-    order = np.argsort(h, kind="stable")
+    """For each element, how often its value occurs in ``h`` (np.unique without its overhead).
+
+    Any sort will do: equal values get the same count whatever their order among themselves, so the
+    default (unstable) sort is used, and the run boundaries are one comparison and one subtraction
+    (no ``np.diff`` / ``np.append`` calls, whose Python overhead dominates on the short arrays of the
+    longer n-grams)."""
+    n = len(h)
+    if n < 2:
+        return np.ones(n, dtype=np.int64)
+    order = np.argsort(h)
     hs = h[order]
-    start = np.empty(len(hs), dtype=bool)
-    start[0] = True
-    np.not_equal(hs[1:], hs[:-1], out=start[1:])
-    bounds = np.flatnonzero(start)
-    sizes = np.diff(np.append(bounds, len(hs)))
-    out = np.empty(len(hs), dtype=np.int64)
+    edge = np.empty(n + 1, dtype=bool)
+    edge[0] = edge[n] = True
+    np.not_equal(hs[1:], hs[:-1], out=edge[1:n])
+    bounds = np.flatnonzero(edge)
+    sizes = bounds[1:] - bounds[:-1]
+    out = np.empty(n, dtype=np.int64)
     out[order] = np.repeat(sizes, sizes)
     return out
+
+
+@lru_cache(maxsize=16)
+def _ngram_plan(
+    top_n_grams: tuple[tuple[int, float], ...], dup_n_grams: tuple[tuple[int, float], ...]
+) -> tuple[dict[int, float], dict[int, float], int, int, dict[int, float | None]]:
+    """What the n-gram loop needs from the configuration, worked out once per configuration: the top
+    and duplicated rules by n, the largest n of all and of the top rules, and for each n the smallest
+    threshold among the duplicated-n-gram rules for n-grams of n words or more (None: no such rule)."""
+    top, dup = dict(top_n_grams), dict(dup_n_grams)
+    max_n = max([*top, *dup], default=0)
+    rest = {n: min((f for m, f in dup_n_grams if m >= n), default=None) for n in range(1, max_n + 1)}
+    return top, dup, max_n, max(top, default=0), rest
+
+
+def _covered_chars(pos: np.ndarray, csum: np.ndarray, max_n: int, n_words: int) -> int:
+    """Characters (as in "".join) of the words in the union of ``[p, p + max_n)`` over ``pos``, the
+    positions whose n-gram repeats (ascending).
+
+    An upper bound on the duplicated characters of every n-gram rule for m >= n words (m <= max_n):
+    the positions whose m-gram repeats are a subset of ``pos`` (each level keeps only positions of
+    the level before), and the greedy scan counts disjoint m-grams starting at such positions, each
+    inside its position's interval. So when this over ``n_chars`` is at most a rule's threshold, that
+    rule cannot fail, with or without hash collisions.
+    """
+    if not len(pos):
+        return 0
+    ends = np.minimum(pos + max_n, n_words)
+    ends[:-1] = np.minimum(ends[:-1], pos[1:])  # sorted starts, ordered ends: cut each at the next start
+    return int((csum[ends] - csum[pos]).sum())
 
 
 def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) -> str | None:
@@ -111,15 +195,20 @@ def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) ->
 
     n-grams grow one word at a time, only at positions where the shorter n-gram occurs more than once
     (an n-gram can only repeat where its prefix repeats), so the work shrinks quickly with n. Each
-    n-gram has a 64-bit rolling hash of its word ids.
+    n-gram has a 64-bit rolling hash of its word ids. A word's id is the position of its first
+    occurrence, so single words are counted with ``bincount`` instead of a sort.
+
+    Once the top n-grams are done, the loop stops as soon as a bound shows that no remaining
+    duplicated-n-gram rule can fail (see :func:`_covered_chars`): on ordinary prose a handful of
+    positions still repeat at n = 4 or 5, far below every threshold, and the longer n-grams would
+    only confirm it at the price of a sort each.
     """
     n_words = len(words)
-    ids = np.array(list(map({}.setdefault, words, range(n_words))), dtype=np.uint64)
+    first = np.fromiter(map({}.setdefault, words, range(n_words)), dtype=np.int64, count=n_words)
+    ids = first.view(np.uint64)  # the same non-negative values, for the wrapping hash arithmetic
     csum = np.zeros(n_words + 1, dtype=np.int64)
     np.cumsum(np.fromiter(map(len, words), dtype=np.int64, count=n_words), out=csum[1:])
-    top = dict(cfg.top_n_grams)
-    dup = dict(cfg.dup_n_grams)
-    max_n = max([*top, *dup], default=0)
+    top, dup, max_n, max_top, rest_thr = _ngram_plan(tuple(cfg.top_n_grams), tuple(cfg.dup_n_grams))
     top_frac: dict[int, float] = {}
     dup_frac: dict[int, float] = {}
     pos = np.arange(n_words)
@@ -127,10 +216,14 @@ def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) ->
     for n in range(1, max_n + 1):
         if n > n_words:
             break
-        if n > 1:
-            keep = pos <= n_words - n
-            pos, h = pos[keep], h[keep] * _P + ids[pos[keep] + (n - 1)]
-        counts = _counts(h)
+        if n == 1:
+            counts = np.bincount(first)[first]
+        else:
+            # positions where an n-gram still fits: a prefix, as ``pos`` is ascending
+            cut = int(np.searchsorted(pos, n_words - n, side="right"))
+            pos = pos[:cut]
+            h = h[:cut] * _P + ids[pos + (n - 1)]
+            counts = _counts(h)
         repeated = counts > 1
         if n in top:
             # Counter.most_common(1): the highest count, ties to the n-gram seen first (the earliest
@@ -141,6 +234,10 @@ def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) ->
             chars = int(csum[p + n] - csum[p]) + (n - 1)  # " ".join of the n words
             top_frac[n] = chars * best / n_chars
         pos, h = pos[repeated], h[repeated]
+        if n >= max_top:
+            thr = rest_thr[n]
+            if thr is None or _covered_chars(pos, csum, max_n, n_words) / n_chars <= thr:
+                break  # every rule left passes: its fraction is at most this bound
         if n in dup:
             chars_n = csum[pos + n] - csum[pos]  # "".join of the n words
             dup_frac[n] = _greedy_dup_chars(pos, h, chars_n, n) / n_chars if len(pos) else 0.0
@@ -156,23 +253,46 @@ def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) ->
     return None
 
 
+def _paragraphs(stripped: str) -> list[str]:
+    """``re.split(r"\n{2,}", stripped)`` for a stripped text: a plain ``split("\n\n")`` gives the
+    same pieces whenever no run of newlines is longer than two (the usual case), at a fraction of the
+    regular expression's cost."""
+    if "\n\n\n" in stripped:
+        return _PARAGRAPHS.split(stripped)
+    return stripped.split("\n\n")
+
+
+def _lines(text: str, parts: list[str]) -> list[str]:
+    """``re.split(r"\n+", text)`` from ``parts = text.split("\n")``: the non-empty parts, with the
+    empty piece the regular expression leaves before a leading and after a trailing newline."""
+    if not text:
+        return [""]
+    lines = list(filter(None, parts))
+    if text[0] == "\n":
+        lines.insert(0, "")
+    if text[-1] == "\n":
+        lines.append("")
+    return lines
+
+
 def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> tuple[str | None, str | None]:
     n_chars = len(text)
     if n_chars == 0:
         return None, "empty"
-    paragraphs = _PARAGRAPHS.split(text.strip())
+    doc = _doc(text)
+    paragraphs = _paragraphs(text.strip())
     dup, chars = _find_duplicates(paragraphs)
     if cfg.dup_para_frac is not None and dup / len(paragraphs) > cfg.dup_para_frac:
         return None, "dup_para_frac"
     if cfg.dup_para_char_frac is not None and chars / n_chars > cfg.dup_para_char_frac:
         return None, "dup_para_char_frac"
-    lines = _LINES.split(text)
+    lines = _lines(text, doc.parts)
     dup, chars = _find_duplicates(lines)
     if cfg.dup_line_frac is not None and dup / len(lines) > cfg.dup_line_frac:
         return None, "dup_line_frac"
     if cfg.dup_line_char_frac is not None and chars / n_chars > cfg.dup_line_char_frac:
         return None, "dup_line_char_frac"
-    words = split_words(text)
+    words = doc.tokens
     if words:
         reason = _ngram_stats(words, cfg, n_chars)
         if reason is not None:
@@ -180,10 +300,27 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> tuple[str | Non
     return text, None
 
 
+def _is_word(token: str) -> bool:
+    """A token is a word unless it is punctuation ("..." or one character that is neither a word
+    character nor space); a word token starts with a word character (``\\w`` is ``isalnum`` or "_")."""
+    c = token[0]
+    return c.isalnum() or c == "_"
+
+
+@lru_cache(maxsize=16)
+def _stop_set(stop_words: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(stop_words)
+
+
 def gopher_quality(text: str, cfg: GopherQualityConfig) -> tuple[str | None, str | None]:
     tokens = split_words(text)
     n_tokens = len(tokens)
-    words = _WORD.findall(text)  # the tokens that are not punctuation
+    # the tokens that are not punctuation, in order (what _WORD.findall(text) finds, as a word token
+    # starts at a word character and no punctuation token holds one): the distinct tokens that are
+    # not all letters/digits are few ("3.14", "don't", ",", "..."), and only they are looked at in
+    # Python to find the punctuation, which is then filtered out in C
+    punct = {t for t in set(filterfalse(str.isalnum, tokens)) if not _is_word(t)}
+    words = list(filterfalse(punct.__contains__, tokens)) if punct else tokens
     n_words = len(words)
     if cfg.min_doc_words is not None and n_words < cfg.min_doc_words:
         return None, "short_doc"
@@ -211,13 +348,14 @@ def gopher_quality(text: str, cfg: GopherQualityConfig) -> tuple[str | None, str
         if ell / len(lines) > cfg.max_ellipsis_lines_ratio:
             return None, "too_many_end_ellipsis"
     if cfg.min_alpha_words_ratio is not None:
-        # word tokens with a letter, over all tokens (punctuation tokens count, as in datatrove)
-        alpha = sum(1 for w in words if w.isalpha() or _LETTER.search(w))
-        if alpha / n_tokens < cfg.min_alpha_words_ratio:
+        # word tokens with a letter, over all tokens (punctuation tokens count, as in datatrove); the
+        # all-letter words are skipped in C, only the rest (digits, "U.S", "don't") are searched
+        no_letter = sum(1 for w in filterfalse(str.isalpha, words) if not _LETTER.search(w))
+        if (n_words - no_letter) / n_tokens < cfg.min_alpha_words_ratio:
             return None, "below_alpha_threshold"
     if cfg.min_stop_words is not None:
-        stops = frozenset(cfg.stop_words)
-        if sum(1 for w in words if w in stops) < cfg.min_stop_words:
+        stops = _stop_set(tuple(cfg.stop_words))
+        if sum(map(stops.__contains__, words)) < cfg.min_stop_words:
             return None, "not_enough_stop_words"
     return text, None
 
@@ -234,16 +372,23 @@ def _count_sentences(line: str) -> int:
 def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, str | None]:
     kept: list[str] = []
     sentences = 0
+    # Per line, only what decides: a word longer than max_word_length needs a line that long; "fewer
+    # than k words" needs the first k + 1 pieces only (split stops there); every policy phrase holds
+    # "cookie", "terms of use" or "privacy policy"; and sentences are only counted until there are
+    # enough, as the count is only ever compared with the minimum.
+    max_len = cfg.max_word_length
+    min_words = cfg.min_words_per_line
+    min_sent = cfg.min_num_sentences
     for raw in text.splitlines():
         line = raw.strip()
-        words = line.split()
-        if cfg.max_word_length is not None and any(len(w) > cfg.max_word_length for w in words):
+        if max_len is not None and line and len(line) > max_len and max(map(len, line.split())) > max_len:
             continue
-        if cfg.remove_citations:
+        n_words = len(line.split(None, min_words)) if min_words is not None and min_words >= 0 else 0
+        if cfg.remove_citations and "[" in line:
             line = _CITATION.sub("", line)
         if cfg.filter_no_terminal_punct and (not line.endswith(_END_PUNCT) or line.endswith("...")):
             continue
-        if cfg.min_words_per_line is not None and len(words) < cfg.min_words_per_line:
+        if min_words is not None and n_words < min_words:
             continue
         low = line.lower()
         if cfg.filter_lorem_ipsum and "lorem ipsum" in low:
@@ -252,12 +397,16 @@ def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, str | None]:
             continue
         if cfg.filter_curly_bracket and "{" in line:
             return None, "curly_bracket"
-        if cfg.filter_policy and any(p in low for p in _POLICY):
+        if (
+            cfg.filter_policy
+            and ("cookie" in low or "terms of use" in low or "privacy policy" in low)
+            and any(p in low for p in _POLICY)
+        ):
             continue
-        if cfg.min_num_sentences is not None:
+        if min_sent is not None and sentences < min_sent:
             sentences += _count_sentences(line)
         kept.append(line)
-    if cfg.min_num_sentences is not None and sentences < cfg.min_num_sentences:
+    if min_sent is not None and sentences < min_sent:
         return None, "too_few_sentences"
     out = "\n".join(kept).strip()
     if not out:
@@ -282,7 +431,14 @@ def fineweb_filter(text: str, cfg: FineWebConfig) -> tuple[str | None, str | Non
         if denom and _find_duplicates(lines)[1] / denom > cfg.char_duplicates_ratio:
             return None, "char_dup_ratio"
     if cfg.new_line_ratio is not None:
-        n_words = len(split_words(text))
+        # len(split_words(text)), line by line (blank lines hold no token): the lines C4 kept as
+        # they were are already split, in the tokens of the text the earlier rules saw
+        # (looked up, never added: FineWeb alone must not grow the cache document after document)
+        cache = _LAST.line_tokens
+        n_words = 0
+        for line in lines:
+            toks = cache.get(line.strip())
+            n_words += len(_TOKEN.findall(line) if toks is None else toks)
         if n_words == 0 or text.count("\n") / n_words > cfg.new_line_ratio:
             return None, "list_ratio"
     return text, None

@@ -30,6 +30,12 @@ _EMAIL = re.compile(
 )
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
+#: Cheap pre-checks, run before the full patterns: every e-mail match has a local-part character right
+#: before its "@" and a letter or digit right after it, and every IPv4 match is four digit groups
+#: joined by dots. Most texts have neither, and the full patterns cost several times more to find
+#: nothing (they try a match at every word boundary / digit).
+_EMAIL_HINT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]@[A-Za-z0-9]")
+_IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
 
 
 def _pick(options: tuple[str, ...], original: str) -> str:
@@ -50,9 +56,9 @@ def _ip(m: re.Match) -> str:
 def mask_pii(text: str, emails: bool = True, ips: bool = True) -> tuple[str, int, int]:
     """``(masked text, e-mails masked, IPv4 addresses masked)``."""
     n_email = n_ip = 0
-    if emails and "@" in text:
+    if emails and "@" in text and _EMAIL_HINT.search(text):
         text, n_email = _EMAIL.subn(lambda m: _pick(EMAIL_REPLACEMENTS, m.group(0)), text)
-    if ips and "." in text:
+    if ips and "." in text and _IPV4_HINT.search(text):
         changed = [0]
 
         def repl(m: re.Match) -> str:
