@@ -40,6 +40,11 @@ def table(out: Path, shapes: list[str]) -> str:
             f"{cell(ours, 'peak_mem_gib', '.1f')} | {cell(plain, 'tokens_per_s', ',.0f')} | {cell(plain, 'mfu', '.1%')} | "
             f"{ratio} | {vs_anchor} |"
         )
+    for shape in shapes:  # Depth-muP (the bench configs) against SP at the same shape, where it was run
+        ours, sp = load(out / f"megadepth-{shape}.json"), load(out / f"megadepth-sp-{shape}.json")
+        if ours and sp:
+            lines.append(f"\n{shape}: Depth-muP step {ours['step_ms']:.1f} ms, SP {sp['step_ms']:.1f} ms: the multipliers "
+                         f"cost {100 * (ours['step_ms'] / sp['step_ms'] - 1):+.2f}% of the step (target < 1%)")
     device = (load(out / f"megadepth-{shapes[0]}.json") or {}).get("device", "?")
     return "\n".join([f"device: {device}", *lines])
 

@@ -7,8 +7,9 @@
 # Then the device call (carry [".whl"]):
 #   bash benchmarks/gpu_bench.sh
 # On a CPU machine, for a dry run of every part at a tiny shape:
-#   OUT=/tmp/bench SHAPES="gpt-124m" BENCH_SET="--set model.depth=2 --set model.width=64 --set model.heads=4 \
-#     --set model.seq_len=64 --set train.micro_batch=2" STEPS=3 WARMUP=1 COMPILE=false bash benchmarks/gpu_bench.sh
+#   OUT=/tmp/bench SHAPES="gpt-124m" SP_SHAPE=gpt-124m BENCH_SET="--set model.depth=2 --set model.width=64 \
+#     --set model.heads=4 --set model.base_depth=1 --set model.base_width=32 --set model.seq_len=64 \
+#     --set train.micro_batch=2" STEPS=3 WARMUP=1 COMPILE=false bash benchmarks/gpu_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/megadepth-bench}
@@ -16,6 +17,7 @@ SHAPES=${SHAPES:-"gpt-124m gpt-350m gpt-1.3b"}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-8}
 COMPILE=${COMPILE:-true}
+SP_SHAPE=${SP_SHAPE:-gpt-350m}   # the shape at which Depth-muP's multipliers are timed against SP ("" skips it)
 BENCH_SET=${BENCH_SET:-}
 mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -41,4 +43,11 @@ for shape in $SHAPES; do
     --json "$OUT/plain-$shape.json" > "$OUT/plain-$shape.log" 2>&1 \
     || { echo "plain $shape failed:"; tail -20 "$OUT/plain-$shape.log"; }
 done
+if [ -n "$SP_SHAPE" ]; then
+  echo "== $SP_SHAPE: megadepth bench with SP (the multipliers' cost)"
+  # shellcheck disable=SC2086
+  timeout 240 python3 -m megadepth bench "configs/bench/$SP_SHAPE.yaml" $BENCH_SET --set parametrization.name=sp \
+    --set train.compile=$COMPILE --steps "$STEPS" --warmup "$WARMUP" --json "$OUT/megadepth-sp-$SP_SHAPE.json" \
+    > "$OUT/megadepth-sp-$SP_SHAPE.log" 2>&1 || { echo "megadepth bench sp $SP_SHAPE failed:"; tail -20 "$OUT/megadepth-sp-$SP_SHAPE.log"; }
+fi
 python3 benchmarks/bench_table.py "$OUT" $SHAPES | tee "$OUT/table.md"
