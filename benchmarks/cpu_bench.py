@@ -9,7 +9,9 @@ alternate A/B/C... so that a change in machine load hits every side alike; the m
 
 megadepth sets glibc's allocator thresholds on CPU (megadepth/parallel/host_memory.py); the plain script
 does not, so it is also run with the same settings through glibc's environment variables: that ratio is
-the cost of the stack itself, the other what a user gets against a plain script as it stands.
+the cost of the stack itself, the other what a user gets against a plain script as it stands. A fifth
+side runs megadepth with the setting off (MEGADEPTH_MALLOC_TUNING=0); each process's minor page faults
+(start-up included) show what the setting saves.
 
     python benchmarks/cpu_bench.py                      # configs/bench/tiny.yaml, 3 rounds
     python benchmarks/cpu_bench.py --rounds 5 --steps 80 --json out.json
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,12 +38,15 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESH
               "MALLOC_TOP_PAD_": str(TOP_PAD)}
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> dict:
-    """Run one benchmark process and read the JSON it writes (its stdout is not parsed)."""
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+    """Run one benchmark process: (the tokens/s of the JSON it writes, its minor page faults, whole
+    process). Its stdout is not parsed."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
+        before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
         subprocess.run([*cmd, "--json", str(out)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env=env)
-        return json.loads(out.read_text())
+        faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
+        return json.loads(out.read_text())["tokens_per_s"], faults
 
 
 def main() -> None:
@@ -58,30 +64,36 @@ def main() -> None:
     base = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     base["OMP_NUM_THREADS"] = str(args.threads)
     plain = [py, "benchmarks/plain_gpt.py", args.config, "--no-compile", *timing]
+    ours = [py, "-m", "megadepth", "bench", args.config, *timing]
     sides = {
         "plain": (plain, base),
         "plain, tuned malloc": (plain, base | MALLOC_ENV),
-        "megadepth depth_mup": ([py, "-m", "megadepth", "bench", args.config, *timing], base),
+        "megadepth depth_mup": (ours, base),
+        "megadepth, glibc default": (ours, base | {"MEGADEPTH_MALLOC_TUNING": "0"}),
         "megadepth sp": ([py, "-m", "megadepth", "bench", args.config, "--set", "parametrization.name=sp", *timing],
                          base),
     }
     results: dict[str, list[float]] = {name: [] for name in sides}
+    faults: dict[str, list[int]] = {name: [] for name in sides}
     for r in range(args.rounds):
         for name, (cmd, env) in sides.items():
-            tps = _run(cmd, env)["tokens_per_s"]
+            tps, minflt = _run(cmd, env)
             results[name].append(tps)
-            print(f"round {r + 1}/{args.rounds}  {name:<20} {tps:10,.0f} tokens/s", flush=True)
+            faults[name].append(minflt)
+            print(f"round {r + 1}/{args.rounds}  {name:<24} {tps:10,.0f} tokens/s  {minflt:10,} page faults", flush=True)
     med = {name: statistics.median(v) for name, v in results.items()}
+    med_faults = {name: statistics.median(v) for name, v in faults.items()}
     load = os.getloadavg()[0]
     print(f"\n{args.config}, {args.steps} timed steps after {args.warmup}, eager fp32, {args.threads} thread(s), "
           f"median of {args.rounds} (load average {load:.1f} on {os.cpu_count()} cores)")
-    print(f"{'path':<22}{'tokens/s':>12}{'ratio to plain':>16}{'to tuned plain':>16}")
+    print(f"{'path':<26}{'tokens/s':>12}{'ratio to plain':>16}{'to tuned plain':>16}{'page faults':>14}")
     for name, value in med.items():
-        print(f"{name:<22}{value:12,.0f}{value / med['plain']:16.3f}{value / med['plain, tuned malloc']:16.3f}")
+        print(f"{name:<26}{value:12,.0f}{value / med['plain']:16.3f}{value / med['plain, tuned malloc']:16.3f}"
+              f"{med_faults[name]:14,.0f}")
     print(f"Depth-muP multipliers vs SP: {med['megadepth depth_mup'] / med['megadepth sp']:.3f} of SP's throughput")
     if args.json:
         Path(args.json).write_text(json.dumps({"config": args.config, "steps": args.steps, "threads": args.threads,
-                                               "rounds": results,
+                                               "rounds": results, "page_faults": faults,
                                                "median": med, "load_average": load}, indent=2) + "\n")
 
 

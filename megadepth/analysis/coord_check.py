@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from megadepth.analysis.plots import save_figure
 from megadepth.config.load import validate
 from megadepth.config.schema import Config
 
@@ -256,12 +257,7 @@ def plot_coord_check(result: dict[str, Any], out: Path) -> Path:
         axes[row][0].legend(fontsize=7)
     fig.suptitle(f"coordinate check: {result['parametrization']} ({result['optimizer']}, lr {result['lr']:g})")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out)
 
 
 def format_slopes(result: dict[str, Any]) -> str:

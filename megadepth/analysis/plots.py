@@ -7,6 +7,19 @@ from pathlib import Path
 from typing import Any
 
 
+def save_figure(fig: Any, out: Path) -> Path:
+    """Write ``fig`` to ``out`` as a PNG through a temporary file renamed into place (a reader never sees
+    a half-written image), and close it."""
+    import matplotlib.pyplot as plt
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
 def plot_loss_curve(records: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
     """Train loss (and eval loss where recorded) against optimizer step; None when nothing to plot."""
     import matplotlib
@@ -33,9 +46,4 @@ def plot_loss_curve(records: list[dict[str, Any]], out: Path, title: str = "") -
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out)

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from megadepth.analysis.plots import save_figure
 from megadepth.config.load import ConfigError
 from megadepth.train.rundir import atomic_write_json, atomic_write_text
 
@@ -542,7 +543,7 @@ def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str)
     fig.suptitle(f"{title}: star = fitted optimum (± stderr), diamond = grid argmin only, "
                  "x = diverged, ^ = off scale; band = ±1 std over seeds", fontsize=9)
     fig.tight_layout()
-    return _save(fig, out, plt)
+    return save_figure(fig, out)
 
 
 def plot_loss_vs_depth(result: dict[str, Any], layout: Layout, out: Path, title: str) -> Path | None:
@@ -588,16 +589,7 @@ def plot_loss_vs_depth(result: dict[str, Any], layout: Layout, out: Path, title:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    return _save(fig, out, plt)
-
-
-def _save(fig: Any, out: Path, plt: Any) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
-    return out
+    return save_figure(fig, out)
 
 
 def _jsonable(result: dict[str, Any], layout: Layout, meta: dict[str, Any], counts: dict[str, int],

@@ -3,10 +3,10 @@
 PyTorch's CPU allocator is plain malloc. A training step frees and re-allocates the same activation and
 gradient buffers every step; with glibc's defaults, buffers above the mmap threshold go back to the OS
 when freed and come back as fresh zeroed pages on the next step, and heap memory above the trim
-threshold is returned too. Measured on the 2-core development machine (configs/bench/tiny.yaml, one
-thread): a `megadepth bench` process took 1.07M page faults and 2.1 s of system time for 65 steps,
-17.6k tokens/s; with the thresholds below, 0.11M faults, 0.4 s, 23.3k tokens/s (the plain reference:
-21.4k -> 23.7k). Which imported library pins glibc's adaptive threshold lower in our processes than in
+threshold is returned too. `python benchmarks/cpu_bench.py` measures it (configs/bench/tiny.yaml, one
+thread, 2-core development machine): a `megadepth bench` process with glibc's defaults took 1.06M
+minor page faults and ran at 17.5k tokens/s; with the thresholds below, 0.11M faults and 23.1k
+tokens/s (the plain reference gains as well: docs/throughput.md). Which imported library pins glibc's adaptive threshold lower in our processes than in
 the plain script was not tracked down; setting the thresholds explicitly removes the difference.
 
 The cost: up to ``TRIM_THRESHOLD`` of freed memory stays mapped to the process instead of returning to

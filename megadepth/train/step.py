@@ -34,6 +34,14 @@ def _squared_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tens
     return torch.stack(torch._foreach_norm(grads)).double().pow(2).sum()
 
 
+def _replica_norm(sharded: list[torch.Tensor], replicated: list[torch.Tensor], device: torch.device,
+                  tp: TensorParallel) -> torch.Tensor:
+    sq_sharded = _squared_norm(sharded, device)
+    if tp.enabled:
+        torch.distributed.all_reduce(sq_sharded, group=tp.group)
+    return (sq_sharded + _squared_norm(replicated, device)).sqrt()
+
+
 def replica_grad_norm(model: torch.nn.Module, tp: TensorParallel) -> torch.Tensor:
     """Norm of the (already data-parallel averaged) gradients of one model replica, on the device.
 
@@ -42,12 +50,7 @@ def replica_grad_norm(model: torch.nn.Module, tp: TensorParallel) -> torch.Tenso
     are summed over the tensor group; replicated parameters (identical on every rank) counted once.
     Foreach norms and no host transfer: computing it every step costs no sync.
     """
-    sharded, replicated = _split_grads(model)
-    device = next(model.parameters()).device
-    sq_sharded = _squared_norm(sharded, device)
-    if tp.enabled:
-        torch.distributed.all_reduce(sq_sharded, group=tp.group)
-    return (sq_sharded + _squared_norm(replicated, device)).sqrt()
+    return _replica_norm(*_split_grads(model), next(model.parameters()).device, tp)
 
 
 def clip_replica_grads(model: torch.nn.Module, tp: TensorParallel, max_norm: float) -> torch.Tensor:
@@ -57,8 +60,8 @@ def clip_replica_grads(model: torch.nn.Module, tp: TensorParallel, max_norm: flo
     norm per parameter in a Python loop and two collectives per step even on one process; the rule is
     the same (coefficient max_norm / (norm + 1e-6), capped at 1), and tests compare both.
     """
-    norm = replica_grad_norm(model, tp)
     sharded, replicated = _split_grads(model)
+    norm = _replica_norm(sharded, replicated, next(model.parameters()).device, tp)
     grads = sharded + replicated
     if grads:
         coef = (max_norm / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
