@@ -45,8 +45,10 @@ def table(out: Path, shapes: list[str]) -> str:
         if ours and sp:
             lines.append(f"\n{shape}: Depth-muP step {ours['step_ms']:.1f} ms, SP {sp['step_ms']:.1f} ms: the multipliers "
                          f"cost {100 * (ours['step_ms'] / sp['step_ms'] - 1):+.2f}% of the step (target < 1%)")
-    device = (load(out / f"megadepth-{shapes[0]}.json") or {}).get("device", "?")
-    return "\n".join([f"device: {device}", *lines])
+    first = load(out / f"megadepth-{shapes[0]}.json") or {}
+    setting = (f"megadepth: {first.get('precision', '?')}, ZeRO {first.get('zero_stage', '?')}, "
+               f"compile {first.get('compile', '?')}, {first.get('parametrization', '?')}")
+    return "\n".join([f"device: {first.get('device', '?')}; {setting}", *lines])
 
 
 if __name__ == "__main__":

@@ -215,8 +215,12 @@ class TrainConfig(Section):
     resume: Literal["auto", "never", "must"] = "auto"
     """auto: continue from out_dir/checkpoints/latest when present; never: refuse a run directory that
     has checkpoints; must: fail without one."""
-    precision: Literal["auto", "fp32", "bf16"] = "auto"
-    """Training precision; auto is bf16 on a GPU that supports it and fp32 otherwise."""
+    precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
+    """Training precision. bf16-mixed: fp32 parameters, optimizer and residual stream, matmuls in bf16
+    under autocast (DeepSpeed's torch_autocast). bf16: DeepSpeed's bf16 mode, parameters and activations
+    in bf16 with fp32 master weights in the optimizer; its bf16 residual stream rounds away the small
+    branch updates of deep depth-scaled models (docs/throughput.md measures it). auto: bf16-mixed on a GPU
+    that supports bf16, fp32 otherwise."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto uses CUDA when present."""
     progress: bool = True

@@ -38,6 +38,18 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         self.head = Head(cfg, mult.readout, tp, tied=self.embed.token if cfg.tie_embeddings else None)
         self.loss = LMLoss(cfg, tp)
+        self._loss = self.loss
+
+    def compile_for_speed(self) -> None:
+        """``torch.compile`` each block in place (parameter names, and so DeepSpeed's view of the
+        model, do not change; the L identical blocks share one compiled graph) and the loss, so that the
+        upcast of the logits, the log-softmax and its backward are fused kernels instead of passes over
+        fp32 copies of the full-vocabulary logits. Embedding and head stay eager (one gather, one
+        matmul each)."""
+        for block in self.blocks:
+            block.compile()
+        if not self.tp.enabled:  # the vocab-parallel loss runs collectives inside: keep it eager
+            self._loss = torch.compile(self.loss.__call__)
 
     def forward(self, tokens: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         h = self.embed(tokens)
@@ -50,7 +62,7 @@ class GPT(nn.Module):
             h = self._run_blocks(h, 0, len(self.blocks))
         logits = self.head(h)
         if labels is not None:
-            return self.loss(logits, labels)
+            return self._loss(logits, labels)
         logits = gather_last_dim(logits, self.tp.group) if self.tp.enabled else logits
         return logits[..., : self.cfg.vocab_size]
 

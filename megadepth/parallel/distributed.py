@@ -78,10 +78,11 @@ def resolve_device(config: Config, env: DistEnv) -> torch.device:
 
 
 def resolve_precision(config: Config, device: torch.device) -> str:
-    """'bf16' or 'fp32'. auto picks bf16 on GPUs that support it; fp32 on CPUs (exact and faster there)."""
+    """'fp32', 'bf16-mixed' or 'bf16'. auto picks bf16-mixed on GPUs that support bf16 (the residual
+    stream stays fp32, see TrainConfig.precision); fp32 on CPUs (exact and faster there)."""
     want = config.train.precision
     if want == "auto":
-        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16-mixed" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return want
 
 

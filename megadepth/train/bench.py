@@ -114,6 +114,7 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
             "precision": precision,
             "world_size": env.world_size,
             "layout": {"pipeline": layout.pipeline, "tensor": layout.tensor, "data": layout.data},
+            "zero_stage": config.parallel.zero_stage,
             "global_batch": global_batch,
             "seq_len": m.seq_len,
             "depth": m.depth,

@@ -26,6 +26,8 @@ def deepspeed_config(config: Config, grad_accum: int, global_batch: int, precisi
         "gradient_clipping": config.optimizer.grad_clip if engine_clips else 0.0,
         "zero_optimization": {"stage": config.parallel.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
+        # bf16-mixed: the engine runs the forward under torch.autocast; parameters stay fp32
+        "torch_autocast": {"enabled": precision == "bf16-mixed", "dtype": "bfloat16"},
         # our optimizer is torch's AdamW with per-group eps and weight decay; ZeRO wraps it as is
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 2**31,
@@ -46,10 +48,11 @@ def build_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer
 
 
 def clips_itself(config: Config, precision: str) -> bool:
-    """Whether megadepth clips gradients itself: the plain engine in fp32 without ZeRO, where gradients
-    sit in the parameters' ``.grad`` (under ZeRO and bf16, DeepSpeed's optimizers own the fp32 gradients
-    and clip them; the pipeline engine clips in its own step)."""
-    return config.parallel.pipeline == 1 and config.parallel.zero_stage == 0 and precision == "fp32"
+    """Whether megadepth clips gradients itself: the plain engine with fp32 parameters (fp32 or bf16-mixed)
+    without ZeRO, where gradients sit in the parameters' ``.grad`` (under ZeRO and bf16, DeepSpeed's
+    optimizers own the fp32 gradients and clip them; the pipeline engine clips in its own step)."""
+    return (config.parallel.pipeline == 1 and config.parallel.zero_stage == 0
+            and precision in ("fp32", "bf16-mixed"))
 
 
 @dataclass
@@ -73,7 +76,7 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
 
     ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
     if config.model.block == "transformer":
-        verify_attention_scale(device, torch.bfloat16 if precision == "bf16" else torch.float32)
+        verify_attention_scale(device, torch.float32 if precision == "fp32" else torch.bfloat16)
     pipeline = config.parallel.pipeline > 1
     interval = config.parallel.activation_checkpoint_interval
     if pipeline:
@@ -89,8 +92,7 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
         model = GPT(config.model, ptz.multipliers(), grid.tensor, checkpoint_interval=interval).to(device)
         initialize(model, ptz, config.train.seed)
         if config.train.compile:
-            for block in model.blocks:
-                block.compile()  # in place: parameter names and the engine's view stay the same
+            model.compile_for_speed()
         mpu = grid.mpu
     groups = param_groups(model, ptz, config.optimizer)
     optimizer = build_optimizer(config, groups)

@@ -62,8 +62,8 @@ def plan_run(config: Config) -> Plan:
     layout, grad_accum, global_batch = preflight(config, env.world_size)
     device = resolve_device(config, env)
     precision = resolve_precision(config, device)
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise ConfigError("train.precision is bf16 but this GPU does not support bf16")
+    if precision != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision is {precision} but this GPU does not support bf16")
     run = RunDir(config.train.out_dir)
     resume_tag = checkpoint.latest_tag(run.checkpoints)
     if config.train.resume == "never" and resume_tag is not None:

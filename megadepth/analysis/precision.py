@@ -1,0 +1,42 @@
+"""How much of the blocks' contribution to the residual stream survives a bf16 forward pass.
+
+In a depth-scaled model each block adds ``a * f(x)`` with a small multiplier (1/sqrt(L) for Depth-muP,
+1/L for CompleteP) to a residual stream whose magnitude does not shrink with depth. With the stream in
+bf16 (8 significant bits), every addition rounds the stream, and the deeper the model the more of the
+small branch updates is rounded away; under autocast the matmuls run in bf16 but the stream stays fp32.
+This module measures it: the relative error of the blocks' summed contribution (final residual minus
+embedding) against the same forward pass in fp32.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from megadepth.model import GPT
+
+
+def _block_sum(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
+    h = start = model.embed(tokens)
+    for block in model.blocks:
+        h = block(h)
+    return h.float() - start.float()
+
+
+@torch.no_grad()
+def residual_rounding_error(model: GPT, tokens: torch.Tensor, precision: str) -> float:
+    """||blocks' summed contribution in ``precision`` - in fp32|| / ||in fp32||, same weights, same
+    tokens, eval mode. ``precision``: "bf16-mixed" (autocast, fp32 stream) or "bf16" (weights and
+    stream in bf16, as DeepSpeed's bf16 mode trains)."""
+    model = model.eval()
+    reference = _block_sum(model, tokens)
+    device_type = tokens.device.type
+    if precision == "bf16-mixed":
+        with torch.autocast(device_type, dtype=torch.bfloat16):
+            got = _block_sum(model, tokens)
+    elif precision == "bf16":
+        got = _block_sum(copy.deepcopy(model).to(torch.bfloat16), tokens)
+    else:
+        raise ValueError(f"precision must be 'bf16-mixed' or 'bf16', not {precision!r}")
+    return float((got - reference).norm() / reference.norm())
