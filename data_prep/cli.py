@@ -32,6 +32,8 @@ def _plan_from_args(args: argparse.Namespace):
         extra.setdefault("tokenizer", {})["model"] = args.tokenizer
     if args.vocab_size is not None:
         extra.setdefault("tokenizer", {})["vocab_size"] = args.vocab_size
+    if args.url_blocklist:
+        extra["url_filter"] = {"enabled": True, "blocklists": list(args.url_blocklist)}
     if args.prefix:
         extra.setdefault("read", {})["paths_prefix"] = args.prefix
     return plan_run(args.input, args.out, config_files=args.config, overrides=args.set, extra=extra)
@@ -104,6 +106,8 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="DIR", help="output data directory")
     p.add_argument("--tokenizer", metavar="MODEL", help="use this sentencepiece model instead of training one")
     p.add_argument("--vocab-size", type=int, metavar="V", help="pieces to train (default: tokenizer.vocab_size, 32000)")
+    p.add_argument("--url-blocklist", action="append", default=[], metavar="FILE",
+                   help="drop pages whose domain or URL is in FILE (repeatable; see url_filter)")
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="prep config file(s), merged in order")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set language.languages=[en,fr] (repeatable)")

@@ -52,6 +52,20 @@ class ReadConfig(_Section):
     prefix read through fsspec. ``--prefix`` on the command line sets it."""
 
 
+class UrlFilterConfig(_Section):
+    enabled: bool = False
+    """Drop pages by URL before extraction (data_prep/urls.py). Off by default: it needs lists."""
+    blocklists: tuple[str, ...] = ()
+    """Blocklist files, one domain (blocks it and its subdomains) or full URL per line, e.g. UT1's
+    ``adult/domains`` and ``adult/urls`` as FineWeb uses them. Hashed into the plan by content."""
+    domains: tuple[str, ...] = ()
+    """More domains to block, inline."""
+    banned_words: tuple[str, ...] = ()
+    """Drop a URL when one of its tokens (split on non-alphanumerics, lower case) is one of these."""
+    banned_subwords: tuple[str, ...] = ()
+    """Drop a URL whose lower-cased host or path contains one of these anywhere."""
+
+
 class ExtractConfig(_Section):
     engine: Literal["resiliparse", "trafilatura"] = "resiliparse"
     """HTML to text. resiliparse main-content extraction (DCLM's choice, ~15x faster, keeps tables and
@@ -226,6 +240,8 @@ class ShardsConfig(_Section):
 class PrepConfig(_Section):
     read: ReadConfig = ReadConfig()
     """Record reading and selection."""
+    url_filter: UrlFilterConfig = UrlFilterConfig()
+    """URL blocklists."""
     extract: ExtractConfig = ExtractConfig()
     """HTML to text."""
     language: LanguageConfig = LanguageConfig()

@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -49,6 +49,7 @@ class Plan:
     inputs: list[InputFile]
     config: PrepConfig
     tokenizer_sha256: str | None  # of a given model (None: trained)
+    url_lists_sha256: dict[str, str] = field(default_factory=dict)  # blocklist path -> sha256 of its bytes
 
     # ------------------------------------------------------------------ hashes and directories
     @cached_property
@@ -69,6 +70,8 @@ class Plan:
                 "pii": c.pii.model_dump(mode="json"),
                 "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
                 "row_group_docs": c.shards.row_group_docs,
+                # only when on, so that plans made before URL filtering existed keep their hashes
+                **({"url_filter": self._url_filter_identity()} if c.url_filter.enabled else {}),
             }
         )
         dedup = stable_hash({"up": extract, "dedup": c.dedup.model_dump(mode="json")})
@@ -89,6 +92,12 @@ class Plan:
             "tokenize": tokenize,
             "finalize": tokenize,
         }
+
+    def _url_filter_identity(self) -> dict:
+        """The URL filter's settings with each blocklist replaced by its content hash (paths may move)."""
+        u = self.config.url_filter.model_dump(mode="json")
+        u["blocklists"] = sorted(self.url_lists_sha256[p] for p in self.config.url_filter.blocklists)
+        return u
 
     @property
     def config_hash(self) -> str:
@@ -165,6 +174,7 @@ class Plan:
             "inputs": [i.to_json() for i in self.inputs],
             "config": self.config.model_dump(mode="json"),
             "tokenizer_sha256": self.tokenizer_sha256,
+            "url_lists_sha256": self.url_lists_sha256,
         }
 
     def save(self) -> None:
@@ -184,9 +194,23 @@ def make_plan(out: str | Path, inputs: list[InputFile], config: PrepConfig) -> P
         config = config.model_copy(
             update={"tokenizer": config.tokenizer.model_copy(update={"model": str(p.resolve())})}
         )
+    url_shas: dict[str, str] = {}
+    if config.url_filter.enabled:
+        u = config.url_filter
+        if not (u.blocklists or u.domains or u.banned_words or u.banned_subwords):
+            raise DataError("url_filter.enabled is true but no blocklists, domains, banned_words or "
+                            "banned_subwords are given")
+        resolved = []
+        for entry in u.blocklists:
+            p = Path(entry)
+            if not p.is_file():
+                raise DataError(f"url_filter blocklist {p}: no such file")
+            resolved.append(str(p.resolve()))
+            url_shas[str(p.resolve())] = sha256_file(p)
+        config = config.model_copy(update={"url_filter": u.model_copy(update={"blocklists": tuple(resolved)})})
     if not inputs:
         raise DataError("no inputs")
-    return Plan(out.resolve(), inputs, config, tok_sha)
+    return Plan(out.resolve(), inputs, config, tok_sha, url_shas)
 
 
 def load_plan(out: str | Path) -> Plan:
@@ -205,6 +229,7 @@ def load_plan(out: str | Path) -> Plan:
         [InputFile.from_json(d) for d in data["inputs"]],
         PrepConfig.model_validate(data["config"]),
         data.get("tokenizer_sha256"),
+        data.get("url_lists_sha256") or {},
     )
     if plan.config_hash != data["config_hash"]:
         raise DataError(f"{p}: config hash mismatch (written by another megadepth version?)")

@@ -106,11 +106,21 @@ class _Extractor:
         from data_prep.minhash import MinHasher
 
         c = plan.config
+        self.urls = _url_filter(plan) if c.url_filter.enabled else None
         self.html = Extractor(c.extract)
         self.lid = LanguageIdentifier(c.language) if c.language.enabled else None
         self.filters = build_filters(c)
         d = c.dedup
         self.minhash = MinHasher(d.ngram, d.bands, d.rows, d.seed) if d.minhash else None
+
+
+def _url_filter(plan: Plan):
+    from data_prep.urls import UrlFilter
+
+    for path, sha in plan.url_lists_sha256.items():
+        if sha256_file(path) != sha:
+            raise DataError(f"url_filter blocklist {path} changed since the plan was made")
+    return UrlFilter(plan.config.url_filter)
 
 
 def _extract(plan: Plan, unit: str) -> dict:
@@ -217,6 +227,15 @@ def _extract(plan: Plan, unit: str) -> dict:
             now = time.process_time()
             timing["read"] += now - clock
             stats["docs_in"] += 1
+            if tools.urls is not None:
+                why = tools.urls.reason(raw.url)
+                t2 = time.process_time()
+                timing["url_filter"] += t2 - now
+                now = t2
+                if why is not None:
+                    stats[f"drop:url:{why}"] += 1
+                    clock = now
+                    continue
             if raw.html is not None:
                 text = tools.html(decode_html(raw.html, raw.charset, stats), stats)
                 raw.html = None  # the batch keeps the text, not the page

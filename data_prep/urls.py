@@ -1,0 +1,106 @@
+"""URL filtering (stage 2 of DATA.md): drop pages by domain, exact URL or words in the URL, before any
+HTML is extracted.
+
+Blocklists are plain text files, one entry per line (``#`` starts a comment): a bare domain
+(``example.com``) blocks that host and every subdomain of it (``www.example.com``, ``a.b.example.com``,
+not ``notexample.com``); an entry with a scheme (``https://example.com/page``) blocks that one URL
+(scheme and host compared case-insensitively, the fragment ignored). UT1's ``domains`` and ``urls``
+lists, which FineWeb's URL filter uses, are in this format. ``banned_words`` match whole tokens of the
+URL (host and path split on anything that is not a letter or digit); ``banned_subwords`` match anywhere
+in the lower-cased host and path (the way to catch words glued into domain names).
+
+Lists are hashed into the plan (their bytes, not their paths), so changing a list gives a new extract
+directory, and a list edited after planning is refused instead of silently mixing two versions.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from data_prep.config import UrlFilterConfig
+from megadepth.data.indexed import DataError
+
+__all__ = ["UrlFilter", "read_blocklist"]
+
+_TOKEN = re.compile(r"[^0-9a-z]+")
+
+
+def _host(url: str) -> str | None:
+    try:
+        host = urlsplit(url.strip()).hostname  # lower-cased, port and credentials removed
+    except ValueError:
+        return None
+    return host.rstrip(".") if host else None
+
+
+def _normalize_url(url: str) -> str:
+    """Scheme and host lower-cased, fragment dropped: the form exact-URL entries are compared in."""
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return url.strip()
+    netloc = parts.netloc.lower().rstrip(".")
+    rest = parts.path + (f"?{parts.query}" if parts.query else "")
+    return f"{parts.scheme.lower()}://{netloc}{rest or '/'}"
+
+
+def read_blocklist(path: str | Path) -> tuple[set[str], set[str]]:
+    """(domains, exact URLs) of one list file; a clear :class:`DataError` when it cannot be read."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as e:
+        raise DataError(f"url_filter blocklist {p}: cannot read ({e.strerror or e})") from None
+    domains: set[str] = set()
+    urls: set[str] = set()
+    for line in lines:
+        entry = line.split("#", 1)[0].strip()
+        if not entry:
+            continue
+        if "://" in entry:
+            urls.add(_normalize_url(entry))
+        else:
+            domains.add(entry.lower().rstrip(".").removeprefix("*."))
+    return domains, urls
+
+
+class UrlFilter:
+    """``reason(url)``: why a URL is dropped (``"domain"``, ``"url"``, ``"word"``, ``"subword"``) or None."""
+
+    def __init__(self, cfg: UrlFilterConfig) -> None:
+        self.domains: set[str] = {d.lower().rstrip(".") for d in cfg.domains}
+        self.urls: set[str] = set()
+        for path in cfg.blocklists:
+            domains, urls = read_blocklist(path)
+            self.domains |= domains
+            self.urls |= urls
+        self.words = frozenset(w.lower() for w in cfg.banned_words)
+        self.subwords = tuple(s.lower() for s in cfg.banned_subwords)
+
+    def _blocked_domain(self, host: str) -> bool:
+        labels = host.split(".")
+        return any(".".join(labels[i:]) in self.domains for i in range(len(labels)))
+
+    def reason(self, url: str) -> str | None:
+        if not url:
+            return None  # documents without a URL (some Parquet inputs) are not URL-filtered
+        host = _host(url)
+        if host is not None and self.domains and self._blocked_domain(host):
+            return "domain"
+        if self.urls and _normalize_url(url) in self.urls:
+            return "url"
+        if self.words or self.subwords:
+            low = url.lower()
+            body = low.split("://", 1)[-1]
+            if self.words and not self.words.isdisjoint(_tokens(body)):
+                return "word"
+            if any(s in body for s in self.subwords):
+                return "subword"
+        return None
+
+
+def _tokens(text: str) -> Iterable[str]:
+    return (t for t in _TOKEN.split(text) if t)
