@@ -13,7 +13,7 @@ import glob
 import gzip
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -182,6 +182,39 @@ def _one(raw: str, prefix: str | None) -> list[InputFile]:
             raise DataError(f"{raw}: the matching files are not WARC/WET/ARC, Parquet, JSONL or Arrow")
         return out
     raise DataError(f"{raw}: no such file or directory")
+
+
+def check_remote(files: Sequence[InputFile]) -> None:
+    """Before any work: each remote protocol has its fsspec backend installed, and the first remote
+    input of each protocol exists (a wrong --prefix or an unreachable host fails here, once, instead of
+    in every task). Only the first is checked: a crawl lists ~90,000 keys."""
+    first: dict[str, InputFile] = {}
+    for f in files:
+        if f.remote:
+            first.setdefault(f.path.split("://", 1)[0], f)
+    if not first:
+        return
+    import fsspec
+
+    for protocol, f in first.items():
+        try:
+            fs = fsspec.filesystem(protocol)
+        except ImportError as e:
+            raise DataError(f"{f.path}: reading {protocol}:// needs a package that is not installed ({e})") from None
+        except ValueError as e:
+            raise DataError(f"{f.path}: unsupported protocol ({e})") from None
+        try:
+            try:
+                fs.info(f.path)
+            except FileNotFoundError:
+                # fsspec's HTTP info() says "not found" for an unreachable host too; a one-byte read
+                # tells them apart (and downloads nothing when the file is really missing)
+                fs.cat_file(f.path, start=0, end=1)
+        except FileNotFoundError:
+            n = sum(1 for g in files if g.path.startswith(protocol + "://"))
+            raise DataError(f"{f.path}: does not exist (checked the first of {n} {protocol}:// inputs)") from None
+        except Exception as e:  # network errors come in many classes (aiohttp, botocore, OSError)
+            raise DataError(f"{f.path}: cannot reach ({type(e).__name__}: {e})") from None
 
 
 def resolve_inputs(paths: Iterable[str | os.PathLike], prefix: str | None = None) -> list[InputFile]:

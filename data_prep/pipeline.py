@@ -4,8 +4,8 @@
 >>> manifest, walls = run_plan(plan, workers=8)
 
 Everything that can be wrong with the request is found by :func:`plan_run` before any work: missing
-inputs, an output directory that cannot be written, unknown config keys, a Parquet file without the
-text column, a tokenizer file that is not a sentencepiece model, an extractor that does not work.
+inputs, an output directory that cannot be written, unknown config keys, a remote input that cannot be
+reached, a Parquet file without the text column, a tokenizer file that is not a sentencepiece model, an extractor that does not work.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data_prep.config import load_prep_config
-from data_prep.inputs import resolve_inputs
+from data_prep.inputs import check_remote, resolve_inputs
 from data_prep.plan import Plan, make_plan
 from data_prep.records import check_input_columns
 from data_prep.runner import run_local
@@ -35,6 +35,7 @@ def plan_run(
     """Resolve and check everything; returns the plan (nothing is written but the output probe)."""
     cfg = load_prep_config(config_files, overrides, extra)
     files = resolve_inputs(inputs, cfg.read.paths_prefix)
+    check_remote(files)
     check_input_columns(files, cfg.read)
     if cfg.tokenizer.model:
         _check_tokenizer(Path(cfg.tokenizer.model))
