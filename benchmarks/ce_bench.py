@@ -5,7 +5,8 @@
 megadepth computes the loss in fp32 from bf16 logits. Eager, that is an fp32 copy of the full-vocabulary
 logits, a saved fp32 log-softmax and an fp32 gradient; compiled (what ``train.compile`` does to the loss,
 megadepth.model.gpt.GPT.compile_for_speed), the upcast and the softmax are fused into the kernels and
-only the bf16 gradient is written. Each mode runs in its own process (peak RSS is per process); the
+only the bf16 gradient is written. ``vocab-parallel`` is the tensor-parallel loss (kept eager, its
+collectives sit between the steps) on one rank: it works in place on one fp32 buffer. Each mode runs in its own process (peak RSS is per process); the
 figure is the growth of peak memory during one forward+backward over the memory the logits already take.
 """
 
@@ -26,6 +27,14 @@ def _loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.float(), labels)
 
 
+def _vocab_parallel_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    from megadepth.parallel.cross_entropy import vocab_parallel_cross_entropy
+
+    # one rank holding the whole vocabulary: the same kernel work as each rank under TP, no collectives
+    return vocab_parallel_cross_entropy(logits, labels, vocab_start=0, vocab_size=logits.shape[-1],
+                                        group=None).mean()
+
+
 def _peak_mib(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -36,7 +45,8 @@ def measure(mode: str, tokens: int, vocab: int, device: torch.device) -> dict:
     """Peak-memory growth of the first full-size forward+backward (after warm-ups at a small shape, so
     nothing earlier set the CPU's per-process peak; a compiled loss also compiles for the new shape
     there, which adds little memory) and the time of a second one."""
-    fn = torch.compile(_loss, dynamic=False) if mode == "compiled" else _loss
+    fn = {"eager": _loss, "compiled": torch.compile(_loss, dynamic=False),
+          "vocab-parallel": _vocab_parallel_loss}[mode]
     gen = torch.Generator().manual_seed(0)
 
     def step(n: int) -> tuple[float, float]:
@@ -66,7 +76,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--vocab", type=int, default=32768)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--mode", choices=["eager", "compiled"], help=argparse.SUPPRESS)
+    ap.add_argument("--mode", choices=["eager", "compiled", "vocab-parallel"], help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.mode:
         print(json.dumps(measure(args.mode, args.tokens, args.vocab, torch.device(args.device))))
@@ -74,7 +84,7 @@ def main() -> None:
     print(f"| loss | extra peak memory (MiB) | over bf16 logits ({args.tokens * args.vocab * 2 / 2**20:.0f} MiB) "
           f"| forward+backward s |")
     print("|---|---|---|---|")
-    for mode in ("eager", "compiled"):
+    for mode in ("eager", "compiled", "vocab-parallel"):
         out = subprocess.run([sys.executable, __file__, "--mode", mode, "--tokens", str(args.tokens),
                               "--vocab", str(args.vocab), "--device", args.device],
                              check=True, capture_output=True, text=True).stdout

@@ -15,37 +15,45 @@ import torch.distributed as dist
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
+    """Works in place on one fp32 buffer: the upcast copy of the logits becomes the shifted logits, then
+    their exponentials, then the softmax that backward turns into the gradient, instead of a new
+    full-vocabulary tensor per step (Megatron does the same)."""
+
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, target: torch.Tensor, vocab_start: int, valid_local: int,
                 group: Any) -> torch.Tensor:
-        logits = logits.float()
-        if valid_local < logits.shape[-1]:
-            logits = logits.clone()
-            logits[..., valid_local:] = float("-inf")
-        local_max = logits.max(dim=-1).values
+        buf = logits.float()
+        if buf.data_ptr() == logits.data_ptr():
+            buf = buf.clone()  # fp32 logits already: never write into the caller's tensor
+        if valid_local < buf.shape[-1]:
+            buf[..., valid_local:] = float("-inf")
+        local_max = buf.max(dim=-1).values
         if group is not None:
             dist.all_reduce(local_max, op=dist.ReduceOp.MAX, group=group)
-        shifted = logits - local_max.unsqueeze(-1)
-        exp = shifted.exp()
-        sum_exp = exp.sum(dim=-1)
+        buf.sub_(local_max.unsqueeze(-1))
         local_target = target - vocab_start
-        mine = (local_target >= 0) & (local_target < logits.shape[-1])
-        idx = local_target.clamp(0, logits.shape[-1] - 1)
-        target_logit = shifted.gather(-1, idx.unsqueeze(-1)).squeeze(-1) * mine
+        mine = (local_target >= 0) & (local_target < buf.shape[-1])
+        idx = local_target.clamp(0, buf.shape[-1] - 1)
+        target_logit = buf.gather(-1, idx.unsqueeze(-1)).squeeze(-1) * mine
+        buf.exp_()
+        sum_exp = buf.sum(dim=-1)
         if group is not None:
             packed = torch.stack([sum_exp, target_logit])
             dist.all_reduce(packed, group=group)
             sum_exp, target_logit = packed[0], packed[1]
         loss = sum_exp.log() - target_logit
-        ctx.save_for_backward(exp / sum_exp.unsqueeze(-1), idx, mine)
+        buf.div_(sum_exp.unsqueeze(-1))
+        ctx.save_for_backward(buf, idx, mine)
         return loss
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        # the saved softmax becomes the gradient in place: backward runs once per forward (no
+        # retain_graph in training), so nothing else reads it afterwards
         softmax, idx, mine = ctx.saved_tensors
-        g = softmax.clone()
-        g.scatter_add_(-1, idx.unsqueeze(-1), -mine.to(g.dtype).unsqueeze(-1))
-        return g * grad.unsqueeze(-1), None, None, None, None
+        softmax.scatter_add_(-1, idx.unsqueeze(-1), -mine.to(softmax.dtype).unsqueeze(-1))
+        softmax.mul_(grad.unsqueeze(-1))
+        return softmax, None, None, None, None
 
 
 def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, *, vocab_start: int,
