@@ -17,7 +17,7 @@ SHAPES=${SHAPES:-"gpt-124m gpt-350m gpt-1.3b"}
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-8}
 COMPILE=${COMPILE:-true}
-SP_SHAPE=${SP_SHAPE:-gpt-350m}   # the shape at which Depth-muP's multipliers are timed against SP ("" skips it)
+SP_SHAPE=${SP_SHAPE-gpt-350m}   # the shape at which Depth-muP's multipliers are timed against SP ("" skips it)
 BENCH_SET=${BENCH_SET:-}
 mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -30,24 +30,35 @@ export TORCH_CUDA_ARCH_LIST=9.0   # the image's 9.0a breaks DeepSpeed's JIT buil
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee "$OUT/env.txt"
 plain_compile=""
 [ "$COMPILE" = "true" ] || plain_compile="--no-compile"
+# Smoke first (tiny shape, eager, ~20 s): a broken CUDA/DeepSpeed set-up fails here, leaving the device
+# time for a rerun instead of spending it on three shapes that would all fail the same way.
+echo "== [${SECONDS}s] smoke: megadepth bench at the tiny shape"
+# shellcheck disable=SC2086
+if ! timeout 150 python3 -m megadepth bench configs/bench/tiny.yaml --steps 3 --warmup 1 \
+    --json "$OUT/smoke.json" > "$OUT/smoke.log" 2>&1; then
+  echo "smoke run failed; stopping before the shapes:"; tail -30 "$OUT/smoke.log"; exit 1
+fi
+grep -E '"(tokens_per_s|precision|device)"' "$OUT/smoke.json"
 for shape in $SHAPES; do
   cfg=configs/bench/$shape.yaml
-  echo "== $shape: megadepth bench (compile=$COMPILE)"
+  echo "== [${SECONDS}s] $shape: megadepth bench (compile=$COMPILE)"
   # shellcheck disable=SC2086
   timeout 240 python3 -m megadepth bench "$cfg" $BENCH_SET --set train.compile=$COMPILE --steps "$STEPS" \
     --warmup "$WARMUP" --json "$OUT/megadepth-$shape.json" > "$OUT/megadepth-$shape.log" 2>&1 \
     || { echo "megadepth bench $shape failed:"; tail -20 "$OUT/megadepth-$shape.log"; }
-  echo "== $shape: plain PyTorch reference"
+  echo "== [${SECONDS}s] $shape: plain PyTorch reference"
   # shellcheck disable=SC2086
   timeout 180 python3 benchmarks/plain_gpt.py "$cfg" $BENCH_SET --steps "$STEPS" --warmup "$WARMUP" $plain_compile \
     --json "$OUT/plain-$shape.json" > "$OUT/plain-$shape.log" 2>&1 \
     || { echo "plain $shape failed:"; tail -20 "$OUT/plain-$shape.log"; }
 done
 if [ -n "$SP_SHAPE" ]; then
-  echo "== $SP_SHAPE: megadepth bench with SP (the multipliers' cost)"
+  echo "== [${SECONDS}s] $SP_SHAPE: megadepth bench with SP (the multipliers' cost)"
   # shellcheck disable=SC2086
   timeout 240 python3 -m megadepth bench "configs/bench/$SP_SHAPE.yaml" $BENCH_SET --set parametrization.name=sp \
     --set train.compile=$COMPILE --steps "$STEPS" --warmup "$WARMUP" --json "$OUT/megadepth-sp-$SP_SHAPE.json" \
     > "$OUT/megadepth-sp-$SP_SHAPE.log" 2>&1 || { echo "megadepth bench sp $SP_SHAPE failed:"; tail -20 "$OUT/megadepth-sp-$SP_SHAPE.log"; }
 fi
+echo "== [${SECONDS}s] done"
+# shellcheck disable=SC2086
 python3 benchmarks/bench_table.py "$OUT" $SHAPES | tee "$OUT/table.md"

@@ -65,3 +65,22 @@ def test_plain_reference_and_bench_command(tmp_path: Path) -> None:
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["tokens_per_s"] > 0 and 0 < data["mfu"] < 1
     assert json.loads(bench.stdout)["steps"] == 3  # stdout is exactly the JSON
+
+
+@pytest.mark.slow
+def test_device_script_dry_run_on_cpu(tmp_path: Path) -> None:
+    """benchmarks/gpu_bench.sh, as its header's CPU dry run: smoke, one shape, the plain reference, the SP
+    run, and the table with the ratio and the multipliers' cost (the device session must not be the first
+    time it runs)."""
+    sets = " ".join(f"--set {item}" for item in TINY)
+    env = {**os.environ, "OUT": str(tmp_path), "SHAPES": "gpt-124m", "SP_SHAPE": "gpt-124m", "BENCH_SET": sets,
+           "STEPS": "2", "WARMUP": "1", "COMPILE": "false"}
+    run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_bench.sh")], capture_output=True, text=True,
+                         env=env, timeout=600)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
+    for name in ("smoke", "megadepth-gpt-124m", "plain-gpt-124m", "megadepth-sp-gpt-124m"):
+        assert json.loads((tmp_path / f"{name}.json").read_text())["tokens_per_s"] > 0, name
+    table = (tmp_path / "table.md").read_text()
+    row = next(line for line in table.splitlines() if line.startswith("| gpt-124m"))
+    assert "failed" not in row and float(row.split("|")[7]) > 0  # megadepth / plain
+    assert "the multipliers cost" in table and run.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])
