@@ -37,7 +37,7 @@ def table(out: Path, shapes: list[str]) -> str:
         vs_anchor = f"{ours['mfu'] / anchor_mfu:.3f}" if ours and anchor_mfu else "-"
         lines.append(
             f"| {shape} | {cell(ours, 'tokens_per_s', ',.0f')} | {cell(ours, 'mfu', '.1%')} | "
-            f"{cell(ours, 'peak_mem_gib', '.1f')} | {cell(plain, 'tokens_per_s', ',.0f')} | {cell(plain, 'mfu', '.1%')} | "
+            f"{cell(ours, 'peak_mem', '.1f')} | {cell(plain, 'tokens_per_s', ',.0f')} | {cell(plain, 'mfu', '.1%')} | "
             f"{ratio} | {vs_anchor} |"
         )
     for shape in shapes:  # Depth-muP (the bench configs) against SP at the same shape, where it was run

@@ -117,7 +117,7 @@ def main() -> None:
         "tokens_per_s": tokens_per_s,
         "step_ms": 1000 * elapsed / args.steps,
         "mfu": tokens_per_s * fpt / (args.peak_tflops * 1e12),
-        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
+        "peak_mem": torch.cuda.max_memory_allocated() / 2**30 if cuda else float("nan"),
         "final_loss": float(loss) if loss is not None else math.nan,
         "device": torch.cuda.get_device_name() if cuda else "cpu",
         "compile": not args.no_compile,

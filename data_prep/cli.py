@@ -104,8 +104,9 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
                    help="WARC/WET/ARC files (.gz or plain), *.paths.gz lists, directories, globs, "
                         "Parquet/JSONL/Arrow files or datasets folders")
     p.add_argument("--out", required=True, metavar="DIR", help="output data directory")
-    p.add_argument("--tokenizer", metavar="MODEL", help="use this sentencepiece model instead of training one")
-    p.add_argument("--vocab-size", type=int, metavar="V", help="pieces to train (default: tokenizer.vocab_size, 32000)")
+    tok = p.add_mutually_exclusive_group()  # a given model has its own vocabulary
+    tok.add_argument("--tokenizer", metavar="MODEL", help="use this sentencepiece model instead of training one")
+    tok.add_argument("--vocab-size", type=int, metavar="V", help="pieces to train (default: tokenizer.vocab_size, 32000)")
     p.add_argument("--url-blocklist", action="append", default=[], metavar="FILE",
                    help="drop pages whose domain or URL is in FILE (repeatable; see url_filter)")
     p.add_argument("--config", action="append", default=[], metavar="YAML", help="prep config file(s), merged in order")

@@ -164,3 +164,12 @@ def test_coord_check_bad_depths(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["coord-check", str(ROOT / "configs" / "quickstart.yaml"), "--depths", "2,x", "--out", "o"])
     assert "comma-separated integers" in capsys.readouterr().err
+
+
+def test_prep_refuses_a_given_tokenizer_with_a_vocab_size(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A given sentencepiece model has its own vocabulary: asking for another size is an error, not ignored."""
+    with pytest.raises(SystemExit) as exc:
+        main(["prep", "run", "--input", str(tmp_path), "--out", str(tmp_path / "o"),
+              "--tokenizer", str(tmp_path / "m.model"), "--vocab-size", "512"])
+    assert exc.value.code == 2 and "not allowed with argument --tokenizer" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

@@ -104,7 +104,7 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
             "tokens_per_s": tokens_per_s,
             "step_ms": 1000 * elapsed / steps,
             "mfu": tokens_per_s * fpt / (peak_tflops * 1e12),
-            "peak_mem_gib": peak,
+            "peak_mem": peak,
             "flops_per_token": fpt,
             "peak_tflops": peak_tflops,
             "final_loss": float(loss) if loss is not None else float("nan"),
