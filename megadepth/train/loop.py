@@ -7,6 +7,7 @@ the run directory is created and before any process group or model exists.
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 import sys
@@ -138,35 +139,117 @@ def train(config: Config) -> dict[str, Any]:
         shutdown()
 
 
+@dataclass
+class _Progress:
+    """Where the run stands; the summary is written from it however the run ends."""
+
+    step: int = 0
+    consumed: int = 0
+    elapsed_before: float = 0.0
+    """Training seconds of earlier jobs of this run (from the checkpoint), so elapsed_s continues."""
+    status: str = "completed"
+    error: str | None = None
+    last_loss: float = float("nan")
+    last_eval: float = float("nan")
+
+
+def _read_summary(run: RunDir) -> dict[str, Any] | None:
+    try:
+        return json.loads(run.summary.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _last_losses(run: RunDir, step: int) -> tuple[float, float]:
+    """The last logged training and eval loss at or before ``step`` (a finished run started again)."""
+    loss = evl = float("nan")
+    for record in read_metrics(run.metrics):
+        if record.get("step", 0) <= step:
+            loss = record.get("loss", loss)
+            evl = record.get("eval_loss", evl)
+    return loss, evl
+
+
 def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, Any]:
-    from tqdm import tqdm
-
-    from megadepth.train.engine import build_engine
-
     config, env, run = plan.config, plan.env, plan.run
-    cfg = config.train
     config_yaml = to_yaml(config)
     _check_same_config(config_yaml)
     is_main = env.is_main
+    prior = _read_summary(run) if is_main else None
     if is_main:
         run.root.mkdir(parents=True, exist_ok=True)
         run.summary.unlink(missing_ok=True)  # nothing may claim success until this run ends
         atomic_write_text(run.config, config_yaml)
     torch.distributed.barrier()
 
+    progress = _Progress()
+    outputs: dict[str, Any] = {"tracker": None, "metrics": None}
+    start_time = time.perf_counter()
+    finished_before = False
+    try:
+        # from here on, however the run ends (a checkpoint that fails to load, W&B, the loop), it ends
+        # with a summary.json that says so
+        finished_before = _run(plan, train_set, valid_set, config_yaml, progress, outputs)
+    except BaseException as exc:
+        progress.status, progress.error = "failed", f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        summary = {
+            "status": progress.status,
+            "final_loss": progress.last_loss,
+            "final_eval_loss": progress.last_eval,
+            "steps": progress.step,
+            "tokens": progress.consumed * config.model.seq_len,
+            "wall_s": time.perf_counter() - start_time,
+            "world_size": env.world_size,
+            "parametrization": config.parametrization.name,
+            "depth": config.model.depth,
+            "width": config.model.width,
+        }
+        if finished_before and prior is not None and prior.get("status") == "completed":
+            summary = prior  # started again after it had finished: the run's own summary stands
+        if progress.error:
+            summary["error"] = progress.error
+        if is_main:
+            if outputs["metrics"] is not None:
+                outputs["metrics"].close()
+            _finish_outputs(run, summary, outputs["tracker"], title=f"{config.parametrization.name}, depth "
+                            f"{config.model.depth}, width {config.model.width}")
+    return summary
+
+
+def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress: _Progress,
+         outputs: dict[str, Any]) -> bool:
+    """Build, resume and train, updating ``progress`` as it goes; True when the checkpoint it resumed
+    from had already reached train.steps (nothing to train)."""
+    from tqdm import tqdm
+
+    from megadepth.train.engine import build_engine
+
+    config, env, run = plan.config, plan.env, plan.run
+    cfg = config.train
+    is_main = env.is_main
+    out = tqdm.write if is_main else (lambda *_a, **_k: None)
     layout = plan.layout
     grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
     built = build_engine(config, plan.device, plan.grad_accum, plan.global_batch, plan.precision, grid)
     engine = built.engine
-    step, consumed = 0, 0
     if plan.resume_tag is not None:
         state = checkpoint.load(engine, run.checkpoints, plan.resume_tag)
-        step, consumed = int(state["step"]), int(state["consumed_samples"])
+        progress.step, progress.consumed = int(state["step"]), int(state["consumed_samples"])
+        progress.elapsed_before = float(state.get("elapsed_s", 0.0))
+        if progress.step >= cfg.steps:
+            progress.last_loss, progress.last_eval = _last_losses(run, progress.step)
+            out(f"{run.checkpoints / plan.resume_tag} is at step {progress.step}, train.steps is {cfg.steps}: "
+                "nothing to train (raise train.steps to continue)")
+            return True
+    step, consumed = progress.step, progress.consumed
 
     table = built.parametrization.format_table(config.optimizer, roles_present(built.model))
-    tracker = Tracker(config.wandb, run.root, config.model_dump(mode="json"), enabled=is_main)
+    tracker = outputs["tracker"] = Tracker(config.wandb, run.root, config.model_dump(mode="json"), enabled=is_main,
+                                          id_file=run.wandb_id)
     metrics = MetricsLog(run.metrics, resume_step=step if plan.resume_tag else None) if is_main else None
-    out = tqdm.write if is_main else (lambda *_a, **_k: None)
+    outputs["metrics"] = metrics
     if is_main:
         atomic_write_text(run.parametrization, table + "\n")
         out(
@@ -187,14 +270,11 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
                       dropout=config.model.dropout > 0, own_norm=config.parallel.zero_stage == 0)
     first_step = step
     tokens_per_step = plan.global_batch * config.model.seq_len
-    status, error = "completed", None
-    last_loss, last_eval = float("nan"), float("nan")
     start_time = interval_time = time.perf_counter()
     interval_loss = torch.zeros((), dtype=torch.float64, device=plan.device)
     interval_steps = 0
     show_bar = is_main and cfg.progress and sys.stderr.isatty()  # log lines only when not a terminal
-    bar = tqdm(total=cfg.steps, initial=step, disable=not show_bar, desc="train",
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=step, disable=not show_bar, desc="train", dynamic_ncols=True)
     try:
         while step < cfg.steps:
             # log every log_every steps, plus the first step of the run (the starting loss) and the last
@@ -202,6 +282,7 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
             interval_loss += stepper.train_step(batches, step, want_norm=log_due)
             step += 1
             consumed += plan.global_batch
+            progress.step, progress.consumed = step, consumed
             interval_steps += 1
             bar.update(1)
 
@@ -216,9 +297,9 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
                     "lr": config.optimizer.lr * lr_factor(step - 1, cfg.steps, config.schedule),
                     "grad_norm": stepper.grad_norm(),
                     "tokens_per_s": interval_steps * tokens_per_step / max(now - interval_time, 1e-9),
-                    "elapsed_s": now - start_time,
+                    "elapsed_s": progress.elapsed_before + now - start_time,
                 }
-                last_loss = mean_loss
+                progress.last_loss = mean_loss
                 interval_loss.zero_()
                 interval_steps, interval_time = 0, now
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
@@ -226,9 +307,9 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
                 (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
             )
             if eval_due:
-                last_eval = stepper.evaluate(valid_set, cfg.eval_samples)
+                progress.last_eval = stepper.evaluate(valid_set, cfg.eval_samples)
                 record = record or {"step": step, "consumed_tokens": consumed * config.model.seq_len}
-                record["eval_loss"] = last_eval
+                record["eval_loss"] = progress.last_eval
             if record is not None and is_main:
                 metrics.write(record)  # type: ignore[union-attr]
                 tracker.log(record, step)
@@ -238,7 +319,7 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
                     parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
                 out("  ".join(parts))
             if record is not None and "loss" in record and not math.isfinite(record["loss"]):
-                status = "diverged"
+                progress.status = "diverged"
                 break
             stop_now = bool(cfg.stop_after_steps) and step - first_step >= cfg.stop_after_steps and step < cfg.steps
             if (
@@ -246,39 +327,19 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
                 or (step == cfg.steps and cfg.save_final)
                 or stop_now
             ):
-                client = {"step": step, "consumed_samples": consumed, "seed": cfg.seed}
+                client = {"step": step, "consumed_samples": consumed, "seed": cfg.seed,
+                          "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time}
                 checkpoint.save(engine, run.checkpoints, step, client, config_yaml, cfg.keep_checkpoints, is_main)
             if stop_now:
-                status = "stopped"
+                progress.status = "stopped"
                 out(f"stopping after {cfg.stop_after_steps} steps (train.stop_after_steps); resume continues")
                 break
-    except BaseException as exc:
-        status, error = "failed", f"{type(exc).__name__}: {exc}"
-        raise
     finally:
         bar.close()
-        summary = {
-            "status": status,
-            "final_loss": last_loss,
-            "final_eval_loss": last_eval,
-            "steps": step,
-            "tokens": consumed * config.model.seq_len,
-            "wall_s": time.perf_counter() - start_time,
-            "world_size": env.world_size,
-            "parametrization": config.parametrization.name,
-            "depth": config.model.depth,
-            "width": config.model.width,
-        }
-        if error:
-            summary["error"] = error
-        if is_main:
-            metrics.close()  # type: ignore[union-attr]
-            _finish_outputs(run, summary, tracker, title=f"{config.parametrization.name}, depth "
-                            f"{config.model.depth}, width {config.model.width}")
-    return summary
+    return False
 
 
-def _finish_outputs(run: RunDir, summary: dict[str, Any], tracker: Tracker, title: str) -> None:
+def _finish_outputs(run: RunDir, summary: dict[str, Any], tracker: Tracker | None, title: str) -> None:
     """Plot, W&B summary, then summary.json last (its presence means the run ended this way)."""
     from megadepth.analysis.plots import plot_loss_curve
 
@@ -286,8 +347,9 @@ def _finish_outputs(run: RunDir, summary: dict[str, Any], tracker: Tracker, titl
         plot_loss_curve(read_metrics(run.metrics), run.loss_plot, title=title)
     except Exception as exc:  # a plotting problem must not turn a finished run into a failed one
         print(f"megadepth: warning: could not draw {run.loss_plot}: {exc}")
-    tracker.summary({k: v for k, v in summary.items() if k != "error"})
-    tracker.finish(exit_code=0 if summary["status"] == "completed" else 1)
+    if tracker is not None:
+        tracker.summary({k: v for k, v in summary.items() if k != "error"})
+        tracker.finish(exit_code=0 if summary["status"] == "completed" else 1)
     atomic_write_json(run.summary, summary)
 
 

@@ -74,6 +74,11 @@ class RunDir:
     def parametrization(self) -> Path:
         return self.root / "parametrization.txt"
 
+    @property
+    def wandb_id(self) -> Path:
+        """The W&B run id, so that every job of a resumed run logs into the same W&B run."""
+        return self.root / "wandb-run-id"
+
 
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (rank 0 only), flushed per record.

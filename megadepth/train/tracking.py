@@ -6,6 +6,8 @@ Only rank 0 logs. The API key is never read, passed or written by megadepth: onl
 
 from __future__ import annotations
 
+import secrets
+import string
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,26 @@ from megadepth.config.schema import WandbConfig
 class Tracker:
     """A thin wrapper so the training loop does not care whether W&B is on."""
 
-    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], enabled: bool) -> None:
+    def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], enabled: bool,
+                 id_file: Path | None = None) -> None:
+        """``id_file`` keeps the W&B run id: a resumed run continues the same W&B run (``resume="allow"``)
+        instead of starting a new one per job."""
         self.run = None
         if not enabled or cfg.mode == "disabled":
             return
         import wandb  # imported lazily: slow, and absent on some benchmark images
 
+        run_id = None
+        if id_file is not None:
+            run_id = id_file.read_text().strip() if id_file.is_file() else None
+            if not run_id:
+                run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
+                tmp = id_file.with_name(id_file.name + ".tmp")
+                tmp.write_text(run_id + "\n")
+                tmp.replace(id_file)
         self.run = wandb.init(
+            id=run_id,
+            resume="allow" if run_id else None,
             project=cfg.project,
             group=cfg.group,
             name=cfg.name or run_dir.resolve().name,
