@@ -174,6 +174,15 @@ def _cmd_merge_tp(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from megadepth.export import export_hf
+
+    info = export_hf(args.run_dir, args.out, args.tag)
+    print(f"wrote {args.out}: GPT-2 (transformers) from {info['source']}, {info['parametrization']} multipliers "
+          f"folded into the weights; logits match megadepth's to {info['max_relative_logit_difference']:.1e}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.explain:
         for key, default, doc in explain():
@@ -244,7 +253,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, help="also write the JSON here")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("merge-tp", help="merge a tensor-parallel checkpoint into one TP=1 checkpoint")
+    p = sub.add_parser("export", help="a Hugging Face transformers checkpoint, multipliers folded into the weights")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its checkpoints/ folder), any layout")
+    p.add_argument("--format", required=True, choices=["hf"], help="hf: transformers GPT-2 (GPT2LMHeadModel)")
+    p.add_argument("out", metavar="OUT", help="output directory (new or empty)")
+    p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("merge-tp", help="merge a tensor- or pipeline-parallel checkpoint into one TP=PP=1 checkpoint")
     p.add_argument("checkpoints", help="a run's checkpoints/ directory")
     p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
     p.add_argument("--out", required=True, help="output directory")

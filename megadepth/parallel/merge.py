@@ -41,26 +41,67 @@ def _skeleton_partitions(config: Config) -> dict[str, int | None]:
     }
 
 
-def merge_tensor_parallel(ckpt_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
-    """Merge ``ckpt_dir/<tag>`` (default: the ``latest`` one) into ``out_dir``; returns the shard path."""
-    ckpt_dir, out_dir = Path(ckpt_dir), Path(out_dir)
+def _read_config(ckpt_dir: Path, tag: str | None) -> tuple[Config, str]:
     tag = tag or latest_tag(ckpt_dir)
     if tag is None or not (ckpt_dir / tag).is_dir():
         raise ConfigError(f"{ckpt_dir}: no complete checkpoint{f' named {tag}' if tag else ''} (no 'latest' pointer)")
     config_file = ckpt_dir / tag / "config.yaml"
     if not config_file.is_file():
         raise ConfigError(f"{config_file} is missing: not a megadepth checkpoint")
-    config = validate(yaml.safe_load(config_file.read_text(encoding="utf-8")))
+    return validate(yaml.safe_load(config_file.read_text(encoding="utf-8"))), tag
+
+
+def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise ConfigError(f"{path} is missing: {what}")
+    data = torch.load(path, map_location="cpu", weights_only=True)
+    return data.get("module", data)
+
+
+def _shards_plain(config: Config, folder: Path) -> list[dict[str, torch.Tensor]]:
+    """One state dict per tensor-parallel rank of a checkpoint saved by the plain engine."""
     tp = config.parallel.tensor
-    shards = []
-    for rank in range(tp):
-        path = ckpt_dir / tag / f"mp_rank_{rank:02d}_model_states.pt"
-        if not path.is_file():
-            raise ConfigError(f"{path} is missing: the checkpoint was saved at parallel.tensor = {tp}")
-        shards.append(torch.load(path, map_location="cpu", weights_only=True)["module"])
+    return [_load(folder / f"mp_rank_{rank:02d}_model_states.pt",
+                  f"the checkpoint was saved at parallel.tensor = {tp}") for rank in range(tp)]
+
+
+def _shards_pipeline(config: Config, folder: Path) -> list[dict[str, torch.Tensor]]:
+    """The same from a pipeline checkpoint: DeepSpeed saves each layer of the PipelineModule in its own
+    file per tensor rank (``layer_XX-model_RR-model_states.pt``, stage-local names); the tied head is
+    saved once, with the token embedding. Names are mapped to the plain GPT's."""
+    from megadepth.model.pipeline import canonical_name
+
+    m = config.model
+    layers = m.depth + (3 if m.tie_embeddings else 4)  # the tied head (layer L+3) has no file of its own
+    shards: list[dict[str, torch.Tensor]] = []
+    for rank in range(config.parallel.tensor):
+        shard: dict[str, torch.Tensor] = {}
+        for idx in range(layers):
+            local = _load(folder / f"layer_{idx:02d}-model_{rank:02d}-model_states.pt",
+                          f"pipeline layer {idx} of tensor rank {rank} (parallel.pipeline = {config.parallel.pipeline})")
+            for key, value in local.items():
+                name = f"tied_modules.embed.{key}" if idx == 0 else f"{idx}.{key}"
+                shard[canonical_name(name, m.depth, m.tie_embeddings)] = value
+        if m.tie_embeddings:  # the plain GPT's state dict lists the tied matrix under the head too
+            shard["head.tied.weight"] = shard["embed.token.weight"]
+        shards.append(shard)
+    return shards
+
+
+def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Config, dict[str, torch.Tensor], str]:
+    """(config at TP = PP = 1, the plain GPT's state dict, tag) from a checkpoint of any layout.
+
+    Tensor-parallel shards are concatenated along the dimension the trainer split them (read off a
+    meta-device skeleton); replicated parameters must agree across ranks; pipeline checkpoints are read
+    layer by layer. Only plain tensors are read (``weights_only=True``).
+    """
+    ckpt_dir = Path(ckpt_dir)
+    config, tag = _read_config(ckpt_dir, tag)
+    folder = ckpt_dir / tag
+    shards = _shards_pipeline(config, folder) if config.parallel.pipeline > 1 else _shards_plain(config, folder)
     partitions = _skeleton_partitions(config)
     if set(partitions) != set(shards[0]):
-        raise ConfigError(f"{ckpt_dir / tag}: its parameters do not match the model its config.yaml describes")
+        raise ConfigError(f"{folder}: its parameters do not match the model its config.yaml describes")
     merged = {}
     for key, dim in partitions.items():
         parts = [s[key] for s in shards]
@@ -71,8 +112,16 @@ def merge_tensor_parallel(ckpt_dir: str | Path, out_dir: str | Path, tag: str | 
             merged[key] = parts[0].clone()
         else:
             merged[key] = torch.cat(parts, dim=dim)
-    merged_config = config.model_copy(update={"parallel": config.parallel.model_copy(
-        update={"tensor": 1, "sequence_parallel": False})})
+    single = config.model_copy(update={"parallel": config.parallel.model_copy(
+        update={"tensor": 1, "pipeline": 1, "sequence_parallel": False})})
+    return single, merged, tag
+
+
+def merge_tensor_parallel(ckpt_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
+    """Merge ``ckpt_dir/<tag>`` (default: the ``latest`` one; tensor- and/or pipeline-parallel) into one
+    TP = PP = 1 checkpoint in ``out_dir``; returns the shard path."""
+    out_dir = Path(out_dir)
+    merged_config, merged, tag = consolidated_state(ckpt_dir, tag)
     target = out_dir / tag / "mp_rank_00_model_states.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp")
