@@ -104,6 +104,31 @@ def train_rank(config_dict: dict) -> dict:
     return train(validate(config_dict))
 
 
+def train_rank_crash_inside_engine_save(config_dict: dict, crash_tag: str) -> dict:
+    """Train, but DeepSpeed's own save of ``crash_tag`` dies half-way (a node lost mid-write): it leaves a
+    truncated model file in the tag's folder and raises. Returns the exception text."""
+    from pathlib import Path
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    real = DeepSpeedEngine.save_checkpoint
+
+    def dying_save(self: Any, save_dir: str, tag: str | None = None, **kwargs: Any) -> Any:
+        if tag == crash_tag:
+            folder = Path(save_dir) / tag
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "mp_rank_00_model_states.pt").write_bytes(b"PK\x03\x04 half a file")
+            raise OSError("node lost during checkpoint write")
+        return real(self, save_dir, tag=tag, **kwargs)
+
+    DeepSpeedEngine.save_checkpoint = dying_save
+    try:
+        train_rank(config_dict)
+    except OSError as exc:
+        return {"raised": str(exc)}
+    return {"raised": None}
+
+
 def train_rank_failing_checkpoint(config_dict: dict) -> dict:
     """Train, but make the checkpoint write fail (a full disk, say); returns the summary.json found."""
     import json

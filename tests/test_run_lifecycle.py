@@ -60,3 +60,22 @@ def test_zero_stages_2_and_3_train_like_stage_0(sample_data: Path, tmp_path: Pat
         run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / f"z{stage}", parallel={"zero_stage": stage}))
     for stage in (2, 3):
         assert_close(losses(tmp_path / "z0"), losses(tmp_path / f"z{stage}"), rel=1e-5)
+
+
+def test_checkpoint_dying_inside_deepspeed_is_never_resumed_from(sample_data: Path, tmp_path: Path) -> None:
+    """A save that dies inside DeepSpeed leaves a half-written tag folder; `latest` still names the
+    previous checkpoint, the next job resumes from that one, and ends where an uninterrupted run ends."""
+    from distributed import train_rank_crash_inside_engine_save
+
+    common = {"steps": 4, "save_every": 2, "save_final": True}
+    run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / "straight", train=common))
+    out = tmp_path / "run"
+    (result,) = run_ranks(train_rank_crash_inside_engine_save, 1, tiny_config(sample_data, out, train=common),
+                          "step_00000004")
+    assert result["raised"] == "node lost during checkpoint write"
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000002"
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+    (summary,) = run_ranks(train_rank, 1, tiny_config(sample_data, out, train={**common, "resume": "must"}))
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert (out / "checkpoints" / "latest").read_text().strip() == "step_00000004"
+    assert_close(losses(tmp_path / "straight"), losses(out), rel=1e-6)

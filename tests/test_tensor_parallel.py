@@ -64,7 +64,7 @@ def assert_close(a: dict[int, float], b: dict[int, float], rel: float) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["sp", "mup", "depth_mup"])
+@pytest.mark.parametrize("preset", ["sp", "mup", "depth_mup", "completep"])
 def test_tp2_trains_like_tp1(sample_data: Path, tmp_path: Path, preset: str) -> None:
     """Losses over 3 optimizer steps (fp32) at TP=2, with and without sequence parallelism, equal TP=1."""
     run_ranks(train_rank, 1, shape(sample_data, tmp_path / "tp1", preset))
@@ -156,3 +156,29 @@ def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys
 
     with pytest.raises(ConfigError, match="saved at parallel.tensor = 2"):
         plan_run(validate(cfg(tmp_path / "tp2", 1)))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sp", [False, True])
+def test_dropout_under_tp_keeps_replicas_equal_and_resumes_exactly(sample_data: Path, tmp_path: Path, sp: bool) -> None:
+    """Dropout at TP=2: masks on replicated activations must be the same on both ranks (else the
+    replicated LayerNorm and position weights drift apart, which merge-tp refuses), and the per-step
+    reseeding makes an interrupted run equal an uninterrupted one."""
+    from megadepth.parallel.merge import consolidated_state
+
+    common = {"steps": 4, "save_final": True}
+    cfg = shape(sample_data, tmp_path / "straight", tensor=2, sp=sp, **common)
+    cfg["model"]["dropout"] = 0.2
+    run_ranks(train_rank, 2, cfg)
+    consolidated_state(tmp_path / "straight" / "checkpoints")  # raises if a replicated parameter differs
+
+    first = shape(sample_data, tmp_path / "resumed", tensor=2, sp=sp, stop_after_steps=2, **common)
+    first["model"]["dropout"] = 0.2
+    run_ranks(train_rank, 2, first)
+    second = shape(sample_data, tmp_path / "resumed", tensor=2, sp=sp, **common)
+    second["model"]["dropout"] = 0.2
+    run_ranks(train_rank, 2, second)
+    assert_close(losses(tmp_path / "straight"), losses(tmp_path / "resumed"), rel=1e-6)
+    no_dropout = shape(sample_data, tmp_path / "nodrop", tensor=2, sp=sp, **common)
+    run_ranks(train_rank, 2, no_dropout)
+    assert losses(tmp_path / "nodrop")[4] != losses(tmp_path / "straight")[4]  # dropout was really on
