@@ -26,7 +26,7 @@ COPY data_prep ./data_prep
 COPY launch ./launch
 COPY configs ./configs
 # torch comes from the base image (the package asks only for torch>=2.4, so pip keeps it)
-RUN pip install . && megadepth --help > /dev/null
+RUN pip install ".[hf]" && megadepth --help > /dev/null
 
 ENTRYPOINT ["megadepth"]
 CMD ["--help"]
