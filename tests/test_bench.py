@@ -73,7 +73,10 @@ def test_device_script_dry_run_on_cpu(tmp_path: Path) -> None:
     run, and the table with the ratio and the multipliers' cost (the device session must not be the first
     time it runs)."""
     sets = " ".join(f"--set {item}" for item in TINY)
-    env = {**os.environ, "OUT": str(tmp_path), "SHAPES": "gpt-124m", "SP_SHAPE": "gpt-124m", "BENCH_SET": sets,
+    # the script calls python3 from PATH, as on the device: here that must be this interpreter (make test
+    # runs pytest from .venv without activating it)
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "PATH": path, "OUT": str(tmp_path), "SHAPES": "gpt-124m", "SP_SHAPE": "gpt-124m", "BENCH_SET": sets,
            "STEPS": "2", "WARMUP": "1", "COMPILE": "false"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_bench.sh")], capture_output=True, text=True,
                          env=env, timeout=600)
