@@ -149,3 +149,76 @@ def test_a_missing_node_ends_the_other_with_an_error(sample_data: Path, tmp_path
         _kill_groups([node0])
     assert not (tmp_path / "run" / "summary.json").exists() or \
         json.loads((tmp_path / "run" / "summary.json").read_text())["status"] != "completed"
+
+
+# --- a hostfile launch (one launcher, every node over ssh/pdsh), the network replaced by this machine ---
+
+_SSH = r"""#!/usr/bin/env bash
+# ssh stand-in: every host is this machine; the command runs in a clean environment, as after a login
+while [ $# -gt 0 ]; do case "$1" in -o|-p|-i|-l) shift 2;; -*) shift;; *) break;; esac; done
+shift  # the host
+[ $# -eq 0 ] && exit 0
+exec env -i HOME="$HOME" PATH="$PATH" bash -c "$*"
+"""
+
+_PDSH = r"""#!/usr/bin/env bash
+# pdsh stand-in: the joined command once per host of -w, %n = the host's index, in a clean environment
+# (as ssh would give it), outputs prefixed "host: ", exit status the worst of them (-S)
+set -o pipefail
+hosts=""
+while [ $# -gt 0 ]; do case "$1" in -w) hosts="$2"; shift 2;; -f) shift 2;; -*) shift;; *) break;; esac; done
+cmd="$*"
+IFS=, read -ra list <<< "$hosts"
+pids=(); i=0
+for h in "${list[@]}"; do
+  env -i HOME="$HOME" PATH="$PATH" bash -c "${cmd//%n/$i}" 2>&1 | sed -u "s/^/$h: /" &
+  pids+=($!); i=$((i + 1))
+done
+rc=0
+for p in "${pids[@]}"; do wait "$p" || rc=$?; done
+exit $rc
+"""
+
+
+def test_hostfile_launch_over_pdsh_equals_one_process(sample_data: Path, tmp_path: Path) -> None:
+    """`megadepth launch --hostfile` with two hosts: DeepSpeed's runner starts both nodes' ranks through
+    pdsh (each in a clean environment, as over ssh), and they train what one process with the same
+    global batch trains. ssh and pdsh are stand-ins that run on this machine (no sshd here); everything
+    else (our checks, DeepSpeed's runner and its exports, the per-node launchers) is the real path."""
+    from distributed import run_ranks, train_rank
+
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    for name, text in (("ssh", _SSH), ("pdsh", _PDSH)):
+        (shims / name).write_text(text)
+        (shims / name).chmod(0o755)
+    hosts = tmp_path / "hosts"
+    hosts.write_text("localhost slots=2\n127.0.0.1 slots=2\n")
+    base = tiny_config(sample_data, tmp_path / "unused", train={"global_batch": 16}, parallel={"timeout_s": 120})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    run_ranks(train_rank, 1, {**base, "train": {**base["train"], "out_dir": str(tmp_path / "one")}})
+
+    env_path = f"{shims}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    log = tmp_path / "hostfile.log"
+    env = {**os.environ, "PATH": env_path, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true", "GLOO_SOCKET_IFNAME": "lo"}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "megadepth", "launch", "--nproc-per-node", "2", "--hostfile",
+                                 str(hosts), "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
+                                 str(cfg), "--set", f"train.out_dir={tmp_path / 'two'}"],
+                                cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    try:
+        codes = _wait([proc], DEADLINE_S)
+        text = log.read_text()
+        assert codes == [0], text[-4000:]
+        assert _groups_gone([proc]), "the launcher exited but left processes behind"
+    finally:
+        _kill_groups([proc])
+    assert "localhost: " in text and "127.0.0.1: " in text  # both nodes' launchers ran, through pdsh
+    got = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert got["status"] == "completed" and got["world_size"] == 4
+    ref_m, got_m = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["step"] for r in ref_m] == [r["step"] for r in got_m] == [1, 2, 3]
+    for a, b in zip(ref_m, got_m, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
