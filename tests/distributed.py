@@ -157,6 +157,14 @@ def coord_check_rank(config_dict: dict, depths: list[int], widths: list[int] | N
     return result["slopes"]
 
 
+def coord_records_rank(config_dict: dict, depths: list[int], steps: int) -> list[dict]:
+    """A rank function: the coordinate check's raw records for a config dict."""
+    from megadepth.analysis.coord_check import run_coord_check
+    from megadepth.config import validate
+
+    return run_coord_check(validate(config_dict), depths, None, steps, progress=False)["records"]
+
+
 def train_rank_own_config(configs: list[dict]) -> dict:
     """Each rank trains its own config dict (to test that mismatched nodes are refused)."""
     return train_rank(configs[int(os.environ["RANK"])])

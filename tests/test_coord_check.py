@@ -73,3 +73,21 @@ def test_width(sample_data: Path, tmp_path: Path, preset: str, flat: bool) -> No
         assert all(abs(v) < 0.25 for v in s.values()), s
     else:
         assert s["residual_change"] > 1.0 and s["logits_change"] > 0.4, s
+
+
+def test_coord_check_trains_with_the_training_step(sample_data: Path, tmp_path: Path) -> None:
+    """The check steps through the trainer's Stepper, clipping included: a threshold that clips every
+    step changes what it measures (it once bypassed the Stepper and silently trained unclipped), and
+    with clipping off it still matches itself run to run."""
+    from distributed import coord_records_rank
+
+    def run(clip: float) -> list[dict]:
+        cfg = config(sample_data, tmp_path, "depth_mup", "transformer", 0.01)
+        cfg["optimizer"]["grad_clip"] = clip
+        (records,) = run_ranks(coord_records_rank, 1, cfg, [2], 3)
+        return records
+
+    free, again, clipped = run(0.0), run(0.0), run(1e-3)
+    change = [r["value"] for r in free if r["quantity"] == "residual_change" and r["step"] == 3]
+    assert free == again
+    assert change and change != [r["value"] for r in clipped if r["quantity"] == "residual_change" and r["step"] == 3]

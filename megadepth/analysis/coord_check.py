@@ -90,13 +90,18 @@ def _measure_shape(config: Config, device: torch.device, precision: str) -> list
     from megadepth.data import MicroBatchSampler, build_datasets, make_loader
     from megadepth.parallel.topology import build_grid
     from megadepth.train.engine import build_engine
+    from megadepth.train.step import Stepper
 
     cfg = config.train
     train_set, _ = build_datasets(config.data.path, seq_len=config.model.seq_len, seed=cfg.seed,
                                   train_samples=(cfg.steps + 1) * cfg.micro_batch, valid_samples=0,
                                   valid_fraction=0.0, cache_dir=config.data.cache_dir)
-    built = build_engine(config, device, 1, cfg.micro_batch, precision, build_grid(1, 1, 1, False))
-    engine, model = built.engine, built.model
+    grid = build_grid(1, 1, 1, False)
+    built = build_engine(config, device, 1, cfg.micro_batch, precision, grid)
+    model = built.model
+    # the training loop's own step (clipping included), so a coordinate check trains as `train` does
+    stepper = Stepper(built, grid, device, 1, cfg.micro_batch, cfg.seed, dropout=config.model.dropout > 0,
+                      own_norm=False)
     loader = iter(make_loader(train_set, MicroBatchSampler(len(train_set), 0, cfg.micro_batch, 0, 1)))
     probe = next(loader).to(device)[:, :-1]  # the probe batch is held out of training
     streams0, logits0 = _probe(model, probe)
@@ -118,11 +123,8 @@ def _measure_shape(config: Config, device: torch.device, precision: str) -> list
 
     record(0, streams0, logits0)
     for step in range(1, cfg.steps + 1):
-        batch = next(loader).to(device)
-        loss = engine(batch[:, :-1], batch[:, 1:])
-        engine.backward(loss)
-        engine.step()
-        if not math.isfinite(float(loss.detach())):
+        loss = stepper.train_step(loader, step - 1, want_norm=False)
+        if not math.isfinite(float(loss)):
             break
         record(step, *_probe(model, probe))
     return records
