@@ -206,7 +206,7 @@ def make_plan(out: str | Path, inputs: list[InputFile], config: PrepConfig) -> P
             if not p.is_file():
                 raise DataError(f"url_filter blocklist {p}: no such file")
             resolved.append(str(p.resolve()))
-            url_shas[str(p.resolve())] = sha256_file(p)
+            url_shas[resolved[-1]] = sha256_file(p)
         config = config.model_copy(update={"url_filter": u.model_copy(update={"blocklists": tuple(resolved)})})
     if not inputs:
         raise DataError("no inputs")

@@ -117,10 +117,7 @@ class _Extractor:
 def _url_filter(plan: Plan):
     from data_prep.urls import UrlFilter
 
-    for path, sha in plan.url_lists_sha256.items():
-        if sha256_file(path) != sha:
-            raise DataError(f"url_filter blocklist {path} changed since the plan was made")
-    return UrlFilter(plan.config.url_filter)
+    return UrlFilter(plan.config.url_filter, plan.url_lists_sha256)  # each list read once, its hash checked
 
 
 def _extract(plan: Plan, unit: str) -> dict:

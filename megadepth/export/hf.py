@@ -136,12 +136,11 @@ def _tokenizer_ids(path: Path | None, vocab: int) -> dict[str, int]:
     return {k: (v if 0 <= v < vocab else None) for k, v in ids.items()}
 
 
-def _max_relative_difference(config: Config, state: dict[str, torch.Tensor], hf_model) -> float:
+def _max_relative_difference(config: Config, mult: Multipliers, state: dict[str, torch.Tensor], hf_model) -> float:
     """Logits of megadepth's forward pass and of the exported model on the same (seeded) tokens."""
     from megadepth.model import GPT
 
-    ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
-    ours = GPT(config.model, ptz.multipliers())
+    ours = GPT(config.model, mult)
     ours.load_state_dict({k: v.float() for k, v in state.items()})
     ours.eval()
     hf_model.eval()
@@ -179,7 +178,7 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
         raise ConfigError(f"GPT-2 weights did not line up (missing {missing[:3]}, unexpected {unexpected[:3]})")
     if config.model.tie_embeddings:
         hf_model.tie_weights()
-    diff = _max_relative_difference(config, state, hf_model)
+    diff = _max_relative_difference(config, mult, state, hf_model)
     if not diff < _TOLERANCE:
         raise ConfigError(f"the exported model's logits differ from megadepth's by {diff:.2e} (relative): not written")
     info = {
@@ -194,11 +193,15 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
     }
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    hf_model.save_pretrained(tmp)
-    if tokenizer is not None:
-        shutil.copyfile(tokenizer, tmp / "tokenizer.model")
-    (tmp / "megadepth_export.json").write_text(json.dumps(info, indent=1) + "\n")
-    if out.exists():
-        out.rmdir()  # empty (checked above)
-    tmp.replace(out)
+    try:
+        hf_model.save_pretrained(tmp)
+        if tokenizer is not None:
+            shutil.copyfile(tokenizer, tmp / "tokenizer.model")
+        (tmp / "megadepth_export.json").write_text(json.dumps(info, indent=1) + "\n")
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # a half-written export never stays behind
+        raise
     return info

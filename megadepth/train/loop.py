@@ -141,7 +141,7 @@ def train(config: Config) -> dict[str, Any]:
 
 @dataclass
 class _Progress:
-    """Where the run stands; the summary is written from it however the run ends."""
+    """Where the run stands, and what it has opened; the summary is written from it however the run ends."""
 
     step: int = 0
     consumed: int = 0
@@ -151,6 +151,10 @@ class _Progress:
     error: str | None = None
     last_loss: float = float("nan")
     last_eval: float = float("nan")
+    finished_before: bool = False
+    """The checkpoint it resumed from had already reached train.steps: nothing was trained."""
+    tracker: Tracker | None = None
+    metrics: MetricsLog | None = None
 
 
 def _read_summary(run: RunDir) -> dict[str, Any] | None:
@@ -183,13 +187,11 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
     torch.distributed.barrier()
 
     progress = _Progress()
-    outputs: dict[str, Any] = {"tracker": None, "metrics": None}
     start_time = time.perf_counter()
-    finished_before = False
     try:
         # from here on, however the run ends (a checkpoint that fails to load, W&B, the loop), it ends
         # with a summary.json that says so
-        finished_before = _run(plan, train_set, valid_set, config_yaml, progress, outputs)
+        _run(plan, train_set, valid_set, config_yaml, progress)
     except BaseException as exc:
         progress.status, progress.error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -206,22 +208,20 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
             "depth": config.model.depth,
             "width": config.model.width,
         }
-        if finished_before and prior is not None and prior.get("status") == "completed":
+        if progress.finished_before and prior is not None and prior.get("status") == "completed":
             summary = prior  # started again after it had finished: the run's own summary stands
         if progress.error:
             summary["error"] = progress.error
         if is_main:
-            if outputs["metrics"] is not None:
-                outputs["metrics"].close()
-            _finish_outputs(run, summary, outputs["tracker"], title=f"{config.parametrization.name}, depth "
+            if progress.metrics is not None:
+                progress.metrics.close()
+            _finish_outputs(run, summary, progress.tracker, title=f"{config.parametrization.name}, depth "
                             f"{config.model.depth}, width {config.model.width}")
     return summary
 
 
-def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress: _Progress,
-         outputs: dict[str, Any]) -> bool:
-    """Build, resume and train, updating ``progress`` as it goes; True when the checkpoint it resumed
-    from had already reached train.steps (nothing to train)."""
+def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress: _Progress) -> None:
+    """Build, resume and train, updating ``progress`` as it goes."""
     from tqdm import tqdm
 
     from megadepth.train.engine import build_engine
@@ -242,14 +242,15 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
             progress.last_loss, progress.last_eval = _last_losses(run, progress.step)
             out(f"{run.checkpoints / plan.resume_tag} is at step {progress.step}, train.steps is {cfg.steps}: "
                 "nothing to train (raise train.steps to continue)")
-            return True
+            progress.finished_before = True
+            return
     step, consumed = progress.step, progress.consumed
 
     table = built.parametrization.format_table(config.optimizer, roles_present(built.model))
-    tracker = outputs["tracker"] = Tracker(config.wandb, run.root, config.model_dump(mode="json"), enabled=is_main,
+    tracker = progress.tracker = Tracker(config.wandb, run.root, config.model_dump(mode="json"), enabled=is_main,
                                           id_file=run.wandb_id)
-    metrics = MetricsLog(run.metrics, resume_step=step if plan.resume_tag else None) if is_main else None
-    outputs["metrics"] = metrics
+    metrics = progress.metrics = (MetricsLog(run.metrics, resume_step=step if plan.resume_tag else None)
+                                  if is_main else None)
     if is_main:
         atomic_write_text(run.parametrization, table + "\n")
         out(
@@ -336,7 +337,6 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 break
     finally:
         bar.close()
-    return False
 
 
 def _finish_outputs(run: RunDir, summary: dict[str, Any], tracker: Tracker | None, title: str) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from megadepth.config.schema import WandbConfig
+from megadepth.train.rundir import atomic_write_text
 
 
 class Tracker:
@@ -31,9 +32,7 @@ class Tracker:
             run_id = id_file.read_text().strip() if id_file.is_file() else None
             if not run_id:
                 run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
-                tmp = id_file.with_name(id_file.name + ".tmp")
-                tmp.write_text(run_id + "\n")
-                tmp.replace(id_file)
+                atomic_write_text(id_file, run_id + "\n")
         self.run = wandb.init(
             id=run_id,
             resume="allow" if run_id else None,
