@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from megadepth.data.indexed import DataError
 __all__ = ["add_cli"]
 
 
-def _fail(e: Exception) -> int:
+def _fail(e: Exception | str) -> int:
     print(f"error: {e}", file=sys.stderr)
     return 2
 
@@ -50,6 +51,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 0
         manifest, walls = run_plan(plan, workers=args.workers, progress=not args.no_progress)
     except (DataError, OSError) as e:
+        if isinstance(e, OSError) and e.filename is None and e.errno is not None:
+            return _fail(f"{e} (while writing under {args.out})")  # e.g. a full disk names no file
         return _fail(e)
     print(format_report(manifest, walls))
     print(f"{plan.out}: {manifest['documents']:,} documents, {manifest['tokens']:,} tokens in "
@@ -74,7 +77,8 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
         )
     except (DataError, OSError) as e:
         return _fail(e)
-    print(f"wrote {submit.parent}/*.sbatch for {len(plan.inputs)} input file(s); submit with: bash {submit}")
+    print(f"wrote {submit.parent}/*.sbatch for {len(plan.inputs)} input file(s); "
+          f"submit with: bash {shlex.quote(str(submit))}")
     return 0
 
 

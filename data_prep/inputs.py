@@ -119,7 +119,8 @@ def _read_paths_file(p: Path, prefix: str | None) -> list[InputFile]:
     """A Common Crawl ``warc.paths.gz`` / ``wet.paths.gz``: one relative key per line, joined to ``prefix``."""
     try:
         raw = gzip.decompress(p.read_bytes()) if p.name.lower().endswith(".gz") else p.read_bytes()
-        keys = [line.strip() for line in raw.decode("utf-8").splitlines() if line.strip()]
+        lines = (line.strip() for line in raw.decode("utf-8").splitlines())
+        keys = [k for k in lines if k and not k.startswith("#")]
     except (OSError, EOFError, UnicodeDecodeError) as e:
         raise DataError(f"{p}: not a readable paths file ({e})") from None
     if not keys:
@@ -217,12 +218,22 @@ def check_remote(files: Sequence[InputFile]) -> None:
             raise DataError(f"{f.path}: cannot reach ({type(e).__name__}: {e})") from None
 
 
-def resolve_inputs(paths: Iterable[str | os.PathLike], prefix: str | None = None) -> list[InputFile]:
-    """The sorted, unique input files behind ``paths``; a :class:`DataError` for anything unusable."""
+def resolve_inputs(
+    paths: Iterable[str | os.PathLike], prefix: str | None = None, exclude: str | os.PathLike | None = None
+) -> list[InputFile]:
+    """The sorted, unique input files behind ``paths``; a :class:`DataError` for anything unusable.
+
+    Files under ``exclude`` (the output directory) are left out: an output inside an input directory
+    would otherwise be read back as input by the next run (its Parquet, its JSON markers).
+    """
     files: set[InputFile] = set()
     given = [os.fspath(p) for p in paths]
     if not given:
         raise DataError("no inputs given (--input PATH ...)")
+    skip = Path(exclude).expanduser().resolve() if exclude is not None else None
     for raw in given:
-        files.update(_one(raw, prefix))
+        found = [f for f in _one(raw, prefix) if skip is None or f.remote or not Path(f.path).is_relative_to(skip)]
+        if not found:
+            raise DataError(f"{raw}: holds only the output directory's own files (--out {exclude})")
+        files.update(found)
     return sorted(files, key=lambda f: f.path)

@@ -34,7 +34,7 @@ def plan_run(
 ) -> Plan:
     """Resolve and check everything; returns the plan (nothing is written but the output probe)."""
     cfg = load_prep_config(config_files, overrides, extra)
-    files = resolve_inputs(inputs, cfg.read.paths_prefix)
+    files = resolve_inputs(inputs, cfg.read.paths_prefix, exclude=out)
     check_remote(files)
     check_input_columns(files, cfg.read)
     if cfg.tokenizer.model:

@@ -240,6 +240,14 @@ def check_writable(out: Path) -> None:
     """The output directory exists or can be made, and a file can be written in it: checked up front."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and not (out / PLAN).exists() and not (out / "manifest.json").exists():
+        theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+        if theirs:
+            # finalize replaces shard_* and documents/*.parquet: never in a folder that holds someone's files
+            raise DataError(
+                f"--out {out}: not empty ({', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}) and not a "
+                "megadepth data directory (no plan.json or manifest.json): give a new or empty directory"
+            )
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"

@@ -30,7 +30,7 @@ from data_prep.config import ReadConfig
 from data_prep.inputs import InputFile
 from megadepth.data.indexed import DataError
 
-__all__ = ["RawDoc", "check_input_columns", "read_documents"]
+__all__ = ["InputUnavailable", "RawDoc", "check_input_columns", "read_documents"]
 
 _GZ_MAGIC = b"\x1f\x8b\x08"
 _REMOTE = ("s3://", "gs://", "gcs://", "http://", "https://", "hf://", "az://", "abfs://")
@@ -551,7 +551,9 @@ def _read_parquet(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[R
         pf = pq.ParquetFile(inp.path)
         cols = _columns(pf.schema_arrow.names, cfg)
         yield from _batches_docs(pf.iter_batches(batch_size=1024, columns=cols), inp, cfg, stats)
-    except OSError:
+    except OSError as e:
+        if _unavailable(e, inp.remote):
+            raise
         stats["corrupt:file"] += 1
 
 
@@ -575,7 +577,9 @@ def _read_arrow(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[Raw
         else:
             batches = (b.select(cols) for b in reader)
         yield from _batches_docs(batches, inp, cfg, stats)
-    except (OSError, pa.ArrowInvalid):
+    except (OSError, pa.ArrowInvalid) as e:
+        if _unavailable(e, inp.remote):
+            raise
         stats["corrupt:file"] += 1
 
 
@@ -615,14 +619,54 @@ _READERS = {
 }
 
 
+class InputUnavailable(DataError):
+    """An input could not be read for a reason outside its bytes (gone, no permission, network error).
+
+    Unlike damage, which is skipped and counted for good, this fails the unit: it gets no done marker,
+    so running the same command again retries the file instead of losing it for the rest of the run.
+    """
+
+
+def _unavailable(e: BaseException, remote: bool) -> bool:
+    """True for failures of the file system or network, False for damaged content.
+
+    Damage shows up as ``zlib.error``, ``EOFError`` or an ``OSError`` without an errno (``gzip``'s
+    BadGzipFile); the operating system and the network raise errors with one (or their own classes).
+    """
+    if isinstance(e, (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(e, OSError) and e.errno is not None:
+        return True
+    return remote and not isinstance(e, (zlib.error, EOFError, OSError, ValueError))
+
+
 def read_documents(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    """Documents of one input file; unreadable parts are counted in ``stats`` and skipped."""
+    """Documents of one input file; damaged parts are counted in ``stats`` and skipped.
+
+    A file whose bytes cannot be had at all (deleted, unreadable, a network failure) raises
+    :class:`InputUnavailable` instead: that is not damage, and a rerun may well read it.
+    """
+    if not inp.remote and inp.size is not None:
+        try:
+            size = os.stat(inp.path).st_size
+        except OSError as e:
+            raise InputUnavailable(f"{inp.path}: cannot be read ({e.strerror})") from None
+        if size != inp.size:
+            raise DataError(
+                f"{inp.path}: changed since the plan was made ({inp.size} bytes then, {size} now); "
+                "restore it, or prepare into a new --out"
+            )
+    if inp.size == 0:
+        stats["skip:empty_file"] += 1
+        return
     try:
         yield from _READERS[inp.kind](inp, cfg, stats)
-    except (OSError, EOFError, zlib.error) as e:
-        # the file vanished or cannot be opened at all: one file lost, not the run
-        stats["corrupt:file"] += 1
-        stats[f"corrupt:file:{type(e).__name__}"] += 0
+    except Exception as e:
+        if _unavailable(e, inp.remote):
+            raise InputUnavailable(f"{inp.path}: cannot be read ({type(e).__name__}: {e})") from None
+        if not isinstance(e, (OSError, EOFError, zlib.error)):
+            raise
+        stats["corrupt:file"] += 1  # e.g. not gzip at all: the whole file is unusable
 
 
 def check_input_columns(inputs: list[InputFile], cfg: ReadConfig) -> None:

@@ -9,11 +9,16 @@ from ``SLURM_ARRAY_TASK_ID`` and the stages chained by ``--dependency=afterok``.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
+import fcntl
 import multiprocessing as mp
 import os
 import shlex
 import sys
+import threading
 import time
+from collections.abc import Callable, Iterator
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 from data_prep.plan import STAGES, Plan, load_plan
@@ -23,6 +28,22 @@ from megadepth.data.indexed import DataError, atomic_write_bytes
 __all__ = ["run_local", "run_task", "write_slurm_scripts"]
 
 _PLANS: dict[str, Plan] = {}
+LOCK = ".prep.lock"
+
+
+def _watch_parent(parent: int) -> None:
+    """Pool worker initializer: exit when the parent process is gone.
+
+    A ``prep run`` killed with SIGKILL (or by the OOM killer) cannot stop its pool; without this its
+    workers would finish their units in the background, racing the rerun that resumes the directory.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
 def _worker_unit(out: str, stage: str, unit: str) -> tuple[str, dict]:
@@ -44,55 +65,120 @@ def _postfix(stage: str, done: list[dict], t0: float) -> str:
     return ""
 
 
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``OUT/.prep.lock`` for the run: two local runs into one directory would each replace the
+    other's outputs. (Slurm tasks of one plan share a directory on purpose and take no lock.)"""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "?"
+            raise DataError(f"--out {out}: another 'megadepth prep run' (pid {holder}) is writing here") from None
+        except OSError:
+            pass  # a file system without locks: run unguarded, as before
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        yield
+
+
+def _failed(stage: str, n_units: int, failures: list[str]) -> DataError:
+    """One error for a stage whose units failed: the others' work is kept and a rerun retries them."""
+    if n_units == 1:
+        return DataError(failures[0])
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    return DataError(
+        f"prep {stage}: {len(failures)} of {n_units} units failed: {failures[0]}{more}. The finished units are "
+        "kept: fix the cause and run the same command again to retry the rest"
+    )
+
+
+def _run_stage(plan: Plan, stage: str, workers: int, progress: bool, pool: Callable[[], cf.Executor]) -> None:
+    """The pending units of one stage, in this process or on the pool; failures collected, then raised."""
+    from tqdm import tqdm
+
+    units = plan.units(stage)
+    pending = [u for u in units if stage == "finalize" or not plan.is_done(stage, u)]
+    t0 = time.perf_counter()
+    done = [plan.read_marker(stage, u) for u in units if u not in pending]
+    failures: list[str] = []
+    with tqdm(
+        total=len(units),
+        initial=len(units) - len(pending),
+        desc=f"prep {stage}",
+        unit="unit",
+        disable=not progress or not units,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    ) as bar:
+
+        def finished(marker: dict) -> None:
+            done.append(marker)
+            bar.update(1)
+            bar.set_postfix_str(_postfix(stage, done, t0), refresh=False)
+
+        if workers == 1 or len(pending) <= 1:
+            for u in pending:
+                if stage == "finalize":
+                    plan.marker(stage, u).unlink(missing_ok=True)
+                try:
+                    finished(run_unit(plan, stage, u))
+                except DataError as e:
+                    failures.append(str(e))
+        else:
+            futures = {pool().submit(_worker_unit, str(plan.out), stage, u): u for u in pending}
+            for fut in cf.as_completed(futures):
+                try:
+                    finished(fut.result()[1])
+                except DataError as e:
+                    failures.append(str(e))
+                except BrokenProcessPool:
+                    raise DataError(
+                        f"prep {stage}: a worker process died (killed, or out of memory?) while running unit "
+                        f"{futures[fut]}; the finished units are kept: run the same command again to resume "
+                        "(with fewer --workers if memory is short)"
+                    ) from None
+    if failures:
+        raise _failed(stage, len(units), failures)
+
+
 def run_local(plan: Plan, workers: int = 1, progress: bool = True) -> dict[str, float]:
     """Every stage in order, each unit once; a rerun continues where a killed one stopped.
 
-    Returns wall seconds per stage. ``workers`` processes share the units of each stage.
+    Returns wall seconds per stage. ``workers`` processes share the units of each stage. A unit that
+    fails with a :class:`DataError` (an input that cannot be read, say) does not stop the others of its
+    stage; the stage then ends with one error naming it, and the next run retries only what failed.
     """
-    from tqdm import tqdm
-
     if workers < 1:
         raise DataError(f"--workers must be >= 1, got {workers}")
-    plan.save()
     walls: dict[str, float] = {}
-    pool: cf.ProcessPoolExecutor | None = None
-    try:
-        for stage in STAGES:
-            units = plan.units(stage)
-            pending = [u for u in units if stage == "finalize" or not plan.is_done(stage, u)]
-            t0 = time.perf_counter()
-            done = [plan.read_marker(stage, u) for u in units if u not in pending]
-            bar = tqdm(
-                total=len(units),
-                initial=len(units) - len(pending),
-                desc=f"prep {stage}",
-                unit="unit",
-                disable=not progress or not units,
-                file=sys.stderr,
-                dynamic_ncols=True,
+    executor: cf.ProcessPoolExecutor | None = None
+
+    def pool() -> cf.ProcessPoolExecutor:
+        nonlocal executor
+        if executor is None:  # one pool for the whole run: workers keep their loaded models across stages
+            executor = cf.ProcessPoolExecutor(
+                max_workers=workers,
+                mp_context=mp.get_context("spawn"),
+                initializer=_watch_parent,
+                initargs=(os.getpid(),),
             )
-            try:
-                if workers == 1 or len(pending) <= 1:
-                    for u in pending:
-                        if stage == "finalize":
-                            plan.marker(stage, u).unlink(missing_ok=True)
-                        done.append(run_unit(plan, stage, u))
-                        bar.update(1)
-                        bar.set_postfix_str(_postfix(stage, done, t0), refresh=False)
-                else:
-                    if pool is None:
-                        pool = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"))
-                    futures = [pool.submit(_worker_unit, str(plan.out), stage, u) for u in pending]
-                    for fut in cf.as_completed(futures):
-                        done.append(fut.result()[1])
-                        bar.update(1)
-                        bar.set_postfix_str(_postfix(stage, done, t0), refresh=False)
-            finally:
-                bar.close()
-            walls[stage] = time.perf_counter() - t0
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+        return executor
+
+    with _exclusive(plan.out):
+        plan.save()
+        try:
+            for stage in STAGES:
+                t0 = time.perf_counter()
+                _run_stage(plan, stage, workers, progress, pool)
+                walls[stage] = time.perf_counter() - t0
+        finally:
+            if executor is not None:
+                executor.shutdown(wait=True, cancel_futures=True)
     return walls
 
 
@@ -122,17 +208,25 @@ def run_task(out: str | Path, stage: str, rank: int | None, world_size: int | No
         raise DataError("no rank: give --rank or run inside a Slurm array ($SLURM_ARRAY_TASK_ID)")
     if world_size is None:
         raise DataError("no world size: give --world-size (or $SLURM_ARRAY_TASK_COUNT)")
-    if world_size < 1 or not 0 <= rank < world_size:
+    if world_size < 1:
+        raise DataError(f"--world-size must be >= 1, got {world_size}")
+    if not 0 <= rank < world_size:
         raise DataError(f"rank {rank} is not in [0, {world_size})")
     plan = load_plan(out)
     for before in STAGES[: STAGES.index(stage)]:
         plan.require_done(before)
     mine = plan.units(stage)[rank::world_size]
     done = {}
+    failures: list[str] = []
     for u in mine:
         if stage == "finalize":
             plan.marker(stage, u).unlink(missing_ok=True)
-        done[u] = run_unit(plan, stage, u)
+        try:
+            done[u] = run_unit(plan, stage, u)
+        except DataError as e:  # the task's other units still run; the task then fails (and is resubmitted)
+            failures.append(str(e))
+    if failures:
+        raise _failed(stage, len(mine), failures)
     task_marker = plan.marker_dir(stage) / "tasks" / f"{rank}-of-{world_size}"
     atomic_write_bytes(task_marker, (" ".join(mine) + "\n").encode())
     return done
@@ -178,6 +272,10 @@ def write_slurm_scripts(
     """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh."""
     if tasks < 1:
         raise DataError(f"--tasks must be >= 1, got {tasks}")
+    for flag, value in (("--partition", partition), ("--account", account), ("--time", time_limit), ("--mem", mem)):
+        # #SBATCH lines are not shell: a value with spaces or quotes would be split or kept literally
+        if value is not None and (not value or any(ch.isspace() or ch in "'\"\\$`;" for ch in value)):
+            raise DataError(f"{flag} {value!r}: Slurm values may not contain spaces, quotes or shell characters")
     plan.save()
     sdir = plan.out / "slurm"
     logs = sdir / "logs"

@@ -271,6 +271,7 @@ def _extract(plan: Plan, unit: str) -> dict:
     stats["kept"] = kept
     return {
         "input": inp.path,
+        "damaged": any(k.startswith("corrupt:") and v for k, v in stats.items()),
         "kept": kept,
         "kept_chars": kept_chars,
         "stats": dict(sorted(stats.items())),
@@ -409,7 +410,10 @@ def _tokenizer(plan: Plan, unit: str) -> dict:
         return {"trained": False, "source": str(src), "seconds": round(time.perf_counter() - t0, 4)}
     offsets = _offsets(plan)
     removed = _removed(plan)
-    total_chars = sum(plan.read_marker("extract", u)["kept_chars"] for u in plan.units("extract"))
+    extracted = [plan.read_marker("extract", u) for u in plan.units("extract")]
+    if not any(m["kept"] for m in extracted):
+        raise DataError(_nothing_survived(plan))
+    total_chars = sum(m["kept_chars"] for m in extracted)
     rate = min(1.0, c.tokenizer.sample_chars / max(total_chars, 1))
     cut = int(rate * (_U64 - 1))
     sampled = Counter()
@@ -565,13 +569,24 @@ def _sum_stats(markers: list[dict]) -> Counter:
     return total
 
 
+def _nothing_survived(plan: Plan) -> str:
+    """The error when every document was dropped, with the reasons that dropped the most."""
+    stats = _sum_stats([plan.read_marker("extract", u) for u in plan.units("extract")])
+    lost = [(v, k) for k, v in stats.items()
+            if v and k.startswith(("drop:", "skip:", "corrupt:")) and not k.startswith("skip:record_")]
+    drops = sorted(lost, reverse=True)  # (warcinfo, request and metadata records are never documents)
+    top = ", ".join(f"{k} {v}" for v, k in drops[:4]) or "no documents were read"
+    return (f"no document survived the pipeline ({stats['docs_in']} read; {top}): nothing to write. "
+            "Loosen the filters (docs/data_prep.md lists them) or check the inputs")
+
+
 def _finalize(plan: Plan, unit: str) -> dict:
     out = plan.out
     (out / MANIFEST).unlink(missing_ok=True)  # a half-updated directory never looks complete
     tok_markers = [(u, plan.read_marker("tokenize", u)) for u in plan.units("tokenize")]
     shards = [(u, m) for u, m in tok_markers if m["shard"]]
     if not shards:
-        raise DataError("no document survived the pipeline: nothing to write (see the drop counts in work/)")
+        raise DataError(_nothing_survived(plan))
     wanted_shards = {f"shard_{u}" for u, _ in shards}
     for f in out.glob("shard_*"):
         if f.is_file() and f.name.rsplit(".", 1)[0] not in wanted_shards:
@@ -588,6 +603,8 @@ def _finalize(plan: Plan, unit: str) -> dict:
         _link(idx_path(sd / f"shard_{u}"), idx_path(out / f"shard_{u}"))
         _link(sd / DOCS_DIR / f"part-{u}.parquet", docs_dir / f"part-{u}.parquet")
     _link(plan.stage_dir("tokenizer") / TOKENIZER, out / TOKENIZER)
+    for stale in (out / "work").rglob(".*.tmp"):  # left by killed units; every unit is done by now
+        stale.unlink(missing_ok=True)
     manifest = build_manifest(plan)
     atomic_write_bytes(out / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return {"shards": len(shards)}
@@ -658,6 +675,7 @@ def build_manifest(plan: Plan) -> dict:
                 "records": read_stats["read:records"],
                 "documents_out": docs_in,
                 "skipped": skipped,
+                "damaged_files": [m["input"] for m in ex if m.get("damaged")],
                 "files_read_leniently": read_stats["read:fallback_files"],
                 "non_utf8_pages": read_stats["read:non_utf8"],
             },

@@ -277,6 +277,13 @@ def _manifest_is_current(out_dir: Path, config_hash: str) -> dict | None:
     return manifest
 
 
+def _refuse_pipeline_output(out_dir: Path) -> None:
+    """Text shards replace a directory's shards; in a ``prep run`` output its documents/ and work/ would
+    stay behind, describing shards that are no longer there."""
+    if (out_dir / "plan.json").exists():
+        raise DataError(f"{out_dir}: holds a 'megadepth prep run' output; write text shards to another directory")
+
+
 def _remove_old_outputs(out_dir: Path) -> None:
     """Manifest first (so a half-rebuilt directory never looks complete), then old shards.
 
@@ -326,6 +333,7 @@ def _build(
         "special_ids": SPECIAL_IDS if given_tok is None else None,
     }
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
+    _refuse_pipeline_output(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     current = _manifest_is_current(out_dir, config_hash)
     if current is not None:
@@ -482,6 +490,7 @@ def prepare_sample_data(
     refers to a file a user can read.
     """
     out = Path(out_dir)
+    _refuse_pipeline_output(out)
     return build_text_shards([_sample_source(out)], out, vocab_size=vocab_size, progress=progress)
 
 

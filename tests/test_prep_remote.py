@@ -16,7 +16,7 @@ import pytest
 
 from data_prep import stages
 from data_prep.corpus import article_html, prose_pages, warc_response, warcinfo, write_warc
-from data_prep.pipeline import plan_run
+from data_prep.pipeline import plan_run, run_plan
 from data_prep.runner import run_task
 from megadepth.data.indexed import DataError
 
@@ -101,3 +101,24 @@ def test_missing_fsspec_backend_is_named_before_work(tmp_path: Path) -> None:
     assert importlib.util.find_spec("s3fs") is None, "this test expects an environment without s3fs"
     with pytest.raises(DataError, match="s3:// needs a package that is not installed"):
         plan_run(["s3://commoncrawl/crawl-data/CC-MAIN-2024-22/x.warc.gz"], tmp_path / "o")
+
+
+def test_a_file_missing_after_planning_fails_its_unit_and_a_rerun_reads_it(served, tmp_path: Path) -> None:
+    """A 404 or a dropped connection is not damage: the unit gets no done marker, the run ends with one
+    error naming the file, and the same command run again reads it (nothing is lost for good)."""
+    root, url = served
+    keys = ["crawl/good.warc.gz", "crawl/late.warc.gz"]  # 'late' appears on the server only later
+    paths = tmp_path / "warc.paths.gz"
+    paths.write_bytes(gzip.compress("".join(k + "\n" for k in keys).encode()))
+    overrides = [*RULES_OFF, f"read.paths_prefix={url}", "tokenizer.vocab_size=500"]
+    plan = plan_run([str(paths)], tmp_path / "o", overrides=overrides)  # checks only the first input
+    with pytest.raises(DataError, match=r"prep extract: 1 of 2 units failed: .*late.warc.gz: cannot be read.*"
+                                        r"run the same command again"):
+        run_plan(plan, progress=False)
+    assert plan.is_done("extract", "000000") and not plan.is_done("extract", "000001")
+    shutil.copy(FIXTURES / "whirlwind.warc.wet.gz", root / "crawl" / "late.warc.gz")
+    try:
+        manifest, _ = run_plan(plan_run([str(paths)], tmp_path / "o", overrides=overrides), progress=False)
+    finally:
+        (root / "crawl" / "late.warc.gz").unlink()
+    assert manifest["stages"]["read"]["documents_out"] == 6 + 1 and manifest["stages"]["read"]["damaged_files"] == []

@@ -26,6 +26,11 @@ def check_tokenizer(config: Config) -> Path | None:
     for comp in components:
         if not Path(comp).exists() and not Path(f"{comp}.idx").exists():
             raise DataError(f"data.path: {comp} does not exist (neither a data directory nor a shard prefix)")
+        folder = Path(comp) if Path(comp).is_dir() else Path(comp).parent
+        if (folder / "plan.json").is_file() and not (folder / "manifest.json").is_file():
+            # prep writes manifest.json last (and removes it first when it rewrites the shards)
+            raise DataError(f"data.path: {folder} is an unfinished 'megadepth prep run' (no manifest.json yet); "
+                            "run the prep command again to finish it")
         manifest = read_data_manifest(comp)
         manifests[comp] = manifest
         if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:
