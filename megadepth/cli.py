@@ -126,6 +126,21 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
+def _count(minimum: int):
+    """An argparse type: an integer of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
 def _cmd_coord_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -239,17 +254,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--depths", type=_int_list, required=True, help="e.g. 2,4,8,16,32")
     p.add_argument("--widths", type=_int_list, default=None, help="e.g. 64,128,256 (default: the config's)")
-    p.add_argument("--steps", type=int, default=5, help="optimizer steps per shape (default 5)")
-    p.add_argument("--seeds", type=int, default=1, help="seeds averaged per shape (default 1)")
+    p.add_argument("--steps", type=_count(1), default=5, help="optimizer steps per shape (default 5)")
+    p.add_argument("--seeds", type=_count(1), default=1, help="seeds averaged per shape (default 1)")
     p.add_argument("--out", required=True, help="output directory for coord.json and coord.png")
     p.set_defaults(func=_cmd_coord_check)
 
     p = sub.add_parser("bench", help="time training steps on this device (random tokens); prints JSON")
     _add_config_args(p)
-    p.add_argument("--steps", type=int, default=20, help="timed optimizer steps (default 20)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps first (default 5)")
+    p.add_argument("--steps", type=_count(1), default=20, help="timed optimizer steps (default 20)")
+    p.add_argument("--warmup", type=_count(0), default=5, help="untimed steps first (default 5)")
     p.add_argument("--peak-tflops", type=float, default=989.4,
-                   help="the device's peak for MFU (default: H200 dense bf16, BENCHMARKS.md)")
+                   help="the device's peak TFLOP/s for MFU (default 989.4: H200 dense bf16, the convention "
+                        "in docs/throughput.md; MFU on a CPU is against that GPU peak too)")
     p.add_argument("--json", default=None, help="also write the JSON here")
     p.set_defaults(func=_cmd_bench)
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from megadepth.config.load import ConfigError
 from megadepth.train.rundir import atomic_write_text
 
 LATEST = "latest"
@@ -24,13 +25,31 @@ def tag_for(step: int) -> str:
     return f"step_{step:08d}"
 
 
+def complete_tags(ckpt_dir: Path) -> list[str]:
+    """Checkpoint tags in step order whose save finished: ``config.yaml`` is written into a tag after
+    every rank has saved, so a tag without it was cut short."""
+    if not ckpt_dir.is_dir():
+        return []
+    return sorted(p.name for p in ckpt_dir.iterdir()
+                  if p.is_dir() and TAG_RE.match(p.name) and (p / "config.yaml").is_file())
+
+
 def latest_tag(ckpt_dir: Path) -> str | None:
-    """The tag named by ``latest``, if that checkpoint directory exists."""
+    """The tag named by ``latest``; None when there is no pointer (a new run).
+
+    A pointer to a checkpoint that is gone is an error rather than a new run: starting over would
+    truncate metrics.jsonl while older checkpoints still sit there.
+    """
     pointer = ckpt_dir / LATEST
     if not pointer.is_file():
         return None
     tag = pointer.read_text(encoding="utf-8").strip()
-    return tag if tag and (ckpt_dir / tag).is_dir() else None
+    if tag and (ckpt_dir / tag).is_dir():
+        return tag
+    others = complete_tags(ckpt_dir)
+    hint = (f"the newest complete one there is {others[-1]}: write that name into {pointer} to resume from it"
+            if others else "no complete checkpoint is left: delete the pointer to start the run over")
+    raise ConfigError(f"{pointer} names checkpoint {tag or '(empty)'!r}, which does not exist; {hint}")
 
 
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], config_yaml: str,
@@ -52,9 +71,12 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
 
 def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
     """Load a checkpoint into the engine (weights, optimizer, scheduler); returns our client state."""
-    path, client_state = engine.load_checkpoint(
-        str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
+    try:
+        path, client_state = engine.load_checkpoint(
+            str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as e:  # torn or foreign files
+        raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}: {type(e).__name__}: {e}") from e
     if path is None:
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
     return client_state or {}

@@ -92,17 +92,36 @@ def _check_same_config(config_yaml: str) -> None:
         )
 
 
+#: Model keys that decide the shapes of the saved tensors: a checkpoint holds one model, of one shape.
+_SHAPE_KEYS = ("block", "depth", "width", "heads", "mlp_ratio", "vocab_size", "vocab_multiple", "positions",
+               "position", "tie_embeddings", "bias")
+
+
 def _check_resume_layout(config: Config, tag_dir: Path) -> None:
-    """A checkpoint resumes only at the tensor-parallel size it was saved at (shards differ)."""
+    """A checkpoint resumes only the model it holds, at the tensor- and pipeline-parallel sizes it was
+    saved at (the shards and the per-stage files differ); checked before anything is written, so a
+    mismatch neither crashes inside DeepSpeed nor rewrites the run's config.yaml and summary."""
     saved_file = tag_dir / "config.yaml"
     if not saved_file.is_file():
         return
-    saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
-    saved_tp = int((saved.get("parallel") or {}).get("tensor", 1))
-    if saved_tp != config.parallel.tensor:
+    try:
+        saved = Config.model_validate(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+    except (ValueError, yaml.YAMLError):
+        return  # written by another megadepth version: the load itself will tell
+    for key in ("tensor", "pipeline"):
+        was, now = getattr(saved.parallel, key), getattr(config.parallel, key)
+        if was != now:
+            raise ConfigError(
+                f"{tag_dir} was saved at parallel.{key} = {was} but this run uses {now}; resume with the same "
+                "layout, or merge it with `megadepth merge-tp` and start a new run from it"
+            )
+    changed = [(k, getattr(saved.model, k), getattr(config.model, k)) for k in _SHAPE_KEYS
+               if getattr(saved.model, k) != getattr(config.model, k)]
+    if changed:
+        diffs = ", ".join(f"model.{k} {was} there, {now} here" for k, was, now in changed)
         raise ConfigError(
-            f"{tag_dir} was saved at parallel.tensor = {saved_tp} but this run uses {config.parallel.tensor}; "
-            "resume with the same layout, or merge it with `megadepth merge-tp` and start a new run from it"
+            f"{tag_dir} holds a model of another shape ({diffs}): a run resumes only its own model; "
+            "use a new train.out_dir"
         )
 
 
@@ -125,6 +144,7 @@ def train(config: Config) -> dict[str, Any]:
         valid_samples=cfg.eval_samples,
         valid_fraction=config.data.valid_fraction,
         cache_dir=config.data.cache_dir,
+        vocab_size=config.model.vocab_size,
     )
     if cfg.eval_every and valid_set is None:
         raise ConfigError("train.eval_every is set but there is no validation data (eval_samples is 0?)")
@@ -202,7 +222,8 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
             "final_eval_loss": progress.last_eval,
             "steps": progress.step,
             "tokens": progress.consumed * config.model.seq_len,
-            "wall_s": time.perf_counter() - start_time,
+            "wall_s": progress.elapsed_before + time.perf_counter() - start_time,
+            "job_wall_s": time.perf_counter() - start_time,
             "world_size": env.world_size,
             "parametrization": config.parametrization.name,
             "depth": config.model.depth,
@@ -234,6 +255,7 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
     grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
     built = build_engine(config, plan.device, plan.grad_accum, plan.global_batch, plan.precision, grid)
     engine = built.engine
+    state: dict[str, Any] = {}
     if plan.resume_tag is not None:
         state = checkpoint.load(engine, run.checkpoints, plan.resume_tag)
         progress.step, progress.consumed = int(state["step"]), int(state["consumed_samples"])
@@ -243,8 +265,11 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
             out(f"{run.checkpoints / plan.resume_tag} is at step {progress.step}, train.steps is {cfg.steps}: "
                 "nothing to train (raise train.steps to continue)")
             progress.finished_before = True
+            if is_main:  # config.yaml describes what trained the run, not this request
+                atomic_write_text(run.config, (run.checkpoints / plan.resume_tag / "config.yaml").read_text())
             return
     step, consumed = progress.step, progress.consumed
+    window = _LogWindow.restore(state, plan.device)
 
     table = built.parametrization.format_table(config.optimizer, roles_present(built.model))
     tracker = progress.tracker = Tracker(config.wandb, run.root, config.model_dump(mode="json"), enabled=is_main,
@@ -271,38 +296,33 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                       dropout=config.model.dropout > 0, own_norm=config.parallel.zero_stage == 0)
     first_step = step
     tokens_per_step = plan.global_batch * config.model.seq_len
-    start_time = interval_time = time.perf_counter()
-    interval_loss = torch.zeros((), dtype=torch.float64, device=plan.device)
-    interval_steps = 0
+    start_time = time.perf_counter()
     show_bar = is_main and cfg.progress and sys.stderr.isatty()  # log lines only when not a terminal
     bar = tqdm(total=cfg.steps, initial=step, disable=not show_bar, desc="train", dynamic_ncols=True)
     try:
         while step < cfg.steps:
-            # log every log_every steps, plus the first step of the run (the starting loss) and the last
-            log_due = (step + 1) % cfg.log_every == 0 or step + 1 in (first_step + 1, cfg.steps)
-            interval_loss += stepper.train_step(batches, step, want_norm=log_due)
+            # log every log_every steps, the first step of a new run (the starting loss) and the last; the
+            # same steps whether or not the run was interrupted and resumed in between
+            log_due = (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == cfg.steps
+            window.add(stepper.train_step(batches, step, want_norm=log_due))
             step += 1
             consumed += plan.global_batch
             progress.step, progress.consumed = step, consumed
-            interval_steps += 1
             bar.update(1)
 
             record: dict[str, Any] | None = None
             if log_due:
-                (mean_loss,) = _all_reduce_mean([float(interval_loss) / interval_steps], plan.device)
-                now = time.perf_counter()
+                mean_loss, tokens_per_s = window.take(tokens_per_step)
                 record = {
                     "step": step,
                     "consumed_tokens": consumed * config.model.seq_len,
                     "loss": mean_loss,
                     "lr": config.optimizer.lr * lr_factor(step - 1, cfg.steps, config.schedule),
                     "grad_norm": stepper.grad_norm(),
-                    "tokens_per_s": interval_steps * tokens_per_step / max(now - interval_time, 1e-9),
-                    "elapsed_s": progress.elapsed_before + now - start_time,
+                    "tokens_per_s": tokens_per_s,
+                    "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time,
                 }
                 progress.last_loss = mean_loss
-                interval_loss.zero_()
-                interval_steps, interval_time = 0, now
                 bar.set_postfix(loss=f"{mean_loss:.4f}")
             eval_due = valid_set is not None and cfg.eval_samples > 0 and (
                 (cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps
@@ -319,8 +339,9 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 if "tokens_per_s" in record:
                     parts.append(f"{record['tokens_per_s']:,.0f} tok/s")
                 out("  ".join(parts))
-            if record is not None and "loss" in record and not math.isfinite(record["loss"]):
+            if record is not None and not all(math.isfinite(record[k]) for k in ("loss", "eval_loss") if k in record):
                 progress.status = "diverged"
+                out(f"step {step}: the loss is not finite: diverged, stopping")
                 break
             stop_now = bool(cfg.stop_after_steps) and step - first_step >= cfg.stop_after_steps and step < cfg.steps
             if (
@@ -328,8 +349,15 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 or (step == cfg.steps and cfg.save_final)
                 or stop_now
             ):
+                # the loss is only read at log steps (no host sync per step): before weights are saved,
+                # make sure nothing since the last log went non-finite, so `latest` is never a NaN model
+                if not window.finite() or not stepper.grad_norm_finite():
+                    progress.status = "diverged"
+                    out(f"step {step}: the loss or gradient norm is not finite: diverged, not saving")
+                    break
                 client = {"step": step, "consumed_samples": consumed, "seed": cfg.seed,
-                          "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time}
+                          "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time,
+                          **window.state()}
                 checkpoint.save(engine, run.checkpoints, step, client, config_yaml, cfg.keep_checkpoints, is_main)
             if stop_now:
                 progress.status = "stopped"
@@ -337,6 +365,55 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 break
     finally:
         bar.close()
+
+
+class _LogWindow:
+    """The training loss summed over the steps since the last metrics record, kept on the device.
+
+    Its sum (averaged over ranks) and step count go into every checkpoint, so that a resumed run writes
+    the same records as one that was never stopped: same steps, each loss averaged over the same steps.
+    """
+
+    def __init__(self, device: torch.device, loss_sum: float = 0.0, steps: int = 0) -> None:
+        self.device = device
+        self.loss = torch.full((), loss_sum, dtype=torch.float64, device=device)
+        self.steps = steps
+        self.timed_steps = 0  # steps of this job in the window: throughput counts only what it timed
+        self.t0 = time.perf_counter()
+
+    @classmethod
+    def restore(cls, client_state: dict[str, Any], device: torch.device) -> _LogWindow:
+        return cls(device, float(client_state.get("log_loss_sum", 0.0)), int(client_state.get("log_steps", 0)))
+
+    def add(self, loss: torch.Tensor) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.timed_steps += 1
+
+    def _rank_mean(self) -> float:
+        (value,) = _all_reduce_mean([float(self.loss)], self.device)
+        return value
+
+    def take(self, tokens_per_step: int) -> tuple[float, float]:
+        """(mean loss over the window and the ranks, tokens/s of this job's share); starts a new window."""
+        mean = self._rank_mean() / max(self.steps, 1)
+        now = time.perf_counter()
+        rate = self.timed_steps * tokens_per_step / max(now - self.t0, 1e-9)
+        self.loss.zero_()
+        self.steps = self.timed_steps = 0
+        self.t0 = now
+        return mean, rate
+
+    def finite(self) -> bool:
+        """Whether every loss since the last record is finite (on every rank); one sync."""
+        flag = torch.tensor([0.0 if bool(torch.isfinite(self.loss)) else 1.0], dtype=torch.float64,
+                            device=self.device)
+        torch.distributed.all_reduce(flag)
+        return float(flag) == 0.0
+
+    def state(self) -> dict[str, Any]:
+        """For the checkpoint: the window's sum, already averaged over the ranks (one sync)."""
+        return {"log_loss_sum": self._rank_mean(), "log_steps": self.steps}
 
 
 def _finish_outputs(run: RunDir, summary: dict[str, Any], tracker: Tracker | None, title: str) -> None:

@@ -8,6 +8,7 @@ Both return the step's mean loss on every rank, kept on the device (no host sync
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any
 
@@ -119,14 +120,25 @@ class Stepper:
             total += loss.detach().double()
         return total / self.grad_accum
 
-    def grad_norm(self) -> float:
-        """The last step's global gradient norm (DeepSpeed's, else ours), nan if unknown."""
+    def _last_norm(self) -> float | None:
+        """The last step's global gradient norm (DeepSpeed's, else ours), None if none was computed."""
         value = self.engine.get_global_grad_norm()
         if value is None:
             value = self.last_own_norm
         if value is None:
-            return float("nan")
+            return None
         return float(value.item() if torch.is_tensor(value) else value)
+
+    def grad_norm(self) -> float:
+        """The last step's global gradient norm, nan if unknown."""
+        value = self._last_norm()
+        return float("nan") if value is None else value
+
+    def grad_norm_finite(self) -> bool:
+        """False only when the last step's gradient norm is known and not finite (its update then put
+        NaN or inf into the weights); True when no norm was computed for it."""
+        value = self._last_norm()
+        return value is None or math.isfinite(value)
 
     @torch.no_grad()
     def evaluate(self, dataset: Any, num_samples: int) -> float:

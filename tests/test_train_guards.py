@@ -1,0 +1,120 @@
+"""Guards around a run that users hit in practice: resuming a checkpoint into another layout or model
+shape, a `latest` pointer to a deleted checkpoint, metrics records after a resume with log_every > 1,
+divergence between log steps (never saved as `latest`), evaluation settings that cannot work, and the
+bench's step counts."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+from distributed import run_ranks, train_rank
+from test_train import metrics
+
+from megadepth.config import validate
+from megadepth.config.load import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _plan(cfg: dict):
+    from megadepth.train.loop import plan_run
+
+    return plan_run(validate(cfg))
+
+
+@pytest.mark.distributed
+def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_written(
+    sample_data: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, train={"steps": 2, "save_final": True})
+    run_ranks(train_rank, 1, cfg)
+    before = {p: p.read_bytes() for p in (out / "config.yaml", out / "summary.json")}
+
+    wider = tiny_config(sample_data, out, train={"steps": 4}, model={"width": 64})
+    with pytest.raises(ConfigError, match=r"another shape \(model.width 32 there, 64 here\).*new train.out_dir"):
+        _plan(wider)
+    # the checkpoint says it was saved by a 2-stage pipeline (as if this run had been launched with PP=2)
+    saved = out / "checkpoints" / "step_00000002" / "config.yaml"
+    data = yaml.safe_load(saved.read_text())
+    data["parallel"]["pipeline"] = 2
+    saved.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"saved at parallel.pipeline = 2 but this run uses 1"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}))
+    assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.distributed
+def test_a_latest_pointer_to_a_deleted_checkpoint_is_an_error_not_a_new_run(sample_data: Path, tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4, "save_every": 2}))
+    history = (out / "metrics.jsonl").read_bytes()
+    shutil.rmtree(out / "checkpoints" / "step_00000004")
+    with pytest.raises(ConfigError, match=r"names checkpoint 'step_00000004', which does not exist; the newest "
+                                          r"complete one there is step_00000002"):
+        _plan(tiny_config(sample_data, out, train={"steps": 6}))
+    assert (out / "metrics.jsonl").read_bytes() == history
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_records_after_a_resume_equal_an_uninterrupted_run_with_log_every_3(sample_data: Path, tmp_path: Path) -> None:
+    common = {"steps": 8, "log_every": 3, "eval_every": 4, "save_final": True}
+    run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / "straight", train=common))
+    out = tmp_path / "resumed"
+    for stop in (4, 2):  # stopped at step 4 (mid-window), then at 6 (a log step), then to the end
+        run_ranks(train_rank, 1, tiny_config(sample_data, out, train={**common, "stop_after_steps": stop}))
+    (summary,) = run_ranks(train_rank, 1, tiny_config(sample_data, out, train=common))
+    straight, resumed = metrics(tmp_path / "straight"), metrics(out)
+    assert [r["step"] for r in resumed] == [r["step"] for r in straight] == [1, 3, 4, 6, 8]
+    for a, b in zip(straight, resumed, strict=True):
+        for key in ("loss", "eval_loss", "grad_norm", "lr", "consumed_tokens"):
+            assert (key in a) == (key in b), (a, b)
+            if key in a:
+                assert math.isclose(a[key], b[key], rel_tol=1e-12), (key, a, b)
+    assert summary["final_loss"] == json.loads((tmp_path / "straight" / "summary.json").read_text())["final_loss"]
+
+
+@pytest.mark.distributed
+def test_divergence_between_log_steps_is_never_saved(sample_data: Path, tmp_path: Path) -> None:
+    from megadepth.parallel.merge import consolidated_state
+
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, optimizer={"lr": 1e4, "grad_clip": 0.0},
+                      train={"steps": 30, "log_every": 10, "save_every": 2, "eval_every": 0})
+    (summary,) = run_ranks(train_rank, 1, cfg)
+    assert summary["status"] == "diverged" and summary["steps"] < 10  # caught at a save, before the first log
+    latest = out / "checkpoints" / "latest"
+    if latest.exists():  # an earlier save was still finite: it must hold finite weights
+        _, state, _ = consolidated_state(out / "checkpoints")
+        assert all(bool(t.isfinite().all()) for t in state.values())
+
+
+def test_evaluation_that_cannot_work_is_refused_up_front(sample_data: Path, tmp_path: Path) -> None:
+    from megadepth.train.preflight import preflight
+
+    pp = tiny_config(sample_data, tmp_path / "r", model={"depth": 2}, parallel={"pipeline": 2, "zero_stage": 1},
+                     train={"eval_samples": 6, "grad_accum": 2})
+    with pytest.raises(ConfigError, match=r"eval_samples must be a multiple of .* = 4 x 1 = 4 \(got 6\)"):
+        preflight(validate(pp), 2)
+    pp["train"]["eval_samples"] = 8
+    preflight(validate(pp), 2)
+    no_eval = tiny_config(sample_data, tmp_path / "r", train={"eval_every": 2, "eval_samples": 0})
+    with pytest.raises(ConfigError, match="eval_every is set but train.eval_samples is 0"):
+        preflight(validate(no_eval), 1)
+
+
+@pytest.mark.parametrize("args", [["--steps", "0"], ["--steps", "-3"], ["--warmup", "-1"]])
+def test_bench_refuses_step_counts_that_time_nothing(args: list[str]) -> None:
+    proc = subprocess.run([sys.executable, "-m", "megadepth", "bench", str(ROOT / "configs" / "bench" / "tiny.yaml"),
+                           *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "must be at least" in proc.stderr and "Traceback" not in proc.stderr
