@@ -15,6 +15,7 @@ launcher sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (``--no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -22,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 
 
@@ -97,23 +99,85 @@ def describe(cmd: list[str], env: dict[str, str]) -> str:
     return f"{prefix} {shlex.join(cmd)}".strip()
 
 
-def run(cmd: list[str], env: dict[str, str]) -> int:
-    """Run the launcher and wait; SIGINT/SIGTERM/SIGHUP sent to this process are passed on to it (a
-    scheduler that stops this process must not orphan the ranks). Returns its exit code (128 + signal
-    number when a signal ended it)."""
-    proc = subprocess.Popen(cmd, env={**os.environ, **env})
+STOP_GRACE_S = 30.0
+"""After a stop signal, how long the launcher's processes get to end before the rest is SIGKILLed."""
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, signum)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group still runs. Zombies do not count: an orphan re-parented to a PID 1
+    that never reaps (a container without an init) stays in the group, dead, for good."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    if not os.path.isdir("/proc"):  # not Linux: trust kill(0)
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(os.path.join(entry.path, "stat")) as f:
+                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]  # the name may hold spaces
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            return True
+    return False
+
+
+def _end_group(pgid: int, grace_s: float) -> None:
+    """Wait for every process of the group to end; SIGKILL whatever is left after ``grace_s``."""
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            _signal_group(pgid, signal.SIGKILL)
+            return
+        time.sleep(0.1)
+
+
+def run(cmd: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S) -> int:
+    """Run the launcher and wait. Returns its exit code, or 128 + the signal number when stopped by one.
+
+    A scheduler, ``kill`` or a container stop signals this process only, and must not orphan the ranks.
+    Passing the signal to the `deepspeed` runner is not enough: on one node (and per node) it has no
+    handler and dies without telling its child, ``deepspeed.launcher.launch``, which is what stops the
+    ranks. So the launcher runs in its own session (process group) and SIGINT/SIGTERM/SIGHUP/SIGQUIT go to the
+    whole group: runner, launcher, ranks (and, with a hostfile, the local pdsh/ssh; the runner's own
+    handler still stops the remote ranks). Once signalled, the group gets ``grace_s`` to end, then SIGKILL.
+    """
+    received: list[int] = []
+    group: list[int] = []  # the launcher's process group id, once started
+    stopper: list[threading.Thread] = []
 
     def forward(signum: int, _frame: object) -> None:
-        if proc.poll() is None:
-            proc.send_signal(signum)
+        received.append(signum)
+        for pgid in group:
+            _signal_group(pgid, signum)
+            if not stopper:  # runs beside the wait below: the runner itself may hang while stopping
+                stopper.append(threading.Thread(target=_end_group, args=(pgid, grace_s), daemon=True))
+                stopper[0].start()
 
     previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+    if threading.current_thread() is threading.main_thread():  # installed first: no signal slips past
+        # SIGQUIT too: the own session means a terminal's Ctrl-\ no longer reaches the ranks directly
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             previous[sig] = signal.signal(sig, forward)
     try:
+        proc = subprocess.Popen(cmd, env={**os.environ, **env}, start_new_session=True)
+        group.append(proc.pid)
+        if received:  # arrived while it was starting
+            forward(received.pop(), None)
         code = proc.wait()
+        for thread in stopper:
+            thread.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+    if received:
+        return 128 + received[0]
     return code if code >= 0 else 128 - code

@@ -7,6 +7,7 @@ subprocesses. The real multi-node runs are in test_launch_multinode.py.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -346,5 +347,97 @@ def test_sigterm_is_passed_on_to_the_launcher(tmp_path: Path) -> None:
         with pytest.raises(ProcessLookupError):
             os.kill(child_pid, 0)
     finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _running_after(procs: list, within_s: float) -> list:
+    """Which of these psutil processes still run after up to ``within_s`` seconds. A zombie is dead: an
+    orphan's zombie stays until PID 1 reaps it, which some containers' PID 1 never does."""
+    import psutil
+
+    def running(p: psutil.Process) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + within_s
+    while (alive := [p for p in procs if running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return alive
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_sigterm_to_launch_alone_stops_every_rank(cfg: Path, tmp_path: Path) -> None:
+    """`kill PID`, a scheduler or a container stop signals `megadepth launch` alone, not its process group.
+    The real DeepSpeed launcher with 2 gloo ranks, caught training: within the timeout every process it
+    started must be gone (before the fix the `deepspeed` runner died alone and its child
+    `deepspeed.launcher.launch`, re-parented to PID 1, let both ranks train on), the exit code must say
+    SIGTERM, and the run must not have completed."""
+    import psutil
+
+    run_dir, log = tmp_path / "run", tmp_path / "launch.log"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true", "GLOO_SOCKET_IFNAME": "lo"}
+    with log.open("w") as out:  # own session: the test can clean up whatever happens, and no signal of ours leaks
+        proc = subprocess.Popen([sys.executable, "-m", "megadepth", "launch", "--nproc-per-node", "2", str(cfg),
+                                 "--set", "train.steps=100000"], cwd=tmp_path, env=env, stdout=out,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+    started: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text().strip():
+            assert proc.poll() is None, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no training step within 90 s:\n" + log.read_text()[-3000:]
+            time.sleep(0.2)
+        started = psutil.Process(proc.pid).children(recursive=True)
+        ranks = [p for p in started if p.cmdline()[1:5] == ["-u", "-m", "megadepth", "train"]]
+        assert len(ranks) == 2, [p.cmdline() for p in started]  # the ranks are among what is watched
+
+        proc.send_signal(signal.SIGTERM)  # this pid only
+        assert proc.wait(timeout=45) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        left = _running_after(started, 5)
+        assert not left, f"left running: {[(p.pid, p.cmdline()) for p in left]}"
+    finally:
+        for p in started:
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    summary = run_dir / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["status"] != "completed"
+
+
+def test_what_ignores_the_signal_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    """The launcher dies at once but leaves a process that ignores SIGTERM (a rank stuck in a collective
+    would, for SIGINT): after the grace period the whole group is SIGKILLed and nothing is left."""
+    import psutil
+
+    pid_file = tmp_path / "stubborn.pid"
+    stubborn = ("import os, signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "pathlib.Path(os.environ['PID_FILE']).write_text(str(os.getpid())); time.sleep(120)")
+    launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {stubborn!r}]); time.sleep(120)"
+    parent = ("import sys; from launch.deepspeed_launcher import run; "
+              f"sys.exit(run([sys.executable, '-c', {launcher!r}], {{'PID_FILE': {str(pid_file)!r}}}, grace_s=1.0))")
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True)
+    stubborn_proc = None
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        stubborn_proc = psutil.Process(int(pid_file.read_text()))
+        start = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+        assert time.monotonic() - start >= 1.0  # it waited out the grace period...
+        assert not _running_after([stubborn_proc], 5)  # ...then killed it
+    finally:
+        if stubborn_proc is not None:
+            with contextlib.suppress(psutil.Error):
+                stubborn_proc.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
