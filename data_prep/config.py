@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from megadepth.config.load import safe_load_unique
 from megadepth.data.indexed import DataError
 
 __all__ = ["PrepConfig", "load_prep_config", "stable_hash"]
@@ -324,7 +325,7 @@ def load_prep_config(
     for f in files:
         p = Path(f)
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            loaded = safe_load_unique(p.read_text(encoding="utf-8")) or {}
         except OSError as e:
             raise DataError(f"{p}: cannot read prep config ({e.strerror or e})") from None
         except yaml.YAMLError as e:

@@ -206,3 +206,34 @@ def test_every_key_can_be_set_from_the_command_line() -> None:
         text = _yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
         got = load_config([], [f"{key}={text}"]).model_dump(mode="json")
         assert got == base, key
+
+
+def test_a_key_given_twice_in_one_file_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "dup.yaml", "optimizer:\n  lr: 0.1\n  weight_decay: 0.0\n  lr: 0.5\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML: .*key 'lr' is given twice"):
+        load_config([path])
+    ok = write(tmp_path, "ok.yaml", "optimizer: {lr: 0.1}\nmodel: {depth: 3, width: 32, heads: 2}\n")
+    assert load_config([ok]).optimizer.lr == 0.1
+
+
+@pytest.mark.parametrize("override", ["model={depth: 6}", "model=3"])
+def test_setting_a_whole_section_says_it_is_a_section(override: str) -> None:
+    with pytest.raises(ConfigError, match=r"'model' is a config section, not a key: .*--set model\.depth"):
+        load_config([], [override])
+
+
+def test_booleans_are_not_numbers_but_stay_booleans() -> None:
+    with pytest.raises(ConfigError, match="depth: expected a number, got true"):
+        load_config([], ["model.depth=true"])
+    with pytest.raises(ConfigError, match="lr: expected a number, got false"):
+        load_config([], ["optimizer.lr=false"])
+    cfg = load_config([], ["model.tie_embeddings=false", "train.compile=true"])
+    assert cfg.model.tie_embeddings is False and cfg.train.compile is True
+
+
+def test_text_keys_take_digits_as_text_and_out_dir_is_never_empty() -> None:
+    cfg = load_config([], ["wandb.name=123", "train.out_dir=2026", "data.tokenizer=007.model"])
+    assert cfg.wandb.name == "123" and cfg.train.out_dir == "2026" and cfg.data.tokenizer == "007.model"
+    assert load_config([], ["wandb.name=null"]).wandb.name is None
+    with pytest.raises(ConfigError, match="train.out_dir"):
+        load_config([], ["train.out_dir="])

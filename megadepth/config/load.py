@@ -7,9 +7,10 @@ and not a queued cluster job. YAML is read with ``yaml.safe_load`` only.
 from __future__ import annotations
 
 import difflib
+import types
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -22,6 +23,32 @@ INCLUDE_KEY = "include"
 
 class ConfigError(ValueError):
     """A config that cannot be used; the message names the key and, for typos, the nearest valid one."""
+
+
+class _UniqueKeySafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one
+    silently, so a second ``lr:`` further down a file would quietly win)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key '{key}' is given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeySafeLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeySafeLoader.construct_mapping
+)
+
+
+def safe_load_unique(text: str) -> Any:
+    """``yaml.safe_load`` that refuses duplicate keys."""
+    return yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 - a SafeLoader subclass
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
@@ -105,9 +132,9 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if resolved in _seen:
         raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in (*_seen, resolved))}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from exc
+        raise ConfigError(" ".join(f"{path}: not valid YAML: {exc}".split())) from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -122,12 +149,38 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return deep_merge(merged, data)
 
 
+def _leaf_annotation(key: str) -> Any:
+    """The type annotation of a dotted leaf key (None if there is no such key)."""
+    model: type[BaseModel] | None = Config
+    field = None
+    for part in key.split("."):
+        if model is None or part not in model.model_fields:
+            return None
+        field = model.model_fields[part]
+        model = _section_model(field.annotation)
+    return field.annotation if field is not None else None
+
+
+def _is_text_field(annotation: Any) -> bool:
+    """A field that holds a string (optionally None) and nothing else: its --set value is taken as typed."""
+    origin = get_origin(annotation)
+    if origin is None:
+        return annotation is str
+    if origin not in (Union, types.UnionType):  # list[str], tuple[str, ...]: YAML lists
+        return False
+    args = set(get_args(annotation))
+    return str in args and args <= {str, type(None)}
+
+
 def parse_override(item: str) -> tuple[str, Any]:
-    """``a.b=c`` -> (``a.b``, value); the value is parsed as YAML, so ``20`` is an int and ``[1,2]`` a list."""
+    """``a.b=c`` -> (``a.b``, value); the value is parsed as YAML, so ``20`` is an int and ``[1,2]`` a list,
+    except for text fields, where ``--set wandb.name=123`` means the name "123"."""
     if "=" not in item:
         raise ConfigError(f"override '{item}' must look like section.key=value")
     key, raw = item.split("=", 1)
     key = key.strip()
+    if _is_text_field(_leaf_annotation(key)) and raw.strip() not in ("null", "~"):
+        return key, raw
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -139,6 +192,10 @@ def apply_override(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]
     """Set one dotted key, refusing keys the schema does not have."""
     valid = all_keys()
     if key not in valid:
+        section = [k for k in valid if k.startswith(key + ".")]
+        if section:
+            raise ConfigError(f"'{key}' is a config section, not a key: set its keys one by one, e.g. "
+                              f"--set {section[0]}=...")
         hint = _suggest(key, valid)
         raise ConfigError(f"unknown config key '{key}' (in --set){hint}")
     parts = key.split(".")

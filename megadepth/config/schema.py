@@ -7,17 +7,35 @@ at the dotted key. Sections are frozen pydantic models that forbid unknown keys;
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PRESETS = ("sp", "mup", "depth_mup", "completep", "custom")
 
 
+def _accepts_bool(annotation: Any) -> bool:
+    """Whether a field's annotation admits a boolean (bool itself, or a union/Literal containing one)."""
+    if annotation is bool:
+        return True
+    return any(_accepts_bool(a) or a is True or a is False for a in get_args(annotation))
+
+
 class Section(BaseModel):
     """Base of every config section: frozen, no unknown keys, field docstrings kept as descriptions."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, data: Any) -> Any:
+        """pydantic's lax mode reads true as 1; ``model.depth: true`` is a mistake, not a depth of 1."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
+                    raise ValueError(f"{name}: expected a number, got {str(value).lower()}")
+        return data
 
 
 class ModelConfig(Section):
@@ -210,7 +228,7 @@ class TrainConfig(Section):
     time limit: the next job resumes where this one stopped (summary status 'stopped')."""
     keep_checkpoints: int = Field(2, ge=1)
     """How many recent checkpoints to keep."""
-    out_dir: str = "runs/default"
+    out_dir: str = Field("runs/default", min_length=1)
     """The run directory (config, metrics, summary, checkpoints, W&B run)."""
     resume: Literal["auto", "never", "must"] = "auto"
     """auto: continue from out_dir/checkpoints/latest when present; never: refuse a run directory that

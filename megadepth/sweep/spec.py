@@ -48,6 +48,7 @@ from megadepth.config.load import (
     parse_override,
     read_yaml,
     resolve_batch,
+    safe_load_unique,
     validate,
 )
 from megadepth.config.schema import Config
@@ -298,7 +299,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
     if not path.is_file():
         raise ConfigError(f"sweep spec not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = safe_load_unique(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, Mapping):
