@@ -375,7 +375,7 @@ def test_sigterm_to_launch_alone_stops_every_rank(cfg: Path, tmp_path: Path) -> 
     The real DeepSpeed launcher with 2 gloo ranks, caught training: within the timeout every process it
     started must be gone (before the fix the `deepspeed` runner died alone and its child
     `deepspeed.launcher.launch`, re-parented to PID 1, let both ranks train on), the exit code must say
-    SIGTERM, and the run must not have completed."""
+    SIGTERM, and the run must have stopped with a checkpoint of the step it stopped at."""
     import psutil
 
     run_dir, log = tmp_path / "run", tmp_path / "launch.log"
@@ -406,8 +406,11 @@ def test_sigterm_to_launch_alone_stops_every_rank(cfg: Path, tmp_path: Path) -> 
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
-    summary = run_dir / "summary.json"
-    assert not summary.exists() or json.loads(summary.read_text())["status"] != "completed"
+    # the ranks got the SIGTERM too: they agreed on a step, saved it, and ended resumable
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "stopped", summary
+    latest = (run_dir / "checkpoints" / "latest").read_text().strip()
+    assert latest == f"step_{summary['steps']:08d}" and (run_dir / "checkpoints" / latest / "config.yaml").is_file()
 
 
 def test_what_ignores_the_signal_is_killed_after_the_grace_period(tmp_path: Path) -> None:

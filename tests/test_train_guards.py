@@ -118,3 +118,36 @@ def test_bench_refuses_step_counts_that_time_nothing(args: list[str]) -> None:
     proc = subprocess.run([sys.executable, "-m", "megadepth", "bench", str(ROOT / "configs" / "bench" / "tiny.yaml"),
                            *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2 and "must be at least" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_sigint_stops_with_a_checkpoint_and_the_same_command_resumes(sample_data: Path, tmp_path: Path) -> None:
+    """Ctrl-C (or a scheduler's SIGTERM) ends a run resumable: stopped at a log step, saved there."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, out, train={"steps": 100000, "log_every": 2})))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "megadepth", "train", str(cfg)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] % 2 == 0, summary
+    assert "SIGINT received" in err
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{summary['steps']:08d}"
+    resumed = tiny_config(sample_data, out, train={"steps": summary["steps"] + 2, "log_every": 2, "resume": "must"})
+    (again,) = run_ranks(train_rank, 1, resumed)
+    assert again["status"] == "completed" and again["steps"] == summary["steps"] + 2

@@ -10,7 +10,9 @@ import hashlib
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -297,6 +299,8 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
     first_step = step
     tokens_per_step = plan.global_batch * config.model.seq_len
     start_time = time.perf_counter()
+    stop_request = _StopRequest()
+    stop_request.install()
     show_bar = is_main and cfg.progress and sys.stderr.isatty()  # log lines only when not a terminal
     bar = tqdm(total=cfg.steps, initial=step, disable=not show_bar, desc="train", dynamic_ncols=True)
     try:
@@ -343,7 +347,11 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 progress.status = "diverged"
                 out(f"step {step}: the loss is not finite: diverged, stopping")
                 break
-            stop_now = bool(cfg.stop_after_steps) and step - first_step >= cfg.stop_after_steps and step < cfg.steps
+            # a SIGTERM/SIGINT is acted on at log steps, which sync anyway: every rank stops at the same step
+            signalled = log_due and step < cfg.steps and stop_request.agreed(plan.device)
+            stop_now = signalled or (
+                bool(cfg.stop_after_steps) and step - first_step >= cfg.stop_after_steps and step < cfg.steps
+            )
             if (
                 (cfg.save_every and step % cfg.save_every == 0)
                 or (step == cfg.steps and cfg.save_final)
@@ -361,10 +369,59 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 checkpoint.save(engine, run.checkpoints, step, client, config_yaml, cfg.keep_checkpoints, is_main)
             if stop_now:
                 progress.status = "stopped"
-                out(f"stopping after {cfg.stop_after_steps} steps (train.stop_after_steps); resume continues")
+                out(f"step {step}: {stop_request.name} received, checkpoint saved; the same command resumes"
+                    if signalled else
+                    f"stopping after {cfg.stop_after_steps} steps (train.stop_after_steps); resume continues")
                 break
     finally:
+        stop_request.restore()
         bar.close()
+
+
+class _StopRequest:
+    """SIGTERM or SIGINT while training: stop at the next log step with a checkpoint (status stopped).
+
+    Schedulers send SIGTERM before they kill a job (Slurm's ``--signal``, preemption, a pod's stop) and a
+    user's Ctrl-C is SIGINT: both should end in a resumable run, not a lost interval. The flag is only
+    read at log steps, with one all-reduce, so that every rank stops after the same step and the step
+    itself has no extra sync. A second SIGINT aborts at once (KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else "no signal"
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.signum:
+            print(f"megadepth: {signal.Signals(signum).name} received: stopping with a checkpoint at the next log "
+                  "step" + (" (Ctrl-C again to abort)" if signum == signal.SIGINT else ""), file=sys.stderr)
+        self.signum = signum
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank was signalled (one all-reduce)."""
+        flag = torch.tensor([float(self.signum)], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and not self.signum:
+            self.signum = int(flag.item())  # another rank's signal: name it in the message too
+        return bool(flag.item())
 
 
 class _LogWindow:
