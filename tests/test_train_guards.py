@@ -151,3 +151,24 @@ def test_sigint_stops_with_a_checkpoint_and_the_same_command_resumes(sample_data
     resumed = tiny_config(sample_data, out, train={"steps": summary["steps"] + 2, "log_every": 2, "resume": "must"})
     (again,) = run_ranks(train_rank, 1, resumed)
     assert again["status"] == "completed" and again["steps"] == summary["steps"] + 2
+
+
+@pytest.mark.distributed
+def test_merge_and_export_name_a_missing_tag_and_refuse_nan_weights(sample_data: Path, tmp_path: Path) -> None:
+    import torch
+
+    from megadepth.parallel.merge import consolidated_state
+
+    out = tmp_path / "run"
+    run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 2, "save_final": True}))
+    ckpts = out / "checkpoints"
+    with pytest.raises(ConfigError, match=r"no checkpoint named step_00000009 \(complete ones there: step_00000002\)"):
+        consolidated_state(ckpts, "step_00000009")
+    (states,) = (ckpts / "step_00000002").glob("*model_states.pt")
+    data = torch.load(states, map_location="cpu", weights_only=True)
+    module = data["module"]
+    name = next(k for k, v in module.items() if v.is_floating_point())
+    module[name] = torch.full_like(module[name], float("nan"))
+    torch.save(data, states)
+    with pytest.raises(ConfigError, match=r"hold NaN or inf .*diverged before this checkpoint"):
+        consolidated_state(ckpts)

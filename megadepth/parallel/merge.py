@@ -21,7 +21,7 @@ import yaml
 
 from megadepth.config.load import ConfigError, to_yaml, validate
 from megadepth.config.schema import Config
-from megadepth.train.checkpoint import LATEST, latest_tag
+from megadepth.train.checkpoint import LATEST, complete_tags, latest_tag
 from megadepth.train.rundir import atomic_write_text
 
 
@@ -42,9 +42,12 @@ def _skeleton_partitions(config: Config) -> dict[str, int | None]:
 
 
 def _read_config(ckpt_dir: Path, tag: str | None) -> tuple[Config, str]:
+    if tag is not None and not (ckpt_dir / tag).is_dir():
+        there = ", ".join(complete_tags(ckpt_dir)) or "none"
+        raise ConfigError(f"{ckpt_dir}: no checkpoint named {tag} (complete ones there: {there})")
     tag = tag or latest_tag(ckpt_dir)
-    if tag is None or not (ckpt_dir / tag).is_dir():
-        raise ConfigError(f"{ckpt_dir}: no complete checkpoint{f' named {tag}' if tag else ''} (no 'latest' pointer)")
+    if tag is None:
+        raise ConfigError(f"{ckpt_dir}: no complete checkpoint (no 'latest' pointer)")
     config_file = ckpt_dir / tag / "config.yaml"
     if not config_file.is_file():
         raise ConfigError(f"{config_file} is missing: not a megadepth checkpoint")
@@ -112,6 +115,10 @@ def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Co
             merged[key] = parts[0].clone()
         else:
             merged[key] = torch.cat(parts, dim=dim)
+    broken = [key for key, t in merged.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if broken:
+        raise ConfigError(f"{folder}: {len(broken)} tensor(s) hold NaN or inf (e.g. {broken[0]}): the run "
+                          "diverged before this checkpoint; use an earlier one (--tag)")
     single = config.model_copy(update={"parallel": config.parallel.model_copy(
         update={"tensor": 1, "pipeline": 1, "sequence_parallel": False})})
     return single, merged, tag
