@@ -197,6 +197,30 @@ def test_build_blend(tmp_path: Path) -> None:
     assert train.datasets[0].seed != train.datasets[1].seed != valid.datasets[0].seed
 
 
+@pytest.mark.parametrize("blend", [False, True])
+def test_build_is_prefix_stable_across_totals(tmp_path: Path, blend: bool) -> None:
+    """Raising train.steps (hence train_samples) must not change the samples already trained on."""
+    _write_dir(tmp_path / "a", 1, 30)
+    _write_dir(tmp_path / "b", 2, 12)
+    _write_dir(tmp_path / "c", 3, 20)
+    path: list = [0.5, str(tmp_path / "a"), 0.2, str(tmp_path / "b"), 0.3, str(tmp_path / "c")]
+    if not blend:
+        path = [str(tmp_path / "a")]
+    totals = (96, 150, 1000)  # 1000 samples of 16 tokens: several epochs of every component
+    built = {
+        n: build_datasets(path, seq_len=16, seed=4, train_samples=n, valid_samples=0, valid_fraction=0.0)[0]
+        for n in totals
+    }
+    longest = built[totals[-1]]
+    if blend:
+        sizes = [[len(d) for d in built[n].datasets] for n in totals]
+        assert sizes[0] != sizes[1] != sizes[2]  # the components themselves are sized from n
+        epochs = [d.num_epochs for d in longest.datasets]
+        assert min(epochs) > 1
+    for n in totals[:-1]:
+        assert [built[n][i].tolist() for i in range(n)] == [longest[i].tolist() for i in range(n)], n
+
+
 def test_parse_data_path_errors() -> None:
     assert parse_data_path("x") == [(1.0, "x")]
     assert parse_data_path(["x"]) == [(1.0, "x")]

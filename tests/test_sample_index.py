@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megadepth.data import sample_index
 from megadepth.data.indexed import DataError, IndexedDatasetWriter
 from megadepth.data.sample_index import DocumentCorpus, GPTDataset, split_documents
 
@@ -117,30 +118,121 @@ def test_labels_exactly_once_and_one_token_overlap(tmp_path: Path, seq_len: int,
     assert sum(labels.values()) == epochs * total - 1
 
 
-def test_shuffled_dataset_is_a_permutation_of_the_stream_windows(tmp_path: Path) -> None:
+def _windows_of(docs: list[np.ndarray], order: np.ndarray, seq_len: int, count: int) -> list[tuple[int, ...]]:
+    """The first ``count`` stream windows, cut here from the stream the test builds itself."""
+    stream = _stream(docs, order)
+    assert len(stream) >= count * seq_len + 1
+    return [tuple(stream[k * seq_len : k * seq_len + seq_len + 1].tolist()) for k in range(count)]
+
+
+def _expected_blocks(windows_per_epoch: int, max_block: int, count: int) -> list[range]:
+    """The shuffle blocks covering windows ``0 .. count - 1``, from the rule in GPTDataset's docstring."""
+    blocks: list[range] = []
+    chunk = 0
+    while not blocks or blocks[-1].stop < count:
+        base = chunk * windows_per_epoch
+        for lo in range(0, windows_per_epoch, max_block):
+            blocks.append(range(base + lo, base + min(lo + max_block, windows_per_epoch)))
+            if blocks[-1].stop >= count:
+                break
+        chunk += 1
+    return blocks
+
+
+@pytest.mark.parametrize("max_block", [None, 7, 25])
+def test_shuffle_stays_inside_fixed_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_block: int | None) -> None:
+    if max_block is not None:  # the real cap (2**20 windows) only bites on corpora too big for a test
+        monkeypatch.setattr(sample_index, "_MAX_BLOCK", max_block)
     docs = _make_docs(2, 40)
     corpus = _corpus(tmp_path, docs)
     ids = np.arange(5, 35)  # a subset of documents, as a split would give
     seq_len = 8
     total = sum(len(docs[i]) for i in ids)
-    num_samples = (3 * total) // seq_len - 1  # into a third epoch
+    per_epoch = (total - 1) // seq_len  # windows wholly inside one epoch's worth of stream
+    block = min(per_epoch, max_block or per_epoch)
+    num_samples = 2 * per_epoch + block // 2 + 1  # ends inside a block of the third chunk
     ds = GPTDataset(corpus, ids, seq_len, num_samples, seed=3)
-    assert ds.num_epochs == 3
+    assert ds.windows_per_epoch == per_epoch and ds.block_size == block
     n = len(ids)
-    blocks = [ds.doc_order[e * n : (e + 1) * n] for e in range(ds.num_epochs)]
-    for block in blocks:
-        assert sorted(block.tolist()) == ids.tolist()  # each epoch: every document once
-    assert blocks[0].tolist() != blocks[1].tolist()  # epochs get their own order
-    assert blocks[0].tolist() != ids.tolist()
-    stream = _stream(docs, ds.doc_order)
-    windows = sorted(
-        tuple(stream[k * seq_len : k * seq_len + seq_len + 1].tolist()) for k in range(num_samples)
-    )
+    epochs = [ds.doc_order[e * n : (e + 1) * n] for e in range(ds.num_epochs)]
+    for order in epochs:
+        assert sorted(order.tolist()) == ids.tolist()  # each epoch: every document once
+    assert epochs[0].tolist() != epochs[1].tolist()  # epochs get their own order
+    assert epochs[0].tolist() != ids.tolist()
+
+    blocks = _expected_blocks(per_epoch, block, num_samples)
+    windows = _windows_of(docs, ds.doc_order, seq_len, blocks[-1].stop)  # the index covers whole blocks
     samples = [tuple(ds[i].tolist()) for i in range(len(ds))]
-    assert sorted(samples) == windows
-    assert samples != [
-        tuple(stream[k * seq_len : k * seq_len + seq_len + 1].tolist()) for k in range(num_samples)
-    ]
+    for b in blocks:
+        mine = [samples[i] for i in b if i < num_samples]
+        theirs = [windows[k] for k in b]
+        if b.stop <= num_samples:
+            assert sorted(mine) == sorted(theirs)  # a whole block: a permutation of its windows
+        else:
+            assert set(mine) <= set(theirs) and len(set(mine)) == len(mine)  # the cut block: distinct windows
+        if len(b) > 3:
+            assert mine != theirs[: len(mine)]  # and actually shuffled
+        # The docstring's claim: a block may hold a document from two epochs, never more -- so no token
+        # value (each is unique to one place in one document) is a label more than twice in a block.
+        labels = Counter(t for w in theirs for t in w[1:])
+        assert max(labels.values()) <= 2
+
+
+def test_prefix_stable_across_totals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sample i is the same window whatever num_samples is: a run given more steps continues, not reshuffles."""
+    docs = _make_docs(5, 60)
+    corpus = _corpus(tmp_path, docs)
+    ids = np.arange(60)
+    for max_block in (None, 1, 6, 40):
+        if max_block is not None:
+            monkeypatch.setattr(sample_index, "_MAX_BLOCK", max_block)
+        for seq_len in (4, 16, 300):  # 300: a tiny corpus relative to the window (one window per epoch)
+            per_epoch = max(1, (sum(len(d) for d in docs) - 1) // seq_len)
+            totals = sorted({1, per_epoch - 1 or 1, per_epoch, per_epoch + 1, (3 * per_epoch) // 2,
+                             3 * per_epoch + 5, 7})
+            made = {n: GPTDataset(corpus, ids, seq_len, n, seed=9) for n in totals}
+            longest = made[totals[-1]]
+            reference = [longest[i] for i in range(len(longest))]
+            for n, ds in made.items():
+                for i in range(n):
+                    assert np.array_equal(ds[i], reference[i]), (max_block, seq_len, n, i)
+            # Not trivially so: the samples are not the stream order.
+            plain = GPTDataset(corpus, ids, seq_len, totals[-1], seed=9, shuffle=False)
+            if per_epoch > 3:
+                assert any(not np.array_equal(plain[i], reference[i]) for i in range(len(plain)))
+
+
+def test_raised_steps_train_on_new_windows(tmp_path: Path) -> None:
+    """The reported bug: 8 steps, then train.steps raised to 12 and resumed from 32 consumed samples."""
+    docs = _make_docs(6, 80)
+    corpus = _corpus(tmp_path, docs)
+    ids = np.arange(80)
+    seq_len, batch = 8, 4
+    first = GPTDataset(corpus, ids, seq_len, 8 * batch, seed=0)
+    raised = GPTDataset(corpus, ids, seq_len, 12 * batch, seed=0)
+    assert 12 * batch <= raised.windows_per_epoch  # the whole run fits in one epoch
+    trained = {tuple(first[i].tolist()) for i in range(8 * batch)}
+    assert trained == {tuple(raised[i].tolist()) for i in range(8 * batch)}
+    resumed = [tuple(raised[i].tolist()) for i in range(8 * batch, 12 * batch)]
+    assert not trained & set(resumed)
+
+
+@pytest.mark.parametrize("max_block", [None, 5])
+def test_run_within_one_epoch_never_repeats_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, max_block: int | None) -> None:
+    if max_block is not None:
+        monkeypatch.setattr(sample_index, "_MAX_BLOCK", max_block)
+    docs = _make_docs(7, 50)
+    corpus = _corpus(tmp_path, docs)
+    ids = np.arange(50)
+    seq_len = 6
+    total = sum(len(d) for d in docs)
+    for n in ((total - 1) // seq_len, (total - 1) // seq_len - 3, 10):
+        ds = GPTDataset(corpus, ids, seq_len, n, seed=4)
+        samples = [ds[i] for i in range(n)]
+        assert len({tuple(s.tolist()) for s in samples}) == n
+        # Every token value occurs once in the corpus, so a label seen twice would be repeated data.
+        labels = Counter(int(t) for s in samples for t in s[1:])
+        assert max(labels.values()) == 1 and sum(labels.values()) == n * seq_len
 
 
 def test_deterministic_per_seed(tmp_path: Path) -> None:
@@ -194,6 +286,36 @@ def test_cache_hit_returns_identical_arrays(tmp_path: Path) -> None:
     third = GPTDataset(corpus, ids, 6, 300, seed=5, cache_dir=cache)
     assert not third.cache_hit
     assert np.array_equal(third.shuffle_index, first.shuffle_index)
+
+
+def test_cache_per_total_and_format(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data, cache = tmp_path / "data", tmp_path / "cache"
+    data.mkdir()
+    corpus = _corpus(data, _make_docs(8, 50))
+    ids = np.arange(50)
+    short = GPTDataset(corpus, ids, 5, 40, seed=2, cache_dir=cache)
+    long = GPTDataset(corpus, ids, 5, 700, seed=2, cache_dir=cache)
+    assert not short.cache_hit and not long.cache_hit and short.cache_path != long.cache_path
+    assert np.array_equal(long.shuffle_index[:40], short.shuffle_index)
+    for n, built in ((40, short), (700, long)):
+        again = GPTDataset(corpus, ids, 5, n, seed=2, cache_dir=cache)
+        assert again.cache_hit
+        assert [again[i].tolist() for i in range(n)] == [built[i].tolist() for i in range(n)]
+    # A file under the right name whose arrays do not fit this index is rebuilt, not trusted.
+    assert long.cache_path is not None
+    sample_index.save_npz_atomic(
+        long.cache_path,
+        {"doc_order": long.doc_order, "sample_pos": long._sample_pos[:-1],
+         "sample_offset": long._sample_offset[:-1], "shuffle_index": long.shuffle_index},
+    )
+    rebuilt = GPTDataset(corpus, ids, 5, 700, seed=2, cache_dir=cache)
+    assert not rebuilt.cache_hit and np.array_equal(rebuilt._sample_pos, long._sample_pos)
+    assert GPTDataset(corpus, ids, 5, 700, seed=2, cache_dir=cache).cache_hit
+    # Another index format (or block cap) never reads the old files.
+    monkeypatch.setattr(sample_index, "_INDEX_FORMAT", sample_index._INDEX_FORMAT + 1)
+    assert not GPTDataset(corpus, ids, 5, 700, seed=2, cache_dir=cache).cache_hit
+    monkeypatch.setattr(sample_index, "_MAX_BLOCK", 16)
+    assert not GPTDataset(corpus, ids, 5, 700, seed=2, cache_dir=cache).cache_hit
 
 
 class _LengthsOnly:

@@ -95,7 +95,8 @@ def _measure_shape(config: Config, device: torch.device, precision: str) -> list
     cfg = config.train
     train_set, _ = build_datasets(config.data.path, seq_len=config.model.seq_len, seed=cfg.seed,
                                   train_samples=(cfg.steps + 1) * cfg.micro_batch, valid_samples=0,
-                                  valid_fraction=0.0, cache_dir=config.data.cache_dir)
+                                  valid_fraction=0.0, cache_dir=config.data.cache_dir,
+                                  vocab_size=config.model.vocab_size)
     grid = build_grid(1, 1, 1, False)
     built = build_engine(config, device, 1, cfg.micro_batch, precision, grid)
     model = built.model

@@ -91,12 +91,19 @@ def build_datasets(
     valid_samples: int,
     valid_fraction: float,
     cache_dir: str | Path | None = None,
+    vocab_size: int | None = None,
 ) -> tuple[Any, Any | None]:
     """The train dataset and the validation dataset (None when ``valid_fraction`` or ``valid_samples`` is 0).
 
     Each path's documents are split contiguously (last ``valid_fraction`` of the documents validate).
     One path gives a :class:`GPTDataset` per split; several give :class:`BlendedDataset` s whose
-    components are sized ``ceil(weight * n * 1.005) + 1``.
+    components are sized ``ceil(weight * n * 1.005) + 1``. Sample ``i`` does not depend on the
+    ``train_samples`` / ``valid_samples`` asked for (as long as it exists): component samples are
+    prefix-stable (see :mod:`~megadepth.data.sample_index`) and the blend schedule is greedy, so raising
+    the number of steps of a run and resuming continues on new data.
+
+    ``vocab_size`` (the model's) makes every sample read be checked against it, so shards from another
+    tokenizer fail with a :class:`DataError` naming the shard instead of inside the model.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -125,6 +132,7 @@ def build_datasets(
                     _derive_seed(seed, split, i),
                     cache_dir=cache_dir,
                     name=f"{p} ({split})",
+                    vocab_size=vocab_size,
                 )
             )
 

@@ -7,9 +7,18 @@ one token: the last input of one window is the first of the next, and every stre
 very first is a label exactly once. Windows cross document boundaries (documents end in EOS, so the model
 learns where they stop); this is Megatron's packing and wastes no tokens on padding.
 
+The windows are then shuffled in fixed blocks whose size depends only on the corpus, the documents and
+``seq_len`` -- never on the number of samples asked for. So sample ``i`` is the same window whatever the
+total (*prefix stability*): a run resumed with a larger ``train.steps`` continues on new data, and runs of
+8 and 12 steps see the same data for their first 8 steps. (A single permutation of all ``num_samples``
+windows, as Megatron and earlier versions here do, reshuffles everything when the total changes.)
+
 Only ``(position in the document order, offset)`` per window start and the document order itself are
 stored -- never a copy of the tokens -- so the index of a 1e10-token corpus is a few hundred MB at most,
 and it is built with numpy (``cumsum`` + ``searchsorted``) in about a second for 1e8 tokens.
+
+Every sample is checked against the model's vocabulary when it is read (when ``vocab_size`` is given):
+one ``max`` over ``seq_len + 1`` tokens, instead of a scan of the whole corpus at start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ import io
 import json
 import math
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +44,12 @@ from megadepth.data.indexed import (
 
 __all__ = ["DocumentCorpus", "GPTDataset", "split_documents"]
 
-_INDEX_FORMAT = 1  # bump when the way the index is computed changes, so old caches are not reused
+_INDEX_FORMAT = 2  # bump when the way the index is computed changes, so old caches are not reused
+
+#: The most windows one shuffle block holds. Bounds the work and memory spent on windows beyond the
+#: last requested sample (a block is always built whole) to about 16 MB of index; 2**20 windows of
+#: 2048 tokens are 2e9 tokens, and documents are shuffled over the whole epoch anyway.
+_MAX_BLOCK = 2**20
 
 
 class DocumentCorpus:
@@ -105,6 +119,16 @@ class DocumentCorpus:
         """Token dtype of the shards."""
         return self._dtype
 
+    def shard_of(self, doc: int) -> tuple[Path, int]:
+        """The shard prefix that holds global document ``doc``, and the document's number in that shard.
+
+        Error messages name the file a bad token came from, not an index into the concatenation.
+        """
+        if not 0 <= doc < self.num_docs:
+            raise IndexError(f"document {doc} out of range ({self.num_docs} documents)")
+        s = int(np.searchsorted(self._shard_start, doc, side="right")) - 1
+        return self.prefixes[s], doc - int(self._shard_start[s])
+
     def read(self, doc: int, offset: int, length: int) -> np.ndarray:
         """``length`` tokens of global document ``doc`` from ``offset`` (a view into the shard)."""
         if not 0 <= doc < self.num_docs:
@@ -172,9 +196,32 @@ class GPTDataset:
     """``num_samples`` windows of ``seq_len + 1`` tokens (int64) over the documents ``doc_ids``.
 
     Randomness (all from ``seed``, independent numpy generators so one does not shift another):
-    epoch ``e`` orders the documents with its own permutation (so adding epochs never changes the
-    earlier ones), and the windows are then shuffled: sample ``i`` is stream window ``shuffle_index[i]``.
+
+    * Epoch ``e`` orders the documents with its own permutation (``default_rng([seed, 1, e])``), so
+      adding epochs never changes the earlier ones.
+    * The stream windows are shuffled in blocks. ``W = (tokens_per_epoch - 1) // seq_len`` is the number
+      of windows that lie wholly inside one epoch's worth of stream; windows ``[c * W, (c + 1) * W)``
+      form chunk ``c``, cut into blocks of at most ``_MAX_BLOCK`` windows. Block ``j`` of chunk ``c`` is
+      permuted by its own generator (``default_rng([seed, 2, c, j])``) and samples take the blocks in
+      stream order: sample ``i`` is a window of the block that holds stream window ``i``. Neither ``W``
+      nor the blocks depend on ``num_samples``, so sample ``i`` is the same window for every
+      ``num_samples > i`` (prefix stability). Blocks are always built whole, so the index covers up to
+      one block more windows than it serves.
+
+    Can a block hold the same window or document twice? Never the same stream window: a block is a
+    permutation of distinct consecutive windows. A chunk spans at most ``W * seq_len + 1 <=
+    tokens_per_epoch`` stream tokens, so chunk 0 (the first ``W`` samples) lies inside epoch 0 and sees
+    every document at most once: a run of at most one epoch never repeats data. A later chunk can
+    straddle one epoch boundary; then a block may hold pieces of the same document from both epochs
+    (and, if both copies fall at the same offset modulo ``seq_len``, two windows with equal tokens).
+    That is the repetition a second epoch implies anyway, never more than twice per document.
+
     ``shuffle=False`` turns both off (documents in ``doc_ids`` order, windows in stream order).
+
+    ``vocab_size``, when given, is the model's vocabulary: every sample is checked against it when read
+    (one ``max`` over ``seq_len + 1`` tokens), and a token outside ``[0, vocab_size)`` raises a
+    :class:`DataError` that names the shard. Without the check an out-of-range id fails deep inside the
+    model with a bare ``IndexError`` -- or not at all: a vocab-parallel embedding silently masks it.
     """
 
     def __init__(
@@ -188,6 +235,7 @@ class GPTDataset:
         shuffle: bool = True,
         cache_dir: str | Path | None = None,
         name: str | None = None,
+        vocab_size: int | None = None,
     ) -> None:
         if seq_len < 1:
             raise ValueError(f"seq_len must be >= 1, got {seq_len}")
@@ -195,11 +243,14 @@ class GPTDataset:
             raise ValueError(f"num_samples must be >= 0, got {num_samples}")
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
+        if vocab_size is not None and vocab_size < 1:
+            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         self.corpus = corpus
         self.seq_len = int(seq_len)
         self.num_samples = int(num_samples)
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
+        self.vocab_size = None if vocab_size is None else int(vocab_size)
         self.name = name or ", ".join(str(p) for p in corpus.prefixes[:3]) + (
             " ..." if len(corpus.prefixes) > 3 else ""
         )
@@ -216,8 +267,12 @@ class GPTDataset:
                 f"{self.name}: {len(ids)} documents hold {self.tokens_per_epoch} tokens, fewer than "
                 f"one sample of seq_len + 1 = {self.seq_len + 1}"
             )
-        # Stream positions 0 .. num_samples * seq_len must exist.
-        needed = self.num_samples * self.seq_len + 1 if self.num_samples else 0
+        # Windows wholly inside one epoch's worth of stream (>= 1: the epoch holds seq_len + 1 tokens).
+        self.windows_per_epoch = (self.tokens_per_epoch - 1) // self.seq_len
+        self.block_size = min(self.windows_per_epoch, _MAX_BLOCK)
+        self.num_windows = self._windows_needed()
+        # Stream positions 0 .. num_windows * seq_len must exist.
+        needed = self.num_windows * self.seq_len + 1 if self.num_windows else 0
         self.num_epochs = math.ceil(needed / self.tokens_per_epoch)
 
         self.cache_hit = False
@@ -226,7 +281,11 @@ class GPTDataset:
         if cache_dir is not None:
             self.cache_path = Path(cache_dir) / f"gpt_index_{self._cache_key()[:32]}.npz"
             cached = load_npz(self.cache_path, keys)
-            if cached is not None and len(cached["shuffle_index"]) == self.num_samples:
+            if (
+                cached is not None
+                and len(cached["shuffle_index"]) == self.num_samples
+                and len(cached["sample_pos"]) == self.num_windows
+            ):
                 self.doc_order, self._sample_pos, self._sample_offset, self.shuffle_index = (
                     cached[k] for k in keys
                 )
@@ -249,6 +308,7 @@ class GPTDataset:
         """sha256 over everything the index depends on (never Python's salted ``hash()``)."""
         payload = {
             "format": _INDEX_FORMAT,
+            "max_block": _MAX_BLOCK,
             "corpus": self.corpus.identity(),
             "doc_lengths": _sha256_array(self._lengths),
             "doc_ids": _sha256_array(self.doc_ids),
@@ -258,6 +318,26 @@ class GPTDataset:
             "shuffle": self.shuffle,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+    def _blocks(self) -> Iterator[tuple[int, int, int, int]]:
+        """``(chunk, block in chunk, first window, window count)`` of every shuffle block, in order."""
+        w, k = self.windows_per_epoch, self.block_size
+        chunk = 0
+        while True:
+            for j, lo in enumerate(range(0, w, k)):
+                yield chunk, j, chunk * w + lo, min(k, w - lo)
+            chunk += 1
+
+    def _windows_needed(self) -> int:
+        """Stream windows the index covers: the samples, rounded up to whole blocks when shuffling."""
+        if not self.shuffle or self.num_samples == 0:
+            return self.num_samples
+        w = self.windows_per_epoch
+        chunks, rest = divmod(self.num_samples, w)
+        if rest == 0:
+            return chunks * w
+        # A chunk's blocks start at multiples of block_size; the partial one ends at the next boundary.
+        return chunks * w + min(w, math.ceil(rest / self.block_size) * self.block_size)
 
     def _build(self) -> None:
         id_dtype = np.int32 if self.corpus.num_docs < 2**31 else np.int64
@@ -271,16 +351,27 @@ class GPTDataset:
         self.doc_order = np.concatenate(orders) if orders else np.empty(0, dtype=id_dtype)
         # ends[j]: stream position just past the j-th document of the order.
         ends = np.cumsum(self._lengths[self.doc_order], dtype=np.int64)
-        starts = np.arange(self.num_samples, dtype=np.int64) * self.seq_len
+        starts = np.arange(self.num_windows, dtype=np.int64) * self.seq_len
         # The document holding position p is the first whose end is > p (skips empty documents).
         pos = np.searchsorted(ends, starts, side="right")
         offset = starts - (ends[pos] - self._lengths[self.doc_order[pos]]) if len(pos) else starts
         self._sample_pos = pos.astype(np.int64)
         self._sample_offset = offset.astype(np.int64)
-        if self.shuffle:
-            self.shuffle_index = np.random.default_rng([self.seed, 2]).permutation(self.num_samples)
-        else:
+        if not self.shuffle:
             self.shuffle_index = np.arange(self.num_samples, dtype=np.int64)
+            return
+        # One generator per block, keyed by the block's place in the stream only: a block's permutation
+        # is the same whichever later blocks exist. Loops once per block, i.e. about once per epoch.
+        parts: list[np.ndarray] = []
+        covered = 0
+        for chunk, j, first, count in self._blocks():
+            if covered >= self.num_windows:
+                break
+            parts.append(np.random.default_rng([self.seed, 2, chunk, j]).permutation(count) + first)
+            covered = first + count
+        assert covered == self.num_windows, (covered, self.num_windows)
+        full = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        self.shuffle_index = full[: self.num_samples].astype(np.int64)
 
     def __len__(self) -> int:
         return self.num_samples
@@ -299,7 +390,37 @@ class GPTDataset:
                 filled += take
             pos += 1
             off = 0
+        if self.vocab_size is not None:
+            hi = int(out.max())
+            lo = int(out.min()) if self.corpus.dtype.kind == "i" else 0  # unsigned shards hold no negatives
+            if hi >= self.vocab_size or lo < 0:
+                self._raise_out_of_vocab(k, hi if hi >= self.vocab_size else lo)
         return out
+
+    def _raise_out_of_vocab(self, k: int, token: int) -> None:
+        """Raise the DataError for ``token`` in window ``k``, naming the shard and document it is in.
+
+        Only runs on the error path, so walking the window's documents again costs nothing in training.
+        """
+        pos, off, left = int(self._sample_pos[k]), int(self._sample_offset[k]), self.seq_len + 1
+        where = self.name
+        while left > 0:
+            doc = int(self.doc_order[pos])
+            take = min(int(self._lengths[doc]) - off, left)
+            if take > 0:
+                if np.any(self.corpus.read(doc, off, take) == token):
+                    prefix, local = self.corpus.shard_of(doc)
+                    where = f"{bin_path(prefix)} (document {local}; {self.name})"
+                    break
+                left -= take
+            pos += 1
+            off = 0
+        if token < 0:
+            raise DataError(f"data: token id {token} in {where} is negative: a damaged shard?")
+        raise DataError(
+            f"data: token id {token} in {where} is >= model.vocab_size {self.vocab_size}: "
+            f"shards made with another tokenizer?"
+        )
 
     def __getitem__(self, i: int) -> np.ndarray:
         """Sample ``i``: ``seq_len + 1`` int64 tokens; inputs are ``[:-1]``, labels ``[1:]``."""
