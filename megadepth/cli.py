@@ -198,6 +198,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from megadepth.generate import Generator, SamplingOptions
+
+    gen = Generator(args.run_dir, args.tag, device=args.device)
+    for i in range(args.samples):
+        options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_k=args.top_k, seed=args.seed + i, stop_at_eos=not args.ignore_eos)
+        if i:
+            print("-" * 40)
+        print(gen.complete(args.prompt, options), flush=True)
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     if args.explain:
         for key, default, doc in explain():
@@ -275,6 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT", help="output directory (new or empty)")
     p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("generate", help="continue a prompt with a run's model (any layout; seeded sampling)")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its checkpoints/ folder)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--max-new-tokens", type=_count(1), default=100, help="tokens to add at most (default 100)")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
+    p.add_argument("--top-k", type=_count(0), default=50, help="sample among the k likeliest (0: all; default 50)")
+    p.add_argument("--samples", type=_count(1), default=1, help="how many continuations (seeds seed, seed+1, ...)")
+    p.add_argument("--seed", type=_count(0), default=0, help="sampling seed (default 0)")
+    p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-document token")
+    p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu or cuda")
+    p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("merge-tp", help="merge a tensor- or pipeline-parallel checkpoint into one TP=PP=1 checkpoint")
     p.add_argument("checkpoints", help="a run's checkpoints/ directory")

@@ -1,0 +1,105 @@
+"""``megadepth generate RUN_DIR``: text from a run's checkpoint, to see what a model learned.
+
+The checkpoint is consolidated first (any tensor/pipeline layout, see megadepth.parallel.merge) and run
+as one plain GPT in fp32 on the CPU or one GPU: generation is for looking, not for serving, so there is
+no KV cache and each new token re-reads the context (cropped to the model's positions). The prompt is
+encoded with the run's sentencepiece model and, like every document in training, follows an EOS; an
+empty prompt starts a new document. Sampling is seeded, so the same command prints the same text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from megadepth.config.load import ConfigError
+from megadepth.config.schema import Config
+
+__all__ = ["Generator", "SamplingOptions"]
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """How the next token is picked: temperature 0 is greedy; top_k 0 keeps the whole vocabulary."""
+
+    max_new_tokens: int = 100
+    temperature: float = 0.8
+    top_k: int = 50
+    seed: int = 0
+    stop_at_eos: bool = True
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
+        if self.top_k < 0:
+            raise ConfigError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
+
+
+class Generator:
+    """A run's model and tokenizer, ready to continue prompts."""
+
+    def __init__(self, run_dir: str | Path, tag: str | None = None, device: str = "auto") -> None:
+        from megadepth.data import find_tokenizer
+        from megadepth.model import GPT
+        from megadepth.parallel.merge import consolidated_state
+        from megadepth.parametrize import Parametrization
+
+        run_dir = Path(run_dir)
+        ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+        config, state, self.tag = consolidated_state(ckpt_dir, tag)
+        self.config: Config = config
+        ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if device == "auto" else device))
+        self.model = GPT(config.model, ptz.multipliers())
+        self.model.load_state_dict({k: v.float() for k, v in state.items()})
+        self.model.to(self.device).eval()
+        path = Path(config.data.tokenizer) if config.data.tokenizer else find_tokenizer(config.data.path)
+        if path is None or not path.is_file():
+            raise ConfigError(f"no tokenizer for {run_dir}: its data.path ({config.data.path}) has no "
+                              "tokenizer.model and data.tokenizer is not set")
+        import sentencepiece as spm
+
+        self.tokenizer = spm.SentencePieceProcessor(model_file=str(path))
+        self.eos_id = int(self.tokenizer.eos_id())
+
+    def encode(self, prompt: str) -> list[int]:
+        """The context a prompt gives: an EOS (where documents begin in training), then its pieces."""
+        return [self.eos_id, *self.tokenizer.encode(prompt)] if self.eos_id >= 0 else self.tokenizer.encode(prompt)
+
+    @torch.no_grad()
+    def continue_ids(self, context: list[int], options: SamplingOptions) -> list[int]:
+        """New token ids after ``context`` (the context itself is not returned)."""
+        if not context:
+            raise ConfigError("an empty context: give a prompt, or use a tokenizer with an EOS id")
+        window = self.config.model.positions
+        rng = torch.Generator(device="cpu").manual_seed(options.seed)
+        ids = list(context)
+        new: list[int] = []
+        for _ in range(options.max_new_tokens):
+            tokens = torch.tensor([ids[-window:]], dtype=torch.long, device=self.device)
+            logits = self.model(tokens)[0, -1].float().cpu()
+            if options.temperature == 0:
+                nxt = int(logits.argmax())
+            else:
+                logits = logits / options.temperature
+                if 0 < options.top_k < logits.numel():
+                    cutoff = torch.topk(logits, options.top_k).values[-1]
+                    logits = logits.masked_fill(logits < cutoff, float("-inf"))
+                nxt = int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=rng))
+            if options.stop_at_eos and nxt == self.eos_id:
+                break
+            ids.append(nxt)
+            new.append(nxt)
+        return new
+
+    def complete(self, prompt: str, options: SamplingOptions) -> str:
+        """The prompt and its continuation as one text (decoded together, so the piece boundary between
+        them keeps its space)."""
+        context = self.encode(prompt)
+        new = self.continue_ids(context, options)
+        return self.tokenizer.decode([t for t in context if t != self.eos_id] + new)
