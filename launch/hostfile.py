@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
 import tempfile
 from collections.abc import Iterable
@@ -126,9 +127,21 @@ def generated_hostfile_path(nnodes: int, slots: int) -> Path:
 
 
 def write_hostfile(hosts: list[Host], path: Path) -> Path:
-    """Write atomically (a temporary file, then rename): concurrent writers of the same contents are safe."""
+    """Write atomically (a temporary file, then rename): concurrent writers of the same contents are safe.
+
+    The temporary file is made with ``os.open(..., 0o666)`` (O_EXCL, a random name), not mkstemp, whose
+    0600 the rename would keep: the kernel applies the umask at creation, so the hostfile gets the mode
+    of any file the user writes, without reading the umask (which cannot be done without changing it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = str(path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
+        try:
+            fd = os.open(tmp, flags, 0o666)
+            break
+        except FileExistsError:
+            continue
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(format_hostfile(hosts))

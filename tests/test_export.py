@@ -5,6 +5,9 @@ on the checkpoint file as saved (TP = PP = 1), not the exporter's consolidation.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,24 +55,62 @@ def export(run: Path, out: Path) -> None:
     assert main(["export", str(run), "--format", "hf", str(out)]) == 0
 
 
+#: Text a user would prompt with: prose, code (indentation, tabs), whitespace runs, newlines, unicode.
+VARIED = [
+    "The Python tutorial explains lists.",
+    "The standard library",
+    "for item in items:\n    print(item)\n\tpass\n",
+    "   three leading spaces,  two inner,\n\n\nthree newlines ",
+    "naïve café, 日本語, emoji 😀, مرحبا",
+    "</s> and <s> are text here",
+]
+
+
+@contextmanager
+def umask(mask: int) -> Iterator[None]:
+    """The process umask set to ``mask`` for the block (the export runs in this process)."""
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
 def test_export_matches_megadepth_and_generates_the_same(sample_data: Path, tmp_path: Path) -> None:
     """Tied head, biases, muP width scaling (readout and attention scale not GPT-2's defaults) and
-    Depth-muP branches: logits equal, greedy generation equal, the tokenizer and its ids carried over."""
-    from transformers import GPT2LMHeadModel
+    Depth-muP branches: logits equal; AutoTokenizer from the export encodes as sentencepiece (which
+    made the training data) does; greedy generation from its ids, through generate and through the
+    text-generation pipeline, equals megadepth's; files get the umask's modes."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline
 
     cfg = tiny_config(sample_data, tmp_path / "run", model={"base_width": 16, "bias": True},
                       train={"save_final": True})
     run_ranks(train_rank, 1, cfg)
-    export(tmp_path / "run", tmp_path / "hf")
+    with umask(0o022):
+        export(tmp_path / "run", tmp_path / "hf")
+    with umask(0o077):
+        export(tmp_path / "run", tmp_path / "private")
+    assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "hf").iterdir()} == {
+        name: 0o644 for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.model",
+                                 "tokenizer.json", "tokenizer_config.json", "megadepth_export.json")}
+    assert {f.stat().st_mode & 0o777 for f in (tmp_path / "private").iterdir()} == {0o600}
     ours = megadepth_logits(tmp_path / "run")
     assert relative(ours, hf_logits(tmp_path / "hf")) < 1e-5
     info = json.loads((tmp_path / "hf" / "megadepth_export.json").read_text())
     assert info["multipliers_folded"]["branch"] != 1 and info["multipliers_folded"]["readout"] != 1
+    assert info["hf_tokenizer"]["class"] == "PreTrainedTokenizerFast" and info["hf_tokenizer"]["exact"] is True
 
     sp = spm.SentencePieceProcessor(model_file=str(tmp_path / "hf" / "tokenizer.model"))
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert len(hf_tok) == sp.get_piece_size() == 512
+    for text in VARIED:
+        ids = hf_tok(text)["input_ids"]
+        assert ids == sp.encode(text), text  # no BOS: training saw sp.encode(document) + EOS
+        assert hf_tok.decode(ids) == sp.decode(ids) == text
+    assert hf_tok.eos_token_id == sp.eos_id() and hf_tok.unk_token_id == sp.unk_id() and hf_tok.pad_token is None
     model = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
     assert model.config.eos_token_id == sp.eos_id() and model.config.vocab_size == 512
-    prompt = torch.tensor([sp.encode("The standard library")])
+    prompt = torch.tensor([hf_tok("The standard library")["input_ids"]])
     generated = model.generate(prompt, max_new_tokens=6, do_sample=False, pad_token_id=sp.eos_id())
     tag = (tmp_path / "run" / "checkpoints" / "latest").read_text().strip()
     config = validate(yaml.safe_load((tmp_path / "run" / "checkpoints" / tag / "config.yaml").read_text()))
@@ -82,6 +123,10 @@ def test_export_matches_megadepth_and_generates_the_same(sample_data: Path, tmp_
         for _ in range(6):
             seq = torch.cat([seq, gpt.eval()(seq)[:, -1:].argmax(-1)], dim=1)
     assert torch.equal(generated, seq)
+    assert sp.eos_id() not in seq[0, prompt.shape[1]:].tolist()  # else the pipeline below stops early
+    text = pipeline("text-generation", model=str(tmp_path / "hf"))(
+        "The standard library", max_new_tokens=6, do_sample=False, pad_token_id=sp.eos_id())[0]["generated_text"]
+    assert text == sp.decode(seq[0].tolist())
 
 
 @pytest.mark.parametrize("layout", ["tensor", "pipeline"])
@@ -113,3 +158,92 @@ def test_export_refuses_what_gpt2_cannot_hold(sample_data: Path, tmp_path: Path)
     with pytest.raises(ConfigError, match="not an empty directory"):
         export_hf(tmp_path / "rot", tmp_path / "full")
     assert (tmp_path / "full" / "x").read_text() == "keep me"
+
+
+def hf_folder_with(model_file: Path, folder: Path) -> Path:
+    """What an export writes for a tokenizer, next to a GPT-2 config (which alone makes AutoTokenizer
+    build a GPT2Tokenizer from tokenizer.model in transformers 5)."""
+    from transformers import GPT2Config
+
+    from megadepth.export.hf import _write_tokenizer
+
+    GPT2Config(vocab_size=8, n_positions=64, n_embd=8, n_layer=1, n_head=1).save_pretrained(folder)
+    _write_tokenizer(model_file, folder, 1024)
+    return folder
+
+
+def one_character_run(pieces: list[str]) -> bool:
+    """Pieces that together are one repeated character, maybe after one "▁" (a word's space)."""
+    joined = "".join(pieces)
+    return len(set(joined)) == 1 or (joined[0] == "▁" and len(set(joined[1:])) == 1)
+
+
+@pytest.mark.parametrize("model_type", ["bpe", "unigram"])
+def test_exported_tokenizer_encodes_the_corpus_as_sentencepiece(tmp_path: Path, model_type: str) -> None:
+    """Every document of the sample corpus, the probe texts and the varied prompts: AutoTokenizer's ids are
+    sentencepiece's (BPE: all of them; unigram: apart from equal-score orders of one-character runs,
+    which sentencepiece breaks by float32 rounding), and decoding gives sentencepiece's text back."""
+    from transformers import AutoTokenizer
+
+    from data_prep.sample_text import python_docs_documents
+    from data_prep.text_shards import train_tokenizer
+    from megadepth.export.hf import PROBE_TEXTS
+
+    docs = python_docs_documents()
+    model_file = train_tokenizer(docs, tmp_path / "tok", 2048, model_type)
+    hf = AutoTokenizer.from_pretrained(hf_folder_with(model_file, tmp_path / "hf"))
+    sp = spm.SentencePieceProcessor(model_file=str(model_file))
+    assert type(hf).__name__ in ("PreTrainedTokenizerFast", "TokenizersBackend") and len(hf) == 2048
+    ties = 0
+    for text in [*docs, *PROBE_TEXTS, *VARIED]:
+        ours, theirs = hf(text, verbose=False)["input_ids"], sp.encode(text)
+        if ours != theirs:
+            assert model_type == "unigram", text[:80]
+            start = next(i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b)
+            end = len(ours) - next(i for i, (a, b) in enumerate(zip(ours[::-1], theirs[::-1], strict=False)) if a != b)
+            assert sorted(ours[start:end]) == sorted(theirs[start:end])
+            assert one_character_run(sp.id_to_piece(ours[start:end])), sp.id_to_piece(theirs[start:end])
+            ties += 1
+        assert hf.decode(ours) == sp.decode(theirs) == text
+    assert ties < len(docs) // 5
+
+
+def test_a_tokenizer_that_would_be_wrong_is_not_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A conversion that encodes differently (here: the dummy prefix left out), or a model kind it does not
+    convert: no tokenizer.json, no tokenizer.model for transformers 5 to convert on its own, and
+    AutoTokenizer fails instead of returning a tokenizer with other ids."""
+    import io
+
+    from transformers import AutoTokenizer
+
+    import megadepth.export.hf as hf_export
+    from data_prep.sample_text import python_docs_documents
+
+    real = hf_export.sentencepiece_to_tokenizers
+
+    def no_dummy_prefix(path: Path):
+        tokenizer = real(path)
+        from tokenizers import normalizers
+
+        tokenizer.normalizer = normalizers.Replace(" ", "▁")
+        return tokenizer
+
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(python_docs_documents()), model_writer=writer,
+                                   vocab_size=600, model_type="word", minloglevel=2)
+    (tmp_path / "word.model").write_bytes(writer.getvalue())
+    from data_prep.text_shards import train_tokenizer
+
+    bpe = train_tokenizer(python_docs_documents(), tmp_path / "bpe", 512, "bpe")
+    for name, model_file in (("word", tmp_path / "word.model"), ("patched", bpe)):
+        with monkeypatch.context() as m:
+            if name == "patched":
+                m.setattr(hf_export, "sentencepiece_to_tokenizers", no_dummy_prefix)
+            folder = hf_folder_with(model_file, tmp_path / name)
+        files = {f.name for f in folder.iterdir()}
+        assert "tokenizer.json" not in files and "tokenizer.model" not in files, name
+        assert (folder / "sentencepiece.model").read_bytes() == model_file.read_bytes()
+        assert json.loads((folder / "tokenizer_config.json").read_text())["tokenizer_class"] == (
+            hf_export.NO_HF_TOKENIZER_CLASS)
+        with pytest.raises((ValueError, OSError)):
+            AutoTokenizer.from_pretrained(folder)

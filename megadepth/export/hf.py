@@ -16,7 +16,23 @@ Layouts are consolidated first (tensor- and pipeline-parallel checkpoints, see
 megadepth.parallel.merge), padding rows of the vocabulary are dropped, missing biases become zeros.
 Before anything is written the exported model's logits are compared with megadepth's own forward pass
 on a batch of tokens; a mismatch is an error, so a checkpoint that does not reproduce the run is never
-written. The output directory appears whole (written beside it, then renamed).
+written. The output directory appears whole (written beside it, then renamed), its files with the mode
+the umask gives (safetensors writes 0600 on its own; see :func:`_give_umask_modes`).
+
+The tokenizer. Copying ``tokenizer.model`` alone is not enough: ``AutoTokenizer`` reads no
+sentencepiece file for a GPT-2 config, it falls back to ``GPT2Tokenizer`` (a byte-level BPE), which in
+transformers 5 is silently built from the model's pieces with other ids ("The Python tutorial" encodes
+to different ids than training used). So the export also writes ``tokenizer.json`` (a ``tokenizers``
+pipeline built from the sentencepiece model: same pieces, same ids, same normalisation) and a
+``tokenizer_config.json`` naming ``PreTrainedTokenizerFast``, no BOS added (megadepth's data is
+``sp.encode(text)`` then EOS at a document's end; prompts get neither), and special tokens not matched
+in text (sentencepiece reads ``"</s>"`` in text as characters). See :func:`sentencepiece_to_tokenizers`
+for what is exact. Before the output appears, the tokenizer ``AutoTokenizer`` loads from it is compared
+with sentencepiece on varied text; if it is wrong, or the model is of a kind this cannot convert, no
+``tokenizer.json`` is written, the sentencepiece model is kept as ``sentencepiece.model`` and
+``tokenizer_config.json`` names a class that does not exist, so that ``AutoTokenizer`` fails loudly
+instead of tokenizing wrongly (load ``sentencepiece.model`` with ``sentencepiece`` then; a warning and
+``megadepth_export.json`` say so).
 """
 
 from __future__ import annotations
@@ -25,7 +41,9 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -35,6 +53,35 @@ from megadepth.parametrize import Parametrization
 from megadepth.parametrize.rules import Multipliers
 
 _TOLERANCE = 1e-4  # max |logit difference| / max |logit|, fp32
+
+# sentencepiece's ModelProto enums (sentencepiece_model.proto)
+_NORMAL, _UNKNOWN, _CONTROL, _USER_DEFINED, _UNUSED, _BYTE = 1, 2, 3, 4, 5, 6
+_UNIGRAM, _BPE = 1, 2
+#: Unigram scores are log-probabilities (a few tens at most); pieces sentencepiece never matches in text
+#: (control, unknown, byte, unused) get this much less than the rarest normal piece in tokenizers, whose
+#: Unigram has no way to leave a piece out of matching. See :func:`sentencepiece_to_tokenizers`.
+_UNMATCHABLE_PENALTY = 1e4
+#: What ``AutoTokenizer`` finds in ``tokenizer_config.json`` when no correct tokenizer could be written.
+NO_HF_TOKENIZER_CLASS = "NoHfTokenizerLoadTokenizerModelWithSentencepiece"
+#: Text the exported tokenizer must encode as sentencepiece does (unigram: up to ties): prose, code with indentation
+#: and tabs, whitespace runs, CRLF, digits, accents, CJK, emoji, right-to-left text, invisible characters
+#: and strings that look like special tokens.
+PROBE_TEXTS = (
+    "The Python tutorial explains lists.",
+    "Assignment statements\n*********************\n\nAssignment statements are used to (re)bind names.",
+    "def f(x):\n    if x > 0:\n\treturn [1, 22, 333, 4096]\n    return None\r\n",
+    "  leading, trailing and   inner   spaces  ",
+    " ",
+    "",
+    "\n\n\n",
+    "naïve café, Größe, ½ — “quotes” and ‘apostrophes’",
+    "日本語のテキストと中文文本",
+    "emoji 😀🚀👩‍💻 and symbols ∑∫√",
+    "مرحبا بالعالم and עברית",
+    "zero\u200bwidth and no-break\u00a0space",
+    "<s> </s> <unk> <pad> <0x41> [CLS] <|endoftext|>",
+    "3.14159 + 2,718 = 5.85",
+)
 
 
 def check_exportable(model: ModelConfig) -> None:
@@ -126,6 +173,222 @@ def _find_tokenizer(config: Config) -> Path | None:
     return None
 
 
+class TokenizerNotConvertible(ValueError):
+    """The sentencepiece model uses something :func:`sentencepiece_to_tokenizers` cannot reproduce."""
+
+
+def _sentencepiece_proto(path: Path) -> Any:
+    """The parsed ``ModelProto``: the processor API exposes neither the model type nor the normaliser."""
+    from sentencepiece import sentencepiece_model_pb2
+
+    proto = sentencepiece_model_pb2.ModelProto()
+    proto.ParseFromString(path.read_bytes())
+    return proto
+
+
+def sentencepiece_to_tokenizers(path: Path) -> Any:
+    """A ``tokenizers.Tokenizer`` with the pieces, ids, normalisation and decoding of a sentencepiece model.
+
+    What is reproduced: unigram and BPE models; the precompiled normalisation rules (none for megadepth's
+    identity models); the dummy-prefix "▁", spaces as "▁", runs of spaces kept or collapsed as the model
+    says; byte fallback, or consecutive unknown characters fused into one unknown piece without it;
+    decoding (byte pieces back to UTF-8, the dummy prefix removed). Special (control) pieces are never
+    matched in text, as in sentencepiece; :func:`_write_hf_tokenizer` also turns off the matching of
+    added special tokens.
+
+    Where it is not exact:
+
+    - unigram: when two segmentations score the same, sentencepiece's choice comes from float32
+      rounding of its path sums and tokenizers' (float64) may differ: the same pieces in another order,
+      seen on runs of one repeated character (``*****`` underlines, ``-----`` rules, long indentation;
+      about one document in seven of the sample corpus has one). Decoding is the same. BPE has no such ties (every piece has its own score): on the sample corpus and the probe
+      texts both model types are otherwise exact.
+    - decoding ids whose byte pieces do not form valid UTF-8 (a model emitting stray byte pieces): both
+      put U+FFFD in, tokenizers for every byte of such a run, sentencepiece only for the invalid bytes.
+      Encoded text always decodes the same.
+    - decoding the unknown piece: sentencepiece writes " ⁇ ", tokenizers its name (byte-fallback models,
+      all of megadepth's, never produce it); control pieces: sentencepiece drops them, transformers
+      drops them only with ``skip_special_tokens=True`` (what generation pipelines pass).
+
+    Raises :class:`TokenizerNotConvertible` for what it does not reproduce: word and char models,
+    user-defined pieces (matched before segmentation, with a bonus), unused pieces in BPE (merged, then
+    split again), whitespace as a suffix, unescaped whitespace, no unknown piece.
+    """
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers
+
+    proto = _sentencepiece_proto(path)
+    pieces = list(proto.pieces)
+    trainer, norm = proto.trainer_spec, proto.normalizer_spec
+    kind = trainer.model_type
+    if kind not in (_UNIGRAM, _BPE):
+        raise TokenizerNotConvertible(f"a sentencepiece {trainer.ModelType.Name(kind).lower()} model")
+    kinds = {p.type for p in pieces}
+    if _USER_DEFINED in kinds:
+        raise TokenizerNotConvertible("user-defined pieces (sentencepiece matches them before segmenting)")
+    if kind == _BPE and _UNUSED in kinds:
+        raise TokenizerNotConvertible("unused pieces in a BPE model")
+    if trainer.treat_whitespace_as_suffix or not norm.escape_whitespaces:
+        raise TokenizerNotConvertible("whitespace as a suffix, or whitespace not escaped as '▁'")
+    unknown = [i for i, p in enumerate(pieces) if p.type == _UNKNOWN]
+    if len(unknown) != 1:
+        raise TokenizerNotConvertible("no unknown piece")
+    normal = {p.piece: (i, p.score) for i, p in enumerate(pieces) if p.type == _NORMAL}
+    if kind == _UNIGRAM:
+        # every piece stays at its id; the ones sentencepiece never matches get a score no segmentation
+        # picks (byte pieces are only reached through byte fallback, by name)
+        low = min(score for _, score in normal.values()) - _UNMATCHABLE_PENALTY
+        vocab = [(p.piece, p.score if p.type == _NORMAL else low) for p in pieces]
+        model = models.Unigram(vocab, unknown[0], bool(trainer.byte_fallback))
+    else:
+        # sentencepiece's BPE repeatedly merges the adjacent pair whose concatenation is the normal piece
+        # of highest score (leftmost on ties); as ranked merges, every split of every normal piece into
+        # two normal pieces, ranked by the whole piece's score
+        ranked = []
+        for piece, (i, score) in normal.items():
+            for cut in range(1, len(piece)):
+                left, right = piece[:cut], piece[cut:]
+                if left in normal and right in normal:
+                    ranked.append((-score, i, cut, left, right))
+        ranked.sort()
+        model = models.BPE(
+            {p.piece: i for i, p in enumerate(pieces)},
+            [(left, right) for *_, left, right in ranked],
+            unk_token=pieces[unknown[0]].piece,
+            fuse_unk=True,
+            byte_fallback=bool(trainer.byte_fallback),
+        )
+    tokenizer = Tokenizer(model)
+    steps = []
+    if norm.precompiled_charsmap:
+        steps.append(normalizers.Precompiled(norm.precompiled_charsmap))
+    if norm.remove_extra_whitespaces:  # sentencepiece removes spaces (U+0020 only) at the ends and in runs
+        steps += [normalizers.Replace(Regex(" {2,}"), " "), normalizers.Replace(Regex("^ | $"), "")]
+    if norm.add_dummy_prefix:
+        steps.append(normalizers.Prepend("▁"))
+    steps.append(normalizers.Replace(" ", "▁"))
+    tokenizer.normalizer = normalizers.Sequence(steps)
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if norm.add_dummy_prefix:
+        steps.append(decoders.Strip(" ", 1, 0))
+    tokenizer.decoder = decoders.Sequence(steps)
+    tokenizer.add_special_tokens(
+        [AddedToken(p.piece, special=True, normalized=False) for p in pieces if p.type in (_CONTROL, _UNKNOWN)]
+    )
+    tokenizer.encode_special_tokens = True  # "</s>" in text is text, as in sentencepiece
+    return tokenizer
+
+
+def _tokenizer_config(sp: Any, model_max_length: int) -> dict[str, Any]:
+    """``tokenizer_config.json``: the generic fast class, nothing added around the text, special tokens
+    as the sentencepiece model defines them (no pad token unless it has one)."""
+    config: dict[str, Any] = {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,  # it would drop spaces before punctuation on decode
+        "split_special_tokens": True,
+        "model_max_length": model_max_length,
+        "model_input_names": ["input_ids", "attention_mask"],
+    }
+    for name, index in (("unk_token", sp.unk_id()), ("bos_token", sp.bos_id()), ("eos_token", sp.eos_id()),
+                        ("pad_token", sp.pad_id())):
+        if 0 <= index < sp.get_piece_size():
+            config[name] = sp.id_to_piece(index)
+    return config
+
+
+def _tokenizer_mismatch(folder: Path, sp: Any, unigram: bool) -> str | None:
+    """How ``AutoTokenizer.from_pretrained(folder)`` differs from ``sp`` on :data:`PROBE_TEXTS`, or None.
+
+    Exactly what users get is checked (their default ``encode``, ``decode``). For unigram models a tie
+    (same pieces, same total score, another order) is accepted: see :func:`sentencepiece_to_tokenizers`.
+    """
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(folder)
+    if len(hf) != sp.get_piece_size():
+        return f"{len(hf)} entries, sentencepiece has {sp.get_piece_size()}"
+    for text in PROBE_TEXTS:
+        ours, theirs = hf.encode(text, verbose=False), sp.encode(text)  # verbose: no length warning
+        if ours != theirs:
+            tie = unigram and sorted(ours) == sorted(theirs)
+            if not tie:
+                return f"encodes {text!r} as {ours[:12]}, sentencepiece as {theirs[:12]}"
+        if hf.decode(theirs) != sp.decode(theirs):
+            return f"decodes {text!r} as {hf.decode(theirs)!r}, sentencepiece as {sp.decode(theirs)!r}"
+    return None
+
+
+def _write_tokenizer(source: Path, folder: Path, model_max_length: int) -> dict[str, Any]:
+    """Copy the sentencepiece model into ``folder`` as ``tokenizer.model``, write ``tokenizer.json`` and
+    ``tokenizer_config.json`` beside it and check what AutoTokenizer loads from them; returns what was
+    done, for ``megadepth_export.json``.
+
+    When the model cannot be converted, or the check fails, ``tokenizer.json`` is removed, the model is
+    renamed ``sentencepiece.model`` and the config names :data:`NO_HF_TOKENIZER_CLASS`: transformers 5
+    builds a tokenizer from any ``tokenizer.model`` it finds (a GPT2Tokenizer for a GPT-2 config, one
+    of a class it does not know otherwise) without checking it, so only both make AutoTokenizer fail.
+    """
+    import sentencepiece as spm
+
+    sp_path = folder / "tokenizer.model"
+    shutil.copyfile(source, sp_path)
+    sp = spm.SentencePieceProcessor(model_file=str(sp_path))
+    proto = _sentencepiece_proto(sp_path)
+    unigram = proto.trainer_spec.model_type == _UNIGRAM
+    model_type = proto.trainer_spec.ModelType.Name(proto.trainer_spec.model_type).lower()
+    config_file, json_file = folder / "tokenizer_config.json", folder / "tokenizer.json"
+    problem: str | None
+    try:
+        converted = sentencepiece_to_tokenizers(sp_path)
+    except TokenizerNotConvertible as e:
+        problem = f"not convertible: {e}"
+    else:
+        converted.save(str(json_file))
+        config_file.write_text(json.dumps(_tokenizer_config(sp, model_max_length), indent=2) + "\n")
+        try:
+            problem = _tokenizer_mismatch(folder, sp, unigram)
+        except Exception as e:  # noqa: BLE001 -- whatever stops AutoTokenizer loading it is a reason to refuse
+            problem = f"AutoTokenizer could not load it: {type(e).__name__}: {e}"
+    if problem is None:
+        done: dict[str, Any] = {"sentencepiece": sp_path.name, "class": "PreTrainedTokenizerFast",
+                                "files": [json_file.name, config_file.name],
+                                "sentencepiece_model_type": model_type, "exact": not unigram}
+        if unigram:
+            done["differences"] = "equal-score segmentations (runs of one character) may order pieces differently"
+        return done
+    json_file.unlink(missing_ok=True)
+    kept = sp_path.rename(folder / "sentencepiece.model")
+    config_file.write_text(json.dumps({
+        "tokenizer_class": NO_HF_TOKENIZER_CLASS,
+        "megadepth_note": f"no transformers tokenizer reproduces {kept.name}: load it with sentencepiece "
+                          f"(SentencePieceProcessor(model_file='{kept.name}')). Reason: {problem}",
+    }, indent=2) + "\n")
+    print(f"megadepth export: warning: no transformers tokenizer written ({problem}); AutoTokenizer refuses this "
+          f"folder: encode with sentencepiece and {kept.name}", file=sys.stderr)
+    return {"sentencepiece": kept.name, "class": None, "files": [config_file.name],
+            "sentencepiece_model_type": model_type, "problem": problem}
+
+
+def _give_umask_modes(folder: Path) -> None:
+    """Give every file in ``folder`` the mode a new file gets there (0o666 less the umask).
+
+    safetensors (0.8) writes ``model.safetensors`` as 0600, unreadable to teammates on a shared cluster
+    whatever the umask. The mode is learned from a probe file created with 0o666, so the kernel applies
+    the umask (and a default ACL's mask) itself: reading the umask would mean changing it for a moment,
+    which races with other threads.
+    """
+    probe = folder / f".mode-probe-{os.getpid()}"
+    os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+    try:
+        mode = probe.stat().st_mode & 0o777
+    finally:
+        probe.unlink()
+    for f in folder.iterdir():
+        if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 != mode:
+            f.chmod(mode)
+
+
 def _tokenizer_ids(path: Path | None, vocab: int) -> dict[str, int]:
     if path is None:
         return {"bos_token_id": None, "eos_token_id": None}
@@ -190,14 +453,17 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
                                "attn_scale": mult.attn_scale},
         "max_relative_logit_difference": diff,
         "tokenizer": "tokenizer.model" if tokenizer else None,
+        "hf_tokenizer": None,
     }
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         hf_model.save_pretrained(tmp)
         if tokenizer is not None:
-            shutil.copyfile(tokenizer, tmp / "tokenizer.model")
+            info["hf_tokenizer"] = _write_tokenizer(tokenizer, tmp, config.model.positions)
+            info["tokenizer"] = info["hf_tokenizer"]["sentencepiece"]
         (tmp / "megadepth_export.json").write_text(json.dumps(info, indent=1) + "\n")
+        _give_umask_modes(tmp)
         if out.exists():
             out.rmdir()  # empty (checked above)
         tmp.replace(out)

@@ -2,6 +2,12 @@
 
 Files that other tools trust are written to a temporary name and renamed into place, so a crash never
 leaves a half-written summary or checkpoint pointer behind.
+
+The temporary file is created with ``os.open(..., 0o666)``, not ``tempfile.mkstemp``: mkstemp creates
+mode 0600 whatever the umask, and the rename carries that mode over, so teammates on a shared cluster
+could not read a run's summary or config. With 0o666 the kernel applies the umask (and a directory's
+default ACL) at creation, exactly as for a plain ``open(path, "w")``; nothing has to read the umask,
+which cannot be read without briefly changing it (racy with other threads).
 """
 
 from __future__ import annotations
@@ -9,15 +15,34 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and an atomic rename."""
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, unique file next to ``path`` opened for writing: ``(fd, its path)``.
+
+    Mode 0o666 before the umask (see the module docstring), O_EXCL so that concurrent writers (several
+    ranks, several sweep workers) never share one; a name that is taken is simply drawn again.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temp file in the same directory and an atomic rename.
+
+    The result has the mode a plain ``open`` would give (0o666 less the umask), not mkstemp's 0600.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = _create_temporary(path)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -25,7 +50,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
