@@ -386,18 +386,18 @@ def test_sigterm_to_launch_alone_stops_every_rank(cfg: Path, tmp_path: Path) -> 
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
     started: list[psutil.Process] = []
     try:
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # generous: CI's 2 cores may be busy with other tests' processes
         while not (run_dir / "metrics.jsonl").exists() or not (run_dir / "metrics.jsonl").read_text().strip():
             assert proc.poll() is None, log.read_text()[-3000:]
-            assert time.monotonic() < deadline, "no training step within 90 s:\n" + log.read_text()[-3000:]
+            assert time.monotonic() < deadline, "no training step within 240 s:\n" + log.read_text()[-3000:]
             time.sleep(0.2)
         started = psutil.Process(proc.pid).children(recursive=True)
         ranks = [p for p in started if p.cmdline()[1:5] == ["-u", "-m", "megadepth", "train"]]
         assert len(ranks) == 2, [p.cmdline() for p in started]  # the ranks are among what is watched
 
         proc.send_signal(signal.SIGTERM)  # this pid only
-        assert proc.wait(timeout=45) == 128 + signal.SIGTERM, log.read_text()[-3000:]
-        left = _running_after(started, 5)
+        assert proc.wait(timeout=90) == 128 + signal.SIGTERM, log.read_text()[-3000:]
+        left = _running_after(started, 15)
         assert not left, f"left running: {[(p.pid, p.cmdline()) for p in left]}"
     finally:
         for p in started:
@@ -407,8 +407,9 @@ def test_sigterm_to_launch_alone_stops_every_rank(cfg: Path, tmp_path: Path) -> 
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
     # the ranks got the SIGTERM too: they agreed on a step, saved it, and ended resumable
+    assert (run_dir / "summary.json").is_file(), log.read_text()[-3000:]
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "stopped", summary
+    assert summary["status"] == "stopped", (summary, log.read_text()[-3000:])
     latest = (run_dir / "checkpoints" / "latest").read_text().strip()
     assert latest == f"step_{summary['steps']:08d}" and (run_dir / "checkpoints" / latest / "config.yaml").is_file()
 
