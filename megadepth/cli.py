@@ -123,6 +123,8 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got '{text}'") from None
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"expected positive integers, got '{text}'")
+    if len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"a value is given twice in '{text}'")
     return values
 
 
@@ -150,16 +152,26 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     from megadepth.train.rundir import atomic_write_json
 
     config = load_config(args.configs, args.overrides)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory")
+    if len(args.depths) < 2 and len(args.widths or []) < 2:
+        raise ConfigError("a coordinate check fits slopes: give at least two --depths (or two --widths)")
+    if config.parallel.tensor > 1 or config.parallel.pipeline > 1:
+        raise ConfigError("coord-check trains each shape in one process: parallel.tensor and parallel.pipeline "
+                          "must be 1")
     for depth in args.depths:  # every shape must pass the same start-up checks as a training run
         for width in args.widths or [config.model.width]:
             shaped = config.model_copy(update={"model": config.model.model_copy(update={"depth": depth, "width": width})})
             check_parametrization(shaped)
     check_tokenizer(config)
-    out = Path(args.out)
     result = run_coord_check(config, args.depths, args.widths, args.steps, seeds=tuple(range(args.seeds)))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "coord.json", result)
     plot_coord_check(result, out / "coord.png")
+    for d in result["diverged"]:
+        print(f"megadepth: warning: depth {d['depth']} width {d['width']} seed {d['seed']} diverged at step "
+              f"{d['step']}; its later steps are left out (lower optimizer.lr?)", file=sys.stderr)
     print(format_slopes(result))
     print(f"wrote {out / 'coord.json'} and {out / 'coord.png'}")
     return 0

@@ -91,3 +91,40 @@ def test_coord_check_trains_with_the_training_step(sample_data: Path, tmp_path: 
     change = [r["value"] for r in free if r["quantity"] == "residual_change" and r["step"] == 3]
     assert free == again
     assert change and change != [r["value"] for r in clipped if r["quantity"] == "residual_change" and r["step"] == 3]
+
+
+def test_command_line_checks_and_a_diverging_lr(sample_data: Path, tmp_path: Path) -> None:
+    """Bad requests are one line before any work; a diverging LR ends those shapes, is reported, and
+    the plot is still drawn (a log axis over nothing used to crash it)."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(config(sample_data, tmp_path, "depth_mup", "transformer", 1e30)))
+    base = [sys.executable, "-m", "megadepth", "coord-check", str(cfg), "--steps", "3"]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*base, *args], capture_output=True, text=True, cwd=root, timeout=300)
+
+    (tmp_path / "afile").write_text("")
+    for args, says in ((["--depths", "2,4", "--out", str(tmp_path / "afile")], "exists and is not a directory"),
+                       (["--depths", "2,2,4", "--out", str(tmp_path / "o")], "given twice"),
+                       (["--depths", "4", "--out", str(tmp_path / "o")], "at least two --depths"),
+                       (["--depths", "2,4", "--out", str(tmp_path / "o"), "--set", "parallel.tensor=2"],
+                        "in one process")):
+        proc = run(*args)
+        assert proc.returncode == 2 and says in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    assert not (tmp_path / "o").exists()
+    proc = run("--depths", "2,4", "--out", str(tmp_path / "o"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "o" / "coord.json").read_text())
+    assert {(d["depth"], d["step"]) for d in result["diverged"]} <= {(2, 1), (4, 1), (2, 2), (4, 2)}
+    assert result["diverged"] and "diverged at step" in proc.stderr
+    assert all(r["step"] < min(d["step"] for d in result["diverged"]) or
+               (r["depth"], r["width"]) not in {(d["depth"], d["width"]) for d in result["diverged"]}
+               for r in result["records"])
+    assert (tmp_path / "o" / "coord.png").stat().st_size > 0

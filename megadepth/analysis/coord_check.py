@@ -85,8 +85,10 @@ def _probe(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Ten
     return rec.streams, logits
 
 
-def _measure_shape(config: Config, device: torch.device, precision: str) -> list[dict[str, Any]]:
-    """Train one shape for config.train.steps steps; records of (step, quantity, layer, value)."""
+def _measure_shape(config: Config, device: torch.device, precision: str) -> tuple[list[dict[str, Any]], int | None]:
+    """Train one shape for config.train.steps steps: (records of (step, quantity, layer, value), the step
+    at which it diverged or None). A step whose loss or measurements are not finite ends the shape: its
+    records stop at the last finite step."""
     from megadepth.data import MicroBatchSampler, build_datasets, make_loader
     from megadepth.parallel.topology import build_grid
     from megadepth.train.engine import build_engine
@@ -109,26 +111,32 @@ def _measure_shape(config: Config, device: torch.device, precision: str) -> list
     blocks0 = [b - a for a, b in zip(streams0[:-1], streams0[1:], strict=True)]
     records: list[dict[str, Any]] = []
 
-    def record(step: int, streams: list[torch.Tensor], logits: torch.Tensor) -> None:
+    def record(step: int, streams: list[torch.Tensor], logits: torch.Tensor) -> bool:
+        """Append this step's measurements; False (nothing appended) when any is not finite."""
         blocks = [b - a for a, b in zip(streams[:-1], streams[1:], strict=True)]
+        new = []
         for layer, h in enumerate(streams):
-            records.append({"step": step, "quantity": "residual", "layer": layer, "value": _rms(h)})
-            records.append({"step": step, "quantity": "residual_change", "layer": layer,
-                            "value": _rms(h - streams0[layer])})
+            new.append({"step": step, "quantity": "residual", "layer": layer, "value": _rms(h)})
+            new.append({"step": step, "quantity": "residual_change", "layer": layer,
+                        "value": _rms(h - streams0[layer])})
         for layer, delta in enumerate(blocks, start=1):
-            records.append({"step": step, "quantity": "block_output", "layer": layer, "value": _rms(delta)})
-            records.append({"step": step, "quantity": "block_change", "layer": layer,
-                            "value": _rms(delta - blocks0[layer - 1])})
-        records.append({"step": step, "quantity": "logits_change", "layer": len(streams) - 1,
-                        "value": _rms(logits - logits0)})
+            new.append({"step": step, "quantity": "block_output", "layer": layer, "value": _rms(delta)})
+            new.append({"step": step, "quantity": "block_change", "layer": layer,
+                        "value": _rms(delta - blocks0[layer - 1])})
+        new.append({"step": step, "quantity": "logits_change", "layer": len(streams) - 1,
+                    "value": _rms(logits - logits0)})
+        if not all(math.isfinite(r["value"]) for r in new):
+            return False
+        records.extend(new)
+        return True
 
-    record(0, streams0, logits0)
+    if not record(0, streams0, logits0):
+        return records, 0
     for step in range(1, cfg.steps + 1):
         loss = stepper.train_step(loader, step - 1, want_norm=False)
-        if not math.isfinite(float(loss)):
-            break
-        record(step, *_probe(model, probe))
-    return records
+        if not math.isfinite(float(loss)) or not record(step, *_probe(model, probe)):
+            return records, step
+    return records, None
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[tuple[int, int, int, str], float]:
@@ -199,10 +207,14 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
     init_distributed(config, env, device)
     shapes = [Shape(d, w) for w in widths for d in depths]
     sums: dict[tuple[int, int, int, str, int], list[float]] = {}
+    diverged: list[dict[str, int]] = []
     for shape in tqdm(shapes, desc="coord-check", disable=not progress):
         for seed in seeds:
             cfg = _with_shape(config, shape, steps, seed)
-            for r in _measure_shape(cfg, device, precision):
+            measured, bad_step = _measure_shape(cfg, device, precision)
+            if bad_step is not None:
+                diverged.append({"depth": shape.depth, "width": shape.width, "seed": seed, "step": bad_step})
+            for r in measured:
                 sums.setdefault((shape.depth, shape.width, r["step"], r["quantity"], r["layer"]), []).append(r["value"])
     records = [
         {"depth": d, "width": w, "step": s, "quantity": q, "layer": layer, "value": float(np.mean(v))}
@@ -220,6 +232,7 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
         "steps": steps,
         "seeds": list(seeds),
         "records": records,
+        "diverged": diverged,
         "slopes": {},
     }
     if len(set(depths)) > 1:
@@ -253,11 +266,17 @@ def plot_coord_check(result: dict[str, Any], out: Path) -> Path:
                     ax.plot(*zip(*pts, strict=True), "o-", color=cmap(s / max(1, steps[-1])), label=f"step {s}", ms=3)
             slope = result["slopes"].get(axis, {}).get(q, {}).get("mean", float("nan"))
             ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            ax.set_title(f"{q}\nslope vs {axis}: {slope:+.2f}", fontsize=9)
+            if any(v > 0 for line in ax.get_lines() for v in line.get_ydata()):
+                ax.set_yscale("log")
+            else:  # nothing positive to draw (e.g. every shape diverged): a log axis would fail
+                ax.text(0.5, 0.5, "no finite data", ha="center", va="center", transform=ax.transAxes)
+            other = "width" if axis == "depth" else "depth"
+            ax.set_title(f"{q} ({other} {fixed})\nslope vs {axis}: {slope:+.2f}", fontsize=9)
             ax.set_xlabel(axis)
             ax.grid(alpha=0.3, which="both")
-        axes[row][0].legend(fontsize=7)
+        axes[row][0].set_ylabel("RMS over coordinates")
+        if axes[row][0].get_lines():
+            axes[row][0].legend(fontsize=7)
     fig.suptitle(f"coordinate check: {result['parametrization']} ({result['optimizer']}, lr {result['lr']:g})")
     fig.tight_layout()
     return save_figure(fig, out)
