@@ -231,3 +231,233 @@ def test_report_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert code == 2 and "'model.width' is not an axis" in err
     code = main(["report", str(root), "--window", "4"])
     assert code == 2 and "odd number" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------------------------------
+# Roles, linked axes, reference curve, formatting, JSON nulls, pooled seed error
+
+
+def make_grid_sweep(root: Path, grid: dict, loss: Callable[[dict], float], *, name: str = "synthetic",
+                    skip: Callable[[dict], bool] = lambda v: False, frozen_spec: bool = True) -> Path:
+    """A finished sweep over any grid (``loss`` maps a point's values to its metric; +inf: diverged),
+    with the frozen spec DIR/sweep.yaml as `megadepth sweep` writes it (``frozen_spec=False``: without)."""
+    spec = parse_spec({"name": name, "config": {"model": {"base_depth": 2}, "wandb": {"mode": "disabled"}},
+                       "grid": grid, "budget": {"steps": 10}, "metric": "final_eval_loss"})
+    sweep = SweepDir(root)
+    points = expand(spec)
+    for point in points:
+        if skip(point.values):
+            continue
+        value = loss(point.values)
+        status = "diverged" if not math.isfinite(value) else "completed"
+        summary = {"status": status, "final_loss": "nan" if status == "diverged" else value + 0.01,
+                   "final_eval_loss": "nan" if status == "diverged" else value, "steps": 10}
+        cfg = point.config.model_dump(mode="json")
+        cfg["train"]["out_dir"] = str(sweep.run_dir(point))
+        write_run(sweep.run_dir(point), cfg, summary)
+    write_index(spec, sweep, points)
+    if frozen_spec:
+        (root / "sweep.yaml").write_text(spec.frozen_yaml())
+    return root
+
+
+def width_loss(values: dict) -> float:
+    """Optimum at log2 LR -7 for width 32 and -8 for width 64 (exact parabola, no noise)."""
+    opt = -7.0 - math.log2(values["model.width"] / 32)
+    return 3.0 + 0.1 * (math.log2(values["optimizer.lr"]) - opt) ** 2 + 0.001 * values.get("train.seed", 0)
+
+
+LINKED_GRID = {"model.width,model.heads": [[32, 4], [64, 8]], "optimizer.lr": {"log2": [-10, -9, -8, -7, -6, -5]},
+               "train.seed": [1, 2]}
+
+
+@pytest.mark.parametrize("frozen_spec", [True, False])
+def test_linked_axes_move_with_the_curve_key(tmp_path: Path, frozen_spec: bool) -> None:
+    root = make_grid_sweep(tmp_path / "sweep", LINKED_GRID, width_loss, frozen_spec=frozen_spec)
+    data = report(root, curve="model.width")
+    assert data["panel_axes"] == [] and len(data["panels"]) == 1  # heads is not a panel axis
+    assert data["linked"] == {"model.width": ["model.heads"]}
+    assert data["linked_source"] == ("sweep spec" if frozen_spec else "inferred")
+    curves = data["panels"][0]["curves"]
+    assert [c["curve"] for c in curves] == [32, 64]
+    assert [c["linked"] for c in curves] == [{"model.heads": 4}, {"model.heads": 8}]
+    assert [c["label"] for c in curves] == ["width 32, heads 4", "width 64, heads 8"]
+    assert [c["optimum"]["log2_x"] for c in curves] == pytest.approx([-7.0, -8.0])
+    assert data["panels"][0]["shift"]["log2"] == pytest.approx(-1.0)
+    assert "one curve per model.width (with model.heads)" in data["table"]
+    assert "32, heads 4" in data["table"] and "heads=4" not in data["table"]
+
+
+def test_linked_axes_in_plain_run_directories_and_a_product_is_not_linked(tmp_path: Path) -> None:
+    def write(root: Path, combos: list[tuple[int, int]]) -> None:
+        for width, heads in combos:
+            for lx in range(-10, -4):
+                name = f"w{width}_h{heads}_lr{lx}"
+                cfg = {"model": {"width": width, "heads": heads, "depth": 2}, "optimizer": {"lr": 2.0 ** lx},
+                       "train": {"seed": 1, "out_dir": str(root / name)}}
+                value = width_loss({"model.width": width, "optimizer.lr": 2.0 ** lx})
+                write_run(root / name, cfg, {"status": "completed", "final_loss": value, "final_eval_loss": value})
+
+    write(tmp_path / "linked", [(32, 4), (64, 8)])  # changed together by hand: one-to-one
+    data = report(tmp_path / "linked", curve="model.width")
+    assert data["panel_axes"] == [] and data["linked"] == {"model.width": ["model.heads"]}
+    assert [c["label"] for c in data["panels"][0]["curves"]] == ["width 32, heads 4", "width 64, heads 8"]
+
+    write(tmp_path / "product", [(32, 4), (32, 8), (64, 4), (64, 8)])  # independent: heads stays a panel axis
+    data = report(tmp_path / "product", curve="model.width")
+    assert data["linked"] == {} and data["panel_axes"] == ["model.heads"]
+    assert [p["label"] for p in data["panels"]] == ["heads=4", "heads=8"]
+    assert all([c["curve"] for c in p["curves"]] == [32, 64] for p in data["panels"])
+
+
+def test_curve_and_seed_must_be_distinct_axes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = make_sweep(tmp_path / "sweep", smooth_loss(), lrs=(-9, -8, -7), seeds=(1, 2), params=("good",))
+    axes = "axes: parametrization.name, model.depth, optimizer.lr, train.seed"
+    for args, problem in ((["--curve", "model.width"], "--curve 'model.width' is not an axis"),
+                          (["--curve", "optimizer.lr"], "--curve 'optimizer.lr' is already the x axis"),
+                          (["--seed", "model.depth"], "--seed 'model.depth' is already the curve axis"),
+                          (["--seed", "optimizer.lr"], "--seed 'optimizer.lr' is already the x axis"),
+                          (["--seed", "train.sed"], "--seed 'train.sed' is not an axis")):
+        code = main(["report", str(root), *args])
+        captured = capsys.readouterr()
+        err = captured.err.strip()
+        assert code == 2 and problem in err and axes in err and "\n" not in err, (args, err)
+        assert captured.out == ""
+    assert not (root / "report").exists()
+    # an axis linked to x cannot be the curve: each curve would hold a single x value
+    linked = make_grid_sweep(tmp_path / "linked", {"model.width,optimizer.lr": [[32, 2.0 ** -8], [64, 2.0 ** -7]],
+                                                   "train.seed": [1]}, width_loss)
+    code = main(["report", str(linked), "--curve", "model.width"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "linked to the x axis 'optimizer.lr'" in err and "\n" not in err
+    # defaults that do not fit fall back to "no such axis": a sweep without a depth axis still reports
+    data = report(make_grid_sweep(tmp_path / "nodepth", LINKED_GRID, width_loss))
+    assert data["curve"] is None and data["seed"] == "train.seed"
+    assert [p["label"] for p in data["panels"]] == ["width=32, heads=4", "width=64, heads=8"]
+    assert "one curve (no curve axis)" in data["table"]
+
+
+def test_transfer_title_fits_a_single_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import megadepth.analysis.report as report_module
+
+    boxes = []
+    real_save = report_module.save_figure
+
+    def measure(fig, out):  # the suptitle's extent against the figure's, as it will be drawn
+        if out.name == "transfer.png":
+            fig.canvas.draw()
+            suptitle = next(t for t in fig.texts if t.get_text() == fig.get_suptitle())
+            boxes.append(suptitle.get_window_extent())
+            boxes.append(fig.bbox)
+        return real_save(fig, out)
+
+    monkeypatch.setattr(report_module, "save_figure", measure)
+    root = make_sweep(tmp_path / "sweep", smooth_loss(), lrs=(-9, -8, -7), seeds=(1,), params=("good",))
+    report(root)
+    box, fig_box = boxes
+    assert box.x0 >= 0 and box.x1 <= fig_box.x1 and box.y1 <= fig_box.y1, (box, fig_box)
+
+
+def test_reference_curve_is_the_first_with_an_optimum(tmp_path: Path) -> None:
+    good = smooth_loss()
+
+    def loss(param: str, depth: int, lx: float, seed: int) -> float:
+        return math.inf if depth == 2 else good(param, depth, lx, seed)  # the shallowest curve all diverged
+
+    root = make_sweep(tmp_path / "sweep", loss, seeds=(1,), params=("drift",))
+    data = report(root)
+    panel = data["panels"][0]
+    assert panel["reference"] == 4 and panel["shift"]["from"] == 4 and panel["shift"]["to"] == 16
+    ref = next(c for c in panel["curves"] if c["curve"] == 4)["optimum"]["log2_x"]
+    assert ref == pytest.approx(true_optimum("drift", 4), abs=0.3)
+    assert all(t["log2_x"] == ref for t in panel["transfer"])
+    assert next(t for t in panel["transfer"] if t["curve"] == 4)["transfer_loss"] == pytest.approx(0.0, abs=1e-12)
+    assert "transfer loss at depth 16 (its loss at the depth 4 optimum minus its own best)" in data["table"]
+    saved = json.loads((root / "report" / "transfer.json").read_text())
+    assert saved["panels"][0]["reference"] == 4
+
+
+def test_table_formats_curve_values_and_aligns_columns(tmp_path: Path) -> None:
+    root = make_sweep(tmp_path / "sweep", smooth_loss(), lrs=(-10, -9, -8, 100), seeds=(1,), params=("good",))
+    data = report(root, x="model.depth", curve="optimizer.lr")
+    table = data["table"]
+    assert "0.0009765625" not in table and "1.2676506002282294e+30" not in table
+    assert "0.0009766" in table and "1.268e+30" in table  # 2**-10 and 2**100 to 4 significant digits
+    lines = table.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.lstrip().startswith("lr "))
+    rows = lines[header + 1: header + 5]
+    assert [r.split()[0] for r in rows] == ["0.0009766", "0.001953", "0.003906", "1.268e+30"]
+    # the runs column ("1/1") ends under its header in every row
+    assert {r.index("/") + 2 for r in rows} == {lines[header].index("runs") + len("runs")}
+
+
+def test_shift_bounded_means_only_a_bound(tmp_path: Path) -> None:
+    fitted = report(make_sweep(tmp_path / "fit", smooth_loss(), seeds=(1,), params=("good",)))
+    assert fitted["panels"][0]["shift"]["bounded"] is False and "a bound" not in fitted["table"]
+    edge = report(make_sweep(tmp_path / "edge", smooth_loss(), lrs=(-12, -11, -10, -9), seeds=(1,), params=("good",)))
+    assert edge["panels"][0]["shift"]["bounded"] is True and "a bound, not an estimate" in edge["table"]
+    saved = json.loads((tmp_path / "edge" / "report" / "transfer.json").read_text())
+    assert saved["panels"][0]["shift"]["bounded"] is True
+
+
+def test_undefined_std_sem_and_mean_are_null_in_json(tmp_path: Path) -> None:
+    def loss(param: str, depth: int, lx: float, seed: int) -> float:
+        return math.inf if lx == -4 else smooth_loss()(param, depth, lx, seed)
+
+    # depth 2: seed 2 missing at -9 (one seed there) and both seeds missing at -10 (no run at all)
+    root = make_sweep(tmp_path / "sweep", loss, seeds=(1, 2), params=("good",),
+                      skip=lambda v: v["model.depth"] == 2 and (math.log2(v["optimizer.lr"]) == -10
+                                                                or (math.log2(v["optimizer.lr"]) == -9
+                                                                    and v["train.seed"] == 2)))
+    report(root)
+    text = (root / "report" / "transfer.json").read_text()
+    assert '"nan"' not in text
+    points = {p["log2_x"]: p for p in
+              next(c for c in json.loads(text)["panels"][0]["curves"] if c["curve"] == 2)["points"]}
+    assert points[-10]["mean"] is None and points[-10]["std"] is None and points[-10]["sem"] is None
+    assert points[-9]["n"] == 1 and points[-9]["std"] is None and points[-9]["sem"] is None
+    assert points[-4]["mean"] == "inf" and points[-4]["std"] is None and points[-4]["sem"] is None
+    a, b = (smooth_loss()("good", 2, -8.0, s) for s in (1, 2))
+    assert points[-8]["std"] == pytest.approx(abs(a - b) / math.sqrt(2))  # sample std of two values
+    assert points[-8]["sem"] == pytest.approx(abs(a - b) / 2)
+
+
+def test_a_missing_seed_at_a_fit_point_borrows_the_pooled_seed_variance(tmp_path: Path) -> None:
+    loss = smooth_loss(noise=0.01)
+    # depth 2, LR 2^-7 (the grid argmin: optimum -7.3): seed 2 never finished
+    root = make_sweep(tmp_path / "sweep", loss, seeds=(1, 2), params=("good",),
+                      skip=lambda v: v["model.depth"] == 2 and math.log2(v["optimizer.lr"]) == -7
+                      and v["train.seed"] == 2)
+    data = report(root)
+    curve = next(c for c in data["panels"][0]["curves"] if c["curve"] == 2)
+    opt = curve["optimum"]
+    assert opt["window_log2_x"] == [-8.0, -6.0] and opt["method"] == "fit"
+    assert "one seed at log2 x = -7" in opt["note"] and "no uncertainty" not in data["table"]
+
+    # by hand: the parabola through (-1, y0), (0, y1), (1, y2) has its vertex at t* = (y0 - y2) / (2 (y0 - 2 y1 + y2))
+    vals = {lx: [loss("good", 2, float(lx), s) for s in ((1, 2) if lx != -7 else (1,))] for lx in (-8, -7, -6)}
+    means = [sum(v) / len(v) for v in vals.values()]
+    var = {lx: sum((x - sum(v) / 2) ** 2 for x in v) for lx, v in vals.items() if len(v) == 2}  # ddof 1, n = 2
+    pooled = (var[-8] + var[-6]) / 2
+    var_mean = [var[-8] / 2, pooled / 1, var[-6] / 2]
+
+    def vertex(y: list[float]) -> float:
+        return -7 + (y[0] - y[2]) / (2 * (y[0] - 2 * y[1] + y[2]))
+
+    assert opt["log2_x"] == pytest.approx(vertex(means))
+    h = 1e-6
+    grad = [(vertex([m + h * (i == j) for j, m in enumerate(means)]) - vertex(means)) / h for i in range(3)]
+    expected = math.sqrt(sum(g * g * v for g, v in zip(grad, var_mean, strict=True)))
+    assert opt["stderr_log2"] == pytest.approx(expected, rel=1e-4)
+
+
+def test_fit_notes_say_why_there_is_no_uncertainty() -> None:
+    lx = [-10, -9, -8, -7, -6]
+    y = [0.5 * (x + 7.6) ** 2 + 2.0 for x in lx]
+    assert fit_optimum(lx, y, [None] * 5, counts=[1] * 5).note == "one seed: no uncertainty"
+    # two seeds elsewhere, but each fit point (-9, -8, -7) has one: nothing to pool from
+    missing = fit_optimum(lx, y, [0.01, None, None, None, 0.01], counts=[2, 1, 1, 1, 2])
+    assert missing.stderr is None and "seeds missing at the fit points" in missing.note
+    # without counts a partial set of standard errors cannot be pooled, and the note does not claim one seed
+    partial = fit_optimum(lx, y, [0.01, 0.01, None, 0.01, 0.01])
+    assert partial.stderr is None and partial.note == "a seed missing at a fit point: no uncertainty"

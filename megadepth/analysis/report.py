@@ -2,15 +2,18 @@
 
 Reads a sweep directory (``sweep.json`` + ``runs/<id>/``; or any directory of run directories, the axes
 then being the config keys that differ between runs) and, per panel (parametrization, plus any other
-axis that is not the x axis, the curve axis or the seed), per curve (depth):
+axis that is not the x axis, the curve axis or the seed, nor linked to one of them: linked axes such as
+``"model.width,model.heads"`` move together, so heads labels the width curves instead of splitting
+them into panels), per curve (depth):
 
 - aggregates the metric over seeds at every grid value of x (log2 LR): mean, standard deviation,
   standard error; a point where any seed diverged counts as diverged (loss +inf) and is drawn as such;
 - estimates the optimum by fitting a parabola in log2(x) to the ``window`` grid points around the grid
   argmin (3 by default: exact through the argmin and its neighbours), with a standard error propagated
-  from the seeds' spread (delta method; with one seed and a window of more than 3 points, from the fit's
-  residuals). An argmin at the edge of the grid, or next to a diverged point, cannot be bracketed: it is
-  reported as such (no uncertainty), never extrapolated;
+  from the seeds' spread (delta method; a fit point left with one seed by a missing run uses the seed
+  variance pooled over the other fit points; with one seed and a window of more than 3 points, from the
+  fit's residuals). An argmin at the edge of the grid, or next to a diverged point, cannot be bracketed:
+  it is reported as such (no uncertainty), never extrapolated;
 - the shift of the optimum from the shallowest to the deepest curve in log2 units, and its slope against
   log2(depth) (optimum ~ depth^slope);
 - the transfer loss: each curve's loss at the shallowest curve's optimum minus its own best loss.
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,9 +85,15 @@ class Optimum:
         }
 
 
-def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float | None], window: int = 3) -> Optimum:
+def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float | None], window: int = 3,
+                counts: Sequence[int] | None = None) -> Optimum:
     """Optimum of one curve given grid values ``lx`` (log2 x, increasing), mean losses (+inf: diverged,
-    nan: missing) and standard errors of the means (None where there is a single seed)."""
+    nan: missing), standard errors of the means (None where there is a single seed) and, optionally,
+    the number of finished seeds behind each mean.
+
+    With ``counts``, a fit point left with one seed (the others' runs failed or are pending) borrows the
+    seed variance pooled over the fit points that have two or more: neighbouring LRs on one curve have
+    about the same seed noise, and one missing run should not cost the whole curve its uncertainty."""
     if window < 3 or window % 2 == 0:
         raise ConfigError(f"--window must be an odd number of grid points, at least 3 (got {window})")
     lx = [float(v) for v in lx]
@@ -129,12 +139,27 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
     t_star = min(max(t_star, float(t[0])), float(t[-1]))
     loss = a * t_star * t_star + b * t_star + c
     variances: np.ndarray | None = None
-    sems = [sem[i] for i in idx]
-    if all(s is not None and math.isfinite(s) for s in sems):
-        variances = np.array([float(s) ** 2 for s in sems])  # type: ignore[arg-type]
+    note = ""
+    known = [i for i in idx if sem[i] is not None and math.isfinite(sem[i])]  # type: ignore[arg-type]
+    if len(known) == len(idx):
+        variances = np.array([float(sem[i]) ** 2 for i in idx])  # type: ignore[arg-type]
+    elif known and counts is not None:
+        # pooled seed variance s^2 = sum (n_i - 1) s_i^2 / sum (n_i - 1), with s_i^2 = n_i sem_i^2
+        dof = sum(counts[i] - 1 for i in known)
+        pooled = sum((counts[i] - 1) * counts[i] * float(sem[i]) ** 2 for i in known) / dof  # type: ignore[arg-type]
+        variances = np.array([float(sem[i]) ** 2 if i in known else pooled / max(counts[i], 1)  # type: ignore[arg-type]
+                              for i in idx])
+        single = [_fmt_lx(lx[i]) for i in idx if i not in known]
+        note = f"one seed at log2 x = {', '.join(single)}: its error pooled from the other fit points' seeds"
     elif len(idx) > 3:
         resid = ys - design @ np.array([a, b, c])
         variances = np.full(len(idx), float(resid @ resid) / (len(idx) - 3))
+    elif known:  # some fit points have seeds, but without counts nothing can be pooled
+        note = "a seed missing at a fit point: no uncertainty"
+    elif counts is not None and max(counts) > 1:
+        note = "seeds missing at the fit points (one seed each): no uncertainty"
+    else:
+        note = "one seed: no uncertainty"
     stderr = loss_stderr = None
     if variances is not None:
         cov = pinv @ np.diag(variances) @ pinv.T
@@ -143,8 +168,11 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
         h = np.array([b * b / (4 * a * a), -b / (2 * a), 1.0])
         loss_stderr = float(math.sqrt(max(h @ cov @ h, 0.0)))
     return Optimum(center + t_star, stderr, loss, loss_stderr, "fit", grid_argmin=lx[best],
-                   window=(lx[idx[0]], lx[idx[-1]]), coef=(a, b, c), center=center,
-                   note="" if variances is not None else "one seed: no uncertainty")
+                   window=(lx[idx[0]], lx[idx[-1]]), coef=(a, b, c), center=center, note=note)
+
+
+def _fmt_lx(value: float) -> str:
+    return format(value, "g") if float(value).is_integer() else format(value, ".2f")
 
 
 def weighted_slope(xs: Sequence[float], ys: Sequence[float], ses: Sequence[float | None]) -> tuple[float, float | None]:
@@ -210,6 +238,8 @@ class Layout:
     seed: str | None
     panels: list[str]
     metric: str
+    # role key (x, curve, seed) -> the linked keys that move with it: part of that role, not panels
+    linked: dict[str, list[str]] = field(default_factory=dict)
 
 
 def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -239,6 +269,9 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
                 "report": dict(index.get("report") or {}), "metric": index.get("metric"), "source": "sweep.json"}
         entries = [(str(e["id"]), dict(e.get("point") or {})) for e in index["runs"] if "id" in e]
         run_root = root / "runs"
+        groups = _spec_links(root / str(index.get("spec") or "sweep.yaml"), meta["axes"])
+        meta["linked"], meta["linked_source"] = (groups, "sweep spec") if groups is not None else \
+            (_infer_links([p for _, p in entries], meta["axes"]), "inferred")
     else:
         run_root = root / "runs" if (root / "runs").is_dir() else root
         dirs = sorted(d for d in run_root.iterdir() if d.is_dir() and (d / "config.yaml").is_file())
@@ -257,6 +290,7 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
                 and len({repr(_hashable(f.get(k))) for f in flat.values()}) > 1]
         meta = {"name": root.name, "axes": axes, "report": {}, "metric": None, "source": "run directories"}
         entries = [(name, {k: f.get(k) for k in axes}) for name, f in flat.items()]
+        meta["linked"], meta["linked_source"] = _infer_links([p for _, p in entries], axes), "inferred"
     runs: list[Run] = []
     metric_name = metric or meta.get("metric")
     for rid, point in entries:
@@ -278,34 +312,137 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
     return runs, meta
 
 
+def _spec_links(spec_path: Path, axes: Sequence[str]) -> list[list[str]] | None:
+    """The linked axes (``"model.width,model.heads": [[32, 4], ...]``) of a sweep, from its frozen spec.
+
+    sweep.json lists the axes flat, so the grouping comes from DIR/sweep.yaml's grid keys. None when the
+    spec cannot be read (the caller then infers the links from the points, as for a plain directory)."""
+    try:
+        data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    grid = data.get("grid") if isinstance(data, dict) else None
+    if not isinstance(grid, dict):
+        return None
+    groups = [[k.strip() for k in str(name).split(",")] for name in grid]
+    return [g for g in groups if len(g) > 1 and all(k in axes for k in g)]
+
+
+def _values(points: Sequence[dict[str, Any]], key: str) -> list[str]:
+    return [repr(_hashable(p.get(key))) for p in points]
+
+
+def _determines(points: Sequence[dict[str, Any]], a: str, b: str) -> bool:
+    """Whether ``a``'s value fixes ``b``'s in every point (b is a function of a)."""
+    seen: dict[str, str] = {}
+    return all(seen.setdefault(va, vb) == vb for va, vb in zip(_values(points, a), _values(points, b), strict=True))
+
+
+def _infer_links(points: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[list[str]]:
+    """Axes that move together without a spec saying so: keys whose values are in one-to-one
+    correspondence over the runs (e.g. width and heads changed together by hand). Such keys are not
+    independent axes, so treating them as separate ones would split one curve into panels of one curve
+    each. Keys with a single value are constants, not links."""
+    varied = [k for k in axes if len(set(_values(points, k))) > 1]
+    groups: list[list[str]] = []
+    for key in varied:
+        for group in groups:
+            if _determines(points, group[0], key) and _determines(points, key, group[0]):
+                group.append(key)
+                break
+        else:
+            groups.append([key])
+    return [g for g in groups if len(g) > 1]
+
+
 def _metric_of(run: Run, name: str) -> float:
     from megadepth.sweep.state import as_float
 
     return as_float(run.summary.get(name))
 
 
-def choose_layout(meta: dict[str, Any], x: str | None, curve: str | None, seed: str | None) -> Layout:
+def choose_layout(meta: dict[str, Any], x: str | None, curve: str | None, seed: str | None,
+                  points: Sequence[dict[str, Any]] = ()) -> Layout:
+    """Which axis is x, curve, seed and which are panels.
+
+    An x, curve or seed given on the command line must be an axis, and the three must be different
+    axes that do not move together (a curve linked to x would hold one x value: nothing to fit). The
+    defaults (the sweep's ``report:`` section, else optimizer.lr / model.depth / train.seed) fall back
+    to "none" for curve and seed when they are not usable, so a sweep without a depth or seed axis
+    still reports. Linked keys that the role key determines move with it (they label its curves) and
+    are not panel axes."""
     axes = list(meta["axes"])
+    groups: list[list[str]] = [list(g) for g in meta.get("linked") or []]
     rep = meta.get("report") or {}
+    listing = f"axes: {', '.join(axes) or 'none'}"
+
+    def moves_with(a: str, b: str) -> list[str] | None:
+        """The linked group in which a and b move together (one fixes the other), else None."""
+        for g in groups:
+            if a in g and b in g and (_determines(points, a, b) or _determines(points, b, a)):
+                return g
+        return None
+
     x = x or rep.get("x") or "optimizer.lr"
-    curve = curve or rep.get("curve") or "model.depth"
-    seed = seed or rep.get("seed") or "train.seed"
     if x not in axes:
-        raise ConfigError(f"report: the x axis '{x}' is not an axis of this sweep (axes: {', '.join(axes) or 'none'}); "
-                          "choose one with --x")
-    curve_axis = curve if curve in axes and curve != x else None
-    seed_axis = seed if seed in axes and seed not in (x, curve_axis) else None
-    panels = [a for a in axes if a not in (x, curve_axis, seed_axis)]
-    return Layout(x, curve_axis, seed_axis, panels, meta["metric"])
+        raise ConfigError(f"report: the x axis '{x}' is not an axis of this sweep ({listing}); choose one with --x")
+    taken: list[tuple[str, str]] = [("x", x)]
+
+    def pick(role: str, given: str | None, default: str) -> str | None:
+        key = given or rep.get(role) or default
+        problem = None
+        if key not in axes:
+            problem = f"--{role} '{key}' is not an axis of this sweep"
+        for other_role, other in taken:
+            if key == other:
+                problem = f"--{role} '{key}' is already the {other_role} axis; x, curve and seed must be different axes"
+            elif moves_with(key, other):
+                problem = (f"--{role} '{key}' is linked to the {other_role} axis '{other}' (they move together), so it "
+                           f"cannot be the {role} axis")
+        if problem is None:
+            taken.append((role, key))
+            return key
+        if given:
+            raise ConfigError(f"report: {problem} ({listing})")
+        return None  # a default that does not fit this sweep: no such axis
+
+    curve_axis = pick("curve", curve, "model.depth")
+    seed_axis = pick("seed", seed, "train.seed")
+    linked: dict[str, list[str]] = {}
+    for _, key in taken:
+        mates = [k for g in groups if key in g for k in g if k != key and _determines(points, key, k)]
+        if mates:
+            linked[key] = mates
+    roles = {key for _, key in taken} | {k for mates in linked.values() for k in mates}
+    panels = [a for a in axes if a not in roles]
+    return Layout(x, curve_axis, seed_axis, panels, meta["metric"], linked)
 
 
 # ----------------------------------------------------------------------------------------------------
 # Analysis
 
 
+def _v(value: Any) -> str:
+    """A value as the table and the figures show it: floats to 4 significant digits (an LR of
+    2**-10 as 0.0009766, not 0.0009765625), so columns line up; everything else as is."""
+    if isinstance(value, float):
+        return format(value, ".4g")
+    return str(value)
+
+
 def _label(key: str, value: Any) -> str:
     leaf = key.rsplit(".", 1)[-1]
-    return str(value) if leaf == "name" else f"{leaf}={value}"
+    return _v(value) if leaf == "name" else f"{leaf}={_v(value)}"
+
+
+def curve_label(layout: Layout, curve: dict[str, Any], *, with_name: bool = True) -> str:
+    """A curve's name: its value of the curve key and of the keys linked to it ("width 32, heads 4")."""
+    if not layout.curve:
+        return "runs"
+    name = layout.curve.rsplit(".", 1)[-1]
+    parts = [f"{name} {_v(curve['curve'])}" if with_name else _v(curve["curve"])]
+    parts += [f"{k.rsplit('.', 1)[-1]} {_v(v)}" for k, v in (curve.get("linked") or {}).items()]
+    return ", ".join(parts)
 
 
 def _sort_key(value: Any) -> tuple[int, Any]:
@@ -356,8 +493,11 @@ def analyse(runs: list[Run], layout: Layout, window: int = 3) -> dict[str, Any]:
                                "status": r.status, "id": r.id} for r in group],
                 })
             lx = [p["log2_x"] for p in points]
-            opt = fit_optimum(lx, [p["mean"] for p in points], [p["sem"] for p in points], window)
-            curves.append({"curve": cval, "points": points, "optimum": opt})
+            opt = fit_optimum(lx, [p["mean"] for p in points], [p["sem"] for p in points], window,
+                              counts=[p["n"] - p["n_diverged"] for p in points])
+            first = next(r for rs in by_x.values() for r in rs)
+            curves.append({"curve": cval, "linked": {k: first.point.get(k) for k in layout.linked.get(layout.curve or "", [])},
+                           "points": points, "optimum": opt})
         panel = {"panel": panel_keys[pkey],
                  "label": ", ".join(_label(a, v) for a, v in panel_keys[pkey].items()) or "all runs",
                  "curves": curves}
@@ -373,20 +513,23 @@ def _grid_step(curves: list[dict[str, Any]]) -> float | None:
 
 def _transfer(curves: list[dict[str, Any]], layout: Layout) -> dict[str, Any]:
     """Shift of the optimum (shallowest -> deepest), its slope against log2(depth), transfer losses."""
-    out: dict[str, Any] = {"grid_step_log2": _grid_step(curves), "shift": None, "slope": None, "transfer": []}
+    out: dict[str, Any] = {"grid_step_log2": _grid_step(curves), "shift": None, "slope": None,
+                           "reference": None, "transfer": []}
     have = [c for c in curves if c["optimum"].log2_x is not None]
     if not have:
         return out
-    ref = have[0]
+    ref = have[0]  # the shallowest curve with an optimum: whose LR is transferred
     ref_opt: Optimum = ref["optimum"]
+    out["reference"] = ref["curve"]
     numeric = all(isinstance(c["curve"], (int, float)) and not isinstance(c["curve"], bool) and c["curve"] > 0
                   for c in have)
     if len(have) >= 2:
         last = have[-1]
         lo, hi = ref_opt, last["optimum"]
         se = math.sqrt(lo.stderr ** 2 + hi.stderr ** 2) if lo.stderr is not None and hi.stderr is not None else None
+        # an optimum at the grid edge is only known to lie at or beyond it: the shift is then a bound
         shift: dict[str, Any] = {"from": ref["curve"], "to": last["curve"], "log2": hi.log2_x - lo.log2_x,
-                                 "stderr": se, "bounded": lo.method in ("fit", "argmin") and hi.method in ("fit", "argmin")}
+                                 "stderr": se, "bounded": "edge" in (lo.method, hi.method)}
         if numeric and last["curve"] != ref["curve"]:
             shift["per_doubling"] = shift["log2"] / math.log2(last["curve"] / ref["curve"])
         out["shift"] = shift
@@ -427,15 +570,24 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
 
 
 def format_table(result: dict[str, Any], layout: Layout, meta: dict[str, Any], counts: dict[str, int]) -> str:
+    """The printed table (and transfer.txt): one block per panel, one row per curve."""
     curve_name = (layout.curve or "curve").rsplit(".", 1)[-1]
     xname = layout.x.rsplit(".", 1)[-1]
-    lines = [f"transfer report '{meta['name']}': {layout.metric} vs log2({layout.x}), one curve per "
-             f"{layout.curve or '-'}, mean over {layout.seed or 'one run'}; runs: "
+
+    def role(key: str | None) -> str:
+        mates = layout.linked.get(key or "", [])
+        return f"{key} (with {', '.join(mates)})" if key and mates else str(key)
+
+    per = f"one curve per {role(layout.curve)}" if layout.curve else "one curve (no curve axis)"
+    lines = [f"transfer report '{meta['name']}': {layout.metric} vs log2({role(layout.x)}), {per}, "
+             f"mean over {role(layout.seed) if layout.seed else 'one run'}; runs: "
              + ", ".join(f"{n} {k}" for k, n in counts.items())]
     for panel in result["panels"]:
         lines.append("")
         lines.append(panel["label"])
-        lines.append(f"  {curve_name:>6}  {'runs':>7}  {'grid best':>9}  {'log2 ' + xname + ' (fit)':>18}  "
+        names = {id(c): curve_label(layout, c, with_name=False) if layout.curve else "-" for c in panel["curves"]}
+        width = max([6, len(curve_name), *(len(n) for n in names.values())])
+        lines.append(f"  {curve_name:>{width}}  {'runs':>7}  {'grid best':>9}  {'log2 ' + xname + ' (fit)':>18}  "
                      f"{xname:>9}  {'loss':>7}  {'transfer loss':>13}  note")
         transfer = {t["curve"]: t for t in panel["transfer"]}
         for c in panel["curves"]:
@@ -445,29 +597,29 @@ def format_table(result: dict[str, Any], layout: Layout, meta: dict[str, Any], c
             fit = (f"{opt.log2_x:7.2f} ± {_f(opt.stderr, '.2f'):>5}" if opt.method == "fit" else
                    f"{_f(opt.log2_x, '.2f'):>7} ({opt.method})")
             tl = transfer.get(c["curve"], {}).get("transfer_loss")
-            lines.append(f"  {c['curve']!s:>6}  {f'{n_done}/{n_all}':>7}  {_f(opt.grid_argmin, '.2f'):>9}  {fit:>18}  "
-                         f"{_f(None if opt.log2_x is None else 2 ** opt.log2_x, '.3g'):>9}  {_f(opt.loss):>7}  "
-                         f"{_f(tl, '+.4f'):>13}  {opt.note}")
+            lines.append(f"  {names[id(c)]:>{width}}  {f'{n_done}/{n_all}':>7}  {_f(opt.grid_argmin, '.2f'):>9}  "
+                         f"{fit:>18}  {_f(None if opt.log2_x is None else 2 ** opt.log2_x, '.3g'):>9}  "
+                         f"{_f(opt.loss):>7}  {_f(tl, '+.4f'):>13}  {opt.note}")
         shift, slope = panel["shift"], panel["slope"]
         if shift:
             step = panel["grid_step_log2"]
             moved = abs(shift["log2"]) / step if step else None
-            text = (f"  optimum shift {curve_name} {shift['from']} -> {shift['to']}: {shift['log2']:+.2f}"
+            text = (f"  optimum shift {curve_name} {_v(shift['from'])} -> {_v(shift['to'])}: {shift['log2']:+.2f}"
                     + (f" ± {shift['stderr']:.2f}" if shift["stderr"] is not None else "") + " log2 units")
             if "per_doubling" in shift:
                 text += f" ({shift['per_doubling']:+.2f} per doubling of {curve_name})"
             if moved is not None:
                 text += f"; {moved:.1f} grid step(s)"
-            if not shift["bounded"]:
+            if shift["bounded"]:
                 text += " [an optimum is at the grid edge: a bound, not an estimate]"
             lines.append(text)
         if slope:
             lines.append(f"  fitted optimum ~ {curve_name}^({slope['value']:+.3f}"
                          + (f" ± {slope['stderr']:.3f}" if slope["stderr"] is not None else "") + ")")
-        if panel["transfer"]:
-            last = panel["transfer"][-1]
-            lines.append(f"  transfer loss at {curve_name} {last['curve']} (its loss at the {curve_name} "
-                         f"{panel['transfer'][0]['curve']} optimum minus its own best): {_f(last['transfer_loss'], '+.4f')}")
+        if shift:  # the same two curves as the shift: the reference and the last one with an optimum
+            last = transfer[shift["to"]]
+            lines.append(f"  transfer loss at {curve_name} {_v(shift['to'])} (its loss at the {curve_name} "
+                         f"{_v(panel['reference'])} optimum minus its own best): {_f(last['transfer_loss'], '+.4f')}")
     return "\n".join(lines)
 
 
@@ -496,7 +648,6 @@ def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str)
         ylim = (lo - pad, top + 2 * pad)
     else:
         ylim = (0.0, 1.0)
-    curve_name = (layout.curve or "").rsplit(".", 1)[-1]
     for k, panel in enumerate(panels):
         ax = axes[k // ncols][k % ncols]
         colors = _colors(len(panel["curves"]))
@@ -506,7 +657,7 @@ def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str)
             mean = np.array([p["mean"] for p in pts])
             std = np.array([p["std"] for p in pts])
             ok = np.isfinite(mean)
-            label = f"{curve_name} {c['curve']}" if layout.curve else "runs"
+            label = curve_label(layout, c)
             ax.plot(xs[ok], np.minimum(mean[ok], ylim[1]), "-o", color=color, ms=3.5, lw=1.4, label=label)
             band = ok & np.isfinite(std)
             if band.any():
@@ -531,6 +682,8 @@ def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str)
         sub = f"\nshift {shift['log2']:+.2f} log2" if shift else ""
         if shift and shift["stderr"] is not None:
             sub += f" ± {shift['stderr']:.2f}"
+        if shift and shift["bounded"]:
+            sub += " (a bound: edge optimum)"
         ax.set_title(panel["label"] + sub, fontsize=10)
         ax.set_xlabel(f"log2 {layout.x}")
         if k % ncols == 0:
@@ -540,8 +693,11 @@ def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str)
         ax.legend(fontsize=7, loc="upper left")
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
-    fig.suptitle(f"{title}: star = fitted optimum (± stderr), diamond = grid argmin only, "
-                 "x = diverged, ^ = off scale; band = ±1 std over seeds", fontsize=9)
+    # wrapped to the figure's width: one panel is 5.2 inches, too narrow for the key on one line
+    # (at 9 points a line holds ~15 average characters per inch; 13 leaves room for wide ones)
+    key = (f"{title}: star = fitted optimum (± stderr), diamond = grid argmin only, "
+           "x = diverged, ^ = off scale; band = ±1 std over seeds")
+    fig.suptitle(textwrap.fill(key, width=int(13 * 5.2 * ncols), break_long_words=True), fontsize=9)
     fig.tight_layout()
     return save_figure(fig, out)
 
@@ -567,7 +723,7 @@ def plot_loss_vs_depth(result: dict[str, Any], layout: Layout, out: Path, title:
         if fin:
             ax.errorbar([pos(t["curve"]) for t in fin], [t["loss_at_transferred"] for t in fin],
                         yerr=[t["loss_at_transferred_sem"] or 0 for t in fin], fmt="-o", color=color, capsize=3,
-                        label=f"{panel['label']}: at the LR of {curve_name} {panel['transfer'][0]['curve']}")
+                        label=f"{panel['label']}: at the LR of {curve_name} {_v(panel['reference'])}")
             drew = True
         best = [t for t in panel["transfer"] if t["best_loss"] is not None]
         if best:
@@ -594,16 +750,28 @@ def plot_loss_vs_depth(result: dict[str, Any], layout: Layout, out: Path, title:
 
 def _jsonable(result: dict[str, Any], layout: Layout, meta: dict[str, Any], counts: dict[str, int],
               failed: list[Run]) -> dict[str, Any]:
+    """transfer.json's content. A value, mean, std or sem that is not defined (an unfinished run; no
+    finished seed; fewer than two; a diverged seed) is null, never NaN: the "nan" strings JSON forces
+    read as numbers to some tools, and sem was already null where std was "nan"."""
+
+    def defined(v: float | None) -> float | None:
+        return None if v is None or math.isnan(v) else v
+
     panels = []
     for panel in result["panels"]:
-        curves = [{"curve": c["curve"], "optimum": c["optimum"].as_dict(), "points": c["points"]}
+        curves = [{"curve": c["curve"], "linked": c["linked"], "label": curve_label(layout, c),
+                   "optimum": c["optimum"].as_dict(),
+                   "points": [{**p, "mean": defined(p["mean"]), "std": defined(p["std"]), "sem": defined(p["sem"]),
+                               "seeds": [{**r, "value": defined(r["value"])} for r in p["seeds"]]}
+                              for p in c["points"]]}
                   for c in panel["curves"]]
         panels.append({"panel": panel["panel"], "label": panel["label"], "grid_step_log2": panel["grid_step_log2"],
-                       "shift": panel["shift"], "slope": panel["slope"], "transfer": panel["transfer"],
-                       "curves": curves})
+                       "shift": panel["shift"], "slope": panel["slope"], "reference": panel["reference"],
+                       "transfer": panel["transfer"], "curves": curves})
     return {
         "sweep": meta["name"], "source": meta["source"], "metric": layout.metric, "x": layout.x,
-        "curve": layout.curve, "seed": layout.seed, "panel_axes": layout.panels, "runs": counts,
+        "curve": layout.curve, "seed": layout.seed, "linked": layout.linked,
+        "linked_source": meta.get("linked_source"), "panel_axes": layout.panels, "runs": counts,
         "not_finished": [{"id": r.id, "point": r.point, "status": r.status, "error": r.error} for r in failed],
         "panels": panels,
     }
@@ -614,7 +782,7 @@ def report(root: str | Path, *, metric: str | None = None, x: str | None = None,
     """Analyse a sweep directory and write its report; returns transfer.json's content (+ 'table')."""
     root = Path(root)
     runs, meta = load_runs(root, metric)
-    layout = choose_layout(meta, x, curve, seed)
+    layout = choose_layout(meta, x, curve, seed, [r.point for r in runs])
     counts: dict[str, int] = {}
     for r in runs:
         counts[r.status] = counts.get(r.status, 0) + 1
