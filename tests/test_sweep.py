@@ -77,7 +77,7 @@ def calls(log: Path) -> list[dict]:
 
 def write_spec(tmp_path: Path, sample_data: Path, grid: dict, name: str = "t", **extra) -> Path:
     base = tiny_config(sample_data, tmp_path / "unused")
-    del base["train"]["out_dir"]
+    del base["train"]["out_dir"], base["train"]["steps"]  # the sweep sets both (out dir, budget)
     spec = {"name": name, "config": base, "grid": grid, "budget": {"steps": 3}, **extra}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -137,6 +137,18 @@ def test_grid_expansion_order_values_linked_axes_and_ids() -> None:
         ({"grid": {"model.width,model.heads": [[64]]}, "budget": {"steps": 3}}, "take lists of 2 values"),
         ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "config": {"train": {"eval_samples": 0}}},
          "final_eval_loss needs an evaluation"),
+        # a bare value is not an axis (it used to become a one-value axis silently)
+        ({"grid": {"model.depth": 2}, "budget": {"steps": 3}}, "axis 'model.depth' must list its values, e.g. "
+         "'model.depth: [2]'"),
+        ({"grid": {"parametrization.name": {"values": "sp"}}, "budget": {"steps": 3}},
+         "e.g. 'parametrization.name: [sp]'"),
+        # keys the sweep sets for every run are refused in 'config:' (they used to be silently replaced)
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "config": {"train": {"steps": 20}}},
+         "config train.steps would be ignored: the budget decides the run length (budget: {steps: 3})"),
+        ({"grid": {"train.steps": [2, 4]}, "config": {"train": {"steps": 20}}},
+         "config train.steps would be ignored: the grid's train.steps axis decides the run length"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "config": {"train": {"out_dir": "runs/x"}}},
+         "config train.out_dir would be ignored: the sweep decides it"),
     ],
 )
 def test_bad_specs(spec: dict, message: str) -> None:
@@ -168,6 +180,25 @@ def test_bad_input_through_the_cli(sample_data: Path, tmp_path: Path, capsys: py
     code, err = run(["sweep", str(spec), "--out", str(tmp_path / "o"), "--set", "model.base_depth=4"])
     assert code == 2 and "model.base_depth (4) is larger than model.depth (2)" in err
     assert not (tmp_path / "o").exists() and not calls(fake_trainer)  # nothing ran, nothing written
+
+
+def test_run_length_and_out_dir_come_from_the_sweep(tmp_path: Path) -> None:
+    """--set train.steps / train.out_dir are refused; in base files (shared configs for standalone runs)
+    they are dropped, so the budget decides and sweep.yaml does not carry them."""
+    spec = {"grid": {"model.depth": [2]}, "budget": {"steps": 3}}
+    with pytest.raises(ConfigError, match=r"^--set train.steps would be ignored: the budget decides the run length"
+                                          r" \(budget: \{steps: 3\}\)"):
+        parse_spec(spec, overrides=["train.steps=20"])
+    with pytest.raises(ConfigError, match=r"^--set train.out_dir would be ignored: the sweep decides it"):
+        parse_spec(spec, overrides=["train.out_dir=/tmp/elsewhere"])
+    (tmp_path / "standalone.yaml").write_text(yaml.safe_dump({"train": {"steps": 99, "out_dir": "runs/x"},
+                                                              "model": {"base_depth": 1}}))
+    parsed = parse_spec({**spec, "base": ["standalone.yaml"]}, base_dir=tmp_path)
+    assert [p.config.train.steps for p in expand(parsed)] == [3]
+    assert "steps" not in parsed.frozen()["config"]["train"] and "out_dir" not in parsed.frozen()["config"]["train"]
+    # a sweep.yaml frozen before these keys were refused (config: holds them) still reads as such
+    old_frozen = {**spec, "config": {"train": {"steps": 99}, "model": {"base_depth": 1}}}
+    assert [p.config.train.steps for p in expand(parse_spec(old_frozen, frozen=True))] == [3]
 
 
 # ------------------------------------------------------------------------------------------ executor
@@ -211,7 +242,13 @@ def test_sweep_runs_resumes_and_shares_a_wandb_group(sample_data: Path, tmp_path
     # a changed base config is refused rather than mixed into the old runs
     capsys.readouterr()
     assert main(["sweep", str(spec2), "--out", str(out), "--set", "optimizer.weight_decay=0.5"]) == 2
-    assert "was run with a different config (optimizer.weight_decay" in capsys.readouterr().err
+    assert "holds a different sweep (optimizer.weight_decay: 0.1 there, 0.5 now)" in capsys.readouterr().err
+    # without the frozen spec (a directory of runs), each finished run's own config is the check
+    frozen = (out / "sweep.yaml").read_text()
+    (out / "sweep.yaml").unlink()
+    assert main(["sweep", str(spec2), "--out", str(out), "--set", "optimizer.weight_decay=0.5"]) == 2
+    assert "was run with a different config (optimizer.weight_decay: 0.1 there, 0.5 now" in capsys.readouterr().err
+    (out / "sweep.yaml").write_text(frozen)
 
     # the report reads it
     assert main(["report", str(out)]) == 0
@@ -354,3 +391,168 @@ def test_shipped_sweeps_expand(name: str, runs: int, steps: int) -> None:
     assert len(points) == runs
     assert {p.config.train.steps for p in points} == {steps}
     assert {p.values["parametrization.name"] for p in points} == {"sp", "depth_mup", "completep"}
+
+
+def test_spec_differences_compare_resolved_configs() -> None:
+    """The base config is compared as validated configs: a spelled-out default is no change, a key that
+    does not change results is ignored; when the old point is not valid under the new config the raw
+    configs are compared instead."""
+    from megadepth.sweep.spec import spec_differences
+
+    old = parse_spec({"grid": {"model.heads": [5]}, "budget": {"steps": 3}, "config": {"model": {"width": 40}}})
+    same = parse_spec({"grid": {"model.heads": [5, 10]}, "budget": {"steps": 3},
+                       "config": {"model": {"width": 40}, "optimizer": {"weight_decay": 0.1},
+                                  "data": {"num_workers": 7}, "wandb": {"mode": "offline"}}})
+    assert spec_differences(old, same) == []
+    wider = parse_spec({"grid": {"model.heads": [3]}, "budget": {"steps": 3}, "config": {"model": {"width": 48}}})
+    assert spec_differences(old, wider) == ["model.width: 40 there, 48 now"]  # heads=5 is invalid at 48
+
+
+def test_a_different_sweep_in_the_same_directory_is_refused(sample_data: Path, tmp_path: Path, fake_trainer: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """DIR/sweep.yaml is compared with the new spec: only added or dropped axis values (and reordered axes)
+    are the same sweep. The per-run config check alone let a spec whose points all had new ids replace
+    sweep.yaml and orphan every run."""
+    grid = {"model.depth": [2, 4], "optimizer.lr": [0.01]}
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(write_spec(tmp_path, sample_data, grid, name="a")), "--out", str(out)]) == 0
+    frozen, index = (out / "sweep.yaml").read_text(), (out / "sweep.json").read_text()
+    capsys.readouterr()
+    n = len(calls(fake_trainer))
+    other = {"model.depth": [8], "optimizer.lr": [0.02]}  # no point in common with the sweep: new ids only
+    refused = [  # (grid, name, spec keys, --set, what the message says)
+        (grid, "b", {}, [], "(name: 'a' there, 'b' now)"),
+        ({**grid, "train.seed": [1]}, "a", {}, [],
+         "(grid axes: [model.depth, optimizer.lr] there, [model.depth, optimizer.lr, train.seed] now)"),
+        (other, "a", {}, ["--set", "optimizer.weight_decay=0.5"], "(optimizer.weight_decay: 0.1 there, 0.5 now)"),
+        (other, "a", {"budget": {"steps": 4}}, [], "(budget: {steps: 3} there, {steps: 4} now)"),
+        (grid, "a", {"metric": "final_loss"}, [], "(metric: final_eval_loss there, final_loss now)"),
+        (grid, "a", {"report": {"curve": "model.width"}}, [],
+         "(report: {curve: model.depth, seed: train.seed, x: optimizer.lr} there, {curve: model.width, "),
+        ({"model.depth": [2, 4, 8], "optimizer.lr": [0.02]}, "z", {}, ["--set", "optimizer.weight_decay=0.5"],
+         "(name: 'a' there, 'z' now; also optimizer.weight_decay)"),
+    ]
+    for new_grid, name, keys, extra, message in refused:
+        spec = write_spec(tmp_path, sample_data, new_grid, name=name, **keys)
+        for mode in ([], ["--dry-run"], ["--status"]):
+            assert main(["sweep", str(spec), "--out", str(out), *extra, *mode]) == 2, (message, mode)
+            err = capsys.readouterr().err
+            assert f"holds a different sweep {message}" in err and err.count("\n") == 1, err
+            assert (out / "sweep.yaml").read_text() == frozen and (out / "sweep.json").read_text() == index
+    assert len(calls(fake_trainer)) == n  # nothing ran
+
+    # the same sweep: grown, axes reordered, a key that does not change results set, the description edited
+    grown = write_spec(tmp_path, sample_data, {"optimizer.lr": [0.01, 0.02], "model.depth": [2, 4]}, name="a",
+                       description="more LRs")
+    assert main(["sweep", str(grown), "--out", str(out), "--set", "data.num_workers=0"]) == 0
+    assert len(calls(fake_trainer)) == n + 2
+    assert yaml.safe_load((out / "sweep.yaml").read_text())["grid"] == {"optimizer.lr": [0.01, 0.02],
+                                                                        "model.depth": [2, 4]}
+    # values dropped: allowed, and said (their runs stay, out of the index until listed again)
+    capsys.readouterr()
+    shrunk = write_spec(tmp_path, sample_data, {"optimizer.lr": [0.01], "model.depth": [2, 4]}, name="a")
+    assert main(["sweep", str(shrunk), "--out", str(out)]) == 0
+    assert "warning: 2 run(s) under" in capsys.readouterr().err
+    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 2
+    grown = write_spec(tmp_path, sample_data, {"optimizer.lr": [0.01, 0.02], "model.depth": [2, 4]}, name="a")
+    assert main(["sweep", str(grown), "--out", str(out)]) == 0  # listed again: back, nothing rerun
+    assert "warning" not in capsys.readouterr().err and len(calls(fake_trainer)) == n + 2
+    assert len(json.loads((out / "sweep.json").read_text())["runs"]) == 4
+
+
+def test_devices_must_exist(sample_data: Path, tmp_path: Path, fake_trainer: Path, monkeypatch: pytest.MonkeyPatch,
+                            capsys: pytest.CaptureFixture[str]) -> None:
+    """A GPU index that is not there used to be accepted and the runs trained on the CPU."""
+    import torch
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert runner.resolve_devices("cpu") == []
+    with pytest.raises(ConfigError, match=r"^--devices 7: this machine has no GPU; use --devices cpu or omit"):
+        runner.resolve_devices("7")
+    spec = write_spec(tmp_path, sample_data, {"model.depth": [2]})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--devices", "7"]) == 2
+    assert "--devices 7: this machine has no GPU" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists() and not calls(fake_trainer)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert runner.resolve_devices("0,1") == ["0", "1"]
+    for bad in ("0,2", "gpu0", "-1"):
+        with pytest.raises(ConfigError, match=rf"^--devices {bad}: this machine has 2 GPU\(s\) \(0 to 1\)$"):
+            runner.resolve_devices(bad)
+    # each run's CUDA_VISIBLE_DEVICES is the listed entry: with a mask here, entries come from the mask
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
+    assert runner.resolve_devices("5") == ["5"] and runner.resolve_devices("auto") == ["3", "5"]
+    with pytest.raises(ConfigError, match=r"^--devices 0: CUDA_VISIBLE_DEVICES makes only 3,5 visible$"):
+        runner.resolve_devices("0")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(ConfigError, match="makes no GPU visible; use --devices cpu"):
+        runner.resolve_devices("0")
+
+
+@pytest.mark.parametrize("value", ["60", "30:00", "04:00:00", "100:00:00", "1-12", "1-12:30", "2-00:00:00"])
+def test_slurm_time_forms_accepted(value: str) -> None:
+    from megadepth.sweep.slurm import SlurmOptions
+
+    SlurmOptions(time=value).check()
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--time", "bogus", "--time bogus: Slurm takes minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS"),
+    ("--time", "4h", "--time 4h: Slurm takes"),
+    ("--time", "1-", "--time 1-: Slurm takes"),
+    ("--time", "1:2:3:4", "--time 1:2:3:4: Slurm takes"),
+    ("--time", "04:00:00 --qos=high", "--time '04:00:00 --qos=high': an #SBATCH value may only hold"),
+    ("--mem", '32G"', "--mem '32G\"': an #SBATCH value may only hold"),
+    ("--partition", "gpu;reboot", "--partition 'gpu;reboot': an #SBATCH value"),
+    ("--account", "$(id)", "--account '$(id)': an #SBATCH value"),
+    ("--qos", "a\nb", "--qos 'a\\nb': an #SBATCH value"),
+])
+def test_slurm_values_are_checked(sample_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                  flag: str, value: str, message: str) -> None:
+    """Values go into #SBATCH lines unquoted: sbatch would misread or drop what follows a space."""
+    spec = write_spec(tmp_path, sample_data, {"model.depth": [2]})
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "o"), "--executor", "slurm", "--no-submit",
+                 flag, value]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_status_needs_no_data_but_a_good_spec(sample_data: Path, tmp_path: Path, fake_trainer: Path,
+                                             monkeypatch: pytest.MonkeyPatch,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--status only reads run states: a relative data.path that does not resolve from here is no error
+    (it was: the whole preflight ran). --dry-run runs every check a real run does, so it still fails."""
+    base = tiny_config(Path(sample_data.name), tmp_path / "unused")  # data.path relative: 'sample'
+    del base["train"]["out_dir"], base["train"]["steps"]
+    path = tmp_path / "rel.yaml"
+    path.write_text(yaml.safe_dump({"name": "rel", "config": base, "grid": {"model.depth": [2, 4]},
+                                    "budget": {"steps": 3}}))
+    out = tmp_path / "sweep"
+    monkeypatch.chdir(sample_data.parent)
+    assert main(["sweep", str(path), "--out", str(out)]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # no 'sample' here
+    assert main(["sweep", str(path), "--out", str(out), "--status"]) == 0
+    assert "2 completed; index:" in capsys.readouterr().out
+    assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 2
+    assert "data.path: sample does not exist" in capsys.readouterr().err
+    # a bad spec is still refused by --status: config checks and the trainer's other start-up checks
+    fresh = str(tmp_path / "fresh")
+    assert main(["sweep", str(path), "--out", fresh, "--status", "--set", "model.heads=3"]) == 2
+    assert "grid point depth=2: invalid config" in capsys.readouterr().err
+    assert main(["sweep", str(path), "--out", fresh, "--status", "--set", "model.base_depth=4"]) == 2
+    assert "model.base_depth (4) is larger than model.depth (2)" in capsys.readouterr().err
+
+
+def test_progress_counts_each_point_once(sample_data: Path, tmp_path: Path, fake_trainer: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """[k/N] counts finished points; a retried attempt is [-/N] (it repeated the previous k), and the
+    attempt that finishes a retried point says which attempt it was."""
+    spec = write_spec(tmp_path, sample_data, {"model.width": [32, 48, 64]})  # width 48 fails once
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "sweep"), "--jobs", "1"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("[")]
+    assert [ln.split()[0] for ln in lines] == ["[1/3]", "[-/3]", "[2/3]", "[3/3]"]  # the retry goes last
+    assert "width=48" in lines[1] and "flaky first attempt (will retry)" in lines[1]
+    assert "attempt" not in lines[1].split("(will retry)")[1]
+    assert "width=48" in lines[3] and "(attempt 2, " in lines[3] and "attempt" not in lines[0] + lines[2]

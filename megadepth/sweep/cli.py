@@ -48,7 +48,16 @@ def _task_points(task_list: str, index: int, points: list[Any]) -> list[Any]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from megadepth.sweep.runner import prepare, resolve_devices, run_local, select, write_index
+    from megadepth.sweep.runner import (
+        SweepDir,
+        orphaned,
+        prepare,
+        resolve_devices,
+        run_local,
+        select,
+        write_index,
+    )
+    from megadepth.sweep.slurm import SlurmOptions
     from megadepth.sweep.spec import load_spec
     from megadepth.sweep.state import count, format_counts
 
@@ -57,18 +66,37 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     task_mode = args.task_list is not None
     if task_mode and args.executor != "local":
         raise ConfigError("--task-list runs points in this process: it needs --executor local")
-    spec = load_spec(args.spec, args.overrides)
+    # every flag is checked before anything is written (bad input: one line, exit 2, nothing changed)
+    devices: list[str] = []
+    if args.executor == "local" and not args.status:
+        devices = resolve_devices(args.devices)
+    opts = None
+    if args.executor == "slurm":
+        opts = SlurmOptions(points_per_task=args.points_per_task, gpus_per_task=args.gpus_per_task,
+                            cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
+                            partition=args.partition, account=args.account, qos=args.qos,
+                            max_parallel=args.max_parallel, setup=args.setup, python=args.python,
+                            retries=args.retries)
+        opts.check()
+    # DIR/sweep.yaml itself (what array tasks run) reads like base files: see parse_spec(frozen=...)
+    frozen = Path(args.spec).resolve() == SweepDir(args.out).spec
+    spec = load_spec(args.spec, args.overrides, frozen=frozen)
     max_attempts = 1 + args.retries
-    sweep, points = prepare(spec, args.out, write=not (task_mode or args.dry_run or args.status))
+    sweep, points = prepare(spec, args.out, write=not (task_mode or args.dry_run or args.status),
+                            check_data=not args.status)
 
     if task_mode:
         todo = _task_points(args.task_list, args.task_index, points)
-        devices = resolve_devices(args.devices)
         jobs = args.jobs or max(1, len(devices))
         print(f"megadepth sweep: array task {args.task_index}: {len(todo)} point(s), {jobs} at a time", flush=True)
         results = run_local(spec, sweep, None, todo, jobs=jobs, devices=devices, max_attempts=max_attempts)
         return 1 if any(r.outcome == "failed" for r in results) else 0
 
+    dropped = orphaned(sweep, points)
+    if dropped:
+        print(f"megadepth sweep: warning: {len(dropped)} run(s) under {sweep.runs} are not in this grid "
+              f"(e.g. {dropped[0]}): kept, but left out of sweep.json, --status and the report until their "
+              "values are listed again", file=sys.stderr)
     todo, skipped = select(sweep, points, max_attempts, args.retry_failed)
     already = ", ".join(f"{n} {k}" for k, n in skipped.items() if n)
     header = (f"megadepth sweep '{spec.name}': {len(points)} grid point(s) over "
@@ -88,19 +116,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             print(f"{format_counts(count(current.values()))}; index: {sweep.index}")
         return 0
 
-    if args.executor == "slurm":
+    if opts is not None:
         from megadepth.sweep.runner import sbatch_available
-        from megadepth.sweep.slurm import SlurmOptions, submit, write_array
+        from megadepth.sweep.slurm import submit, write_array
 
         print(header)
         if not todo:
             print(f"nothing to submit; report with: megadepth report {args.out}")
             return 0
-        opts = SlurmOptions(points_per_task=args.points_per_task, gpus_per_task=args.gpus_per_task,
-                            cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
-                            partition=args.partition, account=args.account, qos=args.qos,
-                            max_parallel=args.max_parallel, setup=args.setup, python=args.python,
-                            retries=args.retries)
         script, task_list, tasks = write_array(spec, sweep, todo, opts)
         sbatch = sbatch_available()
         if args.no_submit or sbatch is None:
@@ -117,7 +140,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               f"{script.parent / 'logs'}; check with: megadepth sweep {args.spec} --out {args.out} --status")
         return 0
 
-    devices = resolve_devices(args.devices)
     jobs = args.jobs or max(1, len(devices))
     where = f"GPU(s) {','.join(devices)}" if devices else "CPU"
     print(f"{header}; {jobs} at a time on {where}", flush=True)

@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from megadepth.config.load import ConfigError, to_yaml, validate
-from megadepth.sweep.spec import Point, SweepSpec, diff_configs, expand
+from megadepth.sweep.spec import Point, SweepSpec, diff_configs, expand, load_spec, spec_differences
 from megadepth.sweep.state import (
     CONFIG_FILE,
     FINAL,
@@ -92,13 +92,18 @@ def point_config(spec: SweepSpec, point: Point, sweep: SweepDir) -> dict[str, An
     return data
 
 
-def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True) -> tuple[SweepDir, list[Point]]:
-    """Expand and check the grid, refuse a directory that holds a different sweep, write the frozen spec."""
+def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data: bool = True
+            ) -> tuple[SweepDir, list[Point]]:
+    """Expand and check the grid, refuse a directory that holds a different sweep, write the frozen spec.
+
+    ``check_data=False`` (``--status``) skips the start-up checks of the data and tokenizer: reading run
+    states needs neither, and a relative data.path does not resolve from every working directory."""
     sweep = SweepDir(out)
     if sweep.root.exists() and not sweep.root.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
     points = expand(spec)
-    _preflight(spec, points, sweep)
+    check_same_sweep(spec, sweep)
+    _preflight(spec, points, sweep, check_data=check_data)
     for point in points:
         saved_file = sweep.run_dir(point) / "config.yaml"
         if not saved_file.is_file():
@@ -122,6 +127,34 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True) -> tuple[Sw
     return sweep, points
 
 
+def check_same_sweep(spec: SweepSpec, sweep: SweepDir) -> None:
+    """Refuse ``spec`` if DIR/sweep.yaml holds a different sweep: anything but added or dropped axis values.
+
+    Comparing finished runs' configs alone misses a spec whose points all have new ids (another grid or
+    name): it would replace sweep.yaml and orphan every run, so the frozen spec itself is compared."""
+    if not sweep.spec.is_file():
+        return
+    try:
+        frozen = load_spec(sweep.spec, frozen=True)
+    except ConfigError as exc:
+        raise ConfigError(f"--out {sweep.root} holds a sweep.yaml this version cannot read ({exc}); "
+                          "use a new --out directory") from None
+    diffs = spec_differences(frozen, spec)
+    if diffs:
+        also = f"; also {', '.join(d.split(':', 1)[0] for d in diffs[1:])}" if len(diffs) > 1 else ""
+        raise ConfigError(f"--out {sweep.root} holds a different sweep ({diffs[0]}{also}); use a new --out "
+                          "directory for a changed sweep (a sweep can only gain or drop axis values)")
+
+
+def orphaned(sweep: SweepDir, points: Sequence[Point]) -> list[str]:
+    """Run directories under DIR/runs/ that are not points of this grid (values dropped from an axis):
+    kept, but not in sweep.json, --status or the report until their values are listed again."""
+    if not sweep.runs.is_dir():
+        return []
+    ids = {p.id for p in points}
+    return sorted(d.name for d in sweep.runs.iterdir() if d.is_dir() and d.name not in ids)
+
+
 def _dotted(data: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         if not isinstance(data, dict) or part not in data:
@@ -130,9 +163,10 @@ def _dotted(data: dict[str, Any], key: str) -> Any:
     return data
 
 
-def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir) -> None:
+def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, check_data: bool = True) -> None:
     """The trainer's start-up checks for every point (layout, parametrization, batch, data, tokenizer),
-    so a point that cannot start fails the sweep now, not hours into it."""
+    so a point that cannot start fails the sweep now, not hours into it. Without ``check_data`` a
+    DataError (missing data or tokenizer: the last of the checks) is let pass."""
     from megadepth.data import DataError
     from megadepth.train.preflight import preflight
 
@@ -147,7 +181,10 @@ def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir) -> Non
         done.add(key)
         try:
             preflight(validate(point_config(spec, point, sweep)), 1)
-        except (ConfigError, DataError) as exc:
+        except DataError as exc:
+            if check_data:
+                raise ConfigError(f"grid point {point.label}: {exc}") from None
+        except ConfigError as exc:
             raise ConfigError(f"grid point {point.label}: {exc}") from None
 
 
@@ -210,17 +247,37 @@ def select(sweep: SweepDir, points: Sequence[Point], max_attempts: int, retry_fa
 
 
 def resolve_devices(arg: str) -> list[str]:
-    """GPUs to spread runs over: 'auto' (CUDA_VISIBLE_DEVICES, else every visible GPU), 'cpu', or '0,1,2'."""
+    """GPUs to spread runs over: 'auto' (CUDA_VISIBLE_DEVICES, else every visible GPU), 'cpu', or '0,1,2'.
+
+    A listed GPU must exist: a run given a GPU that is not there would silently train on the CPU. Each
+    run's CUDA_VISIBLE_DEVICES is set to the listed entry, so with CUDA_VISIBLE_DEVICES set here the
+    entries must be among its entries; otherwise they are indices below torch.cuda.device_count()."""
     if arg == "cpu":
         return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible_list = [d.strip() for d in (visible or "").split(",") if d.strip() and d.strip() != "-1"]
     if arg != "auto":
         devices = [d.strip() for d in arg.split(",") if d.strip()]
         if not devices:
             raise ConfigError(f"--devices '{arg}': expected auto, cpu or a list like 0,1,2,3")
+        if visible is not None:
+            missing = [d for d in devices if d not in visible_list]
+            if missing:
+                have = f"only {','.join(visible_list)}" if visible_list else "no GPU"
+                raise ConfigError(f"--devices {arg}: CUDA_VISIBLE_DEVICES makes {have} visible"
+                                  + ("" if visible_list else "; use --devices cpu or omit --devices"))
+            return devices
+        import torch
+
+        n = torch.cuda.device_count()
+        bad = [d for d in devices if not (d.isdigit() and int(d) < n)]
+        if bad:
+            if n == 0:
+                raise ConfigError(f"--devices {arg}: this machine has no GPU; use --devices cpu or omit --devices")
+            raise ConfigError(f"--devices {arg}: this machine has {n} GPU(s) (0 to {n - 1})")
         return devices
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible is not None:
-        return [d.strip() for d in visible.split(",") if d.strip() and d.strip() != "-1"]
+        return visible_list
     import torch
 
     return [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
@@ -341,7 +398,7 @@ class LocalExecutor:
                     self._pending -= 1
                     self._done += 1
                     self.results.append(result)
-                self._report(result, retry=requeue)
+                self._report(result, again=requeue)
                 if self.index_points is not None:
                     try:
                         write_index(self.spec, self.sweep, self.index_points)
@@ -350,11 +407,14 @@ class LocalExecutor:
             if requeue:
                 work.put(point)
 
-    def _report(self, r: Outcome, retry: bool) -> None:
+    def _report(self, r: Outcome, again: bool) -> None:
+        """One line per attempt. ``[k/N]`` counts finished points, so each k appears once; an attempt
+        after which the point runs again (a retry, a resume) is ``[-/N]``, and the attempt number (over
+        invocations, as in sweep_run.json) is shown from the second on."""
         metric = r.summary.get(self.spec.metric)
         shown = f"{self.spec.metric} {metric:.4f}" if isinstance(metric, (int, float)) else ""
         if r.outcome == "failed":
-            shown = f"{r.error or 'failed'}" + (" (will retry)" if retry else "")
+            shown = f"{r.error or 'failed'}" + (" (will retry)" if again else "")
         elif r.outcome == "diverged":
             shown = "loss not finite"
         elif r.outcome == "skipped":
@@ -363,8 +423,10 @@ class LocalExecutor:
             shown = "interrupted: stays pending"
         elif r.outcome == "stopped":
             shown = "stopped (train.stop_after_steps); resuming"
-        self.echo(f"[{self._done}/{self._total}] {r.outcome:<9} {r.point.label}  {shown}  "
-                  f"({r.wall_s:.1f} s)  runs/{r.point.id}")
+        counter = f"[-/{self._total}]" if again else f"[{self._done}/{self._total}]"
+        attempt = f"attempt {r.attempt}, " if r.attempt > 1 else ""
+        self.echo(f"{counter} {r.outcome:<9} {r.point.label}  {shown}  "
+                  f"({attempt}{r.wall_s:.1f} s)  runs/{r.point.id}")
 
     def _run_point(self, point: Point, slot: int) -> Outcome:
         run_dir = self.sweep.run_dir(point)

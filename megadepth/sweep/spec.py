@@ -17,7 +17,9 @@ A spec is YAML (docs/transfer.md has the full reference)::
     report: {x: optimizer.lr, curve: model.depth, seed: train.seed}
 
 Everything is checked before any run starts: unknown spec keys and axes (named, with the nearest valid
-key), empty grids and axes, duplicate values, a zero budget, and every grid point's full config.
+key), empty grids and axes, bare values where a list belongs, duplicate values, a zero budget, keys the
+sweep sets itself (train.steps, train.out_dir) in 'config:' or --set, and every grid point's full config.
+``spec_differences`` says what makes a spec a different sweep from a directory's frozen one.
 
 A run id is a readable slug plus the first 10 hex digits of sha256 over the point's canonical JSON
 (keys sorted, values as the validated config holds them), so it is the same on every machine and every
@@ -64,6 +66,10 @@ NON_RESULT_KEYS = ("train.out_dir", "train.progress", "train.resume", "data.num_
                    "parallel.timeout_s")
 NON_RESULT_SECTIONS = ("wandb",)
 FORBIDDEN_AXES = ("train.out_dir", "wandb.group", "wandb.name")
+# Keys the sweep itself sets for every run: a value for them in the spec's 'config:' or in --set would be
+# silently replaced, so it is refused; in 'base:' files (shared configs written for standalone runs) it is
+# dropped, as the docs say.
+SWEEP_DECIDES = ("train.steps", "train.out_dir")
 
 
 @dataclass(frozen=True)
@@ -176,7 +182,11 @@ def _expand_values(key: str, raw: Any, where: str) -> list[Any]:
     else:
         values = raw
     if not isinstance(values, list):
-        values = [values]
+        # a bare value is almost always a forgotten list (or a key meant for 'config:'); say which form works
+        form = yaml.safe_dump([values if not isinstance(raw, Mapping) else raw.get("values")],
+                              default_flow_style=True, width=10**6).strip()
+        raise ConfigError(f"{where}: axis '{key}' must list its values, e.g. '{key}: {form}' (or use "
+                          f"{{values: [...]}}, {{log2: [...]}}, {{log2_range: [start, stop]}}), got {raw!r}")
     if not values:
         raise ConfigError(f"{where}: axis '{key}' has no values (the grid would be empty)")
     return values
@@ -235,14 +245,45 @@ def _parse_budget(raw: Any, axis_keys: list[str], where: str) -> dict[str, int]:
     return {kind: value}
 
 
+def _decided_by(key: str, budget: Mapping[str, int]) -> str:
+    """Why the sweep, not the config, sets ``key`` (one of SWEEP_DECIDES)."""
+    if key == "train.out_dir":
+        return "the sweep decides it (every run writes DIR/runs/<id>/; choose DIR with --out)"
+    if budget:
+        (kind, value), = budget.items()
+        return f"the budget decides the run length (budget: {{{kind}: {value}}}); change the budget instead"
+    return "the grid's train.steps axis decides the run length; change its values instead"
+
+
+def _drop(data: dict[str, Any], key: str) -> dict[str, Any]:
+    """``data`` without the dotted ``key`` (a copy where it was present)."""
+    head, _, rest = key.partition(".")
+    if head not in data:
+        return data
+    out = dict(data)
+    if rest:
+        if isinstance(out[head], Mapping):
+            out[head] = _drop(dict(out[head]), rest)
+    else:
+        del out[head]
+    return out
+
+
 def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Path | None = None,
-               overrides: Sequence[str] = (), name: str | None = None) -> SweepSpec:
-    """Check a spec mapping; ``base`` files are read relative to ``base_dir`` and inlined."""
+               overrides: Sequence[str] = (), name: str | None = None, frozen: bool = False) -> SweepSpec:
+    """Check a spec mapping; ``base`` files are read relative to ``base_dir`` and inlined.
+
+    ``frozen``: ``data`` is a sweep directory's sweep.yaml, whose 'config:' holds the base files inlined;
+    it is read like base files (train.steps and train.out_dir dropped, not refused), so a sweep.yaml
+    written before those keys were refused still reads."""
     where = source
     unknown = [k for k in data if k not in SPEC_KEYS]
     if unknown:
         raise ConfigError(f"{where}: unknown sweep key '{unknown[0]}'{_suggest(str(unknown[0]), SPEC_KEYS)} "
                           f"(a sweep spec has {', '.join(SPEC_KEYS)})")
+    axes = _parse_axes(data.get("grid"), where)
+    axis_keys = [k for keys, _ in axes for k in keys]
+    budget = _parse_budget(data.get("budget"), axis_keys, where)
     base = data.get("base") or []
     if isinstance(base, str):
         base = [base]
@@ -254,15 +295,18 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
         raise ConfigError(f"{where}: 'config' must be a mapping of config sections, got {type(inline).__name__}")
     for key in _flatten(inline):
         check_key(key, f"{where}: config")
+        if key in SWEEP_DECIDES and not frozen:
+            raise ConfigError(f"{where}: config {key} would be ignored: {_decided_by(key, budget)}")
     config = deep_merge(config, inline)
-    axes = _parse_axes(data.get("grid"), where)
-    axis_keys = [k for keys, _ in axes for k in keys]
+    for key in SWEEP_DECIDES:  # from base files (or a frozen spec): the sweep sets them, as documented
+        config = _drop(config, key)
     for item in overrides:
         key, value = parse_override(item)
         if key in axis_keys:
             raise ConfigError(f"--set {key}: '{key}' is a sweep axis; change its values in the grid instead")
+        if key in SWEEP_DECIDES:
+            raise ConfigError(f"--set {key} would be ignored: {_decided_by(key, budget)}")
         config = apply_override(config, key, value)
-    budget = _parse_budget(data.get("budget"), axis_keys, where)
     metric = data.get("metric", "final_eval_loss")
     if metric not in METRICS:
         raise ConfigError(f"{where}: metric '{metric}' is not one of {', '.join(METRICS)}{_suggest(str(metric), METRICS)}")
@@ -293,8 +337,8 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[str]:
     return out
 
 
-def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
-    """Read a sweep spec file (YAML, ``safe_load``)."""
+def load_spec(path: str | Path, overrides: Sequence[str] = (), *, frozen: bool = False) -> SweepSpec:
+    """Read a sweep spec file (YAML, ``safe_load``); ``frozen``: it is a sweep directory's sweep.yaml."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec not found: {path}")
@@ -304,7 +348,8 @@ def load_spec(path: str | Path, overrides: Sequence[str] = ()) -> SweepSpec:
         raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a sweep spec must be a mapping with {', '.join(SPEC_KEYS)}")
-    return parse_spec(data, source=str(path), base_dir=path.parent, overrides=overrides, name=path.stem)
+    return parse_spec(data, source=str(path), base_dir=path.parent, overrides=overrides, name=path.stem,
+                      frozen=frozen)
 
 
 def get_dotted(data: Mapping[str, Any], key: str) -> Any:
@@ -365,6 +410,19 @@ def steps_for(config: Config, budget: Mapping[str, int]) -> int:
     return config.train.steps
 
 
+def resolve_point(spec: SweepSpec, raw: Mapping[str, Any]) -> Config:
+    """The validated config of the point with axis values ``raw``: the spec's config, the values, and
+    train.steps from the budget (raises ConfigError)."""
+    data = copy.deepcopy(spec.config)
+    for key, value in raw.items():
+        data = deep_merge(data, _nested(key, value))
+    config = validate(data)
+    if spec.budget:
+        steps = steps_for(config, spec.budget)
+        config = validate(deep_merge(data, {"train": {"steps": steps}}))
+    return config
+
+
 def expand(spec: SweepSpec) -> list[Point]:
     """The grid points in order (product of the axes as listed), each with its validated config."""
     points: list[Point] = []
@@ -373,15 +431,9 @@ def expand(spec: SweepSpec) -> list[Point]:
         raw: dict[str, Any] = {}
         for (keys, _), row in zip(spec.axes, combo, strict=True):
             raw.update(zip(keys, row, strict=True))
-        data = copy.deepcopy(spec.config)
-        for key, value in raw.items():
-            data = deep_merge(data, _nested(key, value))
         label = point_label(raw)
         try:
-            config = validate(data)
-            if spec.budget:
-                steps = steps_for(config, spec.budget)
-                config = validate(deep_merge(data, {"train": {"steps": steps}}))
+            config = resolve_point(spec, raw)
         except ConfigError as exc:
             raise ConfigError(f"grid point {label}: {exc}") from None
         dumped = config.model_dump(mode="json")
@@ -412,4 +464,81 @@ def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "
             out.extend(diff_configs(a, b, f"{dotted}."))
         elif a != b and not (isinstance(a, list) and isinstance(b, tuple | list) and list(a) == list(b)):
             out.append(dotted)
+    return out
+
+
+def _show(value: Any) -> str:
+    """A value in a one-line message: repr for scalars (like the config diff), flow YAML for the rest."""
+    if isinstance(value, (Mapping, list)):
+        return yaml.safe_dump(value, default_flow_style=True, sort_keys=True, width=10**6).strip()
+    return repr(value)
+
+
+def _flat_values(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            out.update(_flat_values(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
+    """``key: A there, B now`` for the shared config of two specs with the same axes, or None.
+
+    Compared as validated configs of one point (the old grid's first, its axis values put into both
+    specs), so spelling out a default, or moving a key between base files and 'config:', is no change;
+    keys that do not change results (NON_RESULT_KEYS, wandb) are not compared."""
+    raw = {key: value for keys, rows in old.axes for key, value in zip(keys, rows[0], strict=True)}
+    try:
+        before = resolve_point(old, raw).model_dump(mode="json")
+        after = resolve_point(new, raw).model_dump(mode="json")
+    except ConfigError:
+        # not valid under one of them (the new config, or a schema that changed since): compare the raw
+        # configs, axis keys aside (spelled-out defaults then count as changes, but only here)
+        a, b = _flat_values(old.config), _flat_values(new.config)
+        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in NON_RESULT_KEYS
+                      and k not in raw and k.split(".", 1)[0] not in NON_RESULT_SECTIONS)
+        if not keys:
+            return None
+        more = f", and {len(keys) - 1} more key(s)" if len(keys) > 1 else ""
+        return f"{keys[0]}: {_show(a.get(keys[0]))} there, {_show(b.get(keys[0]))} now{more}"
+    # a changed budget is reported as such, not again as the train.steps it leads to
+    changed = [k for k in diff_configs(before, after) if not (k == "train.steps" and old.budget != new.budget)]
+    if not changed:
+        return None
+    key = changed[0]
+    more = f", and {len(changed) - 1} more key(s)" if len(changed) > 1 else ""
+    return f"{key}: {_show(_lookup(before, key))} there, {_show(_lookup(after, key))} now{more}"
+
+
+def _lookup(data: Mapping[str, Any], key: str) -> Any:
+    out: Any = data
+    for part in key.split("."):
+        if not isinstance(out, Mapping) or part not in out:
+            return None
+        out = out[part]
+    return out
+
+
+def spec_differences(old: SweepSpec, new: SweepSpec) -> list[str]:
+    """What makes ``new`` a different sweep from ``old`` (a sweep directory's frozen spec), each as
+    ``what: A there, B now``; empty when ``new`` only adds or drops axis values (or reorders axes, or
+    changes the description), which keeps every run id and every finished run valid."""
+    out: list[str] = []
+    if old.name != new.name:
+        out.append(f"name: {old.name!r} there, {new.name!r} now")
+    if set(old.axis_keys) != set(new.axis_keys):
+        out.append(f"grid axes: {_show(sorted(old.axis_keys))} there, {_show(sorted(new.axis_keys))} now")
+    if old.budget != new.budget:
+        out.append(f"budget: {_show(old.budget)} there, {_show(new.budget)} now")
+    if old.metric != new.metric:
+        out.append(f"metric: {old.metric} there, {new.metric} now")
+    if old.report != new.report:
+        out.append(f"report: {_show(old.report)} there, {_show(new.report)} now")
+    if set(old.axis_keys) == set(new.axis_keys):  # else the points are not comparable, and it differs anyway
+        config = _config_difference(old, new)
+        if config:
+            out.append(config)
     return out
