@@ -23,6 +23,7 @@ from pathlib import Path
 
 from data_prep.plan import STAGES, Plan, load_plan
 from data_prep.stages import run_unit
+from megadepth.config.sbatch import sbatch_value_problem
 from megadepth.data.indexed import DataError, atomic_write_bytes
 
 __all__ = ["run_local", "run_task", "write_slurm_scripts"]
@@ -272,10 +273,10 @@ def write_slurm_scripts(
     """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh."""
     if tasks < 1:
         raise DataError(f"--tasks must be >= 1, got {tasks}")
-    for flag, value in (("--partition", partition), ("--account", account), ("--time", time_limit), ("--mem", mem)):
-        # #SBATCH lines are not shell: a value with spaces or quotes would be split or kept literally
-        if value is not None and (not value or any(ch.isspace() or ch in "'\"\\$`;" for ch in value)):
-            raise DataError(f"{flag} {value!r}: Slurm values may not contain spaces, quotes or shell characters")
+    problem = sbatch_value_problem({"--partition": partition, "--account": account, "--time": time_limit,
+                                    "--mem": mem})
+    if problem:
+        raise DataError(problem)
     plan.save()
     sdir = plan.out / "slurm"
     logs = sdir / "logs"

@@ -16,7 +16,6 @@ Points are dealt to tasks round-robin (grid order mixes depths, so tasks get sim
 from __future__ import annotations
 
 import math
-import re
 import shlex
 import subprocess
 import sys
@@ -24,19 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megadepth.config.load import ConfigError
+from megadepth.config.sbatch import sbatch_value_problem
 from megadepth.sweep.runner import SweepDir
 from megadepth.sweep.spec import Point, SweepSpec
 from megadepth.train.rundir import atomic_write_text
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "launch" / "templates" / "sweep_array.sbatch"
-
-SBATCH_VALUE = re.compile(r"[A-Za-z0-9._+,:@%=/-]+")
-"""What a value written into an #SBATCH line may hold: no whitespace, quotes or shell characters (sbatch
-reads those lines itself, so a space ends the value and the rest is silently dropped or misread)."""
-
-SLURM_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}")
-"""sbatch --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS (man sbatch)."""
-
 
 @dataclass(frozen=True)
 class SlurmOptions:
@@ -60,14 +52,10 @@ class SlurmOptions:
             raise ConfigError(f"--gpus-per-task must be 0 or more, got {self.gpus_per_task}")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ConfigError(f"--max-parallel must be at least 1, got {self.max_parallel}")
-        for flag, value in (("mem", self.mem), ("time", self.time), ("partition", self.partition),
-                            ("account", self.account), ("qos", self.qos)):
-            if value is not None and not SBATCH_VALUE.fullmatch(value):
-                raise ConfigError(f"--{flag} {value!r}: an #SBATCH value may only hold letters, digits and "
-                                  "._+,:@%=/- (no spaces, quotes or shell characters)")
-        if not SLURM_TIME.fullmatch(self.time):
-            raise ConfigError(f"--time {self.time}: Slurm takes minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or "
-                              "D-HH:MM:SS (e.g. 04:00:00 or 1-12:00:00)")
+        problem = sbatch_value_problem({"--mem": self.mem, "--time": self.time, "--partition": self.partition,
+                                        "--account": self.account, "--qos": self.qos})
+        if problem:
+            raise ConfigError(problem)
 
 
 def _template() -> str:

@@ -359,13 +359,14 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
             ):
                 # the loss is only read at log steps (no host sync per step): before weights are saved,
                 # make sure nothing since the last log went non-finite, so `latest` is never a NaN model
-                if not window.finite() or not stepper.grad_norm_finite():
+                log_state = window.state()  # its rank mean is non-finite if any rank's loss was
+                if not math.isfinite(log_state["log_loss_sum"]) or not stepper.grad_norm_finite():
                     progress.status = "diverged"
                     out(f"step {step}: the loss or gradient norm is not finite: diverged, not saving")
                     break
                 client = {"step": step, "consumed_samples": consumed, "seed": cfg.seed,
                           "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time,
-                          **window.state()}
+                          **log_state}
                 checkpoint.save(engine, run.checkpoints, step, client, config_yaml, cfg.keep_checkpoints, is_main)
             if stop_now:
                 progress.status = "stopped"
@@ -460,13 +461,6 @@ class _LogWindow:
         self.steps = self.timed_steps = 0
         self.t0 = now
         return mean, rate
-
-    def finite(self) -> bool:
-        """Whether every loss since the last record is finite (on every rank); one sync."""
-        flag = torch.tensor([0.0 if bool(torch.isfinite(self.loss)) else 1.0], dtype=torch.float64,
-                            device=self.device)
-        torch.distributed.all_reduce(flag)
-        return float(flag) == 0.0
 
     def state(self) -> dict[str, Any]:
         """For the checkpoint: the window's sum, already averaged over the ranks (one sync)."""
