@@ -237,7 +237,8 @@ def load_plan(out: str | Path) -> Plan:
 
 
 def check_writable(out: Path) -> None:
-    """The output directory exists or can be made, and a file can be written in it: checked up front."""
+    """The output directory can be written (or made: its nearest existing ancestor is writable), checked
+    up front without creating anything."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and not (out / PLAN).exists() and not (out / "manifest.json").exists():
@@ -248,8 +249,15 @@ def check_writable(out: Path) -> None:
                 f"--out {out}: not empty ({', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}) and not a "
                 "megadepth data directory (no plan.json or manifest.json): give a new or empty directory"
             )
+    if not out.exists():
+        # planning must leave no trace (--print-config, a refused config): the run makes the folder later
+        parent = out.absolute().parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise DataError(f"--out {out}: not writable ({parent} is not a writable directory)")
+        return
     try:
-        out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"
         probe.write_bytes(b"")
         probe.unlink()

@@ -116,3 +116,4 @@ def test_cli_flag_turns_the_filter_on(tmp_path: Path, capsys) -> None:
                  "--url-blocklist", str(lst), "--print-config"]) == 0
     shown = json.loads(capsys.readouterr().out)["url_filter"]
     assert shown["enabled"] is True and shown["blocklists"] == [str(lst.resolve())]
+    assert not (tmp_path / "o").exists()  # printing the config plans; it writes nothing

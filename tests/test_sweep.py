@@ -78,6 +78,9 @@ def calls(log: Path) -> list[dict]:
 def write_spec(tmp_path: Path, sample_data: Path, grid: dict, name: str = "t", **extra) -> Path:
     base = tiny_config(sample_data, tmp_path / "unused")
     del base["train"]["out_dir"], base["train"]["steps"]  # the sweep sets both (out dir, budget)
+    for key in (k for axis in grid for k in axis.split(",")):  # and the grid sets its axes
+        section, _, leaf = key.partition(".")
+        base.get(section, {}).pop(leaf, None)
     spec = {"name": name, "config": base, "grid": grid, "budget": {"steps": 3}, **extra}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
@@ -89,7 +92,7 @@ def write_spec(tmp_path: Path, sample_data: Path, grid: dict, name: str = "t", *
 
 def test_grid_expansion_order_values_linked_axes_and_ids() -> None:
     spec = parse_spec({
-        "config": {"model": {"base_depth": 2, "heads": 2, "width": 32}},
+        "config": {"model": {"base_depth": 2}},
         "grid": {"parametrization.name": ["sp", "completep"], "model.depth": [2, 4],
                  "optimizer.lr": {"log2_range": [-9, -8, 0.5]}, "model.width,model.heads": [[32, 2], [64, 4]]},
         "budget": {"tokens": 5000},
@@ -149,6 +152,15 @@ def test_grid_expansion_order_values_linked_axes_and_ids() -> None:
          "config train.steps would be ignored: the grid's train.steps axis decides the run length"),
         ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "config": {"train": {"out_dir": "runs/x"}}},
          "config train.out_dir would be ignored: the sweep decides it"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "config": {"wandb": {"name": "mine"}}},
+         "config wandb.name would be ignored: every run is named by its run id"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "config": {"train": {"progress": True}}},
+         "config train.progress would be ignored: runs of a sweep draw no progress bars"),
+        # an axis key in 'config:' would be overridden by the grid for every run
+        ({"grid": {"model.depth": [2, 4]}, "budget": {"steps": 3}, "config": {"model": {"depth": 8}}},
+         "config model.depth would be ignored: 'model.depth' is a sweep axis"),
+        ({"grid": {"model.width,model.heads": [[64, 4]]}, "budget": {"steps": 3},
+          "config": {"model": {"heads": 2}}}, "config model.heads would be ignored: 'model.heads' is a sweep axis"),
     ],
 )
 def test_bad_specs(spec: dict, message: str) -> None:
@@ -191,11 +203,17 @@ def test_run_length_and_out_dir_come_from_the_sweep(tmp_path: Path) -> None:
         parse_spec(spec, overrides=["train.steps=20"])
     with pytest.raises(ConfigError, match=r"^--set train.out_dir would be ignored: the sweep decides it"):
         parse_spec(spec, overrides=["train.out_dir=/tmp/elsewhere"])
-    (tmp_path / "standalone.yaml").write_text(yaml.safe_dump({"train": {"steps": 99, "out_dir": "runs/x"},
-                                                              "model": {"base_depth": 1}}))
+    (tmp_path / "standalone.yaml").write_text(yaml.safe_dump({
+        "train": {"steps": 99, "out_dir": "runs/x", "progress": True},
+        "model": {"base_depth": 1, "depth": 6}, "wandb": {"name": "solo"}}))
     parsed = parse_spec({**spec, "base": ["standalone.yaml"]}, base_dir=tmp_path)
-    assert [p.config.train.steps for p in expand(parsed)] == [3]
-    assert "steps" not in parsed.frozen()["config"]["train"] and "out_dir" not in parsed.frozen()["config"]["train"]
+    assert [(p.config.train.steps, p.config.model.depth) for p in expand(parsed)] == [(3, 2)]
+    frozen = parsed.frozen()["config"]
+    assert not {"steps", "out_dir", "progress"} & set(frozen["train"]) and "name" not in frozen["wandb"]
+    assert frozen["model"] == {"base_depth": 1}  # the axis key too: no value that no run uses
+    # so DIR/sweep.yaml also reads as a spec of its own (copied elsewhere, run into a new --out)
+    again = parse_spec(parsed.frozen())
+    assert [p.id for p in expand(again)] == [p.id for p in expand(parsed)]
     # a sweep.yaml frozen before these keys were refused (config: holds them) still reads as such
     old_frozen = {**spec, "config": {"train": {"steps": 99}, "model": {"base_depth": 1}}}
     assert [p.config.train.steps for p in expand(parse_spec(old_frozen, frozen=True))] == [3]
@@ -524,7 +542,7 @@ def test_status_needs_no_data_but_a_good_spec(sample_data: Path, tmp_path: Path,
     """--status only reads run states: a relative data.path that does not resolve from here is no error
     (it was: the whole preflight ran). --dry-run runs every check a real run does, so it still fails."""
     base = tiny_config(Path(sample_data.name), tmp_path / "unused")  # data.path relative: 'sample'
-    del base["train"]["out_dir"], base["train"]["steps"]
+    del base["train"]["out_dir"], base["train"]["steps"], base["model"]["depth"]
     path = tmp_path / "rel.yaml"
     path.write_text(yaml.safe_dump({"name": "rel", "config": base, "grid": {"model.depth": [2, 4]},
                                     "budget": {"steps": 3}}))

@@ -17,6 +17,7 @@ from megadepth.cli import main
 def test_real_mini_sweep_end_to_end(sample_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = tiny_config(sample_data, tmp_path / "unused")
     del base["train"]["out_dir"], base["train"]["steps"]  # the sweep sets both (out dir, budget)
+    del base["model"]["depth"], base["optimizer"]["lr"]  # and the grid its axes
     spec = {"name": "mini", "config": base,
             "grid": {"model.depth": [2, 4], "optimizer.lr": [0.01, 1.0e30]},  # 1e30: NaN by step 2
             "budget": {"steps": 3}, "metric": "final_eval_loss"}

@@ -18,7 +18,8 @@ A spec is YAML (docs/transfer.md has the full reference)::
 
 Everything is checked before any run starts: unknown spec keys and axes (named, with the nearest valid
 key), empty grids and axes, bare values where a list belongs, duplicate values, a zero budget, keys the
-sweep sets itself (train.steps, train.out_dir) in 'config:' or --set, and every grid point's full config.
+sweep sets itself (train.steps, train.out_dir, train.progress, wandb.name) or an axis sets in 'config:' or
+--set, and every grid point's full config.
 ``spec_differences`` says what makes a spec a different sweep from a directory's frozen one.
 
 A run id is a readable slug plus the first 10 hex digits of sha256 over the point's canonical JSON
@@ -68,8 +69,8 @@ NON_RESULT_SECTIONS = ("wandb",)
 FORBIDDEN_AXES = ("train.out_dir", "wandb.group", "wandb.name")
 # Keys the sweep itself sets for every run: a value for them in the spec's 'config:' or in --set would be
 # silently replaced, so it is refused; in 'base:' files (shared configs written for standalone runs) it is
-# dropped, as the docs say.
-SWEEP_DECIDES = ("train.steps", "train.out_dir")
+# dropped, as the docs say. (The same holds for axis keys: a base file may set model.depth, 'config:' not.)
+SWEEP_DECIDES = ("train.steps", "train.out_dir", "train.progress", "wandb.name")
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,10 @@ def _decided_by(key: str, budget: Mapping[str, int]) -> str:
     """Why the sweep, not the config, sets ``key`` (one of SWEEP_DECIDES)."""
     if key == "train.out_dir":
         return "the sweep decides it (every run writes DIR/runs/<id>/; choose DIR with --out)"
+    if key == "wandb.name":
+        return "every run is named by its run id in W&B (set wandb.group, or the spec's name, for the group)"
+    if key == "train.progress":
+        return "runs of a sweep draw no progress bars (several run at once); the sweep shows its own counter"
     if budget:
         (kind, value), = budget.items()
         return f"the budget decides the run length (budget: {{{kind}: {value}}}); change the budget instead"
@@ -295,16 +300,25 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
         raise ConfigError(f"{where}: 'config' must be a mapping of config sections, got {type(inline).__name__}")
     for key in _flatten(inline):
         check_key(key, f"{where}: config")
-        if key in SWEEP_DECIDES and not frozen:
+        if frozen:
+            continue
+        if key == "train.progress" and get_dotted(inline, key) is False:
+            continue  # what the sweep sets anyway
+        if key in SWEEP_DECIDES:
             raise ConfigError(f"{where}: config {key} would be ignored: {_decided_by(key, budget)}")
+        if key in axis_keys:
+            raise ConfigError(f"{where}: config {key} would be ignored: '{key}' is a sweep axis, every run takes "
+                              "its value from the grid; remove it from 'config:'")
     config = deep_merge(config, inline)
-    for key in SWEEP_DECIDES:  # from base files (or a frozen spec): the sweep sets them, as documented
+    # from base files (or a frozen spec): the sweep sets these, as documented; dropping the axis keys too
+    # keeps DIR/sweep.yaml free of values no run uses, so it also reads as a spec of its own
+    for key in (*SWEEP_DECIDES, *axis_keys):
         config = _drop(config, key)
     for item in overrides:
         key, value = parse_override(item)
         if key in axis_keys:
             raise ConfigError(f"--set {key}: '{key}' is a sweep axis; change its values in the grid instead")
-        if key in SWEEP_DECIDES:
+        if key in SWEEP_DECIDES and not (key == "train.progress" and value is False):
             raise ConfigError(f"--set {key} would be ignored: {_decided_by(key, budget)}")
         config = apply_override(config, key, value)
     metric = data.get("metric", "final_eval_loss")
