@@ -84,7 +84,7 @@ def make_loader(
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(prefetch_factor=2, persistent_workers=True)
-    return DataLoader(
+    loader = DataLoader(
         dataset,
         batch_sampler=sampler,
         num_workers=num_workers,
@@ -92,3 +92,41 @@ def make_loader(
         collate_fn=collate_samples,
         **kwargs,
     )
+    return _OneLineErrors(loader) if num_workers > 0 else loader
+
+
+class _OneLineErrors:
+    """Iterates a worker-backed DataLoader; a bad-input error raised in a worker comes out as its own
+    one-line message.
+
+    torch re-raises a worker's exception with the worker's whole traceback as the message ("Caught
+    DataError in DataLoader worker process 0. Original Traceback ..."); the trainer prints DataError
+    messages as they are, so the original line is taken back from the end of that text.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Any]:
+        from megadepth.data.indexed import DataError
+
+        try:
+            yield from self.loader
+        except DataError as exc:
+            raise DataError(_worker_message(exc)) from None
+
+
+def _worker_message(exc: BaseException) -> str:
+    """The original message of an exception torch re-raised from a DataLoader worker (else ``str(exc)``)."""
+    text = str(exc)
+    if not (text.startswith("Caught ") and "Original Traceback" in text):
+        return text
+    last = text.rstrip().splitlines()[-1]
+    for name in (type(exc).__qualname__, f"{type(exc).__module__}.{type(exc).__qualname__}"):
+        if last.startswith(f"{name}: "):
+            return last[len(name) + 2:]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.rsplit(".", 1)[-1] == type(exc).__name__ else last
