@@ -122,35 +122,46 @@ def test_bench_refuses_step_counts_that_time_nothing(args: list[str]) -> None:
 
 @pytest.mark.distributed
 @pytest.mark.slow
-def test_sigint_stops_with_a_checkpoint_and_the_same_command_resumes(sample_data: Path, tmp_path: Path) -> None:
-    """Ctrl-C (or a scheduler's SIGTERM) ends a run resumable: stopped at a log step, saved there."""
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_the_same_command_resumes(
+        sample_data: Path, tmp_path: Path) -> None:
+    """A scheduler's SIGTERM (or Ctrl-C) ends a run resumable: both ranks stop after the same step, right
+    after the signal (not at the next log step: log_every is 1000 here), with a checkpoint there. Only
+    rank 1 is signalled, so rank 0 learns of it through the per-step host all-reduce."""
     import os
     import signal
     import time
 
+    from distributed import RANK_ENV, free_port
+
     out = tmp_path / "run"
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, out, train={"steps": 100000, "log_every": 2})))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "megadepth", "train", str(cfg)], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, out, train={"steps": 100000, "log_every": 1000})))
+    port = str(free_port())
+    procs = []
+    for rank in range(2):
+        env = {**os.environ, **RANK_ENV, "PYTHONPATH": str(ROOT), "RANK": str(rank), "LOCAL_RANK": str(rank),
+               "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_PORT": port}
+        procs.append(subprocess.Popen([sys.executable, "-m", "megadepth", "train", str(cfg)], cwd=tmp_path,
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     try:
         deadline = time.monotonic() + 120
         while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1][-3000:]
+            assert all(p.poll() is None for p in procs) and time.monotonic() < deadline, procs[0].communicate()[1]
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        procs[1].send_signal(signal.SIGTERM)
+        results = [p.communicate(timeout=120) for p in procs]
     finally:
-        proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+        for p in procs:
+            p.kill()
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-3000:] + results[1][1][-3000:]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "stopped" and summary["steps"] % 2 == 0, summary
-    assert "SIGINT received" in err
+    assert summary["status"] == "stopped" and 1 <= summary["steps"] < 1000, summary  # well before a log step
+    assert "SIGTERM received" in results[1][1]  # the signalled rank says so on receipt
+    assert f"step {summary['steps']}: SIGTERM received, checkpoint saved" in results[0][0]  # rank 0 names it
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{summary['steps']:08d}"
-    resumed = tiny_config(sample_data, out, train={"steps": summary["steps"] + 2, "log_every": 2, "resume": "must"})
-    (again,) = run_ranks(train_rank, 1, resumed)
-    assert again["status"] == "completed" and again["steps"] == summary["steps"] + 2
+    resumed = tiny_config(sample_data, out, train={"steps": summary["steps"] + 2, "log_every": 1000, "resume": "must"})
+    again = run_ranks(train_rank, 2, resumed)
+    assert again[0]["status"] == "completed" and again[0]["steps"] == summary["steps"] + 2
 
 
 @pytest.mark.distributed

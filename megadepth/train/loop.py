@@ -299,7 +299,7 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
     first_step = step
     tokens_per_step = plan.global_batch * config.model.seq_len
     start_time = time.perf_counter()
-    stop_request = _StopRequest()
+    stop_request = _StopRequest(torch.distributed.new_group(backend="gloo"))
     stop_request.install()
     show_bar = is_main and cfg.progress and sys.stderr.isatty()  # log lines only when not a terminal
     bar = tqdm(total=cfg.steps, initial=step, disable=not show_bar, desc="train", dynamic_ncols=True)
@@ -347,8 +347,8 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 progress.status = "diverged"
                 out(f"step {step}: the loss is not finite: diverged, stopping")
                 break
-            # a SIGTERM/SIGINT is acted on at log steps, which sync anyway: every rank stops at the same step
-            signalled = log_due and step < cfg.steps and stop_request.agreed(plan.device)
+            # a SIGTERM/SIGINT anywhere is seen by every rank after the same step (one step late)
+            signalled = stop_request.poll() and step < cfg.steps
             stop_now = signalled or (
                 bool(cfg.stop_after_steps) and step - first_step >= cfg.stop_after_steps and step < cfg.steps
             )
@@ -374,25 +374,32 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                     if signalled else
                     f"stopping after {cfg.stop_after_steps} steps (train.stop_after_steps); resume continues")
                 break
+        stop_request.drain()
     finally:
         stop_request.restore()
         bar.close()
 
 
 class _StopRequest:
-    """SIGTERM or SIGINT while training: stop at the next log step with a checkpoint (status stopped).
+    """SIGTERM or SIGINT while training: stop after the next step with a checkpoint (status stopped).
 
-    Schedulers send SIGTERM before they kill a job (Slurm's ``--signal``, preemption, a pod's stop) and a
-    user's Ctrl-C is SIGINT: both should end in a resumable run, not a lost interval. The flag is only
-    read at log steps, with one all-reduce, so that every rank stops after the same step and the step
-    itself has no extra sync. A second SIGINT aborts at once (KeyboardInterrupt).
+    Schedulers send SIGTERM shortly before they kill a job (Slurm's ``--signal`` and preemption, a pod's
+    stop: often 30 s) and a user's Ctrl-C is SIGINT: both should end in a resumable run, not a lost
+    interval. Every rank must stop after the same step, so the flag is combined across ranks every step,
+    but on the host only: an asynchronous all-reduce over a gloo group of a CPU tensor, issued after step
+    s and read after step s + 1, when it has long finished. The step itself gains no device sync and no
+    wait on other ranks; a signal is acted on one step after it arrives on any rank. A second SIGINT
+    aborts at once (KeyboardInterrupt).
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(self, group: Any) -> None:
+        self.group = group  # gloo: the flag never touches the accelerator
         self.signum = 0
         self._previous: dict[int, Any] = {}
+        self._flag: torch.Tensor | None = None
+        self._pending: Any = None
 
     @property
     def name(self) -> str:
@@ -412,17 +419,30 @@ class _StopRequest:
         if self.signum and signum == signal.SIGINT:
             raise KeyboardInterrupt
         if not self.signum:
-            print(f"megadepth: {signal.Signals(signum).name} received: stopping with a checkpoint at the next log "
+            print(f"megadepth: {signal.Signals(signum).name} received: stopping with a checkpoint after the next "
                   "step" + (" (Ctrl-C again to abort)" if signum == signal.SIGINT else ""), file=sys.stderr)
         self.signum = signum
 
-    def agreed(self, device: torch.device) -> bool:
-        """Whether any rank was signalled (one all-reduce)."""
-        flag = torch.tensor([float(self.signum)], dtype=torch.float64, device=device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        if flag.item() and not self.signum:
-            self.signum = int(flag.item())  # another rank's signal: name it in the message too
-        return bool(flag.item())
+    def poll(self) -> bool:
+        """Whether any rank had been signalled when the previous step ended; every rank calls this once
+        per step, so all of them get the same answer after the same step."""
+        agreed = False
+        if self._pending is not None:
+            self._pending.wait()
+            seen = int(self._flag.item())  # type: ignore[union-attr]
+            if seen and not self.signum:
+                self.signum = seen  # another rank's signal: name it in the message too
+            agreed = bool(seen)
+        self._flag = torch.tensor([self.signum], dtype=torch.int64)
+        self._pending = torch.distributed.all_reduce(self._flag, op=torch.distributed.ReduceOp.MAX,
+                                                     group=self.group, async_op=True)
+        return agreed
+
+    def drain(self) -> None:
+        """Complete the last all-reduce (every rank issued it) before the loop's collectives end."""
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
 
 
 class _LogWindow:
