@@ -119,6 +119,12 @@ def test_options_zero_init_eps_and_weight_decay() -> None:
     assert {ptz.rule(r).eps_mult for r in Role} == {1.0}
     _, ptz = make("depth_mup", wd_depth_scaling="one_minus_alpha")
     assert WD * ptz.rule(Role.HIDDEN).wd_mult == pytest.approx(0.4 * 2.0)  # lambda * m * r^(1/2)
+    # presets that do not parametrize depth take r := 1 here too (it was lambda * r: decay growing with depth)
+    for preset in ("sp", "mup"):
+        plain = make(preset)[1].rule(Role.HIDDEN).wd_mult
+        assert make(preset, wd_depth_scaling="one_minus_alpha")[1].rule(Role.HIDDEN).wd_mult == plain
+    assert make("completep", wd_depth_scaling="one_minus_alpha")[1].rule(Role.HIDDEN).wd_mult == pytest.approx(
+        make("completep")[1].rule(Role.HIDDEN).wd_mult)  # r^(1 - 1) = 1
 
 
 def model_for(cfg, ptz, seed: int = 7) -> GPT:
@@ -276,3 +282,17 @@ def test_linear_block_model() -> None:
     expected = x + 0.5 * (z - z.mean(-1, keepdim=True))
     assert torch.allclose(block(x), expected, atol=1e-6)
     assert block.branch == pytest.approx(0.5)  # r = 4, alpha = 1/2
+
+
+def test_table_shows_the_readout_multiplier_of_a_tied_head() -> None:
+    """With tied embeddings there is no readout row, yet the head multiplies by alpha_out / m: the table's
+    first line says so (it used to appear nowhere in parametrization.txt)."""
+    from megadepth.parametrize import roles_present
+
+    cfg, ptz = make("mup", output_multiplier=2.0)
+    tied = roles_present(GPT(cfg.model, ptz.multipliers()))
+    assert Role.READOUT not in tied  # tie_embeddings is the default
+    assert "readout multiplier 0.5 (tied head)" in ptz.format_table(cfg.optimizer, tied).splitlines()[0]  # 2 / m
+    untied = ptz.format_table(cfg.optimizer, list(Role)).splitlines()  # an untied head has its own row
+    assert "tied head" not in untied[0]
+    assert [float(line.split()[2]) for line in untied if line.startswith(Role.READOUT.value + " ")] == [0.5]

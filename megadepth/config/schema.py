@@ -147,7 +147,8 @@ class ParametrizationConfig(Section):
     """Adam epsilon rule: 'scaled' follows CompleteP (eps/m for width-scaled groups, times r^-alpha
     inside branches); 'constant' leaves eps alone (the `mup` package's choice)."""
     wd_depth_scaling: Literal["none", "one_minus_alpha"] = "none"
-    """Depth scaling of hidden-matrix weight decay: none (default) or r^(1-alpha)."""
+    """Depth scaling of hidden-matrix weight decay: none (default) or r^(1-alpha) (depth_mup, completep,
+    custom; sp and mup do not parametrize depth, so it changes nothing for them)."""
 
     @model_validator(mode="after")
     def _exponents_match_preset(self) -> ParametrizationConfig:

@@ -137,7 +137,10 @@ class Parametrization:
         c, m, r = self.cfg, self.m, self.r
         w = m if self.width_scaling else 1.0  # width multiplier, 1 when width is not parametrized
         depth_lr = r**-self.gamma if role.in_branch else 1.0
-        depth_wd = r ** (1.0 - self.alpha) if c.wd_depth_scaling == "one_minus_alpha" else 1.0
+        # SP and muP do not parametrize depth (r := 1 for them, as for every other rule): the option
+        # would otherwise turn into lambda * r for them, a weight decay that grows with depth
+        depth_wd = (r ** (1.0 - self.alpha)
+                    if c.wd_depth_scaling == "one_minus_alpha" and self.name not in ("sp", "mup") else 1.0)
         init_std, init_value = self._init(role, w)
         if self.optimizer in SGD_FAMILY:
             # vector-like parameters (one wide dimension) get eta * m, matrices eta; no eps in SGD
@@ -216,6 +219,9 @@ class Parametrization:
             f"parametrization {self.name} ({self.optimizer}): m = {self.m:g}, r = {self.r:g}, "
             f"alpha = {self.alpha:g}, gamma = {self.gamma:g}; attention scale {mult.attn_scale:.4g}"
         )
+        if roles is not None and Role.READOUT not in roles:
+            # tied embeddings: no readout row, but the head still multiplies the final hidden state
+            head += f"; readout multiplier {mult.readout:.4g} (tied head)"
         lines = [head, f"{'role':<12} {'init std':>10} {'fwd mult':>9} {'lr':>11} {'eps':>11} {'wd':>11}"]
         for row in self.describe(optimizer, roles):
             eps = f"{row['eps']:>11.4g}" if row["eps"] is not None else f"{'-':>11}"
