@@ -26,6 +26,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from megadepth.train.loop import train
 
     config = load_config(args.configs, args.overrides)
+    if args.dry_run:
+        from megadepth.train.dry_run import describe_run
+
+        print(describe_run(config))
+        return 0
     summary = train(config)
     return 0 if summary["status"] in ("completed", "stopped") else 1
 
@@ -245,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     # the DeepSpeed launcher appends --local_rank=N; the rank is read from the environment instead
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    p.add_argument("--dry-run", action="store_true",
+                   help="run every start-up check, print the model size, batch arithmetic and per-role "
+                        "init/LR/eps/WD table, and exit without training or writing anything")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser(

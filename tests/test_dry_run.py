@@ -1,0 +1,68 @@
+"""``megadepth train --dry-run``: the trainer's checks and the run's plan, with nothing run or written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import tiny_config
+from distributed import run_ranks, train_rank
+
+from megadepth.cli import main
+
+
+def _dry_run(cfg: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    capsys.readouterr()
+    code = main(["train", str(path), "--dry-run", *extra])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.distributed
+def test_dry_run_shows_what_the_real_run_gets_and_writes_nothing(sample_data: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+
+    from megadepth.config import validate
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization
+
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, model={"width": 64, "base_width": 32, "tie_embeddings": False},
+                      train={"steps": 2, "micro_batch": 4, "global_batch": 8})
+    code, text, err = _dry_run(cfg, tmp_path, capsys)
+    assert code == 0, err
+    assert not out.exists()  # no run directory, no config.yaml, no checkpoint
+    lines = text.splitlines()
+    # the parameter count of a real (CPU) model of this shape, counted here
+    config = validate(cfg)
+    ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
+    real = GPT(config.model, ptz.multipliers())
+    assert f"model: {sum(p.numel() for p in set(real.parameters())):,} parameters" in text
+    assert "global 8 = micro 4 x accumulation 2 x data 1; 256 tokens per step, 2 steps = 512 tokens" in text
+    assert f"run: starts at step 0 in {out}" in text
+    table = lines[next(i for i, line in enumerate(lines) if line.startswith("parametrization ")):]
+
+    # the table is exactly what the real run writes to parametrization.txt
+    run_ranks(train_rank, 1, {**cfg, "train": {**cfg["train"], "save_final": True}})
+    assert (out / "parametrization.txt").read_text().splitlines() == table
+
+    # a finished run with a checkpoint: the dry run says it would resume (and still writes nothing)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    code, text, _ = _dry_run({**cfg, "train": {**cfg["train"], "steps": 4}}, tmp_path, capsys)
+    assert code == 0 and f"run: resumes from {out / 'checkpoints' / 'step_00000002'}" in text
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+
+
+def test_dry_run_fails_where_the_trainer_would(sample_data: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "run"
+    code, _, err = _dry_run(tiny_config(sample_data, out, parallel={"tensor": 2}), tmp_path, capsys)
+    assert code == 2 and "parallel.tensor" in err and "\n" not in err.strip()
+    code, _, err = _dry_run(tiny_config(tmp_path / "nowhere", out), tmp_path, capsys)
+    assert code == 2 and "does not exist" in err
+    code, _, err = _dry_run(tiny_config(sample_data, out, train={"resume": "must"}), tmp_path, capsys)
+    assert code == 2 and "holds no complete checkpoint" in err
+    assert not out.exists()
