@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 
-def _build(config_dict: dict):
+def _build(config_dict: dict, weights: Any = None):
     from megadepth.config import validate
     from megadepth.parallel.distributed import init_distributed, prepare_deepspeed_env, read_env
     from megadepth.parallel.topology import build_grid
@@ -21,7 +21,7 @@ def _build(config_dict: dict):
     prepare_deepspeed_env(device)
     init_distributed(config, env, device)
     grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
-    return config, grid, build_engine(config, device, accum, global_batch, "fp32", grid)
+    return config, grid, build_engine(config, device, accum, global_batch, "fp32", grid, weights=weights)
 
 
 def tied_weights_after_steps(config_dict: dict, steps: int) -> dict[str, Any]:
@@ -61,3 +61,25 @@ def built_stage(config_dict: dict) -> dict[str, Any]:
     branches = sorted({m.branch for m in built.model.modules() if hasattr(m, "branch")})
     torch.distributed.destroy_process_group()
     return {"state": state, "groups": groups, "branches": branches, "stage": grid.pipe_rank}
+
+
+def weights_from_checkpoint(config_dict: dict) -> dict[str, Any]:
+    """Build the engine for the config's layout with train.init_from resolved as the trainer does, and
+    report this rank's parameters under their plain-GPT names with how they are sliced."""
+    from megadepth.config import validate
+    from megadepth.train.init_from import check_init_source
+
+    source = check_init_source(validate(config_dict))
+    config, grid, built = _build(config_dict, weights=source)
+    out = {}
+    for name, p in built.model.named_parameters():
+        if name.startswith("placeholder_"):
+            continue
+        if built.pipeline:
+            from megadepth.model.pipeline import canonical_name
+
+            name = canonical_name(name, config.model.depth, config.model.tie_embeddings)
+        out[name] = (p.detach().numpy().copy(), getattr(p, "tp_size", 1), getattr(p, "partition_dim", None),
+                     getattr(p, "tp_rank", 0))
+    torch.distributed.destroy_process_group()
+    return out

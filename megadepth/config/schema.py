@@ -231,6 +231,11 @@ class TrainConfig(Section):
     """How many recent checkpoints to keep."""
     out_dir: str = Field("runs/default", min_length=1)
     """The run directory (config, metrics, summary, checkpoints, W&B run)."""
+    init_from: str | None = None
+    """Start this run from the weights of another run's checkpoint: its run or checkpoints folder (the
+    latest checkpoint), one step_* folder, or merge-tp output; any tensor/pipeline layout. Step, optimizer
+    state, schedule and data order start fresh. Used only while this run has no checkpoint of its own
+    (a preempted run resumes from its own)."""
     resume: Literal["auto", "never", "must"] = "auto"
     """auto: continue from out_dir/checkpoints/latest when present; never: refuse a run directory that
     has checkpoints; must: fail without one."""

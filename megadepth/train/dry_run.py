@@ -29,6 +29,8 @@ def describe_run(config: Config) -> str:
     tokens_per_step = plan.global_batch * m.seq_len
     if plan.resume_tag is None:
         start = f"starts at step 0 in {plan.run.root}"
+        if plan.init_source is not None:
+            start += f", from the weights of {plan.init_source} (train.init_from)"
     else:
         start = f"resumes from {plan.run.checkpoints / plan.resume_tag}"
     lines = [

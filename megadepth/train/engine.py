@@ -12,6 +12,7 @@ from megadepth.model import GPT
 from megadepth.parallel.topology import Grid
 from megadepth.parametrize import Parametrization, initialize, param_groups
 from megadepth.parametrize.checks import verify_attention_scale
+from megadepth.train.init_from import WeightSource, load_weights
 from megadepth.train.schedule import make_scheduler
 
 
@@ -68,10 +69,11 @@ class Built:
 
 
 def build_engine(config: Config, device: torch.device, grad_accum: int, global_batch: int,
-                 precision: str, grid: Grid) -> Built:
+                 precision: str, grid: Grid, weights: WeightSource | None = None) -> Built:
     """Build this rank's part of the model on ``device``, initialise it from its roles (global shapes,
-    sliced), wrap it in a DeepSpeed engine that averages gradients over the data-parallel group only
-    (the pipeline engine when parallel.pipeline > 1)."""
+    sliced) or take ``weights`` from a checkpoint (train.init_from), and wrap it in a DeepSpeed engine
+    that averages gradients over the data-parallel group only (the pipeline engine when
+    parallel.pipeline > 1). Weights are in place before the engine copies them into its optimizer."""
     import deepspeed
 
     ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
@@ -87,10 +89,14 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
         model = model.to(device)
         depth, tied = config.model.depth, config.model.tie_embeddings
         initialize(model, ptz, config.train.seed, name_for=lambda n: canonical_name(n, depth, tied))
+        if weights is not None:
+            load_weights(model, weights, name_for=lambda n: canonical_name(n, depth, tied))
         mpu = None  # the PipelineModule brings its own grid
     else:
         model = GPT(config.model, ptz.multipliers(), grid.tensor, checkpoint_interval=interval).to(device)
         initialize(model, ptz, config.train.seed)
+        if weights is not None:
+            load_weights(model, weights)
         if config.train.compile:
             model.compile_for_speed()
         mpu = grid.mpu

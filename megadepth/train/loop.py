@@ -37,6 +37,7 @@ from megadepth.parallel.distributed import (
 from megadepth.parallel.topology import build_grid
 from megadepth.parametrize import roles_present
 from megadepth.train import checkpoint
+from megadepth.train.init_from import WeightSource, check_init_source, shape_differences
 from megadepth.train.preflight import preflight
 from megadepth.train.rundir import MetricsLog, RunDir, atomic_write_json, atomic_write_text, read_metrics
 from megadepth.train.schedule import lr_factor
@@ -57,6 +58,8 @@ class Plan:
     global_batch: int
     run: RunDir
     resume_tag: str | None
+    init_source: WeightSource | None = None
+    """Where the weights come from when the run starts fresh with train.init_from."""
 
 
 def plan_run(config: Config) -> Plan:
@@ -78,7 +81,8 @@ def plan_run(config: Config) -> Plan:
         raise ConfigError(f"train.resume is 'must' but {run.checkpoints} holds no complete checkpoint")
     if resume_tag is not None and config.train.resume != "never":
         _check_resume_layout(config, run.checkpoints / resume_tag)
-    return Plan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag)
+    init_source = check_init_source(config) if config.train.init_from and resume_tag is None else None
+    return Plan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag, init_source)
 
 
 def _check_same_config(config_yaml: str) -> None:
@@ -92,11 +96,6 @@ def _check_same_config(config_yaml: str) -> None:
             f"ranks {odd} resolved a different config than rank 0 (sha256 {digests[0][:12]}...): every node "
             "must be given the same config files and --set overrides"
         )
-
-
-#: Model keys that decide the shapes of the saved tensors: a checkpoint holds one model, of one shape.
-_SHAPE_KEYS = ("block", "depth", "width", "heads", "mlp_ratio", "vocab_size", "vocab_multiple", "positions",
-               "position", "tie_embeddings", "bias")
 
 
 def _check_resume_layout(config: Config, tag_dir: Path) -> None:
@@ -115,12 +114,10 @@ def _check_resume_layout(config: Config, tag_dir: Path) -> None:
         if was != now:
             raise ConfigError(
                 f"{tag_dir} was saved at parallel.{key} = {was} but this run uses {now}; resume with the same "
-                "layout, or merge it with `megadepth merge-tp` and start a new run from it"
+                f"layout, or start a new run (another train.out_dir) with train.init_from: {tag_dir}"
             )
-    changed = [(k, getattr(saved.model, k), getattr(config.model, k)) for k in _SHAPE_KEYS
-               if getattr(saved.model, k) != getattr(config.model, k)]
-    if changed:
-        diffs = ", ".join(f"model.{k} {was} there, {now} here" for k, was, now in changed)
+    diffs = shape_differences(saved.model, config.model)
+    if diffs:
         raise ConfigError(
             f"{tag_dir} holds a model of another shape ({diffs}): a run resumes only its own model; "
             "use a new train.out_dir"
@@ -255,7 +252,8 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
     out = tqdm.write if is_main else (lambda *_a, **_k: None)
     layout = plan.layout
     grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
-    built = build_engine(config, plan.device, plan.grad_accum, plan.global_batch, plan.precision, grid)
+    built = build_engine(config, plan.device, plan.grad_accum, plan.global_batch, plan.precision, grid,
+                         weights=plan.init_source)
     engine = built.engine
     state: dict[str, Any] = {}
     if plan.resume_tag is not None:
@@ -290,6 +288,8 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
         out(table)
         if plan.resume_tag:
             out(f"resuming from {run.checkpoints / plan.resume_tag} at step {step}")
+        elif plan.init_source is not None:
+            out(f"weights from {plan.init_source} (train.init_from); step, optimizer and data order start fresh")
 
     sampler = MicroBatchSampler(len(train_set), consumed, cfg.micro_batch, grid.data_rank, grid.data_size)
     batches = iter(make_loader(train_set, sampler, num_workers=config.data.num_workers,

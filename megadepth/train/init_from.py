@@ -1,0 +1,100 @@
+"""``train.init_from``: start a new run from another run's weights, at any parallel layout.
+
+A checkpoint resumes only at the tensor/pipeline sizes it was saved at (its files are per shard and per
+stage). To go on at another layout (more GPUs, a pipeline, TP for a bigger context), or to branch a run
+(new data, new schedule), a run starts from the *weights* instead: the source checkpoint is merged to
+the plain model's state on the CPU (:func:`megadepth.parallel.merge.consolidated_state`: any layout,
+``merge-tp`` output too), and each parameter of this rank's model takes its slice of the merged tensor,
+exactly as initialisation slices a freshly drawn one. This happens before the DeepSpeed engine copies
+the weights into its optimizer, so bf16 master weights and ZeRO partitions start from them too.
+
+Only the weights carry over: the step, the optimizer state, the LR schedule and the data order start
+fresh. Once the run has checkpoints of its own, those win (a preempted run resumes, it does not start
+over from the source).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from megadepth.config.load import ConfigError
+from megadepth.config.schema import Config, ModelConfig
+
+#: Model keys that decide the shapes of the saved tensors: weights fit only a model with the same ones.
+SHAPE_KEYS = ("block", "depth", "width", "heads", "mlp_ratio", "vocab_size", "vocab_multiple", "positions",
+              "position", "tie_embeddings", "bias")
+
+
+def shape_differences(saved: ModelConfig, model: ModelConfig) -> str:
+    """``model.K A there, B here`` for every shape key that differs ('' when none does)."""
+    return ", ".join(f"model.{k} {getattr(saved, k)} there, {getattr(model, k)} here" for k in SHAPE_KEYS
+                     if getattr(saved, k) != getattr(model, k))
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """A checked checkpoint to take weights from: its checkpoints folder and tag."""
+
+    ckpt_dir: Path
+    tag: str
+
+    def __str__(self) -> str:
+        return str(self.ckpt_dir / self.tag)
+
+
+def check_init_source(config: Config) -> WeightSource:
+    """Resolve ``train.init_from`` (a checkpoints folder, one checkpoint in it, or merge-tp output) and
+    check that it holds a complete checkpoint of this model's shape; ConfigError otherwise."""
+    from megadepth.train.checkpoint import latest_tag
+
+    raw = Path(str(config.train.init_from))
+    if not raw.exists():
+        raise ConfigError(f"train.init_from: {raw} does not exist")
+    if (raw / "checkpoints").is_dir():  # a run directory: its checkpoints
+        raw = raw / "checkpoints"
+    found = latest_tag(raw) if raw.is_dir() else None
+    if found is not None:  # a checkpoints folder (or merge-tp output): its latest complete checkpoint
+        ckpt_dir, tag = raw, found
+    elif (raw / "config.yaml").is_file():  # one checkpoint (config.yaml is written last: it is complete)
+        ckpt_dir, tag = raw.parent, raw.name
+    else:
+        raise ConfigError(f"train.init_from: {raw} holds no complete checkpoint (give a run's folder, its "
+                          "checkpoints folder, one step_* folder in it whose save finished, or merge-tp output)")
+    try:
+        saved = Config.model_validate(yaml.safe_load((ckpt_dir / tag / "config.yaml").read_text(encoding="utf-8")))
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(f"train.init_from: {ckpt_dir / tag}/config.yaml is not a readable megadepth config "
+                          f"({str(exc).splitlines()[0]})") from None
+    diffs = shape_differences(saved.model, config.model)
+    if diffs:
+        raise ConfigError(f"train.init_from: {ckpt_dir / tag} holds a model of another shape ({diffs})")
+    return WeightSource(ckpt_dir, tag)
+
+
+@torch.no_grad()
+def load_weights(model: nn.Module, source: WeightSource, name_for: Callable[[str], str] | None = None) -> None:
+    """Copy the source's weights into ``model`` (this rank's part: a plain GPT or a pipeline stage,
+    tensor-parallel shards sliced like initialisation slices them). ``name_for`` maps a pipeline stage's
+    parameter names to the plain GPT's."""
+    from megadepth.parallel.merge import consolidated_state
+
+    _, state, _ = consolidated_state(source.ckpt_dir, source.tag)
+    for name, param in model.named_parameters():
+        if name.startswith("placeholder_"):  # pipeline stages' empty role markers hold no weights
+            continue
+        key = name_for(name) if name_for else name
+        if key not in state:
+            raise ConfigError(f"train.init_from: {source} has no parameter {key}")
+        full = state[key]
+        if getattr(param, "tp_size", 1) > 1:
+            full = full.chunk(param.tp_size, dim=param.partition_dim)[param.tp_rank]
+        if tuple(full.shape) != tuple(param.shape):
+            raise ConfigError(f"train.init_from: {key} is {tuple(full.shape)} in {source}, "
+                              f"{tuple(param.shape)} here")
+        param.copy_(full.to(device=param.device, dtype=param.dtype))
