@@ -48,7 +48,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from launch.plan import LaunchRequest, check_slurm_request, check_ssh_mode, plan_launch
     from launch.slurm import SlurmSpec, render_sbatch
     from megadepth.parallel.distributed import free_port
-    from megadepth.train.preflight import preflight
+    from megadepth.train.preflight import check_run_dir, preflight
 
     request = LaunchRequest(args.nproc_per_node, args.hostfile, args.nnodes, args.node_rank, args.master_addr,
                             args.master_port)
@@ -74,6 +74,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         if config.train.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device is 'cuda' but no CUDA device is available")
     preflight(config, world_size)  # the checks every rank runs, once, for the whole job, before any process starts
+    if plan is not None and (plan.mode != "hostfile" or Path(config.train.out_dir).exists()):
+        # what the run directory holds (resume at another layout, 'never'/'must', init_from): rank 0 reads
+        # it here; with a hostfile only when it is visible from this node (it usually is: a shared disk)
+        check_run_dir(config)
 
     try:
         if plan is None:

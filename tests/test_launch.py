@@ -305,6 +305,27 @@ def test_bad_launch_input(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
     assert not (tmp_path / "run").exists() and not (tmp_path / "x.sbatch").exists()
 
 
+def test_what_the_run_directory_holds_is_checked_before_launching(cfg: Path, tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """A checkpoint saved at another layout, resume: must without one, a bad init_from: refused by the
+    launch itself (and its --dry-run), not by every rank after start-up."""
+    code, _, err = _launch(["--nproc-per-node", "2", "--dry-run", str(cfg), "--set", "train.resume=must"], capsys)
+    assert code == 2 and "train.resume is 'must' but" in err
+    code, _, err = _launch(["--nproc-per-node", "2", "--dry-run", str(cfg), "--set",
+                            f"train.init_from={tmp_path / 'nothing'}"], capsys)
+    assert code == 2 and "train.init_from:" in err and "does not exist" in err
+    saved = yaml.safe_load(cfg.read_text())
+    saved["parallel"] = {"tensor": 2}
+    tag = tmp_path / "run" / "checkpoints" / "step_00000005"
+    tag.mkdir(parents=True)
+    (tag / "config.yaml").write_text(yaml.safe_dump(saved))
+    (tag.parent / "latest").write_text("step_00000005")
+    for mode in (["--dry-run"], []):  # a real launch would otherwise start both ranks to fail there
+        code, out, err = _launch(["--nproc-per-node", "2", *mode, str(cfg)], capsys)
+        assert code == 2 and "was saved at parallel.tensor = 2 but this run uses 1" in err, err
+        assert "train.init_from" in err and out == ""
+
+
 def test_hostfile_mode_needs_pdsh_and_ssh(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """Not a dry run: a hostfile launch first checks this machine can reach every host (pdsh for several
     nodes, passwordless ssh to each); here neither works, so it must stop with one line, starting nothing."""

@@ -15,11 +15,9 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from megadepth.config.load import ConfigError, to_yaml
 from megadepth.config.schema import Config
@@ -37,8 +35,8 @@ from megadepth.parallel.distributed import (
 from megadepth.parallel.topology import build_grid
 from megadepth.parametrize import roles_present
 from megadepth.train import checkpoint
-from megadepth.train.init_from import WeightSource, check_init_source, shape_differences
-from megadepth.train.preflight import preflight
+from megadepth.train.init_from import WeightSource
+from megadepth.train.preflight import check_run_dir, preflight
 from megadepth.train.rundir import MetricsLog, RunDir, atomic_write_json, atomic_write_text, read_metrics
 from megadepth.train.schedule import lr_factor
 from megadepth.train.step import Stepper
@@ -71,17 +69,7 @@ def plan_run(config: Config) -> Plan:
     if precision != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"train.precision is {precision} but this GPU does not support bf16")
     run = RunDir(config.train.out_dir)
-    resume_tag = checkpoint.latest_tag(run.checkpoints)
-    if config.train.resume == "never" and resume_tag is not None:
-        raise ConfigError(
-            f"train.resume is 'never' but {run.checkpoints} already holds checkpoint {resume_tag}; "
-            "choose another train.out_dir or resume: auto"
-        )
-    if config.train.resume == "must" and resume_tag is None:
-        raise ConfigError(f"train.resume is 'must' but {run.checkpoints} holds no complete checkpoint")
-    if resume_tag is not None and config.train.resume != "never":
-        _check_resume_layout(config, run.checkpoints / resume_tag)
-    init_source = check_init_source(config) if config.train.init_from and resume_tag is None else None
+    resume_tag, init_source = check_run_dir(config, run)
     return Plan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag, init_source)
 
 
@@ -95,32 +83,6 @@ def _check_same_config(config_yaml: str) -> None:
         raise ConfigError(
             f"ranks {odd} resolved a different config than rank 0 (sha256 {digests[0][:12]}...): every node "
             "must be given the same config files and --set overrides"
-        )
-
-
-def _check_resume_layout(config: Config, tag_dir: Path) -> None:
-    """A checkpoint resumes only the model it holds, at the tensor- and pipeline-parallel sizes it was
-    saved at (the shards and the per-stage files differ); checked before anything is written, so a
-    mismatch neither crashes inside DeepSpeed nor rewrites the run's config.yaml and summary."""
-    saved_file = tag_dir / "config.yaml"
-    if not saved_file.is_file():
-        return
-    try:
-        saved = Config.model_validate(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
-    except (ValueError, yaml.YAMLError):
-        return  # written by another megadepth version: the load itself will tell
-    for key in ("tensor", "pipeline"):
-        was, now = getattr(saved.parallel, key), getattr(config.parallel, key)
-        if was != now:
-            raise ConfigError(
-                f"{tag_dir} was saved at parallel.{key} = {was} but this run uses {now}; resume with the same "
-                f"layout, or start a new run (another train.out_dir) with train.init_from: {tag_dir}"
-            )
-    diffs = shape_differences(saved.model, config.model)
-    if diffs:
-        raise ConfigError(
-            f"{tag_dir} holds a model of another shape ({diffs}): a run resumes only its own model; "
-            "use a new train.out_dir"
         )
 
 

@@ -6,11 +6,18 @@ again (cheap) in `megadepth train`, so a bad config costs a second, not a queued
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
+
 from megadepth.config.load import ConfigError, resolve_batch
 from megadepth.config.schema import Config
 from megadepth.parallel.distributed import Layout, check_layout
 from megadepth.parametrize.checks import check_parametrization
+from megadepth.train import checkpoint
 from megadepth.train.data_checks import check_tokenizer
+from megadepth.train.init_from import WeightSource, check_init_source, shape_differences
+from megadepth.train.rundir import RunDir
 
 
 def preflight(config: Config, world_size: int) -> tuple[Layout, int, int]:
@@ -34,4 +41,49 @@ def _check_eval(config: Config, layout: Layout) -> None:
         raise ConfigError(
             f"with parallel.pipeline > 1, train.eval_samples must be a multiple of micro_batch x data-parallel "
             f"size = {t.micro_batch} x {layout.data} = {per_round} (got {t.eval_samples})"
+        )
+
+
+def check_run_dir(config: Config, run: RunDir | None = None) -> tuple[str | None, WeightSource | None]:
+    """(checkpoint tag the run resumes from, weights it starts from) as train.out_dir and train.resume /
+    train.init_from decide; a resume that cannot work (another layout or shape, 'never' with checkpoints,
+    'must' without, a bad init_from) is refused here, before anything is written."""
+    run = run or RunDir(config.train.out_dir)
+    resume_tag = checkpoint.latest_tag(run.checkpoints)
+    if config.train.resume == "never" and resume_tag is not None:
+        raise ConfigError(
+            f"train.resume is 'never' but {run.checkpoints} already holds checkpoint {resume_tag}; "
+            "choose another train.out_dir or resume: auto"
+        )
+    if config.train.resume == "must" and resume_tag is None:
+        raise ConfigError(f"train.resume is 'must' but {run.checkpoints} holds no complete checkpoint")
+    if resume_tag is not None and config.train.resume != "never":
+        _check_resume_layout(config, run.checkpoints / resume_tag)
+    init_source = check_init_source(config) if config.train.init_from and resume_tag is None else None
+    return resume_tag, init_source
+
+
+def _check_resume_layout(config: Config, tag_dir: Path) -> None:
+    """A checkpoint resumes only the model it holds, at the tensor- and pipeline-parallel sizes it was
+    saved at (the shards and the per-stage files differ); checked before anything is written, so a
+    mismatch neither crashes inside DeepSpeed nor rewrites the run's config.yaml and summary."""
+    saved_file = tag_dir / "config.yaml"
+    if not saved_file.is_file():
+        return
+    try:
+        saved = Config.model_validate(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+    except (ValueError, yaml.YAMLError):
+        return  # written by another megadepth version: the load itself will tell
+    for key in ("tensor", "pipeline"):
+        was, now = getattr(saved.parallel, key), getattr(config.parallel, key)
+        if was != now:
+            raise ConfigError(
+                f"{tag_dir} was saved at parallel.{key} = {was} but this run uses {now}; resume with the same "
+                f"layout, or start a new run (another train.out_dir) with train.init_from: {tag_dir}"
+            )
+    diffs = shape_differences(saved.model, config.model)
+    if diffs:
+        raise ConfigError(
+            f"{tag_dir} holds a model of another shape ({diffs}): a run resumes only its own model; "
+            "use a new train.out_dir"
         )
