@@ -76,6 +76,8 @@ def test_someone_elses_folder_is_not_taken_as_output(tmp_path: Path) -> None:
 def test_a_second_run_on_the_same_directory_is_refused(tmp_path: Path) -> None:
     src = _inputs(tmp_path)
     plan = plan_run([src], tmp_path / "out", overrides=RULES_OFF)
+    assert not (tmp_path / "out").exists()  # planning writes nothing; the run makes the folder
+    (tmp_path / "out").mkdir()
     with open(tmp_path / "out" / LOCK, "a+") as held:  # what a running 'prep run' holds
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("4242\n")
