@@ -108,6 +108,13 @@ def test_tied_embedding_stays_equal_on_first_and_last_stage(sample_data: Path, t
         ({"parallel": {"pipeline": 2, "zero_stage": 0}}, 2, "needs parallel.zero_stage: 1"),
         ({"parallel": {"pipeline": 2, "tensor": 2}}, 6, "does not divide the world size (6 processes)"),
         ({"model": {"depth": 1}, "parallel": {"pipeline": 2, "partition": "parameters"}}, 2, "smaller than"),
+        # the checkpointed recompute would draw other dropout masks (it did, silently, before)
+        ({"model": {"dropout": 0.1}, "parallel": {"pipeline": 2, "activation_checkpoint_interval": 1}}, 2,
+         "would recompute different dropout masks"),
+        ({"model": {"dropout": 0.1}, "parallel": {"activation_checkpoint_interval": 1}}, 1,
+         "would recompute different dropout masks"),
+        # DeepSpeed's unfused bf16 optimizer at ZeRO 0: an extra Adam step, a wrong norm under TP
+        ({"train": {"precision": "bf16"}, "parallel": {"zero_stage": 0}}, 1, "needs parallel.zero_stage: 1"),
     ],
 )
 def test_impossible_pipeline_layouts(sections: dict, world: int, message: str) -> None:
@@ -116,7 +123,7 @@ def test_impossible_pipeline_layouts(sections: dict, world: int, message: str) -
 
     cfg = {"model": {"width": 64, "heads": 4, "depth": 4}, "parallel": {"zero_stage": 1}}
     for key, values in sections.items():
-        cfg[key] = {**cfg[key], **values}
+        cfg[key] = {**cfg.get(key, {}), **values}
     with pytest.raises(ConfigError) as info:
         check_layout(validate(cfg), world)
     assert message in str(info.value)

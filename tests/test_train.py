@@ -147,7 +147,8 @@ def test_own_clipping_and_norm_equal_deepspeeds(sample_data: Path, tmp_path: Pat
 
 
 def test_bf16_on_cpu(sample_data: Path, tmp_path: Path) -> None:
-    cfg = tiny_config(sample_data, tmp_path / "run", train={"precision": "bf16", "steps": 2})
+    cfg = tiny_config(sample_data, tmp_path / "run", train={"precision": "bf16", "steps": 2},
+                      parallel={"zero_stage": 1})
     (summary,) = run_ranks(train_rank, 1, cfg)
     assert summary["status"] == "completed"
     assert 0 < summary["final_loss"] < 10

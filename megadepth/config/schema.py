@@ -242,7 +242,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
     """Training precision. bf16-mixed: fp32 parameters, optimizer and residual stream, matmuls in bf16
     under autocast (DeepSpeed's torch_autocast). bf16: DeepSpeed's bf16 mode, parameters and activations
-    in bf16 with fp32 master weights in the optimizer; its bf16 residual stream rounds away the small
+    in bf16 with fp32 master weights in the optimizer (needs parallel.zero_stage 1); its bf16 residual stream rounds away the small
     branch updates of deep depth-scaled models (docs/throughput.md measures it). auto: bf16-mixed on a GPU
     that supports bf16, fp32 otherwise."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -277,7 +277,8 @@ class ParallelConfig(Section):
     """How layers are split into pipeline stages: 'uniform' gives every stage the same number of blocks
     (model.depth must be divisible by parallel.pipeline), 'parameters' balances parameter counts."""
     activation_checkpoint_interval: int = Field(0, ge=0)
-    """Recompute activations in the backward pass every N blocks (0: off): less memory, more compute."""
+    """Recompute activations in the backward pass every N blocks (0: off): less memory, more compute.
+    Not with model.dropout > 0 (the recompute would draw other masks)."""
     sequence_parallel: bool = False
     """Megatron sequence parallelism (with tensor > 1)."""
     zero_stage: int = Field(0, ge=0, le=3)

@@ -100,10 +100,20 @@ def check_layout(config: Config, world_size: int) -> Layout:
     if config.train.compile and pp > 1:
         raise ConfigError("train.compile is not available with parallel.pipeline > 1 (the pipeline engine "
                           "runs the stages itself)")
-    if par.activation_checkpoint_interval and config.model.dropout > 0 and tp > 1:
+    if par.activation_checkpoint_interval and config.model.dropout > 0:
+        # the recompute draws its masks from megadepth's dropout stream, which neither torch's nor the
+        # pipeline engine's checkpointing saves and restores: the gradients would be of other masks
         raise ConfigError(
-            "parallel.activation_checkpoint_interval with model.dropout > 0 and tensor parallelism would "
-            "recompute different dropout masks; set model.dropout: 0 or turn checkpointing off"
+            "parallel.activation_checkpoint_interval with model.dropout > 0 would recompute different "
+            "dropout masks (wrong gradients); set model.dropout: 0 or turn checkpointing off"
+        )
+    if config.train.precision == "bf16" and par.zero_stage == 0:
+        # DeepSpeed runs bf16 without ZeRO through its unfused fp16 optimizer: it takes one extra Adam
+        # step at start-up and, under tensor parallelism, a gradient norm of rank 0's shard only
+        raise ConfigError(
+            "train.precision 'bf16' needs parallel.zero_stage: 1 (at stage 0 DeepSpeed's optimizer takes an "
+            "extra step at start and clips with a wrong norm under tensor parallelism; on one GPU stage 1 "
+            "partitions nothing), or use precision bf16-mixed"
         )
     return Layout(tensor=tp, pipeline=pp, data=world_size // (tp * pp))
 
