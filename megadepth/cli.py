@@ -73,11 +73,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             )
         if config.train.device == "cuda" and not torch.cuda.is_available():
             raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-    preflight(config, world_size)  # the checks every rank runs, once, for the whole job, before any process starts
+    layout, _, _ = preflight(config, world_size)  # every rank's checks, once for the whole job, before any process
     if plan is not None and (plan.mode != "hostfile" or Path(config.train.out_dir).exists()):
         # what the run directory holds (resume at another layout, 'never'/'must', init_from): rank 0 reads
         # it here; with a hostfile only when it is visible from this node (it usually is: a shared disk)
-        check_run_dir(config)
+        check_run_dir(config, layout.data)
 
     try:
         if plan is None:

@@ -48,7 +48,31 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
     saved.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"saved at parallel.pipeline = 2 but this run uses 1"):
         _plan(tiny_config(sample_data, out, train={"steps": 4}))
+    # another ZeRO stage: the optimizer states are in other files (it crashed inside DeepSpeed before and
+    # rewrote the finished run's summary.json as failed)
+    data["parallel"]["pipeline"] = 1
+    saved.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"saved at parallel.zero_stage = 0 but this run uses 1.*train.init_from"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, parallel={"zero_stage": 1}))
     assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.distributed
+def test_resume_at_another_data_parallel_size_of_partitioned_states_is_refused(sample_data: Path,
+                                                                             tmp_path: Path) -> None:
+    """ZeRO-1 optimizer states are partitioned over the data-parallel ranks: 2 ranks' checkpoint cannot be
+    resumed by 1 (DeepSpeed raised inside the engine). At ZeRO 0 the states are whole: any size resumes."""
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, train={"steps": 2, "save_final": True, "global_batch": 8},
+                      parallel={"zero_stage": 1})
+    run_ranks(train_rank, 2, cfg)
+    with pytest.raises(ConfigError, match=r"partitioned over 2 data-parallel rank\(s\) but this run has 1; "
+                                          r"resume with 2 process\(es\)"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4, "global_batch": 8}, parallel={"zero_stage": 1}))
+    whole = tmp_path / "whole"
+    run_ranks(train_rank, 2, tiny_config(sample_data, whole, train={"steps": 2, "save_final": True, "global_batch": 8}))
+    (summary,) = run_ranks(train_rank, 1, tiny_config(sample_data, whole, train={"steps": 3, "global_batch": 8}))
+    assert summary["status"] == "completed" and summary["steps"] == 3
 
 
 @pytest.mark.distributed

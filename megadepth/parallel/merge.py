@@ -21,7 +21,7 @@ import yaml
 
 from megadepth.config.load import ConfigError, to_yaml, validate
 from megadepth.config.schema import Config
-from megadepth.train.checkpoint import LATEST, complete_tags, latest_tag
+from megadepth.train.checkpoint import LATEST, complete_tags, gathered_weights_file, latest_tag
 from megadepth.train.rundir import atomic_write_text
 
 
@@ -64,6 +64,9 @@ def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
 def _shards_plain(config: Config, folder: Path) -> list[dict[str, torch.Tensor]]:
     """One state dict per tensor-parallel rank of a checkpoint saved by the plain engine."""
     tp = config.parallel.tensor
+    if config.parallel.zero_stage == 3:  # DeepSpeed's files hold pieces; the trainer gathered each shard
+        return [_load(folder / gathered_weights_file(rank), f"a parallel.zero_stage 3 checkpoint saved at "
+                      f"parallel.tensor = {tp} (written by a megadepth from before 2026-11-29?)") for rank in range(tp)]
     return [_load(folder / f"mp_rank_{rank:02d}_model_states.pt",
                   f"the checkpoint was saved at parallel.tensor = {tp}") for rank in range(tp)]
 

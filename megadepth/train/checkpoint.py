@@ -7,6 +7,7 @@ DeepSpeed's own ``latest``, so ``engine.load_checkpoint(dir)`` understands it to
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 from pathlib import Path
@@ -57,6 +58,8 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
     """Save on every rank; then rank 0 writes the config copy and ``latest`` and prunes old tags."""
     tag = tag_for(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+    if engine.zero_optimization_stage() == 3:
+        _save_gathered_weights(engine, ckpt_dir / tag)
     torch.distributed.barrier()
     if is_main:
         atomic_write_text(ckpt_dir / tag / "config.yaml", config_yaml)
@@ -67,6 +70,31 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
                 shutil.rmtree(ckpt_dir / old, ignore_errors=True)
     torch.distributed.barrier()
     return tag
+
+
+def gathered_weights_file(tp_rank: int) -> str:
+    """Name of a ZeRO-3 checkpoint's whole weights of one tensor rank (see :func:`_save_gathered_weights`)."""
+    return f"gathered_mp_rank_{tp_rank:02d}_weights.pt"
+
+
+def _save_gathered_weights(engine: Any, tag_dir: Path) -> None:
+    """ZeRO-3 saves every parameter in pieces across the data-parallel ranks (inside pickled optimizer
+    files); the tools that read weights (merge-tp, export, generate, train.init_from) read plain tensors
+    only. So the parameters are gathered once per save and the first data-parallel rank of each tensor
+    rank writes its shard as ``{"module": state_dict}`` of plain tensors. Every rank takes part."""
+    import deepspeed
+
+    from megadepth.data.indexed import atomic_write_bytes
+
+    mpu = engine.mpu
+    data_rank = mpu.get_data_parallel_rank() if mpu is not None else torch.distributed.get_rank()
+    tp_rank = mpu.get_model_parallel_rank() if mpu is not None else 0
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
+        if data_rank == 0:
+            state = {k: v.detach().to("cpu", copy=True) for k, v in engine.module.state_dict().items()}
+            buffer = io.BytesIO()
+            torch.save({"module": state}, buffer)
+            atomic_write_bytes(tag_dir / gathered_weights_file(tp_rank), buffer.getvalue())
 
 
 def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:

@@ -69,7 +69,7 @@ def plan_run(config: Config) -> Plan:
     if precision != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"train.precision is {precision} but this GPU does not support bf16")
     run = RunDir(config.train.out_dir)
-    resume_tag, init_source = check_run_dir(config, run)
+    resume_tag, init_source = check_run_dir(config, layout.data, run)
     return Plan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag, init_source)
 
 

@@ -6,6 +6,7 @@ again (cheap) in `megadepth train`, so a bad config costs a second, not a queued
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import yaml
@@ -44,10 +45,11 @@ def _check_eval(config: Config, layout: Layout) -> None:
         )
 
 
-def check_run_dir(config: Config, run: RunDir | None = None) -> tuple[str | None, WeightSource | None]:
+def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> tuple[str | None, WeightSource | None]:
     """(checkpoint tag the run resumes from, weights it starts from) as train.out_dir and train.resume /
-    train.init_from decide; a resume that cannot work (another layout or shape, 'never' with checkpoints,
-    'must' without, a bad init_from) is refused here, before anything is written."""
+    train.init_from decide; a resume that cannot work (another layout, ZeRO stage, data-parallel size of
+    partitioned optimizer states, or shape; 'never' with checkpoints, 'must' without; a bad init_from) is
+    refused here, before anything is written."""
     run = run or RunDir(config.train.out_dir)
     resume_tag = checkpoint.latest_tag(run.checkpoints)
     if config.train.resume == "never" and resume_tag is not None:
@@ -58,12 +60,22 @@ def check_run_dir(config: Config, run: RunDir | None = None) -> tuple[str | None
     if config.train.resume == "must" and resume_tag is None:
         raise ConfigError(f"train.resume is 'must' but {run.checkpoints} holds no complete checkpoint")
     if resume_tag is not None and config.train.resume != "never":
-        _check_resume_layout(config, run.checkpoints / resume_tag)
+        _check_resume_layout(config, run.checkpoints / resume_tag, data_size)
     init_source = check_init_source(config) if config.train.init_from and resume_tag is None else None
     return resume_tag, init_source
 
 
-def _check_resume_layout(config: Config, tag_dir: Path) -> None:
+def _partitioned_over(tag_dir: Path) -> int | None:
+    """Data-parallel ranks the ZeRO optimizer states of a checkpoint are partitioned over (None: not
+    partitioned, as at ZeRO stage 0): one ``*zero_pp_rank_<dp>_mp_rank_<mp>_optim_states.pt`` per rank."""
+    ranks = {int(m.group(1)) for f in tag_dir.iterdir() if (m := _ZERO_FILE.match(f.name))}
+    return max(ranks) + 1 if ranks else None
+
+
+_ZERO_FILE = re.compile(r"^(?:.*_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.pt$")
+
+
+def _check_resume_layout(config: Config, tag_dir: Path, data_size: int) -> None:
     """A checkpoint resumes only the model it holds, at the tensor- and pipeline-parallel sizes it was
     saved at (the shards and the per-stage files differ); checked before anything is written, so a
     mismatch neither crashes inside DeepSpeed nor rewrites the run's config.yaml and summary."""
@@ -81,6 +93,20 @@ def _check_resume_layout(config: Config, tag_dir: Path) -> None:
                 f"{tag_dir} was saved at parallel.{key} = {was} but this run uses {now}; resume with the same "
                 f"layout, or start a new run (another train.out_dir) with train.init_from: {tag_dir}"
             )
+    new_run = f"start a new run (another train.out_dir) with train.init_from: {tag_dir}"
+    if saved.parallel.zero_stage != config.parallel.zero_stage:
+        raise ConfigError(
+            f"{tag_dir} was saved at parallel.zero_stage = {saved.parallel.zero_stage} but this run uses "
+            f"{config.parallel.zero_stage} (the optimizer states are stored differently); resume with the same "
+            f"stage, or {new_run}"
+        )
+    saved_dp = _partitioned_over(tag_dir)
+    if saved_dp is not None and saved_dp != data_size:
+        procs = saved_dp * config.parallel.tensor * config.parallel.pipeline
+        raise ConfigError(
+            f"{tag_dir} holds ZeRO optimizer states partitioned over {saved_dp} data-parallel rank(s) but this "
+            f"run has {data_size}; resume with {procs} process(es), or {new_run}"
+        )
     diffs = shape_differences(saved.model, config.model)
     if diffs:
         raise ConfigError(
