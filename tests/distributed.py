@@ -176,3 +176,22 @@ def bench_rank(config_dict: dict, steps: int, warmup: int) -> dict:
     from megadepth.train.bench import run_bench
 
     return run_bench(validate(config_dict), steps, warmup)
+
+
+def train_rank_signalled_during_startup(config_dict: dict) -> dict:
+    """Train, but the process gets SIGTERM while it reads its data (before the engine exists), as from a
+    scheduler during a long start-up. Returns the summary."""
+    import os
+    import signal
+
+    from megadepth.config import validate
+    from megadepth.train import loop
+
+    real = loop.build_datasets
+
+    def signalled(*args: Any, **kwargs: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real(*args, **kwargs)
+
+    loop.build_datasets = signalled
+    return loop.train(validate(config_dict))

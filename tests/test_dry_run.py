@@ -53,6 +53,8 @@ def test_dry_run_shows_what_the_real_run_gets_and_writes_nothing(sample_data: Pa
     before = sorted(p.relative_to(out) for p in out.rglob("*"))
     code, text, _ = _dry_run({**cfg, "train": {**cfg["train"], "steps": 4}}, tmp_path, capsys)
     assert code == 0 and f"run: resumes from {out / 'checkpoints' / 'step_00000002'}" in text
+    code, text, _ = _dry_run(cfg, tmp_path, capsys)  # the same steps: nothing left to do, as train says
+    assert code == 0 and "run: nothing to train: " in text and "is at step 2, train.steps is 2" in text
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
 
 

@@ -100,6 +100,11 @@ def test_zero3_checkpoints_give_their_weights_to_the_tools(sample_data: Path, tm
     assert (runs[3] / "checkpoints" / "step_00000002" / "gathered_mp_rank_00_weights.pt").is_file()
     _, z1, _ = consolidated_state(runs[1] / "checkpoints")
     _, z3, _ = consolidated_state(runs[3] / "checkpoints")
+    # merge-tp output of it is a plain checkpoint again (its config said zero_stage 3 and sent readers
+    # looking for gathered files)
+    merged = merge_tensor_parallel(runs[3] / "checkpoints", tmp_path / "merged")
+    _, again, _ = consolidated_state(merged.parent.parent)
+    assert all(torch.equal(again[k], z3[k]) for k in z3)
     assert z3.keys() == z1.keys()
     for key in z1:  # atol: the key bias gets only round-off gradients (softmax ignores it), Adam scales them up
         assert torch.allclose(z3[key], z1[key], rtol=1e-5, atol=1e-5), key

@@ -189,6 +189,19 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step_and_the_same_
 
 
 @pytest.mark.distributed
+def test_a_signal_during_start_up_also_ends_in_a_stopped_run(sample_data: Path, tmp_path: Path) -> None:
+    """SIGTERM while the rank reads its data (before the engine exists) killed it with no summary; now it
+    is held until training runs and the run stops after its first step(s) with a checkpoint."""
+    from distributed import train_rank_signalled_during_startup
+
+    out = tmp_path / "run"
+    (summary,) = run_ranks(train_rank_signalled_during_startup, 1,
+                           tiny_config(sample_data, out, train={"steps": 50, "log_every": 10}))
+    assert summary["status"] == "stopped" and 1 <= summary["steps"] <= 2, summary
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{summary['steps']:08d}"
+
+
+@pytest.mark.distributed
 def test_merge_and_export_name_a_missing_tag_and_refuse_nan_weights(sample_data: Path, tmp_path: Path) -> None:
     import torch
 

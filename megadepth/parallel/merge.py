@@ -122,8 +122,10 @@ def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Co
     if broken:
         raise ConfigError(f"{folder}: {len(broken)} tensor(s) hold NaN or inf (e.g. {broken[0]}): the run "
                           "diverged before this checkpoint; use an earlier one (--tag)")
+    # the merged weights are one plain file, whatever ZeRO stage saved them (a ZeRO-3 config would send
+    # readers looking for gathered shards)
     single = config.model_copy(update={"parallel": config.parallel.model_copy(
-        update={"tensor": 1, "pipeline": 1, "sequence_parallel": False})})
+        update={"tensor": 1, "pipeline": 1, "sequence_parallel": False, "zero_stage": 0})})
     return single, merged, tag
 
 

@@ -94,6 +94,17 @@ def _all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
 
 def train(config: Config) -> dict[str, Any]:
     """Train per ``config`` in this process (one rank of a job, or the whole job); returns the summary."""
+    # a scheduler's SIGTERM during start-up (data index, engine build) must also end in a stopped run,
+    # so the handler is in place from the start; ranks act on it together once training runs
+    stop_request = _StopRequest()
+    stop_request.install()
+    try:
+        return _train(config, stop_request)
+    finally:
+        stop_request.restore()
+
+
+def _train(config: Config, stop_request: _StopRequest) -> dict[str, Any]:
     plan = plan_run(config)
     cfg = config.train
     steps_total = cfg.steps
@@ -115,7 +126,7 @@ def train(config: Config) -> dict[str, Any]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // plan.env.local_world_size))
     init_distributed(config, plan.env, plan.device)
     try:
-        return _train_initialised(plan, train_set, valid_set)
+        return _train_initialised(plan, train_set, valid_set, stop_request)
     finally:
         shutdown()
 
@@ -155,7 +166,7 @@ def _last_losses(run: RunDir, step: int) -> tuple[float, float]:
     return loss, evl
 
 
-def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, Any]:
+def _train_initialised(plan: Plan, train_set: Any, valid_set: Any, stop_request: _StopRequest) -> dict[str, Any]:
     config, env, run = plan.config, plan.env, plan.run
     config_yaml = to_yaml(config)
     _check_same_config(config_yaml)
@@ -172,7 +183,7 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
     try:
         # from here on, however the run ends (a checkpoint that fails to load, W&B, the loop), it ends
         # with a summary.json that says so
-        _run(plan, train_set, valid_set, config_yaml, progress)
+        _run(plan, train_set, valid_set, config_yaml, progress, stop_request)
     except BaseException as exc:
         progress.status, progress.error = "failed", f"{type(exc).__name__}: {exc}"
         raise
@@ -202,7 +213,8 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any) -> dict[str, 
     return summary
 
 
-def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress: _Progress) -> None:
+def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress: _Progress,
+         stop_request: _StopRequest) -> None:
     """Build, resume and train, updating ``progress`` as it goes."""
     from tqdm import tqdm
 
@@ -261,8 +273,7 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
     first_step = step
     tokens_per_step = plan.global_batch * config.model.seq_len
     start_time = time.perf_counter()
-    stop_request = _StopRequest(torch.distributed.new_group(backend="gloo"))
-    stop_request.install()
+    stop_request.group = torch.distributed.new_group(backend="gloo")
     show_bar = is_main and cfg.progress and sys.stderr.isatty()  # log lines only when not a terminal
     bar = tqdm(total=cfg.steps, initial=step, disable=not show_bar, desc="train", dynamic_ncols=True)
     try:
@@ -338,7 +349,6 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 break
         stop_request.drain()
     finally:
-        stop_request.restore()
         bar.close()
 
 
@@ -356,8 +366,8 @@ class _StopRequest:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, group: Any) -> None:
-        self.group = group  # gloo: the flag never touches the accelerator
+    def __init__(self) -> None:
+        self.group: Any = None  # a gloo group, set once the process group exists: the flag stays on the host
         self.signum = 0
         self._previous: dict[int, Any] = {}
         self._flag: torch.Tensor | None = None
