@@ -36,10 +36,13 @@ def test_startup_failure_leaves_a_failed_summary(sample_data: Path, tmp_path: Pa
     states = sorted((out / "checkpoints" / "step_00000002").glob("*model_states.pt"))
     assert states
     states[0].write_bytes(states[0].read_bytes()[:64])  # a damaged checkpoint: loading it fails
+    before = json.loads((out / "summary.json").read_text())
     with pytest.raises(Exception):  # noqa: B017 - whatever torch raises for a truncated file
         run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4}))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and summary["error"]
+    # the run is still at step 2 with its losses: the failed job does not turn that into step 0 / NaN
+    assert summary["steps"] == 2 and summary["final_loss"] == before["final_loss"]
 
 
 def test_resumed_run_continues_its_wandb_run_and_clock(sample_data: Path, tmp_path: Path) -> None:

@@ -145,6 +145,9 @@ class _Progress:
     last_eval: float = float("nan")
     finished_before: bool = False
     """The checkpoint it resumed from had already reached train.steps: nothing was trained."""
+    started: bool = False
+    """The run's state is this job's: its checkpoint loaded (or it began at step 0). A resume that fails
+    before this keeps the previous summary's numbers (the run is still where that summary says)."""
     tracker: Tracker | None = None
     metrics: MetricsLog | None = None
 
@@ -203,6 +206,10 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any, stop_request:
         }
         if progress.finished_before and prior is not None and prior.get("status") == "completed":
             summary = prior  # started again after it had finished: the run's own summary stands
+        elif progress.error and not progress.started and plan.resume_tag is not None and prior is not None:
+            # this job failed before it reached its first step (a checkpoint that does not load): the run
+            # is still where its last summary says, so keep those numbers and say this job failed
+            summary = {**prior, "status": "failed", "job_wall_s": summary["job_wall_s"]}
         if progress.error:
             summary["error"] = progress.error
         if is_main:
@@ -242,6 +249,7 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
             if is_main:  # config.yaml describes what trained the run, not this request
                 atomic_write_text(run.config, (run.checkpoints / plan.resume_tag / "config.yaml").read_text())
             return
+    progress.started = True
     step, consumed = progress.step, progress.consumed
     window = _LogWindow.restore(state, plan.device)
 
