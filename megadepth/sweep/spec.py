@@ -260,6 +260,11 @@ def _decided_by(key: str, budget: Mapping[str, int]) -> str:
     return "the grid's train.steps axis decides the run length; change its values instead"
 
 
+def _replaced_by_sweep(key: str, value: Any) -> bool:
+    """Whether the sweep would replace this value of ``key`` (train.progress: false is what it sets)."""
+    return key in SWEEP_DECIDES and not (key == "train.progress" and value is False)
+
+
 def _drop(data: dict[str, Any], key: str) -> dict[str, Any]:
     """``data`` without the dotted ``key`` (a copy where it was present)."""
     head, _, rest = key.partition(".")
@@ -302,9 +307,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
         check_key(key, f"{where}: config")
         if frozen:
             continue
-        if key == "train.progress" and get_dotted(inline, key) is False:
-            continue  # what the sweep sets anyway
-        if key in SWEEP_DECIDES:
+        if _replaced_by_sweep(key, get_dotted(inline, key)):
             raise ConfigError(f"{where}: config {key} would be ignored: {_decided_by(key, budget)}")
         if key in axis_keys:
             raise ConfigError(f"{where}: config {key} would be ignored: '{key}' is a sweep axis, every run takes "
@@ -318,7 +321,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
         key, value = parse_override(item)
         if key in axis_keys:
             raise ConfigError(f"--set {key}: '{key}' is a sweep axis; change its values in the grid instead")
-        if key in SWEEP_DECIDES and not (key == "train.progress" and value is False):
+        if _replaced_by_sweep(key, value):
             raise ConfigError(f"--set {key} would be ignored: {_decided_by(key, budget)}")
         config = apply_override(config, key, value)
     metric = data.get("metric", "final_eval_loss")

@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from megadepth.config.load import ConfigError
+from megadepth.config.schema import Config
 from megadepth.train.rundir import atomic_write_text
 
 LATEST = "latest"
@@ -24,6 +26,20 @@ TAG_RE = re.compile(r"^step_(\d{8})$")
 
 def tag_for(step: int) -> str:
     return f"step_{step:08d}"
+
+
+def step_of(tag: str) -> int:
+    """The optimizer step a tag names (``step_00000300`` -> 300)."""
+    match = TAG_RE.match(tag)
+    if match is None:
+        raise ValueError(f"not a checkpoint tag: {tag!r}")
+    return int(match.group(1))
+
+
+def saved_config(tag_dir: Path) -> Config:
+    """The resolved config a checkpoint was saved with (its ``config.yaml``, written last). Raises OSError,
+    ValueError or yaml.YAMLError for a missing or foreign file: callers decide how much that matters."""
+    return Config.model_validate(yaml.safe_load((tag_dir / "config.yaml").read_text(encoding="utf-8")) or {})
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:

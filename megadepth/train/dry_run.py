@@ -14,6 +14,7 @@ from megadepth.config.schema import Config
 from megadepth.model import GPT
 from megadepth.parametrize import Parametrization, roles_present
 from megadepth.parametrize.apply import count_params
+from megadepth.train.checkpoint import step_of
 
 
 def describe_run(config: Config) -> str:
@@ -31,9 +32,9 @@ def describe_run(config: Config) -> str:
         start = f"starts at step 0 in {plan.run.root}"
         if plan.init_source is not None:
             start += f", from the weights of {plan.init_source} (train.init_from)"
-    elif int(plan.resume_tag.removeprefix("step_")) >= t.steps:
+    elif step_of(plan.resume_tag) >= t.steps:
         start = (f"nothing to train: {plan.run.checkpoints / plan.resume_tag} is at step "
-                 f"{int(plan.resume_tag.removeprefix('step_'))}, train.steps is {t.steps} (raise it to continue)")
+                 f"{step_of(plan.resume_tag)}, train.steps is {t.steps} (raise it to continue)")
     else:
         start = f"resumes from {plan.run.checkpoints / plan.resume_tag}"
     lines = [

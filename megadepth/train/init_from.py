@@ -51,7 +51,7 @@ class WeightSource:
 def check_init_source(config: Config) -> WeightSource:
     """Resolve ``train.init_from`` (a checkpoints folder, one checkpoint in it, or merge-tp output) and
     check that it holds a complete checkpoint of this model's shape; ConfigError otherwise."""
-    from megadepth.train.checkpoint import latest_tag
+    from megadepth.train.checkpoint import latest_tag, saved_config
 
     raw = Path(str(config.train.init_from))
     if not raw.exists():
@@ -67,7 +67,7 @@ def check_init_source(config: Config) -> WeightSource:
         raise ConfigError(f"train.init_from: {raw} holds no complete checkpoint (give a run's folder, its "
                           "checkpoints folder, one step_* folder in it whose save finished, or merge-tp output)")
     try:
-        saved = Config.model_validate(yaml.safe_load((ckpt_dir / tag / "config.yaml").read_text(encoding="utf-8")))
+        saved = saved_config(ckpt_dir / tag)
     except (OSError, ValueError, yaml.YAMLError) as exc:
         raise ConfigError(f"train.init_from: {ckpt_dir / tag}/config.yaml is not a readable megadepth config "
                           f"({str(exc).splitlines()[0]})") from None

@@ -79,11 +79,10 @@ def _check_resume_layout(config: Config, tag_dir: Path, data_size: int) -> None:
     """A checkpoint resumes only the model it holds, at the tensor- and pipeline-parallel sizes it was
     saved at (the shards and the per-stage files differ); checked before anything is written, so a
     mismatch neither crashes inside DeepSpeed nor rewrites the run's config.yaml and summary."""
-    saved_file = tag_dir / "config.yaml"
-    if not saved_file.is_file():
+    if not (tag_dir / "config.yaml").is_file():
         return
     try:
-        saved = Config.model_validate(yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {})
+        saved = checkpoint.saved_config(tag_dir)
     except (ValueError, yaml.YAMLError):
         return  # written by another megadepth version: the load itself will tell
     for key in ("tensor", "pipeline"):
