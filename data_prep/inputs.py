@@ -19,7 +19,7 @@ from pathlib import Path
 
 from megadepth.data.indexed import DataError
 
-__all__ = ["InputFile", "kind_of", "resolve_inputs"]
+__all__ = ["InputFile", "is_data_dir", "kind_of", "resolve_inputs"]
 
 _KINDS = (
     (".warc.wet.gz", "warc"),
@@ -95,24 +95,82 @@ def _datasets_dir(p: Path) -> list[InputFile] | None:
     return [_local(p / f) for f in files]
 
 
+_DATA_DIR_MARKERS = (("plan.json", "megadepth-prep-plan"), ("manifest.json", "megadepth-shards"))
+
+
+def is_data_dir(p: Path) -> bool:
+    """Whether ``p`` is a megadepth data directory (a prep output, finished or not): its plan.json or
+    manifest.json says so. Its files are outputs, never inputs: an earlier run's Parquet parts, work
+    files and JSON markers next to the crawl would otherwise be read back as documents."""
+    for name, fmt in _DATA_DIR_MARKERS:
+        f = p / name
+        if f.is_file():
+            try:
+                doc = json.loads(f.read_bytes())
+            except (OSError, ValueError):
+                continue
+            if isinstance(doc, dict) and doc.get("format") == fmt:
+                return True
+    return False
+
+
 def _expand_dir(p: Path) -> list[InputFile]:
+    if is_data_dir(p):
+        docs = p / "documents"
+        hint = f"; its kept documents are in {docs}" if docs.is_dir() else ""
+        raise DataError(f"{p} is a megadepth data directory (an output, not an input){hint}")
     saved = _datasets_dir(p)
     if saved is not None:
         return saved
     found: list[InputFile] = []
-    for f in sorted(p.rglob("*")):
-        if not f.is_file() or any(part.startswith(".") for part in f.relative_to(p).parts):
+    visited: set[str] = set()
+    for root, dirs, names in os.walk(p, followlinks=True):
+        here = Path(root)
+        real = os.path.realpath(root)
+        if real in visited:  # a symlink loop
+            dirs[:] = []
             continue
-        if f.parent != p and (f.parent / "state.json").is_file():
-            continue  # inside a save_to_disk folder: handled through its state.json
-        if kind_of(f.name) is not None:
-            found.append(_local(f))
-    for state in sorted(p.rglob("state.json")):
-        if state.parent != p:
-            found.extend(_datasets_dir(state.parent) or [])
+        visited.add(real)
+        # hidden folders, earlier prep outputs, and save_to_disk folders (read through their state.json)
+        keep = []
+        for d in sorted(dirs):
+            sub = here / d
+            if d.startswith(".") or is_data_dir(sub):
+                continue
+            saved = _datasets_dir(sub)
+            if saved is not None:
+                found.extend(saved)
+                continue
+            keep.append(d)
+        dirs[:] = keep
+        for name in names:
+            if not name.startswith(".") and kind_of(name) is not None and (here / name).is_file():
+                found.append(_local(here / name))
     if not found:
         raise DataError(f"{p}: no WARC/WET/ARC, Parquet, JSONL or Arrow files in this directory")
     return found
+
+
+def _in_data_dir(f: Path, base: Path, known: dict[Path, bool]) -> bool:
+    """Whether ``f`` lies in a megadepth data directory at or below ``base`` (the fixed part of a glob);
+    ``known`` caches the answer per directory (a crawl glob matches ~90,000 files in a few folders)."""
+    for parent in f.parents:
+        if parent not in known:
+            known[parent] = is_data_dir(parent)
+        if known[parent]:
+            return True
+        if parent == base or parent == parent.parent:
+            return False
+    return False
+
+
+def _glob_base(pattern: str) -> Path:
+    fixed = []
+    for part in Path(pattern).parts:
+        if any(ch in part for ch in "*?["):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
 
 
 def _read_paths_file(p: Path, prefix: str | None) -> list[InputFile]:
@@ -172,15 +230,22 @@ def _one(raw: str, prefix: str | None) -> list[InputFile]:
         if not matches:
             raise DataError(f"{raw}: no files match this pattern")
         out: list[InputFile] = []
+        base = _glob_base(os.path.expanduser(raw))
+        outputs = 0
+        known: dict[Path, bool] = {}
         for m in matches:
             mp = Path(m)
             if mp.is_dir():
                 continue
             if kind_of(mp.name) is None and not mp.name.lower().endswith(_PATHS):
                 continue
+            if _in_data_dir(mp, base, known):
+                outputs += 1
+                continue
             out.extend(_one(m, prefix))
         if not out:
-            raise DataError(f"{raw}: the matching files are not WARC/WET/ARC, Parquet, JSONL or Arrow")
+            why = " (they lie in megadepth data directories: outputs, not inputs)" if outputs else ""
+            raise DataError(f"{raw}: the matching files are not WARC/WET/ARC, Parquet, JSONL or Arrow{why}")
         return out
     raise DataError(f"{raw}: no such file or directory")
 

@@ -49,6 +49,12 @@ class LanguageIdentifier:
         self.max_chars = cfg.max_chars
         self._k = 5 if self.languages and len(self.languages) > 1 else 1
 
+    def labels(self) -> frozenset[str]:
+        """Every language code the model can output (fasttext-predict has no label list: one prediction
+        with every label and no threshold gives them all)."""
+        labels, _ = self._model.predict("language", k=-1, threshold=-1.0)
+        return frozenset(lab[9:] for lab in labels)
+
     def identify(self, text: str) -> tuple[str, float]:
         """The top label, or the best-scoring allowed one among the top few, and its probability."""
         if self.max_chars is not None and len(text) > self.max_chars:

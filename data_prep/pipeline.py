@@ -43,11 +43,7 @@ def plan_run(
         from data_prep.extract import Extractor
 
         Extractor(cfg.extract)  # self-check: fails here, not on every page
-    if cfg.language.enabled:
-        from data_prep.langid import LanguageIdentifier
-
-        LanguageIdentifier(cfg.language)
-    return make_plan(out, files, cfg)
+    return make_plan(out, files, cfg)  # checks the language model and codes too
 
 
 def run_plan(plan: Plan, workers: int = 1, progress: bool = True) -> tuple[dict, dict[str, float]]:

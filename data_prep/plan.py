@@ -15,6 +15,7 @@ or tasks. Each unit writes temporary files, renames them into place, then writes
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -50,6 +51,7 @@ class Plan:
     config: PrepConfig
     tokenizer_sha256: str | None  # of a given model (None: trained)
     url_lists_sha256: dict[str, str] = field(default_factory=dict)  # blocklist path -> sha256 of its bytes
+    language_model_sha256: str | None = None  # of a configured language.model (None: the shipped default)
 
     # ------------------------------------------------------------------ hashes and directories
     @cached_property
@@ -62,7 +64,7 @@ class Plan:
                 "inputs": h_inputs,
                 "read": c.read.model_dump(mode="json"),
                 "extract": c.extract.model_dump(mode="json"),
-                "language": c.language.model_dump(mode="json"),
+                "language": self._language_identity(),
                 "gopher_repetition": c.gopher_repetition.model_dump(mode="json"),
                 "gopher_quality": c.gopher_quality.model_dump(mode="json"),
                 "c4": c.c4.model_dump(mode="json"),
@@ -92,6 +94,14 @@ class Plan:
             "tokenize": tokenize,
             "finalize": tokenize,
         }
+
+    def _language_identity(self) -> dict:
+        """The language settings with a configured model file replaced by its content hash: the same file
+        moved keeps the hash, another file at the same path changes it."""
+        lang = self.config.language.model_dump(mode="json")
+        if self.language_model_sha256:
+            lang["model"] = {"sha256": self.language_model_sha256}
+        return lang
 
     def _url_filter_identity(self) -> dict:
         """The URL filter's settings with each blocklist replaced by its content hash (paths may move)."""
@@ -175,6 +185,7 @@ class Plan:
             "config": self.config.model_dump(mode="json"),
             "tokenizer_sha256": self.tokenizer_sha256,
             "url_lists_sha256": self.url_lists_sha256,
+            "language_model_sha256": self.language_model_sha256,
         }
 
     def save(self) -> None:
@@ -208,9 +219,40 @@ def make_plan(out: str | Path, inputs: list[InputFile], config: PrepConfig) -> P
             resolved.append(str(p.resolve()))
             url_shas[resolved[-1]] = sha256_file(p)
         config = config.model_copy(update={"url_filter": u.model_copy(update={"blocklists": tuple(resolved)})})
+    config, lang_sha = _checked_language(config)
     if not inputs:
         raise DataError("no inputs")
-    return Plan(out.resolve(), inputs, config, tok_sha, url_shas)
+    return Plan(out.resolve(), inputs, config, tok_sha, url_shas, lang_sha)
+
+
+def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
+    """Before any work: the language model loads, every code in ``language.languages`` is one of its
+    labels (``eng`` or a typo would otherwise drop every document, found out only after the extract
+    stage), and a configured model file is resolved and hashed (a relative path would mean another file
+    from a cluster task's working directory)."""
+    lang = config.language
+    if not lang.enabled:
+        return config, None
+    from data_prep.langid import LanguageIdentifier
+
+    sha = None
+    if lang.model:
+        p = Path(lang.model)
+        if not p.is_file():
+            raise DataError(f"language.model {p}: no such file")
+        sha = sha256_file(p)
+        lang = lang.model_copy(update={"model": str(p.resolve())})
+        config = config.model_copy(update={"language": lang})
+    known = LanguageIdentifier(lang).labels()
+    for code in lang.languages or ():
+        if code not in known:
+            near = difflib.get_close_matches(code, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else ""
+            raise DataError(
+                f"language.languages: {code!r} is not a language of the model (it uses ISO 639-1 codes "
+                f"such as en, de, zh when there is one){hint}"
+            )
+    return config, sha
 
 
 def load_plan(out: str | Path) -> Plan:
@@ -230,6 +272,7 @@ def load_plan(out: str | Path) -> Plan:
         PrepConfig.model_validate(data["config"]),
         data.get("tokenizer_sha256"),
         data.get("url_lists_sha256") or {},
+        data.get("language_model_sha256"),
     )
     if plan.config_hash != data["config_hash"]:
         raise DataError(f"{p}: config hash mismatch (written by another megadepth version?)")

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from data_prep.config import ReadConfig
+from data_prep.extract import decode_html
 from data_prep.inputs import InputFile
 from megadepth.data.indexed import DataError
 
@@ -158,9 +159,10 @@ def _make_doc(
         date=warc.get("warc-date", ""),
     )
     if kind == "text":
-        doc.text = payload.decode("utf-8", errors="replace")
-        if "\ufffd" in doc.text:
-            stats["read:bad_utf8"] += 1
+        # Common Crawl's WET text is UTF-8; other converters' is not always: the same order as HTML
+        # (BOM, strict UTF-8, the declared charset, then detection), counted as read:non_utf8
+        m = _CHARSET.search(warc.get("content-type", ""))
+        doc.text = decode_html(payload, m.group(1) if m else None, stats)
     else:
         doc.html = payload
         m = _CHARSET.search(http.get("content-type", ""))
@@ -186,6 +188,7 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
         path, parse_http=True, auto_decode="none", fsspec_args=None if remote else False, stream_detect=True
     )
     held: tuple[str, RawDoc | None, Counter] | None = None
+    seen: Counter = Counter()
     last_pos = 0
     n = 0
     try:
@@ -200,7 +203,7 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
                 hh = r.http_headers
                 http = _lower(hh.items())
                 status = hh.status_code
-            rid = warc.get("warc-record-id", f"@{r.stream_pos}")
+            rid = _record_key(warc, seen)
             counts: Counter = Counter()  # this record's counts: merged once it is known to be sound
             kind = _select(rtype, warc, status, http, r.content_length, cfg, counts)
             doc = None
@@ -229,6 +232,22 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
     if not remote and path.lower().endswith(".gz") and not _gzip_tail_ok(path, last_pos):
         raise _Damaged("gzip framing")
     stats["read:records"] += n
+
+
+def _record_key(warc: dict[str, str], seen: Counter) -> str:
+    """What identifies a record between FastWARC's pass and the lenient parser's pass over one file.
+
+    ``WARC-Record-ID`` where the record has one. Without it (some non-Common-Crawl WARCs), the record's
+    type, URI, date and length plus how many records with those headers came before it in this pass:
+    both readers see the same headers, whereas a byte position means the compressed offset to FastWARC
+    and the decompressed one to the lenient parser, so records already delivered would be read twice.
+    """
+    rid = warc.get("warc-record-id")
+    if rid:
+        return rid
+    basis = "\x1f".join(warc.get(k, "") for k in ("warc-type", "warc-target-uri", "warc-date", "content-length"))
+    seen[basis] += 1
+    return f"@{seen[basis]}\x1f{basis}"
 
 
 class _Damaged(Exception):
@@ -394,8 +413,11 @@ def _scan(
     buf, cfg: ReadConfig, stats: Counter, delivered: set[str], truncation_counted: bool = False
 ) -> Iterator[RawDoc]:
     n = len(buf)
+    seen: Counter = Counter()
     pos = _next_start(buf, 0)
-    if pos != 0 and buf[: max(pos, 0) if pos >= 0 else n].strip():
+    if pos < 0 and buf[:n].strip():
+        stats["corrupt:file"] += 1  # not a WARC file at all: no record starts anywhere in it
+    elif pos > 0 and buf[:pos].strip():
         stats["corrupt:record"] += 1  # junk before the first record
     while pos >= 0:
         hdr_end = buf.find(b"\r\n\r\n", pos, pos + _MAX_HEADER)
@@ -431,7 +453,7 @@ def _scan(
             stats["corrupt:record"] += 1  # Content-Length does not end the record
             pos = _next_start(buf, start)
             continue
-        rid = warc.get("warc-record-id", f"@{pos}")
+        rid = _record_key(warc, seen)
         pos = _next_start(buf, end)
         if bytes(buf[end : pos if pos >= 0 else n]).strip(b"\x00\r\n\t "):
             stats["corrupt:record"] += 1  # something that is not a record before the next one
@@ -508,6 +530,13 @@ def _read_arc(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDo
 # ------------------------------------------------------------------------------- datasets sources
 
 
+def _short_name(path: str) -> str:
+    """``folder/file`` of a path or URL: enough to tell a dataset's splits apart, and the same wherever
+    the dataset is moved to."""
+    parts = path.rstrip("/").replace("\\", "/").split("/")
+    return "/".join(p for p in parts[-2:] if p)
+
+
 def _row_doc(row: dict, i: int, inp: InputFile, cfg: ReadConfig, stats: Counter) -> RawDoc | None:
     text = row.get(cfg.text_column)
     if not isinstance(text, str):
@@ -522,7 +551,8 @@ def _row_doc(row: dict, i: int, inp: InputFile, cfg: ReadConfig, stats: Counter)
     rid = row.get(cfg.id_column)
     url = row.get(cfg.url_column)
     return RawDoc(
-        id=str(rid) if rid is not None else f"{os.path.basename(inp.path)}:{i}",
+        # without an id column: folder/file:row (two inputs train/part-0 and valid/part-0 stay apart)
+        id=str(rid) if rid is not None else f"{_short_name(inp.path)}:{i}",
         url=str(url) if url is not None else "",
         date="",
         text=text,
@@ -583,9 +613,43 @@ def _read_arrow(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[Raw
         stats["corrupt:file"] += 1
 
 
+def _first_byte(f) -> bytes:
+    """The first non-blank byte of a file (then back to the start)."""
+    try:
+        while True:
+            chunk = f.read(4096)
+            if not chunk or chunk.strip():
+                return chunk.strip()[:1]
+    finally:
+        f.seek(0)
+
+
+def _json_array_docs(f, inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
+    """A ``.json`` file that is one JSON array of objects (which Hugging Face's json loader also reads),
+    rather than JSON lines: parsed whole, as that loader does."""
+    try:
+        rows = json.load(f)
+    except (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError):
+        stats["corrupt:file"] += 1
+        return
+    for i, row in enumerate(rows if isinstance(rows, list) else []):
+        stats["read:records"] += 1
+        doc = _row_doc(row if isinstance(row, dict) else {}, i, inp, cfg, stats)
+        if doc is not None:
+            yield doc
+
+
 def _read_jsonl(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
     opener = gzip.open if inp.path.lower().endswith(".gz") else open
     with opener(inp.path, "rb") as f:
+        try:
+            array = _first_byte(f) == b"["
+        except (EOFError, OSError, zlib.error):
+            stats["corrupt:truncated"] += 1
+            return
+        if array:
+            yield from _json_array_docs(f, inp, cfg, stats)
+            return
         i = 0
         while True:
             try:

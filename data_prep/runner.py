@@ -70,8 +70,12 @@ def _postfix(stage: str, done: list[dict], t0: float) -> str:
 def _exclusive(out: Path) -> Iterator[None]:
     """Hold ``OUT/.prep.lock`` for the run: two local runs into one directory would each replace the
     other's outputs. (Slurm tasks of one plan share a directory on purpose and take no lock.)"""
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / LOCK, "a+") as f:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        f = open(out / LOCK, "a+")  # noqa: SIM115 - closed by the with below
+    except OSError as e:  # e.g. under /proc, or a read-only mount that os.access calls writable
+        raise DataError(f"--out {out}: cannot be written ({e.strerror or e})") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -105,7 +109,8 @@ def _run_stage(plan: Plan, stage: str, workers: int, progress: bool, pool: Calla
     units = plan.units(stage)
     pending = [u for u in units if stage == "finalize" or not plan.is_done(stage, u)]
     t0 = time.perf_counter()
-    done = [plan.read_marker(stage, u) for u in units if u not in pending]
+    waiting = set(pending)  # a set: a crawl's stage has ~90,000 units
+    done = [plan.read_marker(stage, u) for u in units if u not in waiting]
     failures: list[str] = []
     with tqdm(
         total=len(units),

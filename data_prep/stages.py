@@ -108,6 +108,9 @@ class _Extractor:
         c = plan.config
         self.urls = _url_filter(plan) if c.url_filter.enabled else None
         self.html = Extractor(c.extract)
+        model = Path(c.language.model) if c.language.enabled and plan.language_model_sha256 else None
+        if model is not None and model.is_file() and sha256_file(model) != plan.language_model_sha256:
+            raise DataError(f"language.model {model} changed since the plan was made")
         self.lid = LanguageIdentifier(c.language) if c.language.enabled else None
         self.filters = build_filters(c)
         d = c.dedup
@@ -282,9 +285,20 @@ def _extract(plan: Plan, unit: str) -> dict:
 
 
 def _offsets(plan: Plan) -> np.ndarray:
-    """Global id of each input file's first kept document (and the total at the end)."""
-    kept = [plan.read_marker("extract", u)["kept"] for u in plan.units("extract")]
-    return np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))
+    """Global id of each input file's first kept document (and the total at the end).
+
+    Read from every extract marker once per process and extract directory: the later stages run only
+    on a finished extract stage, and a unit calling this afresh would read all ~90,000 markers of a
+    crawl per unit (quadratic in the number of files)."""
+
+    def build() -> np.ndarray:
+        kept = [plan.read_marker("extract", u)["kept"] for u in plan.units("extract")]
+        return np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))
+
+    key = (str(plan.stage_dir("extract").resolve()), "offsets")
+    if key not in _CACHE:
+        _CACHE[key] = build()
+    return _CACHE[key]
 
 
 # ------------------------------------------------------------------------------------------ buckets

@@ -53,8 +53,26 @@ def test_an_output_inside_the_input_directory_is_not_read_back(tmp_path: Path) -
     assert second.config_hash == first.config_hash  # so nothing is redone
     run_plan(second, progress=False)
     assert _digests(src / "out") == before
-    with pytest.raises(DataError, match="only the output directory's own files"):
+    with pytest.raises(DataError, match="is a megadepth data directory .* kept documents are in"):
         plan_run([src / "out"], src / "out", overrides=RULES_OFF)
+
+
+def test_an_earlier_output_next_to_the_inputs_is_not_read_as_input(tmp_path: Path) -> None:
+    """Rerunning with another config into a new --out beside the old one (both inside the input folder):
+    the old output's Parquet parts, work files and JSON markers are outputs, not documents."""
+    src = _inputs(tmp_path)
+    first = plan_run([src], src / "outA", overrides=RULES_OFF)
+    run_plan(first, progress=False)
+    second = plan_run([src], src / "outB", overrides=RULES_OFF)
+    assert [i.path for i in second.inputs] == [i.path for i in first.inputs] and len(first.inputs) == 2
+    # a glob that reaches into the old output skips it too; named on purpose, its documents are input
+    globbed = plan_run([str(src / "**" / "*")], tmp_path / "g", overrides=RULES_OFF)
+    assert [i.path for i in globbed.inputs] == [i.path for i in first.inputs]
+    with pytest.raises(DataError, match="lie in megadepth data directories"):
+        plan_run([str(src / "outA" / "**" / "*.parquet")], tmp_path / "g2", overrides=RULES_OFF)
+    kept = plan_run([src / "outA" / "documents"], tmp_path / "again", overrides=RULES_OFF)
+    assert {Path(i.path).parent for i in kept.inputs} == {src / "outA" / "documents"}
+    assert {i.kind for i in kept.inputs} == {"parquet"}
 
 
 def test_someone_elses_folder_is_not_taken_as_output(tmp_path: Path) -> None:

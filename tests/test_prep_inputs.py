@@ -107,12 +107,48 @@ def test_damage_is_skipped_and_counted(tmp_path: Path) -> None:
     # binary junk as a whole file, an empty file, and a file that is not there any more
     (tmp_path / "noise.warc.gz").write_bytes(os.urandom(20000))
     docs, stats = _read(tmp_path / "noise.warc.gz")
-    assert docs == [] and stats["corrupt:gzip"] + stats["corrupt:record"] >= 1
+    assert docs == [] and stats["corrupt:file"] == 1, stats  # random bytes: not an archive at all
+    (tmp_path / "text.warc.gz").write_bytes(gzip.compress(b"just some text\n" * 100))
+    docs, stats = _read(tmp_path / "text.warc.gz")
+    assert docs == [] and stats["corrupt:file"] == 1, stats
     (tmp_path / "empty.warc").write_bytes(b"")
     assert _read(tmp_path / "empty.warc")[0] == []
     # a file that is not there is not damage: the unit fails (no done marker) and a rerun retries it
     with pytest.raises(InputUnavailable, match="vanished.warc.gz: cannot be read"):
         _read(tmp_path / "vanished.warc.gz")
+
+
+def test_damaged_file_without_record_ids_delivers_each_record_once(tmp_path: Path) -> None:
+    """Records without WARC-Record-ID (other crawlers' WARCs): after damage the lenient parser re-reads the
+    file and must recognise what FastWARC already delivered, whether the file is compressed or not."""
+    import re
+
+    pages = _pages(8)
+    urls = [f"https://ex.example/{i}" for i in range(8)]
+    recs = [re.sub(rb"WARC-Record-ID: [^\r]*\r\n", b"", r, count=1) for p in pages for r in p]
+    assert not any(b"WARC-Record-ID" in r for r in recs)
+    resp = pages[5][1]
+    n = int(resp.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    k = 5 * len(pages[0]) + 1  # page 5's response: a Content-Length 50 bytes too long
+    recs[k] = recs[k].replace(f"Content-Length: {n}\r\n".encode(), f"Content-Length: {n + 50}\r\n".encode(), 1)
+    for compression in ("members", "none"):
+        docs, stats = _read(write_warc(tmp_path / f"noid-{compression}.warc.gz", recs, compression))
+        assert _urls(docs) == urls[:5] + urls[6:], compression
+        assert stats["read:fallback_files"] == 1 and stats["corrupt:record"] >= 1, (compression, stats)
+        assert stats["skip:record_request"] == 8, (compression, stats)  # each request counted once
+
+
+def test_wet_text_in_another_encoding_is_decoded_and_counted(tmp_path: Path) -> None:
+    text = "Caf\u00e9 na\u00efve cr\u00e8me br\u00fbl\u00e9e, " * 20
+    recs = [
+        warc_record("conversion", text.encode("utf-8"), {"WARC-Target-URI": "https://u8.example/",
+                                                         "Content-Type": "text/plain"}),
+        warc_record("conversion", text.encode("latin-1"), {"WARC-Target-URI": "https://l1.example/",
+                                                           "Content-Type": "text/plain"}),
+    ]
+    docs, stats = _read(write_warc(tmp_path / "enc.warc.wet.gz", recs))
+    assert [d.text for d in docs] == [text, text]
+    assert stats["read:non_utf8"] == 1, stats
 
 
 def test_binary_payload_is_skipped(tmp_path: Path) -> None:
@@ -186,5 +222,17 @@ def test_datasets_sources(tmp_path: Path) -> None:
         assert [d.text for d in got[kind]] == texts
     assert [d.id for d in got["jsonl"]] == ["j0", "j1", "j2", "j3"] and got["parquet"][1].url == "u1"
     assert got["arrow"][0].id.endswith(":0")
+    # a .json file holding one JSON array (Hugging Face's json loader reads those too); ids without an id
+    # column name the folder as well, so two splits' part-0 files do not share ids
+    for split in ("train", "valid"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "part-0.json").write_text(json.dumps([{"text": t} for t in texts]))
+    ids = []
+    for split in ("train", "valid"):
+        stats = Counter()
+        docs = list(read_documents(InputFile(str(tmp_path / split / "part-0.json"), "jsonl"), ReadConfig(), stats))
+        assert [d.text for d in docs] == texts and stats["read:records"] == 4 and not stats["corrupt:record"]
+        ids += [d.id for d in docs]
+    assert len(set(ids)) == 8 and ids[0] == "train/part-0.json:0"
     with pytest.raises(DataError, match="no column 'content'"):
         check_input_columns(files, ReadConfig(text_column="content"))

@@ -250,6 +250,36 @@ def test_language_id_model_is_offline_and_pluggable(tmp_path) -> None:
         LanguageIdentifier(LanguageConfig(model=str(tmp_path / "none.ftz")))
 
 
+def test_language_settings_are_checked_and_hashed_when_planning(tmp_path, monkeypatch) -> None:
+    """Codes the model does not know fail before any work (not after the extract stage, as "nothing
+    survived"); a model file is planned by absolute path and its content (a cluster task runs from
+    another directory; another file at the same path must not share the old outputs)."""
+    import shutil
+
+    from data_prep.corpus import warc_response, write_warc
+    from data_prep.langid import default_model_path
+    from data_prep.pipeline import plan_run
+
+    src = write_warc(tmp_path / "in.warc.gz", warc_response("https://a.example/", b"<p>x</p>"))
+    with pytest.raises(DataError, match=r"language.languages: 'eng' is not a language of the model.*en"):
+        plan_run([src], tmp_path / "o1", overrides=["language.languages=[eng]"])
+    with pytest.raises(DataError, match="language.model .*nope.ftz: no such file"):
+        plan_run([src], tmp_path / "o2", overrides=["language.model=nope.ftz"])
+    assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()
+    (tmp_path / "lm").mkdir()
+    shutil.copy(default_model_path(), tmp_path / "lm" / "lid.ftz")
+    monkeypatch.chdir(tmp_path)
+    plan = plan_run([src], tmp_path / "o3", overrides=["language.model=lm/lid.ftz"])
+    assert plan.config.language.model == str(tmp_path / "lm" / "lid.ftz")
+    moved = tmp_path / "elsewhere.ftz"
+    shutil.copy(default_model_path(), moved)
+    same = plan_run([src], tmp_path / "o3", overrides=[f"language.model={moved}"])
+    assert same.hashes["extract"] == plan.hashes["extract"]  # the same model, moved
+    (tmp_path / "lm" / "lid.ftz").write_bytes(default_model_path().read_bytes() + b"\0")
+    other = plan_run([src], tmp_path / "o3", overrides=["language.model=lm/lid.ftz"])
+    assert other.hashes["extract"] != plan.hashes["extract"]  # another file at the same path
+
+
 # ------------------------------------------------------------------------------------------- PII
 
 
