@@ -128,3 +128,47 @@ def test_command_line_checks_and_a_diverging_lr(sample_data: Path, tmp_path: Pat
                (r["depth"], r["width"]) not in {(d["depth"], d["width"]) for d in result["diverged"]}
                for r in result["records"])
     assert (tmp_path / "o" / "coord.png").stat().st_size > 0
+
+
+def test_every_shape_is_validated_before_any_trains(sample_data: Path, tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A width the heads do not divide used to pass the up-front check (a model_copy skips validation)
+    and fail only after the earlier shapes had trained; the error names the shape."""
+    import yaml
+
+    from megadepth.cli import main
+
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(config(sample_data, tmp_path, "mup", "transformer", 0.01, base_width=32)))
+    code = main(["coord-check", str(cfg), "--depths", "2,4", "--widths", "32,50", "--steps", "2",
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 2 and "depth 2 width 50: " in err and "heads" in err and "Traceback" not in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_slopes_leave_out_steps_a_shape_or_seed_is_missing_from() -> None:
+    """After the deepest model diverges, a per-step slope over the survivors measures a different set of
+    shapes: it used to enter the mean all the same. Values here follow depth^0.5 while every shape is
+    there, and depth^1 among the survivors afterwards, so a leak shows in the mean."""
+    from megadepth.analysis.coord_check import slopes
+
+    summary = {}
+    for step in (0, 1, 2, 3):
+        for depth in (2, 4, 8):
+            if step == 3 and depth == 8:
+                continue  # depth 8 diverged at step 3
+            exponent = 1.0 if step == 3 else 0.5
+            for q in ("residual", "block_output", "residual_change", "block_change", "logits_change"):
+                summary[(depth, 64, step, q)] = float(depth) ** exponent
+    out = slopes(summary, "depth")
+    for q, v in out.items():
+        assert set(v["per_step"]) == {0, 1, 2}, q
+        assert v["mean"] == pytest.approx(0.5) and v["incomplete_steps"] == [3], q
+    # every shape survived, but a seed diverged at step 2 (the mean over seeds lost it): 2 and 3 left out
+    full = {k: v for k, v in summary.items() if k[2] < 3}
+    full.update({(d, 64, 3, q): float(d) ** 1.0 for d in (2, 4, 8) for q in ("residual", "block_output")})
+    out = slopes(full, "depth", incomplete_from=2)
+    assert set(out["residual"]["per_step"]) == {0, 1} and out["residual"]["incomplete_steps"] == [2, 3]
+    assert out["residual"]["mean"] == pytest.approx(0.5)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from megadepth.analysis.report import fit_optimum, interpolate, report
+from megadepth.analysis.report import fit_optimum, interpolate, report, transfer_ylim, weighted_slope
 from megadepth.cli import main
 from megadepth.sweep.runner import SweepDir, write_index
 from megadepth.sweep.spec import expand, parse_spec
@@ -461,3 +461,100 @@ def test_fit_notes_say_why_there_is_no_uncertainty() -> None:
     # without counts a partial set of standard errors cannot be pooled, and the note does not claim one seed
     partial = fit_optimum(lx, y, [0.01, 0.01, None, 0.01, 0.01])
     assert partial.stderr is None and partial.note == "a seed missing at a fit point: no uncertainty"
+
+
+# ----------------------------------------------------------------------------------------------------
+# Lopsided brackets, blown-up runs, one grid value, partial sweeps, the slope, the figure's range
+
+
+def test_a_lopsided_bracket_is_not_fitted() -> None:
+    """A flat bottom next to an LR near divergence (finite, far worse): the parabola through the three
+    points put its vertex 0.32 below every measured mean (and could go negative)."""
+    lx = [-7, -6, -5, -4, -3]
+    for means in ([5.30, 4.95, 4.90, 7.60, 7.62], [5.30, 4.95, 4.90, 30.0, 7.62]):
+        for window in (3, 5):
+            opt = fit_optimum(lx, means, [0.01] * 5, window=window)
+            assert opt.method == "argmin" and opt.log2_x == -5 and opt.loss == 4.90, (means, window, opt)
+            assert "near divergence" in opt.note
+    # the same shape mirrored: the small-LR side is the steep one
+    opt = fit_optimum(lx, [7.62, 7.60, 4.90, 4.95, 5.30], [0.01] * 5)
+    assert opt.method == "argmin" and opt.log2_x == -5 and "lower one" in opt.note
+    # just under the lopsidedness limit (1.9 vs 0.1: 19x), the fitted vertex (4.0 - 0.9^2 / 4 = 3.7975) is
+    # still further below the best mean (4.0) than twice the gentle side's rise (0.2): not reported
+    opt = fit_optimum([-8, -7, -6, -5], [5.0, 4.1, 4.0, 5.9], [0.01] * 4)
+    assert opt.method == "argmin" and opt.loss == 4.0 and "further below the best grid mean" in opt.note
+    # a smooth asymmetric bracket is still fitted: rises 0.9 and 0.1 (vertex 0.4 steps from the argmin)
+    opt = fit_optimum([-10, -9, -8, -7, -6], [0.5 * (x + 7.6) ** 2 + 2.0 for x in (-10, -9, -8, -7, -6)], [0.01] * 5)
+    assert opt.method == "fit" and opt.log2_x == pytest.approx(-7.6) and opt.loss == pytest.approx(2.0)
+
+
+def test_a_finite_loss_far_above_ln_vocab_counts_as_diverged(tmp_path: Path) -> None:
+    """A run that blew up but stayed finite (loss 1e6, ln(2048) = 7.6) used to be a 'completed' point whose
+    huge mean bent the fit (a fitted loss of -3e6 was seen)."""
+    def loss(param: str, depth: int, lx: float, seed: int) -> float:
+        return 1e6 if lx == -6 and depth == 2 else smooth_loss()(param, depth, lx, seed)
+
+    root = make_sweep(tmp_path / "sweep", loss, seeds=(1, 2), params=("good",))
+    data = report(root)
+    curve = next(c for c in data["panels"][0]["curves"] if c["curve"] == 2)
+    point = next(p for p in curve["points"] if p["log2_x"] == -6)
+    assert point["n_diverged"] == 2 and point["mean"] == math.inf
+    assert curve["optimum"]["method"] == "argmin" and "diverged" in curve["optimum"]["note"]
+    assert data["runs"] == {"completed": 4 * 7 * 2 - 2, "diverged": 2}
+    assert "2 ln(vocab_size 2048)" in data["table"]
+    # a loss above ln(vocab) but below twice it is a bad run, not a blown-up one
+    root = make_sweep(tmp_path / "sweep2", lambda p, d, lx, s: 9.0 if lx == -4 else smooth_loss()(p, d, lx, s),
+                      seeds=(1,), params=("good",))
+    assert report(root)["runs"] == {"completed": 4 * 7}
+
+
+def test_a_single_grid_value_is_not_a_measured_shift(tmp_path: Path) -> None:
+    """With one LR there is nothing to bracket: the optimum used to be an 'argmin' and the shift a
+    measured +0.00 (bounded false)."""
+    opt = fit_optimum([-7], [5.0], [0.01])
+    assert opt.method == "edge" and "single grid value" in opt.note
+    data = report(make_sweep(tmp_path / "sweep", smooth_loss(), lrs=(-7,), seeds=(1, 2), params=("good",)))
+    assert {c["optimum"]["method"] for c in data["panels"][0]["curves"]} == {"edge"}
+    assert data["panels"][0]["shift"]["bounded"] is True and "a bound, not an estimate" in data["table"]
+
+
+def test_an_unfinished_neighbour_is_not_a_reason_to_extend_the_grid(tmp_path: Path) -> None:
+    """A partial sweep whose best so far is at the end of the grid because the next LRs have not run yet
+    was told to extend the grid."""
+    opt = fit_optimum([-10, -9, -8], [3.0, math.nan, math.nan], [None] * 3)
+    assert opt.method == "edge" and "extend the grid" not in opt.note
+    assert "no finished run yet at log2 x = -9, -8" in opt.note
+    # a finished, worse neighbour: the grid does need extending (and the table says what has not run)
+    far = fit_optimum([-10, -9, -8], [3.0, 3.1, math.nan], [None] * 3).note
+    assert "extend the grid" in far and "no finished run yet at log2 x = -8" in far
+    root = make_sweep(tmp_path / "sweep", smooth_loss(), seeds=(1,), params=("good",),
+                      skip=lambda v: v["model.depth"] == 2 and math.log2(v["optimizer.lr"]) > -10)
+    data = report(root)
+    curve = next(c for c in data["panels"][0]["curves"] if c["curve"] == 2)
+    assert curve["optimum"]["method"] == "edge" and "finish the sweep" in curve["optimum"]["note"]
+
+
+def test_weighted_slope_with_very_different_weights() -> None:
+    """Two points: the slope is their difference, whatever the weights (the uncentred sum gave +0.235)."""
+    slope, stderr = weighted_slope([1, 2], [-5.5, -5.6194], [1.05e-8, 0.727])
+    assert slope == pytest.approx(-0.1194, abs=1e-9) and stderr == pytest.approx(0.727, rel=1e-6)
+    slope, _ = weighted_slope([0, 1, 2], [10.0, 12.0, 14.0], [None, None, None])
+    assert slope == pytest.approx(2.0)
+
+
+def test_transfer_figure_range_holds_bands_and_seeds_below_the_means() -> None:
+    """The y range came from the means alone: a ±std band or a seed below the lowest mean was cut off,
+    and with one LR every seed dot was outside the axes."""
+    def point(lx: float, seeds: list[float]) -> dict:
+        mean = sum(seeds) / len(seeds)
+        std = math.sqrt(sum((v - mean) ** 2 for v in seeds) / (len(seeds) - 1))
+        return {"log2_x": lx, "mean": mean, "std": std, "seeds": [{"value": v} for v in seeds]}
+
+    one_lr = [{"curves": [{"points": [point(-7, [4.6, 5.4])]}]}]  # mean 5.0, std 0.566
+    lo, hi = transfer_ylim(one_lr)
+    assert lo < 4.6 and hi > 5.0  # (the top keeps its cap: seeds above it are drawn on the top edge)
+    # a blown-up mean is still capped at the top (drawn as a triangle), the low seed still shown
+    curve = {"points": [point(-8, [5.2, 5.3]), point(-7, [4.7, 5.1]), point(-6, [5.25, 5.35]),
+                        point(-5, [90.0, 110.0])]}
+    lo, hi = transfer_ylim([{"curves": [curve]}])
+    assert lo < 4.7 and hi < 20

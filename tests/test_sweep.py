@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -161,6 +165,8 @@ def test_grid_expansion_order_values_linked_axes_and_ids() -> None:
          "config model.depth would be ignored: 'model.depth' is a sweep axis"),
         ({"grid": {"model.width,model.heads": [[64, 4]]}, "budget": {"steps": 3},
           "config": {"model": {"heads": 2}}}, "config model.heads would be ignored: 'model.heads' is a sweep axis"),
+        # a boolean is not an exponent (True used to become 2^1), as log2_range already said
+        ({"grid": {"optimizer.lr": {"log2": [True, -3]}}, "budget": {"steps": 3}}, "log2 takes a list of exponents"),
     ],
 )
 def test_bad_specs(spec: dict, message: str) -> None:
@@ -574,3 +580,154 @@ def test_progress_counts_each_point_once(sample_data: Path, tmp_path: Path, fake
     assert "width=48" in lines[1] and "flaky first attempt (will retry)" in lines[1]
     assert "attempt" not in lines[1].split("(will retry)")[1]
     assert "width=48" in lines[3] and "(attempt 2, " in lines[3] and "attempt" not in lines[0] + lines[2]
+
+
+@pytest.mark.parametrize(("jobs", "blocked"), [("1", "config"), ("2", "config"), ("2", "run_dir")])
+def test_a_bookkeeping_error_fails_its_point_and_the_sweep_finishes(sample_data: Path, tmp_path: Path,
+                                                                    fake_trainer: Path, jobs: str, blocked: str,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """An OSError outside the trainer (sweep_config.yaml cannot be written, or not even the lock, as on a
+    full or read-only disk) used to kill the worker thread: with --jobs 2 the sweep waited forever, with
+    --jobs 1 it ran nothing and exited 0. Now the point fails with a one-line reason and the others run."""
+    spec_path = write_spec(tmp_path, sample_data, {"model.depth": [2, 4, 6]}, name="bk")
+    sweep, points = runner.prepare(load_spec(spec_path), tmp_path / "sweep")
+    broken = points[0]
+    if blocked == "config":  # writing sweep_config.yaml fails: IsADirectoryError
+        (sweep.run_dir(broken) / "sweep_config.yaml").mkdir(parents=True)
+        reason = "IsADirectoryError"
+    else:  # the run directory is a file: no lock, no record can be written there
+        sweep.run_dir(broken).write_text("")
+        reason = "Error"
+    code: list[int] = []
+    worker = threading.Thread(target=lambda: code.append(main(["sweep", str(spec_path), "--out", str(sweep.root),
+                                                                "--jobs", jobs])), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "the sweep hung"
+    assert code == [1]  # a failed point: exit 1, as for a crashed run
+    printed = capsys.readouterr().out
+    assert len(calls(fake_trainer)) == 2  # the other points ran
+    line = next(ln for ln in printed.splitlines() if ln.startswith("[") and broken.label in ln)
+    assert "failed" in line and reason in line
+    assert "1 point(s) failed" in printed
+    if blocked == "config":  # recorded in its run directory, with the reason; not retried in this invocation
+        attempts = json.loads((sweep.run_dir(broken) / "sweep_run.json").read_text())["attempts"]
+        assert [a["outcome"] for a in attempts] == ["failed"] and "IsADirectoryError" in attempts[0]["error"]
+        state = read_state(sweep.run_dir(broken), broken.id)
+        assert state.status == "failed" and "sweep_config.yaml" in state.error and "\n" not in state.error
+
+
+def test_status_reads_a_lock_it_cannot_write(sample_data: Path, tmp_path: Path, fake_trainer: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--status and the report only read: a .lock they may not write (someone else's sweep, a read-only
+    copy) used to stop them with a PermissionError traceback, and a .lock that is not a file with
+    IsADirectoryError."""
+    spec_path = write_spec(tmp_path, sample_data, {"model.depth": [2, 4]}, name="ro")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec_path), "--out", str(out)]) == 0
+    sweep, points = runner.prepare(load_spec(spec_path), out, write=False)
+    # a held lock still reads as running through the read-only probe
+    (sweep.run_dir(points[1]) / "summary.json").unlink()
+    held = runner.PointLock(sweep.run_dir(points[1]))
+    try:
+        assert held.held and read_state(sweep.run_dir(points[1]), points[1].id).status == "running"
+    finally:
+        held.release()
+    # a lock path that is not a file: not locked, no crash
+    weird = sweep.run_dir(points[1]) / ".lock"
+    weird.unlink()
+    weird.mkdir()
+    assert read_state(sweep.run_dir(points[1]), points[1].id).status == "pending"
+    # a lock file that may be read but not written
+    lock = sweep.run_dir(points[0]) / ".lock"
+    lock.chmod(0o444)
+    immutable = False
+    if os.geteuid() == 0:  # root may write any mode; an immutable file it may not
+        immutable = subprocess.run(["chattr", "+i", str(lock)], capture_output=True).returncode == 0
+        if not immutable:
+            pytest.skip("running as root without chattr: a read-only lock file cannot be made")
+    try:
+        with pytest.raises(OSError):
+            os.close(os.open(lock, os.O_RDWR))  # the situation: the lock cannot be opened for writing
+        capsys.readouterr()
+        assert main(["sweep", str(spec_path), "--out", str(out), "--status"]) == 0
+        assert "1 completed, 1 pending" in capsys.readouterr().out
+        assert main(["report", str(out), "--x", "model.depth", "--out", str(tmp_path / "report")]) == 0
+    finally:
+        if immutable:
+            subprocess.run(["chattr", "-i", str(lock)], check=True)
+
+
+def test_a_corrupt_config_yaml_is_a_warning_not_a_traceback(sample_data: Path, tmp_path: Path, fake_trainer: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Like a corrupt summary.json (read as missing: the point is pending and reruns), a run's config.yaml
+    that is not YAML must not stop every sweep command with a yaml traceback."""
+    spec_path = write_spec(tmp_path, sample_data, {"model.depth": [2, 4]}, name="cy")
+    out = tmp_path / "sweep"
+    assert main(["sweep", str(spec_path), "--out", str(out)]) == 0
+    sweep, points = runner.prepare(load_spec(spec_path), out, write=False)
+    bad = sweep.run_dir(points[0])
+    (bad / "config.yaml").write_text("model: {depth: [2\n  : : :\n")
+    (bad / "summary.json").write_text("{not json")
+    capsys.readouterr()
+    for extra in (["--status"], ["--dry-run"]):
+        assert main(["sweep", str(spec_path), "--out", str(out), *extra]) == 0
+        captured = capsys.readouterr()
+        assert f"cannot read {bad / 'config.yaml'}" in captured.err and "Traceback" not in captured.err
+        assert len([ln for ln in captured.err.splitlines() if "cannot read" in ln]) == 1
+        assert f"pending   depth=2  runs/{points[0].id}" in captured.out
+    n = len(calls(fake_trainer))
+    assert main(["sweep", str(spec_path), "--out", str(out)]) == 0  # the pending point reruns
+    assert len(calls(fake_trainer)) == n + 1
+    assert yaml.safe_load((bad / "config.yaml").read_text())["model"]["depth"] == 2
+
+
+SIGTERM_TRAINER = r'''
+"""Stand-in trainer that behaves like megadepth train on SIGTERM: a checkpoint, status stopped, exit 0."""
+import json, signal, sys, time
+from pathlib import Path
+import yaml
+
+cfg = yaml.safe_load(open(sys.argv[1]))
+out = Path(cfg["train"]["out_dir"]); out.mkdir(parents=True, exist_ok=True)
+stop = []
+signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+(out / "started").write_text("x")
+deadline = time.monotonic() + 60
+while not stop and time.monotonic() < deadline:
+    time.sleep(0.05)
+(out / "summary.json").write_text(json.dumps({"status": "stopped"}))
+'''
+
+
+def test_a_sweep_stopped_by_sigterm_records_interrupted_not_stopped(sample_data: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """SIGTERM to the sweep (Slurm's time limit, `kill`) stops its runs; the trainer then saves and says
+    "stopped", as after train.stop_after_steps. That used to be recorded and printed as a
+    stop_after_steps stop ("resuming"); the sweep was interrupted, so the attempt is "interrupted"."""
+    script = tmp_path / "sigterm_train.py"
+    script.write_text(SIGTERM_TRAINER)
+    monkeypatch.setattr(runner, "TRAIN_COMMAND", [sys.executable, str(script)])
+    spec_path = write_spec(tmp_path, sample_data, {"model.depth": [2]}, name="term")
+    spec = load_spec(spec_path)
+    sweep, points = runner.prepare(spec, tmp_path / "sweep")
+    started = sweep.run_dir(points[0]) / "started"
+
+    def signal_when_started() -> None:
+        deadline = time.monotonic() + 60
+        while not started.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)  # to this process: the sweep, not its child
+
+    printed: list[str] = []
+    executor = runner.LocalExecutor(spec, sweep, points, jobs=1, devices=[], echo=printed.append)
+    killer = threading.Thread(target=signal_when_started, daemon=True)
+    killer.start()
+    with pytest.raises(KeyboardInterrupt):
+        executor.run()
+    killer.join(timeout=5)
+    attempts = json.loads((sweep.run_dir(points[0]) / "sweep_run.json").read_text())["attempts"]
+    assert [a["outcome"] for a in attempts] == ["interrupted"]
+    assert [r.outcome for r in executor.results] == ["interrupted"]
+    assert len(printed) == 1 and "interrupted" in printed[0] and "resuming" not in printed[0]
+    assert read_state(sweep.run_dir(points[0]), points[0].id).status == "pending"

@@ -46,7 +46,10 @@ def _rms(x: torch.Tensor) -> float:
     return float(x.double().pow(2).mean().sqrt())
 
 
-def _with_shape(config: Config, shape: Shape, steps: int, seed: int) -> Config:
+def shaped_config(config: Config, shape: Shape, steps: int, seed: int) -> Config:
+    """The config one shape of the check trains with, validated: a shape the config cannot take (heads
+    that do not divide the width) is a ConfigError here, which the command asks for every shape before
+    any trains."""
     data = config.model_dump(mode="json")
     data["model"].update(depth=shape.depth, width=shape.width)
     data["train"].update(steps=steps, seed=seed, progress=False, save_final=False, save_every=0,
@@ -163,16 +166,31 @@ def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
     return float(np.polyfit(lx, ly, 1)[0])
 
 
-def slopes(summary: dict[tuple[int, int, int, str], float], axis: str) -> dict[str, dict[str, Any]]:
+def slopes(summary: dict[tuple[int, int, int, str], float], axis: str,
+           incomplete_from: int | None = None) -> dict[str, dict[str, Any]]:
     """Per quantity: the slope against ``axis`` ('depth' or 'width') at each step, and their mean over
-    steps >= 1 (the init is not judged). With several values of the other axis, slopes are averaged."""
+    steps >= 1 (the init is not judged). With several values of the other axis, slopes are averaged.
+
+    Only complete steps count: a step that lacks any shape (one diverged earlier), or any step from
+    ``incomplete_from`` on (a seed diverged there: the mean over seeds has lost it), is listed in
+    ``incomplete_steps`` and left out of ``per_step`` and ``mean``. A slope over the survivors would drop
+    the deepest model, the one that matters, and an average over seeds that changes membership mid-run
+    would jump for no reason in the model."""
     idx = 0 if axis == "depth" else 1
     other = 1 - idx
     out: dict[str, dict[str, Any]] = {}
     steps = sorted({k[2] for k in summary})
+    shapes = {(k[0], k[1]) for k in summary}
     for q in QUANTITIES:
         per_step = {}
+        incomplete = []
         for s in steps:
+            present = {(k[0], k[1]) for k in summary if k[2] == s and k[3] == q}
+            if not present:
+                continue  # not measured at this step at all (the change quantities at step 0 are)
+            if present != shapes or (incomplete_from is not None and s >= incomplete_from):
+                incomplete.append(s)
+                continue
             fits = []
             for fixed in sorted({k[other] for k in summary}):
                 pts = sorted((k[idx], v) for k, v in summary.items() if k[2] == s and k[3] == q and k[other] == fixed)
@@ -182,7 +200,8 @@ def slopes(summary: dict[tuple[int, int, int, str], float], axis: str) -> dict[s
             if fits:
                 per_step[s] = float(np.mean(fits))
         trained = [v for s, v in per_step.items() if s >= 1]
-        out[q] = {"per_step": per_step, "mean": float(np.mean(trained)) if trained else float("nan")}
+        out[q] = {"per_step": per_step, "mean": float(np.mean(trained)) if trained else float("nan"),
+                  "incomplete_steps": incomplete}
     return out
 
 
@@ -210,7 +229,7 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
     diverged: list[dict[str, int]] = []
     for shape in tqdm(shapes, desc="coord-check", disable=not progress):
         for seed in seeds:
-            cfg = _with_shape(config, shape, steps, seed)
+            cfg = shaped_config(config, shape, steps, seed)
             measured, bad_step = _measure_shape(cfg, device, precision)
             if bad_step is not None:
                 diverged.append({"depth": shape.depth, "width": shape.width, "seed": seed, "step": bad_step})
@@ -221,6 +240,8 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
         for (d, w, s, q, layer), v in sorted(sums.items())
     ]
     summary = summarise(records)
+    # a shape or seed that diverged at step k has no records from k on: those steps are incomplete
+    incomplete_from = min((d["step"] for d in diverged), default=None)
     result: dict[str, Any] = {
         "parametrization": config.parametrization.name,
         "optimizer": config.optimizer.name,
@@ -236,9 +257,9 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
         "slopes": {},
     }
     if len(set(depths)) > 1:
-        result["slopes"]["depth"] = slopes(summary, "depth")
+        result["slopes"]["depth"] = slopes(summary, "depth", incomplete_from)
     if len(set(widths)) > 1:
-        result["slopes"]["width"] = slopes(summary, "width")
+        result["slopes"]["width"] = slopes(summary, "width", incomplete_from)
     return result
 
 
@@ -286,4 +307,9 @@ def format_slopes(result: dict[str, Any]) -> str:
     lines = [f"coordinate check: {result['parametrization']} ({result['optimizer']}), mean log-log slope over steps >= 1"]
     for axis, per_q in result["slopes"].items():
         lines.append("  vs " + axis + ": " + ", ".join(f"{q} {v['mean']:+.3f}" for q, v in per_q.items()))
+    left_out = sorted({s for per_q in result["slopes"].values() for v in per_q.values()
+                       for s in v.get("incomplete_steps", []) if s >= 1})
+    if left_out:
+        span = f"step {left_out[0]}" if len(left_out) == 1 else f"steps {left_out[0]} to {left_out[-1]}"
+        lines.append(f"  {span} left out of the slopes: a shape or seed had diverged by step {left_out[0]}")
     return "\n".join(lines)

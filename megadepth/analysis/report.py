@@ -12,8 +12,10 @@ them into panels), per curve (depth):
   argmin (3 by default: exact through the argmin and its neighbours), with a standard error propagated
   from the seeds' spread (delta method; a fit point left with one seed by a missing run uses the seed
   variance pooled over the other fit points; with one seed and a window of more than 3 points, from the
-  fit's residuals). An argmin at the edge of the grid, or next to a diverged point, cannot be bracketed:
-  it is reported as such (no uncertainty), never extrapolated;
+  fit's residuals). An argmin at the edge of the grid (or on a grid of one value), next to a diverged
+  point, or in a lopsided bracket (one neighbour near divergence: see ``LOPSIDED``) cannot be bracketed:
+  it is reported as such (no uncertainty), never extrapolated; a run whose finite loss is above
+  2 ln(vocab_size) counts as diverged;
 - the shift of the optimum from the shallowest to the deepest curve in log2 units, and its slope against
   log2(depth) (optimum ~ depth^slope);
 - the transfer loss: each curve's loss at the shallowest curve's optimum minus its own best loss.
@@ -42,6 +44,18 @@ from megadepth.config.load import ConfigError
 from megadepth.train.rundir import atomic_write_json, atomic_write_text
 
 METRICS = ("final_eval_loss", "final_loss")
+
+LOPSIDED = 20.0
+"""A bracket (the grid argmin and its two neighbours) whose steeper side rises more than this many times
+as much as the gentler side (or as twice the best mean's standard error, if that is larger) is not
+fitted. A parabola through such points puts its vertex more than 0.45 grid steps from the argmin and
+more than twice as far below the best grid mean as the gentle neighbour lies above it: the signature
+of a neighbour near divergence, whose loss says nothing about the curvature at the optimum. (A smooth
+curve whose optimum lies between two grid points gives ratios up to about 10: still fitted.)"""
+
+BLOWN_UP = 2.0
+"""A finished run whose loss exceeds this many times ln(vocab_size), the loss of a uniform guess, blew
+up and merely stayed finite: the report counts it as diverged."""
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -103,13 +117,20 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
         return Optimum(None, None, None, None, "none", "no finished, finite point")
     best = min(finite, key=lambda i: y[i])
     arg = Optimum(lx[best], None, y[best], sem[best], "argmin", grid_argmin=lx[best])
-    if len(y) == 1:
-        arg.note = "a single grid value"
-        return arg
+    if len(y) == 1:  # nothing on either side: as unbracketed as an argmin at the end of a longer grid
+        return Optimum(lx[best], None, y[best], sem[best], "edge",
+                       "a single grid value: nothing to compare with; extend the grid", grid_argmin=lx[best])
     if best == 0 or best == len(y) - 1:
         side = "lowest" if best == 0 else "highest"
-        return Optimum(lx[best], None, y[best], sem[best], "edge",
-                       f"best at the {side} grid value: extend the grid", grid_argmin=lx[best])
+        inner = 1 if best == 0 else len(y) - 2
+        missing = [_fmt_lx(lx[i]) for i, v in enumerate(y) if math.isnan(v)]
+        if math.isnan(y[inner]):  # the next value has not run (pending, failed): nothing says to extend yet
+            note = (f"best at the {side} grid value so far: no finished run yet at log2 x = {', '.join(missing)}; "
+                    "finish the sweep")
+        else:
+            note = f"best at the {side} grid value: extend the grid" + (
+                f" (no finished run yet at log2 x = {', '.join(missing)})" if missing else "")
+        return Optimum(lx[best], None, y[best], sem[best], "edge", note, grid_argmin=lx[best])
     half = window // 2
     lo, hi = max(0, best - half), min(len(y) - 1, best + half)
     idx = list(range(lo, hi + 1))
@@ -117,6 +138,14 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
     if any(abs(i - best) == 1 for i in bad):
         arg.note = "a neighbouring grid value diverged" if any(y[i] == math.inf for i in bad) else \
             "a neighbouring grid value is missing"
+        return arg
+    # a lopsided bracket: one neighbour far worse than the other (e.g. next to divergence but finite)
+    rises = (y[best - 1] - y[best], y[best + 1] - y[best])
+    noise = 2 * float(sem[best]) if sem[best] is not None and math.isfinite(sem[best]) else 0.0  # type: ignore[arg-type]
+    if max(rises) > LOPSIDED * max(min(rises), noise):
+        steep = "lower" if rises[0] > rises[1] else "higher"
+        arg.note = (f"a neighbouring grid value is near divergence (the {steep} one's loss rises "
+                    f"{max(rises):.3g}, over {LOPSIDED:g}x the other side's): not fitted")
         return arg
     # keep the contiguous finite run around the argmin
     left = best
@@ -160,6 +189,15 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
         note = "seeds missing at the fit points (one seed each): no uncertainty"
     else:
         note = "one seed: no uncertainty"
+    # never deeper below the best grid mean than the data allow: twice the seeds' standard error, or twice
+    # as far as the gentler neighbour lies above it (what a parabola with its vertex up to 0.45 steps from
+    # the argmin dips; a wider window's least squares can dip further than its 3-point bracket says)
+    best_se = math.sqrt(float(variances[idx.index(best)])) if variances is not None else 0.0
+    floor = y[best] - 2 * max(best_se, min(rises))
+    if loss < floor:
+        arg.note = (f"the fitted minimum ({loss:.4g}) lies further below the best grid mean than its neighbours "
+                    "and seeds allow: not fitted")
+        return arg
     stderr = loss_stderr = None
     if variances is not None:
         cov = pinv @ np.diag(variances) @ pinv.T
@@ -186,11 +224,14 @@ def weighted_slope(xs: Sequence[float], ys: Sequence[float], ses: Sequence[float
         known = False
     xm = float((w * x).sum() / w.sum())
     sxx = float((w * (x - xm) ** 2).sum())
-    slope = float((w * (x - xm) * y).sum() / sxx)
+    ym = float((w * y).sum() / w.sum())
+    # y centred too: sum w (x - xm) y is the same in exact arithmetic, but with weights that differ by
+    # orders of magnitude sum w (x - xm) is not 0 in floating point and multiplies y's offset
+    slope = float((w * (x - xm) * (y - ym)).sum() / sxx)
     if known:
         return slope, math.sqrt(1.0 / sxx)
     if len(x) > 2:
-        intercept = float((w * y).sum() / w.sum()) - slope * xm
+        intercept = ym - slope * xm
         resid = y - (slope * x + intercept)
         return slope, math.sqrt(float(resid @ resid) / (len(x) - 2) / sxx)
     return slope, None
@@ -308,8 +349,33 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
             r.status = "no metric"
         elif r.status == "completed" and math.isinf(r.value):
             r.status = "diverged"
+        elif r.status == "completed":
+            vocab = _vocab_size(run_root / r.id)
+            if vocab is not None and r.value > BLOWN_UP * math.log(vocab):
+                r.error = (f"{metric_name} {r.value:.4g} > {BLOWN_UP:g} ln(vocab_size {vocab}) = "
+                           f"{BLOWN_UP * math.log(vocab):.4g}: blew up, counted as diverged")
+                r.status, r.value = "diverged", math.inf
     meta["metric"] = metric_name
     return runs, meta
+
+
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader when there is one: many runs
+
+
+def _vocab_size(run_dir: Path) -> int | None:
+    """model.vocab_size from a run's config.yaml (the trainer's), else its sweep_config.yaml; None when
+    neither can be read, and such a run is then judged by its loss being finite alone."""
+    for name in ("config.yaml", "sweep_config.yaml"):
+        try:
+            data = yaml.load((run_dir / name).read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            continue
+        model = data.get("model") if isinstance(data, dict) else None
+        vocab = model.get("vocab_size") if isinstance(model, dict) else None
+        if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab > 1:
+            return vocab
+    return None
+
 
 
 def _spec_links(spec_path: Path, axes: Sequence[str]) -> list[list[str]] | None:
@@ -630,6 +696,28 @@ def _colors(n: int) -> list[Any]:
     return [cmap(0.1 + 0.8 * i / max(1, n - 1)) for i in range(n)]
 
 
+def transfer_ylim(panels: Sequence[dict[str, Any]]) -> tuple[float, float]:
+    """transfer.png's y range: everything drawn (means, the ±std bands, the seeds' dots) is inside it,
+    except values above a cap of 3x the spread of the means below their median over the lowest mean
+    (a blown-up LR would squash the curves; such points are drawn as triangles at the top). The bottom
+    is not capped: a band or seed below the lowest mean was clipped away unseen before, every seed dot
+    with a single LR."""
+    points = [p for panel in panels for c in panel["curves"] for p in c["points"]]
+    means = [p["mean"] for p in points if math.isfinite(p["mean"])]
+    if not means:
+        return (0.0, 1.0)
+    drawn = list(means)
+    for p in points:
+        if math.isfinite(p["mean"]) and math.isfinite(p["std"]):
+            drawn += [p["mean"] - p["std"], p["mean"] + p["std"]]
+        drawn += [s["value"] for s in p["seeds"] if math.isfinite(s["value"])]
+    lo, med = min(means), float(np.median(means))
+    bottom = min(drawn)
+    top = min(max(drawn), lo + 3 * max(med - lo, 0.05))
+    pad = 0.05 * (top - bottom) or 0.05
+    return (bottom - pad, top + 2 * pad)
+
+
 def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str) -> Path:
     import matplotlib
 
@@ -640,14 +728,7 @@ def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str)
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), dpi=110, squeeze=False, sharey=True)
-    finite = [p["mean"] for panel in panels for c in panel["curves"] for p in c["points"] if math.isfinite(p["mean"])]
-    if finite:
-        lo, med = min(finite), float(np.median(finite))
-        top = min(max(finite), lo + 3 * max(med - lo, 0.05))
-        pad = 0.05 * (top - lo) or 0.05
-        ylim = (lo - pad, top + 2 * pad)
-    else:
-        ylim = (0.0, 1.0)
+    ylim = transfer_ylim(panels)
     for k, panel in enumerate(panels):
         ax = axes[k // ncols][k % ncols]
         colors = _colors(len(panel["curves"]))
@@ -801,6 +882,9 @@ def report(root: str | Path, *, metric: str | None = None, x: str | None = None,
             f"{k} {n}" for k, n in counts.items() if k not in ("completed", "diverged"))
         for r in [r for r in not_finished if r.error][:5]:
             table += f"\n  {r.id}: {r.error}"
+    blown = [r for r in runs if r.status == "diverged" and r.error]  # finite, but far above ln(vocab)
+    if blown:
+        table += f"\n\n{len(blown)} run(s) counted as diverged with a finite loss, e.g. {blown[0].id}: {blown[0].error}"
     data = _jsonable(result, layout, meta, counts, not_finished)
     target.mkdir(parents=True, exist_ok=True)
     atomic_write_json(target / "transfer.json", data)

@@ -150,10 +150,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"megadepth sweep '{spec.name}': {format_counts(final)}; report with: megadepth report {args.out}")
     for r in [r for r in results if r.outcome == "failed"][:10]:
         print(f"  failed: {r.point.label}: {r.error}  (log: {sweep.run_dir(r.point) / 'train.log'})")
-    if final.get("failed"):
-        print(f"  {final['failed']} point(s) failed; see `megadepth sweep {args.spec} --out {args.out} --status`, "
+    # a point whose failure could not be recorded in its run directory (its bookkeeping failed) reads as
+    # pending there, but it failed in this invocation all the same
+    failed = max(final.get("failed", 0), sum(1 for r in results if r.outcome == "failed"))
+    if failed:
+        print(f"  {failed} point(s) failed; see `megadepth sweep {args.spec} --out {args.out} --status`, "
               "fix the cause and run again with --retry-failed")
-    return 1 if final.get("failed") else 0
+    return 1 if failed else 0
 
 
 def add_cli(subparsers: Any) -> None:

@@ -105,10 +105,9 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data:
     check_same_sweep(spec, sweep)
     _preflight(spec, points, sweep, check_data=check_data)
     for point in points:
-        saved_file = sweep.run_dir(point) / "config.yaml"
-        if not saved_file.is_file():
+        saved = _saved_config(sweep.run_dir(point) / "config.yaml")
+        if saved is None:
             continue
-        saved = yaml.safe_load(saved_file.read_text(encoding="utf-8")) or {}
         changed = diff_configs(saved, point_config(spec, point, sweep))
         if changed:
             key = changed[0]
@@ -125,6 +124,27 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data:
         atomic_write_text(sweep.spec, header + spec.frozen_yaml())
         write_index(spec, sweep, points)
     return sweep, points
+
+
+def _saved_config(path: Path) -> dict[str, Any] | None:
+    """A run's config.yaml, or None when there is none or it cannot be read.
+
+    An unreadable one (a torn write, an edited file) is treated like a corrupt summary.json: the run's
+    state comes from its summary as always, and the comparison with the grid is skipped with a warning
+    instead of a traceback that would stop every sweep command, --status included."""
+    if not path.is_file():
+        return None
+    try:
+        saved = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"megadepth sweep: warning: cannot read {path} ({why}); not compared with the grid",
+              file=sys.stderr)
+        return None
+    if not isinstance(saved, dict):
+        print(f"megadepth sweep: warning: {path} is not a mapping; not compared with the grid", file=sys.stderr)
+        return None
+    return saved
 
 
 def check_same_sweep(spec: SweepSpec, sweep: SweepDir) -> None:
@@ -305,6 +325,7 @@ class Outcome:
     error: str | None = None
     wall_s: float = 0.0
     summary: dict[str, Any] = field(default_factory=dict)
+    retry: bool = True  # False: a failure of the sweep's own bookkeeping, which a retry now would repeat
 
 
 class LocalExecutor:
@@ -327,6 +348,8 @@ class LocalExecutor:
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._live = 0  # worker threads still running
+        self._all_done = threading.Event()  # set by the last worker to finish
         self.results: list[Outcome] = []
 
     # one slot per job; slot k uses GPU k mod #GPUs (or the CPU)
@@ -340,8 +363,13 @@ class LocalExecutor:
         self._pending = len(self.points)
         self._total = len(self.points)
         self._done = 0
-        threads = [threading.Thread(target=self._worker, args=(slot, work), daemon=True)
+        threads = [threading.Thread(target=self._worker_main, args=(slot, work), daemon=True)
                    for slot in range(min(self.jobs, max(1, len(self.points))))]
+        # Waited for through an Event, not Thread.join: a KeyboardInterrupt raised inside join() marks the
+        # still-running thread as finished (CPython's bpo-45274 handling), so a second join() returned at
+        # once and the stopped runs' outcomes went unrecorded.
+        self._live = len(threads)
+        self._all_done = threading.Event()
         previous = None
         if threading.current_thread() is threading.main_thread():
             # Slurm (time limit, preemption, scancel) and `kill` send SIGTERM: stop like Ctrl-C
@@ -349,14 +377,12 @@ class LocalExecutor:
         try:
             for t in threads:
                 t.start()
-            while any(t.is_alive() for t in threads):
-                for t in threads:
-                    t.join(timeout=0.2)
+            while not self._all_done.wait(timeout=0.2):
+                pass
         except KeyboardInterrupt:
             self._stop.set()
             self._terminate_all()
-            for t in threads:
-                t.join(timeout=30)
+            self._all_done.wait(timeout=30)
             raise
         finally:
             if previous is not None:
@@ -377,6 +403,15 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
+    def _worker_main(self, slot: int, work: queue.Queue[Point]) -> None:
+        try:
+            self._worker(slot, work)
+        finally:
+            with self._lock:
+                self._live -= 1
+                if self._live == 0:
+                    self._all_done.set()
+
     def _worker(self, slot: int, work: queue.Queue[Point]) -> None:
         while not self._stop.is_set():
             with self._lock:
@@ -386,26 +421,61 @@ class LocalExecutor:
                 point = work.get(timeout=0.2)
             except queue.Empty:
                 continue
-            result = self._run_point(point, slot)
-            requeue = False
-            with self._lock:
-                if result.outcome == "stopped":
-                    requeue = True  # train.stop_after_steps: the next process resumes from the checkpoint
-                elif (result.outcome == "failed" and not self._stop.is_set()
-                      and RunRecord(self.sweep.run_dir(point), point.id).failed_attempts() < self.max_attempts):
-                    requeue = True
-                if not requeue:
-                    self._pending -= 1
-                    self._done += 1
-                    self.results.append(result)
-                self._report(result, again=requeue)
-                if self.index_points is not None:
-                    try:
-                        write_index(self.spec, self.sweep, self.index_points)
-                    except OSError as exc:  # a convenience; the run directories are the truth
-                        self.echo(f"megadepth sweep: warning: could not update {self.sweep.index}: {exc}")
-            if requeue:
-                work.put(point)
+            requeue = counted = False
+            result = Outcome(point, "failed", error="the sweep's bookkeeping failed", retry=False)
+            try:
+                try:
+                    result = self._run_point(point, slot)
+                except Exception as exc:  # a dead worker would leave the sweep waiting forever
+                    result = self._bookkeeping_failed(point, exc)
+                with self._lock:
+                    if result.outcome == "stopped":
+                        requeue = True  # train.stop_after_steps: the next process resumes from the checkpoint
+                    elif (result.outcome == "failed" and result.retry and not self._stop.is_set()
+                          and RunRecord(self.sweep.run_dir(point), point.id).failed_attempts() < self.max_attempts):
+                        requeue = True
+                    if not requeue:
+                        self._count_done(result)
+                        counted = True
+                    self._report(result, again=requeue)
+                    if self.index_points is not None:
+                        try:
+                            write_index(self.spec, self.sweep, self.index_points)
+                        except OSError as exc:  # a convenience; the run directories are the truth
+                            self.echo(f"megadepth sweep: warning: could not update {self.sweep.index}: {exc}")
+            except Exception as exc:  # reporting failed: keep this worker serving the queue
+                self.echo(f"megadepth sweep: warning: after {point.label}: {type(exc).__name__}: {exc}")
+            finally:
+                # the point is either queued again or counted as done, whatever happened above: a point
+                # that is neither (a worker died on an exception) kept the other workers waiting forever
+                if requeue:
+                    work.put(point)
+                elif not counted:
+                    with self._lock:
+                        self._count_done(result)
+
+    def _count_done(self, result: Outcome) -> None:
+        """A point finished for this invocation (call with ``_lock`` held)."""
+        self._pending -= 1
+        self._done += 1
+        self.results.append(result)
+
+    def _bookkeeping_failed(self, point: Point, exc: Exception) -> Outcome:
+        """A failed Outcome for an exception outside the trainer (writing sweep_config.yaml, sweep_run.json
+        or train.log, taking the lock: a full disk, a read-only or foreign directory), recorded as a failed
+        attempt in sweep_run.json where that can still be written. Not retried in this invocation: the
+        same write would fail again at once."""
+        error = f"the sweep could not run the point: {type(exc).__name__}: {exc}".splitlines()[0]
+        run_dir = self.sweep.run_dir(point)
+        with contextlib.suppress(Exception):
+            record = RunRecord(run_dir, point.id, point.values)
+            last = record.attempts[-1] if record.attempts else None
+            if last is not None and "ended" not in last and last.get("pid") == os.getpid():
+                attempt = last  # this executor's attempt, started before the error: end it
+            else:
+                attempt = record.start([*self.command, str(run_dir / CONFIG_FILE)], run_dir / LOG_FILE)
+            record.end(attempt, None, "failed", error, 0.0)
+        return Outcome(point, "failed", error=error, retry=False)
 
     def _report(self, r: Outcome, again: bool) -> None:
         """One line per attempt. ``[k/N]`` counts finished points, so each k appears once; an attempt
@@ -473,8 +543,13 @@ class LocalExecutor:
             status = summary.get("status")
             # stopped by us, or killed by a signal from outside (scancel, preemption, Ctrl-C): not the
             # run's fault, so not a failed attempt; the point stays pending. SIGKILL (the OOM killer) is.
-            if status not in (*FINAL, "stopped") and (self._stop.is_set() or code in INTERRUPT_CODES):
-                record.end(attempt, code, "interrupted", f"terminated by signal {-code}" if code < 0 else None, wall)
+            # A trainer that got our SIGTERM saves a checkpoint and says "stopped", as after
+            # train.stop_after_steps: while the sweep is stopping, that is an interruption, not a resume.
+            interrupted = status not in (*FINAL, "stopped") and code in INTERRUPT_CODES
+            if status not in FINAL and (self._stop.is_set() or interrupted):
+                why = (f"terminated by signal {-code}" if code < 0 else
+                       "the sweep was interrupted; the run saved a checkpoint" if status == "stopped" else None)
+                record.end(attempt, code, "interrupted", why, wall)
                 return Outcome(point, "interrupted", attempt["n"], wall_s=wall)
             if status in (*FINAL, "stopped"):
                 record.end(attempt, code, status, None, wall)
@@ -484,6 +559,8 @@ class LocalExecutor:
                 error = f"exit code {code}: {error}"
             record.end(attempt, code, "failed", error, wall)
             return Outcome(point, "failed", attempt["n"], error, wall, summary)
+        except Exception as exc:  # the sweep's own writes, not the run: recorded while the lock is still held
+            return self._bookkeeping_failed(point, exc)
         finally:
             lock.release()
 

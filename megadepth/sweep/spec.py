@@ -163,7 +163,8 @@ def _expand_values(key: str, raw: Any, where: str) -> list[Any]:
         if kind == "values":
             values = arg
         elif kind == "log2":
-            if not isinstance(arg, list) or not all(isinstance(e, (int, float)) for e in arg):
+            if not isinstance(arg, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
+                                                    for e in arg):
                 raise ConfigError(f"{where}: axis '{key}': log2 takes a list of exponents, got {arg!r}")
             values = [2.0 ** e for e in arg]
         elif kind == "log2_range":

@@ -144,15 +144,23 @@ class PointLock:
 
 
 def is_locked(run_dir: Path) -> bool:
-    """True while some executor holds the point's lock (it is running now)."""
+    """True while some executor holds the point's lock (it is running now).
+
+    Only reads: the lock file is opened read-only and probed with a shared lock, which fails while an
+    executor holds its exclusive one. So `--status` and the report work on a sweep directory that is
+    read-only or someone else's; a lock file that cannot be opened at all reads as not locked (the
+    state then comes from the run's files alone) rather than stopping them with a traceback."""
     path = run_dir / LOCK_FILE
-    if not path.exists():
-        return False
-    fd = os.open(path, os.O_RDWR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # no lock file (never run), or one this user cannot read
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
+    except OSError:  # a file system without flock: nothing to tell
+        return False
     else:
         fcntl.flock(fd, fcntl.LOCK_UN)
         return False
