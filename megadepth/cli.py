@@ -155,7 +155,13 @@ def _count(minimum: int):
 def _cmd_coord_check(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from megadepth.analysis.coord_check import format_slopes, plot_coord_check, run_coord_check
+    from megadepth.analysis.coord_check import (
+        Shape,
+        format_slopes,
+        plot_coord_check,
+        run_coord_check,
+        shaped_config,
+    )
     from megadepth.parametrize.checks import check_parametrization
     from megadepth.train.data_checks import check_tokenizer
     from megadepth.train.rundir import atomic_write_json
@@ -169,10 +175,14 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     if config.parallel.tensor > 1 or config.parallel.pipeline > 1:
         raise ConfigError("coord-check trains each shape in one process: parallel.tensor and parallel.pipeline "
                           "must be 1")
-    for depth in args.depths:  # every shape must pass the same start-up checks as a training run
-        for width in args.widths or [config.model.width]:
-            shaped = config.model_copy(update={"model": config.model.model_copy(update={"depth": depth, "width": width})})
-            check_parametrization(shaped)
+    # every shape must pass the same start-up checks as a training run, before the first one trains:
+    # built as run_coord_check builds it (validated: a width the heads do not divide is refused here)
+    for width in args.widths or [config.model.width]:
+        for depth in args.depths:
+            try:
+                check_parametrization(shaped_config(config, Shape(depth, width), args.steps, 0))
+            except ConfigError as exc:
+                raise ConfigError(f"depth {depth} width {width}: {exc}") from None
     check_tokenizer(config)
     result = run_coord_check(config, args.depths, args.widths, args.steps, seeds=tuple(range(args.seeds)))
     out.mkdir(parents=True, exist_ok=True)
@@ -216,6 +226,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
     info = export_hf(args.run_dir, args.out, args.tag)
     print(f"wrote {args.out}: GPT-2 (transformers) from {info['source']}, {info['parametrization']} multipliers "
           f"folded into the weights; logits match megadepth's to {info['max_relative_logit_difference']:.1e}")
+    if info["tokenizer"] is None:
+        print("note: the run's data has no tokenizer.model and data.tokenizer is not set, so the export holds "
+              "no tokenizer (token ids only)", file=sys.stderr)
     return 0
 
 

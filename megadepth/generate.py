@@ -9,6 +9,7 @@ empty prompt starts a new document. Sampling is seeded, so the same command prin
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ class SamplingOptions:
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
             raise ConfigError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
-        if self.temperature < 0:
+        if not math.isfinite(self.temperature) or self.temperature < 0:
             raise ConfigError(f"temperature must be >= 0 (0 is greedy), got {self.temperature}")
         if self.top_k < 0:
             raise ConfigError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
@@ -66,6 +67,9 @@ class Generator:
 
         self.tokenizer = spm.SentencePieceProcessor(model_file=str(path))
         self.eos_id = int(self.tokenizer.eos_id())
+        # model.vocab_size may exceed the tokenizer's pieces (padding to a multiple, room for more):
+        # those rows were never trained on and have no text, so they are never sampled
+        self.pieces = min(int(self.tokenizer.get_piece_size()), config.model.vocab_size)
 
     def encode(self, prompt: str) -> list[int]:
         """The context a prompt gives: an EOS (where documents begin in training), then its pieces."""
@@ -82,11 +86,12 @@ class Generator:
         new: list[int] = []
         for _ in range(options.max_new_tokens):
             tokens = torch.tensor([ids[-window:]], dtype=torch.long, device=self.device)
-            logits = self.model(tokens)[0, -1].float().cpu()
+            logits = self.model(tokens)[0, -1, : self.pieces].double().cpu()
             if options.temperature == 0:
                 nxt = int(logits.argmax())
             else:
-                logits = logits / options.temperature
+                # shifted first: a tiny temperature then sends the others to -inf, not the best to +inf
+                logits = (logits - logits.max()) / options.temperature
                 if 0 < options.top_k < logits.numel():
                     cutoff = torch.topk(logits, options.top_k).values[-1]
                     logits = logits.masked_fill(logits < cutoff, float("-inf"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -237,3 +238,34 @@ def test_text_keys_take_digits_as_text_and_out_dir_is_never_empty() -> None:
     assert load_config([], ["wandb.name=null"]).wandb.name is None
     with pytest.raises(ConfigError, match="train.out_dir"):
         load_config([], ["train.out_dir="])
+
+
+@pytest.mark.parametrize(
+    ("override", "fragment"),
+    [
+        ("optimizer.lr=.inf", "optimizer.lr: Input should be a finite number"),
+        ("parametrization.alpha=.nan", "parametrization.alpha: Input should be a finite number"),
+        ("parametrization.init_std=.inf", "parametrization.init_std"),
+        ("optimizer.betas=[1.5, 0.9]", "optimizer.betas.0: Input should be less than 1"),
+        ("optimizer.betas=[0.9, -0.1]", "optimizer.betas.1"),
+        ("train.out_dir=   ", "train.out_dir must name a directory"),
+    ],
+)
+def test_values_that_would_only_fail_in_training_are_refused(override: str, fragment: str) -> None:
+    """inf/nan trained and were reported as a divergence; betas outside [0, 1) failed inside torch after
+    the run directory was made; a blank out_dir was taken as a directory name."""
+    with pytest.raises(ConfigError, match=re.escape(fragment)):
+        load_config([], [override])
+
+
+def test_yaml_merge_keys_and_bad_includes(tmp_path: Path) -> None:
+    """``<<: *anchor`` is valid YAML that safe_load reads (it was refused as an unknown tag); an explicit
+    key next to it wins, as YAML says, and is not a duplicate. Malformed includes and keys are one line."""
+    path = write(tmp_path, "merge.yaml", "optimizer:\n  <<: &defaults {lr: 0.02, weight_decay: 0.0}\n  lr: 0.1\n")
+    cfg = load_config([path])
+    assert cfg.optimizer.lr == 0.1 and cfg.optimizer.weight_decay == 0.0
+    for bad, fragment in (("include: 3\n", "'include' must be a file name"),
+                          ("include: [null]\n", "'include' must be a file name"),
+                          ("[a]: 2\n", "a key must be a name, not a list")):
+        with pytest.raises(ConfigError, match=re.escape(fragment)):
+            load_config([write(tmp_path, "bad.yaml", bad)])

@@ -160,6 +160,26 @@ def test_export_refuses_what_gpt2_cannot_hold(sample_data: Path, tmp_path: Path)
     assert (tmp_path / "full" / "x").read_text() == "keep me"
 
 
+def test_export_takes_the_tokenizer_the_run_was_trained_with(sample_data: Path, tmp_path: Path) -> None:
+    """``data.tokenizer`` names a tokenizer kept apart from the shards: the trainer and generate use it,
+    so the export must ship it too (it wrote a model with no tokenizer and null EOS before)."""
+    import shutil
+
+    data = tmp_path / "shards"
+    shutil.copytree(sample_data, data, ignore=shutil.ignore_patterns("tokenizer.model"))
+    tok = tmp_path / "elsewhere" / "sp.model"
+    tok.parent.mkdir()
+    shutil.copy(sample_data / "tokenizer.model", tok)
+    run = tmp_path / "run"
+    run_ranks(train_rank, 1, tiny_config(data, run, data={"tokenizer": str(tok)}, train={"steps": 1, "save_final": True}))
+    export(run, tmp_path / "hf")
+    info = json.loads((tmp_path / "hf" / "megadepth_export.json").read_text())
+    assert info["tokenizer"] is not None
+    assert (tmp_path / "hf" / info["tokenizer"]).read_bytes() == tok.read_bytes()
+    eos = spm.SentencePieceProcessor(model_file=str(tok)).eos_id()
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["eos_token_id"] == eos
+
+
 def hf_folder_with(model_file: Path, folder: Path) -> Path:
     """What an export writes for a tokenizer, next to a GPT-2 config (which alone makes AutoTokenizer
     build a GPT2Tokenizer from tokenizer.model in transformers 5)."""

@@ -67,3 +67,27 @@ def test_options_and_command_line(trained: Path, tmp_path: Path, capsys: pytest.
     assert len(out) == 2 and all(text.startswith("The standard library") for text in out)
     assert main(["generate", str(tmp_path / "nothing")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
+
+
+def test_padded_vocabulary_rows_are_never_sampled(sample_data: Path, tmp_path: Path) -> None:
+    """model.vocab_size may exceed the tokenizer (it is padded up, or left room): the rows past the
+    tokenizer's pieces have no text, so sampling them crashed the decode."""
+    import sentencepiece as spm
+
+    from megadepth.data import find_tokenizer
+
+    pieces = spm.SentencePieceProcessor(model_file=str(find_tokenizer(sample_data))).get_piece_size()
+    out = tmp_path / "run"
+    run_ranks(train_rank, 1, tiny_config(sample_data, out, model={"vocab_size": 2 * pieces},
+                                         train={"steps": 1, "save_final": True}))
+    gen = Generator(out, device="cpu")
+    context = gen.encode("The")
+    hot = gen.continue_ids(context, SamplingOptions(max_new_tokens=60, temperature=5.0, top_k=0, seed=1,
+                                                    stop_at_eos=False))
+    assert len(hot) == 60 and max(hot) < pieces
+    gen.tokenizer.decode(hot)  # raised "piece id is out of range" before
+    greedy = gen.continue_ids(context, SamplingOptions(max_new_tokens=8, temperature=0, stop_at_eos=False))
+    tiny = SamplingOptions(max_new_tokens=8, temperature=1e-300, top_k=0, seed=2, stop_at_eos=False)
+    assert gen.continue_ids(context, tiny) == greedy  # inf/nan probabilities before
+    with pytest.raises(ConfigError, match="temperature must be >= 0"):
+        SamplingOptions(temperature=float("nan"))

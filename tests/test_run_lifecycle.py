@@ -40,8 +40,15 @@ def test_startup_failure_leaves_a_failed_summary(sample_data: Path, tmp_path: Pa
     with pytest.raises(Exception):  # noqa: B017 - whatever torch raises for a truncated file
         run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4}))
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "failed" and summary["error"]
+    assert summary["status"] == "failed" and "could not load checkpoint" in summary["error"]
     # the run is still at step 2 with its losses: the failed job does not turn that into step 0 / NaN
+    assert summary["steps"] == 2 and summary["final_loss"] == before["final_loss"]
+    # a file missing altogether (DeepSpeed asserts, with an empty message): named the same way
+    states[0].unlink()
+    with pytest.raises(RuntimeError, match="could not load checkpoint"):
+        run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4}))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "failed" and "could not load checkpoint" in summary["error"], summary
     assert summary["steps"] == 2 and summary["final_loss"] == before["final_loss"]
 
 

@@ -54,7 +54,43 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
     saved.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"saved at parallel.zero_stage = 0 but this run uses 1.*train.init_from"):
         _plan(tiny_config(sample_data, out, train={"steps": 4}, parallel={"zero_stage": 1}))
+    data["parallel"]["zero_stage"] = 0
+    saved.write_text(yaml.safe_dump(data))
+    # settings the checkpoint's optimizer state would silently override (the new LR was logged, not used)
+    with pytest.raises(ConfigError, match=r"other settings \(optimizer.lr 0.01 there, 0.001 here\).*logged but "
+                                          r"not used"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, optimizer={"lr": 0.001}))
+    with pytest.raises(ConfigError, match=r"parametrization.name depth_mup there, sp here"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, parametrization={"name": "sp"}))
+    with pytest.raises(ConfigError, match=r"train.seed 1234 there, 5 here"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4, "seed": 5}))
+    # a schedule change is allowed: the scheduler recomputes its factor from the config
+    _plan(tiny_config(sample_data, out, train={"steps": 4}, schedule={"name": "constant"}))
     assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.distributed
+def test_a_second_job_on_a_run_directory_in_use_is_refused(sample_data: Path, tmp_path: Path) -> None:
+    """A requeue while the old job still runs, or a double launch: the second job must not touch the run."""
+    from megadepth.train.rundir import RunLock
+
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, train={"steps": 2, "save_final": True})
+    run_ranks(train_rank, 1, cfg)
+    before = {p: p.read_bytes() for p in (out / "config.yaml", out / "summary.json", out / "metrics.jsonl")}
+    job = RunLock(out)  # this test process plays the job that is still running
+    assert job.acquire() is None
+    try:
+        with pytest.raises(ConfigError, match=r"is being trained by another job \(\S+ pid \d+\)"):
+            _plan(tiny_config(sample_data, out, train={"steps": 4}))
+        with pytest.raises(RuntimeError, match="is being trained by another job"):
+            run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4}))
+        assert {p: p.read_bytes() for p in before} == before
+    finally:
+        job.release()
+    (summary,) = run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4}))
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    assert RunLock.holder(out) is None  # the trainer let go of it when it ended
 
 
 @pytest.mark.distributed
@@ -85,6 +121,18 @@ def test_a_latest_pointer_to_a_deleted_checkpoint_is_an_error_not_a_new_run(samp
     shutil.rmtree(out / "checkpoints" / "step_00000004")
     with pytest.raises(ConfigError, match=r"names checkpoint 'step_00000004', which does not exist; the newest "
                                           r"complete one there is step_00000002"):
+        _plan(tiny_config(sample_data, out, train={"steps": 6}))
+    assert (out / "metrics.jsonl").read_bytes() == history
+    # the pointer names only a finished tag of this folder: not another run's checkpoint, not a cut save
+    pointer = out / "checkpoints" / "latest"
+    other = tmp_path / "other" / "checkpoints" / "step_00000002"
+    shutil.copytree(out / "checkpoints" / "step_00000002", other)
+    pointer.write_text("../../other/checkpoints/step_00000002")
+    with pytest.raises(ConfigError, match=r"which is not a checkpoint of this folder"):
+        _plan(tiny_config(sample_data, out, train={"steps": 6}))
+    pointer.write_text("step_00000002")
+    (out / "checkpoints" / "step_00000002" / "config.yaml").unlink()
+    with pytest.raises(ConfigError, match=r"'step_00000002', which is incomplete \(no config.yaml"):
         _plan(tiny_config(sample_data, out, train={"steps": 6}))
     assert (out / "metrics.jsonl").read_bytes() == history
 
@@ -220,3 +268,10 @@ def test_merge_and_export_name_a_missing_tag_and_refuse_nan_weights(sample_data:
     torch.save(data, states)
     with pytest.raises(ConfigError, match=r"hold NaN or inf .*diverged before this checkpoint"):
         consolidated_state(ckpts)
+
+
+def test_nccl_on_a_cpu_run_is_refused_up_front(sample_data: Path, tmp_path: Path) -> None:
+    """It surfaced as "could not join the job within 600 s", blaming the network."""
+    with pytest.raises(ConfigError, match=r"parallel.backend is 'nccl', which runs on CUDA GPUs only.*'gloo'"):
+        _plan(tiny_config(sample_data, tmp_path / "run", parallel={"backend": "nccl"}, train={"device": "cpu"}))
+    assert not (tmp_path / "run").exists()

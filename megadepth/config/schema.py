@@ -7,7 +7,7 @@ at the dotted key. Sections are frozen pydantic models that forbid unknown keys;
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -24,7 +24,9 @@ def _accepts_bool(annotation: Any) -> bool:
 class Section(BaseModel):
     """Base of every config section: frozen, no unknown keys, field docstrings kept as descriptions."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True)
+    # no inf/nan anywhere: `lr: .inf` or `alpha: .nan` would train and be reported as a divergence
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True, validate_default=True,
+                              allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
@@ -171,7 +173,7 @@ class OptimizerConfig(Section):
     """Base learning rate eta (at the base shape); each parameter group multiplies it."""
     weight_decay: float = Field(0.1, ge=0)
     """Base weight decay lambda; zero for norms and biases."""
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
     """Adam betas."""
     eps: float = Field(1e-8, gt=0)
     """Base Adam epsilon (scaled per group by the parametrization)."""
@@ -252,6 +254,12 @@ class TrainConfig(Section):
     compile: bool = False
     """torch.compile each transformer block (not with the pipeline engine); the first steps are slower
     while it compiles."""
+
+    @model_validator(mode="after")
+    def _out_dir_not_blank(self) -> TrainConfig:
+        if not self.out_dir.strip():
+            raise ValueError(f"train.out_dir must name a directory, got {self.out_dir!r}")
+        return self
 
 
 class DataConfig(Section):

@@ -162,15 +162,16 @@ def _gpt2_config(config: Config, tokenizer_ids: dict[str, int]):
 
 
 def _find_tokenizer(config: Config) -> Path | None:
-    """The sentencepiece model next to the training data (a data directory, or a shard prefix's folder)."""
-    paths = config.data.path if isinstance(config.data.path, list) else [config.data.path]
-    for entry in paths:
-        if isinstance(entry, str):
-            p = Path(entry)
-            for folder in (p, p.parent):
-                if (folder / "tokenizer.model").is_file():
-                    return folder / "tokenizer.model"
-    return None
+    """The run's sentencepiece model, found as the trainer and ``generate`` find it: ``data.tokenizer``
+    when set, else the ``tokenizer.model`` next to the training data."""
+    from megadepth.data import find_tokenizer
+
+    if config.data.tokenizer:
+        path = Path(config.data.tokenizer)
+        if not path.is_file():
+            raise ConfigError(f"data.tokenizer {path} (from the run's config) does not exist any more")
+        return path
+    return find_tokenizer(config.data.path)
 
 
 class TokenizerNotConvertible(ValueError):

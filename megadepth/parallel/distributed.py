@@ -164,6 +164,11 @@ def check_tensor_parallel(config: Config) -> None:
 
 
 def backend_for(config: Config, device: torch.device) -> str:
+    """The process-group backend; NCCL on a CPU run is refused here, before any work (it used to surface
+    as a rendezvous time-out that blamed the network)."""
+    if config.parallel.backend == "nccl" and device.type != "cuda":
+        raise ConfigError(f"parallel.backend is 'nccl', which runs on CUDA GPUs only, but this run is on "
+                          f"{device.type} (use 'auto' or 'gloo')")
     if config.parallel.backend != "auto":
         return config.parallel.backend
     return "nccl" if device.type == "cuda" else "gloo"

@@ -57,7 +57,10 @@ def _read_config(ckpt_dir: Path, tag: str | None) -> tuple[Config, str]:
 def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise ConfigError(f"{path} is missing: {what}")
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a truncated or foreign file: torch raises RuntimeError, EOFError, pickle errors
+        raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {e}): the checkpoint is damaged") from None
     return data.get("module", data)
 
 

@@ -61,12 +61,20 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     if not pointer.is_file():
         return None
     tag = pointer.read_text(encoding="utf-8").strip()
-    if tag and (ckpt_dir / tag).is_dir():
+    if tag in complete_tags(ckpt_dir):
         return tag
+    # only a tag of this folder whose save finished (config.yaml is written after every rank saved):
+    # not a path elsewhere (another run's checkpoint), not a tag cut short
+    if TAG_RE.match(tag) and (ckpt_dir / tag).is_dir():
+        why = "which is incomplete (no config.yaml: its save was cut short)"
+    elif tag and not TAG_RE.match(tag):
+        why = "which is not a checkpoint of this folder (names look like step_00000100)"
+    else:
+        why = "which does not exist"
     others = complete_tags(ckpt_dir)
     hint = (f"the newest complete one there is {others[-1]}: write that name into {pointer} to resume from it"
             if others else "no complete checkpoint is left: delete the pointer to start the run over")
-    raise ConfigError(f"{pointer} names checkpoint {tag or '(empty)'!r}, which does not exist; {hint}")
+    raise ConfigError(f"{pointer} names checkpoint {tag or '(empty)'!r}, {why}; {hint}")
 
 
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], config_yaml: str,
@@ -119,7 +127,7 @@ def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
         path, client_state = engine.load_checkpoint(
             str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
         )
-    except (OSError, RuntimeError, EOFError, KeyError, ValueError) as e:  # torn or foreign files
+    except Exception as e:  # torn or foreign files: DeepSpeed asserts, torch raises many kinds
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}: {type(e).__name__}: {e}") from e
     if path is None:
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")

@@ -25,6 +25,7 @@ from megadepth.data import DataError, MicroBatchSampler, build_datasets, make_lo
 from megadepth.parallel.distributed import (
     DistEnv,
     Layout,
+    backend_for,
     init_distributed,
     prepare_deepspeed_env,
     read_env,
@@ -36,8 +37,15 @@ from megadepth.parallel.topology import build_grid
 from megadepth.parametrize import roles_present
 from megadepth.train import checkpoint
 from megadepth.train.init_from import WeightSource
-from megadepth.train.preflight import check_run_dir, preflight
-from megadepth.train.rundir import MetricsLog, RunDir, atomic_write_json, atomic_write_text, read_metrics
+from megadepth.train.preflight import busy_message, check_run_dir, preflight
+from megadepth.train.rundir import (
+    MetricsLog,
+    RunDir,
+    RunLock,
+    atomic_write_json,
+    atomic_write_text,
+    read_metrics,
+)
 from megadepth.train.schedule import lr_factor
 from megadepth.train.step import Stepper
 from megadepth.train.tracking import Tracker
@@ -65,6 +73,7 @@ def plan_run(config: Config) -> Plan:
     env = read_env()
     layout, grad_accum, global_batch = preflight(config, env.world_size)
     device = resolve_device(config, env)
+    backend_for(config, device)  # NCCL without a GPU fails now, not as a rendezvous time-out
     precision = resolve_precision(config, device)
     if precision != "fp32" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise ConfigError(f"train.precision is {precision} but this GPU does not support bf16")
@@ -173,6 +182,21 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any, stop_request:
     config, env, run = plan.config, plan.env, plan.run
     config_yaml = to_yaml(config)
     _check_same_config(config_yaml)
+    is_main = env.is_main
+    lock = RunLock(run.root)
+    holders: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(holders, lock.acquire() if is_main else None)
+    if holders[0] is not None:  # every rank stops, before this job writes anything
+        raise ConfigError(busy_message(run, holders[0]))
+    try:
+        return _train_locked(plan, train_set, valid_set, stop_request, config_yaml)
+    finally:
+        lock.release()
+
+
+def _train_locked(plan: Plan, train_set: Any, valid_set: Any, stop_request: _StopRequest,
+                  config_yaml: str) -> dict[str, Any]:
+    config, env, run = plan.config, plan.env, plan.run
     is_main = env.is_main
     prior = _read_summary(run) if is_main else None
     if is_main:

@@ -18,7 +18,7 @@ from megadepth.parametrize.checks import check_parametrization
 from megadepth.train import checkpoint
 from megadepth.train.data_checks import check_tokenizer
 from megadepth.train.init_from import WeightSource, check_init_source, shape_differences
-from megadepth.train.rundir import RunDir
+from megadepth.train.rundir import RunDir, RunLock
 
 
 def preflight(config: Config, world_size: int) -> tuple[Layout, int, int]:
@@ -51,6 +51,9 @@ def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> 
     partitioned optimizer states, or shape; 'never' with checkpoints, 'must' without; a bad init_from) is
     refused here, before anything is written."""
     run = run or RunDir(config.train.out_dir)
+    holder = RunLock.holder(run.root)
+    if holder is not None:
+        raise ConfigError(busy_message(run, holder))
     resume_tag = checkpoint.latest_tag(run.checkpoints)
     if config.train.resume == "never" and resume_tag is not None:
         raise ConfigError(
@@ -63,6 +66,12 @@ def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> 
         _check_resume_layout(config, run.checkpoints / resume_tag, data_size)
     init_source = check_init_source(config) if config.train.init_from and resume_tag is None else None
     return resume_tag, init_source
+
+
+def busy_message(run: RunDir, holder: str) -> str:
+    return (f"{run.root} is being trained by another job ({holder}); two jobs on one run directory would "
+            "overwrite each other's metrics, summary and checkpoints: wait for it to end, or use another "
+            "train.out_dir")
 
 
 def _partitioned_over(tag_dir: Path) -> int | None:
@@ -112,3 +121,39 @@ def _check_resume_layout(config: Config, tag_dir: Path, data_size: int) -> None:
             f"{tag_dir} holds a model of another shape ({diffs}): a run resumes only its own model; "
             "use a new train.out_dir"
         )
+    changed = resumed_setting_differences(saved, config)
+    if changed:
+        raise ConfigError(
+            f"{tag_dir} was trained with other settings ({changed}). A resume restores the optimizer's "
+            "per-group learning rates, betas, eps and weight decay from the checkpoint, so the new values "
+            "would be logged but not used (and another parametrization would mix its multipliers with the "
+            f"old learning rates): resume with the run's own values, or {new_run}"
+        )
+
+
+#: What a checkpoint's optimizer state fixes: DeepSpeed restores the param groups (lr, betas, eps,
+#: weight_decay, momentum) and the scheduler's base learning rates, which the optimizer settings, the
+#: parametrization and the base shape decide. The schedule itself (warm-up, decay, train.steps) may change
+#: on a resume: the scheduler recomputes its factor from the config.
+RESUMED_KEYS = (
+    *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay", "betas", "eps", "momentum", "nesterov")),
+    "parametrization",
+    "model.base_depth",
+    "model.base_width",
+    "train.seed",
+)
+
+
+def resumed_setting_differences(saved: Config, config: Config) -> str:
+    """``key A there, B here`` for each setting of :data:`RESUMED_KEYS` that differs ('' when none does).
+    ``train.seed`` is among them: it decides the data order, which a resume continues."""
+    out = []
+    for key in RESUMED_KEYS:
+        section, _, field = key.partition(".")
+        was, now = getattr(saved, section), getattr(config, section)
+        if not field:
+            was_d, now_d = was.model_dump(mode="json"), now.model_dump(mode="json")
+            out += [f"{section}.{k} {was_d[k]} there, {now_d[k]} here" for k in was_d if was_d[k] != now_d.get(k)]
+        elif getattr(was, field) != getattr(now, field):
+            out.append(f"{key} {getattr(was, field)} there, {getattr(now, field)} here")
+    return ", ".join(out)

@@ -105,6 +105,69 @@ class RunDir:
         return self.root / "wandb-run-id"
 
 
+class RunLock:
+    """An exclusive flock on ``RUN/.train.lock``, held by rank 0 of the job that trains the run.
+
+    Two jobs on one run directory (a scheduler requeue while the old job still runs, a double launch)
+    would each rewrite config.yaml, metrics.jsonl and summary.json and prune the other's checkpoints.
+    The lock lives as long as the process: the kernel drops it when the holder dies, so a killed job
+    never leaves a stale lock behind. The file holds ``host pid`` of the holder, to name it in errors.
+    (Not ``.lock``: a sweep holds that one in the same folder for the point it runs.)
+    """
+
+    NAME = ".train.lock"
+
+    def __init__(self, root: Path) -> None:
+        self.path = Path(root) / self.NAME
+        self._fd = -1
+
+    def acquire(self) -> str | None:
+        """Take the lock; None on success, else a description of the holder."""
+        import fcntl
+        import socket
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            return holder
+        except OSError:  # a file system without flock: run unprotected rather than not at all
+            os.close(fd)
+            return None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}".encode(), 0)
+        self._fd = fd
+        return None
+
+    def release(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = -1
+
+    @classmethod
+    def holder(cls, root: Path) -> str | None:
+        """Who holds the lock now (None: nobody), without creating anything: a shared lock probe on a
+        read-only descriptor, which fails while a job holds its exclusive one."""
+        import fcntl
+
+        try:
+            fd = os.open(Path(root) / cls.NAME, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+        return None
+
+
 class MetricsLog:
     """Appends one JSON object per line to metrics.jsonl (rank 0 only), flushed per record.
 
