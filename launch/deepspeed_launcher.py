@@ -1,13 +1,19 @@
 """Build the DeepSpeed launcher command: one node, a hostfile over ssh/pdsh, or one node of many.
 
 The command is a list of arguments, never a shell string: config values cannot inject shell syntax.
+Except in hostfile mode: DeepSpeed's pdsh runner joins its whole command into one string for the remote
+shell, quoting only arguments with spaces (and those badly). There the config files and ``--set`` items
+travel as one shell-safe token (``--args-b64``, URL-safe base64 of a JSON list) that ``megadepth train``
+decodes, and the few other words pdsh sends that we do not control (this directory, this Python) are
+refused unless made of characters no shell reinterprets (``check_remote_shell_safe``).
 Each rank runs ``python -m megadepth train ...`` with the same config files and overrides; the
 launcher sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (``--no_local_rank``: no
 ``--local_rank=N`` argument is appended).
 
 - single node: ``deepspeed --num_gpus K --master_port P ...``
-- hostfile (ssh): ``deepspeed -H HOSTFILE [--num_nodes N] --num_gpus K [--master_addr A] ...``; DeepSpeed
-  starts every node's ranks through pdsh
+- hostfile (ssh): ``deepspeed -H HOSTFILE [--num_nodes N] --num_gpus K --force_multi --log_level warning
+  [--master_addr A] ... train --args-b64 TOKEN``; DeepSpeed starts every node's ranks through pdsh, even
+  for one host (``--force_multi``: otherwise it would run a one-host hostfile's ranks on this machine)
 - per node (``--no_ssh``): ``deepspeed -H HOSTFILE --num_gpus K --no_ssh --node_rank R --master_addr A ...``
   run once on each node (Slurm tasks, Kubernetes pods); the hostfile only tells DeepSpeed how many
   nodes there are and how many ranks each runs
@@ -15,16 +21,24 @@ launcher sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (``--no
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
+import functools
+import importlib.util
+import json
 import os
+import re
 import shlex
 import shutil
 import signal
 import subprocess
 import sys
 import threading
-import time
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from launch.hostfile import LaunchError
 
 
 @dataclass(frozen=True)
@@ -58,16 +72,76 @@ def deepspeed_executable() -> list[str]:
     return [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
+ARGS_B64 = "--args-b64"
+"""`megadepth train` option carrying its arguments as one shell-safe token (hostfile mode)."""
+
+SHELL_SAFE = re.compile(r"[A-Za-z0-9_./,:@%+=-]+")
+"""Words a POSIX shell takes literally: what may reach DeepSpeed's pdsh command line unquoted."""
+
+
+def train_arguments(spec: LaunchSpec) -> list[str]:
+    """What follows ``megadepth train`` on every rank (hostfile mode): the overrides, then the config files.
+
+    ``--set=ITEM`` and ``--`` keep every value an argument of its own whatever it starts with."""
+    return [*(f"--set={item}" for item in spec.overrides), "--", *spec.config_files]
+
+
+def encode_train_args(args: list[str]) -> str:
+    """One token of [A-Za-z0-9_=-] (URL-safe base64 of a JSON list): no shell changes it."""
+    return base64.urlsafe_b64encode(json.dumps(args).encode()).decode("ascii")
+
+
+def decode_train_args(token: str) -> list[str]:
+    """The argument list ``encode_train_args`` made; ValueError (one line) for anything else."""
+    try:
+        raw = base64.b64decode(token.encode("ascii"), altchars=b"-_", validate=True)
+        args = json.loads(raw.decode("utf-8"))
+    except (UnicodeError, binascii.Error, ValueError):
+        raise ValueError(f"{ARGS_B64} is not URL-safe base64 of a JSON list") from None
+    if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a for a in args):
+        raise ValueError(f"{ARGS_B64} must decode to a JSON list of strings")
+    return args
+
+
+def check_remote_shell_safe(cwd: str, python: str) -> None:
+    """Hostfile mode: DeepSpeed's pdsh runner puts ``cd CWD;`` and its Python's path into the remote shell
+    command unquoted, so a space, quote, ``$`` or ``;`` there would split or run on every node."""
+    for what, value in (("the current directory", cwd), ("this Python's path", python)):
+        if not SHELL_SAFE.fullmatch(value):
+            raise LaunchError(
+                f"--hostfile: {what} {value!r} holds characters other than letters, digits and ._/,:@%+=- "
+                "and DeepSpeed's pdsh runner does not quote it for the remote shell: launch from (or install "
+                "into) a path without them"
+            )
+
+
+@functools.cache
+def runner_has_option(option: str) -> bool:
+    """Whether the installed DeepSpeed runner takes ``option`` (``--log_level`` is younger than the oldest
+    DeepSpeed we allow, 0.16). Read from its source rather than imported: importing deepspeed costs seconds."""
+    spec = importlib.util.find_spec("deepspeed")  # a top-level name: found, not imported
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        with contextlib.suppress(OSError):
+            return f'"{option}"' in Path(folder, "launcher", "runner.py").read_text()
+    return False
+
+
 def build_command(spec: LaunchSpec) -> list[str]:
     """The launcher command line: ``nproc_per_node`` ranks on this node, or on each host of the hostfile."""
     if spec.nproc_per_node < 1:
         raise ValueError("--nproc-per-node must be at least 1")
+    over_ssh = spec.hostfile is not None and spec.node_rank is None
     cmd = deepspeed_executable()
     if spec.hostfile is not None:
         cmd += ["-H", spec.hostfile]
         if spec.num_nodes is not None:
             cmd += ["--num_nodes", str(spec.num_nodes)]
     cmd += ["--num_gpus", str(spec.nproc_per_node)]
+    if over_ssh:
+        cmd += ["--force_multi"]  # through pdsh even for one host, not on this machine
+        if runner_has_option("--log_level"):
+            # no INFO log of pdsh's command line, which holds every exported variable
+            cmd += ["--log_level", "warning"]
     if spec.node_rank is not None:
         if spec.hostfile is None:
             raise ValueError("a per-node launch needs a hostfile (DeepSpeed refuses --num_nodes > 1 without one)")
@@ -77,10 +151,21 @@ def build_command(spec: LaunchSpec) -> list[str]:
     cmd += ["--master_port", str(spec.master_port)]
     # ranks read LOCAL_RANK from the environment; no --local_rank=N pushed in front of our arguments
     cmd += ["--no_local_rank"]
-    cmd += ["--module", "megadepth", "train", *spec.config_files]
+    cmd += ["--module", "megadepth", "train"]
+    if over_ssh:
+        return [*cmd, ARGS_B64, encode_train_args(train_arguments(spec))]
+    cmd += list(spec.config_files)
     for item in spec.overrides:
         cmd += ["--set", item]
     return cmd
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on: its affinity mask (taskset, cpusets, a container's --cpuset-cpus),
+    not the machine's count, which would oversubscribe the allowed cores."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
 
 
 def launcher_env(spec: LaunchSpec, cpu_count: int | None = None) -> dict[str, str]:
@@ -88,7 +173,7 @@ def launcher_env(spec: LaunchSpec, cpu_count: int | None = None) -> dict[str, st
     env: dict[str, str] = dict(spec.extra_env)
     if not spec.use_gpu:
         env.setdefault("DS_ACCELERATOR", "cpu")
-        cores = cpu_count or os.cpu_count() or 1
+        cores = cpu_count or usable_cpus()
         env.setdefault("OMP_NUM_THREADS", str(max(1, cores // spec.nproc_per_node)))
     return env
 
@@ -102,42 +187,13 @@ def describe(cmd: list[str], env: dict[str, str]) -> str:
 STOP_GRACE_S = 30.0
 """After a stop signal, how long the launcher's processes get to end before the rest is SIGKILLed."""
 
-
-def _signal_group(pgid: int, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pgid, signum)
+GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guard.py")
 
 
-def _group_alive(pgid: int) -> bool:
-    """Whether a process of the group still runs. Zombies do not count: an orphan re-parented to a PID 1
-    that never reaps (a container without an init) stays in the group, dead, for good."""
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    if not os.path.isdir("/proc"):  # not Linux: trust kill(0)
-        return True
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(os.path.join(entry.path, "stat")) as f:
-                state, _ppid, pgrp = f.read().rsplit(")", 1)[1].split()[:3]  # the name may hold spaces
-        except (OSError, IndexError, ValueError):
-            continue  # gone meanwhile
-        if int(pgrp) == pgid and state not in ("Z", "X"):
-            return True
-    return False
-
-
-def _end_group(pgid: int, grace_s: float) -> None:
-    """Wait for every process of the group to end; SIGKILL whatever is left after ``grace_s``."""
-    deadline = time.monotonic() + grace_s
-    while _group_alive(pgid):
-        if time.monotonic() > deadline:
-            _signal_group(pgid, signal.SIGKILL)
-            return
-        time.sleep(0.1)
+def guarded(cmd: list[str], grace_s: float = STOP_GRACE_S) -> list[str]:
+    """``cmd`` run under launch/guard.py, which stops its whole process group when told to or when this
+    process dies (even by SIGKILL); by path and in isolated mode: it needs nothing but the standard library."""
+    return [sys.executable, "-I", GUARD, "--grace", repr(float(grace_s)), "--parent", str(os.getpid()), "--", *cmd]
 
 
 def run(cmd: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S) -> int:
@@ -146,21 +202,20 @@ def run(cmd: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S) -> i
     A scheduler, ``kill`` or a container stop signals this process only, and must not orphan the ranks.
     Passing the signal to the `deepspeed` runner is not enough: on one node (and per node) it has no
     handler and dies without telling its child, ``deepspeed.launcher.launch``, which is what stops the
-    ranks. So the launcher runs in its own session (process group) and SIGINT/SIGTERM/SIGHUP/SIGQUIT go to the
-    whole group: runner, launcher, ranks (and, with a hostfile, the local pdsh/ssh; the runner's own
-    handler still stops the remote ranks). Once signalled, the group gets ``grace_s`` to end, then SIGKILL.
+    ranks. So the launcher runs in its own session (process group) led by a guard (launch/guard.py), and
+    SIGINT/SIGTERM/SIGHUP/SIGQUIT go to the guard, which passes them to the whole group: runner, launcher,
+    ranks (and, with a hostfile, the local pdsh/ssh; the runner's own handler still stops the remote
+    ranks). Once signalled, the group gets ``grace_s`` to end, then SIGKILL. The guard does the same when
+    this process dies without a word (``kill -9``, the OOM killer): the kernel tells it (PR_SET_PDEATHSIG).
     """
     received: list[int] = []
-    group: list[int] = []  # the launcher's process group id, once started
-    stopper: list[threading.Thread] = []
+    started: list[subprocess.Popen] = []
 
     def forward(signum: int, _frame: object) -> None:
         received.append(signum)
-        for pgid in group:
-            _signal_group(pgid, signum)
-            if not stopper:  # runs beside the wait below: the runner itself may hang while stopping
-                stopper.append(threading.Thread(target=_end_group, args=(pgid, grace_s), daemon=True))
-                stopper[0].start()
+        for proc in started:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signum)  # the guard acts on the first and ignores repeats
 
     previous = {}
     if threading.current_thread() is threading.main_thread():  # installed first: no signal slips past
@@ -168,13 +223,11 @@ def run(cmd: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S) -> i
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
             previous[sig] = signal.signal(sig, forward)
     try:
-        proc = subprocess.Popen(cmd, env={**os.environ, **env}, start_new_session=True)
-        group.append(proc.pid)
+        proc = subprocess.Popen(guarded(cmd, grace_s), env={**os.environ, **env}, start_new_session=True)
+        started.append(proc)
         if received:  # arrived while it was starting
             forward(received.pop(), None)
         code = proc.wait()
-        for thread in stopper:
-            thread.join()
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

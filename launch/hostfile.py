@@ -60,9 +60,10 @@ def parse_hostfile_text(text: str, source: str = "hostfile") -> list[Host]:
         value = slots_match.group("n")
         if not value.isdigit() or int(value) < 1:
             raise LaunchError(f"{where}: bad slot count {value!r} for {name} (a whole number of processes, >= 1)")
-        if name in seen:
-            raise LaunchError(f"{where}: duplicate entry for {name} (first on line {seen[name]})")
-        seen[name] = number
+        key = name.lower()  # host names are case-insensitive: LOCALHOST is localhost
+        if key in seen:
+            raise LaunchError(f"{where}: duplicate entry for {name} (first on line {seen[key]})")
+        seen[key] = number
         hosts.append(Host(name, int(value), number))
     if not hosts:
         raise LaunchError(f"{source} lists no hosts (one 'HOSTNAME slots=N' per line)")

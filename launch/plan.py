@@ -11,6 +11,9 @@ Everything here is checked before a process starts; mistakes are LaunchError, on
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
+import re
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -84,6 +87,22 @@ class LaunchPlan:
         )
 
 
+_LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
+
+
+def check_master_addr(addr: str) -> None:
+    """--master-addr must be a host name or an IPv4/IPv6 address: it reaches DeepSpeed's command lines (and
+    in hostfile mode a remote shell), where an option-like or shell-like value would be misread."""
+    if not addr.strip():
+        raise LaunchError("--master-addr is empty")
+    with contextlib.suppress(ValueError):
+        ipaddress.ip_address(addr)
+        return
+    name = addr[:-1] if addr.endswith(".") else addr
+    if len(name) > 253 or not all(_LABEL.fullmatch(label) for label in name.split(".")):
+        raise LaunchError(f"--master-addr {addr!r} is not a host name or an IPv4/IPv6 address")
+
+
 def _positive(value: int | None, option: str) -> None:
     if value is not None and value < 1:
         raise LaunchError(f"{option} must be at least 1 (got {value})")
@@ -109,8 +128,8 @@ def plan_launch(req: LaunchRequest, free_port: Callable[[], int], resolve_hosts:
         raise LaunchError(f"--node-rank must be 0 or more (got {req.node_rank})")
     if req.master_port is not None and not 1 <= req.master_port <= 65535:
         raise LaunchError(f"--master-port must be a TCP port, 1-65535 (got {req.master_port})")
-    if req.master_addr is not None and not req.master_addr.strip():
-        raise LaunchError("--master-addr is empty")
+    if req.master_addr is not None:
+        check_master_addr(req.master_addr)
     k = req.nproc_per_node
 
     if req.node_rank is not None:  # per node: one launcher on each node, no ssh
@@ -155,13 +174,13 @@ def plan_launch(req: LaunchRequest, free_port: Callable[[], int], resolve_hosts:
 
 
 def check_ssh_mode(plan: LaunchPlan, connect_timeout_s: int = 10) -> None:
-    """What a hostfile launch needs on this machine: pdsh (for more than one node) and passwordless
-    ssh to every host (DeepSpeed itself checks only the first)."""
+    """What a hostfile launch needs on this machine: pdsh (also for one host: the ranks start there, not
+    here) and passwordless ssh to every host (DeepSpeed itself checks only the first)."""
     if plan.mode != "hostfile":
         return
-    if plan.nnodes > 1 and shutil.which("pdsh") is None:
+    if shutil.which("pdsh") is None:
         raise LaunchError(
-            "pdsh is not installed: the DeepSpeed launcher starts the other nodes' ranks through it "
+            "pdsh is not installed: the DeepSpeed launcher starts every host's ranks through it "
             "(apt-get install pdsh), or start one launcher per node with --nnodes/--node-rank/--master-addr"
         )
     if shutil.which("ssh") is None:

@@ -10,16 +10,20 @@ the environment and the files must be on a file system the compute nodes share.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import sys
 from dataclasses import dataclass
 from importlib import resources
 
 from launch.hostfile import LaunchError
+from megadepth.config.sbatch import sbatch_value_problem
 
 TEMPLATE = "slurm.sbatch"
-JOB_ID_PORT = "$((20000 + SLURM_JOB_ID % 20000))"
-"""Default rendezvous port: from the job id, so two jobs sharing a node do not collide."""
+JOB_ID_PORT = "$((10000 + SLURM_JOB_ID % 20000))"
+"""Default rendezvous port: from the job id, so two jobs sharing a node do not collide; 10000-29999, below
+Linux's ephemeral range (32768+), where an outgoing connection may already hold the port."""
+PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,12 @@ def render_sbatch(spec: SlurmSpec) -> str:
     if spec.nnodes < 1 or spec.nproc_per_node < 1:
         raise LaunchError("--nnodes and --nproc-per-node must be at least 1")
     for option in spec.sbatch_options:
-        if not option.startswith("-") or "\n" in option:
+        if not option.startswith("-"):
             raise LaunchError(f"--sbatch takes one sbatch option such as --partition=gpu, got {option!r}")
+        flag, _, value = option.partition("=")  # the same check as prep's and the sweep's #SBATCH lines
+        problem = sbatch_value_problem({"--sbatch": option} if not value else {flag: value, "--sbatch": flag})
+        if problem:
+            raise LaunchError(problem)
     values = {
         "nnodes": str(spec.nnodes),
         "nproc": str(spec.nproc_per_node),
@@ -74,8 +82,8 @@ def render_sbatch(spec: SlurmSpec) -> str:
         "launch_command": _launch_command(spec),
     }
     text = template_text()
-    for key, value in values.items():
-        text = text.replace("{{" + key + "}}", value)
-    if "{{" in text:
-        raise RuntimeError(f"unfilled placeholder in {TEMPLATE}: {text[text.index('{{'):][:40]!r}")
-    return text
+    unknown = set(PLACEHOLDER.findall(text)) - values.keys()
+    if unknown:
+        raise RuntimeError(f"unfilled placeholder in {TEMPLATE}: {sorted(unknown)}")
+    # one pass over the template: a value that holds "{{" (a config file's name, an override) stays as it is
+    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)

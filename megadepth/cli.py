@@ -6,6 +6,7 @@ Bad input ends in one line on stderr and exit code 2; an unexpected crash keeps 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -14,6 +15,39 @@ from megadepth.config import ConfigError, explain, load_config, to_yaml
 
 EXIT_BAD_INPUT = 2
 EXIT_STARTUP = 3
+ARGS_B64 = "--args-b64"  # launch.deepspeed_launcher.ARGS_B64, without importing launch on every command
+
+
+def _expand_encoded_args(argv: list[str]) -> list[str]:
+    """``train --args-b64 TOKEN`` -> ``train ARGS...``: the exact list the launcher encoded (hostfile mode,
+    where DeepSpeed's pdsh runner passes every argument through a remote shell). Other commands unchanged."""
+    if argv[:1] != ["train"]:
+        return argv
+    rest, tokens, i = [], [], 1
+    while i < len(argv):
+        item = argv[i]
+        if item == ARGS_B64:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"{ARGS_B64} needs a value")
+            tokens.append(argv[i + 1])
+            i += 2
+            continue
+        if item.startswith(ARGS_B64 + "="):
+            tokens.append(item.split("=", 1)[1])
+        else:
+            rest.append(item)
+        i += 1
+    if not tokens:
+        return argv
+    if len(tokens) > 1:
+        raise ConfigError(f"{ARGS_B64} is given more than once")
+    from launch.deepspeed_launcher import decode_train_args
+
+    try:
+        decoded = decode_train_args(tokens[0])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return ["train", *rest, *decoded]
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +59,8 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from megadepth.train.loop import train
 
+    if args.args_b64 is not None:  # only an abbreviation of it gets here: main expands the full spelling
+        raise ConfigError(f"spell out {ARGS_B64} (it cannot be abbreviated)")
     config = load_config(args.configs, args.overrides)
     if args.dry_run:
         from megadepth.train.dry_run import describe_run
@@ -43,7 +79,15 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
     import torch
 
-    from launch.deepspeed_launcher import LaunchSpec, build_command, describe, launcher_env, run
+    from launch.deepspeed_launcher import (
+        LaunchSpec,
+        build_command,
+        check_remote_shell_safe,
+        describe,
+        launcher_env,
+        run,
+        train_arguments,
+    )
     from launch.hostfile import LaunchError, format_hostfile, write_hostfile
     from launch.plan import LaunchRequest, check_slurm_request, check_ssh_mode, plan_launch
     from launch.slurm import SlurmSpec, render_sbatch
@@ -61,6 +105,8 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         else:
             plan = plan_launch(request, free_port=free_port)
             world_size = plan.world_size
+            if plan.mode == "hostfile":  # words DeepSpeed's pdsh runner hands the remote shell unquoted
+                check_remote_shell_safe(os.getcwd(), sys.executable)
     except LaunchError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -89,7 +135,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
             if args.dry_run:
                 print(script, end="")
                 return 0
-            Path(args.slurm).write_text(script)
+            try:
+                Path(args.slurm).write_text(script)
+            except OSError as exc:
+                raise LaunchError(f"--slurm {args.slurm}: cannot write it ({exc.strerror or exc})") from None
             print(f"wrote {args.slurm} ({args.nnodes} node(s) x {args.nproc_per_node} = {world_size} ranks); "
                   f"submit it with: sbatch {shlex.quote(args.slurm)}")
             return 0
@@ -116,12 +165,15 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         lines = format_hostfile(plan.hosts).splitlines()
         steps.append(f"printf '%s\\n' {' '.join(shlex.quote(x) for x in lines)} > {shlex.quote(str(plan.hostfile))}")
     steps.append(describe(cmd, env))
+    comments = [f"# {plan.summary()}"]
+    if plan.mode == "hostfile":  # what --args-b64 carries, readable (the command itself is the real one)
+        comments.append(f"# --args-b64: megadepth train {shlex.join(train_arguments(spec))}")
     if args.dry_run:
-        print("\n".join([f"# {plan.summary()}", *steps]))
+        print("\n".join([*comments, *steps]))
         return 0
     if plan.hostfile_generated:
         write_hostfile(list(plan.hosts), plan.hostfile)
-    print(f"megadepth: {plan.summary()}\nmegadepth: {steps[-1]}", flush=True)
+    print("\n".join(f"megadepth: {line.removeprefix('# ')}" for line in [*comments, steps[-1]]), flush=True)
     return run(cmd, env)
 
 
@@ -150,6 +202,17 @@ def _count(minimum: int):
         return value
 
     return parse
+
+
+def _positive_float(text: str) -> float:
+    """An argparse type: a finite number above 0 (a peak throughput divides; refused before any work)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got '{text}'")
+    return value
 
 
 def _cmd_coord_check(args: argparse.Namespace) -> int:
@@ -267,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     # the DeepSpeed launcher appends --local_rank=N; the rank is read from the environment instead
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    # hostfile launches: the arguments above as one shell-safe token (expanded by main before parsing)
+    p.add_argument(ARGS_B64, metavar="TOKEN", default=None,
+                   help="the arguments as URL-safe base64 of a JSON list (what `megadepth launch --hostfile` "
+                        "sends through the remote shell, which would reinterpret them otherwise)")
     p.add_argument("--dry-run", action="store_true",
                    help="run every start-up check, print the model size, batch arithmetic and per-role "
                         "init/LR/eps/WD table, and exit without training or writing anything")
@@ -313,7 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--steps", type=_count(1), default=20, help="timed optimizer steps (default 20)")
     p.add_argument("--warmup", type=_count(0), default=5, help="untimed steps first (default 5)")
-    p.add_argument("--peak-tflops", type=float, default=989.4,
+    p.add_argument("--peak-tflops", type=_positive_float, default=989.4,
                    help="the device's peak TFLOP/s for MFU (default 989.4: H200 dense bf16, the convention "
                         "in docs/throughput.md; MFU on a CPU is against that GPU peak too)")
     p.add_argument("--json", default=None, help="also write the JSON here")
@@ -368,6 +435,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from megadepth.data import DataError
     from megadepth.parallel.distributed import StartupError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        argv = _expand_encoded_args(argv)
+    except ConfigError as exc:
+        print(f"megadepth: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -57,14 +57,32 @@ def test_plain_reference_and_bench_command(tmp_path: Path) -> None:
                             "--no-compile", "--json", str(tmp_path / "plain.json")],
                            capture_output=True, text=True, env=env, timeout=300)
     assert plain.returncode == 0, plain.stderr[-2000:]
+    # on one CPU of the machine's (taskset, a cpuset): the thread count follows the CPUs it may use
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    one_cpu = (lambda: os.sched_setaffinity(0, allowed[:1])) if len(allowed) > 1 else None
+    env_bench = {k: v for k, v in env.items() if k != "OMP_NUM_THREADS"}
     bench = subprocess.run([sys.executable, "-m", "megadepth", "bench", str(ROOT / "configs" / "bench" / "gpt-124m.yaml"),
                             *sets, "--steps", "3", "--warmup", "1", "--json", str(tmp_path / "bench.json")],
-                           capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+                           capture_output=True, text=True, env=env_bench, timeout=300, cwd=tmp_path, preexec_fn=one_cpu)
     assert bench.returncode == 0, bench.stderr[-2000:]
+    if one_cpu is not None:
+        assert json.loads(bench.stdout)["threads"] == 1
     for name in ("plain", "bench"):
         data = json.loads((tmp_path / f"{name}.json").read_text())
         assert data["tokens_per_s"] > 0 and 0 < data["mfu"] < 1
     assert json.loads(bench.stdout)["steps"] == 3  # stdout is exactly the JSON
+
+
+@pytest.mark.parametrize("peak", ["0", "-989.4", "nan", "inf", "fast"])
+def test_peak_tflops_must_be_a_positive_number(peak: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """MFU divides by it: refused when the arguments are read, before any model is built or step timed."""
+    from megadepth.cli import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", str(ROOT / "configs" / "bench" / "gpt-124m.yaml"), "--peak-tflops", peak])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --peak-tflops:" in err and ("must be a number above 0" in err or "expected a number" in err)
 
 
 @pytest.mark.slow

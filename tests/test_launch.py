@@ -6,12 +6,15 @@ subprocesses. The real multi-node runs are in test_launch_multinode.py.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -21,7 +24,7 @@ import pytest
 import yaml
 from conftest import tiny_config
 
-from launch.deepspeed_launcher import LaunchSpec, build_command
+from launch.deepspeed_launcher import LaunchSpec, build_command, decode_train_args, encode_train_args, run
 from launch.hostfile import (
     Host,
     LaunchError,
@@ -32,7 +35,7 @@ from launch.hostfile import (
 )
 from launch.plan import LaunchRequest, plan_launch
 from launch.slurm import SlurmSpec, render_sbatch
-from megadepth.cli import main
+from megadepth.cli import _expand_encoded_args, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,6 +66,7 @@ def test_parse_hostfile_comments_blank_lines_and_order() -> None:
         ("a slots=2 max_slots=4\n", "expected 'HOSTNAME slots=N'"),
         ("a slots = 2\n", "expected 'HOSTNAME slots=N'"),
         ("a slots=2\nb slots=2\na slots=4\n", "line 3: duplicate entry for a (first on line 1)"),
+        ("localhost slots=2\nLOCALHOST slots=2\n", "line 2: duplicate entry for LOCALHOST (first on line 1)"),
         ("root@a slots=2\n", "bad host name 'root@a'"),
         ("a:22 slots=2\n", "bad host name 'a:22'"),
         ("a,b slots=2\n", "bad host name 'a,b'"),
@@ -173,15 +177,72 @@ def test_dry_run_hostfile_mode(cfg: Path, tmp_path: Path, capsys: pytest.Capture
     code, out, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), "--master-addr", "127.0.0.1",
                               "--dry-run", str(cfg)], capsys)
     assert code == 0, err
-    comment, command = out.strip().splitlines()
+    comment, args_comment, command = out.strip().splitlines()
     assert comment == "# 2 node(s) x 2 = 4 processes over ssh on localhost, 127.0.0.1"  # 2 of each host's 4 slots
-    assert f"deepspeed -H {hf} --num_gpus 2 --master_addr 127.0.0.1 --master_port 29500 --no_local_rank" in command
+    # through pdsh whatever the number of hosts, without an INFO log of pdsh's command line (it holds the
+    # exported variables)
+    assert f"deepspeed -H {hf} --num_gpus 2 --force_multi --log_level warning --master_addr 127.0.0.1 " \
+           "--master_port 29500 --no_local_rank --module megadepth train --args-b64 " in command
     assert "--no_ssh" not in command and "--node_rank" not in command
+    # the train arguments travel as one token of [A-Za-z0-9_=-]: pdsh's remote shell cannot change them
+    token = shlex.split(command)[-1]
+    assert re.fullmatch(r"[A-Za-z0-9_=-]+", token)
+    assert decode_train_args(token) == ["--", str(cfg)]
+    assert args_comment == f"# --args-b64: megadepth train -- {cfg}"
     # the other nodes do not inherit this environment: printing it would mislead
     assert "DS_ACCELERATOR" not in command and "OMP_NUM_THREADS" not in command
     code, out, _ = _launch(["--nproc-per-node", "4", "--hostfile", str(hf), "--nnodes", "1", "--dry-run",
                             str(cfg)], capsys)
-    assert code == 0 and f"-H {hf} --num_nodes 1 --num_gpus 4 --master_port 29500" in out
+    assert code == 0 and f"-H {hf} --num_nodes 1 --num_gpus 4 --force_multi --log_level warning --master_port 29500" in out
+
+
+HOSTILE = "x $(touch PWNED) `touch PWNED` ' \" ; echo hi \\ {{launch_command}} %n"
+"""A value a shell would reinterpret in every way it can."""
+
+
+def test_train_arguments_survive_the_token_exactly() -> None:
+    """What `megadepth train --args-b64 TOKEN` parses is exactly what the hostfile launcher was given: odd
+    config names and override values included (DeepSpeed's pdsh runner puts the token in a shell string)."""
+    configs, overrides = ("a b.yaml", "-odd.yaml", "we{{ird}}.yaml"), (f"wandb.name={HOSTILE}", "train.steps=-5")
+    token = build_command(LaunchSpec(1, configs, overrides, hostfile="H", master_addr="127.0.0.1"))[-1]
+    for argv in (["train", "--args-b64", token], ["train", "--dry-run", f"--args-b64={token}"]):
+        args = build_parser().parse_args(_expand_encoded_args(argv))
+        assert (args.configs, args.overrides) == (list(configs), list(overrides))
+    assert build_parser().parse_args(_expand_encoded_args(argv)).dry_run
+
+
+@pytest.mark.parametrize(
+    "token",
+    ["not base64!", encode_train_args(["ok"]).rstrip("=") + "$", base64.urlsafe_b64encode(b'{"a": 1}').decode(),
+     base64.urlsafe_b64encode(b"[1]").decode(), base64.urlsafe_b64encode(b"\xff\xfe").decode()],
+)
+def test_a_bad_args_token_is_one_line(token: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--args-b64", token]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megadepth: error: --args-b64") and "\n" not in err
+
+
+def test_hostfile_mode_refuses_paths_the_remote_shell_would_split(cfg: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str],
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSpeed's pdsh runner sends `cd CWD; PYTHON ...` unquoted: a directory or interpreter path with a
+    space (or worse) is refused up front, dry run included."""
+    hf = tmp_path / "hosts"
+    hf.write_text("localhost slots=2\n")
+    odd = tmp_path / "dir x"
+    odd.mkdir()
+    monkeypatch.chdir(odd)
+    code, out, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), "--dry-run", str(cfg)], capsys)
+    assert code == 2 and out == "" and "\n" not in err, err
+    assert "the current directory" in err and "dir x" in err and "pdsh runner does not quote it" in err
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "executable", "/opt/my env/bin/python")
+    code, out, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), "--dry-run", str(cfg)], capsys)
+    assert code == 2 and "this Python's path '/opt/my env/bin/python'" in err and "\n" not in err
+    # the other modes pass a list of arguments, no shell: a space there is fine
+    monkeypatch.chdir(odd)
+    code, _, err = _launch(["--nproc-per-node", "2", "--dry-run", str(cfg)], capsys)
+    assert code == 0, err
 
 
 def test_slurm_script_written_and_checked(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -211,6 +272,24 @@ def test_slurm_script_cpu_has_no_gpu_request(sample_data: Path, tmp_path: Path) 
     assert "--nproc-per-node 2 --nnodes 3" in text
 
 
+def test_slurm_values_are_filled_in_in_one_pass() -> None:
+    """A config file or override that holds "{{...}}" is written as it is, not taken for a placeholder."""
+    override = "wandb.name={{launch_command}} {{nnodes}}"
+    text = render_sbatch(SlurmSpec(nnodes=2, nproc_per_node=1, config_files=("we{{ird}}.yaml",),
+                                   overrides=(override,), gpus=False))
+    assert "    'we{{ird}}.yaml' \\\n" in text and f"--set {shlex.quote(override)}" in text
+    assert text.count("-m megadepth launch") == 1 and "#SBATCH --nodes=2" in text
+    if shutil.which("bash"):
+        subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_slurm_script_that_cannot_be_written(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = _launch(["--nproc-per-node", "2", "--nnodes", "2", "--slurm", str(tmp_path / "no" / "job.sbatch"),
+                              str(cfg)], capsys)
+    assert code == 2 and out == "" and err.startswith("megadepth: error: --slurm") and "\n" not in err, err
+    assert "cannot write it" in err
+
+
 def test_slurm_script_runs_one_launcher_per_node(cfg: Path, tmp_path: Path) -> None:
     """Run the generated script with stand-ins for Slurm's `scontrol` and `srun` (srun starts each node's
     task with its SLURM_NODEID, as Slurm would, adding --dry-run): each node's launcher must get its own
@@ -236,15 +315,15 @@ def test_slurm_script_runs_one_launcher_per_node(cfg: Path, tmp_path: Path) -> N
            "SLURM_CPUS_ON_NODE": "64"}
     done = subprocess.run(["bash", str(target)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "master gpu-07:23456" in done.stderr  # 20000 + 123456 % 20000
+    assert "master gpu-07:13456" in done.stderr  # 10000 + 123456 % 20000: below the ephemeral ports (32768+)
     srun_args = (tmp_path / "srun-args").read_text()
     assert "--nodes=2 --ntasks-per-node=1 --cpus-per-task=64 --kill-on-bad-exit=1" in srun_args
     commands = {}
     for node in (0, 1):
         lines = (tmp_path / f"node{node}").read_text().strip().splitlines()
-        assert lines[0] == f"# node {node} of 2: ranks {2 * node}-{2 * node + 1} of 4, rendezvous at gpu-07:23456"
+        assert lines[0] == f"# node {node} of 2: ranks {2 * node}-{2 * node + 1} of 4, rendezvous at gpu-07:13456"
         commands[node] = lines[-1]
-        assert f"--no_ssh --node_rank {node} --master_addr gpu-07 --master_port 23456" in lines[-1]
+        assert f"--no_ssh --node_rank {node} --master_addr gpu-07 --master_port 13456" in lines[-1]
         assert lines[-1].endswith(f"train {cfg} --set 'wandb.name=two words'")
     assert commands[0].replace("--node_rank 0", "--node_rank 1") == commands[1]
 
@@ -266,6 +345,21 @@ def test_slurm_script_runs_one_launcher_per_node(cfg: Path, tmp_path: Path) -> N
         (["--slurm", "x.sbatch"], None, "--slurm needs --nnodes"),
         (["--slurm", "x.sbatch", "--nnodes", "2", "--node-rank", "0"], None, "drop --node-rank"),
         (["--slurm", "x.sbatch", "--nnodes", "2", "--sbatch=partition=x"], None, "--sbatch takes one sbatch option"),
+        # the same #SBATCH value check as prep and sweep: sbatch reads these lines itself, not a shell
+        (["--slurm", "x.sbatch", "--nnodes", "2", "--sbatch=--partition=gpu large"], None,
+         "--partition 'gpu large': an #SBATCH value may only hold"),
+        (["--slurm", "x.sbatch", "--nnodes", "2", "--sbatch=--comment='$(id)'"], None, "an #SBATCH value may only hold"),
+        (["--slurm", "x.sbatch", "--nnodes", "2", "--sbatch=--time=4h"], None, "--time 4h: Slurm takes minutes"),
+        (["--slurm", "x.sbatch", "--nnodes", "2", "--sbatch=--exclusive", "--sbatch=-p", "--sbatch=--time=1-12:00:00"],
+         None, None),
+        (["--nnodes", "2", "--node-rank", "0", "--master-addr=--help"], None,
+         "--master-addr '--help' is not a host name or an IPv4/IPv6 address"),
+        (["--nnodes", "2", "--node-rank", "0", "--master-addr", "a b;$(id)"], None, "is not a host name"),
+        (["--nnodes", "2", "--node-rank", "0", "--master-addr=-gpu-a"], None, "is not a host name"),
+        (["--nnodes", "2", "--node-rank", "0", "--master-addr", "10.0.0.1.2.3:29500"], None, "is not a host name"),
+        (["--nnodes", "2", "--node-rank", "0", "--master-addr", "fd00::7"], None, None),
+        (["--nnodes", "2", "--node-rank", "0", "--master-addr", "train-job-0.train.default.svc"], None, None),
+        (["--hostfile", "HF", "--master-addr", "127.0.0.1;id"], "localhost slots=2\n", "is not a host name"),
         (["--hostfile", "HF"], "no-such-host.invalid slots=2\nlocalhost slots=2\n",
          "unknown host no-such-host.invalid (line 1): the name does not resolve"),
         (["--hostfile", "HF"], "localhost slots=2\nlocalhost slots=2\n", "line 2: duplicate entry for localhost"),
@@ -326,15 +420,22 @@ def test_what_the_run_directory_holds_is_checked_before_launching(cfg: Path, tmp
         assert "train.init_from" in err and out == ""
 
 
-def test_hostfile_mode_needs_pdsh_and_ssh(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Not a dry run: a hostfile launch first checks this machine can reach every host (pdsh for several
-    nodes, passwordless ssh to each); here neither works, so it must stop with one line, starting nothing."""
+def test_hostfile_mode_needs_pdsh_and_ssh(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Not a dry run: a hostfile launch first checks this machine can reach every host (pdsh, also for one
+    host, and passwordless ssh to each); here neither works, so it must stop with one line, starting nothing."""
     hf = tmp_path / "hosts"
-    hf.write_text("localhost slots=2\n127.0.0.1 slots=2\n")
     if shutil.which("pdsh") is None:
-        code, _, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), str(cfg)], capsys)
-        assert code == 2 and "pdsh is not installed" in err and "\n" not in err
-    hf.write_text("localhost slots=2\n")  # one node: no pdsh needed, ssh still is
+        for hosts in ("localhost slots=2\n127.0.0.1 slots=2\n", "localhost slots=2\n"):  # one host: pdsh too
+            hf.write_text(hosts)
+            code, _, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), str(cfg)], capsys)
+            assert code == 2 and "pdsh is not installed" in err and "\n" not in err
+        fake = tmp_path / "bin"  # a pdsh that is never run: the ssh check comes first
+        fake.mkdir()
+        (fake / "pdsh").write_text("#!/bin/sh\nexit 99\n")
+        (fake / "pdsh").chmod(0o755)
+        monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    hf.write_text("localhost slots=2\n")
     ssh_works = shutil.which("ssh") is not None and subprocess.run(
         ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5", "localhost", "true"], capture_output=True,
         stdin=subprocess.DEVNULL, timeout=20).returncode == 0
@@ -466,3 +567,97 @@ def test_what_ignores_the_signal_is_killed_after_the_grace_period(tmp_path: Path
                 stubborn_proc.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live (not zombie) processes of a process group, read from /proc by the test itself."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter():
+        with contextlib.suppress(psutil.Error, ProcessLookupError):
+            if os.getpgid(p.pid) == pgid and p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p.pid)
+    return found
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_sigkill_of_launch_still_stops_everything_it_started(tmp_path: Path) -> None:
+    """`kill -9` (the OOM killer, a runtime giving up) runs no handler in `megadepth launch`: the guard that
+    leads the launcher's process group hears of it from the kernel, passes SIGTERM to the group and, after
+    the grace period, SIGKILLs what ignores it. Nothing of the group may be left."""
+    pid_file = tmp_path / "stubborn.pid"
+    stubborn = ("import os, signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
+                "pathlib.Path(os.environ['PID_FILE']).write_text(str(os.getpid())); time.sleep(120)")
+    launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {stubborn!r}]); time.sleep(120)"
+    parent = ("import sys; from launch.deepspeed_launcher import run; "
+              f"sys.exit(run([sys.executable, '-c', {launcher!r}], {{'PID_FILE': {str(pid_file)!r}}}, grace_s=1.0))")
+    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            start_new_session=True)
+    pgid = None
+    try:
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() or not pid_file.read_text():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        pgid = os.getpgid(int(pid_file.read_text()))
+        assert pgid != proc.pid and len(_group_members(pgid)) == 3  # guard, launcher, stubborn child
+        proc.kill()
+        proc.wait(timeout=10)
+        deadline = time.monotonic() + 15
+        while (left := _group_members(pgid)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"left running after the launcher was SIGKILLed: {left}"
+    finally:
+        for group in (pgid, proc.pid):
+            with contextlib.suppress(ProcessLookupError, TypeError):
+                os.killpg(group, signal.SIGKILL)
+
+
+def test_exit_code_passes_through_and_leftovers_are_stopped(tmp_path: Path) -> None:
+    """The guard exits with its command's code; what the command left running in the group is stopped."""
+    pid_file = tmp_path / "left.pid"
+    leftover = "import os, time, pathlib; pathlib.Path(os.environ['PID_FILE']).write_text(str(os.getpid())); time.sleep(120)"
+    cmd = [sys.executable, "-c", "import subprocess, sys, time, os; p = subprocess.Popen([sys.executable, '-c', "
+           f"{leftover!r}]); [time.sleep(0.05) for _ in range(600) if not os.path.exists(os.environ['PID_FILE'])]; "
+           "sys.exit(3)"]
+    import psutil
+
+    assert run(cmd, {"PID_FILE": str(pid_file)}, grace_s=5.0) == 3
+    with contextlib.suppress(psutil.NoSuchProcess):  # gone, or a zombie its new parent has not reaped yet
+        assert psutil.Process(int(pid_file.read_text())).status() == psutil.STATUS_ZOMBIE
+    assert run([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGUSR1)"], {}) == \
+        128 + signal.SIGUSR1
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity here")
+def test_omp_threads_follow_the_cpu_affinity() -> None:
+    """taskset, cpusets and containers limit the CPUs a process may use; os.cpu_count() still says how many
+    the machine has. The ranks' thread share must come from the former."""
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("this process may use only one CPU: nothing to restrict")
+    code = (f"import os; os.sched_setaffinity(0, {{{allowed[0]}}}); "
+            "from launch.deepspeed_launcher import LaunchSpec, launcher_env; "
+            "print(launcher_env(LaunchSpec(1, ('c.yaml',)))['OMP_NUM_THREADS'])")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "1"
+
+
+def test_a_busy_master_port_is_named(cfg: Path, tmp_path: Path) -> None:
+    """Rank 0 cannot host the rendezvous on a port something else listens on: say so, not "could not join
+    within parallel.timeout_s"."""
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "WANDB_SILENT": "true"}
+        done = subprocess.run([sys.executable, "-m", "megadepth", "train", str(cfg)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=120)
+    lines = [x for x in done.stderr.splitlines() if x.startswith("megadepth: error:")]
+    assert done.returncode == 3, done.stderr[-2000:]
+    assert lines == [f"megadepth: error: port {port} is already in use on 127.0.0.1: choose another --master-port "
+                     "(or leave it unset)"], done.stderr[-2000:]

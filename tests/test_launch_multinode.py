@@ -180,32 +180,21 @@ exit $rc
 """
 
 
-def test_hostfile_launch_over_pdsh_equals_one_process(sample_data: Path, tmp_path: Path) -> None:
-    """`megadepth launch --hostfile` with two hosts: DeepSpeed's runner starts both nodes' ranks through
-    pdsh (each in a clean environment, as over ssh), and they train what one process with the same
-    global batch trains. ssh and pdsh are stand-ins that run on this machine (no sshd here); everything
-    else (our checks, DeepSpeed's runner and its exports, the per-node launchers) is the real path."""
-    from distributed import run_ranks, train_rank
-
+def _hostfile_launch(tmp_path: Path, hosts: str, args: list[str], log: Path) -> str:
+    """`megadepth launch --hostfile` with ssh and pdsh stand-ins first on PATH; waits, checks that nothing
+    is left running, and returns the log."""
     shims = tmp_path / "bin"
-    shims.mkdir()
+    shims.mkdir(exist_ok=True)
     for name, text in (("ssh", _SSH), ("pdsh", _PDSH)):
         (shims / name).write_text(text)
         (shims / name).chmod(0o755)
-    hosts = tmp_path / "hosts"
-    hosts.write_text("localhost slots=2\n127.0.0.1 slots=2\n")
-    base = tiny_config(sample_data, tmp_path / "unused", train={"global_batch": 16}, parallel={"timeout_s": 120})
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump(base))
-    run_ranks(train_rank, 1, {**base, "train": {**base["train"], "out_dir": str(tmp_path / "one")}})
-
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(hosts)
     env_path = f"{shims}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    log = tmp_path / "hostfile.log"
     env = {**os.environ, "PATH": env_path, "PYTHONPATH": str(ROOT), "WANDB_SILENT": "true", "GLOO_SOCKET_IFNAME": "lo"}
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "megadepth", "launch", "--nproc-per-node", "2", "--hostfile",
-                                 str(hosts), "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-                                 str(cfg), "--set", f"train.out_dir={tmp_path / 'two'}"],
+        proc = subprocess.Popen([sys.executable, "-m", "megadepth", "launch", "--hostfile", str(hostfile),
+                                 "--master-addr", "127.0.0.1", "--master-port", str(free_port()), *args],
                                 cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -215,10 +204,48 @@ def test_hostfile_launch_over_pdsh_equals_one_process(sample_data: Path, tmp_pat
         assert _groups_gone([proc]), "the launcher exited but left processes behind"
     finally:
         _kill_groups([proc])
+    return text
+
+
+def test_hostfile_launch_over_pdsh_equals_one_process(sample_data: Path, tmp_path: Path) -> None:
+    """`megadepth launch --hostfile` with two hosts: DeepSpeed's runner starts both nodes' ranks through
+    pdsh (each in a clean environment, as over ssh), and they train what one process with the same
+    global batch trains. ssh and pdsh are stand-ins that run on this machine (no sshd here); everything
+    else (our checks, DeepSpeed's runner and its exports, the per-node launchers) is the real path.
+
+    pdsh runs one shell string on each host, which DeepSpeed joins without quoting: an override holding
+    $(...), backquotes, quotes and ';' must reach every rank's resolved config literally, running nothing."""
+    from distributed import run_ranks, train_rank
+
+    base = tiny_config(sample_data, tmp_path / "unused", train={"global_batch": 16}, parallel={"timeout_s": 120})
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(base))
+    run_ranks(train_rank, 1, {**base, "train": {**base["train"], "out_dir": str(tmp_path / "one")}})
+
+    pwned = tmp_path / "PWNED"
+    name = f"x $(touch {pwned}) `touch {pwned}` ' \" ; touch {pwned}; echo \\ %n"
+    text = _hostfile_launch(tmp_path, "localhost slots=2\n127.0.0.1 slots=2\n",
+                            ["--nproc-per-node", "2", str(cfg), "--set", f"train.out_dir={tmp_path / 'two'}",
+                             "--set", f"wandb.name={name}"], tmp_path / "hostfile.log")
     assert "localhost: " in text and "127.0.0.1: " in text  # both nodes' launchers ran, through pdsh
+    assert not pwned.exists(), "a remote shell ran part of an override"
+    assert yaml.safe_load((tmp_path / "two" / "config.yaml").read_text())["wandb"]["name"] == name
+    assert "cmd = pdsh" not in text  # DeepSpeed's INFO line with every exported variable (--log_level warning)
     got = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert got["status"] == "completed" and got["world_size"] == 4
     ref_m, got_m = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
     assert [r["step"] for r in ref_m] == [r["step"] for r in got_m] == [1, 2, 3]
     for a, b in zip(ref_m, got_m, strict=True):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
+
+
+def test_a_one_host_hostfile_runs_there_over_pdsh(sample_data: Path, tmp_path: Path) -> None:
+    """A hostfile of one host means "run on that host": DeepSpeed would start a single host's ranks on this
+    machine instead, unless told --force_multi. Here the stand-in pdsh prefixes what it ran with the host."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, tmp_path / "run", parallel={"timeout_s": 120})))
+    text = _hostfile_launch(tmp_path, "localhost slots=1\n", ["--nproc-per-node", "1", str(cfg)],
+                            tmp_path / "one.log")
+    assert "megadepth: 1 node(s) x 1 = 1 processes over ssh on localhost" in text
+    assert re.search(r"^localhost: step 3/3 ", text, re.MULTILINE), text[-3000:]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "completed"

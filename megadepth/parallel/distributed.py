@@ -210,6 +210,12 @@ def init_distributed(config: Config, env: DistEnv, device: torch.device) -> None
             )
         except (RuntimeError, TimeoutError) as exc:  # DistStoreError is a RuntimeError
             where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+            text = str(exc)
+            if "EADDRINUSE" in text or "address already in use" in text.lower():  # rank 0's store cannot listen
+                raise StartupError(
+                    f"port {os.environ.get('MASTER_PORT')} is already in use on {os.environ.get('MASTER_ADDR')}: "
+                    "choose another --master-port (or leave it unset)"
+                ) from None
             raise StartupError(
                 f"rank {env.rank} could not join the {env.world_size}-process job at {where} within "
                 f"parallel.timeout_s = {config.parallel.timeout_s} s (are all nodes started, with the same "

@@ -74,7 +74,9 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
     precision = resolve_precision(config, device)
     prepare_deepspeed_env(device)
     if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // env.local_world_size))
+        # the CPUs this process may use (taskset, cpusets, a container's CPU set), not the machine's count
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        torch.set_num_threads(max(1, cpus // env.local_world_size))
     init_distributed(config, env, device)
     try:
         grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
@@ -122,6 +124,7 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
             "vocab": m.padded_vocab,
             "parametrization": config.parametrization.name,
             "compile": config.train.compile,
+            "threads": torch.get_num_threads(),
         }
     finally:
         shutdown()

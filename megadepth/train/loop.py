@@ -132,7 +132,7 @@ def _train(config: Config, stop_request: _StopRequest) -> dict[str, Any]:
 
     prepare_deepspeed_env(plan.device)
     if plan.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // plan.env.local_world_size))
+        torch.set_num_threads(max(1, (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1) // plan.env.local_world_size))  # allowed CPUs, not the machine's
     init_distributed(config, plan.env, plan.device)
     try:
         return _train_initialised(plan, train_set, valid_set, stop_request)
