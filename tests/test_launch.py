@@ -536,11 +536,9 @@ def test_sigterm_to_launch_alone_stops_every_rank(cfg: Path, tmp_path: Path) -> 
     assert latest == f"step_{summary['steps']:08d}" and (run_dir / "checkpoints" / latest / "config.yaml").is_file()
 
 
-def test_what_ignores_the_signal_is_killed_after_the_grace_period(tmp_path: Path) -> None:
-    """The launcher dies at once but leaves a process that ignores SIGTERM (a rank stuck in a collective
-    would, for SIGINT): after the grace period the whole group is SIGKILLed and nothing is left."""
-    import psutil
-
+def _launch_with_a_stubborn_rank(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """`run()` in a child process, starting a launcher that starts a process ignoring SIGTERM (a rank stuck
+    in a collective would); returns once that process is up, with its pid."""
     pid_file = tmp_path / "stubborn.pid"
     stubborn = ("import os, signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                 "pathlib.Path(os.environ['PID_FILE']).write_text(str(os.getpid())); time.sleep(120)")
@@ -549,13 +547,25 @@ def test_what_ignores_the_signal_is_killed_after_the_grace_period(tmp_path: Path
               f"sys.exit(run([sys.executable, '-c', {launcher!r}], {{'PID_FILE': {str(pid_file)!r}}}, grace_s=1.0))")
     proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                             start_new_session=True)
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() or not pid_file.read_text():
+        if time.monotonic() > deadline or proc.poll() is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            raise AssertionError("the stubborn process did not start")
+        time.sleep(0.05)
+    return proc, int(pid_file.read_text())
+
+
+def test_what_ignores_the_signal_is_killed_after_the_grace_period(tmp_path: Path) -> None:
+    """The launcher dies at once but leaves a process that ignores SIGTERM (a rank stuck in a collective
+    would, for SIGINT): after the grace period the whole group is SIGKILLed and nothing is left."""
+    import psutil
+
+    proc, stubborn_pid = _launch_with_a_stubborn_rank(tmp_path)
     stubborn_proc = None
     try:
-        deadline = time.monotonic() + 30
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-        stubborn_proc = psutil.Process(int(pid_file.read_text()))
+        stubborn_proc = psutil.Process(stubborn_pid)
         start = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 128 + signal.SIGTERM
@@ -586,21 +596,10 @@ def test_sigkill_of_launch_still_stops_everything_it_started(tmp_path: Path) -> 
     """`kill -9` (the OOM killer, a runtime giving up) runs no handler in `megadepth launch`: the guard that
     leads the launcher's process group hears of it from the kernel, passes SIGTERM to the group and, after
     the grace period, SIGKILLs what ignores it. Nothing of the group may be left."""
-    pid_file = tmp_path / "stubborn.pid"
-    stubborn = ("import os, signal, time, pathlib; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
-                "pathlib.Path(os.environ['PID_FILE']).write_text(str(os.getpid())); time.sleep(120)")
-    launcher = f"import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', {stubborn!r}]); time.sleep(120)"
-    parent = ("import sys; from launch.deepspeed_launcher import run; "
-              f"sys.exit(run([sys.executable, '-c', {launcher!r}], {{'PID_FILE': {str(pid_file)!r}}}, grace_s=1.0))")
-    proc = subprocess.Popen([sys.executable, "-c", parent], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            start_new_session=True)
+    proc, stubborn_pid = _launch_with_a_stubborn_rank(tmp_path)
     pgid = None
     try:
-        deadline = time.monotonic() + 30
-        while not pid_file.exists() or not pid_file.read_text():
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.05)
-        pgid = os.getpgid(int(pid_file.read_text()))
+        pgid = os.getpgid(stubborn_pid)
         assert pgid != proc.pid and len(_group_members(pgid)) == 3  # guard, launcher, stubborn child
         proc.kill()
         proc.wait(timeout=10)
