@@ -1,8 +1,12 @@
-# megadepth on a CUDA PyTorch image, ready for the multi-node DeepSpeed launcher (pdsh + ssh).
+# megadepth on a CUDA PyTorch image, with pdsh and ssh for the multi-node DeepSpeed launcher.
 #   docker build -t megadepth .
-#   docker run --gpus all --rm -v $PWD/data:/data megadepth train /opt/megadepth/configs/quickstart.yaml \
-#       --set data.path=/data/sample
+#   docker run --gpus all --rm -v $PWD/data:/data -v $PWD/runs:/runs megadepth \
+#       train /opt/megadepth/configs/quickstart.yaml --set data.path=/data/sample --set train.out_dir=/runs/quickstart
+# (the run directory must be on a mounted volume: with --rm, anything written inside the container is lost)
 # The -devel base carries nvcc, which DeepSpeed needs to JIT-build its fused CUDA ops.
+# Hostfile launches between containers need sshd running with host keys and your public key; none are
+# baked in (every container would share them): e.g. start each worker with
+#   -v ~/.ssh/id_ed25519.pub:/root/.ssh/authorized_keys:ro --entrypoint sh megadepth -c "ssh-keygen -A && /usr/sbin/sshd -D"
 ARG BASE_IMAGE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-devel
 FROM ${BASE_IMAGE}
 
