@@ -75,6 +75,10 @@ def main() -> None:
     parser.add_argument("--peak-tflops", type=float, default=H200_PEAK_TFLOPS)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
+    if not (args.peak_tflops > 0 and math.isfinite(args.peak_tflops)):
+        parser.error(f"--peak-tflops must be a number above 0, got {args.peak_tflops}")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be at least 1 and --warmup at least 0")
 
     cfg = load_config([args.config], args.overrides)
     m, batch = cfg.model, cfg.train.micro_batch
