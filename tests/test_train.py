@@ -76,7 +76,7 @@ def test_resume_equals_uninterrupted(sample_data: Path, tmp_path: Path, world: i
 
 def test_run_directory_contract(sample_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "run"
-    cfg = tiny_config(sample_data, out, train={"save_final": True, "eval_every": 2, "steps": 4},
+    cfg = tiny_config(sample_data, out, train={"save_final": True, "eval_every": 2, "steps": 4, "log_every": 3},
                       wandb={"mode": "offline", "group": "contract"})
     monkeypatch.setenv("WANDB_API_KEY", "local-0123456789abcdef0123456789abcdef01234567")
     (summary,) = run_ranks(train_rank, 1, cfg)
@@ -84,11 +84,14 @@ def test_run_directory_contract(sample_data: Path, tmp_path: Path, monkeypatch: 
     assert validate(yaml.safe_load((out / "config.yaml").read_text())) == validate(cfg)
     records = metrics(out)
     train_records = [r for r in records if "loss" in r]
-    assert [r["step"] for r in train_records] == [1, 2, 3, 4]
+    assert [r["step"] for r in train_records] == [1, 3, 4]  # the first, every log_every-th, the last
     for r in train_records:
         assert {"step", "consumed_tokens", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed_s"} <= r.keys()
         assert r["consumed_tokens"] == r["step"] * 4 * 32
     assert [r["step"] for r in records if "eval_loss" in r] == [2, 4]
+    (eval_only,) = [r for r in records if "loss" not in r]  # step 2: an eval step that is no log step
+    assert eval_only.keys() == {"step", "consumed_tokens", "lr", "elapsed_s", "eval_loss"}
+    assert eval_only["consumed_tokens"] == 2 * 4 * 32 and eval_only["elapsed_s"] > 0
 
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["status"] == "completed" and on_disk["steps"] == 4 and on_disk["tokens"] == 4 * 4 * 32

@@ -338,7 +338,10 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
             )
             if eval_due:
                 progress.last_eval = stepper.evaluate(valid_set, cfg.eval_samples)
-                record = record or {"step": step, "consumed_tokens": consumed * config.model.seq_len}
+                # an eval step that is not a log step: where the run stands, without the loss window
+                record = record or {"step": step, "consumed_tokens": consumed * config.model.seq_len,
+                                    "lr": config.optimizer.lr * lr_factor(step - 1, cfg.steps, config.schedule),
+                                    "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time}
                 record["eval_loss"] = progress.last_eval
             if record is not None and is_main:
                 metrics.write(record)  # type: ignore[union-attr]
