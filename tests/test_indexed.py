@@ -215,3 +215,21 @@ def test_megatron_reads_our_files_and_we_read_theirs(tmp_path: Path) -> None:
     ours = IndexedDataset(tmp_path / "theirs")
     assert ours.dtype == np.uint16
     assert [ours[i].tolist() for i in range(len(ours))] == theirs_docs
+
+
+def test_float_tokens_are_not_token_data(tmp_path: Path) -> None:
+    """Megatron's format has float dtype codes; a float shard cast to token ids would truncate silently
+    (-0.5 becoming token 0 passes every vocabulary check)."""
+    from megadepth.data.sample_index import DocumentCorpus
+
+    prefix = tmp_path / "shard"
+    _write(prefix, [[1, 2, 3], [4, 5]], np.int32)
+    idx = tmp_path / "shard.idx"
+    raw = bytearray(idx.read_bytes())
+    assert raw[17] == 4  # int32's code, 4 bytes per token like float32's
+    DocumentCorpus([prefix])  # integers: fine
+    raw[17] = 7  # float32
+    idx.write_bytes(bytes(raw))
+    assert IndexedDataset(prefix).dtype == np.float32  # a valid Megatron file...
+    with pytest.raises(DataError, match="float32, not integers"):
+        DocumentCorpus([prefix])  # ...but not tokens

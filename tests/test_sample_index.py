@@ -342,3 +342,19 @@ def test_index_of_1e8_tokens_builds_quickly() -> None:
         start_of_doc = int(ends[pos - 1]) if pos else 0
         assert start_of_doc + off == k * 128
         assert 0 <= off < lengths[ds.doc_order[pos]]
+
+
+def test_an_unwritable_cache_dir_warns_and_keeps_the_index_in_memory(sample_data: Path, tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """A cache is a shortcut: a cache_dir that cannot be made (below a file; a read-only shared folder)
+    ended the run with a traceback. The index is the same as without a cache."""
+    from megadepth.data import build_datasets
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    kwargs = dict(seq_len=32, seed=3, train_samples=40, valid_samples=8, valid_fraction=0.05)
+    with_bad_cache, _ = build_datasets(sample_data, cache_dir=blocker / "cache", **kwargs)
+    plain, _ = build_datasets(sample_data, **kwargs)
+    assert [with_bad_cache[i].tolist() for i in range(40)] == [plain[i].tolist() for i in range(40)]
+    err = capsys.readouterr().err
+    assert "data.cache_dir" in err and "cannot be written" in err and err.count("warning") == 1

@@ -64,6 +64,12 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
         _plan(tiny_config(sample_data, out, train={"steps": 4}, parametrization={"name": "sp"}))
     with pytest.raises(ConfigError, match=r"train.seed 1234 there, 5 here"):
         _plan(tiny_config(sample_data, out, train={"steps": 4, "seed": 5}))
+    # what decides the training samples: evaluation off removes the held-out split (its documents would
+    # join training), another split moves documents
+    with pytest.raises(ConfigError, match=r"train.eval_samples 8 there, 0 here \(0 means no held-out split"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4, "eval_samples": 0}))
+    with pytest.raises(ConfigError, match=r"data.valid_fraction 0.05 there, 0.3 here"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, data={"valid_fraction": 0.3}))
     # a schedule change is allowed: the scheduler recomputes its factor from the config
     _plan(tiny_config(sample_data, out, train={"steps": 4}, schedule={"name": "constant"}))
     assert {p: p.read_bytes() for p in before} == before
@@ -275,3 +281,20 @@ def test_nccl_on_a_cpu_run_is_refused_up_front(sample_data: Path, tmp_path: Path
     with pytest.raises(ConfigError, match=r"parallel.backend is 'nccl', which runs on CUDA GPUs only.*'gloo'"):
         _plan(tiny_config(sample_data, tmp_path / "run", parallel={"backend": "nccl"}, train={"device": "cpu"}))
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.distributed
+def test_a_resume_at_another_global_batch_continues_from_its_samples(sample_data: Path, tmp_path: Path) -> None:
+    """The train set was sized steps x global batch, so a smaller batch after the resume ran out of samples
+    (a bare StopIteration); it is sized from the checkpoint's consumed samples now."""
+    out = tmp_path / "run"
+    run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4, "global_batch": 8, "save_final": True}))
+    (summary,) = run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 8, "global_batch": 4}))
+    assert summary["status"] == "completed" and summary["steps"] == 8
+    assert metrics(out)[-1]["consumed_tokens"] == (4 * 8 + 4 * 4) * 32
+    # a checkpoint from before position.json: the shortfall is one clear line, before any step
+    other = tmp_path / "old"
+    run_ranks(train_rank, 1, tiny_config(sample_data, other, train={"steps": 4, "global_batch": 8, "save_final": True}))
+    (other / "checkpoints" / "step_00000004" / "position.json").unlink()
+    with pytest.raises(RuntimeError, match=r"consumed 32 samples in 4 steps; 4 more steps of 4 need 48 samples"):
+        run_ranks(train_rank, 1, tiny_config(sample_data, other, train={"steps": 8, "global_batch": 4}))

@@ -27,6 +27,7 @@ import hashlib
 import io
 import json
 import math
+import sys
 import zipfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -72,6 +73,9 @@ class DocumentCorpus:
                 f"different tokenizers?"
             )
         self._dtype = self.shards[0].dtype
+        if not np.issubdtype(self._dtype, np.integer):
+            # Megatron's format allows float codes; token ids cast from floats would be truncated silently
+            raise DataError(f"{self.shards[0].prefix}: tokens stored as {self._dtype}, not integers: not token data")
         self.doc_lengths = np.concatenate([s.sequence_lengths.astype(np.int64) for s in self.shards])
         self._shard_start = np.zeros(len(self.shards) + 1, dtype=np.int64)
         np.cumsum([len(s) for s in self.shards], out=self._shard_start[1:])
@@ -178,7 +182,17 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
     """
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:  # a cache is only a shortcut: the index just built is used from memory
+        if path.parent not in _UNWRITABLE_CACHES:
+            _UNWRITABLE_CACHES.add(path.parent)
+            print(f"megadepth: warning: data.cache_dir {path.parent} cannot be written ({e.strerror or e}); "
+                  "the sample index is kept in memory and rebuilt next time", file=sys.stderr)
+
+
+_UNWRITABLE_CACHES: set[Path] = set()
+"""Cache folders already warned about in this process (one warning each, not one per index)."""
 
 
 def load_npz(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray] | None:

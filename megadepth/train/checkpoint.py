@@ -8,6 +8,7 @@ DeepSpeed's own ``latest``, so ``engine.load_checkpoint(dir)`` understands it to
 from __future__ import annotations
 
 import io
+import json
 import re
 import shutil
 from pathlib import Path
@@ -21,6 +22,7 @@ from megadepth.config.schema import Config
 from megadepth.train.rundir import atomic_write_text
 
 LATEST = "latest"
+POSITION = "position.json"
 TAG_RE = re.compile(r"^step_(\d{8})$")
 
 
@@ -40,6 +42,16 @@ def saved_config(tag_dir: Path) -> Config:
     """The resolved config a checkpoint was saved with (its ``config.yaml``, written last). Raises OSError,
     ValueError or yaml.YAMLError for a missing or foreign file: callers decide how much that matters."""
     return Config.model_validate(yaml.safe_load((tag_dir / "config.yaml").read_text(encoding="utf-8")) or {})
+
+
+def position(tag_dir: Path) -> tuple[int, int] | None:
+    """(step, consumed samples) a checkpoint was saved at, from its ``position.json``; None for a checkpoint
+    written before that file existed (or an unreadable one: the load itself will tell)."""
+    try:
+        data = json.loads((tag_dir / POSITION).read_text(encoding="utf-8"))
+        return int(data["step"]), int(data["consumed_samples"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:
@@ -86,7 +98,10 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
         _save_gathered_weights(engine, ckpt_dir / tag)
     torch.distributed.barrier()
     if is_main:
-        atomic_write_text(ckpt_dir / tag / "config.yaml", config_yaml)
+        # the data position, readable before the engine exists (the train set is sized from it)
+        position = {"step": int(client_state["step"]), "consumed_samples": int(client_state["consumed_samples"])}
+        atomic_write_text(ckpt_dir / tag / POSITION, json.dumps(position) + "\n")
+        atomic_write_text(ckpt_dir / tag / "config.yaml", config_yaml)  # last: the tag is complete
         atomic_write_text(ckpt_dir / LATEST, tag)
         tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name))
         for old in tags[:-keep]:

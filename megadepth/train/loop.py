@@ -113,15 +113,27 @@ def train(config: Config) -> dict[str, Any]:
         stop_request.restore()
 
 
+def _train_samples_needed(plan: Plan) -> int:
+    """Samples the run reads in all: from where its checkpoint stands, the steps left at this global batch.
+    A resume may use another global batch (another data-parallel size at a derived one, or a changed
+    train.global_batch): steps x global batch would then miscount the samples consumed so far."""
+    steps, batch = plan.config.train.steps, plan.global_batch
+    if plan.resume_tag is not None:
+        saved = checkpoint.position(plan.run.checkpoints / plan.resume_tag)
+        if saved is not None:
+            step, consumed = saved
+            return consumed + max(0, steps - step) * batch
+    return steps * batch
+
+
 def _train(config: Config, stop_request: _StopRequest) -> dict[str, Any]:
     plan = plan_run(config)
     cfg = config.train
-    steps_total = cfg.steps
     train_set, valid_set = build_datasets(
         config.data.path,
         seq_len=config.model.seq_len,
         seed=cfg.seed,
-        train_samples=steps_total * plan.global_batch,
+        train_samples=_train_samples_needed(plan),
         valid_samples=cfg.eval_samples,
         valid_fraction=config.data.valid_fraction,
         cache_dir=config.data.cache_dir,
@@ -275,6 +287,12 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
             return
     progress.started = True
     step, consumed = progress.step, progress.consumed
+    if consumed + (cfg.steps - step) * plan.global_batch > len(train_set):
+        raise DataError(  # a checkpoint from before position.json, resumed at another global batch
+            f"{run.checkpoints / str(plan.resume_tag)} consumed {consumed} samples in {step} steps; {cfg.steps - step} "
+            f"more steps of {plan.global_batch} need {consumed + (cfg.steps - step) * plan.global_batch} samples "
+            f"but {len(train_set)} were indexed: resume at the global batch it was saved with"
+        )
     window = _LogWindow.restore(state, plan.device)
 
     table = built.parametrization.format_table(config.optimizer, roles_present(built.model))

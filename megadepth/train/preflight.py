@@ -127,7 +127,8 @@ def _check_resume_layout(config: Config, tag_dir: Path, data_size: int) -> None:
             f"{tag_dir} was trained with other settings ({changed}). A resume restores the optimizer's "
             "per-group learning rates, betas, eps and weight decay from the checkpoint, so the new values "
             "would be logged but not used (and another parametrization would mix its multipliers with the "
-            f"old learning rates): resume with the run's own values, or {new_run}"
+            "old learning rates), and continues the data where it stopped, which another seed, sequence "
+            f"length or split would reorder: resume with the run's own values, or {new_run}"
         )
 
 
@@ -141,12 +142,18 @@ RESUMED_KEYS = (
     "model.base_depth",
     "model.base_width",
     "train.seed",
+    # what decides which samples the run trains on, and in which order (the data position is a count of
+    # consumed samples: another split or packing would continue in another sequence)
+    "model.seq_len",
+    "data.valid_fraction",
 )
 
 
 def resumed_setting_differences(saved: Config, config: Config) -> str:
-    """``key A there, B here`` for each setting of :data:`RESUMED_KEYS` that differs ('' when none does).
-    ``train.seed`` is among them: it decides the data order, which a resume continues."""
+    """``key A there, B here`` for each setting of :data:`RESUMED_KEYS` that differs ('' when none does),
+    and for evaluation turned on or off (it decides whether a held-out split exists). ``train.seed`` is
+    among them: it decides the data order, which a resume continues. ``data.path`` is not: a data
+    directory moved to another path is the same data."""
     out = []
     for key in RESUMED_KEYS:
         section, _, field = key.partition(".")
@@ -156,4 +163,8 @@ def resumed_setting_differences(saved: Config, config: Config) -> str:
             out += [f"{section}.{k} {was_d[k]} there, {now_d[k]} here" for k in was_d if was_d[k] != now_d.get(k)]
         elif getattr(was, field) != getattr(now, field):
             out.append(f"{key} {getattr(was, field)} there, {getattr(now, field)} here")
+    if (saved.train.eval_samples > 0) != (config.train.eval_samples > 0):
+        # the held-out split exists only with evaluation: turning it on or off moves documents in or out
+        out.append(f"train.eval_samples {saved.train.eval_samples} there, {config.train.eval_samples} here "
+                   "(0 means no held-out split, so other training documents)")
     return ", ".join(out)
