@@ -13,12 +13,14 @@ matches and the shards are intact, nothing is redone.
 from __future__ import annotations
 
 import argparse
+import codecs
 import gzip
 import hashlib
 import io
 import json
 import os
 import re
+import shutil
 import sys
 import zlib
 from collections import Counter
@@ -55,6 +57,20 @@ SHARD_PREFIX = "shard_"
 _FORMAT_VERSION = 1
 _SUFFIXES = (".jsonl.gz", ".jsonl", ".txt")
 _BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")
+#: sentencepiece drops (without a word) every training sentence longer than this many UTF-8 bytes.
+MAX_SENTENCE_BYTES = 16384
+#: Seeds sentencepiece's generator accepts (an unsigned 32-bit integer).
+MAX_SEED = 2**32 - 1
+#: Byte order marks of the wide Unicode encodings a Windows editor may save ``.txt`` files in. UTF-32 LE
+#: comes first because its mark starts with UTF-16 LE's.
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "utf-32"),
+    (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"),
+    (codecs.BOM_UTF16_BE, "utf-16"),
+)
+#: Built here and moved into OUT only once complete, so a failed run leaves the previous output intact.
+_STAGING = ".text_shards.staging"
 #: Fixed special ids so every tokenizer made here agrees: the trainer may rely on eos_id == 2.
 SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
 
@@ -89,21 +105,52 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
 
 
 def _decode_lines(data: bytes, stats: Counter) -> str:
-    """UTF-8 text, dropping (and counting) only the lines that do not decode."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        kept = []
-        for line in data.splitlines(keepends=True):
-            try:
-                kept.append(line.decode("utf-8"))
-            except UnicodeDecodeError:
-                stats["bad_utf8_line"] += 1
-        return "".join(kept)
+    """UTF-8 text, dropping (and counting) only the lines that do not decode or hold a NUL byte.
+
+    NUL is valid UTF-8 but never part of real text: it is the mark of a binary file or of UTF-16/32
+    saved without a byte order mark (``L\\0i\\0n\\0e\\0``), which would otherwise pass as garbage text.
+    """
+    if b"\x00" not in data:
+        try:
+            return data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+    kept = []
+    for line in data.splitlines(keepends=True):
+        if b"\x00" in line:
+            stats["nul_byte_line"] += 1
+            continue
+        try:
+            kept.append(line.decode("utf-8"))
+        except UnicodeDecodeError:
+            stats["bad_utf8_line"] += 1
+    return "".join(kept)
+
+
+def _decode_txt(path: Path, data: bytes, stats: Counter) -> str:
+    """A ``.txt`` file's text: UTF-8 (a leading BOM dropped), or UTF-16/32 when it starts with their BOM.
+
+    Line ends become ``\\n`` (``\\r\\n`` and a lone ``\\r`` too, as Python's text mode reads them), so
+    that paragraphs split the same way and no ``\\r`` byte pieces are spent on a Windows file. A file
+    that announces UTF-16/32 but does not decode as such is refused: there are no lines to skip in it.
+    """
+    wide = next((codec for bom, codec in _WIDE_BOMS if data.startswith(bom)), None)
+    if wide is not None:
+        try:
+            data = data.decode(wide).encode("utf-8")  # the codec consumes the BOM
+        except UnicodeDecodeError as e:
+            raise DataError(
+                f"{path}: starts with a {wide.upper()} byte order mark but is not valid {wide.upper()} "
+                f"(byte {e.start})"
+            ) from None
+    elif data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    text = _decode_lines(data, stats)
+    return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _read_txt(path: Path, split_paragraphs: bool, stats: Counter) -> Iterator[str]:
-    text = _decode_lines(path.read_bytes(), stats)
+    text = _decode_txt(path, path.read_bytes(), stats)
     parts = _BLANK_RUN.split(text) if split_paragraphs else [text]
     for part in parts:
         if part.strip():
@@ -112,10 +159,22 @@ def _read_txt(path: Path, split_paragraphs: bool, stats: Counter) -> Iterator[st
             stats["empty"] += 1
 
 
+def _check_jsonl_encoding(path: Path, first_line: bytes) -> None:
+    """JSON Lines is UTF-8 by definition; a UTF-16/32 file (BOM first) is refused as a whole, since cut
+    at ``\\n`` bytes every one of its lines would be skipped as bad JSON and the file silently lost."""
+    wide = next((codec for bom, codec in _WIDE_BOMS if first_line.startswith(bom)), None)
+    if wide is not None:
+        raise DataError(
+            f"{path}: JSON Lines must be UTF-8, this file starts with a {wide.upper()} byte order mark "
+            f"(convert it, e.g. iconv -f {wide.upper()} -t UTF-8)"
+        )
+
+
 def _read_jsonl(path: Path, stats: Counter) -> Iterator[str]:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     with opener(path, "rb") as f:
         lines = iter(f)
+        first = True
         while True:
             try:
                 raw = next(lines)
@@ -125,6 +184,11 @@ def _read_jsonl(path: Path, stats: Counter) -> Iterator[str]:
                 # A truncated or damaged gzip stream: keep what was read, count it, move on.
                 stats["corrupt_file"] += 1
                 return
+            if first:
+                first = False
+                _check_jsonl_encoding(path, raw)
+                if raw.startswith(codecs.BOM_UTF8):
+                    raw = raw[len(codecs.BOM_UTF8) :]  # would otherwise make the first record bad JSON
             if not raw.strip():
                 continue
             try:
@@ -150,9 +214,11 @@ def read_documents(
     """Documents from ``.txt`` / ``.jsonl`` / ``.jsonl.gz`` files (directories are expanded).
 
     A ``.txt`` file is one document, or one per blank-line-separated paragraph with
-    ``split_paragraphs``. JSONL lines give their ``text`` field. Bad lines (not UTF-8, not JSON, no
-    ``text`` string, empty) are skipped and counted in ``stats`` by reason; a damaged gzip stream ends
-    that file (counted as ``corrupt_file``). One bad record must not cost a day-long job.
+    ``split_paragraphs``; it is read as UTF-8 (a BOM is dropped) or, when it starts with their BOM,
+    UTF-16/32, and its line ends become ``\\n``. JSONL lines (UTF-8, a BOM dropped; a UTF-16/32 file is
+    a :class:`DataError`) give their ``text`` field. Bad lines (not UTF-8, a NUL byte in a ``.txt`` line,
+    not JSON, no ``text`` string, empty) are skipped and counted in ``stats`` by reason; a damaged gzip
+    stream ends that file (counted as ``corrupt_file``). One bad record must not cost a day-long job.
     """
     stats = stats if stats is not None else Counter()
     for path in expand_inputs(paths):
@@ -162,12 +228,41 @@ def read_documents(
             yield from _read_jsonl(path, stats)
 
 
+def _pieces(line: str, limit: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
+    """``line`` cut into pieces of at most ``limit`` UTF-8 bytes: before the last space or tab that fits,
+    else (one huge word) at a character boundary. sentencepiece would drop a longer line whole."""
+    data = line.encode("utf-8")
+    while len(data) > limit:
+        cut = limit
+        while data[cut] & 0xC0 == 0x80:  # data[cut] continues a character: cut before that character
+            cut -= 1
+        space = max(data.rfind(b" ", 1, cut + 1), data.rfind(b"\t", 1, cut + 1))
+        if space > 0:
+            cut = space  # the space starts the next piece, as it starts a word's piece
+        yield data[:cut].decode("utf-8")
+        data = data[cut:]
+    yield data.decode("utf-8")
+
+
 def _sentences(documents: Iterable[str]) -> Iterator[str]:
-    """sentencepiece trains on lines; lines longer than its limit would be dropped, so documents are split."""
+    """sentencepiece trains on lines and silently drops those over its length limit (a file that is one
+    long line would leave nothing to train on), so documents are split at newlines and long lines cut."""
     for doc in documents:
         for line in doc.split("\n"):
-            if line.strip():
-                yield line
+            if len(line) * 4 <= MAX_SENTENCE_BYTES:  # at most 4 UTF-8 bytes a character: fits as is
+                if line.strip():
+                    yield line
+                continue
+            for piece in _pieces(line):
+                if piece.strip():
+                    yield piece
+
+
+def _check_seed(seed: int) -> int:
+    """sentencepiece takes an unsigned 32-bit seed; outside that it fails with a pybind TypeError."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
+    return int(seed)
 
 
 def _sp_message(e: Exception) -> str:
@@ -197,13 +292,14 @@ def train_tokenizer(
 
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    seed = _check_seed(seed)
     out = Path(f"{os.fspath(out_prefix)}.model")
     out.parent.mkdir(parents=True, exist_ok=True)
     sentences = _sentences(documents)
     first = next(sentences, None)
     if first is None:
         raise DataError("no text to train a tokenizer on (all documents empty)")
-    spm.set_random_generator_seed(int(seed))
+    spm.set_random_generator_seed(seed)
     writer = io.BytesIO()
 
     def all_sentences() -> Iterator[str]:
@@ -223,7 +319,7 @@ def train_tokenizer(
             allow_whitespace_only_pieces=True,
             split_digits=True,
             character_coverage=0.9995,
-            max_sentence_length=16384,
+            max_sentence_length=MAX_SENTENCE_BYTES,
             input_sentence_size=int(max_sentences),
             shuffle_input_sentence=True,
             num_threads=min(2, os.cpu_count() or 1),
@@ -296,6 +392,26 @@ def _remove_old_outputs(out_dir: Path) -> None:
             f.unlink()
 
 
+def _check_given_tokenizer(path: Path) -> None:
+    """A given model must load and have an EOS piece (every document ends in EOS): checked before any
+    work, so that a wrong ``--tokenizer`` touches nothing."""
+    sp = _load_tokenizer(path)
+    if int(sp.eos_id()) < 0:
+        raise DataError(f"{path}: the tokenizer has no EOS piece (documents must end in EOS)")
+
+
+def _install(staging: Path, out_dir: Path, manifest: dict) -> None:
+    """Move a complete result from ``staging`` into ``out_dir``. Only renames are left to do here, so
+    nothing about the input or the tokenizer can fail halfway; the old manifest goes first and the new
+    one is written last, so a directory caught in between never looks complete."""
+    _remove_old_outputs(out_dir)
+    os.replace(staging / TOKENIZER, out_dir / TOKENIZER)
+    for shard in manifest["shards"]:
+        for suffix in (".bin", ".idx"):  # .idx last: a shard is trusted once its .idx exists
+            os.replace(staging / f"{shard['prefix']}{suffix}", out_dir / f"{shard['prefix']}{suffix}")
+    atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+
+
 def _build(
     inputs: Sequence[str | Path],
     out_dir: Path,
@@ -307,27 +423,31 @@ def _build(
     split_paragraphs: bool,
     progress: bool,
 ) -> tuple[dict, bool]:
-    """:func:`build_text_shards`, also saying whether an up-to-date manifest was reused."""
-    from tqdm import tqdm
+    """:func:`build_text_shards`, also saying whether an up-to-date manifest was reused.
 
+    Arguments and a given tokenizer are checked before ``out_dir`` is touched; the tokenizer and shards
+    are then built in ``OUT/.text_shards.staging`` and moved in only when complete, so a rerun that fails
+    (a vocabulary sentencepiece refuses, a bad input file, Ctrl-C) leaves the previous output usable.
+    """
     if docs_per_shard < 1:
         raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    seed = _check_seed(seed)
     files = expand_inputs(inputs)
     input_records = [
         {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": _sha256_file(f)} for f in files
     ]
     given_tok = Path(tokenizer) if tokenizer is not None else None
     if given_tok is not None:
-        _load_tokenizer(given_tok)  # fail before touching out_dir
+        _check_given_tokenizer(given_tok)  # fail before touching out_dir
     config = {
         "format_version": _FORMAT_VERSION,
         "inputs": [r["sha256"] for r in input_records],
         "tokenizer": _sha256_file(given_tok) if given_tok is not None else None,
         "vocab_size": None if given_tok is not None else int(vocab_size),
         "model_type": None if given_tok is not None else model_type,
-        "seed": int(seed),
+        "seed": seed,
         "docs_per_shard": int(docs_per_shard),
         "split_paragraphs": bool(split_paragraphs),
         "special_ids": SPECIAL_IDS if given_tok is None else None,
@@ -335,29 +455,65 @@ def _build(
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     _refuse_pipeline_output(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    staging = out_dir / _STAGING
+    shutil.rmtree(staging, ignore_errors=True)  # left behind by a run that was killed
     current = _manifest_is_current(out_dir, config_hash)
     if current is not None:
         return current, True
-    _remove_old_outputs(out_dir)
+    staging.mkdir()
+    try:
+        manifest = _build_staged(
+            files,
+            staging,
+            out_dir.name,
+            vocab_size,
+            given_tok,
+            seed,
+            model_type,
+            split_paragraphs,
+            docs_per_shard,
+            progress,
+        )
+        manifest.update(config_hash=config_hash, config=config, inputs=input_records)
+        _install(staging, out_dir, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest, False
 
-    tok_path = out_dir / TOKENIZER
+
+def _build_staged(
+    files: list[Path],
+    staging: Path,
+    label: str,
+    vocab_size: int,
+    given_tok: Path | None,
+    seed: int,
+    model_type: str,
+    split_paragraphs: bool,
+    docs_per_shard: int,
+    progress: bool,
+) -> dict:
+    """The tokenizer (trained, or ``given_tok`` copied) and the shards, written into ``staging``.
+
+    Returns the manifest; its ``config_hash``, ``config`` and ``inputs`` are placeholders for the
+    caller to fill in (they stay in place so that manifest.json keeps its key order).
+    """
+    from tqdm import tqdm
+
+    tok_path = staging / TOKENIZER
     if given_tok is None:
         train_tokenizer(
             read_documents(files, split_paragraphs=split_paragraphs),
-            out_dir / "tokenizer",
+            staging / "tokenizer",
             vocab_size,
             model_type,
             seed,
         )
-    elif given_tok.resolve() != tok_path.resolve():
+    else:
         atomic_write_bytes(tok_path, given_tok.read_bytes())
     sp = _load_tokenizer(tok_path)
     vocab = int(sp.get_piece_size())
     eos = int(sp.eos_id())
-    if eos < 0:
-        raise DataError(
-            f"{given_tok or tok_path}: the tokenizer has no EOS piece (documents must end in EOS)"
-        )
     dtype = best_dtype(vocab)
 
     stats: Counter = Counter()
@@ -375,7 +531,7 @@ def _build(
 
     docs = read_documents(files, split_paragraphs=split_paragraphs, stats=stats)
     threads = min(2, os.cpu_count() or 1)
-    bar = tqdm(desc=f"tokenize {out_dir.name}", unit="doc", disable=not progress, file=sys.stderr)
+    bar = tqdm(desc=f"tokenize {label}", unit="doc", disable=not progress, file=sys.stderr)
     try:
         while True:
             batch = [d for _, d in zip(range(256), docs, strict=False)]
@@ -383,7 +539,7 @@ def _build(
                 break
             for ids in sp.encode(batch, num_threads=threads):
                 if writer is None:
-                    writer = IndexedDatasetWriter(out_dir / f"{SHARD_PREFIX}{len(shards):05d}", dtype)
+                    writer = IndexedDatasetWriter(staging / f"{SHARD_PREFIX}{len(shards):05d}", dtype)
                 ids.append(eos)
                 writer.add_document(np.asarray(ids, dtype=dtype))
                 if writer.num_documents >= docs_per_shard:
@@ -405,9 +561,9 @@ def _build(
     manifest = {
         "format": "megadepth-shards",
         "format_version": _FORMAT_VERSION,
-        "config_hash": config_hash,
-        "config": config,
-        "inputs": input_records,
+        "config_hash": None,
+        "config": None,
+        "inputs": None,
         "tokenizer": {
             "file": TOKENIZER,
             "sha256": _sha256_file(tok_path),
@@ -432,8 +588,7 @@ def _build(
         },
         "shards": shards,
     }
-    atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
-    return manifest, False
+    return manifest
 
 
 def build_text_shards(
@@ -489,9 +644,17 @@ def prepare_sample_data(
     The source text is kept as ``OUT/source/python_docs.jsonl`` so that the manifest's input hash
     refers to a file a user can read.
     """
-    out = Path(out_dir)
+    manifest, _ = _build_sample(Path(out_dir), vocab_size, progress)
+    return manifest
+
+
+def _build_sample(out: Path, vocab_size: int, progress: bool) -> tuple[dict, bool]:
+    """The sample's source is written into OUT before the build starts, so a directory the build would
+    refuse is refused first, and left exactly as it was."""
     _refuse_pipeline_output(out)
-    return build_text_shards([_sample_source(out)], out, vocab_size=vocab_size, progress=progress)
+    return _build(
+        [_sample_source(out)], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress
+    )
 
 
 def _summary(out: Path, manifest: dict, reused: bool) -> str:
@@ -532,12 +695,7 @@ def _cmd_text(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    return _run(
-        lambda: _build(
-            [_sample_source(out)], out, args.vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, True
-        ),
-        out,
-    )
+    return _run(lambda: _build_sample(out, args.vocab_size, True), out)
 
 
 def add_cli(subparsers: Any) -> None:
@@ -567,7 +725,9 @@ def add_cli(subparsers: Any) -> None:
     text.add_argument(
         "--docs-per-shard", type=int, default=DEFAULT_DOCS_PER_SHARD, help="default %(default)s"
     )
-    text.add_argument("--seed", type=int, default=0, help="tokenizer training seed (default %(default)s)")
+    text.add_argument(
+        "--seed", type=int, default=0, help=f"tokenizer training seed, 0..{MAX_SEED} (default %(default)s)"
+    )
     text.set_defaults(func=_cmd_text)
 
     sample = subparsers.add_parser(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import codecs
 import gzip
 import hashlib
+import io
 import json
 import re
 from collections import Counter
@@ -251,3 +253,148 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = _cli().parse_args(["sample", "--out", str(tmp_path / "s"), "--vocab-size", "600"])
     assert args.func(args) == 0
     assert (tmp_path / "s" / "manifest.json").is_file()
+
+
+def test_encodings_bom_and_nul_bytes(tmp_path: Path) -> None:
+    """UTF-16/32 .txt with a BOM is decoded, a UTF-8 BOM is dropped, NUL-byte lines are skipped."""
+    text = "Line 0 of a document saved by a Windows editor.\nLine 1, caf\u00e9 \u2713\n"
+    (tmp_path / "a_u16le.txt").write_bytes(codecs.BOM_UTF16_LE + text.encode("utf-16-le"))
+    (tmp_path / "b_u16be.txt").write_bytes(codecs.BOM_UTF16_BE + text.encode("utf-16-be"))
+    (tmp_path / "c_u32.txt").write_bytes(codecs.BOM_UTF32_LE + text.encode("utf-32-le"))
+    (tmp_path / "d_bom8.txt").write_bytes(codecs.BOM_UTF8 + text.encode("utf-8"))
+    # UTF-16 without a BOM is valid UTF-8 full of NULs: every line of it is skipped, not kept as garbage.
+    (tmp_path / "e_u16_nobom.txt").write_bytes("one\ntwo\n".encode("utf-16-le"))
+    (tmp_path / "f_mixed.txt").write_bytes(b"kept line\nbinary\x00junk\nalso kept\n")
+    (tmp_path / "g_bom.jsonl").write_bytes(
+        codecs.BOM_UTF8 + b'{"text": "document 0"}\n{"text": "document 1"}\n{"text": "document 2"}\n'
+    )
+    stats: Counter = Counter()
+    got = list(read_documents([tmp_path], stats=stats))
+    assert got == [text, text, text, text, "kept line\nalso kept\n", "document 0", "document 1", "document 2"]
+    # "one\ntwo\n" in UTF-16 LE cut at \n bytes: "o\0n\0e\0\n", "\0t\0w\0o\0\n", "\0" (3 lines), plus
+    # f_mixed's one; nothing is left of e_u16_nobom.txt, an empty document.
+    assert stats == Counter(nul_byte_line=4, empty=1)
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "u16.jsonl").write_bytes(codecs.BOM_UTF16_LE + '{"text": "x"}\n'.encode("utf-16-le"))
+    with pytest.raises(DataError, match=r"u16\.jsonl: JSON Lines must be UTF-8.*UTF-16"):
+        list(read_documents([bad / "u16.jsonl"]))
+    (bad / "broken.txt").write_bytes(codecs.BOM_UTF16_LE + b"a\x00\x00\xdc")  # a lone low surrogate
+    with pytest.raises(DataError, match=r"broken\.txt: starts with a UTF-16 byte order mark"):
+        list(read_documents([bad / "broken.txt"]))
+
+
+def test_txt_line_ends_are_normalised(tmp_path: Path) -> None:
+    """CRLF (and old Mac CR) files split into paragraphs exactly as LF files do."""
+    (tmp_path / "crlf.txt").write_bytes(b"first paragraph\r\n\r\nsecond\r\nline\r\n \r\n\r\nthird\r\n")
+    (tmp_path / "cr.txt").write_bytes(b"first paragraph\r\rsecond\rline\r \r\rthird\r")
+    (tmp_path / "lf.txt").write_bytes(b"first paragraph\n\nsecond\nline\n \n\nthird\n")
+    for name in ("crlf", "cr", "lf"):
+        got = list(read_documents([tmp_path / f"{name}.txt"], split_paragraphs=True))
+        assert got == ["first paragraph", "second\nline", "third\n"], name
+    assert list(read_documents([tmp_path / "crlf.txt"])) == ["first paragraph\n\nsecond\nline\n \n\nthird\n"]
+
+
+def _no_eos_tokenizer(path: Path) -> Path:
+    """A valid sentencepiece model without an EOS piece (trained directly, not through the code under test)."""
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(_ascii_docs(50, 3)),
+        model_writer=model,
+        vocab_size=300,
+        byte_fallback=True,
+        eos_id=-1,
+        minloglevel=2,
+    )
+    path.write_bytes(model.getvalue())
+    return path
+
+
+def test_failed_rerun_keeps_the_previous_output(tmp_path: Path) -> None:
+    """A rerun that fails at any stage (tokenizer training, a given tokenizer's check, reading an input
+    while shards are being written) leaves the previous output complete, byte for byte."""
+    docs = _write_inputs(tmp_path / "in")
+    out = tmp_path / "out"
+    manifest = build_text_shards([tmp_path / "in"], out, vocab_size=400, progress=False)
+
+    def snapshot() -> dict[str, bytes]:
+        return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
+
+    before = snapshot()
+    assert sorted(before) == ["manifest.json", "shard_00000.bin", "shard_00000.idx", "tokenizer.model"]
+
+    with pytest.raises(DataError, match="could not train"):
+        build_text_shards([tmp_path / "in"], out, vocab_size=10, progress=False)
+    assert snapshot() == before
+
+    no_eos = _no_eos_tokenizer(tmp_path / "no_eos.model")
+    with pytest.raises(DataError, match="no EOS piece"):
+        build_text_shards([tmp_path / "in"], out, tokenizer=no_eos, progress=False)
+    assert snapshot() == before
+
+    # Fails in the tokenize pass, after the first file's documents went into a shard.
+    (tmp_path / "z_u16.jsonl").write_bytes(codecs.BOM_UTF16_LE + '{"text": "x"}\n'.encode("utf-16-le"))
+    with pytest.raises(DataError, match="must be UTF-8"):
+        build_text_shards(
+            [tmp_path / "in", tmp_path / "z_u16.jsonl"],
+            out,
+            tokenizer=out / "tokenizer.model",
+            docs_per_shard=10,
+            progress=False,
+        )
+    assert snapshot() == before
+    assert build_text_shards([tmp_path / "in"], out, vocab_size=400, progress=False) == manifest
+    assert _decoded(out)[0] == docs
+
+
+def test_long_lines_reach_tokenizer_training(tmp_path: Path) -> None:
+    """Lines over sentencepiece's 16,384-byte limit are cut for training, not dropped."""
+    rare = " ".join(["quuxolotl"] * 4000 + ["zyx"] * 10)  # one 40 kB line
+    (tmp_path / "long.txt").write_text(rare)
+    out = tmp_path / "only_long"
+    build_text_shards([tmp_path / "long.txt"], out, vocab_size=270, progress=False)
+    assert _decoded(out)[0] == [rare]
+
+    # Mixed with ordinary documents, the long lines' text is learnt: the word as one piece, and the
+    # characters of a line with no space at all (cut at character boundaries) as pieces of their own.
+    blob = "".join(chr(0x4E00 + i % 7) + "\u00e9" for i in range(9000))  # 45,000 bytes
+    (tmp_path / "blob.txt").write_text(blob)
+    _write_inputs(tmp_path / "in")
+    out = tmp_path / "mixed"
+    build_text_shards(
+        [tmp_path / "in", tmp_path / "long.txt", tmp_path / "blob.txt"], out, vocab_size=400, progress=False
+    )
+    sp = spm.SentencePieceProcessor(model_file=str(out / "tokenizer.model"))
+    assert sp.encode("quuxolotl", out_type=str) == ["\u2581quuxolotl"]
+    assert all(sp.piece_to_id(c) != sp.unk_id() for c in "\u4e00\u4e06\u00e9")  # not byte fallback
+    assert _decoded(out)[0][-2:] == [rare, blob]
+
+
+def test_cli_seed_range(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A seed sentencepiece cannot take is one line, exit 2, before anything is written."""
+    _write_inputs(tmp_path / "in")
+    for seed in ("-1", str(2**32)):
+        out = tmp_path / f"seed{seed}"
+        args = _cli().parse_args(["text", "--input", str(tmp_path / "in"), "--out", str(out), "--seed", seed])
+        assert args.func(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"error: seed must be an integer in 0..4294967295, got {seed}"]
+        assert not out.exists()
+    out = tmp_path / "seedmax"
+    argv = ["text", "--input", str(tmp_path / "in"), "--out", str(out), "--vocab-size", "400"]
+    args = _cli().parse_args([*argv, "--seed", str(2**32 - 1)])
+    assert args.func(args) == 0
+    assert json.loads((out / "manifest.json").read_text())["config"]["seed"] == 2**32 - 1
+
+
+def test_cli_sample_refuses_pipeline_output_first(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``prep sample`` into a ``prep run`` output is refused before its source file is written there."""
+    pipeline = tmp_path / "pipeline"
+    pipeline.mkdir()
+    (pipeline / "plan.json").write_text("{}")
+    args = _cli().parse_args(["sample", "--out", str(pipeline)])
+    assert args.func(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "prep run" in err[0]
+    assert sorted(p.name for p in pipeline.rglob("*")) == ["plan.json"]  # no source/ left behind
