@@ -479,13 +479,28 @@ def test_a_lopsided_bracket_is_not_fitted() -> None:
     # the same shape mirrored: the small-LR side is the steep one
     opt = fit_optimum(lx, [7.62, 7.60, 4.90, 4.95, 5.30], [0.01] * 5)
     assert opt.method == "argmin" and opt.log2_x == -5 and "lower one" in opt.note
-    # just under the lopsidedness limit (1.9 vs 0.1: 19x), the fitted vertex (4.0 - 0.9^2 / 4 = 3.7975) is
-    # still further below the best mean (4.0) than twice the gentle side's rise (0.2): not reported
+    # the gentle side's own curve (5.0, 4.1, 4.0) predicts a rise of 0.7 at the steep neighbour: at 4.0 + 3.0
+    # it is near divergence; at 4.0 + 1.9 it is fitted, but the vertex through the bracket (4.0 - 0.9^2 / 4 =
+    # 3.7975) lies deeper below the best mean than the gentle side allows (twice its rise, 0.2): argmin
+    opt = fit_optimum([-8, -7, -6, -5], [5.0, 4.1, 4.0, 7.0], [0.01] * 4)
+    assert opt.method == "argmin" and opt.loss == 4.0 and "what the other side's curve predicts" in opt.note
     opt = fit_optimum([-8, -7, -6, -5], [5.0, 4.1, 4.0, 5.9], [0.01] * 4)
     assert opt.method == "argmin" and opt.loss == 4.0 and "further below the best grid mean" in opt.note
+    # without a second gentle-side point the ratio decides: 0.1 vs 2.5 is over 20x
+    opt = fit_optimum([-7, -6, -5], [4.1, 4.0, 6.5], [0.01] * 3)
+    assert opt.method == "argmin" and "over 20x the other side's" in opt.note
+    # the fitted vertex may not lie deeper below the best mean than the data allow
+    opt = fit_optimum([-8, -7, -6, -5], [5.0, 4.1, 4.0, 5.3], [0.01] * 4, window=5)
+    assert opt.method == "fit" and opt.loss >= 4.0 - 1.25 * 1.3 / 8
     # a smooth asymmetric bracket is still fitted: rises 0.9 and 0.1 (vertex 0.4 steps from the argmin)
     opt = fit_optimum([-10, -9, -8, -7, -6], [0.5 * (x + 7.6) ** 2 + 2.0 for x in (-10, -9, -8, -7, -6)], [0.01] * 5)
     assert opt.method == "fit" and opt.log2_x == pytest.approx(-7.6) and opt.loss == pytest.approx(2.0)
+    # smooth curves with the optimum almost halfway between grid points (rise ratios 24 and 99): a ratio
+    # rule alone took these for a blow-up
+    lx = [-9, -8, -7, -6, -5]
+    for vertex in (-6.54, -6.51, -6.46):
+        opt = fit_optimum(lx, [3 + 0.1 * (x - vertex) ** 2 for x in lx], [0.001] * 5)
+        assert opt.method == "fit" and opt.log2_x == pytest.approx(vertex) and opt.loss == pytest.approx(3.0), opt
 
 
 def test_a_finite_loss_far_above_ln_vocab_counts_as_diverged(tmp_path: Path) -> None:

@@ -46,12 +46,20 @@ from megadepth.train.rundir import atomic_write_json, atomic_write_text
 METRICS = ("final_eval_loss", "final_loss")
 
 LOPSIDED = 20.0
-"""A bracket (the grid argmin and its two neighbours) whose steeper side rises more than this many times
-as much as the gentler side (or as twice the best mean's standard error, if that is larger) is not
-fitted. A parabola through such points puts its vertex more than 0.45 grid steps from the argmin and
-more than twice as far below the best grid mean as the gentle neighbour lies above it: the signature
-of a neighbour near divergence, whose loss says nothing about the curvature at the optimum. (A smooth
-curve whose optimum lies between two grid points gives ratios up to about 10: still fitted.)"""
+"""Where the gentle side has no second point to check the bracket against (see ``STEEPER``): a bracket
+(the grid argmin and its two neighbours) whose steeper side rises more than this many times as much as
+the gentler side (or as twice the best mean's standard error, if that is larger) is not fitted. A
+parabola through such points puts its vertex more than 0.45 grid steps from the argmin, which a smooth
+curve does only when its optimum lies almost halfway between two grid points; a neighbour near
+divergence does it all the time."""
+
+STEEPER = 4.0
+"""With two points on the gentle side of the argmin, the parabola through them and the argmin predicts
+the steep neighbour; a steep neighbour rising more than this many times the predicted rise (plus twice
+the best mean's standard error) is near divergence and its loss says nothing about the curvature at the
+optimum: not fitted. A smooth curve passes whatever its vertex offset (a lopsided ratio alone rejected
+about one smooth curve in ten, those with the optimum 0.45-0.5 grid steps from a grid point), and so does
+the usual asymmetry of loss against LR (steeper on the high side: about 2x the gentle side's prediction)."""
 
 BLOWN_UP = 2.0
 """A finished run whose loss exceeds this many times ln(vocab_size), the loss of a uniform guess, blew
@@ -139,13 +147,27 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
         arg.note = "a neighbouring grid value diverged" if any(y[i] == math.inf for i in bad) else \
             "a neighbouring grid value is missing"
         return arg
-    # a lopsided bracket: one neighbour far worse than the other (e.g. next to divergence but finite)
+    # a lopsided bracket: one neighbour far worse than the curve allows (e.g. next to divergence but finite)
     rises = (y[best - 1] - y[best], y[best + 1] - y[best])
     noise = 2 * float(sem[best]) if sem[best] is not None and math.isfinite(sem[best]) else 0.0  # type: ignore[arg-type]
-    if max(rises) > LOPSIDED * max(min(rises), noise):
-        steep = "lower" if rises[0] > rises[1] else "higher"
+    steep_side = -1 if rises[0] > rises[1] else 1
+    steep = "lower" if steep_side < 0 else "higher"
+    gentle2 = best - 2 * steep_side
+    checked = 0 <= gentle2 < len(y) and math.isfinite(y[gentle2])
+    if checked:
+        # the parabola through the two gentle-side points and the argmin (equal steps in log2 x assumed
+        # only as far as the grid is uniform: use the actual spacing)
+        xs = [lx[gentle2], lx[best - steep_side], lx[best]]
+        coef = np.polyfit(np.array(xs) - lx[best], [y[gentle2], y[best - steep_side], y[best]], 2)
+        predicted = float(np.polyval(coef, lx[best + steep_side] - lx[best])) - y[best]
+        limit = STEEPER * max(predicted, min(rises)) + noise
+        why = f"over {STEEPER:g}x what the other side's curve predicts, {max(predicted, min(rises)):.3g}"
+    else:
+        limit = LOPSIDED * max(min(rises), noise)
+        why = f"over {LOPSIDED:g}x the other side's"
+    if max(rises) > limit:
         arg.note = (f"a neighbouring grid value is near divergence (the {steep} one's loss rises "
-                    f"{max(rises):.3g}, over {LOPSIDED:g}x the other side's): not fitted")
+                    f"{max(rises):.3g}, {why}): not fitted")
         return arg
     # keep the contiguous finite run around the argmin
     left = best
@@ -193,7 +215,11 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
     # as far as the gentler neighbour lies above it (what a parabola with its vertex up to 0.45 steps from
     # the argmin dips; a wider window's least squares can dip further than its 3-point bracket says)
     best_se = math.sqrt(float(variances[idx.index(best)])) if variances is not None else 0.0
-    floor = y[best] - 2 * max(best_se, min(rises))
+    # a parabola dips at most 1/8 of its steeper rise below the argmin (vertex half a step away): allowed
+    # once the steep side has been checked, for the rise the gentle side's own curve predicts there (an
+    # asymmetric curve's real steep rise would allow a dip the optimum does not have)
+    dip = 1.25 * min(max(rises), max(predicted, 0.0)) / 8 if checked else 0.0
+    floor = y[best] - max(2 * best_se, 2 * min(rises), dip)
     if loss < floor:
         arg.note = (f"the fitted minimum ({loss:.4g}) lies further below the best grid mean than its neighbours "
                     "and seeds allow: not fitted")
