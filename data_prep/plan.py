@@ -246,7 +246,7 @@ def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
     known = LanguageIdentifier(lang).labels()
     for code in lang.languages or ():
         if code not in known:
-            near = difflib.get_close_matches(code, sorted(known), n=3)
+            near = [code.lower()] if code.lower() in known else difflib.get_close_matches(code, sorted(known), n=3)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
             raise DataError(
                 f"language.languages: {code!r} is not a language of the model (it uses ISO 639-1 codes "

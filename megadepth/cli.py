@@ -41,6 +41,9 @@ def _expand_encoded_args(argv: list[str]) -> list[str]:
         return argv
     if len(tokens) > 1:
         raise ConfigError(f"{ARGS_B64} is given more than once")
+    if rest:  # the launcher sends the token alone: anything beside it would be merged in some order
+        raise ConfigError(f"{ARGS_B64} carries every argument of the run: give nothing beside it "
+                          f"(got {' '.join(rest)})")
     from launch.deepspeed_launcher import decode_train_args
 
     try:

@@ -195,3 +195,31 @@ def train_rank_signalled_during_startup(config_dict: dict) -> dict:
 
     loop.build_datasets = signalled
     return loop.train(validate(config_dict))
+
+
+def train_rank_overtaken_during_startup(config_dict: dict) -> dict:
+    """Train, but while this job reads its data (after it planned a fresh start, before it holds the run
+    lock) another job trains the same run directory to the end, as a scheduler's requeue of a job that
+    was still running would. Returns the summary."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import yaml
+
+    from megadepth.config import validate
+    from megadepth.train import loop
+
+    real = loop.build_datasets
+
+    def overtaken(*args: Any, **kwargs: Any) -> Any:
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+            yaml.safe_dump(config_dict, f)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+        subprocess.run([sys.executable, "-m", "megadepth", "train", f.name], env=env, check=True,
+                       capture_output=True)
+        return real(*args, **kwargs)
+
+    loop.build_datasets = overtaken
+    return loop.train(validate(config_dict))

@@ -222,6 +222,14 @@ def test_a_bad_args_token_is_one_line(token: str, capsys: pytest.CaptureFixture[
     assert err.startswith("megadepth: error: --args-b64") and "\n" not in err
 
 
+def test_nothing_may_stand_beside_the_args_token(capsys: pytest.CaptureFixture[str]) -> None:
+    """A --set next to the token was silently outranked by the token's own (it came first)."""
+    token = encode_train_args(["--set=train.steps=3", "--", "tiny.yaml"])
+    assert main(["train", "--args-b64", token, "--set", "train.steps=5", "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "give nothing beside it (got --set train.steps=5 --dry-run)" in err and "\n" not in err
+
+
 def test_hostfile_mode_refuses_paths_the_remote_shell_would_split(cfg: Path, tmp_path: Path,
                                                                   capsys: pytest.CaptureFixture[str],
                                                                   monkeypatch: pytest.MonkeyPatch) -> None:

@@ -263,6 +263,8 @@ def test_language_settings_are_checked_and_hashed_when_planning(tmp_path, monkey
     src = write_warc(tmp_path / "in.warc.gz", warc_response("https://a.example/", b"<p>x</p>"))
     with pytest.raises(DataError, match=r"language.languages: 'eng' is not a language of the model.*en"):
         plan_run([src], tmp_path / "o1", overrides=["language.languages=[eng]"])
+    with pytest.raises(DataError, match=r"'EN' is not a language of the model.*did you mean en\?"):
+        plan_run([src], tmp_path / "o1", overrides=["language.languages=[EN]"])
     with pytest.raises(DataError, match="language.model .*nope.ftz: no such file"):
         plan_run([src], tmp_path / "o2", overrides=["language.model=nope.ftz"])
     assert not (tmp_path / "o1").exists() and not (tmp_path / "o2").exists()

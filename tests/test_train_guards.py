@@ -9,12 +9,13 @@ import json
 import math
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
 import yaml
 from conftest import tiny_config
-from distributed import run_ranks, train_rank
+from distributed import run_ranks, train_rank, train_rank_overtaken_during_startup
 from test_train import metrics
 
 from megadepth.config import validate
@@ -70,6 +71,11 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
         _plan(tiny_config(sample_data, out, train={"steps": 4, "eval_samples": 0}))
     with pytest.raises(ConfigError, match=r"data.valid_fraction 0.05 there, 0.3 here"):
         _plan(tiny_config(sample_data, out, train={"steps": 4}, data={"valid_fraction": 0.3}))
+    # the same values spelled out (base width and head size the defaults resolve to) are no change
+    _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"base_width": 32},
+                      parametrization={"base_head_dim": 16}))
+    with pytest.raises(ConfigError, match=r"model.base_width 32 there, 16 here"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"base_width": 16}))
     # a schedule change is allowed: the scheduler recomputes its factor from the config
     _plan(tiny_config(sample_data, out, train={"steps": 4}, schedule={"name": "constant"}))
     assert {p: p.read_bytes() for p in before} == before
@@ -298,3 +304,70 @@ def test_a_resume_at_another_global_batch_continues_from_its_samples(sample_data
     (other / "checkpoints" / "step_00000004" / "position.json").unlink()
     with pytest.raises(RuntimeError, match=r"consumed 32 samples in 4 steps; 4 more steps of 4 need 48 samples"):
         run_ranks(train_rank, 1, tiny_config(sample_data, other, train={"steps": 8, "global_batch": 4}))
+
+
+def test_the_run_lock_dies_with_its_holder_not_with_its_forked_children(tmp_path: Path) -> None:
+    """Data-loader workers are forked from the trainer: they shared the flock, and one orphaned by a killed
+    trainer kept the run directory locked, so an immediate requeue was refused."""
+    import os
+    import signal
+    import time
+
+    from megadepth.train.rundir import RunLock
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import os, sys, time
+            from megadepth.train.rundir import RunLock
+            assert RunLock({str(tmp_path)!r}).acquire() is None
+            if os.fork() == 0:  # a worker: lives on after the trainer is killed
+                time.sleep(30)
+                os._exit(0)
+            print("locked", flush=True)
+            time.sleep(30)
+        """)], cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert RunLock.holder(tmp_path) is not None
+        holder.kill()
+        holder.wait()
+        deadline = time.monotonic() + 5
+        while RunLock.holder(tmp_path) is not None:  # the kernel drops it with the process, not 4 s later
+            assert time.monotonic() < deadline, "the forked child still holds the run lock"
+            time.sleep(0.05)
+        assert RunLock(tmp_path).acquire() is None
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+
+
+def test_a_lock_file_that_cannot_be_written_does_not_stop_the_run(tmp_path: Path) -> None:
+    """A teammate's leftover lock file (mode 0644) or a read-only copy: flock works on a read-only
+    descriptor, so the lock is still taken (it raised PermissionError on rank 0 before)."""
+    from megadepth.train.rundir import RunLock
+
+    lock_file = tmp_path / RunLock.NAME
+    lock_file.write_text("otherhost pid 1")
+    # root ignores file modes: an immutable file is what refuses root's write access
+    if subprocess.run(["chattr", "+i", str(lock_file)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here to make the file unwritable for root")
+    try:
+        ours = RunLock(tmp_path)
+        assert ours.acquire() is None
+        assert RunLock(tmp_path).acquire() == "otherhost pid 1"  # held: a second job is still kept out
+        ours.release()
+    finally:
+        subprocess.run(["chattr", "-i", str(lock_file)], check=False)
+
+
+@pytest.mark.distributed
+def test_a_job_overtaken_while_starting_does_not_restart_the_run(sample_data: Path, tmp_path: Path) -> None:
+    """This job planned a fresh start; while it built its data index another job trained the run to the end.
+    It used to start from step 0 anyway, emptying metrics.jsonl and replacing the checkpoints."""
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, train={"steps": 2, "save_final": True})
+    with pytest.raises(RuntimeError, match=r"changed while this job started \(its latest checkpoint is now "
+                                           r"step_00000002, this job planned a fresh start\)"):
+        run_ranks(train_rank_overtaken_during_startup, 1, cfg)
+    summary = json.loads((out / "summary.json").read_text())  # the other job's finished run, untouched
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2]

@@ -196,10 +196,27 @@ def _train_initialised(plan: Plan, train_set: Any, valid_set: Any, stop_request:
     _check_same_config(config_yaml)
     is_main = env.is_main
     lock = RunLock(run.root)
-    holders: list[str | None] = [None] * torch.distributed.get_world_size()
-    torch.distributed.all_gather_object(holders, lock.acquire() if is_main else None)
-    if holders[0] is not None:  # every rank stops, before this job writes anything
-        raise ConfigError(busy_message(run, holders[0]))
+    answer: tuple[str | None, str | None] | None = None
+    if is_main:
+        holder = lock.acquire()
+        # what the run holds now: another job may have trained it (and let go) while this one started
+        # (data index, process group), after this job decided whether and where to resume
+        try:
+            latest = checkpoint.latest_tag(run.checkpoints) if holder is None else None
+        except ConfigError as exc:
+            latest = f"unreadable: {exc}"
+        answer = (holder, latest)
+    answers: list[tuple[str | None, str | None] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(answers, answer)
+    holder, latest = answers[0]  # type: ignore[misc]
+    if holder is not None:  # every rank stops, before this job writes anything
+        raise ConfigError(busy_message(run, holder))
+    if latest != plan.resume_tag:
+        lock.release()
+        raise ConfigError(
+            f"{run.root} changed while this job started (its latest checkpoint is now {latest}, this job planned "
+            f"{plan.resume_tag or 'a fresh start'}): another job trained it meanwhile; run the same command again"
+        )
     try:
         return _train_locked(plan, train_set, valid_set, stop_request, config_yaml)
     finally:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -149,20 +150,38 @@ RESUMED_KEYS = (
 )
 
 
+def _resolved(config: Config) -> dict[str, Any]:
+    """The settings a resume pins as the run used them: defaults left out (null base shape, preset
+    alpha/gamma, base_head_dim) replaced by what they resolve to, so a config that spells out the same
+    values resumes."""
+    from megadepth.parametrize import Parametrization
+
+    model = config.model
+    ptz = Parametrization.from_config(model, config.parametrization, optimizer=config.optimizer.name)
+    par = config.parametrization.model_dump(mode="json")
+    par.update(alpha=ptz.alpha, gamma=ptz.gamma, base_head_dim=ptz.base_head_dim)
+    return {"parametrization": par, "model.base_depth": model.base_depth or model.depth,
+            "model.base_width": model.base_width or model.width}
+
+
 def resumed_setting_differences(saved: Config, config: Config) -> str:
     """``key A there, B here`` for each setting of :data:`RESUMED_KEYS` that differs ('' when none does),
     and for evaluation turned on or off (it decides whether a held-out split exists). ``train.seed`` is
     among them: it decides the data order, which a resume continues. ``data.path`` is not: a data
     directory moved to another path is the same data."""
     out = []
+    was_r, now_r = _resolved(saved), _resolved(config)
     for key in RESUMED_KEYS:
         section, _, field = key.partition(".")
-        was, now = getattr(saved, section), getattr(config, section)
         if not field:
-            was_d, now_d = was.model_dump(mode="json"), now.model_dump(mode="json")
+            was_d, now_d = was_r[section], now_r[section]
             out += [f"{section}.{k} {was_d[k]} there, {now_d[k]} here" for k in was_d if was_d[k] != now_d.get(k)]
-        elif getattr(was, field) != getattr(now, field):
-            out.append(f"{key} {getattr(was, field)} there, {getattr(now, field)} here")
+        elif key in was_r:
+            if was_r[key] != now_r[key]:
+                out.append(f"{key} {was_r[key]} there, {now_r[key]} here")
+        elif getattr(getattr(saved, section), field) != getattr(getattr(config, section), field):
+            out.append(f"{key} {getattr(getattr(saved, section), field)} there, "
+                       f"{getattr(getattr(config, section), field)} here")
     if (saved.train.eval_samples > 0) != (config.train.eval_samples > 0):
         # the held-out split exists only with evaluation: turning it on or off moves documents in or out
         out.append(f"train.eval_samples {saved.train.eval_samples} there, {config.train.eval_samples} here "

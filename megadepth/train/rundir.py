@@ -12,10 +12,12 @@ which cannot be read without briefly changing it (racy with other threads).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +107,23 @@ class RunDir:
         return self.root / "wandb-run-id"
 
 
+_HELD_LOCK_FDS: set[int] = set()
+"""Descriptors of run locks this process holds. A forked child (a data-loader worker) shares their open
+file description, and with it the flock: a worker orphaned by a killed trainer kept the run locked. Each
+child closes its copies at once."""
+
+
+def _drop_inherited_locks() -> None:
+    for fd in _HELD_LOCK_FDS:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 class RunLock:
     """An exclusive flock on ``RUN/.train.lock``, held by rank 0 of the job that trains the run.
 
@@ -122,28 +141,44 @@ class RunLock:
         self._fd = -1
 
     def acquire(self) -> str | None:
-        """Take the lock; None on success, else a description of the holder."""
+        """Take the lock; None on success (or where it cannot be had at all: the run goes unprotected
+        rather than not at all), else a description of the holder. Never raises: every rank waits for
+        rank 0's answer in a collective."""
         import fcntl
         import socket
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+        cloexec = getattr(os, "O_CLOEXEC", 0)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | cloexec, 0o666)
+            writable = True
+        except OSError:  # a teammate's lock file (mode 0644), a read-only copy: flock needs no write access
+            try:
+                fd = os.open(self.path, os.O_RDONLY | cloexec)
+                writable = False
+            except OSError as e:
+                print(f"megadepth: warning: cannot lock {self.path} ({e.strerror or e}); nothing keeps a second "
+                      "job out of this run directory", file=sys.stderr)
+                return None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
             os.close(fd)
             return holder
-        except OSError:  # a file system without flock: run unprotected rather than not at all
+        except OSError:  # a file system without flock
             os.close(fd)
             return None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}".encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{socket.gethostname()} pid {os.getpid()}".encode(), 0)
         self._fd = fd
+        _HELD_LOCK_FDS.add(fd)
         return None
 
     def release(self) -> None:
         if self._fd >= 0:
+            _HELD_LOCK_FDS.discard(self._fd)
             os.close(self._fd)  # closing drops the flock
             self._fd = -1
 
