@@ -41,9 +41,10 @@ def _expand_encoded_args(argv: list[str]) -> list[str]:
         return argv
     if len(tokens) > 1:
         raise ConfigError(f"{ARGS_B64} is given more than once")
-    if rest:  # the launcher sends the token alone: anything beside it would be merged in some order
-        raise ConfigError(f"{ARGS_B64} carries every argument of the run: give nothing beside it "
-                          f"(got {' '.join(rest)})")
+    beside = [a for a in rest if a != "--dry-run"]
+    if beside:  # configs and overrides beside the token would be merged with its own in some order
+        raise ConfigError(f"{ARGS_B64} carries the run's config files and overrides: give none beside it "
+                          f"(got {' '.join(beside)})")
     from launch.deepspeed_launcher import decode_train_args
 
     try:

@@ -227,7 +227,7 @@ def test_nothing_may_stand_beside_the_args_token(capsys: pytest.CaptureFixture[s
     token = encode_train_args(["--set=train.steps=3", "--", "tiny.yaml"])
     assert main(["train", "--args-b64", token, "--set", "train.steps=5", "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "give nothing beside it (got --set train.steps=5 --dry-run)" in err and "\n" not in err
+    assert "give none beside it (got --set train.steps=5)" in err and "\n" not in err
 
 
 def test_hostfile_mode_refuses_paths_the_remote_shell_would_split(cfg: Path, tmp_path: Path,
