@@ -287,7 +287,7 @@ def _extract(plan: Plan, unit: str) -> dict:
 def _offsets(plan: Plan) -> np.ndarray:
     """Global id of each input file's first kept document (and the total at the end).
 
-    Read from every extract marker once per process and extract directory: the later stages run only
+    Read from every extract marker once per process and plan: the later stages run only
     on a finished extract stage, and a unit calling this afresh would read all ~90,000 markers of a
     crawl per unit (quadratic in the number of files)."""
 
@@ -295,10 +295,7 @@ def _offsets(plan: Plan) -> np.ndarray:
         kept = [plan.read_marker("extract", u)["kept"] for u in plan.units("extract")]
         return np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))
 
-    key = (str(plan.stage_dir("extract").resolve()), "offsets")
-    if key not in _CACHE:
-        _CACHE[key] = build()
-    return _CACHE[key]
+    return _cached(plan, "offsets", build)
 
 
 # ------------------------------------------------------------------------------------------ buckets

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megadepth.train.rundir import atomic_write_json
+from megadepth.train.rundir import atomic_write_json, probe_lock
 
 FINAL = ("completed", "diverged")
 STATUSES = ("completed", "diverged", "failed", "running", "pending")
@@ -150,22 +150,7 @@ def is_locked(run_dir: Path) -> bool:
     executor holds its exclusive one. So `--status` and the report work on a sweep directory that is
     read-only or someone else's; a lock file that cannot be opened at all reads as not locked (the
     state then comes from the run's files alone) rather than stopping them with a traceback."""
-    path = run_dir / LOCK_FILE
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # no lock file (never run), or one this user cannot read
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:  # a file system without flock: nothing to tell
-        return False
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
+    return probe_lock(run_dir / LOCK_FILE) is not None
 
 
 def last_log_line(log: Path, limit: int = 300) -> str | None:

@@ -107,6 +107,29 @@ class RunDir:
         return self.root / "wandb-run-id"
 
 
+def probe_lock(path: Path) -> str | None:
+    """The text of a lock file while some process holds an exclusive flock on it, else None.
+
+    Only reads: the file is opened read-only and probed with a shared lock, which fails while the holder
+    keeps its exclusive one, so nothing is created and a read-only or someone else's directory works. A
+    file that cannot be opened, or a file system without flock, reads as not locked."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # also drops the probe's shared lock
+    return None
+
+
 _HELD_LOCK_FDS: set[int] = set()
 """Descriptors of run locks this process holds. A forked child (a data-loader worker) shares their open
 file description, and with it the flock: a worker orphaned by a killed trainer kept the run locked. Each
@@ -184,23 +207,9 @@ class RunLock:
 
     @classmethod
     def holder(cls, root: Path) -> str | None:
-        """Who holds the lock now (None: nobody), without creating anything: a shared lock probe on a
-        read-only descriptor, which fails while a job holds its exclusive one."""
-        import fcntl
-
-        try:
-            fd = os.open(Path(root) / cls.NAME, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        except OSError:
-            return None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
-        except OSError:
-            return None
-        finally:
-            os.close(fd)
-        return None
+        """Who holds the lock now (None: nobody), without creating anything."""
+        found = probe_lock(Path(root) / cls.NAME)
+        return None if found is None else (found or "another process")
 
 
 class MetricsLog:
