@@ -479,6 +479,7 @@ def test_a_lopsided_bracket_is_not_fitted() -> None:
     # the same shape mirrored: the small-LR side is the steep one
     opt = fit_optimum(lx, [7.62, 7.60, 4.90, 4.95, 5.30], [0.01] * 5)
     assert opt.method == "argmin" and opt.log2_x == -5 and "lower one" in opt.note
+    assert "far from converged" in opt.note and "near divergence" not in opt.note
     # the gentle side's own curve (5.0, 4.1, 4.0) predicts a rise of 0.7 at the steep neighbour: at 4.0 + 3.0
     # it is near divergence; at 4.0 + 1.9 it is fitted, but the vertex through the bracket (4.0 - 0.9^2 / 4 =
     # 3.7975) lies deeper below the best mean than the gentle side allows (twice its rise, 0.2): argmin

@@ -561,8 +561,12 @@ def test_status_needs_no_data_but_a_good_spec(sample_data: Path, tmp_path: Path,
     assert "2 completed; index:" in capsys.readouterr().out
     assert main(["sweep", str(path), "--out", str(out), "--dry-run"]) == 2
     assert "data.path: sample does not exist" in capsys.readouterr().err
-    # a bad spec is still refused by --status: config checks and the trainer's other start-up checks
+    # a look at a sweep that never started writes nothing: no directory, no sweep.json
     fresh = str(tmp_path / "fresh")
+    assert main(["sweep", str(path), "--out", fresh, "--status"]) == 0
+    assert "2 pending" in (printed := capsys.readouterr().out) and "holds no started sweep" in printed
+    assert not (tmp_path / "fresh").exists()
+    # a bad spec is still refused by --status: config checks and the trainer's other start-up checks
     assert main(["sweep", str(path), "--out", fresh, "--status", "--set", "model.heads=3"]) == 2
     assert "grid point depth=2: invalid config" in capsys.readouterr().err
     assert main(["sweep", str(path), "--out", fresh, "--status", "--set", "model.base_depth=4"]) == 2

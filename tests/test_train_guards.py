@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import tiny_config
@@ -20,6 +22,7 @@ from test_train import metrics
 
 from megadepth.config import validate
 from megadepth.config.load import ConfigError
+from megadepth.data import IndexedDataset, IndexedDatasetWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,6 +81,27 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
         _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"base_width": 16}))
     # a schedule change is allowed: the scheduler recomputes its factor from the config
     _plan(tiny_config(sample_data, out, train={"steps": 4}, schedule={"name": "constant"}))
+    # the data at data.path: a moved copy is the same data; re-prepared data (here one document fewer, then
+    # the same counts with one document's tokens moved to another) would put the resume position in a
+    # different sample index
+    moved = tmp_path / "moved"
+    shutil.copytree(sample_data, moved)
+    _plan(tiny_config(moved, out, train={"steps": 4}))
+    shard = IndexedDataset(sample_data / "shard_00000")
+    docs = [shard[i].copy() for i in range(len(shard))]
+    for name, edited in (("fewer", docs[:-1]),
+                         ("shifted", [docs[0][:-1], np.concatenate([docs[1], docs[0][-1:]]), *docs[2:]])):
+        other = tmp_path / name
+        other.mkdir()
+        shutil.copy(sample_data / "tokenizer.model", other)
+        with IndexedDatasetWriter(other / "shard_00000", shard.dtype) as writer:
+            for doc in edited:
+                writer.add_document(doc)
+        expect = (rf"{len(docs)} documents, \d+ tokens there; {len(docs) - 1}, \d+ here" if name == "fewer"
+                  else "as many documents and tokens, but other document lengths")
+        with pytest.raises(ConfigError, match=rf"data.path holds other data than .*step_00000002 trained on "
+                                              rf"\({expect}\).*repeat or be skipped.*train.init_from"):
+            _plan(tiny_config(other, out, train={"steps": 4}))
     assert {p: p.read_bytes() for p in before} == before
 
 

@@ -13,7 +13,8 @@ them into panels), per curve (depth):
   from the seeds' spread (delta method; a fit point left with one seed by a missing run uses the seed
   variance pooled over the other fit points; with one seed and a window of more than 3 points, from the
   fit's residuals). An argmin at the edge of the grid (or on a grid of one value), next to a diverged
-  point, or in a lopsided bracket (one neighbour near divergence: see ``LOPSIDED``) cannot be bracketed:
+  point, or in a lopsided bracket (one neighbour near divergence, or far from converged on the low-LR side:
+  see ``LOPSIDED``) cannot be bracketed:
   it is reported as such (no uncertainty), never extrapolated; a run whose finite loss is above
   2 ln(vocab_size) counts as diverged;
 - the shift of the optimum from the shallowest to the deepest curve in log2 units, and its slope against
@@ -166,7 +167,10 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
         limit = LOPSIDED * max(min(rises), noise)
         why = f"over {LOPSIDED:g}x the other side's"
     if max(rises) > limit:
-        arg.note = (f"a neighbouring grid value is near divergence (the {steep} one's loss rises "
+        # the same rule on either side, but what it means differs: a steep high-LR neighbour is close to
+        # blowing up; a steep low-LR neighbour is far from converged at this budget
+        what = "is near divergence" if steep_side > 0 else "is far from converged (too steep to fit)"
+        arg.note = (f"a neighbouring grid value {what} (the {steep} one's loss rises "
                     f"{max(rises):.3g}, {why}): not fitted")
         return arg
     # keep the contiguous finite run around the argmin

@@ -7,7 +7,13 @@ Data flows: shards on disk (:mod:`~megadepth.data.indexed`) -> documents of one 
 """
 
 from megadepth.data.blend import BlendedDataset, blend_schedule
-from megadepth.data.builder import build_datasets, find_tokenizer, parse_data_path, read_data_manifest
+from megadepth.data.builder import (
+    build_datasets,
+    data_fingerprint,
+    find_tokenizer,
+    parse_data_path,
+    read_data_manifest,
+)
 from megadepth.data.indexed import (
     DataError,
     IndexedDataset,
@@ -30,6 +36,7 @@ __all__ = [
     "blend_schedule",
     "build_datasets",
     "collate_samples",
+    "data_fingerprint",
     "find_tokenizer",
     "index_exists",
     "make_loader",

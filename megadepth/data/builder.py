@@ -24,6 +24,7 @@ from megadepth.data.sample_index import DocumentCorpus, GPTDataset, split_docume
 __all__ = [
     "BLEND_MARGIN",
     "build_datasets",
+    "data_fingerprint",
     "find_tokenizer",
     "parse_data_path",
     "read_data_manifest",
@@ -144,6 +145,23 @@ def build_datasets(
     train = combine(splits["train"], train_samples)
     valid = combine(splits["valid"], valid_samples) if want_valid else None
     return train, valid
+
+
+def data_fingerprint(path: DataPath) -> list[dict[str, Any]]:
+    """What the data order depends on, per component of ``data.path``: its document count, token count
+    and the sha256 of its document lengths (the sample index is built from exactly those and the seed).
+
+    A checkpoint records it, so a resume on other data at the same (or a moved) path is caught: the
+    consumed-samples position of the old index means nothing in a new one. The path and the blend
+    weights are left out on purpose: a moved directory is the same data, and a new mixture of the same
+    components continues each component's own order (samples are prefix-stable)."""
+    out = []
+    for _, p in parse_data_path(path):
+        corpus = DocumentCorpus.from_path(p)
+        lengths = np.ascontiguousarray(corpus.doc_lengths, dtype="<i8").tobytes()
+        out.append({"documents": corpus.num_docs, "tokens": corpus.num_tokens,
+                    "lengths_sha256": hashlib.sha256(lengths).hexdigest()})
+    return out
 
 
 def _data_dirs(path: DataPath) -> list[Path]:

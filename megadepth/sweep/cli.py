@@ -112,8 +112,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             detail = f"  {state.error}" if state.error else ""
             print(f"  {mark} {state.status:<9} {point.label}  runs/{point.id}{detail}")
         if args.status:
-            write_index(spec, sweep, points)
-            print(f"{format_counts(count(current.values()))}; index: {sweep.index}")
+            if sweep.spec.is_file():
+                write_index(spec, sweep, points)
+                print(f"{format_counts(count(current.values()))}; index: {sweep.index}")
+            else:  # a look at a sweep that has not started leaves no directory behind
+                print(f"{format_counts(count(current.values()))}; {args.out} holds no started sweep "
+                      "(nothing written)")
         return 0
 
     if opts is not None:

@@ -54,6 +54,16 @@ def position(tag_dir: Path) -> tuple[int, int] | None:
         return None
 
 
+def saved_data(tag_dir: Path) -> list[dict[str, Any]] | None:
+    """The data fingerprint a checkpoint was saved with (see :func:`save`); None when it has none (an older
+    checkpoint) or its ``position.json`` cannot be read."""
+    try:
+        data = json.loads((tag_dir / POSITION).read_text(encoding="utf-8"))["data"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return data if isinstance(data, list) and all(isinstance(d, dict) for d in data) else None
+
+
 def complete_tags(ckpt_dir: Path) -> list[str]:
     """Checkpoint tags in step order whose save finished: ``config.yaml`` is written into a tag after
     every rank has saved, so a tag without it was cut short."""
@@ -90,8 +100,11 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], config_yaml: str,
-         keep: int, is_main: bool) -> str:
-    """Save on every rank; then rank 0 writes the config copy and ``latest`` and prunes old tags."""
+         keep: int, is_main: bool, data: list[dict[str, Any]] | None = None) -> str:
+    """Save on every rank; then rank 0 writes the config copy and ``latest`` and prunes old tags.
+
+    ``data`` (:func:`megadepth.data.data_fingerprint`) goes into ``position.json``: what the consumed-samples
+    position counts in, checked on resume."""
     tag = tag_for(step)
     engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
     if engine.zero_optimization_stage() == 3:
@@ -99,7 +112,10 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
     torch.distributed.barrier()
     if is_main:
         # the data position, readable before the engine exists (the train set is sized from it)
-        position = {"step": int(client_state["step"]), "consumed_samples": int(client_state["consumed_samples"])}
+        position: dict[str, Any] = {"step": int(client_state["step"]),
+                                    "consumed_samples": int(client_state["consumed_samples"])}
+        if data is not None:
+            position["data"] = data
         atomic_write_text(ckpt_dir / tag / POSITION, json.dumps(position) + "\n")
         atomic_write_text(ckpt_dir / tag / "config.yaml", config_yaml)  # last: the tag is complete
         atomic_write_text(ckpt_dir / LATEST, tag)

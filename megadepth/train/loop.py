@@ -21,7 +21,7 @@ import torch
 
 from megadepth.config.load import ConfigError, to_yaml
 from megadepth.config.schema import Config
-from megadepth.data import DataError, MicroBatchSampler, build_datasets, make_loader
+from megadepth.data import DataError, MicroBatchSampler, build_datasets, data_fingerprint, make_loader
 from megadepth.parallel.distributed import (
     DistEnv,
     Layout,
@@ -66,6 +66,8 @@ class Plan:
     resume_tag: str | None
     init_source: WeightSource | None = None
     """Where the weights come from when the run starts fresh with train.init_from."""
+    data: list[dict[str, Any]] | None = None
+    """What the data order depends on (:func:`~megadepth.data.data_fingerprint`), recorded per checkpoint."""
 
 
 def plan_run(config: Config) -> Plan:
@@ -128,6 +130,8 @@ def _train_samples_needed(plan: Plan) -> int:
 
 def _train(config: Config, stop_request: _StopRequest) -> dict[str, Any]:
     plan = plan_run(config)
+    if plan.env.is_main:  # only rank 0 writes position.json
+        plan.data = data_fingerprint(config.data.path)
     cfg = config.train
     train_set, valid_set = build_datasets(
         config.data.path,
@@ -410,7 +414,8 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 client = {"step": step, "consumed_samples": consumed, "seed": cfg.seed,
                           "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time,
                           **log_state}
-                checkpoint.save(engine, run.checkpoints, step, client, config_yaml, cfg.keep_checkpoints, is_main)
+                checkpoint.save(engine, run.checkpoints, step, client, config_yaml, cfg.keep_checkpoints, is_main,
+                                data=plan.data)
             if stop_now:
                 progress.status = "stopped"
                 out(f"step {step}: {stop_request.name} received, checkpoint saved; the same command resumes"

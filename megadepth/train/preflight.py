@@ -14,6 +14,7 @@ import yaml
 
 from megadepth.config.load import ConfigError, resolve_batch
 from megadepth.config.schema import Config
+from megadepth.data import data_fingerprint
 from megadepth.parallel.distributed import Layout, check_layout
 from megadepth.parametrize.checks import check_parametrization
 from megadepth.train import checkpoint
@@ -131,6 +132,35 @@ def _check_resume_layout(config: Config, tag_dir: Path, data_size: int) -> None:
             "old learning rates), and continues the data where it stopped, which another seed, sequence "
             f"length or split would reorder: resume with the run's own values, or {new_run}"
         )
+    _check_same_data(config, tag_dir, new_run)
+
+
+def _check_same_data(config: Config, tag_dir: Path, new_run: str) -> None:
+    """A resume continues the data order where the checkpoint stopped, counted in samples of the index
+    built from the data it trained on: other data at data.path (re-prepared, more shards, another corpus)
+    gives another index, in which that position would repeat and skip samples silently."""
+    saved = checkpoint.saved_data(tag_dir)
+    if saved is None:
+        return  # saved before checkpoints recorded their data
+    now = data_fingerprint(config.data.path)
+    if len(saved) != len(now):
+        raise ConfigError(
+            f"{tag_dir} trained on {len(saved)} data component(s), data.path now names {len(now)}: a resume "
+            f"continues the data it stopped in; resume with the same data, or {new_run}"
+        )
+    for i, (was, cur) in enumerate(zip(saved, now, strict=True)):
+        if was.get("lengths_sha256") == cur["lengths_sha256"]:
+            continue
+        which = "data.path" if len(now) == 1 else f"data.path component {i + 1}"
+        what = (f"{was.get('documents')} documents, {was.get('tokens')} tokens there; {cur['documents']}, "
+                f"{cur['tokens']} here" if (was.get("documents"), was.get("tokens")) != (cur["documents"],
+                                                                                       cur["tokens"])
+                else "as many documents and tokens, but other document lengths")
+        raise ConfigError(
+            f"{which} holds other data than {tag_dir} trained on ({what}): the position a resume continues "
+            f"from counts samples of the old data's index, so samples would repeat or be skipped; resume "
+            f"with the same data, or {new_run}"
+        )
 
 
 #: What a checkpoint's optimizer state fixes: DeepSpeed restores the param groups (lr, betas, eps,
@@ -168,7 +198,7 @@ def resumed_setting_differences(saved: Config, config: Config) -> str:
     """``key A there, B here`` for each setting of :data:`RESUMED_KEYS` that differs ('' when none does),
     and for evaluation turned on or off (it decides whether a held-out split exists). ``train.seed`` is
     among them: it decides the data order, which a resume continues. ``data.path`` is not: a data
-    directory moved to another path is the same data."""
+    directory moved to another path is the same data (its content is compared by :func:`_check_same_data`)."""
     out = []
     was_r, now_r = _resolved(saved), _resolved(config)
     for key in RESUMED_KEYS:
