@@ -228,6 +228,7 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
         plot_coord_check,
         run_coord_check,
         shaped_config,
+        with_base_shape,
     )
     from megadepth.parametrize.checks import check_parametrization
     from megadepth.train.data_checks import check_tokenizer
@@ -242,6 +243,9 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     if config.parallel.tensor > 1 or config.parallel.pipeline > 1:
         raise ConfigError("coord-check trains each shape in one process: parallel.tensor and parallel.pipeline "
                           "must be 1")
+    config, notes = with_base_shape(config, args.depths, args.widths)
+    for note in notes:
+        print(f"megadepth: {note}", file=sys.stderr)
     # every shape must pass the same start-up checks as a training run, before the first one trains:
     # built as run_coord_check builds it (validated: a width the heads do not divide is refused here)
     for width in args.widths or [config.model.width]:

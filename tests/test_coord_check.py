@@ -172,3 +172,31 @@ def test_slopes_leave_out_steps_a_shape_or_seed_is_missing_from() -> None:
     out = slopes(full, "depth", incomplete_from=2)
     assert set(out["residual"]["per_step"]) == {0, 1} and out["residual"]["incomplete_steps"] == [2, 3]
     assert out["residual"]["mean"] == pytest.approx(0.5)
+
+
+def test_an_unset_base_shape_is_fixed_at_the_smallest_shape_checked(sample_data: Path, tmp_path: Path) -> None:
+    """Without model.base_depth every depth was its own base (r = 1): depth_mup trained the SP model at
+    every depth and the check reported SP's slopes under depth_mup's name."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    results = {}
+    for preset in ("sp", "depth_mup"):
+        data = config(sample_data, tmp_path, preset, "transformer", 0.002)
+        del data["model"]["base_depth"], data["model"]["base_width"]
+        cfg = tmp_path / f"{preset}.yaml"
+        cfg.write_text(yaml.safe_dump(data))
+        out = tmp_path / preset
+        proc = subprocess.run([sys.executable, "-m", "megadepth", "coord-check", str(cfg), "--depths", "2,4",
+                               "--steps", "1", "--out", str(out)], capture_output=True, text=True, cwd=root,
+                              timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert "model.base_depth is not set: fixed at 2" in proc.stderr
+        results[preset] = json.loads((out / "coord.json").read_text())
+        assert results[preset]["base_depth"] == 2
+    deep = {p: [r["value"] for r in results[p]["records"] if r["depth"] == 4] for p in results}
+    assert deep["sp"] != deep["depth_mup"]  # the branch multiplier 2^-1/2 acts at depth 4

@@ -38,8 +38,9 @@ HIDDEN = {
     "completep": (0.01, 0.0025, 6.25e-10, 0.4),
     "custom": (0.01, 0.0025 * 4**-0.25, 2.5e-9 * 4**-0.75, 0.4),
 }
-# output projections: SP 0.02/sqrt(2*8); muP family sigma/sqrt(m)/sqrt(2*base_depth) = 0.01/2
-OUT_PROJ_STD = {"sp": 0.005, "mup": 0.005, "depth_mup": 0.005, "completep": 0.005, "custom": 0.005}
+# output projections: SP 0.02/sqrt(2*8); muP (width only) sigma/sqrt(m)/sqrt(2*depth) = 0.01/4; the
+# depth-aware presets sigma/sqrt(m)/sqrt(2*base_depth) = 0.01/2
+OUT_PROJ_STD = {"sp": 0.005, "mup": 0.0025, "depth_mup": 0.005, "completep": 0.005, "custom": 0.005}
 BRANCH_VECTOR = {  # (LR, eps) of LayerNorm gains / biases inside branches
     "sp": (0.01, 1e-8),
     "mup": (0.01, 2.5e-9),

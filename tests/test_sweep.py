@@ -82,6 +82,7 @@ def calls(log: Path) -> list[dict]:
 def write_spec(tmp_path: Path, sample_data: Path, grid: dict, name: str = "t", **extra) -> Path:
     base = tiny_config(sample_data, tmp_path / "unused")
     del base["train"]["out_dir"], base["train"]["steps"]  # the sweep sets both (out dir, budget)
+    base["model"].setdefault("base_width", 32)  # a grid over width needs a base width (tiny: width 32)
     for key in (k for axis in grid for k in axis.split(",")):  # and the grid sets its axes
         section, _, leaf = key.partition(".")
         base.get(section, {}).pop(leaf, None)
@@ -735,3 +736,31 @@ def test_a_sweep_stopped_by_sigterm_records_interrupted_not_stopped(sample_data:
     assert [r.outcome for r in executor.results] == ["interrupted"]
     assert len(printed) == 1 and "interrupted" in printed[0] and "resuming" not in printed[0]
     assert read_state(sweep.run_dir(points[0]), points[0].id).status == "pending"
+
+
+def test_a_grid_over_depth_or_width_needs_a_base_shape(sample_data: Path, tmp_path: Path,
+                                                       capsys: pytest.CaptureFixture[str]) -> None:
+    """With no base depth every grid point is its own base (r = 1): Depth-muP trained the SP model at
+    every depth and the sweep compared SP with itself. Refused up front, naming the key; SP and muP
+    over depth (they do not scale with it) need no base depth, nor SP over width."""
+    for name, grid, refused in (
+        ("d", {"model.depth": [2, 4], "parametrization.name": ["sp", "depth_mup"]}, "model.base_depth is not set"),
+        ("w", {"model.width": [32, 64], "parametrization.name": ["sp", "mup"]}, "model.base_width is not set"),
+        ("ok", {"model.depth": [2, 4], "parametrization.name": ["sp", "mup"]}, None),
+        ("ok_w", {"model.width": [32, 64], "parametrization.name": ["sp"]}, None),
+    ):
+        base = tiny_config(sample_data, tmp_path / "unused")
+        del base["train"]["out_dir"], base["train"]["steps"], base["model"]["base_depth"]
+        base["model"].pop("base_width", None)
+        for key in (k for axis in grid for k in axis.split(",")):
+            section, _, leaf = key.partition(".")
+            base[section].pop(leaf, None)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump({"name": name, "config": base, "grid": grid, "budget": {"steps": 3}}))
+        code = main(["sweep", str(path), "--out", str(tmp_path / name), "--dry-run"])
+        err = capsys.readouterr().err
+        if refused:
+            assert code == 2 and refused in err and "Traceback" not in err, err
+            assert len(err.strip().splitlines()) == 1
+        else:
+            assert code == 0, err

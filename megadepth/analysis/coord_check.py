@@ -46,6 +46,28 @@ def _rms(x: torch.Tensor) -> float:
     return float(x.double().pow(2).mean().sqrt())
 
 
+def with_base_shape(config: Config, depths: Sequence[int], widths: Sequence[int] | None) -> tuple[Config, list[str]]:
+    """The config with its base shape fixed where the check varies a dimension the config leaves unset.
+
+    An unset ``model.base_depth`` means "this depth is the base": every shape would then be its own base
+    (r = 1, m = 1), every preset would build the SP model, and the check would measure SP under another
+    name. So the smallest depth (width) of the check becomes the base; the notes say so."""
+    notes = []
+    model = config.model
+    update: dict[str, int] = {}
+    if model.base_depth is None and len(set(depths)) > 1:
+        update["base_depth"] = min(depths)
+        notes.append(f"model.base_depth is not set: fixed at {min(depths)}, the smallest depth checked")
+    if model.base_width is None and widths and len(set(widths)) > 1:
+        update["base_width"] = min(widths)
+        notes.append(f"model.base_width is not set: fixed at {min(widths)}, the smallest width checked")
+    if not update:
+        return config, notes
+    data = config.model_dump(mode="json")
+    data["model"].update(update)
+    return validate(data), notes
+
+
 def shaped_config(config: Config, shape: Shape, steps: int, seed: int) -> Config:
     """The config one shape of the check trains with, validated: a shape the config cannot take (heads
     that do not divide the width) is a ConfigError here, which the command asks for every shape before
@@ -218,6 +240,7 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
     )
     from megadepth.parallel.distributed import resolve_precision as _precision
 
+    config, _ = with_base_shape(config, depths, widths)
     widths = list(widths or [config.model.width])
     env = read_env()
     device = resolve_device(config, env)

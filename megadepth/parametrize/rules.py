@@ -116,6 +116,11 @@ class Parametrization:
             cfg=cfg,
         )
 
+    @property
+    def depth_scaling(self) -> bool:
+        """Whether depth is parametrized: every preset but SP and muP (for which r := 1 in every rule)."""
+        return self.name not in ("sp", "mup")
+
     # ---- forward multipliers -------------------------------------------------------------------
     def multipliers(self) -> Multipliers:
         c = self.cfg
@@ -140,7 +145,7 @@ class Parametrization:
         # SP and muP do not parametrize depth (r := 1 for them, as for every other rule): the option
         # would otherwise turn into lambda * r for them, a weight decay that grows with depth
         depth_wd = (r ** (1.0 - self.alpha)
-                    if c.wd_depth_scaling == "one_minus_alpha" and self.name not in ("sp", "mup") else 1.0)
+                    if c.wd_depth_scaling == "one_minus_alpha" and self.depth_scaling else 1.0)
         init_std, init_value = self._init(role, w)
         if self.optimizer in SGD_FAMILY:
             # vector-like parameters (one wide dimension) get eta * m, matrices eta; no eps in SGD
@@ -160,7 +165,9 @@ class Parametrization:
             std = c.init_std / math.sqrt(w)
             if role is Role.OUTPUT_PROJ:
                 # GPT-2's 1/sqrt(2L), frozen at the base depth when depth is parametrized (not counted twice)
-                std /= math.sqrt(2 * (self.base_depth if self.width_scaling else self.depth))
+                # (muP scales width only: like SP it keeps the factor at its own depth, so base_depth,
+                # which muP otherwise ignores, never changes its model)
+                std /= math.sqrt(2 * (self.base_depth if self.depth_scaling else self.depth))
             if role is Role.QUERY and c.zero_query:
                 std = 0.0
             return std, 0.0

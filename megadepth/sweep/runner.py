@@ -190,6 +190,7 @@ def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, che
     from megadepth.data import DataError
     from megadepth.train.preflight import preflight
 
+    _check_base_shape(points)
     done: set[str] = set()
     for point in points:
         cfg = point.config
@@ -206,6 +207,26 @@ def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, che
                 raise ConfigError(f"grid point {point.label}: {exc}") from None
         except ConfigError as exc:
             raise ConfigError(f"grid point {point.label}: {exc}") from None
+
+
+def _check_base_shape(points: Sequence[Point]) -> None:
+    """A grid over depth (width) needs a fixed base depth (width). Unset, each point is its own base
+    shape (r = 1, m = 1): every depth-aware (width-aware) preset then trains the SP model and the sweep
+    compares SP with itself under other names, for hours, with nothing to show for it."""
+    for dim, base, scales in (("depth", "base_depth", lambda name: name not in ("sp", "mup")),
+                              ("width", "base_width", lambda name: name != "sp")):
+        values = sorted({getattr(p.config.model, dim) for p in points})
+        if len(values) < 2:
+            continue
+        unset = [p for p in points
+                 if getattr(p.config.model, base) is None and scales(p.config.parametrization.name)]
+        if unset:
+            raise ConfigError(
+                f"the grid varies model.{dim} ({', '.join(map(str, values))}) but model.{base} is not set "
+                f"(grid point {unset[0].label}): each point would be its own base shape, so "
+                f"{unset[0].config.parametrization.name} would not scale with {dim}; set model.{base} to the "
+                f"{dim} the learning rate is tuned at (e.g. {values[0]})"
+            )
 
 
 def states(sweep: SweepDir, points: Sequence[Point]) -> list[RunState]:
