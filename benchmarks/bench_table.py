@@ -1,16 +1,19 @@
 """The table of benchmarks/gpu_bench.sh: megadepth against the plain reference measured in the same run,
-and against the nanoGPT anchor of BENCHMARKS.md.
+and against the nanoGPT anchor (nanoGPT + torch.compile on one H200, docs/throughput.md).
 
     python benchmarks/bench_table.py OUT_DIR gpt-124m gpt-350m gpt-1.3b
+
+OUT_DIR holds gpu_bench.sh's megadepth-SHAPE.json, plain-SHAPE.json and megadepth-sp-SHAPE.json; a
+missing or unreadable file shows as "failed" or "-".
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
-# BENCHMARKS.md, one H200: nanoGPT + torch.compile tokens/s and MFU
+# the nanoGPT anchor, one H200 (docs/throughput.md): nanoGPT + torch.compile tokens/s and MFU
 ANCHOR = {"gpt-124m": (512_648, 0.443), "gpt-350m": (193_037, 0.473), "gpt-1.3b": (61_519, 0.564)}
 
 
@@ -51,5 +54,16 @@ def table(out: Path, shapes: list[str]) -> str:
     return "\n".join([f"device: {first.get('device', '?')}; {setting}", *lines])
 
 
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        description="Print the markdown table of a benchmarks/gpu_bench.sh output directory: megadepth "
+        "against the plain reference and the nanoGPT anchor.")
+    parser.add_argument("out", metavar="OUT_DIR", type=Path, help="the directory gpu_bench.sh wrote ($OUT)")
+    parser.add_argument("shapes", metavar="SHAPE", nargs="+",
+                        help=f"bench shapes, in table order (anchors: {', '.join(ANCHOR)})")
+    args = parser.parse_args(argv)
+    print(table(args.out, args.shapes))
+
+
 if __name__ == "__main__":
-    print(table(Path(sys.argv[1]), sys.argv[2:]))
+    main()

@@ -118,10 +118,11 @@ def main() -> None:
 
     base = results["tp1"]["step_ms"]  # type: ignore[index]
     print(f"\nTP benchmark: depth {args.depth}, width {args.width}, seq {args.seq}, micro-batch {args.micro_batch}, fp32")
-    print(f"{'layout':<8} {'step ms':>9} {'tokens/s':>10} {'vs TP=1':>8} {'all-reduces/mb':>15} {'MB sent/rank/step':>18}")
+    print(f"{'layout':<8} {'step ms':>9} {'tokens/s':>10} {'step time / TP=1':>16} "
+          f"{'all-reduces/mb':>15} {'MB sent/rank/step':>18}")
     for tp in (1, 2):
         r = results[f"tp{tp}"]  # type: ignore[index]
-        print(f"TP={tp:<5} {r['step_ms']:>9.1f} {r['tokens_per_s']:>10,.0f} {r['step_ms'] / base:>8.2f} "
+        print(f"TP={tp:<5} {r['step_ms']:>9.1f} {r['tokens_per_s']:>10,.0f} {r['step_ms'] / base:>16.2f} "
               f"{r['all_reduces_per_micro_batch'] if tp > 1 else 0:>15} {r['bytes_per_rank_per_step'] / 1e6:>18.2f}")
     ov = results["layer_overhead_tp1"]
     print(f"TP=1 parallel layers vs nn.Linear on {ov['device']}: column {ov['column']:.3f}x, row {ov['row']:.3f}x")  # type: ignore[index]

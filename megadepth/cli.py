@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("merge-tp", help="merge a tensor- or pipeline-parallel checkpoint into one TP=PP=1 checkpoint")
-    p.add_argument("checkpoints", help="a run's checkpoints/ directory")
+    p.add_argument("checkpoints", help="a run directory or its checkpoints/ directory")
     p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(func=_cmd_merge_tp)

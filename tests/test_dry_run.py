@@ -65,6 +65,12 @@ def test_dry_run_fails_where_the_trainer_would(sample_data: Path, tmp_path: Path
     assert code == 2 and "parallel.tensor" in err and "\n" not in err.strip()
     code, _, err = _dry_run(tiny_config(tmp_path / "nowhere", out), tmp_path, capsys)
     assert code == 2 and "does not exist" in err
+    # data that exists but is no training data: the real run refused it, the dry run passed it
+    (tmp_path / "empty").mkdir()
+    code, _, err = _dry_run(tiny_config(tmp_path / "empty", out), tmp_path, capsys)
+    assert code == 2 and "no .bin/.idx shards in this directory" in err
+    code, _, err = _dry_run(tiny_config(sample_data / "manifest.json", out), tmp_path, capsys)
+    assert code == 2 and "no such data directory or shard prefix" in err
     code, _, err = _dry_run(tiny_config(sample_data, out, train={"resume": "must"}), tmp_path, capsys)
     assert code == 2 and "holds no complete checkpoint" in err
     assert not out.exists()

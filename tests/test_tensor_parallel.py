@@ -153,6 +153,10 @@ def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys
         assert np.allclose(merged[key], ref[key], atol=1e-6, rtol=1e-5), key
     merged_cfg = validate(__import__("yaml").safe_load((merged_file.parent / "config.yaml").read_text()))
     assert merged_cfg.parallel.tensor == 1
+    # the run directory itself, as generate, export and init_from take it: the same merge
+    assert main(["merge-tp", str(tmp_path / "tp2"), "--out", str(tmp_path / "merged_run")]) == 0
+    again = module_state(str(tmp_path / "merged_run" / "step_00000003" / "mp_rank_00_model_states.pt"))
+    assert all(np.array_equal(again[key], merged[key]) for key in merged)
 
     with pytest.raises(ConfigError, match="saved at parallel.tensor = 2"):
         plan_run(validate(cfg(tmp_path / "tp2", 1)))

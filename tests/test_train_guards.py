@@ -45,6 +45,10 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
     wider = tiny_config(sample_data, out, train={"steps": 4}, model={"width": 64})
     with pytest.raises(ConfigError, match=r"another shape \(model.width 32 there, 64 here\).*new train.out_dir"):
         _plan(wider)
+    # the derived position table is named by the keys a user sets
+    with pytest.raises(ConfigError, match=r"another shape \(position table \(model.max_positions, else "
+                                          r"model.seq_len\) 32 there, 16 here\)"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"seq_len": 16}))
     # the checkpoint says it was saved by a 2-stage pipeline (as if this run had been launched with PP=2)
     saved = out / "checkpoints" / "step_00000002" / "config.yaml"
     data = yaml.safe_load(saved.read_text())
@@ -190,6 +194,24 @@ def test_records_after_a_resume_equal_an_uninterrupted_run_with_log_every_3(samp
             if key in a:
                 assert math.isclose(a[key], b[key], rel_tol=1e-12), (key, a, b)
     assert summary["final_loss"] == json.loads((tmp_path / "straight" / "summary.json").read_text())["final_loss"]
+
+
+@pytest.mark.distributed
+def test_a_stopped_run_summarises_the_loss_where_it_stopped(sample_data: Path, tmp_path: Path) -> None:
+    """summary.json of a run stopped between log steps gave the loss of the last record (step 1's loss
+    beside steps 5), and a run without evaluation wrote its eval loss as the string "nan"."""
+    common = {"steps": 6, "eval_samples": 0, "eval_every": 0}
+    run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / "every", train={**common, "log_every": 1}))
+    per_step = {r["step"]: r["loss"] for r in metrics(tmp_path / "every")}
+    (stopped,) = run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / "stopped",
+                                                      train={**common, "log_every": 3, "stop_after_steps": 5}))
+    on_disk = json.loads((tmp_path / "stopped" / "summary.json").read_text())
+    assert on_disk["status"] == "stopped" and on_disk["steps"] == 5
+    assert on_disk["final_loss"] == pytest.approx((per_step[4] + per_step[5]) / 2, rel=1e-9)
+    assert on_disk["final_eval_loss"] is None  # no evaluation: null, not "nan"
+    (finished,) = run_ranks(train_rank, 1, tiny_config(sample_data, tmp_path / "stopped",
+                                                       train={**common, "log_every": 3}))
+    assert finished["final_loss"] == pytest.approx((per_step[4] + per_step[5] + per_step[6]) / 3, rel=1e-9)
 
 
 @pytest.mark.distributed

@@ -24,7 +24,7 @@ them into panels), per curve (depth):
 Writes DIR/report/transfer.png (one panel per parametrization: metric vs log2 x, one curve per depth,
 mean and +-1 std band over seeds, individual seeds as dots, diverged points as crosses at the top, the
 fitted optima as stars), DIR/report/loss_vs_depth.png (loss at the transferred LR, and each depth's own
-best, against depth), DIR/report/transfer.json and DIR/report/transfer.txt (the printed table).
+best, against depth; when there is a curve axis and a finished point to plot), DIR/report/transfer.json and DIR/report/transfer.txt (the printed table).
 """
 
 from __future__ import annotations
@@ -936,6 +936,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
                   out=args.out)
     print(data["table"])
     print("wrote " + ", ".join(data["files"]))
+    if not any(f.endswith("loss_vs_depth.png") for f in data["files"]):
+        why = "no finished point to plot yet" if data.get("curve") else "there is no curve axis"
+        print(f"(no loss_vs_depth.png: {why})")
     return 0
 
 
@@ -944,8 +947,8 @@ def add_cli(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "report",
         help="read a sweep: optimal LR per depth (fitted), its shift, transfer loss; plots",
-        description="Writes DIR/report/transfer.png, loss_vs_depth.png, transfer.json and transfer.txt and "
-        "prints the table. See docs/transfer.md.",
+        description="Writes DIR/report/transfer.png, loss_vs_depth.png (when there is a curve axis), "
+        "transfer.json and transfer.txt and prints the table. See docs/transfer.md.",
     )
     p.add_argument("dir", metavar="DIR", help="a sweep directory (or a directory of run directories)")
     p.add_argument("--metric", choices=METRICS, default=None, help="default: the sweep's metric")

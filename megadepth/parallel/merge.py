@@ -105,6 +105,8 @@ def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Co
     layer by layer. Only plain tensors are read (``weights_only=True``).
     """
     ckpt_dir = Path(ckpt_dir)
+    if (ckpt_dir / "checkpoints").is_dir() and not (ckpt_dir / LATEST).exists():
+        ckpt_dir = ckpt_dir / "checkpoints"  # a run directory, as generate, export and init_from take it
     config, tag = _read_config(ckpt_dir, tag)
     folder = ckpt_dir / tag
     shards = _shards_pipeline(config, folder) if config.parallel.pipeline > 1 else _shards_plain(config, folder)

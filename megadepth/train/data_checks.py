@@ -7,7 +7,7 @@ from pathlib import Path
 
 from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
-from megadepth.data import DataError, find_tokenizer, read_data_manifest
+from megadepth.data import DataError, DocumentCorpus, find_tokenizer, read_data_manifest
 from megadepth.data.builder import parse_data_path
 
 
@@ -16,7 +16,8 @@ def sha256_file(path: Path) -> str:
 
 
 def check_tokenizer(config: Config) -> Path | None:
-    """The tokenizer the run uses, checked: it loads, fits model.vocab_size, and matches the shards.
+    """The data and the tokenizer the run uses, checked: every data.path component holds readable shards;
+    the tokenizer loads, fits model.vocab_size, and matches the shards.
 
     Returns its path (None when neither data.tokenizer nor a tokenizer.model beside the data exists;
     training on pre-tokenized shards does not need one).
@@ -31,6 +32,9 @@ def check_tokenizer(config: Config) -> Path | None:
             # prep writes manifest.json last (and removes it first when it rewrites the shards)
             raise DataError(f"data.path: {folder} is an unfinished 'megadepth prep run' (no manifest.json yet); "
                             "run the prep command again to finish it")
+        # the shards themselves (index headers and document sizes; no token is read): an empty folder,
+        # a file that is not a shard or a damaged .idx fails here, in --dry-run and before a sweep starts
+        DocumentCorpus.from_path(comp)
         manifest = read_data_manifest(comp)
         manifests[comp] = manifest
         if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:

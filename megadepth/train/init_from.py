@@ -31,9 +31,14 @@ SHAPE_KEYS = ("block", "depth", "width", "heads", "mlp_ratio", "vocab_size", "vo
               "position", "tie_embeddings", "bias")
 
 
+def _shape_key_name(key: str) -> str:
+    # ``positions`` is derived, not a key a user sets: name the two that decide it
+    return "position table (model.max_positions, else model.seq_len)" if key == "positions" else f"model.{key}"
+
+
 def shape_differences(saved: ModelConfig, model: ModelConfig) -> str:
     """``model.K A there, B here`` for every shape key that differs ('' when none does)."""
-    return ", ".join(f"model.{k} {getattr(saved, k)} there, {getattr(model, k)} here" for k in SHAPE_KEYS
+    return ", ".join(f"{_shape_key_name(k)} {getattr(saved, k)} there, {getattr(model, k)} here" for k in SHAPE_KEYS
                      if getattr(saved, k) != getattr(model, k))
 
 

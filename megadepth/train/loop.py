@@ -166,8 +166,11 @@ class _Progress:
     """Training seconds of earlier jobs of this run (from the checkpoint), so elapsed_s continues."""
     status: str = "completed"
     error: str | None = None
-    last_loss: float = float("nan")
-    last_eval: float = float("nan")
+    last_loss: float | None = None
+    """The training loss where the run ended (mean over the steps since the previous record); None
+    (JSON null) before the first step."""
+    last_eval: float | None = None
+    """The last evaluation; None when there was none (no held-out split, or none yet)."""
     finished_before: bool = False
     """The checkpoint it resumed from had already reached train.steps: nothing was trained."""
     started: bool = False
@@ -184,9 +187,9 @@ def _read_summary(run: RunDir) -> dict[str, Any] | None:
         return None
 
 
-def _last_losses(run: RunDir, step: int) -> tuple[float, float]:
+def _last_losses(run: RunDir, step: int) -> tuple[float | None, float | None]:
     """The last logged training and eval loss at or before ``step`` (a finished run started again)."""
-    loss = evl = float("nan")
+    loss = evl = None
     for record in read_metrics(run.metrics):
         if record.get("step", 0) <= step:
             loss = record.get("loss", loss)
@@ -417,6 +420,8 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 checkpoint.save(engine, run.checkpoints, step, client, config_yaml, cfg.keep_checkpoints, is_main,
                                 data=plan.data)
             if stop_now:
+                if log_state["log_steps"]:  # the loss where it stopped, not at the last record before
+                    progress.last_loss = log_state["log_loss_sum"] / log_state["log_steps"]
                 progress.status = "stopped"
                 out(f"step {step}: {stop_request.name} received, checkpoint saved; the same command resumes"
                     if signalled else
