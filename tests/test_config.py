@@ -224,12 +224,58 @@ def test_setting_a_whole_section_says_it_is_a_section(override: str) -> None:
 
 
 def test_booleans_are_not_numbers_but_stay_booleans() -> None:
-    with pytest.raises(ConfigError, match="depth: expected a number, got true"):
+    with pytest.raises(ConfigError, match="model.depth: expected a number, got the boolean true"):
         load_config([], ["model.depth=true"])
-    with pytest.raises(ConfigError, match="lr: expected a number, got false"):
+    with pytest.raises(ConfigError, match="optimizer.lr: expected a number, got the boolean false"):
         load_config([], ["optimizer.lr=false"])
     cfg = load_config([], ["model.tie_embeddings=false", "train.compile=true"])
     assert cfg.model.tie_embeddings is False and cfg.train.compile is True
+
+
+def test_a_yaml_boolean_where_text_belongs_is_named_with_its_section(tmp_path: Path) -> None:
+    """`mode: off` is the boolean false in YAML: the message said "mode: expected a number"."""
+    path = tmp_path / "c.yaml"
+    path.write_text("wandb:\n  mode: off\n")
+    with pytest.raises(ConfigError, match=r"wandb.mode: expected one of 'offline', 'online', 'disabled', got the "
+                                          r"boolean false \(YAML reads unquoted yes/no/on/off"):
+        load_config([path])
+
+
+def test_unreadable_config_files_are_one_line(tmp_path: Path) -> None:
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes(b"wandb:\n  name: caf\xe9\n")
+    with pytest.raises(ConfigError, match=r"latin.yaml: not UTF-8 text \(byte 18"):
+        load_config([latin])
+    deep = tmp_path / "deep.yaml"
+    deep.write_text("model: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match="deep.yaml: not valid YAML: nested too deeply"):
+        load_config([deep])
+
+
+def test_keys_one_level_too_high_are_pointed_to_their_section() -> None:
+    with pytest.raises(ConfigError, match=r"unknown config key 'seed' \(in --set\); did you mean 'train.seed'"):
+        load_config([], ["seed=5"])
+    with pytest.raises(ConfigError, match=r"'name'.*did you mean 'optimizer.name' or 'parametrization.name'"):
+        load_config([], ["name=sp"])
+    with pytest.raises(ConfigError, match=r"'dpeth'.*did you mean 'model.depth'"):
+        load_config([], ["dpeth=3"])
+    with pytest.raises(ConfigError, match=r"'includes'.*did you mean 'include'"):
+        load_config([], ["includes=x"])
+
+
+def test_home_in_paths_is_expanded_and_a_numeric_folder_stays_text(tmp_path: Path) -> None:
+    """`train.out_dir: ~/runs` made a folder named '~' in the working directory; `--set data.path=2024`
+    was an int and refused."""
+    cfg = load_config([], ["train.out_dir=~/runs/a", "data.path=~/data", "data.tokenizer=~/t.model",
+                           "train.init_from=~/runs/b"])
+    home = str(Path.home())
+    assert cfg.train.out_dir == f"{home}/runs/a" and cfg.data.path == f"{home}/data"
+    assert cfg.data.tokenizer == f"{home}/t.model" and cfg.train.init_from == f"{home}/runs/b"
+    assert load_config([], ["data.path=2024"]).data.path == "2024"
+    assert load_config([], ["data.path=[0.5, ~/a, 0.5, b]"]).data.path == [0.5, f"{home}/a", 0.5, "b"]
+    assert load_config([], ["train.seed=0"]).train.seed == 0
+    with pytest.raises(ConfigError, match="train.seed"):  # build_datasets refused it only once a run started
+        load_config([], ["train.seed=-1"])
 
 
 def test_text_keys_take_digits_as_text_and_out_dir_is_never_empty() -> None:

@@ -71,6 +71,9 @@ def test_dry_run_fails_where_the_trainer_would(sample_data: Path, tmp_path: Path
     assert code == 2 and "no .bin/.idx shards in this directory" in err
     code, _, err = _dry_run(tiny_config(sample_data / "manifest.json", out), tmp_path, capsys)
     assert code == 2 and "no such data directory or shard prefix" in err
+    # a sample longer than all the training text: the real run failed building its sample index
+    code, _, err = _dry_run(tiny_config(sample_data, out, model={"seq_len": 10**6}), tmp_path, capsys)
+    assert code == 2 and "(train): " in err and "fewer than one sample of seq_len + 1 = 1000001" in err
     code, _, err = _dry_run(tiny_config(sample_data, out, train={"resume": "must"}), tmp_path, capsys)
     assert code == 2 and "holds no complete checkpoint" in err
     assert not out.exists()

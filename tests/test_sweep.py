@@ -168,6 +168,10 @@ def test_grid_expansion_order_values_linked_axes_and_ids() -> None:
           "config": {"model": {"heads": 2}}}, "config model.heads would be ignored: 'model.heads' is a sweep axis"),
         # a boolean is not an exponent (True used to become 2^1), as log2_range already said
         ({"grid": {"optimizer.lr": {"log2": [True, -3]}}, "budget": {"steps": 3}}, "log2 takes a list of exponents"),
+        # base files: a name or a list of names (a mapping was read as a file named after its key)
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "base": 5}, "'base' must be a config file name"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "base": {"a": 1}}, "'base' must be a config file"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "base": [1]}, "'base' must be a config file name"),
     ],
 )
 def test_bad_specs(spec: dict, message: str) -> None:

@@ -157,6 +157,16 @@ def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys
     assert main(["merge-tp", str(tmp_path / "tp2"), "--out", str(tmp_path / "merged_run")]) == 0
     again = module_state(str(tmp_path / "merged_run" / "step_00000003" / "mp_rank_00_model_states.pt"))
     assert all(np.array_equal(again[key], merged[key]) for key in merged)
+    # never into the run itself (it overwrote the checkpoint being merged) nor into a folder in use
+    source = tmp_path / "tp2" / "checkpoints" / "step_00000003" / "mp_rank_00_model_states.pt"
+    before = source.read_bytes()
+    for out, says in ((tmp_path / "tp2" / "checkpoints", "not an empty directory"),
+                      (tmp_path / "tp2" / "fresh", "inside the run being merged"),
+                      (tmp_path / "merged", "not an empty directory"),
+                      (merged_file, "exists and is not a directory")):
+        assert main(["merge-tp", str(tmp_path / "tp2"), "--out", str(out)]) == 2
+        assert says in capsys.readouterr().err
+    assert source.read_bytes() == before and not (tmp_path / "tp2" / "fresh").exists()
 
     with pytest.raises(ConfigError, match="saved at parallel.tensor = 2"):
         plan_run(validate(cfg(tmp_path / "tp2", 1)))

@@ -53,8 +53,25 @@ _UniqueKeySafeLoader.add_constructor(
 
 
 def safe_load_unique(text: str) -> Any:
-    """``yaml.safe_load`` that refuses duplicate keys."""
-    return yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 - a SafeLoader subclass
+    """``yaml.safe_load`` that refuses duplicate keys (and structures nested too deeply to build)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeySafeLoader)  # noqa: S506 - a SafeLoader subclass
+    except RecursionError:
+        raise yaml.YAMLError("nested too deeply to read") from None
+
+
+def load_yaml_file(path: Path) -> Any:
+    """A YAML file's content through :func:`safe_load_unique`; anything that makes it unreadable (not UTF-8,
+    not YAML, a read error) is a one-line ConfigError naming the file."""
+    try:
+        return safe_load_unique(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r}); "
+                          "save it as UTF-8") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(" ".join(f"{path}: not valid YAML: {exc}".split())) from None
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:
@@ -96,6 +113,17 @@ def _suggest(key: str, candidates: Iterable[str]) -> str:
         best = [by_leaf[leaf]]
     else:
         best = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+    if not best and depth == 1:
+        # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`): the full keys it ends
+        full = sorted(c for c in candidates if c.rsplit(".", 1)[-1] == key)
+        if full:
+            return f"; did you mean {' or '.join(repr(c) for c in full[:3])} (keys live in their section)?"
+        if difflib.get_close_matches(key, [INCLUDE_KEY], n=1, cutoff=0.7):
+            return f"; did you mean '{INCLUDE_KEY}'?"
+        leaves = {c.rsplit(".", 1)[-1]: c for c in sorted(candidates, reverse=True)}
+        near = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.75)
+        if near and not difflib.get_close_matches(key, pool, n=1, cutoff=0.6):
+            return f"; did you mean '{leaves[near[0]]}'?"
     if not best:
         leaf_match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.7)
         best = [by_leaf[leaf_match[0]]] if leaf_match else []
@@ -137,10 +165,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     resolved = path.resolve()
     if resolved in _seen:
         raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in (*_seen, resolved))}")
-    try:
-        data = safe_load_unique(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(" ".join(f"{path}: not valid YAML: {exc}".split())) from exc
+    data = load_yaml_file(path)
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -152,7 +177,7 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: '{INCLUDE_KEY}' must be a file name or a list of file names, got {includes!r}")
     merged: dict[str, Any] = {}
     for inc in includes:
-        merged = deep_merge(merged, read_yaml(path.parent / inc, (*_seen, resolved)))
+        merged = deep_merge(merged, read_yaml(path.parent / Path(inc).expanduser(), (*_seen, resolved)))
     _check_keys(data, Config, "", f" (in {path})")
     return deep_merge(merged, data)
 
@@ -193,6 +218,10 @@ def parse_override(item: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
+    annotation = _leaf_annotation(key)
+    if (isinstance(value, (int, float)) and not isinstance(value, bool) and annotation is not None
+            and str in get_args(annotation)):
+        value = raw.strip()  # a text-or-list field (data.path): --set data.path=2024 names the folder 2024
     return key, value
 
 
@@ -226,7 +255,9 @@ def _describe_errors(exc: ValidationError) -> str:
         loc = ".".join(parts)
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "value_error" or not loc:
-            lines.append(msg)
+            # a section's own check names the field only ("mode: ..."): put the section in front
+            field = msg.split(":", 1)[0]
+            lines.append(f"{loc}.{msg}" if loc and f"{loc}.{field}" in keys else msg)
         else:
             lines.append(f"{loc}: {msg} (got {err.get('input')!r})")
     # one line per problem; de-duplicate union branches that say the same thing

@@ -7,9 +7,10 @@ at the dotted key. Sections are frozen pydantic models that forbid unknown keys;
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 PRESETS = ("sp", "mup", "depth_mup", "completep", "custom")
 
@@ -19,6 +20,25 @@ def _accepts_bool(annotation: Any) -> bool:
     if annotation is bool:
         return True
     return any(_accepts_bool(a) or a is True or a is False for a in get_args(annotation))
+
+
+def _expand_home(value: str | None) -> str | None:
+    """``~`` and ``~user`` in a path, as a shell would expand them: left alone, ``~/runs`` became a folder
+    named ``~`` in the working directory (which a later ``rm -rf ~`` cleanup would aim at home)."""
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+
+
+def _expected(annotation: Any) -> str:
+    """What a field takes, in words, for the boolean-mistake message."""
+    args = [a for a in get_args(annotation) if a is not type(None)]
+    if annotation in (int, float) or (args and all(a in (int, float) for a in args)):
+        return "a number"
+    if annotation is str or str in args:
+        return "text"
+    literals = [a for a in args if isinstance(a, str)]
+    if literals:
+        return "one of " + ", ".join(repr(a) for a in literals)
+    return "another kind of value"
 
 
 class Section(BaseModel):
@@ -36,7 +56,10 @@ class Section(BaseModel):
             for name, value in data.items():
                 field = cls.model_fields.get(name)
                 if isinstance(value, bool) and field is not None and not _accepts_bool(field.annotation):
-                    raise ValueError(f"{name}: expected a number, got {str(value).lower()}")
+                    what = _expected(field.annotation)
+                    hint = "" if what == "a number" else (
+                        " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote the value)")
+                    raise ValueError(f"{name}: expected {what}, got the boolean {str(value).lower()}{hint}")
         return data
 
 
@@ -214,7 +237,7 @@ class TrainConfig(Section):
     """Micro-batches accumulated per optimizer step; derived from global_batch when unset (else 1)."""
     global_batch: int | None = Field(None, ge=1)
     """Sequences per optimizer step; must equal micro_batch x grad_accum x data-parallel size."""
-    seed: int = 1234
+    seed: int = Field(1234, ge=0)
     """Seed of initialisation, data order and dropout."""
     log_every: int = Field(10, ge=1)
     """Write a metrics record every N steps."""
@@ -255,6 +278,11 @@ class TrainConfig(Section):
     """torch.compile each transformer block (not with the pipeline engine); the first steps are slower
     while it compiles."""
 
+    @field_validator("out_dir", "init_from", mode="after")
+    @classmethod
+    def _home(cls, value: str | None) -> str | None:
+        return _expand_home(value)
+
     @model_validator(mode="after")
     def _out_dir_not_blank(self) -> TrainConfig:
         if not self.out_dir.strip():
@@ -274,6 +302,13 @@ class DataConfig(Section):
     """Data-loader worker processes per rank."""
     cache_dir: str | None = None
     """Directory to cache sample indices in (built in memory when unset)."""
+
+    @field_validator("path", "tokenizer", "cache_dir", mode="after")
+    @classmethod
+    def _home(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return [_expand_home(v) if isinstance(v, str) else v for v in value]
+        return _expand_home(value)
 
 
 class ParallelConfig(Section):

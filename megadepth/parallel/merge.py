@@ -134,10 +134,26 @@ def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Co
     return single, merged, tag
 
 
+def _check_out(source: Path, out_dir: Path) -> None:
+    """The output must be a new (or empty) folder outside the source run: written into its checkpoints
+    folder, the merged file replaced the checkpoint being merged (optimizer, step and DeepSpeed state
+    gone, the run no longer resumable); written into another folder, it mixed with what was there."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"--out {out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(f"--out {out_dir} exists and is not an empty directory; merge into a new one")
+    root = source.resolve()
+    run = root.parent if root.name == "checkpoints" else root
+    target = out_dir.resolve()
+    if target == run or run in target.parents:
+        raise ConfigError(f"--out {out_dir} is inside the run being merged ({run}); merge into a folder outside it")
+
+
 def merge_tensor_parallel(ckpt_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
     """Merge ``ckpt_dir/<tag>`` (default: the ``latest`` one; tensor- and/or pipeline-parallel) into one
     TP = PP = 1 checkpoint in ``out_dir``; returns the shard path."""
     out_dir = Path(out_dir)
+    _check_out(Path(ckpt_dir), out_dir)
     merged_config, merged, tag = consolidated_state(ckpt_dir, tag)
     target = out_dir / tag / "mp_rank_00_model_states.pt"
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -48,10 +48,10 @@ from megadepth.config.load import (
     all_keys,
     apply_override,
     deep_merge,
+    load_yaml_file,
     parse_override,
     read_yaml,
     resolve_batch,
-    safe_load_unique,
     validate,
 )
 from megadepth.config.schema import Config
@@ -298,6 +298,8 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
     base = data.get("base") or []
     if isinstance(base, str):
         base = [base]
+    if not isinstance(base, list) or not all(isinstance(b, str) and b for b in base):
+        raise ConfigError(f"{where}: 'base' must be a config file name or a list of file names, got {base!r}")
     config: dict[str, Any] = {}
     for path in base:
         config = deep_merge(config, read_yaml((base_dir or Path(".")) / path))
@@ -360,10 +362,7 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, frozen: bool =
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec not found: {path}")
-    try:
-        data = safe_load_unique(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}".splitlines()[0]) from None
+    data = load_yaml_file(path)
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path}: a sweep spec must be a mapping with {', '.join(SPEC_KEYS)}")
     return parse_spec(data, source=str(path), base_dir=path.parent, overrides=overrides, name=path.stem,

@@ -9,10 +9,29 @@ from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
 from megadepth.data import DataError, DocumentCorpus, find_tokenizer, read_data_manifest
 from megadepth.data.builder import parse_data_path
+from megadepth.data.sample_index import split_documents
 
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _check_fits(corpus: DocumentCorpus, comp: str, config: Config) -> None:
+    """Each split of one data.path component holds at least one sample, as the sample index will need
+    (split as build_datasets splits it: the last valid_fraction of the documents, with evaluation on)."""
+    want_valid = config.data.valid_fraction > 0 and config.train.eval_samples > 0
+    train_ids, valid_ids = split_documents(corpus.num_docs, config.data.valid_fraction if want_valid else 0.0)
+    if want_valid and len(valid_ids) == 0:
+        raise DataError(f"{comp}: {corpus.num_docs} document(s) is too few to hold out validation documents "
+                        "(set valid_fraction to 0, or add data)")
+    need = config.model.seq_len + 1
+    for split, ids in (("train", train_ids), ("valid", valid_ids if want_valid else None)):
+        if ids is None:
+            continue
+        tokens = int(corpus.doc_lengths[ids].sum())
+        if tokens < need:
+            raise DataError(f"{comp} ({split}): {len(ids)} documents hold {tokens} tokens, fewer than one sample "
+                            f"of seq_len + 1 = {need}")
 
 
 def check_tokenizer(config: Config) -> Path | None:
@@ -34,7 +53,7 @@ def check_tokenizer(config: Config) -> Path | None:
                             "run the prep command again to finish it")
         # the shards themselves (index headers and document sizes; no token is read): an empty folder,
         # a file that is not a shard or a damaged .idx fails here, in --dry-run and before a sweep starts
-        DocumentCorpus.from_path(comp)
+        _check_fits(DocumentCorpus.from_path(comp), comp, config)
         manifest = read_data_manifest(comp)
         manifests[comp] = manifest
         if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:
