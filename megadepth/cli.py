@@ -267,19 +267,40 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_bench(args: argparse.Namespace) -> int:
-    import json
+def _check_output_file(option: str, path: str) -> None:
+    """A file the command will write at the end: refused now, before the work, if it cannot be written
+    there (its folder missing or not a folder, the path itself a folder, no permission)."""
     from pathlib import Path
 
+    target = Path(path)
+    parent = target.parent
+    if target.is_dir():
+        raise ConfigError(f"{option} {path} is a directory: give a file path")
+    if not parent.exists():
+        raise ConfigError(f"{option} {path}: its directory {parent} does not exist")
+    if not parent.is_dir():
+        raise ConfigError(f"{option} {path}: {parent} is not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise ConfigError(f"{option} {path}: no permission to write it")
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    from megadepth.parallel.distributed import read_env
     from megadepth.train.bench import run_bench
+    from megadepth.train.rundir import atomic_write_text
 
     config = load_config(args.configs, args.overrides)
+    is_main = read_env().is_main  # the launcher's variables, checked before any work
+    if args.json and is_main:  # only rank 0 writes it
+        _check_output_file("--json", args.json)
     result = run_bench(config, args.steps, args.warmup, args.peak_tflops)
-    if int(os.environ.get("RANK", "0")) == 0:
+    if is_main:
         text = json.dumps(result, indent=2)
         print(text)
         if args.json:
-            Path(args.json).write_text(text + "\n")
+            atomic_write_text(args.json, text + "\n")
     return 0
 
 
@@ -411,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_count(0), default=0, help="sampling seed (default 0)")
     p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-document token")
     p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
-    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu or cuda")
+    p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("merge-tp", help="merge a tensor- or pipeline-parallel checkpoint into one TP=PP=1 checkpoint")

@@ -40,6 +40,37 @@ class SamplingOptions:
             raise ConfigError(f"top_k must be >= 0 (0 keeps every token), got {self.top_k}")
 
 
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (a GPU if one is visible, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything else,
+    or a GPU that is not there, is a ConfigError before the checkpoint is read."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"--device {device!r} is not a device: use auto, cpu, cuda or cuda:N") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type != "cuda":
+        raise ConfigError(f"--device {device!r}: generate runs on auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"--device {device!r} but no GPU is visible (torch.cuda.is_available() is False): "
+                          "use --device cpu or auto")
+    count = torch.cuda.device_count()
+    if parsed.index is not None and parsed.index >= count:
+        raise ConfigError(f"--device {device!r} but only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})")
+    return parsed
+
+
+def check_tag(tag: str | None) -> None:
+    """A tag names a checkpoint of the run's checkpoints folder (step_00000100), never a path elsewhere."""
+    from megadepth.train.checkpoint import TAG_RE
+
+    if tag is not None and not TAG_RE.fullmatch(tag):
+        raise ConfigError(f"--tag {tag!r} is not a checkpoint name of the run's checkpoints folder "
+                          "(names look like step_00000100; leave --tag out for the latest)")
+
+
 class Generator:
     """A run's model and tokenizer, ready to continue prompts."""
 
@@ -49,13 +80,13 @@ class Generator:
         from megadepth.parallel.merge import consolidated_state
         from megadepth.parametrize import Parametrization
 
+        check_tag(tag)  # both before the checkpoint is read (consolidating it is the expensive part)
+        self.device = resolve_device(device)
         run_dir = Path(run_dir)
         ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
         config, state, self.tag = consolidated_state(ckpt_dir, tag)
         self.config: Config = config
         ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
-        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if device == "auto" else device))
         self.model = GPT(config.model, ptz.multipliers())
         self.model.load_state_dict({k: v.float() for k, v in state.items()})
         self.model.to(self.device).eval()

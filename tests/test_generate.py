@@ -69,6 +69,26 @@ def test_options_and_command_line(trained: Path, tmp_path: Path, capsys: pytest.
     assert "no complete checkpoint" in capsys.readouterr().err
 
 
+def test_tag_is_a_checkpoint_name_not_a_path(trained: Path, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """--tag reached any folder through '..' (another run's checkpoint, or anything with a config.yaml);
+    --device bogus was a traceback after the checkpoint had been read."""
+    from megadepth.cli import main
+
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    tag = sorted(p.name for p in (trained / "checkpoints").iterdir() if p.name.startswith("step_"))[-1]
+    for bad in (f"../checkpoints/{tag}", f"{tag}/../{tag}", str(trained / "checkpoints" / tag),
+                f"../../{other.name}"):
+        assert main(["generate", str(trained), "--device", "cpu", "--tag", bad, "--max-new-tokens", "1"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "names look like step_00000100" in err and "\n" not in err
+    assert main(["generate", str(trained), "--device", "bogus"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("megadepth: error: --device 'bogus' is not a device") and "\n" not in err
+    assert main(["generate", str(trained), "--device", "cpu", "--tag", tag, "--max-new-tokens", "1"]) == 0
+
+
 def test_padded_vocabulary_rows_are_never_sampled(sample_data: Path, tmp_path: Path) -> None:
     """model.vocab_size may exceed the tokenizer (it is padded up, or left room): the rows past the
     tokenizer's pieces have no text, so sampling them crashed the decode."""

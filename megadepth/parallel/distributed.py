@@ -45,12 +45,39 @@ class Layout:
     data: int
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer launcher variable; one that is not an integer is a ConfigError naming it."""
+    text = os.environ.get(name)
+    if text is None:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise ConfigError(f"environment variable {name}={text!r} is not an integer (it is set by the "
+                          "launcher: torchrun, DeepSpeed or Slurm; unset it for a single process)") from None
+
+
 def read_env() -> DistEnv:
-    """Rank and sizes as set by the DeepSpeed launcher, torchrun or Slurm; a single process otherwise."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("LOCAL_SIZE", str(world))))
+    """Rank and sizes as set by the DeepSpeed launcher, torchrun or Slurm; a single process otherwise.
+
+    An impossible combination (a world of 0 processes, a rank outside it, more processes on this node
+    than in the job) is a ConfigError naming the variable, before anything divides by it or waits on it.
+    """
+    world = _env_int("WORLD_SIZE", 1)
+    if world < 1:
+        raise ConfigError(f"environment variable WORLD_SIZE={world} must be at least 1")
+    rank = _env_int("RANK", 0)
+    if not 0 <= rank < world:
+        raise ConfigError(f"environment variable RANK={rank} is outside 0..{world - 1} (WORLD_SIZE={world})")
+    local_name = "LOCAL_WORLD_SIZE" if "LOCAL_WORLD_SIZE" in os.environ else "LOCAL_SIZE"
+    local_world = _env_int(local_name, world)
+    if not 1 <= local_world <= world:
+        raise ConfigError(f"environment variable {local_name}={local_world} must be between 1 and "
+                          f"WORLD_SIZE={world}")
+    local_rank = _env_int("LOCAL_RANK", 0)
+    if not 0 <= local_rank < local_world:
+        raise ConfigError(f"environment variable LOCAL_RANK={local_rank} is outside 0..{local_world - 1} "
+                          f"({local_name if local_name in os.environ else 'WORLD_SIZE'}={local_world})")
     return DistEnv(rank, world, local_rank, local_world)
 
 
