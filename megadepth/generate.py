@@ -62,15 +62,6 @@ def resolve_device(device: str) -> torch.device:
     return parsed
 
 
-def check_tag(tag: str | None) -> None:
-    """A tag names a checkpoint of the run's checkpoints folder (step_00000100), never a path elsewhere."""
-    from megadepth.train.checkpoint import TAG_RE
-
-    if tag is not None and not TAG_RE.fullmatch(tag):
-        raise ConfigError(f"--tag {tag!r} is not a checkpoint name of the run's checkpoints folder "
-                          "(names look like step_00000100; leave --tag out for the latest)")
-
-
 class Generator:
     """A run's model and tokenizer, ready to continue prompts."""
 
@@ -79,6 +70,7 @@ class Generator:
         from megadepth.model import GPT
         from megadepth.parallel.merge import consolidated_state
         from megadepth.parametrize import Parametrization
+        from megadepth.train.checkpoint import check_tag
 
         check_tag(tag)  # both before the checkpoint is read (consolidating it is the expensive part)
         self.device = resolve_device(device)

@@ -167,6 +167,11 @@ def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys
         assert main(["merge-tp", str(tmp_path / "tp2"), "--out", str(out)]) == 2
         assert says in capsys.readouterr().err
     assert source.read_bytes() == before and not (tmp_path / "tp2" / "fresh").exists()
+    # --tag names a checkpoint of the folder, not a path out of it (merge-tp and export both)
+    for command in (["merge-tp", str(tmp_path / "tp2"), "--out", str(tmp_path / "m2")],
+                    ["export", str(tmp_path / "tp2"), "--format", "hf", str(tmp_path / "hf")]):
+        assert main([*command, "--tag", "../../tp1/checkpoints/step_00000003"]) == 2
+        assert "is not a checkpoint name of the run's checkpoints folder" in capsys.readouterr().err
 
     with pytest.raises(ConfigError, match="saved at parallel.tensor = 2"):
         plan_run(validate(cfg(tmp_path / "tp2", 1)))

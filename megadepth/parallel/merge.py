@@ -21,7 +21,7 @@ import yaml
 
 from megadepth.config.load import ConfigError, to_yaml, validate
 from megadepth.config.schema import Config
-from megadepth.train.checkpoint import LATEST, complete_tags, gathered_weights_file, latest_tag
+from megadepth.train.checkpoint import LATEST, check_tag, complete_tags, gathered_weights_file, latest_tag
 from megadepth.train.rundir import atomic_write_text
 
 
@@ -42,6 +42,7 @@ def _skeleton_partitions(config: Config) -> dict[str, int | None]:
 
 
 def _read_config(ckpt_dir: Path, tag: str | None) -> tuple[Config, str]:
+    check_tag(tag)
     if tag is not None and not (ckpt_dir / tag).is_dir():
         there = ", ".join(complete_tags(ckpt_dir)) or "none"
         raise ConfigError(f"{ckpt_dir}: no checkpoint named {tag} (complete ones there: {there})")

@@ -54,6 +54,14 @@ def position(tag_dir: Path) -> tuple[int, int] | None:
         return None
 
 
+def check_tag(tag: str | None) -> None:
+    """A ``--tag`` names a checkpoint of the run's checkpoints folder (step_00000100), never a path
+    elsewhere (``../../x`` was followed by generate, export and merge-tp)."""
+    if tag is not None and not TAG_RE.fullmatch(tag):
+        raise ConfigError(f"--tag {tag!r} is not a checkpoint name of the run's checkpoints folder "
+                          "(names look like step_00000100; leave --tag out for the latest)")
+
+
 def saved_data(tag_dir: Path) -> list[dict[str, Any]] | None:
     """The data fingerprint a checkpoint was saved with (see :func:`save`); None when it has none (an older
     checkpoint) or its ``position.json`` cannot be read."""
