@@ -25,6 +25,15 @@ def _fail(e: Exception | str) -> int:
     return 2
 
 
+def _check_counts(args: argparse.Namespace, *options: str) -> None:
+    """Count options that must be at least 1, checked before any planning or writing: ``--max-parallel 0``
+    or ``--cpus-per-task -2`` would otherwise reach an ``#SBATCH`` line (or be dropped) unnoticed."""
+    for option in options:
+        value = getattr(args, option.lstrip("-").replace("-", "_"))
+        if value is not None and value < 1:
+            raise DataError(f"{option} must be >= 1, got {value}")
+
+
 def _plan_from_args(args: argparse.Namespace):
     from data_prep.pipeline import plan_run
 
@@ -45,6 +54,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from data_prep.report import format_report
 
     try:
+        _check_counts(args, "--workers")
         plan = _plan_from_args(args)
         if args.print_config:
             print(json.dumps(plan.config.model_dump(mode="json"), indent=2))
@@ -64,6 +74,7 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
     from data_prep.runner import write_slurm_scripts
 
     try:
+        _check_counts(args, "--tasks", "--cpus-per-task", "--max-parallel")
         plan = _plan_from_args(args)
         submit = write_slurm_scripts(
             plan,

@@ -23,6 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from data_prep.text_shards import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from megadepth.config.load import safe_load_unique
 from megadepth.data.indexed import DataError
 
@@ -218,8 +219,8 @@ class DedupConfig(_Section):
 class TokenizerConfig(_Section):
     model: str | None = None
     """A sentencepiece model to use as is; when null one is trained on a sample of the kept text."""
-    vocab_size: int = Field(default=32_000, gt=0)
-    """Pieces to train."""
+    vocab_size: int = Field(default=32_000, ge=MIN_VOCAB_SIZE, le=MAX_VOCAB_SIZE)
+    """Pieces to train (at least 260: 3 special and 256 byte pieces come first)."""
     model_type: Literal["bpe", "unigram"] = "unigram"
     """sentencepiece model type. Unigram encodes ~4x faster than BPE in sentencepiece."""
     sample_chars: int = Field(default=50_000_000, gt=0)
@@ -324,14 +325,12 @@ def load_prep_config(
     data: dict = {}
     for f in files:
         p = Path(f)
+        loaded = _read_yaml(p)
         try:
-            loaded = safe_load_unique(p.read_text(encoding="utf-8")) or {}
-        except OSError as e:
-            raise DataError(f"{p}: cannot read prep config ({e.strerror or e})") from None
-        except yaml.YAMLError as e:
-            raise DataError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
-        _check_keys(loaded, PrepConfig, "", f" (in {p})")
-        data = _merge(data, loaded)
+            _check_keys(loaded, PrepConfig, "", f" (in {p})")
+            data = _merge(data, loaded)
+        except RecursionError:
+            raise DataError(f"{p}: nested too deeply to use as a prep config") from None
     if extra:
         _check_keys(extra, PrepConfig, "", "")
         data = _merge(data, extra)
@@ -339,15 +338,55 @@ def load_prep_config(
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise DataError(f"--set {item!r}: expected KEY=VALUE, e.g. --set dedup.bands=20")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise DataError(f"--set {item!r}: the value is not valid YAML ({_yaml_reason(e)})") from None
+        except RecursionError:
+            raise DataError(f"--set {key.strip()}=...: the value is nested too deeply") from None
         nested: Any = value
         for part in reversed(key.strip().split(".")):
             nested = {part: nested}
-        _check_keys(nested, PrepConfig, "", " (in --set)")
-        data = _merge(data, nested)
+        try:
+            _check_keys(nested, PrepConfig, "", " (in --set)")
+            data = _merge(data, nested)
+        except RecursionError:
+            raise DataError(f"--set {key.strip()}=...: the value is nested too deeply") from None
     try:
         return PrepConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(x) for x in err["loc"])
         raise DataError(f"prep config: {loc}: {err['msg']}") from None
+    except RecursionError:
+        raise DataError("prep config: a value is nested too deeply") from None
+
+
+def _yaml_reason(e: yaml.YAMLError) -> str:
+    """PyYAML's message on one line: its problem and position, without the quoted source lines."""
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem and mark is not None:
+        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def _read_yaml(p: Path) -> Any:
+    """One prep config file's content; anything that makes it unusable is one DataError naming the file."""
+    try:
+        raw = p.read_bytes()
+    except OSError as e:
+        raise DataError(f"{p}: cannot read prep config ({e.strerror or e})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(
+            f"{p}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); save it as UTF-8"
+        ) from None
+    try:
+        return safe_load_unique(text) or {}
+    except yaml.YAMLError as e:
+        raise DataError(f"{p}: not valid YAML ({_yaml_reason(e)})") from None
+    except RecursionError:
+        raise DataError(f"{p}: not valid YAML (nested too deeply to read)") from None

@@ -89,8 +89,8 @@ def _datasets_dir(p: Path) -> list[InputFile] | None:
     if not state.is_file():
         return None
     try:
-        files = [f["filename"] for f in json.loads(state.read_text())["_data_files"]]
-    except (ValueError, KeyError, TypeError):
+        files = [f["filename"] for f in json.loads(state.read_bytes())["_data_files"]]
+    except (ValueError, KeyError, TypeError, RecursionError):
         raise DataError(f"{state}: not a datasets state.json (no _data_files)") from None
     return [_local(p / f) for f in files]
 
@@ -107,7 +107,7 @@ def is_data_dir(p: Path) -> bool:
         if f.is_file():
             try:
                 doc = json.loads(f.read_bytes())
-            except (OSError, ValueError):
+            except (OSError, ValueError, RecursionError):
                 continue
             if isinstance(doc, dict) and doc.get("format") == fmt:
                 return True

@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from data_prep.config import PrepConfig, stable_hash
 from data_prep.inputs import InputFile
 from megadepth.data.indexed import DataError, atomic_write_bytes
@@ -259,22 +261,36 @@ def load_plan(out: str | Path) -> Plan:
     out = Path(out)
     p = out / PLAN
     try:
-        data = json.loads(p.read_text())
+        data = json.loads(p.read_bytes())
     except FileNotFoundError:
         raise DataError(f"{p}: no plan here (run 'megadepth prep slurm' or 'prep run' first)") from None
     except (OSError, ValueError) as e:
         raise DataError(f"{p}: unreadable plan ({e})") from None
+    except RecursionError:
+        raise DataError(f"{p}: unreadable plan (nested too deeply)") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{p}: unreadable plan (a JSON {type(data).__name__}, not an object)")
     if data.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{p}: plan format {data.get('format_version')} is not {FORMAT_VERSION}")
-    plan = Plan(
-        out.resolve(),
-        [InputFile.from_json(d) for d in data["inputs"]],
-        PrepConfig.model_validate(data["config"]),
-        data.get("tokenizer_sha256"),
-        data.get("url_lists_sha256") or {},
-        data.get("language_model_sha256"),
-    )
-    if plan.config_hash != data["config_hash"]:
+    try:
+        plan = Plan(
+            out.resolve(),
+            [InputFile.from_json(d) for d in data["inputs"]],
+            PrepConfig.model_validate(data["config"]),
+            data.get("tokenizer_sha256"),
+            data.get("url_lists_sha256") or {},
+            data.get("language_model_sha256"),
+        )
+        config_hash = data["config_hash"]
+    except KeyError as e:
+        raise DataError(f"{p}: unreadable plan (no {e.args[0]!r})") from None
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise DataError(f"{p}: unreadable plan (config.{'.'.join(map(str, err['loc']))}: {err['msg']})") from None
+    except (TypeError, ValueError, AttributeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"{p}: unreadable plan ({reason})") from None
+    if plan.config_hash != config_hash:
         raise DataError(f"{p}: config hash mismatch (written by another megadepth version?)")
     return plan
 

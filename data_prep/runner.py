@@ -276,8 +276,12 @@ def write_slurm_scripts(
     python: str | None = None,
 ) -> Path:
     """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh."""
-    if tasks < 1:
-        raise DataError(f"--tasks must be >= 1, got {tasks}")
+    counts = {"--tasks": tasks, "--cpus-per-task": cpus_per_task}
+    if max_parallel is not None:  # None: no throttle; 0 or less is a mistake, not "no throttle"
+        counts["--max-parallel"] = max_parallel
+    for option, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise DataError(f"{option} must be >= 1, got {value!r}")
     problem = sbatch_value_problem({"--partition": partition, "--account": account, "--time": time_limit,
                                     "--mem": mem})
     if problem:
@@ -305,7 +309,7 @@ def write_slurm_scripts(
             tasks=world,
             job=f"mdprep-{stage}-{plan.config_hash[:6]}",
             last=world - 1,
-            throttle=f"%{max_parallel}" if max_parallel else "",
+            throttle=f"%{max_parallel}" if max_parallel is not None else "",
             cpus=cpus_per_task,
             mem=mem,
             time=time_limit,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import codecs
+import contextlib
 import gzip
 import hashlib
 import io
@@ -41,8 +42,11 @@ from megadepth.data.indexed import (
 
 __all__ = [
     "DEFAULT_VOCAB_SIZE",
+    "MAX_VOCAB_SIZE",
+    "MIN_VOCAB_SIZE",
     "add_cli",
     "build_text_shards",
+    "check_vocab_size",
     "expand_inputs",
     "prepare_sample_data",
     "read_documents",
@@ -61,6 +65,11 @@ _BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")
 MAX_SENTENCE_BYTES = 16384
 #: Seeds sentencepiece's generator accepts (an unsigned 32-bit integer).
 MAX_SEED = 2**32 - 1
+#: The smallest vocabulary the trainer can make: 3 special pieces and 256 byte-fallback pieces come first,
+#: then at least one character of the text (sentencepiece refuses less, after reading the text).
+MIN_VOCAB_SIZE = 260
+#: sentencepiece keeps the vocabulary size in a signed 32-bit field.
+MAX_VOCAB_SIZE = 2**31 - 1
 #: Byte order marks of the wide Unicode encodings a Windows editor may save ``.txt`` files in. UTF-32 LE
 #: comes first because its mark starts with UTF-16 LE's.
 _WIDE_BOMS = (
@@ -265,6 +274,18 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
+def check_vocab_size(vocab_size: int) -> int:
+    """A vocabulary size the trainer can make, checked before anything is read or written."""
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
+        raise DataError(f"vocab size must be an integer, got {vocab_size!r}")
+    if not MIN_VOCAB_SIZE <= int(vocab_size) <= MAX_VOCAB_SIZE:
+        raise DataError(
+            f"vocab size {vocab_size}: could not train a tokenizer of that size; it must be in "
+            f"{MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE} (3 special and 256 byte pieces, then the text's own)"
+        )
+    return int(vocab_size)
+
+
 def _sp_message(e: Exception) -> str:
     """sentencepiece's own reason without its C++ source location prefix."""
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -293,6 +314,7 @@ def train_tokenizer(
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     seed = _check_seed(seed)
+    vocab_size = check_vocab_size(vocab_size)
     out = Path(f"{os.fspath(out_prefix)}.model")
     out.parent.mkdir(parents=True, exist_ok=True)
     sentences = _sentences(documents)
@@ -400,6 +422,26 @@ def _check_given_tokenizer(path: Path) -> None:
         raise DataError(f"{path}: the tokenizer has no EOS piece (documents must end in EOS)")
 
 
+@contextlib.contextmanager
+def _removed_on_failure(path: Path) -> Iterator[None]:
+    """If the body raises, remove the directories it made for ``path`` (``path`` and its missing parents,
+    innermost first) that are empty again: a refused or failed run leaves no new empty folders behind."""
+    created: list[Path] = []
+    p = path.absolute()
+    while not p.exists() and not p.is_symlink() and p != p.parent:
+        created.append(p)
+        p = p.parent
+    try:
+        yield
+    except BaseException:
+        for d in created:
+            try:
+                d.rmdir()
+            except OSError:
+                break  # not empty (or never made): keep it and everything above it
+        raise
+
+
 def _install(staging: Path, out_dir: Path, manifest: dict) -> None:
     """Move a complete result from ``staging`` into ``out_dir``. Only renames are left to do here, so
     nothing about the input or the tokenizer can fail halfway; the old manifest goes first and the new
@@ -434,6 +476,8 @@ def _build(
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     seed = _check_seed(seed)
+    if tokenizer is None:
+        vocab_size = check_vocab_size(vocab_size)
     files = expand_inputs(inputs)
     input_records = [
         {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": _sha256_file(f)} for f in files
@@ -454,30 +498,31 @@ def _build(
     }
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     _refuse_pipeline_output(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    staging = out_dir / _STAGING
-    shutil.rmtree(staging, ignore_errors=True)  # left behind by a run that was killed
-    current = _manifest_is_current(out_dir, config_hash)
-    if current is not None:
-        return current, True
-    staging.mkdir()
-    try:
-        manifest = _build_staged(
-            files,
-            staging,
-            out_dir.name,
-            vocab_size,
-            given_tok,
-            seed,
-            model_type,
-            split_paragraphs,
-            docs_per_shard,
-            progress,
-        )
-        manifest.update(config_hash=config_hash, config=config, inputs=input_records)
-        _install(staging, out_dir, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _removed_on_failure(out_dir):
+        out_dir.mkdir(parents=True, exist_ok=True)
+        staging = out_dir / _STAGING
+        shutil.rmtree(staging, ignore_errors=True)  # left behind by a run that was killed
+        current = _manifest_is_current(out_dir, config_hash)
+        if current is not None:
+            return current, True
+        staging.mkdir()
+        try:
+            manifest = _build_staged(
+                files,
+                staging,
+                out_dir.name,
+                vocab_size,
+                given_tok,
+                seed,
+                model_type,
+                split_paragraphs,
+                docs_per_shard,
+                progress,
+            )
+            manifest.update(config_hash=config_hash, config=config, inputs=input_records)
+            _install(staging, out_dir, manifest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     return manifest, False
 
 
@@ -625,17 +670,6 @@ def build_text_shards(
     return manifest
 
 
-def _sample_source(out_dir: Path) -> Path:
-    """``OUT/source/python_docs.jsonl``, rewritten only when its content changed (reruns touch nothing)."""
-    from data_prep.sample_text import sample_corpus_jsonl
-
-    src = out_dir / "source" / "python_docs.jsonl"
-    data = sample_corpus_jsonl()
-    if src.is_file() and src.read_bytes() == data:
-        return src
-    return atomic_write_bytes(src, data)
-
-
 def prepare_sample_data(
     out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE, *, progress: bool = True
 ) -> dict:
@@ -649,12 +683,27 @@ def prepare_sample_data(
 
 
 def _build_sample(out: Path, vocab_size: int, progress: bool) -> tuple[dict, bool]:
-    """The sample's source is written into OUT before the build starts, so a directory the build would
-    refuse is refused first, and left exactly as it was."""
+    """The sample's source is written into OUT before the build starts (rewritten only when its content
+    changed: reruns touch nothing), so what the build would refuse is refused first; a build that fails
+    after it puts the source back as it was and removes the folders it made."""
+    from data_prep.sample_text import sample_corpus_jsonl
+
     _refuse_pipeline_output(out)
-    return _build(
-        [_sample_source(out)], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress
-    )
+    check_vocab_size(vocab_size)
+    src = out / "source" / "python_docs.jsonl"
+    data = sample_corpus_jsonl()
+    old = src.read_bytes() if src.is_file() else None
+    with _removed_on_failure(src.parent):
+        if old != data:
+            atomic_write_bytes(src, data)
+        try:
+            return _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
+        except BaseException:
+            if old is None:
+                src.unlink(missing_ok=True)
+            elif old != data:
+                atomic_write_bytes(src, old)
+            raise
 
 
 def _summary(out: Path, manifest: dict, reused: bool) -> str:
