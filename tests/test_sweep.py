@@ -766,5 +766,8 @@ def test_a_grid_over_depth_or_width_needs_a_base_shape(sample_data: Path, tmp_pa
         if refused:
             assert code == 2 and refused in err and "Traceback" not in err, err
             assert len(err.strip().splitlines()) == 1
+            # a sweep made before the check stays readable: --status only reads
+            assert main(["sweep", str(path), "--out", str(tmp_path / name), "--status"]) == 0
+            capsys.readouterr()
         else:
             assert code == 0, err

@@ -163,7 +163,8 @@ def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys
     for out, says in ((tmp_path / "tp2" / "checkpoints", "not an empty directory"),
                       (tmp_path / "tp2" / "fresh", "inside the run being merged"),
                       (tmp_path / "merged", "not an empty directory"),
-                      (merged_file, "exists and is not a directory")):
+                      (merged_file, "exists and is not a directory"),
+                      (merged_file / "x", "is a file, not a directory")):
         assert main(["merge-tp", str(tmp_path / "tp2"), "--out", str(out)]) == 2
         assert says in capsys.readouterr().err
     assert source.read_bytes() == before and not (tmp_path / "tp2" / "fresh").exists()

@@ -110,6 +110,22 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
 
 
 @pytest.mark.distributed
+def test_a_resume_with_other_blend_weights_is_refused(sample_data: Path, tmp_path: Path) -> None:
+    """The blend maps the consumed-samples position onto components by the weights: resumed at 0.9/0.1
+    after 0.5/0.5, component 0 skipped samples and component 1 repeated them, silently."""
+    copy = tmp_path / "copy"
+    shutil.copytree(sample_data, copy)
+    out = tmp_path / "run"
+    run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 2, "save_final": True},
+                                         data={"path": [0.5, str(sample_data), 0.5, str(copy)]}))
+    with pytest.raises(ConfigError, match=r"other weights than .*step_00000002 trained with \(shares 0.5 -> 0.9, "
+                                          r"0.5 -> 0.1\).*skipped.*repeated.*train.init_from"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, data={"path": [0.9, str(sample_data), 0.1, str(copy)]}))
+    # the same shares spelled otherwise (strings from a command line, other totals) are the same blend
+    _plan(tiny_config(sample_data, out, train={"steps": 4}, data={"path": ["2", str(sample_data), "2", str(copy)]}))
+
+
+@pytest.mark.distributed
 def test_a_second_job_on_a_run_directory_in_use_is_refused(sample_data: Path, tmp_path: Path) -> None:
     """A requeue while the old job still runs, or a double launch: the second job must not touch the run."""
     from megadepth.train.rundir import RunLock

@@ -113,11 +113,17 @@ def _suggest(key: str, candidates: Iterable[str]) -> str:
         best = [by_leaf[leaf]]
     else:
         best = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
-    if not best and depth == 1:
-        # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`): the full keys it ends
+    if depth == 1:
+        # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`, `mode: offline`): the full
+        # keys it ends, before any section it resembles
         full = sorted(c for c in candidates if c.rsplit(".", 1)[-1] == key)
         if full:
             return f"; did you mean {' or '.join(repr(c) for c in full[:3])} (keys live in their section)?"
+        if not best:
+            started = sorted(c for c in candidates if c.rsplit(".", 1)[-1].startswith(key + "_"))
+            if started:
+                return f"; did you mean {' or '.join(repr(c) for c in started[:3])}?"
+    if not best and depth == 1:
         if difflib.get_close_matches(key, [INCLUDE_KEY], n=1, cutoff=0.7):
             return f"; did you mean '{INCLUDE_KEY}'?"
         leaves = {c.rsplit(".", 1)[-1]: c for c in sorted(candidates, reverse=True)}
@@ -215,13 +221,16 @@ def parse_override(item: str) -> tuple[str, Any]:
     if _is_text_field(_leaf_annotation(key)) and raw.strip() not in ("null", "~"):
         return key, raw
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+        value = safe_load_unique(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        if "nested too deeply" in str(exc):
+            raise ConfigError(f"--set {key}: the value is nested too deeply to read") from None
         value = raw
     annotation = _leaf_annotation(key)
-    if (isinstance(value, (int, float)) and not isinstance(value, bool) and annotation is not None
-            and str in get_args(annotation)):
-        value = raw.strip()  # a text-or-list field (data.path): --set data.path=2024 names the folder 2024
+    if (annotation is not None and str in get_args(annotation)
+            and not isinstance(value, (str, list, dict, bool)) and value is not None):
+        # a text-or-list field (data.path): --set data.path=2024 or =2024-06-01 (a YAML date) names a folder
+        value = raw.strip()
     return key, value
 
 

@@ -151,16 +151,24 @@ def data_fingerprint(path: DataPath) -> list[dict[str, Any]]:
     """What the data order depends on, per component of ``data.path``: its document count, token count
     and the sha256 of its document lengths (the sample index is built from exactly those and the seed).
 
+    For a blend, each component's share of the weights too: the blend schedule maps the consumed-samples
+    position onto components by the weights, so under new weights a resume would skip part of one
+    component and repeat part of another.
+
     A checkpoint records it, so a resume on other data at the same (or a moved) path is caught: the
-    consumed-samples position of the old index means nothing in a new one. The path and the blend
-    weights are left out on purpose: a moved directory is the same data, and a new mixture of the same
-    components continues each component's own order (samples are prefix-stable)."""
+    consumed-samples position of the old index means nothing in a new one. The path is left out on
+    purpose: a moved directory is the same data."""
+    components = parse_data_path(path)
+    total = sum(w for w, _ in components)
     out = []
-    for _, p in parse_data_path(path):
+    for w, p in components:
         corpus = DocumentCorpus.from_path(p)
         lengths = np.ascontiguousarray(corpus.doc_lengths, dtype="<i8").tobytes()
-        out.append({"documents": corpus.num_docs, "tokens": corpus.num_tokens,
-                    "lengths_sha256": hashlib.sha256(lengths).hexdigest()})
+        entry: dict[str, Any] = {"documents": corpus.num_docs, "tokens": corpus.num_tokens,
+                                 "lengths_sha256": hashlib.sha256(lengths).hexdigest()}
+        if len(components) > 1:
+            entry["share"] = w / total
+        out.append(entry)
     return out
 
 

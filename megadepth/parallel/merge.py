@@ -141,6 +141,9 @@ def _check_out(source: Path, out_dir: Path) -> None:
     gone, the run no longer resumable); written into another folder, it mixed with what was there."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a directory")
+    blocked = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(f"--out {out_dir}: {blocked} is a file, not a directory")
     if out_dir.is_dir() and any(out_dir.iterdir()):
         raise ConfigError(f"--out {out_dir} exists and is not an empty directory; merge into a new one")
     root = source.resolve()

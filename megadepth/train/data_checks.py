@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 
@@ -16,21 +17,31 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _check_fits(corpus: DocumentCorpus, comp: str, config: Config) -> None:
+@functools.lru_cache(maxsize=32)
+def _split_sizes(comp: str, valid_fraction: float) -> tuple[int, int, int, int, int]:
+    """(documents, train documents, train tokens, valid documents, valid tokens) of one component, split
+    as build_datasets splits it. Cached per process: a sweep checks many grid points on the same data,
+    and opening a large corpus reads every document size."""
+    corpus = DocumentCorpus.from_path(comp)
+    train_ids, valid_ids = split_documents(corpus.num_docs, valid_fraction)
+    lengths = corpus.doc_lengths
+    return (corpus.num_docs, len(train_ids), int(lengths[train_ids[0]:train_ids[-1] + 1].sum()) if len(train_ids)
+            else 0, len(valid_ids), int(lengths[valid_ids[0]:valid_ids[-1] + 1].sum()) if len(valid_ids) else 0)
+
+
+def _check_fits(comp: str, config: Config) -> None:
     """Each split of one data.path component holds at least one sample, as the sample index will need
     (split as build_datasets splits it: the last valid_fraction of the documents, with evaluation on)."""
     want_valid = config.data.valid_fraction > 0 and config.train.eval_samples > 0
-    train_ids, valid_ids = split_documents(corpus.num_docs, config.data.valid_fraction if want_valid else 0.0)
-    if want_valid and len(valid_ids) == 0:
-        raise DataError(f"{comp}: {corpus.num_docs} document(s) is too few to hold out validation documents "
+    docs, n_train, train_tokens, n_valid, valid_tokens = _split_sizes(
+        str(comp), config.data.valid_fraction if want_valid else 0.0)
+    if want_valid and n_valid == 0:
+        raise DataError(f"{comp}: {docs} document(s) is too few to hold out validation documents "
                         "(set valid_fraction to 0, or add data)")
     need = config.model.seq_len + 1
-    for split, ids in (("train", train_ids), ("valid", valid_ids if want_valid else None)):
-        if ids is None:
-            continue
-        tokens = int(corpus.doc_lengths[ids].sum())
-        if tokens < need:
-            raise DataError(f"{comp} ({split}): {len(ids)} documents hold {tokens} tokens, fewer than one sample "
+    for split, n, tokens in (("train", n_train, train_tokens), ("valid", n_valid, valid_tokens)):
+        if (split == "train" or want_valid) and tokens < need:
+            raise DataError(f"{comp} ({split}): {n} documents hold {tokens} tokens, fewer than one sample "
                             f"of seq_len + 1 = {need}")
 
 
@@ -53,7 +64,7 @@ def check_tokenizer(config: Config) -> Path | None:
                             "run the prep command again to finish it")
         # the shards themselves (index headers and document sizes; no token is read): an empty folder,
         # a file that is not a shard or a damaged .idx fails here, in --dry-run and before a sweep starts
-        _check_fits(DocumentCorpus.from_path(comp), comp, config)
+        _check_fits(comp, config)
         manifest = read_data_manifest(comp)
         manifests[comp] = manifest
         if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:

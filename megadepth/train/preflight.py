@@ -6,6 +6,7 @@ again (cheap) in `megadepth train`, so a bad config costs a second, not a queued
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -147,6 +148,15 @@ def _check_same_data(config: Config, tag_dir: Path, new_run: str) -> None:
         raise ConfigError(
             f"{tag_dir} trained on {len(saved)} data component(s), data.path now names {len(now)}: a resume "
             f"continues the data it stopped in; resume with the same data, or {new_run}"
+        )
+    shares = [(was.get("share"), cur.get("share")) for was, cur in zip(saved, now, strict=True)]
+    if any(a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-9) for a, b in shares):
+        listing = ", ".join(f"{a:.4g} -> {b:.4g}" for a, b in shares if a is not None and b is not None)
+        raise ConfigError(
+            f"data.path blends its components with other weights than {tag_dir} trained with (shares {listing}): "
+            "the blend maps the position a resume continues from onto components by the weights, so part of "
+            f"one component would be skipped and part of another repeated; resume with the same weights, or "
+            f"{new_run}"
         )
     for i, (was, cur) in enumerate(zip(saved, now, strict=True)):
         if was.get("lengths_sha256") == cur["lengths_sha256"]:
