@@ -261,6 +261,8 @@ def test_keys_one_level_too_high_are_pointed_to_their_section() -> None:
         load_config([], ["dpeth=3"])
     with pytest.raises(ConfigError, match=r"'includes'.*did you mean 'include'"):
         load_config([], ["includes=x"])
+    with pytest.raises(ConfigError, match=r"'include' lists other files at the top of a config file"):
+        load_config([], ["include=a.yaml"])
     with pytest.raises(ConfigError, match=r"'mode'.*did you mean 'wandb.mode'"):  # not the section 'model'
         load_config([], ["mode=offline"])
     with pytest.raises(ConfigError, match=r"'warmup'.*did you mean 'schedule.warmup_steps'"):
@@ -277,6 +279,11 @@ def test_home_in_paths_is_expanded_and_a_numeric_folder_stays_text(tmp_path: Pat
     assert cfg.data.tokenizer == f"{home}/t.model" and cfg.train.init_from == f"{home}/runs/b"
     assert load_config([], ["data.path=2024"]).data.path == "2024"
     assert load_config([], ["data.path=2024-06-01"]).data.path == "2024-06-01"  # not a YAML date
+    numeric = tmp_path / "numeric.yaml"
+    numeric.write_text("data:\n  path: 2024\n")
+    assert load_config([numeric]).data.path == "2024"  # in a file too
+    numeric.write_text("data:\n  path: [0.5, 2024-06-01, 0.5, b]\n")
+    assert load_config([numeric]).data.path == [0.5, "2024-06-01", 0.5, "b"]
     with pytest.raises(ConfigError, match="--set model.depth: the value is nested too deeply"):
         load_config([], ["model.depth=" + "[" * 5000 + "]" * 5000])
     assert load_config([], ["data.path=[0.5, ~/a, 0.5, b]"]).data.path == [0.5, f"{home}/a", 0.5, "b"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,7 @@ from conftest import tiny_config
 from distributed import run_ranks, train_rank
 
 from megadepth.cli import main
+from megadepth.data import IndexedDataset, IndexedDatasetWriter
 
 
 def _dry_run(cfg: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> tuple[int, str, str]:
@@ -71,6 +73,18 @@ def test_dry_run_fails_where_the_trainer_would(sample_data: Path, tmp_path: Path
     assert code == 2 and "no .bin/.idx shards in this directory" in err
     code, _, err = _dry_run(tiny_config(sample_data / "manifest.json", out), tmp_path, capsys)
     assert code == 2 and "no such data directory or shard prefix" in err
+    # the check is cached per process, but not past a rewrite of the shards at the same path
+    small = tmp_path / "small"
+    shutil.copytree(sample_data, small)
+    code, _, err = _dry_run(tiny_config(small, out), tmp_path, capsys)
+    assert code == 0, err
+    shard = IndexedDataset(sample_data / "shard_00000")
+    (small / "shard_00000.idx").unlink()
+    with IndexedDatasetWriter(small / "shard_00000", shard.dtype) as writer:
+        for i in range(3):
+            writer.add_document(shard[i][:5])
+    code, _, err = _dry_run(tiny_config(small, out), tmp_path, capsys)
+    assert code == 2 and "fewer than one sample" in err
     # a sample longer than all the training text: the real run failed building its sample index
     code, _, err = _dry_run(tiny_config(sample_data, out, model={"seq_len": 10**6}), tmp_path, capsys)
     assert code == 2 and "(train): " in err and "fewer than one sample of seq_len + 1 = 1000001" in err

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -56,6 +57,12 @@ def test_a_run_from_weights_trains_the_same_under_any_layout_and_resumes_its_own
     pp = tmp_path / "pp"
     run_ranks(train_rank, 2, shape(sample_data, pp, pipeline=2, steps=3, init_from=str(merged.parent.parent)))
     assert_close(records(pp, "loss"), records(one, "loss"), rel=1e-5)
+    # one checkpoint folder under another name (kept aside as 'best'): the same weights
+    tag = (source / "checkpoints" / "latest").read_text().strip()
+    shutil.copytree(source / "checkpoints" / tag, tmp_path / "best")
+    best = tmp_path / "from_best"
+    run_ranks(train_rank, 1, shape(sample_data, best, steps=3, init_from=str(tmp_path / "best")))
+    assert_close(records(best, "loss"), records(one, "loss"), rel=1e-6)
     # once the run has its own checkpoint, it resumes from that (the source is not read again)
     from megadepth.train.loop import plan_run
 

@@ -335,6 +335,7 @@ def test_curve_and_seed_must_be_distinct_axes(tmp_path: Path, capsys: pytest.Cap
     assert data["curve"] is None and data["seed"] == "train.seed"
     assert [p["label"] for p in data["panels"]] == ["width=32, heads=4", "width=64, heads=8"]
     assert "one curve (no curve axis)" in data["table"]
+    (tmp_path / "nodepth" / "report" / "loss_vs_depth.png").write_bytes(b"an earlier report's figure")
     assert main(["report", str(tmp_path / "nodepth")]) == 0
     printed = capsys.readouterr().out
     assert "no loss_vs_depth.png: there is no curve axis" in printed

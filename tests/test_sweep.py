@@ -172,6 +172,8 @@ def test_grid_expansion_order_values_linked_axes_and_ids() -> None:
         ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "base": 5}, "'base' must be a config file name"),
         ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "base": {"a": 1}}, "'base' must be a config file"),
         ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "base": [1]}, "'base' must be a config file name"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "base": False}, "'base' must be a config file name"),
+        ({"grid": {"model.depth": [2]}, "budget": {"steps": 3}, "base": 0}, "'base' must be a config file name"),
     ],
 )
 def test_bad_specs(spec: dict, message: str) -> None:

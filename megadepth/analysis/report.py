@@ -921,6 +921,8 @@ def report(root: str | Path, *, metric: str | None = None, x: str | None = None,
     atomic_write_text(target / "transfer.txt", table + "\n")
     plot_transfer(result, layout, target / "transfer.png", meta["name"])
     depth_png = plot_loss_vs_depth(result, layout, target / "loss_vs_depth.png", meta["name"])
+    if depth_png is None:  # an earlier report's figure would otherwise stand beside this report's files
+        (target / "loss_vs_depth.png").unlink(missing_ok=True)
     data["table"] = table
     data["files"] = [str(target / "transfer.png"), *([str(depth_png)] if depth_png else []),
                      str(target / "transfer.json"), str(target / "transfer.txt")]

@@ -100,7 +100,9 @@ def all_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 def _suggest(key: str, candidates: Iterable[str]) -> str:
     """The nearest valid key: a correctly spelled key in the wrong section first ('train.lr' ->
-    'optimizer.lr'), then the closest dotted key, then the closest leaf name."""
+    'optimizer.lr'), then the closest dotted key, then the closest leaf name. A key without a section
+    ('seed', 'mode') is first looked up as a leaf ('train.seed', 'wandb.mode'), then as the start of one
+    ('warmup' -> 'schedule.warmup_steps'), then as a misspelled section or leaf."""
     candidates = list(candidates)
     depth = key.count(".") + 1
     # compare against keys (and section names) of the same nesting depth
@@ -113,6 +115,8 @@ def _suggest(key: str, candidates: Iterable[str]) -> str:
         best = [by_leaf[leaf]]
     else:
         best = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+    if key == INCLUDE_KEY:
+        return f"; '{INCLUDE_KEY}' lists other files at the top of a config file, it is not a key to set"
     if depth == 1:
         # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`, `mode: offline`): the full
         # keys it ends, before any section it resembles
@@ -128,7 +132,7 @@ def _suggest(key: str, candidates: Iterable[str]) -> str:
             return f"; did you mean '{INCLUDE_KEY}'?"
         leaves = {c.rsplit(".", 1)[-1]: c for c in sorted(candidates, reverse=True)}
         near = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.75)
-        if near and not difflib.get_close_matches(key, pool, n=1, cutoff=0.6):
+        if near:
             return f"; did you mean '{leaves[near[0]]}'?"
     if not best:
         leaf_match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.7)

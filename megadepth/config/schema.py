@@ -7,6 +7,7 @@ at the dotted key. Sections are frozen pydantic models that forbid unknown keys;
 
 from __future__ import annotations
 
+import datetime
 import os
 from typing import Annotated, Any, Literal, get_args
 
@@ -302,6 +303,16 @@ class DataConfig(Section):
     """Data-loader worker processes per rank."""
     cache_dir: str | None = None
     """Directory to cache sample indices in (built in memory when unset)."""
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: Any) -> Any:
+        """A folder named like a number or a date (``path: 2024``, ``2024-06-01``): YAML reads it as one."""
+        if isinstance(value, (int, float)) and not isinstance(value, bool) or isinstance(value, datetime.date):
+            return str(value)
+        if isinstance(value, list):  # in a blend, numbers are weights; dates can only be folders
+            return [str(v) if isinstance(v, datetime.date) else v for v in value]
+        return value
 
     @field_validator("path", "tokenizer", "cache_dir", mode="after")
     @classmethod

@@ -424,7 +424,9 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
     except ImportError:
         raise ConfigError("export --format hf needs the transformers package: pip install 'megadepth[hf]'") from None
     from megadepth.parallel.merge import consolidated_state
+    from megadepth.train.checkpoint import check_tag
 
+    check_tag(tag)
     run_dir, out = Path(run_dir), Path(out)
     ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
     if out.exists() and (not out.is_dir() or any(out.iterdir())):

@@ -42,7 +42,6 @@ def _skeleton_partitions(config: Config) -> dict[str, int | None]:
 
 
 def _read_config(ckpt_dir: Path, tag: str | None) -> tuple[Config, str]:
-    check_tag(tag)
     if tag is not None and not (ckpt_dir / tag).is_dir():
         there = ", ".join(complete_tags(ckpt_dir)) or "none"
         raise ConfigError(f"{ckpt_dir}: no checkpoint named {tag} (complete ones there: {there})")
@@ -157,6 +156,7 @@ def merge_tensor_parallel(ckpt_dir: str | Path, out_dir: str | Path, tag: str | 
     """Merge ``ckpt_dir/<tag>`` (default: the ``latest`` one; tensor- and/or pipeline-parallel) into one
     TP = PP = 1 checkpoint in ``out_dir``; returns the shard path."""
     out_dir = Path(out_dir)
+    check_tag(tag)  # the command line's --tag: a checkpoint name, not a path out of the folder
     _check_out(Path(ckpt_dir), out_dir)
     merged_config, merged, tag = consolidated_state(ckpt_dir, tag)
     target = out_dir / tag / "mp_rank_00_model_states.pt"

@@ -34,6 +34,16 @@ ADAM_FAMILY = ("adam", "adamw")
 SGD_FAMILY = ("sgd",)
 
 
+def scales_depth(name: str) -> bool:
+    """Whether a preset parametrizes depth: all but SP and muP (r := 1 in every rule for those two)."""
+    return name not in ("sp", "mup")
+
+
+def scales_width(name: str) -> bool:
+    """Whether a preset parametrizes width: all but SP."""
+    return name == "custom" or PRESETS[name][0]
+
+
 def preset_gamma(name: str, alpha: float, optimizer: str) -> float:
     """gamma of a preset: none for SP and muP, 1 - alpha (Adam) or 1 - 2 alpha (SGD) otherwise."""
     if name in ("sp", "mup"):
@@ -119,7 +129,7 @@ class Parametrization:
     @property
     def depth_scaling(self) -> bool:
         """Whether depth is parametrized: every preset but SP and muP (for which r := 1 in every rule)."""
-        return self.name not in ("sp", "mup")
+        return scales_depth(self.name)
 
     # ---- forward multipliers -------------------------------------------------------------------
     def multipliers(self) -> Multipliers:

@@ -112,7 +112,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             detail = f"  {state.error}" if state.error else ""
             print(f"  {mark} {state.status:<9} {point.label}  runs/{point.id}{detail}")
         if args.status:
-            if sweep.spec.is_file():
+            if sweep.spec.is_file() or sweep.runs.is_dir():
                 write_index(spec, sweep, points)
                 print(f"{format_counts(count(current.values()))}; index: {sweep.index}")
             else:  # a look at a sweep that has not started leaves no directory behind

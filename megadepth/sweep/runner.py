@@ -214,8 +214,9 @@ def _check_base_shape(points: Sequence[Point]) -> None:
     """A grid over depth (width) needs a fixed base depth (width). Unset, each point is its own base
     shape (r = 1, m = 1): every depth-aware (width-aware) preset then trains the SP model and the sweep
     compares SP with itself under other names, for hours, with nothing to show for it."""
-    for dim, base, scales in (("depth", "base_depth", lambda name: name not in ("sp", "mup")),
-                              ("width", "base_width", lambda name: name != "sp")):
+    from megadepth.parametrize.rules import scales_depth, scales_width
+
+    for dim, base, scales in (("depth", "base_depth", scales_depth), ("width", "base_width", scales_width)):
         values = sorted({getattr(p.config.model, dim) for p in points})
         if len(values) < 2:
             continue

@@ -295,14 +295,16 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
     axes = _parse_axes(data.get("grid"), where)
     axis_keys = [k for keys, _ in axes for k in keys]
     budget = _parse_budget(data.get("budget"), axis_keys, where)
-    base = data.get("base") or []
+    base = data.get("base", [])
+    if base is None:
+        base = []
     if isinstance(base, str):
         base = [base]
     if not isinstance(base, list) or not all(isinstance(b, str) and b for b in base):
         raise ConfigError(f"{where}: 'base' must be a config file name or a list of file names, got {base!r}")
     config: dict[str, Any] = {}
     for path in base:
-        config = deep_merge(config, read_yaml((base_dir or Path(".")) / path))
+        config = deep_merge(config, read_yaml((base_dir or Path(".")) / Path(path).expanduser()))
     inline = data.get("config") or {}
     if not isinstance(inline, Mapping):
         raise ConfigError(f"{where}: 'config' must be a mapping of config sections, got {type(inline).__name__}")

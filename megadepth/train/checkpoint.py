@@ -69,7 +69,12 @@ def saved_data(tag_dir: Path) -> list[dict[str, Any]] | None:
         data = json.loads((tag_dir / POSITION).read_text(encoding="utf-8"))["data"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return data if isinstance(data, list) and all(isinstance(d, dict) for d in data) else None
+    def well_formed(d: Any) -> bool:
+        return (isinstance(d, dict) and isinstance(d.get("documents"), int) and isinstance(d.get("tokens"), int)
+                and isinstance(d.get("lengths_sha256"), str)
+                and (d.get("share") is None or (isinstance(d["share"], (int, float))
+                                                 and not isinstance(d["share"], bool))))
+    return data if isinstance(data, list) and all(well_formed(d) for d in data) else None
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 from pathlib import Path
 
 from megadepth.config.load import ConfigError
@@ -17,11 +18,27 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-@functools.lru_cache(maxsize=32)
 def _split_sizes(comp: str, valid_fraction: float) -> tuple[int, int, int, int, int]:
     """(documents, train documents, train tokens, valid documents, valid tokens) of one component, split
-    as build_datasets splits it. Cached per process: a sweep checks many grid points on the same data,
-    and opening a large corpus reads every document size."""
+    as build_datasets splits it. Cached per process by the resolved path and the name, size and mtime of
+    every ``.idx`` file (a sweep checks many grid points on the same data, and opening a large corpus
+    reads every document size): another working directory or rewritten shards miss the cache."""
+    path = Path(comp).resolve()
+    idx = sorted(path.glob("*.idx")) if path.is_dir() else [path.with_name(path.name + ".idx")]
+    stats = tuple((f.name, st.st_size, st.st_mtime_ns) for f in idx if (st := _stat(f)) is not None)
+    return _split_sizes_cached(str(comp), str(path), stats, valid_fraction)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    try:
+        return path.stat()
+    except OSError:
+        return None
+
+
+@functools.lru_cache(maxsize=32)
+def _split_sizes_cached(comp: str, _resolved: str, _stats: tuple, valid_fraction: float
+                        ) -> tuple[int, int, int, int, int]:
     corpus = DocumentCorpus.from_path(comp)
     train_ids, valid_ids = split_documents(corpus.num_docs, valid_fraction)
     lengths = corpus.doc_lengths

@@ -149,6 +149,12 @@ def _check_same_data(config: Config, tag_dir: Path, new_run: str) -> None:
             f"{tag_dir} trained on {len(saved)} data component(s), data.path now names {len(now)}: a resume "
             f"continues the data it stopped in; resume with the same data, or {new_run}"
         )
+    if [d["lengths_sha256"] for d in saved] != [d["lengths_sha256"] for d in now] and \
+            sorted(d["lengths_sha256"] for d in saved) == sorted(d["lengths_sha256"] for d in now):
+        raise ConfigError(
+            f"data.path lists the components {tag_dir} trained on in another order: the blend schedule numbers "
+            f"them by position; list them as before, or {new_run}"
+        )
     shares = [(was.get("share"), cur.get("share")) for was, cur in zip(saved, now, strict=True)]
     if any(a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-9) for a, b in shares):
         listing = ", ".join(f"{a:.4g} -> {b:.4g}" for a, b in shares if a is not None and b is not None)
