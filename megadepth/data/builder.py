@@ -163,9 +163,11 @@ def data_fingerprint(path: DataPath) -> list[dict[str, Any]]:
     out = []
     for w, p in components:
         corpus = DocumentCorpus.from_path(p)
-        lengths = np.ascontiguousarray(corpus.doc_lengths, dtype="<i8").tobytes()
+        digest = hashlib.sha256()  # of all document lengths as little-endian int64, one shard at a time
+        for shard in corpus.shards:
+            digest.update(np.ascontiguousarray(shard.sequence_lengths, dtype="<i8").tobytes())
         entry: dict[str, Any] = {"documents": corpus.num_docs, "tokens": corpus.num_tokens,
-                                 "lengths_sha256": hashlib.sha256(lengths).hexdigest()}
+                                 "lengths_sha256": digest.hexdigest()}
         if len(components) > 1:
             entry["share"] = w / total
         out.append(entry)
