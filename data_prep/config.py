@@ -387,6 +387,4 @@ def _read_yaml(p: Path) -> Any:
     try:
         return safe_load_unique(text) or {}
     except yaml.YAMLError as e:
-        raise DataError(f"{p}: not valid YAML ({_yaml_reason(e)})") from None
-    except RecursionError:
-        raise DataError(f"{p}: not valid YAML (nested too deeply to read)") from None
+        raise DataError(f"{p}: not valid YAML ({_yaml_reason(e)})") from None  # too deep nesting included

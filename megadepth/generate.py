@@ -74,9 +74,7 @@ class Generator:
 
         check_tag(tag)  # both before the checkpoint is read (consolidating it is the expensive part)
         self.device = resolve_device(device)
-        run_dir = Path(run_dir)
-        ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
-        config, state, self.tag = consolidated_state(ckpt_dir, tag)
+        config, state, self.tag = consolidated_state(Path(run_dir), tag)
         self.config: Config = config
         ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
         self.model = GPT(config.model, ptz.multipliers())

@@ -424,11 +424,11 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
     except ImportError:
         raise ConfigError("export --format hf needs the transformers package: pip install 'megadepth[hf]'") from None
     from megadepth.parallel.merge import consolidated_state
-    from megadepth.train.checkpoint import check_tag
+    from megadepth.train.checkpoint import check_tag, checkpoints_folder
 
     check_tag(tag)
     run_dir, out = Path(run_dir), Path(out)
-    ckpt_dir = run_dir / "checkpoints" if (run_dir / "checkpoints").is_dir() else run_dir
+    ckpt_dir = checkpoints_folder(run_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty directory: choose a new output directory")
     config, state, tag = consolidated_state(ckpt_dir, tag)

@@ -21,7 +21,14 @@ import yaml
 
 from megadepth.config.load import ConfigError, to_yaml, validate
 from megadepth.config.schema import Config
-from megadepth.train.checkpoint import LATEST, check_tag, complete_tags, gathered_weights_file, latest_tag
+from megadepth.train.checkpoint import (
+    LATEST,
+    check_tag,
+    checkpoints_folder,
+    complete_tags,
+    gathered_weights_file,
+    latest_tag,
+)
 from megadepth.train.rundir import atomic_write_text
 
 
@@ -104,9 +111,7 @@ def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Co
     meta-device skeleton); replicated parameters must agree across ranks; pipeline checkpoints are read
     layer by layer. Only plain tensors are read (``weights_only=True``).
     """
-    ckpt_dir = Path(ckpt_dir)
-    if (ckpt_dir / "checkpoints").is_dir() and not (ckpt_dir / LATEST).exists():
-        ckpt_dir = ckpt_dir / "checkpoints"  # a run directory, as generate, export and init_from take it
+    ckpt_dir = checkpoints_folder(Path(ckpt_dir))
     config, tag = _read_config(ckpt_dir, tag)
     folder = ckpt_dir / tag
     shards = _shards_pipeline(config, folder) if config.parallel.pipeline > 1 else _shards_plain(config, folder)

@@ -54,6 +54,12 @@ def position(tag_dir: Path) -> tuple[int, int] | None:
         return None
 
 
+def checkpoints_folder(path: Path) -> Path:
+    """A run directory stands for its ``checkpoints/``; any other folder (a checkpoints folder, merge-tp
+    output) for itself. What generate, export, merge-tp and train.init_from accept."""
+    return path / "checkpoints" if (path / "checkpoints").is_dir() else path
+
+
 def check_tag(tag: str | None) -> None:
     """A ``--tag`` names a checkpoint of the run's checkpoints folder (step_00000100), never a path
     elsewhere (``../../x`` was followed by generate, export and merge-tp)."""

@@ -56,13 +56,12 @@ class WeightSource:
 def check_init_source(config: Config) -> WeightSource:
     """Resolve ``train.init_from`` (a checkpoints folder, one checkpoint in it, or merge-tp output) and
     check that it holds a complete checkpoint of this model's shape; ConfigError otherwise."""
-    from megadepth.train.checkpoint import latest_tag, saved_config
+    from megadepth.train.checkpoint import checkpoints_folder, latest_tag, saved_config
 
     raw = Path(str(config.train.init_from))
     if not raw.exists():
         raise ConfigError(f"train.init_from: {raw} does not exist")
-    if (raw / "checkpoints").is_dir():  # a run directory: its checkpoints
-        raw = raw / "checkpoints"
+    raw = checkpoints_folder(raw)
     found = latest_tag(raw) if raw.is_dir() else None
     if found is not None:  # a checkpoints folder (or merge-tp output): its latest complete checkpoint
         ckpt_dir, tag = raw, found
