@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # ONE device call for issue "Training throughput": megadepth bench and the plain-PyTorch reference, side
-# by side, for the three BENCHMARKS.md shapes; a table last, JSON under $OUT. Budget: about 8 minutes.
+# by side, for the three shapes of configs/bench (gpt-124m, gpt-350m, gpt-1.3b); a table last, JSON under $OUT. Budget: about 8 minutes.
 #
 # Prepare once on the development machine (from the repository root):
-#   bash ../shared/device/fetch-wheels.sh            # DeepSpeed + pydantic wheels into .whl/ (git-ignored)
+#   pip download --no-deps -d .whl deepspeed pydantic pydantic-core  # wheels into .whl/ (git-ignored), for a
+#                                                    # GPU machine that cannot reach a package index
 # Then the device call (carry [".whl"]):
 #   bash benchmarks/gpu_bench.sh
 # On a CPU machine, for a dry run of every part at a tiny shape:
@@ -26,7 +27,7 @@ if [ -d .whl ]; then
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 fi
-export TORCH_CUDA_ARCH_LIST=9.0   # the image's 9.0a breaks DeepSpeed's JIT builds (BENCHMARKS.md)
+export TORCH_CUDA_ARCH_LIST=9.0   # the image's 9.0a breaks DeepSpeed's JIT builds of its fused ops
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')" | tee "$OUT/env.txt"
 plain_compile=""
 [ "$COMPILE" = "true" ] || plain_compile="--no-compile"

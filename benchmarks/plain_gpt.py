@@ -2,7 +2,7 @@
 
 bf16 autocast, torch.compile, fused AdamW, SDPA (flash attention on the GPU), tied embeddings, no
 biases, random tokens: what a nanoGPT-style training loop does, written here from scratch so that the
-ratio megadepth / plain is measured on the same machine in the same run (BENCHMARKS.md).
+ratio megadepth / plain is measured on the same machine in the same run.
 
     python benchmarks/plain_gpt.py configs/bench/gpt-124m.yaml --steps 20 --json out.json
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from data_prep.plan import STAGES, Plan, load_plan
 from data_prep.stages import run_unit
-from megadepth.config.sbatch import sbatch_value_problem
+from megadepth.config.sbatch import sbatch_value_problem, script_path_problem
 from megadepth.data.indexed import DataError, atomic_write_bytes
 
 __all__ = ["run_local", "run_task", "write_slurm_scripts"]
@@ -69,7 +69,8 @@ def _postfix(stage: str, done: list[dict], t0: float) -> str:
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
     """Hold ``OUT/.prep.lock`` for the run: two local runs into one directory would each replace the
-    other's outputs. (Slurm tasks of one plan share a directory on purpose and take no lock.)"""
+    other's outputs, and ``prep slurm`` (which holds it while it writes) would replace a running one's
+    plan.json. (Slurm tasks of one plan share a directory on purpose and take no lock.)"""
     try:
         out.mkdir(parents=True, exist_ok=True)
         f = open(out / LOCK, "a+")  # noqa: SIM115 - closed by the with below
@@ -80,7 +81,7 @@ def _exclusive(out: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0)
-            holder = f.read().strip() or "?"
+            holder = (f.read().split() or ["?"])[0]  # the pid its holder wrote
             raise DataError(f"--out {out}: another 'megadepth prep run' (pid {holder}) is writing here") from None
         except OSError:
             pass  # a file system without locks: run unguarded, as before
@@ -246,7 +247,7 @@ _SBATCH = """#!/bin/bash
 #SBATCH --cpus-per-task={cpus}
 #SBATCH --mem={mem}
 #SBATCH --time={time}
-#SBATCH --output={logs}/{stage}_%A_%a.log
+#SBATCH --output={log_pattern}
 #SBATCH --requeue
 {extra}set -euo pipefail
 cd {cwd}
@@ -259,7 +260,7 @@ _SUBMIT = """#!/bin/bash
 set -euo pipefail
 cd "$(dirname "$0")"
 dep=""
-{body}echo "submitted; the data directory is complete when {out}/manifest.json exists"
+{body}echo {done_message}
 """
 
 
@@ -275,7 +276,11 @@ def write_slurm_scripts(
     max_parallel: int | None = None,
     python: str | None = None,
 ) -> Path:
-    """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh."""
+    """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh.
+
+    Every path and value reaches the scripts shell-quoted (a directory named ``out$(cmd)`` must not run
+    ``cmd`` when a script runs); a path no quoting carries into an ``#SBATCH`` line is refused. Holds
+    ``OUT/.prep.lock`` while writing: a ``prep run`` working in OUT would have its plan.json replaced."""
     counts = {"--tasks": tasks, "--cpus-per-task": cpus_per_task}
     if max_parallel is not None:  # None: no throttle; 0 or less is a mistake, not "no throttle"
         counts["--max-parallel"] = max_parallel
@@ -284,8 +289,17 @@ def write_slurm_scripts(
             raise DataError(f"{option} must be >= 1, got {value!r}")
     problem = sbatch_value_problem({"--partition": partition, "--account": account, "--time": time_limit,
                                     "--mem": mem})
+    problem = problem or script_path_problem("--out", str(plan.out))
     if problem:
         raise DataError(problem)
+    with _exclusive(plan.out):
+        return _write_scripts(plan, tasks, partition, account, time_limit, mem, cpus_per_task, max_parallel,
+                              python or sys.executable)
+
+
+def _write_scripts(plan: Plan, tasks: int, partition: str | None, account: str | None, time_limit: str, mem: str,
+                   cpus_per_task: int, max_parallel: int | None, python: str) -> Path:
+    """The files of :func:`write_slurm_scripts`, its inputs checked and the lock held."""
     plan.save()
     sdir = plan.out / "slurm"
     logs = sdir / "logs"
@@ -295,7 +309,6 @@ def write_slurm_scripts(
         extra += f"#SBATCH --partition={partition}\n"
     if account:
         extra += f"#SBATCH --account={account}\n"
-    python = python or sys.executable
     body = ""
     for stage in STAGES:
         n = len(plan.units(stage))
@@ -313,7 +326,7 @@ def write_slurm_scripts(
             cpus=cpus_per_task,
             mem=mem,
             time=time_limit,
-            logs=shlex.quote(str(logs)),
+            log_pattern=shlex.quote(f"{logs}/{stage}_%A_%a.log"),
             extra=extra,
             cwd=shlex.quote(os.getcwd()),
             python=shlex.quote(python),
@@ -327,6 +340,7 @@ def write_slurm_scripts(
             f'echo "{stage}: job $jid"\ndep="${{jid%%;*}}"\n'
         )
     submit = sdir / "submit.sh"
-    atomic_write_bytes(submit, _SUBMIT.format(body=body, out=plan.out).encode())
+    done_message = f"submitted; the data directory is complete when {plan.out}/manifest.json exists"
+    atomic_write_bytes(submit, _SUBMIT.format(body=body, done_message=shlex.quote(done_message)).encode())
     submit.chmod(0o755)
     return submit

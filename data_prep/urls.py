@@ -1,4 +1,4 @@
-"""URL filtering (stage 2 of DATA.md): drop pages by domain, exact URL or words in the URL, before any
+"""URL filtering (stage 2 of the pipeline in docs/data_prep.md): drop pages by domain, exact URL or words in the URL, before any
 HTML is extracted.
 
 Blocklists are plain text files, one entry per line (``#`` starts a comment): a bare domain

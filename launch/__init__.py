@@ -1,7 +1,7 @@
 """Launching megadepth: the DeepSpeed launcher on one node, over ssh from a hostfile, one launcher per
 node (Slurm, Kubernetes), and Slurm batch scripts (docs/launching.md).
 
-This package knows how to start processes; it does not know the model (DESIGN.md).
+This package knows how to start processes; it does not know the model.
 """
 
 from launch.deepspeed_launcher import LaunchSpec, build_command, launcher_env

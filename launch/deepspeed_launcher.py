@@ -50,6 +50,9 @@ class LaunchSpec:
     overrides: tuple[str, ...] = ()
     master_port: int = 29500
     use_gpu: bool = False
+    """This node's ranks use its GPUs (decided where the launcher runs: the node itself)."""
+    cpu_only: bool = False
+    """train.device is 'cpu': the ranks use the CPU on whatever node runs the command."""
     extra_env: dict[str, str] = field(default_factory=dict)
     hostfile: str | None = None
     """-H: the hostfile (hostfile and per-node launches); None: this node only."""
@@ -168,9 +171,23 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
-def launcher_env(spec: LaunchSpec, cpu_count: int | None = None) -> dict[str, str]:
-    """Environment additions for the ranks: the CPU accelerator and a fair thread share without GPUs."""
+def portable_env(spec: LaunchSpec) -> dict[str, str]:
+    """Environment additions any node needs, whatever its hardware: the CPU accelerator when the config
+    asks for the CPU (else DeepSpeed would take a GPU node's GPUs). What a printed per-node command carries:
+    it may be run on another node than the one that printed it (a GPU-less login node's facts would force
+    a GPU node onto its CPU). Without OMP_NUM_THREADS the trainer gives each CPU rank its share of the
+    node's CPUs itself, at run time."""
     env: dict[str, str] = dict(spec.extra_env)
+    if spec.cpu_only:
+        env.setdefault("DS_ACCELERATOR", "cpu")
+    return env
+
+
+def launcher_env(spec: LaunchSpec, cpu_count: int | None = None) -> dict[str, str]:
+    """Environment additions for the ranks this launcher starts on this node: :func:`portable_env`, and
+    when they run on its CPUs the CPU accelerator (no DeepSpeed auto-detection warning) and a fair thread
+    share of the CPUs this process may use."""
+    env = portable_env(spec)
     if not spec.use_gpu:
         env.setdefault("DS_ACCELERATOR", "cpu")
         cores = cpu_count or usable_cpus()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import socket
 import tempfile
 from collections.abc import Iterable
@@ -120,35 +119,17 @@ def generated_hosts(nnodes: int, slots: int) -> list[Host]:
     return [Host(f"node{i}", slots, i + 1) for i in range(nnodes)]
 
 
-def generated_hostfile_path(nnodes: int, slots: int) -> Path:
-    """Where a per-node launch writes its generated hostfile: fixed by its contents, so that --dry-run
-    prints the very path a real launch uses, and so that launchers on one machine share one file."""
-    uid = os.getuid() if hasattr(os, "getuid") else 0
-    return Path(tempfile.gettempdir()) / f"megadepth-u{uid}-hostfile-{nnodes}x{slots}"
-
-
-def write_hostfile(hosts: list[Host], path: Path) -> Path:
-    """Write atomically (a temporary file, then rename): concurrent writers of the same contents are safe.
-
-    The temporary file is made with ``os.open(..., 0o666)`` (O_EXCL, a random name), not mkstemp, whose
-    0600 the rename would keep: the kernel applies the umask at creation, so the hostfile gets the mode
-    of any file the user writes, without reading the umask (which cannot be done without changing it).
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = str(path.with_name(f"{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"))
-        try:
-            fd = os.open(tmp, flags, 0o666)
-            break
-        except FileExistsError:
-            continue
+def write_private_hostfile(hosts: list[Host]) -> Path:
+    """A per-node launch's generated hostfile, in a new file of the temporary folder that only this user can
+    read or replace (mkstemp: a random name, created exclusively, mode 0600). A fixed name there could be
+    made first by any other user of the machine, as a file, directory or link, and block (or feed) every
+    per-node launch. The caller removes it once the launcher has ended."""
+    nnodes, slots = len(hosts), hosts[0].slots if hosts else 0
+    fd, name = tempfile.mkstemp(prefix=f"megadepth-hostfile-{nnodes}x{slots}-")
     try:
         with os.fdopen(fd, "w") as handle:
             handle.write(format_hostfile(hosts))
-        os.replace(tmp, path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        os.unlink(name)
         raise
-    return path
+    return Path(name)

@@ -26,7 +26,6 @@ from launch.hostfile import (
     LaunchError,
     check_resolvable,
     check_slots,
-    generated_hostfile_path,
     generated_hosts,
     read_hostfile,
 )
@@ -55,9 +54,10 @@ class LaunchPlan:
     nproc_per_node: int
     hosts: tuple[Host, ...]
     hostfile: Path | None
-    """What DeepSpeed gets as -H (None in single-node mode)."""
+    """What DeepSpeed gets as -H (None in single-node mode, and where the launcher writes one itself)."""
     hostfile_generated: bool
-    """True: the launcher writes ``hostfile`` itself (per-node mode without --hostfile)."""
+    """True: the launcher writes a hostfile of ``hosts`` itself, at launch time, into a private temporary
+    file (per-node mode without --hostfile)."""
     num_nodes: int | None
     """--num_nodes for DeepSpeed: set when only the first N hosts of a longer hostfile take part."""
     node_rank: int | None
@@ -140,7 +140,7 @@ def plan_launch(req: LaunchRequest, free_port: Callable[[], int], resolve_hosts:
             raise LaunchError("--node-rank needs --nnodes (how many nodes take part) or a --hostfile")
         else:
             hosts, num_nodes = generated_hosts(req.nnodes, k), None
-            hostfile, generated = generated_hostfile_path(req.nnodes, k), True
+            hostfile, generated = None, True
         if req.node_rank >= len(hosts):
             raise LaunchError(
                 f"--node-rank {req.node_rank} is out of range for {len(hosts)} node(s) (0..{len(hosts) - 1})"
@@ -221,3 +221,24 @@ def check_slurm_request(req: LaunchRequest) -> int:
     if req.master_port is not None and not 1 <= req.master_port <= 65535:
         raise LaunchError(f"--master-port must be a TCP port, 1-65535 (got {req.master_port})")
     return req.nnodes * req.nproc_per_node
+
+
+def check_local_devices(device: str, nproc: int, cuda_devices: int, cpus: int, *, elsewhere: bool) -> list[str]:
+    """What this machine's devices say about ``nproc`` ranks of a config with ``train.device`` = ``device``
+    started here (single-node and per-node launches). Ranks that cannot run here are a LaunchError, unless
+    ``elsewhere``: the command is only printed (a per-node dry run) and may well be run on another node, so
+    a login node without GPUs, say, is only worth a warning. Returns the warnings, one line each: also CPU
+    ranks outnumbering the CPUs this process may use (they would share them, slowly)."""
+    problems = []
+    if device == "cuda" and cuda_devices == 0:
+        problems.append("train.device is 'cuda' but no CUDA device is available on this machine")
+    elif device != "cpu" and 0 < cuda_devices < nproc:
+        problems.append(f"--nproc-per-node {nproc} but this node has {cuda_devices} CUDA device(s)")
+    if problems and not elsewhere:
+        raise LaunchError(problems[0])
+    warnings = [f"megadepth: WARNING: {p}: run the printed command on a node that has enough" for p in problems]
+    if (device == "cpu" or cuda_devices == 0) and nproc > cpus:
+        where = "if run here, " if elsewhere and device != "cpu" else ""
+        warnings.append(f"megadepth: WARNING: {where}{nproc} CPU process(es) per node but this machine lets them use "
+                        f"only {cpus} CPU(s): they will share them, slowly (fewer --nproc-per-node, or GPUs)")
+    return warnings

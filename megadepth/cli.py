@@ -1,4 +1,4 @@
-"""The ``megadepth`` command (DESIGN.md, "The megadepth command").
+"""The ``megadepth`` command: one subcommand per thing users do (train, launch, prep, sweep, report, ...).
 
 Bad input ends in one line on stderr and exit code 2; an unexpected crash keeps its traceback (exit 1).
 """
@@ -61,14 +61,18 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from megadepth.parallel.distributed import read_env
+    from megadepth.train.dry_run import derived_batch_warning, describe_run
     from megadepth.train.loop import train
 
     if args.args_b64 is not None:  # only an abbreviation of it gets here: main expands the full spelling
         raise ConfigError(f"spell out {ARGS_B64} (it cannot be abbreviated)")
     config = load_config(args.configs, args.overrides)
+    env = read_env()
+    warning = derived_batch_warning(config, env.world_size) if env.is_main else None
+    if warning:  # under a launcher (torchrun, srun, the DeepSpeed launcher): rank 0 says it once
+        print(warning, file=sys.stderr, flush=True)
     if args.dry_run:
-        from megadepth.train.dry_run import describe_run
-
         print(describe_run(config))
         return 0
     summary = train(config)
@@ -78,6 +82,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_launch(args: argparse.Namespace) -> int:
     """Check everything for the whole job (options, hostfile, config at the total world size), then run
     the DeepSpeed launcher, or print it (--dry-run), or write a Slurm script (--slurm)."""
+    import dataclasses
     import shlex
     from pathlib import Path
 
@@ -89,14 +94,24 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         check_remote_shell_safe,
         describe,
         launcher_env,
+        portable_env,
         run,
         train_arguments,
+        usable_cpus,
     )
-    from launch.hostfile import LaunchError, format_hostfile, write_hostfile
-    from launch.plan import LaunchRequest, check_slurm_request, check_ssh_mode, plan_launch
+    from launch.hostfile import LaunchError, format_hostfile, write_private_hostfile
+    from launch.plan import (
+        LaunchRequest,
+        check_local_devices,
+        check_slurm_request,
+        check_ssh_mode,
+        plan_launch,
+    )
     from launch.slurm import SlurmSpec, render_sbatch
     from megadepth.parallel.distributed import free_port
+    from megadepth.train.dry_run import derived_batch_warning, device_text, start_text, summary_lines
     from megadepth.train.preflight import check_run_dir, preflight
+    from megadepth.train.rundir import RunDir
 
     request = LaunchRequest(args.nproc_per_node, args.hostfile, args.nnodes, args.node_rank, args.master_addr,
                             args.master_port)
@@ -115,19 +130,26 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         raise ConfigError(str(exc)) from None
 
     config = load_config(args.configs, args.overrides)
-    use_gpu = torch.cuda.is_available() and config.train.device != "cpu"
+    gpus_here = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    use_gpu = gpus_here > 0 and config.train.device != "cpu"
+    # a per-node command printed here may be meant for another node (a login node prints a GPU node's)
+    elsewhere = args.dry_run and plan is not None and plan.mode == "per-node"
+    warnings = []
     if plan is not None and plan.mode != "hostfile":  # the ranks run on this machine: check its devices
-        if use_gpu and args.nproc_per_node > torch.cuda.device_count():
-            raise ConfigError(
-                f"--nproc-per-node {args.nproc_per_node} but this node has {torch.cuda.device_count()} CUDA device(s)"
-            )
-        if config.train.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no CUDA device is available")
-    layout, _, _ = preflight(config, world_size)  # every rank's checks, once for the whole job, before any process
+        try:
+            warnings = check_local_devices(config.train.device, args.nproc_per_node, gpus_here, usable_cpus(),
+                                           elsewhere=elsewhere)
+        except LaunchError as exc:
+            raise ConfigError(str(exc)) from None
+    layout, grad_accum, global_batch = preflight(config, world_size)  # every rank's checks, once, up front
+    started = None
     if plan is not None and (plan.mode != "hostfile" or Path(config.train.out_dir).exists()):
         # what the run directory holds (resume at another layout, 'never'/'must', init_from): rank 0 reads
         # it here; with a hostfile only when it is visible from this node (it usually is: a shared disk)
-        check_run_dir(config, layout.data)
+        started = check_run_dir(config, layout.data)
+    batch_warning = derived_batch_warning(config, world_size)
+    for line in [batch_warning, *warnings] if batch_warning else warnings:
+        print(line, file=sys.stderr, flush=True)
 
     try:
         if plan is None:
@@ -157,28 +179,58 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         overrides=tuple(args.overrides),
         master_port=plan.master_port,
         use_gpu=use_gpu,
+        cpu_only=config.train.device == "cpu",
         hostfile=str(plan.hostfile) if plan.hostfile is not None else None,
         num_nodes=plan.num_nodes,
         node_rank=plan.node_rank,
         master_addr=plan.master_addr,
     )
-    # hostfile mode: the other nodes' ranks do not inherit this environment (docs/launching.md)
-    cmd, env = build_command(spec), ({} if plan.mode == "hostfile" else launcher_env(spec))
-    steps = []
-    if plan.hostfile_generated:
-        lines = format_hostfile(plan.hosts).splitlines()
-        steps.append(f"printf '%s\\n' {' '.join(shlex.quote(x) for x in lines)} > {shlex.quote(str(plan.hostfile))}")
-    steps.append(describe(cmd, env))
+    # hostfile mode: the other nodes' ranks do not inherit this environment (docs/launching.md); a printed
+    # per-node command carries only what any node needs
+    env = {} if plan.mode == "hostfile" else portable_env(spec) if elsewhere else launcher_env(spec)
     comments = [f"# {plan.summary()}"]
     if plan.mode == "hostfile":  # what --args-b64 carries, readable (the command itself is the real one)
         comments.append(f"# --args-b64: megadepth train {shlex.join(train_arguments(spec))}")
     if args.dry_run:
-        print("\n".join([*comments, *steps]))
+        gpus = None if elsewhere or plan.mode == "hostfile" else gpus_here
+        device, precision = device_text(config, gpus)
+        start = (start_text(config, RunDir(config.train.out_dir), *started) if started is not None else
+                 f"{config.train.out_dir} is not visible from this node: rank 0 checks it at start-up")
+        lines = ["megadepth launch --dry-run: the job's checks passed; nothing was started or written",
+                 *summary_lines(config, processes=world_size, layout=layout, grad_accum=grad_accum,
+                                global_batch=global_batch, device=device, precision=precision, start=start)]
+        if plan.mode == "hostfile":
+            lines.append("not checked by a dry run: pdsh on this machine and passwordless ssh to every host "
+                         "(a launch checks both before it starts anything)")
+        steps = [describe(build_command(spec), env)] if not plan.hostfile_generated else [
+            # a private file (mktemp) at run time, as the launch itself makes; the command reads "$hostfile"
+            "hostfile=$(mktemp) && printf '%s\\n' "
+            + " ".join(shlex.quote(x) for x in format_hostfile(plan.hosts).splitlines()) + ' > "$hostfile"',
+            describe(build_command(dataclasses.replace(spec, hostfile=HOSTFILE_MARK)), env).replace(
+                f" -H {HOSTFILE_MARK} ", ' -H "$hostfile" '),
+        ]
+        print("\n".join([*(f"# {line}".rstrip() for line in lines), *comments, *steps]))
         return 0
+    written = None
     if plan.hostfile_generated:
-        write_hostfile(list(plan.hosts), plan.hostfile)
-    print("\n".join(f"megadepth: {line.removeprefix('# ')}" for line in [*comments, steps[-1]]), flush=True)
-    return run(cmd, env)
+        try:
+            written = write_private_hostfile(list(plan.hosts))
+        except OSError as exc:
+            raise ConfigError(f"cannot write the generated hostfile in the temporary folder "
+                              f"({exc.strerror or exc})") from None
+        spec = dataclasses.replace(spec, hostfile=str(written))
+    try:
+        cmd = build_command(spec)
+        print("\n".join(f"megadepth: {line.removeprefix('# ')}" for line in [*comments, describe(cmd, env)]),
+              flush=True)
+        return run(cmd, env)
+    finally:
+        if written is not None:
+            written.unlink(missing_ok=True)
+
+
+HOSTFILE_MARK = "@HOSTFILE@"
+"""Where a per-node dry run's command names the hostfile the printed ``mktemp`` line makes (``"$hostfile"``)."""
 
 
 def _int_list(text: str) -> list[int]:
@@ -314,13 +366,12 @@ def _cmd_merge_tp(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from megadepth.export import export_hf
+    from megadepth.export.hf import describe_export
 
-    info = export_hf(args.run_dir, args.out, args.tag)
-    print(f"wrote {args.out}: GPT-2 (transformers) from {info['source']}, {info['parametrization']} multipliers "
-          f"folded into the weights; logits match megadepth's to {info['max_relative_logit_difference']:.1e}")
-    if info["tokenizer"] is None:
-        print("note: the run's data has no tokenizer.model and data.tokenizer is not set, so the export holds "
-              "no tokenizer (token ids only)", file=sys.stderr)
+    written, warning = describe_export(args.out, export_hf(args.run_dir, args.out, args.tag))
+    print(written)
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
@@ -463,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from megadepth.data import DataError
     from megadepth.parallel.distributed import StartupError
+    from megadepth.train.checkpoint import CheckpointError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
@@ -479,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StartupError as exc:
         print(f"megadepth: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
+    except CheckpointError as exc:  # the run's summary.json records it too
+        print(f"megadepth: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("megadepth: interrupted", file=sys.stderr)
         return 130

@@ -1,8 +1,7 @@
 """Run a function on N local ranks (gloo, CPU) from inside pytest, fast.
 
 Starting ranks through the DeepSpeed launcher costs 10-30 s a test, mostly imports. A multiprocessing
-forkserver that has already imported torch and DeepSpeed forks each rank in milliseconds
-(DEEPSPEED_CPU.md, "Fast distributed tests"). Each call gets its own free port and a timeout, and
+forkserver that has already imported torch and DeepSpeed forks each rank in milliseconds. Each call gets its own free port and a timeout, and
 every rank is killed if one fails, so a broken test cannot hang the suite.
 """
 
@@ -223,3 +222,19 @@ def train_rank_overtaken_during_startup(config_dict: dict) -> dict:
 
     loop.build_datasets = overtaken
     return loop.train(validate(config_dict))
+
+
+def train_rank_reporting(config_dict: dict) -> dict:
+    """Train; returns ``{"raised": "Type: message" or None, "summary": summary.json or None}`` so that a test
+    can look at a run that ends with an error on every rank."""
+    import json
+    from pathlib import Path
+
+    raised = None
+    try:
+        train_rank(config_dict)
+    except Exception as exc:
+        raised = f"{type(exc).__name__}: {exc}"
+    summary_file = Path(config_dict["train"]["out_dir"]) / "summary.json"
+    summary = json.loads(summary_file.read_text()) if summary_file.is_file() else None
+    return {"raised": raised, "summary": summary}

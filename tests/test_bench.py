@@ -1,5 +1,5 @@
 """`megadepth bench` and the plain-PyTorch reference: they run, report what they must, and MFU follows
-BENCHMARKS.md's convention (checked against the figures published there, not against our own code)."""
+the MFU convention of docs/throughput.md (checked against the nanoGPT anchor's published figures, not against our own code)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ TINY = ["model.depth=2", "model.width=64", "model.heads=4", "model.seq_len=32", 
 
 
 def test_flops_convention_reproduces_the_published_mfu() -> None:
-    """BENCHMARKS.md: gpt-124m at 512,648 tokens/s is 44.3% MFU, gpt-350m at 193,037 is 47.3%,
+    """The nanoGPT anchor (docs/throughput.md): gpt-124m at 512,648 tokens/s is 44.3% MFU, gpt-350m at 193,037 is 47.3%,
     gpt-1.3b at 61,519 is 56.4% (peak 989.4 TFLOP/s, vocab 50304)."""
     for (depth, width, seq), tok_s, mfu in [((12, 768, 1024), 512_648, 0.443), ((24, 1024, 1024), 193_037, 0.473),
                                             ((24, 2048, 2048), 61_519, 0.564)]:

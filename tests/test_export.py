@@ -92,7 +92,7 @@ def test_export_matches_megadepth_and_generates_the_same(sample_data: Path, tmp_
         export(tmp_path / "run", tmp_path / "private")
     assert {f.name: f.stat().st_mode & 0o777 for f in (tmp_path / "hf").iterdir()} == {
         name: 0o644 for name in ("config.json", "generation_config.json", "model.safetensors", "tokenizer.model",
-                                 "tokenizer.json", "tokenizer_config.json", "megadepth_export.json")}
+                                 "tokenizer.json", "tokenizer_config.json", "megadepth_export.json", "README.md")}
     assert {f.stat().st_mode & 0o777 for f in (tmp_path / "private").iterdir()} == {0o600}
     ours = megadepth_logits(tmp_path / "run")
     assert relative(ours, hf_logits(tmp_path / "hf")) < 1e-5
@@ -267,3 +267,104 @@ def test_a_tokenizer_that_would_be_wrong_is_not_written(tmp_path: Path, monkeypa
             hf_export.NO_HF_TOKENIZER_CLASS)
         with pytest.raises((ValueError, OSError)):
             AutoTokenizer.from_pretrained(folder)
+
+
+def readme_code(folder: Path, prompt: str) -> dict:
+    """Run the Python blocks of the export's README.md as a user would, FOLDER pointing at the export."""
+    import contextlib
+    import io
+    import re
+
+    text = (folder / "README.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    code = "\n".join(blocks).replace('FOLDER = "path/to/this/folder"', f"FOLDER = {str(folder)!r}")
+    namespace: dict = {"prompt": prompt, "text": prompt}
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        exec(compile(code, str(folder / "README.md"), "exec"), namespace)  # noqa: S102 - the README's own code
+    namespace["printed"] = printed.getvalue()
+    return namespace
+
+
+def greedy_as_megadepth_generates(run: Path, prompt: str, tokens: int) -> tuple[list[int], list[int]]:
+    """(context, new ids) of ``megadepth generate --temperature 0`` for ``prompt``."""
+    from megadepth.generate import Generator, SamplingOptions
+
+    gen = Generator(run, device="cpu")
+    context = gen.encode(prompt)
+    return context, gen.continue_ids(context, SamplingOptions(max_new_tokens=tokens, temperature=0))
+
+
+def test_the_export_readme_prompts_as_megadepth_generate_does(sample_data: Path, tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """megadepth generate puts an EOS before the prompt; the exported tokenizer adds none. The README says
+    so, and its code, run as written, conditions the model as megadepth generate does."""
+    run = tmp_path / "run"
+    run_ranks(train_rank, 1, tiny_config(sample_data, run, train={"save_final": True}))
+    capsys.readouterr()
+    export(run, tmp_path / "hf")
+    written = capsys.readouterr().out.strip()
+    files = sorted(f.name for f in (tmp_path / "hf").iterdir())
+    listed = json.loads((tmp_path / "hf" / "megadepth_export.json").read_text())["files"]
+    assert "README.md" in files and sorted(listed) == files
+    assert written.startswith(f"wrote {tmp_path / 'hf'}: ") and written.endswith(f"files: {', '.join(listed)}")
+    eos = spm.SentencePieceProcessor(model_file=str(sample_data / "tokenizer.model")).eos_id()
+    readme = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert f"encodes a prompt as `[{eos}] + sentencepiece.encode(prompt)`" in readme
+    assert "AutoTokenizer.from_pretrained(FOLDER)" in readme
+    prompt = "The standard library"
+    ns = readme_code(tmp_path / "hf", prompt)
+    context, new = greedy_as_megadepth_generates(run, prompt, 8)
+    assert ns["ids"] == context and context[0] == eos
+    assert ns["out"][0, len(context):len(context) + len(new)].tolist() == new
+    assert ns["printed"].startswith(prompt)
+
+
+def test_an_export_without_a_transformers_tokenizer_says_so_and_how_to_load_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A tokenizer with user-defined pieces (common for chat markers) cannot become a tokenizer.json:
+    the export printed plain success and AutoTokenizer later failed asking to install sentencepiece."""
+    import io
+    import re
+
+    from transformers import AutoTokenizer
+
+    from data_prep.sample_text import python_docs_documents
+    from data_prep.text_shards import build_text_shards
+
+    docs = python_docs_documents()
+    writer = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(docs), model_writer=writer, vocab_size=512,
+                                   model_type="bpe", user_defined_symbols=["<|user|>"], byte_fallback=True,
+                                   minloglevel=2)
+    (tmp_path / "chat.model").write_bytes(writer.getvalue())
+    (tmp_path / "docs.jsonl").write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
+    build_text_shards([tmp_path / "docs.jsonl"], tmp_path / "data", tokenizer=tmp_path / "chat.model",
+                      progress=False)
+    run, out = tmp_path / "run", tmp_path / "hf"
+    run_ranks(train_rank, 1, tiny_config(tmp_path / "data", run, train={"save_final": True}))
+    capsys.readouterr()
+    export(run, out)
+    stdout, stderr = capsys.readouterr()
+    written = stdout.strip()
+    assert "sentencepiece.model" in written and "tokenizer.json" not in written and "\n" not in written
+    (warning,) = [line for line in stderr.splitlines() if line.startswith("megadepth export: warning:")]
+    assert "no tokenizer.json written (not convertible: user-defined pieces" in warning
+    assert f"AutoTokenizer.from_pretrained('{out}') fails" in warning
+    # the way to load it that the warning names works: the ids training used
+    named = re.search(r"sentencepiece\.SentencePieceProcessor\(model_file='([^']+)'\)", warning)
+    assert named and Path(named.group(1)) == out / "sentencepiece.model"
+    kept = spm.SentencePieceProcessor(model_file=named.group(1))
+    trained = spm.SentencePieceProcessor(model_file=str(tmp_path / "chat.model"))
+    for text in [*VARIED, "<|user|> hello"]:
+        assert kept.encode(text) == trained.encode(text)
+    with pytest.raises((ValueError, OSError)):
+        AutoTokenizer.from_pretrained(out)
+    readme = (out / "README.md").read_text(encoding="utf-8")
+    assert "No `tokenizer.json` could be written (not convertible: user-defined pieces" in readme
+    # the README's own code (sentencepiece, EOS first) generates what megadepth generate does
+    prompt = "The Python tutorial"
+    ns = readme_code(out, prompt)
+    context, new = greedy_as_megadepth_generates(run, prompt, 8)
+    assert ns["ids"] == context and context[0] == trained.eos_id()
+    assert ns["out"][0, len(context):len(context) + len(new)].tolist() == new

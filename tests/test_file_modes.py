@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from launch.hostfile import Host, write_hostfile
 from megadepth.data.indexed import atomic_write_bytes
 from megadepth.export.hf import _give_umask_modes
 from megadepth.train.rundir import MetricsLog, atomic_write_json, atomic_write_text
@@ -43,7 +42,6 @@ WRITERS: dict[str, Callable[[Path], None]] = {
     "atomic_write_text": lambda p: atomic_write_text(p, "step_00000003"),
     "atomic_write_json": lambda p: atomic_write_json(p, {"loss": 1.0}),
     "atomic_write_bytes": lambda p: atomic_write_bytes(p, b"\x00\x01"),
-    "write_hostfile": lambda p: write_hostfile([Host("node0", 2, 1)], p),
     "metrics_rewrite": rewrite_metrics,
 }
 

@@ -15,8 +15,10 @@ import shlex
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -28,10 +30,9 @@ from launch.deepspeed_launcher import LaunchSpec, build_command, decode_train_ar
 from launch.hostfile import (
     Host,
     LaunchError,
-    generated_hostfile_path,
     parse_hostfile_text,
     read_hostfile,
-    write_hostfile,
+    write_private_hostfile,
 )
 from launch.plan import LaunchRequest, plan_launch
 from launch.slurm import SlurmSpec, render_sbatch
@@ -92,12 +93,18 @@ def test_missing_hostfile(tmp_path: Path) -> None:
         read_hostfile(tmp_path / "nope")
 
 
-def test_generated_hostfile_written_atomically(tmp_path: Path) -> None:
+def test_generated_hostfile_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A per-node launch's hostfile: a new file of this user's only (0600, a random name), never a fixed name
+    in the shared temporary folder that another user could make first."""
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # read TMPDIR again
     hosts = [Host("node0", 2), Host("node1", 2)]
-    path = write_hostfile(hosts, tmp_path / "sub" / "hf")
-    assert path.read_text() == "node0 slots=2\nnode1 slots=2\n"
-    assert [(h.name, h.slots) for h in read_hostfile(path)] == [("node0", 2), ("node1", 2)]
-    assert os.listdir(tmp_path / "sub") == ["hf"]  # no temporary file left beside it
+    first, second = write_private_hostfile(hosts), write_private_hostfile(hosts)
+    assert first != second and first.parent == second.parent == tmp_path
+    for path in (first, second):
+        assert path.read_text() == "node0 slots=2\nnode1 slots=2\n"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert [(h.name, h.slots) for h in read_hostfile(first)] == [("node0", 2), ("node1", 2)]
 
 
 # --- plans and commands ----------------------------------------------------------------------------------
@@ -113,12 +120,12 @@ def test_single_node_plan_and_command() -> None:
 def test_per_node_plan_generates_a_hostfile() -> None:
     plan = plan_launch(LaunchRequest(8, nnodes=2, node_rank=1, master_addr="10.0.0.1"), free_port=_no_port)
     assert (plan.mode, plan.nnodes, plan.world_size, plan.master_port) == ("per-node", 2, 16, 29500)
-    assert plan.hostfile_generated and plan.hostfile == generated_hostfile_path(2, 8)
+    assert plan.hostfile_generated and plan.hostfile is None  # written privately at launch time
     assert [(h.name, h.slots) for h in plan.hosts] == [("node0", 8), ("node1", 8)]
     assert plan.summary() == "node 1 of 2: ranks 8-15 of 16, rendezvous at 10.0.0.1:29500"
-    cmd = build_command(LaunchSpec(8, ("c.yaml",), hostfile=str(plan.hostfile), node_rank=1,
+    cmd = build_command(LaunchSpec(8, ("c.yaml",), hostfile="hf", node_rank=1,
                                    master_addr="10.0.0.1", master_port=29500))
-    assert cmd[1:12] == ["-H", str(plan.hostfile), "--num_gpus", "8", "--no_ssh", "--node_rank", "1",
+    assert cmd[1:12] == ["-H", "hf", "--num_gpus", "8", "--no_ssh", "--node_rank", "1",
                          "--master_addr", "10.0.0.1", "--master_port", "29500"]
 
 
@@ -156,18 +163,23 @@ def test_dry_run_per_node(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixtu
                             "10.1.1.1", "--master-port", "29777", "--dry-run", str(cfg), "--set", "wandb.name=x y"],
                            capsys)
     assert code == 0
-    comment, printf, command = out.strip().splitlines()
-    hostfile = generated_hostfile_path(2, 2)
+    comment, printf, command = out.strip().splitlines()[-3:]
     assert comment == "# node 1 of 2: ranks 2-3 of 4, rendezvous at 10.1.1.1:29777"
-    assert printf == f"printf '%s\\n' 'node0 slots=2' 'node1 slots=2' > {hostfile}"
-    assert f"-H {hostfile} --num_gpus 2 --no_ssh --node_rank 1 --master_addr 10.1.1.1 --master_port 29777 " \
+    assert printf == "hostfile=$(mktemp) && printf '%s\\n' 'node0 slots=2' 'node1 slots=2' > \"$hostfile\""
+    assert '-H "$hostfile" --num_gpus 2 --no_ssh --node_rank 1 --master_addr 10.1.1.1 --master_port 29777 ' \
            "--no_local_rank --module megadepth train" in command
-    assert command.endswith("--set 'wandb.name=x y'") and "DS_ACCELERATOR=cpu OMP_NUM_THREADS=" in command
+    # for any node: no CPU accelerator (train.device is auto) or thread count of the machine that printed it
+    assert command.endswith("--set 'wandb.name=x y'") and "DS_ACCELERATOR" not in command
+    assert "OMP_NUM_THREADS" not in command
     assert not (tmp_path / "run").exists()
-    # the printed lines are a working shell script: the hostfile they write is the one DeepSpeed reads
+    # the printed lines are a working shell script: the hostfile they write is the one DeepSpeed reads (a
+    # stand-in `deepspeed` keeps a copy of its -H file)
+    stand_in = tmp_path / "deepspeed"
+    stand_in.write_text(f'#!/bin/sh\n[ "$1" = -H ] && cp "$2" {tmp_path / "hf"}\n')
+    stand_in.chmod(0o755)
     script = tmp_path / "dry.sh"
-    script.write_text(printf.replace(str(hostfile), str(tmp_path / "hf")) + "\n")
-    subprocess.run(["sh", str(script)], check=True)
+    script.write_text(out.replace(shlex.split(command)[0], str(stand_in)))
+    subprocess.run(["bash", str(script)], check=True, env={**os.environ, "TMPDIR": str(tmp_path)})
     assert (tmp_path / "hf").read_text() == "node0 slots=2\nnode1 slots=2\n"
 
 
@@ -177,8 +189,10 @@ def test_dry_run_hostfile_mode(cfg: Path, tmp_path: Path, capsys: pytest.Capture
     code, out, err = _launch(["--nproc-per-node", "2", "--hostfile", str(hf), "--master-addr", "127.0.0.1",
                               "--dry-run", str(cfg)], capsys)
     assert code == 0, err
-    comment, args_comment, command = out.strip().splitlines()
+    comment, args_comment, command = out.strip().splitlines()[-3:]
     assert comment == "# 2 node(s) x 2 = 4 processes over ssh on localhost, 127.0.0.1"  # 2 of each host's 4 slots
+    # what a dry run leaves out is said
+    assert "# not checked by a dry run: pdsh on this machine and passwordless ssh to every host" in out
     # through pdsh whatever the number of hosts, without an INFO log of pdsh's command line (it holds the
     # exported variables)
     assert f"deepspeed -H {hf} --num_gpus 2 --force_multi --log_level warning --master_addr 127.0.0.1 " \
@@ -328,7 +342,8 @@ def test_slurm_script_runs_one_launcher_per_node(cfg: Path, tmp_path: Path) -> N
     assert "--nodes=2 --ntasks-per-node=1 --cpus-per-task=64 --kill-on-bad-exit=1" in srun_args
     commands = {}
     for node in (0, 1):
-        lines = (tmp_path / f"node{node}").read_text().strip().splitlines()
+        lines = [x for x in (tmp_path / f"node{node}").read_text().strip().splitlines() if x.startswith("# node")
+                 or not x.startswith(("#", "megadepth: WARNING"))]
         assert lines[0] == f"# node {node} of 2: ranks {2 * node}-{2 * node + 1} of 4, rendezvous at gpu-07:13456"
         commands[node] = lines[-1]
         assert f"--no_ssh --node_rank {node} --master_addr gpu-07 --master_port 13456" in lines[-1]

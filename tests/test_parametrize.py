@@ -1,4 +1,4 @@
-"""Parametrization rules against PARAMETRIZATIONS.md, worked out by hand for m = 4, r = 4."""
+"""Parametrization rules against the rules table of docs/parametrizations.md, worked out by hand for m = 4, r = 4."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ first step and after each step a fixed probe batch is run through the model and,
 - ``logits_change``     RMS of the logits' change (one value per model).
 
 Summaries per shape: the residual quantities at the last layer, the block quantities averaged over
-layers. Their log-log slopes against depth (and width) are what theory predicts (PARAMETRIZATIONS.md,
-"How to check an implementation"): under Depth-muP and CompleteP the residual stream and its change are
+layers. Their log-log slopes against depth (and width) are what theory predicts (docs/parametrizations.md,
+"Coordinate checks"): under Depth-muP and CompleteP the residual stream and its change are
 flat in depth while one block's output scales like r^-alpha; under SP they drift.
 """
 

@@ -14,9 +14,14 @@ def save_figure(fig: Any, out: Path) -> Path:
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp)
+        tmp.replace(out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written image eating space
+        raise
+    finally:
+        plt.close(fig)
     return out
 
 

@@ -140,20 +140,45 @@ def _suggest(key: str, candidates: Iterable[str]) -> str:
     return f"; did you mean '{best[0]}'?" if best else ""
 
 
-def _check_keys(data: Mapping[str, Any], model: type[BaseModel], prefix: str, source: str) -> None:
-    """Reject unknown keys with the dotted name and a suggestion (pydantic would only say 'extra')."""
+UnknownKey = tuple[str, str, str]
+"""(dotted key, where it was given, the hint of :func:`_suggest`): one unknown key, reported with the others."""
+
+
+def _unknown_keys(data: Mapping[str, Any], model: type[BaseModel], prefix: str, source: str,
+                  found: list[UnknownKey]) -> None:
+    """Append every unknown key of ``data`` to ``found`` with the dotted name and a suggestion (pydantic
+    would only say 'extra'), so that two typos cost one try, not two. A section given as something other
+    than a mapping is refused at once: the keys under it cannot be read."""
     for key, value in data.items():
         dotted = f"{prefix}{key}"
         field = model.model_fields.get(key)
         if field is None:
-            hint = _suggest(dotted, all_keys())
-            raise ConfigError(f"unknown config key '{dotted}'{source}{hint}")
+            found.append((dotted, source, _suggest(dotted, all_keys())))
+            continue
         sub = _section_model(field.annotation)
         if sub is not None:
             if not isinstance(value, Mapping):
                 raise ConfigError(f"config key '{dotted}'{source} must be a mapping of "
                                   f"{', '.join(sub.model_fields)}; got {value!r}")
-            _check_keys(value, sub, f"{dotted}.", source)
+            _unknown_keys(value, sub, f"{dotted}.", source, found)
+
+
+def unknown_keys_message(found: Sequence[UnknownKey]) -> str:
+    """One line for all unknown keys: the familiar sentence for one; for several, their count, then each
+    key with where it was given and its nearest valid key."""
+    if len(found) == 1:
+        key, source, hint = found[0]
+        return f"unknown config key '{key}'{source}{hint}"
+    items = [f"'{key}'{source}{': ' + hint.removeprefix('; ') if hint else ''}" for key, source, hint in found]
+    return f"{len(found)} unknown config keys: " + "; ".join(items)
+
+
+def _check_keys(data: Mapping[str, Any], model: type[BaseModel], prefix: str, source: str) -> None:
+    """Reject unknown keys, all of them in one message (see :func:`unknown_keys_message`)."""
+    found: list[UnknownKey] = []
+    _unknown_keys(data, model, prefix, source, found)
+    if found:
+        raise ConfigError(unknown_keys_message(found))
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -168,8 +193,17 @@ def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any
 
 
 def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read one YAML file (and the files it includes) into a plain dict."""
-    path = Path(path)
+    """Read one YAML file (and the files it includes) into a plain dict; its unknown keys (and those of
+    the files it includes) are refused together."""
+    found: list[UnknownKey] = []
+    data = _read_yaml(Path(path), found, _seen)
+    if found:
+        raise ConfigError(unknown_keys_message(found))
+    return data
+
+
+def _read_yaml(path: Path, found: list[UnknownKey], _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """:func:`read_yaml`, collecting unknown keys in ``found`` instead of raising for them."""
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     resolved = path.resolve()
@@ -187,8 +221,8 @@ def read_yaml(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: '{INCLUDE_KEY}' must be a file name or a list of file names, got {includes!r}")
     merged: dict[str, Any] = {}
     for inc in includes:
-        merged = deep_merge(merged, read_yaml(path.parent / Path(inc).expanduser(), (*_seen, resolved)))
-    _check_keys(data, Config, "", f" (in {path})")
+        merged = deep_merge(merged, _read_yaml(path.parent / Path(inc).expanduser(), found, (*_seen, resolved)))
+    _unknown_keys(data, Config, "", f" (in {path})", found)
     return deep_merge(merged, data)
 
 
@@ -238,16 +272,23 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _unknown_override(key: str) -> UnknownKey | None:
+    """The unknown-key entry of an override's key (None for a valid key); a section is refused at once."""
+    valid = all_keys()
+    if key in valid:
+        return None
+    section = [k for k in valid if k.startswith(key + ".")]
+    if section:
+        raise ConfigError(f"'{key}' is a config section, not a key: set its keys one by one, e.g. "
+                          f"--set {section[0]}=...")
+    return key, " (in --set)", _suggest(key, valid)
+
+
 def apply_override(data: dict[str, Any], key: str, value: Any) -> dict[str, Any]:
     """Set one dotted key, refusing keys the schema does not have."""
-    valid = all_keys()
-    if key not in valid:
-        section = [k for k in valid if k.startswith(key + ".")]
-        if section:
-            raise ConfigError(f"'{key}' is a config section, not a key: set its keys one by one, e.g. "
-                              f"--set {section[0]}=...")
-        hint = _suggest(key, valid)
-        raise ConfigError(f"unknown config key '{key}' (in --set){hint}")
+    unknown = _unknown_override(key)
+    if unknown is not None:
+        raise ConfigError(unknown_keys_message([unknown]))
     parts = key.split(".")
     update: dict[str, Any] = {parts[-1]: value}
     for part in reversed(parts[:-1]):
@@ -286,13 +327,43 @@ def validate(data: Mapping[str, Any]) -> Config:
         raise ConfigError(f"invalid config: {_describe_errors(exc)}") from None
 
 
+DEFAULT_RUN_ROOT = "runs"
+"""Where a run directory goes when no file or --set names train.out_dir (see :func:`default_out_dir`)."""
+
+
+def default_out_dir(paths: Sequence[str | Path]) -> str | None:
+    """``runs/<stems of the config files, joined by '+'>``: ``runs/quickstart`` for configs/quickstart.yaml,
+    ``runs/gpt-124m+completep`` for the model and parametrization files combined; None without files.
+
+    Every run used to share ``runs/default``, where a second experiment resumed (or was refused by) the
+    first one's checkpoints. The name comes from the command line alone (file names, not their folders or
+    contents), so every rank and node of a job, and a rerun of the same command after a preemption,
+    find the same directory; runs that differ only in --set values still share it, so name those."""
+    stems = list(dict.fromkeys(Path(p).stem for p in paths))
+    return f"{DEFAULT_RUN_ROOT}/{'+'.join(stems)}" if stems else None
+
+
 def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
-    """Merge ``paths`` left to right, apply ``overrides`` (``a.b=c``) in order, validate."""
+    """Merge ``paths`` left to right, apply ``overrides`` (``a.b=c``) in order, validate. Unknown keys in
+    every file and override are reported together; train.out_dir, when nothing sets it, is named after
+    the files (:func:`default_out_dir`)."""
+    found: list[UnknownKey] = []
     data: dict[str, Any] = {}
     for path in paths:
-        data = deep_merge(data, read_yaml(path))
+        data = deep_merge(data, _read_yaml(Path(path), found))
     for item in overrides:
-        data = apply_override(data, *parse_override(item))
+        key, value = parse_override(item)
+        unknown = _unknown_override(key)
+        if unknown is not None:
+            found.append(unknown)
+            continue
+        data = apply_override(data, key, value)
+    if found:
+        raise ConfigError(unknown_keys_message(found))
+    train = data.get("train")
+    derived = default_out_dir(paths)
+    if derived is not None and (train is None or isinstance(train, Mapping) and "out_dir" not in train):
+        data = deep_merge(data, {"train": {"out_dir": derived}})
     return validate(data)
 
 

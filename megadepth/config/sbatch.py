@@ -1,7 +1,10 @@
-"""Values megadepth writes into ``#SBATCH`` lines (prep's stage arrays, the sweep's arrays): one check.
+"""Values megadepth writes into ``#SBATCH`` lines (prep's stage arrays, the sweep's arrays, ``launch
+--slurm``): one check for option values, one for paths.
 
-sbatch reads those lines itself, not a shell: a space ends the value and the rest is silently dropped
-or misread, and quotes are kept literally. So a value may hold only what Slurm's options need.
+sbatch reads those lines itself, not a shell: a space ends an unquoted value and the rest is silently
+dropped or misread. So an option value (a partition, a time) may hold only what Slurm's options need, and
+a path (a log file under the output directory) is written quoted and must avoid the few characters no
+quoting carries through (:func:`script_path_problem`).
 """
 
 from __future__ import annotations
@@ -30,4 +33,22 @@ def sbatch_value_problem(values: Mapping[str, str | None]) -> str | None:
         if flag == "--time" and not SLURM_TIME.fullmatch(value):
             return (f"--time {value}: Slurm takes minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM or D-HH:MM:SS "
                     "(e.g. 04:00:00 or 1-12:00:00)")
+    return None
+
+
+SCRIPT_PATH_REFUSED = {"\n": "a line break", "\r": "a carriage return", "\\": "a backslash", "%": "a '%'"}
+"""Characters a path written into a batch script's ``#SBATCH --output=`` line or a comment line cannot hold.
+
+Everything else is written shell-quoted (``shlex.quote``), which sbatch's own reading of ``#SBATCH`` lines
+takes apart the same way. But a line break would end the comment or ``#SBATCH`` line and turn the rest of
+the path into a shell command (and stop sbatch reading the directives that follow), sbatch treats a
+backslash as an escape even inside quotes, and it expands ``%`` in log file names (``%j``: the job id)."""
+
+
+def script_path_problem(option: str, path: str) -> str | None:
+    """Why ``path`` cannot be written into a generated Slurm script, as one line, or None."""
+    for char, what in SCRIPT_PATH_REFUSED.items():
+        if char in path:
+            return (f"{option} {path!r} holds {what}, which a Slurm batch script cannot carry in its #SBATCH "
+                    "--output line or comments: choose a directory without it")
     return None

@@ -92,8 +92,10 @@ class ModelConfig(Section):
     max_positions: int | None = Field(None, ge=1)
     """Size of the learned position table; defaults to seq_len. seq_len may not exceed it."""
     vocab_size: int = Field(2048, ge=2)
-    """Vocabulary size: at least the tokenizer's. The embedding is padded to vocab_multiple rows;
-    padding rows are never predicted."""
+    """Vocabulary size: the tokenizer's number of pieces. The embedding is padded to vocab_multiple rows;
+    padding rows are never predicted. Start-up refuses fewer than the tokenizer's (or manifest's) and warns
+    about more than padding to vocab_multiple explains: rows that no token id uses, trained for nothing
+    (kept only to leave room for a larger tokenizer)."""
     vocab_multiple: int = Field(128, ge=1)
     """Pad the embedding's rows to a multiple of this (Megatron's make-vocab-size-divisible-by); must
     be divisible by parallel.tensor. Independent of the layout, so every layout has the same weights."""
@@ -256,7 +258,12 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=1)
     """How many recent checkpoints to keep."""
     out_dir: str = Field("runs/default", min_length=1)
-    """The run directory (config, metrics, summary, checkpoints, W&B run)."""
+    """The run directory (config, metrics, summary, checkpoints, W&B run). Unset, it is named after the
+    config files on the command line: runs/<their stems joined by '+'>, e.g. runs/tiny for
+    configs/model/tiny.yaml, runs/gpt-124m+completep for configs/model/gpt-124m.yaml
+    configs/parametrization/completep.yaml (runs/default only with no file; the quickstart names its own).
+    The same command finds the same directory, so it resumes there; runs that differ only in --set values
+    share it: name each one."""
     init_from: str | None = None
     """Start this run from the weights of another run's checkpoint: its run or checkpoints folder (the
     latest checkpoint), one step_* folder, or merge-tp output; any tensor/pipeline layout. Step, optimizer
@@ -379,5 +386,9 @@ class Config(Section):
         if self.parallel.sequence_parallel and self.parallel.tensor == 1:
             raise ValueError("parallel.sequence_parallel needs parallel.tensor > 1")
         if self.train.eval_every and self.data.valid_fraction == 0:
-            raise ValueError("train.eval_every is set but data.valid_fraction is 0: nothing to evaluate on")
+            # name both keys of the fix: the data check's advice to turn validation off leads here
+            raise ValueError(
+                "train.eval_every is set but data.valid_fraction is 0: there is no validation split to evaluate "
+                "on; set train.eval_every: 0 too (no evaluation), or data.valid_fraction > 0"
+            )
         return self

@@ -31,8 +31,10 @@ for what is exact. Before the output appears, the tokenizer ``AutoTokenizer`` lo
 with sentencepiece on varied text; if it is wrong, or the model is of a kind this cannot convert, no
 ``tokenizer.json`` is written, the sentencepiece model is kept as ``sentencepiece.model`` and
 ``tokenizer_config.json`` names a class that does not exist, so that ``AutoTokenizer`` fails loudly
-instead of tokenizing wrongly (load ``sentencepiece.model`` with ``sentencepiece`` then; a warning and
-``megadepth_export.json`` say so).
+instead of tokenizing wrongly (load ``sentencepiece.model`` with ``sentencepiece`` then; the export's
+warning line, its ``README.md`` and ``megadepth_export.json`` say so, since transformers' own error asks
+to install sentencepiece or tiktoken). The ``README.md`` also says how ``megadepth generate`` prompts the
+model (an EOS first), which no exported tokenizer does on its own.
 """
 
 from __future__ import annotations
@@ -41,7 +43,6 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -365,10 +366,123 @@ def _write_tokenizer(source: Path, folder: Path, model_max_length: int) -> dict[
         "megadepth_note": f"no transformers tokenizer reproduces {kept.name}: load it with sentencepiece "
                           f"(SentencePieceProcessor(model_file='{kept.name}')). Reason: {problem}",
     }, indent=2) + "\n")
-    print(f"megadepth export: warning: no transformers tokenizer written ({problem}); AutoTokenizer refuses this "
-          f"folder: encode with sentencepiece and {kept.name}", file=sys.stderr)
     return {"sentencepiece": kept.name, "class": None, "files": [config_file.name],
             "sentencepiece_model_type": model_type, "problem": problem}
+
+
+def _eos(path: Path | None, vocab: int) -> tuple[int, str] | None:
+    """(id, piece) of the tokenizer's EOS, None without one (or outside the model's vocabulary)."""
+    if path is None:
+        return None
+    import sentencepiece as spm
+
+    sp = spm.SentencePieceProcessor(model_file=str(path))
+    eos = sp.eos_id()
+    return (eos, sp.id_to_piece(eos)) if 0 <= eos < min(vocab, sp.get_piece_size()) else None
+
+
+def _readme(info: dict[str, Any], eos: tuple[int, str] | None, positions: int) -> str:
+    """``README.md`` of the export: how to load the model and its tokenizer, and how megadepth prompts it.
+
+    Hugging Face users meet the folder without megadepth: the card must say which tokenizer loads (or why
+    none does: transformers' own error then speaks of installing sentencepiece, which is not the cause),
+    and that ``megadepth generate`` puts an EOS before a prompt (:meth:`megadepth.generate.Generator.encode`),
+    which no exported tokenizer adds, so the same prompt conditions the model differently unless they do
+    the same."""
+    hf_tok = info["hf_tokenizer"]
+    lines = [
+        "# GPT-2 (transformers) exported from a megadepth run",
+        "",
+        f"Exported by `megadepth export` from `{info['source']}` ({info['parametrization']} parametrization). "
+        "Its multipliers (embedding, branch, readout, attention scale) are folded into the weights, so this "
+        "is a plain `GPT2LMHeadModel`; its logits were checked against megadepth's own forward pass "
+        f"(largest relative difference {info['max_relative_logit_difference']:.1e}).",
+        "",
+        "```python",
+        "from transformers import GPT2LMHeadModel",
+        "FOLDER = \"path/to/this/folder\"",
+        "model = GPT2LMHeadModel.from_pretrained(FOLDER)",
+        "```",
+        "",
+        "## Tokenizer",
+        "",
+    ]
+    if hf_tok is None:
+        lines += ["The run had no tokenizer (no `data.tokenizer`, no `tokenizer.model` beside its data): the "
+                  "model takes and gives token ids only."]
+    elif hf_tok["class"] is not None:
+        lines += [
+            "`tokenizer.json` is the run's sentencepiece model (`tokenizer.model`, also here) for the "
+            "`tokenizers` library: the same pieces and ids, no BOS or EOS added.",
+            "",
+            "```python",
+            "from transformers import AutoTokenizer",
+            "tokenizer = AutoTokenizer.from_pretrained(FOLDER)",
+            "```",
+        ]
+        if not hf_tok.get("exact", True):
+            lines += ["", f"Not exact everywhere: {hf_tok.get('differences', '')}."]
+    else:
+        lines += [
+            f"No `tokenizer.json` could be written ({hf_tok['problem']}), so "
+            "`AutoTokenizer.from_pretrained(FOLDER)` fails on this folder (its message may ask to install "
+            "sentencepiece or tiktoken: that is not the cause). Encode and decode with the run's own "
+            f"sentencepiece model, kept as `{hf_tok['sentencepiece']}`:",
+            "",
+            "```python",
+            "import sentencepiece",
+            f"sp = sentencepiece.SentencePieceProcessor(model_file=f\"{{FOLDER}}/{hf_tok['sentencepiece']}\")",
+            "ids = sp.encode(text)  # as training encoded text: no BOS, no EOS added",
+            "```",
+        ]
+    if hf_tok is not None:
+        encode = "tokenizer.encode(prompt)" if hf_tok["class"] is not None else "sp.encode(prompt)"
+        decode = "tokenizer.decode" if hf_tok["class"] is not None else "sp.decode"
+        lines += ["", "## Prompts", ""]
+        if eos is None:
+            lines += ["The tokenizer has no EOS piece: `megadepth generate` encodes a prompt as its pieces "
+                      "alone."]
+        else:
+            eos_id, piece = eos
+            lines += [
+                f"megadepth's data preparation ends every document with EOS (id {eos_id}, `{piece}`), so in "
+                f"training, text starts right after an EOS. `megadepth generate` therefore encodes a prompt as `[{eos_id}] + "
+                "sentencepiece.encode(prompt)` and stops at the next EOS (unless `--ignore-eos`). The tokenizer "
+                "adds no EOS or BOS; to condition the model as `megadepth generate` does, put the EOS in front "
+                f"yourself (the model reads at most {positions} tokens, prompt and continuation together: "
+                "`megadepth generate` keeps the last ones, `model.generate` fails past them):",
+                "",
+                "```python",
+                "import torch",
+                f"ids = [{eos_id}] + {encode}",
+                "new = min(50, model.config.n_positions - len(ids))",
+                "out = model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, "
+                f"pad_token_id={eos_id})",
+                f"print({decode}(out[0, 1:].tolist()))  # the prompt and its continuation",
+                "```",
+            ]
+    lines += ["", "`megadepth_export.json` records what was exported and how."]
+    return "\n".join(lines) + "\n"
+
+
+def describe_export(out: str | Path, info: dict[str, Any]) -> tuple[str, str | None]:
+    """(the line saying what was written, a warning about what was not, or None): printed by
+    ``megadepth export``, so a folder AutoTokenizer cannot load is never reported as plain success."""
+    written = (f"wrote {out}: GPT-2 (transformers) from {info['source']}, {info['parametrization']} "
+               "multipliers folded into the weights; logits match megadepth's to "
+               f"{info['max_relative_logit_difference']:.1e}; files: {', '.join(info['files'])}")
+    hf_tok = info["hf_tokenizer"]
+    if hf_tok is None:
+        return written, ("megadepth export: note: the run's data has no tokenizer.model and data.tokenizer is not "
+                         "set, so the export holds no tokenizer (token ids only)")
+    if hf_tok["class"] is None:
+        kept = Path(out) / hf_tok["sentencepiece"]
+        return written, (f"megadepth export: warning: no tokenizer.json written ({hf_tok['problem']}), so "
+                         f"AutoTokenizer.from_pretrained('{out}') fails (its message may ask to install "
+                         "sentencepiece or tiktoken: that is not the cause); load the tokenizer with "
+                         f"sentencepiece.SentencePieceProcessor(model_file='{kept}') "
+                         f"(see {Path(out) / 'README.md'})")
+    return written, None
 
 
 def _give_umask_modes(folder: Path) -> None:
@@ -465,6 +579,8 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
         if tokenizer is not None:
             info["hf_tokenizer"] = _write_tokenizer(tokenizer, tmp, config.model.positions)
             info["tokenizer"] = info["hf_tokenizer"]["sentencepiece"]
+        (tmp / "README.md").write_text(_readme(info, _eos(tokenizer, config.model.vocab_size), config.model.positions), encoding="utf-8")
+        info["files"] = sorted(f.name for f in tmp.iterdir()) + ["megadepth_export.json"]
         (tmp / "megadepth_export.json").write_text(json.dumps(info, indent=1) + "\n")
         _give_umask_modes(tmp)
         if out.exists():

@@ -14,6 +14,7 @@ Optimizer states are not merged: continue training from the merged weights, not 
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
@@ -28,6 +29,7 @@ from megadepth.train.checkpoint import (
     complete_tags,
     gathered_weights_file,
     latest_tag,
+    refusal,
 )
 from megadepth.train.rundir import atomic_write_text
 
@@ -66,7 +68,10 @@ def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
         raise ConfigError(f"{path} is missing: {what}")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a truncated or foreign file: torch raises RuntimeError, EOFError, pickle errors
+    except pickle.UnpicklingError as e:  # a class outside plain tensors and containers: never built
+        raise ConfigError(f"{path} holds objects other than tensors, refused (weights are loaded weights-only): "
+                          f"{refusal(e)}") from None
+    except Exception as e:  # a truncated or foreign file: torch raises RuntimeError, EOFError
         raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {e}): the checkpoint is damaged") from None
     return data.get("module", data)
 

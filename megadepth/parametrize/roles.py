@@ -11,7 +11,7 @@ from enum import Enum
 
 
 class Role(str, Enum):
-    """Roles of PARAMETRIZATIONS.md. Matrices' width scaling uses global (unsharded) shapes."""
+    """Roles of docs/parametrizations.md. Matrices' width scaling uses global (unsharded) shapes."""
 
     EMBEDDING = "embedding"
     """Token embedding matrix (also the readout when embeddings are tied)."""

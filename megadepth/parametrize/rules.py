@@ -1,6 +1,6 @@
 """The rules of SP / muP / Depth-muP / CompleteP / custom (alpha, gamma): the one place that knows them.
 
-Notation of PARAMETRIZATIONS.md: m = width / base_width, r = depth / base_depth, base hyperparameters
+Notation of docs/parametrizations.md: m = width / base_width, r = depth / base_depth, base hyperparameters
 eta (LR), sigma (init std), eps, lambda (weight decay), a (branch multiplier), alpha_in, alpha_out,
 alpha_attn. At m = r = 1 every preset gives identical numbers: that is what makes "tune at the base,
 then scale" exact, and tests/test_parametrize.py checks it.

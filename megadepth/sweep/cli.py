@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -57,7 +58,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         select,
         write_index,
     )
-    from megadepth.sweep.slurm import SlurmOptions
+    from megadepth.sweep.slurm import SlurmOptions, check_sweep_dir
     from megadepth.sweep.spec import load_spec
     from megadepth.sweep.state import count, format_counts
 
@@ -78,6 +79,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                             max_parallel=args.max_parallel, setup=args.setup, python=args.python,
                             retries=args.retries)
         opts.check()
+        check_sweep_dir(args.out)
     # DIR/sweep.yaml itself (what array tasks run) reads like base files: see parse_spec(frozen=...)
     frozen = Path(args.spec).resolve() == SweepDir(args.out).spec
     spec = load_spec(args.spec, args.overrides, frozen=frozen)
@@ -98,6 +100,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               f"(e.g. {dropped[0]}): kept, but left out of sweep.json, --status and the report until their "
               "values are listed again", file=sys.stderr)
     todo, skipped = select(sweep, points, max_attempts, args.retry_failed)
+    # the commands suggested below are printed shell-quoted: a user pastes them
+    spec_arg, out_arg = shlex.quote(args.spec), shlex.quote(args.out)
     already = ", ".join(f"{n} {k}" for k, n in skipped.items() if n)
     header = (f"megadepth sweep '{spec.name}': {len(points)} grid point(s) over "
               f"{', '.join(spec.axis_keys)}; {len(todo)} to run" + (f" ({already} skipped)" if already else ""))
@@ -126,13 +130,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
         print(header)
         if not todo:
-            print(f"nothing to submit; report with: megadepth report {args.out}")
+            print(f"nothing to submit; report with: megadepth report {out_arg}")
             return 0
         script, task_list, tasks = write_array(spec, sweep, todo, opts)
         sbatch = sbatch_available()
         if args.no_submit or sbatch is None:
             why = "--no-submit" if args.no_submit else "sbatch is not on PATH"
-            print(f"wrote {script} ({tasks} array task(s)); not submitted ({why}); submit with: sbatch {script}")
+            print(f"wrote {script} ({tasks} array task(s)); not submitted ({why}); submit with: "
+                  f"sbatch {shlex.quote(str(script))}")
             return 0
         job = submit(script, sbatch)
         import time
@@ -141,7 +146,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             "job_id": job, "script": str(script.relative_to(sweep.root)), "tasks": tasks, "points": len(todo),
             "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]})
         print(f"submitted job array {job}: {tasks} task(s) for {len(todo)} point(s) ({script}); logs in "
-              f"{script.parent / 'logs'}; check with: megadepth sweep {args.spec} --out {args.out} --status")
+              f"{script.parent / 'logs'}; check with: megadepth sweep {spec_arg} --out {out_arg} --status")
         return 0
 
     jobs = args.jobs or max(1, len(devices))
@@ -151,14 +156,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from megadepth.sweep.runner import states
 
     final = count(states(sweep, points))
-    print(f"megadepth sweep '{spec.name}': {format_counts(final)}; report with: megadepth report {args.out}")
+    print(f"megadepth sweep '{spec.name}': {format_counts(final)}; report with: megadepth report {out_arg}")
     for r in [r for r in results if r.outcome == "failed"][:10]:
         print(f"  failed: {r.point.label}: {r.error}  (log: {sweep.run_dir(r.point) / 'train.log'})")
     # a point whose failure could not be recorded in its run directory (its bookkeeping failed) reads as
     # pending there, but it failed in this invocation all the same
     failed = max(final.get("failed", 0), sum(1 for r in results if r.outcome == "failed"))
     if failed:
-        print(f"  {failed} point(s) failed; see `megadepth sweep {args.spec} --out {args.out} --status`, "
+        print(f"  {failed} point(s) failed; see `megadepth sweep {spec_arg} --out {out_arg} --status`, "
               "fix the cause and run again with --retry-failed")
     return 1 if failed else 0
 

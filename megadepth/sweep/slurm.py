@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megadepth.config.load import ConfigError
-from megadepth.config.sbatch import sbatch_value_problem
+from megadepth.config.sbatch import sbatch_value_problem, script_path_problem
 from megadepth.sweep.runner import SweepDir
 from megadepth.sweep.spec import Point, SweepSpec
 from megadepth.train.rundir import atomic_write_text
@@ -67,6 +67,14 @@ def _template() -> str:
         raise ConfigError(f"the Slurm template {TEMPLATE} is missing ({exc}); reinstall megadepth") from None
 
 
+def check_sweep_dir(out: str | Path) -> None:
+    """The sweep directory goes into the array script's ``#SBATCH --output`` line and comments: refuse, before
+    anything is written, a path no quoting carries there (a line break, a backslash, a '%')."""
+    problem = script_path_problem("--out", str(SweepDir(out).root))
+    if problem:
+        raise ConfigError(problem)
+
+
 def deal(points: list[Point], per_task: int) -> list[list[Point]]:
     """Split ``points`` over ceil(n / per_task) tasks round-robin."""
     if per_task < 1:
@@ -76,8 +84,11 @@ def deal(points: list[Point], per_task: int) -> list[list[Point]]:
 
 
 def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: SlurmOptions) -> tuple[Path, Path, int]:
-    """Write the task list and the sbatch script; returns (script, task list, number of tasks)."""
+    """Write the task list and the sbatch script; returns (script, task list, number of tasks).
+
+    Every path reaches the script shell-quoted: a sweep directory named ``o$(cmd)`` must not run ``cmd``."""
     opts.check()
+    check_sweep_dir(sweep.root)
     groups = deal(todo, opts.points_per_task)
     slurm_dir = sweep.root / "slurm"
     logs = slurm_dir / "logs"
@@ -110,7 +121,7 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
         cpus=cpus,
         mem=opts.mem,
         time=opts.time,
-        logs=shlex.quote(str(logs)),
+        log_pattern=shlex.quote(f"{logs}/%A_%a.log"),
         extra="\n".join(extra),
         workdir=shlex.quote(str(Path.cwd())),
         setup=opts.setup or "",

@@ -2,10 +2,10 @@
 
 Same engine set-up as `megadepth train` (DeepSpeed engine, the parametrization's multipliers and param
 groups, parallel layers, the same Stepper), fed random tokens so that neither data nor disk is measured
-(as in BENCHMARKS.md). Warm-up steps (compilation, allocator) are excluded; the timed steps run without a
+(as the nanoGPT anchor of docs/throughput.md does). Warm-up steps (compilation, allocator) are excluded; the timed steps run without a
 host sync in between and are synchronised once at the end.
 
-MFU uses BENCHMARKS.md's convention: flops per token = 6 N + 12 L d T with N = 12 L d^2 + V d (the tied
+MFU uses the convention of docs/throughput.md: flops per token = 6 N + 12 L d T with N = 12 L d^2 + V d (the tied
 head counted once), MFU = tokens/s x flops per token / peak; the default peak is the H200's dense bf16
 989.4 TFLOP/s, so CPU figures are only for comparing runs with each other.
 """

@@ -3,14 +3,26 @@
 DeepSpeed writes the tensors (every rank must call save); we write ``latest`` ourselves, last, after a
 barrier, so a checkpoint is only ever found once all of it is on disk. The file name and format match
 DeepSpeed's own ``latest``, so ``engine.load_checkpoint(dir)`` understands it too.
+
+Trust: a checkpoint is read as data, never as code. DeepSpeed reads its files with
+``torch.load(weights_only=False)``, which runs whatever a planted pickle asks for; :func:`guard_files` swaps
+the engine's file reader for a weights-only one (tensors, numbers, strings, containers and the three
+DeepSpeed bookkeeping classes in :data:`SAFE_GLOBALS`), and :func:`check_safe` refuses a checkpoint
+holding anything else before any rank opens it. Failed writes (a full disk, a read-only folder) are
+collected the same way, so every rank learns of them together and the cut-short tag is removed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
+import pickle
 import re
+import secrets
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +36,134 @@ from megadepth.train.rundir import atomic_write_text
 LATEST = "latest"
 POSITION = "position.json"
 TAG_RE = re.compile(r"^step_(\d{8})$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that could not be written (a full disk, a read-only folder); one line for the user."""
+
+
+def _safe_globals() -> list[Any]:
+    """The non-builtin classes DeepSpeed pickles into its optimizer-state files (ZeRO 1-3, bf16, the
+    pipeline engine; found by :func:`torch.serialization.get_unsafe_globals_in_checkpoint` on each).
+    Each only stores numbers: building one runs no code of the file's choosing."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+#: Dotted names of :func:`_safe_globals`, as ``get_unsafe_globals_in_checkpoint`` reports them.
+SAFE_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.zero.config.ZeroStageEnum",
+                "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+def load_file(path: str | Path, map_location: Any = None) -> Any:
+    """``torch.load`` of one checkpoint file, weights-only: a pickle that names any other callable is
+    refused (ConfigError) instead of run."""
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ConfigError(f"{path} holds objects other than tensors and DeepSpeed's bookkeeping, refused "
+                          f"(checkpoints are loaded weights-only): {refusal(e)}") from None
+
+
+def refusal(exc: pickle.UnpicklingError) -> str:
+    """The part of torch's weights-only refusal that names what was refused (its message goes on to
+    suggest ``weights_only=False``, which is exactly what must not be done with a file of unknown origin)."""
+    match = re.search(r"Unsupported [^.\n]*", str(exc))
+    return match.group(0) if match else str(exc).splitlines()[0]
+
+
+def check_safe(tag_dir: Path) -> None:
+    """Refuse a checkpoint any of whose ``.pt`` files would unpickle a class outside :data:`SAFE_GLOBALS`
+    (a planted ``__reduce__`` among them); read from each file's pickle alone, no tensor is loaded. Files
+    torch cannot scan (not zip-format) are left to :func:`load_file`, which refuses the same objects."""
+    for path in sorted(tag_dir.glob("*.pt")):
+        try:
+            found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except Exception:  # noqa: S112 - a legacy or damaged file: the weights-only load decides
+            continue
+        unsafe = sorted(set(found) - set(SAFE_GLOBALS))
+        if unsafe:
+            raise ConfigError(
+                f"{path} would run code from {', '.join(unsafe)} when loaded: megadepth loads checkpoints "
+                "weights-only and refuses it. Only resume from checkpoints you or your job wrote")
+
+
+@contextlib.contextmanager
+def guard_files(engine: Any) -> Iterator[list[str]]:
+    """While active, the engine's checkpoint files are read weights-only (:func:`load_file`) and a failed
+    write is recorded (in the yielded list, ``"file: error"``) instead of raised.
+
+    DeepSpeed saves between two barriers: a rank that raised in between (disk full) would leave the
+    others waiting forever at the second. Recording lets every rank reach it; :func:`save` then decides
+    together. The engine's own reader stays replaced: every later load is weights-only too."""
+    files = engine.checkpoint_engine
+    failures: list[str] = []
+    plain_save = files.save
+
+    def save(state_dict: Any, path: str) -> None:
+        if failures:
+            return  # one failure dooms the tag: write nothing more to a full disk
+        try:
+            plain_save(state_dict, path)
+        except Exception as e:  # OSError (ENOSPC, EROFS), or torch's RuntimeError wrapping one
+            failures.append(f"{Path(path).name}: {_cause(e, Path(path).parent)}")
+
+    files.load = load_file
+    files.save = save
+    try:
+        yield failures
+    finally:
+        files.save = plain_save
+
+
+def _cause(exc: BaseException, folder: Path | None = None) -> str:
+    """The OS-level reason behind a failed write, which the user can act on. torch's zip writer reports a
+    full disk as 'unexpected pos ...' with no errno, so when no OSError is underneath and ``folder``'s file
+    system has (almost) nothing left, that is named instead."""
+    inner: BaseException | None = exc
+    while inner is not None:
+        if isinstance(inner, OSError) and inner.strerror:
+            return inner.strerror + (f": {inner.filename}" if inner.filename else "")
+        inner = inner.__cause__ or inner.__context__
+    if folder is not None:
+        with contextlib.suppress(OSError):
+            free = shutil.disk_usage(folder).free
+            if free < 1 << 20:
+                return f"No space left on device ({free} bytes free on the file system of {folder})"
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+
+
+def weights_finite(model: torch.nn.Module, device: torch.device) -> bool:
+    """Whether every parameter on every rank is finite (each rank checks what it holds: its shard, its
+    pipeline stage, under ZeRO-3 its partition). A finite loss and gradient norm do not prove it: an
+    update can overflow (a huge LR), and such weights must never become ``latest``."""
+    bad = torch.zeros((), dtype=torch.bool, device=device)
+    for p in model.parameters():
+        held = getattr(p, "ds_tensor", None)  # ZeRO-3: the parameter itself is an empty placeholder
+        held = p if held is None else held
+        if held.numel():
+            bad |= ~torch.isfinite(held.detach()).all()
+    flag = bad.to(torch.int32).reshape(1)
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return not bool(flag.item())
+
+
+def check_writable(ckpt_dir: Path) -> str | None:
+    """Why checkpoints cannot be written to ``ckpt_dir`` (a read-only or unwritable folder), or None.
+    Probed with a real file in the folder (or in the run directory while it does not exist yet): root
+    passes permission checks that a read-only mount still refuses."""
+    folder = ckpt_dir if ckpt_dir.is_dir() else ckpt_dir.parent
+    probe = folder / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        return f"cannot write checkpoints to {ckpt_dir}: {_cause(e)}"
+    return None
 
 
 def tag_for(step: int) -> str:
@@ -123,21 +263,46 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
     """Save on every rank; then rank 0 writes the config copy and ``latest`` and prunes old tags.
 
     ``data`` (:func:`megadepth.data.data_fingerprint`) goes into ``position.json``: what the consumed-samples
-    position counts in, checked on resume."""
+    position counts in, checked on resume.
+
+    A write that fails on any rank (a full disk, a read-only folder) fails the save on every rank at the
+    same point: the cut-short tag is removed (it would keep eating the space a resume needs), ``latest``
+    keeps naming the previous checkpoint, and :class:`CheckpointError` says why in one line."""
     tag = tag_for(step)
-    engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
-    if engine.zero_optimization_stage() == 3:
-        _save_gathered_weights(engine, ckpt_dir / tag)
-    torch.distributed.barrier()
+    tag_dir = ckpt_dir / tag
+    with guard_files(engine) as failures:
+        try:  # ours, not DeepSpeed's: its makedirs logs a failure and goes on to a misleading torch error
+            tag_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            failures.append(_cause(e))
+        engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        if engine.zero_optimization_stage() == 3:
+            _save_gathered_weights(engine, tag_dir, failures)
+    failed = _gather_failures(failures)
+    if not failed and is_main:
+        try:
+            # the data position, readable before the engine exists (the train set is sized from it)
+            position: dict[str, Any] = {"step": int(client_state["step"]),
+                                        "consumed_samples": int(client_state["consumed_samples"])}
+            if data is not None:
+                position["data"] = data
+            atomic_write_text(tag_dir / POSITION, json.dumps(position) + "\n")
+            atomic_write_text(tag_dir / "config.yaml", config_yaml)  # last of the tag: it is complete
+            atomic_write_text(ckpt_dir / LATEST, tag)
+        except OSError as e:
+            failures.append(f"{e.filename and Path(e.filename).name or 'position.json/config.yaml/latest'}: "
+                            f"{_cause(e)}")
+    failed = failed or _gather_failures(failures)
+    if failed:
+        if is_main:
+            shutil.rmtree(tag_dir, ignore_errors=True)
+        torch.distributed.barrier()
+        previous = (ckpt_dir / LATEST).read_text(encoding="utf-8").strip() if (ckpt_dir / LATEST).is_file() else ""
+        raise CheckpointError(
+            f"could not save checkpoint {tag_dir} ({'; '.join(failed)}); the partial checkpoint was removed and "
+            + (f"latest still names {previous}: the same command resumes from there once the cause is fixed"
+               if previous else "there is no earlier checkpoint"))
     if is_main:
-        # the data position, readable before the engine exists (the train set is sized from it)
-        position: dict[str, Any] = {"step": int(client_state["step"]),
-                                    "consumed_samples": int(client_state["consumed_samples"])}
-        if data is not None:
-            position["data"] = data
-        atomic_write_text(ckpt_dir / tag / POSITION, json.dumps(position) + "\n")
-        atomic_write_text(ckpt_dir / tag / "config.yaml", config_yaml)  # last: the tag is complete
-        atomic_write_text(ckpt_dir / LATEST, tag)
         tags = sorted(p.name for p in ckpt_dir.iterdir() if p.is_dir() and TAG_RE.match(p.name))
         for old in tags[:-keep]:
             if old != tag:
@@ -146,16 +311,24 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
     return tag
 
 
+def _gather_failures(failures: list[str]) -> list[str]:
+    """Every rank's failed writes, on every rank (``rank R: file: why``); [] when all succeeded."""
+    gathered: list[list[str] | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(gathered, failures)
+    return [f"rank {rank}: {why}" for rank, whys in enumerate(gathered) for why in (whys or [])]
+
+
 def gathered_weights_file(tp_rank: int) -> str:
     """Name of a ZeRO-3 checkpoint's whole weights of one tensor rank (see :func:`_save_gathered_weights`)."""
     return f"gathered_mp_rank_{tp_rank:02d}_weights.pt"
 
 
-def _save_gathered_weights(engine: Any, tag_dir: Path) -> None:
+def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> None:
     """ZeRO-3 saves every parameter in pieces across the data-parallel ranks (inside pickled optimizer
     files); the tools that read weights (merge-tp, export, generate, train.init_from) read plain tensors
     only. So the parameters are gathered once per save and the first data-parallel rank of each tensor
-    rank writes its shard as ``{"module": state_dict}`` of plain tensors. Every rank takes part."""
+    rank writes its shard as ``{"module": state_dict}`` of plain tensors. Every rank takes part; a failed
+    write is added to ``failures`` (see :func:`guard_files`)."""
     import deepspeed
 
     from megadepth.data.indexed import atomic_write_bytes
@@ -164,19 +337,27 @@ def _save_gathered_weights(engine: Any, tag_dir: Path) -> None:
     data_rank = mpu.get_data_parallel_rank() if mpu is not None else torch.distributed.get_rank()
     tp_rank = mpu.get_model_parallel_rank() if mpu is not None else 0
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
-        if data_rank == 0:
+        if data_rank == 0 and not failures:
             state = {k: v.detach().to("cpu", copy=True) for k, v in engine.module.state_dict().items()}
             buffer = io.BytesIO()
             torch.save({"module": state}, buffer)
-            atomic_write_bytes(tag_dir / gathered_weights_file(tp_rank), buffer.getvalue())
+            try:
+                atomic_write_bytes(tag_dir / gathered_weights_file(tp_rank), buffer.getvalue())
+            except OSError as e:
+                failures.append(f"{gathered_weights_file(tp_rank)}: {_cause(e, tag_dir)}")
 
 
 def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    """Load a checkpoint into the engine (weights, optimizer, scheduler); returns our client state."""
+    """Load a checkpoint into the engine (weights, optimizer, scheduler), weights-only (see the module
+    docstring); returns our client state."""
+    check_safe(ckpt_dir / tag)
     try:
-        path, client_state = engine.load_checkpoint(
-            str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        with guard_files(engine):
+            path, client_state = engine.load_checkpoint(
+                str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+    except ConfigError:
+        raise
     except Exception as e:  # torn or foreign files: DeepSpeed asserts, torch raises many kinds
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}: {type(e).__name__}: {e}") from e
     if path is None:

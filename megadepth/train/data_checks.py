@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 from megadepth.config.load import ConfigError
@@ -12,6 +13,7 @@ from megadepth.config.schema import Config
 from megadepth.data import DataError, DocumentCorpus, find_tokenizer, read_data_manifest
 from megadepth.data.builder import parse_data_path
 from megadepth.data.sample_index import split_documents
+from megadepth.parallel.distributed import read_env
 
 
 def sha256_file(path: Path) -> str:
@@ -46,20 +48,34 @@ def _split_sizes_cached(comp: str, _resolved: str, _stats: tuple, valid_fraction
             else 0, len(valid_ids), int(lengths[valid_ids[0]:valid_ids[-1] + 1].sum()) if len(valid_ids) else 0)
 
 
+def _without_validation(config: Config) -> str:
+    """The settings that turn validation off together: data.valid_fraction 0 alone is refused while
+    train.eval_every is set (nothing to evaluate on), so a message that advises it names both."""
+    keys = "data.valid_fraction: 0"
+    return keys + (" and train.eval_every: 0" if config.train.eval_every else "")
+
+
 def _check_fits(comp: str, config: Config) -> None:
     """Each split of one data.path component holds at least one sample, as the sample index will need
-    (split as build_datasets splits it: the last valid_fraction of the documents, with evaluation on)."""
+    (split as build_datasets splits it: the last valid_fraction of the documents, with evaluation on).
+    Each message names every key its fix changes."""
     want_valid = config.data.valid_fraction > 0 and config.train.eval_samples > 0
     docs, n_train, train_tokens, n_valid, valid_tokens = _split_sizes(
         str(comp), config.data.valid_fraction if want_valid else 0.0)
     if want_valid and n_valid == 0:
-        raise DataError(f"{comp}: {docs} document(s) is too few to hold out validation documents "
-                        "(set valid_fraction to 0, or add data)")
+        raise DataError(f"{comp}: {docs} document(s) is too few to hold out validation documents; set "
+                        f"{_without_validation(config)} (train without validation), or add documents")
     need = config.model.seq_len + 1
     for split, n, tokens in (("train", n_train, train_tokens), ("valid", n_valid, valid_tokens)):
         if (split == "train" or want_valid) and tokens < need:
+            if split == "train":
+                fix = "lower model.seq_len, or add data" + (
+                    f", or lower data.valid_fraction ({config.data.valid_fraction})" if n_valid else "")
+            else:
+                fix = (f"raise data.valid_fraction ({config.data.valid_fraction}), lower model.seq_len, or set "
+                       f"{_without_validation(config)} (train without validation)")
             raise DataError(f"{comp} ({split}): {n} documents hold {tokens} tokens, fewer than one sample "
-                            f"of seq_len + 1 = {need}")
+                            f"of seq_len + 1 = {need}; {fix}")
 
 
 def check_tokenizer(config: Config) -> Path | None:
@@ -87,10 +103,15 @@ def check_tokenizer(config: Config) -> Path | None:
         if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:
             raise ConfigError(
                 f"the shards in {comp} use a vocabulary of {manifest['vocab_size']} tokens but "
-                f"model.vocab_size is {config.model.vocab_size}"
+                f"model.vocab_size is {config.model.vocab_size}: token ids would fall outside the embedding; "
+                f"set model.vocab_size: {manifest['vocab_size']}"
             )
     path = Path(config.data.tokenizer) if config.data.tokenizer else find_tokenizer(config.data.path)
     if path is None:
+        sizes = [int(m["vocab_size"]) for m in manifests.values() if m and m.get("vocab_size")]
+        if sizes:
+            _warn_once(unused_vocab_warning(config, max(sizes), f"the shards in {components[0]} use a vocabulary "
+                                                                f"of {max(sizes)} tokens (manifest.json)"))
         return None
     if not path.is_file():
         raise DataError(f"data.tokenizer: {path} does not exist")
@@ -103,7 +124,8 @@ def check_tokenizer(config: Config) -> Path | None:
     if sp.get_piece_size() > config.model.vocab_size:
         raise ConfigError(
             f"tokenizer {path} has {sp.get_piece_size()} pieces but model.vocab_size is "
-            f"{config.model.vocab_size}; raise model.vocab_size"
+            f"{config.model.vocab_size}: token ids would fall outside the embedding; set model.vocab_size: "
+            f"{sp.get_piece_size()}"
         )
     digest = sha256_file(path)
     for comp, manifest in manifests.items():
@@ -113,4 +135,43 @@ def check_tokenizer(config: Config) -> Path | None:
                 f"tokenizer {path} is not the one the shards in {comp} were made with (sha256 differs from "
                 "manifest.json)"
             )
+    _warn_once(unused_vocab_warning(config, sp.get_piece_size(),
+                                    f"the tokenizer {path} has {sp.get_piece_size()} pieces"))
     return path
+
+
+def unused_vocab_warning(config: Config, tokens: int, source: str) -> str | None:
+    """The warning for a model.vocab_size larger than the ``tokens`` of the tokenizer (or manifest) than
+    padding to model.vocab_multiple explains, else None. ``source`` says where ``tokens`` comes from
+    ("the tokenizer X has N pieces").
+
+    Not an error: a vocabulary kept larger on purpose (room for a tokenizer that will grow) trains. But it
+    is mostly a model config meant for other data (gpt-124m's 50304 on a 2048-piece tokenizer): rows no
+    token id reaches, in the embedding, the head and every softmax, cost parameters and compute and raise
+    the loss at initialisation, silently. Within the padding (vocab_size 2048 for 2000 pieces at multiple
+    128) the embedding has the same rows either way, so nothing is said."""
+    m = config.model
+    multiple = m.vocab_multiple
+    needed = -(-tokens // multiple) * multiple
+    if m.vocab_size <= needed:
+        return None
+    extra = m.padded_vocab - needed
+    params = extra * m.width * (1 if m.tie_embeddings else 2)
+    rows = "embedding rows" if m.tie_embeddings else "embedding and head rows"
+    return (f"megadepth: warning: model.vocab_size is {m.vocab_size} but {source}: {extra} {rows} "
+            f"({params:,} parameters) and {extra} logits per position stand for ids the data never holds "
+            f"(padding to model.vocab_multiple {multiple} needs only {needed} rows); set model.vocab_size: "
+            f"{tokens} unless the room is meant for a larger tokenizer")
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str | None) -> None:
+    """Print a start-up warning on stderr once per process (a sweep checks every grid point), on the
+    main rank only (every rank of a job runs the same checks)."""
+    if message is None or message in _warned:
+        return
+    _warned.add(message)
+    if read_env().is_main:
+        print(message, file=sys.stderr)

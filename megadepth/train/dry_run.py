@@ -1,9 +1,12 @@
-"""``megadepth train --dry-run``: every start-up check, then what the run would be, without running it.
+"""``megadepth train --dry-run`` (and ``megadepth launch --dry-run``): every start-up check, then what the
+run would be, without running it.
 
 Before spending cluster hours a user wants to see the model size, the batch arithmetic, whether the run
 resumes, and the per-role init / LR / eps / weight decay they are about to get (the table a real run
 writes to parametrization.txt). The checks are the trainer's own (:func:`megadepth.train.loop.plan_run`);
 the model is built on PyTorch's meta device, so even gpt-1.3b costs no memory; nothing is written.
+``launch --dry-run`` prints the same summary (:func:`summary_lines`) for the whole job's world size, from
+the launcher's own checks of it.
 """
 
 from __future__ import annotations
@@ -12,9 +15,60 @@ import torch
 
 from megadepth.config.schema import Config
 from megadepth.model import GPT
+from megadepth.parallel.distributed import Layout, resolve_precision
 from megadepth.parametrize import Parametrization, roles_present
 from megadepth.parametrize.apply import count_params
 from megadepth.train.checkpoint import step_of
+from megadepth.train.init_from import WeightSource
+from megadepth.train.rundir import RunDir
+
+
+def start_text(config: Config, run: RunDir, resume_tag: str | None, init_source: WeightSource | None) -> str:
+    """Where the run starts, as the ``run:`` line says it: fresh, from init_from's weights, or a resume."""
+    steps = config.train.steps
+    if resume_tag is None:
+        start = f"starts at step 0 in {run.root}"
+        if init_source is not None:
+            start += f", from the weights of {init_source} (train.init_from)"
+        return start
+    if step_of(resume_tag) >= steps:
+        return (f"nothing to train: {run.checkpoints / resume_tag} is at step {step_of(resume_tag)}, "
+                f"train.steps is {steps} (raise it to continue)")
+    return f"resumes from {run.checkpoints / resume_tag}"
+
+
+def summary_lines(config: Config, *, processes: int, layout: Layout, grad_accum: int, global_batch: int,
+                  device: str, precision: str, start: str) -> list[str]:
+    """The model, layout, batch and run lines and the per-role table: what both dry runs print."""
+    ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
+    with torch.device("meta"):
+        model = GPT(config.model, ptz.multipliers())
+    m, t = config.model, config.train
+    tokens_per_step = global_batch * m.seq_len
+    return [
+        f"model: {count_params(model.parameters()):,} parameters ({m.block}, depth {m.depth}, width {m.width}, "
+        f"{m.heads} heads, seq_len {m.seq_len}, vocab {m.vocab_size}, "
+        f"{'tied' if m.tie_embeddings else 'untied'} embeddings)",
+        f"layout: {processes} process(es) = pipeline {layout.pipeline} x tensor {layout.tensor} x "
+        f"data {layout.data}; {device}, {precision}",
+        f"batch: global {global_batch} = micro {t.micro_batch} x accumulation {grad_accum} x data "
+        f"{layout.data}; {tokens_per_step:,} tokens per step, {t.steps:,} steps = "
+        f"{tokens_per_step * t.steps:,} tokens",
+        f"run: {start}",
+        *ptz.format_table(config.optimizer, roles_present(model)).splitlines(),
+    ]
+
+
+def device_text(config: Config, gpus_here: int | None) -> tuple[str, str]:
+    """(device, precision) of the ranks, for the ``layout:`` line of a launch: on a node with ``gpus_here``
+    CUDA devices, or on nodes not known here (None: another node runs the command, or many do)."""
+    want, precision = config.train.device, config.train.precision
+    if want == "cpu" or gpus_here == 0:
+        return "cpu", resolve_precision(config, torch.device("cpu"))
+    if gpus_here:
+        return "cuda", resolve_precision(config, torch.device("cuda"))
+    device = "cuda" if want == "cuda" else "each node's GPUs (cpu on a node without)"
+    return device, precision if precision != "auto" else "auto: bf16-mixed on GPUs with bf16, fp32 on CPUs"
 
 
 def describe_run(config: Config) -> str:
@@ -23,31 +77,31 @@ def describe_run(config: Config) -> str:
     from megadepth.train.loop import plan_run
 
     plan = plan_run(config)
-    ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
-    with torch.device("meta"):
-        model = GPT(config.model, ptz.multipliers())
-    m, t, layout = config.model, config.train, plan.layout
-    tokens_per_step = plan.global_batch * m.seq_len
-    if plan.resume_tag is None:
-        start = f"starts at step 0 in {plan.run.root}"
-        if plan.init_source is not None:
-            start += f", from the weights of {plan.init_source} (train.init_from)"
-    elif step_of(plan.resume_tag) >= t.steps:
-        start = (f"nothing to train: {plan.run.checkpoints / plan.resume_tag} is at step "
-                 f"{step_of(plan.resume_tag)}, train.steps is {t.steps} (raise it to continue)")
-    else:
-        start = f"resumes from {plan.run.checkpoints / plan.resume_tag}"
-    lines = [
-        "megadepth train --dry-run: every check passed; nothing was started or written",
-        f"model: {count_params(model.parameters()):,} parameters ({m.block}, depth {m.depth}, width {m.width}, "
-        f"{m.heads} heads, seq_len {m.seq_len}, vocab {m.vocab_size}, "
-        f"{'tied' if m.tie_embeddings else 'untied'} embeddings)",
-        f"layout: {plan.env.world_size} process(es) = pipeline {layout.pipeline} x tensor {layout.tensor} x "
-        f"data {layout.data}; {plan.device.type}, {plan.precision}",
-        f"batch: global {plan.global_batch} = micro {t.micro_batch} x accumulation {plan.grad_accum} x data "
-        f"{layout.data}; {tokens_per_step:,} tokens per step, {t.steps:,} steps = "
-        f"{tokens_per_step * t.steps:,} tokens",
-        f"run: {start}",
-        ptz.format_table(config.optimizer, roles_present(model)),
-    ]
-    return "\n".join(lines)
+    lines = summary_lines(
+        config, processes=plan.env.world_size, layout=plan.layout, grad_accum=plan.grad_accum,
+        global_batch=plan.global_batch, device=plan.device.type, precision=plan.precision,
+        start=start_text(config, plan.run, plan.resume_tag, plan.init_source),
+    )
+    return "\n".join(["megadepth train --dry-run: every check passed; nothing was started or written", *lines])
+
+
+def derived_batch_warning(config: Config, world_size: int) -> str | None:
+    """A one-line warning when the global batch follows the process count, else None.
+
+    Without ``train.global_batch`` the global batch is micro_batch x grad_accum x data-parallel size: the
+    same config launched on 3 processes trains at 3 times the batch of one, a different run (the learning
+    rate, the tokens per step, the samples seen) that a start-up line alone would not make anyone notice.
+    """
+    t, par = config.train, config.parallel
+    model_parallel = par.tensor * par.pipeline
+    if t.global_batch is not None or world_size % model_parallel:  # pinned, or a layout check fails later
+        return None
+    data = world_size // model_parallel
+    if data == 1:
+        return None
+    one = t.micro_batch * (t.grad_accum or 1)
+    derived = one * data
+    return (f"megadepth: WARNING: train.global_batch is not set, so the global batch follows the process count: "
+            f"{derived} = micro_batch {t.micro_batch} x grad_accum {t.grad_accum or 1} x data-parallel {data} "
+            f"({world_size} processes), where one process trains at {one}; pin it with "
+            f"--set train.global_batch=N (e.g. --set train.global_batch={one} for one process's batch)")

@@ -292,6 +292,10 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
     is_main = env.is_main
     out = tqdm.write if is_main else (lambda *_a, **_k: None)
     layout = plan.layout
+    unwritable: list[str | None] = [None] * torch.distributed.get_world_size()
+    torch.distributed.all_gather_object(unwritable, checkpoint.check_writable(run.checkpoints))
+    if any(unwritable):  # before the engine and any step: a save would fail only after the training
+        raise ConfigError(next(why for why in unwritable if why))
     grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
     built = build_engine(config, plan.device, plan.grad_accum, plan.global_batch, plan.precision, grid,
                          weights=plan.init_source)
@@ -413,6 +417,11 @@ def _run(plan: Plan, train_set: Any, valid_set: Any, config_yaml: str, progress:
                 if not math.isfinite(log_state["log_loss_sum"]) or not stepper.grad_norm_finite():
                     progress.status = "diverged"
                     out(f"step {step}: the loss or gradient norm is not finite: diverged, not saving")
+                    break
+                if not checkpoint.weights_finite(built.model, plan.device):  # an update that overflowed
+                    progress.status = "diverged"
+                    out(f"step {step}: the weights are not finite (the last update overflowed): diverged, "
+                        "not saving")
                     break
                 client = {"step": step, "consumed_samples": consumed, "seed": cfg.seed,
                           "elapsed_s": progress.elapsed_before + time.perf_counter() - start_time,

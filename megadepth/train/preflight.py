@@ -38,7 +38,8 @@ def _check_eval(config: Config, layout: Layout) -> None:
     """Evaluation settings that would otherwise fail on every rank, or evaluate nothing and report NaN."""
     t = config.train
     if t.eval_every and t.eval_samples == 0:
-        raise ConfigError("train.eval_every is set but train.eval_samples is 0: there is nothing to evaluate")
+        raise ConfigError("train.eval_every is set but train.eval_samples is 0: there is nothing to evaluate; set "
+                          "train.eval_every: 0 too (no evaluation), or train.eval_samples > 0")
     per_round = t.micro_batch * layout.data
     if layout.pipeline > 1 and t.eval_samples % per_round:
         # the pipeline engine evaluates whole micro-batches on every data rank
@@ -66,6 +67,7 @@ def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> 
     if config.train.resume == "must" and resume_tag is None:
         raise ConfigError(f"train.resume is 'must' but {run.checkpoints} holds no complete checkpoint")
     if resume_tag is not None and config.train.resume != "never":
+        checkpoint.check_safe(run.checkpoints / resume_tag)  # a planted pickle is refused, never run
         _check_resume_layout(config, run.checkpoints / resume_tag, data_size)
     init_source = check_init_source(config) if config.train.init_from and resume_tag is None else None
     return resume_tag, init_source

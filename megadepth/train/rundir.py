@@ -1,4 +1,4 @@
-"""The run directory contract (DESIGN.md): config.yaml, metrics.jsonl, summary.json, checkpoints/.
+"""The run directory contract (docs/architecture.md): config.yaml, metrics.jsonl, summary.json, checkpoints/.
 
 Files that other tools trust are written to a temporary name and renamed into place, so a crash never
 leaves a half-written summary or checkpoint pointer behind.

@@ -1,7 +1,7 @@
 """Learning-rate schedules as a factor of each group's own LR (so muP / depth ratios survive).
 
-A scheduler that writes one absolute LR into every group would erase the parametrization (pitfall 6 of
-PARAMETRIZATIONS.md); a torch LambdaLR multiplies each group's initial LR by the same factor.
+A scheduler that writes one absolute LR into every group would erase the parametrization's per-role LRs
+(docs/parametrizations.md, the rules per role); a torch LambdaLR multiplies each group's initial LR by the same factor.
 """
 
 from __future__ import annotations

@@ -1,0 +1,181 @@
+"""What a checkpoint may do to the machine that resumes it, and what a failed save leaves behind.
+
+A planted pickle in a run directory must not run on resume (checkpoints are read weights-only); a model
+whose last update overflowed must never become ``latest``; a save that hits a full disk or a read-only
+folder removes its cut-short tag, says why in one line, keeps ``latest`` and writes the run's summary.
+
+The disk tests mount small tmpfs file systems, which needs root (CI runs as root): elsewhere they skip,
+and under ``CI=true`` a mount that fails is a failure, so CI cannot pass them vacuously.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from distributed import run_ranks, train_rank, train_rank_reporting
+
+from megadepth.config import validate
+from megadepth.config.load import ConfigError
+
+pytestmark = [pytest.mark.distributed]
+
+
+class _Planted:
+    """An object whose unpickling creates a file: what an attacker's checkpoint would do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (Path.touch, (self.marker,))
+
+
+def _plant(file: Path, marker: Path, zip_format: bool = True) -> None:
+    """Rewrite a checkpoint file with the planted object beside its real contents."""
+    data = torch.load(file, weights_only=False)  # the test's own file, written a moment ago
+    data["planted"] = _Planted(marker)
+    buffer = io.BytesIO()
+    torch.save(data, buffer, _use_new_zipfile_serialization=zip_format)
+    file.write_bytes(buffer.getvalue())
+
+
+def _trained(sample_data: Path, out: Path, **train: object) -> dict:
+    cfg = tiny_config(sample_data, out, train={"steps": 2, "save_final": True, **train},
+                      parallel={"zero_stage": 1})
+    (summary,) = run_ranks(train_rank, 1, cfg)
+    assert summary["status"] == "completed"
+    return cfg
+
+
+@pytest.mark.parametrize("victim", ["mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"])
+def test_a_planted_pickle_in_a_checkpoint_is_refused_before_it_runs(sample_data: Path, tmp_path: Path,
+                                                                     victim: str) -> None:
+    out, marker = tmp_path / "run", tmp_path / "PWNED"
+    cfg = _trained(sample_data, out)
+    _plant(out / "checkpoints" / "step_00000002" / victim, marker)
+    cfg["train"]["steps"] = 4  # resume and go on
+    (result,) = run_ranks(train_rank_reporting, 1, cfg)
+    assert not marker.exists(), "the planted object ran on resume"
+    assert result["raised"] and "would run code" in result["raised"] and victim in result["raised"]
+    # the dry run and the start-up checks refuse it too, before any process group exists
+    from megadepth.train.preflight import check_run_dir
+
+    with pytest.raises(ConfigError, match="weights-only"):
+        check_run_dir(validate(cfg), 1)
+    assert not marker.exists()
+    if victim.startswith("mp_rank"):  # the weights readers: generate, export, merge-tp, train.init_from
+        from megadepth.parallel.merge import consolidated_state
+
+        with pytest.raises(ConfigError, match=r"refused .*Unsupported global"):
+            consolidated_state(out / "checkpoints")
+        assert not marker.exists()
+
+
+def test_the_engine_itself_reads_checkpoint_files_weights_only(sample_data: Path, tmp_path: Path) -> None:
+    """A legacy (non-zip) file cannot be scanned up front; DeepSpeed's own read must still refuse it."""
+    out, marker = tmp_path / "run", tmp_path / "PWNED"
+    cfg = _trained(sample_data, out)
+    _plant(out / "checkpoints" / "step_00000002" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", marker,
+           zip_format=False)
+    cfg["train"]["steps"] = 4
+    (result,) = run_ranks(train_rank_reporting, 1, cfg)
+    assert not marker.exists(), "the planted object ran inside DeepSpeed's checkpoint load"
+    assert result["raised"] and "weights-only" in result["raised"]
+
+
+def test_a_checkpoint_loads_and_resumes_through_the_weights_only_reader(sample_data: Path, tmp_path: Path) -> None:
+    """The safe reader must not refuse what DeepSpeed itself writes (ZeRO 1, bf16: its bookkeeping)."""
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, train={"steps": 2, "save_final": True, "precision": "bf16"},
+                      parallel={"zero_stage": 1})
+    run_ranks(train_rank, 2, cfg)
+    cfg["train"]["steps"] = 3
+    first, _ = run_ranks(train_rank, 2, cfg)
+    assert first["status"] == "completed" and first["steps"] == 3
+
+
+def test_weights_that_overflowed_never_become_latest(sample_data: Path, tmp_path: Path) -> None:
+    """Step 1's loss and gradients are finite, its update is not: nothing may be published after it."""
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, optimizer={"lr": 3e38}, train={"steps": 3, "save_every": 1})
+    (summary,) = run_ranks(train_rank, 1, cfg)
+    assert summary["status"] == "diverged"
+    assert not (out / "checkpoints" / "latest").exists()
+    assert not list((out / "checkpoints").glob("step_*"))
+
+
+# ---- a full disk, a read-only folder ----
+
+@contextlib.contextmanager
+def _tmpfs(where: Path, size_kib: int, read_only: bool = False) -> Iterator[Path]:
+    where.mkdir(parents=True, exist_ok=True)
+    options = f"size={size_kib}k" + (",ro" if read_only else "")
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True,
+                          text=True)
+    if done.returncode != 0:
+        why = f"cannot mount a tmpfs (needs root): {done.stderr.strip() or done.returncode}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(why)
+        pytest.skip(why)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def _grow(where: Path, size_kib: int) -> None:
+    subprocess.run(["mount", "-o", f"remount,size={size_kib}k", str(where)], check=True)
+
+
+def _checkpoint_kib(sample_data: Path, tmp_path: Path, world: int) -> int:
+    """How much one checkpoint of the test model takes (all ranks' files), measured."""
+    out = tmp_path / "measure"
+    cfg = tiny_config(sample_data, out, train={"steps": 1, "save_final": True}, parallel={"zero_stage": 1})
+    run_ranks(train_rank, world, cfg)
+    tag = out / "checkpoints" / "step_00000001"
+    return sum(f.stat().st_size for f in tag.iterdir()) // 1024 + 1
+
+
+@pytest.mark.parametrize("world", [1, 2])
+def test_a_full_disk_during_a_save_removes_the_partial_tag_and_the_run_resumes(sample_data: Path, tmp_path: Path,
+                                                                                world: int) -> None:
+    one = _checkpoint_kib(sample_data, tmp_path, world)
+    with _tmpfs(tmp_path / "disk", size_kib=one * 3 // 2 + 64) as disk:  # one checkpoint fits, two do not
+        out = disk / "run"
+        cfg = tiny_config(sample_data, out, train={"steps": 3, "save_every": 1, "keep_checkpoints": 1},
+                          parallel={"zero_stage": 1}, data={"cache_dir": str(tmp_path / "cache")})
+        results = run_ranks(train_rank_reporting, world, cfg)  # times out if a rank hangs at a barrier
+        for result in results:
+            assert result["raised"] and "No space left on device" in result["raised"], result["raised"]
+            assert "the partial checkpoint was removed" in result["raised"]
+            assert "latest still names step_00000001" in result["raised"]
+        summary = results[0]["summary"]
+        assert summary is not None and summary["status"] == "failed" and "No space left" in summary["error"]
+        ckpts = out / "checkpoints"
+        assert (ckpts / "latest").read_text() == "step_00000001"
+        assert sorted(p.name for p in ckpts.glob("step_*")) == ["step_00000001"]
+        leftovers = [p for p in out.rglob("*") if p.name.endswith((".tmp", ".tmp.png"))]
+        assert not leftovers, leftovers
+
+        _grow(disk, one * 4 + 256)  # space freed: the same command resumes from step 1
+        results = run_ranks(train_rank_reporting, world, cfg)
+        assert results[0]["raised"] is None and results[0]["summary"]["status"] == "completed"
+        assert (ckpts / "latest").read_text() == "step_00000003"
+
+
+def test_a_read_only_checkpoints_folder_is_named_before_training(sample_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with _tmpfs(out / "checkpoints", size_kib=256, read_only=True):
+        cfg = tiny_config(sample_data, out, train={"steps": 3, "save_every": 1})
+        (result,) = run_ranks(train_rank_reporting, 1, cfg)
+        assert result["raised"] and "Read-only file system" in result["raised"], result["raised"]
+        assert "Parent directory" not in result["raised"]
+        assert result["summary"]["steps"] == 0  # refused before the first step, not after the training
