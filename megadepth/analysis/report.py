@@ -22,9 +22,13 @@ them into panels), per curve (depth):
 - the transfer loss: each curve's loss at the shallowest curve's optimum minus its own best loss.
 
 Writes DIR/report/transfer.png (one panel per parametrization: metric vs log2 x, one curve per depth,
-mean and +-1 std band over seeds, individual seeds as dots, diverged points as crosses at the top, the
-fitted optima as stars), DIR/report/loss_vs_depth.png (loss at the transferred LR, and each depth's own
-best, against depth; when there is a curve axis and a finished point to plot), DIR/report/transfer.json and DIR/report/transfer.txt (the printed table).
+measured mean and +-1 std band over seeds, individual seeds as dots, diverged points as crosses at the
+top, the fitted optima as stars, a key saying which marks are measured and which fitted),
+DIR/report/loss_vs_depth.png (against depth: each depth's measured mean at the reference's best grid LR and
+its own lowest measured mean, the fitted loss at the reference's fitted optimum marked apart; when there is
+a curve axis and a finished point to plot), DIR/report/transfer.json and DIR/report/transfer.txt (the
+printed table, its measured and fitted columns in labelled groups). Both figures keep what they draw in
+view on small grids; see transfer_ylim and MIN_SPAN.
 """
 
 from __future__ import annotations
@@ -656,6 +660,21 @@ def _transfer(curves: list[dict[str, Any]], layout: Layout) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------------
 # Output
 
+MIN_SPAN = 0.1
+"""The smallest y span, in the metric's units (nats), that transfer.png and loss_vs_depth.png draw.
+Matplotlib fits the axis to the data, so two depths 0.003 nats apart filled the whole height of
+loss_vs_depth.png and read as a steep drop. Seeds of one CPU sweep point differ by 0.02 to 0.2 nats
+(the bands of docs/figures/transfer-cpu.png): differences of a few hundredths are within seed noise at
+these budgets. On a span of at least a tenth of a nat, 0.003 nats is 3% of the height, not all of it.
+loss_vs_depth.png says so on the axis when its points span less."""
+
+OUTLIER_SPREAD = 0.25
+"""transfer.png's top is capped at 3x the means' spread below their median over the lowest mean, so one
+blown-up LR does not flatten the curves; that spread counts as at least this many nats. With three LRs
+per curve the median is a neighbour of the optimum and the spread tiny: a cap of 3 x 0.05 nats made a
+measured edge of the grid 0.4 nats above the optimum an "off scale" triangle. A blown-up run is nats
+above the rest (a uniform guess over 2048 tokens is 7.6 nats), beyond 0.75 from the best mean."""
+
 
 def _f(v: float | None, fmt: str = ".3f") -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
@@ -665,8 +684,41 @@ def _f(v: float | None, fmt: str = ".3f") -> str:
     return format(v, fmt)
 
 
+def measured_transfer(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the runs measured, beside the fitted transfer numbers, one entry per curve (in the panel's
+    order): its mean at the reference curve's best grid LR (``log2_x``: the grid point with the reference's
+    lowest mean, not its fitted optimum, which lies between grid points where no run was made), that
+    point's standard error, its own lowest mean (``best_loss``, at ``best_log2_x``) and the difference
+    (``transfer_loss``). The fitted transfer loss (``panel["transfer"]``) reads the fitted parabola; these
+    values are means of runs, so a figure or a table can show which numbers were measured. Nothing is
+    interpolated: a curve without a finished run at that LR has no value (None); +inf where a seed
+    diverged there."""
+    ref = next((c for c in panel["curves"] if c["optimum"].log2_x is not None), None)  # as in _transfer
+    at_lx = ref["optimum"].grid_argmin if ref is not None else None
+    out = []
+    for c in panel["curves"]:
+        finite = [p for p in c["points"] if math.isfinite(p["mean"])]
+        best = min(finite, key=lambda p: p["mean"]) if finite else None
+        at = None if at_lx is None else next((p for p in c["points"] if abs(p["log2_x"] - at_lx) < 1e-9), None)
+        loss = None if at is None or math.isnan(at["mean"]) else at["mean"]
+        transfer = None
+        if loss is not None and best is not None:
+            transfer = math.inf if math.isinf(loss) else loss - best["mean"]
+        out.append({"curve": c["curve"], "log2_x": at_lx, "loss": loss,
+                    "sem": at["sem"] if at is not None and loss is not None and math.isfinite(loss) else None,
+                    "best_log2_x": None if best is None else best["log2_x"],
+                    "best_loss": None if best is None else best["mean"], "transfer_loss": transfer})
+    return out
+
+
 def format_table(result: dict[str, Any], layout: Layout, meta: dict[str, Any], counts: dict[str, int]) -> str:
-    """The printed table (and transfer.txt): one block per panel, one row per curve."""
+    """The printed table (and transfer.txt): one block per panel, one row per curve.
+
+    The columns come in two labelled groups, because a fitted vertex is a number no run produced: the
+    measured group holds means of runs (the lowest grid mean and its LR; the mean at the reference curve's
+    best grid LR minus it), the fitted group the parabola's optimum, its loss and the fitted transfer
+    loss (the numbers transfer.json holds). A row that was not fitted says so in brackets (argmin, edge)
+    and its optimum columns repeat its measured grid point."""
     curve_name = (layout.curve or "curve").rsplit(".", 1)[-1]
     xname = layout.x.rsplit(".", 1)[-1]
 
@@ -678,24 +730,43 @@ def format_table(result: dict[str, Any], layout: Layout, meta: dict[str, Any], c
     lines = [f"transfer report '{meta['name']}': {layout.metric} vs log2({role(layout.x)}), {per}, "
              f"mean over {role(layout.seed) if layout.seed else 'one run'}; runs: "
              + ", ".join(f"{n} {k}" for k, n in counts.items())]
+    lines += textwrap.wrap(
+        "measured: means over seeds at grid values (a curve's lowest, and its mean at the reference curve's "
+        "best grid value minus that lowest); fitted: the parabola's vertex (± its standard error), its loss, "
+        "and the loss at the reference's fitted optimum (on the parabola, else interpolated between grid "
+        "means) minus the vertex loss.", width=110)
+    wl = max(12, len(f"best log2 {xname}"))  # the log2-x columns
+    wf = max(18, len(f"log2 {xname} ± se"))
     for panel in result["panels"]:
         lines.append("")
         lines.append(panel["label"])
         names = {id(c): curve_label(layout, c, with_name=False) if layout.curve else "-" for c in panel["curves"]}
         width = max([6, len(curve_name), *(len(n) for n in names.values())])
-        lines.append(f"  {curve_name:>{width}}  {'runs':>7}  {'grid best':>9}  {'log2 ' + xname + ' (fit)':>18}  "
-                     f"{xname:>9}  {'loss':>7}  {'transfer loss':>13}  note")
+        lines.append(f"  {'':>{width}}  {'':>7}  {' measured (grid means) ':-^{wl + 2 + 9 + 2 + 13}}  "
+                     f"{' fitted (parabola) ':-^{wf + 2 + 9 + 2 + 7 + 2 + 13}}")
+        lines.append(f"  {curve_name:>{width}}  {'runs':>7}  {'best log2 ' + xname:>{wl}}  {'best loss':>9}  "
+                     f"{'transfer loss':>13}  {'log2 ' + xname + ' ± se':>{wf}}  {xname:>9}  {'loss':>7}  "
+                     f"{'transfer loss':>13}  note")
         transfer = {t["curve"]: t for t in panel["transfer"]}
+        measured = {m["curve"]: m for m in measured_transfer(panel)}
+        unfitted = []
         for c in panel["curves"]:
             opt: Optimum = c["optimum"]
+            m = measured[c["curve"]]
             n_done = sum(p["n"] for p in c["points"])
             n_all = n_done + sum(p["n_missing"] for p in c["points"])
             fit = (f"{opt.log2_x:7.2f} ± {_f(opt.stderr, '.2f'):>5}" if opt.method == "fit" else
                    f"{_f(opt.log2_x, '.2f'):>7} ({opt.method})")
+            if opt.method in ("argmin", "edge") and opt.method not in unfitted:
+                unfitted.append(opt.method)
             tl = transfer.get(c["curve"], {}).get("transfer_loss")
-            lines.append(f"  {names[id(c)]:>{width}}  {f'{n_done}/{n_all}':>7}  {_f(opt.grid_argmin, '.2f'):>9}  "
-                         f"{fit:>18}  {_f(None if opt.log2_x is None else 2 ** opt.log2_x, '.3g'):>9}  "
+            lines.append(f"  {names[id(c)]:>{width}}  {f'{n_done}/{n_all}':>7}  {_f(opt.grid_argmin, '.2f'):>{wl}}  "
+                         f"{_f(m['best_loss']):>9}  {_f(m['transfer_loss'], '+.4f'):>13}  {fit:>{wf}}  "
+                         f"{_f(None if opt.log2_x is None else 2 ** opt.log2_x, '.3g'):>9}  "
                          f"{_f(opt.loss):>7}  {_f(tl, '+.4f'):>13}  {opt.note}")
+        if unfitted:
+            lines.append(f"  ({') and ('.join(unfitted)}): not fitted; the fitted columns repeat the measured "
+                         "grid point")
         shift, slope = panel["shift"], panel["slope"]
         if shift:
             step = panel["grid_step_log2"]
@@ -713,9 +784,11 @@ def format_table(result: dict[str, Any], layout: Layout, meta: dict[str, Any], c
             lines.append(f"  fitted optimum ~ {curve_name}^({slope['value']:+.3f}"
                          + (f" ± {slope['stderr']:.3f}" if slope["stderr"] is not None else "") + ")")
         if shift:  # the same two curves as the shift: the reference and the last one with an optimum
-            last = transfer[shift["to"]]
+            last, seen = transfer[shift["to"]], measured[shift["to"]]
             lines.append(f"  transfer loss at {curve_name} {_v(shift['to'])} (its loss at the {curve_name} "
-                         f"{_v(panel['reference'])} optimum minus its own best): {_f(last['transfer_loss'], '+.4f')}")
+                         f"{_v(panel['reference'])} optimum minus its own best): {_f(last['transfer_loss'], '+.4f')} "
+                         f"at the fitted optimum, {_f(seen['transfer_loss'], '+.4f')} measured at the best grid "
+                         f"log2 {xname} ({_f(seen['log2_x'], '.2f')})")
     return "\n".join(lines)
 
 
@@ -726,39 +799,93 @@ def _colors(n: int) -> list[Any]:
     return [cmap(0.1 + 0.8 * i / max(1, n - 1)) for i in range(n)]
 
 
+def _min_span(bottom: float, top: float) -> tuple[float, float]:
+    """``(bottom, top)`` widened about its middle to at least MIN_SPAN (see there for why)."""
+    if top - bottom < MIN_SPAN:
+        extra = (MIN_SPAN - (top - bottom)) / 2
+        return bottom - extra, top + extra
+    return bottom, top
+
+
 def transfer_ylim(panels: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """transfer.png's y range: everything drawn (means, the ±std bands, the seeds' dots) is inside it,
-    except values above a cap of 3x the spread of the means below their median over the lowest mean
-    (a blown-up LR would squash the curves; such points are drawn as triangles at the top). The bottom
-    is not capped: a band or seed below the lowest mean was clipped away unseen before, every seed dot
-    with a single LR."""
+    """transfer.png's y range. Everything drawn is inside it, every fitted optimum (star) and every grid
+    argmin (diamond) included, except means, bands and seeds above a cap: 3x the spread of the means
+    below their median over the lowest mean (the spread at least OUTLIER_SPREAD), so a blown-up LR does
+    not squash the curves; those are drawn at the top, a mean as a triangle. The cap never hides a whole
+    LR column: where every curve of a panel (two or more) that finished an LR is above the cap, the
+    curves rise there, the LR is no outlier, and the range holds its means. The bottom is not capped,
+    and the span is at least MIN_SPAN so that tiny differences do not fill the height."""
     points = [p for panel in panels for c in panel["curves"] for p in c["points"]]
     means = [p["mean"] for p in points if math.isfinite(p["mean"])]
+    optima = [c["optimum"].loss for panel in panels for c in panel["curves"]
+              if c.get("optimum") is not None and c["optimum"].loss is not None
+              and math.isfinite(c["optimum"].loss)]
     if not means:
         return (0.0, 1.0)
-    drawn = list(means)
+    drawn = list(means) + optima
     for p in points:
         if math.isfinite(p["mean"]) and math.isfinite(p["std"]):
             drawn += [p["mean"] - p["std"], p["mean"] + p["std"]]
         drawn += [s["value"] for s in p["seeds"] if math.isfinite(s["value"])]
     lo, med = min(means), float(np.median(means))
-    bottom = min(drawn)
-    top = min(max(drawn), lo + 3 * max(med - lo, 0.05))
-    pad = 0.05 * (top - bottom) or 0.05
+    cap = lo + 3 * max(med - lo, OUTLIER_SPREAD)
+    for panel in panels:
+        columns: dict[float, list[float]] = {}
+        for c in panel["curves"]:
+            for p in c["points"]:
+                if math.isfinite(p["mean"]):
+                    columns.setdefault(round(p["log2_x"], 9), []).append(p["mean"])
+        for column in columns.values():
+            if len(column) >= 2 and min(column) > cap:
+                cap = max(column)
+    cap = max([cap, *optima])
+    bottom, top = _min_span(min(drawn), min(max(drawn), cap))
+    pad = 0.05 * (top - bottom)
     return (bottom - pad, top + 2 * pad)
 
 
+def _key_handles(kinds: dict[str, bool]) -> tuple[list[Any], list[str]]:
+    """transfer.png's key, in black: which marks are measurements, which are fitted, which are off the
+    axis (the marks that ``kinds`` says were drawn)."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    entries: list[tuple[Any, str]] = []
+    mean = Line2D([], [], color="0.3", marker="o", ms=3.5, lw=1.4)
+    if kinds["band"]:
+        entries.append(((Patch(color="0.3", alpha=0.18, lw=0), mean), "measured mean ± 1 std over seeds"))
+    else:
+        entries.append((mean, "measured mean (one seed: no spread)"))
+    if kinds["seeds"]:
+        entries.append((Line2D([], [], color="0.3", marker=".", ls="", alpha=0.6), "a seed (measured)"))
+    if kinds["fit"]:
+        entries.append((Line2D([], [], color="0.7", marker="*", ms=10, mec="black", mew=0.6, ls=""),
+                        "fitted optimum (parabola vertex) ± stderr"))
+    if kinds["argmin"]:
+        entries.append((Line2D([], [], color="0.7", marker="D", ms=5, mec="black", mew=0.6, ls=""),
+                        "optimum not fitted: measured grid argmin"))
+    if kinds["diverged"]:
+        entries.append((Line2D([], [], color="0.3", marker="x", ms=7, mew=2, ls=""), "diverged (drawn at the top)"))
+    if kinds["off"]:
+        entries.append((Line2D([], [], color="0.3", marker="^", ms=6, ls=""), "mean above the axis (outlier)"))
+    return [h for h, _ in entries], [t for _, t in entries]
+
+
 def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str) -> Path:
+    """transfer.png: see transfer_ylim for its y range and _key_handles for its key."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     panels = result["panels"]
     ncols = min(3, len(panels))
     nrows = math.ceil(len(panels) / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), dpi=110, squeeze=False, sharey=True)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 4.2 * nrows), dpi=110, squeeze=False,
+                             sharey=True, layout="constrained")
     ylim = transfer_ylim(panels)
+    kinds = dict.fromkeys(("band", "seeds", "fit", "argmin", "diverged", "off"), False)
     for k, panel in enumerate(panels):
         ax = axes[k // ncols][k % ncols]
         colors = _colors(len(panel["curves"]))
@@ -772,21 +899,26 @@ def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str)
             ax.plot(xs[ok], np.minimum(mean[ok], ylim[1]), "-o", color=color, ms=3.5, lw=1.4, label=label)
             band = ok & np.isfinite(std)
             if band.any():
+                kinds["band"] = True
                 ax.fill_between(xs[band], (mean - std)[band], (mean + std)[band], color=color, alpha=0.18, lw=0)
             for p in pts:  # individual seeds
                 vals = [s["value"] for s in p["seeds"] if math.isfinite(s["value"])]
                 if len(vals) > 1:
+                    kinds["seeds"] = True
                     ax.plot([p["log2_x"]] * len(vals), np.minimum(vals, ylim[1]), ".", color=color, alpha=0.45, ms=3)
             off = ok & (mean > ylim[1])
             if off.any():
+                kinds["off"] = True
                 ax.plot(xs[off], [ylim[1]] * int(off.sum()), "^", color=color, ms=6, clip_on=False)
             div = [p["log2_x"] for p in pts if p["n_diverged"]]
             if div:
+                kinds["diverged"] = True
                 ax.plot(div, [ylim[1]] * len(div), "x", color=color, ms=7, mew=2, clip_on=False)
             opt: Optimum = c["optimum"]
             if opt.log2_x is not None and opt.loss is not None:
                 marker = "*" if opt.method == "fit" else "D"
-                ax.errorbar([opt.log2_x], [min(opt.loss, ylim[1])], xerr=[[opt.stderr or 0], [opt.stderr or 0]],
+                kinds["fit" if marker == "*" else "argmin"] = True
+                ax.errorbar([opt.log2_x], [opt.loss], xerr=[[opt.stderr or 0], [opt.stderr or 0]],
                             fmt=marker, color=color, ms=10 if marker == "*" else 5, mec="black", mew=0.6,
                             capsize=2, zorder=5)
         shift = panel["shift"]
@@ -797,65 +929,116 @@ def plot_transfer(result: dict[str, Any], layout: Layout, out: Path, title: str)
             sub += " (a bound: edge optimum)"
         ax.set_title(panel["label"] + sub, fontsize=10)
         ax.set_xlabel(f"log2 {layout.x}")
+        if all(float(p["log2_x"]).is_integer() for c in panel["curves"] for p in c["points"]):
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # not -8.75: no run was made there
         if k % ncols == 0:
             ax.set_ylabel(layout.metric)
         ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="best")
     for k in range(len(panels), nrows * ncols):
         axes[k // ncols][k % ncols].axis("off")
-    # wrapped to the figure's width: one panel is 5.2 inches, too narrow for the key on one line
+    handles, texts = _key_handles(kinds)
+    key_cols = min(len(handles), 2 * ncols - 1)  # an entry takes ~3 inches: one per column of a 5.2-inch panel
+    fig.legend(handles, texts, loc="outside lower center", ncol=key_cols, fontsize=8, frameon=False)
+    fig.set_size_inches(5.2 * ncols, 4.2 * nrows + 0.4 + 0.2 * math.ceil(len(handles) / key_cols))
+    # wrapped to the figure's width: one panel is 5.2 inches, too narrow for a long title on one line
     # (at 9 points a line holds ~15 average characters per inch; 13 leaves room for wide ones)
-    key = (f"{title}: star = fitted optimum (± stderr), diamond = grid argmin only, "
-           "x = diverged, ^ = off scale; band = ±1 std over seeds")
-    fig.suptitle(textwrap.fill(key, width=int(13 * 5.2 * ncols), break_long_words=True), fontsize=9)
-    fig.tight_layout()
+    curves = f", one curve per {layout.curve.rsplit('.', 1)[-1]}" if layout.curve else ""
+    fig.suptitle(textwrap.fill(f"{title}: {layout.metric} vs log2 {layout.x}{curves}", width=int(13 * 5.2 * ncols),
+                               break_long_words=True), fontsize=9)
     return save_figure(fig, out)
 
 
 def plot_loss_vs_depth(result: dict[str, Any], layout: Layout, out: Path, title: str) -> Path | None:
+    """loss_vs_depth.png: per panel, what each depth MEASURED at the reference depth's best grid LR (solid,
+    ± standard error; see measured_transfer) and its lowest measured mean (dashed), and, as hollow
+    diamonds, the fitted loss at the reference's fitted optimum that the table's transfer loss uses. A
+    fitted vertex is no run's loss, so it is never joined into the measured line. The y span is at least
+    MIN_SPAN and a note says when the points differ by less."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
     if not layout.curve:
         return None
-    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=110, layout="constrained")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     curve_name = layout.curve.rsplit(".", 1)[-1]
-    drew = False
+    xname = layout.x.rsplit(".", 1)[-1]
+    values: list[float] = []  # every finite value drawn, for the y range
+    diverged: list[tuple[float, Any]] = []
+    handles: list[Any] = []
+    texts: list[str] = []
+    kinds = dict.fromkeys(("fitted", "best", "diverged"), False)
     for k, panel in enumerate(result["panels"]):
         color = cycle[k % len(cycle)]
-        rows = [t for t in panel["transfer"] if t["loss_at_transferred"] is not None]
         numeric = all(isinstance(t["curve"], (int, float)) for t in panel["transfer"])
-        pos = (lambda v: v) if numeric else (lambda v, _t=[t["curve"] for t in panel["transfer"]]: _t.index(v))
-        fin = [t for t in rows if math.isfinite(t["loss_at_transferred"])]
-        if fin:
-            ax.errorbar([pos(t["curve"]) for t in fin], [t["loss_at_transferred"] for t in fin],
-                        yerr=[t["loss_at_transferred_sem"] or 0 for t in fin], fmt="-o", color=color, capsize=3,
-                        label=f"{panel['label']}: at the LR of {curve_name} {_v(panel['reference'])}")
-            drew = True
-        best = [t for t in panel["transfer"] if t["best_loss"] is not None]
+        order = [t["curve"] for t in panel["transfer"]]
+        pos = (lambda v: v) if numeric else (lambda v, _o=order: _o.index(v))
+        measured = measured_transfer(panel)
+        at = [m for m in measured if m["loss"] is not None and math.isfinite(m["loss"])]
+        if at:
+            xs, ys = [pos(m["curve"]) for m in at], [m["loss"] for m in at]
+            sems = [m["sem"] or 0.0 for m in at]
+            ax.errorbar(xs, ys, yerr=sems, fmt="none", ecolor=color, capsize=3)
+            ax.plot(xs, ys, "-o", color=color, ms=6, gid="measured-at-transferred")
+            values += [y + s for y, s in zip(ys, sems, strict=True)] + [y - s for y, s in zip(ys, sems, strict=True)]
+            ref = panel["reference"]
+            fitted_lx = panel["transfer"][0]["log2_x"] if panel["transfer"] else None
+            handles.append(Line2D([], [], color=color, marker="o", ms=6))
+            texts.append(f"{panel['label']}: at the LR of {curve_name} {_v(ref)} (measured: log2 {xname} "
+                         f"{_f(at[0]['log2_x'], '.2f')}; fitted: {_f(fitted_lx, '.2f')})")
+        best = [m for m in measured if m["best_loss"] is not None]
         if best:
-            ax.plot([pos(t["curve"]) for t in best], [t["best_loss"] for t in best], "--", color=color, alpha=0.6,
-                    label=f"{panel['label']}: own best")
-            drew = True
-        div = [t for t in rows if not math.isfinite(t["loss_at_transferred"])]
-        if div:
-            ax.plot([pos(t["curve"]) for t in div], [ax.get_ylim()[1]] * len(div), "x", color=color, ms=8, mew=2)
+            kinds["best"] = True
+            ax.plot([pos(m["curve"]) for m in best], [m["best_loss"] for m in best], "--", color=color, alpha=0.6,
+                    gid="measured-own-best")
+            values += [m["best_loss"] for m in best]
+        fit = [t for t in panel["transfer"]
+               if t["loss_at_transferred"] is not None and math.isfinite(t["loss_at_transferred"])]
+        if fit:
+            kinds["fitted"] = True
+            ax.plot([pos(t["curve"]) for t in fit], [t["loss_at_transferred"] for t in fit], "D", ls="", ms=7,
+                    mfc="none", mec=color, mew=1.3, gid="fitted-at-transferred")
+            values += [t["loss_at_transferred"] for t in fit]
+        diverged += [(pos(m["curve"]), color) for m in measured if m["loss"] == math.inf]
         if numeric:
             ax.set_xscale("log", base=2)
-    if not drew:
+    if not values and not diverged:
         plt.close(fig)
         return None
+    bottom, top = (min(values), max(values)) if values else (0.0, 1.0)
+    span = top - bottom
+    bottom, top = _min_span(bottom, top)
+    pad = 0.08 * (top - bottom)
+    ax.set_ylim(bottom - pad, top + pad)
+    if values and span < MIN_SPAN:
+        ax.text(0.99, 0.02, f"all points within {span:.2g} nats; the axis spans at least {MIN_SPAN:g} nats, so "
+                "that a difference this small looks small", transform=ax.transAxes, ha="right", va="bottom", fontsize=7,
+                color="0.35", wrap=True)
+    if diverged:
+        kinds["diverged"] = True
+        for x, color in diverged:
+            ax.plot([x], [top + pad], "x", color=color, ms=8, mew=2, clip_on=False)
+    if kinds["best"]:
+        handles.append(Line2D([], [], color="0.3", ls="--", alpha=0.6))
+        texts.append("own best: each depth's lowest measured mean")
+    if kinds["fitted"]:
+        handles.append(Line2D([], [], color="0.3", marker="D", ls="", ms=7, mfc="none", mew=1.3))
+        texts.append("fitted: at the fitted optimum LR (on the depth's parabola, else interpolated): "
+                     "the table's transfer loss")
+    if kinds["diverged"]:
+        handles.append(Line2D([], [], color="0.3", marker="x", ls="", ms=8, mew=2))
+        texts.append("diverged at that LR (drawn at the top)")
     ax.set_xlabel(curve_name)
-    ax.set_ylabel(layout.metric)
+    ax.set_ylabel(f"{layout.metric} (measured mean ± stderr)")
     ax.set_title(f"{title}: loss at the transferred LR vs {curve_name}\n(deeper should be better when transfer works)",
                  fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    fig.legend(handles, texts, loc="outside lower center", fontsize=7, frameon=False)
     return save_figure(fig, out)
 
 
