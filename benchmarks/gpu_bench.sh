@@ -9,8 +9,8 @@
 #   bash benchmarks/gpu_bench.sh
 # On a CPU machine, for a dry run of every part at a tiny shape:
 #   OUT=/tmp/bench SHAPES="gpt-124m" SP_SHAPE=gpt-124m BENCH_SET="--set model.depth=2 --set model.width=64 \
-#     --set model.heads=4 --set model.base_depth=1 --set model.base_width=32 --set model.seq_len=64 \
-#     --set train.micro_batch=2" STEPS=3 WARMUP=1 COMPILE=false bash benchmarks/gpu_bench.sh
+#     --set model.heads=4 --set model.base_depth=1 --set model.base_width=32 --set model.base_heads=4 \
+#     --set model.seq_len=64 --set train.micro_batch=2" STEPS=3 WARMUP=1 COMPILE=false bash benchmarks/gpu_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/megadepth-bench}

@@ -17,7 +17,7 @@ from megadepth.train.bench import flops_per_token
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["model.depth=2", "model.width=64", "model.heads=4", "model.seq_len=32", "train.micro_batch=4",
-        "model.vocab_size=512", "model.base_depth=1", "model.base_width=32"]
+        "model.vocab_size=512", "model.base_depth=1", "model.base_width=32", "model.base_heads=4"]
 
 
 def test_flops_convention_reproduces_the_published_mfu() -> None:

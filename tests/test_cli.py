@@ -147,7 +147,7 @@ def test_coord_check_command(sample_data: Path, tmp_path: Path) -> None:
     cfg = write_config(tmp_path, tiny_config(sample_data, tmp_path / "unused", model={"seq_len": 16}))
     out = tmp_path / "coord"
     done = _cli("coord-check", str(cfg), "--depths", "2,4", "--widths", "32,64", "--steps", "2", "--out", str(out),
-                "--set", "model.base_width=32", cwd=tmp_path)
+                "--set", "model.base_width=32", "--set", "model.base_heads=2", cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((out / "coord.json").read_text())
     assert (out / "coord.png").read_bytes()[:4] == b"\x89PNG"

@@ -66,7 +66,7 @@ def test_sp_residual_stream_is_not_flat_in_depth(sample_data: Path, tmp_path: Pa
 
 @pytest.mark.parametrize(("preset", "flat"), [("mup", True), ("sp", False)])
 def test_width(sample_data: Path, tmp_path: Path, preset: str, flat: bool) -> None:
-    cfg = config(sample_data, tmp_path, preset, "transformer", 0.01, depth=4, base_width=32)
+    cfg = config(sample_data, tmp_path, preset, "transformer", 0.01, depth=4, base_width=32, base_heads=4)
     (result,) = run_ranks(coord_check_rank, 1, cfg, [4], [32, 64, 128, 256], 5)
     s = {q: v["mean"] for q, v in result["width"].items()}
     if flat:
@@ -200,3 +200,18 @@ def test_an_unset_base_shape_is_fixed_at_the_smallest_shape_checked(sample_data:
         assert results[preset]["base_depth"] == 2
     deep = {p: [r["value"] for r in results[p]["records"] if r["depth"] == 4] for p in results}
     assert deep["sp"] != deep["depth_mup"]  # the branch multiplier 2^-1/2 acts at depth 4
+
+
+def test_a_width_check_without_base_heads_is_not_refused_as_ambiguous(tmp_path: Path) -> None:
+    """The check keeps the heads fixed across widths, so it can say which way the width grew: the head size.
+    Without that, a muP width check with no model.base_heads was refused at every shape."""
+    from megadepth.analysis.coord_check import Shape, shaped_config, with_base_shape
+    from megadepth.config import validate
+    from megadepth.parametrize.checks import check_parametrization
+
+    for base_width in (None, 32):
+        cfg = validate(config(tmp_path, tmp_path, "mup", "transformer", 0.01,
+                              **({"base_width": base_width} if base_width else {})))
+        fixed, _ = with_base_shape(cfg, [2], [32, 64])
+        assert fixed.model.base_heads == cfg.model.heads
+        check_parametrization(shaped_config(fixed, Shape(depth=2, width=64), steps=1, seed=0))

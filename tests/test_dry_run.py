@@ -32,7 +32,7 @@ def test_dry_run_shows_what_the_real_run_gets_and_writes_nothing(sample_data: Pa
     from megadepth.parametrize import Parametrization
 
     out = tmp_path / "run"
-    cfg = tiny_config(sample_data, out, model={"width": 64, "base_width": 32, "tie_embeddings": False},
+    cfg = tiny_config(sample_data, out, model={"width": 64, "base_width": 32, "base_heads": 2, "tie_embeddings": False},
                       train={"steps": 2, "micro_batch": 4, "global_batch": 8})
     code, text, err = _dry_run(cfg, tmp_path, capsys)
     assert code == 0, err

@@ -83,7 +83,7 @@ def test_export_matches_megadepth_and_generates_the_same(sample_data: Path, tmp_
     text-generation pipeline, equals megadepth's; files get the umask's modes."""
     from transformers import AutoTokenizer, GPT2LMHeadModel, pipeline
 
-    cfg = tiny_config(sample_data, tmp_path / "run", model={"base_width": 16, "bias": True},
+    cfg = tiny_config(sample_data, tmp_path / "run", model={"base_width": 16, "base_heads": 2, "bias": True},
                       train={"save_final": True})
     run_ranks(train_rank, 1, cfg)
     with umask(0o022):
@@ -133,7 +133,7 @@ def test_export_matches_megadepth_and_generates_the_same(sample_data: Path, tmp_
 def test_export_of_parallel_layouts_matches_one_process(sample_data: Path, tmp_path: Path, layout: str) -> None:
     """CompleteP, untied head, no biases; TP=2 or PP=2 checkpoints export to what the one-process run
     computes (SGD keeps the layouts' training equal to rounding)."""
-    common = {"model": {"base_width": 16, "tie_embeddings": False, "bias": False},
+    common = {"model": {"base_width": 16, "base_heads": 2, "tie_embeddings": False, "bias": False},
               "parametrization": {"name": "completep"},
               "optimizer": {"name": "sgd", "lr": 0.3, "momentum": 0.9},
               "train": {"save_final": True}, "parallel": {"zero_stage": 1}}

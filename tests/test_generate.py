@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.distributed]
 @pytest.fixture(scope="module")
 def trained(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("gen") / "run"
-    cfg = tiny_config(sample_data, out, model={"base_width": 16, "bias": True},
+    cfg = tiny_config(sample_data, out, model={"base_width": 16, "base_heads": 2, "bias": True},
                       train={"steps": 20, "save_final": True, "log_every": 10})
     run_ranks(train_rank, 1, cfg)
     return out

@@ -16,13 +16,16 @@ ETA, EPS, WD, SIGMA = 0.01, 1e-8, 0.1, 0.02
 
 
 def make(preset: str, width: int = 128, depth: int = 8, base_width: int = 32, base_depth: int = 2,
-         **extra: object) -> tuple:
+         heads: int = 4, base_heads: int | None = None, **extra: object) -> tuple:
+    """``heads`` heads, as many at the base unless base_heads says otherwise (the head size grows with the
+    width: head size 32 here, 8 at the base)."""
     ptz_cfg = {"name": preset, "init_std": SIGMA, **extra}
     if preset == "custom":
         ptz_cfg.setdefault("alpha", 0.75)
         ptz_cfg.setdefault("gamma", 0.25)
     cfg = validate({
-        "model": {"width": width, "depth": depth, "heads": 4, "base_width": base_width,
+        "model": {"width": width, "depth": depth, "heads": heads, "base_width": base_width,
+                  "base_heads": heads if base_heads is None else base_heads,
                   "base_depth": base_depth, "seq_len": 16, "vocab_size": 64},
         "parametrization": ptz_cfg,
         "optimizer": {"lr": ETA, "eps": EPS, "weight_decay": WD},
@@ -142,12 +145,15 @@ def groups_by_name(model: GPT, ptz, cfg) -> dict:
     }
 
 
+@pytest.mark.parametrize("heads", [4, 8])
 @pytest.mark.parametrize("tied", [True, False])
-def test_base_shape_invariant(tied: bool) -> None:
-    """At m = r = 1 every preset builds the same weights, multipliers and optimizer groups."""
+def test_base_shape_invariant(tied: bool, heads: int) -> None:
+    """At m = r = 1 every preset builds the same weights, multipliers and optimizer groups (the base shape
+    given in full: model.base_heads is the head count, so the attention scale is SP's 1/sqrt(head size))."""
     built = {}
     for preset in PRESETS:
-        cfg, ptz = make(preset, width=64, depth=3, base_width=64, base_depth=3, zero_query=False)
+        cfg, ptz = make(preset, width=64, depth=3, base_width=64, base_depth=3, heads=heads, zero_query=False)
+        assert ptz.multipliers().attn_scale == pytest.approx(1 / math.sqrt(64 / heads))
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"tie_embeddings": tied,
                                                                             "bias": True})})
         model = model_for(cfg, ptz)

@@ -24,6 +24,9 @@ def cfg(**sections: dict):
         ({"model": {"base_depth": 8}}, "model.base_depth (8) is larger"),
         ({"parametrization": {"zero_readout": True}}, "zero_readout with model.tie_embeddings"),
         ({"model": {"heads": 8, "base_width": 36, "width": 72}}, "base head size is ambiguous"),
+        ({}, "set model.base_heads: 2 (heads grew, head size 16 fixed) or 4 (head size grew from 8, 4 heads "
+             "fixed)"),
+        ({"model": {"base_heads": 4}, "parametrization": {"base_head_dim": 16}}, "disagree"),
         ({"model": {"block": "linear", "position": "rotary"}}, "rotary has no effect"),
         ({"model": {"block": "linear"}, "parametrization": {"zero_query": True}}, "zero_query has no effect"),
     ],
@@ -35,8 +38,11 @@ def test_refused(sections: dict, message: str) -> None:
 
 
 def test_allowed() -> None:
-    check_parametrization(cfg())
-    check_parametrization(cfg(model={"tie_embeddings": False}, parametrization={"zero_readout": True}))
+    for base_heads in (2, 4):  # heads grew (2 of 16 at the base), head size grew (4 of 8)
+        check_parametrization(cfg(model={"base_heads": base_heads}))
+    check_parametrization(cfg(model={"base_heads": 4}, parametrization={"base_head_dim": 8}))
+    check_parametrization(cfg(model={"tie_embeddings": False, "base_heads": 4},
+                              parametrization={"zero_readout": True}))
     check_parametrization(cfg(model={"heads": 8, "base_width": 36, "width": 72},
                               parametrization={"base_head_dim": 9}))
     check_parametrization(cfg(parametrization={"name": "sp"}, model={"heads": 3, "width": 66, "base_width": 33}))

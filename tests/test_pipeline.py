@@ -16,7 +16,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 def shape(data: Path, out: Path, pipeline: int = 1, tensor: int = 1, grad_accum: int = 4, **train) -> dict:
     return tiny_config(
         data, out,
-        model={"width": 64, "base_width": 32, "heads": 4, "depth": 4, "base_depth": 2, "seq_len": 32,
+        model={"width": 64, "base_width": 32, "heads": 4, "base_heads": 4, "depth": 4, "base_depth": 2, "seq_len": 32,
                "vocab_size": 512, "bias": True},
         parametrization={"name": "depth_mup"},
         parallel={"pipeline": pipeline, "tensor": tensor, "zero_stage": 1},

@@ -83,6 +83,7 @@ def write_spec(tmp_path: Path, sample_data: Path, grid: dict, name: str = "t", *
     base = tiny_config(sample_data, tmp_path / "unused")
     del base["train"]["out_dir"], base["train"]["steps"]  # the sweep sets both (out dir, budget)
     base["model"].setdefault("base_width", 32)  # a grid over width needs a base width (tiny: width 32)
+    base["model"].setdefault("base_heads", 2)  # and to say how it grows: tiny's 2 heads, wider
     for key in (k for axis in grid for k in axis.split(",")):  # and the grid sets its axes
         section, _, leaf = key.partition(".")
         base.get(section, {}).pop(leaf, None)

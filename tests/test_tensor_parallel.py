@@ -29,7 +29,7 @@ def test_sequence_parallel_region_matches_unsharded() -> None:
 def shape(data: Path, out: Path, preset: str = "depth_mup", tensor: int = 1, sp: bool = False, **train) -> dict:
     return tiny_config(
         data, out,
-        model={"width": 64, "base_width": 32, "heads": 4, "depth": 2, "base_depth": 1, "seq_len": 32,
+        model={"width": 64, "base_width": 32, "heads": 4, "base_heads": 4, "depth": 2, "base_depth": 1, "seq_len": 32,
                "vocab_size": 520, "bias": True},  # padded to 640 rows: 120 padding rows
         parametrization={"name": preset},
         parallel={"tensor": tensor, "sequence_parallel": sp},

@@ -82,7 +82,7 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
     _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"base_width": 32},
                       parametrization={"base_head_dim": 16}))
     with pytest.raises(ConfigError, match=r"model.base_width 32 there, 16 here"):
-        _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"base_width": 16}))
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"base_width": 16, "base_heads": 2}))
     # a schedule change is allowed: the scheduler recomputes its factor from the config
     _plan(tiny_config(sample_data, out, train={"steps": 4}, schedule={"name": "constant"}))
     # the data at data.path: a moved copy is the same data; re-prepared data (here one document fewer, then

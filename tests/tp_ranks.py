@@ -182,3 +182,30 @@ def module_state(path: str) -> dict[str, Any]:
     """The module weights of a (merged) checkpoint file, as numpy arrays."""
     state = torch.load(path, map_location="cpu", weights_only=True)["module"]
     return {k: v.numpy() for k, v in state.items()}
+
+
+def attention_forward(config_dicts: list[dict]) -> dict[str, Any]:
+    """For each config (its parallel.tensor = this world's size): the attention scale every block of the
+    tensor-parallel model holds, its local head count, the relative difference of its logits from the
+    unsharded model's (same seed, built in this process without a tensor-parallel group), and those logits."""
+    from megadepth.config import validate
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization, initialize
+
+    runs = []
+    for config_dict in config_dicts:
+        config = validate(config_dict)
+        tp = _tp(config.parallel.tensor)
+        ptz = Parametrization.from_config(config.model, config.parametrization,
+                                          optimizer=config.optimizer.name)
+        sharded, whole = GPT(config.model, ptz.multipliers(), tp), GPT(config.model, ptz.multipliers())
+        for model in (sharded, whole):
+            initialize(model, ptz, config.train.seed)
+            model.eval()
+        tokens = torch.randint(0, config.model.vocab_size, (2, config.model.seq_len),
+                               generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            got, ref = sharded(tokens), whole(tokens)
+        runs.append(([b.attn.scale for b in sharded.blocks], sharded.blocks[0].attn.heads, _rel(got, ref),
+                     ref.numpy().copy()))
+    return {"runs": runs}

@@ -51,7 +51,8 @@ def with_base_shape(config: Config, depths: Sequence[int], widths: Sequence[int]
 
     An unset ``model.base_depth`` means "this depth is the base": every shape would then be its own base
     (r = 1, m = 1), every preset would build the SP model, and the check would measure SP under another
-    name. So the smallest depth (width) of the check becomes the base; the notes say so."""
+    name. So the smallest depth (width) of the check becomes the base; the notes say so. Across widths the
+    heads stay fixed, so an unset ``model.base_heads`` is ``model.heads`` (the head size grows)."""
     notes = []
     model = config.model
     update: dict[str, int] = {}
@@ -61,6 +62,9 @@ def with_base_shape(config: Config, depths: Sequence[int], widths: Sequence[int]
     if model.base_width is None and widths and len(set(widths)) > 1:
         update["base_width"] = min(widths)
         notes.append(f"model.base_width is not set: fixed at {min(widths)}, the smallest width checked")
+    if model.base_heads is None and widths and len(set(widths)) > 1:
+        # not ambiguous here: the check keeps model.heads at every width, so the head size is what grows
+        update["base_heads"] = model.heads
     if not update:
         return config, notes
     data = config.model_dump(mode="json")

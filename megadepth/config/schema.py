@@ -77,6 +77,13 @@ class ModelConfig(Section):
     base_width: int | None = Field(None, ge=1)
     """Width d0 at which hyperparameters were tuned; the width multiplier is m = width / base_width.
     Unset means 'this model is the base' (m = 1)."""
+    base_heads: int | None = Field(None, ge=1)
+    """Attention heads of the base shape; its head size is base_width / base_heads, which the muP attention
+    scale attn_multiplier * sqrt(base head size) / head size needs. It says how the width grew: by more heads
+    at a fixed head size (the GPT-2 family: base_heads = base_width / head size), by wider heads (base_heads
+    = heads), or both. Must divide base_width; unset, it is heads when base_width equals width. Start-up
+    refuses a width-scaled transformer with base_width != width that sets neither this nor
+    parametrization.base_head_dim: the config would not say which way it scales."""
     mlp_ratio: float = Field(4.0, gt=0)
     """MLP hidden width as a multiple of the width (kept fixed when scaling, so m is the same for all
     hidden matrices)."""
@@ -124,6 +131,23 @@ class ModelConfig(Section):
             )
         if self.position == "rotary" and (self.width // self.heads) % 2:
             raise ValueError("rotary positions need an even head size (model.width / model.heads)")
+        if self.base_heads is not None:
+            base_width = self.base_width or self.width
+            if base_width % self.base_heads:
+                raise ValueError(
+                    f"model.base_heads ({self.base_heads}) must divide model.base_width ({base_width}): the "
+                    "base head size is base_width / base_heads"
+                )
+            if base_width == self.width and self.base_heads != self.heads:
+                # a model at its base width is its own base shape; a stale base_heads left in a file whose
+                # base_width was then set to the width would silently change its attention scale
+                base = ("is unset" if self.base_width is None
+                        else f"equals model.width ({self.width})")
+                raise ValueError(
+                    f"model.base_heads ({self.base_heads}) differs from model.heads ({self.heads}) but "
+                    f"model.base_width {base}, so this model is its own base shape: set model.base_width to "
+                    f"the width tuned at, or model.base_heads to {self.heads} (or drop it)"
+                )
         return self
 
     @property
@@ -163,10 +187,13 @@ class ParametrizationConfig(Section):
     output_multiplier: float = Field(1.0, gt=0)
     """Readout multiplier alpha_out (divided by m under width-muP)."""
     attn_multiplier: float = Field(1.0, gt=0)
-    """Attention-logit multiplier: the softmax scale is attn_multiplier / sqrt(base_head_dim) at the base
-    shape (1/d_head scaling away from it under muP, 1/sqrt(d_head) under SP)."""
+    """Attention-logit multiplier: the softmax scale is attn_multiplier / sqrt(base head size) at the base
+    shape (attn_multiplier * sqrt(base head size) / head size away from it under the width-scaled presets,
+    attn_multiplier / sqrt(head size) under SP); the base head size is model.base_width / model.base_heads."""
     base_head_dim: int | None = Field(None, ge=1)
-    """Head size at the base shape; defaults to base_width / heads (heads fixed as width grows)."""
+    """Head size at the base shape, the older spelling of model.base_heads (base_width / base_heads, which
+    says the same and is preferred); refused when the two disagree, and when it does not divide
+    model.base_width."""
     zero_query: bool = False
     """Initialise the query projection to zero (a standard muP option)."""
     zero_readout: bool = False

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
-from megadepth.parametrize.rules import ADAM_FAMILY, PRESETS, SGD_FAMILY
+from megadepth.parametrize.rules import ADAM_FAMILY, SGD_FAMILY, base_head_problem
 
 
 def check_parametrization(config: Config) -> None:
@@ -15,7 +15,6 @@ def check_parametrization(config: Config) -> None:
     model, ptz, opt = config.model, config.parametrization, config.optimizer
     if opt.name not in ADAM_FAMILY + SGD_FAMILY:
         raise ConfigError(f"optimizer.name '{opt.name}' has no parametrization rule")
-    width_scaled = ptz.name == "custom" or PRESETS[ptz.name][0]
     if model.base_width and model.base_width > model.width:
         raise ConfigError(
             f"model.base_width ({model.base_width}) is larger than model.width ({model.width}): tune at the "
@@ -31,23 +30,16 @@ def check_parametrization(config: Config) -> None:
             "parametrization.zero_readout with model.tie_embeddings would zero the shared token embedding; "
             "untie the embeddings or drop zero_readout"
         )
-    base_width = model.base_width or model.width
-    if (
-        width_scaled
-        and model.block == "transformer"
-        and ptz.base_head_dim is None
-        and base_width % model.heads
-    ):
-        raise ConfigError(
-            f"the base head size is ambiguous: model.base_width ({base_width}) is not divisible by model.heads "
-            f"({model.heads}); set parametrization.base_head_dim"
-        )
+    problem = base_head_problem(model, ptz)
+    if problem:
+        raise ConfigError(problem)
     if model.block == "linear":
         ignored = {
             "model.position: rotary": model.position == "rotary",
             "parametrization.zero_query": ptz.zero_query,
             "parametrization.attn_multiplier": ptz.attn_multiplier != 1.0,
             "parametrization.base_head_dim": ptz.base_head_dim is not None,
+            "model.base_heads": model.base_heads is not None,
         }
         set_keys = [k for k, on in ignored.items() if on]
         if set_keys:

@@ -14,6 +14,10 @@ The optimizer family matters for width too: Adam normalises gradients entry-wise
 LR eta/m; SGD does not, so vector-like parameters (embeddings, biases, gains, and the readout behind its
 1/m multiplier) get LR eta*m and hidden matrices keep eta (the `mup` package's MuAdam / MuSGD). Weight
 decay is scaled inversely to the width factor of the LR, so lr x wd does not depend on width.
+
+The width-scaled attention scale alpha_attn * sqrt(d_head0) / d_head needs the base shape's head size
+d_head0 = base_width / base_heads: width grown by more heads and width grown by wider heads are different
+models, and a config away from its base width must say which (:func:`base_head_problem`).
 """
 
 from __future__ import annotations
@@ -42,6 +46,87 @@ def scales_depth(name: str) -> bool:
 def scales_width(name: str) -> bool:
     """Whether a preset parametrizes width: all but SP."""
     return name == "custom" or PRESETS[name][0]
+
+
+def attention_scales_with_base(name: str) -> bool:
+    """Whether a preset's attention scale depends on the base head size: every width-scaled preset
+    (attn_multiplier * sqrt(base head size) / head size); SP's is attn_multiplier / sqrt(head size)."""
+    return scales_width(name)
+
+
+def resolve_base_head_dim(model: ModelConfig, cfg: ParametrizationConfig) -> float:
+    """The head size of the base shape, base_width / base_heads, from model.base_heads or its older spelling
+    parametrization.base_head_dim (a ValueError when both are given and disagree).
+
+    With neither, base_width / heads: this model's own head size at its base width; away from it, what
+    configs written before model.base_heads meant (heads fixed, head size grown), kept so the runs trained
+    then still resolve to the attention scale they trained with. Start-up refuses that case for new runs
+    (:func:`base_head_problem`): the config does not say whether heads or head size grew."""
+    base_width = model.base_width or model.width
+    if model.base_heads is not None:
+        size = base_width / model.base_heads
+        if cfg.base_head_dim is not None and cfg.base_head_dim != size:
+            raise ValueError(_disagreement(model, cfg))
+        return size
+    if cfg.base_head_dim is not None:
+        return float(cfg.base_head_dim)
+    return base_width / model.heads
+
+
+def _disagreement(model: ModelConfig, cfg: ParametrizationConfig) -> str:
+    base_width, heads = model.base_width or model.width, model.base_heads
+    return (
+        f"model.base_heads ({heads}) and parametrization.base_head_dim ({cfg.base_head_dim}) disagree: "
+        f"model.base_width {base_width} / {heads} heads is head size {base_width // heads}; "
+        "drop parametrization.base_head_dim (model.base_heads says the same)"
+    )
+
+
+def base_head_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | None:
+    """Why the base head size cannot be trusted (one line naming the keys and the fix), or None.
+
+    model.base_heads and parametrization.base_head_dim must agree and give a whole number of base heads,
+    under any preset (a contradiction is refused even where it changes nothing). Only the width-scaled
+    presets' attention scale depends on the base head size, and only a transformer has attention: for
+    them, away from the base width (m != 1), the config must say how the width grew. More heads at a fixed
+    head size and wider heads at a fixed head count give attention scales that differ by a factor sqrt(m),
+    and nothing else in the config tells them apart."""
+    if model.block != "transformer":
+        return None  # no attention (the linear block's own check names base_head_dim as having no effect)
+    base_width = model.base_width or model.width
+    if cfg.base_head_dim is not None:
+        if model.base_heads is not None and cfg.base_head_dim * model.base_heads != base_width:
+            return _disagreement(model, cfg)
+        if base_width % cfg.base_head_dim:
+            return (
+                f"parametrization.base_head_dim ({cfg.base_head_dim}) does not divide model.base_width "
+                f"({base_width}): the base shape would have a fractional number of heads; set "
+                "model.base_heads (the base shape's head count) instead"
+            )
+        if base_width == model.width and cfg.base_head_dim != model.head_dim:
+            # as model.base_heads at the base width (the schema's check): this model is its own base shape
+            base = "is unset" if model.base_width is None else f"equals model.width ({model.width})"
+            return (
+                f"parametrization.base_head_dim ({cfg.base_head_dim}) differs from the head size "
+                f"({model.head_dim}) but model.base_width {base}, so this model is its own base shape: set "
+                "model.base_width to the width tuned at, or drop parametrization.base_head_dim"
+            )
+        return None
+    if model.base_heads is not None or base_width == model.width or not attention_scales_with_base(cfg.name):
+        return None
+    heads, size = model.heads, model.head_dim
+    choices = []
+    if base_width % size == 0:
+        choices.append(f"{base_width // size} (heads grew, head size {size} fixed)")
+    if base_width % heads == 0:
+        choices.append(f"{heads} (head size grew from {base_width // heads}, {heads} heads fixed)")
+    fix = (f"set model.base_heads: {' or '.join(choices)}" if choices
+           else f"set model.base_heads to the head count of the base shape (a divisor of {base_width})")
+    return (
+        f"the base head size is ambiguous: model.width grows from model.base_width {base_width} to "
+        f"{model.width} ({heads} heads of {size}) under {cfg.name}, whose attention scale depends on "
+        f"whether heads or head size grew; {fix}"
+    )
 
 
 def preset_gamma(name: str, alpha: float, optimizer: str) -> float:
@@ -79,7 +164,8 @@ class Multipliers:
     readout: float
     """Multiplies the final hidden state before the LM head: alpha_out / m under muP."""
     attn_scale: float
-    """Softmax scale of attention logits."""
+    """Softmax scale of attention logits: alpha_attn / sqrt(d_head) under SP, alpha_attn * sqrt(d_head0) / d_head
+    with width scaling (muP's 1/d_head, equal to SP's at the base shape)."""
 
 
 @dataclass(frozen=True)
@@ -122,7 +208,7 @@ class Parametrization:
             depth=model.depth,
             base_depth=base_depth,
             head_dim=model.head_dim,
-            base_head_dim=float(cfg.base_head_dim or base_width / model.heads),
+            base_head_dim=resolve_base_head_dim(model, cfg),
             cfg=cfg,
         )
 
@@ -236,6 +322,8 @@ class Parametrization:
             f"parametrization {self.name} ({self.optimizer}): m = {self.m:g}, r = {self.r:g}, "
             f"alpha = {self.alpha:g}, gamma = {self.gamma:g}; attention scale {mult.attn_scale:.4g}"
         )
+        if self.width_scaling:  # the base head size it came from: which way the width grew, made visible
+            head += f" (head size {self.head_dim}, base {self.base_head_dim:g})"
         if roles is not None and Role.READOUT not in roles:
             # tied embeddings: no readout row, but the head still multiplies the final hidden state
             head += f"; readout multiplier {mult.readout:.4g} (tied head)"

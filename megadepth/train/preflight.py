@@ -198,6 +198,10 @@ RESUMED_KEYS = (
 )
 
 
+#: Resolved settings named by the keys a user sets for them.
+_LABELS = {"base_head_dim": "base head size (model.base_width / model.base_heads, or parametrization.base_head_dim)"}
+
+
 def _resolved(config: Config) -> dict[str, Any]:
     """The settings a resume pins as the run used them: defaults left out (null base shape, preset
     alpha/gamma, base_head_dim) replaced by what they resolve to, so a config that spells out the same
@@ -223,7 +227,8 @@ def resumed_setting_differences(saved: Config, config: Config) -> str:
         section, _, field = key.partition(".")
         if not field:
             was_d, now_d = was_r[section], now_r[section]
-            out += [f"{section}.{k} {was_d[k]} there, {now_d[k]} here" for k in was_d if was_d[k] != now_d.get(k)]
+            out += [f"{_LABELS.get(k, f'{section}.{k}')} {was_d[k]} there, {now_d[k]} here"
+                    for k in was_d if was_d[k] != now_d.get(k)]
         elif key in was_r:
             if was_r[key] != now_r[key]:
                 out.append(f"{key} {was_r[key]} there, {now_r[key]} here")
