@@ -179,3 +179,23 @@ def test_a_read_only_checkpoints_folder_is_named_before_training(sample_data: Pa
         assert result["raised"] and "Read-only file system" in result["raised"], result["raised"]
         assert "Parent directory" not in result["raised"]
         assert result["summary"]["steps"] == 0  # refused before the first step, not after the training
+
+
+def test_a_checkpoint_whose_groups_hold_other_numbers_is_not_resumed_silently(sample_data: Path,
+                                                                                tmp_path: Path) -> None:
+    """The same config can resolve to other per-group numbers when megadepth's rules change between a save
+    and its resume (as the Adam eps defaults did); DeepSpeed would restore the checkpoint's numbers while
+    parametrization.txt and the logs show the new ones. Simulated by the numbers a former rule gave."""
+    out = tmp_path / "run"
+    cfg = tiny_config(sample_data, out, train={"steps": 2, "save_final": True})
+    (summary,) = run_ranks(train_rank, 1, cfg)
+    states = out / "checkpoints" / "step_00000002" / "mp_rank_00_model_states.pt"
+    data = torch.load(states, weights_only=True)
+    embedding = next(g for g in data["optimizer"]["param_groups"] if g["name"] == "embedding")
+    embedding["eps"] *= 2  # what another eps rule would have given this group
+    torch.save(data, states)
+    cfg["train"]["steps"] = 4
+    (result,) = run_ranks(train_rank_reporting, 1, cfg)
+    assert result["raised"] and "group embedding: eps" in result["raised"], result["raised"]
+    assert "parametrization.eps_scaling" in result["raised"]
+    assert result["summary"]["steps"] == 2  # nothing trained on the wrong numbers

@@ -33,10 +33,12 @@ def make(preset: str, width: int = 128, depth: int = 8, base_width: int = 32, ba
     return cfg, Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
 
 
-# expected (init std, LR, eps, WD) per role at m = 4, r = 4; head size 32, base head size 8
+# expected (init std, LR, eps, WD) per role at m = 4, r = 4; head size 32, base head size 8. Adam eps: the
+# preset's reference (docs/parametrizations.md, "Rule sources"): unscaled under sp and mup (the mup package),
+# eps/(m r^alpha) in every group under the depth presets (CompleteP's reference code)
 HIDDEN = {
     "sp": (0.02, 0.01, 1e-8, 0.1),
-    "mup": (0.01, 0.0025, 2.5e-9, 0.4),
+    "mup": (0.01, 0.0025, 1e-8, 0.4),
     "depth_mup": (0.01, 0.00125, 1.25e-9, 0.4),
     "completep": (0.01, 0.0025, 6.25e-10, 0.4),
     "custom": (0.01, 0.0025 * 4**-0.25, 2.5e-9 * 4**-0.75, 0.4),
@@ -46,12 +48,12 @@ HIDDEN = {
 OUT_PROJ_STD = {"sp": 0.005, "mup": 0.0025, "depth_mup": 0.005, "completep": 0.005, "custom": 0.005}
 BRANCH_VECTOR = {  # (LR, eps) of LayerNorm gains / biases inside branches
     "sp": (0.01, 1e-8),
-    "mup": (0.01, 2.5e-9),
+    "mup": (0.01, 1e-8),
     "depth_mup": (0.005, 1.25e-9),
     "completep": (0.01, 6.25e-10),
     "custom": (0.01 * 4**-0.25, 2.5e-9 * 4**-0.75),
 }
-OUTSIDE_EPS = {"sp": 1e-8, "mup": 2.5e-9, "depth_mup": 2.5e-9, "completep": 2.5e-9, "custom": 2.5e-9}
+OUTSIDE_EPS = {"sp": 1e-8, "mup": 1e-8, "depth_mup": 1.25e-9, "completep": 6.25e-10, "custom": 2.5e-9 * 4**-0.75}
 MULTIPLIERS = {  # (branch, readout, attention scale)
     "sp": (1.0, 1.0, 1 / math.sqrt(32)),
     "mup": (1.0, 0.25, math.sqrt(8) / 32),

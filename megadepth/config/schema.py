@@ -198,12 +198,45 @@ class ParametrizationConfig(Section):
     """Initialise the query projection to zero (a standard muP option)."""
     zero_readout: bool = False
     """Initialise an untied LM head to zero (a standard muP option)."""
-    eps_scaling: Literal["scaled", "constant"] = "scaled"
-    """Adam epsilon rule: 'scaled' follows CompleteP (eps/m for width-scaled groups, times r^-alpha
-    inside branches); 'constant' leaves eps alone (the `mup` package's choice)."""
-    wd_depth_scaling: Literal["none", "one_minus_alpha"] = "none"
-    """Depth scaling of hidden-matrix weight decay: none (default) or r^(1-alpha) (depth_mup, completep,
-    custom; sp and mup do not parametrize depth, so it changes nothing for them)."""
+    eps_scaling: Literal["all_groups", "residual_blocks", "gradient", "constant"] | None = None
+    """Adam epsilon rule (adam/adamw only). Unset: the preset's reference, all_groups for depth_mup,
+    completep and custom (CompleteP's reference code scales the optimizer's one eps), constant for sp and mup
+    (the `mup` package leaves eps alone). all_groups: eps / (m r^alpha) in every group; residual_blocks:
+    that inside residual branches, eps elsewhere (CompleteP's Table 1 as printed); gradient: eps follows
+    the size of each group's gradient entries, eps/m everywhere and r^-alpha inside branches (Everett et
+    al. 2024, per layer; the rule megadepth used as 'scaled', still accepted as that spelling); constant:
+    eps everywhere. All four give eps at the base shape."""
+    output_proj_init: Literal["gpt2", "base_depth", "none"] | None = None
+    """Init std of the matrices that close a residual branch (attention out, MLP out). Unset: the preset's,
+    gpt2 for sp and mup, base_depth for depth_mup, completep and custom. gpt2: sigma/sqrt(m)/sqrt(2 L),
+    GPT-2's factor at the model's own depth (nanoGPT's SP; microsoft/mutransformers' muP GPT-2); refused
+    with the depth presets (their branch multiplier already scales depth). base_depth:
+    sigma/sqrt(m)/sqrt(2 L0), frozen at the base depth (CompleteP's depth-independent hidden init, times a constant that
+    makes the base shape equal SP's model); only with the depth presets. none: sigma/sqrt(m) like every
+    hidden matrix (CompleteP's Table 1 and reference code; the base shape then differs from sp's model
+    unless sp also sets none)."""
+    wd_depth_scaling: Literal["none", "invariant"] = "none"
+    """Depth scaling of hidden-matrix weight decay (depth_mup, completep, custom; sp and mup do not
+    parametrize depth). none (default; CompleteP's Table 1 and reference code): lambda does not change with
+    depth. invariant: lambda is scaled so the decay per step does not depend on depth (lambda x r^gamma
+    with adamw and sgd, lambda x r^(gamma - alpha) with adam, see adam_wd_scaling). 'one_minus_alpha',
+    the older spelling, means invariant (r^(1 - alpha) = r^gamma for the Adam presets; with sgd it used
+    to leave lr x wd growing like r^alpha)."""
+    adam_wd_scaling: Literal["effective_decay", "lr_inverse"] | None = None
+    """Width (and, with wd_depth_scaling: invariant, depth) rule of the weight decay of optimizer.name: adam,
+    whose L2 penalty goes through Adam's normalisation, so a step shrinks a weight by lr x lambda /
+    |gradient entry|, not lr x lambda. effective_decay (default, derived in docs/parametrizations.md):
+    lambda x |gradient| / lr stays fixed, so hidden matrices keep lambda and embeddings, position and
+    readout get lambda/m. lr_inverse: AdamW's rule (hidden matrices lambda x m), which is what the `mup`
+    package's MuAdam does for Adam too; it makes the hidden matrices' decay per step grow like m. Unset
+    means effective_decay. adamw and sgd decay by lr x lambda per step and always scale lambda inversely
+    to the LR: setting it with them is refused (it would have no effect)."""
+
+    @field_validator("eps_scaling", "wd_depth_scaling", mode="before")
+    @classmethod
+    def _older_spellings(cls, value: Any) -> Any:
+        return {"scaled": "gradient", "one_minus_alpha": "invariant"}.get(value, value) if isinstance(
+            value, str) else value
 
     @model_validator(mode="after")
     def _exponents_match_preset(self) -> ParametrizationConfig:

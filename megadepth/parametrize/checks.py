@@ -1,13 +1,28 @@
-"""Combinations that would silently run a different parametrization than asked: refused at start-up."""
+"""Combinations that would silently run a different parametrization than asked: refused at start-up.
+Combinations that run but that no reference defines: a warning on stderr, once per process."""
 
 from __future__ import annotations
+
+import os
+import sys
 
 import torch
 import torch.nn.functional as F
 
 from megadepth.config.load import ConfigError
 from megadepth.config.schema import Config
-from megadepth.parametrize.rules import ADAM_FAMILY, SGD_FAMILY, base_head_problem
+from megadepth.parametrize.rules import ADAM_FAMILY, SGD_FAMILY, base_head_problem, scales_depth
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Print a warning to stderr once per process (and only where RANK is unset or 0)."""
+    if message in _warned:
+        return
+    _warned.add(message)
+    if os.environ.get("RANK", "0") == "0":
+        print(f"megadepth: WARNING: {message}", file=sys.stderr, flush=True)
 
 
 def check_parametrization(config: Config) -> None:
@@ -30,6 +45,7 @@ def check_parametrization(config: Config) -> None:
             "parametrization.zero_readout with model.tie_embeddings would zero the shared token embedding; "
             "untie the embeddings or drop zero_readout"
         )
+    _check_rule_options(config)
     problem = base_head_problem(model, ptz)
     if problem:
         raise ConfigError(problem)
@@ -44,6 +60,38 @@ def check_parametrization(config: Config) -> None:
         set_keys = [k for k, on in ignored.items() if on]
         if set_keys:
             raise ConfigError(f"{', '.join(set_keys)} has no effect with model.block: linear (no attention)")
+
+
+def _check_rule_options(config: Config) -> None:
+    """The rule options of docs/parametrizations.md ("Rule sources"): refused where they would have no
+    effect or count depth twice; a warning where the combination has no published source."""
+    ptz, opt = config.parametrization, config.optimizer
+    depth = scales_depth(ptz.name)
+    if ptz.output_proj_init == "gpt2" and depth:
+        raise ConfigError(
+            f"parametrization.output_proj_init: gpt2 with {ptz.name}: its branch multiplier already scales "
+            "depth (r^-alpha); GPT-2's 1/sqrt(2L) would count depth twice (no reference does this); use "
+            "base_depth (the default) or none"
+        )
+    if ptz.output_proj_init == "base_depth" and not depth:
+        raise ConfigError(
+            f"parametrization.output_proj_init: base_depth with {ptz.name}, which does not parametrize depth "
+            "(model.base_depth would change its model); use gpt2 (the default) or none"
+        )
+    if opt.name in SGD_FAMILY and ptz.eps_scaling is not None:
+        raise ConfigError("parametrization.eps_scaling has no effect with optimizer.name: sgd (no eps); drop it")
+    if opt.name != "adam" and ptz.adam_wd_scaling is not None:
+        raise ConfigError(
+            f"parametrization.adam_wd_scaling has no effect with optimizer.name: {opt.name} (it decays by "
+            "lr x wd per step, and wd always goes inversely to the LR); drop it"
+        )
+    if ptz.name == "completep" and opt.name in SGD_FAMILY:
+        warn_once(
+            "parametrization.name: completep with optimizer.name: sgd has no published source: CompleteP "
+            "(Dey et al. 2025) is defined for AdamW; megadepth extrapolates Tensor Programs VI's SGD rule "
+            "(gamma = 1 - 2 alpha = -1: in-branch LR x r, growing with depth). Use depth_mup for SGD, or "
+            "parametrization.name: custom with alpha and gamma of your choosing"
+        )
 
 
 def verify_attention_scale(device: torch.device, dtype: torch.dtype) -> None:

@@ -13,7 +13,13 @@ exponent gamma follows from alpha and the optimizer family: 1 - alpha for Adam(W
 The optimizer family matters for width too: Adam normalises gradients entry-wise, so hidden matrices get
 LR eta/m; SGD does not, so vector-like parameters (embeddings, biases, gains, and the readout behind its
 1/m multiplier) get LR eta*m and hidden matrices keep eta (the `mup` package's MuAdam / MuSGD). Weight
-decay is scaled inversely to the width factor of the LR, so lr x wd does not depend on width.
+decay keeps the decay per step independent of width: lr x wd for AdamW (decoupled) and SGD, so wd goes
+inversely to the LR's width factor; lr x wd / |gradient entry| for Adam with its L2 penalty in the
+gradient (docs/parametrizations.md derives both).
+
+Where the references differ, or a rule is megadepth's own, the choice is an option of
+ParametrizationConfig whose unset value means the preset's reference, and :meth:`Parametrization.sources`
+says which rule is in effect and where it comes from (printed under the per-role table).
 
 The width-scaled attention scale alpha_attn * sqrt(d_head0) / d_head needs the base shape's head size
 d_head0 = base_width / base_heads: width grown by more heads and width grown by wider heads are different
@@ -140,6 +146,27 @@ def preset_gamma(name: str, alpha: float, optimizer: str) -> float:
     raise ValueError(f"no parametrization rule for optimizer '{optimizer}'")
 
 
+def eps_rule(cfg: ParametrizationConfig) -> str:
+    """The Adam eps rule in effect: parametrization.eps_scaling, or the preset's reference when unset (the
+    depth presets follow CompleteP's reference code, all_groups; sp and mup the `mup` package, constant)."""
+    if cfg.eps_scaling is not None:
+        return cfg.eps_scaling
+    return "all_groups" if scales_depth(cfg.name) else "constant"
+
+
+def output_proj_rule(cfg: ParametrizationConfig) -> str:
+    """The output-projection init rule in effect: parametrization.output_proj_init, or the preset's (gpt2
+    for sp and mup, which keep GPT-2's depth factor at their own depth; base_depth for the depth presets)."""
+    if cfg.output_proj_init is not None:
+        return cfg.output_proj_init
+    return "base_depth" if scales_depth(cfg.name) else "gpt2"
+
+
+def adam_wd_rule(cfg: ParametrizationConfig) -> str:
+    """The weight-decay rule of optimizer adam (L2 in the gradient): effective_decay unless set."""
+    return cfg.adam_wd_scaling or "effective_decay"
+
+
 @dataclass(frozen=True)
 class RoleRule:
     """Per-role numbers, all absolute except the multipliers (relative to the base eta, eps, lambda)."""
@@ -235,35 +262,51 @@ class Parametrization:
 
     # ---- per-role rules ------------------------------------------------------------------------
     def rule(self, role: Role) -> RoleRule:
-        c, m, r = self.cfg, self.m, self.r
-        w = m if self.width_scaling else 1.0  # width multiplier, 1 when width is not parametrized
-        depth_lr = r**-self.gamma if role.in_branch else 1.0
-        # SP and muP do not parametrize depth (r := 1 for them, as for every other rule): the option
-        # would otherwise turn into lambda * r for them, a weight decay that grows with depth
-        depth_wd = (r ** (1.0 - self.alpha)
-                    if c.wd_depth_scaling == "one_minus_alpha" and self.depth_scaling else 1.0)
+        w = self.m if self.width_scaling else 1.0  # width multiplier, 1 when width is not parametrized
+        r = self.r if self.depth_scaling else 1.0  # SP and muP do not parametrize depth: r := 1 in every rule
         init_std, init_value = self._init(role, w)
         if self.optimizer in SGD_FAMILY:
-            # vector-like parameters (one wide dimension) get eta * m, matrices eta; no eps in SGD
+            # vector-like parameters (one wide dimension) get eta * m, matrices eta (mup.MuSGD)
             lr_width = 1.0 if role.is_hidden_matrix else w
-            return RoleRule(init_std, init_value, lr_width * depth_lr, 1.0, self._wd(role, lr_width, depth_wd))
-        scaled_eps = c.eps_scaling == "scaled"
-        # eps follows the size of the gradients: 1/m for width-scaled groups, r^-alpha inside branches
-        eps = (1.0 / w if scaled_eps else 1.0) * (r**-self.alpha if scaled_eps and role.in_branch else 1.0)
-        lr_width = 1.0 / w if role.is_hidden_matrix else 1.0
-        return RoleRule(init_std, init_value, lr_width * depth_lr, eps, self._wd(role, lr_width, depth_wd))
+        else:
+            lr_width = 1.0 / w if role.is_hidden_matrix else 1.0  # mup.MuAdam
+        lr_depth = r**-self.gamma if role.in_branch else 1.0
+        return RoleRule(init_std, init_value, lr_width * lr_depth, self._eps(role, w, r),
+                        self._wd(role, w, r, lr_width, lr_depth))
+
+    def _grad_scale(self, role: Role, w: float, r: float) -> tuple[float, float]:
+        """(width, depth) factors of the typical size of a role's gradient entries, relative to the base
+        shape: 1/m for every role under width scaling (the readout multiplier 1/m makes the gradient of the
+        residual stream, and so of everything, of order 1/m), and r^-alpha inside branches (the branch
+        multiplier scales the gradient reaching a block's parameters)."""
+        return 1.0 / w, (r**-self.alpha if role.in_branch else 1.0)
+
+    def _eps(self, role: Role, w: float, r: float) -> float:
+        """Adam eps multiplier under parametrization.eps_scaling (see :func:`eps_rule`); 1 for SGD."""
+        if self.optimizer in SGD_FAMILY:
+            return 1.0
+        rule = eps_rule(self.cfg)
+        if rule == "all_groups":  # CompleteP's reference code: adam_eps *= 1/m * r^-alpha, every group
+            return 1.0 / (w * r**self.alpha)
+        if rule == "residual_blocks":  # CompleteP Table 1, "AdamW eps (residual blocks)"
+            return 1.0 / (w * r**self.alpha) if role.in_branch else 1.0
+        if rule == "gradient":  # eps follows the size of each group's gradient entries
+            width, depth = self._grad_scale(role, w, r)
+            return width * depth
+        return 1.0  # constant: the mup package
 
     def _init(self, role: Role, w: float) -> tuple[float, float]:
-        """(init std, constant init) of a role. Init does not depend on the optimizer, nor (except SP's
-        GPT-2 factor) on depth: the branch multiplier does that job."""
+        """(init std, constant init) of a role. Init does not depend on the optimizer, nor on depth except
+        through the output projections' GPT-2 factor (:func:`output_proj_rule`)."""
         c = self.cfg
         if role.is_hidden_matrix:
             std = c.init_std / math.sqrt(w)
             if role is Role.OUTPUT_PROJ:
-                # GPT-2's 1/sqrt(2L), frozen at the base depth when depth is parametrized (not counted twice)
-                # (muP scales width only: like SP it keeps the factor at its own depth, so base_depth,
-                # which muP otherwise ignores, never changes its model)
-                std /= math.sqrt(2 * (self.base_depth if self.depth_scaling else self.depth))
+                rule = output_proj_rule(c)
+                if rule == "gpt2":  # GPT-2's 1/sqrt(2L) at the model's own depth (base_depth never matters)
+                    std /= math.sqrt(2 * self.depth)
+                elif rule == "base_depth":  # frozen at the base depth: depth is not counted twice
+                    std /= math.sqrt(2 * self.base_depth)
             if role is Role.QUERY and c.zero_query:
                 std = 0.0
             return std, 0.0
@@ -275,13 +318,19 @@ class Parametrization:
             return 0.0, 0.0
         return c.init_std, 0.0  # embedding, position, readout
 
-    @staticmethod
-    def _wd(role: Role, lr_width: float, depth_wd: float) -> float:
-        """Weight decay multiplier: none for gains and biases; inverse to the LR's width factor, so that
-        lr x wd (the decay per step) is width-independent; optional depth factor for hidden matrices."""
+    def _wd(self, role: Role, w: float, r: float, lr_width: float, lr_depth: float) -> float:
+        """Weight decay multiplier: none for gains and biases. Otherwise chosen so that the decay per step
+        does not depend on width (and, with wd_depth_scaling: invariant, on depth). AdamW and SGD shrink a
+        weight by lr x wd per step, so wd goes like 1/lr; Adam with the L2 penalty in the gradient shrinks
+        it by lr x wd / |gradient entry| (Adam divides the penalty by the gradient's RMS), so wd goes like
+        |gradient| / lr (adam_wd_scaling: effective_decay), or like AdamW's (lr_inverse, the mup package)."""
         if role in (Role.BRANCH_GAIN, Role.BRANCH_BIAS, Role.FINAL_GAIN, Role.FINAL_BIAS):
             return 0.0
-        return (1.0 / lr_width) * (depth_wd if role.is_hidden_matrix else 1.0)
+        grad_width, grad_depth = self._grad_scale(role, w, r)
+        effective = self.optimizer == "adam" and adam_wd_rule(self.cfg) == "effective_decay"
+        width = (grad_width if effective else 1.0) / lr_width
+        depth = (grad_depth if effective else 1.0) / lr_depth if self.cfg.wd_depth_scaling == "invariant" else 1.0
+        return width * depth
 
     def forward_multiplier(self, role: Role) -> float:
         """The forward multiplier acting on a role's output (for the start-up table)."""
@@ -314,7 +363,68 @@ class Parametrization:
     def summary(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k != "cfg"}
         out["multipliers"] = asdict(self.multipliers())
+        out["rules"] = {"eps": eps_rule(self.cfg), "output_proj_init": output_proj_rule(self.cfg),
+                        "wd_depth": self.cfg.wd_depth_scaling}
         return out
+
+    def sources(self) -> list[str]:
+        """One line per decision that differs between references or is megadepth's own: the rule in effect,
+        its source, and the key that switches it (printed under the per-role table)."""
+        c, lines = self.cfg, []
+        if not self.depth_scaling:
+            lines.append(f"depth: not parametrized by {self.name} (r := 1 in every rule)")
+        elif self.name == "custom":
+            lines.append(f"gamma = {self.gamma:g}, alpha = {self.alpha:g}: as given (parametrization.alpha, .gamma)")
+        elif self.optimizer in ADAM_FAMILY:
+            lines.append(f"gamma = 1 - alpha = {self.gamma:g}: Adam's in-branch LR eta r^(alpha-1) (CompleteP "
+                         "Table 1; Tensor Programs VI's eta/sqrt(L) for Depth-muP)")
+        elif self.name == "depth_mup":
+            lines.append("gamma = 1 - 2 alpha = 0: SGD's in-branch LR eta, constant in depth (Tensor Programs "
+                         "VI's Depth-muP for SGD)")
+        else:
+            lines.append(f"gamma = 1 - 2 alpha = {self.gamma:g}: UNSOURCED, {self.name} with SGD (CompleteP is "
+                         "defined for AdamW only; 1 - 2 alpha extrapolates Depth-muP's SGD rule); use depth_mup, "
+                         "or custom to choose gamma")
+        rule = output_proj_rule(c)
+        init = f" = {self.rule(Role.OUTPUT_PROJ).init_std:.4g}"
+        lines.append({
+            "gpt2": f"output_proj init sigma/sqrt(m)/sqrt(2L){init}: GPT-2's depth factor at depth {self.depth} "
+                    "(nanoGPT's SP; microsoft/mutransformers' muP GPT-2) [parametrization.output_proj_init]",
+            "base_depth": f"output_proj init sigma/sqrt(m)/sqrt(2 L0){init}: CompleteP's depth-independent init "
+                          f"(Table 1) times GPT-2's factor at base depth {self.base_depth}, so the base shape is "
+                          "SP's model [parametrization.output_proj_init]",
+            "none": f"output_proj init sigma/sqrt(m){init}: as every hidden matrix (CompleteP Table 1 and "
+                    "reference code) [parametrization.output_proj_init]",
+        }[rule])
+        if self.optimizer in ADAM_FAMILY:
+            lines.append({
+                "all_groups": "adam eps: eps/(m r^alpha) in every group (CompleteP's reference code, model.py "
+                              "configure_optimizers) [parametrization.eps_scaling]",
+                "residual_blocks": "adam eps: eps/(m r^alpha) in residual branches, eps elsewhere (CompleteP "
+                                   "Table 1) [parametrization.eps_scaling]",
+                "gradient": "adam eps: eps/m, times r^-alpha in branches: the gradients' size (Everett et al. "
+                            "2024) [parametrization.eps_scaling]",
+                "constant": "adam eps: unscaled (the mup package's MuAdam) [parametrization.eps_scaling]",
+            }[eps_rule(c)])
+        if self.optimizer == "adamw":
+            lines.append("weight decay: lambda x m on hidden matrices, so lr x wd is width-independent (mup "
+                         "MuAdamW; CompleteP Table 1)")
+        elif self.optimizer == "adam" and adam_wd_rule(c) == "effective_decay":
+            lines.append("weight decay: L2 in the gradient shrinks by lr x wd / |grad|: hidden matrices lambda, "
+                         "embeddings and readout lambda/m (derived, docs/parametrizations.md; mup's MuAdam "
+                         "uses lambda x m) [parametrization.adam_wd_scaling]")
+        elif self.optimizer == "adam":
+            lines.append("weight decay: lambda x m on hidden matrices, AdamW's rule (mup's MuAdam; the decay "
+                         "per step grows like m under L2) [parametrization.adam_wd_scaling]")
+        else:
+            lines.append("sgd: vectors and the readout (behind its 1/m multiplier) lr eta x m, wd lambda/m "
+                         "(mup.MuSGD; Tensor Programs V's eta/m is for a readout without the multiplier)")
+        if self.depth_scaling:
+            lines.append("weight decay in depth: " + (
+                "not scaled (CompleteP Table 1)" if c.wd_depth_scaling == "none"
+                else "scaled so the decay per step is depth-independent (megadepth's option)")
+                + " [parametrization.wd_depth_scaling]")
+        return lines
 
     def format_table(self, optimizer: OptimizerConfig, roles: list[Role] | None = None) -> str:
         mult = self.multipliers()
@@ -334,4 +444,5 @@ class Parametrization:
                 f"{row['role']:<12} {row['init']:>10} {row['multiplier']:>9.4g} {row['lr']:>11.4g} {eps} "
                 f"{row['weight_decay']:>11.4g}"
             )
+        lines.extend(f"rule: {line}" for line in self.sources())
         return "\n".join(lines)

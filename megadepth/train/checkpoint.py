@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import pickle
 import re
@@ -347,10 +348,33 @@ def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> N
                 failures.append(f"{gathered_weights_file(tp_rank)}: {_cause(e, tag_dir)}")
 
 
+def group_settings(optimizer: Any) -> list[tuple[Any, ...]]:
+    """Each optimizer group's (name, initial LR, eps, weight decay): the numbers the parametrization
+    decided, which a load replaces with the checkpoint's."""
+    return [(g.get("name"), g.get("initial_lr", g.get("lr")), g.get("eps"), g.get("weight_decay"))
+            for g in getattr(optimizer, "param_groups", [])]
+
+
+def group_differences(planned: list[tuple[Any, ...]], restored: list[tuple[Any, ...]]) -> list[str]:
+    """``group NAME: eps A there, B here`` for each number a checkpoint's groups hold otherwise than this
+    run's rules give. The config comparison before the load cannot see these: the same config gives other
+    numbers when megadepth's rules change between the save and the resume (the Adam eps and weight-decay
+    defaults did), and a resume would then train on the checkpoint's numbers while every log shows ours."""
+    if len(planned) != len(restored):
+        return [f"{len(restored)} optimizer groups there, {len(planned)} here"]
+    out = []
+    for (name, *now), (_, *was) in zip(planned, restored, strict=True):
+        for key, a, b in zip(("lr", "eps", "weight_decay"), was, now, strict=True):
+            if a is not None and b is not None and not math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=0.0):
+                out.append(f"group {name}: {key} {a:.6g} there, {b:.6g} here")
+    return out
+
+
 def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
     """Load a checkpoint into the engine (weights, optimizer, scheduler), weights-only (see the module
     docstring); returns our client state."""
     check_safe(ckpt_dir / tag)
+    planned = group_settings(engine.optimizer)
     try:
         with guard_files(engine):
             path, client_state = engine.load_checkpoint(
@@ -362,4 +386,13 @@ def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}: {type(e).__name__}: {e}") from e
     if path is None:
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
+    differences = group_differences(planned, group_settings(engine.optimizer))
+    if differences:
+        raise ConfigError(
+            f"{ckpt_dir / tag} was trained with other per-group optimizer numbers than this run's parametrization "
+            f"gives ({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}): the same config "
+            "resolves otherwise since megadepth's rules changed (docs/parametrizations.md, 'Rule sources', names "
+            "the options that give the former rules, e.g. parametrization.eps_scaling: gradient), or its "
+            "checkpoint was edited. A resume would train on the checkpoint's numbers while the logs show these: "
+            f"set the option that matches, or start a new run with train.init_from: {ckpt_dir / tag}")
     return client_state or {}
