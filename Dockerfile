@@ -11,10 +11,11 @@
 # Base image: a tag, not a digest. A tag can be moved by its publisher (or by whoever controls the registry
 # account) to other contents, so two builds of this file may not be the same. For reproducible or audited
 # builds, pin the digest you reviewed:
-#   docker buildx imagetools inspect pytorch/pytorch:2.9.1-cuda12.8-cudnn9-devel    # prints sha256:...
+#   docker buildx imagetools inspect pytorch/pytorch:2.10.0-cuda12.8-cudnn9-devel   # prints sha256:...
 #   docker build --build-arg BASE_IMAGE=pytorch/pytorch@sha256:<digest> -t megadepth .
 # The -devel base carries nvcc, which DeepSpeed needs to JIT-build its fused CUDA ops.
-ARG BASE_IMAGE=pytorch/pytorch:2.9.1-cuda12.8-cudnn9-devel
+# torch 2.10 at least: checkpoints are loaded weights-only, which earlier torch lets a crafted file bypass.
+ARG BASE_IMAGE=pytorch/pytorch:2.10.0-cuda12.8-cudnn9-devel
 
 FROM ${BASE_IMAGE} AS common
 
@@ -41,7 +42,7 @@ COPY megadepth ./megadepth
 COPY data_prep ./data_prep
 COPY launch ./launch
 COPY configs ./configs
-# torch comes from the base image (the package asks only for torch>=2.4, so pip keeps it)
+# torch comes from the base image (the package asks only for torch>=2.10, so pip keeps it)
 RUN pip install ".[hf]" && megadepth --help > /dev/null
 
 ENTRYPOINT ["megadepth"]

@@ -5,7 +5,7 @@
 # torch is installed first and on its own: `pip install torch==2.13.0` takes the CPU wheel that lies on
 # this workplace's machines. Elsewhere choose the build explicitly, e.g.
 #   make TORCH_ARGS="--index-url https://download.pytorch.org/whl/cpu" test
-# Nothing later reinstalls torch: the package asks only for torch>=2.4.
+# Nothing later reinstalls torch: the package asks only for torch>=2.10.
 
 PYTHON ?= python3
 VENV ?= .venv

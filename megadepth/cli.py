@@ -532,7 +532,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"megadepth: error: {exc}", file=sys.stderr)
         return EXIT_STARTUP
     except CheckpointError as exc:  # the run's summary.json records it too
-        print(f"megadepth: error: {exc}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # every rank raises it together: one line, not one per rank
+            print(f"megadepth: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("megadepth: interrupted", file=sys.stderr)
@@ -541,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not fail again
         return 0
+    except OSError as exc:  # a full or read-only disk outside a checkpoint save (config, metrics, summary)
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"megadepth: error: {exc.strerror or exc}{where}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -38,10 +38,20 @@ class _Planted:
         return (Path.touch, (self.marker,))
 
 
-def _plant(file: Path, marker: Path, zip_format: bool = True) -> None:
+class _PlantedShell:
+    """The same through os.system (torch words its refusal of a blocked module differently)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _plant(file: Path, marker: Path, zip_format: bool = True, kind: type = _Planted) -> None:
     """Rewrite a checkpoint file with the planted object beside its real contents."""
     data = torch.load(file, weights_only=False)  # the test's own file, written a moment ago
-    data["planted"] = _Planted(marker)
+    data["planted"] = kind(marker)
     buffer = io.BytesIO()
     torch.save(data, buffer, _use_new_zipfile_serialization=zip_format)
     file.write_bytes(buffer.getvalue())
@@ -74,21 +84,54 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_before_it_runs(sample_data:
     if victim.startswith("mp_rank"):  # the weights readers: generate, export, merge-tp, train.init_from
         from megadepth.parallel.merge import consolidated_state
 
-        with pytest.raises(ConfigError, match=r"refused .*Unsupported global"):
+        with pytest.raises(ConfigError, match=r"refused .*it names \S+, which is not allowed"):
             consolidated_state(out / "checkpoints")
         assert not marker.exists()
 
 
-def test_the_engine_itself_reads_checkpoint_files_weights_only(sample_data: Path, tmp_path: Path) -> None:
-    """A legacy (non-zip) file cannot be scanned up front; DeepSpeed's own read must still refuse it."""
+def test_a_file_that_cannot_be_scanned_is_refused_by_the_dry_run_too(sample_data: Path, tmp_path: Path) -> None:
+    """A legacy (non-zip) file's pickle cannot be scanned without building it: refused up front, so the
+    dry run says what the run would; and DeepSpeed's own read of such a file is weights-only too."""
+    from megadepth.train import checkpoint
+    from megadepth.train.preflight import check_run_dir
+
     out, marker = tmp_path / "run", tmp_path / "PWNED"
     cfg = _trained(sample_data, out)
-    _plant(out / "checkpoints" / "step_00000002" / "zero_pp_rank_0_mp_rank_00_optim_states.pt", marker,
-           zip_format=False)
+    victim = out / "checkpoints" / "step_00000002" / "zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    _plant(victim, marker, zip_format=False, kind=_PlantedShell)
     cfg["train"]["steps"] = 4
-    (result,) = run_ranks(train_rank_reporting, 1, cfg)
-    assert not marker.exists(), "the planted object ran inside DeepSpeed's checkpoint load"
-    assert result["raised"] and "weights-only" in result["raised"]
+    with pytest.raises(ConfigError, match="not in torch's zip format"):
+        check_run_dir(validate(cfg), 1)
+    with pytest.raises(ConfigError, match=r"it names posix\.system, which is not allowed") as refused:
+        checkpoint.load_file(victim)  # the reader the engine is given
+    assert "weights_only" not in str(refused.value)  # torch's advice to load it unsafely is not passed on
+    assert not marker.exists(), "the planted object ran"
+
+
+def test_a_fifo_in_a_checkpoint_does_not_hang_the_checks(sample_data: Path, tmp_path: Path) -> None:
+    from megadepth.train.preflight import check_run_dir
+
+    out = tmp_path / "run"
+    cfg = _trained(sample_data, out)
+    os.mkfifo(out / "checkpoints" / "step_00000002" / "extra.pt")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        check_run_dir(validate(cfg), 1)
+
+
+def test_complete_checkpoints_without_a_pointer_are_not_overwritten(sample_data: Path, tmp_path: Path) -> None:
+    """A first save cut short between its config.yaml and `latest` (or a deleted pointer) left complete
+    checkpoints: starting over would overwrite them."""
+    from megadepth.train.preflight import check_run_dir
+
+    out = tmp_path / "run"
+    cfg = _trained(sample_data, out)
+    (out / "checkpoints" / "latest").unlink()
+    with pytest.raises(ConfigError, match=r"complete checkpoint\(s\) up to step_00000002 .*write the tag"):
+        check_run_dir(validate(cfg), 1)
+    (out / "checkpoints" / "latest").symlink_to(out / "summary.json")  # a link: its target is not shown
+    with pytest.raises(ConfigError, match="symbolic link") as refused:
+        check_run_dir(validate(cfg), 1)
+    assert "completed" not in str(refused.value)
 
 
 def test_a_checkpoint_loads_and_resumes_through_the_weights_only_reader(sample_data: Path, tmp_path: Path) -> None:
@@ -172,13 +215,35 @@ def test_a_full_disk_during_a_save_removes_the_partial_tag_and_the_run_resumes(s
 
 
 def test_a_read_only_checkpoints_folder_is_named_before_training(sample_data: Path, tmp_path: Path) -> None:
+    from megadepth.train import checkpoint
+    from megadepth.train.preflight import check_run_dir
+
     out = tmp_path / "run"
     with _tmpfs(out / "checkpoints", size_kib=256, read_only=True):
         cfg = tiny_config(sample_data, out, train={"steps": 3, "save_every": 1})
+        with pytest.raises(ConfigError, match="cannot be written"):  # the dry run and launch checks
+            check_run_dir(validate(cfg), 1)
+        assert "Read-only file system" in (checkpoint.check_writable(out / "checkpoints") or "")
         (result,) = run_ranks(train_rank_reporting, 1, cfg)
-        assert result["raised"] and "Read-only file system" in result["raised"], result["raised"]
+        assert result["raised"] and "cannot be written" in result["raised"], result["raised"]
         assert "Parent directory" not in result["raised"]
-        assert result["summary"]["steps"] == 0  # refused before the first step, not after the training
+
+
+def test_a_full_disk_outside_a_checkpoint_save_is_one_line(sample_data: Path, tmp_path: Path) -> None:
+    """metrics.jsonl or summary.json on a full disk: one line and exit 1, not a chained traceback."""
+    import sys
+
+    import yaml
+
+    with _tmpfs(tmp_path / "disk", size_kib=8) as disk:
+        cfg = tiny_config(sample_data, disk / "run", train={"steps": 3}, data={"cache_dir": str(tmp_path / "c")})
+        (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        done = subprocess.run([sys.executable, "-m", "megadepth", "train", str(tmp_path / "cfg.yaml")],
+                              capture_output=True, text=True, timeout=300)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("megadepth: error:")]
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and len(lines) == 1, done.stderr[-2000:]
+    assert "No space left on device" in lines[0]
 
 
 def test_a_checkpoint_whose_groups_hold_other_numbers_is_not_resumed_silently(sample_data: Path,
@@ -199,3 +264,23 @@ def test_a_checkpoint_whose_groups_hold_other_numbers_is_not_resumed_silently(sa
     assert result["raised"] and "group embedding: eps" in result["raised"], result["raised"]
     assert "parametrization.eps_scaling" in result["raised"]
     assert result["summary"]["steps"] == 2  # nothing trained on the wrong numbers
+
+
+def test_a_zero3_run_resumed_and_saving_again_goes_on_as_if_never_stopped(sample_data: Path, tmp_path: Path) -> None:
+    """The save gathers every ZeRO-3 parameter outside the forward's recorded fetch order; after a resume
+    the prefetcher then replayed a stale trace and the step after the next save died ("tracing error")."""
+    from test_train import losses
+
+    common = {"steps": 4, "save_every": 1}
+    straight = tiny_config(sample_data, tmp_path / "straight", train=common, parallel={"zero_stage": 3})
+    run_ranks(train_rank, 1, straight)
+    resumed = tiny_config(sample_data, tmp_path / "resumed", train={**common, "steps": 1},
+                          parallel={"zero_stage": 3})
+    run_ranks(train_rank, 1, resumed)
+    resumed["train"]["steps"] = 4
+    (summary,) = run_ranks(train_rank, 1, resumed)
+    assert summary["status"] == "completed" and summary["steps"] == 4
+    a, b = losses(tmp_path / "straight"), losses(tmp_path / "resumed")
+    assert sorted(b) == [1, 2, 3, 4]
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-6), (step, a[step], b[step])

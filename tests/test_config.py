@@ -12,7 +12,7 @@ from megadepth.config import ConfigError, all_keys, explain, load_config, resolv
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
 
-# The keys DESIGN.md promises to scripts and docs.
+# The keys the docs and scripts rely on (README, docs/*.md, configs/): renaming one breaks them.
 CONTRACT_KEYS = """model.depth model.width model.heads model.base_depth model.base_width model.activation
 model.seq_len model.vocab_size parametrization.name parametrization.alpha parametrization.gamma optimizer.name
 optimizer.lr optimizer.weight_decay schedule.warmup_steps train.steps train.micro_batch train.grad_accum
@@ -191,7 +191,7 @@ def test_quickstart_is_depth_mup() -> None:
 
 
 def test_every_key_can_be_set_from_the_command_line() -> None:
-    """--set KEY=VALUE reaches every leaf key of the schema (DESIGN.md: overrides work for every key):
+    """--set KEY=VALUE reaches every leaf key of the schema (overrides work for every key):
     each key set to its default's YAML text gives back the default config exactly."""
     import yaml as _yaml
 

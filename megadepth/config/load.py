@@ -338,9 +338,18 @@ def default_out_dir(paths: Sequence[str | Path]) -> str | None:
     Every run used to share ``runs/default``, where a second experiment resumed (or was refused by) the
     first one's checkpoints. The name comes from the command line alone (file names, not their folders or
     contents), so every rank and node of a job, and a rerun of the same command after a preemption,
-    find the same directory; runs that differ only in --set values still share it, so name those."""
+    find the same directory; runs that differ only in --set values, or whose files share names in other
+    folders, still share it, so name those. Long names keep their first 100 bytes and a digest."""
     stems = list(dict.fromkeys(Path(p).stem for p in paths))
-    return f"{DEFAULT_RUN_ROOT}/{'+'.join(stems)}" if stems else None
+    if not stems:
+        return None
+    name = "+".join(stems)
+    if len(name.encode()) > 120:  # a file name may hold 255 bytes: keep a readable head and a digest of the rest
+        import hashlib
+
+        head = name.encode()[:100].decode("utf-8", errors="ignore")
+        name = f"{head}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return f"{DEFAULT_RUN_ROOT}/{name}"
 
 
 def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:

@@ -322,8 +322,8 @@ class TrainConfig(Section):
     config files on the command line: runs/<their stems joined by '+'>, e.g. runs/tiny for
     configs/model/tiny.yaml, runs/gpt-124m+completep for configs/model/gpt-124m.yaml
     configs/parametrization/completep.yaml (runs/default only with no file; the quickstart names its own).
-    The same command finds the same directory, so it resumes there; runs that differ only in --set values
-    share it: name each one."""
+    The same command finds the same directory, so it resumes there; runs that differ only in --set values,
+    or whose files share names in other folders, share it: name each one."""
     init_from: str | None = None
     """Start this run from the weights of another run's checkpoint: its run or checkpoints folder (the
     latest checkpoint), one step_* folder, or merge-tp output; any tensor/pipeline layout. Step, optimizer

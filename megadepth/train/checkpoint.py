@@ -23,6 +23,7 @@ import pickle
 import re
 import secrets
 import shutil
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -71,21 +72,31 @@ def load_file(path: str | Path, map_location: Any = None) -> Any:
 
 
 def refusal(exc: pickle.UnpicklingError) -> str:
-    """The part of torch's weights-only refusal that names what was refused (its message goes on to
-    suggest ``weights_only=False``, which is exactly what must not be done with a file of unknown origin)."""
-    match = re.search(r"Unsupported [^.\n]*", str(exc))
-    return match.group(0) if match else str(exc).splitlines()[0]
+    """What torch's weights-only refusal refused, named by its dotted name ("GLOBAL posix.system" in
+    either of torch's wordings). Never torch's own text: it goes on to suggest ``weights_only=False``,
+    exactly what must not be done with a file of unknown origin."""
+    match = re.search(r"GLOBAL ([\w.]+)", str(exc))
+    if match:
+        return f"it names {match.group(1).rstrip('.')}, which is not allowed"
+    return "it holds an object that a weights-only load does not build"
 
 
 def check_safe(tag_dir: Path) -> None:
     """Refuse a checkpoint any of whose ``.pt`` files would unpickle a class outside :data:`SAFE_GLOBALS`
-    (a planted ``__reduce__`` among them); read from each file's pickle alone, no tensor is loaded. Files
-    torch cannot scan (not zip-format) are left to :func:`load_file`, which refuses the same objects."""
+    (a planted ``__reduce__`` among them); read from each file's pickle alone, no tensor is loaded. A
+    file that cannot be scanned (not a regular file, not zip-format, damaged) is refused too: megadepth
+    writes none such, and the dry run must refuse what the run would."""
     for path in sorted(tag_dir.glob("*.pt")):
+        if not path.is_file():  # a FIFO would block the scan (and every later reader) forever
+            raise ConfigError(f"{path} is not a regular file: not a checkpoint megadepth wrote, refused")
+        if not zipfile.is_zipfile(path):
+            raise ConfigError(
+                f"{path} is not in torch's zip format, which every checkpoint megadepth writes uses: its pickle "
+                "cannot be checked before it is opened, so it is refused (a damaged file, or not one of yours)")
         try:
             found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # noqa: S112 - a legacy or damaged file: the weights-only load decides
-            continue
+        except Exception as e:
+            raise ConfigError(f"{path} cannot be read ({type(e).__name__}): the checkpoint is damaged") from None
         unsafe = sorted(set(found) - set(SAFE_GLOBALS))
         if unsafe:
             raise ConfigError(
@@ -230,7 +241,7 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
     if not ckpt_dir.is_dir():
         return []
     return sorted(p.name for p in ckpt_dir.iterdir()
-                  if p.is_dir() and TAG_RE.match(p.name) and (p / "config.yaml").is_file())
+                  if p.is_dir() and not p.is_symlink() and TAG_RE.match(p.name) and (p / "config.yaml").is_file())
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
@@ -241,7 +252,19 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     """
     pointer = ckpt_dir / LATEST
     if not pointer.is_file():
+        complete = complete_tags(ckpt_dir)
+        if complete or pointer.is_symlink():  # a dangling link is a pointer too
+            # a first save cut short between its config.yaml and `latest`, or a deleted pointer: starting over
+            # would overwrite these checkpoints step by step
+            have = f"holds complete checkpoint(s) up to {complete[-1]}" if complete else "holds no complete checkpoint"
+            raise ConfigError(
+                f"{ckpt_dir} {have} but {pointer} is missing or not a file: write the tag to resume from into "
+                f"{pointer}" + (f" (e.g. {complete[-1]})" if complete else "")
+                + f", or move {ckpt_dir} away to start the run over")
         return None
+    if pointer.is_symlink():  # megadepth writes a plain file; a link could show another file's contents
+        raise ConfigError(f"{pointer} is a symbolic link, not the pointer file megadepth writes: replace it with a "
+                          "file holding the tag to resume from (e.g. step_00000100)")
     tag = pointer.read_text(encoding="utf-8").strip()
     if tag in complete_tags(ckpt_dir):
         return tag
@@ -346,6 +369,13 @@ def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> N
                 atomic_write_bytes(tag_dir / gathered_weights_file(tp_rank), buffer.getvalue())
             except OSError as e:
                 failures.append(f"{gathered_weights_file(tp_rank)}: {_cause(e, tag_dir)}")
+    # the gather fetched every parameter outside the forward's recorded order: without a reset, ZeRO-3's
+    # prefetcher replays a stale trace on the next step and fails ("tracing error") after a resume
+    offload = getattr(engine.optimizer, "parameter_offload", None)
+    if offload is not None:
+        invalidate = getattr(offload.get_param_coordinator(), "_invalidate_trace", None)
+        if invalidate is not None:
+            invalidate()  # re-recorded on the next step
 
 
 def group_settings(optimizer: Any) -> list[tuple[Any, ...]]:

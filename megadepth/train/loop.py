@@ -273,10 +273,15 @@ def _train_locked(plan: Plan, train_set: Any, valid_set: Any, stop_request: _Sto
         if progress.error:
             summary["error"] = progress.error
         if is_main:
-            if progress.metrics is not None:
-                progress.metrics.close()
-            _finish_outputs(run, summary, progress.tracker, title=f"{config.parametrization.name}, depth "
-                            f"{config.model.depth}, width {config.model.width}")
+            try:
+                if progress.metrics is not None:
+                    progress.metrics.close()
+                _finish_outputs(run, summary, progress.tracker, title=f"{config.parametrization.name}, depth "
+                                f"{config.model.depth}, width {config.model.width}")
+            except OSError as exc:  # a full or read-only disk: say so, without hiding why the run ended
+                if progress.error is None:
+                    raise
+                print(f"megadepth: warning: could not write {run.summary} ({exc.strerror or exc})", file=sys.stderr)
     return summary
 
 

@@ -7,6 +7,7 @@ again (cheap) in `megadepth train`, so a bad config costs a second, not a queued
 from __future__ import annotations
 
 import math
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,10 @@ def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> 
     holder = RunLock.holder(run.root)
     if holder is not None:
         raise ConfigError(busy_message(run, holder))
+    unwritable = _unwritable(run.checkpoints)
+    if unwritable is not None:
+        raise ConfigError(f"train.out_dir: {unwritable} cannot be written (a read-only file system or no "
+                          "permission): the run could not save its config, metrics or checkpoints")
     resume_tag = checkpoint.latest_tag(run.checkpoints)
     if config.train.resume == "never" and resume_tag is not None:
         raise ConfigError(
@@ -71,6 +76,16 @@ def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> 
         _check_resume_layout(config, run.checkpoints / resume_tag, data_size)
     init_source = check_init_source(config) if config.train.init_from and resume_tag is None else None
     return resume_tag, init_source
+
+
+def _unwritable(path: Path) -> Path | None:
+    """The nearest existing folder on the way to ``path`` when it cannot be written, else None. Asked with
+    access(2), which writes nothing (a dry run must not) and answers EROFS for a read-only mount even to
+    root; the run itself probes with a real file before its first step."""
+    folder = path
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    return None if os.access(folder, os.W_OK | os.X_OK) else folder
 
 
 def busy_message(run: RunDir, holder: str) -> str:
