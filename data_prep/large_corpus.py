@@ -20,7 +20,6 @@ Sources and licences: docs/data_prep.md ("The large sample corpus").
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -36,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.plan import sha256_file
 from megadepth.data.indexed import DataError
 
 __all__ = [
@@ -108,14 +108,6 @@ def default_cache_dir() -> Path:
     return (Path(xdg) if xdg else Path.home() / ".cache") / "megadepth" / "sdists"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _pip_reason(stderr: str) -> str:
     """pip's own reason, one line: its last ``ERROR:`` line, else its last non-empty line."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
@@ -140,7 +132,7 @@ def fetch_sources(
     paths = []
     for src in sources:
         path = cache / src.filename
-        if path.is_file() and _sha256(path) == src.sha256:
+        if path.is_file() and sha256_file(path) == src.sha256:
             paths.append(path)
             continue
         if log is not None:
@@ -162,7 +154,7 @@ def fetch_sources(
                 f"could not download {src.requirement} from {where} (is the registry reachable? "
                 f"--index-url names a mirror; or put {src.filename} into {cache}): {_pip_reason(proc.stderr)}"
             )
-        got = _sha256(path)
+        got = sha256_file(path)
         if got != src.sha256:
             raise DataError(f"{path}: sha256 {got} is not the pinned {src.sha256} for {src.requirement}")
         paths.append(path)

@@ -692,19 +692,24 @@ def _build_sample(out: Path, vocab_size: int, progress: bool) -> tuple[dict, boo
     _refuse_pipeline_output(out)
     check_vocab_size(vocab_size)
     src = out / "source" / "python_docs.jsonl"
-    data = sample_corpus_jsonl()
-    old = src.read_bytes() if src.is_file() else None
     with _removed_on_failure(src.parent):
-        if old != data:
-            atomic_write_bytes(src, data)
-        try:
-            return _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
-        except BaseException:
-            if old is None:
-                src.unlink(missing_ok=True)
-            elif old != data:
-                atomic_write_bytes(src, old)
-            raise
+        return _build_from_source(src, sample_corpus_jsonl(), out, vocab_size, progress)
+
+
+def _build_from_source(src: Path, data: bytes, out: Path, vocab_size: int, progress: bool) -> tuple[dict, bool]:
+    """Write a sample's source ``src`` (only when its content changed: reruns touch nothing), then build
+    OUT from it; a build that fails puts the source back as it was."""
+    old = src.read_bytes() if src.is_file() else None
+    if old != data:
+        atomic_write_bytes(src, data)
+    try:
+        return _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
+    except BaseException:
+        if old is None:
+            src.unlink(missing_ok=True)
+        elif old != data:
+            atomic_write_bytes(src, old)
+        raise
 
 
 def prepare_large_sample_data(
@@ -735,18 +740,8 @@ def _build_large(
     record = (json.dumps(lc.sources_record(archives, stats), indent=2) + "\n").encode("utf-8")
     src = out / "source" / "large_docs.jsonl"
     meta = out / "source" / "large_sources.json"
-    old = src.read_bytes() if src.is_file() else None
     with _removed_on_failure(src.parent):
-        if old != data:
-            atomic_write_bytes(src, data)
-        try:
-            result = _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
-        except BaseException:
-            if old is None:
-                src.unlink(missing_ok=True)
-            elif old != data:
-                atomic_write_bytes(src, old)
-            raise
+        result = _build_from_source(src, data, out, vocab_size, progress)
         if not meta.is_file() or meta.read_bytes() != record:
             atomic_write_bytes(meta, record)
     return result
