@@ -156,6 +156,24 @@ def coord_check_rank(config_dict: dict, depths: list[int], widths: list[int] | N
     return result["slopes"]
 
 
+def coord_result_rank(config_dict: dict, depths: list[int], widths: list[int] | None, steps: int,
+                      seeds: list[int], mutation: str | None = None) -> dict:
+    """A rank function: the coordinate check's result (slopes with their predictions; no records) for a
+    config dict, over ``seeds``; with ``mutation``, after applying that deliberate rule break of
+    tests/test_mutations.py in this rank process."""
+    from megadepth.analysis.coord_check import run_coord_check
+    from megadepth.config import validate
+
+    if mutation is not None:
+        import pytest
+        import test_mutations
+
+        test_mutations.MUTATIONS[mutation].apply(pytest.MonkeyPatch())  # this process ends with the check
+    result = run_coord_check(validate(config_dict), depths, widths, steps, seeds=seeds, progress=False)
+    result.pop("records")
+    return result
+
+
 def coord_records_rank(config_dict: dict, depths: list[int], steps: int) -> list[dict]:
     """A rank function: the coordinate check's raw records for a config dict."""
     from megadepth.analysis.coord_check import run_coord_check

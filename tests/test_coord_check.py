@@ -13,11 +13,13 @@ from pathlib import Path
 
 import pytest
 from conftest import tiny_config
-from distributed import coord_check_rank, run_ranks
+from distributed import coord_check_rank, coord_result_rank, run_ranks
 
 pytestmark = [pytest.mark.slow]
 
+ROOT = Path(__file__).resolve().parents[1]
 DEPTHS = [2, 4, 8, 16, 32]
+WIDTHS = [32, 64, 128, 256]
 FLAT = 0.2
 
 
@@ -215,3 +217,38 @@ def test_a_width_check_without_base_heads_is_not_refused_as_ambiguous(tmp_path: 
         fixed, _ = with_base_shape(cfg, [2], [32, 64])
         assert fixed.model.base_heads == cfg.model.heads
         check_parametrization(shaped_config(fixed, Shape(depth=2, width=64), steps=1, seed=0))
+
+
+def shipped(data: Path, tmp: Path, setting: str, preset: str) -> dict:
+    """configs/coord/SETTING.yaml with configs/parametrization/PRESET.yaml, as the docs' commands run them,
+    on the tests' sample data (its vocabulary of 512)."""
+    from megadepth.config.load import load_config
+
+    cfg = load_config([ROOT / "configs" / "coord" / f"{setting}.yaml",
+                       ROOT / "configs" / "parametrization" / f"{preset}.yaml"]).model_dump(mode="json")
+    cfg["data"]["path"] = str(data)
+    cfg["model"]["vocab_size"] = 512
+    cfg["train"]["out_dir"] = str(tmp / "unused")
+    return cfg
+
+
+@pytest.mark.parametrize(("setting", "preset"), [
+    ("transformer", "sp"), ("transformer", "depth_mup"), ("transformer", "completep"),
+    ("linear", "depth_mup"), ("linear", "completep"), ("width", "mup"), ("width", "sp"),
+])
+def test_measured_slopes_agree_with_the_predicted(sample_data: Path, tmp_path: Path, setting: str,
+                                                  preset: str) -> None:
+    """At the shipped settings (configs/coord/*.yaml, 5 steps, 3 seeds as in the docs' commands) every slope
+    predicted for a quantity (docs/parametrizations.md, "Coordinate checks") is within TOLERANCE of the
+    measured one: the final stream's change, each block's output at init and its change, the logits'
+    change (SP in width: those with a single predicted power)."""
+    from megadepth.analysis.coord_check import disagreements
+
+    depths, widths = ([4], WIDTHS) if setting == "width" else (DEPTHS, None)
+    (result,) = run_ranks(coord_result_rank, 1, shipped(sample_data, tmp_path, setting, preset), depths, widths,
+                          5, [0, 1, 2])
+    (axis,) = result["slopes"]
+    predicted = {q for q, v in result["slopes"][axis].items() if v["predicted"] is not None}
+    must = {"residual_change", "block_output_init", "block_change"}
+    assert must | ({"logits_change"} if preset != "sp" or axis == "depth" else set()) <= predicted, predicted
+    assert disagreements(result) == [], result["slopes"]

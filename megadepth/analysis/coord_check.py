@@ -13,9 +13,12 @@ first step and after each step a fixed probe batch is run through the model and,
 - ``logits_change``     RMS of the logits' change (one value per model).
 
 Summaries per shape: the residual quantities at the last layer, the block quantities averaged over
-layers. Their log-log slopes against depth (and width) are what theory predicts (docs/parametrizations.md,
-"Coordinate checks"): under Depth-muP and CompleteP the residual stream and its change are
-flat in depth while one block's output scales like r^-alpha; under SP they drift.
+layers. Their log-log slopes against depth (and width) are compared with the slopes theory predicts for
+the rules as implemented (:func:`predicted_slopes`, derived in docs/parametrizations.md, "Coordinate
+checks"): coord.json carries, per axis and quantity, ``measured`` and ``predicted`` (None where no single
+power law is predicted), and :func:`disagreements` lists those more than :data:`TOLERANCE` apart.
+``block_output_init`` is the block output's slope at step 0 (the init); every other quantity's
+``measured`` is its mean slope over steps >= 1.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ from megadepth.config.load import validate
 from megadepth.config.schema import Config
 
 QUANTITIES = ("residual", "block_output", "residual_change", "block_change", "logits_change")
+INIT_QUANTITY = "block_output_init"
+"""The block output's slope at step 0: the init alone (every other slope is a mean over steps >= 1)."""
+TOLERANCE = 0.15
+"""How far a measured slope may be from its prediction (docs/parametrizations.md, "Coordinate checks")."""
+
+# The exponents of docs/parametrizations.md's preset table, written out here and NOT read from
+# megadepth.parametrize: a wrong rule there must not move its own prediction.
+_PRESET_ALPHA = {"sp": 0.0, "mup": 0.0, "depth_mup": 0.5, "completep": 1.0}
+_ADAM = ("adam", "adamw")
 
 
 @dataclass(frozen=True)
@@ -231,6 +243,97 @@ def slopes(summary: dict[tuple[int, int, int, str], float], axis: str,
     return out
 
 
+def _exponents(config: Config) -> tuple[bool, float, float] | None:
+    """(width scaled, alpha, gamma) the config asks for, from the docs' table (None: SGD, not derived)."""
+    ptz = config.parametrization
+    if config.optimizer.name not in _ADAM:
+        return None
+    if ptz.name == "custom":
+        return True, float(ptz.alpha), float(ptz.gamma)  # type: ignore[arg-type]
+    alpha = _PRESET_ALPHA[ptz.name]
+    depth = ptz.name not in ("sp", "mup")
+    return ptz.name != "sp", alpha, (1.0 - alpha if depth else 0.0)
+
+
+def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
+    """The log-log slope theory predicts for each quantity against ``axis`` ('depth' or 'width'), to first
+    order, for the rules as the docs state them and at the regime of configs/coord/*.yaml: Adam(W) updates
+    (entry-wise normalised, so a gradient's size does not matter, only the LR), and, in the transformer,
+    an init (std 0.02) small enough that after a step a branch's change is dominated by its own weights'
+    update, or, at block depth 1 (init 1/sqrt(width)), by the change of its input. None where no single
+    power law is predicted (SGD, which is not derived; SP at block depth 1, which grows exponentially in
+    depth; quantities that mix two powers). docs/parametrizations.md, "Coordinate checks", derives each.
+
+    Depth, with r = L / L0, branch multiplier r^-alpha and in-branch LR r^-gamma (alpha = gamma = 0 for
+    sp and mup), and p = -1/2 when the output projections' init carries GPT-2's 1/sqrt(2L) (sp, mup),
+    0 when it is frozen at the base depth:
+
+    - block output at init: r^(-alpha + p) (pre-LN: a branch's output does not depend on the stream's size);
+    - block change: own-update term r^-(alpha + gamma) (transformer), input-change term r^-alpha
+      (block depth 1; at gamma >= 0 the slower of the two);
+    - final stream's change: L coherent block changes plus the embedding's O(1) change:
+      r^max(0, 1 - alpha - gamma);
+    - logits' change: flat (the final LayerNorm sees the stream's relative change, O(1); the head's own
+      update does not depend on depth).
+
+    Width, Adam: everything flat under muP (every width-scaled preset). SP: a branch's two matrices each
+    scale their input by sigma sqrt(fan-in) (m^1/2, the activation near its linear part): block output at
+    init m^1; own update of either matrix eta n |x| times the other's m^1/2: m^3/2, and so the stream's
+    change once the blocks' changes outweigh the embedding's."""
+    found = _exponents(config)
+    none: dict[str, float | None] = {q: None for q in (*QUANTITIES, INIT_QUANTITY)}
+    if found is None:
+        return none
+    width_scaled, alpha, gamma = found
+    linear = config.model.block == "linear"
+    out = dict(none)
+    if axis == "width":
+        if width_scaled:
+            return {q: 0.0 for q in out}
+        if not linear:
+            out.update({INIT_QUANTITY: 1.0, "block_change": 1.5, "residual_change": 1.5})
+        return out
+    if linear and alpha < 0.5:
+        return out  # the stream multiplies by (1 + O(1)) per block: exponential in depth, no power law
+    rule = config.parametrization.output_proj_init or ("gpt2" if config.parametrization.name in ("sp", "mup")
+                                                      else "base_depth")
+    p = -0.5 if rule == "gpt2" and not linear else 0.0
+    init = -alpha + p
+    change = 0.0 - (alpha if linear else alpha + gamma)  # (0.0 - 0.0: no -0.0 in coord.json)
+    out.update({INIT_QUANTITY: init, "block_change": change, "residual_change": max(0.0, 1.0 - alpha - gamma),
+                "logits_change": 0.0})
+    if init == change:
+        out["block_output"] = init  # init and change scale alike (CompleteP): so does their sum
+    if alpha > 0:
+        out["residual"] = 0.0  # the embedding's O(1) plus O(1) from the blocks
+    return out
+
+
+def compare(result: dict[str, Any], config: Config) -> None:
+    """Add ``measured`` and ``predicted`` to every quantity of ``result['slopes']`` (in place), and the
+    init's slope of the block output as quantity ``block_output_init``."""
+    for axis, per_q in result["slopes"].items():
+        predicted = predicted_slopes(config, axis)
+        init = per_q["block_output"]["per_step"].get(0, float("nan"))
+        per_q[INIT_QUANTITY] = {"per_step": {0: init}, "mean": init,
+                                "incomplete_steps": [0] if 0 in per_q["block_output"]["incomplete_steps"] else []}
+        for q, v in per_q.items():
+            v["measured"] = v["mean"]
+            v["predicted"] = predicted[q]
+
+
+def disagreements(result: dict[str, Any], tolerance: float = TOLERANCE) -> list[str]:
+    """'axis quantity: measured x, predicted y' for every predicted slope more than ``tolerance`` away from
+    its measurement (a measurement that is not finite disagrees)."""
+    out = []
+    for axis, per_q in result["slopes"].items():
+        for q, v in per_q.items():
+            pred, meas = v.get("predicted"), v.get("measured", float("nan"))
+            if pred is not None and not (math.isfinite(meas) and abs(meas - pred) <= tolerance):
+                out.append(f"{axis} {q}: measured {meas:+.3f}, predicted {pred:+.3f}")
+    return out
+
+
 def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int] | None, steps: int,
                     seeds: Sequence[int] = (0,), progress: bool = True) -> dict[str, Any]:
     """Measure every (depth, width, seed); returns the coord.json content (records averaged over seeds)."""
@@ -287,6 +390,7 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
         result["slopes"]["depth"] = slopes(summary, "depth", incomplete_from)
     if len(set(widths)) > 1:
         result["slopes"]["width"] = slopes(summary, "width", incomplete_from)
+    compare(result, config)
     return result
 
 
@@ -331,9 +435,15 @@ def plot_coord_check(result: dict[str, Any], out: Path) -> Path:
 
 
 def format_slopes(result: dict[str, Any]) -> str:
-    lines = [f"coordinate check: {result['parametrization']} ({result['optimizer']}), mean log-log slope over steps >= 1"]
+    lines = [f"coordinate check: {result['parametrization']} ({result['optimizer']}), mean log-log slope over "
+             "steps >= 1 (block_output_init: step 0), predicted in brackets"]
     for axis, per_q in result["slopes"].items():
-        lines.append("  vs " + axis + ": " + ", ".join(f"{q} {v['mean']:+.3f}" for q, v in per_q.items()))
+        lines.append("  vs " + axis + ": " + ", ".join(
+            f"{q} {v['mean']:+.3f}" + (f" [{v['predicted']:+.2f}]" if v.get("predicted") is not None else "")
+            for q, v in per_q.items()))
+    off = disagreements(result)
+    if off:
+        lines.append(f"  more than {TOLERANCE:g} from the prediction: " + "; ".join(off))
     left_out = sorted({s for per_q in result["slopes"].values() for v in per_q.values()
                        for s in v.get("incomplete_steps", []) if s >= 1})
     if left_out:
