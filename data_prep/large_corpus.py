@@ -139,16 +139,22 @@ def fetch_sources(
             print(f"downloading {src.requirement} (sdist) into {cache}", file=log)
         # --no-binary NAME, not :all:, which would also build the sdist's build requirements (Cython)
         # from source to prepare its metadata: minutes of compiling for a file that is only read
-        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", src.name, "--no-deps",
-               "--disable-pip-version-check", "--retries", "0", "--timeout", str(timeout), "-d", str(cache)]
+        # the pinned hash goes to pip itself (hash-checking mode): pip prepares an sdist's metadata by
+        # running its build code, and must refuse a file from a hostile or broken mirror before that
+        pinned = cache / f".{src.name}.requirements.txt"
+        pinned.write_text(f"{src.requirement} --hash=sha256:{src.sha256}\n", encoding="utf-8")
+        cmd = [sys.executable, "-m", "pip", "download", "--no-binary", src.name, "--no-deps", "--require-hashes",
+               "--disable-pip-version-check", "--retries", "0", "--timeout", str(timeout), "-d", str(cache),
+               "-r", str(pinned)]
         if index_url:
             cmd += ["--index-url", index_url]
-        cmd.append(src.requirement)
         where = index_url or os.environ.get("PIP_INDEX_URL") or "pip's configured index (PyPI by default)"
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30 * 60)
         except (OSError, subprocess.TimeoutExpired) as e:
             raise DataError(f"could not run pip to download {src.requirement} from {where}: {e}") from None
+        finally:
+            pinned.unlink(missing_ok=True)
         if proc.returncode != 0 or not path.is_file():
             raise DataError(
                 f"could not download {src.requirement} from {where} (is the registry reachable? "

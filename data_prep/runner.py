@@ -82,7 +82,7 @@ def _exclusive(out: Path) -> Iterator[None]:
         except BlockingIOError:
             f.seek(0)
             holder = (f.read().split() or ["?"])[0]  # the pid its holder wrote
-            raise DataError(f"--out {out}: another 'megadepth prep run' (pid {holder}) is writing here") from None
+            raise DataError(f"--out {out}: another 'megadepth prep run' or 'prep slurm' (pid {holder}) is writing here") from None
         except OSError:
             pass  # a file system without locks: run unguarded, as before
         f.seek(0)

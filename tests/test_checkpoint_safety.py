@@ -284,3 +284,46 @@ def test_a_zero3_run_resumed_and_saving_again_goes_on_as_if_never_stopped(sample
     assert sorted(b) == [1, 2, 3, 4]
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-6), (step, a[step], b[step])
+
+
+def test_a_disk_full_at_the_first_save_fails_every_rank_together(sample_data: Path, tmp_path: Path) -> None:
+    """Before the first ZeRO save, DeepSpeed's recovery scripts are not in checkpoints/ yet: rank 0 copies
+    them outside the checkpoint engine, and a failed copy there left the other ranks at a barrier."""
+    one = _checkpoint_kib(sample_data, tmp_path, 2)
+    with _tmpfs(tmp_path / "disk", size_kib=max(one // 3, 64)) as disk:
+        out = disk / "run"
+        cfg = tiny_config(sample_data, out, train={"steps": 2, "save_every": 1}, parallel={"zero_stage": 1},
+                          data={"cache_dir": str(tmp_path / "cache")})
+        results = run_ranks(train_rank_reporting, 2, cfg)  # times out if a rank hangs at a barrier
+        for result in results:
+            assert result["raised"] and "could not save checkpoint" in result["raised"], result["raised"]
+            assert "there is no earlier checkpoint" in result["raised"]
+        assert not list((out / "checkpoints").glob("step_*"))
+        assert not (out / "checkpoints" / "latest").exists()
+
+
+def test_a_checkpoint_from_before_a_rule_option_resumes_with_the_option_for_its_rule(sample_data: Path,
+                                                                                      tmp_path: Path) -> None:
+    """A checkpoint saved before parametrization.adam_wd_scaling existed has no key for it; its numbers are
+    those of adam_wd_scaling: lr_inverse. Setting that must resume it (a key comparison refused it), and
+    leaving it unset must be refused by the numbers, naming the option."""
+    import yaml
+
+    out = tmp_path / "run"
+    old_rule = {"adam_wd_scaling": "lr_inverse"}
+    cfg = tiny_config(sample_data, out, model={"width": 64, "base_width": 32, "base_heads": 2},
+                      parametrization={"name": "depth_mup", **old_rule},
+                      optimizer={"name": "adam", "lr": 0.01, "weight_decay": 0.1},
+                      train={"steps": 2, "save_final": True})
+    run_ranks(train_rank, 1, cfg)
+    saved = out / "checkpoints" / "step_00000002" / "config.yaml"
+    data = yaml.safe_load(saved.read_text())
+    del data["parametrization"]["adam_wd_scaling"]  # as written before the option existed
+    saved.write_text(yaml.safe_dump(data))
+
+    cfg["train"]["steps"] = 3
+    without = {**cfg, "parametrization": {"name": "depth_mup"}}
+    (refused,) = run_ranks(train_rank_reporting, 1, without)
+    assert refused["raised"] and "weight_decay" in refused["raised"] and "adam_wd_scaling" in refused["raised"]
+    (summary,) = run_ranks(train_rank, 1, cfg)
+    assert summary["status"] == "completed" and summary["steps"] == 3

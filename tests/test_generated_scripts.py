@@ -186,7 +186,7 @@ def test_prep_slurm_refuses_while_prep_run_holds_the_lock(tmp_path: Path, capsys
         held.flush()
         code, printed, err = _cli(capsys, *args, "--set", "c4.enabled=false")  # another plan
         assert code == 2 and printed == "" and len(err.strip().splitlines()) == 1, err
-        assert "another 'megadepth prep run' (pid 4242) is writing here" in err
+        assert "another 'megadepth prep run' or 'prep slurm' (pid 4242) is writing here" in err
         assert (out / "plan.json").read_bytes() == plan_before and not (out / "slurm").exists()
     code, _, err = _cli(capsys, *args, "--set", "c4.enabled=false")  # released: written
     assert code == 0, err

@@ -35,9 +35,26 @@ def test_startup_failure_leaves_a_failed_summary(sample_data: Path, tmp_path: Pa
     run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 2, "save_final": True}))
     states = sorted((out / "checkpoints" / "step_00000002").glob("*model_states.pt"))
     assert states
-    states[0].write_bytes(states[0].read_bytes()[:64])  # a damaged checkpoint: loading it fails
+    good = states[0].read_bytes()
+    states[0].write_bytes(good[:64])  # truncated: its pickle cannot be checked, refused before any work
     before = json.loads((out / "summary.json").read_text())
-    with pytest.raises(Exception):  # noqa: B017 - whatever torch raises for a truncated file
+    with pytest.raises(RuntimeError, match="not in torch's zip format"):
+        run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4}))
+    assert json.loads((out / "summary.json").read_text()) == before  # refused up front: nothing written
+
+    # a damaged file whose pickle still reads (a tensor record lost): the load itself fails
+    import io
+    import zipfile
+
+    damaged = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(good)) as src, zipfile.ZipFile(damaged, "w") as dst:
+        records = src.namelist()
+        lost = next(n for n in records if "/data/" in n)
+        for name in records:
+            if name != lost:
+                dst.writestr(src.getinfo(name), src.read(name))
+    states[0].write_bytes(damaged.getvalue())
+    with pytest.raises(RuntimeError, match="could not load checkpoint"):
         run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 4}))
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "failed" and "could not load checkpoint" in summary["error"]

@@ -146,8 +146,11 @@ def test_the_cache_is_used_and_a_wrong_file_is_fetched_again(tmp_path: Path, mon
     (cache / source.filename).write_bytes(archive.read_bytes())
     calls: list[list[str]] = []
 
+    pinned: list[str] = []
+
     def fake_run(cmd, **kw):  # noqa: ANN001, ANN003 -- stands in for subprocess.run
         calls.append(cmd)
+        pinned.append(Path(cmd[cmd.index("-r") + 1]).read_text())  # the requirement pip is given
         (cache / source.filename).write_bytes(archive.read_bytes())
         return type("P", (), {"returncode": 0, "stderr": ""})()
 
@@ -158,7 +161,8 @@ def test_the_cache_is_used_and_a_wrong_file_is_fetched_again(tmp_path: Path, mon
     lc.fetch_sources(cache, [source], index_url="https://mirror.example/simple")
     assert len(calls) == 1
     cmd = calls[0]
-    assert cmd[1:4] == ["-m", "pip", "download"] and "pkg==1.0" in cmd and "--no-deps" in cmd
+    assert cmd[1:4] == ["-m", "pip", "download"] and "--no-deps" in cmd and "--require-hashes" in cmd
+    assert pinned == [f"pkg==1.0 --hash=sha256:{source.sha256}\n"]
     assert cmd[cmd.index("--no-binary") + 1] == "pkg" and cmd[cmd.index("--index-url") + 1] == "https://mirror.example/simple"
     assert cmd[cmd.index("--retries") + 1] == "0"
 
@@ -268,3 +272,38 @@ def test_large_cpu_transfer_spec_gives_each_curve_its_own_lrs_and_reports_per_pr
     assert sp_iv["high"] < cp_iv["low"]  # separated: the result the experiment is built to detect
     # depth 16's grid holds depth 2's optimum, so the transfer loss there and its interval are defined
     assert panels["sp"]["shift"]["transfer_loss_interval"]["low"] > 0.1
+
+
+def test_a_tampered_sdist_is_refused_before_its_build_code_runs(tmp_path: Path) -> None:
+    """pip prepares an sdist's metadata by running its setup.py; the pinned hash is checked by pip itself
+    (hash-checking mode) so that a file from a hostile mirror never gets that far. A local file index
+    serves a package whose setup.py would create a marker file."""
+    import hashlib
+    import io
+    import tarfile
+
+    from data_prep.large_corpus import Source, fetch_sources
+    from megadepth.data import DataError
+
+    marker = tmp_path / "PWNED"
+    setup = f"import pathlib; pathlib.Path({str(marker)!r}).touch()\nfrom setuptools import setup; setup()\n"
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w:gz") as tar:
+        for name, text in (("evilpkg-1.0/setup.py", setup),
+                           ("evilpkg-1.0/PKG-INFO", "Metadata-Version: 2.1\nName: evilpkg\nVersion: 1.0\n")):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    index = tmp_path / "simple" / "evilpkg"
+    index.mkdir(parents=True)
+    (index / "evilpkg-1.0.tar.gz").write_bytes(archive.getvalue())
+    (index / "index.html").write_text('<a href="evilpkg-1.0.tar.gz">evilpkg-1.0.tar.gz</a>\n')
+    real = hashlib.sha256(archive.getvalue()).hexdigest()
+    pinned = Source(name="evilpkg", version="1.0", filename="evilpkg-1.0.tar.gz", sha256="0" * 64,
+                    licence="none", docs=("docs",))
+    with pytest.raises(DataError, match="DO NOT MATCH THE HASHES"):
+        fetch_sources(tmp_path / "cache", [pinned], index_url=(tmp_path / "simple").as_uri())
+    assert not marker.exists(), "the sdist's build code ran before its hash was checked"
+    assert not (tmp_path / "cache" / "evilpkg-1.0.tar.gz").exists()
+    assert real != pinned.sha256

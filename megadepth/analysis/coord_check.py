@@ -299,7 +299,8 @@ def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
                                                       else "base_depth")
     p = -0.5 if rule == "gpt2" and not linear else 0.0
     init = -alpha + p
-    change = 0.0 - (alpha if linear else alpha + gamma)  # (0.0 - 0.0: no -0.0 in coord.json)
+    # block depth 1: the input-change term r^-alpha wins, unless gamma < 0 makes the own update larger
+    change = 0.0 - (min(alpha, alpha + gamma) if linear else alpha + gamma)  # (0.0 - 0.0: no -0.0)
     out.update({INIT_QUANTITY: init, "block_change": change, "residual_change": max(0.0, 1.0 - alpha - gamma),
                 "logits_change": 0.0})
     if init == change:

@@ -220,8 +220,9 @@ class ParametrizationConfig(Section):
     parametrize depth). none (default; CompleteP's Table 1 and reference code): lambda does not change with
     depth. invariant: lambda is scaled so the decay per step does not depend on depth (lambda x r^gamma
     with adamw and sgd, lambda x r^(gamma - alpha) with adam, see adam_wd_scaling). 'one_minus_alpha',
-    the older spelling, means invariant (r^(1 - alpha) = r^gamma for the Adam presets; with sgd it used
-    to leave lr x wd growing like r^alpha)."""
+    the older spelling, means invariant: the same numbers as before for adamw (r^(1 - alpha) = r^gamma)
+    and for adam with adam_wd_scaling: lr_inverse; other numbers with sgd (the old rule left lr x wd
+    growing like r^alpha) and with adam's default effective_decay."""
     adam_wd_scaling: Literal["effective_decay", "lr_inverse"] | None = None
     """Width (and, with wd_depth_scaling: invariant, depth) rule of the weight decay of optimizer.name: adam,
     whose L2 penalty goes through Adam's normalisation, so a step shrinks a weight by lr x lambda /

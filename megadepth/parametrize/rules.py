@@ -128,6 +128,8 @@ def base_head_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | N
         choices.append(f"{heads} (head size grew from {base_width // heads}, {heads} heads fixed)")
     fix = (f"set model.base_heads: {' or '.join(choices)}" if choices
            else f"set model.base_heads to the head count of the base shape (a divisor of {base_width})")
+    if base_width % heads == 0:  # what configs from before model.base_heads resolved to: heads fixed
+        fix += f"; a run started before model.base_heads existed trained with model.base_heads: {heads}"
     return (
         f"the base head size is ambiguous: model.width grows from model.base_width {base_width} to "
         f"{model.width} ({heads} heads of {size}) under {cfg.name}, whose attention scale depends on "

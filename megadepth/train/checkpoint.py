@@ -111,25 +111,38 @@ def guard_files(engine: Any) -> Iterator[list[str]]:
 
     DeepSpeed saves between two barriers: a rank that raised in between (disk full) would leave the
     others waiting forever at the second. Recording lets every rank reach it; :func:`save` then decides
-    together. The engine's own reader stays replaced: every later load is weights-only too."""
+    together. Its writes are the checkpoint engine's ``save`` and ``makedirs`` and, under ZeRO, rank 0's
+    copy of DeepSpeed's recovery scripts. The engine's own reader stays replaced: every later load is
+    weights-only too."""
     files = engine.checkpoint_engine
     failures: list[str] = []
-    plain_save = files.save
+    plain = {"save": files.save, "makedirs": files.makedirs}
+    copy_scripts = getattr(engine, "_copy_recovery_script", None)  # ZeRO: zero_to_fp32.py, rank 0 only
 
-    def save(state_dict: Any, path: str) -> None:
-        if failures:
-            return  # one failure dooms the tag: write nothing more to a full disk
-        try:
-            plain_save(state_dict, path)
-        except Exception as e:  # OSError (ENOSPC, EROFS), or torch's RuntimeError wrapping one
-            failures.append(f"{Path(path).name}: {_cause(e, Path(path).parent)}")
+    def recorded(fn: Any, name: str, position: int) -> Any:
+        """``fn`` with its failure recorded; the path it writes is argument ``name`` (or ``position``)."""
+        def wrapper(*args: Any, **kwargs: Any) -> None:
+            if failures:
+                return  # one failure dooms the tag: write nothing more to a full disk
+            try:
+                fn(*args, **kwargs)
+            except Exception as e:  # OSError (ENOSPC, EROFS), or torch's RuntimeError wrapping one
+                where = kwargs.get(name, args[position] if len(args) > position else "?")
+                path = Path(str(where))
+                failures.append(f"{path.name}: {_cause(e, path if path.is_dir() else path.parent)}")
+        return wrapper
 
     files.load = load_file
-    files.save = save
+    files.save = recorded(plain["save"], "path", 1)
+    files.makedirs = recorded(plain["makedirs"], "path", 0)
+    if copy_scripts is not None:
+        engine._copy_recovery_script = recorded(copy_scripts, "save_path", 0)
     try:
         yield failures
     finally:
-        files.save = plain_save
+        files.save, files.makedirs = plain["save"], plain["makedirs"]
+        if copy_scripts is not None:
+            del engine._copy_recovery_script  # back to the class's method
 
 
 def _cause(exc: BaseException, folder: Path | None = None) -> str:
@@ -313,17 +326,19 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
             atomic_write_text(tag_dir / POSITION, json.dumps(position) + "\n")
             atomic_write_text(tag_dir / "config.yaml", config_yaml)  # last of the tag: it is complete
             atomic_write_text(ckpt_dir / LATEST, tag)
-        except OSError as e:
-            failures.append(f"{e.filename and Path(e.filename).name or 'position.json/config.yaml/latest'}: "
-                            f"{_cause(e)}")
+        except Exception as e:  # any failure here must reach the gather below, or the other ranks wait there
+            name = getattr(e, "filename", None)
+            failures.append(f"{name and Path(name).name or 'position.json/config.yaml/latest'}: {_cause(e)}")
     failed = failed or _gather_failures(failures)
     if failed:
         if is_main:
             shutil.rmtree(tag_dir, ignore_errors=True)
         torch.distributed.barrier()
         previous = (ckpt_dir / LATEST).read_text(encoding="utf-8").strip() if (ckpt_dir / LATEST).is_file() else ""
+        removed = ("the partial checkpoint was removed" if not tag_dir.exists() else
+                   f"the partial checkpoint could not be removed (delete {tag_dir} to free its space)")
         raise CheckpointError(
-            f"could not save checkpoint {tag_dir} ({'; '.join(failed)}); the partial checkpoint was removed and "
+            f"could not save checkpoint {tag_dir} ({'; '.join(failed)}); {removed} and "
             + (f"latest still names {previous}: the same command resumes from there once the cause is fixed"
                if previous else "there is no earlier checkpoint"))
     if is_main:
@@ -362,12 +377,12 @@ def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> N
     tp_rank = mpu.get_model_parallel_rank() if mpu is not None else 0
     with deepspeed.zero.GatheredParameters(list(engine.module.parameters()), modifier_rank=None):
         if data_rank == 0 and not failures:
-            state = {k: v.detach().to("cpu", copy=True) for k, v in engine.module.state_dict().items()}
-            buffer = io.BytesIO()
-            torch.save({"module": state}, buffer)
             try:
+                state = {k: v.detach().to("cpu", copy=True) for k, v in engine.module.state_dict().items()}
+                buffer = io.BytesIO()
+                torch.save({"module": state}, buffer)
                 atomic_write_bytes(tag_dir / gathered_weights_file(tp_rank), buffer.getvalue())
-            except OSError as e:
+            except Exception as e:  # recorded, so every rank still reaches the gather of failures
                 failures.append(f"{gathered_weights_file(tp_rank)}: {_cause(e, tag_dir)}")
     # the gather fetched every parameter outside the forward's recorded order: without a reset, ZeRO-3's
     # prefetcher replays a stale trace on the next step and fails ("tracing error") after a resume
@@ -422,7 +437,7 @@ def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
             f"{ckpt_dir / tag} was trained with other per-group optimizer numbers than this run's parametrization "
             f"gives ({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}): the same config "
             "resolves otherwise since megadepth's rules changed (docs/parametrizations.md, 'Rule sources', names "
-            "the options that give the former rules, e.g. parametrization.eps_scaling: gradient), or its "
-            "checkpoint was edited. A resume would train on the checkpoint's numbers while the logs show these: "
+            "the options that give the former rules: parametrization.eps_scaling: gradient for the former eps, "
+            "adam_wd_scaling: lr_inverse for optimizer adam's former weight decay), or its checkpoint was edited. A resume would train on the checkpoint's numbers while the logs show these: "
             f"set the option that matches, or start a new run with train.init_from: {ckpt_dir / tag}")
     return client_state or {}

@@ -227,6 +227,12 @@ def _resolved(config: Config) -> dict[str, Any]:
     ptz = Parametrization.from_config(model, config.parametrization, optimizer=config.optimizer.name)
     par = config.parametrization.model_dump(mode="json")
     par.update(alpha=ptz.alpha, gamma=ptz.gamma, base_head_dim=ptz.base_head_dim)
+    # the rule options are judged by the numbers they give, after the load (checkpoint.group_differences):
+    # a checkpoint from before an option existed has no key for it, and its former rule is one of the
+    # option's values, so comparing keys would refuse the very setting that reproduces it. The
+    # output-projection init only matters at step 0.
+    for key in ("eps_scaling", "adam_wd_scaling", "wd_depth_scaling", "output_proj_init"):
+        par.pop(key, None)
     return {"parametrization": par, "model.base_depth": model.base_depth or model.depth,
             "model.base_width": model.base_width or model.width}
 
