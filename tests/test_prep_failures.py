@@ -100,7 +100,7 @@ def test_a_second_run_on_the_same_directory_is_refused(tmp_path: Path) -> None:
         fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
         held.write("4242\n")
         held.flush()
-        with pytest.raises(DataError, match=r"another 'megadepth prep run' \(pid 4242\)"):
+        with pytest.raises(DataError, match=r"another 'megadepth prep run' or 'prep slurm' \(pid 4242\)"):
             run_plan(plan, progress=False)
     assert not (tmp_path / "out" / "manifest.json").exists()
     run_plan(plan, progress=False)  # released: runs
