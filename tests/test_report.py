@@ -640,6 +640,7 @@ def test_shift_interval_covers_the_true_shift_about_95_percent_with_3_seeds() ->
         se = math.hypot(ref["optimum"].stderr, last["optimum"].stderr)
         shift = last["optimum"].log2_x - ref["optimum"].log2_x
         one_se += abs(shift + 1.0) <= se
+    print(f"{fitted} experiments: t interval covers {covered / fitted:.0%}, +-1 s.e. {one_se / fitted:.0%}")
     assert fitted >= 250
     assert 0.90 <= covered / fitted <= 0.99
     assert one_se / fitted < 0.8

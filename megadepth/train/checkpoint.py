@@ -5,11 +5,12 @@ barrier, so a checkpoint is only ever found once all of it is on disk. The file 
 DeepSpeed's own ``latest``, so ``engine.load_checkpoint(dir)`` understands it too.
 
 Trust: a checkpoint is read as data, never as code. DeepSpeed reads its files with
-``torch.load(weights_only=False)``, which runs whatever a planted pickle asks for; :func:`guard_files` swaps
-the engine's file reader for a weights-only one (tensors, numbers, strings, containers and the three
-DeepSpeed bookkeeping classes in :data:`SAFE_GLOBALS`), and :func:`check_safe` refuses a checkpoint
-holding anything else before any rank opens it. Failed writes (a full disk, a read-only folder) are
-collected the same way, so every rank learns of them together and the cut-short tag is removed.
+``torch.load(weights_only=False)``, which runs whatever a planted pickle asks for; :func:`read_weights_only`
+swaps the engine's file reader for a weights-only one where the engine is built (tensors, numbers,
+strings, containers and the three DeepSpeed bookkeeping classes in :data:`SAFE_GLOBALS`), and
+:func:`check_safe` refuses a checkpoint holding anything else at start-up, before any rank opens it.
+Failed writes (a full disk, a read-only folder) are collected by :func:`guard_files`, so every rank
+learns of them together and the cut-short tag is removed.
 """
 
 from __future__ import annotations
@@ -104,16 +105,21 @@ def check_safe(tag_dir: Path) -> None:
                 "weights-only and refuses it. Only resume from checkpoints you or your job wrote")
 
 
+def read_weights_only(engine: Any) -> None:
+    """Make every checkpoint read of ``engine`` weights-only (:func:`load_file`), for the engine's whole
+    life: its model, optimizer and pipeline-layer files all go through its checkpoint engine's ``load``."""
+    engine.checkpoint_engine.load = load_file
+
+
 @contextlib.contextmanager
 def guard_files(engine: Any) -> Iterator[list[str]]:
-    """While active, the engine's checkpoint files are read weights-only (:func:`load_file`) and a failed
-    write is recorded (in the yielded list, ``"file: error"``) instead of raised.
+    """While active, a failed write of the engine's checkpoint files is recorded (in the yielded list,
+    ``"file: error"``) instead of raised.
 
     DeepSpeed saves between two barriers: a rank that raised in between (disk full) would leave the
     others waiting forever at the second. Recording lets every rank reach it; :func:`save` then decides
     together. Its writes are the checkpoint engine's ``save`` and ``makedirs`` and, under ZeRO, rank 0's
-    copy of DeepSpeed's recovery scripts. The engine's own reader stays replaced: every later load is
-    weights-only too."""
+    copy of DeepSpeed's recovery scripts."""
     files = engine.checkpoint_engine
     failures: list[str] = []
     plain = {"save": files.save, "makedirs": files.makedirs}
@@ -132,7 +138,6 @@ def guard_files(engine: Any) -> Iterator[list[str]]:
                 failures.append(f"{path.name}: {_cause(e, path if path.is_dir() else path.parent)}")
         return wrapper
 
-    files.load = load_file
     files.save = recorded(plain["save"], "path", 1)
     files.makedirs = recorded(plain["makedirs"], "path", 0)
     if copy_scripts is not None:
@@ -416,15 +421,14 @@ def group_differences(planned: list[tuple[Any, ...]], restored: list[tuple[Any, 
 
 
 def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    """Load a checkpoint into the engine (weights, optimizer, scheduler), weights-only (see the module
-    docstring); returns our client state."""
-    check_safe(ckpt_dir / tag)
+    """Load a checkpoint into the engine (weights, optimizer, scheduler); returns our client state. The
+    tag's files were checked at start-up (:func:`check_safe`, from the run's preflight) and the engine
+    reads them weights-only (:func:`read_weights_only`, from its build)."""
     planned = group_settings(engine.optimizer)
     try:
-        with guard_files(engine):
-            path, client_state = engine.load_checkpoint(
-                str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-            )
+        path, client_state = engine.load_checkpoint(
+            str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
     except ConfigError:
         raise
     except Exception as e:  # torn or foreign files: DeepSpeed asserts, torch raises many kinds
@@ -438,6 +442,7 @@ def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
             f"gives ({'; '.join(differences[:4])}{'; ...' if len(differences) > 4 else ''}): the same config "
             "resolves otherwise since megadepth's rules changed (docs/parametrizations.md, 'Rule sources', names "
             "the options that give the former rules: parametrization.eps_scaling: gradient for the former eps, "
-            "adam_wd_scaling: lr_inverse for optimizer adam's former weight decay), or its checkpoint was edited. A resume would train on the checkpoint's numbers while the logs show these: "
-            f"set the option that matches, or start a new run with train.init_from: {ckpt_dir / tag}")
+            "adam_wd_scaling: lr_inverse for optimizer adam's former weight decay), or its checkpoint was edited. "
+            "A resume would train on the checkpoint's numbers while the logs show these: set the option that "
+            f"matches, or start a new run with train.init_from: {ckpt_dir / tag}")
     return client_state or {}

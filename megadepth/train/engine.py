@@ -12,6 +12,7 @@ from megadepth.model import GPT
 from megadepth.parallel.topology import Grid
 from megadepth.parametrize import Parametrization, initialize, param_groups
 from megadepth.parametrize.checks import verify_attention_scale
+from megadepth.train.checkpoint import read_weights_only
 from megadepth.train.init_from import WeightSource, load_weights
 from megadepth.train.schedule import make_scheduler
 
@@ -110,6 +111,7 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
         config=deepspeed_config(config, grad_accum, global_batch, precision, engine_clips=not own),
         mpu=mpu,
     )
+    read_weights_only(engine)  # DeepSpeed's own reader unpickles anything a planted file names
     if own and grid.data_size == 1:
         # a data-parallel group of one: averaging is the identity, but DeepSpeed would still flatten
         # every gradient into buckets and run a collective each step
