@@ -10,7 +10,9 @@ CPython's documentation prose; see data_prep.corpus), then measures on the same 
 3. tokenization: tokens/s of the pipeline's tokenize stage (Parquet read, PII masking, encode, EOS,
    .bin/.idx + Parquet writing) against raw ``sentencepiece.encode`` on the same texts, one thread;
 4. scaling: wall time of the pipeline with 2 workers against 1;
-5. peak memory of a 1-worker run at two corpus sizes (bounded by shard size, not by input size).
+5. peak memory of a 1-worker run at two corpus sizes (bounded by shard size, not by input size);
+6. the cost of listing the dropped documents (``OUT/rejected/``): the run's rejected rows written again
+   through the same writer, per row and as a share of the extract stage's CPU time, and their size.
 
 Rates per core are CPU seconds of the measuring process (robust on a shared machine); the scaling
 figure is wall time and prints the load average next to it.
@@ -99,6 +101,24 @@ def run_pipeline(paths, out: Path, workers: int, overrides: list[str]) -> tuple[
     return manifest, time.perf_counter() - t0, time.process_time() - c0
 
 
+def rejected_cost(out: Path) -> tuple[int, float, int]:
+    """(rows, CPU seconds to write them again row by row as the extract stage does, Parquet bytes)."""
+    import pyarrow.parquet as pq
+
+    from data_prep.rejected import RejectedWriter
+
+    rows = [r for p in sorted((out / "rejected").glob("*.parquet")) for r in pq.read_table(p).to_pylist()]
+    w = RejectedWriter(out / "rejected-again.parquet", False, 2000)
+    keys = ("id", "url", "source", "rule", "value", "threshold", "language", "language_score")
+    t0 = time.process_time()
+    for r in rows:
+        w.add(*(r[k] for k in keys))
+    w.commit()
+    seconds = time.process_time() - t0
+    size = sum(p.stat().st_size for p in (out / "rejected").glob("*.parquet"))
+    return len(rows), seconds, size
+
+
 def raw_encode(tokenizer: Path, texts: list[str]) -> tuple[int, float]:
     import sentencepiece as spm
 
@@ -166,6 +186,10 @@ def main() -> None:
         print(f"  kept {ex['documents_out']}, duplicates removed {m1['stages']['dedup']['exact_duplicates']} exact "
               f"+ {m1['stages']['dedup']['near_duplicates']} near, {m1['tokens']:,} tokens")
 
+        n_rej, t_rej, b_rej = rejected_cost(tmp / "w1")
+        print(f"rejected/: {n_rej} rows, {b_rej / max(n_rej, 1):.0f} bytes each; writing them: "
+              f"{1e6 * t_rej / max(n_rej, 1):.1f} us per row = {100 * t_rej / ex['seconds']:.2f} % of the extract stage")
+
         import pyarrow.parquet as pq
 
         texts = []
@@ -208,6 +232,10 @@ def main() -> None:
             "load_average": round(os.getloadavg()[0], 2),
             "shards_identical_1_vs_2_workers": same,
             "peak_rss_mb": {str(len(small)): round(rss_small), str(len(paths)): round(rss_all)},
+            "rejected_rows": n_rej,
+            "rejected_bytes_per_row": round(b_rej / max(n_rej, 1), 1),
+            "rejected_write_us_per_row": round(1e6 * t_rej / max(n_rej, 1), 2),
+            "rejected_share_of_extract": round(t_rej / ex["seconds"], 5),
         }
         if args.json:
             Path(args.json).write_text(json.dumps(figures, indent=2) + "\n")

@@ -46,7 +46,10 @@ def _plan_from_args(args: argparse.Namespace):
         extra["url_filter"] = {"enabled": True, "blocklists": list(args.url_blocklist)}
     if args.prefix:
         extra.setdefault("read", {})["paths_prefix"] = args.prefix
-    return plan_run(args.input, args.out, config_files=args.config, overrides=args.set, extra=extra)
+    if args.keep_rejected_text:
+        extra["rejected"] = {"keep_text": True}
+    return plan_run(args.input, args.out, config_files=args.config, overrides=args.set, extra=extra,
+                    preset=args.preset)
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -66,7 +69,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         return _fail(e)
     print(format_report(manifest, walls))
     print(f"{plan.out}: {manifest['documents']:,} documents, {manifest['tokens']:,} tokens in "
-          f"{len(manifest['shards'])} shard(s); kept text in {plan.out}/documents/")
+          f"{len(manifest['shards'])} shard(s); kept text in {plan.out}/documents/, dropped documents "
+          f"in {plan.out}/rejected/")
     return 0
 
 
@@ -128,6 +132,11 @@ def _pipeline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override one setting, e.g. --set language.languages=[en,fr] (repeatable)")
     p.add_argument("--prefix", metavar="DIR|URL", help="where the keys of *.paths.gz files live")
+    p.add_argument("--preset", metavar="NAME",
+                   help="named settings under --config and --set: 'smoke' relaxes the rules so that the bundled "
+                        "one-page fixture gets through (a check of the install, not a quality setting)")
+    p.add_argument("--keep-rejected-text", action="store_true",
+                   help="also write the text of every dropped document into DIR/rejected/ (rejected.keep_text)")
 
 
 def add_cli(subparsers: Any) -> None:

@@ -9,7 +9,9 @@ rolling hashes in numpy instead of joined strings. The results are those of data
 including the greedy skip in "duplicated n-gram characters".
 
 Each filter is ``fn(text, cfg) -> (text or None, reason or None)``: ``(None, reason)`` drops the page,
-``(text, None)`` keeps it, possibly changed (C4 removes lines).
+``(text, None)`` keeps it, possibly changed (C4 removes lines). A reason is a :class:`Rejection`: the
+rule's name as a string, carrying the measured value and the threshold it failed, so the
+rejected-documents Parquet can say by how much a page missed.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from data_prep.config import C4Config, FineWebConfig, GopherQualityConfig, Gophe
 
 __all__ = [
     "TERMINAL_PUNCTUATION",
+    "Rejection",
     "build_filters",
     "c4_filter",
     "fineweb_filter",
@@ -51,6 +54,22 @@ TERMINAL_PUNCTUATION = (
     '"', "'", "”", "’", "»", "«", ")", "]",
 )  # fmt: skip
 _P = np.uint64(0x9E3779B97F4A7C15)
+
+
+class Rejection(str):
+    """Why a rule dropped a page: equal to the rule's name (``"short_doc"``), so counting and comparing
+    by name are unchanged, plus the measured ``value`` and the ``threshold`` it failed (None where a
+    rule has no number, as for "lorem_ipsum"). Made only on the failing path: a page that passes pays
+    nothing for it."""
+
+    value: float | None
+    threshold: float | None
+
+    def __new__(cls, name: str, value: float | None = None, threshold: float | None = None) -> Rejection:
+        self = super().__new__(cls, name)
+        self.value = None if value is None else float(value)
+        self.threshold = None if threshold is None else float(threshold)
+        return self
 
 
 class _Doc:
@@ -190,7 +209,7 @@ def _covered_chars(pos: np.ndarray, csum: np.ndarray, max_n: int, n_words: int) 
     return int((csum[ends] - csum[pos]).sum())
 
 
-def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) -> str | None:
+def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) -> Rejection | None:
     """The n-gram rules; the reason of the first that fails, or None.
 
     n-grams grow one word at a time, only at positions where the shorter n-gram occurs more than once
@@ -246,10 +265,10 @@ def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) ->
     # the rules in datatrove's order: top n-grams as configured, then duplicated n-grams
     for n, frac in cfg.top_n_grams:
         if top_frac.get(n, 0.0) > frac:
-            return f"top_{n}_gram"
+            return Rejection(f"top_{n}_gram", top_frac[n], frac)
     for n, frac in cfg.dup_n_grams:
         if dup_frac.get(n, 0.0) > frac:
-            return f"duplicated_{n}_n_grams"
+            return Rejection(f"duplicated_{n}_n_grams", dup_frac[n], frac)
     return None
 
 
@@ -275,23 +294,23 @@ def _lines(text: str, parts: list[str]) -> list[str]:
     return lines
 
 
-def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> tuple[str | None, str | None]:
+def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> tuple[str | None, Rejection | None]:
     n_chars = len(text)
     if n_chars == 0:
-        return None, "empty"
+        return None, Rejection("empty")
     doc = _doc(text)
     paragraphs = _paragraphs(text.strip())
     dup, chars = _find_duplicates(paragraphs)
     if cfg.dup_para_frac is not None and dup / len(paragraphs) > cfg.dup_para_frac:
-        return None, "dup_para_frac"
+        return None, Rejection("dup_para_frac", dup / len(paragraphs), cfg.dup_para_frac)
     if cfg.dup_para_char_frac is not None and chars / n_chars > cfg.dup_para_char_frac:
-        return None, "dup_para_char_frac"
+        return None, Rejection("dup_para_char_frac", chars / n_chars, cfg.dup_para_char_frac)
     lines = _lines(text, doc.parts)
     dup, chars = _find_duplicates(lines)
     if cfg.dup_line_frac is not None and dup / len(lines) > cfg.dup_line_frac:
-        return None, "dup_line_frac"
+        return None, Rejection("dup_line_frac", dup / len(lines), cfg.dup_line_frac)
     if cfg.dup_line_char_frac is not None and chars / n_chars > cfg.dup_line_char_frac:
-        return None, "dup_line_char_frac"
+        return None, Rejection("dup_line_char_frac", chars / n_chars, cfg.dup_line_char_frac)
     words = doc.tokens
     if words:
         reason = _ngram_stats(words, cfg, n_chars)
@@ -312,7 +331,7 @@ def _stop_set(stop_words: tuple[str, ...]) -> frozenset[str]:
     return frozenset(stop_words)
 
 
-def gopher_quality(text: str, cfg: GopherQualityConfig) -> tuple[str | None, str | None]:
+def gopher_quality(text: str, cfg: GopherQualityConfig) -> tuple[str | None, Rejection | None]:
     tokens = split_words(text)
     n_tokens = len(tokens)
     # the tokens that are not punctuation, in order (what _WORD.findall(text) finds, as a word token
@@ -323,40 +342,43 @@ def gopher_quality(text: str, cfg: GopherQualityConfig) -> tuple[str | None, str
     words = list(filterfalse(punct.__contains__, tokens)) if punct else tokens
     n_words = len(words)
     if cfg.min_doc_words is not None and n_words < cfg.min_doc_words:
-        return None, "short_doc"
+        return None, Rejection("short_doc", n_words, cfg.min_doc_words)
     if n_words == 0:
-        return None, "short_doc"
+        return None, Rejection("short_doc", 0, cfg.min_doc_words)
     if cfg.max_doc_words is not None and n_words > cfg.max_doc_words:
-        return None, "long_doc"
+        return None, Rejection("long_doc", n_words, cfg.max_doc_words)
     avg = sum(map(len, words)) / n_words
     if cfg.min_avg_word_length is not None and avg < cfg.min_avg_word_length:
-        return None, "below_avg_word_length"
+        return None, Rejection("below_avg_word_length", avg, cfg.min_avg_word_length)
     if cfg.max_avg_word_length is not None and avg > cfg.max_avg_word_length:
-        return None, "above_avg_word_length"
+        return None, Rejection("above_avg_word_length", avg, cfg.max_avg_word_length)
     if cfg.max_symbol_word_ratio is not None:
         if text.count("#") / n_tokens > cfg.max_symbol_word_ratio:
-            return None, "too_many_hashes"
-        if (text.count("...") + text.count("…")) / n_tokens > cfg.max_symbol_word_ratio:
-            return None, "too_many_ellipsis"
+            return None, Rejection("too_many_hashes", text.count("#") / n_tokens, cfg.max_symbol_word_ratio)
+        ellipses = text.count("...") + text.count("…")
+        if ellipses / n_tokens > cfg.max_symbol_word_ratio:
+            return None, Rejection("too_many_ellipsis", ellipses / n_tokens, cfg.max_symbol_word_ratio)
     lines = text.splitlines() or [text]
     if cfg.max_bullet_lines_ratio is not None:
         bullets = sum(1 for s in lines if s.lstrip().startswith(("•", "-")))
         if bullets / len(lines) > cfg.max_bullet_lines_ratio:
-            return None, "too_many_bullets"
+            return None, Rejection("too_many_bullets", bullets / len(lines), cfg.max_bullet_lines_ratio)
     if cfg.max_ellipsis_lines_ratio is not None:
         ell = sum(1 for s in lines if s.rstrip().endswith(("...", "…")))
         if ell / len(lines) > cfg.max_ellipsis_lines_ratio:
-            return None, "too_many_end_ellipsis"
+            return None, Rejection("too_many_end_ellipsis", ell / len(lines), cfg.max_ellipsis_lines_ratio)
     if cfg.min_alpha_words_ratio is not None:
         # word tokens with a letter, over all tokens (punctuation tokens count, as in datatrove); the
         # all-letter words are skipped in C, only the rest (digits, "U.S", "don't") are searched
         no_letter = sum(1 for w in filterfalse(str.isalpha, words) if not _LETTER.search(w))
-        if (n_words - no_letter) / n_tokens < cfg.min_alpha_words_ratio:
-            return None, "below_alpha_threshold"
+        alpha = (n_words - no_letter) / n_tokens
+        if alpha < cfg.min_alpha_words_ratio:
+            return None, Rejection("below_alpha_threshold", alpha, cfg.min_alpha_words_ratio)
     if cfg.min_stop_words is not None:
         stops = _stop_set(tuple(cfg.stop_words))
-        if sum(map(stops.__contains__, words)) < cfg.min_stop_words:
-            return None, "not_enough_stop_words"
+        n_stops = sum(map(stops.__contains__, words))
+        if n_stops < cfg.min_stop_words:
+            return None, Rejection("not_enough_stop_words", n_stops, cfg.min_stop_words)
     return text, None
 
 
@@ -369,7 +391,7 @@ def _count_sentences(line: str) -> int:
     return len(ends) + (1 if tail else 0)
 
 
-def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, str | None]:
+def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, Rejection | None]:
     kept: list[str] = []
     sentences = 0
     # Per line, only what decides: a word longer than max_word_length needs a line that long; "fewer
@@ -392,11 +414,11 @@ def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, str | None]:
             continue
         low = line.lower()
         if cfg.filter_lorem_ipsum and "lorem ipsum" in low:
-            return None, "lorem_ipsum"
+            return None, Rejection("lorem_ipsum")
         if cfg.filter_javascript and "javascript" in low:
             continue
         if cfg.filter_curly_bracket and "{" in line:
-            return None, "curly_bracket"
+            return None, Rejection("curly_bracket")
         if (
             cfg.filter_policy
             and ("cookie" in low or "terms of use" in low or "privacy policy" in low)
@@ -407,29 +429,32 @@ def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, str | None]:
             sentences += _count_sentences(line)
         kept.append(line)
     if min_sent is not None and sentences < min_sent:
-        return None, "too_few_sentences"
+        # counting stops only once there are enough, so a page that fails has its exact count
+        return None, Rejection("too_few_sentences", sentences, min_sent)
     out = "\n".join(kept).strip()
     if not out:
-        return None, "empty"
+        return None, Rejection("empty")
     return out, None
 
 
-def fineweb_filter(text: str, cfg: FineWebConfig) -> tuple[str | None, str | None]:
+def fineweb_filter(text: str, cfg: FineWebConfig) -> tuple[str | None, Rejection | None]:
     lines = [line for line in text.split("\n") if line.strip()]
     if not lines:
-        return None, "empty"
+        return None, Rejection("empty")
     if cfg.line_punct_thr is not None:
         ratio = sum(1 for line in lines if line.endswith(TERMINAL_PUNCTUATION)) / len(lines)
         if ratio < cfg.line_punct_thr and not (ratio == 0 and cfg.line_punct_exclude_zero):
-            return None, "line_punct_ratio"
+            return None, Rejection("line_punct_ratio", ratio, cfg.line_punct_thr)
     if cfg.short_line_thr is not None:
         ratio = sum(1 for line in lines if len(line) <= cfg.short_line_length) / len(lines)
         if ratio > cfg.short_line_thr:
-            return None, "short_line_ratio"
+            return None, Rejection("short_line_ratio", ratio, cfg.short_line_thr)
     if cfg.char_duplicates_ratio is not None:
         denom = len(text) - text.count("\n")
-        if denom and _find_duplicates(lines)[1] / denom > cfg.char_duplicates_ratio:
-            return None, "char_dup_ratio"
+        if denom:
+            ratio = _find_duplicates(lines)[1] / denom
+            if ratio > cfg.char_duplicates_ratio:
+                return None, Rejection("char_dup_ratio", ratio, cfg.char_duplicates_ratio)
     if cfg.new_line_ratio is not None:
         # len(split_words(text)), line by line (blank lines hold no token): the lines C4 kept as
         # they were are already split, in the tokens of the text the earlier rules saw
@@ -439,12 +464,15 @@ def fineweb_filter(text: str, cfg: FineWebConfig) -> tuple[str | None, str | Non
         for line in lines:
             toks = cache.get(line.strip())
             n_words += len(_TOKEN.findall(line) if toks is None else toks)
-        if n_words == 0 or text.count("\n") / n_words > cfg.new_line_ratio:
-            return None, "list_ratio"
+        if n_words == 0:
+            return None, Rejection("list_ratio", None, cfg.new_line_ratio)  # newlines per word: infinite
+        ratio = text.count("\n") / n_words
+        if ratio > cfg.new_line_ratio:
+            return None, Rejection("list_ratio", ratio, cfg.new_line_ratio)
     return text, None
 
 
-Filter = Callable[[str], tuple[str | None, str | None]]
+Filter = Callable[[str], tuple[str | None, Rejection | None]]
 
 
 def build_filters(cfg: PrepConfig) -> list[tuple[str, Filter]]:

@@ -5,6 +5,11 @@ Everything is resolved and checked before any work starts: a missing path, an em
 file without the text column is a :class:`DataError` naming it. The result is a sorted, de-duplicated
 list; its order defines the work (task ``r`` of ``W`` takes ``inputs[r::W]``) and which copy of a
 duplicate document survives.
+
+Nothing is passed over silently: files met in an input folder (or matched by a glob) that are not of a
+type read here are returned as :attr:`Resolved.unread`, for ``plan.json`` and a warning. The
+user:password of an http(s) URL is taken out of it (:mod:`data_prep.credentials`): every
+:class:`InputFile` holds the clean URL, so nothing written from it carries the secret.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ import gzip
 import json
 import os
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from data_prep.credentials import Credential, describe_failure, redact, remember, storage_options
 from megadepth.data.indexed import DataError
 
-__all__ = ["InputFile", "is_data_dir", "kind_of", "resolve_inputs"]
+__all__ = ["InputFile", "Resolved", "is_data_dir", "kind_of", "resolve", "resolve_inputs"]
 
 _KINDS = (
     (".warc.wet.gz", "warc"),
@@ -60,6 +66,24 @@ class InputFile:
     @property
     def remote(self) -> bool:
         return self.path.startswith(_REMOTE)
+
+
+@dataclass
+class Resolved:
+    """What :func:`resolve` found: the inputs, the files it saw but does not read (absolute paths),
+    and the origins whose user:password it took out of a URL."""
+
+    files: list[InputFile]
+    unread: list[str] = field(default_factory=list)
+    credential_origins: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Acc:
+    """Collected while resolving: unread files, and the credentials taken out of URLs by origin."""
+
+    unread: list[str] = field(default_factory=list)
+    credentials: dict[str, Credential] = field(default_factory=dict)
 
 
 def kind_of(name: str) -> str | None:
@@ -114,7 +138,7 @@ def is_data_dir(p: Path) -> bool:
     return False
 
 
-def _expand_dir(p: Path) -> list[InputFile]:
+def _expand_dir(p: Path, acc: _Acc) -> list[InputFile]:
     if is_data_dir(p):
         docs = p / "documents"
         hint = f"; its kept documents are in {docs}" if docs.is_dir() else ""
@@ -144,8 +168,12 @@ def _expand_dir(p: Path) -> list[InputFile]:
             keep.append(d)
         dirs[:] = keep
         for name in names:
-            if not name.startswith(".") and kind_of(name) is not None and (here / name).is_file():
+            if name.startswith(".") or not (here / name).is_file():
+                continue
+            if kind_of(name) is not None:
                 found.append(_local(here / name))
+            else:  # a README, a PDF, a paths list, a WAT file: not read, and said so
+                acc.unread.append(str((here / name).resolve()))
     if not found:
         raise DataError(f"{p}: no WARC/WET/ARC, Parquet, JSONL or Arrow files in this directory")
     return found
@@ -174,7 +202,8 @@ def _glob_base(pattern: str) -> Path:
 
 
 def _read_paths_file(p: Path, prefix: str | None) -> list[InputFile]:
-    """A Common Crawl ``warc.paths.gz`` / ``wet.paths.gz``: one relative key per line, joined to ``prefix``."""
+    """A Common Crawl ``warc.paths.gz`` / ``wet.paths.gz``: one relative key per line, joined to ``prefix``
+    (already free of credentials: :func:`resolve` takes them out)."""
     try:
         raw = gzip.decompress(p.read_bytes()) if p.name.lower().endswith(".gz") else p.read_bytes()
         lines = (line.strip() for line in raw.decode("utf-8").splitlines())
@@ -209,15 +238,16 @@ def _read_paths_file(p: Path, prefix: str | None) -> list[InputFile]:
     return [_local(root / k) for k in keys]
 
 
-def _one(raw: str, prefix: str | None) -> list[InputFile]:
+def _one(raw: str, prefix: str | None, acc: _Acc) -> list[InputFile]:
     if raw.startswith(_REMOTE):
-        kind = kind_of(raw)
+        url, _ = remember(raw, acc.credentials)
+        kind = kind_of(url)
         if kind not in ("warc", "arc"):
-            raise DataError(f"{raw}: remote inputs must be WARC/WET/ARC files")
-        return [InputFile(raw, kind, None)]
+            raise DataError(f"{url}: remote inputs must be WARC/WET/ARC files")
+        return [InputFile(url, kind, None)]
     p = Path(raw).expanduser()
     if p.is_dir():
-        return _expand_dir(p)
+        return _expand_dir(p, acc)
     if p.is_file():
         low = p.name.lower()
         if low.endswith(_PATHS):
@@ -228,7 +258,7 @@ def _one(raw: str, prefix: str | None) -> list[InputFile]:
     if any(ch in raw for ch in "*?["):
         matches = sorted(glob.glob(os.path.expanduser(raw), recursive=True))
         if not matches:
-            raise DataError(f"{raw}: no files match this pattern")
+            raise DataError(f"{redact(raw)}: no files match this pattern")
         out: list[InputFile] = []
         base = _glob_base(os.path.expanduser(raw))
         outputs = 0
@@ -237,17 +267,18 @@ def _one(raw: str, prefix: str | None) -> list[InputFile]:
             mp = Path(m)
             if mp.is_dir():
                 continue
-            if kind_of(mp.name) is None and not mp.name.lower().endswith(_PATHS):
-                continue
             if _in_data_dir(mp, base, known):
                 outputs += 1
                 continue
-            out.extend(_one(m, prefix))
+            if kind_of(mp.name) is None and not mp.name.lower().endswith(_PATHS):
+                acc.unread.append(str(mp.resolve()))
+                continue
+            out.extend(_one(m, prefix, acc))
         if not out:
             why = " (they lie in megadepth data directories: outputs, not inputs)" if outputs else ""
-            raise DataError(f"{raw}: the matching files are not WARC/WET/ARC, Parquet, JSONL or Arrow{why}")
+            raise DataError(f"{redact(raw)}: the matching files are not WARC/WET/ARC, Parquet, JSONL or Arrow{why}")
         return out
-    raise DataError(f"{raw}: no such file or directory")
+    raise DataError(f"{redact(raw)}: no such file or directory")
 
 
 def check_remote(files: Sequence[InputFile]) -> None:
@@ -264,7 +295,7 @@ def check_remote(files: Sequence[InputFile]) -> None:
 
     for protocol, f in first.items():
         try:
-            fs = fsspec.filesystem(protocol)
+            fs = fsspec.filesystem(protocol, **storage_options(f.path))
         except ImportError as e:
             raise DataError(f"{f.path}: reading {protocol}:// needs a package that is not installed ({e})") from None
         except ValueError as e:
@@ -280,7 +311,7 @@ def check_remote(files: Sequence[InputFile]) -> None:
             n = sum(1 for g in files if g.path.startswith(protocol + "://"))
             raise DataError(f"{f.path}: does not exist (checked the first of {n} {protocol}:// inputs)") from None
         except Exception as e:  # network errors come in many classes (aiohttp, botocore, OSError)
-            raise DataError(f"{f.path}: cannot reach ({type(e).__name__}: {e})") from None
+            raise DataError(f"{f.path}: cannot reach ({describe_failure(e, f.path)})") from None
 
 
 def resolve_inputs(
@@ -291,14 +322,30 @@ def resolve_inputs(
     Files under ``exclude`` (the output directory) are left out: an output inside an input directory
     would otherwise be read back as input by the next run (its Parquet, its JSON markers).
     """
+    return resolve(paths, prefix, exclude).files
+
+
+def resolve(
+    paths: Iterable[str | os.PathLike], prefix: str | None = None, exclude: str | os.PathLike | None = None
+) -> Resolved:
+    """:func:`resolve_inputs`, plus the files seen but not read and the origins whose credentials were
+    taken out of a URL (an input's or ``prefix``'s)."""
     files: set[InputFile] = set()
     given = [os.fspath(p) for p in paths]
     if not given:
         raise DataError("no inputs given (--input PATH ...)")
+    acc = _Acc()
+    if prefix is not None:
+        prefix, _ = remember(prefix, acc.credentials)
     skip = Path(exclude).expanduser().resolve() if exclude is not None else None
+
+    def kept(path: str) -> bool:
+        return skip is None or not Path(path).is_relative_to(skip)
+
     for raw in given:
-        found = [f for f in _one(raw, prefix) if skip is None or f.remote or not Path(f.path).is_relative_to(skip)]
+        found = [f for f in _one(raw, prefix, acc) if f.remote or kept(f.path)]
         if not found:
-            raise DataError(f"{raw}: holds only the output directory's own files (--out {exclude})")
+            raise DataError(f"{redact(raw)}: holds only the output directory's own files (--out {exclude})")
         files.update(found)
-    return sorted(files, key=lambda f: f.path)
+    unread = sorted({u for u in acc.unread if kept(u)})
+    return Resolved(sorted(files, key=lambda f: f.path), unread, sorted(acc.credentials))

@@ -6,16 +6,21 @@
 Everything that can be wrong with the request is found by :func:`plan_run` before any work: missing
 inputs, an output directory that cannot be written, unknown config keys, a remote input that cannot be
 reached, a Parquet file without the text column, a tokenizer file that is not a sentencepiece model, an extractor that does not work.
+What is not an error but may be a surprise is one ``warning:`` line on stderr: files in the input folders
+that are not read, and credentials taken out of an input URL (used now, stored nowhere).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from data_prep.config import load_prep_config
-from data_prep.inputs import check_remote, resolve_inputs
+from data_prep.credentials import ENV
+from data_prep.hygiene import unread_warning
+from data_prep.inputs import Resolved, check_remote, resolve
 from data_prep.plan import Plan, make_plan
 from data_prep.records import check_input_columns
 from data_prep.runner import run_local
@@ -31,10 +36,12 @@ def plan_run(
     config_files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
     extra: Mapping | None = None,
+    preset: str | None = None,
 ) -> Plan:
     """Resolve and check everything; returns the plan (nothing is written but the output probe)."""
-    cfg = load_prep_config(config_files, overrides, extra)
-    files = resolve_inputs(inputs, cfg.read.paths_prefix, exclude=out)
+    cfg = load_prep_config(config_files, overrides, extra, preset)
+    resolved = resolve(inputs, cfg.read.paths_prefix, exclude=out)
+    files = resolved.files
     check_remote(files)
     check_input_columns(files, cfg.read)
     if cfg.tokenizer.model:
@@ -43,7 +50,27 @@ def plan_run(
         from data_prep.extract import Extractor
 
         Extractor(cfg.extract)  # self-check: fails here, not on every page
-    return make_plan(out, files, cfg)  # checks the language model and codes too
+    plan = make_plan(out, files, cfg, resolved.unread)  # checks the language model and codes too
+    for line in plan_warnings(plan, resolved):
+        print(f"warning: {line}", file=sys.stderr)
+    return plan
+
+
+def plan_warnings(plan: Plan, resolved: Resolved) -> list[str]:
+    """What a user should know before the work starts, though nothing is wrong: files in the input
+    folders that are not read, and credentials given in a URL (used by this command, stored nowhere, so
+    a later ``prep task`` needs them from another source)."""
+    lines = []
+    unread = unread_warning(plan.unread, "WARC/WET/ARC, Parquet, JSONL or Arrow", f"{plan.out}/plan.json")
+    if unread:
+        lines.append(unread)
+    if resolved.credential_origins:
+        lines.append(
+            f"the user:password in the URL for {', '.join(resolved.credential_origins)} is used by this command "
+            "only: plan.json and the outputs hold the URL without it. A later 'prep task' (Slurm) or a run "
+            f"given the URL without it reads credentials from ${ENV} (https://USER:PASSWORD@HOST) or ~/.netrc"
+        )
+    return lines
 
 
 def run_plan(plan: Plan, workers: int = 1, progress: bool = True) -> tuple[dict, dict[str, float]]:

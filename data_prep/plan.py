@@ -19,6 +19,7 @@ import difflib
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -26,6 +27,8 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from data_prep.config import PrepConfig, stable_hash
+from data_prep.credentials import split_credentials
+from data_prep.hygiene import unread_summary
 from data_prep.inputs import InputFile
 from megadepth.data.indexed import DataError, atomic_write_bytes
 
@@ -54,6 +57,9 @@ class Plan:
     tokenizer_sha256: str | None  # of a given model (None: trained)
     url_lists_sha256: dict[str, str] = field(default_factory=dict)  # blocklist path -> sha256 of its bytes
     language_model_sha256: str | None = None  # of a configured language.model (None: the shipped default)
+    #: files in the input folders that are not read (:func:`data_prep.hygiene.unread_summary`); not hashed:
+    #: they change nothing that is written
+    unread: dict = field(default_factory=lambda: unread_summary([]))
 
     # ------------------------------------------------------------------ hashes and directories
     @cached_property
@@ -74,6 +80,9 @@ class Plan:
                 "pii": c.pii.model_dump(mode="json"),
                 "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
                 "row_group_docs": c.shards.row_group_docs,
+                # the rejected/ rows (with or without text) are written by this stage: a directory made
+                # before they existed, or with the other keep_text, re-extracts instead of missing them
+                "rejected": c.rejected.model_dump(mode="json"),
                 # only when on, so that plans made before URL filtering existed keep their hashes
                 **({"url_filter": self._url_filter_identity()} if c.url_filter.enabled else {}),
             }
@@ -188,16 +197,28 @@ class Plan:
             "tokenizer_sha256": self.tokenizer_sha256,
             "url_lists_sha256": self.url_lists_sha256,
             "language_model_sha256": self.language_model_sha256,
+            "unread_inputs": self.unread,
         }
 
     def save(self) -> None:
         atomic_write_bytes(self.out / PLAN, (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
 
-def make_plan(out: str | Path, inputs: list[InputFile], config: PrepConfig) -> Plan:
-    """A plan for ``inputs`` into ``out`` (checked: the output is writable, a given tokenizer exists)."""
+def make_plan(
+    out: str | Path, inputs: list[InputFile], config: PrepConfig, unread: Sequence[str] = ()
+) -> Plan:
+    """A plan for ``inputs`` into ``out`` (checked: the output is writable, a given tokenizer exists).
+
+    ``unread`` are the files the inputs' folders hold but the pipeline does not read; the plan lists
+    them. A ``read.paths_prefix`` keeps no user:password: plan.json and the manifest store the config,
+    and the stage hashes cover it, so the secret would be written down and two passwords would be two
+    plans (the inputs were resolved with it already; readers take credentials from
+    :mod:`data_prep.credentials`)."""
     out = Path(out)
     check_writable(out)
+    if config.read.paths_prefix is not None:
+        prefix = split_credentials(config.read.paths_prefix)[0]
+        config = config.model_copy(update={"read": config.read.model_copy(update={"paths_prefix": prefix})})
     tok_sha = None
     if config.tokenizer.model:
         p = Path(config.tokenizer.model)
@@ -224,7 +245,7 @@ def make_plan(out: str | Path, inputs: list[InputFile], config: PrepConfig) -> P
     config, lang_sha = _checked_language(config)
     if not inputs:
         raise DataError("no inputs")
-    return Plan(out.resolve(), inputs, config, tok_sha, url_shas, lang_sha)
+    return Plan(out.resolve(), inputs, config, tok_sha, url_shas, lang_sha, unread_summary(unread))
 
 
 def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
@@ -280,6 +301,7 @@ def load_plan(out: str | Path) -> Plan:
             data.get("tokenizer_sha256"),
             data.get("url_lists_sha256") or {},
             data.get("language_model_sha256"),
+            u if isinstance(u := data.get("unread_inputs"), dict) else unread_summary([]),
         )
         config_hash = data["config_hash"]
     except KeyError as e:

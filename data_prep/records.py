@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from data_prep.config import ReadConfig
+from data_prep.credentials import describe_failure, storage_options
 from data_prep.extract import decode_html
 from data_prep.inputs import InputFile
 from megadepth.data.indexed import DataError
@@ -185,7 +186,8 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
 
     remote = path.startswith(_REMOTE)
     it = ArchiveIterator(
-        path, parse_http=True, auto_decode="none", fsspec_args=None if remote else False, stream_detect=True
+        path, parse_http=True, auto_decode="none", fsspec_args=storage_options(path) if remote else False,
+        stream_detect=True,
     )
     held: tuple[str, RawDoc | None, Counter] | None = None
     seen: Counter = Counter()
@@ -478,7 +480,7 @@ def _open_any(path: str):
     if path.startswith(_REMOTE):
         import fsspec
 
-        return fsspec.open(path, "rb").open()
+        return fsspec.open(path, "rb", **storage_options(path)).open()
     return open(path, "rb")
 
 
@@ -727,7 +729,7 @@ def read_documents(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[
         yield from _READERS[inp.kind](inp, cfg, stats)
     except Exception as e:
         if _unavailable(e, inp.remote):
-            raise InputUnavailable(f"{inp.path}: cannot be read ({type(e).__name__}: {e})") from None
+            raise InputUnavailable(f"{inp.path}: cannot be read ({describe_failure(e, inp.path)})") from None
         if not isinstance(e, (OSError, EOFError, zlib.error)):
             raise
         stats["corrupt:file"] += 1  # e.g. not gzip at all: the whole file is unusable

@@ -2,18 +2,21 @@
 
 extract    one input file -> ``docs/NNNNNN.parquet`` (id, url, date, text, language, language_score,
            source) + ``sig/NNNNNN.{keys,docs}.npy`` (per key row: sorted 64-bit band / exact keys and
-           the row each belongs to). Read -> select -> decode -> HTML to text -> language -> Gopher
+           the row each belongs to) + ``rejected/NNNNNN.parquet`` (the pages dropped, see
+           :mod:`data_prep.rejected`). Read -> select -> decode -> HTML to text -> language -> Gopher
            repetition -> Gopher quality -> C4 -> FineWeb -> PII masking -> dedup keys.
 buckets    one (key row, key range) -> ``edges/UNIT.npy``: pairs of global document ids whose keys are
            equal (each later document linked to the first one with that key).
 cluster    all edges -> union-find -> ``removed.npy``: sorted global ids of every document that is not
            the smallest id of its cluster. Exact-key edges are joined first so the two kinds of
-           duplicate are counted apart.
+           duplicate are counted apart (``duplicates.npy``: each one's kind and kept copy).
 tokenizer  trains sentencepiece on an order-independent hash sample of the kept text (or copies a given
            model) -> ``tokenizer.model``.
 tokenize   one group of input files -> encode + EOS -> ``shard_GGGGG.bin/.idx`` and
-           ``documents/part-GGGGG.parquet`` with the same documents in the same order.
-finalize   links shards, document parts and the tokenizer into OUT/, writes ``manifest.json`` last.
+           ``documents/part-GGGGG.parquet`` with the same documents in the same order, and the
+           duplicates it leaves out -> ``rejected/GGGGG.parquet``.
+finalize   links shards, document parts, rejected parts and the tokenizer into OUT/, writes
+           ``manifest.json`` last.
 
 A document's global id is its row in its input file's extract output plus the number of documents
 kept from all earlier input files; smaller ids win in deduplication, so the earliest copy in input
@@ -33,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep import rejected as rj
 from data_prep.plan import SINGLE, Plan, sha256_file
 from megadepth.data.indexed import (
     DataError,
@@ -152,6 +156,9 @@ def _extract(plan: Plan, unit: str) -> dict:
     t_start = time.perf_counter()
     cpu_start = time.process_time()
     writer = pq.ParquetWriter(tmp, schema, compression="zstd")
+    rejected = rj.RejectedWriter(sd / rj.REJECTED_DIR / f"{unit}.parquet", c.rejected.keep_text, c.shards.row_group_docs)
+    extract_drops = rj.ExtractDrops()
+    source = inp.path
 
     def flush() -> None:
         if cols["id"]:
@@ -175,6 +182,8 @@ def _extract(plan: Plan, unit: str) -> dict:
         now = t2
         if reason is not None:
             stats[reason] += 1
+            rejected.add(raw.id, raw.url, source, reason[5:], getattr(why, "value", None),
+                         getattr(why, "threshold", None), lang or None, score if lang else None, text)
             return
         if c.pii.enabled:
             text, n_email, n_ip = mask_pii(text, c.pii.emails, c.pii.ips)
@@ -214,6 +223,10 @@ def _extract(plan: Plan, unit: str) -> dict:
                 keep(raw, text, lang, score)
             else:
                 stats["drop:language"] += 1
+                # a value only when an allowed language scored too low; another language says so itself
+                low = tools.lid.languages is None or lang in tools.lid.languages
+                rejected.add(raw.id, raw.url, source, "language", score if low else None,
+                             tools.lid.threshold if low else None, lang, score, text)
 
     try:
         # Pages go through the steps in batches (read + extract a batch, identify its languages, then
@@ -234,6 +247,7 @@ def _extract(plan: Plan, unit: str) -> dict:
                 now = t2
                 if why is not None:
                     stats[f"drop:url:{why}"] += 1
+                    rejected.add(raw.id, raw.url, source, f"url:{why}")
                     clock = now
                     continue
             if raw.html is not None:
@@ -248,6 +262,8 @@ def _extract(plan: Plan, unit: str) -> dict:
             if text is not None:
                 batch.append((raw, text))
                 batch_chars += len(text)
+            else:
+                rejected.add(raw.id, raw.url, source, extract_drops.rule(stats))
             if len(batch) >= _BATCH_DOCS or batch_chars >= _BATCH_CHARS:
                 run_batch(batch)
                 batch.clear()
@@ -260,6 +276,7 @@ def _extract(plan: Plan, unit: str) -> dict:
     except BaseException:
         writer.close()
         tmp.unlink(missing_ok=True)
+        rejected.abort()
         raise
     mat = np.stack(keys, axis=1) if keys else np.zeros((n_rows, 0), dtype=np.uint64)
     order = np.argsort(mat, axis=1, kind="stable").astype(np.uint32)
@@ -270,10 +287,12 @@ def _extract(plan: Plan, unit: str) -> dict:
         with open(t, "wb") as f:
             np.save(f, arr)
         os.replace(t, final)
+    rejected_info = rejected.commit()
     os.replace(tmp, out)
     stats["kept"] = kept
     return {
         "input": inp.path,
+        "rejected": rejected_info,
         "damaged": any(k.startswith("corrupt:") and v for k, v in stats.items()),
         "kept": kept,
         "kept_chars": kept_chars,
@@ -369,6 +388,7 @@ def _cluster(plan: Plan, unit: str) -> dict:
     removed = nodes[roots != own]
     clusters = int(len(np.unique(roots[roots != own])))
     out = plan.stage_dir("cluster") / "removed.npy"
+    rj.save_duplicates(out.parent, nodes, own, roots_exact, roots)
     t = _tmp(out)
     with open(t, "wb") as f:
         np.save(f, np.sort(removed).astype(np.int64))
@@ -423,7 +443,7 @@ def _tokenizer(plan: Plan, unit: str) -> dict:
     removed = _removed(plan)
     extracted = [plan.read_marker("extract", u) for u in plan.units("extract")]
     if not any(m["kept"] for m in extracted):
-        raise DataError(_nothing_survived(plan))
+        raise rj.nothing_survived_error(plan, _link)
     total_chars = sum(m["kept_chars"] for m in extracted)
     rate = min(1.0, c.tokenizer.sample_chars / max(total_chars, 1))
     cut = int(rate * (_U64 - 1))
@@ -494,6 +514,9 @@ def _tokenize(plan: Plan, unit: str) -> dict:
     schema = _doc_schema().append(pa.field("tokens", pa.int32()))
     writer = IndexedDatasetWriter(prefix, dtype)
     pqw = pq.ParquetWriter(tmp, schema, compression="zstd")
+    rejected = rj.RejectedWriter(sd / rj.REJECTED_DIR / f"{unit}.parquet", c.rejected.keep_text, c.shards.row_group_docs)
+    details = rj.load_duplicates(plan.stage_dir("cluster")) if len(removed) else None
+    sources = [x.path for x in plan.inputs]
     n_docs = n_tokens = 0
     t_encode = t_docs = 0.0
     try:
@@ -505,9 +528,13 @@ def _tokenize(plan: Plan, unit: str) -> dict:
             row = 0
             for batch in pf.iter_batches(batch_size=c.shards.row_group_docs):
                 m = mask[row : row + batch.num_rows]
-                row += batch.num_rows
                 if not m.all():
+                    gone = ~m
+                    gids = offsets[i] + row + np.flatnonzero(gone)
+                    rejected.add_table(rj.dedup_rows(batch.filter(pa.array(gone)), gids, removed, details, offsets,
+                                                  sources, c.rejected.keep_text))
                     batch = batch.filter(pa.array(m))
+                row += len(m)
                 if batch.num_rows == 0:
                     continue
                 texts = batch.column(batch.schema.get_field_index("text")).to_pylist()
@@ -534,6 +561,7 @@ def _tokenize(plan: Plan, unit: str) -> dict:
         td = time.process_time()
         pqw.close()
         t_docs += time.process_time() - td
+        rejected_info = rejected.commit()
         if n_docs:
             writer.finalize()
             os.replace(tmp, parquet)
@@ -544,6 +572,7 @@ def _tokenize(plan: Plan, unit: str) -> dict:
         writer.abort()
         pqw.close()
         tmp.unlink(missing_ok=True)
+        rejected.abort()
         raise
     seconds = time.perf_counter() - t0
     return {
@@ -554,6 +583,7 @@ def _tokenize(plan: Plan, unit: str) -> dict:
         "cpu_seconds": round(time.process_time() - cpu0, 4),
         "encode_seconds": round(t_encode, 4),
         "documents_parquet_seconds": round(t_docs, 4),
+        "rejected": rejected_info,
     }
 
 
@@ -580,24 +610,14 @@ def _sum_stats(markers: list[dict]) -> Counter:
     return total
 
 
-def _nothing_survived(plan: Plan) -> str:
-    """The error when every document was dropped, with the reasons that dropped the most."""
-    stats = _sum_stats([plan.read_marker("extract", u) for u in plan.units("extract")])
-    lost = [(v, k) for k, v in stats.items()
-            if v and k.startswith(("drop:", "skip:", "corrupt:")) and not k.startswith("skip:record_")]
-    drops = sorted(lost, reverse=True)  # (warcinfo, request and metadata records are never documents)
-    top = ", ".join(f"{k} {v}" for v, k in drops[:4]) or "no documents were read"
-    return (f"no document survived the pipeline ({stats['docs_in']} read; {top}): nothing to write. "
-            "Loosen the filters (docs/data_prep.md lists them) or check the inputs")
-
-
 def _finalize(plan: Plan, unit: str) -> dict:
     out = plan.out
+    rj.check_rejected(plan)  # before anything changes: a refused rerun leaves a finished directory as it was
     (out / MANIFEST).unlink(missing_ok=True)  # a half-updated directory never looks complete
     tok_markers = [(u, plan.read_marker("tokenize", u)) for u in plan.units("tokenize")]
     shards = [(u, m) for u, m in tok_markers if m["shard"]]
     if not shards:
-        raise DataError(_nothing_survived(plan))
+        raise rj.nothing_survived_error(plan, _link)
     wanted_shards = {f"shard_{u}" for u, _ in shards}
     for f in out.glob("shard_*"):
         if f.is_file() and f.name.rsplit(".", 1)[0] not in wanted_shards:
@@ -614,6 +634,7 @@ def _finalize(plan: Plan, unit: str) -> dict:
         _link(idx_path(sd / f"shard_{u}"), idx_path(out / f"shard_{u}"))
         _link(sd / DOCS_DIR / f"part-{u}.parquet", docs_dir / f"part-{u}.parquet")
     _link(plan.stage_dir("tokenizer") / TOKENIZER, out / TOKENIZER)
+    rj.collect_rejected(plan, _link)
     for stale in (out / "work").rglob(".*.tmp"):  # left by killed units; every unit is done by now
         stale.unlink(missing_ok=True)
     manifest = build_manifest(plan)
@@ -661,6 +682,7 @@ def build_manifest(plan: Plan) -> dict:
         "stage_hashes": plan.hashes,
         "config": c.model_dump(mode="json"),
         "inputs": [i.to_json() for i in plan.inputs],
+        "unread_inputs": plan.unread,
         "tokenizer": {
             "file": TOKENIZER,
             "sha256": sha256_file(tok_path),
@@ -680,9 +702,11 @@ def build_manifest(plan: Plan) -> dict:
         "documents": n_docs,
         "tokens": n_tokens,
         "documents_parquet": f"{DOCS_DIR}/part-*.parquet",
+        "rejected": rj.summarize(c.rejected.keep_text, [*ex, *(m for _, m in tok)]),
         "stages": {
             "read": {
                 "files": len(plan.inputs),
+                "unread_files": plan.unread["count"],
                 "records": read_stats["read:records"],
                 "documents_out": docs_in,
                 "skipped": skipped,

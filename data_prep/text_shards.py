@@ -8,6 +8,10 @@ written last, so the trainer cannot tell them apart.
 
 Reruns are cheap: the manifest records a hash of the configuration and of every input's bytes; when it
 matches and the shards are intact, nothing is redone.
+
+Documents over ``max_doc_bytes`` (UTF-8) are skipped and counted as ``too_large``, as ``prep run`` skips
+those over ``read.max_payload_bytes``; files in an input folder that are not read are listed in the
+manifest's ``unread_inputs`` and named in a warning (:mod:`data_prep.hygiene`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.hygiene import DEFAULT_MAX_DOC_BYTES, too_large, unread_files, unread_summary, unread_warning
 from megadepth.data.indexed import (
     DataError,
     IndexedDatasetWriter,
@@ -90,10 +95,11 @@ def _suffix(p: Path) -> str | None:
     return next((s for s in _SUFFIXES if name.endswith(s)), None)
 
 
-def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
+def expand_inputs(paths: Iterable[str | Path], unread: list[Path] | None = None) -> list[Path]:
     """Files to read: each path as given, a directory expanded to its supported files (sorted).
 
     Missing paths and unsupported file types are a :class:`DataError` up front, not after an hour.
+    ``unread`` collects the other files of those directories (not hidden, not in a data directory).
     """
     files: list[Path] = []
     for raw in paths:
@@ -103,6 +109,10 @@ def expand_inputs(paths: Iterable[str | Path]) -> list[Path]:
             if not found:
                 raise DataError(f"{p}: no {', '.join(_SUFFIXES)} files in this directory")
             files.extend(found)
+            if unread is not None:
+                from data_prep.inputs import is_data_dir
+
+                unread.extend(f.resolve() for f in unread_files(p, lambda f: _suffix(f) is not None, is_data_dir))
         elif p.is_file():
             if not _suffix(p):
                 raise DataError(f"{p}: unsupported file type (expected {', '.join(_SUFFIXES)})")
@@ -219,7 +229,11 @@ def _read_jsonl(path: Path, stats: Counter) -> Iterator[str]:
 
 
 def read_documents(
-    paths: Iterable[str | Path], *, split_paragraphs: bool = False, stats: Counter | None = None
+    paths: Iterable[str | Path],
+    *,
+    split_paragraphs: bool = False,
+    stats: Counter | None = None,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> Iterator[str]:
     """Documents from ``.txt`` / ``.jsonl`` / ``.jsonl.gz`` files (directories are expanded).
 
@@ -229,13 +243,17 @@ def read_documents(
     a :class:`DataError`) give their ``text`` field. Bad lines (not UTF-8, a NUL byte in a ``.txt`` line,
     not JSON, no ``text`` string, empty) are skipped and counted in ``stats`` by reason; a damaged gzip
     stream ends that file (counted as ``corrupt_file``). One bad record must not cost a day-long job.
+    A document over ``max_doc_bytes`` in UTF-8 is skipped whole (``too_large``), not cut: a cut one
+    would end mid-sentence with an EOS after it, and ``prep run`` skips such documents too.
     """
     stats = stats if stats is not None else Counter()
     for path in expand_inputs(paths):
-        if _suffix(path) == ".txt":
-            yield from _read_txt(path, split_paragraphs, stats)
-        else:
-            yield from _read_jsonl(path, stats)
+        docs = _read_txt(path, split_paragraphs, stats) if _suffix(path) == ".txt" else _read_jsonl(path, stats)
+        for doc in docs:
+            if too_large(doc, max_doc_bytes):
+                stats["too_large"] += 1
+            else:
+                yield doc
 
 
 def _pieces(line: str, limit: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
@@ -465,6 +483,7 @@ def _build(
     model_type: str,
     split_paragraphs: bool,
     progress: bool,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> tuple[dict, bool]:
     """:func:`build_text_shards`, also saying whether an up-to-date manifest was reused.
 
@@ -476,10 +495,17 @@ def _build(
         raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
+    if isinstance(max_doc_bytes, bool) or not isinstance(max_doc_bytes, int) or max_doc_bytes < 1:
+        raise ValueError(f"max_doc_bytes must be an integer >= 1, got {max_doc_bytes!r}")
     seed = _check_seed(seed)
     if tokenizer is None:
         vocab_size = check_vocab_size(vocab_size)
-    files = expand_inputs(inputs)
+    unread: list[Path] = []
+    files = expand_inputs(inputs, unread)
+    unread_inputs = unread_summary(unread)
+    warning = unread_warning(unread_inputs, ", ".join(_SUFFIXES), f"{out_dir / MANIFEST} (unread_inputs)")
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
     input_records = [
         {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": _sha256_file(f)} for f in files
     ]
@@ -496,6 +522,7 @@ def _build(
         "docs_per_shard": int(docs_per_shard),
         "split_paragraphs": bool(split_paragraphs),
         "special_ids": SPECIAL_IDS if given_tok is None else None,
+        "max_doc_bytes": max_doc_bytes,
     }
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
     _refuse_pipeline_output(out_dir)
@@ -519,8 +546,9 @@ def _build(
                 split_paragraphs,
                 docs_per_shard,
                 progress,
+                max_doc_bytes,
             )
-            manifest.update(config_hash=config_hash, config=config, inputs=input_records)
+            manifest.update(config_hash=config_hash, config=config, inputs=input_records, unread_inputs=unread_inputs)
             _install(staging, out_dir, manifest)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
@@ -538,6 +566,7 @@ def _build_staged(
     split_paragraphs: bool,
     docs_per_shard: int,
     progress: bool,
+    max_doc_bytes: int,
 ) -> dict:
     """The tokenizer (trained, or ``given_tok`` copied) and the shards, written into ``staging``.
 
@@ -549,7 +578,7 @@ def _build_staged(
     tok_path = staging / TOKENIZER
     if given_tok is None:
         train_tokenizer(
-            read_documents(files, split_paragraphs=split_paragraphs),
+            read_documents(files, split_paragraphs=split_paragraphs, max_doc_bytes=max_doc_bytes),
             staging / "tokenizer",
             vocab_size,
             model_type,
@@ -575,7 +604,7 @@ def _build_staged(
             )
             writer = None
 
-    docs = read_documents(files, split_paragraphs=split_paragraphs, stats=stats)
+    docs = read_documents(files, split_paragraphs=split_paragraphs, stats=stats, max_doc_bytes=max_doc_bytes)
     threads = min(2, os.cpu_count() or 1)
     bar = tqdm(desc=f"tokenize {label}", unit="doc", disable=not progress, file=sys.stderr)
     try:
@@ -648,6 +677,7 @@ def build_text_shards(
     model_type: str = "bpe",
     split_paragraphs: bool = False,
     progress: bool = True,
+    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> dict:
     """Tokenize local text files into a data directory; returns its manifest.
 
@@ -655,7 +685,8 @@ def build_text_shards(
     each document followed by EOS into ``OUT/shard_00000.bin/.idx``, ... (``docs_per_shard`` documents
     each; token dtype uint16 below 65,500 pieces), and writes ``OUT/manifest.json`` last. If the
     directory already holds a complete result for the same configuration and input bytes, that
-    manifest is returned and nothing is rewritten.
+    manifest is returned and nothing is rewritten. Documents over ``max_doc_bytes`` are skipped and
+    counted (``skipped.too_large``).
     """
     manifest, _ = _build(
         inputs,
@@ -667,6 +698,7 @@ def build_text_shards(
         model_type,
         split_paragraphs,
         progress,
+        max_doc_bytes,
     )
     return manifest
 
@@ -778,6 +810,7 @@ def _cmd_text(args: argparse.Namespace) -> int:
             args.model_type,
             args.split_paragraphs,
             True,
+            args.max_doc_bytes,
         ),
         out,
     )
@@ -823,6 +856,11 @@ def add_cli(subparsers: Any) -> None:
     )
     text.add_argument(
         "--seed", type=int, default=0, help=f"tokenizer training seed, 0..{MAX_SEED} (default %(default)s)"
+    )
+    text.add_argument(
+        "--max-doc-bytes", type=int, default=DEFAULT_MAX_DOC_BYTES, metavar="N",
+        help="skip (and count as too_large) documents over N bytes of UTF-8, as prep run's "
+             "read.max_payload_bytes does (default %(default)s)",
     )
     text.set_defaults(func=_cmd_text)
 
