@@ -13,9 +13,11 @@ import os
 import re
 import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
+from launch import sinfo
 from launch.hostfile import LaunchError
 from megadepth.config.sbatch import sbatch_value_problem
 
@@ -41,6 +43,53 @@ class SlurmSpec:
     python: str | None = None
 
 
+@dataclass(frozen=True)
+class GpuDecision:
+    """Whether the script asks for GPUs, and why, in words `megadepth launch --slurm` prints."""
+
+    gpus: bool
+    reason: str
+
+
+def decide_gpus(device: str, nproc_per_node: int, sbatch_options: tuple[str, ...] = (), *,
+                query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None) -> GpuDecision:
+    """The GPU line of a ``--slurm`` script, from ``train.device`` and from the cluster's nodes (sinfo's
+    ``%G``), never from the machine that writes the script: a GPU-less login node writes for GPU nodes,
+    and a CPU cluster must not be asked for GPUs (sbatch: "Invalid generic resource (gres) specification").
+
+    - ``cpu``: no GPU line.
+    - ``cuda`` or ``auto``, the partition's nodes report GPUs: ``--gpus-per-node=K``; fewer than K on
+      every node is a LaunchError (sbatch would refuse the job, less clearly).
+    - ``auto``, the nodes report no GPU: no GPU line, the ranks run on CPUs; ``cuda``: a LaunchError.
+    - sinfo cannot say (no Slurm here, no controller): the config decides; ``auto`` asks for GPUs, as a
+      GPU cluster needs, and the reason says how to ask for none.
+
+    ``query`` (default :func:`launch.sinfo.query`) returns the partition's node groups, None if unknown.
+    """
+    if device == "cpu":
+        return GpuDecision(False, "no GPU request: train.device is cpu")
+    check_sbatch_options(sbatch_options)  # before one of them reaches sinfo
+    partition = sinfo.partition_option(sbatch_options)
+    groups = (query or sinfo.query)(partition)
+    line = f"--gpus-per-node={nproc_per_node}"
+    if groups is None:
+        where = f"partition {partition}" if partition else "the default partition"
+        return GpuDecision(True, f"{line}: train.device is {device} and sinfo could not say whether {where} "
+                                 "has GPUs (no Slurm here?); for CPU nodes set train.device: cpu")
+    most = max(g.gpus for g in groups)
+    cluster = sinfo.describe(groups)
+    if most == 0:
+        if device == "cuda":
+            raise LaunchError(f"train.device is cuda but the nodes of {cluster} have no GPU (sinfo %G); "
+                              "choose a GPU partition with --sbatch=--partition=NAME, or train.device: cpu")
+        return GpuDecision(False, f"no GPU request: train.device is auto and the nodes of {cluster} have no "
+                                  "GPU (sinfo %G): the ranks run on CPUs")
+    if most < nproc_per_node:
+        raise LaunchError(f"--nproc-per-node {nproc_per_node} ranks per node, one per GPU, but the nodes of "
+                          f"{cluster} have at most {most} GPU(s)")
+    return GpuDecision(True, f"{line}: train.device is {device} and the nodes of {cluster} have GPUs")
+
+
 def template_text() -> str:
     return resources.files("launch").joinpath("templates", TEMPLATE).read_text()
 
@@ -60,17 +109,23 @@ def _launch_command(spec: SlurmSpec) -> str:
     return " \\\n    ".join(lines)
 
 
+def check_sbatch_options(options: tuple[str, ...]) -> None:
+    """Each ``--sbatch`` option is one sbatch option whose value an ``#SBATCH`` line carries (the same check
+    as prep's and the sweep's lines); LaunchError otherwise."""
+    for option in options:
+        if not option.startswith("-"):
+            raise LaunchError(f"--sbatch takes one sbatch option such as --partition=gpu, got {option!r}")
+        flag, _, value = option.partition("=")
+        problem = sbatch_value_problem({"--sbatch": option} if not value else {flag: value, "--sbatch": flag})
+        if problem:
+            raise LaunchError(problem)
+
+
 def render_sbatch(spec: SlurmSpec) -> str:
     """The batch script's text."""
     if spec.nnodes < 1 or spec.nproc_per_node < 1:
         raise LaunchError("--nnodes and --nproc-per-node must be at least 1")
-    for option in spec.sbatch_options:
-        if not option.startswith("-"):
-            raise LaunchError(f"--sbatch takes one sbatch option such as --partition=gpu, got {option!r}")
-        flag, _, value = option.partition("=")  # the same check as prep's and the sweep's #SBATCH lines
-        problem = sbatch_value_problem({"--sbatch": option} if not value else {flag: value, "--sbatch": flag})
-        if problem:
-            raise LaunchError(problem)
+    check_sbatch_options(spec.sbatch_options)
     values = {
         "nnodes": str(spec.nnodes),
         "nproc": str(spec.nproc_per_node),

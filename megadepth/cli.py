@@ -107,7 +107,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         check_ssh_mode,
         plan_launch,
     )
-    from launch.slurm import SlurmSpec, render_sbatch
+    from launch.slurm import SlurmSpec, decide_gpus, render_sbatch
     from megadepth.parallel.distributed import free_port
     from megadepth.train.dry_run import derived_batch_warning, device_text, start_text, summary_lines
     from megadepth.train.preflight import check_run_dir, preflight
@@ -153,18 +153,22 @@ def _cmd_launch(args: argparse.Namespace) -> int:
 
     try:
         if plan is None:
+            # the GPU line follows the config and the cluster's nodes (sinfo), not this (login) node
+            decision = decide_gpus(config.train.device, args.nproc_per_node, tuple(args.sbatch))
             script = render_sbatch(SlurmSpec(
                 nnodes=args.nnodes, nproc_per_node=args.nproc_per_node, config_files=tuple(args.configs),
                 overrides=tuple(args.overrides), master_port=args.master_port,
-                gpus=config.train.device != "cpu", sbatch_options=tuple(args.sbatch),
+                gpus=decision.gpus, sbatch_options=tuple(args.sbatch),
             ))
             if args.dry_run:
+                print(f"megadepth: --slurm: {decision.reason}", file=sys.stderr, flush=True)
                 print(script, end="")
                 return 0
             try:
                 Path(args.slurm).write_text(script)
             except OSError as exc:
                 raise LaunchError(f"--slurm {args.slurm}: cannot write it ({exc.strerror or exc})") from None
+            print(f"megadepth: --slurm: {decision.reason}", file=sys.stderr, flush=True)
             print(f"wrote {args.slurm} ({args.nnodes} node(s) x {args.nproc_per_node} = {world_size} ranks); "
                   f"submit it with: sbatch {shlex.quote(args.slurm)}")
             return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,23 @@ def sample_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("data") / "sample"
     prepare_sample_data(out, vocab_size=512)
     return out
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster() -> Iterator:
+    """A real one-node Slurm cluster for the session (tests/cluster.py); skipped where it cannot run,
+    a failure under CI=true."""
+    from cluster import slurm_session
+
+    yield from slurm_session()
+
+
+@pytest.fixture(scope="session")
+def ssh_loopback() -> Iterator:
+    """A real sshd on 127.0.0.1 and an ssh/pdsh that reach it with a key made for the session."""
+    from cluster import ssh_session
+
+    yield from ssh_session()
 
 
 def tiny_config(data_path: Path, out_dir: Path, **sections: dict) -> dict:

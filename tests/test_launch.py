@@ -26,6 +26,7 @@ import pytest
 import yaml
 from conftest import tiny_config
 
+from launch import sinfo
 from launch.deepspeed_launcher import LaunchSpec, build_command, decode_train_args, encode_train_args, run
 from launch.hostfile import (
     Host,
@@ -35,7 +36,7 @@ from launch.hostfile import (
     write_private_hostfile,
 )
 from launch.plan import LaunchRequest, plan_launch
-from launch.slurm import SlurmSpec, render_sbatch
+from launch.slurm import SlurmSpec, decide_gpus, render_sbatch
 from megadepth.cli import _expand_encoded_args, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -267,7 +268,9 @@ def test_hostfile_mode_refuses_paths_the_remote_shell_would_split(cfg: Path, tmp
     assert code == 0, err
 
 
-def test_slurm_script_written_and_checked(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_slurm_script_written_and_checked(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sinfo, "query", lambda partition: None)  # no cluster to ask: the config decides
     target = tmp_path / "job.sbatch"
     code, out, _ = _launch(["--nproc-per-node", "8", "--nnodes", "2", "--slurm", str(target),
                             "--sbatch=--partition=gpu", "--sbatch=--time=04:00:00", str(cfg),
@@ -278,13 +281,59 @@ def test_slurm_script_written_and_checked(cfg: Path, tmp_path: Path, capsys: pyt
     directives = [line for line in text.splitlines() if line.startswith("#SBATCH")]
     assert directives == ["#SBATCH --job-name=megadepth", "#SBATCH --nodes=2", "#SBATCH --ntasks-per-node=1",
                           "#SBATCH --exclusive", "#SBATCH --gpus-per-node=8", "#SBATCH --output=slurm-%x-%j.out",
-                          "#SBATCH --partition=gpu", "#SBATCH --time=04:00:00"]
+                          "#SBATCH --open-mode=append", "#SBATCH --partition=gpu", "#SBATCH --time=04:00:00"]
     first_command = next(i for i, line in enumerate(text.splitlines()) if line and not line.startswith("#"))
     assert first_command > text.splitlines().index(directives[-1])  # sbatch stops reading at the first command
     assert "--set train.steps=5" in text and "-m megadepth launch" in text
     if shutil.which("bash"):
         subprocess.run(["bash", "-n", str(target)], check=True)  # valid shell syntax
     assert not (tmp_path / "run").exists()
+
+
+SINFO_GPU = "gpu|64|512000|gpu:a100:4(S:0-1)|8\ndebug*|2|21000|(null)|1\n"
+"""sinfo -h -o '%P|%c|%m|%G|%D' of a cluster with a GPU partition and a CPU default partition."""
+
+
+@pytest.mark.parametrize(("device", "nproc", "options", "gpus", "said"), [
+    ("cpu", 2, (), False, "no GPU request: train.device is cpu"),
+    ("auto", 2, (), False, "no GPU request: train.device is auto and the nodes of partition debug (1 node(s): "
+                           "2 CPUs, 21000M, no GPU) have no GPU"),
+    ("auto", 4, ("--partition=gpu",), True, "--gpus-per-node=4: train.device is auto and the nodes of partition gpu"),
+    ("cuda", 2, ("-pgpu",), True, "--gpus-per-node=2: train.device is cuda"),
+    ("cuda", 2, (), None, "train.device is cuda but the nodes of partition debug (1 node(s): 2 CPUs, 21000M, no "
+                          "GPU) have no GPU (sinfo %G); choose a GPU partition"),
+    ("auto", 8, ("--partition=gpu",), None, "--nproc-per-node 8 ranks per node, one per GPU, but the nodes of "
+                                            "partition gpu (8 node(s): 64 CPUs, 512000M, 4 GPU(s)"),
+    ("auto", 2, ("--partition=nosuch",), True, "sinfo could not say whether partition nosuch has GPUs"),
+])
+def test_slurm_gpu_line_follows_the_config_and_the_cluster(device: str, nproc: int, options: tuple[str, ...],
+                                                            gpus: bool | None, said: str) -> None:
+    """The GPU line of a --slurm script comes from train.device and the partition's nodes (sinfo), not from
+    the machine that writes it. (The real sinfo and sbatch: tests/test_slurm_real.py.)"""
+    groups = sinfo.parse(SINFO_GPU)
+
+    def query(partition: str | None) -> list[sinfo.NodeGroup] | None:
+        chosen = [g for g in groups if g.partition == partition or (partition is None and g.default)]
+        return chosen or None
+
+    if gpus is None:
+        with pytest.raises(LaunchError) as err:
+            decide_gpus(device, nproc, options, query=query)
+        assert said in str(err.value)
+        return
+    decision = decide_gpus(device, nproc, options, query=query)
+    assert decision.gpus is gpus and said in decision.reason, decision.reason
+
+
+def test_sinfo_output_is_read() -> None:
+    groups = sinfo.parse(SINFO_GPU + "garbage line\n")
+    assert [(g.partition, g.default, g.cpus, g.memory_mb, g.gpus, g.nodes) for g in groups] == [
+        ("gpu", False, 64, 512000, 4, 8), ("debug", True, 2, 21000, 0, 1)]
+    assert [sinfo.gpus_in_gres(x) for x in ("(null)", "gpu", "gpu:8", "gpu:a100:2(S:0,1),gpu:v100:2", "mps:100,gpu:1")
+            ] == [0, 1, 8, 4, 1]
+    assert [sinfo.size_mb(x) for x in ("32G", "500", "4096M", "1T", "lots")] == [32768, 500, 4096, 1048576, None]
+    assert sinfo.partition_option(["--partition=a", "--time=1", "-pb"]) == "b"
+    assert sinfo.partition_option(["--exclusive"]) is None
 
 
 def test_slurm_script_cpu_has_no_gpu_request(sample_data: Path, tmp_path: Path) -> None:

@@ -365,6 +365,9 @@ def test_interrupted_and_stale_state(sample_data: Path, tmp_path: Path, fake_tra
 def test_slurm_array_is_written_submitted_and_its_tasks_run(sample_data: Path, tmp_path: Path, fake_trainer: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from launch import sinfo
+
+    monkeypatch.setattr(sinfo, "query", lambda partition: None)  # the stand-in sbatch has no cluster behind it
     spec = write_spec(tmp_path, sample_data, {"model.depth": [2, 4], "optimizer.lr": {"log2": [-8, -7, -6]}},
                       name="cluster")
     out = tmp_path / "sweep"
@@ -400,6 +403,7 @@ def test_slurm_array_is_written_submitted_and_its_tasks_run(sample_data: Path, t
     assert index["slurm"][-1]["job_id"] == "4242" and index["slurm"][-1]["tasks"] == 6
     latest = sorted((out / "slurm").glob("*.sbatch"))[-1]
     assert "--gres" not in latest.read_text() and "--devices cpu" in latest.read_text()
+    assert "#SBATCH --mem=4G\n" in latest.read_text() and "#SBATCH --mem=32G\n" in text  # CPU task / GPU task
 
     # what array task 1 runs: its points only, from the frozen spec; then task 0 and a rerun of task 1
     task_list = str(scripts[0].with_suffix(".tasks"))
@@ -413,6 +417,54 @@ def test_slurm_array_is_written_submitted_and_its_tasks_run(sample_data: Path, t
     assert main(["sweep", str(spec), "--out", str(out), "--status"]) == 0
     assert "6 completed; index:" in capsys.readouterr().out
     assert main(["sweep", frozen, "--out", str(out), "--task-list", task_list, "--task-index", "7"]) == 2
+
+
+def test_slurm_memory_requests_fit_the_task() -> None:
+    """CPU tasks ask for memory per run they hold, not a GPU node's 32G (which a CPU node with less refused:
+    "Requested node configuration is not available"); 'none' leaves it to the partition's default."""
+    from megadepth.sweep.slurm import SlurmOptions
+
+    assert SlurmOptions(gpus_per_task=0).mem_request() == "4G"
+    assert SlurmOptions(gpus_per_task=1).mem_request() == "32G"
+    assert SlurmOptions(gpus_per_task=0, mem="none").mem_request() is None
+    assert "--mem" not in SlurmOptions(gpus_per_task=0, mem="none").requests()
+    assert SlurmOptions(gpus_per_task=2, mem="100G").requests() == {
+        "--cpus-per-task": "16", "--mem": "100G", "--gres": "gpu:2", "--time": "04:00:00"}
+    with pytest.raises(ConfigError, match="--mem lots: a Slurm size such as 4G"):
+        SlurmOptions(mem="lots").check()
+
+
+def test_slurm_requests_no_node_can_meet_are_named(sample_data: Path, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Checked against the partition's nodes as sinfo reports them, before anything is written; where sbatch
+    refuses anyway, its reason comes with every request. (The real sinfo and sbatch: test_slurm_real.py.)"""
+    from launch import sinfo
+    from megadepth.sweep import slurm
+
+    nodes = sinfo.parse("debug*|2|3000|(null)|1\n")
+    asked = []
+    monkeypatch.setattr(sinfo, "query", lambda partition: asked.append(partition) or nodes)
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "sbatch").write_text("#!/bin/sh\necho 'sbatch: error: Batch job submission failed: Invalid account' >&2\n"
+                                   "exit 1\n")
+    (bindir / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    spec = write_spec(tmp_path, sample_data, {"model.depth": [2]})
+    out = tmp_path / "o"
+    base = ["sweep", str(spec), "--out", str(out), "--executor", "slurm"]
+    assert main([*base, "--gpus-per-task", "0"]) == 2  # 4G > 3000M
+    err = capsys.readouterr().err
+    assert "no node can run these array tasks: --mem=4G is more memory than any node has" in err
+    assert "partition debug (1 node(s): 2 CPUs, 3000M, no GPU); nothing was submitted" in err
+    assert not (out / "slurm").exists() and asked == [None]
+    assert main([*base, "--gpus-per-task", "0", "--mem", "2G", "--account", "x"]) == 2  # fits; sbatch says no
+    err = capsys.readouterr().err
+    assert "sbatch refused" in err and "Invalid account; each task asks for --cpus-per-task=2 --mem=2G" in err
+    assert err.count("\n") == 1
+    assert slurm.explain_refusal(slurm.SlurmOptions(gpus_per_task=1), nodes).startswith(
+        "--mem=32G is more memory than any node has")
 
 
 @pytest.mark.parametrize(("name", "runs", "steps"), [("cpu_transfer", 168, 150), ("gpu_transfer", 240, 3051)])

@@ -126,20 +126,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if opts is not None:
         from megadepth.sweep.runner import sbatch_available
-        from megadepth.sweep.slurm import submit, write_array
+        from megadepth.sweep.slurm import check_fits, submit, write_array
 
         print(header)
         if not todo:
             print(f"nothing to submit; report with: megadepth report {out_arg}")
             return 0
-        script, task_list, tasks = write_array(spec, sweep, todo, opts)
         sbatch = sbatch_available()
+        if sbatch is not None and not args.no_submit:
+            check_fits(opts)  # against the cluster's nodes (sinfo), before anything is written
+        script, task_list, tasks = write_array(spec, sweep, todo, opts)
         if args.no_submit or sbatch is None:
             why = "--no-submit" if args.no_submit else "sbatch is not on PATH"
             print(f"wrote {script} ({tasks} array task(s)); not submitted ({why}); submit with: "
                   f"sbatch {shlex.quote(str(script))}")
             return 0
-        job = submit(script, sbatch)
+        job = submit(script, sbatch, opts)
         import time
 
         write_index(spec, sweep, points, extra={"slurm": [{
@@ -197,7 +199,9 @@ def add_cli(subparsers: Any) -> None:
     s.add_argument("--gpus-per-task", type=_non_negative, default=1,
                    help="GPUs per array task, one run per GPU at a time (0: CPU tasks; default 1)")
     s.add_argument("--cpus-per-task", type=_positive, default=None, help="default 8 per GPU, 2 without")
-    s.add_argument("--mem", default="32G", help="memory per task (default %(default)s)")
+    s.add_argument("--mem", default=None, metavar="SIZE|none",
+                   help="memory per task, e.g. 8G; 'none': no request, the partition's default (default: 32G "
+                        "for GPU tasks, 4G per run at once for CPU tasks)")
     s.add_argument("--time", default="04:00:00", help="time limit per task (default %(default)s)")
     s.add_argument("--partition", help="#SBATCH --partition")
     s.add_argument("--account", help="#SBATCH --account")

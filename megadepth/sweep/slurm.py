@@ -16,12 +16,15 @@ Points are dealt to tasks round-robin (grid order mixes depths, so tasks get sim
 from __future__ import annotations
 
 import math
+import re
 import shlex
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from launch import sinfo
 from megadepth.config.load import ConfigError
 from megadepth.config.sbatch import sbatch_value_problem, script_path_problem
 from megadepth.sweep.runner import SweepDir
@@ -29,13 +32,29 @@ from megadepth.sweep.spec import Point, SweepSpec
 from megadepth.train.rundir import atomic_write_text
 
 TEMPLATE = Path(__file__).resolve().parents[2] / "launch" / "templates" / "sweep_array.sbatch"
+MEM_SIZE = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
+
+GPU_TASK_MEM = "32G"
+"""``--mem`` of a GPU array task unless given: host memory for its runs' data loading and checkpoints."""
+
+CPU_RUN_MEM_GB = 4
+"""``--mem`` per run at once of a CPU array task unless given, in GiB. A CPU-sized run (the shipped CPU
+sweeps: width 64, depth 16) peaks well under 1 GiB with torch and DeepSpeed loaded, so this leaves room
+while fitting any node that runs jobs, and lets a node take as many tasks as it has CPUs for. (32G, the GPU
+default, once applied here too, and a CPU node with less refused every task.)"""
+
+MEM_NONE = "none"
+"""``--mem none``: no ``--mem`` line at all, so the partition's default (DefMemPerCPU / DefMemPerNode)
+applies. On a cluster without such a default that can be the whole node for each task."""
+
 
 @dataclass(frozen=True)
 class SlurmOptions:
     points_per_task: int = 1
     gpus_per_task: int = 1
     cpus_per_task: int | None = None
-    mem: str = "32G"
+    mem: str | None = None
+    """A Slurm size, ``none`` (no request), or None: :meth:`mem_request` decides."""
     time: str = "04:00:00"
     partition: str | None = None
     account: str | None = None
@@ -56,11 +75,45 @@ class SlurmOptions:
                                         "--account": self.account, "--qos": self.qos})
         if problem:
             raise ConfigError(problem)
+        if self.mem is not None and self.mem != MEM_NONE and not MEM_SIZE.fullmatch(self.mem):
+            raise ConfigError(f"--mem {self.mem}: a Slurm size such as 4G, 500M or 16000 (megabytes), "
+                              f"or '{MEM_NONE}' for the partition's default")
+
+    @property
+    def jobs(self) -> int:
+        """Runs an array task holds at once: one per GPU, one on CPUs."""
+        return max(1, self.gpus_per_task)
+
+    def mem_request(self) -> str | None:
+        """The ``--mem`` value (None: no line). Unless given: 32G for a GPU task, and for a CPU task
+        CPU_RUN_MEM_GB per run it holds at once, so that it fits CPU nodes instead of a GPU node's host."""
+        if self.mem == MEM_NONE:
+            return None
+        if self.mem is not None:
+            return self.mem
+        return GPU_TASK_MEM if self.gpus_per_task else f"{CPU_RUN_MEM_GB * self.jobs}G"
+
+    def cpus(self) -> int:
+        """``--cpus-per-task``: as given, else 8 per GPU, else 2."""
+        return self.cpus_per_task or (8 * self.jobs if self.gpus_per_task else 2)
+
+    def requests(self) -> dict[str, str]:
+        """The resources each array task asks for, as sbatch options (what a refusal is explained by)."""
+        asked = {"--cpus-per-task": str(self.cpus())}
+        mem = self.mem_request()
+        if mem is not None:
+            asked["--mem"] = mem
+        if self.gpus_per_task:
+            asked["--gres"] = f"gpu:{self.gpus_per_task}"
+        asked["--time"] = self.time
+        if self.partition:
+            asked["--partition"] = self.partition
+        return asked
 
 
 def _template() -> str:
     """The array-job template, read by path (in a checkout and in site-packages alike it sits beside the
-    megadepth package), without importing the launch package."""
+    megadepth package)."""
     try:
         return TEMPLATE.read_text(encoding="utf-8")
     except OSError as exc:
@@ -100,14 +153,15 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
     script = task_list.with_suffix(".sbatch")
     atomic_write_text(task_list, "".join(" ".join(p.id for p in group) + "\n" for group in groups))
 
-    jobs = max(1, opts.gpus_per_task)
+    jobs = opts.jobs
     extra = []
+    mem = opts.mem_request()
     if opts.gpus_per_task:
         extra.append(f"#SBATCH --gres=gpu:{opts.gpus_per_task}")
     for flag, value in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos)):
         if value:
             extra.append(f"#SBATCH --{flag}={value}")
-    cpus = opts.cpus_per_task or (8 * jobs if opts.gpus_per_task else 2)
+    cpus = opts.cpus()
     text = _template().format(
         name=spec.name,
         points=len(todo),
@@ -119,7 +173,7 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
         last=len(groups) - 1,
         throttle=f"%{opts.max_parallel}" if opts.max_parallel else "",
         cpus=cpus,
-        mem=opts.mem,
+        mem_line=f"#SBATCH --mem={mem}\n" if mem is not None else "",
         time=opts.time,
         log_pattern=shlex.quote(f"{logs}/%A_%a.log"),
         extra="\n".join(extra),
@@ -137,13 +191,62 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
     return script, task_list, len(groups)
 
 
-def submit(script: Path, sbatch: str = "sbatch") -> str:
-    """``sbatch --parsable SCRIPT``; returns the job id. A refusal is bad input (one line, exit 2)."""
+def submit(script: Path, sbatch: str = "sbatch", opts: SlurmOptions | None = None,
+           query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None) -> str:
+    """``sbatch --parsable SCRIPT``; returns the job id. A refusal is bad input (one line, exit 2) that names
+    the request the cluster cannot meet, where sinfo tells (sbatch's own "Requested node configuration is
+    not available" does not say which)."""
     try:
         proc = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ConfigError(f"sbatch failed: {exc}") from None
     if proc.returncode != 0:
-        message = (proc.stderr or proc.stdout).strip().splitlines()
-        raise ConfigError(f"sbatch refused {script}: {message[-1] if message else f'exit code {proc.returncode}'}")
+        lines = [x.strip().removeprefix("sbatch: error: ") for x in (proc.stderr or proc.stdout).splitlines()]
+        said = "; ".join(x for x in lines if x) or f"exit code {proc.returncode}"
+        why = explain_refusal(opts, (query or sinfo.query)(opts.partition)) if opts is not None else ""
+        raise ConfigError(f"sbatch refused {script}: {said}" + (f"; {why}" if why else ""))
     return proc.stdout.strip().split(";")[0]
+
+
+def _too_big(opts: SlurmOptions, groups: list[sinfo.NodeGroup]) -> list[str]:
+    """The requests of an array task that no node of ``groups`` can meet, one phrase each."""
+    asked = opts.requests()
+    found = []
+    mem = asked.get("--mem")
+    mem_mb = sinfo.size_mb(mem) if mem else None
+    if mem_mb is not None and mem_mb > max(g.memory_mb for g in groups):
+        found.append(f"--mem={mem} is more memory than any node has (--mem SIZE, or --mem {MEM_NONE} for the "
+                     "partition's default)")
+    if opts.cpus() > max(g.cpus for g in groups):
+        found.append(f"--cpus-per-task={opts.cpus()} is more CPUs than any node has (--cpus-per-task N)")
+    most = max(g.gpus for g in groups)
+    if opts.gpus_per_task > most:
+        found.append(f"--gres=gpu:{opts.gpus_per_task} is more GPUs than any node has" +
+                     (" (--gpus-per-task 0 for CPU tasks)" if most == 0 else f" (at most --gpus-per-task {most})"))
+    return found
+
+
+def check_fits(opts: SlurmOptions, query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None
+               ) -> None:
+    """Refuse, before anything is written or submitted, array tasks no node of the partition can run, as
+    sinfo reports the nodes (nothing to check where it cannot say). sbatch refuses some of these itself,
+    not naming the request, and queues others (more CPUs than any node has) to wait forever."""
+    groups = (query or sinfo.query)(opts.partition)
+    if not groups:
+        return
+    found = _too_big(opts, groups)
+    if found:
+        raise ConfigError(f"no node can run these array tasks: {'; '.join(found)}: {sinfo.describe(groups)}; "
+                          "nothing was submitted")
+
+
+def explain_refusal(opts: SlurmOptions, groups: list[sinfo.NodeGroup] | None) -> str:
+    """Which of an array task's requests no node of its partition can meet, against sinfo's numbers; or,
+    where none stands out (or sinfo cannot say), every request, so the message names them all the same."""
+    listing = "each task asks for " + " ".join(f"{k}={v}" for k, v in opts.requests().items())
+    if not groups:
+        return listing
+    found = _too_big(opts, groups)
+    if not found:
+        return f"{listing}; {sinfo.describe(groups)}"
+    return f"{'; '.join(found)}: {sinfo.describe(groups)}"
