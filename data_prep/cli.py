@@ -166,7 +166,8 @@ def add_cli(subparsers: Any) -> None:
     slurm.add_argument("--partition", help="#SBATCH --partition")
     slurm.add_argument("--account", help="#SBATCH --account")
     slurm.add_argument("--time", default="12:00:00", help="time limit per task (default %(default)s)")
-    slurm.add_argument("--mem", default="8G", help="memory per task (default %(default)s)")
+    slurm.add_argument("--mem", default="8G", help="memory per task, or 'none' for the partition's default "
+                       "(default %(default)s; checked against the nodes sinfo reports)")
     slurm.add_argument("--cpus-per-task", type=int, default=1, help="default %(default)s")
     slurm.add_argument("--max-parallel", type=int, help="at most this many tasks of an array at once")
     slurm.set_defaults(func=_cmd_slurm)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from data_prep.config import ExtractConfig
 from megadepth.data.indexed import DataError
 
-__all__ = ["Extractor", "decode_html"]
+__all__ = ["Extractor", "decode_html", "resiliparse_options"]
 
 _META = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
 _BOMS = ((codecs.BOM_UTF8, "utf-8-sig"), (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
@@ -91,6 +91,12 @@ _CHECK_HTML = (
 )
 
 
+def resiliparse_options(cfg: ExtractConfig) -> dict[str, bool]:
+    """The keyword arguments of resiliparse's ``extract_plain_text`` that the config holds."""
+    return {k: getattr(cfg, k) for k in ("main_content", "alt_texts", "links", "form_fields", "noscript",
+                                         "list_bullets", "preserve_formatting")}
+
+
 class Extractor:
     """HTML -> text with the configured engine; ``None`` when a page yields nothing or times out."""
 
@@ -99,7 +105,8 @@ class Extractor:
         if cfg.engine == "resiliparse":
             from resiliparse.extract.html2text import extract_plain_text
 
-            self._fn = lambda html: extract_plain_text(html, main_content=cfg.main_content)
+            opts = resiliparse_options(cfg)
+            self._fn = lambda html: extract_plain_text(html, **opts)
         else:
             try:
                 import trafilatura

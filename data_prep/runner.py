@@ -23,6 +23,8 @@ from pathlib import Path
 
 from data_prep.plan import STAGES, Plan, load_plan
 from data_prep.stages import run_unit
+from launch.sinfo import NodeGroup, describe, size_mb
+from launch.sinfo import query as sinfo_query
 from megadepth.config.sbatch import sbatch_value_problem, script_path_problem
 from megadepth.data.indexed import DataError, atomic_write_bytes
 
@@ -239,14 +241,35 @@ def run_task(out: str | Path, stage: str, rank: int | None, world_size: int | No
     return done
 
 
+#: ``prep slurm --mem none``: no ``--mem`` line, the partition's default memory per task.
+MEM_NONE = "none"
+
+
+def check_fits(partition: str | None, cpus_per_task: int, mem: str,
+               query: Callable[[str | None], list[NodeGroup] | None] | None = None) -> None:
+    """Refuse array tasks that no node of the partition can run, naming the request (DataError)."""
+    groups = (query or sinfo_query)(partition)
+    if not groups:
+        return
+    found = []
+    mem_mb = None if mem == MEM_NONE else size_mb(mem)
+    if mem_mb is not None and mem_mb > max(g.memory_mb for g in groups):
+        found.append(f"--mem={mem} is more memory than any node has (--mem SIZE, or --mem {MEM_NONE} for the "
+                     "partition's default)")
+    if cpus_per_task > max(g.cpus for g in groups):
+        found.append(f"--cpus-per-task={cpus_per_task} is more CPUs than any node has")
+    if found:
+        raise DataError(f"prep slurm: no node can run these array tasks: {'; '.join(found)}: {describe(groups)}; "
+                        "nothing was written")
+
+
 _SBATCH = """#!/bin/bash
 # megadepth prep: stage '{stage}' ({n_units} units over {tasks} array tasks). Written by 'megadepth prep slurm'.
 #SBATCH --job-name={job}
 #SBATCH --array=0-{last}{throttle}
 #SBATCH --ntasks=1
 #SBATCH --cpus-per-task={cpus}
-#SBATCH --mem={mem}
-#SBATCH --time={time}
+{mem_line}#SBATCH --time={time}
 #SBATCH --output={log_pattern}
 #SBATCH --requeue
 {extra}set -euo pipefail
@@ -275,8 +298,15 @@ def write_slurm_scripts(
     cpus_per_task: int = 1,
     max_parallel: int | None = None,
     python: str | None = None,
+    query: Callable[[str | None], list[NodeGroup] | None] | None = None,
 ) -> Path:
     """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh.
+
+    ``mem`` is a Slurm size or ``none`` (no ``--mem`` line: the partition's default). Before anything is
+    written, ``--mem`` and ``--cpus-per-task`` are checked against the partition's nodes as sinfo reports
+    them (``query``, default :func:`launch.sinfo.query`; no check where sinfo cannot say): sbatch itself
+    answers only "Requested node configuration is not available", or queues a task asking for more CPUs
+    than any node has, to wait forever.
 
     Every path and value reaches the scripts shell-quoted (a directory named ``out$(cmd)`` must not run
     ``cmd`` when a script runs); a path no quoting carries into an ``#SBATCH`` line is refused. Holds
@@ -288,10 +318,11 @@ def write_slurm_scripts(
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DataError(f"{option} must be >= 1, got {value!r}")
     problem = sbatch_value_problem({"--partition": partition, "--account": account, "--time": time_limit,
-                                    "--mem": mem})
+                                    **({} if mem == MEM_NONE else {"--mem": mem})})
     problem = problem or script_path_problem("--out", str(plan.out))
     if problem:
         raise DataError(problem)
+    check_fits(partition, cpus_per_task, mem, query)
     with _exclusive(plan.out):
         return _write_scripts(plan, tasks, partition, account, time_limit, mem, cpus_per_task, max_parallel,
                               python or sys.executable)
@@ -324,7 +355,7 @@ def _write_scripts(plan: Plan, tasks: int, partition: str | None, account: str |
             last=world - 1,
             throttle=f"%{max_parallel}" if max_parallel is not None else "",
             cpus=cpus_per_task,
-            mem=mem,
+            mem_line="" if mem == MEM_NONE else f"#SBATCH --mem={mem}\n",
             time=time_limit,
             log_pattern=shlex.quote(f"{logs}/{stage}_%A_%a.log"),
             extra=extra,

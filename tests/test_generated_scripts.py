@@ -14,6 +14,11 @@ from __future__ import annotations
 
 import fcntl
 import json
+
+# multiprocessing's spawn start method reads sys.executable once, when multiprocessing.spawn is first
+# imported: import it now, before the tests below point sys.executable at a stand-in, or a later test's
+# worker pool would start the stand-in (seen when this file runs before any other that spawns workers)
+import multiprocessing.spawn  # noqa: F401
 import os
 import shlex
 import shutil

@@ -251,6 +251,30 @@ def test_launch_slurm_refuses_gpus_the_cluster_lacks(slurm_cluster: SlurmCluster
     assert not (tmp_path / "job.sbatch").exists()
 
 
+def test_prep_slurm_names_a_request_no_node_can_meet(slurm_cluster: SlurmCluster, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    """`prep slurm` checks --mem and --cpus-per-task against the nodes sinfo reports before writing anything
+    (sbatch would say only "Requested node configuration is not available"); --mem none writes no --mem
+    line (the partition's default) and passes."""
+    inputs = _warc_inputs(tmp_path / "in")
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
+    node_mb = int(slurm_cluster.run("sinfo", "-h", "-o", "%m").stdout.split()[0].rstrip("+"))
+    too_much = f"{node_mb // 1024 + 8}G"
+    out = tmp_path / "out"
+    code, _, err = _cli(capsys, "prep", "slurm", "--input", str(inputs), "--out", str(out), "--tasks", "2",
+                        "--mem", too_much, "--cpus-per-task", "64")
+    assert code == 2, err
+    assert f"--mem={too_much} is more memory than any node has" in err and "--cpus-per-task=64" in err, err
+    assert f"{node_mb}M" in err and "nothing was written" in err, err
+    assert not (out / "slurm").exists()
+    code, _, err = _cli(capsys, "prep", "slurm", "--input", str(inputs), "--out", str(out), "--tasks", "2",
+                        "--mem", "none")
+    assert code == 0, err
+    script = (out / "slurm" / "extract.sbatch").read_text()
+    assert "#SBATCH --mem" not in script and "#SBATCH --cpus-per-task=1" in script
+
+
 # ----------------------------------------------------------------------------------------------- sweep
 
 
