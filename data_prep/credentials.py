@@ -51,7 +51,12 @@ ENV = "MEGADEPTH_HTTP_CREDENTIALS"
 _HTTP = ("http://", "https://")
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # userinfo of any scheme when it has a password (user:pass@), or of http(s) when it is a lone token@
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s:]*:[^/?#\s]*@|\b(https?://)[^/?#\s]+@")
+# and, third, a password with an unencoded '#', '/' or '?' (user:se#cret@host): not a valid URL, but
+# what people type, and echoed by the error that refuses it: masked up to the '@' before a host[:port]
+_USERINFO = re.compile(
+    r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#@\s:]*:[^/?#\s]*@|\b(https?://)[^/?#\s]+@"
+    r"|\b(https?://)[^\s/?#@:]*:[^\s@]*@(?=[a-z0-9.\-\[\]]+(?::\d+)?(?:[/?#\s]|$))"
+)
 
 
 @dataclass(frozen=True)
@@ -218,7 +223,7 @@ def storage_options(url: str) -> dict:
 def redact(text: str) -> str:
     """``text`` with the user:password of every URL in it replaced by ``***``: for messages that may
     quote a URL (a library's exception, an argument echoed back)."""
-    return _USERINFO.sub(lambda m: (m.group(1) or m.group(2)) + "***@", text)
+    return _USERINFO.sub(lambda m: (m.group(1) or m.group(2) or m.group(3)) + "***@", text)
 
 
 def _status(e: BaseException) -> int | None:

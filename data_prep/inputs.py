@@ -297,9 +297,9 @@ def check_remote(files: Sequence[InputFile]) -> None:
         try:
             fs = fsspec.filesystem(protocol, **storage_options(f.path))
         except ImportError as e:
-            raise DataError(f"{f.path}: reading {protocol}:// needs a package that is not installed ({e})") from None
+            raise DataError(redact(f"{f.path}: reading {protocol}:// needs a package that is not installed ({e})")) from None
         except ValueError as e:
-            raise DataError(f"{f.path}: unsupported protocol ({e})") from None
+            raise DataError(redact(f"{f.path}: unsupported protocol ({e}); a password with # / ? must be percent-encoded")) from None
         try:
             try:
                 fs.info(f.path)
@@ -309,9 +309,9 @@ def check_remote(files: Sequence[InputFile]) -> None:
                 fs.cat_file(f.path, start=0, end=1)
         except FileNotFoundError:
             n = sum(1 for g in files if g.path.startswith(protocol + "://"))
-            raise DataError(f"{f.path}: does not exist (checked the first of {n} {protocol}:// inputs)") from None
+            raise DataError(redact(f"{f.path}: does not exist (checked the first of {n} {protocol}:// inputs)")) from None
         except Exception as e:  # network errors come in many classes (aiohttp, botocore, OSError)
-            raise DataError(f"{f.path}: cannot reach ({describe_failure(e, f.path)})") from None
+            raise DataError(redact(f"{f.path}: cannot reach ({describe_failure(e, f.path)})")) from None
 
 
 def resolve_inputs(

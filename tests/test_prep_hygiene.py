@@ -242,7 +242,7 @@ def test_credentials_are_not_sent_to_another_origin_on_redirect(servers, monkeyp
     assert open_.seen and all(h is None for h in open_.seen)
 
 
-def test_credential_helpers(monkeypatch) -> None:
+def test_credential_helpers(monkeypatch, tmp_path: Path) -> None:
     url = f"HTTPS://{USER}:{quote(PASSWORD, safe='')}@Data.Example.org:443/crawl/x.warc.gz?a=b@c"
     clean, cred = split_credentials(url)
     assert clean == "HTTPS://Data.Example.org:443/crawl/x.warc.gz?a=b@c" and cred is not None
@@ -253,6 +253,14 @@ def test_credential_helpers(monkeypatch) -> None:
     text = f"FileNotFoundError: {url} and https://tok3n@h/x and ftp://a:b@h/x"
     assert redact(text) == ("FileNotFoundError: HTTPS://***@Data.Example.org:443/crawl/x.warc.gz?a=b@c and "
                             "https://***@h/x and ftp://***@h/x")
+
+    # a password with an unencoded '#', '/' or '?' makes an invalid URL; the message refusing it masks it
+    for raw in ("http://alice:se#cretHASH@127.0.0.1:8765/crawl/a.warc.gz", "https://bob:pa/ss?w@h.example/x"):
+        masked = redact(f"error: {raw}: unsupported protocol ({raw}: not a valid URL (bad port))")
+        assert "cret" not in masked and "pa/ss" not in masked and masked.count("://***@") == 2, masked
+    with pytest.raises(DataError, match="must be percent-encoded") as refused:
+        plan_run(["http://alice:se#cretHASH@127.0.0.1:8765/crawl/a.warc.gz"], tmp_path / "out")
+    assert "cret" not in str(refused.value)
 
     with pytest.raises(DataError, match="no files match this pattern") as echoed:
         resolve_inputs([url])  # upper-case HTTPS is taken for a local glob (it has a '?'): echoed redacted
