@@ -89,6 +89,20 @@ class ExtractConfig(_Section):
     preserve_formatting: bool = True
     """resiliparse: keep line breaks and block structure (off: one paragraph per block is lost, and so is
     precision: 0.42 against 0.65 on those 28 pages)."""
+    inline_separators: bool = True
+    """resiliparse: keep a one-character separator standing alone between two inline elements ("1979</a>–<a>1983"
+    -> "1979–1983"). resiliparse's main-content mode drops such a text node when its one character takes three
+    or more UTF-8 bytes (dashes, bullets, ellipses, CJK punctuation), gluing the neighbours ("19791983"); a
+    marker character keeps it and is removed from the text afterwards."""
+    tidy_whitespace: bool = True
+    """Lines holding only white space (no-break spaces, zero-width spaces) become empty, runs of blank lines
+    become one, and runs of tabs inside a line (table cells) become one space. A page whose paragraphs are
+    separated by ``&nbsp;`` lines otherwise counts them as duplicated lines in Gopher's repetition rule."""
+    repeated_line_max_words: int | None = Field(default=10, ge=1)
+    """A line that repeats an earlier line of the same page word for word and has at most this many words
+    is dropped: captions printed twice, credit lines, "Video Ad Feedback" under each video of a carousel.
+    Longer repeated lines (paragraphs) are kept, so Gopher's repetition rules still see pages that repeat
+    content. null keeps every line."""
     time_limit_s: float = Field(default=2.0, gt=0)
     """Per-document time limit for the extractor (SIGALRM in the worker process); over it the page is
     skipped and counted. It interrupts Python code (trafilatura); resiliparse runs in C and is bounded
