@@ -48,6 +48,17 @@ _PATHS = (".paths.gz", ".paths")
 _REMOTE = ("s3://", "gs://", "gcs://", "http://", "https://", "hf://", "az://", "abfs://")
 
 
+def is_remote(path: str) -> bool:
+    """Whether ``path`` is a URL of a store fsspec reads (schemes are case-insensitive: "HTTPS://" too)."""
+    return path[:8].lower().startswith(_REMOTE)
+
+
+def _lower_scheme(url: str) -> str:
+    """"HTTPS://Host/x" -> "https://Host/x": fsspec knows its protocols by their lower-case names."""
+    scheme, sep, rest = url.partition("://")
+    return scheme.lower() + sep + rest
+
+
 @dataclass(frozen=True, order=True)
 class InputFile:
     """One unit of input. ``path`` is an absolute local path or a URL; ``size`` is None for URLs."""
@@ -65,7 +76,7 @@ class InputFile:
 
     @property
     def remote(self) -> bool:
-        return self.path.startswith(_REMOTE)
+        return is_remote(self.path)
 
 
 @dataclass
@@ -218,7 +229,8 @@ def _read_paths_file(p: Path, prefix: str | None) -> list[InputFile]:
             "e.g. --prefix https://data.commoncrawl.org/ or s3://commoncrawl/)"
         )
     out: list[InputFile] = []
-    if prefix.startswith(_REMOTE):
+    if is_remote(prefix):
+        prefix = _lower_scheme(prefix)
         base = prefix if prefix.endswith("/") else prefix + "/"
         for k in keys:
             kind = kind_of(k)
@@ -239,8 +251,8 @@ def _read_paths_file(p: Path, prefix: str | None) -> list[InputFile]:
 
 
 def _one(raw: str, prefix: str | None, acc: _Acc) -> list[InputFile]:
-    if raw.startswith(_REMOTE):
-        url, _ = remember(raw, acc.credentials)
+    if is_remote(raw):
+        url, _ = remember(_lower_scheme(raw), acc.credentials)
         kind = kind_of(url)
         if kind not in ("warc", "arc"):
             raise DataError(f"{url}: remote inputs must be WARC/WET/ARC files")

@@ -29,13 +29,13 @@ from dataclasses import dataclass
 from data_prep.config import ReadConfig
 from data_prep.credentials import describe_failure, storage_options
 from data_prep.extract import decode_html
-from data_prep.inputs import InputFile
+from data_prep.hygiene import too_large
+from data_prep.inputs import InputFile, is_remote
 from megadepth.data.indexed import DataError
 
 __all__ = ["InputUnavailable", "RawDoc", "check_input_columns", "read_documents"]
 
 _GZ_MAGIC = b"\x1f\x8b\x08"
-_REMOTE = ("s3://", "gs://", "gcs://", "http://", "https://", "hf://", "az://", "abfs://")
 _MAX_HEADER = 64 << 10
 _RECORD_START = re.compile(rb"(?:^|\n)WARC/\d\.\d+\r?\n")
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.I)
@@ -184,7 +184,7 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
     """
     from fastwarc.warc import ArchiveIterator
 
-    remote = path.startswith(_REMOTE)
+    remote = is_remote(path)
     it = ArchiveIterator(
         path, parse_http=True, auto_decode="none", fsspec_args=storage_options(path) if remote else False,
         stream_detect=True,
@@ -378,7 +378,7 @@ def _lenient_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set[
     with tempfile.TemporaryFile(prefix="megadepth-warc-") as raw, tempfile.TemporaryFile(
         prefix="megadepth-warc-"
     ) as plain:
-        if path.startswith(_REMOTE):
+        if is_remote(path):
             with _open_any(path) as src:
                 for block in iter(lambda: src.read(_CHUNK), b""):
                     raw.write(block)
@@ -477,7 +477,7 @@ def _scan(
 
 
 def _open_any(path: str):
-    if path.startswith(_REMOTE):
+    if is_remote(path):
         import fsspec
 
         return fsspec.open(path, "rb", **storage_options(path)).open()
@@ -544,7 +544,7 @@ def _row_doc(row: dict, i: int, inp: InputFile, cfg: ReadConfig, stats: Counter)
     if not isinstance(text, str):
         stats["skip:no_text"] += 1
         return None
-    if len(text) > cfg.max_payload_bytes:
+    if too_large(text, cfg.max_payload_bytes):  # bytes, as for WARC payloads
         stats["skip:too_large"] += 1
         return None
     if not text.strip():

@@ -171,9 +171,13 @@ class RejectedWriter:
     def commit(self) -> dict:
         """Write the rest, rename into place; returns what the unit's marker records."""
         self.flush()
-        if self._writer is not None:
-            self._writer.close()
-            os.replace(self.tmp, self.path)
+        if self._writer is None:  # nothing dropped: an empty part still, so OUT/rejected/ always opens as a dataset
+            import pyarrow.parquet as pq
+
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        self._writer.close()
+        os.replace(self.tmp, self.path)
         return {"rows": self.rows, "text": self.keep_text, "counts": dict(sorted(self.counts.items())),
                 "examples": dict(sorted(self.examples.items()))}
 

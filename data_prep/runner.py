@@ -246,11 +246,14 @@ MEM_NONE = "none"
 
 
 def check_fits(partition: str | None, cpus_per_task: int, mem: str,
-               query: Callable[[str | None], list[NodeGroup] | None] | None = None) -> None:
-    """Refuse array tasks that no node of the partition can run, naming the request (DataError)."""
+               query: Callable[[str | None], list[NodeGroup] | None] | None = None) -> str | None:
+    """Refuse array tasks that no node of the partition can run, naming the request (DataError); where
+    sinfo lists no nodes, the line saying that nothing was checked."""
     groups = (query or sinfo_query)(partition)
     if not groups:
-        return
+        return (f"prep slurm: sinfo did not list the nodes{f' of partition {partition}' if partition else ''} "
+                f"(not on a Slurm login node?): --mem={mem} and --cpus-per-task={cpus_per_task} were not checked "
+                "against them")
     found = []
     mem_mb = None if mem == MEM_NONE else size_mb(mem)
     if mem_mb is not None and mem_mb > max(g.memory_mb for g in groups):
@@ -311,6 +314,7 @@ def write_slurm_scripts(
     Every path and value reaches the scripts shell-quoted (a directory named ``out$(cmd)`` must not run
     ``cmd`` when a script runs); a path no quoting carries into an ``#SBATCH`` line is refused. Holds
     ``OUT/.prep.lock`` while writing: a ``prep run`` working in OUT would have its plan.json replaced."""
+    mem = MEM_NONE if mem.strip().lower() == MEM_NONE else mem  # "None" / "NONE" as typed
     counts = {"--tasks": tasks, "--cpus-per-task": cpus_per_task}
     if max_parallel is not None:  # None: no throttle; 0 or less is a mistake, not "no throttle"
         counts["--max-parallel"] = max_parallel
@@ -322,10 +326,13 @@ def write_slurm_scripts(
     problem = problem or script_path_problem("--out", str(plan.out))
     if problem:
         raise DataError(problem)
-    check_fits(partition, cpus_per_task, mem, query)
+    unchecked = check_fits(partition, cpus_per_task, mem, query)
     with _exclusive(plan.out):
-        return _write_scripts(plan, tasks, partition, account, time_limit, mem, cpus_per_task, max_parallel,
-                              python or sys.executable)
+        submit = _write_scripts(plan, tasks, partition, account, time_limit, mem, cpus_per_task, max_parallel,
+                                python or sys.executable)
+    if unchecked:
+        print(unchecked, file=sys.stderr)
+    return submit
 
 
 def _write_scripts(plan: Plan, tasks: int, partition: str | None, account: str | None, time_limit: str, mem: str,

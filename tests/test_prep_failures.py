@@ -138,7 +138,7 @@ def test_nothing_surviving_names_the_filters(tmp_path: Path) -> None:
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
-def test_slurm_values_that_sbatch_would_split_are_refused(tmp_path: Path) -> None:
+def test_slurm_values_that_sbatch_would_split_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     plan = plan_run([_inputs(tmp_path)], tmp_path / "out dir", overrides=RULES_OFF)
     with pytest.raises(DataError, match="--time 'bad time'"):
         write_slurm_scripts(plan, 2, time_limit="bad time")
@@ -146,6 +146,10 @@ def test_slurm_values_that_sbatch_would_split_are_refused(tmp_path: Path) -> Non
         write_slurm_scripts(plan, 2, partition="gpu;rm -rf /")
     submit = write_slurm_scripts(plan, 2, partition="gpu,cpu", time_limit="1-00:00:00", mem="16G")
     assert "#SBATCH --partition=gpu,cpu" in (submit.parent / "extract.sbatch").read_text()
+    for none in ("NONE", " None"):  # --mem none in any case: the partition's default, no --mem line
+        submit = write_slurm_scripts(plan, 2, mem=none, query=lambda partition: None)
+        assert "--mem" not in (submit.parent / "extract.sbatch").read_text()
+    assert "sinfo did not list the nodes" in capsys.readouterr().err  # says what it could not check
 
 
 def test_the_trainer_refuses_an_unfinished_output(tmp_path: Path) -> None:

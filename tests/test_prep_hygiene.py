@@ -262,9 +262,9 @@ def test_credential_helpers(monkeypatch, tmp_path: Path) -> None:
         plan_run(["http://alice:se#cretHASH@127.0.0.1:8765/crawl/a.warc.gz"], tmp_path / "out")
     assert "cret" not in str(refused.value)
 
-    with pytest.raises(DataError, match="no files match this pattern") as echoed:
-        resolve_inputs([url])  # upper-case HTTPS is taken for a local glob (it has a '?'): echoed redacted
-    assert "Zq8" not in str(echoed.value) and "HTTPS://***@Data.Example.org" in str(echoed.value)
+    with pytest.raises(DataError, match="remote inputs must be WARC/WET/ARC") as echoed:
+        resolve_inputs([url])  # upper-case HTTPS is a remote input too; its query makes it no WARC name
+    assert "Zq8" not in str(echoed.value) and "https://Data.Example.org:443/crawl/x.warc.gz" in str(echoed.value)
 
     url = f"https://{USER}:{quote(PASSWORD, safe='')}@data.example.org/crawl/x.warc.gz"
     assert remember(url) == ("https://data.example.org/crawl/x.warc.gz", True)  # kept in the environment

@@ -91,8 +91,10 @@ def test_every_dropped_document_has_one_row_with_its_first_rule(run) -> None:
     st = m["stages"]
     rows = _rows(out)
     names = sorted(p.name for p in (out / "rejected").glob("*.parquet"))
-    # a part per unit that dropped something: every page of file b passes the rules, none of a has a copy before it
-    assert names == ["dedup-00001.parquet", "extract-000000.parquet"]
+    # a part per unit, empty where it dropped nothing: every page of file b passes the rules, none of a has a
+    # copy before it
+    assert names == ["dedup-00000.parquet", "dedup-00001.parquet", "extract-000000.parquet", "extract-000001.parquet"]
+    assert [pq.read_metadata(out / "rejected" / n).num_rows == 0 for n in names] == [True, False, False, True]
     # accounted for: every document read is either written or listed, once
     assert len(rows) == st["extract_and_filter"]["documents_in"] - m["documents"] == m["rejected"]["documents"]
     assert len({(r["source"], r["id"]) for r in rows}) == len(rows)
@@ -142,6 +144,19 @@ def test_the_folder_opens_with_datasets(run) -> None:
 
     ds = datasets.load_dataset("parquet", data_dir=str(run["out"] / "rejected"), split="train")
     assert ds.num_rows == run["manifest"]["rejected"]["documents"] and ds.column_names == COLUMNS
+
+
+def test_a_run_that_drops_nothing_still_has_a_dataset_of_rejected_documents(tmp_path: Path) -> None:
+    """No drop: the folder holds empty parts with the schema, so the same reading code works on every run."""
+    pages = prose_pages()
+    recs = [warcinfo("a.warc.gz")]
+    for i in range(12):
+        recs += warc_response(f"https://site.example/{i}", article_html(*pages[i]).encode())
+    write_warc(tmp_path / "in" / "a.warc.gz", recs)
+    manifest, _ = run_plan(plan_run([tmp_path / "in"], tmp_path / "out", overrides=SETTINGS[:2]), progress=False)
+    assert manifest["rejected"]["documents"] == 0 and list((tmp_path / "out" / "rejected").glob("*.parquet"))
+    table = pq.read_table(tmp_path / "out" / "rejected")
+    assert table.num_rows == 0 and table.column_names == COLUMNS
 
 
 def test_the_report_names_an_example_url_per_rule(run) -> None:

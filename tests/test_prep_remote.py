@@ -83,6 +83,17 @@ def test_paths_file_over_http_equals_local_files(served, tmp_path: Path) -> None
     assert len(by_name["crawl/whirlwind.warc.wet.gz"]["docs"]) == 1
 
 
+def test_upper_case_scheme_is_a_remote_input(served, tmp_path: Path) -> None:
+    """"HTTP://host/x" is the same URL as "http://host/x" (schemes are case-insensitive), not a local path."""
+    root, url = served
+    upper = "HTTP://" + url.removeprefix("http://")
+    assert _extract([upper + "crawl/good.warc.gz"], tmp_path / "u") == _extract([str(root / "crawl/good.warc.gz")],
+                                                                                 tmp_path / "l")
+    paths = tmp_path / "warc.paths.gz"
+    paths.write_bytes(gzip.compress(b"crawl/good.warc.gz\n"))
+    assert len(_extract([str(paths)], tmp_path / "p", prefix=upper)[0]["docs"]) == 6
+
+
 def test_unreachable_or_missing_remote_input_fails_before_work(served, tmp_path: Path) -> None:
     _, url = served
     paths = tmp_path / "warc.paths.gz"
