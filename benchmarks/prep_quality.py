@@ -61,7 +61,10 @@ REFERENCE_SCRIPT = Path(__file__).resolve().parent / "prep_quality_reference.py"
 #: The reference's environment: datatrove's newest release when this was written (FineWeb's rules live
 #: there), the newest trafilatura its "processing" extra allows, spaCy for its English word tokenizer, and
 #: lxml's cleaner module, which trafilatura needs with lxml >= 5.2.
-REFERENCE_REQUIREMENTS = ("datatrove==0.10.1", "trafilatura==1.11.0", "lxml_html_clean==0.4.7", "spacy==3.8.7")
+#: The end-to-end run (benchmarks/prep_quality_e2e.py) adds what datatrove's WarcReader and JsonlWriter import
+#: (python-magic needs the system's libmagic).
+REFERENCE_REQUIREMENTS = ("datatrove==0.10.1", "trafilatura==1.11.0", "lxml_html_clean==0.4.7", "spacy==3.8.7",
+                          "warcio==1.8.1", "faust-cchardet==3.2.0", "python-magic==0.4.27", "orjson==3.13.0")
 REFERENCE_LABEL = "fineweb-reference"
 
 #: The settings scored when none is given: megadepth's default and the options one might toggle.
@@ -69,6 +72,9 @@ DEFAULT_SETTINGS = (
     "default:",
     "no-language-id:language.enabled=false",
     "main_content=false:extract.main_content=false",
+    "inline_separators=false:extract.inline_separators=false",
+    "tidy_whitespace=false:extract.tidy_whitespace=false",
+    "repeated_lines=kept:extract.repeated_line_max_words=null",
     "alt_texts=true:extract.alt_texts=true",
     "list_bullets=false:extract.list_bullets=false",
     "noscript=true:extract.noscript=true",
@@ -528,6 +534,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reference-venv", type=Path, default=None,
                     help=f"the reference's environment (default {default_reference_venv()})")
     ap.add_argument("--setup-reference", action="store_true", help="create the reference's environment and exit")
+    ap.add_argument("--end-to-end", default="auto", metavar="auto|off|all|LABEL,...",
+                    help="also time whole pipelines from WARC files of the pages to written output: these settings' "
+                         "prep run and the reference's datatrove pipeline (benchmarks/prep_quality_e2e.py); auto: "
+                         "the first setting when --docs >= 800 and not --fixture")
     ap.add_argument("--out", type=Path, default=None, help="Markdown report; beside it FILE.pages.csv, FILE.json")
     ap.add_argument("--no-progress", action="store_true")
     args = ap.parse_args(argv)
@@ -587,6 +597,8 @@ def _run(args, argv, settings: list[Setting], pages: list[Page], venv: Path) -> 
         ref_note += (f"\n- rules check: megadepth's rules (no language id) on the reference's extracted text decide as "
                      f"datatrove's on {agree} of {agree + len(differ)} pages")
         ref_note += "".join(f"; {d}" for d in differ[:8]) + (" ..." if len(differ) > 8 else "")
+    e2e_lines, e2e_json = _end_to_end(args, settings, pages, n_docs, all_rows, venv if REFERENCE_LABEL in timings
+                                      else None)
     summaries: dict[str, dict[str, dict]] = {}
     by_setting: dict[str, list[dict]] = defaultdict(list)
     for r in all_rows:
@@ -617,7 +629,7 @@ def _run(args, argv, settings: list[Setting], pages: list[Page], venv: Path) -> 
         "lines found in the reference, pages with a whole-text reference; snippet recall and must-not absent: "
         "pages with snippets; output recall: recall of the kept document (0 when dropped)",
     ]
-    report = render(header, summaries, timings, specs)
+    report = render(header, summaries, timings, specs) + "".join(f"{line}\n" for line in e2e_lines)
     print(report)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -636,9 +648,23 @@ def _run(args, argv, settings: list[Setting], pages: list[Page], venv: Path) -> 
                                    "steps_docs_per_s": t.rate("steps")} for k, t in timings.items()},
                    "settings": specs, "pages": [{"id": p.id, "site": p.site, "url": p.url, "language": p.language,
                                                  "licence": p.licence, "reference": p.kind} for p in pages],
-                   "rows": all_rows}
+                   "rows": all_rows, "end_to_end": e2e_json}
         Path(f"{stem}.json").write_text(json.dumps(summary, indent=1, ensure_ascii=False), encoding="utf-8")
     return 0
+
+
+def _end_to_end(args, settings, pages, n_docs, rows, venv: Path | None) -> tuple[list[str], dict | None]:
+    """The end-to-end section (benchmarks/prep_quality_e2e.py) for the settings ``--end-to-end`` names."""
+    from benchmarks import prep_quality_e2e as e2e
+    from data_prep.config import ExtractConfig
+
+    chosen = e2e.select(args.end_to_end, settings, n_docs, args.fixture)
+    if not chosen:
+        return [], None
+    limit = args.time_limit if args.time_limit is not None else ExtractConfig().time_limit_s
+    log = sys.stderr if not args.no_progress else None
+    runs, notes = e2e.measure(chosen, pages, n_docs, rows, REFERENCE_LABEL, venv, REFERENCE_SCRIPT, limit, log)
+    return e2e.render(runs, notes, REFERENCE_LABEL), e2e.to_json(runs, notes, REFERENCE_LABEL)
 
 
 if __name__ == "__main__":

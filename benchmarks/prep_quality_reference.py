@@ -20,6 +20,22 @@ for the first pass, then one line ``{"timing": ..., "versions": ...}``: CPU seco
 its children (the extraction sandbox), for start-up and for ``--docs`` documents (the pages cycled; each
 cycle gets a fresh sandbox, forked from this process, hence an empty trafilatura duplicate cache), so
 the figure is per core, like megadepth's.
+
+End to end (``--warc FOLDER``): datatrove's own pipeline from WARC files on disk to written JSON lines,
+as FineWeb runs it (less its URL and language filters), with datatrove's executor:
+
+    LocalPipelineExecutor(pipeline=[WarcReader(FOLDER), Trafilatura(favour_precision=True, timeout=T),
+                                    GopherRepetitionFilter(), GopherQualityFilter(),
+                                    C4QualityFilter(filter_no_terminal_punct=False), FineWebQualityFilter(),
+                                    JsonlWriter(WORK/output)],
+                          tasks=FILES, workers=1, logging_dir=WORK/logs)
+
+one task per WARC file, run one after another in this process (``workers=1``); each task forks its own
+extraction sandbox, so trafilatura's duplicate cache is per file, as in FineWeb (one task per crawl file).
+Output (``--out``): one JSON object: documents read, documents written (the JSON lines counted), CPU
+seconds (this process and its reaped children: the sandboxes, the executor's manager) of start-up
+(interpreter, imports, spaCy's word tokenizer) and of the executor's run, wall seconds, and each step's
+counters (datatrove's own stats).
 """
 
 from __future__ import annotations
@@ -134,13 +150,98 @@ def rule_value(flt, drop: str, text: str) -> str:
         f"{value:.3g} {'<' if is_min else '>'} {current:g}"
 
 
+def end_to_end(warc_dir: str, work: str, timeout: float, out_path: str) -> None:
+    """datatrove's pipeline from the WARC files in ``warc_dir`` to JSON lines under ``work``, timed."""
+    import gzip
+    from pathlib import Path
+
+    from loguru import logger
+
+    logger.remove()
+    logger.add(sys.stderr, level="ERROR")
+    from datatrove.data import Document
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+    from datatrove.pipeline.readers import WarcReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    files = sorted(p for p in Path(warc_dir).rglob("*") if p.is_file())
+    if not files:
+        raise SystemExit(f"no WARC files in {warc_dir}")
+    out_dir, logs = Path(work) / "output", Path(work) / "logs"
+    # the word tokenizer (spaCy) is loaded once per process (datatrove caches it): start-up, not the first page
+    GopherQualityFilter().filter(Document(text="Warm up the word tokenizer with a sentence.", id="warmup"))
+    executor = LocalPipelineExecutor(
+        pipeline=[
+            WarcReader(str(warc_dir)),
+            Trafilatura(favour_precision=True, timeout=timeout),
+            GopherRepetitionFilter(),
+            GopherQualityFilter(),
+            C4QualityFilter(filter_no_terminal_punct=False),
+            FineWebQualityFilter(),
+            JsonlWriter(str(out_dir)),
+        ],
+        tasks=len(files),
+        workers=1,
+        logging_dir=str(logs),
+    )
+    startup = _cpu()
+    wall0 = time.perf_counter()
+    stats = executor.run()
+    run_cpu = _cpu() - startup
+    wall = time.perf_counter() - wall0
+    written = 0
+    for path in sorted(out_dir.rglob("*.jsonl*")):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rt", encoding="utf-8") as f:
+            written += sum(1 for _ in f)
+    steps = [(step.name, {k: v.total for k, v in step.stats.items()}) for step in stats.stats]
+    read, extract, *rules = (counts for _, counts in steps)
+    drops = {r: int(extract[k]) for k, r in _FAILURES if extract.get(k)}
+    empty = extract.get("dropped", 0)
+    if empty:
+        drops["extract:empty"] = int(empty)
+    for name, counts in zip(("gopher_rep", "gopher_qual", "c4", "fineweb"), rules, strict=False):
+        for k, v in counts.items():
+            if k.startswith("dropped_") and v:
+                why = k.removeprefix("dropped_")
+                drops[f"{name}:{_REASONS.get(why, why)}"] = int(v)
+    result = {
+        "files": len(files),
+        "documents": int(read.get("documents", 0)),
+        "kept": written,
+        "startup_cpu_s": startup,
+        "run_cpu_s": run_cpu,
+        "total_cpu_s": _cpu(),
+        "wall_s": wall,
+        "drops": dict(sorted(drops.items(), key=lambda kv: -kv[1])),
+        "steps": dict(steps),
+        "versions": {name: metadata.version(name) for name in ("datatrove", "trafilatura", "spacy", "lxml", "warcio")},
+    }
+    Path(out_path).write_text(json.dumps(result, indent=1, ensure_ascii=False), encoding="utf-8")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--pages", required=True, help="JSON lines {id, html}")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pages", help="JSON lines {id, html}: the steps on decoded pages")
+    src.add_argument("--warc", help="a folder of WARC files: datatrove's pipeline end to end")
+    ap.add_argument("--work", help="with --warc: where the pipeline writes its output and logs")
     ap.add_argument("--out", required=True)
     ap.add_argument("--docs", type=int, default=0, help="documents for the speed figure (pages cycled)")
     ap.add_argument("--timeout", type=float, default=2.0, help="datatrove's per-document extraction limit")
     args = ap.parse_args(argv)
+    if args.warc:
+        if not args.work:
+            ap.error("--warc needs --work")
+        end_to_end(args.warc, args.work, args.timeout, args.out)
+        return 0
 
     cpu0 = _cpu()
     from loguru import logger

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from data_prep import text_shards
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 __all__ = ["add_cli"]
 

@@ -13,19 +13,17 @@ rerun with the same settings resumes instead of starting over. Settings that do 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from data_prep.text_shards import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
-from megadepth.config.load import safe_load_unique
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
+from megadepth.common.typed_yaml import TypedYaml, did_you_mean
 
 __all__ = ["PRESETS", "PrepConfig", "load_prep_config", "stable_hash"]
 
@@ -331,46 +329,15 @@ def stable_hash(obj: Any, n: int = 12) -> str:
     return hashlib.sha256(blob).hexdigest()[:n]
 
 
-def _all_keys(model: type[BaseModel] = PrepConfig, prefix: str = "") -> list[str]:
-    keys = []
-    for name, field in model.model_fields.items():
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            keys.extend(_all_keys(ann, f"{prefix}{name}."))
-        else:
-            keys.append(f"{prefix}{name}")
-    return keys
-
-
-def _check_keys(data: Any, model: type[BaseModel], prefix: str, source: str) -> None:
-    if not isinstance(data, Mapping):
-        raise DataError(f"{prefix.rstrip('.') or 'config'}{source}: expected a mapping, got {type(data).__name__}")
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        field = model.model_fields.get(key)
-        if field is None:
-            leaf = str(key)
-            keys = _all_keys()
-            same_leaf = [k for k in keys if k.rsplit(".", 1)[-1] == leaf]
-            best = same_leaf or difflib.get_close_matches(dotted, keys, n=1, cutoff=0.5)
-            hint = f"; did you mean '{best[0]}'?" if best else ""
-            raise DataError(f"unknown prep config key '{dotted}'{source}{hint}")
-        ann = field.annotation
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            _check_keys(value, ann, f"{dotted}.", source)
-
-
-def _merge(base: dict, extra: Mapping) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, Mapping) and isinstance(out.get(k), dict) else v
-    return out
+PREP = TypedYaml(PrepConfig, DataError, "prep config", text_values=False)
+"""The prep config's loader: the training config's (files with ``include:``, every unknown key in one
+message with its nearest key), except that every ``--set`` value is YAML (an empty one is null)."""
 
 
 def load_prep_config(
     files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
-    extra: Mapping | None = None,
+    extra: Mapping[str, Any] | None = None,
     preset: str | None = None,
 ) -> PrepConfig:
     """Defaults, then the preset, then each YAML file, then ``extra`` (from command-line flags), then
@@ -378,75 +345,7 @@ def load_prep_config(
 
     Unknown keys, presets and bad values are a :class:`DataError` naming them.
     """
-    data: dict = {}
-    if preset is not None:
-        if preset not in PRESETS:
-            near = difflib.get_close_matches(preset, sorted(PRESETS), n=1)
-            hint = f"; did you mean '{near[0]}'?" if near else ""
-            raise DataError(f"unknown prep preset '{preset}' (presets: {', '.join(sorted(PRESETS))}){hint}")
-        data = _merge(data, PRESETS[preset])
-    for f in files:
-        p = Path(f)
-        loaded = _read_yaml(p)
-        try:
-            _check_keys(loaded, PrepConfig, "", f" (in {p})")
-            data = _merge(data, loaded)
-        except RecursionError:
-            raise DataError(f"{p}: nested too deeply to use as a prep config") from None
-    if extra:
-        _check_keys(extra, PrepConfig, "", "")
-        data = _merge(data, extra)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise DataError(f"--set {item!r}: expected KEY=VALUE, e.g. --set dedup.bands=20")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise DataError(f"--set {item!r}: the value is not valid YAML ({_yaml_reason(e)})") from None
-        except RecursionError:
-            raise DataError(f"--set {key.strip()}=...: the value is nested too deeply") from None
-        nested: Any = value
-        for part in reversed(key.strip().split(".")):
-            nested = {part: nested}
-        try:
-            _check_keys(nested, PrepConfig, "", " (in --set)")
-            data = _merge(data, nested)
-        except RecursionError:
-            raise DataError(f"--set {key.strip()}=...: the value is nested too deeply") from None
-    try:
-        return PrepConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise DataError(f"prep config: {loc}: {err['msg']}") from None
-    except RecursionError:
-        raise DataError("prep config: a value is nested too deeply") from None
-
-
-def _yaml_reason(e: yaml.YAMLError) -> str:
-    """PyYAML's message on one line: its problem and position, without the quoted source lines."""
-    problem = getattr(e, "problem", None)
-    mark = getattr(e, "problem_mark", None)
-    if problem and mark is not None:
-        return f"{problem} at line {mark.line + 1}, column {mark.column + 1}"
-    lines = str(e).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
-
-
-def _read_yaml(p: Path) -> Any:
-    """One prep config file's content; anything that makes it unusable is one DataError naming the file."""
-    try:
-        raw = p.read_bytes()
-    except OSError as e:
-        raise DataError(f"{p}: cannot read prep config ({e.strerror or e})") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise DataError(
-            f"{p}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 1]!r}); save it as UTF-8"
-        ) from None
-    try:
-        return safe_load_unique(text) or {}
-    except yaml.YAMLError as e:
-        raise DataError(f"{p}: not valid YAML ({_yaml_reason(e)})") from None  # too deep nesting included
+    if preset is not None and preset not in PRESETS:
+        raise DataError(f"unknown prep preset '{preset}' (presets: {', '.join(sorted(PRESETS))})"
+                        f"{did_you_mean(preset, sorted(PRESETS))}")
+    return PREP.load(files, overrides, base=None if preset is None else PRESETS[preset], extra=extra)

@@ -94,6 +94,9 @@ def article_html(title: str, paragraphs: Sequence[str], *, site: str = "Example 
 """
 
 
+_ADDRESS = re.compile(r"(?:\s|&nbsp;)+at(?:\s|&nbsp;)+0x[0-9a-f]+")
+
+
 def module_doc_pages(limit: int | None = None) -> list[tuple[str, str]]:
     """(name, HTML) pages that pydoc renders for standard-library modules, sorted by name."""
     import importlib
@@ -111,7 +114,9 @@ def module_doc_pages(limit: int | None = None) -> list[tuple[str, str]]:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 mod = importlib.import_module(name)
-            pages.append((name, doc.page(pydoc.describe(mod), doc.document(mod, name))))
+            html = doc.page(pydoc.describe(mod), doc.document(mod, name))
+            # default values print as "<object object at 0x7f...>": the address differs per process
+            pages.append((name, _ADDRESS.sub("", html)))
         except Exception:  # noqa: BLE001 - a module that cannot be imported or rendered here is skipped
             continue
         if limit is not None and len(pages) >= limit:

@@ -32,7 +32,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import quote, unquote, urlsplit
 
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 __all__ = [
     "ENV",

@@ -22,7 +22,7 @@ from collections import Counter
 from contextlib import contextmanager
 
 from data_prep.config import ExtractConfig
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 __all__ = ["Extractor", "decode_html", "resiliparse_options", "tidy_text"]
 

@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from data_prep.credentials import Credential, describe_failure, redact, remember, storage_options
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 __all__ = ["InputFile", "Resolved", "is_data_dir", "kind_of", "resolve", "resolve_inputs"]
 

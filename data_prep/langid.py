@@ -13,7 +13,7 @@ import importlib.util
 from pathlib import Path
 
 from data_prep.config import LanguageConfig
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 __all__ = ["LanguageIdentifier", "default_model_path"]
 

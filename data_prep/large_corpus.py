@@ -35,8 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from data_prep.plan import sha256_file
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
+from megadepth.common.io import sha256_file
 
 __all__ = [
     "SOURCES",

@@ -16,7 +16,6 @@ or tasks. Each unit writes temporary files, renames them into place, then writes
 from __future__ import annotations
 
 import difflib
-import hashlib
 import json
 import os
 from collections.abc import Sequence
@@ -30,7 +29,8 @@ from data_prep.config import PrepConfig, stable_hash
 from data_prep.credentials import split_credentials
 from data_prep.hygiene import unread_summary
 from data_prep.inputs import InputFile
-from megadepth.data.indexed import DataError, atomic_write_bytes
+from megadepth.common.errors import DataError
+from megadepth.common.io import atomic_write_bytes, sha256_file
 
 __all__ = ["FORMAT_VERSION", "PLAN", "STAGES", "Plan", "load_plan", "make_plan"]
 
@@ -39,14 +39,6 @@ PLAN = "plan.json"
 #: Stages in order; each depends on all before it.
 STAGES = ("extract", "buckets", "cluster", "tokenizer", "tokenize", "finalize")
 SINGLE = "all"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @dataclass

@@ -31,7 +31,7 @@ from data_prep.credentials import describe_failure, storage_options
 from data_prep.extract import decode_html
 from data_prep.hygiene import too_large
 from data_prep.inputs import InputFile, is_remote
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 __all__ = ["InputUnavailable", "RawDoc", "check_input_columns", "read_documents"]
 

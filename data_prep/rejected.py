@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
+from megadepth.common.io import atomic_write_array, temporary_path
 
 __all__ = [
     "REJECTED_DIR",
@@ -89,7 +90,7 @@ class RejectedWriter:
 
     def __init__(self, path: Path, keep_text: bool, row_group_docs: int) -> None:
         self.path = path
-        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.tmp = temporary_path(path)
         self.keep_text = keep_text
         self.schema = rejected_schema(keep_text)
         self.flush_rows = row_group_docs if keep_text else max(row_group_docs, _ROWS_NO_TEXT)
@@ -219,11 +220,7 @@ def save_duplicates(folder: Path, nodes: np.ndarray, own: np.ndarray, roots_exac
     kind = np.where(roots_exact[gone] != own[gone], 1, 2).astype(np.int64)
     out = np.stack([kind, nodes[roots[gone]].astype(np.int64)], axis=1) if gone.any() \
         else np.zeros((0, 2), dtype=np.int64)
-    final = folder / _DUPLICATES
-    tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, out)
-    os.replace(tmp, final)
+    atomic_write_array(folder / _DUPLICATES, out)
 
 
 def load_duplicates(folder: Path) -> np.ndarray | None:

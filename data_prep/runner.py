@@ -25,8 +25,9 @@ from data_prep.plan import STAGES, Plan, load_plan
 from data_prep.stages import run_unit
 from launch.sinfo import NodeGroup, describe, size_mb
 from launch.sinfo import query as sinfo_query
+from megadepth.common.errors import DataError
+from megadepth.common.io import atomic_write_bytes
 from megadepth.config.sbatch import sbatch_value_problem, script_path_problem
-from megadepth.data.indexed import DataError, atomic_write_bytes
 
 __all__ = ["run_local", "run_task", "write_slurm_scripts"]
 

@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from megadepth.data.indexed import atomic_write_bytes
+from megadepth.common.io import atomic_write_bytes
 
 __all__ = ["DOC_TARGET_CHARS", "python_docs_documents", "sample_corpus_jsonl", "write_sample_corpus"]
 

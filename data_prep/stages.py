@@ -37,15 +37,10 @@ from typing import Any
 import numpy as np
 
 from data_prep import rejected as rj
-from data_prep.plan import SINGLE, Plan, sha256_file
-from megadepth.data.indexed import (
-    DataError,
-    IndexedDatasetWriter,
-    atomic_write_bytes,
-    best_dtype,
-    bin_path,
-    idx_path,
-)
+from data_prep.plan import SINGLE, Plan
+from megadepth.common.errors import DataError
+from megadepth.common.io import atomic_write_array, atomic_write_bytes, sha256_file, temporary_path
+from megadepth.data import IndexedDatasetWriter, best_dtype, bin_path, idx_path
 
 __all__ = ["MANIFEST", "run_unit"]
 
@@ -75,10 +70,6 @@ def _maybe_die(stage: str, unit: str) -> None:
     """Test hook: ``MEGADEPTH_PREP_DIE=stage:unit`` kills this process mid-unit, like a node failure."""
     if os.environ.get("MEGADEPTH_PREP_DIE") == f"{stage}:{unit}":
         os._exit(137)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
 def _doc_schema():
@@ -148,7 +139,7 @@ def _extract(plan: Plan, unit: str) -> dict:
     out = sd / "docs" / f"{unit}.parquet"
     out.parent.mkdir(parents=True, exist_ok=True)
     (sd / "sig").mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(out)
+    tmp = temporary_path(out)
     schema = _doc_schema()
     cols: dict[str, list] = {k: [] for k in _DOC_COLUMNS}
     keys: list[np.ndarray] = []
@@ -282,11 +273,7 @@ def _extract(plan: Plan, unit: str) -> dict:
     order = np.argsort(mat, axis=1, kind="stable").astype(np.uint32)
     sorted_keys = np.take_along_axis(mat, order.astype(np.int64), axis=1)
     for name, arr in (("keys", sorted_keys), ("docs", order)):
-        final = sd / "sig" / f"{unit}.{name}.npy"
-        t = _tmp(final)
-        with open(t, "wb") as f:
-            np.save(f, arr)
-        os.replace(t, final)
+        atomic_write_array(sd / "sig" / f"{unit}.{name}.npy", arr)
     rejected_info = rejected.commit()
     os.replace(tmp, out)
     stats["kept"] = kept
@@ -353,12 +340,7 @@ def _buckets(plan: Plan, unit: str) -> dict:
             run_first = ids[np.maximum.accumulate(np.where(starts, np.arange(len(ids)), 0))]
             member = ~starts
             edges = np.stack([run_first[member], ids[member]], axis=1)
-    out = plan.stage_dir("buckets") / "edges" / f"{unit}.npy"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    t = _tmp(out)
-    with open(t, "wb") as f:
-        np.save(f, edges)
-    os.replace(t, out)
+    atomic_write_array(plan.stage_dir("buckets") / "edges" / f"{unit}.npy", edges)
     return {"edges": int(len(edges)), "seconds": round(time.perf_counter() - t0, 4)}
 
 
@@ -389,10 +371,7 @@ def _cluster(plan: Plan, unit: str) -> dict:
     clusters = int(len(np.unique(roots[roots != own])))
     out = plan.stage_dir("cluster") / "removed.npy"
     rj.save_duplicates(out.parent, nodes, own, roots_exact, roots)
-    t = _tmp(out)
-    with open(t, "wb") as f:
-        np.save(f, np.sort(removed).astype(np.int64))
-    os.replace(t, out)
+    atomic_write_array(out, np.sort(removed).astype(np.int64))
     return {
         "exact_duplicates": n_exact,
         "near_duplicates": int(len(removed)) - n_exact,
@@ -508,7 +487,7 @@ def _tokenize(plan: Plan, unit: str) -> dict:
     (sd / DOCS_DIR).mkdir(parents=True, exist_ok=True)
     prefix = sd / f"shard_{unit}"
     parquet = sd / DOCS_DIR / f"part-{unit}.parquet"
-    tmp = _tmp(parquet)
+    tmp = temporary_path(parquet)
     fps = c.shards.files_per_shard
     files = range(g * fps, min((g + 1) * fps, len(plan.inputs)))
     schema = _doc_schema().append(pa.field("tokens", pa.int32()))
@@ -594,7 +573,7 @@ def _link(src: Path, dst: Path) -> None:
     """``dst`` becomes the same file as ``src`` (a hard link; a copy across file systems), atomically."""
     if dst.exists() and os.path.samefile(src, dst):
         return
-    tmp = _tmp(dst)
+    tmp = temporary_path(dst)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)

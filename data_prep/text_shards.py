@@ -36,14 +36,9 @@ from typing import Any
 import numpy as np
 
 from data_prep.hygiene import DEFAULT_MAX_DOC_BYTES, too_large, unread_files, unread_summary, unread_warning
-from megadepth.data.indexed import (
-    DataError,
-    IndexedDatasetWriter,
-    atomic_write_bytes,
-    best_dtype,
-    bin_path,
-    index_exists,
-)
+from megadepth.common.errors import DataError
+from megadepth.common.io import atomic_write_bytes
+from megadepth.data import IndexedDatasetWriter, best_dtype, bin_path, index_exists
 
 __all__ = [
     "DEFAULT_VOCAB_SIZE",

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
 from data_prep.config import UrlFilterConfig
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 __all__ = ["UrlFilter", "read_blocklist"]
 

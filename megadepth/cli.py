@@ -11,7 +11,8 @@ import os
 import sys
 from collections.abc import Sequence
 
-from megadepth.config import ConfigError, explain, load_config, to_yaml
+from megadepth.common.errors import ConfigError
+from megadepth.config import explain, load_config, to_yaml
 
 EXIT_BAD_INPUT = 2
 EXIT_STARTUP = 3
@@ -286,9 +287,9 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
         shaped_config,
         with_base_shape,
     )
+    from megadepth.common.io import atomic_write_json
     from megadepth.parametrize.checks import check_parametrization
     from megadepth.train.data_checks import check_tokenizer
-    from megadepth.train.rundir import atomic_write_json
 
     config = load_config(args.configs, args.overrides)
     out = Path(args.out)
@@ -343,9 +344,9 @@ def _check_output_file(option: str, path: str) -> None:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import json
 
+    from megadepth.common.io import atomic_write_text
     from megadepth.parallel.distributed import read_env
     from megadepth.train.bench import run_bench
-    from megadepth.train.rundir import atomic_write_text
 
     config = load_config(args.configs, args.overrides)
     is_main = read_env().is_main  # the launcher's variables, checked before any work
@@ -361,7 +362,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _cmd_merge_tp(args: argparse.Namespace) -> int:
-    from megadepth.parallel.merge import merge_tensor_parallel
+    from megadepth.train.merge import merge_tensor_parallel
 
     target = merge_tensor_parallel(args.checkpoints, args.out, args.tag)
     print(f"wrote {target} (parallel.tensor = 1)")

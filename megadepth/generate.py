@@ -1,6 +1,6 @@
 """``megadepth generate RUN_DIR``: text from a run's checkpoint, to see what a model learned.
 
-The checkpoint is consolidated first (any tensor/pipeline layout, see megadepth.parallel.merge) and run
+The checkpoint is consolidated first (any tensor/pipeline layout, see megadepth.train.merge) and run
 as one plain GPT in fp32 on the CPU or one GPU: generation is for looking, not for serving, so there is
 no KV cache and each new token re-reads the context (cropped to the model's positions). The prompt is
 encoded with the run's sentencepiece model and, like every document in training, follows an EOS; an
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config
 
 __all__ = ["Generator", "SamplingOptions"]
@@ -68,9 +68,9 @@ class Generator:
     def __init__(self, run_dir: str | Path, tag: str | None = None, device: str = "auto") -> None:
         from megadepth.data import find_tokenizer
         from megadepth.model import GPT
-        from megadepth.parallel.merge import consolidated_state
         from megadepth.parametrize import Parametrization
         from megadepth.train.checkpoint import check_tag
+        from megadepth.train.merge import consolidated_state
 
         check_tag(tag)  # both before the checkpoint is read (consolidating it is the expensive part)
         self.device = resolve_device(device)

@@ -18,7 +18,8 @@ from distributed import run_ranks
 from tp_ranks import attention_forward
 
 from megadepth.cli import main
-from megadepth.config import Config, ConfigError, load_config, validate
+from megadepth.common.errors import ConfigError
+from megadepth.config import Config, load_config, validate
 from megadepth.parametrize import Parametrization
 from megadepth.parametrize.checks import check_parametrization
 

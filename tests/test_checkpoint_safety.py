@@ -22,8 +22,8 @@ import torch
 from conftest import tiny_config
 from distributed import run_ranks, train_rank, train_rank_reporting
 
+from megadepth.common.errors import ConfigError
 from megadepth.config import validate
-from megadepth.config.load import ConfigError
 
 pytestmark = [pytest.mark.distributed]
 
@@ -82,7 +82,7 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_before_it_runs(sample_data:
         check_run_dir(validate(cfg), 1)
     assert not marker.exists()
     if victim.startswith("mp_rank"):  # the weights readers: generate, export, merge-tp, train.init_from
-        from megadepth.parallel.merge import consolidated_state
+        from megadepth.train.merge import consolidated_state
 
         with pytest.raises(ConfigError, match=r"refused .*it names \S+, which is not allowed"):
             consolidated_state(out / "checkpoints")

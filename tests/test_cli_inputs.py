@@ -11,7 +11,7 @@ import yaml
 from conftest import tiny_config
 
 from megadepth.cli import main
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 from megadepth.parallel.distributed import DistEnv, read_env
 
 DIST_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE")
@@ -81,7 +81,7 @@ def no_checkpoint_read(monkeypatch: pytest.MonkeyPatch) -> None:
     def consolidated_state(*args, **kwargs):
         raise AssertionError("the checkpoint was read before the options were checked")
 
-    monkeypatch.setattr("megadepth.parallel.merge.consolidated_state", consolidated_state)
+    monkeypatch.setattr("megadepth.train.merge.consolidated_state", consolidated_state)
 
 
 @pytest.mark.parametrize(("device", "message"), [

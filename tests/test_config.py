@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from megadepth.config import ConfigError, all_keys, explain, load_config, resolve_batch, to_yaml, validate
+from megadepth.common.errors import ConfigError, DataError
+from megadepth.config import all_keys, explain, load_config, resolve_batch, to_yaml, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"
@@ -329,3 +330,55 @@ def test_yaml_merge_keys_and_bad_includes(tmp_path: Path) -> None:
                           ("[a]: 2\n", "a key must be a name, not a list")):
         with pytest.raises(ConfigError, match=re.escape(fragment)):
             load_config([write(tmp_path, "bad.yaml", bad)])
+
+
+# ---- the same loader on a prep config (megadepth.common.typed_yaml) --------------------------------------
+
+
+def test_prep_config_names_every_unknown_key_in_one_message(tmp_path: Path) -> None:
+    from data_prep.config import load_prep_config
+
+    base = write(tmp_path, "base.yaml", "dedup:\n  band: 20\n")
+    path = write(tmp_path, "prep.yaml", "include: base.yaml\nlanguage:\n  treshold: 0.5\nc4:\n  enabled: false\n")
+    with pytest.raises(DataError) as info:
+        load_prep_config([path], ["threshold=0.5", "extract.engin=trafilatura"])
+    message = str(info.value)
+    assert message.startswith("4 unknown prep config keys: ") and "\n" not in message
+    for fragment in (f"'dedup.band' (in {base}): did you mean 'dedup.bands'?",
+                     f"'language.treshold' (in {path}): did you mean 'language.threshold'?",
+                     "'threshold' (in --set): did you mean 'language.threshold' (keys live in their section)?",
+                     "'extract.engin' (in --set): did you mean 'extract.engine'?"):
+        assert fragment in message, fragment
+    # prep files include others as config files do; the file wins over its includes, --set over both
+    write(tmp_path, "base.yaml", "dedup:\n  bands: 20\n  rows: 4\n")
+    cfg = load_prep_config([write(tmp_path, "ok.yaml", "include: [base.yaml]\ndedup:\n  rows: 5\n")],
+                           ["dedup.seed=3"])
+    assert (cfg.dedup.bands, cfg.dedup.rows, cfg.dedup.seed) == (20, 5, 3)
+
+
+@pytest.mark.parametrize(("override", "fragment"), [
+    ("dedup.bands=[", "--set 'dedup.bands=[': the value is not valid YAML"),
+    ("dedup.bands", "--set 'dedup.bands' must look like section.key=value"),
+    ("dedup.bands=many", "invalid prep config: dedup.bands: Input should be a valid integer"),
+    ("dedup={bands: 20}", "'dedup' is a prep config section, not a key: set its keys one by one, e.g. --set dedup."),
+])
+def test_prep_config_bad_set_values_are_one_line(override: str, fragment: str) -> None:
+    from data_prep.config import load_prep_config
+
+    with pytest.raises(DataError, match=re.escape(fragment)) as info:
+        load_prep_config(overrides=[override])
+    assert "\n" not in str(info.value)
+    # every prep value is YAML: an empty one is null
+    assert load_prep_config(overrides=["tokenizer.model="]).tokenizer.model is None
+
+
+def test_prep_config_section_that_is_not_a_mapping(tmp_path: Path) -> None:
+    from data_prep.config import load_prep_config
+
+    path = write(tmp_path, "prep.yaml", "dedup: 20\n")
+    with pytest.raises(DataError, match=re.escape(f"prep config key 'dedup' (in {path}) must be a mapping of "
+                                                  "exact, minhash, ngram")):
+        load_prep_config([path])
+    with pytest.raises(DataError, match=re.escape(f"{path}: a prep config file must be a mapping of sections, "
+                                                  "got list")):
+        load_prep_config([write(tmp_path, "prep.yaml", "- dedup\n")])

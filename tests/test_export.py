@@ -18,7 +18,8 @@ from conftest import tiny_config
 from distributed import run_ranks, train_rank
 
 from megadepth.cli import main
-from megadepth.config import ConfigError, validate
+from megadepth.common.errors import ConfigError
+from megadepth.config import validate
 from megadepth.model import GPT
 from megadepth.parametrize import Parametrization
 

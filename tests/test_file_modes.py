@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from megadepth.data.indexed import atomic_write_bytes
+from megadepth.common.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from megadepth.export.hf import _give_umask_modes
-from megadepth.train.rundir import MetricsLog, atomic_write_json, atomic_write_text
+from megadepth.train.rundir import MetricsLog
 
 MASKS = [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)]
 

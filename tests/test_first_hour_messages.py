@@ -17,7 +17,8 @@ import yaml
 from conftest import tiny_config
 
 from megadepth.cli import main
-from megadepth.config import ConfigError, explain, load_config
+from megadepth.common.errors import ConfigError
+from megadepth.config import explain, load_config
 from megadepth.data import IndexedDataset, IndexedDatasetWriter
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 from distributed import run_ranks, train_rank
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 from megadepth.generate import Generator, SamplingOptions
 
 pytestmark = [pytest.mark.distributed]

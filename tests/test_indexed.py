@@ -13,13 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from megadepth.data.indexed import (
-    DataError,
-    IndexedDataset,
-    IndexedDatasetWriter,
-    best_dtype,
-    index_exists,
-)
+from megadepth.common.errors import DataError
+from megadepth.data.indexed import IndexedDataset, IndexedDatasetWriter, best_dtype, index_exists
 
 MAGIC = b"MMIDIDX\x00\x00"
 

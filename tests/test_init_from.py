@@ -11,9 +11,9 @@ import torch
 from distributed import run_ranks, train_rank
 from test_pipeline import assert_close, records, shape
 
+from megadepth.common.errors import ConfigError
 from megadepth.config import validate
-from megadepth.config.load import ConfigError
-from megadepth.parallel.merge import consolidated_state, merge_tensor_parallel
+from megadepth.train.merge import consolidated_state, merge_tensor_parallel
 
 pytestmark = pytest.mark.distributed
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megadepth.config import ConfigError, validate
+from megadepth.common.errors import ConfigError
+from megadepth.config import validate
 from megadepth.parametrize.checks import check_parametrization, verify_attention_scale
 
 

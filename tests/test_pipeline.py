@@ -118,7 +118,8 @@ def test_tied_embedding_stays_equal_on_first_and_last_stage(sample_data: Path, t
     ],
 )
 def test_impossible_pipeline_layouts(sections: dict, world: int, message: str) -> None:
-    from megadepth.config import ConfigError, validate
+    from megadepth.common.errors import ConfigError
+    from megadepth.config import validate
     from megadepth.parallel.distributed import check_layout
 
     cfg = {"model": {"width": 64, "heads": 4, "depth": 4}, "parallel": {"zero_stage": 1}}

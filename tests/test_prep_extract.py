@@ -11,7 +11,7 @@ import pytest
 from data_prep.config import ExtractConfig, GopherRepetitionConfig, load_prep_config
 from data_prep.extract import Extractor, tidy_text
 from data_prep.filters import gopher_repetition
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 INTRO = ("<p>The first paragraph is long enough to be the main content of the page, with words and more words "
          "about the town and its history.</p>")

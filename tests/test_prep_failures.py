@@ -21,7 +21,7 @@ import pytest
 from data_prep.pipeline import plan_run, run_plan
 from data_prep.plan import load_plan
 from data_prep.runner import LOCK, run_task, write_slurm_scripts
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commoncrawl"
 ROOT = Path(__file__).resolve().parents[1]

@@ -37,7 +37,7 @@ from data_prep.records import read_documents
 from data_prep.report import format_report
 from data_prep.runner import run_task, write_slurm_scripts
 from data_prep.text_shards import add_cli, build_text_shards
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commoncrawl"
 FAST = ["language.enabled=false", "gopher_repetition.enabled=false", "gopher_quality.enabled=false",

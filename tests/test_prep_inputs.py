@@ -15,7 +15,7 @@ from data_prep.config import ReadConfig
 from data_prep.corpus import article_html, prose_pages, warc_record, warc_response, warcinfo, write_warc
 from data_prep.inputs import InputFile, resolve_inputs
 from data_prep.records import InputUnavailable, check_input_columns, read_documents
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commoncrawl"
 

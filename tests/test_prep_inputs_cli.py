@@ -14,7 +14,7 @@ from data_prep.pipeline import plan_run
 from data_prep.plan import load_plan
 from data_prep.runner import write_slurm_scripts
 from data_prep.text_shards import build_text_shards, prepare_sample_data
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 DEEP_JSON = "[" * 100_000 + "]" * 100_000
 

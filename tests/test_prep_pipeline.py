@@ -283,7 +283,7 @@ def test_cli_errors_come_before_any_work(run1, tmp_path: Path, capsys) -> None:
 
 def test_a_stage_refuses_to_run_before_its_inputs(run1, tmp_path: Path) -> None:
     from data_prep.runner import run_task
-    from megadepth.data.indexed import DataError
+    from megadepth.common.errors import DataError
 
     off = ["language.languages=null", "gopher_repetition.enabled=false", "gopher_quality.enabled=false",
            "c4.enabled=false", "fineweb.enabled=false"]  # every rule can be switched off

@@ -27,7 +27,7 @@ from data_prep.corpus import article_html, language_text, prose_pages, warc_resp
 from data_prep.filters import Rejection, c4_filter, fineweb_filter, gopher_quality, gopher_repetition
 from data_prep.pipeline import plan_run, run_plan
 from data_prep.report import format_report
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commoncrawl"
 ROOT = Path(__file__).resolve().parents[1]

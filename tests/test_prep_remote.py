@@ -18,7 +18,7 @@ from data_prep import stages
 from data_prep.corpus import article_html, prose_pages, warc_response, warcinfo, write_warc
 from data_prep.pipeline import plan_run, run_plan
 from data_prep.runner import run_task
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 FIXTURES = Path(__file__).parent / "fixtures" / "commoncrawl"
 RULES_OFF = ["language.languages=null", "gopher_repetition.enabled=false", "gopher_quality.enabled=false",

@@ -25,7 +25,7 @@ from data_prep.filters import c4_filter, fineweb_filter, gopher_quality, gopher_
 from data_prep.langid import LanguageIdentifier
 from data_prep.minhash import MinHasher, exact_key, normalize_words, union_find_roots
 from data_prep.pii import mask_pii
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 GOOD = "\n\n".join(prose_pages()[3][1])  # five paragraphs of CPython's documentation prose
 

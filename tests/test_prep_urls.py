@@ -14,7 +14,7 @@ from data_prep.corpus import article_html, prose_pages, warc_response, warcinfo,
 from data_prep.pipeline import plan_run
 from data_prep.runner import run_task
 from data_prep.urls import UrlFilter
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 RULES_OFF = ["language.languages=null", "gopher_repetition.enabled=false", "gopher_quality.enabled=false",
              "c4.enabled=false", "fineweb.enabled=false"]

@@ -120,6 +120,17 @@ def test_fit_edge_diverged_neighbour_and_missing() -> None:
     assert interpolate([-9, -8], [2.0, 3.0], -7.0) is None
 
 
+def test_fit_rules_without_a_fit_say_why() -> None:
+    """The rules of fit_optimum's docstring that end without a fit, each with its note."""
+    lx = [-10, -9, -8, -7]
+    none = fit_optimum(lx, [math.nan] * 4, [None] * 4)
+    assert none.method == "none" and none.log2_x is None and none.note == "no finished, finite point"
+    missing = fit_optimum(lx, [3.0, 2.9, 2.8, math.nan], [None] * 4)  # rule 3: no run yet at a neighbour
+    assert missing.method == "argmin" and missing.log2_x == -8 and missing.note == "a neighbouring grid value is missing"
+    # rule 5: the bracket passes rule 4, but the 5-point least-squares parabola opens downwards
+    concave = fit_optimum([-10, -9, -8, -7, -6], [0.1, 1.0, 0.0, 1.0, 0.1], [None] * 5, window=5)
+    assert concave.method == "argmin" and concave.log2_x == -8 and "not convex" in concave.note
+
 def test_report_recovers_known_optima_shift_and_transfer_loss(tmp_path: Path) -> None:
     root = make_sweep(tmp_path / "sweep", smooth_loss(noise=0.004))
     data = report(root)
@@ -343,10 +354,10 @@ def test_curve_and_seed_must_be_distinct_axes(tmp_path: Path, capsys: pytest.Cap
 
 
 def test_transfer_title_fits_a_single_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import megadepth.analysis.report as report_module
+    import megadepth.analysis.figures as figures_module
 
     boxes = []
-    real_save = report_module.save_figure
+    real_save = figures_module.save_figure
 
     def measure(fig, out):  # the suptitle's extent against the figure's, as it will be drawn
         if out.name == "transfer.png":
@@ -356,7 +367,7 @@ def test_transfer_title_fits_a_single_panel(tmp_path: Path, monkeypatch: pytest.
             boxes.append(fig.bbox)
         return real_save(fig, out)
 
-    monkeypatch.setattr(report_module, "save_figure", measure)
+    monkeypatch.setattr(figures_module, "save_figure", measure)
     root = make_sweep(tmp_path / "sweep", smooth_loss(), lrs=(-9, -8, -7), seeds=(1,), params=("good",))
     report(root)
     box, fig_box = boxes

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from test_report import make_grid_sweep, make_sweep, smooth_loss
 
-import megadepth.analysis.report as report_module
+import megadepth.analysis.figures as figures_module
 from megadepth.analysis.report import Optimum, report, transfer_ylim
 
-SPAN = 0.1  # nats: the least y span either figure draws (report.MIN_SPAN), so 0.003 nats looks small
+SPAN = 0.1  # nats: the least y span either figure draws (figures.MIN_SPAN), so 0.003 nats looks small
 
 # 2 depths x 3 LRs: the low LR far from converged, the optimum between -8 and -7 (the fitted vertex,
 # 5.566, lies below every measured mean), depth 4 better than depth 2 by 0.003 nats
@@ -40,14 +40,14 @@ def small_sweep(root: Path) -> Path:
 def figures(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """The figures the report draws, by file name, as they were when saved."""
     drawn: dict[str, Any] = {}
-    real_save = report_module.save_figure
+    real_save = figures_module.save_figure
 
     def keep(fig: Any, out: Path) -> Path:
         fig.canvas.draw()
         drawn[out.name] = fig
         return real_save(fig, out)
 
-    monkeypatch.setattr(report_module, "save_figure", keep)
+    monkeypatch.setattr(figures_module, "save_figure", keep)
     return drawn
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from megadepth.config import ConfigError, explain, validate
+from megadepth.common.errors import ConfigError
+from megadepth.config import explain, validate
 from megadepth.parametrize import Parametrization, Role, checks
 from megadepth.parametrize.checks import check_parametrization
 

@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from megadepth.common.errors import DataError
 from megadepth.data import sample_index
-from megadepth.data.indexed import DataError, IndexedDatasetWriter
+from megadepth.data.indexed import IndexedDatasetWriter
 from megadepth.data.sample_index import DocumentCorpus, GPTDataset, split_documents
 
 

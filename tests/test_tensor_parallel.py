@@ -116,7 +116,8 @@ def test_tp2_checkpoint_resumes_at_tp2(sample_data: Path, tmp_path: Path) -> Non
     ],
 )
 def test_impossible_tensor_layouts_fail_before_work(model: dict, parallel: dict, world: int, message: str) -> None:
-    from megadepth.config import ConfigError, validate
+    from megadepth.common.errors import ConfigError
+    from megadepth.config import validate
     from megadepth.parallel.distributed import check_layout
 
     base = {"width": 64, "heads": 8, "seq_len": 32}
@@ -133,7 +134,8 @@ def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys
     import numpy as np
 
     from megadepth.cli import main
-    from megadepth.config import ConfigError, validate
+    from megadepth.common.errors import ConfigError
+    from megadepth.config import validate
     from megadepth.train.loop import plan_run
 
     def cfg(out: Path, tensor: int) -> dict:
@@ -184,7 +186,7 @@ def test_dropout_under_tp_keeps_replicas_equal_and_resumes_exactly(sample_data: 
     """Dropout at TP=2: masks on replicated activations must be the same on both ranks (else the
     replicated LayerNorm and position weights drift apart, which merge-tp refuses), and the per-step
     reseeding makes an interrupted run equal an uninterrupted one."""
-    from megadepth.parallel.merge import consolidated_state
+    from megadepth.train.merge import consolidated_state
 
     common = {"steps": 4, "save_final": True}
     cfg = shape(sample_data, tmp_path / "straight", tensor=2, sp=sp, **common)

@@ -114,7 +114,7 @@ def test_checkpoint_retention_and_resume_never(sample_data: Path, tmp_path: Path
     tags = sorted(p.name for p in (out / "checkpoints").iterdir() if p.is_dir())
     assert tags == ["step_00000003", "step_00000004"]
     never = tiny_config(sample_data, out, train={"steps": 4, "resume": "never"})
-    from megadepth.config import ConfigError
+    from megadepth.common.errors import ConfigError
     from megadepth.train.loop import plan_run
 
     with pytest.raises(ConfigError, match="already holds checkpoint"):

@@ -20,8 +20,8 @@ from conftest import tiny_config
 from distributed import run_ranks, train_rank, train_rank_overtaken_during_startup
 from test_train import metrics
 
+from megadepth.common.errors import ConfigError
 from megadepth.config import validate
-from megadepth.config.load import ConfigError
 from megadepth.data import IndexedDataset, IndexedDatasetWriter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +232,7 @@ def test_a_stopped_run_summarises_the_loss_where_it_stopped(sample_data: Path, t
 
 @pytest.mark.distributed
 def test_divergence_between_log_steps_is_never_saved(sample_data: Path, tmp_path: Path) -> None:
-    from megadepth.parallel.merge import consolidated_state
+    from megadepth.train.merge import consolidated_state
 
     out = tmp_path / "run"
     cfg = tiny_config(sample_data, out, optimizer={"lr": 1e4, "grad_clip": 0.0},
@@ -327,7 +327,7 @@ def test_a_signal_during_start_up_also_ends_in_a_stopped_run(sample_data: Path, 
 def test_merge_and_export_name_a_missing_tag_and_refuse_nan_weights(sample_data: Path, tmp_path: Path) -> None:
     import torch
 
-    from megadepth.parallel.merge import consolidated_state
+    from megadepth.train.merge import consolidated_state
 
     out = tmp_path / "run"
     run_ranks(train_rank, 1, tiny_config(sample_data, out, train={"steps": 2, "save_final": True}))

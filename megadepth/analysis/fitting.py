@@ -1,8 +1,8 @@
 """Fitting an optimum over a learning-rate grid, and intervals over seeds: the statistics behind
 ``megadepth report``, apart from reading runs, tables and figures.
 
-``fit_optimum`` fits a parabola in log2(LR) through the grid argmin and its neighbours (refusing
-brackets it cannot trust, see ``LOPSIDED`` and ``STEEPER``) with a delta-method standard error;
+``fit_optimum`` fits a parabola in log2(LR) through the grid argmin and its neighbours (its docstring
+states when it refuses) with a delta-method standard error;
 ``seed_interval`` is a Student-t interval over per-seed values (``t_quantile`` without scipy).
 """
 
@@ -15,26 +15,19 @@ from typing import Any
 
 import numpy as np
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 
 LOPSIDED = 20.0
-"""Where the gentle side has no second point to check the bracket against (see ``STEEPER``): a bracket
-(the grid argmin and its two neighbours) whose steeper side rises more than this many times as much as
-the gentler side (or as twice the best mean's standard error, if that is larger) is not fitted. A
-parabola through such points puts its vertex more than 0.45 grid steps from the argmin, which a smooth
-curve does only when its optimum lies almost halfway between two grid points; a neighbour near
-divergence does it all the time."""
+"""Without a second gentle-side point (rule 4 of :func:`fit_optimum`): the steep side of the bracket may
+rise at most this many times the gentle side's rise. A parabola through a more lopsided bracket puts its
+vertex over 0.45 grid steps from the argmin, which a smooth curve does only with its optimum almost
+halfway between grid points, and a neighbour near divergence does all the time."""
 
 STEEPER = 4.0
-"""With two points on the gentle side of the argmin, the parabola through them and the argmin predicts
-the steep neighbour; a steep neighbour rising more than this many times the predicted rise (plus twice
-the best mean's standard error) is near divergence and its loss says nothing about the curvature at the
-optimum: not fitted. A smooth curve passes whatever its vertex offset (a lopsided ratio alone rejected
-about one smooth curve in ten, those with the optimum 0.45-0.5 grid steps from a grid point), and so does
-the usual asymmetry of loss against LR (steeper on the high side: about 2x the gentle side's prediction)."""
-
-# ----------------------------------------------------------------------------------------------------
-# Fitting
+"""With two gentle-side points (rule 4 of :func:`fit_optimum`): the steep neighbour may rise at most
+this many times what the parabola through the gentle side and the argmin predicts there. Smooth curves
+pass whatever their vertex offset (a ratio alone rejects those with the optimum 0.45-0.5 grid steps from
+a grid point), and so does the usual asymmetry of loss against LR (the high side about twice as steep)."""
 
 
 @dataclass
@@ -74,15 +67,46 @@ class Optimum:
         }
 
 
+def parabola(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The least-squares parabola ``a t^2 + b t + c`` through ``(t, y)`` (exact through 3 points): its
+    design matrix, the pseudo-inverse that maps ``y`` to ``(a, b, c)``, and ``(a, b, c)``."""
+    design = np.stack([t * t, t, np.ones_like(t)], axis=1)
+    pinv = np.linalg.pinv(design)
+    a, b, c = (float(v) for v in pinv @ y)
+    return design, pinv, (a, b, c)
+
+
 def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float | None], window: int = 3,
                 counts: Sequence[int] | None = None) -> Optimum:
-    """Optimum of one curve given grid values ``lx`` (log2 x, increasing), mean losses (+inf: diverged,
-    nan: missing), standard errors of the means (None where there is a single seed) and, optionally,
-    the number of finished seeds behind each mean.
+    """The optimum of one curve: grid values ``lx`` (log2 x, increasing), the mean loss at each (+inf:
+    diverged, nan: no finished run), each mean's standard error (None: a single seed) and, optionally,
+    the number of finished seeds behind each mean. The first rule that applies decides; ``method`` says
+    what the answer is, and only ``fit`` is anything but the grid argmin (the lowest mean):
 
-    With ``counts``, a fit point left with one seed (the others' runs failed or are pending) borrows the
-    seed variance pooled over the fit points that have two or more: neighbouring LRs on one curve have
-    about the same seed noise, and one missing run should not cost the whole curve its uncertainty."""
+    1. ``window`` is an odd number of grid points, at least 3 (else ConfigError); no finite mean: ``none``.
+    2. A grid of one value, or the argmin at either end of the grid: ``edge``, never extrapolated; the
+       note says "extend the grid", or "finish the sweep" when the next value has no finished run yet.
+    3. A neighbour of the argmin diverged or has no finished run: ``argmin``.
+    4. A lopsided bracket (argmin and neighbours), whose steep neighbour is near divergence (the higher
+       LR) or far from converged (the lower): ``argmin``. With a second finite point on the gentle side,
+       the parabola through the gentle side and the argmin predicts the steep neighbour's rise; the rise
+       may be at most STEEPER times that prediction (at least the gentle rise) plus twice the argmin's
+       standard error. Otherwise it may be at most LOPSIDED times the gentle rise (or twice the error).
+    5. A parabola in log2 x is fitted (least squares) to the contiguous finite points at most
+       ``window // 2`` grid points from the argmin. Not convex: ``argmin``. Else its vertex, clamped to
+       those points, is the optimum (``fit``) and the parabola at the vertex its loss.
+    6. The variance of each fit point's mean is its standard error squared. With ``counts``, a point
+       left with one seed (another run failed or is pending) takes the seed variance pooled over the fit
+       points with two or more, over its one seed: neighbouring LRs have about the same seed noise.
+       Otherwise, with some standard error unknown, over 3 fit points all take the fit's residual
+       variance; with 3 there is none, and the note says why.
+    7. The fitted loss may lie below the argmin's mean by at most the largest of twice the argmin's
+       standard error (rule 6), twice the gentle rise and, when rule 4 had a prediction, 1.25/8 of the
+       smaller of the steep rise and that prediction (a parabola with its vertex half a step away dips
+       1/8 of its steeper rise); further: ``argmin``. A wide window's least squares can dip further than
+       its bracket allows.
+    8. The optimum's and its loss's standard errors: the delta method over the variances of rule 6.
+    """
     if window < 3 or window % 2 == 0:
         raise ConfigError(f"--window must be an odd number of grid points, at least 3 (got {window})")
     lx = [float(v) for v in lx]
@@ -91,39 +115,33 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
     if not finite:
         return Optimum(None, None, None, None, "none", "no finished, finite point")
     best = min(finite, key=lambda i: y[i])
-    arg = Optimum(lx[best], None, y[best], sem[best], "argmin", grid_argmin=lx[best])
-    if len(y) == 1:  # nothing on either side: as unbracketed as an argmin at the end of a longer grid
-        return Optimum(lx[best], None, y[best], sem[best], "edge",
-                       "a single grid value: nothing to compare with; extend the grid", grid_argmin=lx[best])
-    if best == 0 or best == len(y) - 1:
+
+    def unfitted(method: str, note: str) -> Optimum:
+        return Optimum(lx[best], None, y[best], sem[best], method, note, grid_argmin=lx[best])
+
+    # 2. an edge
+    if len(y) == 1:
+        return unfitted("edge", "a single grid value: nothing to compare with; extend the grid")
+    if best in (0, len(y) - 1):
         side = "lowest" if best == 0 else "highest"
-        inner = 1 if best == 0 else len(y) - 2
-        missing = [_fmt_lx(lx[i]) for i, v in enumerate(y) if math.isnan(v)]
-        if math.isnan(y[inner]):  # the next value has not run (pending, failed): nothing says to extend yet
-            note = (f"best at the {side} grid value so far: no finished run yet at log2 x = {', '.join(missing)}; "
-                    "finish the sweep")
-        else:
-            note = f"best at the {side} grid value: extend the grid" + (
-                f" (no finished run yet at log2 x = {', '.join(missing)})" if missing else "")
-        return Optimum(lx[best], None, y[best], sem[best], "edge", note, grid_argmin=lx[best])
-    half = window // 2
-    lo, hi = max(0, best - half), min(len(y) - 1, best + half)
-    idx = list(range(lo, hi + 1))
-    bad = [i for i in idx if not math.isfinite(y[i])]
-    if any(abs(i - best) == 1 for i in bad):
-        arg.note = "a neighbouring grid value diverged" if any(y[i] == math.inf for i in bad) else \
-            "a neighbouring grid value is missing"
-        return arg
-    # a lopsided bracket: one neighbour far worse than the curve allows (e.g. next to divergence but finite)
+        missing = ", ".join(_fmt_lx(lx[i]) for i, v in enumerate(y) if math.isnan(v))
+        if math.isnan(y[1 if best == 0 else -2]):
+            return unfitted("edge", f"best at the {side} grid value so far: no finished run yet at log2 x = "
+                                    f"{missing}; finish the sweep")
+        return unfitted("edge", f"best at the {side} grid value: extend the grid"
+                                + (f" (no finished run yet at log2 x = {missing})" if missing else ""))
+    # 3. an unfinished neighbour
+    lo, hi = max(0, best - window // 2), min(len(y) - 1, best + window // 2)
+    if not (math.isfinite(y[best - 1]) and math.isfinite(y[best + 1])):
+        return unfitted("argmin", "a neighbouring grid value diverged" if math.inf in y[lo:hi + 1]
+                        else "a neighbouring grid value is missing")
+    # 4. a lopsided bracket
     rises = (y[best - 1] - y[best], y[best + 1] - y[best])
     noise = 2 * float(sem[best]) if sem[best] is not None and math.isfinite(sem[best]) else 0.0  # type: ignore[arg-type]
     steep_side = -1 if rises[0] > rises[1] else 1
-    steep = "lower" if steep_side < 0 else "higher"
     gentle2 = best - 2 * steep_side
-    checked = 0 <= gentle2 < len(y) and math.isfinite(y[gentle2])
-    if checked:
-        # the parabola through the two gentle-side points and the argmin (equal steps in log2 x assumed
-        # only as far as the grid is uniform: use the actual spacing)
+    predicted = None
+    if 0 <= gentle2 < len(y) and math.isfinite(y[gentle2]):
         xs = [lx[gentle2], lx[best - steep_side], lx[best]]
         coef = np.polyfit(np.array(xs) - lx[best], [y[gentle2], y[best - steep_side], y[best]], 2)
         predicted = float(np.polyval(coef, lx[best + steep_side] - lx[best])) - y[best]
@@ -133,32 +151,25 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
         limit = LOPSIDED * max(min(rises), noise)
         why = f"over {LOPSIDED:g}x the other side's"
     if max(rises) > limit:
-        # the same rule on either side, but what it means differs: a steep high-LR neighbour is close to
-        # blowing up; a steep low-LR neighbour is far from converged at this budget
         what = "is near divergence" if steep_side > 0 else "is far from converged (too steep to fit)"
-        arg.note = (f"a neighbouring grid value {what} (the {steep} one's loss rises "
-                    f"{max(rises):.3g}, {why}): not fitted")
-        return arg
-    # keep the contiguous finite run around the argmin
-    left = best
-    while left - 1 >= lo and math.isfinite(y[left - 1]):
+        return unfitted("argmin", f"a neighbouring grid value {what} (the {'lower' if steep_side < 0 else 'higher'} "
+                                  f"one's loss rises {max(rises):.3g}, {why}): not fitted")
+    # 5. the parabola
+    left = right = best
+    while left > lo and math.isfinite(y[left - 1]):
         left -= 1
-    right = best
-    while right + 1 <= hi and math.isfinite(y[right + 1]):
+    while right < hi and math.isfinite(y[right + 1]):
         right += 1
     idx = list(range(left, right + 1))
     center = lx[best]
     t = np.array([lx[i] - center for i in idx])
     ys = np.array([y[i] for i in idx])
-    design = np.stack([t * t, t, np.ones_like(t)], axis=1)
-    pinv = np.linalg.pinv(design)  # (3, n): coef = pinv @ y (least squares; exact for 3 points)
-    a, b, c = (float(v) for v in pinv @ ys)
+    design, pinv, (a, b, c) = parabola(t, ys)
     if not a > 0:
-        arg.note = "points around the argmin are not convex"
-        return arg
-    t_star = -b / (2 * a)
-    t_star = min(max(t_star, float(t[0])), float(t[-1]))
+        return unfitted("argmin", "points around the argmin are not convex")
+    t_star = min(max(-b / (2 * a), float(t[0])), float(t[-1]))
     loss = a * t_star * t_star + b * t_star + c
+    # 6. the variances of the means
     variances: np.ndarray | None = None
     note = ""
     known = [i for i in idx if sem[i] is not None and math.isfinite(sem[i])]  # type: ignore[arg-type]
@@ -175,25 +186,19 @@ def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float 
     elif len(idx) > 3:
         resid = ys - design @ np.array([a, b, c])
         variances = np.full(len(idx), float(resid @ resid) / (len(idx) - 3))
-    elif known:  # some fit points have seeds, but without counts nothing can be pooled
+    elif known:
         note = "a seed missing at a fit point: no uncertainty"
     elif counts is not None and max(counts) > 1:
         note = "seeds missing at the fit points (one seed each): no uncertainty"
     else:
         note = "one seed: no uncertainty"
-    # never deeper below the best grid mean than the data allow: twice the seeds' standard error, or twice
-    # as far as the gentler neighbour lies above it (what a parabola with its vertex up to 0.45 steps from
-    # the argmin dips; a wider window's least squares can dip further than its 3-point bracket says)
+    # 7. no deeper than the data allow
     best_se = math.sqrt(float(variances[idx.index(best)])) if variances is not None else 0.0
-    # a parabola dips at most 1/8 of its steeper rise below the argmin (vertex half a step away): allowed
-    # once the steep side has been checked, for the rise the gentle side's own curve predicts there (an
-    # asymmetric curve's real steep rise would allow a dip the optimum does not have)
-    dip = 1.25 * min(max(rises), max(predicted, 0.0)) / 8 if checked else 0.0
-    floor = y[best] - max(2 * best_se, 2 * min(rises), dip)
-    if loss < floor:
-        arg.note = (f"the fitted minimum ({loss:.4g}) lies further below the best grid mean than its neighbours "
-                    "and seeds allow: not fitted")
-        return arg
+    dip = 1.25 * min(max(rises), max(predicted, 0.0)) / 8 if predicted is not None else 0.0
+    if loss < y[best] - max(2 * best_se, 2 * min(rises), dip):
+        return unfitted("argmin", f"the fitted minimum ({loss:.4g}) lies further below the best grid mean than "
+                                  "its neighbours and seeds allow: not fitted")
+    # 8. the delta method
     stderr = loss_stderr = None
     if variances is not None:
         cov = pinv @ np.diag(variances) @ pinv.T

@@ -1,14 +1,7 @@
 """Typed, validated configuration: the schema and the YAML loader."""
 
-from megadepth.config.load import (
-    ConfigError,
-    all_keys,
-    explain,
-    load_config,
-    resolve_batch,
-    to_yaml,
-    validate,
-)
+from megadepth.common.errors import ConfigError
+from megadepth.config.load import all_keys, explain, load_config, resolve_batch, to_yaml, validate
 from megadepth.config.schema import (
     Config,
     DataConfig,

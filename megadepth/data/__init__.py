@@ -6,6 +6,7 @@ Data flows: shards on disk (:mod:`~megadepth.data.indexed`) -> documents of one 
 (:class:`MicroBatchSampler`, :func:`make_loader`). :func:`build_datasets` wires it from ``data.path``.
 """
 
+from megadepth.common.errors import DataError
 from megadepth.data.blend import BlendedDataset, blend_schedule
 from megadepth.data.builder import (
     build_datasets,
@@ -15,10 +16,11 @@ from megadepth.data.builder import (
     read_data_manifest,
 )
 from megadepth.data.indexed import (
-    DataError,
     IndexedDataset,
     IndexedDatasetWriter,
     best_dtype,
+    bin_path,
+    idx_path,
     index_exists,
 )
 from megadepth.data.sample_index import DocumentCorpus, GPTDataset, split_documents
@@ -33,11 +35,13 @@ __all__ = [
     "IndexedDatasetWriter",
     "MicroBatchSampler",
     "best_dtype",
+    "bin_path",
     "blend_schedule",
     "build_datasets",
     "collate_samples",
     "data_fingerprint",
     "find_tokenizer",
+    "idx_path",
     "index_exists",
     "make_loader",
     "parse_data_path",

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 from megadepth.data.sample_index import load_npz, save_npz_atomic
 
 __all__ = ["BlendedDataset", "blend_schedule"]

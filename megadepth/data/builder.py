@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from megadepth.common.errors import DataError
 from megadepth.data.blend import BlendedDataset
-from megadepth.data.indexed import DataError
 from megadepth.data.sample_index import DocumentCorpus, GPTDataset, split_documents
 
 __all__ = [

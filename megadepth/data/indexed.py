@@ -23,12 +23,14 @@ and Megatron's GPT dataset also packs sequences, never looking at the document i
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
+
+from megadepth.common.errors import DataError
+from megadepth.common.io import atomic_write_bytes
 
 __all__ = [
     "DTYPE_CODES",
@@ -59,36 +61,6 @@ DTYPE_CODES: dict[int, np.dtype] = {
     8: np.dtype(np.uint16),
 }
 _CODE_OF: dict[np.dtype, int] = {dt: code for code, dt in DTYPE_CODES.items()}
-
-
-class DataError(ValueError):
-    """A data file or data setting is unusable; the message names the file and what is wrong.
-
-    A ``ValueError`` so that callers that already handle bad values handle this too; its own class so
-    that the CLI can print it as one line instead of a traceback.
-    """
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """Write ``data`` to a unique temporary name next to ``path``, fsync, then rename into place.
-
-    Readers see the old file or the new one, never a partial one; concurrent writers (several ranks
-    building the same cache) each use their own temporary name. Plain ``open`` keeps the umask's
-    permissions (``mkstemp`` would make shared data files private).
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def best_dtype(vocab_size: int) -> np.dtype:

@@ -34,14 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
-from megadepth.data.indexed import (
-    DataError,
-    IndexedDataset,
-    atomic_write_bytes,
-    bin_path,
-    idx_path,
-    index_exists,
-)
+from megadepth.common.errors import DataError
+from megadepth.common.io import atomic_write_bytes
+from megadepth.data.indexed import IndexedDataset, bin_path, idx_path, index_exists
 
 __all__ = ["DocumentCorpus", "GPTDataset", "split_documents"]
 

@@ -111,7 +111,7 @@ class _OneLineErrors:
         return len(self.loader)
 
     def __iter__(self) -> Iterator[Any]:
-        from megadepth.data.indexed import DataError
+        from megadepth.common.errors import DataError
 
         try:
             yield from self.loader

@@ -13,7 +13,7 @@ into the weights it multiplies, exactly:
   to the (now alpha_in-scaled) token table, divided by alpha_in.
 
 Layouts are consolidated first (tensor- and pipeline-parallel checkpoints, see
-megadepth.parallel.merge), padding rows of the vocabulary are dropped, missing biases become zeros.
+megadepth.train.merge), padding rows of the vocabulary are dropped, missing biases become zeros.
 Before anything is written the exported model's logits are compared with megadepth's own forward pass
 on a batch of tokens; a mismatch is an error, so a checkpoint that does not reproduce the run is never
 written. The output directory appears whole (written beside it, then renamed), its files with the mode
@@ -48,7 +48,7 @@ from typing import Any
 
 import torch
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config, ModelConfig
 from megadepth.parametrize import Parametrization
 from megadepth.parametrize.rules import Multipliers
@@ -537,8 +537,8 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
         from transformers import GPT2LMHeadModel
     except ImportError:
         raise ConfigError("export --format hf needs the transformers package: pip install 'megadepth[hf]'") from None
-    from megadepth.parallel.merge import consolidated_state
     from megadepth.train.checkpoint import check_tag, checkpoints_folder
+    from megadepth.train.merge import consolidated_state
 
     check_tag(tag)
     run_dir, out = Path(run_dir), Path(out)

@@ -13,7 +13,7 @@ from datetime import timedelta
 
 import torch
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config
 from megadepth.parallel.host_memory import keep_freed_memory
 

@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config
 from megadepth.parametrize.rules import ADAM_FAMILY, SGD_FAMILY, base_head_problem, scales_depth
 

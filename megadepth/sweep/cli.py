@@ -4,31 +4,32 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 
 
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected at least 1, got {value}")
-    return value
+def _whole(minimum: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of at least ``minimum`` (0 or 1)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected at least 1, got {value}" if minimum else
+                                             f"expected 0 or more, got {value}")
+        return value
+
+    return parse
 
 
-def _non_negative(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or more, got {value}")
-    return value
+_positive, _non_negative = _whole(1), _whole(0)
 
 
 def _task_points(task_list: str, index: int, points: list[Any]) -> list[Any]:
@@ -56,6 +57,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         resolve_devices,
         run_local,
         select,
+        states,
         write_index,
     )
     from megadepth.sweep.slurm import SlurmOptions, check_sweep_dir
@@ -106,8 +108,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     header = (f"megadepth sweep '{spec.name}': {len(points)} grid point(s) over "
               f"{', '.join(spec.axis_keys)}; {len(todo)} to run" + (f" ({already} skipped)" if already else ""))
     if args.status or args.dry_run:
-        from megadepth.sweep.runner import states
-
         print(header)
         current = {s.id: s for s in states(sweep, points)}
         for point in points:
@@ -125,14 +125,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
 
     if opts is not None:
-        from megadepth.sweep.runner import sbatch_available
         from megadepth.sweep.slurm import check_fits, submit, write_array
 
         print(header)
         if not todo:
             print(f"nothing to submit; report with: megadepth report {out_arg}")
             return 0
-        sbatch = sbatch_available()
+        sbatch = shutil.which("sbatch")
         if sbatch is not None and not args.no_submit:
             check_fits(opts)  # against the cluster's nodes (sinfo), before anything is written
         script, task_list, tasks = write_array(spec, sweep, todo, opts)
@@ -155,8 +154,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     where = f"GPU(s) {','.join(devices)}" if devices else "CPU"
     print(f"{header}; {jobs} at a time on {where}", flush=True)
     results = run_local(spec, sweep, points, todo, jobs=jobs, devices=devices, max_attempts=max_attempts)
-    from megadepth.sweep.runner import states
-
     final = count(states(sweep, points))
     print(f"megadepth sweep '{spec.name}': {format_counts(final)}; report with: megadepth report {out_arg}")
     for r in [r for r in results if r.outcome == "failed"][:10]:

@@ -12,21 +12,23 @@ from __future__ import annotations
 import contextlib
 import os
 import queue
-import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from megadepth.config.load import ConfigError, to_yaml, validate
-from megadepth.sweep.spec import Point, SweepSpec, diff_configs, expand, load_spec, spec_differences
+from megadepth.common.errors import ConfigError
+from megadepth.common.io import atomic_write_json, atomic_write_text
+from megadepth.config.load import to_yaml, validate
+from megadepth.sweep.spec import Point, SweepSpec, diff_configs, expand, load_spec, lookup, spec_differences
 from megadepth.sweep.state import (
     CONFIG_FILE,
     FINAL,
@@ -39,7 +41,6 @@ from megadepth.sweep.state import (
     read_json,
     read_state,
 )
-from megadepth.train.rundir import atomic_write_json, atomic_write_text
 
 TRAIN_COMMAND: list[str] = [sys.executable, "-m", "megadepth", "train"]
 """How one point is run (its config file is appended). Tests substitute a stand-in trainer."""
@@ -60,18 +61,7 @@ class SweepDir:
 
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root).resolve()
-
-    @property
-    def spec(self) -> Path:
-        return self.root / SPEC_FILE
-
-    @property
-    def index(self) -> Path:
-        return self.root / INDEX_FILE
-
-    @property
-    def runs(self) -> Path:
-        return self.root / "runs"
+        self.spec, self.index, self.runs = self.root / SPEC_FILE, self.root / INDEX_FILE, self.root / "runs"
 
     def run_dir(self, point: Point | str) -> Path:
         return self.runs / (point if isinstance(point, str) else point.id)
@@ -111,7 +101,7 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data:
         changed = diff_configs(saved, point_config(spec, point, sweep))
         if changed:
             key = changed[0]
-            old, new = _dotted(saved, key), _dotted(point.config.model_dump(mode="json"), key)
+            old, new = lookup(saved, key), lookup(point.config.model_dump(mode="json"), key)
             raise ConfigError(
                 f"{sweep.run_dir(point)} was run with a different config ({key}: {old!r} there, {new!r} now"
                 f"{f', and {len(changed) - 1} more key(s)' if len(changed) > 1 else ''}); "
@@ -173,14 +163,6 @@ def orphaned(sweep: SweepDir, points: Sequence[Point]) -> list[str]:
         return []
     ids = {p.id for p in points}
     return sorted(d.name for d in sweep.runs.iterdir() if d.is_dir() and d.name not in ids)
-
-
-def _dotted(data: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        if not isinstance(data, dict) or part not in data:
-            return None
-        data = data[part]
-    return data
 
 
 def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, check_data: bool = True) -> None:
@@ -353,7 +335,11 @@ class Outcome:
 
 class LocalExecutor:
     """Runs points as separate ``megadepth train`` processes, ``jobs`` at a time; failed ones are retried
-    until they have failed ``max_attempts`` times (counting earlier invocations)."""
+    until they have failed ``max_attempts`` times (counting earlier invocations).
+
+    Each process is started, waited for and recorded by a worker thread of a pool, so the main thread
+    only waits: Ctrl-C or SIGTERM reaches it there, stops every run (each attempt recorded as
+    interrupted: the point stays pending) and is raised again once the workers have recorded them."""
 
     def __init__(self, spec: SweepSpec, sweep: SweepDir, points: Sequence[Point], *, jobs: int,
                  devices: Sequence[str], max_attempts: int = 2, command: Sequence[str] | None = None,
@@ -369,44 +355,33 @@ class LocalExecutor:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         self.threads = max(1, cores // jobs)
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _procs, results and the printed lines
         self._stop = threading.Event()
-        self._live = 0  # worker threads still running
-        self._all_done = threading.Event()  # set by the last worker to finish
+        # one entry per worker: the device its runs get (worker k: GPU k mod #GPUs; None: the CPU)
+        self._free: queue.SimpleQueue[str | None] = queue.SimpleQueue()
         self.results: list[Outcome] = []
 
-    # one slot per job; slot k uses GPU k mod #GPUs (or the CPU)
-    def _device(self, slot: int) -> str | None:
-        return self.devices[slot % len(self.devices)] if self.devices else None
-
     def run(self) -> list[Outcome]:
-        work: queue.Queue[Point] = queue.Queue()
-        for point in self.points:
-            work.put(point)
-        self._pending = len(self.points)
-        self._total = len(self.points)
-        self._done = 0
-        threads = [threading.Thread(target=self._worker_main, args=(slot, work), daemon=True)
-                   for slot in range(min(self.jobs, max(1, len(self.points))))]
-        # Waited for through an Event, not Thread.join: a KeyboardInterrupt raised inside join() marks the
-        # still-running thread as finished (CPython's bpo-45274 handling), so a second join() returned at
-        # once and the stopped runs' outcomes went unrecorded.
-        self._live = len(threads)
-        self._all_done = threading.Event()
+        workers = min(self.jobs, max(1, len(self.points)))
+        for k in range(workers):
+            self._free.put(self.devices[k % len(self.devices)] if self.devices else None)
         previous = None
         if threading.current_thread() is threading.main_thread():
             # Slurm (time limit, preemption, scancel) and `kill` send SIGTERM: stop like Ctrl-C
             previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
-            for t in threads:
-                t.start()
-            while not self._all_done.wait(timeout=0.2):
-                pass
-        except KeyboardInterrupt:
-            self._stop.set()
-            self._terminate_all()
-            self._all_done.wait(timeout=30)
-            raise
+            with ThreadPoolExecutor(workers, thread_name_prefix="sweep") as pool:
+                try:
+                    running = {pool.submit(self._attempt, point) for point in self.points}
+                    while running:
+                        done, running = wait(running, return_when=FIRST_COMPLETED)
+                        # a point that runs again (a retry, a resume) joins the end of the queue
+                        running |= {pool.submit(self._attempt, f.result()) for f in done if f.result() is not None}
+                except KeyboardInterrupt:
+                    self._stop.set()
+                    pool.shutdown(wait=False, cancel_futures=True)  # points not started stay as they are
+                    self._terminate_all()
+                    raise  # once the pool's exit has waited for the workers to record their runs
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
@@ -426,62 +401,30 @@ class LocalExecutor:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
 
-    def _worker_main(self, slot: int, work: queue.Queue[Point]) -> None:
+    def _attempt(self, point: Point) -> Point | None:
+        """Run one attempt of ``point`` on a free device and account for it; returns the point if it is to
+        run again: stopped by train.stop_after_steps (it resumes from its checkpoint), or failed with
+        attempts left."""
+        device = self._free.get()
         try:
-            self._worker(slot, work)
+            result = self._run_point(point, device)
+        except Exception as exc:  # never leave a point neither finished nor queued again
+            result = self._bookkeeping_failed(point, exc)
         finally:
-            with self._lock:
-                self._live -= 1
-                if self._live == 0:
-                    self._all_done.set()
-
-    def _worker(self, slot: int, work: queue.Queue[Point]) -> None:
-        while not self._stop.is_set():
-            with self._lock:
-                if self._pending == 0:
-                    return
+            self._free.put(device)
+        with self._lock:
+            again = result.outcome == "stopped" or (
+                result.outcome == "failed" and result.retry and not self._stop.is_set()
+                and RunRecord(self.sweep.run_dir(point), point.id).failed_attempts() < self.max_attempts)
+            if not again:
+                self.results.append(result)
             try:
-                point = work.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            requeue = counted = False
-            result = Outcome(point, "failed", error="the sweep's bookkeeping failed", retry=False)
-            try:
-                try:
-                    result = self._run_point(point, slot)
-                except Exception as exc:  # a dead worker would leave the sweep waiting forever
-                    result = self._bookkeeping_failed(point, exc)
-                with self._lock:
-                    if result.outcome == "stopped":
-                        requeue = True  # train.stop_after_steps: the next process resumes from the checkpoint
-                    elif (result.outcome == "failed" and result.retry and not self._stop.is_set()
-                          and RunRecord(self.sweep.run_dir(point), point.id).failed_attempts() < self.max_attempts):
-                        requeue = True
-                    if not requeue:
-                        self._count_done(result)
-                        counted = True
-                    self._report(result, again=requeue)
-                    if self.index_points is not None:
-                        try:
-                            write_index(self.spec, self.sweep, self.index_points)
-                        except OSError as exc:  # a convenience; the run directories are the truth
-                            self.echo(f"megadepth sweep: warning: could not update {self.sweep.index}: {exc}")
-            except Exception as exc:  # reporting failed: keep this worker serving the queue
+                self._report(result, again)
+                if self.index_points is not None:
+                    write_index(self.spec, self.sweep, self.index_points)
+            except Exception as exc:  # a convenience: the run directories are the truth
                 self.echo(f"megadepth sweep: warning: after {point.label}: {type(exc).__name__}: {exc}")
-            finally:
-                # the point is either queued again or counted as done, whatever happened above: a point
-                # that is neither (a worker died on an exception) kept the other workers waiting forever
-                if requeue:
-                    work.put(point)
-                elif not counted:
-                    with self._lock:
-                        self._count_done(result)
-
-    def _count_done(self, result: Outcome) -> None:
-        """A point finished for this invocation (call with ``_lock`` held)."""
-        self._pending -= 1
-        self._done += 1
-        self.results.append(result)
+        return point if again else None
 
     def _bookkeeping_failed(self, point: Point, exc: Exception) -> Outcome:
         """A failed Outcome for an exception outside the trainer (writing sweep_config.yaml, sweep_run.json
@@ -516,12 +459,12 @@ class LocalExecutor:
             shown = "interrupted: stays pending"
         elif r.outcome == "stopped":
             shown = "stopped (train.stop_after_steps); resuming"
-        counter = f"[-/{self._total}]" if again else f"[{self._done}/{self._total}]"
+        counter = f"[-/{len(self.points)}]" if again else f"[{len(self.results)}/{len(self.points)}]"
         attempt = f"attempt {r.attempt}, " if r.attempt > 1 else ""
         self.echo(f"{counter} {r.outcome:<9} {r.point.label}  {shown}  "
                   f"({attempt}{r.wall_s:.1f} s)  runs/{r.point.id}")
 
-    def _run_point(self, point: Point, slot: int) -> Outcome:
+    def _run_point(self, point: Point, device: str | None) -> Outcome:
         run_dir = self.sweep.run_dir(point)
         if self._stop.is_set():
             return Outcome(point, "interrupted")
@@ -547,7 +490,7 @@ class LocalExecutor:
                 out.flush()
                 try:
                     proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            env=child_env(self._device(slot), self.threads),
+                                            env=child_env(device, self.threads),
                                             pass_fds=(lock.fd,), start_new_session=True)
                 except OSError as exc:
                     error = f"could not start {command[0]}: {exc}"
@@ -603,7 +546,3 @@ def run_local(spec: SweepSpec, sweep: SweepDir, all_points: Sequence[Point] | No
     finally:
         if all_points is not None:
             write_index(spec, sweep, all_points)
-
-
-def sbatch_available() -> str | None:
-    return shutil.which("sbatch")

@@ -43,8 +43,8 @@ from typing import Any
 
 import yaml
 
+from megadepth.common.errors import ConfigError
 from megadepth.config.load import (
-    ConfigError,
     all_keys,
     apply_override,
     deep_merge,
@@ -308,11 +308,11 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
     inline = data.get("config") or {}
     if not isinstance(inline, Mapping):
         raise ConfigError(f"{where}: 'config' must be a mapping of config sections, got {type(inline).__name__}")
-    for key in _flatten(inline):
+    for key in flatten(inline):
         check_key(key, f"{where}: config")
         if frozen:
             continue
-        if _replaced_by_sweep(key, get_dotted(inline, key)):
+        if _replaced_by_sweep(key, lookup(inline, key)):
             raise ConfigError(f"{where}: config {key} would be ignored: {_decided_by(key, budget)}")
         if key in axis_keys:
             raise ConfigError(f"{where}: config {key} would be ignored: '{key}' is a sweep axis, every run takes "
@@ -348,17 +348,6 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
                      description=str(data.get("description") or ""), source=source)
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> list[str]:
-    out: list[str] = []
-    for key, value in data.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.extend(_flatten(value, f"{dotted}."))
-        else:
-            out.append(dotted)
-    return out
-
-
 def load_spec(path: str | Path, overrides: Sequence[str] = (), *, frozen: bool = False) -> SweepSpec:
     """Read a sweep spec file (YAML, ``safe_load``); ``frozen``: it is a sweep directory's sweep.yaml."""
     path = Path(path)
@@ -371,11 +360,23 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, frozen: bool =
                       frozen=frozen)
 
 
-def get_dotted(data: Mapping[str, Any], key: str) -> Any:
-    out: Any = data
-    for part in key.split("."):
-        out = out[part]
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of nested mappings."""
+    if not isinstance(data, Mapping):
+        return {prefix[:-1]: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}{key}."))
     return out
+
+
+def lookup(data: Any, key: str) -> Any:
+    """The value at the dotted ``key`` of nested mappings; None where there is none."""
+    for part in key.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return None
+        data = data[part]
+    return data
 
 
 def _fmt(value: Any) -> str:
@@ -456,7 +457,7 @@ def expand(spec: SweepSpec) -> list[Point]:
         except ConfigError as exc:
             raise ConfigError(f"grid point {label}: {exc}") from None
         dumped = config.model_dump(mode="json")
-        values = {key: get_dotted(dumped, key) for key in raw}  # canonical: as the validated config holds it
+        values = {key: lookup(dumped, key) for key in raw}  # canonical: as the validated config holds it
         pid = point_id(values)
         if pid in ids:
             raise ConfigError(f"grid points {ids[pid]} and {label} are the same run")
@@ -493,16 +494,6 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
-def _flat_values(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, Mapping):
-            out.update(_flat_values(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
     """``key: A there, B now`` for the shared config of two specs with the same axes, or None.
 
@@ -516,7 +507,7 @@ def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
     except ConfigError:
         # not valid under one of them (the new config, or a schema that changed since): compare the raw
         # configs, axis keys aside (spelled-out defaults then count as changes, but only here)
-        a, b = _flat_values(old.config), _flat_values(new.config)
+        a, b = flatten(old.config), flatten(new.config)
         keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in NON_RESULT_KEYS
                       and k not in raw and k.split(".", 1)[0] not in NON_RESULT_SECTIONS)
         if not keys:
@@ -529,16 +520,7 @@ def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
         return None
     key = changed[0]
     more = f", and {len(changed) - 1} more key(s)" if len(changed) > 1 else ""
-    return f"{key}: {_show(_lookup(before, key))} there, {_show(_lookup(after, key))} now{more}"
-
-
-def _lookup(data: Mapping[str, Any], key: str) -> Any:
-    out: Any = data
-    for part in key.split("."):
-        if not isinstance(out, Mapping) or part not in out:
-            return None
-        out = out[part]
-    return out
+    return f"{key}: {_show(lookup(before, key))} there, {_show(lookup(after, key))} now{more}"
 
 
 def spec_differences(old: SweepSpec, new: SweepSpec) -> list[str]:

@@ -26,7 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from megadepth.train.rundir import atomic_write_json, probe_lock
+from megadepth.common.io import atomic_write_json
+from megadepth.train.rundir import probe_lock
 
 FINAL = ("completed", "diverged")
 STATUSES = ("completed", "diverged", "failed", "running", "pending")
@@ -50,16 +51,12 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 def as_float(value: Any) -> float:
     """A loss from a summary: numbers, and the strings 'inf'/'nan' JSON cannot hold; else nan."""
-    if isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return math.nan
-    if isinstance(value, (int, float)):
+    try:
         return float(value)
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return math.nan
-    return math.nan
+    except ValueError:
+        return math.nan
 
 
 @dataclass
@@ -72,13 +69,6 @@ class RunState:
     attempts: int = 0
     error: str | None = None
     summary: dict[str, Any] = field(default_factory=dict)
-
-    def metric(self, name: str) -> float:
-        """The metric, +inf for a diverged run (its loss blew up), nan when it is not there."""
-        if self.status == "diverged":
-            return math.inf
-        value = as_float(self.summary.get(name))
-        return math.inf if value == math.inf else value
 
 
 class RunRecord:

@@ -32,9 +32,9 @@ from typing import Any
 import torch
 import yaml
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
+from megadepth.common.io import atomic_write_text
 from megadepth.config.schema import Config
-from megadepth.train.rundir import atomic_write_text
 
 LATEST = "latest"
 POSITION = "position.json"
@@ -375,7 +375,7 @@ def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> N
     write is added to ``failures`` (see :func:`guard_files`)."""
     import deepspeed
 
-    from megadepth.data.indexed import atomic_write_bytes
+    from megadepth.common.io import atomic_write_bytes
 
     mpu = engine.mpu
     data_rank = mpu.get_data_parallel_rank() if mpu is not None else torch.distributed.get_rank()

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import sys
 from pathlib import Path
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
+from megadepth.common.io import sha256_file
 from megadepth.config.schema import Config
 from megadepth.data import DataError, DocumentCorpus, find_tokenizer, read_data_manifest
 from megadepth.data.builder import parse_data_path
 from megadepth.data.sample_index import split_documents
 from megadepth.parallel.distributed import read_env
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _split_sizes(comp: str, valid_fraction: float) -> tuple[int, int, int, int, int]:

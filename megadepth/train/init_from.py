@@ -3,7 +3,7 @@
 A checkpoint resumes only at the tensor/pipeline sizes it was saved at (its files are per shard and per
 stage). To go on at another layout (more GPUs, a pipeline, TP for a bigger context), or to branch a run
 (new data, new schedule), a run starts from the *weights* instead: the source checkpoint is merged to
-the plain model's state on the CPU (:func:`megadepth.parallel.merge.consolidated_state`: any layout,
+the plain model's state on the CPU (:func:`megadepth.train.merge.consolidated_state`: any layout,
 ``merge-tp`` output too), and each parameter of this rank's model takes its slice of the merged tensor,
 exactly as initialisation slices a freshly drawn one. This happens before the DeepSpeed engine copies
 the weights into its optimizer, so bf16 master weights and ZeRO partitions start from them too.
@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import nn
 
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config, ModelConfig
 
 #: Model keys that decide the shapes of the saved tensors: weights fit only a model with the same ones.
@@ -86,7 +86,7 @@ def load_weights(model: nn.Module, source: WeightSource, name_for: Callable[[str
     """Copy the source's weights into ``model`` (this rank's part: a plain GPT or a pipeline stage,
     tensor-parallel shards sliced like initialisation slices them). ``name_for`` maps a pipeline stage's
     parameter names to the plain GPT's."""
-    from megadepth.parallel.merge import consolidated_state
+    from megadepth.train.merge import consolidated_state
 
     _, state, _ = consolidated_state(source.ckpt_dir, source.tag)
     for name, param in model.named_parameters():

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
-from megadepth.config.load import ConfigError, to_yaml
+from megadepth.common.errors import ConfigError
+from megadepth.common.io import atomic_write_json, atomic_write_text
+from megadepth.config.load import to_yaml
 from megadepth.config.schema import Config
 from megadepth.data import DataError, MicroBatchSampler, build_datasets, data_fingerprint, make_loader
 from megadepth.parallel.distributed import (
@@ -38,14 +40,7 @@ from megadepth.parametrize import roles_present
 from megadepth.train import checkpoint
 from megadepth.train.init_from import WeightSource
 from megadepth.train.preflight import busy_message, check_run_dir, preflight
-from megadepth.train.rundir import (
-    MetricsLog,
-    RunDir,
-    RunLock,
-    atomic_write_json,
-    atomic_write_text,
-    read_metrics,
-)
+from megadepth.train.rundir import MetricsLog, RunDir, RunLock, read_metrics
 from megadepth.train.schedule import lr_factor
 from megadepth.train.step import Stepper
 from megadepth.train.tracking import Tracker

@@ -14,7 +14,8 @@ from typing import Any
 
 import yaml
 
-from megadepth.config.load import ConfigError, resolve_batch
+from megadepth.common.errors import ConfigError
+from megadepth.config.load import resolve_batch
 from megadepth.config.schema import Config
 from megadepth.data import data_fingerprint
 from megadepth.parallel.distributed import Layout, check_layout

@@ -1,74 +1,19 @@
 """The run directory contract (docs/architecture.md): config.yaml, metrics.jsonl, summary.json, checkpoints/.
 
-Files that other tools trust are written to a temporary name and renamed into place, so a crash never
-leaves a half-written summary or checkpoint pointer behind.
-
-The temporary file is created with ``os.open(..., 0o666)``, not ``tempfile.mkstemp``: mkstemp creates
-mode 0600 whatever the umask, and the rename carries that mode over, so teammates on a shared cluster
-could not read a run's summary or config. With 0o666 the kernel applies the umask (and a directory's
-default ACL) at creation, exactly as for a plain ``open(path, "w")``; nothing has to read the umask,
-which cannot be read without briefly changing it (racy with other threads).
+Files that other tools trust are written through megadepth.common.io (a temporary name renamed into place), so a
+crash never leaves a half-written summary or checkpoint pointer behind.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
-import secrets
 import sys
 from pathlib import Path
 from typing import Any
 
-
-def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new, unique file next to ``path`` opened for writing: ``(fd, its path)``.
-
-    Mode 0o666 before the umask (see the module docstring), O_EXCL so that concurrent writers (several
-    ranks, several sweep workers) never share one; a name that is taken is simply drawn again.
-    """
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
-    while True:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-        try:
-            return os.open(tmp, flags, 0o666), tmp
-        except FileExistsError:
-            continue
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temp file in the same directory and an atomic rename.
-
-    The result has the mode a plain ``open`` would give (0o666 less the umask), not mkstemp's 0600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _create_temporary(path)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _json_safe(value: Any) -> Any:
-    """JSON has no inf/nan: write them as strings so diverged runs stay readable by every parser."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def atomic_write_json(path: Path, data: dict[str, Any]) -> None:
-    atomic_write_text(path, json.dumps(_json_safe(data), indent=2) + "\n")
+from megadepth.common.io import atomic_write_json, atomic_write_text, json_safe  # noqa: F401 - re-exported for now
 
 
 class RunDir:
@@ -236,7 +181,7 @@ class MetricsLog:
         self._file = path.open("a", encoding="utf-8")
 
     def write(self, record: dict[str, Any]) -> None:
-        self._file.write(json.dumps(_json_safe(record)) + "\n")
+        self._file.write(json.dumps(json_safe(record)) + "\n")
         self._file.flush()
 
     def close(self) -> None:

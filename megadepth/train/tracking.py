@@ -11,8 +11,8 @@ import string
 from pathlib import Path
 from typing import Any
 
+from megadepth.common.io import atomic_write_text
 from megadepth.config.schema import WandbConfig
-from megadepth.train.rundir import atomic_write_text
 
 
 class Tracker:

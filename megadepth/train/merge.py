@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from megadepth.config.load import ConfigError, to_yaml, validate
+from megadepth.common.errors import ConfigError
+from megadepth.common.io import atomic_write_text
+from megadepth.config.load import to_yaml, validate
 from megadepth.config.schema import Config
 from megadepth.train.checkpoint import (
     LATEST,
@@ -31,7 +33,6 @@ from megadepth.train.checkpoint import (
     latest_tag,
     refusal,
 )
-from megadepth.train.rundir import atomic_write_text
 
 
 def _skeleton_partitions(config: Config) -> dict[str, int | None]:

@@ -1,0 +1,265 @@
+"""From runs to what the report shows: per panel and curve the points (mean over seeds at each x), the
+fitted optimum, the shift of the optimum from the reference curve to the last one, its slope, the
+transfer losses, and intervals over seeds."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from megadepth.analysis.fitting import (
+    INTERVAL_LEVEL,
+    Optimum,
+    fit_optimum,
+    interpolate,
+    parabola,
+    seed_interval,
+    weighted_slope,
+)
+from megadepth.analysis.runs import Roles, Run, hashable
+from megadepth.common.errors import ConfigError
+
+FINISHED = ("completed", "diverged")
+
+
+def show(value: Any) -> str:
+    """A value as the table and the figures show it: floats to 4 significant digits (an LR of
+    2**-10 as 0.0009766, not 0.0009765625), so columns line up; everything else as is."""
+    return format(value, ".4g") if isinstance(value, float) else str(value)
+
+
+def curve_label(roles: Roles, curve: dict[str, Any], *, with_name: bool = True) -> str:
+    """A curve's name: its value of the curve key and of the keys linked to it ("width 32, heads 4")."""
+    if not roles.curve:
+        return "runs"
+    name = roles.curve.rsplit(".", 1)[-1]
+    parts = [f"{name} {show(curve['curve'])}" if with_name else show(curve["curve"])]
+    parts += [f"{k.rsplit('.', 1)[-1]} {show(v)}" for k, v in (curve.get("linked") or {}).items()]
+    return ", ".join(parts)
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (0, value) if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, str(value))
+
+
+def _point(xval: float, group: list[Run], roles: Roles) -> dict[str, Any]:
+    """One grid value of a curve: the metric over seeds. Any diverged seed makes the mean +inf (an LR
+    that sometimes blows up is no usable optimum); std and sem need two finished seeds."""
+    done = [r for r in group if r.status in FINISHED]
+    diverged = sum(1 for r in done if r.value == math.inf)
+    fin = [r.value for r in done if math.isfinite(r.value)]
+    sem = None
+    if not done:
+        mean = std = math.nan
+    elif diverged:
+        mean, std = math.inf, math.nan
+    else:
+        mean = float(np.mean(fin))
+        std = float(np.std(fin, ddof=1)) if len(fin) > 1 else math.nan
+        sem = std / math.sqrt(len(fin)) if len(fin) > 1 else None
+    return {"x": xval, "log2_x": math.log2(xval), "mean": mean, "std": std, "sem": sem,
+            "n": len(done), "n_diverged": diverged, "n_missing": len(group) - len(done),
+            "seeds": [{"seed": r.point.get(roles.seed) if roles.seed else None, "value": r.value,
+                       "status": r.status, "id": r.id} for r in group]}
+
+
+def analyse(runs: list[Run], roles: Roles, window: int = 3) -> dict[str, Any]:
+    """Everything the table, the figures and transfer.json show."""
+    panel_values: dict[tuple[Any, ...], dict[str, Any]] = {}
+    cells: dict[tuple[Any, ...], dict[Any, dict[float, list[Run]]]] = {}
+    for r in runs:
+        if roles.x not in r.point:
+            continue
+        pkey = tuple(hashable(r.point.get(a)) for a in roles.panels)
+        panel_values.setdefault(pkey, {a: r.point.get(a) for a in roles.panels})
+        cval = hashable(r.point.get(roles.curve)) if roles.curve else None
+        xval = r.point[roles.x]
+        if not isinstance(xval, (int, float)) or isinstance(xval, bool) or xval <= 0:
+            raise ConfigError(f"report: the x axis '{roles.x}' needs positive numbers (it is fitted in log2), "
+                              f"got {xval!r}")
+        cells.setdefault(pkey, {}).setdefault(cval, {}).setdefault(float(xval), []).append(r)
+
+    panels = []
+    for pkey in cells:  # panels in grid order (the spec's order of parametrizations)
+        curves = []
+        for cval in sorted(cells[pkey], key=_sort_key):
+            by_x = cells[pkey][cval]
+            points = [_point(xval, sorted(by_x[xval], key=lambda r: _sort_key(r.point.get(roles.seed))
+                                          if roles.seed else 0), roles) for xval in sorted(by_x)]
+            opt = fit_optimum([p["log2_x"] for p in points], [p["mean"] for p in points],
+                              [p["sem"] for p in points], window, counts=[p["n"] - p["n_diverged"] for p in points])
+            first = next(r for rs in by_x.values() for r in rs)
+            curves.append({"curve": cval, "linked": {k: first.point.get(k) for k in roles.linked.get(roles.curve or "", [])},
+                           "points": points, "optimum": opt})
+        label = ", ".join(show(v) if a.rsplit(".", 1)[-1] == "name" else f"{a.rsplit('.', 1)[-1]}={show(v)}"
+                          for a, v in panel_values[pkey].items())
+        panels.append({"panel": panel_values[pkey], "label": label or "all runs", "curves": curves,
+                       **_transfer(curves)})
+    return {"panels": panels}
+
+
+def _transfer(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shift of the optimum (the reference, the first curve with one -> the last), its slope against
+    log2(curve), and each curve's transfer loss: its loss at the reference's optimum (on its parabola
+    inside its fit window, else interpolated between grid means) minus its own best."""
+    steps = sorted({round(b["log2_x"] - a["log2_x"], 9) for c in curves
+                    for a, b in zip(c["points"], c["points"][1:], strict=False)})
+    out: dict[str, Any] = {"grid_step_log2": steps[0] if steps else None, "shift": None, "slope": None,
+                           "reference": None, "transfer": []}
+    have = [c for c in curves if c["optimum"].log2_x is not None]
+    if not have:
+        return out
+    ref = have[0]  # the shallowest curve with an optimum: whose LR is transferred
+    ref_opt: Optimum = ref["optimum"]
+    out["reference"] = ref["curve"]
+    numeric = all(isinstance(c["curve"], (int, float)) and not isinstance(c["curve"], bool) and c["curve"] > 0
+                  for c in have)
+    if len(have) >= 2:
+        last = have[-1]
+        lo, hi = ref_opt, last["optimum"]
+        se = math.sqrt(lo.stderr ** 2 + hi.stderr ** 2) if lo.stderr is not None and hi.stderr is not None else None
+        # an optimum at the grid edge is only known to lie at or beyond it: the shift is then a bound
+        shift: dict[str, Any] = {"from": ref["curve"], "to": last["curve"], "log2": hi.log2_x - lo.log2_x,
+                                 "stderr": se, "bounded": "edge" in (lo.method, hi.method)}
+        if numeric and last["curve"] != ref["curve"]:
+            shift["per_doubling"] = shift["log2"] / math.log2(last["curve"] / ref["curve"])
+        iv = transfer_intervals(ref, last)
+        shift.update({"interval": iv["shift"], "transfer_loss_interval": iv["transfer_loss"],
+                      "interval_method": iv["method"], "interval_note": iv["note"], "seed_estimates": iv["seeds"]})
+        out["shift"] = shift
+        fitted = [c for c in have if c["optimum"].method == "fit"]
+        if numeric and len(fitted) >= 2 and len({c["curve"] for c in fitted}) >= 2:
+            slope, slope_se = weighted_slope([math.log2(c["curve"]) for c in fitted],
+                                             [c["optimum"].log2_x for c in fitted],
+                                             [c["optimum"].stderr for c in fitted])
+            out["slope"] = {"value": slope, "stderr": slope_se, "curves": [c["curve"] for c in fitted]}
+    for c in curves:
+        opt: Optimum = c["optimum"]
+        lx = [p["log2_x"] for p in c["points"]]
+        at = opt.value(ref_opt.log2_x) if opt.method == "fit" else None
+        if at is None:
+            at = interpolate(lx, [p["mean"] for p in c["points"]], ref_opt.log2_x)
+        at_sem = interpolate(lx, [p["sem"] if p["sem"] is not None else math.nan for p in c["points"]],
+                             ref_opt.log2_x)
+        out["transfer"].append({
+            "curve": c["curve"], "log2_x": ref_opt.log2_x, "loss_at_transferred": at,
+            "loss_at_transferred_sem": at_sem if at_sem is not None and math.isfinite(at_sem) else None,
+            "best_loss": opt.loss,
+            "transfer_loss": (at - opt.loss) if at is not None and opt.loss is not None else None})
+    return out
+
+
+def measured_transfer(panel: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the runs measured, beside the fitted transfer numbers, one entry per curve (in the panel's
+    order): its mean at the reference curve's best grid LR (``log2_x``: the grid point with the reference's
+    lowest mean, not its fitted optimum, which lies between grid points where no run was made), that
+    point's standard error, its own lowest mean (``best_loss``, at ``best_log2_x``) and the difference
+    (``transfer_loss``). Nothing is interpolated: a curve without a finished run at that LR has no value
+    (None); +inf where a seed diverged there."""
+    ref = next((c for c in panel["curves"] if c["optimum"].log2_x is not None), None)  # as in _transfer
+    at_lx = ref["optimum"].grid_argmin if ref is not None else None
+    out = []
+    for c in panel["curves"]:
+        finite = [p for p in c["points"] if math.isfinite(p["mean"])]
+        best = min(finite, key=lambda p: p["mean"]) if finite else None
+        at = None if at_lx is None else next((p for p in c["points"] if abs(p["log2_x"] - at_lx) < 1e-9), None)
+        loss = None if at is None or math.isnan(at["mean"]) else at["mean"]
+        transfer = None
+        if loss is not None and best is not None:
+            transfer = math.inf if math.isinf(loss) else loss - best["mean"]
+        out.append({"curve": c["curve"], "log2_x": at_lx, "loss": loss,
+                    "sem": at["sem"] if at is not None and loss is not None and math.isfinite(loss) else None,
+                    "best_log2_x": None if best is None else best["log2_x"],
+                    "best_loss": None if best is None else best["mean"], "transfer_loss": transfer})
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# Intervals over seeds
+
+SeedOptimum = tuple[float, float, tuple[float, float, float]]  # log2_x, loss, (a, b, c)
+
+
+def seed_optima(curve: dict[str, Any]) -> tuple[dict[Any, SeedOptimum], str]:
+    """Each seed's own optimum of a fitted curve: the parabola through that seed's values at the mean
+    fit's window (the same grid values the mean's vertex came from), its vertex clamped to the window as
+    the mean's is. Returns ``{seed: (log2_x, loss, (a, b, c))}`` and, when some seed has none (a missing
+    or diverged value in the window, a parabola that is not convex), why; that seed is left out."""
+    opt: Optimum = curve["optimum"]
+    if opt.method != "fit" or opt.window is None:
+        return {}, f"its optimum is not fitted ({opt.method})"
+    pts = [p for p in curve["points"] if opt.value(p["log2_x"]) is not None]  # the fit window
+    t = np.array([p["log2_x"] - opt.center for p in pts])
+    per_seed: dict[Any, list[float]] = {}
+    for k, p in enumerate(pts):
+        for r in p["seeds"]:
+            value = r["value"] if r["status"] in FINISHED else math.nan
+            per_seed.setdefault(hashable(r["seed"]), [math.nan] * len(pts))[k] = value
+    out: dict[Any, SeedOptimum] = {}
+    why = ""
+    for seed, ys in per_seed.items():
+        if not all(math.isfinite(y) for y in ys):
+            why = f"seed {show(seed)} has no finished, finite run at every fit point"
+            continue
+        _, _, (a, b, c) = parabola(t, np.array(ys))
+        if not a > 0:
+            why = f"seed {show(seed)}'s own parabola is not convex"
+            continue
+        ts = min(max(-b / (2 * a), float(t[0])), float(t[-1]))
+        out[seed] = (opt.center + ts, a * ts * ts + b * ts + c, (a, b, c))
+    return out, why
+
+
+def _seed_transfer_loss(curve: dict[str, Any], own: SeedOptimum, seed: Any, at_lx: float) -> float | None:
+    """One seed's transfer loss on ``curve``: its loss at ``at_lx`` (its own parabola inside the fit
+    window, else linear between its grid values, as the mean's) minus its own vertex loss."""
+    opt: Optimum = curve["optimum"]
+    if opt.value(at_lx) is not None:
+        a, b, c = own[2]
+        t = at_lx - opt.center
+        at: float | None = a * t * t + b * t + c
+    else:
+        vals = [next((r["value"] for r in p["seeds"] if hashable(r["seed"]) == seed and r["status"] in FINISHED),
+                     math.nan) for p in curve["points"]]
+        at = interpolate([p["log2_x"] for p in curve["points"]], vals, at_lx)
+    if at is None or not math.isfinite(at):
+        return None
+    return at - own[1]
+
+
+def transfer_intervals(ref: dict[str, Any], last: dict[str, Any],
+                       level: float = INTERVAL_LEVEL) -> dict[str, Any]:
+    """Intervals for the shift of the optimum (``ref`` -> ``last``) and for ``last``'s transfer loss,
+    from seed-level fitted optima: each seed is one replicate of the whole experiment (tune the LR on
+    ``ref`` with that seed, move to ``last``), its shift is its own optimum on ``last`` minus its own on
+    ``ref``, its transfer loss ``last``'s loss at its own ``ref`` optimum minus its own best; the interval
+    is Student's t over those per-seed values (:func:`seed_interval`), paired by seed. Returns
+    ``{"shift": interval | None, "transfer_loss": interval | None, "seeds": [...], "note": str}``; an
+    interval is None (the note says why) unless every seed common to both curves has an optimum on
+    both, and there are at least two: dropping the seeds whose parabola failed would keep the lucky
+    ones."""
+    out: dict[str, Any] = {"method": "student-t over seed-level fitted optima, paired by seed",
+                           "shift": None, "transfer_loss": None, "seeds": [], "note": ""}
+    lo, why_lo = seed_optima(ref)
+    hi, why_hi = seed_optima(last)
+    if why_lo or why_hi or not lo or not hi:
+        which = ref if (why_lo or not lo) else last
+        out["note"] = f"no interval: at {show(which['curve'])}, {why_lo or why_hi or 'no seed optimum'}"
+        return out
+    if set(lo) != set(hi):
+        out["note"] = "no interval: the two curves do not have the same seeds"
+        return out
+    seeds = list(lo)
+    shifts = [hi[s][0] - lo[s][0] for s in seeds]
+    losses = [_seed_transfer_loss(last, hi[s], s, lo[s][0]) for s in seeds]
+    out["seeds"] = [{"seed": s, "shift": d, "transfer_loss": tl} for s, d, tl in zip(seeds, shifts, losses, strict=True)]
+    out["shift"] = seed_interval(shifts, level)
+    if all(v is not None for v in losses):
+        out["transfer_loss"] = seed_interval([float(v) for v in losses], level)  # type: ignore[arg-type]
+    if out["shift"] is None:
+        out["note"] = f"no interval: {len(seeds)} seed(s) with an optimum on both curves (at least 2 needed)"
+    elif out["transfer_loss"] is None:
+        out["note"] = "no transfer-loss interval: a seed has no loss at its reference optimum"
+    return out

@@ -1,0 +1,3 @@
+"""What every part of megadepth shares and nothing else: files written atomically and hashed (io), the
+error classes for bad input (errors). It imports no other megadepth package, so any package, data_prep and
+launch included, may import it without an import cycle (tests/test_import_rules.py holds that)."""

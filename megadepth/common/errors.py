@@ -1,0 +1,18 @@
+"""The error classes every part of megadepth raises for bad input, in one leaf module (it imports
+nothing of megadepth), so any package can raise or catch them without importing another package.
+
+All are ``ValueError``: callers that already handle bad values handle these too; their own classes let
+the command line print them as one line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "DataError"]
+
+
+class DataError(ValueError):
+    """A data file or data setting is unusable; the message names the file and what is wrong."""
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used; the message names the key and, for typos, the nearest valid one."""

@@ -1,0 +1,107 @@
+"""Writing files that other processes trust, and hashing them: the one place for both.
+
+Every file a reader may open while it is being written (summaries, checkpoint pointers, shards, plans,
+markers) goes to a unique temporary name in the same directory, is fsynced, then renamed over the final
+name: readers see the old file or the new one, never a partial one, and concurrent writers (several
+ranks, several sweep workers) never share a temporary file.
+
+The temporary file is created with ``os.open(..., 0o666)``, not ``tempfile.mkstemp``: mkstemp creates
+mode 0600 whatever the umask, and the rename carries that mode over, so teammates on a shared cluster
+could not read a run's files. With 0o666 the kernel applies the umask (and a directory's default ACL) at
+creation, exactly as for a plain ``open(path, "w")``; nothing has to read the umask, which cannot be read
+without briefly changing it (racy with other threads). This module imports nothing of megadepth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "atomic_write_array",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_write_text",
+    "json_safe",
+    "sha256_file",
+    "temporary_path",
+]
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh name next to ``path`` for a file that will be renamed onto it (nothing is created)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def _create_temporary(path: Path) -> tuple[int, Path]:
+    """A new, unique file next to ``path`` opened for writing: ``(fd, its path)``; O_EXCL, so a name
+    that is taken is simply drawn again."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+    while True:
+        tmp = temporary_path(path)
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file and an atomic rename; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = _create_temporary(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    """``text`` as UTF-8, atomically (see :func:`atomic_write_bytes`)."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_safe(value: Any) -> Any:
+    """JSON has no inf/nan: they become strings, so diverged runs stay readable by every parser."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def atomic_write_json(path: str | Path, data: Any) -> Path:
+    """``data`` as indented JSON (inf/nan as strings) with a final newline, atomically."""
+    return atomic_write_text(path, json.dumps(json_safe(data), indent=2) + "\n")
+
+
+def atomic_write_array(path: str | Path, array: np.ndarray) -> Path:
+    """``array`` in NumPy's ``.npy`` format (``np.save``'s bytes), atomically."""
+    buf = io.BytesIO()
+    np.save(buf, array)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def sha256_file(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes as hex, read in 1 MiB blocks (shards and checkpoints are large)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
