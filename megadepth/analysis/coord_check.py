@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from megadepth.analysis.plots import save_figure
+from megadepth.common.io import save_figure
 from megadepth.config.load import validate
 from megadepth.config.schema import Config
 

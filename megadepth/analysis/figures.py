@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from megadepth.analysis.fitting import Optimum
-from megadepth.analysis.plots import save_figure
 from megadepth.analysis.runs import Roles
 from megadepth.analysis.table import show_number
 from megadepth.analysis.transfer import curve_label, measured_transfer, show
+from megadepth.common.io import save_figure
 
 MIN_SPAN = 0.1
 """The smallest y span, in nats, that both figures draw: seeds of one point differ by a few hundredths

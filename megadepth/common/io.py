@@ -31,6 +31,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "json_safe",
+    "save_figure",
     "sha256_file",
     "temporary_path",
 ]
@@ -105,3 +106,21 @@ def sha256_file(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def save_figure(fig: Any, out: str | Path) -> Path:
+    """A matplotlib figure as PNG, atomically (a reader never sees a half-written image), then closed."""
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(out)
+    try:
+        fig.savefig(tmp, format="png")
+        os.replace(tmp, out)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written image eating space
+        raise
+    finally:
+        plt.close(fig)
+    return out

@@ -550,7 +550,7 @@ class _LogWindow:
 
 def _finish_outputs(run: RunDir, summary: dict[str, Any], tracker: Tracker | None, title: str) -> None:
     """Plot, W&B summary, then summary.json last (its presence means the run ended this way)."""
-    from megadepth.analysis.plots import plot_loss_curve
+    from megadepth.train.curves import plot_loss_curve
 
     try:
         plot_loss_curve(read_metrics(run.metrics), run.loss_plot, title=title)

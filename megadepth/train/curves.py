@@ -1,4 +1,5 @@
-"""Plots a person would rather look at than read: PNG files through matplotlib's Agg backend."""
+"""The loss curve a finished run leaves beside its metrics (loss.png): train loss, and eval loss where
+recorded, against optimizer step."""
 
 from __future__ import annotations
 
@@ -6,23 +7,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-
-def save_figure(fig: Any, out: Path) -> Path:
-    """Write ``fig`` to ``out`` as a PNG through a temporary file renamed into place (a reader never sees
-    a half-written image), and close it."""
-    import matplotlib.pyplot as plt
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp.png")
-    try:
-        fig.savefig(tmp)
-        tmp.replace(out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written image eating space
-        raise
-    finally:
-        plt.close(fig)
-    return out
+from megadepth.common.io import save_figure
 
 
 def plot_loss_curve(records: list[dict[str, Any]], out: Path, title: str = "") -> Path | None:
