@@ -74,10 +74,10 @@ class ExtractConfig(_Section):
     """resiliparse: keep the main content only (drop navigation, footers, boilerplate)."""
     alt_texts: bool = False
     """resiliparse: write images' alt texts. Off: a figure's alt text usually repeats its caption, and the
-    doubled lines tripped FineWeb's duplicated-line rule on ordinary news pages (benchmarks/prep_quality.py,
-    28 English web pages: 20 kept with it off, 15 with it on, reference-line recall 0.982 vs 0.990)."""
+    doubled lines trip FineWeb's duplicated-character rule on ordinary news pages (measured in
+    docs/data_prep.md, "Extraction quality benchmark")."""
     links: bool = False
-    """resiliparse: write link targets after link texts (on: fewer pages kept, 7 of those 28)."""
+    """resiliparse: write link targets after link texts (on: URLs lower Gopher's alphabetic-word ratio)."""
     form_fields: bool = False
     """resiliparse: write the text of form fields (buttons, inputs)."""
     noscript: bool = False
@@ -85,8 +85,8 @@ class ExtractConfig(_Section):
     list_bullets: bool = True
     """resiliparse: mark list items with a bullet."""
     preserve_formatting: bool = True
-    """resiliparse: keep line breaks and block structure (off: one paragraph per block is lost, and so is
-    precision: 0.42 against 0.65 on those 28 pages)."""
+    """resiliparse: keep line breaks and block structure (off: paragraphs run together, and FineWeb's
+    line-punctuation rule drops many more pages)."""
     inline_separators: bool = True
     """resiliparse: keep a one-character separator standing alone between two inline elements ("1979</a>–<a>1983"
     -> "1979–1983"). resiliparse's main-content mode drops such a text node when its one character takes three

@@ -1,13 +1,10 @@
 """Quality rules: Gopher repetition, Gopher quality, C4 lines, FineWeb — datatrove's definitions.
 
 The rules and thresholds follow datatrove (FineWeb's code) so that a page kept or dropped there is, as
-far as the word split allows, kept or dropped here (on datatrove's own extracted text of the 168 pages of
-benchmarks/prep_quality.py the two decide alike on 163; the 5 others are all Gopher quality's alphabetic
-word ratio near its 0.8 threshold, where the split's token counts differ, e.g. URLs). What differs is speed: words come from a regular expression instead of spaCy (20-50x
-faster; a word is a run of letters/digits, possibly joined by inner apostrophes or periods as in
-"don't", "U.S.", "3.14"; an ellipsis and every other non-space character is a token of its own, which
-is how spaCy splits English punctuation), and the n-gram statistics work on integer word ids and
-rolling hashes in numpy instead of joined strings. The results are those of datatrove's algorithms,
+far as the word split allows, kept or dropped here. What differs is speed: words come from a regular
+expression instead of spaCy (20-50x faster; ``_TOKEN`` says where it follows spaCy's English tokenizer,
+and docs/data_prep.md how often the two decide alike), and the n-gram statistics work on integer word ids
+and rolling hashes in numpy instead of joined strings. The results are those of datatrove's algorithms,
 including the greedy skip in "duplicated n-gram characters".
 
 Each filter is ``fn(text, cfg) -> (text or None, reason or None)``: ``(None, reason)`` drops the page,

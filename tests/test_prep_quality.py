@@ -70,11 +70,11 @@ def floor_violations(rows: list[dict]) -> list[str]:
     bad += [f"{r['page']}: snippet recall {r['snippet_recall']}" for r in snip if r["snippet_recall"] < 1.0]
     if (s["must_not_absent"] or 0) < 0.6:
         bad.append(f"must-not snippets absent {s['must_not_absent']}")
-    # kept today: 5 of the 7 documentation pages and the Wikimedia article; the t-SNE article and two
-    # code-rich tutorial pages fall under Gopher's alphabetic-word ratio
-    if s["kept"] < 6 or not next(r for r in rows if r["page"].endswith("turkey"))["kept"]:
+    # kept today: 6 of the 7 documentation pages and the Wikimedia article; the t-SNE article and one
+    # code-rich tutorial page fall under Gopher's alphabetic-word ratio
+    if s["kept"] < 7 or not next(r for r in rows if r["page"].endswith("turkey"))["kept"]:
         bad.append(f"kept {s['kept']}: {s['drops']}")
-    if s["out_recall"] < 0.65:
+    if s["out_recall"] < 0.8:
         bad.append(f"output recall {s['out_recall']}")
     return bad
 
