@@ -18,8 +18,9 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-FORMAT = "%P|%c|%m|%G|%D"
-"""Partition (``*`` marks the default), CPUs per node, memory per node in MB, generic resources, nodes."""
+FORMAT = "%P|%c|%m|%G|%D|%l"
+"""Partition (``*`` marks the default), CPUs per node, memory per node in MB, generic resources, nodes, the
+partition's time limit (``infinite``, ``30:00``, ``1-00:00:00``)."""
 
 _GRES_ITEM = re.compile(r"([^,(]+)(?:\([^)]*\))?")
 """One entry of a ``%G`` list: ``gpu``, ``gpu:4`` or ``gpu:a100:4``, possibly followed by ``(S:0-1)``
@@ -41,6 +42,8 @@ class NodeGroup:
     gres: str
     """sinfo's ``%G`` as printed, e.g. ``gpu:a100:4(S:0-1)`` or ``(null)``."""
     nodes: int
+    time_limit: str = ""
+    """sinfo's ``%l`` as printed: the partition's MaxTime (``infinite``; empty where not read)."""
 
     @property
     def gpus(self) -> int:
@@ -72,39 +75,83 @@ def _number(text: str) -> int:
     return int(match.group()) if match else 0
 
 
+def seconds(text: str) -> int | None:
+    """A Slurm time (``--time``, sinfo's ``%l``: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS) in
+    seconds; None for ``infinite``/``UNLIMITED`` or anything else that is not one."""
+    match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
+    if not match:
+        return None
+    days, first, second, third = match.groups()
+    numbers = [int(x) for x in (first, second, third) if x is not None]
+    if days is not None:  # D-HH[:MM[:SS]]
+        hours, minutes, secs = (numbers + [0, 0])[:3]
+        return ((int(days) * 24 + hours) * 60 + minutes) * 60 + secs
+    if len(numbers) == 3:
+        return (numbers[0] * 60 + numbers[1]) * 60 + numbers[2]
+    if len(numbers) == 2:  # MM:SS
+        return numbers[0] * 60 + numbers[1]
+    return numbers[0] * 60  # minutes
+
+
+def longest_time(groups: Sequence[NodeGroup]) -> int | None:
+    """The longest time limit among ``groups``' partitions in seconds; None where one has none (or it was
+    not read)."""
+    limits = [seconds(g.time_limit) for g in groups]
+    return None if not limits or None in limits else max(x for x in limits if x is not None)
+
+
 def parse(text: str) -> list[NodeGroup]:
-    """sinfo's ``-h -o FORMAT`` output as NodeGroups (lines that do not parse are left out)."""
+    """sinfo's ``-h -o FORMAT`` output as NodeGroups (lines that do not parse are left out; the time limit
+    is optional, as in the format's first five fields alone)."""
     groups = []
     for line in text.splitlines():
         fields = line.strip().split("|")
-        if len(fields) != 5 or not fields[0]:
+        if len(fields) not in (5, 6) or not fields[0]:
             continue
         name = fields[0]
         groups.append(NodeGroup(partition=name.rstrip("*"), default=name.endswith("*"), cpus=_number(fields[1]),
-                                memory_mb=_number(fields[2]), gres=fields[3].strip(), nodes=_number(fields[4])))
+                                memory_mb=_number(fields[2]), gres=fields[3].strip(), nodes=_number(fields[4]),
+                                time_limit=fields[5].strip() if len(fields) == 6 else ""))
     return groups
 
 
-def query(partition: str | None = None, *, sinfo: str = "sinfo", timeout_s: float = 20) -> list[NodeGroup] | None:
-    """The node groups of ``partition`` (None: the default partition's), or None when sinfo cannot say
-    (not installed, no controller reachable, an unknown partition: sbatch will name that one itself)."""
+def _run(args: list[str], sinfo: str, timeout_s: float) -> str | None:
+    """sinfo's standard output, or None where it cannot answer (not installed, no controller, too slow)."""
     exe = shutil.which(sinfo)
     if exe is None:
         return None
-    cmd = [exe, "-h", "-o", FORMAT]
-    if partition:
-        cmd += ["-p", partition]
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, stdin=subprocess.DEVNULL)
+        done = subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout_s,
+                              stdin=subprocess.DEVNULL)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if done.returncode != 0:
+    return done.stdout if done.returncode == 0 else None
+
+
+def query(partition: str | None = None, *, sinfo: str = "sinfo", timeout_s: float = 20) -> list[NodeGroup] | None:
+    """The node groups of ``partition`` (None: the default partition's); None when sinfo cannot say (not
+    installed, no controller reachable), and an empty list when it answers but lists no node of the named
+    partition: no such partition (sinfo exits 0 and prints nothing for one)."""
+    args = ["-h", "-o", FORMAT]
+    if partition:
+        args += ["-p", partition]
+    text = _run(args, sinfo, timeout_s)
+    if text is None:
         return None
-    groups = parse(done.stdout)
+    groups = parse(text)
     if not partition:
         default = [g for g in groups if g.default]
-        groups = default or groups
-    return groups or None
+        return default or groups or None
+    return groups
+
+
+def partitions(*, sinfo: str = "sinfo", timeout_s: float = 20) -> list[str] | None:
+    """The cluster's partition names as sinfo lists them (``*`` marks the default; ``--all``: hidden ones and
+    those of other groups too), or None where it cannot."""
+    text = _run(["--all", "-h", "-o", "%P"], sinfo, timeout_s)
+    if text is None:
+        return None
+    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def partition_option(options: Sequence[str]) -> str | None:

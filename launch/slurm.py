@@ -71,6 +71,8 @@ def decide_gpus(device: str, nproc_per_node: int, sbatch_options: tuple[str, ...
     check_sbatch_options(sbatch_options)  # before one of them reaches sinfo
     partition = sinfo.partition_option(sbatch_options)
     groups = (query or sinfo.query)(partition)
+    if groups is not None and not groups:
+        raise LaunchError(no_such_partition(partition))
     line = f"--gpus-per-node={nproc_per_node}"
     if groups is None:
         where = f"partition {partition}" if partition else "the default partition"
@@ -88,6 +90,72 @@ def decide_gpus(device: str, nproc_per_node: int, sbatch_options: tuple[str, ...
         raise LaunchError(f"--nproc-per-node {nproc_per_node} ranks per node, one per GPU, but the nodes of "
                           f"{cluster} have at most {most} GPU(s)")
     return GpuDecision(True, f"{line}: train.device is {device} and the nodes of {cluster} have GPUs")
+
+
+def no_such_partition(partition: str | None) -> str:
+    """The line for a partition sinfo answers about but does not list (sbatch would answer "Invalid
+    partition name specified", or with a GPU line first "Invalid generic resource (gres) specification")."""
+    names = sinfo.partitions()
+    listed = f" (it lists {', '.join(names)}; * marks the default)" if names else ""
+    return (f"--sbatch=--partition={partition}: sinfo lists no such partition{listed}; "
+            "nothing was written")
+
+
+def _option(options: tuple[str, ...], long: str, short: str | None = None) -> str | None:
+    """The value of one sbatch option among single-word ``--sbatch`` options (``--mem=8G``; ``-c4``,
+    ``-c=4``), the last one winning as for sbatch; None if not given."""
+    found = None
+    for option in options:
+        if option.startswith(f"{long}="):
+            found = option.split("=", 1)[1]
+        elif short and option.startswith(short) and not option.startswith("--") and len(option) > len(short):
+            found = option[len(short):].removeprefix("=")
+    return found
+
+
+def check_fits(spec: SlurmSpec, *, query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None
+               ) -> None:
+    """Refuse, before the script is written, a job the partition's nodes (as sinfo reports them) can never
+    run: more nodes than it has (or has that meet the requests), an ``--sbatch=--mem`` or
+    ``--cpus-per-task`` larger than any node's, an ``--sbatch=--time`` beyond the partition's limit. sbatch
+    queues a job asking for more nodes or CPUs than there are (reason PartitionConfig) or more time than
+    the partition allows (PartitionTimeLimit), to wait forever, and answers a memory request only with
+    "Requested node configuration is not available". No check where sinfo cannot say; nothing to ask it
+    for one node without such options (the GPU line is :func:`decide_gpus`'s)."""
+    options = spec.sbatch_options
+    mem, cpus = _option(options, "--mem"), _option(options, "--cpus-per-task", "-c")
+    limit = _option(options, "--time", "-t")
+    partition = sinfo.partition_option(options)
+    if spec.nnodes == 1 and mem is None and cpus is None and limit is None and partition is None:
+        return
+    groups = (query or sinfo.query)(partition)
+    if groups is None:
+        return
+    if not groups:
+        raise LaunchError(no_such_partition(partition))
+    mem_mb = sinfo.size_mb(mem) if mem is not None else None
+    cpus_n = int(cpus) if cpus is not None and cpus.isdigit() else None
+    found = []
+    if mem_mb is not None and mem_mb > max(g.memory_mb for g in groups):
+        found.append(f"--sbatch=--mem={mem} is more memory than any node has")
+    if cpus_n is not None and cpus_n > max(g.cpus for g in groups):
+        found.append(f"--sbatch=--cpus-per-task={cpus} is more CPUs than any node has")
+    longest, asked_s = sinfo.longest_time(groups), sinfo.seconds(limit) if limit is not None else None
+    if longest is not None and asked_s is not None and asked_s > longest:
+        found.append(f"--sbatch=--time={limit} is longer than the partition's time limit ({groups[0].time_limit})")
+    if not found:
+        def meets(g: sinfo.NodeGroup) -> bool:
+            return ((mem_mb is None or mem_mb <= g.memory_mb) and (cpus_n is None or cpus_n <= g.cpus)
+                    and (not spec.gpus or g.gpus >= spec.nproc_per_node))
+
+        able, total = sum(g.nodes for g in groups if meets(g)), sum(g.nodes for g in groups)
+        if spec.nnodes > total:
+            found.append(f"--nnodes {spec.nnodes} is more nodes than the partition has ({total})")
+        elif spec.nnodes > able:
+            found.append(f"--nnodes {spec.nnodes} but only {able} node(s) of the partition meet the requests")
+    if found:
+        raise LaunchError(f"no node can run this job: {'; '.join(found)}: {sinfo.describe(groups)}; "
+                          "nothing was written")
 
 
 def template_text() -> str:
@@ -121,11 +189,13 @@ def check_sbatch_options(options: tuple[str, ...]) -> None:
             raise LaunchError(problem)
 
 
-def render_sbatch(spec: SlurmSpec) -> str:
-    """The batch script's text."""
+def render_sbatch(spec: SlurmSpec, *, query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None
+                  ) -> str:
+    """The batch script's text, once :func:`check_fits` found nodes that can run it (``query``: as there)."""
     if spec.nnodes < 1 or spec.nproc_per_node < 1:
         raise LaunchError("--nnodes and --nproc-per-node must be at least 1")
     check_sbatch_options(spec.sbatch_options)
+    check_fits(spec, query=query)
     values = {
         "nnodes": str(spec.nnodes),
         "nproc": str(spec.nproc_per_node),

@@ -151,7 +151,10 @@ def _children(pid: int) -> list[int]:
 
 
 class SlurmCluster:
-    """munged + slurmctld + slurmd on this machine: one node, one partition ``debug``; see the module doc."""
+    """munged + slurmctld + slurmd on this machine: one node in the default partition ``debug`` (no time
+    limit) and in ``short`` (30 minutes at most); see the module doc."""
+
+    SHORT, SHORT_LIMIT = "short", "30"
 
     def __init__(self) -> None:
         self.root = private_dir("megadepth-slurm-")
@@ -214,6 +217,8 @@ KillWait=5
 MinJobAge=3600
 NodeName={self.node} NodeAddr=127.0.0.1 CPUs={self.cpus} RealMemory={self.memory_mb} State=UNKNOWN
 PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP DefMemPerCPU=1024
+# the same node under a time limit, as clusters' debug partitions have (sbatch queues a longer job for good)
+PartitionName={self.SHORT} Nodes={self.node} MaxTime={self.SHORT_LIMIT} State=UP DefMemPerCPU=1024
 """
         self.conf.write_text(text)
 
@@ -257,8 +262,8 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP DefM
                 if self.procs[daemon].poll() is not None:
                     raise RuntimeError(f"{daemon} exited: {tail(self.root / f'{daemon}.err')}\n"
                                        f"{tail(self.root / f'{daemon}.log')}")
-            state = self.run("sinfo", "-h", "-o", "%t", check=False)
-            return state.returncode == 0 and state.stdout.strip() == "idle"
+            state = self.run("sinfo", "-h", "-o", "%t", check=False)  # one line per partition
+            return state.returncode == 0 and set(state.stdout.split()) == {"idle"}
 
         try:
             wait_until(idle, START_TIMEOUT_S, "the node did not come up idle in sinfo")
@@ -307,6 +312,21 @@ PartitionName=debug Nodes={self.node} Default=YES MaxTime=INFINITE State=UP DefM
         except TimeoutError as exc:
             listing = self.run("squeue", "-h", "-o", "%i %T %r", check=False).stdout
             raise AssertionError(f"{exc}; queue:\n{listing}") from None
+
+    def requeue(self, job_id: str) -> None:
+        """``scontrol requeue`` a finished batch job and lift the hold Slurm puts on it (``StartTime=now``), as
+        docs/launching.md says to; but not within the second the job ended. slurmd revokes a job's
+        credential when the job ends, stamped with that second, and refuses any later credential of the same
+        job id issued in that second or before it (``cred->ctime <= revoked``, whole seconds): a requeued job
+        started at once ends FAILED, exit 1, without running a line ("Job N already killed, do not launch
+        batch job" in slurmd.log). Slurm's own hold (about two minutes) is there to wait that out."""
+        (record,) = self.jobs(job_id)
+        assert record.get("JobState") in FINAL_STATES, record
+        ended = time.mktime(time.strptime(record["EndTime"], "%Y-%m-%dT%H:%M:%S"))
+        self.run("scontrol", "requeue", job_id)
+        # the revocation may be stamped a moment after EndTime (another second, rarely): two seconds clear it
+        time.sleep(max(0.0, ended + 2 - time.time()))
+        self.run("scontrol", "update", f"JobId={job_id}", "StartTime=now")
 
     def cancel_all(self) -> None:
         """Cancel every job and wait (a little) until none is left running."""

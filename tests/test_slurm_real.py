@@ -9,6 +9,9 @@
   uninterrupted one does.
 - ``sweep --executor slurm``: a CPU job array to completed points and a report, one point's trainer
   killed (as by the OOM killer) and retried by its array task; requests the cluster refuses, named.
+- requests no node can meet, named by ``launch --slurm`` too (nodes, memory, CPUs, a time limit: the
+  cluster's partition ``short``, a partition sinfo does not list); and a job requeued the moment it
+  ended, whose hold ``SlurmCluster.requeue`` lifts only a second later (slurmd refuses it before).
 
 Small inputs and tiny models keep it to a couple of minutes on 2 cores; the cluster's start-up is a few
 seconds (printed by the fixture).
@@ -21,15 +24,17 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from cluster import SlurmCluster, tail, wait_until
+from cluster import FINAL_STATES, SlurmCluster, tail, wait_until
 from conftest import tiny_config
 
 from megadepth.cli import main
@@ -61,6 +66,16 @@ if os.environ.get("MEGADEPTH_TEST_HOLD"):
 
     stages._maybe_die = _hold
 '''
+
+
+@pytest.fixture(autouse=True)
+def _no_job_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Cancel what a test left in the queue (a failure midway leaves its jobs running or pending): the
+    next tests would otherwise see them, e.g. in their "nothing queued" checks, and fail for it too."""
+    yield
+    cluster = request.node.funcargs.get("slurm_cluster")
+    if cluster is not None:
+        cluster.cancel_all()
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -215,9 +230,8 @@ def test_launch_slurm_cpu_job_completes_and_a_requeue_resumes_exactly(
     first = json.loads((run / "summary.json").read_text())
     assert (first["status"], first["steps"], first["world_size"]) == ("stopped", 2, 2), tail(log, 40)
 
-    slurm_cluster.run("scontrol", "requeue", job)
-    # a requeued job waits 120 s before it may start again (Slurm's own delay); the test does not wait
-    slurm_cluster.run("scontrol", "update", f"JobId={job}", "StartTime=now")
+    # a requeued job waits 120 s before it may start again (Slurm's own delay); the test lifts it
+    slurm_cluster.requeue(job)
     slurm_cluster.wait_jobs([job], 300)
     assert slurm_cluster.jobs(job)[0]["Restarts"] == "1"
     second = json.loads((run / "summary.json").read_text())
@@ -234,6 +248,53 @@ def test_launch_slurm_cpu_job_completes_and_a_requeue_resumes_exactly(
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-5), (a, b)
     assert second["final_eval_loss"] == pytest.approx(json.loads((ref / "summary.json").read_text())[
         "final_eval_loss"], rel=1e-5)
+
+
+def test_a_job_requeued_the_moment_it_ends_runs_again(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
+    """`scontrol requeue` and `scontrol update StartTime=now` (docs/launching.md) in the second a job ended
+    gave a job that ended FAILED at once without running (slurmd: "Job N already killed, do not launch batch
+    job"): the requeue test above failed so about once in 8 runs. Here each part of the job ends just after
+    a second begins, so that slurmctld's next scheduling pass (once a second) most likely falls in the same
+    second; SlurmCluster.requeue waits that second out (without the wait this failed 5 runs in 5)."""
+    ran = tmp_path / "ran.txt"
+    to_next_second = shlex.join([sys.executable, "-c", "import time; time.sleep(1 - time.time() % 1)"])
+    job = _run(["sbatch", "--parsable", f"--output={tmp_path / 'job.out'}", "--open-mode=append", "--wrap",
+                f"echo ran >> {shlex.quote(str(ran))}; sleep 2; {to_next_second}"],  # 2 s: sched_min_interval
+               slurm_cluster.env, tmp_path).stdout.strip()
+    for part in (1, 2):
+        # noticed within a few hundredths of a second of the end, as a script would
+        wait_until(lambda: slurm_cluster.states(job)[0] in FINAL_STATES, 60, "the job did not end", interval_s=0.03)
+        (record,) = slurm_cluster.jobs(job)
+        assert (record["JobState"], ran.read_text()) == ("COMPLETED", "ran\n" * part), (
+            record, tail(slurm_cluster.root / "slurmd.log"))
+        if part == 1:
+            slurm_cluster.requeue(job)
+
+
+@pytest.mark.parametrize(("options", "said"), [
+    (["--nnodes", "2"], "--nnodes 2 is more nodes than the partition has (1)"),
+    (["--nnodes", "1", "--sbatch=--mem=4000G"], "--sbatch=--mem=4000G is more memory than any node has"),
+    # sbatch queues these two, to wait forever (reason PartitionConfig)
+    (["--nnodes", "1", "--sbatch=-c4096"], "--sbatch=--cpus-per-task=4096 is more CPUs than any node has"),
+    (["--nnodes", "1", "--sbatch=--partition=nosuch"],  # sbatch: "Invalid generic resource (gres) specification"
+     "--sbatch=--partition=nosuch: sinfo lists no such partition (it lists debug*, short;"),
+    (["--nnodes", "1", "--sbatch=--partition=short", "--sbatch=--time=1:00:00"],  # pending, PartitionTimeLimit
+     "--sbatch=--time=1:00:00 is longer than the partition's time limit (30:00)"),
+])
+def test_launch_slurm_names_what_no_node_can_meet(slurm_cluster: SlurmCluster, sample_data: Path, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+                                                  options: list[str], said: str) -> None:
+    """A `--slurm` job the partition's nodes (the real sinfo) can never run is refused in one line before the
+    script is written, instead of a job that sbatch refuses with a misleading reason or queues for good."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, tmp_path / "run", train={"global_batch": 8})))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
+    code, _, err = _cli(capsys, "launch", "--slurm", "job.sbatch", "--nproc-per-node", "1", *options, str(cfg))
+    assert code == 2 and said in err and "nothing was written" in err and err.count("\n") == 1, err
+    if "partition has" in said or "than any node" in said or "time limit" in said:
+        assert f"partition {'short' if 'time limit' in said else 'debug'} (1 node(s): " in err, err
+    assert not (tmp_path / "job.sbatch").exists()
 
 
 def test_launch_slurm_refuses_gpus_the_cluster_lacks(slurm_cluster: SlurmCluster, sample_data: Path,
@@ -355,6 +416,8 @@ def test_sweep_slurm_array_completes_retries_a_killed_point_and_reports(
     ([], ["--gres=gpu:1 is more GPUs than any node has (--gpus-per-task 0 for CPU tasks)", "nothing was submitted"]),
     (["--gpus-per-task", "0", "--cpus-per-task", "4096"],  # sbatch would queue this one, to wait forever
      ["--cpus-per-task=4096 is more CPUs than any node has", "nothing was submitted"]),
+    (["--gpus-per-task", "0", "--partition", "short"],  # the default --time 04:00:00; sbatch would queue it
+     ["--time=04:00:00 is longer than the partition's time limit (30:00; --time T)", "nothing was submitted"]),
     (["--gpus-per-task", "0", "--partition", "nosuch"],  # sinfo knows no such partition: sbatch's word
      ["sbatch refused", "Invalid partition name specified",
       "each task asks for --cpus-per-task=2 --mem=4G --time=04:00:00 --partition=nosuch"]),
@@ -374,5 +437,6 @@ def test_sweep_names_the_request_the_cluster_refuses(slurm_cluster: SlurmCluster
     assert code == 2, err
     assert all(part in err for part in said) and err.count("\n") == 1, err
     if "nothing was submitted" in err:
-        assert "partition debug (1 node(s): " in err and not (tmp_path / "o" / "slurm").exists()
+        partition = "short" if "short" in options else "debug"
+        assert f"partition {partition} (1 node(s): " in err and not (tmp_path / "o" / "slurm").exists()
     assert not slurm_cluster.run("squeue", "-h", "-o", "%i").stdout.strip()  # nothing queued

@@ -219,6 +219,10 @@ def _too_big(opts: SlurmOptions, groups: list[sinfo.NodeGroup]) -> list[str]:
                      "partition's default)")
     if opts.cpus() > max(g.cpus for g in groups):
         found.append(f"--cpus-per-task={opts.cpus()} is more CPUs than any node has (--cpus-per-task N)")
+    limit, asked_s = sinfo.longest_time(groups), sinfo.seconds(opts.time)
+    if limit is not None and asked_s is not None and asked_s > limit:  # sbatch queues it, to wait forever
+        found.append(f"--time={opts.time} is longer than the partition's time limit "
+                     f"({groups[0].time_limit}; --time T)")
     most = max(g.gpus for g in groups)
     if opts.gpus_per_task > most:
         found.append(f"--gres=gpu:{opts.gpus_per_task} is more GPUs than any node has" +
@@ -230,7 +234,8 @@ def check_fits(opts: SlurmOptions, query: Callable[[str | None], list[sinfo.Node
                ) -> None:
     """Refuse, before anything is written or submitted, array tasks no node of the partition can run, as
     sinfo reports the nodes (nothing to check where it cannot say). sbatch refuses some of these itself,
-    not naming the request, and queues others (more CPUs than any node has) to wait forever."""
+    not naming the request, and queues others (more CPUs than any node has, a ``--time`` beyond the
+    partition's limit) to wait forever."""
     groups = (query or sinfo.query)(opts.partition)
     if not groups:
         return
