@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -168,15 +169,8 @@ class MetricsLog:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists():
-            kept = []
-            if resume_step is not None:
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError:
-                        continue  # a torn last line from a killed run
-                    if int(rec.get("step", 0)) <= resume_step:
-                        kept.append(line)
+            kept = [] if resume_step is None else [
+                line for line, rec in _parsed_lines(path) if int(rec.get("step", 0)) <= resume_step]
             atomic_write_text(path, "".join(f"{line}\n" for line in kept))
         self._file = path.open("a", encoding="utf-8")
 
@@ -190,11 +184,15 @@ class MetricsLog:
 
 def read_metrics(path: Path) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl (torn lines skipped)."""
-    out = []
+    return [rec for _, rec in _parsed_lines(path)]
+
+
+def _parsed_lines(path: Path) -> Iterator[tuple[str, Any]]:
+    """(line, record) for each line of a metrics.jsonl that parses: a killed run may leave a torn last line."""
     if path.exists():
         for line in path.read_text(encoding="utf-8").splitlines():
             try:
-                out.append(json.loads(line))
+                record = json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return out
+            yield line, record

@@ -1,0 +1,72 @@
+"""SIGTERM or SIGINT while training: stop after the next step with a checkpoint (status stopped)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+from typing import Any
+
+import torch
+
+
+class StopRequest:
+    """The stop signals' handler while it is entered (``with``), and the ranks' agreement on a stop.
+
+    Schedulers send SIGTERM shortly before they kill a job (Slurm's ``--signal`` and preemption, a pod's
+    stop: often 30 s) and a user's Ctrl-C is SIGINT: both should end in a resumable run, not a lost
+    interval. Every rank must stop after the same step, so the flag is combined across ranks every step,
+    but on the host only: an asynchronous all-reduce over a gloo group of a CPU tensor, issued after step
+    s and read after step s + 1, when it has long finished. The step itself gains no device sync and no
+    wait on other ranks; a signal is acted on one step after it arrives on any rank. A second SIGINT
+    aborts at once (KeyboardInterrupt).
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.group: Any = None  # a gloo group, set once the process group exists: the flag stays on the host
+        self.signum = 0
+        self._previous: dict[int, Any] = {}
+        self._flag: torch.Tensor | None = None
+        self._pending: Any = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        if self.signum and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.signum:
+            print(f"megadepth: {signal.Signals(signum).name} received: stopping with a checkpoint after the next "
+                  "step" + (" (Ctrl-C again to abort)" if signum == signal.SIGINT else ""), file=sys.stderr)
+        self.signum = signum
+
+    def poll(self) -> bool:
+        """Whether any rank had been signalled when the previous step ended; every rank calls this once
+        per step, so all of them get the same answer after the same step."""
+        agreed = False
+        if self._pending is not None:
+            self._pending.wait()
+            seen = int(self._flag.item())  # type: ignore[union-attr]
+            if seen and not self.signum:
+                self.signum = seen  # another rank's signal: name it in the message too
+            agreed = bool(seen)
+        self._flag = torch.tensor([self.signum], dtype=torch.int64)
+        self._pending = torch.distributed.all_reduce(self._flag, op=torch.distributed.ReduceOp.MAX,
+                                                     group=self.group, async_op=True)
+        return agreed
+
+    def drain(self) -> None:
+        """Complete the last all-reduce (every rank issued it) before the loop's collectives end."""
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
