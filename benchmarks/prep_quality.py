@@ -74,7 +74,7 @@ DEFAULT_SETTINGS = (
     "main_content=false:extract.main_content=false",
     "inline_separators=false:extract.inline_separators=false",
     "tidy_whitespace=false:extract.tidy_whitespace=false",
-    "repeated_lines=kept:extract.repeated_line_max_words=null",
+    "repeated_lines=false:repeated_lines.enabled=false",
     "alt_texts=true:extract.alt_texts=true",
     "list_bullets=false:extract.list_bullets=false",
     "noscript=true:extract.noscript=true",

@@ -96,11 +96,6 @@ class ExtractConfig(_Section):
     """Lines holding only white space (no-break spaces, zero-width spaces) become empty, runs of blank lines
     become one, and runs of tabs inside a line (table cells) become one space. A page whose paragraphs are
     separated by ``&nbsp;`` lines otherwise counts them as duplicated lines in Gopher's repetition rule."""
-    repeated_line_max_words: int | None = Field(default=10, ge=1)
-    """A line that repeats an earlier line of the same page word for word and has at most this many words
-    is dropped: captions printed twice, credit lines, "Video Ad Feedback" under each video of a carousel.
-    Longer repeated lines (paragraphs) are kept, so Gopher's repetition rules still see pages that repeat
-    content. null keeps every line."""
     time_limit_s: float = Field(default=2.0, gt=0)
     """Per-document time limit for the extractor (SIGALRM in the worker process); over it the page is
     skipped and counted. It interrupts Python code (trafilatura); resiliparse runs in C and is bounded
@@ -196,6 +191,19 @@ class C4Config(_Section):
     """Drop lines about cookies / privacy / terms of use."""
 
 
+class RepeatedLinesConfig(_Section):
+    enabled: bool = True
+    """Before the rules: a page that fails a duplicated-line rule (Gopher repetition's duplicated line and
+    paragraph fractions, FineWeb's duplicated characters) loses the repeats of its short lines (each kept
+    once, where it first appears) and is judged on what remains. Captions printed twice, credit lines and a
+    video carousel's "Video Ad Feedback" / "Now playing" lines otherwise drop ordinary articles whose
+    main-content extraction keeps them. A page that passes keeps every line (code, lyrics); a page whose
+    repetition is all short lines (a song's chorus, a list of keywords) is kept without the repeats, where
+    FineWeb drops it: ``false`` restores FineWeb's behaviour."""
+    max_chars: int = Field(default=40, ge=1)
+    """A short line: at most this many characters, white space at its ends not counted."""
+
+
 class FineWebConfig(_Section):
     enabled: bool = True
     """FineWeb's own rules (Penedo et al. 2024), datatrove's implementation."""
@@ -282,6 +290,8 @@ class PrepConfig(_Section):
     """HTML to text."""
     language: LanguageConfig = LanguageConfig()
     """Language identification."""
+    repeated_lines: RepeatedLinesConfig = RepeatedLinesConfig()
+    """A failing page's repeated short lines, dropped before the rules judge it."""
     gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
     """Gopher repetition rules."""
     gopher_quality: GopherQualityConfig = GopherQualityConfig()

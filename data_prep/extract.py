@@ -4,8 +4,9 @@ Decoding: a byte-order mark, else strict UTF-8 (most of the web), else the HTTP 
 ``<meta charset>`` of the page, else resiliparse's detector (which never fails: undecodable bytes
 become U+FFFD). Extraction: resiliparse main content (default) or trafilatura with FineWeb's settings.
 
-The extracted text is then tidied (``tidy_text``): blank-looking lines, tab runs and short lines the page
-repeats (captions, credits) are removed, as the ``extract.*`` keys say.
+The extracted text is then tidied (``tidy_text``): blank-looking lines and tab runs, as the ``extract.*`` keys
+say. Both steps run inside the page's time limit, and their regular expressions are linear (possessive
+quantifiers: a long run of white space or tabs is never re-scanned).
 
 Both extractors are checked on a known page when they are created: trafilatura with lxml >= 5.2 needs
 the separate ``lxml_html_clean`` package and otherwise fails on every page, which a per-page time limit
@@ -67,11 +68,11 @@ def decode_html(payload: bytes, http_charset: str | None, stats: Counter | None 
 _MARK = "\ufdd0"
 #: a text node between two tags that holds one character of three or more UTF-8 bytes (literal or as a
 #: character reference), possibly with white space around it: what resiliparse's main-content mode drops
-_LONE_SEPARATOR = re.compile(r">(\s*(?:[\u0800-\U0010ffff]|&#?\w{1,31};))(?=\s*<)")
+_LONE_SEPARATOR = re.compile(r">(\s*+(?:[\u0800-\U0010ffff]|&#?\w{1,31};))(?=\s*+<)")
 #: a line of white space (``\s`` covers U+00A0 and U+2000-200A) and zero-width spaces only
-_BLANK_LINE = re.compile(r"^(?:[^\S\n]|[\u200b\u2060\ufeff])+$", re.M)
+_BLANK_LINE = re.compile(r"^(?:[^\S\n]|[\u200b\u2060\ufeff])++$", re.M)
 _BLANK_RUNS = re.compile(r"\n{3,}")
-_INNER_TABS = re.compile(r"(?<=\S)[^\S\n]*\t[^\S\n]*(?=\S)")
+_INNER_SPACE = re.compile(r"(?<=\S)[^\S\n]++(?=\S)")
 
 
 def mark_separators(html: str) -> str:
@@ -80,29 +81,18 @@ def mark_separators(html: str) -> str:
 
 
 def tidy_text(text: str, cfg: ExtractConfig) -> str:
-    """The extracted text, cleaned as ``cfg`` asks (``tidy_whitespace``, ``repeated_line_max_words``); the
-    separator marker is always removed."""
+    """The extracted text, cleaned as ``cfg.tidy_whitespace`` asks; the separator marker is always removed."""
     if _MARK in text:
         text = text.replace(_MARK, "")
     if cfg.tidy_whitespace:
-        text = _INNER_TABS.sub(" ", _BLANK_LINE.sub("", text))
-    if cfg.repeated_line_max_words is not None:
-        text = _drop_repeated_lines(text, cfg.repeated_line_max_words)
-    if cfg.tidy_whitespace or cfg.repeated_line_max_words is not None:
-        text = _BLANK_RUNS.sub("\n\n", text)
+        text = _BLANK_RUNS.sub("\n\n", _INNER_SPACE.sub(_tabs_to_space, _BLANK_LINE.sub("", text)))
     return text.strip()
 
 
-def _drop_repeated_lines(text: str, max_words: int) -> str:
-    seen: set[str] = set()
-    kept: list[str] = []
-    for line in text.split("\n"):
-        key = line.strip()
-        if key and key in seen and len(key.split(None, max_words)) <= max_words:
-            continue
-        seen.add(key)
-        kept.append(line)
-    return "\n".join(kept)
+def _tabs_to_space(match: re.Match) -> str:
+    """Inner white space with a tab in it (table cells) becomes one space; other spacing stays as it is."""
+    run = match.group()
+    return " " if "\t" in run else run
 
 
 class _Timeout(Exception):
@@ -182,18 +172,18 @@ class Extractor:
             )
 
     def __call__(self, html: str, stats: Counter) -> str | None:
-        if self.cfg.engine == "resiliparse" and self.cfg.inline_separators:
-            html = mark_separators(html)
         try:
             with _time_limit(self.cfg.time_limit_s):
+                if self.cfg.engine == "resiliparse" and self.cfg.inline_separators:
+                    html = mark_separators(html)
                 text = self._fn(html)
+                text = tidy_text(text, self.cfg) if text else ""
         except _Timeout:
             stats["drop:extract_timeout"] += 1
             return None
         except Exception:  # noqa: BLE001 - a parser error on one page is that page's problem
             stats["drop:extract_error"] += 1
             return None
-        text = tidy_text(text, self.cfg) if text else ""
         if not text:
             stats["drop:extract_empty"] += 1
             return None

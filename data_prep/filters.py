@@ -22,7 +22,14 @@ from itertools import filterfalse
 
 import numpy as np
 
-from data_prep.config import C4Config, FineWebConfig, GopherQualityConfig, GopherRepetitionConfig, PrepConfig
+from data_prep.config import (
+    C4Config,
+    FineWebConfig,
+    GopherQualityConfig,
+    GopherRepetitionConfig,
+    PrepConfig,
+    RepeatedLinesConfig,
+)
 
 __all__ = [
     "TERMINAL_PUNCTUATION",
@@ -32,6 +39,7 @@ __all__ = [
     "fineweb_filter",
     "gopher_quality",
     "gopher_repetition",
+    "repeated_lines",
     "split_words",
 ]
 
@@ -41,19 +49,20 @@ __all__ = [
 #: as does a single letter ("J."); "@name", "M&M", "1,000", "10:30", "1/2" and "1979–1983" are one token;
 #: "--" is one. Possessive quantifiers: what follows a word run is never a word character, so giving
 #: characters back never makes a match, and not trying saves time.
-_CLITIC = r"['’](?:[sSdmt]|ll|re|ve)\b"
+_CLITIC_TAIL = r"(?:[sSdDmMtT]|ll|LL|re|RE|ve|VE)\b"
 _TOKEN = re.compile(
     r"(?:https?://|www\.)[^\s<>\"]*[^\s<>\".,;:!?)\]'’”]"  # URL, without a trailing punctuation mark
-    rf"|{_CLITIC}"
-    rf"|@?\w++(?:(?:[.&@]|['’](?!(?:[sSdmt]|ll|re|ve)\b)|[,:/–](?=\d))\w++)*+"  # words joined inside
+    rf"|['’]{_CLITIC_TAIL}"
+    rf"|@?\w++(?:(?:[.&@]|['’](?!{_CLITIC_TAIL})|[,:/–](?=\d))\w++)*+"  # words joined inside
     r"(?:(?<=\.\w)\.|(?<=\b[A-Za-z])\.(?!\w))?"  # an abbreviation's final period
     r"|-{2,}|\.\.\.|[^\w\s]"
 )
 _LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPHS = re.compile(r"\n{2,}")
+_BLANK_RUNS = re.compile(r"\n{3,}")
 _LINES = re.compile(r"\n+")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
-_SENTENCE_END = re.compile(r"[.!?。！？]+(?:[\"'’”)\]]+)?(?=\s|$)")
+_SENTENCE_END = re.compile(r"(?<![.!?。！？])[.!?。！？]++(?:[\"'’”)\]]++)?(?=\s|$)")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
 _END_PUNCT = (".", "?", "!", '"', "'")
 #: Lines "ending in punctuation" for FineWeb's rule: datatrove's TERMINAL_PUNCTUATION, the common part.
@@ -328,6 +337,61 @@ def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> tuple[str | Non
     return text, None
 
 
+def _fails_duplicated_lines(text: str, rep: GopherRepetitionConfig | None, fw: FineWebConfig | None) -> bool:
+    """Whether ``text`` fails one of the rules that count repeated lines or paragraphs: Gopher repetition's
+    four fractions, FineWeb's duplicated characters (as those rules measure them)."""
+    if not text:
+        return False
+    if rep is not None:
+        paragraphs = _paragraphs(text.strip())
+        dup, chars = _find_duplicates(paragraphs)
+        lines = _lines(text, text.split("\n"))
+        ldup, lchars = _find_duplicates(lines)
+        for value, limit in ((dup / len(paragraphs), rep.dup_para_frac), (chars / len(text), rep.dup_para_char_frac),
+                             (ldup / len(lines), rep.dup_line_frac), (lchars / len(text), rep.dup_line_char_frac)):
+            if limit is not None and value > limit:
+                return True
+    if fw is not None and fw.char_duplicates_ratio is not None:
+        denom = len(text) - text.count("\n")
+        lines = [line for line in text.split("\n") if line.strip()]
+        if denom and _find_duplicates(lines)[1] / denom > fw.char_duplicates_ratio:
+            return True
+    return False
+
+
+_CODE_CHARS = frozenset("=(){}[];<>")
+
+
+def _collapsible(line: str, key: str, max_chars: int) -> bool:
+    """A short line of words (a caption, a credit, a button's text): not indented, with a letter, without
+    what marks code (operators, brackets, a block-opening ":" at its end, a prompt), so that a page's
+    code keeps its repeated lines."""
+    return (0 < len(key) <= max_chars and line[0] not in " \t" and not key.endswith(":")
+            and not key.startswith((">>>", "...", "#", "//")) and _CODE_CHARS.isdisjoint(key)
+            and any(c.isalpha() for c in key))
+
+
+def repeated_lines(text: str, cfg: RepeatedLinesConfig, rep: GopherRepetitionConfig | None,
+                   fw: FineWebConfig | None) -> tuple[str, None]:
+    """A page failing a duplicated-line rule keeps each of its short lines of words once (``cfg.max_chars``;
+    the config's ``repeated_lines`` says why); any other page, and every code-like line, is left as it is.
+    Never drops a page."""
+    if not _fails_duplicated_lines(text, rep, fw):
+        return text, None
+    seen: set[str] = set()
+    kept: list[str] = []
+    for line in text.split("\n"):
+        key = line.strip()
+        if _collapsible(line, key, cfg.max_chars):
+            if key in seen:
+                continue
+            seen.add(key)
+        kept.append(line)
+    if len(kept) == text.count("\n") + 1:
+        return text, None
+    return _BLANK_RUNS.sub("\n\n", "\n".join(kept)).strip(), None
+
+
 def _is_word(token: str) -> bool:
     """A token is a word unless it is punctuation ("--", "..." or one character that is neither a word
     character nor space): a word token holds a word character (``\\w`` is ``isalnum`` or "_") at its
@@ -484,8 +548,13 @@ Filter = Callable[[str], tuple[str | None, Rejection | None]]
 
 
 def build_filters(cfg: PrepConfig) -> list[tuple[str, Filter]]:
-    """The enabled rules, in FineWeb's order: Gopher repetition, Gopher quality, C4, FineWeb."""
+    """The enabled rules, in FineWeb's order: Gopher repetition, Gopher quality, C4, FineWeb; before them,
+    the repeated short lines of a page that would fail a duplicated-line rule are dropped."""
     out: list[tuple[str, Filter]] = []
+    rep = cfg.gopher_repetition if cfg.gopher_repetition.enabled else None
+    fw = cfg.fineweb if cfg.fineweb.enabled else None
+    if cfg.repeated_lines.enabled and (rep is not None or fw is not None):
+        out.append(("repeated_lines", lambda t, c=cfg.repeated_lines: repeated_lines(t, c, rep, fw)))
     if cfg.gopher_repetition.enabled:
         out.append(("gopher_rep", lambda t, c=cfg.gopher_repetition: gopher_repetition(t, c)))
     if cfg.gopher_quality.enabled:

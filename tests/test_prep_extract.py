@@ -1,6 +1,7 @@
-"""The extract step's clean-up of resiliparse's output: lone separators between inline elements kept,
-blank-looking lines and tab runs tidied, a page's repeated short lines (captions, credits) dropped once
-seen — each with real resiliparse on HTML, and each checked to make the difference it is for."""
+"""The extract step's clean-up of resiliparse's output (lone separators between inline elements kept,
+blank-looking lines and tab runs tidied) with real resiliparse on HTML, and the step before the rules that
+drops the repeated short lines of a page failing a duplicated-line rule: each checked to make the
+difference it is for, and to leave alone what it is not for."""
 
 from __future__ import annotations
 
@@ -8,9 +9,15 @@ from collections import Counter
 
 import pytest
 
-from data_prep.config import ExtractConfig, GopherRepetitionConfig, load_prep_config
+from data_prep.config import (
+    ExtractConfig,
+    FineWebConfig,
+    GopherRepetitionConfig,
+    RepeatedLinesConfig,
+    load_prep_config,
+)
 from data_prep.extract import Extractor, tidy_text
-from data_prep.filters import gopher_repetition
+from data_prep.filters import build_filters, repeated_lines
 from megadepth.common.errors import DataError
 
 INTRO = ("<p>The first paragraph is long enough to be the main content of the page, with words and more words "
@@ -65,35 +72,72 @@ def test_blank_looking_lines_and_tab_runs_are_tidied() -> None:
     assert "\t" in raw
 
 
-def test_repeated_short_lines_are_dropped_after_their_first_time() -> None:
+def judge(text: str, *overrides: str) -> tuple[str | None, str | None]:
+    """The rules of ``prep run`` in their order: (the text that comes out or None, the first failing rule)."""
+    for name, rule in build_filters(load_prep_config(overrides=list(overrides))):
+        new, why = rule(text)
+        if new is None:
+            return None, f"{name}:{why}"
+        text = new
+    return text, None
+
+
+def test_a_failing_page_keeps_each_short_line_once() -> None:
     titles = ["Mayor opens bridge", "Storm hits coast", "Court rules on tax", "Team wins final", "Museum reopens",
               "Rail strike ends", "New school built", "Harbour expands", "Election results", "Festival returns",
               "Library turns 100", "Farmers protest"]
     carousel = "".join(f"<div><p>Video Ad Feedback</p><p>{t}</p><p>Now playing</p><p>- Source: CNN</p></div>"
                        for t in titles)
     story = "".join(f"<p>{s}</p>" for s in STORY)
-    long_repeat = ("<p>This long paragraph is repeated word for word, as spam pages repeat their content, and must "
-                   "stay for the repetition rules to see.</p>")
-    text = extract(page(story, carousel, long_repeat, long_repeat))
-    lines = [line for line in text.split("\n") if line.strip()]
-    assert lines.count("Video Ad Feedback") == 1 and lines.count("Now playing") == 1
-    assert lines.count("- Source: CNN") == 1 and lines.count("Rail strike ends") == 1
-    assert sum("repeated word for word" in line for line in lines) == 2  # over the word limit: kept twice
-    every = extract(page(story, carousel), repeated_line_max_words=None)
-    assert every.count("Video Ad Feedback") == 12
-    # why: the carousel's repeats alone trip Gopher's duplicated-line rule on an otherwise good article
-    rep = GopherRepetitionConfig()
-    assert gopher_repetition(every, rep)[1] in ("dup_para_frac", "dup_line_frac")
-    assert gopher_repetition(extract(page(story, carousel)), rep)[1] is None
+    text = extract(page(story, carousel))
+    assert text.count("Video Ad Feedback") == 12  # extraction keeps the carousel
+    # FineWeb's rules alone drop the article for the carousel's repeats ...
+    assert judge(text, "repeated_lines.enabled=false")[1] in ("gopher_rep:dup_para_frac", "gopher_rep:dup_line_frac")
+    # ... with the step, the repeats go and the article is judged on what remains
+    out, why = judge(text)
+    assert why is None and out is not None and all(s in out for s in STORY)
+    rescued, _ = repeated_lines(text, RepeatedLinesConfig(), GopherRepetitionConfig(), FineWebConfig())
+    lines = [line for line in rescued.split("\n") if line.strip()]
+    assert lines.count("Video Ad Feedback") == 1 and lines.count("Now playing") == 1 and "Rail strike ends" in lines
+    assert [line for line in text.split("\n") if line.strip() and line not in lines] == []  # only repeats went
 
 
-def test_word_limit_counts_words() -> None:
-    cfg = ExtractConfig(repeated_line_max_words=3)
-    text = "one two three\nx\none two three\nfour five six seven\nfour five six seven"
-    assert tidy_text(text, cfg) == "one two three\nx\nfour five six seven\nfour five six seven"
+def test_a_passing_page_keeps_every_line_and_long_repeats_still_fail() -> None:
+    code = "\n".join([*STORY, "def f():", "    x = 1", "    return x", "def g():", "    x = 1", "    return x", "}",
+                      "}", ">>> f()", ">>> f()", "else:", "else:"])
+    assert judge(code) == judge(code, "repeated_lines.enabled=false")  # code lines are never touched
+    assert repeated_lines(code, RepeatedLinesConfig(), GopherRepetitionConfig(), FineWebConfig()) == (code, None)
+    short = "\n".join([*STORY, "OK", "OK"])  # passes the rules as it is: nothing to rescue
+    assert judge(short, "c4.enabled=false") == (short, None)
+    spam = "\n\n".join([*STORY, *[STORY[0]] * 6])  # a long paragraph repeated: over max_chars, kept, dropped
+    assert judge(spam)[1] == judge(spam, "repeated_lines.enabled=false")[1] is not None
+
+
+def test_short_line_is_counted_in_characters() -> None:
+    cfg = RepeatedLinesConfig(max_chars=3)
+    text = "abc\nx\nabc\nabcd\nabcd\n" + "\n".join(["abcd"] * 20)
+    kept, why = repeated_lines(text, cfg, GopherRepetitionConfig(), None)
+    assert why is None and kept.split("\n").count("abc") == 1 and kept.split("\n").count("abcd") == 22
+
+
+def test_tidy_and_marking_run_inside_the_time_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page whose clean-up would not end is stopped by the per-page limit like a slow extraction."""
+    import time
+
+    import data_prep.extract as ex
+
+    monkeypatch.setattr(ex, "tidy_text", lambda text, cfg: time.sleep(5) or text)
+    stats: Counter = Counter()
+    assert Extractor(ExtractConfig(time_limit_s=0.2))(page("<p>Some text here for the page.</p>"), stats) is None
+    assert stats["drop:extract_timeout"] == 1
+
+
+def test_inner_tabs_become_one_space_other_spacing_stays() -> None:
+    assert tidy_text("Born\t\t1950\na  b\n\tindented", ExtractConfig()) == "Born 1950\na  b\n\tindented"
+    assert tidy_text("x" + "\t" * 50 + "\ny", ExtractConfig()) == "x" + "\t" * 50 + "\ny"  # trailing: kept
 
 
 def test_config_keys() -> None:
-    assert load_prep_config(overrides=["extract.repeated_line_max_words=null"]).extract.repeated_line_max_words is None
-    with pytest.raises(DataError, match="repeated_line_max_words"):
-        load_prep_config(overrides=["extract.repeated_line_max_words=0"])
+    assert load_prep_config(overrides=["repeated_lines.max_chars=20"]).repeated_lines.max_chars == 20
+    with pytest.raises(DataError, match="max_chars"):
+        load_prep_config(overrides=["repeated_lines.max_chars=0"])
