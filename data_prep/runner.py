@@ -23,11 +23,9 @@ from pathlib import Path
 
 from data_prep.plan import STAGES, Plan, load_plan
 from data_prep.stages import run_unit
-from launch.sinfo import NodeGroup, describe, size_mb
-from launch.sinfo import query as sinfo_query
+from megadepth.common import slurm
 from megadepth.common.errors import DataError
 from megadepth.common.io import atomic_write_bytes
-from megadepth.config.sbatch import sbatch_value_problem, script_path_problem
 
 __all__ = ["run_local", "run_task", "write_slurm_scripts"]
 
@@ -242,53 +240,22 @@ def run_task(out: str | Path, stage: str, rank: int | None, world_size: int | No
     return done
 
 
-#: ``prep slurm --mem none``: no ``--mem`` line, the partition's default memory per task.
-MEM_NONE = "none"
-
-
-def check_fits(partition: str | None, cpus_per_task: int, mem: str,
-               query: Callable[[str | None], list[NodeGroup] | None] | None = None) -> str | None:
-    """Refuse array tasks that no node of the partition can run, naming the request (DataError); where
-    sinfo lists no nodes, the line saying that nothing was checked."""
-    groups = (query or sinfo_query)(partition)
-    if not groups:
+def check_fits(partition: str | None, cpus_per_task: int, mem: str, time_limit: str,
+               query: slurm.Query | None = None) -> str | None:
+    """Refuse array tasks that no node of the partition can run, naming the request, and a partition sinfo
+    does not list (DataError); where sinfo does not answer, the line saying that nothing was checked."""
+    groups = (query or slurm.query)(partition)
+    if groups is None:
         return (f"prep slurm: sinfo did not list the nodes{f' of partition {partition}' if partition else ''} "
-                f"(not on a Slurm login node?): --mem={mem} and --cpus-per-task={cpus_per_task} were not checked "
-                "against them")
-    found = []
-    mem_mb = None if mem == MEM_NONE else size_mb(mem)
-    if mem_mb is not None and mem_mb > max(g.memory_mb for g in groups):
-        found.append(f"--mem={mem} is more memory than any node has (--mem SIZE, or --mem {MEM_NONE} for the "
-                     "partition's default)")
-    if cpus_per_task > max(g.cpus for g in groups):
-        found.append(f"--cpus-per-task={cpus_per_task} is more CPUs than any node has")
-    if found:
-        raise DataError(f"prep slurm: no node can run these array tasks: {'; '.join(found)}: {describe(groups)}; "
-                        "nothing was written")
-
-
-_SBATCH = """#!/bin/bash
-# megadepth prep: stage '{stage}' ({n_units} units over {tasks} array tasks). Written by 'megadepth prep slurm'.
-#SBATCH --job-name={job}
-#SBATCH --array=0-{last}{throttle}
-#SBATCH --ntasks=1
-#SBATCH --cpus-per-task={cpus}
-{mem_line}#SBATCH --time={time}
-#SBATCH --output={log_pattern}
-#SBATCH --requeue
-{extra}set -euo pipefail
-cd {cwd}
-exec {python} -m megadepth prep task --stage {stage} --world-size {tasks} --out {out} --plan-hash {plan_hash}
-"""
-
-_SUBMIT = """#!/bin/bash
-# Submits the stages of this megadepth prep run as Slurm job arrays, each after the previous one
-# succeeded. Rerunning it after a failure resumes: finished units are skipped.
-set -euo pipefail
-cd "$(dirname "$0")"
-dep=""
-{body}echo {done_message}
-"""
+                f"(not on a Slurm login node?): --mem={mem}, --cpus-per-task={cpus_per_task} and "
+                f"--time={time_limit} were not checked against them")
+    hints = {"mem": slurm.MEM_HINT, "time": "--time T"}
+    problems = slurm.fit_problems(groups, partition=partition, mem=None if mem == slurm.MEM_NONE else mem,
+                                  cpus=cpus_per_task, time=time_limit, hints=hints)
+    if problems:
+        why = slurm.fit_refusal(groups, problems, "these array tasks")
+        raise DataError(f"prep slurm: {why}; nothing was written")
+    return None
 
 
 def write_slurm_scripts(
@@ -302,32 +269,30 @@ def write_slurm_scripts(
     cpus_per_task: int = 1,
     max_parallel: int | None = None,
     python: str | None = None,
-    query: Callable[[str | None], list[NodeGroup] | None] | None = None,
+    query: slurm.Query | None = None,
 ) -> Path:
     """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh.
 
     ``mem`` is a Slurm size or ``none`` (no ``--mem`` line: the partition's default). Before anything is
-    written, ``--mem`` and ``--cpus-per-task`` are checked against the partition's nodes as sinfo reports
-    them (``query``, default :func:`launch.sinfo.query`; no check where sinfo cannot say): sbatch itself
-    answers only "Requested node configuration is not available", or queues a task asking for more CPUs
-    than any node has, to wait forever.
+    written, the requests are checked against the partition's nodes (:func:`check_fits`; ``query``: a
+    stand-in for :func:`megadepth.common.slurm.query`).
 
     Every path and value reaches the scripts shell-quoted (a directory named ``out$(cmd)`` must not run
     ``cmd`` when a script runs); a path no quoting carries into an ``#SBATCH`` line is refused. Holds
     ``OUT/.prep.lock`` while writing: a ``prep run`` working in OUT would have its plan.json replaced."""
-    mem = MEM_NONE if mem.strip().lower() == MEM_NONE else mem  # "None" / "NONE" as typed
+    mem = slurm.MEM_NONE if mem.strip().lower() == slurm.MEM_NONE else mem  # "None" / "NONE" as typed
     counts = {"--tasks": tasks, "--cpus-per-task": cpus_per_task}
     if max_parallel is not None:  # None: no throttle; 0 or less is a mistake, not "no throttle"
         counts["--max-parallel"] = max_parallel
     for option, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise DataError(f"{option} must be >= 1, got {value!r}")
-    problem = sbatch_value_problem({"--partition": partition, "--account": account, "--time": time_limit,
-                                    **({} if mem == MEM_NONE else {"--mem": mem})})
-    problem = problem or script_path_problem("--out", str(plan.out))
+    problem = slurm.sbatch_value_problem({"--partition": partition, "--account": account, "--time": time_limit,
+                                          **({} if mem == slurm.MEM_NONE else {"--mem": mem})})
+    problem = problem or slurm.script_path_problem("--out", str(plan.out))
     if problem:
         raise DataError(problem)
-    unchecked = check_fits(partition, cpus_per_task, mem, query)
+    unchecked = check_fits(partition, cpus_per_task, mem, time_limit, query)
     with _exclusive(plan.out):
         submit = _write_scripts(plan, tasks, partition, account, time_limit, mem, cpus_per_task, max_parallel,
                                 python or sys.executable)
@@ -348,14 +313,16 @@ def _write_scripts(plan: Plan, tasks: int, partition: str | None, account: str |
         extra += f"#SBATCH --partition={partition}\n"
     if account:
         extra += f"#SBATCH --account={account}\n"
-    body = ""
+    submissions = ""
+    after = "${dep:+--dependency=afterok:$dep --kill-on-invalid-dep=yes}"  # none for the first stage
     for stage in STAGES:
         n = len(plan.units(stage))
         if n == 0:
             continue
         world = min(tasks, n)
         script = sdir / f"{stage}.sbatch"
-        text = _SBATCH.format(
+        text = slurm.render(
+            "prep_stage.sbatch",
             stage=stage,
             n_units=n,
             tasks=world,
@@ -363,7 +330,7 @@ def _write_scripts(plan: Plan, tasks: int, partition: str | None, account: str |
             last=world - 1,
             throttle=f"%{max_parallel}" if max_parallel is not None else "",
             cpus=cpus_per_task,
-            mem_line="" if mem == MEM_NONE else f"#SBATCH --mem={mem}\n",
+            mem_line="" if mem == slurm.MEM_NONE else f"#SBATCH --mem={mem}\n",
             time=time_limit,
             log_pattern=shlex.quote(f"{logs}/{stage}_%A_%a.log"),
             extra=extra,
@@ -374,12 +341,13 @@ def _write_scripts(plan: Plan, tasks: int, partition: str | None, account: str |
         )
         atomic_write_bytes(script, text.encode())
         script.chmod(0o755)
-        body += (
-            f'jid=$(sbatch --parsable ${{dep:+--dependency=afterok:$dep}} {stage}.sbatch)\n'
+        submissions += (
+            f'jid=$(sbatch --parsable {after} {stage}.sbatch)\n'
             f'echo "{stage}: job $jid"\ndep="${{jid%%;*}}"\n'
         )
     submit = sdir / "submit.sh"
     done_message = f"submitted; the data directory is complete when {plan.out}/manifest.json exists"
-    atomic_write_bytes(submit, _SUBMIT.format(body=body, done_message=shlex.quote(done_message)).encode())
+    text = slurm.render("prep_submit.sh", submissions=submissions, done_message=shlex.quote(done_message))
+    atomic_write_bytes(submit, text.encode())
     submit.chmod(0o755)
     return submit

@@ -1,4 +1,5 @@
-"""The Slurm batch script: one `megadepth launch` per node, in per-node mode (launch/templates/slurm.sbatch).
+"""The Slurm batch script: one `megadepth launch` per node, in per-node mode (template launch.sbatch of
+megadepth.common.slurm).
 
 `megadepth launch --slurm FILE --nnodes N --nproc-per-node K CONFIG...` writes it (``--dry-run`` prints
 it); ``sbatch FILE`` runs it. Inside the job, node 0 (the first host of the allocation) is the master,
@@ -10,22 +11,16 @@ the environment and the files must be on a file system the compute nodes share.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 
-from launch import sinfo
 from launch.hostfile import LaunchError
-from megadepth.config.sbatch import sbatch_value_problem
+from megadepth.common import slurm
 
-TEMPLATE = "slurm.sbatch"
 JOB_ID_PORT = "$((10000 + SLURM_JOB_ID % 20000))"
 """Default rendezvous port: from the job id, so two jobs sharing a node do not collide; 10000-29999, below
 Linux's ephemeral range (32768+), where an outgoing connection may already hold the port."""
-PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
 @dataclass(frozen=True)
@@ -52,7 +47,7 @@ class GpuDecision:
 
 
 def decide_gpus(device: str, nproc_per_node: int, sbatch_options: tuple[str, ...] = (), *,
-                query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None) -> GpuDecision:
+                query: slurm.Query | None = None) -> GpuDecision:
     """The GPU line of a ``--slurm`` script, from ``train.device`` and from the cluster's nodes (sinfo's
     ``%G``), never from the machine that writes the script: a GPU-less login node writes for GPU nodes,
     and a CPU cluster must not be asked for GPUs (sbatch: "Invalid generic resource (gres) specification").
@@ -64,22 +59,24 @@ def decide_gpus(device: str, nproc_per_node: int, sbatch_options: tuple[str, ...
     - sinfo cannot say (no Slurm here, no controller): the config decides; ``auto`` asks for GPUs, as a
       GPU cluster needs, and the reason says how to ask for none.
 
-    ``query`` (default :func:`launch.sinfo.query`) returns the partition's node groups, None if unknown.
+    ``query`` (default :func:`megadepth.common.slurm.query`) returns the partition's node groups, None if
+    unknown.
     """
     if device == "cpu":
         return GpuDecision(False, "no GPU request: train.device is cpu")
     check_sbatch_options(sbatch_options)  # before one of them reaches sinfo
-    partition = sinfo.partition_option(sbatch_options)
-    groups = (query or sinfo.query)(partition)
+    partition = slurm.partition_option(sbatch_options)
+    groups = (query or slurm.query)(partition)
     if groups is not None and not groups:
-        raise LaunchError(no_such_partition(partition))
+        raise LaunchError(f"{slurm.no_such_partition(f'--sbatch=--partition={partition}')}; "
+                          "nothing was written")
     line = f"--gpus-per-node={nproc_per_node}"
     if groups is None:
         where = f"partition {partition}" if partition else "the default partition"
         return GpuDecision(True, f"{line}: train.device is {device} and sinfo could not say whether {where} "
                                  "has GPUs (no Slurm here?); for CPU nodes set train.device: cpu")
     most = max(g.gpus for g in groups)
-    cluster = sinfo.describe(groups)
+    cluster = slurm.describe(groups)
     if most == 0:
         if device == "cuda":
             raise LaunchError(f"train.device is cuda but the nodes of {cluster} have no GPU (sinfo %G); "
@@ -92,74 +89,24 @@ def decide_gpus(device: str, nproc_per_node: int, sbatch_options: tuple[str, ...
     return GpuDecision(True, f"{line}: train.device is {device} and the nodes of {cluster} have GPUs")
 
 
-def no_such_partition(partition: str | None) -> str:
-    """The line for a partition sinfo answers about but does not list (sbatch would answer "Invalid
-    partition name specified", or with a GPU line first "Invalid generic resource (gres) specification")."""
-    names = sinfo.partitions()
-    listed = f" (it lists {', '.join(names)}; * marks the default)" if names else ""
-    return (f"--sbatch=--partition={partition}: sinfo lists no such partition{listed}; "
-            "nothing was written")
-
-
-def _option(options: tuple[str, ...], long: str, short: str | None = None) -> str | None:
-    """The value of one sbatch option among single-word ``--sbatch`` options (``--mem=8G``; ``-c4``,
-    ``-c=4``), the last one winning as for sbatch; None if not given."""
-    found = None
-    for option in options:
-        if option.startswith(f"{long}="):
-            found = option.split("=", 1)[1]
-        elif short and option.startswith(short) and not option.startswith("--") and len(option) > len(short):
-            found = option[len(short):].removeprefix("=")
-    return found
-
-
-def check_fits(spec: SlurmSpec, *, query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None
-               ) -> None:
-    """Refuse, before the script is written, a job the partition's nodes (as sinfo reports them) can never
-    run: more nodes than it has (or has that meet the requests), an ``--sbatch=--mem`` or
-    ``--cpus-per-task`` larger than any node's, an ``--sbatch=--time`` beyond the partition's limit. sbatch
-    queues a job asking for more nodes or CPUs than there are (reason PartitionConfig) or more time than
-    the partition allows (PartitionTimeLimit), to wait forever, and answers a memory request only with
-    "Requested node configuration is not available". No check where sinfo cannot say; nothing to ask it
-    for one node without such options (the GPU line is :func:`decide_gpus`'s)."""
+def check_fits(spec: SlurmSpec, *, query: slurm.Query | None = None) -> None:
+    """Refuse, before the script is written, a job the partition's nodes can never run
+    (:func:`megadepth.common.slurm.fit_problems`: nodes, ``--sbatch`` memory, CPUs and time, the partition).
+    No check where sinfo cannot say; nothing to ask it for one node without such options."""
     options = spec.sbatch_options
-    mem, cpus = _option(options, "--mem"), _option(options, "--cpus-per-task", "-c")
-    limit = _option(options, "--time", "-t")
-    partition = sinfo.partition_option(options)
+    mem, cpus = slurm.option_value(options, "--mem"), slurm.option_value(options, "--cpus-per-task", "-c")
+    limit = slurm.option_value(options, "--time", "-t")
+    partition = slurm.partition_option(options)
     if spec.nnodes == 1 and mem is None and cpus is None and limit is None and partition is None:
         return
-    groups = (query or sinfo.query)(partition)
+    groups = (query or slurm.query)(partition)
     if groups is None:
         return
-    if not groups:
-        raise LaunchError(no_such_partition(partition))
-    mem_mb = sinfo.size_mb(mem) if mem is not None else None
-    cpus_n = int(cpus) if cpus is not None and cpus.isdigit() else None
-    found = []
-    if mem_mb is not None and mem_mb > max(g.memory_mb for g in groups):
-        found.append(f"--sbatch=--mem={mem} is more memory than any node has")
-    if cpus_n is not None and cpus_n > max(g.cpus for g in groups):
-        found.append(f"--sbatch=--cpus-per-task={cpus} is more CPUs than any node has")
-    longest, asked_s = sinfo.longest_time(groups), sinfo.seconds(limit) if limit is not None else None
-    if longest is not None and asked_s is not None and asked_s > longest:
-        found.append(f"--sbatch=--time={limit} is longer than the partition's time limit ({groups[0].time_limit})")
-    if not found:
-        def meets(g: sinfo.NodeGroup) -> bool:
-            return ((mem_mb is None or mem_mb <= g.memory_mb) and (cpus_n is None or cpus_n <= g.cpus)
-                    and (not spec.gpus or g.gpus >= spec.nproc_per_node))
-
-        able, total = sum(g.nodes for g in groups if meets(g)), sum(g.nodes for g in groups)
-        if spec.nnodes > total:
-            found.append(f"--nnodes {spec.nnodes} is more nodes than the partition has ({total})")
-        elif spec.nnodes > able:
-            found.append(f"--nnodes {spec.nnodes} but only {able} node(s) of the partition meet the requests")
-    if found:
-        raise LaunchError(f"no node can run this job: {'; '.join(found)}: {sinfo.describe(groups)}; "
-                          "nothing was written")
-
-
-def template_text() -> str:
-    return resources.files("launch").joinpath("templates", TEMPLATE).read_text()
+    gpus = spec.nproc_per_node if spec.gpus else 0
+    problems = slurm.fit_problems(groups, partition=partition, nodes=spec.nnodes, mem=mem, cpus=cpus,
+                                  time=limit, gpus=gpus, flag="--sbatch=")
+    if problems:
+        raise LaunchError(f"{slurm.fit_refusal(groups, problems, 'this job')}; nothing was written")
 
 
 def _launch_command(spec: SlurmSpec) -> str:
@@ -184,31 +131,25 @@ def check_sbatch_options(options: tuple[str, ...]) -> None:
         if not option.startswith("-"):
             raise LaunchError(f"--sbatch takes one sbatch option such as --partition=gpu, got {option!r}")
         flag, _, value = option.partition("=")
-        problem = sbatch_value_problem({"--sbatch": option} if not value else {flag: value, "--sbatch": flag})
+        problem = slurm.sbatch_value_problem({"--sbatch": option} if not value else {flag: value, "--sbatch": flag})
         if problem:
             raise LaunchError(problem)
 
 
-def render_sbatch(spec: SlurmSpec, *, query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None
-                  ) -> str:
+def render_sbatch(spec: SlurmSpec, *, query: slurm.Query | None = None) -> str:
     """The batch script's text, once :func:`check_fits` found nodes that can run it (``query``: as there)."""
     if spec.nnodes < 1 or spec.nproc_per_node < 1:
         raise LaunchError("--nnodes and --nproc-per-node must be at least 1")
     check_sbatch_options(spec.sbatch_options)
     check_fits(spec, query=query)
-    values = {
-        "nnodes": str(spec.nnodes),
-        "nproc": str(spec.nproc_per_node),
-        "world": str(spec.nnodes * spec.nproc_per_node),
-        "gpu_line": f"#SBATCH --gpus-per-node={spec.nproc_per_node}\n" if spec.gpus else "",
-        "extra_lines": "".join(f"#SBATCH {o}\n" for o in spec.sbatch_options),
-        "workdir": shlex.quote(spec.workdir or os.getcwd()),
-        "master_port": str(spec.master_port) if spec.master_port is not None else JOB_ID_PORT,
-        "launch_command": _launch_command(spec),
-    }
-    text = template_text()
-    unknown = set(PLACEHOLDER.findall(text)) - values.keys()
-    if unknown:
-        raise RuntimeError(f"unfilled placeholder in {TEMPLATE}: {sorted(unknown)}")
-    # one pass over the template: a value that holds "{{" (a config file's name, an override) stays as it is
-    return PLACEHOLDER.sub(lambda m: values[m.group(1)], text)
+    return slurm.render(
+        "launch.sbatch",
+        nnodes=spec.nnodes,
+        nproc=spec.nproc_per_node,
+        world=spec.nnodes * spec.nproc_per_node,
+        gpu_line=f"#SBATCH --gpus-per-node={spec.nproc_per_node}\n" if spec.gpus else "",
+        extra_lines="".join(f"#SBATCH {o}\n" for o in spec.sbatch_options),
+        workdir=shlex.quote(spec.workdir or os.getcwd()),
+        master_port=spec.master_port if spec.master_port is not None else JOB_ID_PORT,
+        launch_command=_launch_command(spec),
+    )

@@ -147,10 +147,14 @@ def test_prep_slurm_scripts_with_hostile_paths_run_nothing_and_keep_them(
     submitted = _records(stand_ins["sbatch_record"])
     stages = [Path(r["argv"][-1]).stem for r in submitted]
     assert stages == [stage for stage in STAGES if (slurm / f"{stage}.sbatch").exists()]  # in order, each once
-    assert submitted[1]["argv"][:2] == ["--parsable", "--dependency=afterok:4242"]
+    # a failed or cancelled stage cancels the later ones (they used to wait forever: DependencyNeverSatisfied)
+    assert submitted[0]["argv"][:-1] == ["--parsable"]
+    for record in submitted[1:]:
+        assert record["argv"][:-1] == ["--parsable", "--dependency=afterok:4242", "--kill-on-invalid-dep=yes"]
     for record in submitted:
         stage = Path(record["argv"][-1]).stem
         assert f"--output={slurm}/logs/{stage}_%A_%a.log" in record["directives"]
+        assert "--open-mode=append" in record["directives"]  # a requeued task adds to its log, not replaces it
     ran = _records(stand_ins["record"])
     assert len(ran) == len(scripts)
     for record, stage in zip(ran, stages, strict=True):

@@ -26,7 +26,6 @@ import pytest
 import yaml
 from conftest import tiny_config
 
-from launch import sinfo
 from launch.deepspeed_launcher import LaunchSpec, build_command, decode_train_args, encode_train_args, run
 from launch.hostfile import (
     Host,
@@ -38,6 +37,7 @@ from launch.hostfile import (
 from launch.plan import LaunchRequest, plan_launch
 from launch.slurm import SlurmSpec, decide_gpus, render_sbatch
 from megadepth.cli import _expand_encoded_args, build_parser, main
+from megadepth.common import slurm
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -270,7 +270,7 @@ def test_hostfile_mode_refuses_paths_the_remote_shell_would_split(cfg: Path, tmp
 
 def test_slurm_script_written_and_checked(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sinfo, "query", lambda partition: None)  # no cluster to ask: the config decides
+    monkeypatch.setattr(slurm, "query", lambda partition: None)  # no cluster to ask: the config decides
     target = tmp_path / "job.sbatch"
     code, out, _ = _launch(["--nproc-per-node", "8", "--nnodes", "2", "--slurm", str(target),
                             "--sbatch=--partition=gpu", "--sbatch=--time=04:00:00", str(cfg),
@@ -310,9 +310,9 @@ def test_slurm_gpu_line_follows_the_config_and_the_cluster(device: str, nproc: i
                                                             gpus: bool | None, said: str) -> None:
     """The GPU line of a --slurm script comes from train.device and the partition's nodes (sinfo), not from
     the machine that writes it. (The real sinfo and sbatch: tests/test_slurm_real.py.)"""
-    groups = sinfo.parse(SINFO_GPU)
+    groups = slurm.parse(SINFO_GPU)
 
-    def query(partition: str | None) -> list[sinfo.NodeGroup] | None:
+    def query(partition: str | None) -> list[slurm.NodeGroup] | None:
         chosen = [g for g in groups if g.partition == partition or (partition is None and g.default)]
         return chosen or None
 
@@ -326,14 +326,14 @@ def test_slurm_gpu_line_follows_the_config_and_the_cluster(device: str, nproc: i
 
 
 def test_sinfo_output_is_read() -> None:
-    groups = sinfo.parse(SINFO_GPU + "garbage line\n")
+    groups = slurm.parse(SINFO_GPU + "garbage line\n")
     assert [(g.partition, g.default, g.cpus, g.memory_mb, g.gpus, g.nodes) for g in groups] == [
         ("gpu", False, 64, 512000, 4, 8), ("debug", True, 2, 21000, 0, 1)]
-    assert [sinfo.gpus_in_gres(x) for x in ("(null)", "gpu", "gpu:8", "gpu:a100:2(S:0,1),gpu:v100:2", "mps:100,gpu:1")
+    assert [slurm.gpus_in_gres(x) for x in ("(null)", "gpu", "gpu:8", "gpu:a100:2(S:0,1),gpu:v100:2", "mps:100,gpu:1")
             ] == [0, 1, 8, 4, 1]
-    assert [sinfo.size_mb(x) for x in ("32G", "500", "4096M", "1T", "lots")] == [32768, 500, 4096, 1048576, None]
-    assert sinfo.partition_option(["--partition=a", "--time=1", "-pb"]) == "b"
-    assert sinfo.partition_option(["--exclusive"]) is None
+    assert [slurm.size_mb(x) for x in ("32G", "500", "4096M", "1T", "lots")] == [32768, 500, 4096, 1048576, None]
+    assert slurm.partition_option(["--partition=a", "--time=1", "-pb"]) == "b"
+    assert slurm.partition_option(["--exclusive"]) is None
 
 
 def test_slurm_script_cpu_has_no_gpu_request(sample_data: Path, tmp_path: Path) -> None:
@@ -352,6 +352,14 @@ def test_slurm_values_are_filled_in_in_one_pass() -> None:
     assert text.count("-m megadepth launch") == 1 and "#SBATCH --nodes=2" in text
     if shutil.which("bash"):
         subprocess.run(["bash", "-n"], input=text, text=True, check=True)
+
+
+def test_slurm_templates_are_package_data_and_never_written_half_filled() -> None:
+    """The templates of launch, sweep and prep are read from megadepth.common's package data (pyproject
+    ships them in a wheel); a placeholder its caller did not fill is refused, not written."""
+    with pytest.raises(RuntimeError, match=r"unfilled placeholder in prep_submit.sh: \['done_message'\]"):
+        slurm.render("prep_submit.sh", submissions="")
+    assert '"megadepth.common" = ["templates/*"]' in (ROOT / "pyproject.toml").read_text()
 
 
 def test_slurm_script_that_cannot_be_written(cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -152,6 +152,36 @@ def test_slurm_values_that_sbatch_would_split_are_refused(tmp_path: Path, capsys
     assert "sinfo did not list the nodes" in capsys.readouterr().err  # says what it could not check
 
 
+def test_slurm_partition_and_time_are_checked_against_sinfo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """Before: a partition sinfo does not list passed as "sinfo did not list the nodes" (as if it had not
+    answered) and sbatch refused every stage later; a --time beyond the partition's limit was not checked,
+    and sbatch queued the arrays to wait forever (PartitionTimeLimit)."""
+    from megadepth.common import slurm
+
+    plan = plan_run([_inputs(tmp_path)], tmp_path / "out", overrides=RULES_OFF)
+    nodes = {"debug": slurm.parse("debug*|4|16000|(null)|1|infinite\n"),
+             "short": slurm.parse("short|4|16000|(null)|1|30:00\n")}
+    monkeypatch.setattr(slurm, "partitions", lambda: ["debug*", "short"])
+
+    def query(partition: str | None) -> list[slurm.NodeGroup] | None:
+        return nodes.get(partition or "debug", [])
+
+    with pytest.raises(DataError) as err:
+        write_slurm_scripts(plan, 2, partition="nosuch", query=query)
+    assert str(err.value) == ("prep slurm: --partition=nosuch: sinfo lists no such partition (it lists debug*, short; "
+                              "* marks the default); nothing was written")
+    with pytest.raises(DataError) as err:
+        write_slurm_scripts(plan, 2, partition="short", time_limit="1:00:00", query=query)
+    assert str(err.value) == ("prep slurm: no node can run these array tasks: --time=1:00:00 is longer than the "
+                              "partition's time limit (30:00; --time T): partition short (1 node(s): 4 CPUs, "
+                              "16000M, no GPU); nothing was written")
+    assert not (plan.out / "slurm").exists()
+    write_slurm_scripts(plan, 2, partition="short", time_limit="30:00", query=query)
+    write_slurm_scripts(plan, 2, time_limit="7-00:00:00", query=query)  # no limit on debug
+    assert capsys.readouterr().err == ""  # sinfo answered: nothing left unchecked
+
+
 def test_the_trainer_refuses_an_unfinished_output(tmp_path: Path) -> None:
     from megadepth.config.load import load_config
     from megadepth.train.data_checks import check_tokenizer

@@ -3,7 +3,8 @@
 
 - ``prep slurm`` then ``submit.sh``: all six stages as chained job arrays to a manifest and data files
   byte-identical to ``prep run`` on the same input and config; one array task ``scancel``-ed in the middle
-  of a unit, the stale chain left behind by it, and the rerun of submit.sh that resumes to the same bytes.
+  of a unit, the stages after it cancelled by Slurm (--kill-on-invalid-dep), and the rerun of submit.sh that
+  resumes to the same bytes; requests no node can meet, an unknown partition and a --time too long, named.
 - ``launch --slurm``: the script written for this (GPU-less) cluster trains 2 CPU ranks under srun; a
   ``train.stop_after_steps`` stop, ``scontrol requeue`` of the same job, and the resumed run ends where an
   uninterrupted one does.
@@ -140,9 +141,9 @@ def _submitted(stdout: str) -> dict[str, str]:
 def test_prep_slurm_matches_prep_run_and_resumes_after_scancel(slurm_cluster: SlurmCluster, tmp_path: Path) -> None:
     """The data_prep.md Slurm path as a user runs it: `prep slurm`, `bash submit.sh`, each stage an array
     after the previous one succeeded. One task of the extract array is cancelled in the middle of its unit
-    (a half-written Parquet file on disk); the stages after it can never start (afterok), the user
-    cancels that stale chain and runs submit.sh again, which redoes only the unfinished unit and ends in
-    the same bytes as `prep run`."""
+    (a half-written Parquet file on disk); the stages after it can never start (afterok), so Slurm cancels
+    them (--kill-on-invalid-dep: they used to wait forever, DependencyNeverSatisfied), and the user runs
+    submit.sh again, which redoes only the unfinished unit and ends in the same bytes as `prep run`."""
     inputs = _warc_inputs(tmp_path / "in")
     sets = [arg for s in PREP_SETTINGS for arg in ("--set", s)]
     env = {**slurm_cluster.env, "PYTHONPATH": str(ROOT)}
@@ -175,12 +176,10 @@ def test_prep_slurm_matches_prep_run_and_resumes_after_scancel(slurm_cluster: Sl
     assert by_task == {"0": "COMPLETED", "1": "CANCELLED"}, by_task
     assert not (out / "manifest.json").exists()
     assert list(out.rglob("*.tmp")), "the cancelled unit left no half-written file: it was not mid-unit"
-    # afterok on a cancelled array: what is left of the first chain can never run
+    # afterok on a cancelled array: what is left of the first chain can never run, and Slurm cancels it
     stale = [job for stage, job in first.items() if stage != "extract"]
-    assert {s for j in stale for s in slurm_cluster.states(j)} == {"PENDING"}
-    wait_until(lambda: slurm_cluster.jobs(first["buckets"])[0]["Reason"] == "DependencyNeverSatisfied", 60,
-               "the stage after the cancelled array is not marked DependencyNeverSatisfied")
-    slurm_cluster.run("scancel", *stale)
+    wait_until(lambda: {s for j in stale for s in slurm_cluster.states(j)} == {"CANCELLED"}, 60,
+               "the stages after the cancelled array were not cancelled (--kill-on-invalid-dep)")
 
     second = _submitted(_run(["bash", str(submit)], env, tmp_path).stdout)
     slurm_cluster.wait_jobs(list(second.values()), 300)
@@ -316,8 +315,9 @@ def test_prep_slurm_names_a_request_no_node_can_meet(slurm_cluster: SlurmCluster
                                                      monkeypatch: pytest.MonkeyPatch,
                                                      capsys: pytest.CaptureFixture[str]) -> None:
     """`prep slurm` checks --mem and --cpus-per-task against the nodes sinfo reports before writing anything
-    (sbatch would say only "Requested node configuration is not available"); --mem none writes no --mem
-    line (the partition's default) and passes."""
+    (sbatch would say only "Requested node configuration is not available"), --time against the
+    partition's limit (sbatch would queue the arrays for good) and the partition against those sinfo lists;
+    --mem none writes no --mem line (the partition's default) and passes."""
     inputs = _warc_inputs(tmp_path / "in")
     monkeypatch.setenv("SLURM_CONF", slurm_cluster.env["SLURM_CONF"])
     node_mb = int(slurm_cluster.run("sinfo", "-h", "-o", "%m").stdout.split()[0].rstrip("+"))
@@ -328,6 +328,14 @@ def test_prep_slurm_names_a_request_no_node_can_meet(slurm_cluster: SlurmCluster
     assert code == 2, err
     assert f"--mem={too_much} is more memory than any node has" in err and "--cpus-per-task=64" in err, err
     assert f"{node_mb}M" in err and "nothing was written" in err, err
+    for options, said in ((["--partition", "nosuch"], "prep slurm: --partition=nosuch: sinfo lists no such "
+                                                      "partition (it lists debug*, short;"),
+                          (["--partition", "short", "--time", "1:00:00"],
+                           "--time=1:00:00 is longer than the partition's time limit (30:00; --time T): "
+                           "partition short (1 node(s): ")):
+        code, _, err = _cli(capsys, "prep", "slurm", "--input", str(inputs), "--out", str(out), "--tasks", "2",
+                            "--mem", "1G", *options)
+        assert code == 2 and said in err and "nothing was written" in err and err.count("\n") == 1, err
     assert not (out / "slurm").exists()
     code, _, err = _cli(capsys, "prep", "slurm", "--input", str(inputs), "--out", str(out), "--tasks", "2",
                         "--mem", "none")

@@ -365,9 +365,9 @@ def test_interrupted_and_stale_state(sample_data: Path, tmp_path: Path, fake_tra
 def test_slurm_array_is_written_submitted_and_its_tasks_run(sample_data: Path, tmp_path: Path, fake_trainer: Path,
                                                             monkeypatch: pytest.MonkeyPatch,
                                                             capsys: pytest.CaptureFixture[str]) -> None:
-    from launch import sinfo
+    from megadepth.common import slurm
 
-    monkeypatch.setattr(sinfo, "query", lambda partition: None)  # the stand-in sbatch has no cluster behind it
+    monkeypatch.setattr(slurm, "query", lambda partition: None)  # the stand-in sbatch has no cluster behind it
     spec = write_spec(tmp_path, sample_data, {"model.depth": [2, 4], "optimizer.lr": {"log2": [-8, -7, -6]}},
                       name="cluster")
     out = tmp_path / "sweep"
@@ -439,7 +439,7 @@ def test_slurm_requests_no_node_can_meet_are_named(sample_data: Path, tmp_path: 
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     """Checked against the partition's nodes as sinfo reports them, before anything is written; where sbatch
     refuses anyway, its reason comes with every request. (The real sinfo and sbatch: test_slurm_real.py.)"""
-    from launch import sinfo
+    from megadepth.common import slurm as sinfo
     from megadepth.sweep import slurm
 
     nodes = sinfo.parse("debug*|2|3000|(null)|1\n")

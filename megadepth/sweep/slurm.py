@@ -4,7 +4,7 @@
 still need running (pending, or failed with attempts left), and writes
 
 - ``DIR/slurm/array-NNN.tasks``   one line per array task: the ids of its points (NNN counts submissions),
-- ``DIR/slurm/array-NNN.sbatch``  the array job (from ``launch/templates/sweep_array.sbatch``),
+- ``DIR/slurm/array-NNN.sbatch``  the array job (template sweep_array.sbatch of megadepth.common.slurm),
 - ``DIR/slurm/logs/``           one log per array task (each run also logs into its own directory),
 
 then submits it with ``sbatch --parsable`` when ``sbatch`` is on PATH (else prints the command).
@@ -20,18 +20,15 @@ import re
 import shlex
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch import sinfo
+from megadepth.common import slurm
 from megadepth.config.load import ConfigError
-from megadepth.config.sbatch import sbatch_value_problem, script_path_problem
 from megadepth.sweep.runner import SweepDir
 from megadepth.sweep.spec import Point, SweepSpec
 from megadepth.train.rundir import atomic_write_text
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "launch" / "templates" / "sweep_array.sbatch"
 MEM_SIZE = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
 
 GPU_TASK_MEM = "32G"
@@ -42,10 +39,6 @@ CPU_RUN_MEM_GB = 4
 sweeps: width 64, depth 16) peaks well under 1 GiB with torch and DeepSpeed loaded, so this leaves room
 while fitting any node that runs jobs, and lets a node take as many tasks as it has CPUs for. (32G, the GPU
 default, once applied here too, and a CPU node with less refused every task.)"""
-
-MEM_NONE = "none"
-"""``--mem none``: no ``--mem`` line at all, so the partition's default (DefMemPerCPU / DefMemPerNode)
-applies. On a cluster without such a default that can be the whole node for each task."""
 
 
 @dataclass(frozen=True)
@@ -71,13 +64,13 @@ class SlurmOptions:
             raise ConfigError(f"--gpus-per-task must be 0 or more, got {self.gpus_per_task}")
         if self.max_parallel is not None and self.max_parallel < 1:
             raise ConfigError(f"--max-parallel must be at least 1, got {self.max_parallel}")
-        problem = sbatch_value_problem({"--mem": self.mem, "--time": self.time, "--partition": self.partition,
+        problem = slurm.sbatch_value_problem({"--mem": self.mem, "--time": self.time, "--partition": self.partition,
                                         "--account": self.account, "--qos": self.qos})
         if problem:
             raise ConfigError(problem)
-        if self.mem is not None and self.mem != MEM_NONE and not MEM_SIZE.fullmatch(self.mem):
+        if self.mem is not None and self.mem != slurm.MEM_NONE and not MEM_SIZE.fullmatch(self.mem):
             raise ConfigError(f"--mem {self.mem}: a Slurm size such as 4G, 500M or 16000 (megabytes), "
-                              f"or '{MEM_NONE}' for the partition's default")
+                              f"or '{slurm.MEM_NONE}' for the partition's default")
 
     @property
     def jobs(self) -> int:
@@ -87,7 +80,7 @@ class SlurmOptions:
     def mem_request(self) -> str | None:
         """The ``--mem`` value (None: no line). Unless given: 32G for a GPU task, and for a CPU task
         CPU_RUN_MEM_GB per run it holds at once, so that it fits CPU nodes instead of a GPU node's host."""
-        if self.mem == MEM_NONE:
+        if self.mem == slurm.MEM_NONE:
             return None
         if self.mem is not None:
             return self.mem
@@ -111,19 +104,10 @@ class SlurmOptions:
         return asked
 
 
-def _template() -> str:
-    """The array-job template, read by path (in a checkout and in site-packages alike it sits beside the
-    megadepth package)."""
-    try:
-        return TEMPLATE.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"the Slurm template {TEMPLATE} is missing ({exc}); reinstall megadepth") from None
-
-
 def check_sweep_dir(out: str | Path) -> None:
     """The sweep directory goes into the array script's ``#SBATCH --output`` line and comments: refuse, before
     anything is written, a path no quoting carries there (a line break, a backslash, a '%')."""
-    problem = script_path_problem("--out", str(SweepDir(out).root))
+    problem = slurm.script_path_problem("--out", str(SweepDir(out).root))
     if problem:
         raise ConfigError(problem)
 
@@ -162,7 +146,8 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
         if value:
             extra.append(f"#SBATCH --{flag}={value}")
     cpus = opts.cpus()
-    text = _template().format(
+    text = slurm.render(
+        "sweep_array.sbatch",
         name=spec.name,
         points=len(todo),
         tasks=len(groups),
@@ -192,7 +177,7 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
 
 
 def submit(script: Path, sbatch: str = "sbatch", opts: SlurmOptions | None = None,
-           query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None) -> str:
+           query: slurm.Query | None = None) -> str:
     """``sbatch --parsable SCRIPT``; returns the job id. A refusal is bad input (one line, exit 2) that names
     the request the cluster cannot meet, where sinfo tells (sbatch's own "Requested node configuration is
     not available" does not say which)."""
@@ -203,49 +188,33 @@ def submit(script: Path, sbatch: str = "sbatch", opts: SlurmOptions | None = Non
     if proc.returncode != 0:
         lines = [x.strip().removeprefix("sbatch: error: ") for x in (proc.stderr or proc.stdout).splitlines()]
         said = "; ".join(x for x in lines if x) or f"exit code {proc.returncode}"
-        why = explain_refusal(opts, (query or sinfo.query)(opts.partition)) if opts is not None else ""
+        why = explain_refusal(opts, (query or slurm.query)(opts.partition)) if opts is not None else ""
         raise ConfigError(f"sbatch refused {script}: {said}" + (f"; {why}" if why else ""))
     return proc.stdout.strip().split(";")[0]
 
 
-def _too_big(opts: SlurmOptions, groups: list[sinfo.NodeGroup]) -> list[str]:
+def _too_big(opts: SlurmOptions, groups: list[slurm.NodeGroup]) -> list[str]:
     """The requests of an array task that no node of ``groups`` can meet, one phrase each."""
-    asked = opts.requests()
-    found = []
-    mem = asked.get("--mem")
-    mem_mb = sinfo.size_mb(mem) if mem else None
-    if mem_mb is not None and mem_mb > max(g.memory_mb for g in groups):
-        found.append(f"--mem={mem} is more memory than any node has (--mem SIZE, or --mem {MEM_NONE} for the "
-                     "partition's default)")
-    if opts.cpus() > max(g.cpus for g in groups):
-        found.append(f"--cpus-per-task={opts.cpus()} is more CPUs than any node has (--cpus-per-task N)")
-    limit, asked_s = sinfo.longest_time(groups), sinfo.seconds(opts.time)
-    if limit is not None and asked_s is not None and asked_s > limit:  # sbatch queues it, to wait forever
-        found.append(f"--time={opts.time} is longer than the partition's time limit "
-                     f"({groups[0].time_limit}; --time T)")
     most = max(g.gpus for g in groups)
-    if opts.gpus_per_task > most:
-        found.append(f"--gres=gpu:{opts.gpus_per_task} is more GPUs than any node has" +
-                     (" (--gpus-per-task 0 for CPU tasks)" if most == 0 else f" (at most --gpus-per-task {most})"))
-    return found
+    hints = {"mem": slurm.MEM_HINT, "cpus": "--cpus-per-task N", "time": "--time T",
+             "gpus": "--gpus-per-task 0 for CPU tasks" if most == 0 else f"at most --gpus-per-task {most}"}
+    return slurm.fit_problems(groups, mem=opts.mem_request(), cpus=opts.cpus(), time=opts.time,
+                              gpus=opts.gpus_per_task, hints=hints)
 
 
-def check_fits(opts: SlurmOptions, query: Callable[[str | None], list[sinfo.NodeGroup] | None] | None = None
-               ) -> None:
-    """Refuse, before anything is written or submitted, array tasks no node of the partition can run, as
-    sinfo reports the nodes (nothing to check where it cannot say). sbatch refuses some of these itself,
-    not naming the request, and queues others (more CPUs than any node has, a ``--time`` beyond the
-    partition's limit) to wait forever."""
-    groups = (query or sinfo.query)(opts.partition)
+def check_fits(opts: SlurmOptions, query: slurm.Query | None = None) -> None:
+    """Refuse, before anything is written or submitted, array tasks no node of the partition can run
+    (:func:`megadepth.common.slurm.fit_problems`); nothing to check where sinfo cannot say, and a partition
+    it does not list is left to sbatch, whose "Invalid partition name specified" says so."""
+    groups = (query or slurm.query)(opts.partition)
     if not groups:
         return
     found = _too_big(opts, groups)
     if found:
-        raise ConfigError(f"no node can run these array tasks: {'; '.join(found)}: {sinfo.describe(groups)}; "
-                          "nothing was submitted")
+        raise ConfigError(f"{slurm.fit_refusal(groups, found, 'these array tasks')}; nothing was submitted")
 
 
-def explain_refusal(opts: SlurmOptions, groups: list[sinfo.NodeGroup] | None) -> str:
+def explain_refusal(opts: SlurmOptions, groups: list[slurm.NodeGroup] | None) -> str:
     """Which of an array task's requests no node of its partition can meet, against sinfo's numbers; or,
     where none stands out (or sinfo cannot say), every request, so the message names them all the same."""
     listing = "each task asks for " + " ".join(f"{k}={v}" for k, v in opts.requests().items())
@@ -253,5 +222,5 @@ def explain_refusal(opts: SlurmOptions, groups: list[sinfo.NodeGroup] | None) ->
         return listing
     found = _too_big(opts, groups)
     if not found:
-        return f"{listing}; {sinfo.describe(groups)}"
-    return f"{'; '.join(found)}: {sinfo.describe(groups)}"
+        return f"{listing}; {slurm.describe(groups)}"
+    return f"{'; '.join(found)}: {slurm.describe(groups)}"
