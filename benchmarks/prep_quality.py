@@ -53,7 +53,7 @@ from benchmarks.prep_quality_pages import (  # noqa: E402 - after the path set-u
     load_pages,
 )
 from benchmarks.prep_quality_score import score_full, score_snippets  # noqa: E402
-from megadepth.data.indexed import DataError  # noqa: E402
+from megadepth.common.errors import DataError  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURE = ROOT / "tests" / "fixtures" / "prep_quality"

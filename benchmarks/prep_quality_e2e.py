@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 #: the tokenizer the megadepth runs train (small: its training is part of the whole run, not the figure
 #: under test)

@@ -39,7 +39,7 @@ from urllib.parse import urlsplit
 
 from data_prep.large_corpus import Source, default_cache_dir, fetch_sources
 from data_prep.plan import sha256_file
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 __all__ = [
     "ARCHIVES",

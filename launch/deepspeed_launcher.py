@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from launch.hostfile import LaunchError
+from megadepth.common.host import usable_cpus
 
 
 @dataclass(frozen=True)
@@ -161,14 +162,6 @@ def build_command(spec: LaunchSpec) -> list[str]:
     for item in spec.overrides:
         cmd += ["--set", item]
     return cmd
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on: its affinity mask (taskset, cpusets, a container's --cpuset-cpus),
-    not the machine's count, which would oversubscribe the allowed cores."""
-    if hasattr(os, "sched_getaffinity"):
-        return max(1, len(os.sched_getaffinity(0)))
-    return os.cpu_count() or 1
 
 
 def portable_env(spec: LaunchSpec) -> dict[str, str]:

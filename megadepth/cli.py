@@ -98,7 +98,6 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         portable_env,
         run,
         train_arguments,
-        usable_cpus,
     )
     from launch.hostfile import LaunchError, format_hostfile, write_private_hostfile
     from launch.plan import (
@@ -109,6 +108,7 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         plan_launch,
     )
     from launch.slurm import SlurmSpec, decide_gpus, render_sbatch
+    from megadepth.common.host import usable_cpus
     from megadepth.parallel.distributed import free_port
     from megadepth.train.dry_run import derived_batch_warning, device_text, start_text, summary_lines
     from megadepth.train.preflight import check_run_dir, preflight

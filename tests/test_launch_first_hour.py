@@ -16,8 +16,8 @@ import torch
 import yaml
 from conftest import tiny_config
 
-from launch.deepspeed_launcher import usable_cpus
 from megadepth.cli import main
+from megadepth.common.host import usable_cpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ from benchmarks.prep_quality import (
     score_rows,
 )
 from benchmarks.prep_quality_pages import load_fixture
-from megadepth.data.indexed import DataError
+from megadepth.common.errors import DataError
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "prep_quality"
 DOCS = 12  # the 9 pages, then 3 of them again: 2 WARC files

@@ -19,7 +19,7 @@ import yaml
 from conftest import tiny_config
 
 from megadepth.cli import main
-from megadepth.config import ConfigError
+from megadepth.common.errors import ConfigError
 from megadepth.sweep import runner
 from megadepth.sweep.spec import expand, load_spec, parse_spec, point_id
 from megadepth.sweep.state import read_state

@@ -14,6 +14,7 @@ from datetime import timedelta
 import torch
 
 from megadepth.common.errors import ConfigError
+from megadepth.common.host import usable_cpus
 from megadepth.config.schema import Config
 from megadepth.parallel.host_memory import keep_freed_memory
 
@@ -212,6 +213,13 @@ def prepare_deepspeed_env(device: torch.device) -> None:
     import deepspeed
 
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+def limit_cpu_threads(device: torch.device, env: DistEnv) -> None:
+    """On CPU, unless OMP_NUM_THREADS says otherwise, share the CPUs this process may use among the node's
+    ranks: torch's default (every core per rank) oversubscribes them ``local_world_size`` times."""
+    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(max(1, usable_cpus() // env.local_world_size))
 
 
 def init_distributed(config: Config, env: DistEnv, device: torch.device) -> None:

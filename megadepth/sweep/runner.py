@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from megadepth.common.errors import ConfigError
+from megadepth.common.host import usable_cpus
 from megadepth.common.io import atomic_write_json, atomic_write_text
 from megadepth.config.load import to_yaml, validate
 from megadepth.sweep.spec import Point, SweepSpec, diff_configs, expand, load_spec, lookup, spec_differences
@@ -352,8 +353,7 @@ class LocalExecutor:
         # what sweep.json lists, rewritten after every run (None: leave the index alone, as array tasks do)
         self.index_points = list(index_points) if index_points is not None else None
         self.echo = echo
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        self.threads = max(1, cores // jobs)
+        self.threads = max(1, usable_cpus() // jobs)
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # guards _procs, results and the printed lines
         self._stop = threading.Event()

@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from megadepth.common import slurm
-from megadepth.config.load import ConfigError
+from megadepth.common.errors import ConfigError
+from megadepth.common.io import atomic_write_text
 from megadepth.sweep.runner import SweepDir
 from megadepth.sweep.spec import Point, SweepSpec
-from megadepth.train.rundir import atomic_write_text
 
 MEM_SIZE = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
 

@@ -12,7 +12,6 @@ head counted once), MFU = tokens/s x flops per token / peak; the default peak is
 
 from __future__ import annotations
 
-import os
 import resource
 import time
 from collections.abc import Iterator
@@ -55,6 +54,7 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
     from megadepth.parallel.distributed import (
         check_layout,
         init_distributed,
+        limit_cpu_threads,
         prepare_deepspeed_env,
         read_env,
         resolve_device,
@@ -73,10 +73,7 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
     device = resolve_device(config, env)
     precision = resolve_precision(config, device)
     prepare_deepspeed_env(device)
-    if device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:
-        # the CPUs this process may use (taskset, cpusets, a container's CPU set), not the machine's count
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        torch.set_num_threads(max(1, cpus // env.local_world_size))
+    limit_cpu_threads(device, env)
     init_distributed(config, env, device)
     try:
         grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-import os
 import signal
 import sys
 import time
@@ -303,9 +302,7 @@ def _process_group(plan: Plan, config_yaml: str) -> Iterator[None]:
     """This rank in the job's process group, shut down however the run ends. Every rank (every node) must
     train the same resolved config: their sha256 are compared first."""
     distributed.prepare_deepspeed_env(plan.device)
-    if plan.device.type == "cpu" and "OMP_NUM_THREADS" not in os.environ:  # allowed CPUs, not the machine's
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        torch.set_num_threads(max(1, cpus // plan.env.local_world_size))
+    distributed.limit_cpu_threads(plan.device, plan.env)
     distributed.init_distributed(plan.config, plan.env, plan.device)
     try:
         digests: list[str] = [""] * torch.distributed.get_world_size()

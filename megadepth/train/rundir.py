@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from megadepth.common.io import atomic_write_json, atomic_write_text, json_safe  # noqa: F401 - re-exported for now
+from megadepth.common.io import atomic_write_text, json_safe
 
 
 class RunDir:
