@@ -433,3 +433,31 @@ def test_a_job_overtaken_while_starting_does_not_restart_the_run(sample_data: Pa
     summary = json.loads((out / "summary.json").read_text())  # the other job's finished run, untouched
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert [r["step"] for r in metrics(out) if "loss" in r] == [1, 2]
+
+
+@pytest.mark.distributed
+def test_a_rank_whose_output_is_closed_stops_with_a_checkpoint(sample_data: Path, tmp_path: Path) -> None:
+    """Under a hostfile launch the ranks write through ssh and pdsh, which Ctrl-C ends first: the remote
+    rank gets no signal, only a closed pipe. It stops after the next step with a checkpoint (status
+    stopped, resumable), as for SIGTERM, instead of failing on BrokenPipeError with nothing saved."""
+    import os
+    import time
+
+    out = tmp_path / "run"
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_config(sample_data, out, train={"steps": 100000, "log_every": 1})))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-u", "-m", "megadepth", "train", str(cfg)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "metrics.jsonl").exists() or not (out / "metrics.jsonl").read_text().strip():
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.1)
+        proc.stdout.close()  # what ssh's end does when pdsh is interrupted
+        assert proc.wait(timeout=120) == 0
+    finally:
+        proc.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "stopped" and summary["steps"] < 100000, summary
+    assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{summary['steps']:08d}"

@@ -1,7 +1,9 @@
-"""SIGTERM or SIGINT while training: stop after the next step with a checkpoint (status stopped)."""
+"""SIGTERM or SIGINT while training, or its output closed: stop after the next step with a checkpoint
+(status stopped)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -20,6 +22,11 @@ class StopRequest:
     s and read after step s + 1, when it has long finished. The step itself gains no device sync and no
     wait on other ranks; a signal is acted on one step after it arrives on any rank. A second SIGINT
     aborts at once (KeyboardInterrupt).
+
+    A rank whose standard output or error is closed under it stops the same way (as SIGPIPE): under a
+    hostfile launch the ranks write through ssh and pdsh, and Ctrl-C on pdsh ends those first, so the
+    remote ranks get no signal; before, their next line raised BrokenPipeError and the run failed with
+    no checkpoint. Output goes to the null device from then on.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -35,12 +42,19 @@ class StopRequest:
         if threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
+        self._streams = (sys.stdout, sys.stderr)
+        sys.stdout, sys.stderr = (_ClosedOutputGuard(s, self._output_closed) for s in self._streams)
         return self
 
     def __exit__(self, *_exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous.clear()
+        sys.stdout, sys.stderr = self._streams
+
+    def _output_closed(self) -> None:
+        if not self.signum:
+            self.signum = signal.SIGPIPE
 
     def _handle(self, signum: int, _frame: Any) -> None:
         if self.signum and signum == signal.SIGINT:
@@ -70,3 +84,39 @@ class StopRequest:
         if self._pending is not None:
             self._pending.wait()
             self._pending = None
+
+
+class _ClosedOutputGuard:
+    """A text stream that, once writing to it fails with a broken pipe, tells ``closed`` and writes to the
+    null device instead; everything else is the wrapped stream's."""
+
+    def __init__(self, stream: Any, closed: Any) -> None:
+        self._stream = stream
+        self._closed = closed
+
+    def _broken(self) -> None:
+        """The null device under the stream's file descriptor, so that what is still buffered, a later
+        write and the flush at exit all succeed (an exit flush into a closed pipe fails the process)."""
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, self._stream.fileno())
+            os.close(null)
+        except (OSError, ValueError, AttributeError):  # a stream without a file descriptor
+            self._stream = open(os.devnull, "w", encoding="utf-8")  # noqa: SIM115 - lives as long as the run
+        self._closed()
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._broken()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._broken()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
