@@ -16,6 +16,7 @@ from megadepth.analysis.runs import Roles
 from megadepth.analysis.table import show_number
 from megadepth.analysis.transfer import curve_label, measured_transfer, show
 from megadepth.common.io import save_figure
+from megadepth.common.typed_yaml import leaf
 
 MIN_SPAN = 0.1
 """The smallest y span, in nats, that both figures draw: seeds of one point differ by a few hundredths
@@ -181,7 +182,7 @@ def plot_transfer(result: dict[str, Any], roles: Roles, out: Path, title: str) -
     fig.set_size_inches(5.2 * ncols, 4.2 * nrows + 0.4 + 0.2 * math.ceil(len(handles) / key_cols))
     # wrapped to the figure's width: one panel is 5.2 inches, too narrow for a long title on one line
     # (at 9 points a line holds ~15 average characters per inch; 13 leaves room for wide ones)
-    curves = f", one curve per {roles.curve.rsplit('.', 1)[-1]}" if roles.curve else ""
+    curves = f", one curve per {leaf(roles.curve)}" if roles.curve else ""
     fig.suptitle(textwrap.fill(f"{title}: {roles.metric} vs log2 {roles.x}{curves}", width=int(13 * 5.2 * ncols),
                                break_long_words=True), fontsize=9)
     return save_figure(fig, out)
@@ -203,8 +204,8 @@ def plot_loss_vs_depth(result: dict[str, Any], roles: Roles, out: Path, title: s
         return None
     fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=110, layout="constrained")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    curve_name = roles.curve.rsplit(".", 1)[-1]
-    xname = roles.x.rsplit(".", 1)[-1]
+    curve_name = leaf(roles.curve)
+    xname = leaf(roles.x)
     values: list[float] = []  # every finite value drawn, for the y range
     diverged: list[tuple[float, Any]] = []
     handles: list[Any] = []

@@ -12,7 +12,8 @@ from typing import Any
 import yaml
 
 from megadepth.common.errors import ConfigError
-from megadepth.sweep.spec import METRICS, NON_RESULT_KEYS, NON_RESULT_SECTIONS, flatten
+from megadepth.common.typed_yaml import flatten, section
+from megadepth.sweep.spec import METRICS, NON_RESULT_KEYS, NON_RESULT_SECTIONS
 from megadepth.sweep.state import as_float, read_json, read_state
 
 BLOWN_UP = 2.0
@@ -112,7 +113,7 @@ def _run_directories(root: Path) -> tuple[Path, dict[str, Any], list[tuple[str, 
         except yaml.YAMLError:
             continue
     keys = sorted({k for f in flat.values() for k in f})
-    axes = [k for k in keys if k not in NON_RESULT_KEYS and k.split(".")[0] not in NON_RESULT_SECTIONS
+    axes = [k for k in keys if k not in NON_RESULT_KEYS and section(k) not in NON_RESULT_SECTIONS
             and len({repr(hashable(f.get(k))) for f in flat.values()}) > 1]
     meta = {"name": root.name, "axes": axes, "report": {}, "metric": None, "source": "run directories"}
     return run_root, meta, [(name, {k: f.get(k) for k in axes}) for name, f in flat.items()]

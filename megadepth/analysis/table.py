@@ -9,6 +9,7 @@ from typing import Any
 from megadepth.analysis.fitting import INTERVAL_LEVEL, Optimum
 from megadepth.analysis.runs import Roles, Run
 from megadepth.analysis.transfer import FINISHED, curve_label, measured_transfer, show
+from megadepth.common.typed_yaml import leaf
 
 
 def show_number(v: float | None, fmt: str = ".3f") -> str:
@@ -30,8 +31,8 @@ def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], cou
     best grid LR minus it), the fitted group the parabola's optimum, its loss and the fitted transfer
     loss (the numbers transfer.json holds). A row that was not fitted says so in brackets (argmin, edge)
     and its optimum columns repeat its measured grid point."""
-    curve_name = (roles.curve or "curve").rsplit(".", 1)[-1]
-    xname = roles.x.rsplit(".", 1)[-1]
+    curve_name = leaf(roles.curve or "curve")
+    xname = leaf(roles.x)
 
     def role(key: str | None) -> str:
         mates = roles.linked.get(key or "", [])

@@ -20,6 +20,7 @@ from megadepth.analysis.fitting import (
 )
 from megadepth.analysis.runs import Roles, Run, hashable
 from megadepth.common.errors import ConfigError
+from megadepth.common.typed_yaml import leaf
 
 FINISHED = ("completed", "diverged")
 
@@ -34,9 +35,9 @@ def curve_label(roles: Roles, curve: dict[str, Any], *, with_name: bool = True) 
     """A curve's name: its value of the curve key and of the keys linked to it ("width 32, heads 4")."""
     if not roles.curve:
         return "runs"
-    name = roles.curve.rsplit(".", 1)[-1]
+    name = leaf(roles.curve)
     parts = [f"{name} {show(curve['curve'])}" if with_name else show(curve["curve"])]
-    parts += [f"{k.rsplit('.', 1)[-1]} {show(v)}" for k, v in (curve.get("linked") or {}).items()]
+    parts += [f"{leaf(k)} {show(v)}" for k, v in (curve.get("linked") or {}).items()]
     return ", ".join(parts)
 
 
@@ -93,7 +94,7 @@ def analyse(runs: list[Run], roles: Roles, window: int = 3) -> dict[str, Any]:
             first = next(r for rs in by_x.values() for r in rs)
             curves.append({"curve": cval, "linked": {k: first.point.get(k) for k in roles.linked.get(roles.curve or "", [])},
                            "points": points, "optimum": opt})
-        label = ", ".join(show(v) if a.rsplit(".", 1)[-1] == "name" else f"{a.rsplit('.', 1)[-1]}={show(v)}"
+        label = ", ".join(show(v) if leaf(a) == "name" else f"{leaf(a)}={show(v)}"
                           for a, v in panel_values[pkey].items())
         panels.append({"panel": panel_values[pkey], "label": label or "all runs", "curves": curves,
                        **_transfer(curves)})

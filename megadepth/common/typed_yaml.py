@@ -3,7 +3,7 @@ overrides, every unknown key named with its nearest valid key, then a pydantic m
 :class:`TypedYaml` is parameterised by the model, the error class and the noun its messages use, so
 training configs and prep configs (and any other typed YAML file, such as a sweep spec) are read, checked
 and reported alike. The dotted-key helpers (:func:`nest`, :func:`field_at`, :func:`schema_fields`) are
-here too.
+here too, with :func:`flatten`, :func:`lookup`, :func:`leaf` and :func:`section`.
 
 All checks happen here, before any process group, model or data is touched: a typo costs a second, not a
 queued cluster job. YAML is read with a ``yaml.SafeLoader`` subclass only.
@@ -23,8 +23,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
-__all__ = ["INCLUDE_KEY", "TypedYaml", "deep_merge", "did_you_mean", "field_at", "nest", "safe_load_unique",
-           "schema_fields", "section_model", "suggest", "yaml_reason"]
+__all__ = ["INCLUDE_KEY", "TypedYaml", "deep_merge", "did_you_mean", "field_at", "flatten", "leaf", "lookup", "nest",
+           "safe_load_unique", "schema_fields", "section", "section_model", "suggest", "yaml_reason"]
 
 INCLUDE_KEY = "include"
 """A top-level YAML key listing other YAML files (relative to this one) merged before this file."""
@@ -122,8 +122,33 @@ def field_at(model: type[BaseModel] | None, key: str) -> FieldInfo | None:
     return field
 
 
-def _leaf(key: str) -> str:
+def leaf(key: str) -> str:
+    """``leaf("model.depth") == "depth"``: the last part of a dotted key."""
     return key.rpartition(".")[2]
+
+
+def section(key: str) -> str:
+    """``section("model.depth") == "model"``: the first part of a dotted key."""
+    return key.partition(".")[0]
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf of nested mappings: the inverse of :func:`nest`."""
+    if not isinstance(data, Mapping):
+        return {prefix[:-1]: data}
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
+def lookup(data: Any, key: str) -> Any:
+    """The value at the dotted ``key`` of nested mappings; None where there is none."""
+    for part in key.split("."):
+        if not isinstance(data, Mapping) or part not in data:
+            return None
+        data = data[part]
+    return data
 
 
 def did_you_mean(word: str, options: Iterable[str], cutoff: float = 0.6) -> str:
@@ -143,9 +168,9 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     pool = sorted({".".join(c.split(".")[:depth]) for c in candidates})
     by_leaf: dict[str, str] = {}
     for c in pool:
-        by_leaf.setdefault(_leaf(c), c)
-    if depth > 1 and _leaf(key) in by_leaf:
-        best = [by_leaf[_leaf(key)]]
+        by_leaf.setdefault(leaf(c), c)
+    if depth > 1 and leaf(key) in by_leaf:
+        best = [by_leaf[leaf(key)]]
     else:
         best = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
     if key == INCLUDE_KEY:
@@ -153,21 +178,21 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     if depth == 1:
         # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`, `mode: offline`): the full
         # keys it ends, before any section it resembles
-        full = sorted(c for c in candidates if _leaf(c) == key)
+        full = sorted(c for c in candidates if leaf(c) == key)
         if full:
             return f"; did you mean {' or '.join(repr(c) for c in full[:3])} (keys live in their section)?"
         if not best:
-            started = sorted(c for c in candidates if _leaf(c).startswith(key + "_"))
+            started = sorted(c for c in candidates if leaf(c).startswith(key + "_"))
             if started:
                 return f"; did you mean {' or '.join(repr(c) for c in started[:3])}?"
             if hint := did_you_mean(key, [INCLUDE_KEY], cutoff=0.7):
                 return hint
-            leaves = {_leaf(c): c for c in sorted(candidates, reverse=True)}
+            leaves = {leaf(c): c for c in sorted(candidates, reverse=True)}
             near = difflib.get_close_matches(key, list(leaves), n=1, cutoff=0.75)
             if near:
                 return f"; did you mean '{leaves[near[0]]}'?"
     if not best:
-        best = [by_leaf[m] for m in difflib.get_close_matches(_leaf(key), list(by_leaf), n=1, cutoff=0.7)]
+        best = [by_leaf[m] for m in difflib.get_close_matches(leaf(key), list(by_leaf), n=1, cutoff=0.7)]
     return f"; did you mean '{best[0]}'?" if best else ""
 
 
@@ -360,11 +385,15 @@ class TypedYaml(Generic[M]):
         # one clause per problem; de-duplicate union branches that say the same thing
         return "; ".join(dict.fromkeys(lines))
 
-    def validate(self, data: Mapping[str, Any]) -> M:
-        """Turn a merged dict into the (frozen) model, with readable errors."""
+    def check_keys(self, data: Mapping[str, Any]) -> None:
+        """Refuse the unknown keys of ``data`` together (the first step of :meth:`validate`)."""
         found: list[UnknownKey] = []
         self._unknown_keys(data, self.model, "", "", found)
         self._refuse(found)
+
+    def validate(self, data: Mapping[str, Any]) -> M:
+        """Turn a merged dict into the (frozen) model, with readable errors."""
+        self.check_keys(data)
         try:
             return self.model.model_validate(dict(data))
         except ValidationError as exc:

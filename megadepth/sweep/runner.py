@@ -28,8 +28,9 @@ import yaml
 from megadepth.common.errors import ConfigError
 from megadepth.common.host import usable_cpus
 from megadepth.common.io import atomic_write_json, atomic_write_text
+from megadepth.common.typed_yaml import lookup
 from megadepth.config.load import to_yaml, validate
-from megadepth.sweep.spec import Point, SweepSpec, diff_configs, expand, load_spec, lookup, spec_differences
+from megadepth.sweep.spec import Point, SweepSpec, diff_configs, expand, load_spec, spec_differences
 from megadepth.sweep.state import (
     CONFIG_FILE,
     FINAL,

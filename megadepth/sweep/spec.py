@@ -30,7 +30,6 @@ invocation, and does not change when other points are added to the grid.
 from __future__ import annotations
 
 import copy
-import difflib
 import hashlib
 import itertools
 import json
@@ -42,24 +41,25 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from megadepth.common.errors import ConfigError
-from megadepth.config.load import (
-    all_keys,
-    apply_override,
+from megadepth.common.typed_yaml import (
+    TypedYaml,
     deep_merge,
-    load_yaml_file,
-    parse_override,
-    read_yaml,
-    resolve_batch,
-    validate,
+    did_you_mean,
+    field_at,
+    flatten,
+    leaf,
+    lookup,
+    nest,
+    section,
+    suggest,
 )
+from megadepth.config.load import CONFIG, apply_override, parse_override, read_yaml, resolve_batch, validate
 from megadepth.config.schema import Config
 
-SPEC_KEYS = ("name", "description", "base", "config", "grid", "budget", "metric", "report")
 METRICS = ("final_eval_loss", "final_loss")
-REPORT_KEYS = ("x", "curve", "seed")
-DEFAULT_REPORT = {"x": "optimizer.lr", "curve": "model.depth", "seed": "train.seed"}
 
 # Keys whose value does not change what a run computes: ignored when checking that a finished run was
 # made with the config the sweep would give it now, and never allowed as axes where noted.
@@ -71,6 +71,107 @@ FORBIDDEN_AXES = ("train.out_dir", "wandb.group", "wandb.name")
 # silently replaced, so it is refused; in 'base:' files (shared configs written for standalone runs) it is
 # dropped, as the docs say. (The same holds for axis keys: a base file may set model.depth, 'config:' not.)
 SWEEP_DECIDES = ("train.steps", "train.out_dir", "train.progress", "wandb.name")
+
+
+class _SpecSection(BaseModel):
+    """Frozen, no unknown keys, field docstrings as descriptions; a number where text belongs is text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True,
+                              coerce_numbers_to_str=True)
+
+
+class Budget(_SpecSection):
+    """The length of every run: one of ``steps`` or ``tokens``."""
+
+    steps: int | None = None
+    """Optimizer steps per run."""
+    tokens: int | None = None
+    """Tokens per run: each point trains tokens // (its global batch x seq_len) steps."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_whole_number(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or len(data) != 1:
+            raise ValueError(f"budget must be {{steps: N}} or {{tokens: N}}, got {data!r}")
+        (kind, value), = data.items()
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"budget.{kind} must be a whole number, got {value!r}")
+        if value < 1:
+            raise ValueError(f"budget.{kind} must be at least 1 (got {value}): a run needs at least one optimizer step")
+        return data
+
+
+class Report(_SpecSection):
+    """Which axis plays which part in the report (each a config key)."""
+
+    x: str = "optimizer.lr"
+    """The swept axis to optimise: the metric against log2 of it."""
+    curve: str = "model.depth"
+    """One curve per value of this axis."""
+    seed: str = "train.seed"
+    """Averaged over."""
+
+
+class SweepSpecModel(_SpecSection):
+    """A sweep spec file, as written (docs/transfer.md has the reference); :func:`parse_spec` adds the
+    checks that need the training config's schema and turns it into a :class:`SweepSpec`."""
+
+    name: str | None = None
+    """W&B group and report title (letters, digits and . _ + -); default: the spec file's name."""
+    description: str = ""
+    """Free text, kept in sweep.yaml."""
+    base: list[str] = []
+    """Config files (a name or a list of names), relative to the spec, merged left to right."""
+    config: dict[str, Any] = {}
+    """Config values on top of the base files (any section; not the keys the sweep or an axis sets)."""
+    grid: dict[str, Any] = {}
+    """Axis -> values; the grid is their product, in this order. An axis is a config key, or linked keys
+    joined by commas; its values a list, or {values: [...]}, {log2: [...]}, {log2_range: [start, stop(, step)]}."""
+    budget: Budget | None = None
+    """The length of every run; none only where a train.steps axis sets it."""
+    metric: str = "final_eval_loss"
+    """What the report minimises: final_eval_loss or final_loss."""
+    report: Report = Report()
+    """The report's default roles (its --x, --curve and --seed)."""
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _file_names(cls, value: Any) -> Any:
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(b, str) and b for b in value):
+            raise ValueError(f"'base' must be a config file name or a list of file names, got {value!r}")
+        return value
+
+    @field_validator("config", "grid", mode="before")
+    @classmethod
+    def _mappings(cls, value: Any, info: Any) -> Any:
+        if value is None:  # "config:" left empty
+            return {}
+        if not isinstance(value, dict):
+            what = ("a mapping of config sections" if info.field_name == "config" else
+                    "a mapping of config keys to lists of values")
+            raise ValueError(f"'{info.field_name}' must be {what}, got {value!r}")
+        return value
+
+    @field_validator("config")
+    @classmethod
+    def _config_keys(cls, value: dict[str, Any]) -> dict[str, Any]:
+        try:
+            CONFIG.check_keys(value)
+        except ConfigError as exc:
+            raise ValueError(f"config: {exc}") from None
+        return value
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _known_metric(cls, value: Any) -> Any:
+        if value not in METRICS:
+            raise ValueError(f"metric '{value}' is not one of {', '.join(METRICS)}{did_you_mean(str(value), METRICS)}")
+        return value
+
+
+SPEC = TypedYaml(SweepSpecModel, ConfigError, "sweep spec")
+"""The sweep spec's loader (file reading, unknown keys, pydantic errors), shared with configs."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +194,7 @@ class SweepSpec:
     axes: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]
     budget: dict[str, int]
     metric: str = "final_eval_loss"
-    report: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_REPORT))
+    report: dict[str, str] = field(default_factory=lambda: Report().model_dump())
     description: str = ""
     source: str = ""
 
@@ -123,35 +224,17 @@ class SweepSpec:
         return hashlib.sha256(json.dumps(self.frozen(), sort_keys=True).encode()).hexdigest()
 
 
-def _suggest(word: str, options: Sequence[str]) -> str:
-    best = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{best[0]}'?" if best else ""
-
-
-def _nested(key: str, value: Any) -> dict[str, Any]:
-    out: Any = value
-    for part in reversed(key.split(".")):
-        out = {part: out}
-    return out
-
-
-def check_axis_key(key: str, where: str) -> None:
-    """An axis must be a config key: unknown ones are named with the config loader's suggestion."""
-    if key in FORBIDDEN_AXES:
-        raise ConfigError(f"{where}: '{key}' cannot be a sweep axis (the sweep sets it for every run)")
-    check_key(key, where)
-
-
-def check_key(key: str, where: str) -> None:
-    """``key`` must be a dotted config key; the message names it and the nearest valid one."""
-    if key in all_keys():
-        return
-    try:
-        validate(_nested(key, None))
-    except ConfigError as exc:
-        if "unknown config key" in str(exc):
-            raise ConfigError(f"{where}: {exc}") from None
-    raise ConfigError(f"{where}: '{key}' is not a config key (axes name one setting, e.g. 'model.depth')")
+def check_axis_keys(keys: Sequence[str], where: str) -> None:
+    """Axes (and the report's roles) must be config keys that the sweep does not set itself; the unknown
+    ones are named together, each with the config loader's suggestion."""
+    for key in keys:
+        if key in FORBIDDEN_AXES:
+            raise ConfigError(f"{where}: '{key}' cannot be a sweep axis (the sweep sets it for every run)")
+        if key not in CONFIG.keys and field_at(Config, key) is not None:
+            raise ConfigError(f"{where}: '{key}' is not a config key (axes name one setting, e.g. 'model.depth')")
+    unknown = [(key, "", suggest(key, CONFIG.keys)) for key in dict.fromkeys(keys) if field_at(Config, key) is None]
+    if unknown:
+        raise ConfigError(f"{where}: {CONFIG.unknown_keys_message(unknown)}")
 
 
 def _expand_values(key: str, raw: Any, where: str) -> list[Any]:
@@ -180,7 +263,7 @@ def _expand_values(key: str, raw: Any, where: str) -> list[Any]:
             values = [2.0 ** (start + i * step) for i in range(max(count, 0))]
         else:
             raise ConfigError(f"{where}: axis '{key}': unknown value form '{kind}'"
-                              f"{_suggest(kind, ['values', 'log2', 'log2_range'])}")
+                              f"{did_you_mean(kind, ['values', 'log2', 'log2_range'])}")
     else:
         values = raw
     if not isinstance(values, list):
@@ -194,22 +277,19 @@ def _expand_values(key: str, raw: Any, where: str) -> list[Any]:
     return values
 
 
-def _parse_axes(grid: Any, where: str) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
-    if grid is None or (isinstance(grid, Mapping) and not grid):
+def _parse_axes(grid: Mapping[str, Any], where: str) -> list[tuple[tuple[str, ...], list[tuple[Any, ...]]]]:
+    if not grid:
         raise ConfigError(f"{where}: the grid is empty: 'grid:' needs at least one axis, e.g. "
                           "'optimizer.lr: {log2_range: [-10, -5]}'")
-    if not isinstance(grid, Mapping):
-        raise ConfigError(f"{where}: 'grid' must map config keys to lists of values, got {type(grid).__name__}")
+    linked = {name: tuple(k.strip() for k in name.split(",")) for name in grid}
+    all_keys = [key for keys in linked.values() for key in keys]
+    check_axis_keys(all_keys, f"{where}: grid axis")
+    twice = next((key for i, key in enumerate(all_keys) if key in all_keys[:i]), None)
+    if twice is not None:
+        raise ConfigError(f"{where}: grid axis '{twice}' appears twice")
     axes: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
-    seen: set[str] = set()
-    for name, raw in grid.items():
-        keys = tuple(k.strip() for k in str(name).split(","))
-        for key in keys:
-            check_axis_key(key, f"{where}: grid axis")
-            if key in seen:
-                raise ConfigError(f"{where}: grid axis '{key}' appears twice")
-            seen.add(key)
-        values = _expand_values(str(name), raw, where)
+    for name, keys in linked.items():
+        values = _expand_values(name, grid[name], where)
         rows: list[tuple[Any, ...]] = []
         for value in values:
             if len(keys) == 1:
@@ -226,25 +306,6 @@ def _parse_axes(grid: Any, where: str) -> list[tuple[tuple[str, ...], list[tuple
             seen_rows.add(text)
         axes.append((keys, rows))
     return axes
-
-
-def _parse_budget(raw: Any, axis_keys: list[str], where: str) -> dict[str, int]:
-    if raw is None:
-        if "train.steps" in axis_keys:
-            return {}
-        raise ConfigError(f"{where}: the sweep needs a budget: 'budget: {{steps: N}}' or 'budget: {{tokens: N}}' "
-                          "(or a train.steps axis)")
-    if not isinstance(raw, Mapping) or len(raw) != 1 or next(iter(raw)) not in ("steps", "tokens"):
-        raise ConfigError(f"{where}: budget must be {{steps: N}} or {{tokens: N}}, got {raw!r}")
-    (kind, value), = raw.items()
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{where}: budget.{kind} must be a whole number, got {value!r}")
-    if value < 1:
-        raise ConfigError(f"{where}: budget.{kind} must be at least 1 (got {value}): a run needs at least one "
-                          "optimizer step")
-    if "train.steps" in axis_keys:
-        raise ConfigError(f"{where}: budget.{kind} and a train.steps axis both set the run length; keep one")
-    return {kind: value}
 
 
 def _decided_by(key: str, budget: Mapping[str, int]) -> str:
@@ -288,36 +349,30 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
     it is read like base files (train.steps and train.out_dir dropped, not refused), so a sweep.yaml
     written before those keys were refused still reads."""
     where = source
-    unknown = [k for k in data if k not in SPEC_KEYS]
-    if unknown:
-        raise ConfigError(f"{where}: unknown sweep key '{unknown[0]}'{_suggest(str(unknown[0]), SPEC_KEYS)} "
-                          f"(a sweep spec has {', '.join(SPEC_KEYS)})")
-    axes = _parse_axes(data.get("grid"), where)
+    try:  # an empty key (``report:``) is its default, as if it were not there; an empty metric is refused
+        spec = SPEC.validate({k: v for k, v in data.items() if v is not None or k == "metric"})
+    except ConfigError as exc:
+        keys = f" (a sweep spec has {', '.join(SweepSpecModel.model_fields)})" if "unknown sweep spec key" in str(exc) else ""
+        raise ConfigError(f"{where}: {exc}{keys}") from None
+    axes = _parse_axes(spec.grid, where)
     axis_keys = [k for keys, _ in axes for k in keys]
-    budget = _parse_budget(data.get("budget"), axis_keys, where)
-    base = data.get("base", [])
-    if base is None:
-        base = []
-    if isinstance(base, str):
-        base = [base]
-    if not isinstance(base, list) or not all(isinstance(b, str) and b for b in base):
-        raise ConfigError(f"{where}: 'base' must be a config file name or a list of file names, got {base!r}")
+    budget = spec.budget.model_dump(exclude_none=True) if spec.budget else {}
+    if not budget and "train.steps" not in axis_keys:
+        raise ConfigError(f"{where}: the sweep needs a budget: 'budget: {{steps: N}}' or 'budget: {{tokens: N}}' "
+                          "(or a train.steps axis)")
+    if budget and "train.steps" in axis_keys:
+        raise ConfigError(f"{where}: budget.{next(iter(budget))} and a train.steps axis both set the run length; "
+                          "keep one")
     config: dict[str, Any] = {}
-    for path in base:
+    for path in spec.base:
         config = deep_merge(config, read_yaml((base_dir or Path(".")) / Path(path).expanduser()))
-    inline = data.get("config") or {}
-    if not isinstance(inline, Mapping):
-        raise ConfigError(f"{where}: 'config' must be a mapping of config sections, got {type(inline).__name__}")
-    for key in flatten(inline):
-        check_key(key, f"{where}: config")
-        if frozen:
-            continue
-        if _replaced_by_sweep(key, lookup(inline, key)):
+    for key, value in ({} if frozen else flatten(spec.config)).items():
+        if _replaced_by_sweep(key, value):
             raise ConfigError(f"{where}: config {key} would be ignored: {_decided_by(key, budget)}")
         if key in axis_keys:
             raise ConfigError(f"{where}: config {key} would be ignored: '{key}' is a sweep axis, every run takes "
                               "its value from the grid; remove it from 'config:'")
-    config = deep_merge(config, inline)
+    config = deep_merge(config, spec.config)
     # from base files (or a frozen spec): the sweep sets these, as documented; dropping the axis keys too
     # keeps DIR/sweep.yaml free of values no run uses, so it also reads as a spec of its own
     for key in (*SWEEP_DECIDES, *axis_keys):
@@ -329,23 +384,14 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
         if _replaced_by_sweep(key, value):
             raise ConfigError(f"--set {key} would be ignored: {_decided_by(key, budget)}")
         config = apply_override(config, key, value)
-    metric = data.get("metric", "final_eval_loss")
-    if metric not in METRICS:
-        raise ConfigError(f"{where}: metric '{metric}' is not one of {', '.join(METRICS)}{_suggest(str(metric), METRICS)}")
-    report = dict(DEFAULT_REPORT)
-    raw_report = data.get("report") or {}
-    if not isinstance(raw_report, Mapping):
-        raise ConfigError(f"{where}: 'report' must be a mapping with keys {', '.join(REPORT_KEYS)}")
-    for key, value in raw_report.items():
-        if key not in REPORT_KEYS:
-            raise ConfigError(f"{where}: unknown report key '{key}'{_suggest(str(key), REPORT_KEYS)}")
-        check_axis_key(str(value), f"{where}: report.{key}")
-        report[key] = str(value)
-    spec_name = str(data.get("name") or name or "sweep")
+    report = spec.report.model_dump()
+    for role, key in report.items():
+        check_axis_keys([key], f"{where}: report.{role}")
+    spec_name = spec.name or name or "sweep"
     if not re.fullmatch(r"[A-Za-z0-9._+-]+", spec_name):
         raise ConfigError(f"{where}: name '{spec_name}' may only hold letters, digits and . _ + -")
-    return SweepSpec(name=spec_name, config=config, axes=axes, budget=budget, metric=metric, report=report,
-                     description=str(data.get("description") or ""), source=source)
+    return SweepSpec(name=spec_name, config=config, axes=axes, budget=budget, metric=spec.metric, report=report,
+                     description=spec.description, source=source)
 
 
 def load_spec(path: str | Path, overrides: Sequence[str] = (), *, frozen: bool = False) -> SweepSpec:
@@ -353,30 +399,11 @@ def load_spec(path: str | Path, overrides: Sequence[str] = (), *, frozen: bool =
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"sweep spec not found: {path}")
-    data = load_yaml_file(path)
+    data = SPEC.load_file(path)
     if not isinstance(data, Mapping):
-        raise ConfigError(f"{path}: a sweep spec must be a mapping with {', '.join(SPEC_KEYS)}")
+        raise ConfigError(f"{path}: a sweep spec must be a mapping with {', '.join(SweepSpecModel.model_fields)}")
     return parse_spec(data, source=str(path), base_dir=path.parent, overrides=overrides, name=path.stem,
                       frozen=frozen)
-
-
-def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.b": value}`` for every leaf of nested mappings."""
-    if not isinstance(data, Mapping):
-        return {prefix[:-1]: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
-
-
-def lookup(data: Any, key: str) -> Any:
-    """The value at the dotted ``key`` of nested mappings; None where there is none."""
-    for part in key.split("."):
-        if not isinstance(data, Mapping) or part not in data:
-            return None
-        data = data[part]
-    return data
 
 
 def _fmt(value: Any) -> str:
@@ -391,14 +418,14 @@ def point_label(values: Mapping[str, Any]) -> str:
     """Human-readable form of a point, e.g. ``sp depth=8 lr=2^-7 seed=1``."""
     parts = []
     for key, value in values.items():
-        leaf = key.rsplit(".", 1)[-1]
-        if leaf == "name" and isinstance(value, str):
+        name = leaf(key)
+        if name == "name" and isinstance(value, str):
             parts.append(value)
             continue
         if isinstance(value, float) and value > 0 and float(math.log2(value)).is_integer():
-            parts.append(f"{leaf}=2^{int(math.log2(value))}")
+            parts.append(f"{name}=2^{int(math.log2(value))}")
         else:
-            parts.append(f"{leaf}={_fmt(value)}")
+            parts.append(f"{name}={_fmt(value)}")
     return " ".join(parts)
 
 
@@ -408,8 +435,8 @@ def point_id(values: Mapping[str, Any]) -> str:
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
     slug_parts = []
     for key, value in sorted(values.items()):  # canonical order: reordering the axes keeps every id
-        leaf = key.rsplit(".", 1)[-1]
-        slug_parts.append(_fmt(value) if (leaf == "name" and isinstance(value, str)) else f"{leaf}{_fmt(value)}")
+        name = leaf(key)
+        slug_parts.append(_fmt(value) if (name == "name" and isinstance(value, str)) else f"{name}{_fmt(value)}")
     slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(slug_parts))
     slug = slug.strip("-_")[:72]
     return f"{slug}-{digest}" if slug else digest
@@ -435,7 +462,7 @@ def resolve_point(spec: SweepSpec, raw: Mapping[str, Any]) -> Config:
     train.steps from the budget (raises ConfigError)."""
     data = copy.deepcopy(spec.config)
     for key, value in raw.items():
-        data = deep_merge(data, _nested(key, value))
+        data = deep_merge(data, nest(key, value))
     config = validate(data)
     if spec.budget:
         steps = steps_for(config, spec.budget)
@@ -504,23 +531,19 @@ def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
     try:
         before = resolve_point(old, raw).model_dump(mode="json")
         after = resolve_point(new, raw).model_dump(mode="json")
+        # a changed budget is reported as such, not again as the train.steps it leads to
+        changed = [k for k in diff_configs(before, after) if not (k == "train.steps" and old.budget != new.budget)]
     except ConfigError:
         # not valid under one of them (the new config, or a schema that changed since): compare the raw
         # configs, axis keys aside (spelled-out defaults then count as changes, but only here)
-        a, b = flatten(old.config), flatten(new.config)
-        keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in NON_RESULT_KEYS
-                      and k not in raw and k.split(".", 1)[0] not in NON_RESULT_SECTIONS)
-        if not keys:
-            return None
-        more = f", and {len(keys) - 1} more key(s)" if len(keys) > 1 else ""
-        return f"{keys[0]}: {_show(a.get(keys[0]))} there, {_show(b.get(keys[0]))} now{more}"
-    # a changed budget is reported as such, not again as the train.steps it leads to
-    changed = [k for k in diff_configs(before, after) if not (k == "train.steps" and old.budget != new.budget)]
+        before, after = old.config, new.config
+        a, b = flatten(before), flatten(after)
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in NON_RESULT_KEYS
+                         and k not in raw and section(k) not in NON_RESULT_SECTIONS)
     if not changed:
         return None
-    key = changed[0]
     more = f", and {len(changed) - 1} more key(s)" if len(changed) > 1 else ""
-    return f"{key}: {_show(lookup(before, key))} there, {_show(lookup(after, key))} now{more}"
+    return f"{changed[0]}: {_show(lookup(before, changed[0]))} there, {_show(lookup(after, changed[0]))} now{more}"
 
 
 def spec_differences(old: SweepSpec, new: SweepSpec) -> list[str]:
