@@ -200,7 +200,7 @@ class RepeatedLinesConfig(_Section):
     main-content extraction keeps them. A page that passes keeps every line (code, lyrics); a page whose
     repetition is all short lines (a song's chorus, a list of keywords) is kept without the repeats, where
     FineWeb drops it: ``false`` restores FineWeb's behaviour."""
-    max_chars: int = Field(default=40, ge=1)
+    max_chars: int = Field(default=80, ge=1)
     """A short line: at most this many characters, white space at its ends not counted."""
 
 
