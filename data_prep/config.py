@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from data_prep.text_shards import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
+from data_prep.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE
 from megadepth.common.errors import DataError
 from megadepth.common.typed_yaml import TypedYaml, did_you_mean
 

@@ -94,8 +94,8 @@ class _Doc:
     """What the rules compute from one text, computed once and shared by the rules run on it.
 
     The rules of one document run one after the other on the same ``str`` object (C4 may hand a new
-    one to FineWeb), so the last analysed text is kept (``_LAST``) and each rule asks for it again by
-    identity. Tokens are split per line (no token crosses a newline, so the concatenation is the
+    one to FineWeb), so the chain :func:`build_filters` makes keeps the last analysed text
+    (:class:`_LastDoc`) and hands it to each rule that asks for the same object. Tokens are split per line (no token crosses a newline, so the concatenation is the
     whole text's split) and kept by stripped line: C4 keeps lines stripped and mostly unchanged, and
     FineWeb's word count on C4's output then costs dictionary look-ups instead of a second split.
     """
@@ -128,20 +128,25 @@ def _tokens_of_line(line: str, cache: dict[str, list[str]]) -> list[str]:
     return toks
 
 
-_LAST: _Doc = _Doc("")  # the last text analysed (replaced whole, never mutated field by field)
+class _LastDoc:
+    """The last text one chain of rules analysed (one per :func:`build_filters`, so per process):
+    calling it with the same ``str`` object returns the same :class:`_Doc`, with a new text a new one."""
 
+    __slots__ = ("doc",)
 
-def _doc(text: str) -> _Doc:
-    global _LAST
-    d = _LAST
-    if d.text is not text:
-        d = _LAST = _Doc(text)
-    return d
+    def __init__(self) -> None:
+        self.doc = _Doc("")
+
+    def __call__(self, text: str) -> _Doc:
+        d = self.doc
+        if d.text is not text:
+            d = self.doc = _Doc(text)
+        return d
 
 
 def split_words(text: str) -> list[str]:
     """Word tokens: runs of letters/digits, and each other non-space character on its own."""
-    return _doc(text).tokens
+    return _Doc(text).tokens
 
 
 def _find_duplicates(items: list[str]) -> tuple[int, int]:
@@ -312,11 +317,14 @@ def _lines(text: str, parts: list[str]) -> list[str]:
     return lines
 
 
-def gopher_repetition(text: str, cfg: GopherRepetitionConfig) -> tuple[str | None, Rejection | None]:
+def gopher_repetition(text: str, cfg: GopherRepetitionConfig,
+                      doc: _Doc | None = None) -> tuple[str | None, Rejection | None]:
+    """``doc``: ``text`` analysed already (by an earlier rule of the chain), if it was."""
     n_chars = len(text)
     if n_chars == 0:
         return None, Rejection("empty")
-    doc = _doc(text)
+    if doc is None:
+        doc = _Doc(text)
     paragraphs = _paragraphs(text.strip())
     dup, chars = _find_duplicates(paragraphs)
     if cfg.dup_para_frac is not None and dup / len(paragraphs) > cfg.dup_para_frac:
@@ -404,8 +412,10 @@ def _stop_set(stop_words: tuple[str, ...]) -> frozenset[str]:
     return frozenset(stop_words)
 
 
-def gopher_quality(text: str, cfg: GopherQualityConfig) -> tuple[str | None, Rejection | None]:
-    tokens = split_words(text)
+def gopher_quality(text: str, cfg: GopherQualityConfig,
+                   doc: _Doc | None = None) -> tuple[str | None, Rejection | None]:
+    """``doc``: ``text`` analysed already (by an earlier rule of the chain), if it was."""
+    tokens = (_Doc(text) if doc is None else doc).tokens
     n_tokens = len(tokens)
     # the tokens that are not punctuation, in order: the distinct tokens that are
     # not all letters/digits are few ("3.14", "don't", ",", "..."), and only they are looked at in
@@ -509,7 +519,10 @@ def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, Rejection | None]:
     return out, None
 
 
-def fineweb_filter(text: str, cfg: FineWebConfig) -> tuple[str | None, Rejection | None]:
+def fineweb_filter(text: str, cfg: FineWebConfig,
+                   line_tokens: dict[str, list[str]] | None = None) -> tuple[str | None, Rejection | None]:
+    """``line_tokens``: the tokens of stripped lines an earlier rule of the chain split already, if any
+    (looked up, never added to)."""
     lines = [line for line in text.split("\n") if line.strip()]
     if not lines:
         return None, Rejection("empty")
@@ -531,7 +544,7 @@ def fineweb_filter(text: str, cfg: FineWebConfig) -> tuple[str | None, Rejection
         # len(split_words(text)), line by line (blank lines hold no token): the lines C4 kept as
         # they were are already split, in the tokens of the text the earlier rules saw
         # (looked up, never added: FineWeb alone must not grow the cache document after document)
-        cache = _LAST.line_tokens
+        cache = {} if line_tokens is None else line_tokens
         n_words = 0
         for line in lines:
             toks = cache.get(line.strip())
@@ -551,16 +564,17 @@ def build_filters(cfg: PrepConfig) -> list[tuple[str, Filter]]:
     """The enabled rules, in FineWeb's order: Gopher repetition, Gopher quality, C4, FineWeb; before them,
     the repeated short lines of a page that would fail a duplicated-line rule are dropped."""
     out: list[tuple[str, Filter]] = []
+    last = _LastDoc()  # the analysis of a text, shared by the rules that run on it
     rep = cfg.gopher_repetition if cfg.gopher_repetition.enabled else None
     fw = cfg.fineweb if cfg.fineweb.enabled else None
     if cfg.repeated_lines.enabled and (rep is not None or fw is not None):
         out.append(("repeated_lines", lambda t, c=cfg.repeated_lines: repeated_lines(t, c, rep, fw)))
     if cfg.gopher_repetition.enabled:
-        out.append(("gopher_rep", lambda t, c=cfg.gopher_repetition: gopher_repetition(t, c)))
+        out.append(("gopher_rep", lambda t, c=cfg.gopher_repetition: gopher_repetition(t, c, last(t))))
     if cfg.gopher_quality.enabled:
-        out.append(("gopher_qual", lambda t, c=cfg.gopher_quality: gopher_quality(t, c)))
+        out.append(("gopher_qual", lambda t, c=cfg.gopher_quality: gopher_quality(t, c, last(t))))
     if cfg.c4.enabled:
         out.append(("c4", lambda t, c=cfg.c4: c4_filter(t, c)))
     if cfg.fineweb.enabled:
-        out.append(("fineweb", lambda t, c=cfg.fineweb: fineweb_filter(t, c)))
+        out.append(("fineweb", lambda t, c=cfg.fineweb: fineweb_filter(t, c, last.doc.line_tokens)))
     return out

@@ -25,7 +25,7 @@ from pathlib import Path
 from data_prep.credentials import Credential, describe_failure, redact, remember, storage_options
 from megadepth.common.errors import DataError
 
-__all__ = ["InputFile", "Resolved", "is_data_dir", "kind_of", "resolve", "resolve_inputs"]
+__all__ = ["InputFile", "RawDoc", "Resolved", "is_data_dir", "kind_of", "resolve", "resolve_inputs"]
 
 _KINDS = (
     (".warc.wet.gz", "warc"),
@@ -77,6 +77,19 @@ class InputFile:
     @property
     def remote(self) -> bool:
         return is_remote(self.path)
+
+
+@dataclass(slots=True)
+class RawDoc:
+    """One candidate document read from an input: HTML bytes to extract (``html``), or text already
+    (``text``)."""
+
+    id: str
+    url: str
+    date: str
+    text: str | None = None
+    html: bytes | None = None
+    charset: str | None = None
 
 
 @dataclass

@@ -24,7 +24,7 @@ from data_prep.inputs import Resolved, check_remote, resolve
 from data_prep.plan import Plan, make_plan
 from data_prep.records import check_input_columns
 from data_prep.runner import run_local
-from data_prep.stages import MANIFEST, _check_tokenizer
+from data_prep.stages import MANIFEST, check_tokenizer
 
 __all__ = ["plan_run", "prepare_commoncrawl", "run_plan"]
 
@@ -45,7 +45,7 @@ def plan_run(
     check_remote(files)
     check_input_columns(files, cfg.read)
     if cfg.tokenizer.model:
-        _check_tokenizer(Path(cfg.tokenizer.model))
+        check_tokenizer(Path(cfg.tokenizer.model))
     if any(f.kind in ("warc", "arc") for f in files):
         from data_prep.extract import Extractor
 

@@ -17,27 +17,33 @@ manifest's ``unread_inputs`` and named in a warning (:mod:`data_prep.hygiene`).
 from __future__ import annotations
 
 import argparse
-import codecs
 import contextlib
-import gzip
 import hashlib
-import io
 import json
 import os
-import re
 import shutil
 import sys
-import zlib
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from data_prep.hygiene import DEFAULT_MAX_DOC_BYTES, too_large, unread_files, unread_summary, unread_warning
+from data_prep.hygiene import DEFAULT_MAX_DOC_BYTES, unread_summary, unread_warning
+from data_prep.text_inputs import SUFFIXES, expand_inputs, read_documents
+from data_prep.tokenizer import (
+    MAX_SEED,
+    MAX_VOCAB_SIZE,
+    MIN_VOCAB_SIZE,
+    SPECIAL_IDS,
+    check_seed,
+    check_vocab_size,
+    load_tokenizer,
+    train_tokenizer,
+)
 from megadepth.common.errors import DataError
-from megadepth.common.io import atomic_write_bytes
+from megadepth.common.io import atomic_write_bytes, sha256_file
 from megadepth.data import IndexedDatasetWriter, best_dtype, bin_path, index_exists
 
 __all__ = [
@@ -60,333 +66,8 @@ MANIFEST = "manifest.json"
 TOKENIZER = "tokenizer.model"
 SHARD_PREFIX = "shard_"
 _FORMAT_VERSION = 1
-_SUFFIXES = (".jsonl.gz", ".jsonl", ".txt")
-_BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")
-#: sentencepiece drops (without a word) every training sentence longer than this many UTF-8 bytes.
-MAX_SENTENCE_BYTES = 16384
-#: Seeds sentencepiece's generator accepts (an unsigned 32-bit integer).
-MAX_SEED = 2**32 - 1
-#: The smallest vocabulary the trainer can make: 3 special pieces and 256 byte-fallback pieces come first,
-#: then at least one character of the text (sentencepiece refuses less, after reading the text).
-MIN_VOCAB_SIZE = 260
-#: sentencepiece keeps the vocabulary size in a signed 32-bit field.
-MAX_VOCAB_SIZE = 2**31 - 1
-#: Byte order marks of the wide Unicode encodings a Windows editor may save ``.txt`` files in. UTF-32 LE
-#: comes first because its mark starts with UTF-16 LE's.
-_WIDE_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
-)
 #: Built here and moved into OUT only once complete, so a failed run leaves the previous output intact.
 _STAGING = ".text_shards.staging"
-#: Fixed special ids so every tokenizer made here agrees: the trainer may rely on eos_id == 2.
-SPECIAL_IDS = {"unk_id": 0, "bos_id": 1, "eos_id": 2, "pad_id": -1}
-
-
-def _suffix(p: Path) -> str | None:
-    name = p.name.lower()
-    return next((s for s in _SUFFIXES if name.endswith(s)), None)
-
-
-def expand_inputs(paths: Iterable[str | Path], unread: list[Path] | None = None) -> list[Path]:
-    """Files to read: each path as given, a directory expanded to its supported files (sorted).
-
-    Missing paths and unsupported file types are a :class:`DataError` up front, not after an hour.
-    ``unread`` collects the other files of those directories (not hidden, not in a data directory).
-    """
-    files: list[Path] = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.is_file() and _suffix(f))
-            if not found:
-                raise DataError(f"{p}: no {', '.join(_SUFFIXES)} files in this directory")
-            files.extend(found)
-            if unread is not None:
-                from data_prep.inputs import is_data_dir
-
-                unread.extend(f.resolve() for f in unread_files(p, lambda f: _suffix(f) is not None, is_data_dir))
-        elif p.is_file():
-            if not _suffix(p):
-                raise DataError(f"{p}: unsupported file type (expected {', '.join(_SUFFIXES)})")
-            files.append(p)
-        else:
-            raise DataError(f"{p}: no such file or directory")
-    if not files:
-        raise DataError("no input files given")
-    return files
-
-
-def _decode_lines(data: bytes, stats: Counter) -> str:
-    """UTF-8 text, dropping (and counting) only the lines that do not decode or hold a NUL byte.
-
-    NUL is valid UTF-8 but never part of real text: it is the mark of a binary file or of UTF-16/32
-    saved without a byte order mark (``L\\0i\\0n\\0e\\0``), which would otherwise pass as garbage text.
-    """
-    if b"\x00" not in data:
-        try:
-            return data.decode("utf-8")
-        except UnicodeDecodeError:
-            pass
-    kept = []
-    for line in data.splitlines(keepends=True):
-        if b"\x00" in line:
-            stats["nul_byte_line"] += 1
-            continue
-        try:
-            kept.append(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            stats["bad_utf8_line"] += 1
-    return "".join(kept)
-
-
-def _decode_txt(path: Path, data: bytes, stats: Counter) -> str:
-    """A ``.txt`` file's text: UTF-8 (a leading BOM dropped), or UTF-16/32 when it starts with their BOM.
-
-    Line ends become ``\\n`` (``\\r\\n`` and a lone ``\\r`` too, as Python's text mode reads them), so
-    that paragraphs split the same way and no ``\\r`` byte pieces are spent on a Windows file. A file
-    that announces UTF-16/32 but does not decode as such is refused: there are no lines to skip in it.
-    """
-    wide = next((codec for bom, codec in _WIDE_BOMS if data.startswith(bom)), None)
-    if wide is not None:
-        try:
-            data = data.decode(wide).encode("utf-8")  # the codec consumes the BOM
-        except UnicodeDecodeError as e:
-            raise DataError(
-                f"{path}: starts with a {wide.upper()} byte order mark but is not valid {wide.upper()} "
-                f"(byte {e.start})"
-            ) from None
-    elif data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    text = _decode_lines(data, stats)
-    return text.replace("\r\n", "\n").replace("\r", "\n")
-
-
-def _read_txt(path: Path, split_paragraphs: bool, stats: Counter) -> Iterator[str]:
-    text = _decode_txt(path, path.read_bytes(), stats)
-    parts = _BLANK_RUN.split(text) if split_paragraphs else [text]
-    for part in parts:
-        if part.strip():
-            yield part
-        else:
-            stats["empty"] += 1
-
-
-def _check_jsonl_encoding(path: Path, first_line: bytes) -> None:
-    """JSON Lines is UTF-8 by definition; a UTF-16/32 file (BOM first) is refused as a whole, since cut
-    at ``\\n`` bytes every one of its lines would be skipped as bad JSON and the file silently lost."""
-    wide = next((codec for bom, codec in _WIDE_BOMS if first_line.startswith(bom)), None)
-    if wide is not None:
-        raise DataError(
-            f"{path}: JSON Lines must be UTF-8, this file starts with a {wide.upper()} byte order mark "
-            f"(convert it, e.g. iconv -f {wide.upper()} -t UTF-8)"
-        )
-
-
-def _read_jsonl(path: Path, stats: Counter) -> Iterator[str]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
-        lines = iter(f)
-        first = True
-        while True:
-            try:
-                raw = next(lines)
-            except StopIteration:
-                return
-            except (EOFError, OSError, zlib.error):
-                # A truncated or damaged gzip stream: keep what was read, count it, move on.
-                stats["corrupt_file"] += 1
-                return
-            if first:
-                first = False
-                _check_jsonl_encoding(path, raw)
-                if raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8) :]  # would otherwise make the first record bad JSON
-            if not raw.strip():
-                continue
-            try:
-                obj = json.loads(raw.decode("utf-8"))
-            except UnicodeDecodeError:
-                stats["bad_utf8_line"] += 1
-                continue
-            except json.JSONDecodeError:
-                stats["bad_json_line"] += 1
-                continue
-            text = obj.get("text") if isinstance(obj, dict) else None
-            if not isinstance(text, str):
-                stats["no_text_field"] += 1
-            elif not text.strip():
-                stats["empty"] += 1
-            else:
-                yield text
-
-
-def read_documents(
-    paths: Iterable[str | Path],
-    *,
-    split_paragraphs: bool = False,
-    stats: Counter | None = None,
-    max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
-) -> Iterator[str]:
-    """Documents from ``.txt`` / ``.jsonl`` / ``.jsonl.gz`` files (directories are expanded).
-
-    A ``.txt`` file is one document, or one per blank-line-separated paragraph with
-    ``split_paragraphs``; it is read as UTF-8 (a BOM is dropped) or, when it starts with their BOM,
-    UTF-16/32, and its line ends become ``\\n``. JSONL lines (UTF-8, a BOM dropped; a UTF-16/32 file is
-    a :class:`DataError`) give their ``text`` field. Bad lines (not UTF-8, a NUL byte in a ``.txt`` line,
-    not JSON, no ``text`` string, empty) are skipped and counted in ``stats`` by reason; a damaged gzip
-    stream ends that file (counted as ``corrupt_file``). One bad record must not cost a day-long job.
-    A document over ``max_doc_bytes`` in UTF-8 is skipped whole (``too_large``), not cut: a cut one
-    would end mid-sentence with an EOS after it, and ``prep run`` skips such documents too.
-    """
-    stats = stats if stats is not None else Counter()
-    for path in expand_inputs(paths):
-        docs = _read_txt(path, split_paragraphs, stats) if _suffix(path) == ".txt" else _read_jsonl(path, stats)
-        for doc in docs:
-            if too_large(doc, max_doc_bytes):
-                stats["too_large"] += 1
-            else:
-                yield doc
-
-
-def _pieces(line: str, limit: int = MAX_SENTENCE_BYTES) -> Iterator[str]:
-    """``line`` cut into pieces of at most ``limit`` UTF-8 bytes: before the last space or tab that fits,
-    else (one huge word) at a character boundary. sentencepiece would drop a longer line whole."""
-    data = line.encode("utf-8")
-    while len(data) > limit:
-        cut = limit
-        while data[cut] & 0xC0 == 0x80:  # data[cut] continues a character: cut before that character
-            cut -= 1
-        space = max(data.rfind(b" ", 1, cut + 1), data.rfind(b"\t", 1, cut + 1))
-        if space > 0:
-            cut = space  # the space starts the next piece, as it starts a word's piece
-        yield data[:cut].decode("utf-8")
-        data = data[cut:]
-    yield data.decode("utf-8")
-
-
-def _sentences(documents: Iterable[str]) -> Iterator[str]:
-    """sentencepiece trains on lines and silently drops those over its length limit (a file that is one
-    long line would leave nothing to train on), so documents are split at newlines and long lines cut."""
-    for doc in documents:
-        for line in doc.split("\n"):
-            if len(line) * 4 <= MAX_SENTENCE_BYTES:  # at most 4 UTF-8 bytes a character: fits as is
-                if line.strip():
-                    yield line
-                continue
-            for piece in _pieces(line):
-                if piece.strip():
-                    yield piece
-
-
-def _check_seed(seed: int) -> int:
-    """sentencepiece takes an unsigned 32-bit seed; outside that it fails with a pybind TypeError."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
-        raise ValueError(f"seed must be an integer in 0..{MAX_SEED}, got {seed!r}")
-    return int(seed)
-
-
-def check_vocab_size(vocab_size: int) -> int:
-    """A vocabulary size the trainer can make, checked before anything is read or written."""
-    if isinstance(vocab_size, bool) or not isinstance(vocab_size, (int, np.integer)):
-        raise DataError(f"vocab size must be an integer, got {vocab_size!r}")
-    if not MIN_VOCAB_SIZE <= int(vocab_size) <= MAX_VOCAB_SIZE:
-        raise DataError(
-            f"vocab size {vocab_size}: could not train a tokenizer of that size; it must be in "
-            f"{MIN_VOCAB_SIZE}..{MAX_VOCAB_SIZE} (3 special and 256 byte pieces, then the text's own)"
-        )
-    return int(vocab_size)
-
-
-def _sp_message(e: Exception) -> str:
-    """sentencepiece's own reason without its C++ source location prefix."""
-    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return msg.split("] ", 1)[1] if "] " in msg else msg
-
-
-def train_tokenizer(
-    documents: Iterable[str],
-    out_prefix: str | Path,
-    vocab_size: int,
-    model_type: str = "bpe",
-    seed: int = 0,
-    *,
-    max_sentences: int = 2_000_000,
-) -> Path:
-    """Train a sentencepiece model on ``documents``; writes ``OUT_PREFIX.model`` and returns its path.
-
-    Settings follow Llama's tokenizer, chosen so that decoding gives back the exact input text:
-    identity normalisation, whitespace kept as is, byte fallback (no unknown tokens, newlines and rare
-    characters become byte pieces), digits split. Special ids are fixed: unk=0, bos=1, eos=2, no pad.
-    The model is produced in memory (so the output path is not embedded in it) and the same inputs and
-    seed give byte-identical models; threads are capped at 2 to keep that and the machine usable.
-    """
-    import sentencepiece as spm
-
-    if model_type not in ("bpe", "unigram"):
-        raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
-    seed = _check_seed(seed)
-    vocab_size = check_vocab_size(vocab_size)
-    out = Path(f"{os.fspath(out_prefix)}.model")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sentences = _sentences(documents)
-    first = next(sentences, None)
-    if first is None:
-        raise DataError("no text to train a tokenizer on (all documents empty)")
-    spm.set_random_generator_seed(seed)
-    writer = io.BytesIO()
-
-    def all_sentences() -> Iterator[str]:
-        yield first
-        yield from sentences
-
-    try:
-        spm.SentencePieceTrainer.train(
-            sentence_iterator=all_sentences(),
-            model_writer=writer,
-            vocab_size=int(vocab_size),
-            model_type=model_type,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=True,
-            allow_whitespace_only_pieces=True,
-            split_digits=True,
-            character_coverage=0.9995,
-            max_sentence_length=MAX_SENTENCE_BYTES,
-            input_sentence_size=int(max_sentences),
-            shuffle_input_sentence=True,
-            num_threads=min(2, os.cpu_count() or 1),
-            minloglevel=2,
-            **SPECIAL_IDS,
-        )
-    except RuntimeError as e:
-        raise DataError(
-            f"sentencepiece could not train a {model_type} tokenizer of {vocab_size} pieces: {_sp_message(e)}"
-        ) from None
-    atomic_write_bytes(out, writer.getvalue())
-    return out
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _load_tokenizer(path: Path) -> Any:
-    import sentencepiece as spm
-
-    if not path.is_file():
-        raise DataError(f"{path}: tokenizer model not found")
-    try:
-        return spm.SentencePieceProcessor(model_proto=path.read_bytes())
-    except (RuntimeError, OSError, TypeError) as e:
-        raise DataError(f"{path}: not a readable sentencepiece model ({_sp_message(e)})") from None
 
 
 def _manifest_is_current(out_dir: Path, config_hash: str) -> dict | None:
@@ -399,7 +80,7 @@ def _manifest_is_current(out_dir: Path, config_hash: str) -> dict | None:
     if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
         return None
     tok = out_dir / TOKENIZER
-    if not tok.is_file() or _sha256_file(tok) != manifest.get("tokenizer", {}).get("sha256"):
+    if not tok.is_file() or sha256_file(tok) != manifest.get("tokenizer", {}).get("sha256"):
         return None
     itemsize = np.dtype(manifest.get("dtype", "uint16")).itemsize
     for shard in manifest.get("shards", []):
@@ -431,7 +112,7 @@ def _remove_old_outputs(out_dir: Path) -> None:
 def _check_given_tokenizer(path: Path) -> None:
     """A given model must load and have an EOS piece (every document ends in EOS): checked before any
     work, so that a wrong ``--tokenizer`` touches nothing."""
-    sp = _load_tokenizer(path)
+    sp = load_tokenizer(path)
     if int(sp.eos_id()) < 0:
         raise DataError(f"{path}: the tokenizer has no EOS piece (documents must end in EOS)")
 
@@ -492,17 +173,17 @@ def _build(
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     if isinstance(max_doc_bytes, bool) or not isinstance(max_doc_bytes, int) or max_doc_bytes < 1:
         raise ValueError(f"max_doc_bytes must be an integer >= 1, got {max_doc_bytes!r}")
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if tokenizer is None:
         vocab_size = check_vocab_size(vocab_size)
     unread: list[Path] = []
     files = expand_inputs(inputs, unread)
     unread_inputs = unread_summary(unread)
-    warning = unread_warning(unread_inputs, ", ".join(_SUFFIXES), f"{out_dir / MANIFEST} (unread_inputs)")
+    warning = unread_warning(unread_inputs, ", ".join(SUFFIXES), f"{out_dir / MANIFEST} (unread_inputs)")
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
     input_records = [
-        {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": _sha256_file(f)} for f in files
+        {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files
     ]
     given_tok = Path(tokenizer) if tokenizer is not None else None
     if given_tok is not None:
@@ -510,7 +191,7 @@ def _build(
     config = {
         "format_version": _FORMAT_VERSION,
         "inputs": [r["sha256"] for r in input_records],
-        "tokenizer": _sha256_file(given_tok) if given_tok is not None else None,
+        "tokenizer": sha256_file(given_tok) if given_tok is not None else None,
         "vocab_size": None if given_tok is not None else int(vocab_size),
         "model_type": None if given_tok is not None else model_type,
         "seed": seed,
@@ -581,7 +262,7 @@ def _build_staged(
         )
     else:
         atomic_write_bytes(tok_path, given_tok.read_bytes())
-    sp = _load_tokenizer(tok_path)
+    sp = load_tokenizer(tok_path)
     vocab = int(sp.get_piece_size())
     eos = int(sp.eos_id())
     dtype = best_dtype(vocab)
@@ -636,7 +317,7 @@ def _build_staged(
         "inputs": None,
         "tokenizer": {
             "file": TOKENIZER,
-            "sha256": _sha256_file(tok_path),
+            "sha256": sha256_file(tok_path),
             "trained": given_tok is None,
             "source": None if given_tok is None else str(given_tok.resolve()),
             "model_type": model_type if given_tok is None else None,
