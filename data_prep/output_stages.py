@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-import json
 import os
 import shutil
 import time
@@ -15,9 +13,9 @@ import numpy as np
 from data_prep import rejected as rj
 from data_prep import stages
 from data_prep.plan import SINGLE, Plan
+from data_prep.tokenizer import ShardWriter, install_shards, load_tokenizer, tokenizer_fields, write_manifest
 from megadepth.common.errors import DataError
 from megadepth.common.io import atomic_write_bytes, sha256_file, temporary_path
-from megadepth.data import IndexedDatasetWriter, best_dtype, bin_path, idx_path
 
 __all__ = ["build_manifest", "run_finalize", "run_tokenize", "run_tokenizer"]
 
@@ -89,8 +87,6 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
     c = plan.config
     g = int(unit)
     sp = stages.cached(plan, "sp", lambda: stages.check_tokenizer(plan.stage_dir("tokenizer") / stages.TOKENIZER))
-    eos = int(sp.eos_id())
-    dtype = best_dtype(int(sp.get_piece_size()))
     offsets = stages.offsets(plan)
     removed = stages.removed(plan)
     sd = plan.stage_dir("tokenize")
@@ -101,13 +97,12 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
     fps = c.shards.files_per_shard
     files = range(g * fps, min((g + 1) * fps, len(plan.inputs)))
     schema = stages.doc_schema().append(pa.field("tokens", pa.int32()))
-    writer = IndexedDatasetWriter(prefix, dtype)
+    writer = ShardWriter(sp, lambda n: prefix)
     pqw = pq.ParquetWriter(tmp, schema, compression="zstd")
     rejected = rj.RejectedWriter(sd / rj.REJECTED_DIR / f"{unit}.parquet", c.rejected.keep_text, c.shards.row_group_docs)
     details = rj.load_duplicates(plan.stage_dir("cluster")) if len(removed) else None
     sources = [x.path for x in plan.inputs]
-    n_docs = n_tokens = 0
-    t_encode = t_docs = 0.0
+    t_docs = 0.0
     try:
         for i in files:
             if offsets[i + 1] == offsets[i]:
@@ -127,22 +122,7 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
                 if batch.num_rows == 0:
                     continue
                 texts = batch.column(batch.schema.get_field_index("text")).to_pylist()
-                te = time.process_time()
-                encoded = sp.encode(texts, num_threads=c.tokenizer.num_threads)
-                t_encode += time.process_time() - te
-                lengths = np.empty(len(encoded), dtype=np.int64)
-                for j, ids in enumerate(encoded):
-                    ids.append(eos)
-                    lengths[j] = len(ids)
-                total = int(lengths.sum())
-                flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=dtype, count=total)
-                ends = np.cumsum(lengths)
-                start = 0
-                for end in ends.tolist():
-                    writer.add_document(flat[start:end])
-                    start = end
-                n_docs += len(encoded)
-                n_tokens += total
+                lengths = writer.add(texts, c.tokenizer.num_threads)
                 td = time.process_time()
                 pqw.write_batch(batch.append_column("tokens", pa.array(lengths.astype(np.int32))))
                 t_docs += time.process_time() - td
@@ -151,11 +131,10 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
         pqw.close()
         t_docs += time.process_time() - td
         rejected_info = rejected.commit()
-        if n_docs:
-            writer.finalize()
+        writer.close()
+        if writer.shards:
             os.replace(tmp, parquet)
         else:
-            writer.abort()
             tmp.unlink(missing_ok=True)
     except BaseException:
         writer.abort()
@@ -164,13 +143,14 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
         rejected.abort()
         raise
     seconds = time.perf_counter() - t0
+    shard = writer.shards[0] if writer.shards else {"prefix": None, "documents": 0, "tokens": 0}
     return {
-        "shard": prefix.name if n_docs else None,
-        "documents": n_docs,
-        "tokens": n_tokens,
+        "shard": shard["prefix"],
+        "documents": shard["documents"],
+        "tokens": shard["tokens"],
         "seconds": round(seconds, 4),
         "cpu_seconds": round(time.process_time() - cpu0, 4),
-        "encode_seconds": round(t_encode, 4),
+        "encode_seconds": round(writer.encode_seconds, 4),
         "documents_parquet_seconds": round(t_docs, 4),
         "rejected": rejected_info,
     }
@@ -205,34 +185,26 @@ def run_finalize(plan: Plan, unit: str) -> dict:
     shards = [(u, m) for u, m in tok_markers if m["shard"]]
     if not shards:
         raise rj.nothing_survived_error(plan, _link)
-    wanted_shards = {f"shard_{u}" for u, _ in shards}
-    for f in out.glob("shard_*"):
-        if f.is_file() and f.name.rsplit(".", 1)[0] not in wanted_shards:
-            f.unlink()
+    sd = plan.stage_dir("tokenize")
+    install_shards(sd, out, [f"shard_{u}" for u, _ in shards], _link)
     docs_dir = out / stages.DOCS_DIR
     docs_dir.mkdir(exist_ok=True)
     wanted_parts = {f"part-{u}.parquet" for u, _ in shards}
     for f in docs_dir.glob("*.parquet"):
         if f.name not in wanted_parts:
             f.unlink()
-    sd = plan.stage_dir("tokenize")
     for u, _ in shards:
-        _link(bin_path(sd / f"shard_{u}"), bin_path(out / f"shard_{u}"))
-        _link(idx_path(sd / f"shard_{u}"), idx_path(out / f"shard_{u}"))
         _link(sd / stages.DOCS_DIR / f"part-{u}.parquet", docs_dir / f"part-{u}.parquet")
     _link(plan.stage_dir("tokenizer") / stages.TOKENIZER, out / stages.TOKENIZER)
     rj.collect_rejected(plan, _link)
     for stale in (out / "work").rglob(".*.tmp"):  # left by killed units; every unit is done by now
         stale.unlink(missing_ok=True)
-    manifest = build_manifest(plan)
-    atomic_write_bytes(out / stages.MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
+    write_manifest(out, build_manifest(plan))
     return {"shards": len(shards)}
 
 
 def build_manifest(plan: Plan) -> dict:
     """``manifest.json``: inputs, configuration and its hash, counts per stage and rule, shards."""
-    import sentencepiece as spm
-
     c = plan.config
     ex = [plan.read_marker("extract", u) for u in plan.units("extract")]
     read_stats = _sum_stats(ex)
@@ -241,8 +213,6 @@ def build_manifest(plan: Plan) -> dict:
     tok_info = plan.read_marker("tokenizer", SINGLE)
     tok = [(u, plan.read_marker("tokenize", u)) for u in plan.units("tokenize")]
     tok_path = plan.out / stages.TOKENIZER
-    sp = spm.SentencePieceProcessor(model_proto=tok_path.read_bytes())
-    vocab = int(sp.get_piece_size())
     dropped = {k[5:]: v for k, v in sorted(read_stats.items()) if k.startswith("drop:") and v}
     skipped = {k: v for k, v in sorted(read_stats.items()) if k.startswith(("skip:", "corrupt:")) and v}
     n_docs = sum(m["documents"] for _, m in tok)
@@ -270,22 +240,9 @@ def build_manifest(plan: Plan) -> dict:
         "config": c.model_dump(mode="json"),
         "inputs": [i.to_json() for i in plan.inputs],
         "unread_inputs": plan.unread,
-        "tokenizer": {
-            "file": stages.TOKENIZER,
-            "sha256": sha256_file(tok_path),
-            "trained": tok_info["trained"],
-            "source": tok_info.get("source"),
-            "model_type": c.tokenizer.model_type if tok_info["trained"] else None,
-            "vocab_size": vocab,
-            "unk_id": int(sp.unk_id()),
-            "bos_id": int(sp.bos_id()),
-            "eos_id": int(sp.eos_id()),
-            "pad_id": int(sp.pad_id()),
-            "sample_documents": tok_info.get("sample_documents"),
-        },
-        "vocab_size": vocab,
-        "eos_id": int(sp.eos_id()),
-        "dtype": best_dtype(vocab).name,
+        **tokenizer_fields(tok_path, load_tokenizer(tok_path), tok_info["trained"], tok_info.get("source"),
+                           c.tokenizer.model_type if tok_info["trained"] else None,
+                           sample_documents=tok_info.get("sample_documents")),
         "documents": n_docs,
         "tokens": n_tokens,
         "documents_parquet": f"{stages.DOCS_DIR}/part-*.parquet",

@@ -37,14 +37,18 @@ from data_prep.tokenizer import (
     MAX_VOCAB_SIZE,
     MIN_VOCAB_SIZE,
     SPECIAL_IDS,
+    ShardWriter,
     check_seed,
     check_vocab_size,
+    install_shards,
     load_tokenizer,
+    tokenizer_fields,
     train_tokenizer,
+    write_manifest,
 )
 from megadepth.common.errors import DataError
 from megadepth.common.io import atomic_write_bytes, sha256_file
-from megadepth.data import IndexedDatasetWriter, best_dtype, bin_path, index_exists
+from megadepth.data import bin_path, index_exists
 
 __all__ = [
     "DEFAULT_VOCAB_SIZE",
@@ -97,18 +101,6 @@ def _refuse_pipeline_output(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: holds a 'megadepth prep run' output; write text shards to another directory")
 
 
-def _remove_old_outputs(out_dir: Path) -> None:
-    """Manifest first (so a half-rebuilt directory never looks complete), then old shards.
-
-    Old shards must go: a previous run with more shards would otherwise leave extra files that the
-    trainer, which reads every shard in the directory, would mix in.
-    """
-    (out_dir / MANIFEST).unlink(missing_ok=True)
-    for f in out_dir.glob(f"{SHARD_PREFIX}*"):
-        if f.is_file() and (f.name.endswith((".idx", ".bin", ".tmp"))):
-            f.unlink()
-
-
 def _check_given_tokenizer(path: Path) -> None:
     """A given model must load and have an EOS piece (every document ends in EOS): checked before any
     work, so that a wrong ``--tokenizer`` touches nothing."""
@@ -141,12 +133,10 @@ def _install(staging: Path, out_dir: Path, manifest: dict) -> None:
     """Move a complete result from ``staging`` into ``out_dir``. Only renames are left to do here, so
     nothing about the input or the tokenizer can fail halfway; the old manifest goes first and the new
     one is written last, so a directory caught in between never looks complete."""
-    _remove_old_outputs(out_dir)
+    (out_dir / MANIFEST).unlink(missing_ok=True)
     os.replace(staging / TOKENIZER, out_dir / TOKENIZER)
-    for shard in manifest["shards"]:
-        for suffix in (".bin", ".idx"):  # .idx last: a shard is trusted once its .idx exists
-            os.replace(staging / f"{shard['prefix']}{suffix}", out_dir / f"{shard['prefix']}{suffix}")
-    atomic_write_bytes(out_dir / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode("utf-8"))
+    install_shards(staging, out_dir, [s["prefix"] for s in manifest["shards"]], os.replace)
+    write_manifest(out_dir, manifest)
 
 
 def _build(
@@ -262,52 +252,26 @@ def _build_staged(
         )
     else:
         atomic_write_bytes(tok_path, given_tok.read_bytes())
-    sp = load_tokenizer(tok_path)
-    vocab = int(sp.get_piece_size())
-    eos = int(sp.eos_id())
-    dtype = best_dtype(vocab)
-
+    shards = ShardWriter(load_tokenizer(tok_path), lambda n: staging / f"{SHARD_PREFIX}{n:05d}", docs_per_shard)
     stats: Counter = Counter()
-    shards: list[dict] = []
-    writer: IndexedDatasetWriter | None = None
-
-    def close_shard() -> None:
-        nonlocal writer
-        if writer is not None:
-            writer.finalize()
-            shards.append(
-                {"prefix": writer.prefix.name, "documents": writer.num_documents, "tokens": writer.num_tokens}
-            )
-            writer = None
-
     docs = read_documents(files, split_paragraphs=split_paragraphs, stats=stats, max_doc_bytes=max_doc_bytes)
     threads = min(2, os.cpu_count() or 1)
     bar = tqdm(desc=f"tokenize {label}", unit="doc", disable=not progress, file=sys.stderr)
     try:
-        while True:
-            batch = [d for _, d in zip(range(256), docs, strict=False)]
-            if not batch:
-                break
-            for ids in sp.encode(batch, num_threads=threads):
-                if writer is None:
-                    writer = IndexedDatasetWriter(staging / f"{SHARD_PREFIX}{len(shards):05d}", dtype)
-                ids.append(eos)
-                writer.add_document(np.asarray(ids, dtype=dtype))
-                if writer.num_documents >= docs_per_shard:
-                    close_shard()
+        while batch := [d for _, d in zip(range(256), docs, strict=False)]:
+            shards.add(batch, threads)
             bar.update(len(batch))
-        close_shard()
+        shards.close()
     except BaseException:
-        if writer is not None:
-            writer.abort()
+        shards.abort()
         raise
     finally:
         bar.close()
-    if not shards:
+    if not shards.shards:
         raise DataError(f"no documents in {', '.join(str(f) for f in files)} (skipped: {dict(stats)})")
 
-    n_docs = sum(s["documents"] for s in shards)
-    n_tokens = sum(s["tokens"] for s in shards)
+    n_docs = sum(s["documents"] for s in shards.shards)
+    n_tokens = sum(s["tokens"] for s in shards.shards)
     skipped = dict(sorted(stats.items()))
     manifest = {
         "format": "megadepth-shards",
@@ -315,21 +279,8 @@ def _build_staged(
         "config_hash": None,
         "config": None,
         "inputs": None,
-        "tokenizer": {
-            "file": TOKENIZER,
-            "sha256": sha256_file(tok_path),
-            "trained": given_tok is None,
-            "source": None if given_tok is None else str(given_tok.resolve()),
-            "model_type": model_type if given_tok is None else None,
-            "vocab_size": vocab,
-            "unk_id": int(sp.unk_id()),
-            "bos_id": int(sp.bos_id()),
-            "eos_id": eos,
-            "pad_id": int(sp.pad_id()),
-        },
-        "vocab_size": vocab,
-        "eos_id": eos,
-        "dtype": dtype.name,
+        **tokenizer_fields(tok_path, shards.sp, given_tok is None, None if given_tok is None else
+                           str(given_tok.resolve()), model_type if given_tok is None else None),
         "documents": n_docs,
         "tokens": n_tokens,
         "skipped": skipped,
@@ -337,7 +288,7 @@ def _build_staged(
             "read": {"files": len(files), "documents_out": n_docs, "dropped": skipped},
             "tokenize": {"documents": n_docs, "tokens": n_tokens, "eos_appended": True},
         },
-        "shards": shards,
+        "shards": shards.shards,
     }
     return manifest
 

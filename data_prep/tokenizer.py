@@ -1,20 +1,26 @@
-"""Training sentencepiece tokenizers (Llama's settings, reproducible byte for byte) and loading them.
+"""Training sentencepiece tokenizers (Llama's settings, reproducible byte for byte), loading them, and the
+shard and manifest writer that ``prep run`` and ``prep text`` share.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
+import json
 import os
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from megadepth.common.errors import DataError
-from megadepth.common.io import atomic_write_bytes
+from megadepth.common.io import atomic_write_bytes, sha256_file
+from megadepth.data import IndexedDatasetWriter, best_dtype
 
-__all__ = ["MAX_SEED", "MAX_VOCAB_SIZE", "MIN_VOCAB_SIZE", "SPECIAL_IDS", "check_seed", "check_vocab_size", "load_tokenizer", "train_tokenizer"]
+__all__ = ["MAX_SEED", "MAX_VOCAB_SIZE", "MIN_VOCAB_SIZE", "SPECIAL_IDS", "ShardWriter", "check_seed", "check_vocab_size",
+           "install_shards", "load_tokenizer", "tokenizer_fields", "train_tokenizer", "write_manifest"]
 
 #: sentencepiece drops (without a word) every training sentence longer than this many UTF-8 bytes.
 MAX_SENTENCE_BYTES = 16384
@@ -156,3 +162,80 @@ def load_tokenizer(path: Path) -> Any:
         return spm.SentencePieceProcessor(model_proto=path.read_bytes())
     except (RuntimeError, OSError, TypeError) as e:
         raise DataError(f"{path}: not a readable sentencepiece model ({_sp_message(e)})") from None
+
+
+class ShardWriter:
+    """Documents encoded with ``sp``, each followed by EOS, into Megatron shards: ``name(n)`` is the n-th
+    shard's prefix, a new one begun every ``docs_per_shard`` documents (None: one shard). ``shards`` lists
+    the finished ones (prefix name, documents, tokens); :meth:`abort` drops the one being written."""
+
+    def __init__(self, sp: Any, name: Callable[[int], Path], docs_per_shard: int | None = None) -> None:
+        self.sp, self.name, self.docs_per_shard = sp, name, docs_per_shard
+        self.eos = int(sp.eos_id())
+        self.dtype = best_dtype(int(sp.get_piece_size()))
+        self.shards: list[dict] = []
+        self.encode_seconds = 0.0  # CPU seconds in sp.encode
+        self._writer: IndexedDatasetWriter | None = None
+
+    def add(self, texts: list[str], threads: int) -> np.ndarray:
+        """Encode and write ``texts``; returns each document's length in tokens (EOS included)."""
+        t = time.process_time()
+        encoded = self.sp.encode(texts, num_threads=threads)
+        self.encode_seconds += time.process_time() - t
+        lengths = np.empty(len(encoded), dtype=np.int64)
+        for j, ids in enumerate(encoded):
+            ids.append(self.eos)
+            lengths[j] = len(ids)
+        flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=self.dtype, count=int(lengths.sum()))
+        start = 0
+        for end in np.cumsum(lengths).tolist():
+            if self._writer is None:
+                self._writer = IndexedDatasetWriter(self.name(len(self.shards)), self.dtype)
+            self._writer.add_document(flat[start:end])
+            start = end
+            if self.docs_per_shard is not None and self._writer.num_documents >= self.docs_per_shard:
+                self.close()
+        return lengths
+
+    def close(self) -> None:
+        """Finish the shard being written (if any)."""
+        if (w := self._writer) is not None:
+            w.finalize()
+            self.shards.append({"prefix": w.prefix.name, "documents": w.num_documents, "tokens": w.num_tokens})
+            self._writer = None
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
+            self._writer = None
+
+
+def tokenizer_fields(path: Path, sp: Any, trained: bool, source: str | None, model_type: str | None,
+                     **extra: Any) -> dict:
+    """A manifest's ``tokenizer``, ``vocab_size``, ``eos_id`` and ``dtype`` entries."""
+    vocab, eos = int(sp.get_piece_size()), int(sp.eos_id())
+    ids = {k: int(getattr(sp, k)()) for k in ("unk_id", "bos_id", "eos_id", "pad_id")}
+    return {
+        "tokenizer": {"file": path.name, "sha256": sha256_file(path), "trained": trained, "source": source,
+                      "model_type": model_type, "vocab_size": vocab, **ids, **extra},
+        "vocab_size": vocab,
+        "eos_id": eos,
+        "dtype": best_dtype(vocab).name,
+    }
+
+
+def install_shards(src: Path, out: Path, prefixes: list[str], place: Callable[[Path, Path], None]) -> None:
+    """``out``'s shards become ``prefixes`` from ``src``: other shard files go (a previous run's extra shards
+    would be mixed in), then each one's ``.bin`` and ``.idx`` (last: a shard is trusted once its ``.idx``
+    exists) are placed with ``place`` (a rename or a link)."""
+    for f in out.glob("shard_*"):
+        if f.is_file() and f.name.endswith((".idx", ".bin", ".tmp")) and f.name.rsplit(".", 1)[0] not in prefixes:
+            f.unlink()
+    for prefix in prefixes:
+        for suffix in (".bin", ".idx"):
+            place(src / f"{prefix}{suffix}", out / f"{prefix}{suffix}")
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    """``out/manifest.json``, atomically (written last: a directory with one is complete)."""
+    atomic_write_bytes(out / "manifest.json", (json.dumps(manifest, indent=2) + "\n").encode())
