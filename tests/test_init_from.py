@@ -64,20 +64,20 @@ def test_a_run_from_weights_trains_the_same_under_any_layout_and_resumes_its_own
     run_ranks(train_rank, 1, shape(sample_data, best, steps=3, init_from=str(tmp_path / "best")))
     assert_close(records(best, "loss"), records(one, "loss"), rel=1e-6)
     # once the run has its own checkpoint, it resumes from that (the source is not read again)
-    from megadepth.train.loop import plan_run
+    from megadepth.train.loop import plan_training
 
-    again = plan_run(validate(shape(sample_data, one, steps=4, init_from=str(tmp_path / "gone"))))
+    again = plan_training(validate(shape(sample_data, one, steps=4, init_from=str(tmp_path / "gone"))))
     assert again.resume_tag == "step_00000003" and again.init_source is None
     assert json.loads((one / "summary.json").read_text())["steps"] == 3
 
 
 def test_bad_sources_are_named_before_any_work(source: Path, sample_data: Path, tmp_path: Path) -> None:
-    from megadepth.train.loop import plan_run
+    from megadepth.train.loop import plan_training
 
     def plan(init_from: Path, **model) -> None:
         cfg = shape(sample_data, tmp_path / "new", init_from=str(init_from))
         cfg["model"].update(model)
-        plan_run(validate(cfg))
+        plan_training(validate(cfg))
 
     with pytest.raises(ConfigError, match=r"does not exist"):
         plan(tmp_path / "nowhere")

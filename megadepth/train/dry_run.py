@@ -3,7 +3,7 @@ run would be, without running it.
 
 Before spending cluster hours a user wants to see the model size, the batch arithmetic, whether the run
 resumes, and the per-role init / LR / eps / weight decay they are about to get (the table a real run
-writes to parametrization.txt). The checks are the trainer's own (:func:`megadepth.train.loop.plan_run`);
+writes to parametrization.txt). The checks are the trainer's own (:func:`megadepth.train.loop.plan_training`);
 the model is built on PyTorch's meta device, so even gpt-1.3b costs no memory; nothing is written.
 ``launch --dry-run`` prints the same summary (:func:`summary_lines`) for the whole job's world size, from
 the launcher's own checks of it.
@@ -74,9 +74,9 @@ def device_text(config: Config, gpus_here: int | None) -> tuple[str, str]:
 def describe_run(config: Config) -> str:
     """The checked plan of ``config`` for this process's world size, as text (raises ConfigError /
     DataError exactly where ``megadepth train`` would)."""
-    from megadepth.train.loop import plan_run
+    from megadepth.train.loop import plan_training
 
-    plan = plan_run(config)
+    plan = plan_training(config)
     lines = summary_lines(
         config, processes=plan.env.world_size, layout=plan.layout, grad_accum=plan.grad_accum,
         global_batch=plan.global_batch, device=plan.device.type, precision=plan.precision,

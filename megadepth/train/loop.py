@@ -39,7 +39,7 @@ from megadepth.train.tracking import Tracker
 
 
 @dataclass
-class Plan:
+class TrainingPlan:
     """Everything decided before any work starts."""
 
     config: Config
@@ -55,7 +55,7 @@ class Plan:
     data: list[dict[str, Any]] | None = None  # what the data order depends on (data_fingerprint), per checkpoint
 
 
-def plan_run(config: Config) -> Plan:
+def plan_training(config: Config) -> TrainingPlan:
     """All start-up checks; raises ConfigError / DataError with a one-line message."""
     env = distributed.read_env()
     layout, grad_accum, global_batch = preflight(config, env.world_size)
@@ -66,7 +66,7 @@ def plan_run(config: Config) -> Plan:
         raise ConfigError(f"train.precision is {precision} but this GPU does not support bf16")
     run = RunDir(config.train.out_dir)
     resume_tag, init_source = check_run_dir(config, layout.data, run)
-    return Plan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag, init_source)
+    return TrainingPlan(config, env, layout, device, precision, grad_accum, global_batch, run, resume_tag, init_source)
 
 
 def train(config: Config) -> dict[str, Any]:
@@ -87,7 +87,7 @@ class Trainer:
             # a scheduler's SIGTERM during start-up (data index, engine build) must also end in a stopped run,
             # so the handler is in place from the start; ranks act on it together once training runs
             self.stop = stack.enter_context(StopRequest())
-            self.plan = plan_run(self.config)
+            self.plan = plan_training(self.config)
             self.out = tqdm.write if self.plan.env.is_main else (lambda *_a, **_k: None)
             self._read_data()
             config_yaml = to_yaml(self.config)
@@ -298,7 +298,7 @@ class Trainer:
 
 
 @contextlib.contextmanager
-def _process_group(plan: Plan, config_yaml: str) -> Iterator[None]:
+def _process_group(plan: TrainingPlan, config_yaml: str) -> Iterator[None]:
     """This rank in the job's process group, shut down however the run ends. Every rank (every node) must
     train the same resolved config: their sha256 are compared first."""
     distributed.prepare_deepspeed_env(plan.device)
@@ -317,7 +317,7 @@ def _process_group(plan: Plan, config_yaml: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _run_lock(plan: Plan) -> Iterator[None]:
+def _run_lock(plan: TrainingPlan) -> Iterator[None]:
     """The run directory's lock, held by rank 0 while the run trains. Every rank stops before this job writes
     anything when another job holds it, or trained the run while this one started."""
     run, lock = plan.run, RunLock(plan.run.root)
@@ -384,4 +384,4 @@ class _LogWindow:
         return {"log_loss_sum": self._rank_mean(), "log_steps": self.steps}
 
 
-__all__ = ["DataError", "Plan", "Trainer", "plan_run", "train"]
+__all__ = ["DataError", "TrainingPlan", "Trainer", "plan_training", "train"]

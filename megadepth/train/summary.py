@@ -17,7 +17,7 @@ from megadepth.train.rundir import MetricsLog, read_metrics
 from megadepth.train.tracking import Tracker
 
 if TYPE_CHECKING:
-    from megadepth.train.loop import Plan
+    from megadepth.train.loop import TrainingPlan
 
 
 @dataclass
@@ -25,7 +25,7 @@ class Progress:
     """Where the run stands, updated by the trainer. Entered (``with``), it opens the run directory for this
     job; left, it writes summary.json from what it holds, however the run ended."""
 
-    plan: Plan
+    plan: TrainingPlan
     config_yaml: str
     step: int = 0
     consumed: int = 0
