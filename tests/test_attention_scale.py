@@ -252,7 +252,7 @@ def test_a_run_from_before_base_heads_resumes_with_the_scale_it_trained_with(sam
     import yaml
     from distributed import train_rank
 
-    from megadepth.train.loop import plan_run
+    from megadepth.train.loop import plan_training
 
     out = tmp_path / "run"
     cfg = tiny_config(sample_data, out, model={"base_width": 16, "base_heads": 2},
@@ -263,7 +263,7 @@ def test_a_run_from_before_base_heads_resumes_with_the_scale_it_trained_with(sam
         del data["model"]["base_heads"]
         saved.write_text(yaml.safe_dump(data))
     again = tiny_config(sample_data, out, model={"base_width": 16, "base_heads": 2}, train={"steps": 4})
-    plan_run(validate(again))
+    plan_training(validate(again))
     grew = tiny_config(sample_data, out, model={"base_width": 16, "base_heads": 1}, train={"steps": 4})
     with pytest.raises(ConfigError, match=re.escape("parametrization.base_head_dim) 8.0 there, 16.0 here")):
-        plan_run(validate(grew))
+        plan_training(validate(grew))

@@ -136,7 +136,7 @@ def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys
     from megadepth.cli import main
     from megadepth.common.errors import ConfigError
     from megadepth.config import validate
-    from megadepth.train.loop import plan_run
+    from megadepth.train.loop import plan_training
 
     def cfg(out: Path, tensor: int) -> dict:
         c = shape(sample_data, out, tensor=tensor, steps=3, save_final=True)
@@ -177,7 +177,7 @@ def test_merge_tp2_checkpoint_into_tp1(sample_data: Path, tmp_path: Path, capsys
         assert "is not a checkpoint name of the run's checkpoints folder" in capsys.readouterr().err
 
     with pytest.raises(ConfigError, match="saved at parallel.tensor = 2"):
-        plan_run(validate(cfg(tmp_path / "tp2", 1)))
+        plan_training(validate(cfg(tmp_path / "tp2", 1)))
 
 
 @pytest.mark.slow

@@ -115,10 +115,10 @@ def test_checkpoint_retention_and_resume_never(sample_data: Path, tmp_path: Path
     assert tags == ["step_00000003", "step_00000004"]
     never = tiny_config(sample_data, out, train={"steps": 4, "resume": "never"})
     from megadepth.common.errors import ConfigError
-    from megadepth.train.loop import plan_run
+    from megadepth.train.loop import plan_training
 
     with pytest.raises(ConfigError, match="already holds checkpoint"):
-        plan_run(validate(never))
+        plan_training(validate(never))
 
 
 def test_diverged_run_is_recorded(sample_data: Path, tmp_path: Path) -> None:

@@ -28,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _plan(cfg: dict):
-    from megadepth.train.loop import plan_run
+    from megadepth.train.loop import plan_training
 
-    return plan_run(validate(cfg))
+    return plan_training(validate(cfg))
 
 
 @pytest.mark.distributed
