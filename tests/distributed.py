@@ -103,6 +103,23 @@ def train_rank(config_dict: dict) -> dict:
     return train(validate(config_dict))
 
 
+def train_rank_gloo_threads_left(config_dict: dict) -> tuple[str, list[str]]:
+    """Train, then name the gloo threads (process groups' workers and transport loops) still running in this
+    process: any left would be torn down during interpreter exit, which now and then aborts a finished rank."""
+    import gc
+    import os
+
+    status = train_rank(config_dict)["status"]
+    gc.collect()
+    names = []
+    for task in os.listdir("/proc/self/task"):
+        try:
+            names.append(open(f"/proc/self/task/{task}/comm").read().strip())  # noqa: SIM115 - one short read
+        except OSError:  # the thread ended meanwhile
+            continue
+    return status, sorted(name for name in names if "gloo" in name)
+
+
 def train_rank_crash_inside_engine_save(config_dict: dict, crash_tag: str) -> dict:
     """Train, but DeepSpeed's own save of ``crash_tag`` dies half-way (a node lost mid-write): it leaves a
     truncated model file in the tag's folder and raises. Returns the exception text."""

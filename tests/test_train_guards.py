@@ -17,7 +17,12 @@ import numpy as np
 import pytest
 import yaml
 from conftest import tiny_config
-from distributed import run_ranks, train_rank, train_rank_overtaken_during_startup
+from distributed import (
+    run_ranks,
+    train_rank,
+    train_rank_gloo_threads_left,
+    train_rank_overtaken_during_startup,
+)
 from test_train import metrics
 
 from megadepth.common.errors import ConfigError
@@ -461,3 +466,18 @@ def test_a_rank_whose_output_is_closed_stops_with_a_checkpoint(sample_data: Path
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "stopped" and summary["steps"] < 100000, summary
     assert (out / "checkpoints" / "latest").read_text().strip() == f"step_{summary['steps']:08d}"
+
+
+@pytest.mark.distributed
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="lists threads through Linux's /proc")
+@pytest.mark.parametrize("parallel", [{"pipeline": 1}, {"pipeline": 2, "zero_stage": 1}], ids=["data-parallel", "pipeline"])
+def test_a_finished_rank_leaves_no_process_group_for_interpreter_exit(sample_data: Path, tmp_path: Path,
+                                                                      parallel: dict) -> None:
+    """Every process group is gone once train() returns, ours, DeepSpeed's (its pipeline grid) and the world
+    group (which torch.distributed.nn, imported late, would hold as a default argument): a group left for
+    interpreter exit is torn down with its gloo threads running, and now and then the rank aborts after a
+    completed run ("terminate called without an active exception"; seen under a hostfile launch)."""
+    cfg = tiny_config(sample_data, tmp_path / "run", parallel=parallel)
+    for status, threads in run_ranks(train_rank_gloo_threads_left, 2, cfg):
+        assert status == "completed"
+        assert threads == [], f"gloo threads still running after train(): {threads}"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -226,6 +227,11 @@ def init_distributed(config: Config, env: DistEnv, device: torch.device) -> None
     """Create the default process group (also for a single process: DeepSpeed requires one)."""
     import deepspeed
 
+    # before the group exists: its functions bind ``group=group.WORLD`` as a default when imported, and
+    # imported later (DeepSpeed's Ulysses module does) they would keep the world group alive into interpreter
+    # exit (see shutdown)
+    import torch.distributed.nn  # noqa: F401
+
     if env.world_size == 1:
         os.environ.setdefault("RANK", "0")
         os.environ.setdefault("WORLD_SIZE", "1")
@@ -259,6 +265,24 @@ def init_distributed(config: Config, env: DistEnv, device: torch.device) -> None
 
 
 def shutdown() -> None:
-    """Destroy the process group: without it, a gloo rank sometimes aborts at exit."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    """Destroy every process group, and through DeepSpeed's own call, so that DeepSpeed also lets go of the
+    groups it holds (its ``mpu`` grid). A group still referenced when the interpreter exits is torn down
+    during finalization, with gloo's threads still running: now and then the rank then aborts ("terminate
+    called without an active exception", exit -6) after a completed run, and its launcher reports a failure."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    deepspeed_comm = sys.modules.get("deepspeed.comm")
+    if deepspeed_comm is not None and deepspeed_comm.is_initialized():
+        deepspeed_comm.destroy_process_group()
+    else:
         torch.distributed.destroy_process_group()
+    # module globals DeepSpeed's destroy leaves set (0.19): the pipeline engine's send/receive groups and grid
+    for module, names in _DEEPSPEED_GROUP_GLOBALS:
+        loaded = sys.modules.get(module)
+        for name in names if loaded is not None else ():
+            if hasattr(loaded, name):
+                setattr(loaded, name, None)
+
+
+_DEEPSPEED_GROUP_GLOBALS = (("deepspeed.runtime.pipe.p2p", ("_groups", "_grid")),
+                            ("deepspeed.runtime.activation_checkpointing.checkpointing", ("mpu", "mp_group")))

@@ -75,6 +75,7 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
     prepare_deepspeed_env(device)
     limit_cpu_threads(device, env)
     init_distributed(config, env, device)
+    built = None
     try:
         grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
         built = build_engine(config, device, grad_accum, global_batch, precision, grid)
@@ -124,4 +125,6 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
             "threads": torch.get_num_threads(),
         }
     finally:
+        if built is not None:  # its process groups must not outlive the run (see megadepth.train.loop.train)
+            built.engine.destroy()
         shutdown()

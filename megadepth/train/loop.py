@@ -7,6 +7,7 @@ the run directory is created and before any process group or model exists.
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import math
 import signal
@@ -70,8 +71,15 @@ def plan_training(config: Config) -> TrainingPlan:
 
 
 def train(config: Config) -> dict[str, Any]:
-    """Train per ``config`` in this process (one rank of a job, or the whole job); returns the summary."""
-    return Trainer(config).run()
+    """Train per ``config`` in this process (one rank of a job, or the whole job); returns the summary.
+
+    The engine and the process groups it holds are freed here, not at interpreter exit: gloo's groups torn
+    down during finalization now and then abort the process (megadepth.parallel.distributed.shutdown)."""
+    trainer = Trainer(config)
+    summary = trainer.run()
+    del trainer
+    gc.collect()  # the engine sits in reference cycles
+    return summary
 
 
 class Trainer:
@@ -96,10 +104,19 @@ class Trainer:
             # from here on, however the run ends (a checkpoint that fails to load, W&B, the loop), it ends
             # with a summary.json that says so
             self.progress = stack.enter_context(Progress(self.plan, config_yaml))
+            stack.callback(self._release_engine)
             if self._build_and_resume():
                 self._open_outputs()
                 self._loop()
         return self.progress.summary  # type: ignore[return-value]
+
+    def _release_engine(self) -> None:
+        """DeepSpeed's own teardown: ZeRO's gradient hooks sit on the parameters in C++, a cycle back to the
+        engine that Python's collector cannot see, so without it the engine and its process groups (the
+        pipeline's among them) would outlive the run into interpreter exit (see :func:`train`)."""
+        built = getattr(self, "built", None)
+        if built is not None:
+            built.engine.destroy()
 
     def _read_data(self) -> None:
         config, plan, steps, batch = self.config, self.plan, self.cfg.steps, self.plan.global_batch

@@ -51,6 +51,9 @@ class StopRequest:
             signal.signal(sig, handler)
         self._previous.clear()
         sys.stdout, sys.stderr = self._streams
+        # a logger created during the run keeps its stream (a guard, holding this object): the group must not
+        # live on through it into interpreter exit (see megadepth.parallel.distributed.shutdown)
+        self.group = self._flag = self._pending = None
 
     def _output_closed(self) -> None:
         if not self.signum:
