@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from megadepth.common.errors import DataError
-from megadepth.data.sample_index import load_npz, save_npz_atomic
+from megadepth.data.sample_index import load_or_build
 
 __all__ = ["BlendedDataset", "blend_schedule"]
 
@@ -94,8 +94,6 @@ class BlendedDataset:
         self.datasets = list(datasets)
         self.weights = _normalise(weights)
         self.num_samples = int(num_samples)
-        self.cache_hit = False
-        keys = ("dataset_index", "dataset_sample_index")
         cache_path = None
         if cache_dir is not None:
             payload = {
@@ -105,20 +103,10 @@ class BlendedDataset:
             }
             key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
             cache_path = Path(cache_dir) / f"blend_index_{key[:32]}.npz"
-            cached = load_npz(cache_path, keys)
-            if cached is not None and len(cached["dataset_index"]) == self.num_samples:
-                self.dataset_index, self.dataset_sample_index = cached[keys[0]], cached[keys[1]]
-                self.cache_hit = True
-        if not self.cache_hit:
-            self.dataset_index = blend_schedule(self.weights, self.num_samples)
-            self.dataset_sample_index = np.zeros(self.num_samples, dtype=np.int64)
-            for d in range(len(self.datasets)):
-                mask = self.dataset_index == d
-                self.dataset_sample_index[mask] = np.arange(int(mask.sum()), dtype=np.int64)
-            if cache_path is not None:
-                save_npz_atomic(
-                    cache_path, dict(zip(keys, (self.dataset_index, self.dataset_sample_index), strict=True))
-                )
+        (self.dataset_index, self.dataset_sample_index), self.cache_hit = load_or_build(
+            cache_path, ("dataset_index", "dataset_sample_index"),
+            lambda c: len(c["dataset_index"]) == self.num_samples, self._schedule,
+        )
         self.counts = np.bincount(self.dataset_index, minlength=len(self.datasets))
         for d, (ds, need) in enumerate(zip(self.datasets, self.counts, strict=True)):
             if len(ds) < need:
@@ -126,6 +114,14 @@ class BlendedDataset:
                     f"blend component {d} ({getattr(ds, 'name', type(ds).__name__)}) has {len(ds)} samples "
                     f"but the blend takes {int(need)} from it"
                 )
+
+    def _schedule(self) -> tuple[np.ndarray, np.ndarray]:
+        dataset_index = blend_schedule(self.weights, self.num_samples)
+        dataset_sample_index = np.zeros(self.num_samples, dtype=np.int64)
+        for d in range(len(self.datasets)):
+            mask = dataset_index == d
+            dataset_sample_index[mask] = np.arange(int(mask.sum()), dtype=np.int64)
+        return dataset_index, dataset_sample_index
 
     def __len__(self) -> int:
         return self.num_samples

@@ -40,16 +40,12 @@ _SPLIT_CODES = {"train": 0, "valid": 1}
 
 
 def _as_weight(x: Any) -> float | None:
-    if isinstance(x, bool):
+    if isinstance(x, bool) or not isinstance(x, int | float | str):
         return None
-    if isinstance(x, int | float):
+    try:
         return float(x)
-    if isinstance(x, str):
-        try:
-            return float(x)
-        except ValueError:
-            return None
-    return None
+    except ValueError:
+        return None
 
 
 def parse_data_path(path: DataPath) -> list[tuple[float, str]]:
@@ -96,15 +92,11 @@ def build_datasets(
 ) -> tuple[Any, Any | None]:
     """The train dataset and the validation dataset (None when ``valid_fraction`` or ``valid_samples`` is 0).
 
-    Each path's documents are split contiguously (last ``valid_fraction`` of the documents validate).
-    One path gives a :class:`GPTDataset` per split; several give :class:`BlendedDataset` s whose
-    components are sized ``ceil(weight * n * 1.005) + 1``. Sample ``i`` does not depend on the
-    ``train_samples`` / ``valid_samples`` asked for (as long as it exists): component samples are
-    prefix-stable (see :mod:`~megadepth.data.sample_index`) and the blend schedule is greedy, so raising
-    the number of steps of a run and resuming continues on new data.
-
-    ``vocab_size`` (the model's) makes every sample read be checked against it, so shards from another
-    tokenizer fail with a :class:`DataError` naming the shard instead of inside the model.
+    Each path's documents are split contiguously (the last ``valid_fraction`` validate). One path gives a
+    :class:`GPTDataset` per split; several give :class:`BlendedDataset` s of components sized
+    ``ceil(weight * n * BLEND_MARGIN) + 1``. Sample ``i`` does not depend on the number of samples asked
+    for: component samples are prefix-stable and the blend schedule is greedy, so raising a run's steps
+    and resuming continues on new data. ``vocab_size`` (the model's) checks every sample read against it.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -176,18 +168,12 @@ def data_fingerprint(path: DataPath) -> list[dict[str, Any]]:
 
 def _data_dirs(path: DataPath) -> list[Path]:
     """The directory that holds each component (a prefix's parent)."""
-    dirs = []
-    for _, p in parse_data_path(path):
-        q = Path(p)
-        dirs.append(q if q.is_dir() else q.parent)
-    return dirs
+    return [Path(p) if Path(p).is_dir() else Path(p).parent for _, p in parse_data_path(path)]
 
 
 def read_data_manifest(path: DataPath) -> dict | None:
-    """``manifest.json`` of the data directory (for a blend: of its first component), or None.
-
-    For a shard prefix the manifest is looked for next to the shard.
-    """
+    """``manifest.json`` of the data directory (for a blend: of its first component; for a shard prefix:
+    next to the shard), or None."""
     m = _data_dirs(path)[0] / "manifest.json"
     if not m.is_file():
         return None
@@ -201,11 +187,8 @@ def read_data_manifest(path: DataPath) -> dict | None:
 
 
 def find_tokenizer(path: DataPath) -> Path | None:
-    """``tokenizer.model`` next to the data, or None.
-
-    For a blend every component that has one must have the same file (by sha256): token ids from
-    different tokenizers cannot be mixed.
-    """
+    """``tokenizer.model`` next to the data, or None. For a blend every component that has one must have
+    the same file (by sha256): token ids from different tokenizers cannot be mixed."""
     found: list[tuple[Path, str]] = []
     for d in _data_dirs(path):
         t = d / "tokenizer.model"

@@ -1,9 +1,7 @@
 """Megatron-LM's indexed dataset format: ``PREFIX.bin`` (raw tokens) + ``PREFIX.idx`` (the index).
 
-We write and read this format ourselves instead of importing megatron-core, because megatron-core pulls
-in a large import graph (and warnings) for what is a 30-byte header and three arrays. Files we write are
-read by Megatron-LM's own ``IndexedDataset`` unchanged (a test proves it), so shards made here can be
-trained on there and vice versa.
+Written and read here rather than through megatron-core (a large import graph for a 30-byte header and
+three arrays); Megatron-LM's own ``IndexedDataset`` reads our files unchanged (a test proves it).
 
 ``.idx`` layout (all little-endian)::
 
@@ -30,19 +28,6 @@ from types import TracebackType
 import numpy as np
 
 from megadepth.common.errors import DataError
-from megadepth.common.io import atomic_write_bytes
-
-__all__ = [
-    "DTYPE_CODES",
-    "DataError",
-    "atomic_write_bytes",
-    "IndexedDataset",
-    "IndexedDatasetWriter",
-    "best_dtype",
-    "bin_path",
-    "idx_path",
-    "index_exists",
-]
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -88,6 +73,14 @@ def index_exists(prefix: str | Path) -> bool:
     return idx_path(prefix).is_file() and bin_path(prefix).is_file()
 
 
+def _byte_offsets(lengths: np.ndarray, itemsize: int) -> np.ndarray:
+    """Where each sequence starts in the ``.bin``: the bytes of the sequences before it."""
+    offsets = np.zeros(len(lengths), dtype=np.int64)
+    if len(lengths) > 1:
+        np.cumsum(lengths[:-1].astype(np.int64) * itemsize, out=offsets[1:])
+    return offsets
+
+
 def _as_dtype(dtype: np.dtype | type | str) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.byteorder == ">" or dt not in _CODE_OF:
@@ -118,20 +111,15 @@ class IndexedDatasetWriter:
         self._idx_final.unlink(missing_ok=True)
         # Kept open across add_document calls; closed by finalize() or abort().
         self._bin_file = open(self._bin_tmp, "wb")  # noqa: SIM115
-        if np.issubdtype(self.dtype, np.integer):
-            info = np.iinfo(self.dtype)
-            self._range: tuple[int, int] | None = (int(info.min), int(info.max))
-        else:
-            self._range = None
+        info = np.iinfo(self.dtype) if np.issubdtype(self.dtype, np.integer) else None
+        self._range = None if info is None else (int(info.min), int(info.max))
 
     @property
     def num_documents(self) -> int:
-        """Documents added so far."""
         return len(self._lengths)
 
     @property
     def num_tokens(self) -> int:
-        """Tokens added so far."""
         return sum(self._lengths)
 
     def add_document(self, tokens: np.ndarray | list[int]) -> None:
@@ -167,9 +155,7 @@ class IndexedDatasetWriter:
         os.fsync(self._bin_file.fileno())
         self._bin_file.close()
         lengths = np.asarray(self._lengths, dtype="<i4")
-        pointers = np.zeros(len(lengths), dtype="<i8")
-        if len(lengths) > 1:
-            np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
+        pointers = _byte_offsets(lengths, self.dtype.itemsize).astype("<i8")
         doc_idx = np.arange(len(lengths) + 1, dtype="<i8")
         with open(self._idx_tmp, "wb") as f:
             f.write(_HEADER.pack(MAGIC, VERSION, self._code, len(lengths), len(doc_idx)))
@@ -258,13 +244,10 @@ class IndexedDataset:
         if n_seq and int(self._lengths.min()) < 0:
             raise DataError(f"{ip}: negative sequence length")
         item = self._dtype.itemsize
-        lengths64 = self._lengths.astype(np.int64)
-        expect_ptr = np.zeros(n_seq, dtype=np.int64)
-        if n_seq > 1:
-            np.cumsum(lengths64[:-1] * item, out=expect_ptr[1:])
+        expect_ptr = _byte_offsets(self._lengths, item)
         if not np.array_equal(expect_ptr, self._pointers):
             raise DataError(f"{ip}: sequence pointers do not match the sequence lengths")
-        self._num_tokens = int(lengths64.sum())
+        self._num_tokens = int(self._lengths.astype(np.int64).sum())
         bin_size = bp.stat().st_size
         if bin_size != self._num_tokens * item:
             raise DataError(
@@ -320,12 +303,10 @@ class IndexedDataset:
 
     @property
     def dtype(self) -> np.dtype:
-        """Token dtype stored in ``.bin``."""
         return self._dtype
 
     @property
     def num_tokens(self) -> int:
-        """Total tokens in the shard."""
         return self._num_tokens
 
     def __repr__(self) -> str:
