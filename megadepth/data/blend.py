@@ -79,14 +79,8 @@ class BlendedDataset:
     least as many samples as the schedule gives it -- the builder sizes them with a margin.
     """
 
-    def __init__(
-        self,
-        datasets: Sequence[Any],
-        weights: Sequence[float],
-        num_samples: int,
-        *,
-        cache_dir: str | Path | None = None,
-    ) -> None:
+    def __init__(self, datasets: Sequence[Any], weights: Sequence[float], num_samples: int, *,
+                 cache_dir: str | Path | None = None) -> None:
         if len(datasets) != len(weights):
             raise DataError(f"{len(datasets)} datasets but {len(weights)} weights")
         if num_samples < 0:
@@ -96,11 +90,8 @@ class BlendedDataset:
         self.num_samples = int(num_samples)
         cache_path = None
         if cache_dir is not None:
-            payload = {
-                "format": _BLEND_FORMAT,
-                "weights": [float(x).hex() for x in self.weights],
-                "num_samples": self.num_samples,
-            }
+            payload = {"format": _BLEND_FORMAT, "weights": [float(x).hex() for x in self.weights],
+                       "num_samples": self.num_samples}
             key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
             cache_path = Path(cache_dir) / f"blend_index_{key[:32]}.npz"
         (self.dataset_index, self.dataset_sample_index), self.cache_hit = load_or_build(
@@ -110,10 +101,8 @@ class BlendedDataset:
         self.counts = np.bincount(self.dataset_index, minlength=len(self.datasets))
         for d, (ds, need) in enumerate(zip(self.datasets, self.counts, strict=True)):
             if len(ds) < need:
-                raise DataError(
-                    f"blend component {d} ({getattr(ds, 'name', type(ds).__name__)}) has {len(ds)} samples "
-                    f"but the blend takes {int(need)} from it"
-                )
+                raise DataError(f"blend component {d} ({getattr(ds, 'name', type(ds).__name__)}) has "
+                                f"{len(ds)} samples but the blend takes {int(need)} from it")
 
     def _schedule(self) -> tuple[np.ndarray, np.ndarray]:
         dataset_index = blend_schedule(self.weights, self.num_samples)

@@ -21,14 +21,8 @@ from megadepth.common.errors import DataError
 from megadepth.data.blend import BlendedDataset
 from megadepth.data.sample_index import DocumentCorpus, GPTDataset, split_documents
 
-__all__ = [
-    "BLEND_MARGIN",
-    "build_datasets",
-    "data_fingerprint",
-    "find_tokenizer",
-    "parse_data_path",
-    "read_data_manifest",
-]
+__all__ = ["BLEND_MARGIN", "build_datasets", "data_fingerprint", "find_tokenizer", "parse_data_path",
+           "read_data_manifest"]
 
 #: Blend components get ``ceil(weight * n * BLEND_MARGIN) + 1`` samples. The blend never takes more
 #: than ``ceil(weight * n)`` from one (see blend.py), so this is headroom, not a correction.
@@ -56,17 +50,14 @@ def parse_data_path(path: DataPath) -> list[tuple[float, str]]:
     if len(items) == 1 and _as_weight(items[0]) is None:
         return [(1.0, os.fspath(items[0]))]
     if not items or len(items) % 2:
-        raise DataError(
-            f"data path {items!r}: expected one path or a list alternating weight and path "
-            f"(e.g. [0.7, 'dirA', 0.3, 'dirB'])"
-        )
+        raise DataError(f"data path {items!r}: expected one path or a list alternating weight and path "
+                        f"(e.g. [0.7, 'dirA', 0.3, 'dirB'])")
     out: list[tuple[float, str]] = []
     for k in range(0, len(items), 2):
         w, p = _as_weight(items[k]), items[k + 1]
         if w is None or not isinstance(p, str | os.PathLike) or _as_weight(p) is not None:
-            raise DataError(
-                f"data path entry {k // 2} ({items[k]!r}, {p!r}): expected a number followed by a path"
-            )
+            raise DataError(f"data path entry {k // 2} ({items[k]!r}, {p!r}): expected a number followed by "
+                            "a path")
         if not math.isfinite(w) or w <= 0:
             raise DataError(f"data path {os.fspath(p)}: weight must be a positive number, got {items[k]!r}")
         out.append((w, os.fspath(p)))
@@ -108,25 +99,15 @@ def build_datasets(
         corpus = DocumentCorpus.from_path(p)
         train_ids, valid_ids = split_documents(corpus.num_docs, valid_fraction if want_valid else 0.0)
         if want_valid and len(valid_ids) == 0:
-            raise DataError(
-                f"{p}: {corpus.num_docs} document(s) is too few to hold out validation documents "
-                f"(set valid_fraction to 0, or add data)"
-            )
+            raise DataError(f"{p}: {corpus.num_docs} document(s) is too few to hold out validation documents "
+                            f"(set valid_fraction to 0, or add data)")
         for split, ids, n in (("train", train_ids, train_samples), ("valid", valid_ids, valid_samples)):
             if split == "valid" and not want_valid:
                 continue
             size = n if len(components) == 1 else math.ceil(w / total_w * n * BLEND_MARGIN) + 1
             splits[split].append(
-                GPTDataset(
-                    corpus,
-                    ids,
-                    seq_len,
-                    size,
-                    _derive_seed(seed, split, i),
-                    cache_dir=cache_dir,
-                    name=f"{p} ({split})",
-                    vocab_size=vocab_size,
-                )
+                GPTDataset(corpus, ids, seq_len, size, _derive_seed(seed, split, i), cache_dir=cache_dir,
+                           name=f"{p} ({split})", vocab_size=vocab_size)
             )
 
     def combine(parts: list[GPTDataset], n: int) -> Any:
@@ -140,16 +121,9 @@ def build_datasets(
 
 
 def data_fingerprint(path: DataPath) -> list[dict[str, Any]]:
-    """What the data order depends on, per component of ``data.path``: its document count, token count
-    and the sha256 of its document lengths (the sample index is built from exactly those and the seed).
-
-    For a blend, each component's share of the weights too: the blend schedule maps the consumed-samples
-    position onto components by the weights, so under new weights a resume would skip part of one
-    component and repeat part of another.
-
-    A checkpoint records it, so a resume on other data at the same (or a moved) path is caught: the
-    consumed-samples position of the old index means nothing in a new one. The path is left out on
-    purpose: a moved directory is the same data."""
+    """What the data order depends on, per component of ``data.path``: its document count, token count,
+    the sha256 of its document lengths and, for a blend, its share of the weights (not the path: a moved
+    directory is the same data). A checkpoint records it, so a resume on other data is caught."""
     components = parse_data_path(path)
     total = sum(w for w, _ in components)
     out = []

@@ -38,9 +38,8 @@ __all__ = ["DocumentCorpus", "GPTDataset", "split_documents"]
 
 _INDEX_FORMAT = 2  # bump when the way the index is computed changes, so old caches are not reused
 
-#: The most windows one shuffle block holds. Bounds the work and memory spent on windows beyond the
-#: last requested sample (a block is always built whole) to about 16 MB of index; 2**20 windows of
-#: 2048 tokens are 2e9 tokens, and documents are shuffled over the whole epoch anyway.
+#: The most windows one shuffle block holds: bounds the index built beyond the last requested sample (a
+#: block is always built whole) to about 16 MB; documents are shuffled over the whole epoch anyway.
 _MAX_BLOCK = 2**20
 
 
@@ -56,10 +55,8 @@ class DocumentCorpus:
         dtypes = {s.dtype for s in self.shards}
         if len(dtypes) > 1:
             listing = ", ".join(f"{s.prefix.name}={s.dtype}" for s in self.shards)
-            raise DataError(
-                f"shards of one corpus use different token dtypes ({listing}): were they made with "
-                f"different tokenizers?"
-            )
+            raise DataError(f"shards of one corpus use different token dtypes ({listing}): were they made "
+                            "with different tokenizers?")
         self._dtype = self.shards[0].dtype
         if not np.issubdtype(self._dtype, np.integer):
             # Megatron's format allows float codes; token ids cast from floats would be truncated silently
@@ -80,10 +77,8 @@ class DocumentCorpus:
                 raise DataError(f"{p}: no .bin/.idx shards in this directory")
             orphans = sorted(bins - idx)
             if orphans:
-                raise DataError(
-                    f"{p}: {orphans[0]}.bin has no .idx (an unfinished shard?"
-                    f"{f' and {len(orphans) - 1} more' if len(orphans) > 1 else ''})"
-                )
+                raise DataError(f"{p}: {orphans[0]}.bin has no .idx (an unfinished shard?"
+                                f"{f' and {len(orphans) - 1} more' if len(orphans) > 1 else ''})")
             return cls([p / name for name in sorted(idx)])
         if p.suffix in (".idx", ".bin") and not index_exists(p):
             p = p.with_suffix("")
@@ -167,14 +162,11 @@ def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
                   "the sample index is kept in memory and rebuilt next time", file=sys.stderr)
 
 
-_UNWRITABLE_CACHES: set[Path] = set()
-"""Cache folders already warned about in this process (one warning each, not one per index)."""
+_UNWRITABLE_CACHES: set[Path] = set()  # cache folders already warned about in this process (one warning each)
 
 
-def load_or_build(
-    path: Path | None, keys: Sequence[str], fits: Callable[[dict[str, np.ndarray]], bool],
-    build: Callable[[], tuple[np.ndarray, ...]],
-) -> tuple[tuple[np.ndarray, ...], bool]:
+def load_or_build(path: Path | None, keys: Sequence[str], fits: Callable[[dict[str, np.ndarray]], bool],
+                  build: Callable[[], tuple[np.ndarray, ...]]) -> tuple[tuple[np.ndarray, ...], bool]:
     """The arrays ``keys`` from the cache file ``path`` if ``fits`` accepts them, else ``build()``'s (saved
     there); and whether they came from the cache."""
     cached = load_npz(path, keys) if path is not None else None
@@ -213,42 +205,25 @@ class GPTDataset:
       ``num_samples > i`` (prefix stability). Blocks are always built whole, so the index covers up to
       one block more windows than it serves.
 
-    Can a block hold the same window or document twice? Never the same stream window: a block is a
-    permutation of distinct consecutive windows. A chunk spans at most ``W * seq_len + 1 <=
-    tokens_per_epoch`` stream tokens, so chunk 0 (the first ``W`` samples) lies inside epoch 0 and sees
-    every document at most once: a run of at most one epoch never repeats data. A later chunk can
-    straddle one epoch boundary; then a block may hold pieces of the same document from both epochs
-    (and, if both copies fall at the same offset modulo ``seq_len``, two windows with equal tokens).
-    That is the repetition a second epoch implies anyway, never more than twice per document.
+    A block never holds the same stream window twice. A chunk spans at most ``W * seq_len + 1 <=
+    tokens_per_epoch`` stream tokens, so chunk 0 lies inside epoch 0: a run of at most one epoch never
+    repeats data. A later chunk can straddle one epoch boundary, and then hold pieces of one document
+    from both epochs: the repetition a second epoch implies anyway.
 
     ``shuffle=False`` turns both off (documents in ``doc_ids`` order, windows in stream order).
 
     ``vocab_size``, when given, is the model's vocabulary: a token outside ``[0, vocab_size)`` in a sample
-    read raises a :class:`DataError` naming the shard. Without the check an out-of-range id fails deep in
-    the model with a bare ``IndexError`` -- or not at all: a vocab-parallel embedding silently masks it.
+    read raises a :class:`DataError` naming the shard (else a vocab-parallel embedding would mask it).
     """
 
-    def __init__(
-        self,
-        corpus: DocumentCorpus,
-        doc_ids: np.ndarray | Sequence[int],
-        seq_len: int,
-        num_samples: int,
-        seed: int,
-        *,
-        shuffle: bool = True,
-        cache_dir: str | Path | None = None,
-        name: str | None = None,
-        vocab_size: int | None = None,
-    ) -> None:
-        if seq_len < 1:
-            raise ValueError(f"seq_len must be >= 1, got {seq_len}")
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be >= 0, got {num_samples}")
-        if seed < 0:
-            raise ValueError(f"seed must be >= 0, got {seed}")
-        if vocab_size is not None and vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
+    def __init__(self, corpus: DocumentCorpus, doc_ids: np.ndarray | Sequence[int], seq_len: int,
+                 num_samples: int, seed: int, *, shuffle: bool = True, cache_dir: str | Path | None = None,
+                 name: str | None = None, vocab_size: int | None = None) -> None:
+        vocab = 1 if vocab_size is None else vocab_size
+        for what, value, least in (("seq_len", seq_len, 1), ("num_samples", num_samples, 0), ("seed", seed, 0),
+                                   ("vocab_size", vocab, 1)):
+            if value < least:
+                raise ValueError(f"{what} must be >= {least}, got {value}")
         self.corpus = corpus
         self.seq_len = int(seq_len)
         self.num_samples = int(num_samples)
@@ -267,10 +242,8 @@ class GPTDataset:
         self._lengths = corpus.doc_lengths
         self.tokens_per_epoch = int(self._lengths[ids].sum())
         if self.tokens_per_epoch < self.seq_len + 1:
-            raise DataError(
-                f"{self.name}: {len(ids)} documents hold {self.tokens_per_epoch} tokens, fewer than "
-                f"one sample of seq_len + 1 = {self.seq_len + 1}"
-            )
+            raise DataError(f"{self.name}: {len(ids)} documents hold {self.tokens_per_epoch} tokens, fewer "
+                            f"than one sample of seq_len + 1 = {self.seq_len + 1}")
         # Windows wholly inside one epoch's worth of stream (>= 1: the epoch holds seq_len + 1 tokens).
         self.windows_per_epoch = (self.tokens_per_epoch - 1) // self.seq_len
         self.block_size = min(self.windows_per_epoch, _MAX_BLOCK)
@@ -279,27 +252,21 @@ class GPTDataset:
         needed = self.num_windows * self.seq_len + 1 if self.num_windows else 0
         self.num_epochs = math.ceil(needed / self.tokens_per_epoch)
 
-        self.cache_path = None if cache_dir is None else Path(cache_dir) / f"gpt_index_{self._cache_key()[:32]}.npz"
+        key = None if cache_dir is None else self._cache_key()[:32]
+        self.cache_path = None if key is None else Path(cache_dir) / f"gpt_index_{key}.npz"
         arrays, self.cache_hit = load_or_build(
             self.cache_path, ("doc_order", "sample_pos", "sample_offset", "shuffle_index"),
-            lambda c: len(c["shuffle_index"]) == self.num_samples and len(c["sample_pos"]) == self.num_windows,
+            lambda c: len(c["shuffle_index"]) == num_samples and len(c["sample_pos"]) == self.num_windows,
             self._build,
         )
         self.doc_order, self._sample_pos, self._sample_offset, self.shuffle_index = arrays
 
     def _cache_key(self) -> str:
         """sha256 over everything the index depends on (never Python's salted ``hash()``)."""
-        payload = {
-            "format": _INDEX_FORMAT,
-            "max_block": _MAX_BLOCK,
-            "corpus": self.corpus.identity(),
-            "doc_lengths": _sha256_array(self._lengths),
-            "doc_ids": _sha256_array(self.doc_ids),
-            "seq_len": self.seq_len,
-            "num_samples": self.num_samples,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-        }
+        payload = {"format": _INDEX_FORMAT, "max_block": _MAX_BLOCK, "corpus": self.corpus.identity(),
+                   "doc_lengths": _sha256_array(self._lengths), "doc_ids": _sha256_array(self.doc_ids),
+                   "seq_len": self.seq_len, "num_samples": self.num_samples, "seed": self.seed,
+                   "shuffle": self.shuffle}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
     def _blocks(self) -> Iterator[tuple[int, int, int, int]]:
@@ -394,10 +361,8 @@ class GPTDataset:
                 break
         if token < 0:
             raise DataError(f"data: token id {token} in {where} is negative: a damaged shard?")
-        raise DataError(
-            f"data: token id {token} in {where} is >= model.vocab_size {self.vocab_size}: "
-            f"shards made with another tokenizer?"
-        )
+        raise DataError(f"data: token id {token} in {where} is >= model.vocab_size {self.vocab_size}: "
+                        f"shards made with another tokenizer?")
 
     def __getitem__(self, i: int) -> np.ndarray:
         """Sample ``i``: ``seq_len + 1`` int64 tokens; inputs are ``[:-1]``, labels ``[1:]``."""
@@ -406,7 +371,5 @@ class GPTDataset:
         return self.window(int(self.shuffle_index[i % self.num_samples]))
 
     def __repr__(self) -> str:
-        return (
-            f"GPTDataset({self.name!r}, samples={self.num_samples}, seq_len={self.seq_len}, "
-            f"docs={len(self.doc_ids)}, epochs={self.num_epochs})"
-        )
+        return (f"GPTDataset({self.name!r}, samples={self.num_samples}, seq_len={self.seq_len}, "
+                f"docs={len(self.doc_ids)}, epochs={self.num_epochs})")
