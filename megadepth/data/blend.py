@@ -1,16 +1,14 @@
 """Blending several datasets by weight, deterministically and with bounded error on every prefix.
 
-Why not the simple vectorised schedule (dataset ``d`` emits at times ``(k + 0.5) / w_d``, merged by time)?
-That is Webster's apportionment, and it does not satisfy quota for three or more datasets: measured here
-over random weights, a prefix can be off by up to ``(D - 1) / 2`` samples (1.5 with 4 datasets, about 3
-with 8). Instead we use Tijdeman's solution of the "chairman assignment problem" (R. Tijdeman, 1980):
+The simple vectorised schedule (dataset ``d`` emits at times ``(k + 0.5) / w_d``, merged by time) is
+Webster's apportionment, which does not satisfy quota for three or more datasets. Instead this is
+Tijdeman's solution of the "chairman assignment problem" (R. Tijdeman, 1980):
 at step ``n`` a dataset is *eligible* when its lag ``n * w_d - count_d >= c`` with ``c = 1 / (2D - 2)``,
 and among the eligible ones the one with the earliest deadline ``(count_d + 1 - c) / w_d`` is taken
 (ties: lowest index). This guarantees ``|count_d(n) - n * w_d| <= 1 - c < 1`` for every prefix ``n`` and
 every dataset ``d``: each dataset's count is the floor or the ceiling of its exact share, always.
 
-The rule depends on the running counts, so it is a loop; it runs in plain Python over integers
-(about 0.4 s per million samples with three datasets) and the result can be cached on disk.
+The rule depends on the running counts, so it is a plain Python loop; the result can be cached on disk.
 """
 
 from __future__ import annotations

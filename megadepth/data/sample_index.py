@@ -230,9 +230,8 @@ class GPTDataset:
         self.seed = int(seed)
         self.shuffle = bool(shuffle)
         self.vocab_size = None if vocab_size is None else int(vocab_size)
-        self.name = name or ", ".join(str(p) for p in corpus.prefixes[:3]) + (
-            " ..." if len(corpus.prefixes) > 3 else ""
-        )
+        more = " ..." if len(corpus.prefixes) > 3 else ""
+        self.name = name or ", ".join(str(p) for p in corpus.prefixes[:3]) + more
         ids = np.asarray(doc_ids, dtype=np.int64)
         if ids.ndim != 1:
             raise ValueError("doc_ids must be 1-D")

@@ -68,11 +68,9 @@ def base_head_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | N
     """Why the base head size cannot be trusted (one line naming the keys and the fix), or None.
 
     model.base_heads and parametrization.base_head_dim must agree and give a whole number of base heads,
-    under any preset (a contradiction is refused even where it changes nothing). Only the width-scaled
-    presets' attention scale depends on the base head size, and only a transformer has attention: for
-    them, away from the base width (m != 1), the config must say how the width grew. More heads at a fixed
-    head size and wider heads at a fixed head count give attention scales that differ by a factor sqrt(m),
-    and nothing else in the config tells them apart."""
+    under any preset. Away from the base width (m != 1), a width-scaled transformer's config must say how
+    the width grew: more heads at a fixed head size and wider heads at a fixed head count give attention
+    scales that differ by a factor sqrt(m)."""
     if model.block != "transformer":
         return None  # no attention (the linear block's own check names base_head_dim as having no effect)
     base_width = model.base_width or model.width
