@@ -8,12 +8,10 @@ Each rank runs ``python -m megadepth train ...``; the launcher sets RANK / LOCAL
 MASTER_ADDR / MASTER_PORT.
 
 - single node: ``deepspeed --num_gpus K --master_port P ...``
-- hostfile (ssh): ``deepspeed -H HOSTFILE [--num_nodes N] --num_gpus K --force_multi --log_level warning
-  [--master_addr A] ... train --args-b64 TOKEN``; DeepSpeed starts every node's ranks through pdsh, even
-  for one host (``--force_multi``: otherwise it would run a one-host hostfile's ranks on this machine)
-- per node (``--no_ssh``): ``deepspeed -H HOSTFILE --num_gpus K --no_ssh --node_rank R --master_addr A ...``
-  run once on each node (Slurm tasks, Kubernetes pods); the hostfile only tells DeepSpeed how many
-  nodes there are and how many ranks each runs
+- hostfile (ssh): ``deepspeed -H HOSTFILE [--num_nodes N] --num_gpus K --force_multi ... --args-b64 TOKEN``:
+  every node's ranks start through pdsh, even for one host
+- per node: ``deepspeed -H HOSTFILE --num_gpus K --no_ssh --node_rank R --master_addr A ...`` on each node;
+  the hostfile only tells DeepSpeed how many nodes there are and how many ranks each runs
 """
 
 from __future__ import annotations

@@ -17,10 +17,8 @@ class GPT(nn.Module):
     """A pre-LN GPT whose forward multipliers come from a parametrization.
 
     ``forward(tokens)`` returns the logits over the real vocabulary (gathered across tensor-parallel
-    ranks); ``forward(tokens, labels)`` the mean next-token cross-entropy (fp32), computed from the
-    vocabulary-parallel logits without gathering them. Initialisation is not done here:
-    :func:`megadepth.parametrize.initialize` does it from the parameters' roles, so the model cannot
-    silently keep PyTorch's defaults.
+    ranks); ``forward(tokens, labels)`` the mean next-token cross-entropy (fp32), from the
+    vocabulary-parallel logits. :func:`megadepth.parametrize.initialize` initialises it from the roles.
     """
 
     def __init__(self, cfg: ModelConfig, mult: Multipliers, tp: TensorParallel | None = None,

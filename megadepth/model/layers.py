@@ -82,12 +82,9 @@ class Rotary(nn.Module):
 
 
 class Embedding(nn.Module):
-    """Token embedding (+ learned positions), times the embedding multiplier alpha_in.
-
-    Returns the residual stream: full sequence, or this rank's sequence shard under sequence parallelism.
-    ``with_token=False`` builds only the part after the token lookup (a pipeline stage whose token
-    embedding is the tied module; see megadepth.model.pipeline).
-    """
+    """Token embedding (+ learned positions), times the embedding multiplier alpha_in: the residual stream
+    (this rank's sequence shard under sequence parallelism). ``with_token=False``: only the part after the
+    token lookup (a pipeline stage)."""
 
     def __init__(self, cfg: ModelConfig, multiplier: float, tp: TensorParallel, with_token: bool = True) -> None:
         super().__init__()
@@ -197,13 +194,9 @@ class Block(nn.Module):
 
 
 class LinearBlock(nn.Module):
-    """Block depth 1 (Tensor Programs VI's main setting): x <- x + branch * MS(act(W x)).
-
-    One matrix per branch, mean subtraction MS over features, no LayerNorm, no attention: a per-token
-    resnet whose depth behaviour the theory describes exactly (Depth-muP is its unique optimal
-    parametrization). Under tensor parallelism W is column-parallel and its output gathered (the mean
-    subtraction needs every feature); sequence parallelism is not offered for this block.
-    """
+    """Block depth 1 (Tensor Programs VI's main setting): x <- x + branch * MS(act(W x)), MS a mean
+    subtraction over features: a per-token resnet whose depth behaviour the theory describes exactly.
+    Under tensor parallelism W's output is gathered (MS needs every feature)."""
 
     def __init__(self, cfg: ModelConfig, branch_multiplier: float, tp: TensorParallel) -> None:
         super().__init__()
