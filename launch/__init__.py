@@ -9,18 +9,6 @@ from launch.hostfile import Host, LaunchError, parse_hostfile_text, read_hostfil
 from launch.plan import LaunchPlan, LaunchRequest, check_ssh_mode, plan_launch
 from launch.slurm import SlurmSpec, render_sbatch
 
-__all__ = [
-    "Host",
-    "LaunchError",
-    "LaunchPlan",
-    "LaunchRequest",
-    "LaunchSpec",
-    "SlurmSpec",
-    "build_command",
-    "check_ssh_mode",
-    "launcher_env",
-    "parse_hostfile_text",
-    "plan_launch",
-    "read_hostfile",
-    "render_sbatch",
-]
+__all__ = ["Host", "LaunchError", "LaunchPlan", "LaunchRequest", "LaunchSpec", "SlurmSpec", "build_command",
+           "check_ssh_mode", "launcher_env", "parse_hostfile_text", "plan_launch", "read_hostfile",
+           "render_sbatch"]

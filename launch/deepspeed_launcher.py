@@ -1,22 +1,17 @@
 """Build the DeepSpeed launcher command: one node, a hostfile over ssh/pdsh, or one node of many.
 
-The command is a list of arguments, never a shell string: config values cannot inject shell syntax.
-Except in hostfile mode: DeepSpeed's pdsh runner joins its whole command into one string for the remote
-shell, quoting only arguments with spaces (and those badly). There the config files and ``--set`` items
-travel as one shell-safe token (``--args-b64``, URL-safe base64 of a JSON list) that ``megadepth train``
-decodes, and the few other words pdsh sends that we do not control (this directory, this Python) are
-refused unless made of characters no shell reinterprets (``check_remote_shell_safe``).
-Each rank runs ``python -m megadepth train ...`` with the same config files and overrides; the
-launcher sets RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT (``--no_local_rank``: no
-``--local_rank=N`` argument is appended).
+The command is a list of arguments, never a shell string, so config values cannot inject shell syntax;
+except in hostfile mode, where DeepSpeed's pdsh runner joins it into one string for the remote shell,
+quoting badly: there the config files and ``--set`` items travel as one shell-safe token (``--args-b64``)
+and the other words pdsh sends (this directory, this Python) must be shell-safe already.
+Each rank runs ``python -m megadepth train ...``; the launcher sets RANK / LOCAL_RANK / WORLD_SIZE /
+MASTER_ADDR / MASTER_PORT.
 
 - single node: ``deepspeed --num_gpus K --master_port P ...``
-- hostfile (ssh): ``deepspeed -H HOSTFILE [--num_nodes N] --num_gpus K --force_multi --log_level warning
-  [--master_addr A] ... train --args-b64 TOKEN``; DeepSpeed starts every node's ranks through pdsh, even
-  for one host (``--force_multi``: otherwise it would run a one-host hostfile's ranks on this machine)
-- per node (``--no_ssh``): ``deepspeed -H HOSTFILE --num_gpus K --no_ssh --node_rank R --master_addr A ...``
-  run once on each node (Slurm tasks, Kubernetes pods); the hostfile only tells DeepSpeed how many
-  nodes there are and how many ranks each runs
+- hostfile (ssh): ``deepspeed -H HOSTFILE [--num_nodes N] --num_gpus K --force_multi ... --args-b64 TOKEN``:
+  every node's ranks start through pdsh, even for one host
+- per node: ``deepspeed -H HOSTFILE --num_gpus K --no_ssh --node_rank R --master_addr A ...`` on each node;
+  the hostfile only tells DeepSpeed how many nodes there are and how many ranks each runs
 """
 
 from __future__ import annotations
@@ -50,19 +45,13 @@ class LaunchSpec:
     config_files: tuple[str, ...]
     overrides: tuple[str, ...] = ()
     master_port: int = 29500
-    use_gpu: bool = False
-    """This node's ranks use its GPUs (decided where the launcher runs: the node itself)."""
-    cpu_only: bool = False
-    """train.device is 'cpu': the ranks use the CPU on whatever node runs the command."""
+    use_gpu: bool = False  # This node's ranks use its GPUs (decided where the launcher runs: the node itself)
+    cpu_only: bool = False  # train.device is 'cpu': the ranks use the CPU on whatever node runs the command
     extra_env: dict[str, str] = field(default_factory=dict)
-    hostfile: str | None = None
-    """-H: the hostfile (hostfile and per-node launches); None: this node only."""
-    num_nodes: int | None = None
-    """--num_nodes: use the first N hosts of the hostfile (None: all of them)."""
-    node_rank: int | None = None
-    """--no_ssh --node_rank R: start only this node's ranks (per-node launches)."""
-    master_addr: str | None = None
-    """--master_addr: node 0's address (None: DeepSpeed asks the first host with `hostname -I`)."""
+    hostfile: str | None = None  # -H: the hostfile (hostfile and per-node launches); None: this node only
+    num_nodes: int | None = None  # --num_nodes: use the first N hosts of the hostfile (None: all of them)
+    node_rank: int | None = None  # --no_ssh --node_rank R: start only this node's ranks (per-node launches)
+    master_addr: str | None = None  # node 0's address (None: DeepSpeed asks the first host, `hostname -I`)
 
 
 def deepspeed_executable() -> list[str]:
@@ -71,22 +60,16 @@ def deepspeed_executable() -> list[str]:
     if os.path.exists(beside):
         return [beside]
     found = shutil.which("deepspeed")
-    if found:
-        return [found]
-    return [sys.executable, "-m", "deepspeed.launcher.runner"]
+    return [found] if found else [sys.executable, "-m", "deepspeed.launcher.runner"]
 
 
-ARGS_B64 = "--args-b64"
-"""`megadepth train` option carrying its arguments as one shell-safe token (hostfile mode)."""
-
-SHELL_SAFE = re.compile(r"[A-Za-z0-9_./,:@%+=-]+")
-"""Words a POSIX shell takes literally: what may reach DeepSpeed's pdsh command line unquoted."""
+ARGS_B64 = "--args-b64"  # `megadepth train` option: its arguments as one shell-safe token (hostfile mode)
+SHELL_SAFE = re.compile(r"[A-Za-z0-9_./,:@%+=-]+")  # what a POSIX shell takes literally (may reach pdsh)
 
 
 def train_arguments(spec: LaunchSpec) -> list[str]:
-    """What follows ``megadepth train`` on every rank (hostfile mode): the overrides, then the config files.
-
-    ``--set=ITEM`` and ``--`` keep every value an argument of its own whatever it starts with."""
+    """What follows ``megadepth train`` on every rank (hostfile mode): the overrides, then the config files
+    (``--set=ITEM`` and ``--`` keep every value an argument of its own whatever it starts with)."""
     return [*(f"--set={item}" for item in spec.overrides), "--", *spec.config_files]
 
 
@@ -112,11 +95,9 @@ def check_remote_shell_safe(cwd: str, python: str) -> None:
     command unquoted, so a space, quote, ``$`` or ``;`` there would split or run on every node."""
     for what, value in (("the current directory", cwd), ("this Python's path", python)):
         if not SHELL_SAFE.fullmatch(value):
-            raise LaunchError(
-                f"--hostfile: {what} {value!r} holds characters other than letters, digits and ._/,:@%+=- "
-                "and DeepSpeed's pdsh runner does not quote it for the remote shell: launch from (or install "
-                "into) a path without them"
-            )
+            raise LaunchError(f"--hostfile: {what} {value!r} holds characters other than letters, digits and "
+                              "._/,:@%+=- and DeepSpeed's pdsh runner does not quote it for the remote shell: "
+                              "launch from (or install into) a path without them")
 
 
 @functools.cache
@@ -152,10 +133,8 @@ def build_command(spec: LaunchSpec) -> list[str]:
         cmd += ["--no_ssh", "--node_rank", str(spec.node_rank)]
     if spec.master_addr is not None:
         cmd += ["--master_addr", spec.master_addr]
-    cmd += ["--master_port", str(spec.master_port)]
     # ranks read LOCAL_RANK from the environment; no --local_rank=N pushed in front of our arguments
-    cmd += ["--no_local_rank"]
-    cmd += ["--module", "megadepth", "train"]
+    cmd += ["--master_port", str(spec.master_port), "--no_local_rank", "--module", "megadepth", "train"]
     if over_ssh:
         return [*cmd, ARGS_B64, encode_train_args(train_arguments(spec))]
     cmd += list(spec.config_files)
@@ -165,11 +144,8 @@ def build_command(spec: LaunchSpec) -> list[str]:
 
 
 def portable_env(spec: LaunchSpec) -> dict[str, str]:
-    """Environment additions any node needs, whatever its hardware: the CPU accelerator when the config
-    asks for the CPU (else DeepSpeed would take a GPU node's GPUs). What a printed per-node command carries:
-    it may be run on another node than the one that printed it (a GPU-less login node's facts would force
-    a GPU node onto its CPU). Without OMP_NUM_THREADS the trainer gives each CPU rank its share of the
-    node's CPUs itself, at run time."""
+    """Environment additions any node needs, whatever its hardware (what a printed per-node command carries,
+    as it may run on another node): the CPU accelerator when the config asks for the CPU."""
     env: dict[str, str] = dict(spec.extra_env)
     if spec.cpu_only:
         env.setdefault("DS_ACCELERATOR", "cpu")
@@ -194,8 +170,7 @@ def describe(cmd: list[str], env: dict[str, str]) -> str:
     return f"{prefix} {shlex.join(cmd)}".strip()
 
 
-STOP_GRACE_S = 30.0
-"""After a stop signal, how long the launcher's processes get to end before the rest is SIGKILLed."""
+STOP_GRACE_S = 30.0  # after a stop signal, how long the launcher's processes get before SIGKILL
 
 GUARD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "guard.py")
 
@@ -209,14 +184,10 @@ def guarded(cmd: list[str], grace_s: float = STOP_GRACE_S) -> list[str]:
 def run(cmd: list[str], env: dict[str, str], grace_s: float = STOP_GRACE_S) -> int:
     """Run the launcher and wait. Returns its exit code, or 128 + the signal number when stopped by one.
 
-    A scheduler, ``kill`` or a container stop signals this process only, and must not orphan the ranks.
-    Passing the signal to the `deepspeed` runner is not enough: on one node (and per node) it has no
-    handler and dies without telling its child, ``deepspeed.launcher.launch``, which is what stops the
-    ranks. So the launcher runs in its own session (process group) led by a guard (launch/guard.py), and
-    SIGINT/SIGTERM/SIGHUP/SIGQUIT go to the guard, which passes them to the whole group: runner, launcher,
-    ranks (and, with a hostfile, the local pdsh/ssh; the runner's own handler still stops the remote
-    ranks). Once signalled, the group gets ``grace_s`` to end, then SIGKILL. The guard does the same when
-    this process dies without a word (``kill -9``, the OOM killer): the kernel tells it (PR_SET_PDEATHSIG).
+    A stop signal reaches this process only, and the `deepspeed` runner would die of it without telling
+    the launcher that stops the ranks. So the runner runs in its own process group led by a guard
+    (launch/guard.py), which passes SIGINT/SIGTERM/SIGHUP/SIGQUIT to the whole group, SIGKILLs what is
+    left after ``grace_s``, and does the same when this process dies without a word (``kill -9``).
     """
     received: list[int] = []
     started: list[subprocess.Popen] = []

@@ -1,17 +1,12 @@
 """The guard: a small session leader between `megadepth launch` and the DeepSpeed runner.
 
-Why it exists: `megadepth launch` starts the runner in a session (process group) of its own, so that a
-stop signal can reach the runner, its per-node launcher and every rank at once. But when `megadepth
-launch` itself is SIGKILLed (``kill -9``, the OOM killer, a container runtime giving up) nothing is left
-to pass anything on, and the runner and all ranks would train on, orphaned. So the group's leader is this
-guard, not the runner:
+The runner runs in a process group of its own, so that a stop signal reaches it, its per-node launcher
+and every rank at once. When `megadepth launch` itself is SIGKILLed, nothing would pass anything on and
+the ranks would train on, orphaned. So the group's leader is this guard:
 
-- it asks the kernel for SIGTERM when its parent dies (``prctl(PR_SET_PDEATHSIG)``, Linux; elsewhere it
-  notices the parent's death by polling ``getppid``);
-- on SIGINT/SIGTERM/SIGHUP/SIGQUIT (from `megadepth launch`, or the parent-death SIGTERM) it sends that
-  signal to its whole process group once, gives the group ``--grace`` seconds to end, then SIGKILLs what
-  is left. It kills the others one by one rather than the group, so that it outlives the escalation; its
-  own copy of the forwarded signal lands in its handler, which ignores repeats;
+- it asks the kernel for SIGTERM when its parent dies (``PR_SET_PDEATHSIG``; elsewhere it polls ``getppid``);
+- on SIGINT/SIGTERM/SIGHUP/SIGQUIT it signals its whole group once, gives it ``--grace`` seconds, then
+  SIGKILLs the others one by one (not the group, so that it outlives the escalation);
 - when the command ends by itself, whatever it left behind in the group gets the same treatment;
 - it exits with the command's exit code, 128 + N when a signal N ended it.
 
@@ -37,10 +32,8 @@ POLL_S = 0.1
 
 
 def set_parent_death_signal(signum: int) -> bool:
-    """Ask Linux to send ``signum`` to this process when its parent thread ends; False where unsupported.
-
-    The kernel ties this to the thread that forked us: `megadepth launch` starts the guard from its main
-    thread, which lives as long as the process."""
+    """Ask Linux to send ``signum`` to this process when its parent thread ends (`megadepth launch` starts
+    the guard from its main thread); False where unsupported."""
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -120,16 +113,13 @@ def guard(cmd: Sequence[str], grace_s: float, parent: int | None) -> int:
                 child.wait(timeout=POLL_S)
         else:  # reaped already: wait() would return at once
             time.sleep(POLL_S)
-        if deadline is None:
-            if child.returncode is None:
-                continue
-            if not _others(pgid, child):
-                break
-            stop.append(signal.SIGTERM)  # the command ended but left processes behind: stop them too
+        if deadline is None and child.returncode is None:
             continue
         if not _others(pgid, child):
             break
-        if time.monotonic() > deadline:
+        if deadline is None:
+            stop.append(signal.SIGTERM)  # the command ended but left processes behind: stop them too
+        elif time.monotonic() > deadline:
             _kill_others(pgid, child)
             break
     code = child.wait()

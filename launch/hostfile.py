@@ -24,7 +24,6 @@ class LaunchError(ValueError):
 # letters, digits, dots, dashes, underscores: what ssh, pdsh -w lists and DeepSpeed's
 # --include syntax (which splits on '@', ':' and ',') all take literally
 _HOST = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]*")
-_LINE = re.compile(r"^(?P<host>\S+)(?:\s+(?P<rest>.*))?$")
 _SLOTS = re.compile(r"^slots=(?P<n>\S*)$")
 
 
@@ -46,14 +45,11 @@ def parse_hostfile_text(text: str, source: str = "hostfile") -> list[Host]:
         if not line:
             continue
         where = f"{source} line {number}"
-        match = _LINE.match(line)
-        assert match is not None  # a non-empty stripped line always has a first token
-        name, rest = match.group("host"), (match.group("rest") or "").strip()
+        name, *rest = line.split(None, 1)
         if not _HOST.fullmatch(name):
-            raise LaunchError(
-                f"{where}: bad host name {name!r} (letters, digits, '.', '-' and '_' only; no user@ or :port)"
-            )
-        slots_match = _SLOTS.match(rest) if rest else None
+            raise LaunchError(f"{where}: bad host name {name!r} (letters, digits, '.', '-' and '_' only; no "
+                              "user@ or :port)")
+        slots_match = _SLOTS.match(rest[0].strip() if rest else "")
         if slots_match is None:
             raise LaunchError(f"{where}: expected 'HOSTNAME slots=N', got {line!r}")
         value = slots_match.group("n")
@@ -89,10 +85,8 @@ def check_slots(hosts: list[Host], nproc_per_node: int, source: str = "hostfile"
     short = [h for h in hosts if h.slots < nproc_per_node]
     if short:
         listing = ", ".join(f"{h.name} (line {h.line}) slots={h.slots}" for h in short)
-        raise LaunchError(
-            f"{source}: --nproc-per-node is {nproc_per_node} but {listing} "
-            f"{'has' if len(short) == 1 else 'have'} fewer slots"
-        )
+        raise LaunchError(f"{source}: --nproc-per-node is {nproc_per_node} but {listing} "
+                          f"{'has' if len(short) == 1 else 'have'} fewer slots")
 
 
 def _resolves(name: str) -> bool:
@@ -120,10 +114,8 @@ def generated_hosts(nnodes: int, slots: int) -> list[Host]:
 
 
 def write_private_hostfile(hosts: list[Host]) -> Path:
-    """A per-node launch's generated hostfile, in a new file of the temporary folder that only this user can
-    read or replace (mkstemp: a random name, created exclusively, mode 0600). A fixed name there could be
-    made first by any other user of the machine, as a file, directory or link, and block (or feed) every
-    per-node launch. The caller removes it once the launcher has ended."""
+    """A per-node launch's generated hostfile, in a new temporary file only this user can read or replace
+    (mkstemp: a fixed name could be made first by another user). The caller removes it afterwards."""
     nnodes, slots = len(hosts), hosts[0].slots if hosts else 0
     fd, name = tempfile.mkstemp(prefix=f"megadepth-hostfile-{nnodes}x{slots}-")
     try:

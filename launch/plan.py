@@ -21,17 +21,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from launch.hostfile import (
-    Host,
-    LaunchError,
-    check_resolvable,
-    check_slots,
-    generated_hosts,
-    read_hostfile,
-)
+from launch.hostfile import Host, LaunchError, check_resolvable, check_slots, generated_hosts, read_hostfile
 
-DEFAULT_MULTI_NODE_PORT = 29500
-"""The rendezvous port when several nodes must agree on it and none was given (torch's and DeepSpeed's)."""
+DEFAULT_MULTI_NODE_PORT = 29500  # when several nodes must agree on a port and none was given (torch's)
 
 
 @dataclass(frozen=True)
@@ -53,13 +45,9 @@ class LaunchPlan:
     mode: str  # "single", "hostfile" or "per-node"
     nproc_per_node: int
     hosts: tuple[Host, ...]
-    hostfile: Path | None
-    """What DeepSpeed gets as -H (None in single-node mode, and where the launcher writes one itself)."""
-    hostfile_generated: bool
-    """True: the launcher writes a hostfile of ``hosts`` itself, at launch time, into a private temporary
-    file (per-node mode without --hostfile)."""
-    num_nodes: int | None
-    """--num_nodes for DeepSpeed: set when only the first N hosts of a longer hostfile take part."""
+    hostfile: Path | None  # DeepSpeed's -H (None in single-node mode, and where the launcher writes one)
+    hostfile_generated: bool  # the launcher writes a private one of ``hosts`` (per-node, no --hostfile)
+    num_nodes: int | None  # DeepSpeed's --num_nodes: only the first N hosts of a longer hostfile take part
     node_rank: int | None
     master_addr: str | None
     master_port: int
@@ -81,10 +69,8 @@ class LaunchPlan:
             names = ", ".join(h.name for h in self.hosts)
             return f"{self.nnodes} node(s) x {k} = {world} processes over ssh on {names}"
         first = self.node_rank * k
-        return (
-            f"node {self.node_rank} of {self.nnodes}: ranks {first}-{first + k - 1} of {world}, "
-            f"rendezvous at {self.master_addr}:{self.master_port}"
-        )
+        return (f"node {self.node_rank} of {self.nnodes}: ranks {first}-{first + k - 1} of {world}, "
+                f"rendezvous at {self.master_addr}:{self.master_port}")
 
 
 _LABEL = re.compile(r"[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?")
@@ -103,11 +89,6 @@ def check_master_addr(addr: str) -> None:
         raise LaunchError(f"--master-addr {addr!r} is not a host name or an IPv4/IPv6 address")
 
 
-def _positive(value: int | None, option: str) -> None:
-    if value is not None and value < 1:
-        raise LaunchError(f"{option} must be at least 1 (got {value})")
-
-
 def _hostfile_hosts(path: str, nnodes: int | None, nproc: int) -> tuple[list[Host], int | None]:
     hosts = read_hostfile(path)
     num_nodes = None
@@ -120,14 +101,20 @@ def _hostfile_hosts(path: str, nnodes: int | None, nproc: int) -> tuple[list[Hos
     return hosts, num_nodes
 
 
-def plan_launch(req: LaunchRequest, free_port: Callable[[], int], resolve_hosts: bool = True) -> LaunchPlan:
-    """Check the combination of options and the hostfile; no process is started, no file written."""
-    _positive(req.nproc_per_node, "--nproc-per-node")
-    _positive(req.nnodes, "--nnodes")
+def _check_numbers(req: LaunchRequest) -> None:
+    """The option values every launch checks alike (before the hostfile is read)."""
+    for value, option in ((req.nproc_per_node, "--nproc-per-node"), (req.nnodes, "--nnodes")):
+        if value is not None and value < 1:
+            raise LaunchError(f"{option} must be at least 1 (got {value})")
     if req.node_rank is not None and req.node_rank < 0:
         raise LaunchError(f"--node-rank must be 0 or more (got {req.node_rank})")
     if req.master_port is not None and not 1 <= req.master_port <= 65535:
         raise LaunchError(f"--master-port must be a TCP port, 1-65535 (got {req.master_port})")
+
+
+def plan_launch(req: LaunchRequest, free_port: Callable[[], int], resolve_hosts: bool = True) -> LaunchPlan:
+    """Check the combination of options and the hostfile; no process is started, no file written."""
+    _check_numbers(req)
     if req.master_addr is not None:
         check_master_addr(req.master_addr)
     k = req.nproc_per_node
@@ -142,16 +129,11 @@ def plan_launch(req: LaunchRequest, free_port: Callable[[], int], resolve_hosts:
             hosts, num_nodes = generated_hosts(req.nnodes, k), None
             hostfile, generated = None, True
         if req.node_rank >= len(hosts):
-            raise LaunchError(
-                f"--node-rank {req.node_rank} is out of range for {len(hosts)} node(s) (0..{len(hosts) - 1})"
-            )
-        master_addr = req.master_addr
-        if master_addr is None:
-            if len(hosts) > 1:
-                raise LaunchError(
-                    "--node-rank needs --master-addr: node 0's address, the same on every node"
-                )
-            master_addr = "127.0.0.1"
+            raise LaunchError(f"--node-rank {req.node_rank} is out of range for {len(hosts)} node(s) "
+                              f"(0..{len(hosts) - 1})")
+        if req.master_addr is None and len(hosts) > 1:
+            raise LaunchError("--node-rank needs --master-addr: node 0's address, the same on every node")
+        master_addr = req.master_addr or "127.0.0.1"
         return LaunchPlan("per-node", k, tuple(hosts), hostfile, generated, num_nodes, req.node_rank,
                           master_addr, req.master_port or DEFAULT_MULTI_NODE_PORT)
 
@@ -163,10 +145,8 @@ def plan_launch(req: LaunchRequest, free_port: Callable[[], int], resolve_hosts:
                           req.master_addr, req.master_port or DEFAULT_MULTI_NODE_PORT)
 
     if req.nnodes is not None and req.nnodes > 1:
-        raise LaunchError(
-            f"--nnodes {req.nnodes} needs --node-rank and --master-addr (one launcher per node) "
-            "or a --hostfile (one launcher for all nodes, over ssh)"
-        )
+        raise LaunchError(f"--nnodes {req.nnodes} needs --node-rank and --master-addr (one launcher per "
+                          "node) or a --hostfile (one launcher for all nodes, over ssh)")
     if req.master_addr is not None:
         raise LaunchError("--master-addr is for multi-node launches: add --nnodes and --node-rank, or a --hostfile")
     return LaunchPlan("single", k, (Host("localhost", k),), None, False, None, None, None,
@@ -179,10 +159,9 @@ def check_ssh_mode(plan: LaunchPlan, connect_timeout_s: int = 10) -> None:
     if plan.mode != "hostfile":
         return
     if shutil.which("pdsh") is None:
-        raise LaunchError(
-            "pdsh is not installed: the DeepSpeed launcher starts every host's ranks through it "
-            "(apt-get install pdsh), or start one launcher per node with --nnodes/--node-rank/--master-addr"
-        )
+        raise LaunchError("pdsh is not installed: the DeepSpeed launcher starts every host's ranks through "
+                          "it (apt-get install pdsh), or start one launcher per node with "
+                          "--nnodes/--node-rank/--master-addr")
     if shutil.which("ssh") is None:
         raise LaunchError("ssh is not installed: a --hostfile launch reaches the hosts through ssh")
 
@@ -202,9 +181,8 @@ def check_ssh_mode(plan: LaunchPlan, connect_timeout_s: int = 10) -> None:
         failures = [(h, why) for h, why in zip(plan.hosts, pool.map(probe, plan.hosts), strict=True) if why]
     if failures:
         listing = "; ".join(f"{h.name}: {why}" for h, why in failures)
-        raise LaunchError(
-            f"not reachable by passwordless ssh (ssh -o BatchMode=yes HOST true) from this machine: {listing}"
-        )
+        raise LaunchError("not reachable by passwordless ssh (ssh -o BatchMode=yes HOST true) from this "
+                          f"machine: {listing}")
 
 
 def check_slurm_request(req: LaunchRequest) -> int:
@@ -216,19 +194,15 @@ def check_slurm_request(req: LaunchRequest) -> int:
         raise LaunchError(f"--slurm takes the hosts, node ranks and master address from the job; drop {given[0]}")
     if req.nnodes is None:
         raise LaunchError("--slurm needs --nnodes (how many nodes the job asks for)")
-    _positive(req.nproc_per_node, "--nproc-per-node")
-    _positive(req.nnodes, "--nnodes")
-    if req.master_port is not None and not 1 <= req.master_port <= 65535:
-        raise LaunchError(f"--master-port must be a TCP port, 1-65535 (got {req.master_port})")
+    _check_numbers(req)
     return req.nnodes * req.nproc_per_node
 
 
 def check_local_devices(device: str, nproc: int, cuda_devices: int, cpus: int, *, elsewhere: bool) -> list[str]:
-    """What this machine's devices say about ``nproc`` ranks of a config with ``train.device`` = ``device``
-    started here (single-node and per-node launches). Ranks that cannot run here are a LaunchError, unless
-    ``elsewhere``: the command is only printed (a per-node dry run) and may well be run on another node, so
-    a login node without GPUs, say, is only worth a warning. Returns the warnings, one line each: also CPU
-    ranks outnumbering the CPUs this process may use (they would share them, slowly)."""
+    """What this machine's devices say about ``nproc`` ranks of ``train.device`` = ``device`` started here.
+    Ranks that cannot run here are a LaunchError, unless ``elsewhere`` (a printed per-node command may run
+    on another node): then a warning. Returns the warnings, one line each (also for CPU ranks outnumbering
+    the CPUs this process may use)."""
     problems = []
     if device == "cuda" and cuda_devices == 0:
         problems.append("train.device is 'cuda' but no CUDA device is available on this machine")

@@ -1,11 +1,10 @@
 """The Slurm batch script: one `megadepth launch` per node, in per-node mode (template launch.sbatch of
 megadepth.common.slurm).
 
-`megadepth launch --slurm FILE --nnodes N --nproc-per-node K CONFIG...` writes it (``--dry-run`` prints
-it); ``sbatch FILE`` runs it. Inside the job, node 0 (the first host of the allocation) is the master,
-the port comes from the job id unless given, and each node's task reads its node rank from
-SLURM_NODEID. The script names this machine's Python (``sys.executable``) and working directory, so
-the environment and the files must be on a file system the compute nodes share.
+`megadepth launch --slurm FILE --nnodes N --nproc-per-node K CONFIG...` writes it; ``sbatch FILE`` runs
+it. Node 0 of the allocation is the master, the port comes from the job id unless given, each task reads
+its node rank from SLURM_NODEID. The script names this machine's Python and working directory, so both
+must be on a file system the compute nodes share.
 """
 
 from __future__ import annotations
@@ -30,8 +29,7 @@ class SlurmSpec:
     config_files: tuple[str, ...]
     overrides: tuple[str, ...] = ()
     master_port: int | None = None
-    gpus: bool = True
-    """Ask for ``nproc_per_node`` GPUs per node (False for train.device: cpu)."""
+    gpus: bool = True  # Ask for ``nproc_per_node`` GPUs per node (False for train.device: cpu)
     sbatch_options: tuple[str, ...] = ()
     """Extra ``#SBATCH`` options, e.g. ``--partition=gpu``, ``--time=04:00:00``, ``--account=x``."""
     workdir: str | None = None
@@ -48,20 +46,12 @@ class GpuDecision:
 
 def decide_gpus(device: str, nproc_per_node: int, sbatch_options: tuple[str, ...] = (), *,
                 query: slurm.Query | None = None) -> GpuDecision:
-    """The GPU line of a ``--slurm`` script, from ``train.device`` and from the cluster's nodes (sinfo's
-    ``%G``), never from the machine that writes the script: a GPU-less login node writes for GPU nodes,
-    and a CPU cluster must not be asked for GPUs (sbatch: "Invalid generic resource (gres) specification").
-
-    - ``cpu``: no GPU line.
-    - ``cuda`` or ``auto``, the partition's nodes report GPUs: ``--gpus-per-node=K``; fewer than K on
-      every node is a LaunchError (sbatch would refuse the job, less clearly).
-    - ``auto``, the nodes report no GPU: no GPU line, the ranks run on CPUs; ``cuda``: a LaunchError.
-    - sinfo cannot say (no Slurm here, no controller): the config decides; ``auto`` asks for GPUs, as a
-      GPU cluster needs, and the reason says how to ask for none.
-
-    ``query`` (default :func:`megadepth.common.slurm.query`) returns the partition's node groups, None if
-    unknown.
-    """
+    """The GPU line of a ``--slurm`` script, from ``train.device`` and the cluster's nodes (sinfo's ``%G``),
+    never from the machine that writes it (a GPU-less login node writes for GPU nodes; a CPU cluster must
+    not be asked for GPUs). ``cpu``: no GPU line. Nodes with GPUs: ``--gpus-per-node=K`` (fewer than K on
+    every node: a LaunchError). Nodes without: no line under ``auto``, a LaunchError under ``cuda``. sinfo
+    cannot say: ``auto`` asks for GPUs, and the reason says how to ask for none. ``query`` (default
+    :func:`megadepth.common.slurm.query`): the partition's node groups, None if unknown."""
     if device == "cpu":
         return GpuDecision(False, "no GPU request: train.device is cpu")
     check_sbatch_options(sbatch_options)  # before one of them reaches sinfo
@@ -113,10 +103,8 @@ def _launch_command(spec: SlurmSpec) -> str:
     """`megadepth launch` for one node, continued over lines; $MASTER_ADDR/$MASTER_PORT expand in the batch
     shell, the node rank is appended inside each task."""
     python = spec.python or sys.executable
-    groups = [
-        [python, "-m", "megadepth", "launch"],
-        ["--nproc-per-node", str(spec.nproc_per_node), "--nnodes", str(spec.nnodes)],
-    ]
+    groups = [[python, "-m", "megadepth", "launch"],
+              ["--nproc-per-node", str(spec.nproc_per_node), "--nnodes", str(spec.nnodes)]]
     lines = [shlex.join(g) for g in groups]
     lines.append('--master-addr "$MASTER_ADDR" --master-port "$MASTER_PORT"')
     lines += [shlex.quote(f) for f in spec.config_files]

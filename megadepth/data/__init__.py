@@ -26,25 +26,7 @@ from megadepth.data.indexed import (
 from megadepth.data.sample_index import DocumentCorpus, GPTDataset, split_documents
 from megadepth.data.sampler import MicroBatchSampler, collate_samples, make_loader
 
-__all__ = [
-    "BlendedDataset",
-    "DataError",
-    "DocumentCorpus",
-    "GPTDataset",
-    "IndexedDataset",
-    "IndexedDatasetWriter",
-    "MicroBatchSampler",
-    "best_dtype",
-    "bin_path",
-    "blend_schedule",
-    "build_datasets",
-    "collate_samples",
-    "data_fingerprint",
-    "find_tokenizer",
-    "idx_path",
-    "index_exists",
-    "make_loader",
-    "parse_data_path",
-    "read_data_manifest",
-    "split_documents",
-]
+__all__ = ["BlendedDataset", "DataError", "DocumentCorpus", "GPTDataset", "IndexedDataset",
+           "IndexedDatasetWriter", "MicroBatchSampler", "best_dtype", "bin_path", "blend_schedule",
+           "build_datasets", "collate_samples", "data_fingerprint", "find_tokenizer", "idx_path",
+           "index_exists", "make_loader", "parse_data_path", "read_data_manifest", "split_documents"]

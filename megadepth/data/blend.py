@@ -1,16 +1,14 @@
 """Blending several datasets by weight, deterministically and with bounded error on every prefix.
 
-Why not the simple vectorised schedule (dataset ``d`` emits at times ``(k + 0.5) / w_d``, merged by time)?
-That is Webster's apportionment, and it does not satisfy quota for three or more datasets: measured here
-over random weights, a prefix can be off by up to ``(D - 1) / 2`` samples (1.5 with 4 datasets, about 3
-with 8). Instead we use Tijdeman's solution of the "chairman assignment problem" (R. Tijdeman, 1980):
+The simple vectorised schedule (dataset ``d`` emits at times ``(k + 0.5) / w_d``, merged by time) is
+Webster's apportionment, which does not satisfy quota for three or more datasets. Instead this is
+Tijdeman's solution of the "chairman assignment problem" (R. Tijdeman, 1980):
 at step ``n`` a dataset is *eligible* when its lag ``n * w_d - count_d >= c`` with ``c = 1 / (2D - 2)``,
 and among the eligible ones the one with the earliest deadline ``(count_d + 1 - c) / w_d`` is taken
 (ties: lowest index). This guarantees ``|count_d(n) - n * w_d| <= 1 - c < 1`` for every prefix ``n`` and
 every dataset ``d``: each dataset's count is the floor or the ceiling of its exact share, always.
 
-The rule depends on the running counts, so it is a loop; it runs in plain Python over integers
-(about 0.4 s per million samples with three datasets) and the result can be cached on disk.
+The rule depends on the running counts, so it is a plain Python loop; the result can be cached on disk.
 """
 
 from __future__ import annotations
@@ -24,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from megadepth.common.errors import DataError
-from megadepth.data.sample_index import load_npz, save_npz_atomic
+from megadepth.data.sample_index import load_or_build
 
 __all__ = ["BlendedDataset", "blend_schedule"]
 
@@ -79,14 +77,8 @@ class BlendedDataset:
     least as many samples as the schedule gives it -- the builder sizes them with a margin.
     """
 
-    def __init__(
-        self,
-        datasets: Sequence[Any],
-        weights: Sequence[float],
-        num_samples: int,
-        *,
-        cache_dir: str | Path | None = None,
-    ) -> None:
+    def __init__(self, datasets: Sequence[Any], weights: Sequence[float], num_samples: int, *,
+                 cache_dir: str | Path | None = None) -> None:
         if len(datasets) != len(weights):
             raise DataError(f"{len(datasets)} datasets but {len(weights)} weights")
         if num_samples < 0:
@@ -94,38 +86,29 @@ class BlendedDataset:
         self.datasets = list(datasets)
         self.weights = _normalise(weights)
         self.num_samples = int(num_samples)
-        self.cache_hit = False
-        keys = ("dataset_index", "dataset_sample_index")
         cache_path = None
         if cache_dir is not None:
-            payload = {
-                "format": _BLEND_FORMAT,
-                "weights": [float(x).hex() for x in self.weights],
-                "num_samples": self.num_samples,
-            }
+            payload = {"format": _BLEND_FORMAT, "weights": [float(x).hex() for x in self.weights],
+                       "num_samples": self.num_samples}
             key = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
             cache_path = Path(cache_dir) / f"blend_index_{key[:32]}.npz"
-            cached = load_npz(cache_path, keys)
-            if cached is not None and len(cached["dataset_index"]) == self.num_samples:
-                self.dataset_index, self.dataset_sample_index = cached[keys[0]], cached[keys[1]]
-                self.cache_hit = True
-        if not self.cache_hit:
-            self.dataset_index = blend_schedule(self.weights, self.num_samples)
-            self.dataset_sample_index = np.zeros(self.num_samples, dtype=np.int64)
-            for d in range(len(self.datasets)):
-                mask = self.dataset_index == d
-                self.dataset_sample_index[mask] = np.arange(int(mask.sum()), dtype=np.int64)
-            if cache_path is not None:
-                save_npz_atomic(
-                    cache_path, dict(zip(keys, (self.dataset_index, self.dataset_sample_index), strict=True))
-                )
+        (self.dataset_index, self.dataset_sample_index), self.cache_hit = load_or_build(
+            cache_path, ("dataset_index", "dataset_sample_index"),
+            lambda c: len(c["dataset_index"]) == self.num_samples, self._schedule,
+        )
         self.counts = np.bincount(self.dataset_index, minlength=len(self.datasets))
         for d, (ds, need) in enumerate(zip(self.datasets, self.counts, strict=True)):
             if len(ds) < need:
-                raise DataError(
-                    f"blend component {d} ({getattr(ds, 'name', type(ds).__name__)}) has {len(ds)} samples "
-                    f"but the blend takes {int(need)} from it"
-                )
+                raise DataError(f"blend component {d} ({getattr(ds, 'name', type(ds).__name__)}) has "
+                                f"{len(ds)} samples but the blend takes {int(need)} from it")
+
+    def _schedule(self) -> tuple[np.ndarray, np.ndarray]:
+        dataset_index = blend_schedule(self.weights, self.num_samples)
+        dataset_sample_index = np.zeros(self.num_samples, dtype=np.int64)
+        for d in range(len(self.datasets)):
+            mask = dataset_index == d
+            dataset_sample_index[mask] = np.arange(int(mask.sum()), dtype=np.int64)
+        return dataset_index, dataset_sample_index
 
     def __len__(self) -> int:
         return self.num_samples

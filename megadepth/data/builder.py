@@ -21,14 +21,8 @@ from megadepth.common.errors import DataError
 from megadepth.data.blend import BlendedDataset
 from megadepth.data.sample_index import DocumentCorpus, GPTDataset, split_documents
 
-__all__ = [
-    "BLEND_MARGIN",
-    "build_datasets",
-    "data_fingerprint",
-    "find_tokenizer",
-    "parse_data_path",
-    "read_data_manifest",
-]
+__all__ = ["BLEND_MARGIN", "build_datasets", "data_fingerprint", "find_tokenizer", "parse_data_path",
+           "read_data_manifest"]
 
 #: Blend components get ``ceil(weight * n * BLEND_MARGIN) + 1`` samples. The blend never takes more
 #: than ``ceil(weight * n)`` from one (see blend.py), so this is headroom, not a correction.
@@ -40,16 +34,12 @@ _SPLIT_CODES = {"train": 0, "valid": 1}
 
 
 def _as_weight(x: Any) -> float | None:
-    if isinstance(x, bool):
+    if isinstance(x, bool) or not isinstance(x, int | float | str):
         return None
-    if isinstance(x, int | float):
+    try:
         return float(x)
-    if isinstance(x, str):
-        try:
-            return float(x)
-        except ValueError:
-            return None
-    return None
+    except ValueError:
+        return None
 
 
 def parse_data_path(path: DataPath) -> list[tuple[float, str]]:
@@ -60,17 +50,14 @@ def parse_data_path(path: DataPath) -> list[tuple[float, str]]:
     if len(items) == 1 and _as_weight(items[0]) is None:
         return [(1.0, os.fspath(items[0]))]
     if not items or len(items) % 2:
-        raise DataError(
-            f"data path {items!r}: expected one path or a list alternating weight and path "
-            f"(e.g. [0.7, 'dirA', 0.3, 'dirB'])"
-        )
+        raise DataError(f"data path {items!r}: expected one path or a list alternating weight and path "
+                        f"(e.g. [0.7, 'dirA', 0.3, 'dirB'])")
     out: list[tuple[float, str]] = []
     for k in range(0, len(items), 2):
         w, p = _as_weight(items[k]), items[k + 1]
         if w is None or not isinstance(p, str | os.PathLike) or _as_weight(p) is not None:
-            raise DataError(
-                f"data path entry {k // 2} ({items[k]!r}, {p!r}): expected a number followed by a path"
-            )
+            raise DataError(f"data path entry {k // 2} ({items[k]!r}, {p!r}): expected a number followed by "
+                            "a path")
         if not math.isfinite(w) or w <= 0:
             raise DataError(f"data path {os.fspath(p)}: weight must be a positive number, got {items[k]!r}")
         out.append((w, os.fspath(p)))
@@ -96,15 +83,11 @@ def build_datasets(
 ) -> tuple[Any, Any | None]:
     """The train dataset and the validation dataset (None when ``valid_fraction`` or ``valid_samples`` is 0).
 
-    Each path's documents are split contiguously (last ``valid_fraction`` of the documents validate).
-    One path gives a :class:`GPTDataset` per split; several give :class:`BlendedDataset` s whose
-    components are sized ``ceil(weight * n * 1.005) + 1``. Sample ``i`` does not depend on the
-    ``train_samples`` / ``valid_samples`` asked for (as long as it exists): component samples are
-    prefix-stable (see :mod:`~megadepth.data.sample_index`) and the blend schedule is greedy, so raising
-    the number of steps of a run and resuming continues on new data.
-
-    ``vocab_size`` (the model's) makes every sample read be checked against it, so shards from another
-    tokenizer fail with a :class:`DataError` naming the shard instead of inside the model.
+    Each path's documents are split contiguously (the last ``valid_fraction`` validate). One path gives a
+    :class:`GPTDataset` per split; several give :class:`BlendedDataset` s of components sized
+    ``ceil(weight * n * BLEND_MARGIN) + 1``. Sample ``i`` does not depend on the number of samples asked
+    for: component samples are prefix-stable and the blend schedule is greedy, so raising a run's steps
+    and resuming continues on new data. ``vocab_size`` (the model's) checks every sample read against it.
     """
     if seed < 0:
         raise ValueError(f"seed must be >= 0, got {seed}")
@@ -116,25 +99,15 @@ def build_datasets(
         corpus = DocumentCorpus.from_path(p)
         train_ids, valid_ids = split_documents(corpus.num_docs, valid_fraction if want_valid else 0.0)
         if want_valid and len(valid_ids) == 0:
-            raise DataError(
-                f"{p}: {corpus.num_docs} document(s) is too few to hold out validation documents "
-                f"(set valid_fraction to 0, or add data)"
-            )
+            raise DataError(f"{p}: {corpus.num_docs} document(s) is too few to hold out validation documents "
+                            f"(set valid_fraction to 0, or add data)")
         for split, ids, n in (("train", train_ids, train_samples), ("valid", valid_ids, valid_samples)):
             if split == "valid" and not want_valid:
                 continue
             size = n if len(components) == 1 else math.ceil(w / total_w * n * BLEND_MARGIN) + 1
             splits[split].append(
-                GPTDataset(
-                    corpus,
-                    ids,
-                    seq_len,
-                    size,
-                    _derive_seed(seed, split, i),
-                    cache_dir=cache_dir,
-                    name=f"{p} ({split})",
-                    vocab_size=vocab_size,
-                )
+                GPTDataset(corpus, ids, seq_len, size, _derive_seed(seed, split, i), cache_dir=cache_dir,
+                           name=f"{p} ({split})", vocab_size=vocab_size)
             )
 
     def combine(parts: list[GPTDataset], n: int) -> Any:
@@ -148,16 +121,9 @@ def build_datasets(
 
 
 def data_fingerprint(path: DataPath) -> list[dict[str, Any]]:
-    """What the data order depends on, per component of ``data.path``: its document count, token count
-    and the sha256 of its document lengths (the sample index is built from exactly those and the seed).
-
-    For a blend, each component's share of the weights too: the blend schedule maps the consumed-samples
-    position onto components by the weights, so under new weights a resume would skip part of one
-    component and repeat part of another.
-
-    A checkpoint records it, so a resume on other data at the same (or a moved) path is caught: the
-    consumed-samples position of the old index means nothing in a new one. The path is left out on
-    purpose: a moved directory is the same data."""
+    """What the data order depends on, per component of ``data.path``: its document count, token count,
+    the sha256 of its document lengths and, for a blend, its share of the weights (not the path: a moved
+    directory is the same data). A checkpoint records it, so a resume on other data is caught."""
     components = parse_data_path(path)
     total = sum(w for w, _ in components)
     out = []
@@ -176,18 +142,12 @@ def data_fingerprint(path: DataPath) -> list[dict[str, Any]]:
 
 def _data_dirs(path: DataPath) -> list[Path]:
     """The directory that holds each component (a prefix's parent)."""
-    dirs = []
-    for _, p in parse_data_path(path):
-        q = Path(p)
-        dirs.append(q if q.is_dir() else q.parent)
-    return dirs
+    return [Path(p) if Path(p).is_dir() else Path(p).parent for _, p in parse_data_path(path)]
 
 
 def read_data_manifest(path: DataPath) -> dict | None:
-    """``manifest.json`` of the data directory (for a blend: of its first component), or None.
-
-    For a shard prefix the manifest is looked for next to the shard.
-    """
+    """``manifest.json`` of the data directory (for a blend: of its first component; for a shard prefix:
+    next to the shard), or None."""
     m = _data_dirs(path)[0] / "manifest.json"
     if not m.is_file():
         return None
@@ -201,11 +161,8 @@ def read_data_manifest(path: DataPath) -> dict | None:
 
 
 def find_tokenizer(path: DataPath) -> Path | None:
-    """``tokenizer.model`` next to the data, or None.
-
-    For a blend every component that has one must have the same file (by sha256): token ids from
-    different tokenizers cannot be mixed.
-    """
+    """``tokenizer.model`` next to the data, or None. For a blend every component that has one must have
+    the same file (by sha256): token ids from different tokenizers cannot be mixed."""
     found: list[tuple[Path, str]] = []
     for d in _data_dirs(path):
         t = d / "tokenizer.model"

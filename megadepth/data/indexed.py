@@ -1,9 +1,7 @@
 """Megatron-LM's indexed dataset format: ``PREFIX.bin`` (raw tokens) + ``PREFIX.idx`` (the index).
 
-We write and read this format ourselves instead of importing megatron-core, because megatron-core pulls
-in a large import graph (and warnings) for what is a 30-byte header and three arrays. Files we write are
-read by Megatron-LM's own ``IndexedDataset`` unchanged (a test proves it), so shards made here can be
-trained on there and vice versa.
+Written and read here rather than through megatron-core (a large import graph for a 30-byte header and
+three arrays); Megatron-LM's own ``IndexedDataset`` reads our files unchanged (a test proves it).
 
 ``.idx`` layout (all little-endian)::
 
@@ -30,19 +28,6 @@ from types import TracebackType
 import numpy as np
 
 from megadepth.common.errors import DataError
-from megadepth.common.io import atomic_write_bytes
-
-__all__ = [
-    "DTYPE_CODES",
-    "DataError",
-    "atomic_write_bytes",
-    "IndexedDataset",
-    "IndexedDatasetWriter",
-    "best_dtype",
-    "bin_path",
-    "idx_path",
-    "index_exists",
-]
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -50,24 +35,15 @@ _HEADER = struct.Struct("<9sQBQQ")  # magic, version, dtype code, sequence count
 HEADER_SIZE = _HEADER.size  # 34
 
 #: Megatron's dtype codes (``megatron.core.datasets.indexed_dataset.DType``).
-DTYPE_CODES: dict[int, np.dtype] = {
-    1: np.dtype(np.uint8),
-    2: np.dtype(np.int8),
-    3: np.dtype(np.int16),
-    4: np.dtype(np.int32),
-    5: np.dtype(np.int64),
-    6: np.dtype(np.float64),
-    7: np.dtype(np.float32),
-    8: np.dtype(np.uint16),
-}
+DTYPE_CODES: dict[int, np.dtype] = {1: np.dtype(np.uint8), 2: np.dtype(np.int8), 3: np.dtype(np.int16),
+                                    4: np.dtype(np.int32), 5: np.dtype(np.int64), 6: np.dtype(np.float64),
+                                    7: np.dtype(np.float32), 8: np.dtype(np.uint16)}
 _CODE_OF: dict[np.dtype, int] = {dt: code for code, dt in DTYPE_CODES.items()}
 
 
 def best_dtype(vocab_size: int) -> np.dtype:
-    """The smallest token dtype Megatron uses for a vocabulary: uint16 below 65,500 ids, else int32.
-
-    The 65,500 cut-off (not 65,536) is Megatron's; keeping it means our choice matches theirs.
-    """
+    """The smallest token dtype Megatron uses for a vocabulary: uint16 below 65,500 ids (Megatron's cut-off,
+    not 65,536), else int32."""
     if vocab_size <= 0:
         raise ValueError(f"vocab_size must be positive, got {vocab_size}")
     return np.dtype(np.uint16) if vocab_size < 65500 else np.dtype(np.int32)
@@ -79,13 +55,20 @@ def idx_path(prefix: str | Path) -> Path:
 
 
 def bin_path(prefix: str | Path) -> Path:
-    """``PREFIX.bin``."""
     return Path(f"{os.fspath(prefix)}.bin")
 
 
 def index_exists(prefix: str | Path) -> bool:
     """True when both files of a shard exist (the ``.idx`` is written last, so it marks completion)."""
     return idx_path(prefix).is_file() and bin_path(prefix).is_file()
+
+
+def _byte_offsets(lengths: np.ndarray, itemsize: int) -> np.ndarray:
+    """Where each sequence starts in the ``.bin``: the bytes of the sequences before it."""
+    offsets = np.zeros(len(lengths), dtype=np.int64)
+    if len(lengths) > 1:
+        np.cumsum(lengths[:-1].astype(np.int64) * itemsize, out=offsets[1:])
+    return offsets
 
 
 def _as_dtype(dtype: np.dtype | type | str) -> np.dtype:
@@ -99,10 +82,9 @@ def _as_dtype(dtype: np.dtype | type | str) -> np.dtype:
 class IndexedDatasetWriter:
     """Writes one shard, one document at a time, without holding the tokens in memory.
 
-    Data goes to temporary names and is renamed into place at :meth:`finalize`: first the ``.bin``, then
-    the ``.idx`` LAST. Readers (and :func:`index_exists`) only trust a shard whose ``.idx`` exists, so a
-    crash at any point never leaves a shard that looks complete. An existing ``.idx`` at the same prefix
-    is removed up front so that an old index can never be paired with a new ``.bin``.
+    Data goes to temporary names, renamed into place at :meth:`finalize`, the ``.idx`` LAST: readers only
+    trust a shard whose ``.idx`` exists, so a crash never leaves a shard that looks complete. An existing
+    ``.idx`` at the prefix is removed up front, never to be paired with a new ``.bin``.
     """
 
     def __init__(self, prefix: str | Path, dtype: np.dtype | type | str) -> None:
@@ -118,20 +100,15 @@ class IndexedDatasetWriter:
         self._idx_final.unlink(missing_ok=True)
         # Kept open across add_document calls; closed by finalize() or abort().
         self._bin_file = open(self._bin_tmp, "wb")  # noqa: SIM115
-        if np.issubdtype(self.dtype, np.integer):
-            info = np.iinfo(self.dtype)
-            self._range: tuple[int, int] | None = (int(info.min), int(info.max))
-        else:
-            self._range = None
+        info = np.iinfo(self.dtype) if np.issubdtype(self.dtype, np.integer) else None
+        self._range = None if info is None else (int(info.min), int(info.max))
 
     @property
     def num_documents(self) -> int:
-        """Documents added so far."""
         return len(self._lengths)
 
     @property
     def num_tokens(self) -> int:
-        """Tokens added so far."""
         return sum(self._lengths)
 
     def add_document(self, tokens: np.ndarray | list[int]) -> None:
@@ -150,10 +127,8 @@ class IndexedDatasetWriter:
                 raise ValueError(f"{self.prefix}: token ids must be integers, got {arr.dtype}")
             lo, hi = int(arr.min()), int(arr.max())
             if lo < self._range[0] or hi > self._range[1]:
-                raise ValueError(
-                    f"{self.prefix}: token ids [{lo}, {hi}] do not fit {self.dtype} "
-                    f"[{self._range[0]}, {self._range[1]}]"
-                )
+                raise ValueError(f"{self.prefix}: token ids [{lo}, {hi}] do not fit {self.dtype} "
+                                 f"[{self._range[0]}, {self._range[1]}]")
         if arr.size > np.iinfo(np.int32).max:
             raise ValueError(f"{self.prefix}: a document of {arr.size} tokens exceeds the int32 length field")
         self._bin_file.write(np.ascontiguousarray(arr, dtype=self.dtype.newbyteorder("<")).tobytes())
@@ -167,15 +142,11 @@ class IndexedDatasetWriter:
         os.fsync(self._bin_file.fileno())
         self._bin_file.close()
         lengths = np.asarray(self._lengths, dtype="<i4")
-        pointers = np.zeros(len(lengths), dtype="<i8")
-        if len(lengths) > 1:
-            np.cumsum(lengths[:-1].astype(np.int64) * self.dtype.itemsize, out=pointers[1:])
+        pointers = _byte_offsets(lengths, self.dtype.itemsize).astype("<i8")
         doc_idx = np.arange(len(lengths) + 1, dtype="<i8")
         with open(self._idx_tmp, "wb") as f:
             f.write(_HEADER.pack(MAGIC, VERSION, self._code, len(lengths), len(doc_idx)))
-            f.write(lengths.tobytes())
-            f.write(pointers.tobytes())
-            f.write(doc_idx.tobytes())
+            f.writelines([lengths.tobytes(), pointers.tobytes(), doc_idx.tobytes()])
             f.flush()
             os.fsync(f.fileno())
         os.replace(self._bin_tmp, self._bin_final)
@@ -194,9 +165,8 @@ class IndexedDatasetWriter:
     def __enter__(self) -> IndexedDatasetWriter:
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
         if exc_type is None:
             self.finalize()
         else:
@@ -204,13 +174,8 @@ class IndexedDatasetWriter:
 
 
 class IndexedDataset:
-    """Memory-mapped reader of one shard; validates the files so that damage is a ``DataError``.
-
-    Checks: both files present, magic, version, dtype code, ``.idx`` long enough for its counts, document
-    indices sane, sequence pointers contiguous, and ``.bin`` size equal to what the index describes.
-    These are all O(number of documents) vectorised checks, cheap next to training.
-
-    Pickling keeps only the prefix and re-opens the maps, so DataLoader workers never copy the tokens.
+    """Memory-mapped reader of one shard; validates the files (cheap vectorised checks) so that damage is a
+    ``DataError``. Pickling keeps only the prefix and re-opens the maps: DataLoader workers copy no tokens.
     """
 
     def __init__(self, prefix: str | Path) -> None:
@@ -237,10 +202,8 @@ class IndexedDataset:
         expected = HEADER_SIZE + 12 * n_seq + 8 * n_doc
         # Megatron's multimodal files append one int8 mode per sequence; tolerate exactly that.
         if idx_size < expected:
-            raise DataError(
-                f"{ip}: truncated index ({idx_size} bytes, {n_seq} sequences and {n_doc} document "
-                f"indices need {expected})"
-            )
+            raise DataError(f"{ip}: truncated index ({idx_size} bytes, {n_seq} sequences and {n_doc} "
+                            f"document indices need {expected})")
         if idx_size not in (expected, expected + n_seq):
             raise DataError(f"{ip}: {idx_size - expected} unexpected bytes after the index arrays")
         self._idx_map = np.memmap(ip, mode="r", dtype=np.uint8)
@@ -258,19 +221,14 @@ class IndexedDataset:
         if n_seq and int(self._lengths.min()) < 0:
             raise DataError(f"{ip}: negative sequence length")
         item = self._dtype.itemsize
-        lengths64 = self._lengths.astype(np.int64)
-        expect_ptr = np.zeros(n_seq, dtype=np.int64)
-        if n_seq > 1:
-            np.cumsum(lengths64[:-1] * item, out=expect_ptr[1:])
+        expect_ptr = _byte_offsets(self._lengths, item)
         if not np.array_equal(expect_ptr, self._pointers):
             raise DataError(f"{ip}: sequence pointers do not match the sequence lengths")
-        self._num_tokens = int(lengths64.sum())
+        self._num_tokens = int(self._lengths.astype(np.int64).sum())
         bin_size = bp.stat().st_size
         if bin_size != self._num_tokens * item:
-            raise DataError(
-                f"{bp}: {bin_size} bytes, but the index describes {self._num_tokens} tokens of "
-                f"{self._dtype} = {self._num_tokens * item} bytes"
-            )
+            raise DataError(f"{bp}: {bin_size} bytes, but the index describes {self._num_tokens} tokens of "
+                            f"{self._dtype} = {self._num_tokens * item} bytes")
         # np.memmap cannot map an empty file.
         if bin_size:
             self._tokens = np.memmap(bp, mode="r", dtype=self._dtype.newbyteorder("<"))
@@ -302,9 +260,8 @@ class IndexedDataset:
         if length is None:
             length = doc_len - offset
         if offset < 0 or length < 0 or offset + length > doc_len:
-            raise IndexError(
-                f"{self.prefix}: tokens [{offset}, {offset + length}) outside document {i} of {doc_len}"
-            )
+            raise IndexError(f"{self.prefix}: tokens [{offset}, {offset + length}) outside document {i} of "
+                             f"{doc_len}")
         start = int(self._starts[i]) + offset
         return self._tokens[start : start + length]
 
@@ -320,12 +277,10 @@ class IndexedDataset:
 
     @property
     def dtype(self) -> np.dtype:
-        """Token dtype stored in ``.bin``."""
         return self._dtype
 
     @property
     def num_tokens(self) -> int:
-        """Total tokens in the shard."""
         return self._num_tokens
 
     def __repr__(self) -> str:

@@ -2,13 +2,10 @@
 
 Megatron's pretraining sampler: global sample order is 0, 1, 2, ... (the datasets shuffle themselves);
 each micro-step takes the next ``micro_batch * dp_size`` samples and rank ``r`` gets the ``r``-th chunk
-of ``micro_batch``. After ``S`` optimizer steps with gradient accumulation ``A`` the position is
-``S * A * micro_batch * dp_size``, which is what a checkpoint stores; resuming rebuilds the sampler
-from it and continues exactly where the run stopped. One process accumulating 2 micro-batches and two
-processes accumulating 1 consume the same samples per optimizer step, so layouts are comparable.
+of ``micro_batch``. A checkpoint stores the position; resuming continues exactly where the run stopped,
+and layouts with the same samples per optimizer step consume the same samples.
 
-torch is imported inside the functions that need it, so that ``megadepth prep`` (which imports this
-package for the shard writer) does not pay for importing torch.
+torch is imported inside functions: ``megadepth prep`` imports this package and need not pay for it.
 """
 
 from __future__ import annotations
@@ -22,23 +19,18 @@ __all__ = ["MicroBatchSampler", "collate_samples", "make_loader"]
 
 
 class MicroBatchSampler:
-    """Yields this rank's list of sample indices for each micro-step, from ``consumed_samples`` on.
+    """Yields this rank's list of sample indices for each micro-step, from ``consumed_samples`` on; stops
+    when less than a full micro-step remains, so that every rank runs the same number of steps."""
 
-    Stops when fewer than a full micro-step (``micro_batch * dp_size`` samples) remain, so every rank
-    runs the same number of steps and no rank waits on a partial batch.
-    """
-
-    def __init__(
-        self, total_samples: int, consumed_samples: int, micro_batch: int, dp_rank: int, dp_size: int
-    ) -> None:
+    def __init__(self, total_samples: int, consumed_samples: int, micro_batch: int, dp_rank: int,
+                 dp_size: int) -> None:
         if micro_batch < 1:
             raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
         if dp_size < 1 or not 0 <= dp_rank < dp_size:
             raise ValueError(f"need 0 <= dp_rank < dp_size, got dp_rank={dp_rank}, dp_size={dp_size}")
         if total_samples < 0 or consumed_samples < 0:
-            raise ValueError(
-                f"total_samples and consumed_samples must be >= 0, got {total_samples}, {consumed_samples}"
-            )
+            raise ValueError(f"total_samples and consumed_samples must be >= 0, got {total_samples}, "
+                             f"{consumed_samples}")
         self.total_samples = int(total_samples)
         self.consumed_samples = int(consumed_samples)
         self.micro_batch = int(micro_batch)
@@ -62,47 +54,30 @@ class MicroBatchSampler:
 
 
 def collate_samples(samples: list[np.ndarray]) -> Any:
-    """Stack ``seq_len + 1``-token samples into one ``torch.LongTensor [B, seq_len + 1]``.
-
-    numpy stacking then a single ``from_numpy`` avoids torch's per-element default collate.
-    """
+    """Stack ``seq_len + 1``-token samples into one ``torch.LongTensor [B, seq_len + 1]`` (one
+    ``from_numpy``, not torch's per-element default collate)."""
     import torch
 
     return torch.from_numpy(np.stack([np.asarray(s, dtype=np.int64) for s in samples]))
 
 
-def make_loader(
-    dataset: Any, sampler: MicroBatchSampler, num_workers: int = 0, pin_memory: bool = False
-) -> Any:
-    """A ``torch.utils.data.DataLoader`` over ``dataset`` in ``sampler``'s order.
-
-    With workers, batches are prefetched (2 per worker) and workers persist across iterations;
-    datasets re-open their memory maps in each worker instead of copying tokens.
-    """
+def make_loader(dataset: Any, sampler: MicroBatchSampler, num_workers: int = 0,
+                pin_memory: bool = False) -> Any:
+    """A ``torch.utils.data.DataLoader`` over ``dataset`` in ``sampler``'s order; workers, if any, prefetch
+    2 batches each and persist across iterations (datasets re-open their memory maps in each)."""
     from torch.utils.data import DataLoader
 
     kwargs: dict[str, Any] = {}
     if num_workers > 0:
         kwargs.update(prefetch_factor=2, persistent_workers=True)
-    loader = DataLoader(
-        dataset,
-        batch_sampler=sampler,
-        num_workers=num_workers,
-        pin_memory=pin_memory,
-        collate_fn=collate_samples,
-        **kwargs,
-    )
+    loader = DataLoader(dataset, batch_sampler=sampler, num_workers=num_workers, pin_memory=pin_memory,
+                        collate_fn=collate_samples, **kwargs)
     return _OneLineErrors(loader) if num_workers > 0 else loader
 
 
 class _OneLineErrors:
-    """Iterates a worker-backed DataLoader; a bad-input error raised in a worker comes out as its own
-    one-line message.
-
-    torch re-raises a worker's exception with the worker's whole traceback as the message ("Caught
-    DataError in DataLoader worker process 0. Original Traceback ..."); the trainer prints DataError
-    messages as they are, so the original line is taken back from the end of that text.
-    """
+    """Iterates a worker-backed DataLoader; a DataError raised in a worker comes out as its own one-line
+    message, not torch's "Caught DataError in DataLoader worker process 0. Original Traceback ..."."""
 
     def __init__(self, loader: Any) -> None:
         self.loader = loader

@@ -7,7 +7,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from megadepth.config.schema import ModelConfig
-from megadepth.model.layers import Block, Embedding, Head, LinearBlock, LMLoss
+from megadepth.model.layers import Embedding, Head, LMLoss, block_spec
 from megadepth.parallel.mappings import gather_last_dim
 from megadepth.parallel.topology import TensorParallel
 from megadepth.parametrize.rules import Multipliers
@@ -17,10 +17,8 @@ class GPT(nn.Module):
     """A pre-LN GPT whose forward multipliers come from a parametrization.
 
     ``forward(tokens)`` returns the logits over the real vocabulary (gathered across tensor-parallel
-    ranks); ``forward(tokens, labels)`` the mean next-token cross-entropy (fp32), computed from the
-    vocabulary-parallel logits without gathering them. Initialisation is not done here:
-    :func:`megadepth.parametrize.initialize` does it from the parameters' roles, so the model cannot
-    silently keep PyTorch's defaults.
+    ranks); ``forward(tokens, labels)`` the mean next-token cross-entropy (fp32), from the
+    vocabulary-parallel logits. :func:`megadepth.parametrize.initialize` initialises it from the roles.
     """
 
     def __init__(self, cfg: ModelConfig, mult: Multipliers, tp: TensorParallel | None = None,
@@ -31,21 +29,16 @@ class GPT(nn.Module):
         self.checkpoint_interval = checkpoint_interval
         self.tp = tp
         self.embed = Embedding(cfg, mult.embedding, tp)
-        if cfg.block == "linear":
-            blocks = [LinearBlock(cfg, mult.branch, tp) for _ in range(cfg.depth)]
-        else:
-            blocks = [Block(cfg, mult.branch, mult.attn_scale, tp) for _ in range(cfg.depth)]
-        self.blocks = nn.ModuleList(blocks)
+        block, args = block_spec(cfg, mult, tp)
+        self.blocks = nn.ModuleList(block(*args) for _ in range(cfg.depth))
         self.head = Head(cfg, mult.readout, tp, tied=self.embed.token if cfg.tie_embeddings else None)
         self.loss = LMLoss(cfg, tp)
         self._loss = self.loss
 
     def compile_for_speed(self) -> None:
-        """``torch.compile`` each block in place (parameter names, and so DeepSpeed's view of the
-        model, do not change; the L identical blocks share one compiled graph) and the loss, so that the
-        upcast of the logits, the log-softmax and its backward are fused kernels instead of passes over
-        fp32 copies of the full-vocabulary logits. Embedding and head stay eager (one gather, one
-        matmul each)."""
+        """``torch.compile`` each block in place (parameter names do not change; the L identical blocks
+        share one compiled graph) and the loss, whose upcast, log-softmax and backward become fused kernels
+        instead of passes over fp32 copies of the full-vocabulary logits."""
         for block in self.blocks:
             block.compile()
         if not self.tp.enabled:  # the vocab-parallel loss runs collectives inside: keep it eager

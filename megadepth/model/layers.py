@@ -1,12 +1,9 @@
-"""The layers of a pre-LayerNorm GPT, built from tensor-parallel layers, each usable on its own (and
-as a pipeline stage).
+"""The layers of a pre-LayerNorm GPT, each usable on its own (and as a pipeline stage).
 
-Every module declares the parametrization role of its parameters in ``param_roles``; forward
-multipliers arrive as plain numbers (:class:`megadepth.parametrize.Multipliers`), so this file knows
-nothing about SP, muP or depth scaling. Tensor parallelism comes in as a
-:class:`megadepth.parallel.topology.TensorParallel` (size 1: plain layers, no collectives):
-attention heads are split across ranks (query/key/value column-parallel, output row-parallel), the MLP
-column-then-row, the vocabulary of embedding and head by rows. With sequence parallelism the residual
+Every module declares the parametrization role of its parameters in ``param_roles``; forward multipliers
+arrive as plain numbers, so this file knows nothing about SP, muP or depth scaling. Under tensor
+parallelism attention heads are split across ranks (query/key/value column-parallel, output
+row-parallel), the MLP column-then-row, the vocabulary by rows; with sequence parallelism the residual
 stream, LayerNorms and dropout work on sequence shards between those regions.
 """
 
@@ -27,17 +24,16 @@ from megadepth.parallel.layers import (
 from megadepth.parallel.mappings import copy_to_tp, gather_from_sequence, scatter_to_sequence
 from megadepth.parallel.topology import TensorParallel
 from megadepth.parametrize.roles import Role
+from megadepth.parametrize.rules import Multipliers
+
+_ACTIVATIONS = {"gelu": F.gelu, "relu": F.relu, "abs": torch.abs}
 
 
 def activation_fn(name: str):
     """gelu, relu or abs (Tensor Programs VI: abs maximises feature diversity)."""
-    if name == "gelu":
-        return F.gelu
-    if name == "relu":
-        return F.relu
-    if name == "abs":
-        return torch.abs
-    raise ValueError(f"unknown activation '{name}' (choose gelu, relu or abs)")
+    if name not in _ACTIVATIONS:
+        raise ValueError(f"unknown activation '{name}' (choose gelu, relu or abs)")
+    return _ACTIVATIONS[name]
 
 
 class LayerNorm(nn.Module):
@@ -54,15 +50,12 @@ class LayerNorm(nn.Module):
         self.tp = tp
         self.weight = nn.Parameter(torch.ones(width))
         self.bias = nn.Parameter(torch.zeros(width)) if bias else None
-        self.param_roles = (
-            {"weight": Role.BRANCH_GAIN, "bias": Role.BRANCH_BIAS}
-            if in_branch
-            else {"weight": Role.FINAL_GAIN, "bias": Role.FINAL_BIAS}
-        )
+        self.param_roles = {"weight": Role.BRANCH_GAIN if in_branch else Role.FINAL_GAIN,
+                            "bias": Role.BRANCH_BIAS if in_branch else Role.FINAL_BIAS}
 
     def forward(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        """LN(x), or LN(x) * scale with the scale applied to the gain and bias vectors (width elements)
-        instead of to the activations (batch x sequence x width): one elementwise pass less."""
+        """LN(x), or LN(x) * scale with the scale applied to the gain and bias vectors instead of to the
+        activations: one elementwise pass less."""
         weight, bias = replicated(self.weight, self.tp), replicated(self.bias, self.tp)
         if scale is not None:
             weight = weight * scale
@@ -82,22 +75,16 @@ class Rotary(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: [batch, heads, seq, head_dim]."""
-        seq = x.shape[-2]
-        cos = self.cos[:seq].to(x.dtype)
-        sin = self.sin[:seq].to(x.dtype)
+        cos, sin = self.cos[: x.shape[-2]].to(x.dtype), self.sin[: x.shape[-2]].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
-        cos = torch.cat((cos, cos), dim=-1)
-        sin = torch.cat((sin, sin), dim=-1)
+        cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
 
 
 class Embedding(nn.Module):
-    """Token embedding (+ learned positions), times the embedding multiplier alpha_in.
-
-    Returns the residual stream: full sequence, or this rank's sequence shard under sequence parallelism.
-    ``with_token=False`` builds only the part after the token lookup (a pipeline stage whose token
-    embedding is the tied module; see megadepth.model.pipeline).
-    """
+    """Token embedding (+ learned positions), times the embedding multiplier alpha_in: the residual stream
+    (this rank's sequence shard under sequence parallelism). ``with_token=False``: only the part after the
+    token lookup (a pipeline stage)."""
 
     def __init__(self, cfg: ModelConfig, multiplier: float, tp: TensorParallel, with_token: bool = True) -> None:
         super().__init__()
@@ -108,7 +95,7 @@ class Embedding(nn.Module):
             self.position = nn.Embedding(cfg.positions, cfg.width)
             self.position.param_roles = {"weight": Role.POSITION}
         self.multiplier = multiplier
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = _BranchDropout(cfg.dropout, tp)  # each rank drops out its own sequence shard
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         return self.finish(self.token(tokens))
@@ -118,16 +105,13 @@ class Embedding(nn.Module):
         if self.position is not None:
             seq = h.shape[1]
             if seq > self.position.num_embeddings:
-                raise ValueError(
-                    f"sequence of {seq} tokens is longer than the position table ({self.position.num_embeddings})"
-                )
+                raise ValueError(f"sequence of {seq} tokens is longer than the position table "
+                                 f"({self.position.num_embeddings})")
             h = torch.add(h, self.position.weight[:seq]).mul_(self.multiplier)  # the sum is not saved for backward
         else:
             h = h * self.multiplier
         if self.tp.sequence_parallel:
             h = scatter_to_sequence(h, self.tp.group)
-            with self.tp.rng.fork():  # each rank drops out its own sequence shard
-                return self.dropout(h)
         return self.dropout(h)
 
 
@@ -160,9 +144,8 @@ class Attention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
         with self.tp.rng.fork():  # attention dropout differs per head, so per tensor-parallel rank
-            y = F.scaled_dot_product_attention(
-                q, k, v, is_causal=True, scale=self.scale, dropout_p=self.dropout if self.training else 0.0
-            )
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+                                               dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
 
 
@@ -178,7 +161,7 @@ class MLP(nn.Module):
 
 
 class _BranchDropout(nn.Module):
-    """Dropout on a branch output: sequence shards draw per-rank masks, replicated activations one."""
+    """Dropout on the residual stream: sequence shards draw per-rank masks, replicated activations one."""
 
     def __init__(self, p: float, tp: TensorParallel) -> None:
         super().__init__()
@@ -211,13 +194,9 @@ class Block(nn.Module):
 
 
 class LinearBlock(nn.Module):
-    """Block depth 1 (Tensor Programs VI's main setting): x <- x + branch * MS(act(W x)).
-
-    One matrix per branch, mean subtraction MS over features, no LayerNorm, no attention: a per-token
-    resnet whose depth behaviour the theory describes exactly (Depth-muP is its unique optimal
-    parametrization). Under tensor parallelism W is column-parallel and its output gathered (the mean
-    subtraction needs every feature); sequence parallelism is not offered for this block.
-    """
+    """Block depth 1 (Tensor Programs VI's main setting): x <- x + branch * MS(act(W x)), MS a mean
+    subtraction over features: a per-token resnet whose depth behaviour the theory describes exactly.
+    Under tensor parallelism W's output is gathered (MS needs every feature)."""
 
     def __init__(self, cfg: ModelConfig, branch_multiplier: float, tp: TensorParallel) -> None:
         super().__init__()
@@ -231,6 +210,13 @@ class LinearBlock(nn.Module):
         z = self.act(self.linear(x))
         z = z - z.mean(dim=-1, keepdim=True)
         return torch.add(x, self.dropout(z), alpha=self.branch)
+
+
+def block_spec(cfg: ModelConfig, mult: Multipliers, tp: TensorParallel) -> tuple[type[nn.Module], tuple]:
+    """The residual block class of ``model.block`` and its constructor arguments."""
+    if cfg.block == "linear":
+        return LinearBlock, (cfg, mult.branch, tp)
+    return Block, (cfg, mult.branch, mult.attn_scale, tp)
 
 
 def tied_logits(embedding: VocabParallelEmbedding, h: torch.Tensor) -> torch.Tensor:
@@ -282,7 +268,6 @@ class LMLoss:
         if not self.tp.enabled:
             logits = logits[..., : self.vocab_size] if logits.shape[-1] > self.vocab_size else logits
             return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1))
-        per_token = vocab_parallel_cross_entropy(
-            logits, labels, vocab_start=self.vocab_start, vocab_size=self.vocab_size, group=self.tp.group
-        )
+        per_token = vocab_parallel_cross_entropy(logits, labels, vocab_start=self.vocab_start,
+                                                 vocab_size=self.vocab_size, group=self.tp.group)
         return per_token.mean()

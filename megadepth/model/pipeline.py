@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from megadepth.config.schema import Config
-from megadepth.model.layers import Block, Embedding, Head, LinearBlock, LMLoss, tied_logits
+from megadepth.model.layers import Embedding, Head, LMLoss, block_spec, tied_logits
 from megadepth.parallel.layers import ColumnParallelLinear, VocabParallelEmbedding
 from megadepth.parallel.topology import TensorParallel
 from megadepth.parametrize.roles import Role
@@ -40,13 +40,6 @@ class EmbeddingFinish(Embedding):
         return self.finish(h)
 
 
-class FinalNorm(Head):
-    """The final LayerNorm and readout multiplier, without the projection."""
-
-    def __init__(self, config: Config, multiplier: float, tp: TensorParallel) -> None:
-        super().__init__(config.model, multiplier, tp, tied=None, with_proj=False)
-
-
 def build_pipeline(config: Config, mult: Multipliers, tp: TensorParallel, checkpoint_interval: int) -> Any:
     """The PipelineModule for this rank's stage (all ranks call it; each builds only its own layers)."""
     from deepspeed.pipe import LayerSpec, PipelineModule, TiedLayerSpec
@@ -58,37 +51,31 @@ def build_pipeline(config: Config, mult: Multipliers, tp: TensorParallel, checkp
                                          num_dp=world // (par.pipeline * par.tensor))
     token = TiedLayerSpec("embed", VocabParallelEmbedding, cfg.padded_vocab, cfg.width, tp, tied_weight_attr="weight")
     layers: list[Any] = [token, LayerSpec(EmbeddingFinish, config, mult.embedding, tp)]
-    for _ in range(cfg.depth):
-        if cfg.block == "linear":
-            layers.append(LayerSpec(LinearBlock, cfg, mult.branch, tp))
-        else:
-            layers.append(LayerSpec(Block, cfg, mult.branch, mult.attn_scale, tp))
-    layers.append(LayerSpec(FinalNorm, config, mult.readout, tp))
+    block, args = block_spec(cfg, mult, tp)
+    layers += [LayerSpec(block, *args) for _ in range(cfg.depth)]
+    layers.append(LayerSpec(Head, cfg, mult.readout, tp, tied=None, with_proj=False))  # final norm, multiplier
     if cfg.tie_embeddings:
         layers.append(TiedLayerSpec("embed", VocabParallelEmbedding, cfg.padded_vocab, cfg.width, tp,
                                     forward_fn=tied_logits, tied_weight_attr="weight"))
     else:
         layers.append(LayerSpec(ColumnParallelLinear, cfg.width, cfg.padded_vocab, False, Role.READOUT, tp))
-    block_type = "LinearBlock" if cfg.block == "linear" else "Block"
-    method = f"type:^{block_type}$" if par.partition == "uniform" else "parameters"
+    method = f"type:^{block.__name__}$" if par.partition == "uniform" else "parameters"
     return PipelineModule(
         layers=layers,
         topology=topo,
         loss_fn=LMLoss(cfg, tp),
         partition_method=method,
         activation_checkpoint_interval=checkpoint_interval,
-        checkpointable_layers=[block_type],  # never the token stage: its input is integer ids
+        checkpointable_layers=[block.__name__],  # never the token stage: its input is integer ids
     )
 
 
 def add_role_placeholders(stage: torch.nn.Module, config: Config, mult: Multipliers, tp: TensorParallel) -> list[Role]:
     """Give this stage one tiny unused parameter for every role the whole model has and it lacks.
 
-    Why: DeepSpeed's ZeRO computes the gradient norm group by group, with one collective over the
-    pipeline per optimizer group; stages with different numbers of groups (the first has the position
-    table, the last the final norm) would issue different numbers of collectives and hang. With every
-    role present on every stage, every stage has the same groups in the same order. The placeholders
-    never take part in the forward pass: their gradients are zero, so they change no norm and no update.
+    DeepSpeed's ZeRO runs one collective over the pipeline per optimizer group: stages with different
+    groups would hang. The placeholders never take part in the forward pass: their gradients are zero,
+    so they change no norm and no update.
     """
     from megadepth.model.gpt import GPT
     from megadepth.parametrize.apply import roles_present

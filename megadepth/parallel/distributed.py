@@ -60,11 +60,8 @@ def _env_int(name: str, default: int) -> int:
 
 
 def read_env() -> DistEnv:
-    """Rank and sizes as set by the DeepSpeed launcher, torchrun or Slurm; a single process otherwise.
-
-    An impossible combination (a world of 0 processes, a rank outside it, more processes on this node
-    than in the job) is a ConfigError naming the variable, before anything divides by it or waits on it.
-    """
+    """Rank and sizes as set by the DeepSpeed launcher, torchrun or Slurm; a single process otherwise. An
+    impossible combination is a ConfigError naming the variable, before anything divides by it or waits."""
     world = _env_int("WORLD_SIZE", 1)
     if world < 1:
         raise ConfigError(f"environment variable WORLD_SIZE={world} must be at least 1")
@@ -99,10 +96,8 @@ def resolve_device(config: Config, env: DistEnv) -> torch.device:
         return torch.device("cpu")
     count = torch.cuda.device_count()
     if env.local_world_size > count:
-        raise ConfigError(
-            f"{env.local_world_size} processes on this node but only {count} CUDA device(s); "
-            "lower --nproc-per-node or use train.device: cpu"
-        )
+        raise ConfigError(f"{env.local_world_size} processes on this node but only {count} CUDA device(s); "
+                          "lower --nproc-per-node or use train.device: cpu")
     return torch.device("cuda", env.local_rank)
 
 
@@ -119,10 +114,8 @@ def check_layout(config: Config, world_size: int) -> Layout:
     """Data-parallel size from the world size; impossible layouts fail here, before any work."""
     tp, pp = config.parallel.tensor, config.parallel.pipeline
     if world_size % (tp * pp):
-        raise ConfigError(
-            f"parallel.tensor ({tp}) x parallel.pipeline ({pp}) = {tp * pp} does not divide the world size "
-            f"({world_size} processes)"
-        )
+        raise ConfigError(f"parallel.tensor ({tp}) x parallel.pipeline ({pp}) = {tp * pp} does not divide "
+                          f"the world size ({world_size} processes)")
     check_tensor_parallel(config)
     check_pipeline(config)
     par = config.parallel
@@ -132,18 +125,15 @@ def check_layout(config: Config, world_size: int) -> Layout:
     if par.activation_checkpoint_interval and config.model.dropout > 0:
         # the recompute draws its masks from megadepth's dropout stream, which neither torch's nor the
         # pipeline engine's checkpointing saves and restores: the gradients would be of other masks
-        raise ConfigError(
-            "parallel.activation_checkpoint_interval with model.dropout > 0 would recompute different "
-            "dropout masks (wrong gradients); set model.dropout: 0 or turn checkpointing off"
-        )
+        raise ConfigError("parallel.activation_checkpoint_interval with model.dropout > 0 would recompute "
+                          "different dropout masks (wrong gradients); set model.dropout: 0 or turn "
+                          "checkpointing off")
     if config.train.precision == "bf16" and par.zero_stage == 0:
         # DeepSpeed runs bf16 without ZeRO through its unfused fp16 optimizer: it takes one extra Adam
         # step at start-up and, under tensor parallelism, a gradient norm of rank 0's shard only
-        raise ConfigError(
-            "train.precision 'bf16' needs parallel.zero_stage: 1 (at stage 0 DeepSpeed's optimizer takes an "
-            "extra step at start and clips with a wrong norm under tensor parallelism; on one GPU stage 1 "
-            "partitions nothing), or use precision bf16-mixed"
-        )
+        raise ConfigError("train.precision 'bf16' needs parallel.zero_stage: 1 (at stage 0 DeepSpeed's "
+                          "optimizer takes an extra step at start and clips with a wrong norm under tensor "
+                          "parallelism; on one GPU stage 1 partitions nothing), or use precision bf16-mixed")
     return Layout(tensor=tp, pipeline=pp, data=world_size // (tp * pp))
 
 
@@ -154,17 +144,14 @@ def check_pipeline(config: Config) -> None:
     if pp == 1:
         return
     if par.partition == "uniform" and depth % pp:
-        raise ConfigError(
-            f"model.depth ({depth}) is not divisible by parallel.pipeline ({pp}) as parallel.partition "
-            "'uniform' requires (or use parallel.partition: parameters)"
-        )
+        raise ConfigError(f"model.depth ({depth}) is not divisible by parallel.pipeline ({pp}) as "
+                          "parallel.partition 'uniform' requires (or use parallel.partition: parameters)")
     if depth < pp:
         raise ConfigError(f"model.depth ({depth}) is smaller than parallel.pipeline ({pp}): a stage without blocks")
     if par.zero_stage != 1:
-        raise ConfigError(
-            f"parallel.pipeline > 1 needs parallel.zero_stage: 1 (got {par.zero_stage}): DeepSpeed's pipeline "
-            "engine does not combine with ZeRO 2/3, and without ZeRO it clips gradients by one stage's norm"
-        )
+        raise ConfigError(f"parallel.pipeline > 1 needs parallel.zero_stage: 1 (got {par.zero_stage}): "
+                          "DeepSpeed's pipeline engine does not combine with ZeRO 2/3, and without ZeRO it "
+                          "clips gradients by one stage's norm")
 
 
 def check_tensor_parallel(config: Config) -> None:
@@ -172,29 +159,24 @@ def check_tensor_parallel(config: Config) -> None:
     tp, model = config.parallel.tensor, config.model
     if tp == 1:
         return
-    splits = {
-        "model.heads": model.heads,
-        "model.width": model.width,
-        "the MLP width (model.mlp_ratio x model.width)": model.mlp_width,
-        "model.vocab_multiple": model.vocab_multiple,
-    }
+    splits = {"model.heads": model.heads, "model.width": model.width,
+              "the MLP width (model.mlp_ratio x model.width)": model.mlp_width,
+              "model.vocab_multiple": model.vocab_multiple}
     for what, n in splits.items():
         if n % tp:
             hint = " (the vocabulary is padded to a multiple of it)" if what == "model.vocab_multiple" else ""
             raise ConfigError(f"{what} ({n}) is not divisible by parallel.tensor ({tp}){hint}")
     if config.parallel.sequence_parallel:
         if model.seq_len % tp:
-            raise ConfigError(
-                f"model.seq_len ({model.seq_len}) is not divisible by parallel.tensor ({tp}), as sequence "
-                "parallelism requires"
-            )
+            raise ConfigError(f"model.seq_len ({model.seq_len}) is not divisible by parallel.tensor ({tp}), "
+                              "as sequence parallelism requires")
         if model.block == "linear":
             raise ConfigError("parallel.sequence_parallel is not available with model.block: linear")
 
 
 def backend_for(config: Config, device: torch.device) -> str:
-    """The process-group backend; NCCL on a CPU run is refused here, before any work (it used to surface
-    as a rendezvous time-out that blamed the network)."""
+    """The process-group backend; NCCL on a CPU run is refused here (else a rendezvous time-out that blames
+    the network)."""
     if config.parallel.backend == "nccl" and device.type != "cuda":
         raise ConfigError(f"parallel.backend is 'nccl', which runs on CUDA GPUs only, but this run is on "
                           f"{device.type} (use 'auto' or 'gloo')")
@@ -204,10 +186,9 @@ def backend_for(config: Config, device: torch.device) -> str:
 
 
 def prepare_deepspeed_env(device: torch.device) -> None:
-    """Environment DeepSpeed reads at import: the CPU accelerator when there is no GPU, and no JIT build
-    of its shared-memory all-reduce op (gloo training does not need it, and the build costs ~24 s and
-    leaves a file in /dev/shm per rank). On CPU, also glibc's allocator thresholds: see
-    :mod:`megadepth.parallel.host_memory`."""
+    """Environment DeepSpeed reads at import: the CPU accelerator when there is no GPU, and no JIT build of
+    its shared-memory all-reduce op (gloo does not need it; the build takes seconds and leaves a file in
+    /dev/shm per rank)."""
     if device.type == "cpu":
         os.environ["DS_ACCELERATOR"] = "cpu"
         keep_freed_memory()  # per-step page faults otherwise (megadepth.parallel.host_memory)
@@ -233,35 +214,25 @@ def init_distributed(config: Config, env: DistEnv, device: torch.device) -> None
     import torch.distributed.nn  # noqa: F401
 
     if env.world_size == 1:
-        os.environ.setdefault("RANK", "0")
-        os.environ.setdefault("WORLD_SIZE", "1")
-        os.environ.setdefault("LOCAL_RANK", "0")
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        single = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1"}
+        for name, value in (*single.items(), ("MASTER_PORT", str(free_port()))):
+            os.environ.setdefault(name, value)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     if not torch.distributed.is_initialized():
         try:
-            deepspeed.init_distributed(
-                dist_backend=backend_for(config, device),
-                auto_mpi_discovery=False,
-                timeout=timedelta(seconds=config.parallel.timeout_s),
-                rank=env.rank,
-                world_size=env.world_size,
-            )
+            deepspeed.init_distributed(dist_backend=backend_for(config, device), auto_mpi_discovery=False,
+                                       timeout=timedelta(seconds=config.parallel.timeout_s), rank=env.rank,
+                                       world_size=env.world_size)
         except (RuntimeError, TimeoutError) as exc:  # DistStoreError is a RuntimeError
-            where = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
-            text = str(exc)
+            addr, port, text = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT"), str(exc)
             if "EADDRINUSE" in text or "address already in use" in text.lower():  # rank 0's store cannot listen
-                raise StartupError(
-                    f"port {os.environ.get('MASTER_PORT')} is already in use on {os.environ.get('MASTER_ADDR')}: "
-                    "choose another --master-port (or leave it unset)"
-                ) from None
-            raise StartupError(
-                f"rank {env.rank} could not join the {env.world_size}-process job at {where} within "
-                f"parallel.timeout_s = {config.parallel.timeout_s} s (are all nodes started, with the same "
-                f"master address and port?): {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-            ) from None
+                raise StartupError(f"port {port} is already in use on {addr}: choose another --master-port "
+                                   "(or leave it unset)") from None
+            raise StartupError(f"rank {env.rank} could not join the {env.world_size}-process job at "
+                               f"{addr}:{port} within parallel.timeout_s = {config.parallel.timeout_s} s "
+                               "(are all nodes started, with the same master address and port?): "
+                               f"{text.splitlines()[0] if text else type(exc).__name__}") from None
 
 
 def shutdown() -> None:

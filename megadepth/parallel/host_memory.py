@@ -1,13 +1,9 @@
 """Keep freed tensor memory in the process on CPU runs (glibc malloc tuning).
 
-PyTorch's CPU allocator is plain malloc. A training step frees and re-allocates the same activation and
-gradient buffers every step; with glibc's defaults, buffers above the mmap threshold go back to the OS
-when freed and come back as fresh zeroed pages on the next step, and heap memory above the trim
-threshold is returned too. `python benchmarks/cpu_bench.py` measures it (configs/bench/tiny.yaml, one
-thread, 2-core development machine): a `megadepth bench` process with glibc's defaults took 1.06M
-minor page faults and ran at 17.5k tokens/s; with the thresholds below, 0.11M faults and 23.1k
-tokens/s (the plain reference gains as well: docs/throughput.md). Which imported library pins glibc's adaptive threshold lower in our processes than in
-the plain script was not tracked down; setting the thresholds explicitly removes the difference.
+PyTorch's CPU allocator is plain malloc. A training step frees and re-allocates the same buffers every
+step; with glibc's defaults, buffers above the mmap threshold go back to the OS when freed and come back
+as fresh zeroed pages (page faults) on the next step, and heap memory above the trim threshold is
+returned too (`python benchmarks/cpu_bench.py` measures the difference; docs/throughput.md).
 
 The cost: up to ``TRIM_THRESHOLD`` of freed memory stays mapped to the process instead of returning to
 the OS (the peak is unchanged). ``MEGADEPTH_MALLOC_TUNING=0`` turns it off; the usual glibc variables
@@ -25,8 +21,7 @@ _M_TRIM_THRESHOLD = -1
 _M_TOP_PAD = -2
 _M_MMAP_THRESHOLD = -3
 
-MMAP_THRESHOLD = 256 * 2**20
-"""Blocks below this come from the heap and are reused; glibc caps its adaptive threshold at 32 MiB."""
+MMAP_THRESHOLD = 256 * 2**20  # blocks below come from the heap, reused (glibc's adaptive cap: 32 MiB)
 TRIM_THRESHOLD = 1024 * 2**20
 TOP_PAD = 64 * 2**20
 

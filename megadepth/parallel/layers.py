@@ -1,12 +1,5 @@
 """Tensor-parallel layers in the style of Megatron core's tensor_parallel package.
 
-- ``ColumnParallelLinear``: the output features are split; input replicated (or, with sequence
-  parallelism, gathered from sequence shards), output stays split (or is gathered).
-- ``RowParallelLinear``: the input features are split; partial outputs are all-reduced (or, with
-  sequence parallelism, reduce-scattered to sequence shards); the bias is added once, after that.
-- ``VocabParallelEmbedding``: the vocabulary rows are split; each rank looks up the ids it owns and
-  the partial embeddings are all-reduced.
-
 Sharded parameters carry ``partition_dim`` and ``global_shape``: initialisation draws the GLOBAL tensor
 and keeps this rank's slice, so a TP=2 model gathered equals the TP=1 model of the same seed; the
 parametrization reads global shapes, never a shard's. ``tensor_model_parallel`` marks them for
@@ -50,7 +43,8 @@ def replicated(param: torch.Tensor | None, tp: TensorParallel) -> torch.Tensor |
 
 
 class ColumnParallelLinear(nn.Module):
-    """y = x W^T + b with W's rows (output features) split across the tensor-parallel group."""
+    """y = x W^T + b with W's rows (output features) split across the tensor-parallel group; the input is
+    replicated (or gathered from sequence shards), the output stays split (or is gathered)."""
 
     def __init__(self, fan_in: int, fan_out: int, bias: bool, role: Role, tp: TensorParallel,
                  gather_output: bool = False) -> None:
@@ -79,7 +73,8 @@ class ColumnParallelLinear(nn.Module):
 
 
 class RowParallelLinear(nn.Module):
-    """y = x W^T + b with W's columns (input features) split; x arrives split on its last dimension."""
+    """y = x W^T + b with W's columns (input features) split; x arrives split on its last dimension. The
+    partial outputs are all-reduced (or reduce-scattered to sequence shards), then the bias is added."""
 
     def __init__(self, fan_in: int, fan_out: int, bias: bool, role: Role, tp: TensorParallel) -> None:
         super().__init__()
@@ -102,12 +97,9 @@ class RowParallelLinear(nn.Module):
 
 
 class VocabParallelEmbedding(nn.Module):
-    """Token embedding with the (padded) vocabulary rows split across the tensor-parallel group.
-
-    The output is the full embedding on every rank (all-reduced partial lookups); scattering to
-    sequence shards, when sequence parallelism is on, is the caller's business (positions are added
-    first).
-    """
+    """Token embedding with the (padded) vocabulary rows split across the tensor-parallel group. The output
+    is the full embedding on every rank (all-reduced partial lookups); scattering to sequence shards is
+    the caller's business (positions are added first)."""
 
     def __init__(self, num_rows: int, width: int, tp: TensorParallel) -> None:
         super().__init__()

@@ -19,6 +19,8 @@ Activations are [batch, sequence, features]; the sequence dimension is 1.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
@@ -41,117 +43,56 @@ def _all_reduce(x: torch.Tensor, group: Any) -> torch.Tensor:
     return x
 
 
-def _all_gather(x: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+def _all_gather(x: torch.Tensor, group: Any, dim: int = SEQ_DIM) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(_size(group))]
     dist.all_gather(parts, x.contiguous(), group=group)
     return torch.cat(parts, dim=dim)
 
 
-def _split(x: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+def _split(x: torch.Tensor, group: Any, dim: int = SEQ_DIM) -> torch.Tensor:
     size = _size(group)
     if x.shape[dim] % size:
         raise ValueError(f"dimension {dim} of size {x.shape[dim]} is not divisible by the tensor-parallel size {size}")
     return x.chunk(size, dim=dim)[_rank(group)].contiguous()
 
 
-def _reduce_scatter(x: torch.Tensor, dim: int, group: Any) -> torch.Tensor:
+def _reduce_scatter(x: torch.Tensor, group: Any, dim: int = SEQ_DIM) -> torch.Tensor:
     parts = [p.contiguous() for p in x.chunk(_size(group), dim=dim)]
     out = torch.empty_like(parts[0])
     dist.reduce_scatter(out, parts, group=group)
     return out
 
 
-class _CopyToTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return x
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _all_reduce(grad, ctx.group), None
+def _identity(x: torch.Tensor, group: Any) -> torch.Tensor:
+    return x
 
 
-class _ReduceFromTP(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        return _all_reduce(x, group)
+def _region(forward: Callable, backward: Callable) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+    """The mapping ``x -> forward(x, group)`` whose backward is ``backward(grad, group)``."""
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return grad, None
+    class _Mapping(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
+            ctx.group = group
+            return forward(x, group)
 
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+            return backward(grad, ctx.group), None
 
-class _GatherLastDim(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return _all_gather(x, -1, group)
+    def mapping(x: torch.Tensor, group: Any) -> torch.Tensor:
+        return x if _size(group) == 1 else _Mapping.apply(x, group)
 
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _split(grad, -1, ctx.group), None
+    return mapping
 
 
-class _ScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return _split(x, SEQ_DIM, group)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _all_gather(grad, SEQ_DIM, ctx.group), None
-
-
-class _GatherFromSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return _all_gather(x, SEQ_DIM, group)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        # the gathered activation feeds tensor-parallel shards whose gradients must be summed
-        return _reduce_scatter(grad, SEQ_DIM, ctx.group), None
-
-
-class _ReduceScatterToSequence(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, group: Any) -> torch.Tensor:
-        ctx.group = group
-        return _reduce_scatter(x, SEQ_DIM, group)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        return _all_gather(grad, SEQ_DIM, ctx.group), None
-
-
-def copy_to_tp(x: torch.Tensor, group: Any) -> torch.Tensor:
-    return x if _size(group) == 1 else _CopyToTP.apply(x, group)
-
-
-def reduce_from_tp(x: torch.Tensor, group: Any) -> torch.Tensor:
-    return x if _size(group) == 1 else _ReduceFromTP.apply(x, group)
-
-
-def gather_last_dim(x: torch.Tensor, group: Any) -> torch.Tensor:
-    return x if _size(group) == 1 else _GatherLastDim.apply(x, group)
-
-
-def scatter_to_sequence(x: torch.Tensor, group: Any) -> torch.Tensor:
-    return x if _size(group) == 1 else _ScatterToSequence.apply(x, group)
-
-
-def gather_from_sequence(x: torch.Tensor, group: Any) -> torch.Tensor:
-    return x if _size(group) == 1 else _GatherFromSequence.apply(x, group)
-
-
-def reduce_scatter_to_sequence(x: torch.Tensor, group: Any) -> torch.Tensor:
-    return x if _size(group) == 1 else _ReduceScatterToSequence.apply(x, group)
-
-
-def all_reduce_grad(param: torch.Tensor, group: Any) -> torch.Tensor:
-    """Use a replicated parameter whose gradient each rank only sees part of (sequence parallelism):
-    the forward is the parameter itself, the backward sums the partial gradients over the group."""
-    return param if _size(group) == 1 else _CopyToTP.apply(param, group)
+copy_to_tp = _region(_identity, _all_reduce)
+reduce_from_tp = _region(_all_reduce, _identity)
+gather_last_dim = _region(partial(_all_gather, dim=-1), partial(_split, dim=-1))
+scatter_to_sequence = _region(_split, _all_gather)
+# the gathered activation feeds tensor-parallel shards whose gradients must be summed
+gather_from_sequence = _region(_all_gather, _reduce_scatter)
+reduce_scatter_to_sequence = _region(_reduce_scatter, _all_gather)
+# a replicated parameter whose gradient each rank only sees part of (sequence parallelism): the forward
+# is the parameter itself, the backward sums the partial gradients over the group
+all_reduce_grad = copy_to_tp

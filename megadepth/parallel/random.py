@@ -1,14 +1,10 @@
 """RNG streams for tensor parallelism (Megatron's "model-parallel RNG tracker").
 
-Dropout on replicated activations (the residual stream without sequence parallelism) must draw the SAME
-mask on every tensor-parallel rank, so it uses the default generator, seeded identically across them.
-Dropout on sharded activations (attention heads, sequence shards) must draw DIFFERENT masks per rank,
-so it runs inside ``tracker.fork()``, a second stream seeded with the tensor-parallel rank. The trainer
-reseeds both per micro-batch from (seed, step, micro-batch, data rank[, tensor rank]), which also makes
-resumed runs draw the masks they would have drawn.
-
-Initialisation does not use these streams: each parameter is drawn whole from its own seeded generator
-and sliced (megadepth.parametrize.apply), so it is layout-independent by construction.
+Dropout on replicated activations must draw the SAME mask on every tensor-parallel rank: the default
+generator, seeded identically across them. Dropout on sharded activations (attention heads, sequence
+shards) must draw DIFFERENT masks per rank: it runs inside ``tracker.fork()``, a second stream seeded
+with the tensor-parallel rank. The trainer reseeds both per micro-batch, so resumed runs draw the masks
+they would have drawn. (Initialisation uses neither: see megadepth.parametrize.apply.)
 """
 
 from __future__ import annotations

@@ -60,18 +60,9 @@ def build_grid(pipeline: int, tensor: int, data: int, sequence_parallel: bool) -
     topo = PipeModelDataParallelTopology(num_pp=pipeline, num_mp=tensor, num_dp=data)
     with contextlib.redirect_stdout(io.StringIO()):  # DeepSpeed prints the topology to stdout on rank 0
         grid = PipelineParallelGrid(topology=topo)
-    tp = TensorParallel(
-        group=grid.get_slice_parallel_group() if tensor > 1 else None,
-        rank=grid.get_slice_parallel_rank(),
-        size=tensor,
-        sequence_parallel=sequence_parallel and tensor > 1,
-    )
-    return Grid(
-        mpu=grid,
-        tensor=tp,
-        data_rank=grid.get_data_parallel_rank(),
-        data_size=grid.get_data_parallel_world_size(),
-        data_group=grid.get_data_parallel_group(),
-        pipe_rank=grid.get_pipe_parallel_rank(),
-        pipe_size=grid.get_pipe_parallel_world_size(),
-    )
+    tp = TensorParallel(group=grid.get_slice_parallel_group() if tensor > 1 else None,
+                        rank=grid.get_slice_parallel_rank(), size=tensor,
+                        sequence_parallel=sequence_parallel and tensor > 1)
+    return Grid(mpu=grid, tensor=tp, data_rank=grid.get_data_parallel_rank(),
+                data_size=grid.get_data_parallel_world_size(), data_group=grid.get_data_parallel_group(),
+                pipe_rank=grid.get_pipe_parallel_rank(), pipe_size=grid.get_pipe_parallel_world_size())

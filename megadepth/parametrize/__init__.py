@@ -4,16 +4,5 @@ from megadepth.parametrize.apply import initialize, param_groups, param_roles, r
 from megadepth.parametrize.roles import Role
 from megadepth.parametrize.rules import PRESETS, Multipliers, Parametrization, RoleRule, preset_gamma
 
-__all__ = [
-    "PRESETS",
-    "Multipliers",
-    "Parametrization",
-    "Role",
-    "RoleRule",
-    "initialize",
-    "preset_gamma",
-    "param_groups",
-    "param_roles",
-    "roles_present",
-    "stable_seed",
-]
+__all__ = ["PRESETS", "Multipliers", "Parametrization", "Role", "RoleRule", "initialize", "preset_gamma",
+           "param_groups", "param_roles", "roles_present", "stable_seed"]

@@ -14,11 +14,8 @@ from megadepth.parametrize.rules import ADAM_FAMILY, Parametrization
 
 
 def param_roles(model: nn.Module) -> dict[str, Role]:
-    """Role of every parameter of ``model`` by its full name.
-
-    Modules declare the roles of their own parameters in a ``param_roles`` dict attribute (local name ->
-    Role). Every trainable parameter must be covered: an untagged one raises.
-    """
+    """Role of every parameter of ``model`` by its full name, from the modules' ``param_roles`` dicts (local
+    name -> Role). Every trainable parameter must be covered: an untagged one raises."""
     roles: dict[str, Role] = {}
     for mod_name, module in model.named_modules():
         for local, role in getattr(module, "param_roles", {}).items():
@@ -41,11 +38,8 @@ def stable_seed(seed: int, name: str) -> int:
 @torch.no_grad()
 def initialize(model: nn.Module, ptz: Parametrization, seed: int,
                name_for: Callable[[str], str] | None = None) -> None:
-    """Initialise every parameter from its role's rule, each from its own seeded generator.
-
-    Tensor-parallel shards (``partition_dim``/``global_shape``, see megadepth.parallel.layers) draw the
-    whole global tensor and keep their slice, so TP=2 gathered equals TP=1 for the same seed.
-    """
+    """Initialise every parameter from its role's rule, each from its own seeded generator; tensor-parallel
+    shards draw the whole global tensor and keep their slice, so TP=2 gathered equals TP=1."""
     params = dict(model.named_parameters())
     for name, role in param_roles(model).items():
         param = params[name]
@@ -65,12 +59,8 @@ def initialize(model: nn.Module, ptz: Parametrization, seed: int,
 
 
 def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerConfig) -> list[dict]:
-    """One optimizer group per role present, with absolute lr, weight decay (and Adam's eps).
-
-    Each group also carries ``lr_mult`` (its LR relative to the base LR) and its role ``name``; the LR
-    schedule multiplies each group's own LR by a factor, so the ratios survive scheduling.
-    Tied parameters appear once (in the group of the first role that claims them).
-    """
+    """One optimizer group per role present, with absolute lr, weight decay (and Adam's eps), its role
+    ``name`` and ``lr_mult`` (its LR relative to the base LR). Tied parameters appear once."""
     roles = param_roles(model)
     params = dict(model.named_parameters())
     by_role: dict[Role, list[nn.Parameter]] = {}
@@ -86,13 +76,8 @@ def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerCon
         if role not in by_role:
             continue
         rule = ptz.rule(role)
-        group = {
-            "name": role.value,
-            "params": by_role[role],
-            "lr": optimizer.lr * rule.lr_mult,
-            "lr_mult": rule.lr_mult,
-            "weight_decay": optimizer.weight_decay * rule.wd_mult,
-        }
+        group = {"name": role.value, "params": by_role[role], "lr": optimizer.lr * rule.lr_mult,
+                 "lr_mult": rule.lr_mult, "weight_decay": optimizer.weight_decay * rule.wd_mult}
         if optimizer.name in ADAM_FAMILY:
             group.update(eps=optimizer.eps * rule.eps_mult, betas=tuple(optimizer.betas))
         groups.append(group)
@@ -105,10 +90,5 @@ def roles_present(model: nn.Module) -> list[Role]:
 
 
 def count_params(params: Iterable[nn.Parameter]) -> int:
-    seen: set[int] = set()
-    total = 0
-    for p in params:
-        if id(p) not in seen:
-            seen.add(id(p))
-            total += p.numel()
-    return total
+    """Parameters counted once each (tied matrices once)."""
+    return sum(p.numel() for p in {id(p): p for p in params}.values())

@@ -30,33 +30,24 @@ def check_parametrization(config: Config) -> None:
     model, ptz, opt = config.model, config.parametrization, config.optimizer
     if opt.name not in ADAM_FAMILY + SGD_FAMILY:
         raise ConfigError(f"optimizer.name '{opt.name}' has no parametrization rule")
-    if model.base_width and model.base_width > model.width:
-        raise ConfigError(
-            f"model.base_width ({model.base_width}) is larger than model.width ({model.width}): tune at the "
-            "base shape and scale up (m >= 1)"
-        )
-    if model.base_depth and model.base_depth > model.depth:
-        raise ConfigError(
-            f"model.base_depth ({model.base_depth}) is larger than model.depth ({model.depth}): tune at the "
-            "base shape and scale up (r >= 1)"
-        )
+    for key, base, size, ratio in (("width", model.base_width, model.width, "m"),
+                                   ("depth", model.base_depth, model.depth, "r")):
+        if base and base > size:
+            raise ConfigError(f"model.base_{key} ({base}) is larger than model.{key} ({size}): tune at the "
+                              f"base shape and scale up ({ratio} >= 1)")
     if model.tie_embeddings and ptz.zero_readout:
-        raise ConfigError(
-            "parametrization.zero_readout with model.tie_embeddings would zero the shared token embedding; "
-            "untie the embeddings or drop zero_readout"
-        )
+        raise ConfigError("parametrization.zero_readout with model.tie_embeddings would zero the shared "
+                          "token embedding; untie the embeddings or drop zero_readout")
     _check_rule_options(config)
     problem = base_head_problem(model, ptz)
     if problem:
         raise ConfigError(problem)
     if model.block == "linear":
-        ignored = {
-            "model.position: rotary": model.position == "rotary",
-            "parametrization.zero_query": ptz.zero_query,
-            "parametrization.attn_multiplier": ptz.attn_multiplier != 1.0,
-            "parametrization.base_head_dim": ptz.base_head_dim is not None,
-            "model.base_heads": model.base_heads is not None,
-        }
+        ignored = {"model.position: rotary": model.position == "rotary",
+                   "parametrization.zero_query": ptz.zero_query,
+                   "parametrization.attn_multiplier": ptz.attn_multiplier != 1.0,
+                   "parametrization.base_head_dim": ptz.base_head_dim is not None,
+                   "model.base_heads": model.base_heads is not None}
         set_keys = [k for k, on in ignored.items() if on]
         if set_keys:
             raise ConfigError(f"{', '.join(set_keys)} has no effect with model.block: linear (no attention)")
@@ -68,39 +59,28 @@ def _check_rule_options(config: Config) -> None:
     ptz, opt = config.parametrization, config.optimizer
     depth = scales_depth(ptz.name)
     if ptz.output_proj_init == "gpt2" and depth:
-        raise ConfigError(
-            f"parametrization.output_proj_init: gpt2 with {ptz.name}: its branch multiplier already scales "
-            "depth (r^-alpha); GPT-2's 1/sqrt(2L) would count depth twice (no reference does this); use "
-            "base_depth (the default) or none"
-        )
+        raise ConfigError(f"parametrization.output_proj_init: gpt2 with {ptz.name}: its branch multiplier "
+                          "already scales depth (r^-alpha); GPT-2's 1/sqrt(2L) would count depth twice (no "
+                          "reference does this); use base_depth (the default) or none")
     if ptz.output_proj_init == "base_depth" and not depth:
-        raise ConfigError(
-            f"parametrization.output_proj_init: base_depth with {ptz.name}, which does not parametrize depth "
-            "(model.base_depth would change its model); use gpt2 (the default) or none"
-        )
+        raise ConfigError(f"parametrization.output_proj_init: base_depth with {ptz.name}, which does not "
+                          "parametrize depth (model.base_depth would change its model); use gpt2 (the "
+                          "default) or none")
     if opt.name in SGD_FAMILY and ptz.eps_scaling is not None:
         raise ConfigError("parametrization.eps_scaling has no effect with optimizer.name: sgd (no eps); drop it")
     if opt.name != "adam" and ptz.adam_wd_scaling is not None:
-        raise ConfigError(
-            f"parametrization.adam_wd_scaling has no effect with optimizer.name: {opt.name} (it decays by "
-            "lr x wd per step, and wd always goes inversely to the LR); drop it"
-        )
+        raise ConfigError(f"parametrization.adam_wd_scaling has no effect with optimizer.name: {opt.name} "
+                          "(it decays by lr x wd per step, and wd always goes inversely to the LR); drop it")
     if ptz.name == "completep" and opt.name in SGD_FAMILY:
-        warn_once(
-            "parametrization.name: completep with optimizer.name: sgd has no published source: CompleteP "
-            "(Dey et al. 2025) is defined for AdamW; megadepth extrapolates Tensor Programs VI's SGD rule "
-            "(gamma = 1 - 2 alpha = -1: in-branch LR x r, growing with depth). Use depth_mup for SGD, or "
-            "parametrization.name: custom with alpha and gamma of your choosing"
-        )
+        warn_once("parametrization.name: completep with optimizer.name: sgd has no published source: "
+                  "CompleteP (Dey et al. 2025) is defined for AdamW; megadepth extrapolates Tensor Programs "
+                  "VI's SGD rule (gamma = 1 - 2 alpha = -1: in-branch LR x r, growing with depth). Use "
+                  "depth_mup for SGD, or parametrization.name: custom with alpha and gamma of your choosing")
 
 
 def verify_attention_scale(device: torch.device, dtype: torch.dtype) -> None:
-    """Prove that the attention kernel in use honours a non-default softmax scale.
-
-    The muP attention scale (1/d_head) differs from every kernel's default (1/sqrt(d_head)); a backend
-    that dropped the ``scale`` argument would silently train SP attention. Checked once, on the real
-    device and dtype, against a hand-written softmax.
-    """
+    """Prove, on the real device and dtype, that the attention kernel honours a non-default softmax scale
+    (muP's 1/d_head): a backend that dropped ``scale`` would silently train SP attention."""
     gen = torch.Generator(device="cpu").manual_seed(0)
     q, k, v = (torch.randn(1, 2, 8, 16, generator=gen).to(device=device, dtype=dtype) for _ in range(3))
     scale = 0.37 / 16
@@ -110,7 +90,6 @@ def verify_attention_scale(device: torch.device, dtype: torch.dtype) -> None:
     ref = scores.softmax(-1) @ v.float()
     tol = 1e-4 if dtype == torch.float32 else 3e-2
     if not torch.allclose(got, ref, atol=tol, rtol=tol):
-        raise ConfigError(
-            "the attention kernel ignores the softmax scale the parametrization sets "
-            f"(max error {float((got - ref).abs().max()):.3g} on {device}, {dtype}); refusing to train"
-        )
+        raise ConfigError("the attention kernel ignores the softmax scale the parametrization sets (max "
+                          f"error {float((got - ref).abs().max()):.3g} on {device}, {dtype}); refusing to "
+                          "train")

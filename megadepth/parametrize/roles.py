@@ -13,27 +13,18 @@ from enum import Enum
 class Role(str, Enum):
     """Roles of docs/parametrizations.md. Matrices' width scaling uses global (unsharded) shapes."""
 
-    EMBEDDING = "embedding"
-    """Token embedding matrix (also the readout when embeddings are tied)."""
-    POSITION = "position"
-    """Learned position table."""
-    QUERY = "query"
-    """Query projection: a hidden matrix that muP may initialise at zero."""
-    HIDDEN = "hidden"
-    """Hidden matrices inside a residual branch that do not close it (key/value, MLP in)."""
+    EMBEDDING = "embedding"  # Token embedding matrix (also the readout when embeddings are tied)
+    POSITION = "position"  # Learned position table
+    QUERY = "query"  # Query projection: a hidden matrix that muP may initialise at zero
+    HIDDEN = "hidden"  # Hidden matrices inside a residual branch that do not close it (key/value, MLP in)
     OUTPUT_PROJ = "output_proj"
     """Hidden matrices that close a residual branch (attention out, MLP out): GPT-2 shrinks their init
     with depth; the depth parametrizations freeze that factor at the base depth."""
-    BRANCH_GAIN = "branch_gain"
-    """LayerNorm gains inside residual branches (init 1)."""
-    BRANCH_BIAS = "branch_bias"
-    """Biases and LayerNorm biases inside residual branches (init 0)."""
-    FINAL_GAIN = "final_gain"
-    """Final LayerNorm gain (init 1), outside every branch."""
-    FINAL_BIAS = "final_bias"
-    """Final LayerNorm bias (init 0)."""
-    READOUT = "readout"
-    """Untied LM head matrix."""
+    BRANCH_GAIN = "branch_gain"  # LayerNorm gains inside residual branches (init 1)
+    BRANCH_BIAS = "branch_bias"  # Biases and LayerNorm biases inside residual branches (init 0)
+    FINAL_GAIN = "final_gain"  # Final LayerNorm gain (init 1), outside every branch
+    FINAL_BIAS = "final_bias"  # Final LayerNorm bias (init 0)
+    READOUT = "readout"  # Untied LM head matrix
 
     @property
     def is_hidden_matrix(self) -> bool:

@@ -10,20 +10,10 @@ exponent gamma follows from alpha and the optimizer family: 1 - alpha for Adam(W
 (each block's per-step feature update stays of order 1/L). SP is (off, 0), muP (on, 0), Depth-muP
 (on, 1/2: gamma 1/2 with Adam, 0 with SGD), CompleteP (on, 1: gamma 0 with Adam).
 
-The optimizer family matters for width too: Adam normalises gradients entry-wise, so hidden matrices get
-LR eta/m; SGD does not, so vector-like parameters (embeddings, biases, gains, and the readout behind its
-1/m multiplier) get LR eta*m and hidden matrices keep eta (the `mup` package's MuAdam / MuSGD). Weight
-decay keeps the decay per step independent of width: lr x wd for AdamW (decoupled) and SGD, so wd goes
-inversely to the LR's width factor; lr x wd / |gradient entry| for Adam with its L2 penalty in the
-gradient (docs/parametrizations.md derives both).
-
+The optimizer family matters for width too (:meth:`Parametrization.rule`, :meth:`Parametrization._wd`).
 Where the references differ, or a rule is megadepth's own, the choice is an option of
 ParametrizationConfig whose unset value means the preset's reference, and :meth:`Parametrization.sources`
 says which rule is in effect and where it comes from (printed under the per-role table).
-
-The width-scaled attention scale alpha_attn * sqrt(d_head0) / d_head needs the base shape's head size
-d_head0 = base_width / base_heads: width grown by more heads and width grown by wider heads are different
-models, and a config away from its base width must say which (:func:`base_head_problem`).
 """
 
 from __future__ import annotations
@@ -34,12 +24,8 @@ from dataclasses import asdict, dataclass
 from megadepth.config.schema import ModelConfig, OptimizerConfig, ParametrizationConfig
 from megadepth.parametrize.roles import Role
 
-PRESETS: dict[str, tuple[bool, float]] = {
-    "sp": (False, 0.0),
-    "mup": (True, 0.0),
-    "depth_mup": (True, 0.5),
-    "completep": (True, 1.0),
-}
+PRESETS: dict[str, tuple[bool, float]] = {"sp": (False, 0.0), "mup": (True, 0.0), "depth_mup": (True, 0.5),
+                                          "completep": (True, 1.0)}
 ADAM_FAMILY = ("adam", "adamw")
 SGD_FAMILY = ("sgd",)
 
@@ -50,24 +36,16 @@ def scales_depth(name: str) -> bool:
 
 
 def scales_width(name: str) -> bool:
-    """Whether a preset parametrizes width: all but SP."""
-    return name == "custom" or PRESETS[name][0]
-
-
-def attention_scales_with_base(name: str) -> bool:
-    """Whether a preset's attention scale depends on the base head size: every width-scaled preset
+    """Whether a preset parametrizes width: all but SP. Their attention scale depends on the base head size
     (attn_multiplier * sqrt(base head size) / head size); SP's is attn_multiplier / sqrt(head size)."""
-    return scales_width(name)
+    return name == "custom" or PRESETS[name][0]
 
 
 def resolve_base_head_dim(model: ModelConfig, cfg: ParametrizationConfig) -> float:
     """The head size of the base shape, base_width / base_heads, from model.base_heads or its older spelling
-    parametrization.base_head_dim (a ValueError when both are given and disagree).
-
-    With neither, base_width / heads: this model's own head size at its base width; away from it, what
-    configs written before model.base_heads meant (heads fixed, head size grown), kept so the runs trained
-    then still resolve to the attention scale they trained with. Start-up refuses that case for new runs
-    (:func:`base_head_problem`): the config does not say whether heads or head size grew."""
+    parametrization.base_head_dim (a ValueError when both are given and disagree). With neither,
+    base_width / heads (heads fixed), what configs written before model.base_heads meant: start-up refuses
+    that case for new runs away from the base width (:func:`base_head_problem`)."""
     base_width = model.base_width or model.width
     if model.base_heads is not None:
         size = base_width / model.base_heads
@@ -81,22 +59,18 @@ def resolve_base_head_dim(model: ModelConfig, cfg: ParametrizationConfig) -> flo
 
 def _disagreement(model: ModelConfig, cfg: ParametrizationConfig) -> str:
     base_width, heads = model.base_width or model.width, model.base_heads
-    return (
-        f"model.base_heads ({heads}) and parametrization.base_head_dim ({cfg.base_head_dim}) disagree: "
-        f"model.base_width {base_width} / {heads} heads is head size {base_width // heads}; "
-        "drop parametrization.base_head_dim (model.base_heads says the same)"
-    )
+    return (f"model.base_heads ({heads}) and parametrization.base_head_dim ({cfg.base_head_dim}) disagree: "
+            f"model.base_width {base_width} / {heads} heads is head size {base_width // heads}; drop "
+            "parametrization.base_head_dim (model.base_heads says the same)")
 
 
 def base_head_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | None:
     """Why the base head size cannot be trusted (one line naming the keys and the fix), or None.
 
     model.base_heads and parametrization.base_head_dim must agree and give a whole number of base heads,
-    under any preset (a contradiction is refused even where it changes nothing). Only the width-scaled
-    presets' attention scale depends on the base head size, and only a transformer has attention: for
-    them, away from the base width (m != 1), the config must say how the width grew. More heads at a fixed
-    head size and wider heads at a fixed head count give attention scales that differ by a factor sqrt(m),
-    and nothing else in the config tells them apart."""
+    under any preset. Away from the base width (m != 1), a width-scaled transformer's config must say how
+    the width grew: more heads at a fixed head size and wider heads at a fixed head count give attention
+    scales that differ by a factor sqrt(m)."""
     if model.block != "transformer":
         return None  # no attention (the linear block's own check names base_head_dim as having no effect)
     base_width = model.base_width or model.width
@@ -104,21 +78,17 @@ def base_head_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | N
         if model.base_heads is not None and cfg.base_head_dim * model.base_heads != base_width:
             return _disagreement(model, cfg)
         if base_width % cfg.base_head_dim:
-            return (
-                f"parametrization.base_head_dim ({cfg.base_head_dim}) does not divide model.base_width "
-                f"({base_width}): the base shape would have a fractional number of heads; set "
-                "model.base_heads (the base shape's head count) instead"
-            )
+            return (f"parametrization.base_head_dim ({cfg.base_head_dim}) does not divide model.base_width "
+                    f"({base_width}): the base shape would have a fractional number of heads; set "
+                    "model.base_heads (the base shape's head count) instead")
         if base_width == model.width and cfg.base_head_dim != model.head_dim:
             # as model.base_heads at the base width (the schema's check): this model is its own base shape
             base = "is unset" if model.base_width is None else f"equals model.width ({model.width})"
-            return (
-                f"parametrization.base_head_dim ({cfg.base_head_dim}) differs from the head size "
-                f"({model.head_dim}) but model.base_width {base}, so this model is its own base shape: set "
-                "model.base_width to the width tuned at, or drop parametrization.base_head_dim"
-            )
+            return (f"parametrization.base_head_dim ({cfg.base_head_dim}) differs from the head size "
+                    f"({model.head_dim}) but model.base_width {base}, so this model is its own base shape: "
+                    "set model.base_width to the width tuned at, or drop parametrization.base_head_dim")
         return None
-    if model.base_heads is not None or base_width == model.width or not attention_scales_with_base(cfg.name):
+    if model.base_heads is not None or base_width == model.width or not scales_width(cfg.name):
         return None
     heads, size = model.heads, model.head_dim
     choices = []
@@ -130,11 +100,9 @@ def base_head_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | N
            else f"set model.base_heads to the head count of the base shape (a divisor of {base_width})")
     if base_width % heads == 0:  # what configs from before model.base_heads resolved to: heads fixed
         fix += f"; a run started before model.base_heads existed trained with model.base_heads: {heads}"
-    return (
-        f"the base head size is ambiguous: model.width grows from model.base_width {base_width} to "
-        f"{model.width} ({heads} heads of {size}) under {cfg.name}, whose attention scale depends on "
-        f"whether heads or head size grew; {fix}"
-    )
+    return (f"the base head size is ambiguous: model.width grows from model.base_width {base_width} to "
+            f"{model.width} ({heads} heads of {size}) under {cfg.name}, whose attention scale depends on "
+            f"whether heads or head size grew; {fix}")
 
 
 def preset_gamma(name: str, alpha: float, optimizer: str) -> float:
@@ -173,10 +141,8 @@ def adam_wd_rule(cfg: ParametrizationConfig) -> str:
 class RoleRule:
     """Per-role numbers, all absolute except the multipliers (relative to the base eta, eps, lambda)."""
 
-    init_std: float
-    """Std of the normal init; 0 means 'constant init_value'."""
-    init_value: float
-    """Constant init (LayerNorm gains 1, biases 0) when init_std is 0."""
+    init_std: float  # Std of the normal init; 0 means 'constant init_value'
+    init_value: float  # Constant init (LayerNorm gains 1, biases 0) when init_std is 0
     lr_mult: float
     eps_mult: float
     wd_mult: float
@@ -186,12 +152,9 @@ class RoleRule:
 class Multipliers:
     """Forward-pass numbers the model multiplies by; plain floats, so model code knows no rules."""
 
-    embedding: float
-    """Multiplies the (token + position) embedding: alpha_in."""
-    branch: float
-    """Multiplies every residual branch's output: a * r^-alpha."""
-    readout: float
-    """Multiplies the final hidden state before the LM head: alpha_out / m under muP."""
+    embedding: float  # Multiplies the (token + position) embedding: alpha_in
+    branch: float  # Multiplies every residual branch's output: a * r^-alpha
+    readout: float  # Multiplies the final hidden state before the LM head: alpha_out / m under muP
     attn_scale: float
     """Softmax scale of attention logits: alpha_attn / sqrt(d_head) under SP, alpha_attn * sqrt(d_head0) / d_head
     with width scaling (muP's 1/d_head, equal to SP's at the base shape)."""
@@ -226,20 +189,10 @@ class Parametrization:
             gamma = preset_gamma(cfg.name, alpha, optimizer)
         base_width = model.base_width or model.width
         base_depth = model.base_depth or model.depth
-        return cls(
-            name=cfg.name,
-            optimizer=optimizer,
-            width_scaling=width_scaling,
-            alpha=alpha,
-            gamma=gamma,
-            m=model.width / base_width,
-            r=model.depth / base_depth,
-            depth=model.depth,
-            base_depth=base_depth,
-            head_dim=model.head_dim,
-            base_head_dim=resolve_base_head_dim(model, cfg),
-            cfg=cfg,
-        )
+        return cls(name=cfg.name, optimizer=optimizer, width_scaling=width_scaling, alpha=alpha, gamma=gamma,
+                   m=model.width / base_width, r=model.depth / base_depth, depth=model.depth,
+                   base_depth=base_depth, head_dim=model.head_dim,
+                   base_head_dim=resolve_base_head_dim(model, cfg), cfg=cfg)
 
     @property
     def depth_scaling(self) -> bool:
@@ -255,12 +208,8 @@ class Parametrization:
         else:
             attn_scale = c.attn_multiplier / math.sqrt(self.head_dim)
             readout = c.output_multiplier
-        return Multipliers(
-            embedding=c.input_multiplier,
-            branch=c.branch_multiplier * self.r**-self.alpha,
-            readout=readout,
-            attn_scale=attn_scale,
-        )
+        return Multipliers(embedding=c.input_multiplier, branch=c.branch_multiplier * self.r**-self.alpha,
+                           readout=readout, attn_scale=attn_scale)
 
     # ---- per-role rules ------------------------------------------------------------------------
     def rule(self, role: Role) -> RoleRule:
@@ -268,10 +217,11 @@ class Parametrization:
         r = self.r if self.depth_scaling else 1.0  # SP and muP do not parametrize depth: r := 1 in every rule
         init_std, init_value = self._init(role, w)
         if self.optimizer in SGD_FAMILY:
-            # vector-like parameters (one wide dimension) get eta * m, matrices eta (mup.MuSGD)
+            # SGD does not normalise gradients: vector-like parameters (embeddings, biases, gains, and the
+            # readout behind its 1/m multiplier) get eta * m, matrices eta (mup.MuSGD)
             lr_width = 1.0 if role.is_hidden_matrix else w
         else:
-            lr_width = 1.0 / w if role.is_hidden_matrix else 1.0  # mup.MuAdam
+            lr_width = 1.0 / w if role.is_hidden_matrix else 1.0  # Adam normalises entry-wise (mup.MuAdam)
         lr_depth = r**-self.gamma if role.in_branch else 1.0
         return RoleRule(init_std, init_value, lr_width * lr_depth, self._eps(role, w, r),
                         self._wd(role, w, r, lr_width, lr_depth))
@@ -288,10 +238,10 @@ class Parametrization:
         if self.optimizer in SGD_FAMILY:
             return 1.0
         rule = eps_rule(self.cfg)
-        if rule == "all_groups":  # CompleteP's reference code: adam_eps *= 1/m * r^-alpha, every group
+        # all_groups: CompleteP's reference code, adam_eps *= 1/m * r^-alpha in every group;
+        # residual_blocks: CompleteP Table 1, "AdamW eps (residual blocks)"
+        if rule == "all_groups" or (rule == "residual_blocks" and role.in_branch):
             return 1.0 / (w * r**self.alpha)
-        if rule == "residual_blocks":  # CompleteP Table 1, "AdamW eps (residual blocks)"
-            return 1.0 / (w * r**self.alpha) if role.in_branch else 1.0
         if rule == "gradient":  # eps follows the size of each group's gradient entries
             width, depth = self._grad_scale(role, w, r)
             return width * depth
@@ -351,14 +301,11 @@ class Parametrization:
         for role in roles or list(Role):
             rule = self.rule(role)
             rows.append(
-                {
-                    "role": role.value,
-                    "init": f"{rule.init_std:.4g}" if rule.init_std else f"const {rule.init_value:g}",
-                    "multiplier": self.forward_multiplier(role),
-                    "lr": optimizer.lr * rule.lr_mult,
-                    "eps": optimizer.eps * rule.eps_mult if self.optimizer in ADAM_FAMILY else None,
-                    "weight_decay": optimizer.weight_decay * rule.wd_mult,
-                }
+                {"role": role.value,
+                 "init": f"{rule.init_std:.4g}" if rule.init_std else f"const {rule.init_value:g}",
+                 "multiplier": self.forward_multiplier(role), "lr": optimizer.lr * rule.lr_mult,
+                 "eps": optimizer.eps * rule.eps_mult if self.optimizer in ADAM_FAMILY else None,
+                 "weight_decay": optimizer.weight_decay * rule.wd_mult}
             )
         return rows
 
@@ -430,10 +377,8 @@ class Parametrization:
 
     def format_table(self, optimizer: OptimizerConfig, roles: list[Role] | None = None) -> str:
         mult = self.multipliers()
-        head = (
-            f"parametrization {self.name} ({self.optimizer}): m = {self.m:g}, r = {self.r:g}, "
-            f"alpha = {self.alpha:g}, gamma = {self.gamma:g}; attention scale {mult.attn_scale:.4g}"
-        )
+        head = (f"parametrization {self.name} ({self.optimizer}): m = {self.m:g}, r = {self.r:g}, alpha = "
+                f"{self.alpha:g}, gamma = {self.gamma:g}; attention scale {mult.attn_scale:.4g}")
         if self.width_scaling:  # the base head size it came from: which way the width grew, made visible
             head += f" (head size {self.head_dim}, base {self.base_head_dim:g})"
         if roles is not None and Role.READOUT not in roles:
@@ -442,9 +387,7 @@ class Parametrization:
         lines = [head, f"{'role':<12} {'init std':>10} {'fwd mult':>9} {'lr':>11} {'eps':>11} {'wd':>11}"]
         for row in self.describe(optimizer, roles):
             eps = f"{row['eps']:>11.4g}" if row["eps"] is not None else f"{'-':>11}"
-            lines.append(
-                f"{row['role']:<12} {row['init']:>10} {row['multiplier']:>9.4g} {row['lr']:>11.4g} {eps} "
-                f"{row['weight_decay']:>11.4g}"
-            )
+            lines.append(f"{row['role']:<12} {row['init']:>10} {row['multiplier']:>9.4g} {row['lr']:>11.4g} "
+                         f"{eps} {row['weight_decay']:>11.4g}")
         lines.extend(f"rule: {line}" for line in self.sources())
         return "\n".join(lines)
