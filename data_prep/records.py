@@ -9,17 +9,18 @@ Every reader yields :class:`RawDoc` and counts what it skipped in a ``Counter`` 
 
 from __future__ import annotations
 
-import gzip
+import itertools
 import json
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from data_prep.config import ReadConfig
 from data_prep.credentials import describe_failure
 from data_prep.hygiene import too_large
 from data_prep.inputs import InputFile, RawDoc
+from data_prep.text_inputs import lines_until_damage, open_maybe_gzip
 from data_prep.warc import read_arc, read_warc
 from megadepth.common.errors import DataError
 
@@ -58,32 +59,16 @@ def _row_doc(row: dict, i: int, inp: InputFile, cfg: ReadConfig, stats: Counter)
     )
 
 
-def _batches_docs(batches, inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    i = 0
-    for batch in batches:
-        for row in batch.to_pylist():
-            stats["read:records"] += 1
-            doc = _row_doc(row, i, inp, cfg, stats)
-            i += 1
-            if doc is not None:
-                yield doc
+def _rows_docs(rows: Iterable, inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
+    for i, row in enumerate(rows):
+        stats["read:records"] += 1
+        doc = _row_doc(row if isinstance(row, dict) else {}, i, inp, cfg, stats)
+        if doc is not None:
+            yield doc
 
 
 def _columns(names, cfg: ReadConfig) -> list[str]:
     return [c for c in (cfg.text_column, cfg.id_column, cfg.url_column) if c in names]
-
-
-def _read_parquet(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(inp.path)
-        cols = _columns(pf.schema_arrow.names, cfg)
-        yield from _batches_docs(pf.iter_batches(batch_size=1024, columns=cols), inp, cfg, stats)
-    except OSError as e:
-        if _unavailable(e, inp.remote):
-            raise
-        stats["corrupt:file"] += 1
 
 
 def _open_arrow(path: str):
@@ -95,18 +80,25 @@ def _open_arrow(path: str):
         return pa.ipc.open_file(pa.memory_map(path))
 
 
-def _read_arrow(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
+def _read_table(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
+    """Parquet and Arrow files, read in batches of the needed columns."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    damage = (OSError, pa.ArrowInvalid) if inp.kind == "arrow" else OSError
     try:
-        reader = _open_arrow(inp.path)
-        cols = _columns(reader.schema.names, cfg)
-        if isinstance(reader, pa.ipc.RecordBatchFileReader):
-            batches = (reader.get_batch(i).select(cols) for i in range(reader.num_record_batches))
+        if inp.kind == "parquet":
+            pf = pq.ParquetFile(inp.path)
+            batches = pf.iter_batches(batch_size=1024, columns=_columns(pf.schema_arrow.names, cfg))
         else:
-            batches = (b.select(cols) for b in reader)
-        yield from _batches_docs(batches, inp, cfg, stats)
-    except (OSError, pa.ArrowInvalid) as e:
+            reader = _open_arrow(inp.path)
+            cols = _columns(reader.schema.names, cfg)
+            if isinstance(reader, pa.ipc.RecordBatchFileReader):
+                batches = (reader.get_batch(i).select(cols) for i in range(reader.num_record_batches))
+            else:
+                batches = (b.select(cols) for b in reader)
+        yield from _rows_docs(itertools.chain.from_iterable(b.to_pylist() for b in batches), inp, cfg, stats)
+    except damage as e:
         if _unavailable(e, inp.remote):
             raise
         stats["corrupt:file"] += 1
@@ -123,52 +115,30 @@ def _first_byte(f) -> bytes:
         f.seek(0)
 
 
-def _json_array_docs(f, inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    """A ``.json`` file that is one JSON array of objects (which Hugging Face's json loader also reads),
-    rather than JSON lines: parsed whole, as that loader does."""
-    try:
-        rows = json.load(f)
-    except (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError):
-        stats["corrupt:file"] += 1
-        return
-    for i, row in enumerate(rows if isinstance(rows, list) else []):
-        stats["read:records"] += 1
-        doc = _row_doc(row if isinstance(row, dict) else {}, i, inp, cfg, stats)
-        if doc is not None:
-            yield doc
-
-
 def _read_jsonl(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    opener = gzip.open if inp.path.lower().endswith(".gz") else open
-    with opener(inp.path, "rb") as f:
+    with open_maybe_gzip(inp.path) as f:
         try:
             array = _first_byte(f) == b"["
         except (EOFError, OSError, zlib.error):
             stats["corrupt:truncated"] += 1
             return
         if array:
-            yield from _json_array_docs(f, inp, cfg, stats)
-            return
-        i = 0
-        while True:
+            # one JSON array of objects (which Hugging Face's json loader also reads): parsed whole, as it does
             try:
-                line = f.readline()
-            except (EOFError, OSError, zlib.error):
-                stats["corrupt:truncated"] += 1
+                rows = json.load(f)
+            except (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError):
+                stats["corrupt:file"] += 1
                 return
-            if not line:
-                return
-            if not line.strip():
-                continue
+            yield from _rows_docs(rows if isinstance(rows, list) else [], inp, cfg, stats)
+            return
+        for i, line in enumerate(ln for ln in lines_until_damage(f, stats, "corrupt:truncated") if ln.strip()):
             stats["read:records"] += 1
             try:
                 row = json.loads(line)
             except (UnicodeDecodeError, ValueError):
                 stats["corrupt:record"] += 1
-                i += 1
                 continue
             doc = _row_doc(row if isinstance(row, dict) else {}, i, inp, cfg, stats)
-            i += 1
             if doc is not None:
                 yield doc
 
@@ -176,8 +146,8 @@ def _read_jsonl(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[Raw
 _READERS = {
     "warc": read_warc,
     "arc": read_arc,
-    "parquet": _read_parquet,
-    "arrow": _read_arrow,
+    "parquet": _read_table,
+    "arrow": _read_table,
     "jsonl": _read_jsonl,
 }
 
