@@ -258,8 +258,8 @@ def build_text_shards(
     counted (``skipped.too_large``).
     """
     given_tok = Path(tokenizer) if tokenizer is not None else None
-    return _build(inputs, Path(out_dir), vocab_size, given_tok, docs_per_shard, seed, model_type, split_paragraphs,
-                  progress, max_doc_bytes)[0]
+    return _build(inputs, Path(out_dir), vocab_size, given_tok, docs_per_shard, seed, model_type,
+                  split_paragraphs, progress, max_doc_bytes)[0]
 
 
 def prepare_sample_data(
@@ -343,8 +343,9 @@ def _run(fn: Any, out: Path) -> int:
     except (DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    state = "already up to date" if reused else "written"
     print(f"{out}: {manifest['documents']} documents, {manifest['tokens']} tokens in "
-          f"{len(manifest['shards'])} shard(s), vocab {manifest['vocab_size']} ({'already up to date' if reused else 'written'})")
+          f"{len(manifest['shards'])} shard(s), vocab {manifest['vocab_size']} ({state})")
     return 0
 
 

@@ -14,6 +14,7 @@ import contextlib
 import mmap
 import os
 import re
+import shutil
 import tempfile
 import zlib
 from collections import Counter
@@ -31,7 +32,6 @@ _GZ_MAGIC = b"\x1f\x8b\x08"
 _MAX_HEADER = 64 << 10
 _RECORD_START = re.compile(rb"(?:^|\n)WARC/\d\.\d+\r?\n")
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.I)
-
 
 
 def _is_binary(payload: bytes) -> bool:
@@ -78,24 +78,14 @@ def _decode_transfer(body: bytes, headers: dict[str, str]) -> bytes:
 
 
 def _select(
-    rtype: str,
-    warc: dict[str, str],
-    status: int | None,
-    http: dict[str, str],
-    length: int,
-    cfg: ReadConfig,
+    rtype: str, warc: dict[str, str], status: int | None, http: dict[str, str], length: int, cfg: ReadConfig,
     stats: Counter,
 ) -> str | None:
     """'html' or 'text' when a record should become a document, else None (and the reason counted)."""
-    if rtype == "conversion":
-        kind = "text"
-    elif rtype in ("response", "resource"):
-        kind = "html"
-    elif rtype in ("", "unknown", "no_type"):
-        stats["corrupt:record"] += 1  # no readable WARC-Type header
-        return None
-    else:
-        stats[f"skip:record_{rtype}"] += 1
+    kind = {"conversion": "text", "response": "html", "resource": "html"}.get(rtype)
+    if kind is None:
+        # no readable WARC-Type header is damage; another type (request, metadata, ...) is skipped
+        stats["corrupt:record" if rtype in ("", "unknown", "no_type") else f"skip:record_{rtype}"] += 1
         return None
     if not warc.get("warc-target-uri"):
         stats["skip:no_url"] += 1
@@ -168,6 +158,13 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
         stream_detect=True,
     )
     held: tuple[str, RawDoc | None, Counter] | None = None
+
+    def release(rid: str, doc: RawDoc | None, counts: Counter) -> Iterator[RawDoc]:
+        delivered.add(rid)
+        stats.update(counts)
+        if doc is not None:
+            yield doc
+
     seen: Counter = Counter()
     last_pos = 0
     n = 0
@@ -197,18 +194,12 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
                 # the rest of the file would otherwise hide every record after it
                 raise _Damaged("truncated record")
             if held is not None:
-                delivered.add(held[0])
-                stats.update(held[2])
-                if held[1] is not None:
-                    yield held[1]
+                yield from release(*held)
             held = (rid, doc, counts)
     except OSError as e:
         raise _Damaged(str(e)) from None
     if held is not None:
-        delivered.add(held[0])
-        stats.update(held[2])
-        if held[1] is not None:
-            yield held[1]
+        yield from release(*held)
     if not remote and path.lower().endswith(".gz") and not _gzip_tail_ok(path, last_pos):
         raise _Damaged("gzip framing")
     stats["read:records"] += n
@@ -326,12 +317,14 @@ def _parse_header_block(block: bytes) -> tuple[dict[str, str], bool]:
     return headers, ok
 
 
+def _blank_line(buf, start: int, stop: int) -> tuple[int, int]:
+    """Where the first CRLF CRLF (else LF LF) in ``buf[start:stop]`` starts (-1: none), and its length."""
+    end = buf.find(b"\r\n\r\n", start, stop)
+    return (end, 4) if end >= 0 else (buf.find(b"\n\n", start, stop), 2)
+
+
 def _parse_http(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
-    end = block.find(b"\r\n\r\n")
-    sep = 4
-    if end < 0:
-        end = block.find(b"\n\n")
-        sep = 2
+    end, sep = _blank_line(block, 0, len(block))
     if end < 0 or not block.startswith(b"HTTP/"):
         return None, {}, block
     head = block[:end].split(b"\n")
@@ -358,8 +351,7 @@ def _lenient_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set[
     ) as plain:
         if is_remote(path):
             with _open_any(path) as src:
-                for block in iter(lambda: src.read(_CHUNK), b""):
-                    raw.write(block)
+                shutil.copyfileobj(src, raw, _CHUNK)
             raw.flush()
             src_f = raw
         else:
@@ -400,11 +392,7 @@ def _scan(
     elif pos > 0 and buf[:pos].strip():
         stats["corrupt:record"] += 1  # junk before the first record
     while pos >= 0:
-        hdr_end = buf.find(b"\r\n\r\n", pos, pos + _MAX_HEADER)
-        sep = 4
-        if hdr_end < 0:
-            hdr_end = buf.find(b"\n\n", pos, pos + _MAX_HEADER)
-            sep = 2
+        hdr_end, sep = _blank_line(buf, pos, pos + _MAX_HEADER)
         if hdr_end < 0:
             stats["corrupt:record"] += 1
             pos = _next_start(buf, pos + 1)
@@ -486,11 +474,9 @@ def read_arc(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc
                 warc = _lower(rec.rec_headers.headers)
                 http = _lower(rec.http_headers.headers) if rec.http_headers else {}
                 status = None
-                if rec.http_headers is not None:
-                    try:
+                with contextlib.suppress(TypeError, ValueError):
+                    if rec.http_headers is not None:
                         status = int(rec.http_headers.get_statuscode())
-                    except (TypeError, ValueError):
-                        status = None
                 rtype = rec.rec_type or ""
                 length = int(warc.get("content-length", "0") or 0)
                 kind = _select(rtype, warc, status, http, length, cfg, stats)
