@@ -1,26 +1,12 @@
-"""Credentials for remote inputs: used to read, never written down.
+"""Credentials for remote inputs: used to read, never written down (docs/data_prep.md, "Credentials").
 
-A URL such as ``https://alice:s3cret@data.example.org/crawl/x.warc.gz`` must still be readable, but its
-``alice:s3cret`` must not reach ``plan.json``, ``manifest.json``, the documents' ``source`` column, done
-markers, error messages or generated Slurm scripts: those are shared, copied and committed. So the
-credentials are taken out of the URL when the inputs are resolved (:func:`remember`), everything
-persisted holds the clean URL, and a reader asks for them again when it opens the URL
-(:func:`storage_options`), from sources made for secrets, in this order:
-
-1. ``$MEGADEPTH_HTTP_CREDENTIALS``: whitespace-separated ``https://USER:PASSWORD@HOST[:PORT]`` entries
-   (percent-encoded as in a URL), matched by origin (scheme, host and port), so a password given for
-   ``https://`` is never sent over ``http://`` or to another host. Credentials taken from an input URL
-   are added here in this process, so the local ``--workers`` pool (spawned processes inherit the
-   environment) reads with them too; nothing else sees them.
-2. ``~/.netrc`` (or the file ``$NETRC`` names), matched by host, as curl and pip read it.
-
-A later ``prep task`` (a Slurm array task reading ``plan.json``) has only these two: the submitting
-shell's environment (sbatch exports it by default) or a ``~/.netrc`` on the cluster. A refused read
-(HTTP 401/403) says so and names them (:func:`describe_failure`).
-
-Only http(s) URLs carry credentials this way; other protocols (``s3://``, ``gs://``) take theirs from
-their own configuration (AWS profiles, environment variables), and their ``@`` may mean something else
-(``abfs://container@account...``).
+The user:password of an http(s) URL is taken out of it when the inputs are resolved (:func:`remember`),
+so ``plan.json``, manifests, the ``source`` column, messages and Slurm scripts hold the clean URL. A
+reader asks for credentials again when it opens the URL (:func:`storage_options`): from
+``$MEGADEPTH_HTTP_CREDENTIALS`` (matched by origin, so a password for ``https://`` never goes over
+``http://`` or to another host; an input URL's credentials are added there for this process and the
+workers it spawns), else ``~/.netrc`` (or ``$NETRC``) by host. Other protocols (``s3://``, ``gs://``)
+take theirs from their own configuration, and their ``@`` may mean something else.
 """
 
 from __future__ import annotations
@@ -35,14 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 from megadepth.common.errors import DataError
 
 __all__ = [
-    "ENV",
-    "Credential",
-    "describe_failure",
-    "lookup",
-    "origin",
-    "redact",
-    "remember",
-    "split_credentials",
+    "ENV", "Credential", "describe_failure", "lookup", "origin", "redact", "remember", "split_credentials",
     "storage_options",
 ]
 
@@ -168,7 +147,11 @@ def _netrc_credential(host: str) -> Credential | None:
     if found is None:
         return None
     login, account, password = found
-    return Credential(login or account or "", password or "", os.environ.get("NETRC") or "~/.netrc")
+    return Credential(login or account or "", password or "", _netrc_name())
+
+
+def _netrc_name() -> str:
+    return os.environ.get("NETRC") or "~/.netrc"
 
 
 def _netrc() -> netrc.netrc:
@@ -184,9 +167,9 @@ def netrc_problem() -> str | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        return f"{os.environ.get('NETRC') or '~/.netrc'} cannot be read ({e.strerror})"
+        return f"{_netrc_name()} cannot be read ({e.strerror})"
     except netrc.NetrcParseError as e:
-        where = os.environ.get("NETRC") or "~/.netrc"
+        where = _netrc_name()
         if "permissive" in (e.msg or ""):
             return f"{where} is ignored: others can read it (chmod 600 {where})"
         return f"{where} is ignored: not a netrc file (line {e.lineno})"
