@@ -27,9 +27,6 @@ from megadepth.common.errors import DataError
 __all__ = ["InputUnavailable", "RawDoc", "check_input_columns", "read_documents"]
 
 
-# ------------------------------------------------------------------------------- datasets sources
-
-
 def _short_name(path: str) -> str:
     """``folder/file`` of a path or URL: enough to tell a dataset's splits apart, and the same wherever
     the dataset is moved to."""
@@ -48,15 +45,10 @@ def _row_doc(row: dict, i: int, inp: InputFile, cfg: ReadConfig, stats: Counter)
     if not text.strip():
         stats["skip:empty"] += 1
         return None
-    rid = row.get(cfg.id_column)
-    url = row.get(cfg.url_column)
-    return RawDoc(
-        # without an id column: folder/file:row (two inputs train/part-0 and valid/part-0 stay apart)
-        id=str(rid) if rid is not None else f"{_short_name(inp.path)}:{i}",
-        url=str(url) if url is not None else "",
-        date="",
-        text=text,
-    )
+    rid, url = row.get(cfg.id_column), row.get(cfg.url_column)
+    # without an id column: folder/file:row (two inputs train/part-0 and valid/part-0 stay apart)
+    rid = str(rid) if rid is not None else f"{_short_name(inp.path)}:{i}"
+    return RawDoc(id=rid, url=str(url) if url is not None else "", date="", text=text)
 
 
 def _rows_docs(rows: Iterable, inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:

