@@ -107,14 +107,6 @@ def _env_entries() -> dict[str, Credential]:
     return out
 
 
-def _write_env(entries: dict[str, Credential]) -> None:
-    def entry(key: str, c: Credential) -> str:
-        scheme, hostport = key.split("://", 1)
-        return f"{scheme}://{quote(c.user, safe='')}:{quote(c.password, safe='')}@{hostport}"
-
-    os.environ[ENV] = " ".join(entry(k, c) for k, c in sorted(entries.items()))
-
-
 def remember(url: str, seen: dict[str, Credential] | None = None) -> tuple[str, bool]:
     """``(url without credentials, whether it had any)``. Credentials found are kept for this process
     and the worker processes it starts (in ``$MEGADEPTH_HTTP_CREDENTIALS``, which they inherit), never
@@ -131,9 +123,9 @@ def remember(url: str, seen: dict[str, Credential] | None = None) -> tuple[str, 
         known = seen.setdefault(key, cred)
         if (known.user, known.password) != (cred.user, cred.password):
             raise DataError(f"{key}: two different user:password pairs in the inputs; give one per host")
-    entries = _env_entries()
-    entries[key] = cred
-    _write_env(entries)
+    entries = {**_env_entries(), key: cred}
+    userinfo = {k: f"{quote(c.user, safe='')}:{quote(c.password, safe='')}@" for k, c in entries.items()}
+    os.environ[ENV] = " ".join(k.replace("://", "://" + userinfo[k], 1) for k in sorted(entries))
     return clean, True
 
 
@@ -183,8 +175,7 @@ def lookup(url: str) -> Credential | None:
         return own
     if not clean.lower().startswith(_HTTP):
         return None
-    key = origin(clean)
-    entry = _env_entries().get(key)
+    entry = _env_entries().get(origin(clean))
     if entry is not None:
         return entry
     host = urlsplit(clean).hostname

@@ -25,10 +25,8 @@ SUFFIXES = (".jsonl.gz", ".jsonl", ".txt")
 #: Byte order marks of the wide Unicode encodings a Windows editor may save ``.txt`` files in. UTF-32 LE
 #: comes first because its mark starts with UTF-16 LE's.
 _WIDE_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
 )
 
 
@@ -105,14 +103,11 @@ def _decode_txt(path: Path, data: bytes, stats: Counter) -> str:
         try:
             data = data.decode(wide).encode("utf-8")  # the codec consumes the BOM
         except UnicodeDecodeError as e:
-            raise DataError(
-                f"{path}: starts with a {wide.upper()} byte order mark but is not valid {wide.upper()} "
-                f"(byte {e.start})"
-            ) from None
-    elif data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    text = _decode_lines(data, stats)
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+            w = wide.upper()
+            raise DataError(f"{path}: starts with a {w} byte order mark but is not valid {w} (byte {e.start})") from None
+    else:
+        data = data.removeprefix(codecs.BOM_UTF8)
+    return _decode_lines(data, stats).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _read_txt(path: Path, split_paragraphs: bool, stats: Counter) -> Iterator[str]:

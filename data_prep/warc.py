@@ -97,11 +97,8 @@ def _select(
         if rtype == "response" and cfg.http_ok_only and (status is None or not 200 <= status < 300):
             stats["skip:http_status"] += 1
             return None
-        mime = warc.get("warc-identified-payload-type") or (
-            http.get("content-type", "") if http else warc.get("content-type", "")
-        )
-        mime = mime.split(";", 1)[0].strip().lower()
-        if mime not in cfg.mime_types:
+        mime = warc.get("warc-identified-payload-type") or (http or warc).get("content-type", "")
+        if mime.split(";", 1)[0].strip().lower() not in cfg.mime_types:
             stats["skip:mime"] += 1
             return None
     return kind
@@ -122,20 +119,16 @@ def _make_doc(
     if _is_binary(payload):
         stats["skip:binary"] += 1
         return None
-    doc = RawDoc(
-        id=warc.get("warc-record-id", "").strip("<>") or warc.get("warc-target-uri", ""),
-        url=warc.get("warc-target-uri", ""),
-        date=warc.get("warc-date", ""),
-    )
+    url = warc.get("warc-target-uri", "")
+    doc = RawDoc(id=warc.get("warc-record-id", "").strip("<>") or url, url=url, date=warc.get("warc-date", ""))
+    m = _CHARSET.search((warc if kind == "text" else http).get("content-type", ""))
+    charset = m.group(1) if m else None
     if kind == "text":
         # Common Crawl's WET text is UTF-8; other converters' is not always: the same order as HTML
         # (BOM, strict UTF-8, the declared charset, then detection), counted as read:non_utf8
-        m = _CHARSET.search(warc.get("content-type", ""))
-        doc.text = decode_html(payload, m.group(1) if m else None, stats)
+        doc.text = decode_html(payload, charset, stats)
     else:
-        doc.html = payload
-        m = _CHARSET.search(http.get("content-type", ""))
-        doc.charset = m.group(1) if m else None
+        doc.html, doc.charset = payload, charset
     return doc
 
 
