@@ -126,9 +126,7 @@ def fetch_sources(
         pinned.write_text(f"{src.requirement} --hash=sha256:{src.sha256}\n", encoding="utf-8")
         cmd = [sys.executable, "-m", "pip", "download", "--no-binary", src.name, "--no-deps", "--require-hashes",
                "--disable-pip-version-check", "--retries", "0", "--timeout", str(timeout), "-d", str(cache),
-               "-r", str(pinned)]
-        if index_url:
-            cmd += ["--index-url", index_url]
+               "-r", str(pinned), *(["--index-url", index_url] if index_url else [])]
         where = index_url or os.environ.get("PIP_INDEX_URL") or "pip's configured index (PyPI by default)"
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30 * 60)
@@ -147,9 +145,6 @@ def fetch_sources(
         paths.append(path)
     return paths
 
-
-# ----------------------------------------------------------------------------------------------------
-# reStructuredText -> plain text
 
 #: Directives whose whole block (the line, its options and its indented body) carries no prose.
 _DROP_BLOCK = {
@@ -211,38 +206,25 @@ def clean_rst(text: str) -> str:
     n = len(lines)
     while i < n:
         line = lines[i]
+        i += 1
         d = _DIRECTIVE.match(line)
-        c = None if d else _COMMENT.match(line)
-        if d or c:
+        if d or _COMMENT.match(line):
             base = _indent(line)
             name = d.group("name").split(":")[-1].lower() if d else None
             drop_body = d is None or name in _DROP_BLOCK
             arg = d.group("arg").strip() if d else ""
             if d and not drop_body and arg and name not in ("code-block", "code", "sourcecode", "highlight"):
                 out.append(" " * base + _inline(arg))  # a note's first line, a rubric, a function signature
-            i += 1
             while i < n and _OPTION.match(lines[i]) and _indent(lines[i]) > base:
                 i += 1
             if drop_body:
                 while i < n and (not lines[i].strip() or _indent(lines[i]) > base):
                     i += 1
             continue
-        if _ADORNMENT.match(line):
-            i += 1
-            continue
         stripped = line.rstrip()
-        if stripped.strip() == "::":
-            i += 1
-            continue
-        if stripped.endswith("::"):
-            stripped = stripped[:-1]
-        out.append(_inline(stripped))
-        i += 1
+        if not _ADORNMENT.match(line) and stripped.strip() != "::":
+            out.append(_inline(stripped[:-1] if stripped.endswith("::") else stripped))
     return BLANK_RUN.sub("\n\n", "\n".join(out)).strip("\n")
-
-
-# ----------------------------------------------------------------------------------------------------
-# Reading and de-duplicating
 
 
 def _doc_member(source: Source, member: str) -> bool:
@@ -338,9 +320,7 @@ def corpus_documents(
     return docs
 
 
-def large_corpus_jsonl(
-    archives: Sequence[tuple[Source, Path]], stats: Counter | None = None,
-) -> bytes:
+def large_corpus_jsonl(archives: Sequence[tuple[Source, Path]], stats: Counter | None = None) -> bytes:
     """The corpus as JSONL bytes (one ``{"text": ...}`` per line) from the given sdists."""
     stats = stats if stats is not None else Counter()
 
