@@ -74,14 +74,6 @@ def _refuse_pipeline_output(out_dir: Path) -> None:
         raise DataError(f"{out_dir}: holds a 'megadepth prep run' output; write text shards to another directory")
 
 
-def _check_given_tokenizer(path: Path) -> None:
-    """A given model must load and have an EOS piece (every document ends in EOS): checked before any
-    work, so that a wrong ``--tokenizer`` touches nothing."""
-    sp = tk.load_tokenizer(path)
-    if int(sp.eos_id()) < 0:
-        raise DataError(f"{path}: the tokenizer has no EOS piece (documents must end in EOS)")
-
-
 @contextlib.contextmanager
 def _removed_on_failure(path: Path) -> Iterator[None]:
     """If the body raises, remove the directories it made for ``path`` (``path`` and its missing parents,
@@ -142,8 +134,9 @@ def _build(
     input_records = [
         {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files
     ]
-    if not trained:
-        _check_given_tokenizer(given_tok)  # fail before touching out_dir
+    # a given model must load and have an EOS piece (every document ends in EOS), before out_dir is touched
+    if not trained and int(tk.load_tokenizer(given_tok).eos_id()) < 0:
+        raise DataError(f"{given_tok}: the tokenizer has no EOS piece (documents must end in EOS)")
     config = {
         "format_version": _FORMAT_VERSION,
         "inputs": [r["sha256"] for r in input_records],
@@ -180,11 +173,9 @@ def _build_staged(
     files: list[Path], staging: Path, label: str, vocab_size: int, given_tok: Path | None, seed: int,
     model_type: str, split_paragraphs: bool, docs_per_shard: int, progress: bool, max_doc_bytes: int,
 ) -> dict:
-    """The tokenizer (trained, or ``given_tok`` copied) and the shards, written into ``staging``.
-
-    Returns the manifest; its ``config_hash``, ``config`` and ``inputs`` are placeholders for the
-    caller to fill in (they stay in place so that manifest.json keeps its key order).
-    """
+    """The tokenizer (trained, or ``given_tok`` copied) and the shards, written into ``staging``; returns
+    the manifest, whose ``config_hash``, ``config`` and ``inputs`` the caller fills in (placeholders keep
+    manifest.json's key order)."""
     from tqdm import tqdm
 
     tok_path = staging / TOKENIZER
@@ -243,11 +234,9 @@ def build_text_shards(
 ) -> dict:
     """Tokenize local text files into a data directory; returns its manifest.
 
-    Trains a tokenizer on the inputs (or copies ``tokenizer``) into ``OUT/tokenizer.model``, encodes
-    each document followed by EOS into ``OUT/shard_00000.bin/.idx``, ... (``docs_per_shard`` documents
-    each; token dtype uint16 below 65,500 pieces), and writes ``OUT/manifest.json`` last. If the
-    directory already holds a complete result for the same configuration and input bytes, that
-    manifest is returned and nothing is rewritten. Documents over ``max_doc_bytes`` are skipped and
+    Trains a tokenizer on the inputs (or copies ``tokenizer``), encodes each document followed by EOS
+    into ``OUT/shard_NNNNN.bin/.idx`` (``docs_per_shard`` documents each) and writes ``manifest.json``
+    last; an up-to-date result is returned as it is. Documents over ``max_doc_bytes`` are skipped and
     counted (``skipped.too_large``).
     """
     given_tok = Path(tokenizer) if tokenizer is not None else None
@@ -258,11 +247,8 @@ def build_text_shards(
 def prepare_sample_data(
     out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE, *, progress: bool = True
 ) -> dict:
-    """The embedded default data: CPython's own documentation -> ``OUT/`` shards (seconds, no network).
-
-    The source text is kept as ``OUT/source/python_docs.jsonl`` so that the manifest's input hash
-    refers to a file a user can read.
-    """
+    """The embedded default data: CPython's own documentation -> ``OUT/`` shards (seconds, no network);
+    the text is kept as ``OUT/source/python_docs.jsonl``, so that the manifest's input hash names a file."""
     return _build_sample(Path(out_dir), vocab_size, progress)[0]
 
 
@@ -361,10 +347,8 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
-    """Register ``text`` and ``sample`` on the ``megadepth prep`` subparsers.
-
-    Each parser sets ``func``: call ``args.func(args)`` to get the exit code (0 ok, 2 bad input).
-    """
+    """Register ``text`` and ``sample`` on the ``megadepth prep`` subparsers; ``args.func(args)`` gives the
+    exit code (0 ok, 2 bad input)."""
     text = subparsers.add_parser(
         "text", help="tokenize local .txt/.jsonl/.jsonl.gz files into shards",
         description="Tokenize local text into Megatron .bin/.idx shards with a sentencepiece tokenizer.")

@@ -97,11 +97,9 @@ def train_tokenizer(
 ) -> Path:
     """Train a sentencepiece model on ``documents``; writes ``OUT_PREFIX.model`` and returns its path.
 
-    Settings follow Llama's tokenizer, chosen so that decoding gives back the exact input text:
-    identity normalisation, whitespace kept as is, byte fallback (no unknown tokens, newlines and rare
-    characters become byte pieces), digits split. Special ids are fixed: unk=0, bos=1, eos=2, no pad.
-    The model is produced in memory (so the output path is not embedded in it) and the same inputs and
-    seed give byte-identical models; threads are capped at 2 to keep that and the machine usable.
+    Llama's settings, so that decoding gives back the exact input text (identity normalisation,
+    whitespace kept, byte fallback, digits split); special ids unk=0, bos=1, eos=2, no pad. The model is
+    made in memory (no output path in it) with at most 2 threads: the same inputs and seed give the same bytes.
     """
     import sentencepiece as spm
 
@@ -163,10 +161,9 @@ class ShardWriter:
         t = time.process_time()
         encoded = self.sp.encode(texts, num_threads=threads)
         self.encode_seconds += time.process_time() - t
-        lengths = np.empty(len(encoded), dtype=np.int64)
-        for j, ids in enumerate(encoded):
+        for ids in encoded:
             ids.append(self.eos)
-            lengths[j] = len(ids)
+        lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
         flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=self.dtype, count=int(lengths.sum()))
         start = 0
         for end in np.cumsum(lengths).tolist():
