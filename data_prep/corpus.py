@@ -1,12 +1,9 @@
 """Real text and WARC files built from it, offline: for tests, benchmarks and trying the pipeline.
 
-Nothing here is downloaded. The English prose is CPython's own documentation (``pydoc_data.topics``,
-in every Python install); the HTML pages are pydoc's rendering of standard-library modules (real
-HTML: tables, navigation, code) and article pages that wrap the prose in the navigation, sidebar,
-scripts and footer a website has; the other languages come from the word lists of the ``justext``
-package (compiled from Wikipedia in each language; installed with trafilatura). The WARC writer can
-write Common Crawl's layout (one gzip member per record, warcinfo / request / response / metadata) and
-the damaged variants the pipeline must survive.
+The English prose is CPython's own documentation (``pydoc_data.topics``); the HTML pages are pydoc's
+rendering of standard-library modules and article pages wrapping the prose in a website's navigation,
+sidebar, scripts and footer; other languages come from ``justext``'s word lists (from Wikipedia). The
+WARC writer writes Common Crawl's layout and the damaged variants the pipeline must survive.
 """
 
 from __future__ import annotations

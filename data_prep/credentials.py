@@ -63,11 +63,8 @@ def _netloc_span(url: str) -> tuple[int, int]:
 
 
 def split_credentials(url: str) -> tuple[str, Credential | None]:
-    """``(url without user:password, the credential)`` for an http(s) URL; other strings unchanged.
-
-    The rest of the URL is kept byte for byte (no normalisation), so the clean URL is the one the
-    plan's hash and the documents' ``source`` column have always held for that file.
-    """
+    """``(url without user:password, the credential)`` for an http(s) URL; other strings unchanged. The
+    rest of the URL is kept byte for byte, as the plan's hash and the ``source`` column hold it."""
     if not url.lower().startswith(_HTTP):
         return url, None
     start, end = _netloc_span(url)
@@ -108,12 +105,11 @@ def _env_entries() -> dict[str, Credential]:
 
 
 def remember(url: str, seen: dict[str, Credential] | None = None) -> tuple[str, bool]:
-    """``(url without credentials, whether it had any)``. Credentials found are kept for this process
-    and the worker processes it starts (in ``$MEGADEPTH_HTTP_CREDENTIALS``, which they inherit), never
-    on disk; for the same origin they replace an entry the variable had.
+    """``(url without credentials, whether it had any)``. Credentials found go into
+    ``$MEGADEPTH_HTTP_CREDENTIALS`` (for this process and the workers it starts), never on disk.
 
-    ``seen`` collects the credentials of one command's inputs by origin: two different ones for one
-    origin are refused, since which one a file is read with would depend on the order of the inputs.
+    ``seen`` collects one command's credentials by origin: two different ones for one origin are
+    refused, since which one a file is read with would depend on the order of the inputs.
     """
     clean, cred = split_credentials(url)
     if cred is None:

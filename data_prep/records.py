@@ -1,10 +1,8 @@
 """Reading documents out of input files, robustly: damage is skipped and counted, never fatal.
 
-WARC, WET and ARC files are read by :mod:`data_prep.warc`. Parquet, JSONL and Arrow files (Hugging Face
-``datasets`` sources) give one document per row.
-
-Every reader yields :class:`RawDoc` and counts what it skipped in a ``Counter`` under ``read:*`` /
-``skip:*`` / ``corrupt:*`` keys, which end up in the manifest's drop reasons.
+WARC, WET and ARC files are read by :mod:`data_prep.warc`; Parquet, JSONL and Arrow files (Hugging Face
+``datasets`` sources) give one document per row. Every reader yields :class:`RawDoc` and counts what it
+skipped under ``read:*`` / ``skip:*`` / ``corrupt:*`` keys, which end up in the manifest's drop reasons.
 """
 
 from __future__ import annotations
@@ -153,11 +151,8 @@ class InputUnavailable(DataError):
 
 
 def _unavailable(e: BaseException, remote: bool) -> bool:
-    """True for failures of the file system or network, False for damaged content.
-
-    Damage shows up as ``zlib.error``, ``EOFError`` or an ``OSError`` without an errno (``gzip``'s
-    BadGzipFile); the operating system and the network raise errors with one (or their own classes).
-    """
+    """True for failures of the file system or network (errors with an errno, or their own classes),
+    False for damaged content (``zlib.error``, ``EOFError``, an ``OSError`` without errno: BadGzipFile)."""
     if isinstance(e, (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)):
         return True
     if isinstance(e, OSError) and e.errno is not None:

@@ -1,9 +1,8 @@
 """An embedded sample corpus that needs no network: the documentation text shipped inside CPython.
 
-``pydoc_data.topics`` is the text behind ``help("if")`` etc.: 79 topics, about 465 kB of real English
-prose and code with an open licence (PSF), present in every CPython install. It is small enough to
-tokenize in seconds and real enough that a small model's loss drops visibly on it -- which is what a
-first run needs. Its exact content follows the Python version, so the manifest records hashes.
+``pydoc_data.topics`` (the text behind ``help("if")``): ~465 kB of real English prose and code under the
+PSF licence in every CPython install, tokenized in seconds, real enough that a small model's loss drops
+visibly. Its content follows the Python version, so the manifest records hashes.
 """
 
 from __future__ import annotations

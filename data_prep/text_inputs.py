@@ -1,8 +1,5 @@
-"""Local text for ``prep text``: which files of the given paths are read, and their documents.
-
-``.txt`` files (one document each, or one per blank-line-separated paragraph; UTF-8, or UTF-16/32 with a
-byte order mark) and JSONL with a ``text`` field (``.jsonl``, ``.jsonl.gz``).
-"""
+"""Local text for ``prep text``: which files of the given paths are read, and their documents
+(``.txt``, ``.jsonl``, ``.jsonl.gz``)."""
 
 from __future__ import annotations
 
@@ -69,11 +66,8 @@ def expand_inputs(paths: Iterable[str | Path], unread: list[Path] | None = None)
 
 
 def _decode_lines(data: bytes, stats: Counter) -> str:
-    """UTF-8 text, dropping (and counting) only the lines that do not decode or hold a NUL byte.
-
-    NUL is valid UTF-8 but never part of real text: it is the mark of a binary file or of UTF-16/32
-    saved without a byte order mark (``L\\0i\\0n\\0e\\0``), which would otherwise pass as garbage text.
-    """
+    """UTF-8 text, dropping (and counting) only the lines that do not decode or hold a NUL byte (valid
+    UTF-8, but the mark of a binary file or of UTF-16/32 without a byte order mark, never of real text)."""
     if b"\x00" not in data:
         try:
             return data.decode("utf-8")
@@ -92,12 +86,9 @@ def _decode_lines(data: bytes, stats: Counter) -> str:
 
 
 def _decode_txt(path: Path, data: bytes, stats: Counter) -> str:
-    """A ``.txt`` file's text: UTF-8 (a leading BOM dropped), or UTF-16/32 when it starts with their BOM.
-
-    Line ends become ``\\n`` (``\\r\\n`` and a lone ``\\r`` too, as Python's text mode reads them), so
-    that paragraphs split the same way and no ``\\r`` byte pieces are spent on a Windows file. A file
-    that announces UTF-16/32 but does not decode as such is refused: there are no lines to skip in it.
-    """
+    """A ``.txt`` file's text: UTF-8 (a leading BOM dropped), or UTF-16/32 when it starts with their BOM
+    (refused when it then does not decode: there are no lines to skip in it). Line ends become ``\\n``,
+    as in Python's text mode, so paragraphs split alike and no ``\\r`` pieces are spent on Windows files."""
     wide = _wide_codec(data)
     if wide is not None:
         try:

@@ -109,12 +109,9 @@ def _build(
     seed: int, model_type: str, split_paragraphs: bool, progress: bool,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> tuple[dict, bool]:
-    """:func:`build_text_shards`, also saying whether an up-to-date manifest was reused.
-
-    Arguments and a given tokenizer are checked before ``out_dir`` is touched; the tokenizer and shards
-    are then built in ``OUT/.text_shards.staging`` and moved in only when complete, so a rerun that fails
-    (a vocabulary sentencepiece refuses, a bad input file, Ctrl-C) leaves the previous output usable.
-    """
+    """:func:`build_text_shards`, also saying whether an up-to-date manifest was reused. Arguments are
+    checked before ``out_dir`` is touched; the result is built in ``OUT/.text_shards.staging`` and moved in
+    only when complete, so a rerun that fails (or Ctrl-C) leaves the previous output usable."""
     if docs_per_shard < 1:
         raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
     if model_type not in ("bpe", "unigram"):

@@ -1,11 +1,9 @@
 """WARC, WET and ARC files to :class:`~data_prep.inputs.RawDoc`, robustly: damage is skipped and counted.
 
-WARC and WET files are read with FastWARC. When FastWARC stops on damage (a malformed header, a
-Content-Length that does not match, junk between gzip members, a truncated member, which FastWARC
-ends on silently and we detect from the gzip framing), the file is read again by a lenient parser of
-our own that decompresses member by member, resynchronises on the next ``WARC/1.x`` line and checks
-every record's length against its terminator; the records FastWARC already delivered are not repeated.
-ARC files go through warcio, which converts them.
+WARC and WET files are read with FastWARC. When FastWARC stops on damage (a malformed header, a bad
+Content-Length, junk between gzip members, a truncated member, found from the gzip framing), the rest
+is read by a lenient parser of our own that inflates member by member and resynchronises on the next
+``WARC/1.x`` line, without repeating delivered records. ARC files go through warcio, which converts them.
 """
 
 from __future__ import annotations
@@ -217,10 +215,8 @@ _CHUNK = 1 << 20
 
 
 def _inflate_member(data, pos: int, sink) -> tuple[int, bool]:
-    """Inflate the gzip member at ``pos`` of ``data`` (bytes or mmap), passing output to ``sink``.
-
-    Returns (offset just after the member, complete?). Memory stays at one chunk. Raises zlib.error.
-    """
+    """Inflate the gzip member at ``pos`` of ``data`` (bytes or mmap) into ``sink``, a chunk at a time;
+    returns (offset just after the member, complete?). Raises zlib.error."""
     d = zlib.decompressobj(31)
     cur, n = pos, len(data)
     while not d.eof:
@@ -238,11 +234,8 @@ def _inflate_member(data, pos: int, sink) -> tuple[int, bool]:
 
 
 def _gzip_tail_ok(path: str, last_pos: int) -> bool:
-    """Is the gzip member holding the last record complete, with nothing after it?
-
-    FastWARC ends silently on a truncated member; this finds it by inflating only that member (the
-    whole stream for a file compressed as one stream), not the file.
-    """
+    """Is the gzip member holding the last record complete, with nothing after it? (FastWARC ends
+    silently on a truncated member.) Only that member is inflated (a one-stream file: all of it)."""
     size = os.path.getsize(path)
     if size == 0:
         return True
@@ -258,12 +251,9 @@ def _gzip_tail_ok(path: str, last_pos: int) -> bool:
 
 
 def _decompress_members(data, dst, stats: Counter) -> bool:
-    """Write the content of every readable gzip member of ``data`` into ``dst``, in order.
-
-    A member that fails to inflate is skipped up to the next gzip header, junk between members too;
-    a truncated last member contributes what could be inflated. Each is counted. Returns whether the
-    file ended inside a member.
-    """
+    """Write the content of every readable gzip member of ``data`` into ``dst``, in order; returns
+    whether the file ended inside a member. Bad members and junk are skipped up to the next gzip header,
+    a truncated last member gives what could be inflated; each is counted."""
     pos, n = 0, len(data)
     while pos < n:
         if data[pos : pos + 3] != _GZ_MAGIC:
@@ -329,11 +319,8 @@ def _parse_http(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
 
 
 def _lenient_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set[str]) -> Iterator[RawDoc]:
-    """Our own WARC parser for damaged files (see the module doc). Slower, and only used after damage.
-
-    Compressed files are inflated member by member into a temporary file; both are memory-mapped, so
-    memory does not grow with the file.
-    """
+    """Our own WARC parser for damaged files (see the module doc). Compressed files are inflated into a
+    temporary file; both are memory-mapped, so memory does not grow with the file."""
     with tempfile.TemporaryFile(prefix="megadepth-warc-") as raw, \
             tempfile.TemporaryFile(prefix="megadepth-warc-") as plain:
         if is_remote(path):
