@@ -145,11 +145,8 @@ def warc_record(rtype: str, block: bytes, headers: dict[str, str] | None = None,
 
 
 def warcinfo(filename: str = "test.warc.gz") -> bytes:
-    return warc_record(
-        "warcinfo",
-        b"isPartOf: TEST-CRAWL\r\nsoftware: megadepth data_prep.corpus\r\n",
-        {"Content-Type": "application/warc-fields", "WARC-Filename": filename},
-    )
+    return warc_record("warcinfo", b"isPartOf: TEST-CRAWL\r\nsoftware: megadepth data_prep.corpus\r\n",
+                       {"Content-Type": "application/warc-fields", "WARC-Filename": filename})
 
 
 def warc_response(
@@ -181,12 +178,9 @@ def warc_response(
 
 def wet_conversion(url: str, text: str) -> bytes:
     """A WET ``conversion`` record (Common Crawl's own text extraction)."""
-    return warc_record(
-        "conversion",
-        text.encode("utf-8"),
-        {"WARC-Target-URI": url, "WARC-Record-ID": _rid("conversion", url), "Content-Type": "text/plain",
-         "WARC-Refers-To": _rid("response", url)},
-    )
+    return warc_record("conversion", text.encode("utf-8"), {
+        "WARC-Target-URI": url, "WARC-Record-ID": _rid("conversion", url), "Content-Type": "text/plain",
+        "WARC-Refers-To": _rid("response", url)})
 
 
 def write_warc(path: str | Path, records: Iterable[bytes], compress: str = "members") -> Path:

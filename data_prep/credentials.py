@@ -48,8 +48,7 @@ class Credential:
 
     def header(self) -> str:
         """The ``Authorization`` header value (HTTP Basic)."""
-        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
-        return f"Basic {token}"
+        return "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
 
     def __repr__(self) -> str:  # a Credential printed by accident shows no password
         return f"Credential(user={self.user!r}, password='***', source={self.source!r})"

@@ -82,8 +82,7 @@ SOURCES: tuple[Source, ...] = (
 
 def default_cache_dir() -> Path:
     """``$MEGADEPTH_CACHE/sdists``, else ``$XDG_CACHE_HOME/megadepth/sdists``, else ``~/.cache/...``."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
+    if root := os.environ.get(CACHE_ENV):
         return Path(root) / "sdists"
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "megadepth" / "sdists"

@@ -194,14 +194,9 @@ def check_input_columns(inputs: list[InputFile], cfg: ReadConfig) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for inp in inputs:
+    for inp in (i for i in inputs if i.kind in ("parquet", "arrow")):
         try:
-            if inp.kind == "parquet":
-                names = pq.read_schema(inp.path).names
-            elif inp.kind == "arrow":
-                names = _open_arrow(inp.path).schema.names
-            else:
-                continue
+            names = pq.read_schema(inp.path).names if inp.kind == "parquet" else _open_arrow(inp.path).schema.names
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{inp.path}: not a readable {inp.kind} file ({e})") from None
         if cfg.text_column not in names:

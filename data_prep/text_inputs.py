@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from data_prep.hygiene import DEFAULT_MAX_DOC_BYTES, too_large, unread_files
+from data_prep.inputs import is_data_dir
 from data_prep.sample_text import BLANK_RUN
 from megadepth.common.errors import DataError
 
@@ -51,8 +52,6 @@ def expand_inputs(paths: Iterable[str | Path], unread: list[Path] | None = None)
                 raise DataError(f"{p}: no {', '.join(SUFFIXES)} files in this directory")
             files.extend(found)
             if unread is not None:
-                from data_prep.inputs import is_data_dir
-
                 unread.extend(f.resolve() for f in unread_files(p, lambda f: _suffix(f) is not None, is_data_dir))
         elif p.is_file():
             if not _suffix(p):

@@ -49,9 +49,8 @@ _STAGING = ".text_shards.staging"
 
 def _manifest_is_current(out_dir: Path, config_hash: str) -> dict | None:
     """The existing manifest when it was made with this configuration and its files are intact."""
-    m = out_dir / MANIFEST
     try:
-        manifest = json.loads(m.read_text(encoding="utf-8"))
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:

@@ -35,9 +35,7 @@ _CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.I)
 def _is_binary(payload: bytes) -> bool:
     """Binary junk: NUL bytes near the start (no HTML or text page has them; UTF-16 is caught first)."""
     head = payload[:1024]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return False
-    return b"\x00" in head
+    return not head.startswith((b"\xff\xfe", b"\xfe\xff")) and b"\x00" in head
 
 
 def _dechunk(body: bytes) -> bytes:
