@@ -144,10 +144,7 @@ _READERS = {
 
 class InputUnavailable(DataError):
     """An input could not be read for a reason outside its bytes (gone, no permission, network error).
-
-    Unlike damage, which is skipped and counted for good, this fails the unit: it gets no done marker,
-    so running the same command again retries the file instead of losing it for the rest of the run.
-    """
+    Unlike damage, this fails the unit (no done marker), so running the command again retries the file."""
 
 
 def _unavailable(e: BaseException, remote: bool) -> bool:
@@ -161,11 +158,8 @@ def _unavailable(e: BaseException, remote: bool) -> bool:
 
 
 def read_documents(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    """Documents of one input file; damaged parts are counted in ``stats`` and skipped.
-
-    A file whose bytes cannot be had at all (deleted, unreadable, a network failure) raises
-    :class:`InputUnavailable` instead: that is not damage, and a rerun may well read it.
-    """
+    """Documents of one input file; damaged parts are counted in ``stats`` and skipped. A file whose bytes
+    cannot be had at all (deleted, unreadable, a network failure) raises :class:`InputUnavailable`."""
     if not inp.remote and inp.size is not None:
         try:
             size = os.stat(inp.path).st_size
