@@ -1,12 +1,9 @@
 """Real text and WARC files built from it, offline: for tests, benchmarks and trying the pipeline.
 
-Nothing here is downloaded. The English prose is CPython's own documentation (``pydoc_data.topics``,
-in every Python install); the HTML pages are pydoc's rendering of standard-library modules (real
-HTML: tables, navigation, code) and article pages that wrap the prose in the navigation, sidebar,
-scripts and footer a website has; the other languages come from the word lists of the ``justext``
-package (compiled from Wikipedia in each language; installed with trafilatura). The WARC writer can
-write Common Crawl's layout (one gzip member per record, warcinfo / request / response / metadata) and
-the damaged variants the pipeline must survive.
+The English prose is CPython's own documentation (``pydoc_data.topics``); the HTML pages are pydoc's
+rendering of standard-library modules and article pages wrapping the prose in a website's navigation,
+sidebar, scripts and footer; other languages come from ``justext``'s word lists (from Wikipedia). The
+WARC writer writes Common Crawl's layout and the damaged variants the pipeline must survive.
 """
 
 from __future__ import annotations
@@ -19,16 +16,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 __all__ = [
-    "article_html",
-    "language_text",
-    "module_doc_pages",
-    "prose_pages",
-    "prose_paragraphs",
-    "warc_record",
-    "warc_response",
-    "warcinfo",
-    "wet_conversion",
-    "write_warc",
+    "article_html", "language_text", "module_doc_pages", "prose_pages", "prose_paragraphs", "warc_record",
+    "warc_response", "warcinfo", "wet_conversion", "write_warc",
 ]
 
 _BLANK = re.compile(r"\n\s*\n")
@@ -62,12 +51,8 @@ def prose_paragraphs(min_words: int = 25) -> list[str]:
 def prose_pages(per_page: int = 5) -> list[tuple[str, list[str]]]:
     """(title, paragraphs) articles of ``per_page`` consecutive prose paragraphs."""
     paras = prose_paragraphs()
-    pages = []
-    for i in range(0, len(paras) - per_page + 1, per_page):
-        group = paras[i : i + per_page]
-        title = " ".join(group[0].split()[:6]).rstrip(".,;:")
-        pages.append((title, group))
-    return pages
+    groups = (paras[i : i + per_page] for i in range(0, len(paras) - per_page + 1, per_page))
+    return [(" ".join(group[0].split()[:6]).rstrip(".,;:"), group) for group in groups]
 
 
 def article_html(title: str, paragraphs: Sequence[str], *, site: str = "Example Docs", lang: str = "en") -> str:
@@ -160,67 +145,42 @@ def warc_record(rtype: str, block: bytes, headers: dict[str, str] | None = None,
 
 
 def warcinfo(filename: str = "test.warc.gz") -> bytes:
-    return warc_record(
-        "warcinfo",
-        b"isPartOf: TEST-CRAWL\r\nsoftware: megadepth data_prep.corpus\r\n",
-        {"Content-Type": "application/warc-fields", "WARC-Filename": filename},
-    )
+    return warc_record("warcinfo", b"isPartOf: TEST-CRAWL\r\nsoftware: megadepth data_prep.corpus\r\n",
+                       {"Content-Type": "application/warc-fields", "WARC-Filename": filename})
 
 
 def warc_response(
-    url: str,
-    body: bytes,
-    *,
-    content_type: str = "text/html; charset=utf-8",
-    status: int = 200,
-    payload_type: str | None = "text/html",
-    extra_http: dict[str, str] | None = None,
-    with_request: bool = True,
+    url: str, body: bytes, *, content_type: str = "text/html; charset=utf-8", status: int = 200,
+    payload_type: str | None = "text/html", extra_http: dict[str, str] | None = None, with_request: bool = True,
 ) -> list[bytes]:
     """Common Crawl's records for one URL: request, response (HTTP + body), metadata."""
     rid = _rid("response", url)
     http = f"HTTP/1.1 {status} {'OK' if status == 200 else 'Status'}\r\nContent-Type: {content_type}\r\n"
     http += "".join(f"{k}: {v}\r\n" for k, v in (extra_http or {}).items())
     block = http.encode("latin-1") + b"\r\n" + body
-    headers = {
-        "WARC-Target-URI": url,
-        "WARC-Record-ID": rid,
-        "Content-Type": "application/http; msgtype=response",
-    }
+    headers = {"WARC-Target-URI": url, "WARC-Record-ID": rid,
+               "Content-Type": "application/http; msgtype=response"}
     if payload_type:
         headers["WARC-Identified-Payload-Type"] = payload_type
-    out = []
-    if with_request:
-        req = f"GET {url} HTTP/1.1\r\nHost: example\r\n\r\n".encode()
-        out.append(
-            warc_record(
-                "request",
-                req,
-                {"WARC-Target-URI": url, "WARC-Record-ID": _rid("request", url),
-                 "Content-Type": "application/http; msgtype=request"},
-            )
-        )
-    out.append(warc_record("response", block, headers))
-    if with_request:
-        out.append(
-            warc_record(
-                "metadata",
-                b"fetchTimeMs: 100\r\n",
-                {"WARC-Target-URI": url, "WARC-Record-ID": _rid("metadata", url),
-                 "Content-Type": "application/warc-fields", "WARC-Concurrent-To": rid},
-            )
-        )
-    return out
+    response = warc_record("response", block, headers)
+    if not with_request:
+        return [response]
+    req = f"GET {url} HTTP/1.1\r\nHost: example\r\n\r\n".encode()
+    return [
+        warc_record("request", req, {"WARC-Target-URI": url, "WARC-Record-ID": _rid("request", url),
+                                     "Content-Type": "application/http; msgtype=request"}),
+        response,
+        warc_record("metadata", b"fetchTimeMs: 100\r\n", {
+            "WARC-Target-URI": url, "WARC-Record-ID": _rid("metadata", url),
+            "Content-Type": "application/warc-fields", "WARC-Concurrent-To": rid}),
+    ]
 
 
 def wet_conversion(url: str, text: str) -> bytes:
     """A WET ``conversion`` record (Common Crawl's own text extraction)."""
-    return warc_record(
-        "conversion",
-        text.encode("utf-8"),
-        {"WARC-Target-URI": url, "WARC-Record-ID": _rid("conversion", url), "Content-Type": "text/plain",
-         "WARC-Refers-To": _rid("response", url)},
-    )
+    return warc_record("conversion", text.encode("utf-8"), {
+        "WARC-Target-URI": url, "WARC-Record-ID": _rid("conversion", url), "Content-Type": "text/plain",
+        "WARC-Refers-To": _rid("response", url)})
 
 
 def write_warc(path: str | Path, records: Iterable[bytes], compress: str = "members") -> Path:

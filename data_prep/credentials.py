@@ -1,26 +1,12 @@
-"""Credentials for remote inputs: used to read, never written down.
+"""Credentials for remote inputs: used to read, never written down (docs/data_prep.md, "Credentials").
 
-A URL such as ``https://alice:s3cret@data.example.org/crawl/x.warc.gz`` must still be readable, but its
-``alice:s3cret`` must not reach ``plan.json``, ``manifest.json``, the documents' ``source`` column, done
-markers, error messages or generated Slurm scripts: those are shared, copied and committed. So the
-credentials are taken out of the URL when the inputs are resolved (:func:`remember`), everything
-persisted holds the clean URL, and a reader asks for them again when it opens the URL
-(:func:`storage_options`), from sources made for secrets, in this order:
-
-1. ``$MEGADEPTH_HTTP_CREDENTIALS``: whitespace-separated ``https://USER:PASSWORD@HOST[:PORT]`` entries
-   (percent-encoded as in a URL), matched by origin (scheme, host and port), so a password given for
-   ``https://`` is never sent over ``http://`` or to another host. Credentials taken from an input URL
-   are added here in this process, so the local ``--workers`` pool (spawned processes inherit the
-   environment) reads with them too; nothing else sees them.
-2. ``~/.netrc`` (or the file ``$NETRC`` names), matched by host, as curl and pip read it.
-
-A later ``prep task`` (a Slurm array task reading ``plan.json``) has only these two: the submitting
-shell's environment (sbatch exports it by default) or a ``~/.netrc`` on the cluster. A refused read
-(HTTP 401/403) says so and names them (:func:`describe_failure`).
-
-Only http(s) URLs carry credentials this way; other protocols (``s3://``, ``gs://``) take theirs from
-their own configuration (AWS profiles, environment variables), and their ``@`` may mean something else
-(``abfs://container@account...``).
+The user:password of an http(s) URL is taken out of it when the inputs are resolved (:func:`remember`),
+so ``plan.json``, manifests, the ``source`` column, messages and Slurm scripts hold the clean URL. A
+reader asks for credentials again when it opens the URL (:func:`storage_options`): from
+``$MEGADEPTH_HTTP_CREDENTIALS`` (matched by origin, so a password for ``https://`` never goes over
+``http://`` or to another host; an input URL's credentials are added there for this process and the
+workers it spawns), else ``~/.netrc`` (or ``$NETRC``) by host. Other protocols (``s3://``, ``gs://``)
+take theirs from their own configuration, and their ``@`` may mean something else.
 """
 
 from __future__ import annotations
@@ -35,14 +21,7 @@ from urllib.parse import quote, unquote, urlsplit
 from megadepth.common.errors import DataError
 
 __all__ = [
-    "ENV",
-    "Credential",
-    "describe_failure",
-    "lookup",
-    "origin",
-    "redact",
-    "remember",
-    "split_credentials",
+    "ENV", "Credential", "describe_failure", "lookup", "origin", "redact", "remember", "split_credentials",
     "storage_options",
 ]
 
@@ -69,8 +48,7 @@ class Credential:
 
     def header(self) -> str:
         """The ``Authorization`` header value (HTTP Basic)."""
-        token = base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
-        return f"Basic {token}"
+        return "Basic " + base64.b64encode(f"{self.user}:{self.password}".encode()).decode("ascii")
 
     def __repr__(self) -> str:  # a Credential printed by accident shows no password
         return f"Credential(user={self.user!r}, password='***', source={self.source!r})"
@@ -84,11 +62,8 @@ def _netloc_span(url: str) -> tuple[int, int]:
 
 
 def split_credentials(url: str) -> tuple[str, Credential | None]:
-    """``(url without user:password, the credential)`` for an http(s) URL; other strings unchanged.
-
-    The rest of the URL is kept byte for byte (no normalisation), so the clean URL is the one the
-    plan's hash and the documents' ``source`` column have always held for that file.
-    """
+    """``(url without user:password, the credential)`` for an http(s) URL; other strings unchanged. The
+    rest of the URL is kept byte for byte, as the plan's hash and the ``source`` column hold it."""
     if not url.lower().startswith(_HTTP):
         return url, None
     start, end = _netloc_span(url)
@@ -128,21 +103,12 @@ def _env_entries() -> dict[str, Credential]:
     return out
 
 
-def _write_env(entries: dict[str, Credential]) -> None:
-    def entry(key: str, c: Credential) -> str:
-        scheme, hostport = key.split("://", 1)
-        return f"{scheme}://{quote(c.user, safe='')}:{quote(c.password, safe='')}@{hostport}"
-
-    os.environ[ENV] = " ".join(entry(k, c) for k, c in sorted(entries.items()))
-
-
 def remember(url: str, seen: dict[str, Credential] | None = None) -> tuple[str, bool]:
-    """``(url without credentials, whether it had any)``. Credentials found are kept for this process
-    and the worker processes it starts (in ``$MEGADEPTH_HTTP_CREDENTIALS``, which they inherit), never
-    on disk; for the same origin they replace an entry the variable had.
+    """``(url without credentials, whether it had any)``. Credentials found go into
+    ``$MEGADEPTH_HTTP_CREDENTIALS`` (for this process and the workers it starts), never on disk.
 
-    ``seen`` collects the credentials of one command's inputs by origin: two different ones for one
-    origin are refused, since which one a file is read with would depend on the order of the inputs.
+    ``seen`` collects one command's credentials by origin: two different ones for one origin are
+    refused, since which one a file is read with would depend on the order of the inputs.
     """
     clean, cred = split_credentials(url)
     if cred is None:
@@ -152,9 +118,9 @@ def remember(url: str, seen: dict[str, Credential] | None = None) -> tuple[str, 
         known = seen.setdefault(key, cred)
         if (known.user, known.password) != (cred.user, cred.password):
             raise DataError(f"{key}: two different user:password pairs in the inputs; give one per host")
-    entries = _env_entries()
-    entries[key] = cred
-    _write_env(entries)
+    entries = {**_env_entries(), key: cred}
+    userinfo = {k: f"{quote(c.user, safe='')}:{quote(c.password, safe='')}@" for k, c in entries.items()}
+    os.environ[ENV] = " ".join(k.replace("://", "://" + userinfo[k], 1) for k in sorted(entries))
     return clean, True
 
 
@@ -168,7 +134,11 @@ def _netrc_credential(host: str) -> Credential | None:
     if found is None:
         return None
     login, account, password = found
-    return Credential(login or account or "", password or "", os.environ.get("NETRC") or "~/.netrc")
+    return Credential(login or account or "", password or "", _netrc_name())
+
+
+def _netrc_name() -> str:
+    return os.environ.get("NETRC") or "~/.netrc"
 
 
 def _netrc() -> netrc.netrc:
@@ -184,9 +154,9 @@ def netrc_problem() -> str | None:
     except FileNotFoundError:
         return None
     except OSError as e:
-        return f"{os.environ.get('NETRC') or '~/.netrc'} cannot be read ({e.strerror})"
+        return f"{_netrc_name()} cannot be read ({e.strerror})"
     except netrc.NetrcParseError as e:
-        where = os.environ.get("NETRC") or "~/.netrc"
+        where = _netrc_name()
         if "permissive" in (e.msg or ""):
             return f"{where} is ignored: others can read it (chmod 600 {where})"
         return f"{where} is ignored: not a netrc file (line {e.lineno})"
@@ -200,8 +170,7 @@ def lookup(url: str) -> Credential | None:
         return own
     if not clean.lower().startswith(_HTTP):
         return None
-    key = origin(clean)
-    entry = _env_entries().get(key)
+    entry = _env_entries().get(origin(clean))
     if entry is not None:
         return entry
     host = urlsplit(clean).hostname

@@ -1,21 +1,17 @@
 """Inputs: local WARC/WET/ARC files, Common Crawl ``*.paths.gz`` lists, globs, directories, and local
 Hugging Face ``datasets`` sources (Parquet, JSONL, Arrow, ``save_to_disk`` folders).
 
-Everything is resolved and checked before any work starts: a missing path, an empty glob or a Parquet
-file without the text column is a :class:`DataError` naming it. The result is a sorted, de-duplicated
-list; its order defines the work (task ``r`` of ``W`` takes ``inputs[r::W]``) and which copy of a
-duplicate document survives.
-
-Nothing is passed over silently: files met in an input folder (or matched by a glob) that are not of a
-type read here are returned as :attr:`Resolved.unread`, for ``plan.json`` and a warning. The
-user:password of an http(s) URL is taken out of it (:mod:`data_prep.credentials`): every
-:class:`InputFile` holds the clean URL, so nothing written from it carries the secret.
+Everything is resolved and checked before any work starts (a :class:`DataError` names what is wrong).
+The result is a sorted, de-duplicated list; its order defines the work (task ``r`` of ``W`` takes
+``inputs[r::W]``) and which copy of a duplicate document survives. Files seen but not read are returned
+as :attr:`Resolved.unread`; URLs are held without their user:password (:mod:`data_prep.credentials`).
 """
 
 from __future__ import annotations
 
 import glob
 import gzip
+import itertools
 import json
 import os
 from collections.abc import Iterable, Sequence
@@ -28,20 +24,9 @@ from megadepth.common.errors import DataError
 __all__ = ["InputFile", "RawDoc", "Resolved", "is_data_dir", "kind_of", "resolve", "resolve_inputs"]
 
 _KINDS = (
-    (".warc.wet.gz", "warc"),
-    (".wet.gz", "warc"),
-    (".wet", "warc"),
-    (".warc.gz", "warc"),
-    (".warc", "warc"),
-    (".arc.gz", "arc"),
-    (".arc", "arc"),
-    (".parquet", "parquet"),
-    (".jsonl.gz", "jsonl"),
-    (".jsonl", "jsonl"),
-    (".ndjson", "jsonl"),
-    (".json.gz", "jsonl"),
-    (".json", "jsonl"),
-    (".arrow", "arrow"),
+    (".warc.wet.gz", "warc"), (".wet.gz", "warc"), (".wet", "warc"), (".warc.gz", "warc"), (".warc", "warc"),
+    (".arc.gz", "arc"), (".arc", "arc"), (".parquet", "parquet"), (".jsonl.gz", "jsonl"), (".jsonl", "jsonl"),
+    (".ndjson", "jsonl"), (".json.gz", "jsonl"), (".json", "jsonl"), (".arrow", "arrow"),
 )
 _WAT = (".wat.gz", ".wat")
 _PATHS = (".paths.gz", ".paths")
@@ -102,14 +87,6 @@ class Resolved:
     credential_origins: list[str] = field(default_factory=list)
 
 
-@dataclass
-class _Acc:
-    """Collected while resolving: unread files, and the credentials taken out of URLs by origin."""
-
-    unread: list[str] = field(default_factory=list)
-    credentials: dict[str, Credential] = field(default_factory=dict)
-
-
 def kind_of(name: str) -> str | None:
     """The reader for a file name, or None when it is not an input type."""
     low = name.lower()
@@ -162,7 +139,7 @@ def is_data_dir(p: Path) -> bool:
     return False
 
 
-def _expand_dir(p: Path, acc: _Acc) -> list[InputFile]:
+def _expand_dir(p: Path, unread: list[str]) -> list[InputFile]:
     if is_data_dir(p):
         docs = p / "documents"
         hint = f"; its kept documents are in {docs}" if docs.is_dir() else ""
@@ -197,7 +174,7 @@ def _expand_dir(p: Path, acc: _Acc) -> list[InputFile]:
             if kind_of(name) is not None:
                 found.append(_local(here / name))
             else:  # a README, a PDF, a paths list, a WAT file: not read, and said so
-                acc.unread.append(str((here / name).resolve()))
+                unread.append(str((here / name).resolve()))
     if not found:
         raise DataError(f"{p}: no WARC/WET/ARC, Parquet, JSONL or Arrow files in this directory")
     return found
@@ -217,11 +194,7 @@ def _in_data_dir(f: Path, base: Path, known: dict[Path, bool]) -> bool:
 
 
 def _glob_base(pattern: str) -> Path:
-    fixed = []
-    for part in Path(pattern).parts:
-        if any(ch in part for ch in "*?["):
-            break
-        fixed.append(part)
+    fixed = list(itertools.takewhile(lambda part: not any(ch in part for ch in "*?["), Path(pattern).parts))
     return Path(*fixed) if fixed else Path(".")
 
 
@@ -263,16 +236,18 @@ def _read_paths_file(p: Path, prefix: str | None) -> list[InputFile]:
     return [_local(root / k) for k in keys]
 
 
-def _one(raw: str, prefix: str | None, acc: _Acc) -> list[InputFile]:
+def _one(raw: str, prefix: str | None, unread: list[str], seen: dict[str, Credential]) -> list[InputFile]:
+    """The inputs behind one ``--input``; files seen but not read go to ``unread``, the credentials taken
+    out of URLs to ``seen`` (by origin)."""
     if is_remote(raw):
-        url, _ = remember(_lower_scheme(raw), acc.credentials)
+        url, _ = remember(_lower_scheme(raw), seen)
         kind = kind_of(url)
         if kind not in ("warc", "arc"):
             raise DataError(f"{url}: remote inputs must be WARC/WET/ARC files")
         return [InputFile(url, kind, None)]
     p = Path(raw).expanduser()
     if p.is_dir():
-        return _expand_dir(p, acc)
+        return _expand_dir(p, unread)
     if p.is_file():
         low = p.name.lower()
         if low.endswith(_PATHS):
@@ -296,9 +271,9 @@ def _one(raw: str, prefix: str | None, acc: _Acc) -> list[InputFile]:
                 outputs += 1
                 continue
             if kind_of(mp.name) is None and not mp.name.lower().endswith(_PATHS):
-                acc.unread.append(str(mp.resolve()))
+                unread.append(str(mp.resolve()))
                 continue
-            out.extend(_one(m, prefix, acc))
+            out.extend(_one(m, prefix, unread, seen))
         if not out:
             why = " (they lie in megadepth data directories: outputs, not inputs)" if outputs else ""
             raise DataError(f"{redact(raw)}: the matching files are not WARC/WET/ARC, Parquet, JSONL or Arrow{why}")
@@ -342,11 +317,8 @@ def check_remote(files: Sequence[InputFile]) -> None:
 def resolve_inputs(
     paths: Iterable[str | os.PathLike], prefix: str | None = None, exclude: str | os.PathLike | None = None
 ) -> list[InputFile]:
-    """The sorted, unique input files behind ``paths``; a :class:`DataError` for anything unusable.
-
-    Files under ``exclude`` (the output directory) are left out: an output inside an input directory
-    would otherwise be read back as input by the next run (its Parquet, its JSON markers).
-    """
+    """The sorted, unique input files behind ``paths``; a :class:`DataError` for anything unusable. Files
+    under ``exclude`` (the output directory) are left out, or the next run would read its outputs back."""
     return resolve(paths, prefix, exclude).files
 
 
@@ -359,18 +331,18 @@ def resolve(
     given = [os.fspath(p) for p in paths]
     if not given:
         raise DataError("no inputs given (--input PATH ...)")
-    acc = _Acc()
+    unread: list[str] = []
+    seen: dict[str, Credential] = {}
     if prefix is not None:
-        prefix, _ = remember(prefix, acc.credentials)
+        prefix, _ = remember(prefix, seen)
     skip = Path(exclude).expanduser().resolve() if exclude is not None else None
 
     def kept(path: str) -> bool:
         return skip is None or not Path(path).is_relative_to(skip)
 
     for raw in given:
-        found = [f for f in _one(raw, prefix, acc) if f.remote or kept(f.path)]
+        found = [f for f in _one(raw, prefix, unread, seen) if f.remote or kept(f.path)]
         if not found:
             raise DataError(f"{redact(raw)}: holds only the output directory's own files (--out {exclude})")
         files.update(found)
-    unread = sorted({u for u in acc.unread if kept(u)})
-    return Resolved(sorted(files, key=lambda f: f.path), unread, sorted(acc.credentials))
+    return Resolved(sorted(files, key=lambda f: f.path), sorted({u for u in unread if kept(u)}), sorted(seen))

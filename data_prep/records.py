@@ -1,32 +1,28 @@
 """Reading documents out of input files, robustly: damage is skipped and counted, never fatal.
 
-WARC, WET and ARC files are read by :mod:`data_prep.warc`. Parquet, JSONL and Arrow files (Hugging Face
-``datasets`` sources) give one document per row.
-
-Every reader yields :class:`RawDoc` and counts what it skipped in a ``Counter`` under ``read:*`` /
-``skip:*`` / ``corrupt:*`` keys, which end up in the manifest's drop reasons.
+WARC, WET and ARC files are read by :mod:`data_prep.warc`; Parquet, JSONL and Arrow files (Hugging Face
+``datasets`` sources) give one document per row. Every reader yields :class:`RawDoc` and counts what it
+skipped under ``read:*`` / ``skip:*`` / ``corrupt:*`` keys, which end up in the manifest's drop reasons.
 """
 
 from __future__ import annotations
 
-import gzip
+import itertools
 import json
 import os
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from data_prep.config import ReadConfig
 from data_prep.credentials import describe_failure
 from data_prep.hygiene import too_large
 from data_prep.inputs import InputFile, RawDoc
+from data_prep.text_inputs import lines_until_damage, open_maybe_gzip
 from data_prep.warc import read_arc, read_warc
 from megadepth.common.errors import DataError
 
 __all__ = ["InputUnavailable", "RawDoc", "check_input_columns", "read_documents"]
-
-
-# ------------------------------------------------------------------------------- datasets sources
 
 
 def _short_name(path: str) -> str:
@@ -47,43 +43,22 @@ def _row_doc(row: dict, i: int, inp: InputFile, cfg: ReadConfig, stats: Counter)
     if not text.strip():
         stats["skip:empty"] += 1
         return None
-    rid = row.get(cfg.id_column)
-    url = row.get(cfg.url_column)
-    return RawDoc(
-        # without an id column: folder/file:row (two inputs train/part-0 and valid/part-0 stay apart)
-        id=str(rid) if rid is not None else f"{_short_name(inp.path)}:{i}",
-        url=str(url) if url is not None else "",
-        date="",
-        text=text,
-    )
+    rid, url = row.get(cfg.id_column), row.get(cfg.url_column)
+    # without an id column: folder/file:row (two inputs train/part-0 and valid/part-0 stay apart)
+    rid = str(rid) if rid is not None else f"{_short_name(inp.path)}:{i}"
+    return RawDoc(id=rid, url=str(url) if url is not None else "", date="", text=text)
 
 
-def _batches_docs(batches, inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    i = 0
-    for batch in batches:
-        for row in batch.to_pylist():
-            stats["read:records"] += 1
-            doc = _row_doc(row, i, inp, cfg, stats)
-            i += 1
-            if doc is not None:
-                yield doc
+def _rows_docs(rows: Iterable, inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
+    for i, row in enumerate(rows):
+        stats["read:records"] += 1
+        doc = _row_doc(row if isinstance(row, dict) else {}, i, inp, cfg, stats)
+        if doc is not None:
+            yield doc
 
 
 def _columns(names, cfg: ReadConfig) -> list[str]:
     return [c for c in (cfg.text_column, cfg.id_column, cfg.url_column) if c in names]
-
-
-def _read_parquet(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    import pyarrow.parquet as pq
-
-    try:
-        pf = pq.ParquetFile(inp.path)
-        cols = _columns(pf.schema_arrow.names, cfg)
-        yield from _batches_docs(pf.iter_batches(batch_size=1024, columns=cols), inp, cfg, stats)
-    except OSError as e:
-        if _unavailable(e, inp.remote):
-            raise
-        stats["corrupt:file"] += 1
 
 
 def _open_arrow(path: str):
@@ -95,18 +70,25 @@ def _open_arrow(path: str):
         return pa.ipc.open_file(pa.memory_map(path))
 
 
-def _read_arrow(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
+def _read_table(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
+    """Parquet and Arrow files, read in batches of the needed columns."""
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
+    damage = (OSError, pa.ArrowInvalid) if inp.kind == "arrow" else OSError
     try:
-        reader = _open_arrow(inp.path)
-        cols = _columns(reader.schema.names, cfg)
-        if isinstance(reader, pa.ipc.RecordBatchFileReader):
-            batches = (reader.get_batch(i).select(cols) for i in range(reader.num_record_batches))
+        if inp.kind == "parquet":
+            pf = pq.ParquetFile(inp.path)
+            batches = pf.iter_batches(batch_size=1024, columns=_columns(pf.schema_arrow.names, cfg))
         else:
-            batches = (b.select(cols) for b in reader)
-        yield from _batches_docs(batches, inp, cfg, stats)
-    except (OSError, pa.ArrowInvalid) as e:
+            reader = _open_arrow(inp.path)
+            cols = _columns(reader.schema.names, cfg)
+            if isinstance(reader, pa.ipc.RecordBatchFileReader):
+                batches = (reader.get_batch(i).select(cols) for i in range(reader.num_record_batches))
+            else:
+                batches = (b.select(cols) for b in reader)
+        yield from _rows_docs(itertools.chain.from_iterable(b.to_pylist() for b in batches), inp, cfg, stats)
+    except damage as e:
         if _unavailable(e, inp.remote):
             raise
         stats["corrupt:file"] += 1
@@ -123,52 +105,30 @@ def _first_byte(f) -> bytes:
         f.seek(0)
 
 
-def _json_array_docs(f, inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    """A ``.json`` file that is one JSON array of objects (which Hugging Face's json loader also reads),
-    rather than JSON lines: parsed whole, as that loader does."""
-    try:
-        rows = json.load(f)
-    except (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError):
-        stats["corrupt:file"] += 1
-        return
-    for i, row in enumerate(rows if isinstance(rows, list) else []):
-        stats["read:records"] += 1
-        doc = _row_doc(row if isinstance(row, dict) else {}, i, inp, cfg, stats)
-        if doc is not None:
-            yield doc
-
-
 def _read_jsonl(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    opener = gzip.open if inp.path.lower().endswith(".gz") else open
-    with opener(inp.path, "rb") as f:
+    with open_maybe_gzip(inp.path) as f:
         try:
             array = _first_byte(f) == b"["
         except (EOFError, OSError, zlib.error):
             stats["corrupt:truncated"] += 1
             return
         if array:
-            yield from _json_array_docs(f, inp, cfg, stats)
-            return
-        i = 0
-        while True:
+            # one JSON array of objects (which Hugging Face's json loader also reads): parsed whole, as it does
             try:
-                line = f.readline()
-            except (EOFError, OSError, zlib.error):
-                stats["corrupt:truncated"] += 1
+                rows = json.load(f)
+            except (EOFError, OSError, zlib.error, UnicodeDecodeError, ValueError):
+                stats["corrupt:file"] += 1
                 return
-            if not line:
-                return
-            if not line.strip():
-                continue
+            yield from _rows_docs(rows if isinstance(rows, list) else [], inp, cfg, stats)
+            return
+        for i, line in enumerate(ln for ln in lines_until_damage(f, stats, "corrupt:truncated") if ln.strip()):
             stats["read:records"] += 1
             try:
                 row = json.loads(line)
             except (UnicodeDecodeError, ValueError):
                 stats["corrupt:record"] += 1
-                i += 1
                 continue
             doc = _row_doc(row if isinstance(row, dict) else {}, i, inp, cfg, stats)
-            i += 1
             if doc is not None:
                 yield doc
 
@@ -176,26 +136,20 @@ def _read_jsonl(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[Raw
 _READERS = {
     "warc": read_warc,
     "arc": read_arc,
-    "parquet": _read_parquet,
-    "arrow": _read_arrow,
+    "parquet": _read_table,
+    "arrow": _read_table,
     "jsonl": _read_jsonl,
 }
 
 
 class InputUnavailable(DataError):
     """An input could not be read for a reason outside its bytes (gone, no permission, network error).
-
-    Unlike damage, which is skipped and counted for good, this fails the unit: it gets no done marker,
-    so running the same command again retries the file instead of losing it for the rest of the run.
-    """
+    Unlike damage, this fails the unit (no done marker), so running the command again retries the file."""
 
 
 def _unavailable(e: BaseException, remote: bool) -> bool:
-    """True for failures of the file system or network, False for damaged content.
-
-    Damage shows up as ``zlib.error``, ``EOFError`` or an ``OSError`` without an errno (``gzip``'s
-    BadGzipFile); the operating system and the network raise errors with one (or their own classes).
-    """
+    """True for failures of the file system or network (errors with an errno, or their own classes),
+    False for damaged content (``zlib.error``, ``EOFError``, an ``OSError`` without errno: BadGzipFile)."""
     if isinstance(e, (FileNotFoundError, PermissionError, ConnectionError, TimeoutError)):
         return True
     if isinstance(e, OSError) and e.errno is not None:
@@ -204,11 +158,8 @@ def _unavailable(e: BaseException, remote: bool) -> bool:
 
 
 def read_documents(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc]:
-    """Documents of one input file; damaged parts are counted in ``stats`` and skipped.
-
-    A file whose bytes cannot be had at all (deleted, unreadable, a network failure) raises
-    :class:`InputUnavailable` instead: that is not damage, and a rerun may well read it.
-    """
+    """Documents of one input file; damaged parts are counted in ``stats`` and skipped. A file whose bytes
+    cannot be had at all (deleted, unreadable, a network failure) raises :class:`InputUnavailable`."""
     if not inp.remote and inp.size is not None:
         try:
             size = os.stat(inp.path).st_size
@@ -237,14 +188,9 @@ def check_input_columns(inputs: list[InputFile], cfg: ReadConfig) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    for inp in inputs:
+    for inp in (i for i in inputs if i.kind in ("parquet", "arrow")):
         try:
-            if inp.kind == "parquet":
-                names = pq.read_schema(inp.path).names
-            elif inp.kind == "arrow":
-                names = _open_arrow(inp.path).schema.names
-            else:
-                continue
+            names = pq.read_schema(inp.path).names if inp.kind == "parquet" else _open_arrow(inp.path).schema.names
         except (OSError, pa.ArrowInvalid) as e:
             raise DataError(f"{inp.path}: not a readable {inp.kind} file ({e})") from None
         if cfg.text_column not in names:

@@ -1,36 +1,35 @@
-"""Local text for ``prep text``: which files of the given paths are read, and their documents.
-
-``.txt`` files (one document each, or one per blank-line-separated paragraph; UTF-8, or UTF-16/32 with a
-byte order mark) and JSONL with a ``text`` field (``.jsonl``, ``.jsonl.gz``).
-"""
+"""Local text for ``prep text``: which files of the given paths are read, and their documents
+(``.txt``, ``.jsonl``, ``.jsonl.gz``)."""
 
 from __future__ import annotations
 
 import codecs
 import gzip
 import json
-import re
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from data_prep.hygiene import DEFAULT_MAX_DOC_BYTES, too_large, unread_files
+from data_prep.inputs import is_data_dir
+from data_prep.sample_text import BLANK_RUN
 from megadepth.common.errors import DataError
 
 __all__ = ["SUFFIXES", "expand_inputs", "read_documents"]
 
 SUFFIXES = (".jsonl.gz", ".jsonl", ".txt")
 
-_BLANK_RUN = re.compile(r"\n(?:[ \t]*\n)+")
 #: Byte order marks of the wide Unicode encodings a Windows editor may save ``.txt`` files in. UTF-32 LE
 #: comes first because its mark starts with UTF-16 LE's.
 _WIDE_BOMS = (
-    (codecs.BOM_UTF32_LE, "utf-32"),
-    (codecs.BOM_UTF32_BE, "utf-32"),
-    (codecs.BOM_UTF16_LE, "utf-16"),
-    (codecs.BOM_UTF16_BE, "utf-16"),
+    (codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+    (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"),
 )
+
+
+def _wide_codec(data: bytes) -> str | None:
+    return next((codec for bom, codec in _WIDE_BOMS if data.startswith(bom)), None)
 
 
 def _suffix(p: Path) -> str | None:
@@ -53,8 +52,6 @@ def expand_inputs(paths: Iterable[str | Path], unread: list[Path] | None = None)
                 raise DataError(f"{p}: no {', '.join(SUFFIXES)} files in this directory")
             files.extend(found)
             if unread is not None:
-                from data_prep.inputs import is_data_dir
-
                 unread.extend(f.resolve() for f in unread_files(p, lambda f: _suffix(f) is not None, is_data_dir))
         elif p.is_file():
             if not _suffix(p):
@@ -68,11 +65,8 @@ def expand_inputs(paths: Iterable[str | Path], unread: list[Path] | None = None)
 
 
 def _decode_lines(data: bytes, stats: Counter) -> str:
-    """UTF-8 text, dropping (and counting) only the lines that do not decode or hold a NUL byte.
-
-    NUL is valid UTF-8 but never part of real text: it is the mark of a binary file or of UTF-16/32
-    saved without a byte order mark (``L\\0i\\0n\\0e\\0``), which would otherwise pass as garbage text.
-    """
+    """UTF-8 text, dropping (and counting) only the lines that do not decode or hold a NUL byte (valid
+    UTF-8, but the mark of a binary file or of UTF-16/32 without a byte order mark, never of real text)."""
     if b"\x00" not in data:
         try:
             return data.decode("utf-8")
@@ -91,30 +85,24 @@ def _decode_lines(data: bytes, stats: Counter) -> str:
 
 
 def _decode_txt(path: Path, data: bytes, stats: Counter) -> str:
-    """A ``.txt`` file's text: UTF-8 (a leading BOM dropped), or UTF-16/32 when it starts with their BOM.
-
-    Line ends become ``\\n`` (``\\r\\n`` and a lone ``\\r`` too, as Python's text mode reads them), so
-    that paragraphs split the same way and no ``\\r`` byte pieces are spent on a Windows file. A file
-    that announces UTF-16/32 but does not decode as such is refused: there are no lines to skip in it.
-    """
-    wide = next((codec for bom, codec in _WIDE_BOMS if data.startswith(bom)), None)
+    """A ``.txt`` file's text: UTF-8 (a leading BOM dropped), or UTF-16/32 when it starts with their BOM
+    (refused when it then does not decode: there are no lines to skip in it). Line ends become ``\\n``,
+    as in Python's text mode, so paragraphs split alike and no ``\\r`` pieces are spent on Windows files."""
+    wide = _wide_codec(data)
     if wide is not None:
         try:
             data = data.decode(wide).encode("utf-8")  # the codec consumes the BOM
         except UnicodeDecodeError as e:
-            raise DataError(
-                f"{path}: starts with a {wide.upper()} byte order mark but is not valid {wide.upper()} "
-                f"(byte {e.start})"
-            ) from None
-    elif data.startswith(codecs.BOM_UTF8):
-        data = data[len(codecs.BOM_UTF8) :]
-    text = _decode_lines(data, stats)
-    return text.replace("\r\n", "\n").replace("\r", "\n")
+            w = wide.upper()
+            raise DataError(f"{path}: starts with a {w} byte order mark but is not valid {w} (byte {e.start})") from None
+    else:
+        data = data.removeprefix(codecs.BOM_UTF8)
+    return _decode_lines(data, stats).replace("\r\n", "\n").replace("\r", "\n")
 
 
 def _read_txt(path: Path, split_paragraphs: bool, stats: Counter) -> Iterator[str]:
     text = _decode_txt(path, path.read_bytes(), stats)
-    parts = _BLANK_RUN.split(text) if split_paragraphs else [text]
+    parts = BLANK_RUN.split(text) if split_paragraphs else [text]
     for part in parts:
         if part.strip():
             yield part
@@ -125,7 +113,7 @@ def _read_txt(path: Path, split_paragraphs: bool, stats: Counter) -> Iterator[st
 def _check_jsonl_encoding(path: Path, first_line: bytes) -> None:
     """JSON Lines is UTF-8 by definition; a UTF-16/32 file (BOM first) is refused as a whole, since cut
     at ``\\n`` bytes every one of its lines would be skipped as bad JSON and the file silently lost."""
-    wide = next((codec for bom, codec in _WIDE_BOMS if first_line.startswith(bom)), None)
+    wide = _wide_codec(first_line)
     if wide is not None:
         raise DataError(
             f"{path}: JSON Lines must be UTF-8, this file starts with a {wide.upper()} byte order mark "
@@ -133,25 +121,30 @@ def _check_jsonl_encoding(path: Path, first_line: bytes) -> None:
         )
 
 
+def open_maybe_gzip(path: str | Path):
+    """``path`` opened for reading bytes, gunzipped when its name ends in ``.gz``."""
+    return (gzip.open if str(path).lower().endswith(".gz") else open)(path, "rb")
+
+
+def lines_until_damage(f, stats: Counter, key: str) -> Iterator[bytes]:
+    """The lines of ``f``; a truncated or damaged gzip stream ends them, counted as ``stats[key]``."""
+    while True:
+        try:
+            line = f.readline()
+        except (EOFError, OSError, zlib.error):
+            stats[key] += 1
+            return
+        if not line:
+            return
+        yield line
+
+
 def _read_jsonl(path: Path, stats: Counter) -> Iterator[str]:
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
-    with opener(path, "rb") as f:
-        lines = iter(f)
-        first = True
-        while True:
-            try:
-                raw = next(lines)
-            except StopIteration:
-                return
-            except (EOFError, OSError, zlib.error):
-                # A truncated or damaged gzip stream: keep what was read, count it, move on.
-                stats["corrupt_file"] += 1
-                return
-            if first:
-                first = False
+    with open_maybe_gzip(path) as f:
+        for n, raw in enumerate(lines_until_damage(f, stats, "corrupt_file")):
+            if n == 0:
                 _check_jsonl_encoding(path, raw)
-                if raw.startswith(codecs.BOM_UTF8):
-                    raw = raw[len(codecs.BOM_UTF8) :]  # would otherwise make the first record bad JSON
+                raw = raw.removeprefix(codecs.BOM_UTF8)  # would otherwise make the first record bad JSON
             if not raw.strip():
                 continue
             try:
@@ -180,14 +173,11 @@ def read_documents(
 ) -> Iterator[str]:
     """Documents from ``.txt`` / ``.jsonl`` / ``.jsonl.gz`` files (directories are expanded).
 
-    A ``.txt`` file is one document, or one per blank-line-separated paragraph with
-    ``split_paragraphs``; it is read as UTF-8 (a BOM is dropped) or, when it starts with their BOM,
-    UTF-16/32, and its line ends become ``\\n``. JSONL lines (UTF-8, a BOM dropped; a UTF-16/32 file is
-    a :class:`DataError`) give their ``text`` field. Bad lines (not UTF-8, a NUL byte in a ``.txt`` line,
-    not JSON, no ``text`` string, empty) are skipped and counted in ``stats`` by reason; a damaged gzip
-    stream ends that file (counted as ``corrupt_file``). One bad record must not cost a day-long job.
-    A document over ``max_doc_bytes`` in UTF-8 is skipped whole (``too_large``), not cut: a cut one
-    would end mid-sentence with an EOS after it, and ``prep run`` skips such documents too.
+    A ``.txt`` file is one document, or one per blank-line-separated paragraph with ``split_paragraphs``;
+    a JSONL line gives its ``text`` field. Bad lines are skipped and counted in ``stats`` by reason (one
+    bad record must not cost a day-long job); a damaged gzip stream ends that file (``corrupt_file``). A
+    document over ``max_doc_bytes`` in UTF-8 is skipped whole (``too_large``), not cut: a cut one would end
+    mid-sentence with an EOS after it, and ``prep run`` skips such documents too.
     """
     stats = stats if stats is not None else Counter()
     for path in expand_inputs(paths):

