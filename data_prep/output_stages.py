@@ -65,17 +65,10 @@ def run_tokenizer(plan: Plan, unit: str) -> dict:
                         yield text
                     row += 1
 
-    train_tokenizer(
-        sample(), out_dir / "tokenizer", c.tokenizer.vocab_size, c.tokenizer.model_type, c.tokenizer.seed
-    )
+    train_tokenizer(sample(), out_dir / "tokenizer", c.tokenizer.vocab_size, c.tokenizer.model_type, c.tokenizer.seed)
     stages.check_tokenizer(final)
-    return {
-        "trained": True,
-        "sample_documents": sampled["documents"],
-        "sample_chars": sampled["chars"],
-        "seconds": round(time.perf_counter() - t0, 4),
-    }
-
+    return {"trained": True, "sample_documents": sampled["documents"], "sample_chars": sampled["chars"],
+            "seconds": round(time.perf_counter() - t0, 4)}
 
 
 def run_tokenize(plan: Plan, unit: str) -> dict:
@@ -142,19 +135,17 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
         tmp.unlink(missing_ok=True)
         rejected.abort()
         raise
-    seconds = time.perf_counter() - t0
     shard = writer.shards[0] if writer.shards else {"prefix": None, "documents": 0, "tokens": 0}
     return {
         "shard": shard["prefix"],
         "documents": shard["documents"],
         "tokens": shard["tokens"],
-        "seconds": round(seconds, 4),
+        "seconds": round(time.perf_counter() - t0, 4),
         "cpu_seconds": round(time.process_time() - cpu0, 4),
         "encode_seconds": round(writer.encode_seconds, 4),
         "documents_parquet_seconds": round(t_docs, 4),
         "rejected": rejected_info,
     }
-
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -168,13 +159,6 @@ def _link(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copy2(src, tmp)
     os.replace(tmp, dst)
-
-
-def _sum_stats(markers: list[dict]) -> Counter:
-    total: Counter = Counter()
-    for m in markers:
-        total.update(m["stats"])
-    return total
 
 
 def run_finalize(plan: Plan, unit: str) -> dict:
@@ -206,8 +190,13 @@ def run_finalize(plan: Plan, unit: str) -> dict:
 def build_manifest(plan: Plan) -> dict:
     """``manifest.json``: inputs, configuration and its hash, counts per stage and rule, shards."""
     c = plan.config
+    fps = c.shards.files_per_shard
     ex = [plan.read_marker("extract", u) for u in plan.units("extract")]
-    read_stats = _sum_stats(ex)
+    read_stats: Counter = Counter()
+    timing: Counter = Counter()  # update, not +: a count or step of 0 stays
+    for m in ex:
+        read_stats.update(m["stats"])
+        timing.update(m.get("timing", {}))
     cluster = plan.read_marker("cluster", SINGLE) if plan.units("cluster") else None
     buckets = [plan.read_marker("buckets", u) for u in plan.units("buckets")]
     tok_info = plan.read_marker("tokenizer", SINGLE)
@@ -224,9 +213,6 @@ def build_manifest(plan: Plan) -> dict:
         return round(n / s, 1) if s > 0 else None
 
     ex_seconds = sum(m.get("cpu_seconds", m["seconds"]) for m in ex)
-    timing: Counter = Counter()
-    for m in ex:
-        timing.update(m.get("timing", {}))
     tok_seconds = sum(m.get("cpu_seconds", m["seconds"]) for _, m in tok)
     enc_seconds = sum(m["encode_seconds"] for _, m in tok)
     doc_seconds = sum(m["documents_parquet_seconds"] for _, m in tok)
@@ -293,19 +279,9 @@ def build_manifest(plan: Plan) -> dict:
             },
         },
         "shards": [
-            {
-                "prefix": m["shard"],
-                "documents": m["documents"],
-                "tokens": m["tokens"],
-                "parquet": f"{stages.DOCS_DIR}/part-{u}.parquet",
-                "inputs": [
-                    plan.inputs[i].path
-                    for i in range(
-                        int(u) * c.shards.files_per_shard,
-                        min((int(u) + 1) * c.shards.files_per_shard, len(plan.inputs)),
-                    )
-                ],
-            }
+            {"prefix": m["shard"], "documents": m["documents"], "tokens": m["tokens"],
+             "parquet": f"{stages.DOCS_DIR}/part-{u}.parquet",
+             "inputs": [x.path for x in plan.inputs[int(u) * fps:(int(u) + 1) * fps]]}
             for u, m in tok
             if m["shard"]
         ],

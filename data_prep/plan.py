@@ -58,45 +58,27 @@ class Plan:
     def hashes(self) -> dict[str, str]:
         c = self.config
         h_inputs = stable_hash([[i.path, i.kind, i.size] for i in self.inputs])
-        extract = stable_hash(
-            {
-                "v": FORMAT_VERSION,
-                "inputs": h_inputs,
-                "read": c.read.model_dump(mode="json"),
-                "extract": c.extract.model_dump(mode="json"),
-                "language": self._language_identity(),
-                "gopher_repetition": c.gopher_repetition.model_dump(mode="json"),
-                "gopher_quality": c.gopher_quality.model_dump(mode="json"),
-                "c4": c.c4.model_dump(mode="json"),
-                "fineweb": c.fineweb.model_dump(mode="json"),
-                "pii": c.pii.model_dump(mode="json"),
-                "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
-                "row_group_docs": c.shards.row_group_docs,
-                # the rejected/ rows (with or without text) are written by this stage: a directory made
-                # before they existed, or with the other keep_text, re-extracts instead of missing them
-                "rejected": c.rejected.model_dump(mode="json"),
-                # only when on, so that plans made before URL filtering existed keep their hashes
-                **({"url_filter": self._url_filter_identity()} if c.url_filter.enabled else {}),
-            }
-        )
+        sections = ("read", "extract", "gopher_repetition", "gopher_quality", "c4", "fineweb", "pii",
+                    # rejected/ rows (with or without text) are this stage's: another keep_text re-extracts
+                    "rejected")
+        extract = stable_hash({
+            "v": FORMAT_VERSION,
+            "inputs": h_inputs,
+            **{name: getattr(c, name).model_dump(mode="json") for name in sections},
+            "language": self._language_identity(),
+            "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
+            "row_group_docs": c.shards.row_group_docs,
+            # only when on, so that plans made before URL filtering existed keep their hashes
+            **({"url_filter": self._url_filter_identity()} if c.url_filter.enabled else {}),
+        })
         dedup = stable_hash({"up": extract, "dedup": c.dedup.model_dump(mode="json")})
-        tok_cfg = c.tokenizer.model_dump(mode="json")
-        tok_cfg.pop("num_threads")
+        tok_cfg = c.tokenizer.model_dump(mode="json", exclude={"num_threads"})
         if self.tokenizer_sha256:
             tok_cfg = {"model_sha256": self.tokenizer_sha256}
         tokenizer = stable_hash({"up": dedup, "tokenizer": tok_cfg})
-        tokenize = stable_hash(
-            {"up": tokenizer, "shards": c.shards.model_dump(mode="json")}
-        )
-        return {
-            "inputs": h_inputs,
-            "extract": extract,
-            "buckets": dedup,
-            "cluster": dedup,
-            "tokenizer": tokenizer,
-            "tokenize": tokenize,
-            "finalize": tokenize,
-        }
+        tokenize = stable_hash({"up": tokenizer, "shards": c.shards.model_dump(mode="json")})
+        return {"inputs": h_inputs, "extract": extract, "buckets": dedup, "cluster": dedup, "tokenizer": tokenizer,
+                "tokenize": tokenize, "finalize": tokenize}
 
     def _language_identity(self) -> dict:
         """The language settings with a configured model file replaced by its content hash: the same file
@@ -134,11 +116,6 @@ class Plan:
             rows.append(d.bands)
         return rows
 
-    @property
-    def n_groups(self) -> int:
-        fps = self.config.shards.files_per_shard
-        return (len(self.inputs) + fps - 1) // fps
-
     def units(self, stage: str) -> list[str]:
         if stage == "extract":
             return [f"{i:06d}" for i in range(len(self.inputs))]
@@ -147,7 +124,8 @@ class Plan:
         if stage == "cluster":
             return [SINGLE] if self.dedup_rows else []
         if stage == "tokenize":
-            return [f"{g:05d}" for g in range(self.n_groups)]
+            fps = self.config.shards.files_per_shard
+            return [f"{g:05d}" for g in range((len(self.inputs) + fps - 1) // fps)]
         if stage in ("tokenizer", "finalize"):
             return [SINGLE]
         raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
@@ -172,10 +150,8 @@ class Plan:
         missing = self.pending(stage)
         if missing:
             total = len(self.units(stage))
-            raise DataError(
-                f"stage '{stage}' is not finished ({total - len(missing)} of {total} units done, e.g. "
-                f"{missing[0]} missing): run it first"
-            )
+            raise DataError(f"stage '{stage}' is not finished ({total - len(missing)} of {total} units done, e.g. "
+                            f"{missing[0]} missing): run it first")
 
     # ------------------------------------------------------------------------------ persist
     def to_json(self) -> dict:
@@ -202,10 +178,8 @@ def make_plan(
     """A plan for ``inputs`` into ``out`` (checked: the output is writable, a given tokenizer exists).
 
     ``unread`` are the files the inputs' folders hold but the pipeline does not read; the plan lists
-    them. A ``read.paths_prefix`` keeps no user:password: plan.json and the manifest store the config,
-    and the stage hashes cover it, so the secret would be written down and two passwords would be two
-    plans (the inputs were resolved with it already; readers take credentials from
-    :mod:`data_prep.credentials`)."""
+    them. A ``read.paths_prefix`` keeps no user:password: plan.json stores the config and the hashes
+    cover it (readers take credentials from :mod:`data_prep.credentials`)."""
     out = Path(out)
     check_writable(out)
     if config.read.paths_prefix is not None:
@@ -217,9 +191,7 @@ def make_plan(
         if not p.is_file():
             raise DataError(f"tokenizer {p}: no such file")
         tok_sha = sha256_file(p)
-        config = config.model_copy(
-            update={"tokenizer": config.tokenizer.model_copy(update={"model": str(p.resolve())})}
-        )
+        config = config.model_copy(update={"tokenizer": config.tokenizer.model_copy(update={"model": str(p.resolve())})})
     url_shas: dict[str, str] = {}
     if config.url_filter.enabled:
         u = config.url_filter
@@ -263,10 +235,8 @@ def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
         if code not in known:
             near = [code.lower()] if code.lower() in known else difflib.get_close_matches(code, sorted(known), n=3)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise DataError(
-                f"language.languages: {code!r} is not a language of the model (it uses ISO 639-1 codes "
-                f"such as en, de, zh when there is one){hint}"
-            )
+            raise DataError(f"language.languages: {code!r} is not a language of the model (it uses ISO 639-1 "
+                            f"codes such as en, de, zh when there is one){hint}")
     return config, sha
 
 
@@ -318,10 +288,8 @@ def check_writable(out: Path) -> None:
         theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
         if theirs:
             # finalize replaces shard_* and documents/*.parquet: never in a folder that holds someone's files
-            raise DataError(
-                f"--out {out}: not empty ({', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}) and not a "
-                "megadepth data directory (no plan.json or manifest.json): give a new or empty directory"
-            )
+            raise DataError(f"--out {out}: not empty ({', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}) and "
+                            "not a megadepth data directory (no plan.json or manifest.json): give a new or empty directory")
     if not out.exists():
         # planning must leave no trace (--print-config, a refused config): the run makes the folder later
         parent = out.absolute().parent

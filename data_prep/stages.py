@@ -65,33 +65,19 @@ def _maybe_die(stage: str, unit: str) -> None:
 def doc_schema():
     import pyarrow as pa
 
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("url", pa.string()),
-            ("date", pa.string()),
-            ("text", pa.large_string()),
-            ("language", pa.string()),
-            ("language_score", pa.float32()),
-            ("source", pa.string()),
-        ]
-    )
-
+    types = {"text": pa.large_string(), "language_score": pa.float32()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in DOC_COLUMNS])
 
 
 def offsets(plan: Plan) -> np.ndarray:
-    """Global id of each input file's first kept document (and the total at the end).
-
-    Read from every extract marker once per process and plan: the later stages run only
-    on a finished extract stage, and a unit calling this afresh would read all ~90,000 markers of a
-    crawl per unit (quadratic in the number of files)."""
+    """Global id of each input file's first kept document (and the total at the end), read from the
+    extract markers once per process and plan: per unit it would be quadratic in the number of files."""
 
     def build() -> np.ndarray:
         kept = [plan.read_marker("extract", u)["kept"] for u in plan.units("extract")]
         return np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))
 
     return cached(plan, "offsets", build)
-
 
 
 def removed(plan: Plan) -> np.ndarray:
@@ -109,7 +95,6 @@ def kept_rows(plan: Plan, i: int, offsets: np.ndarray, removed: np.ndarray) -> n
     return mask
 
 
-
 def check_tokenizer(path: Path):
     import sentencepiece as spm
 
@@ -120,7 +105,6 @@ def check_tokenizer(path: Path):
     if sp.eos_id() < 0:
         raise DataError(f"{path}: the tokenizer has no EOS piece (documents must end in EOS)")
     return sp
-
 
 
 #: stage -> (module, function) running one of its units; imported when a unit runs
