@@ -23,7 +23,6 @@ _U64 = 1 << 64
 
 
 def run_tokenizer(plan: Plan, unit: str) -> dict:
-    import pyarrow.parquet as pq
     import xxhash
 
     from data_prep.tokenizer import train_tokenizer
@@ -51,19 +50,12 @@ def run_tokenizer(plan: Plan, unit: str) -> dict:
     sampled = Counter()
 
     def sample():
-        for i, u in enumerate(plan.units("extract")):
-            if offsets[i + 1] == offsets[i]:
-                continue
-            mask = stages.kept_rows(plan, i, offsets, removed)
-            pf = pq.ParquetFile(plan.stage_dir("extract") / "docs" / f"{u}.parquet")
-            row = 0
-            for batch in pf.iter_batches(columns=["text"], batch_size=c.shards.row_group_docs):
-                for text in batch.column(0).to_pylist():
-                    if mask[row] and xxhash.xxh3_64_intdigest(f"{u}:{row}".encode()) <= cut:
-                        sampled["documents"] += 1
-                        sampled["chars"] += len(text)
-                        yield text
-                    row += 1
+        for i, first, batch, mask in stages.kept_batches(plan, range(len(plan.inputs)), offsets, removed, ["text"]):
+            for row, (keep, text) in enumerate(zip(mask, batch.column(0).to_pylist(), strict=True), first):
+                if keep and xxhash.xxh3_64_intdigest(f"{i:06d}:{row}".encode()) <= cut:
+                    sampled["documents"] += 1
+                    sampled["chars"] += len(text)
+                    yield text
 
     train_tokenizer(sample(), out_dir / "tokenizer", c.tokenizer.vocab_size, c.tokenizer.model_type, c.tokenizer.seed)
     stages.check_tokenizer(final)
@@ -78,7 +70,6 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     c = plan.config
-    g = int(unit)
     sp = stages.cached(plan, "sp", lambda: stages.check_tokenizer(plan.stage_dir("tokenizer") / stages.TOKENIZER))
     offsets = stages.offsets(plan)
     removed = stages.removed(plan)
@@ -88,7 +79,6 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
     parquet = sd / stages.DOCS_DIR / f"part-{unit}.parquet"
     tmp = temporary_path(parquet)
     fps = c.shards.files_per_shard
-    files = range(g * fps, min((g + 1) * fps, len(plan.inputs)))
     schema = stages.doc_schema().append(pa.field("tokens", pa.int32()))
     writer = ShardWriter(sp, lambda n: prefix)
     pqw = pq.ParquetWriter(tmp, schema, compression="zstd")
@@ -97,29 +87,21 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
     sources = [x.path for x in plan.inputs]
     t_docs = 0.0
     try:
-        for i in files:
-            if offsets[i + 1] == offsets[i]:
+        files = range(int(unit) * fps, min((int(unit) + 1) * fps, len(plan.inputs)))
+        for i, row, batch, m in stages.kept_batches(plan, files, offsets, removed):
+            if not m.all():
+                gone = ~m
+                gids = offsets[i] + row + np.flatnonzero(gone)
+                rejected.add_table(rj.dedup_rows(batch.filter(pa.array(gone)), gids, removed, details, offsets,
+                                                 sources, c.rejected.keep_text))
+                batch = batch.filter(pa.array(m))
+            if batch.num_rows == 0:
                 continue
-            mask = stages.kept_rows(plan, i, offsets, removed)
-            pf = pq.ParquetFile(plan.stage_dir("extract") / "docs" / f"{i:06d}.parquet")
-            row = 0
-            for batch in pf.iter_batches(batch_size=c.shards.row_group_docs):
-                m = mask[row : row + batch.num_rows]
-                if not m.all():
-                    gone = ~m
-                    gids = offsets[i] + row + np.flatnonzero(gone)
-                    rejected.add_table(rj.dedup_rows(batch.filter(pa.array(gone)), gids, removed, details, offsets,
-                                                  sources, c.rejected.keep_text))
-                    batch = batch.filter(pa.array(m))
-                row += len(m)
-                if batch.num_rows == 0:
-                    continue
-                texts = batch.column(batch.schema.get_field_index("text")).to_pylist()
-                lengths = writer.add(texts, c.tokenizer.num_threads)
-                td = time.process_time()
-                pqw.write_batch(batch.append_column("tokens", pa.array(lengths.astype(np.int32))))
-                t_docs += time.process_time() - td
-                stages._maybe_die("tokenize", unit)
+            lengths = writer.add(batch.column("text").to_pylist(), c.tokenizer.num_threads)
+            td = time.process_time()
+            pqw.write_batch(batch.append_column("tokens", pa.array(lengths.astype(np.int32))))
+            t_docs += time.process_time() - td
+            stages._maybe_die("tokenize", unit)
         td = time.process_time()
         pqw.close()
         t_docs += time.process_time() - td

@@ -1,16 +1,12 @@
 """The plan of a run: inputs, configuration, stage hashes, directory layout, units of work and markers.
 
-``OUT/plan.json`` is written first (atomically) and is all a task needs: the sorted inputs define the
-work, the configuration defines what is done to them. Each stage writes into
-``OUT/work/<stage>-<hash>/`` where the hash covers that stage's settings and every upstream stage's
-hash, so outputs are a function of (inputs, config): a changed setting gets fresh directories, and an
-unchanged one resumes from the done markers already there.
+``OUT/plan.json`` is written first and is all a task needs. Each stage writes into
+``OUT/work/<stage>-<hash>/``, the hash covering that stage's settings and every upstream stage's hash:
+a changed setting gets fresh directories, an unchanged one resumes from the done markers there.
 
-A stage is a list of independent *units* (an input file, a band partition, a shard group). A Slurm
-task ``rank`` of ``world`` runs ``units[rank::world]``; the local pool hands out units one by one.
-Because a unit's output depends only on the unit, the result is the same for any number of workers
-or tasks. Each unit writes temporary files, renames them into place, then writes its done marker
-(a small JSON of its statistics) last.
+A stage is a list of independent *units* (an input file, a band partition, a shard group); a Slurm task
+``rank`` of ``world`` runs ``units[rank::world]``. A unit renames its files into place, then writes its
+done marker (a small JSON of its statistics) last.
 """
 
 from __future__ import annotations
@@ -81,8 +77,7 @@ class Plan:
                 "tokenize": tokenize, "finalize": tokenize}
 
     def _language_identity(self) -> dict:
-        """The language settings with a configured model file replaced by its content hash: the same file
-        moved keeps the hash, another file at the same path changes it."""
+        """The language settings with a configured model file replaced by its content hash."""
         lang = self.config.language.model_dump(mode="json")
         if self.language_model_sha256:
             lang["model"] = {"sha256": self.language_model_sha256}
@@ -214,9 +209,7 @@ def make_plan(
 
 def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
     """Before any work: the language model loads, every code in ``language.languages`` is one of its
-    labels (``eng`` or a typo would otherwise drop every document, found out only after the extract
-    stage), and a configured model file is resolved and hashed (a relative path would mean another file
-    from a cluster task's working directory)."""
+    labels (``eng`` or a typo would drop every document), and a configured model file is resolved and hashed."""
     lang = config.language
     if not lang.enabled:
         return config, None
@@ -256,15 +249,10 @@ def load_plan(out: str | Path) -> Plan:
     if data.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{p}: plan format {data.get('format_version')} is not {FORMAT_VERSION}")
     try:
-        plan = Plan(
-            out.resolve(),
-            [InputFile.from_json(d) for d in data["inputs"]],
-            PrepConfig.model_validate(data["config"]),
-            data.get("tokenizer_sha256"),
-            data.get("url_lists_sha256") or {},
-            data.get("language_model_sha256"),
-            u if isinstance(u := data.get("unread_inputs"), dict) else unread_summary([]),
-        )
+        plan = Plan(out.resolve(), [InputFile.from_json(d) for d in data["inputs"]],
+                    PrepConfig.model_validate(data["config"]), data.get("tokenizer_sha256"),
+                    data.get("url_lists_sha256") or {}, data.get("language_model_sha256"),
+                    u if isinstance(u := data.get("unread_inputs"), dict) else unread_summary([]))
         config_hash = data["config_hash"]
     except KeyError as e:
         raise DataError(f"{p}: unreadable plan (no {e.args[0]!r})") from None
@@ -280,8 +268,7 @@ def load_plan(out: str | Path) -> Plan:
 
 
 def check_writable(out: Path) -> None:
-    """The output directory can be written (or made: its nearest existing ancestor is writable), checked
-    up front without creating anything."""
+    """The output directory can be written (or made), checked up front without creating anything."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and not (out / PLAN).exists() and not (out / "manifest.json").exists():
