@@ -61,8 +61,7 @@ class UrlFilterConfig(_Section):
 
 class ExtractConfig(_Section):
     engine: Literal["resiliparse", "trafilatura"] = "resiliparse"
-    """HTML to text: resiliparse main content (DCLM's choice, faster, keeps tables and code) or trafilatura
-    with FineWeb's settings."""
+    """HTML to text: resiliparse main content (DCLM's choice) or trafilatura with FineWeb's settings."""
     main_content: bool = True
     """resiliparse: keep the main content only (drop navigation, footers, boilerplate)."""
     alt_texts: bool = False
@@ -146,8 +145,8 @@ class GopherQualityConfig(_Section):
 
 class C4Config(_Section):
     enabled: bool = True
-    """C4's line rules (Raffel et al. 2020), datatrove's implementation; FineWeb runs them without the
-    terminal-punctuation rule. Lines that fail are removed from the text; some rules drop the page."""
+    """C4's line rules (Raffel et al. 2020), datatrove's implementation: failing lines are removed, some
+    rules drop the page."""
     filter_no_terminal_punct: bool = False
     """Drop lines that do not end in terminal punctuation (C4 does; FineWeb does not)."""
     min_num_sentences: int | None = 5
@@ -197,8 +196,7 @@ class FineWebConfig(_Section):
 
 class PIIConfig(_Section):
     enabled: bool = True
-    """Mask personal data in the kept text (after the quality rules, before the dedup keys: FineWeb
-    masks after deduplication; masking first can only make more pages equal)."""
+    """Mask personal data in the kept text, after the quality rules and before the dedup keys."""
     emails: bool = True
     """Replace e-mail addresses with email@example.com / firstname.lastname@example.org."""
     ips: bool = True
@@ -207,11 +205,9 @@ class PIIConfig(_Section):
 
 class DedupConfig(_Section):
     exact: bool = True
-    """Remove documents whose normalised text (lower case, no punctuation, digits as 0, single spaces)
-    hashes equal to an earlier one."""
+    """Remove documents whose normalised text hashes equal to an earlier one."""
     minhash: bool = True
-    """Remove near-duplicates: MinHash over word n-grams, LSH bands, union-find over band collisions.
-    The earliest document (input order) of each cluster is kept."""
+    """Remove near-duplicates (MinHash LSH), keeping each cluster's earliest document in input order."""
     ngram: int = Field(default=5, ge=1)
     """Words per shingle (FineWeb 5, RedPajama 13)."""
     bands: int = Field(default=14, ge=1)
@@ -240,17 +236,15 @@ class TokenizerConfig(_Section):
 
 class ShardsConfig(_Section):
     files_per_shard: int = Field(default=1, ge=1)
-    """Consecutive input files whose documents go into one .bin/.idx shard (and one Parquet part).
-    Shards follow input order, so they are the same for any number of workers or tasks."""
+    """Consecutive input files whose documents go into one .bin/.idx shard (and one Parquet part)."""
     row_group_docs: int = Field(default=2000, ge=1)
     """Documents per Parquet row group (and per encode batch): memory is bounded by this."""
 
 
 class RejectedConfig(_Section):
     keep_text: bool = False
-    """Also write each dropped page's text into ``OUT/rejected/`` (``--keep-rejected-text``). Off by
-    default: the text is most of a page's bytes, and a crawl drops most of its pages; the id, URL, rule,
-    value and threshold are written always."""
+    """Also write each dropped page's text into ``OUT/rejected/`` (``--keep-rejected-text``); the id, URL,
+    rule, value and threshold are written always."""
 
 
 class PrepConfig(_Section):

@@ -53,9 +53,6 @@ def run_buckets(plan: Plan, unit: str) -> dict:
     return {"edges": int(len(edges)), "seconds": round(time.perf_counter() - t0, 4)}
 
 
-# ------------------------------------------------------------------------------------------ cluster
-
-
 def run_cluster(plan: Plan, unit: str) -> dict:
     from data_prep.minhash import union_find_roots
 

@@ -74,17 +74,11 @@ def mark_separators(html: str) -> str:
 
 def tidy_text(text: str, cfg: ExtractConfig) -> str:
     """The extracted text, cleaned as ``cfg.tidy_whitespace`` asks; the separator marker is always removed."""
-    if _MARK in text:
-        text = text.replace(_MARK, "")
-    if cfg.tidy_whitespace:
-        text = _BLANK_RUNS.sub("\n\n", _INNER_SPACE.sub(_tabs_to_space, _BLANK_LINE.sub("", text)))
+    text = text.replace(_MARK, "")
+    if cfg.tidy_whitespace:  # inner white space with a tab in it (table cells) becomes one space
+        text = _INNER_SPACE.sub(lambda m: " " if "\t" in m.group() else m.group(), _BLANK_LINE.sub("", text))
+        text = _BLANK_RUNS.sub("\n\n", text)
     return text.strip()
-
-
-def _tabs_to_space(match: re.Match) -> str:
-    """Inner white space with a tab in it (table cells) becomes one space; other spacing stays as it is."""
-    run = match.group()
-    return " " if "\t" in run else run
 
 
 class _Timeout(Exception):

@@ -93,8 +93,6 @@ class _ExtractUnit:
                                           c.shards.row_group_docs)
         self.extract_drops = rj.ExtractDrops()
 
-    # ------------------------------------------------------------------------------------ the steps
-
     def batches(self) -> Iterator[list[tuple[RawDoc, str]]]:
         """read, url_filter, html: the pages with text, in batches (the last one possibly empty)."""
         from data_prep.records import read_documents
@@ -202,8 +200,6 @@ class _ExtractUnit:
         if len(self.cols["id"]) >= c.shards.row_group_docs:
             self.flush()
             stages._maybe_die("extract", self.unit)
-
-    # ------------------------------------------------------------------------------------- outputs
 
     def flush(self) -> None:
         import pyarrow as pa

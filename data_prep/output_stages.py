@@ -179,7 +179,8 @@ def build_manifest(plan: Plan) -> dict:
     for m in ex:
         read_stats.update(m["stats"])
         timing.update(m.get("timing", {}))
-    cluster = plan.read_marker("cluster", SINGLE) if plan.units("cluster") else None
+    cluster = plan.read_marker("cluster", SINGLE) if plan.units("cluster") else dict.fromkeys(
+        ("removed", "exact_duplicates", "near_duplicates", "clusters", "seconds"), 0)
     buckets = [plan.read_marker("buckets", u) for u in plan.units("buckets")]
     tok_info = plan.read_marker("tokenizer", SINGLE)
     tok = [(u, plan.read_marker("tokenize", u)) for u in plan.units("tokenize")]
@@ -198,7 +199,7 @@ def build_manifest(plan: Plan) -> dict:
     tok_seconds = sum(m.get("cpu_seconds", m["seconds"]) for _, m in tok)
     enc_seconds = sum(m["encode_seconds"] for _, m in tok)
     doc_seconds = sum(m["documents_parquet_seconds"] for _, m in tok)
-    dedup_seconds = sum(m["seconds"] for m in buckets) + (cluster["seconds"] if cluster else 0.0)
+    dedup_seconds = sum(m["seconds"] for m in buckets) + float(cluster["seconds"])
     return {
         "format": "megadepth-shards",
         "format_version": 1,
@@ -217,44 +218,27 @@ def build_manifest(plan: Plan) -> dict:
         "rejected": rj.summarize(c.rejected.keep_text, [*ex, *(m for _, m in tok)]),
         "stages": {
             "read": {
-                "files": len(plan.inputs),
-                "unread_files": plan.unread["count"],
-                "records": read_stats["read:records"],
-                "documents_out": docs_in,
-                "skipped": skipped,
+                "files": len(plan.inputs), "unread_files": plan.unread["count"], "records": read_stats["read:records"],
+                "documents_out": docs_in, "skipped": skipped,
                 "damaged_files": [m["input"] for m in ex if m.get("damaged")],
-                "files_read_leniently": read_stats["read:fallback_files"],
-                "non_utf8_pages": read_stats["read:non_utf8"],
+                "files_read_leniently": read_stats["read:fallback_files"], "non_utf8_pages": read_stats["read:non_utf8"],
             },
             "extract_and_filter": {
-                "documents_in": docs_in,
-                "documents_out": kept,
-                "dropped": dropped,
-                "seconds": round(ex_seconds, 3),
-                "docs_per_s": rate(docs_in, ex_seconds),
+                "documents_in": docs_in, "documents_out": kept, "dropped": dropped,
+                "seconds": round(ex_seconds, 3), "docs_per_s": rate(docs_in, ex_seconds),
                 "seconds_by_step": {k: round(v, 3) for k, v in sorted(timing.items())},
             },
             "dedup": {
-                "documents_in": kept,
-                "documents_out": kept - (cluster["removed"] if cluster else 0),
-                "exact_duplicates": cluster["exact_duplicates"] if cluster else 0,
-                "near_duplicates": cluster["near_duplicates"] if cluster else 0,
-                "clusters": cluster["clusters"] if cluster else 0,
-                "seconds": round(dedup_seconds, 3),
-                "docs_per_s": rate(kept, dedup_seconds),
+                "documents_in": kept, "documents_out": kept - cluster["removed"],
+                "exact_duplicates": cluster["exact_duplicates"], "near_duplicates": cluster["near_duplicates"],
+                "clusters": cluster["clusters"], "seconds": round(dedup_seconds, 3), "docs_per_s": rate(kept, dedup_seconds),
             },
-            "tokenizer": {
-                "trained": tok_info["trained"],
-                "sample_documents": tok_info.get("sample_documents"),
-                "seconds": tok_info["seconds"],
-            },
+            "tokenizer": {"trained": tok_info["trained"], "sample_documents": tok_info.get("sample_documents"),
+                          "seconds": tok_info["seconds"]},
             "tokenize": {
-                "documents": n_docs,
-                "tokens": n_tokens,
-                "eos_appended": True,
+                "documents": n_docs, "tokens": n_tokens, "eos_appended": True,
                 "pii_masked": {"emails": read_stats["pii:emails"], "ipv4": read_stats["pii:ipv4"]},
-                "seconds": round(tok_seconds, 3),
-                "documents_parquet_seconds": round(doc_seconds, 3),
+                "seconds": round(tok_seconds, 3), "documents_parquet_seconds": round(doc_seconds, 3),
                 "tokens_per_s": rate(n_tokens, tok_seconds - doc_seconds),
                 "tokens_per_s_with_documents_parquet": rate(n_tokens, tok_seconds),
                 "encode_tokens_per_s": rate(n_tokens, enc_seconds),

@@ -49,7 +49,6 @@ class Plan:
     #: they change nothing that is written
     unread: dict = field(default_factory=lambda: unread_summary([]))
 
-    # ------------------------------------------------------------------ hashes and directories
     @cached_property
     def hashes(self) -> dict[str, str]:
         c = self.config
@@ -101,7 +100,6 @@ class Plan:
     def marker_dir(self, stage: str) -> Path:
         return self.stage_dir(stage) / "done" / stage
 
-    # ------------------------------------------------------------------------------- units
     @property
     def dedup_rows(self) -> list[int]:
         """Key rows of the signature files the buckets stage compares: bands, then the exact key."""
@@ -148,7 +146,6 @@ class Plan:
             raise DataError(f"stage '{stage}' is not finished ({total - len(missing)} of {total} units done, e.g. "
                             f"{missing[0]} missing): run it first")
 
-    # ------------------------------------------------------------------------------ persist
     def to_json(self) -> dict:
         return {
             "format": "megadepth-prep-plan",

@@ -52,10 +52,8 @@ _KIND = {1: "dedup:exact", 2: "dedup:minhash"}
 
 
 def rejected_schema(keep_text: bool):
-    """The columns of every rejected part. ``value``/``threshold`` are null for a rule without a number
-    (``extract_empty``, ``c4:lorem_ipsum``, a duplicate); ``language``/``language_score`` are null where
-    language id had not run (URL filter, extractor) or is switched off; ``duplicate_of_*`` are set on
-    duplicates only."""
+    """The columns of every rejected part: ``value``/``threshold`` are null for a rule without a number,
+    ``language``/``language_score`` where language id had not run, ``duplicate_of_*`` but on duplicates."""
     import pyarrow as pa
 
     names = ["id", "url", "source", "rule", "value", "threshold", "language", "language_score",
@@ -164,10 +162,8 @@ class RejectedWriter:
 
 
 class ExtractDrops:
-    """Which ``drop:extract_*`` counter the extractor just raised, for a page it returned None for.
-
-    The extractor counts its reasons in the shared ``stats`` and returns None; comparing with the
-    counts seen so far names the one that moved, on the failing path only (no cost per kept page)."""
+    """Which ``drop:extract_*`` counter in the shared ``stats`` the extractor just raised, for a page it
+    returned None for: the one that moved since the last call."""
 
     KEYS = ("drop:extract_empty", "drop:extract_timeout", "drop:extract_error")
 
@@ -181,9 +177,6 @@ class ExtractDrops:
                 self.seen[k] = n
                 return k[len("drop:"):]
         return "extract_empty"
-
-
-# ------------------------------------------------------------------------------------- duplicates
 
 
 def save_duplicates(folder: Path, nodes: np.ndarray, own: np.ndarray, roots_exact: np.ndarray,
@@ -206,13 +199,10 @@ def load_duplicates(folder: Path) -> np.ndarray | None:
 
 def dedup_rows(batch, gids: np.ndarray, removed: np.ndarray, details: np.ndarray | None, offsets: np.ndarray,
                sources: list[str], keep_text: bool):
-    """The rejected rows of the removed documents in ``batch`` (a record batch of an extract docs
-    Parquet, already cut to the removed rows), whose global ids are ``gids``.
-
-    ``duplicate_of_source`` is the input file of the kept copy and ``duplicate_of_row`` its row among
-    that file's documents in ``documents/*.parquet`` (which keep input order): found from the global
-    ids alone, no other file is read. (Its record id would need a read of that file per duplicate,
-    across the whole crawl.)"""
+    """The rejected rows of the removed documents in ``batch`` (extract docs cut to the removed rows),
+    whose global ids are ``gids``. ``duplicate_of_source`` is the input file of the kept copy and
+    ``duplicate_of_row`` its row among that file's documents in ``documents/*.parquet``: found from the
+    global ids alone, no other file is read."""
     import pyarrow as pa
 
     n = len(gids)
@@ -249,9 +239,6 @@ def dedup_rows(batch, gids: np.ndarray, removed: np.ndarray, details: np.ndarray
     return pa.table(cols)
 
 
-# ------------------------------------------------------------------------------------ collecting
-
-
 def _parts(plan) -> list[tuple[Path, str]]:
     """(file under work/, its name in OUT/rejected/) of every finished unit's part, in input order."""
     out = []
@@ -265,8 +252,7 @@ def _parts(plan) -> list[tuple[Path, str]]:
 
 def check_rejected(plan) -> None:
     """Before finalize links them: every extract and tokenize unit wrote its rejected part as this
-    configuration asks (with or without text). A unit done by a megadepth from before rejected parts, or
-    with the other ``rejected.keep_text``, would otherwise leave rows or text silently missing."""
+    configuration asks (with or without text), so that no rows or text are silently missing."""
     want = plan.config.rejected.keep_text
     for stage in ("extract", "tokenize"):
         for u in plan.units(stage):
@@ -297,8 +283,7 @@ def collect_rejected(plan, link) -> list[str]:
 
 def summarize(keep_text: bool, markers: list[dict]) -> dict:
     """The manifest's ``rejected`` section from the extract then tokenize markers (in unit order): rows,
-    whether text is kept, and per rule its count and one example URL, the first in input order (extract
-    parts first: a duplicate is dropped after them)."""
+    whether text is kept, and per rule its count and its first example URL in input order."""
     rows = 0
     counts: Counter = Counter()
     examples: dict[str, str] = {}
@@ -337,9 +322,8 @@ def _describe(row: dict) -> str:
 
 
 def nothing_survived_error(plan, link) -> DataError:
-    """The error when every document was dropped: the counts per reason, then each dropped document
-    (up to ``_NAMED``) with its language, score and first failing rule. The rejected parts are linked
-    into ``OUT/rejected/`` first, so the whole list is there to open."""
+    """The error when every document was dropped: the counts per reason, then each dropped document (up to
+    ``_NAMED``) with its language, score and first failing rule; the whole list is linked into ``OUT/rejected/``."""
     import pyarrow.parquet as pq
 
     stats: Counter = Counter()
