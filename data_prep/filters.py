@@ -81,7 +81,7 @@ class Rejection(str):
 
 class _Doc:
     """What the rules compute from one text, computed once and shared by the rules run on it
-    (:class:`_LastDoc`). Tokens are split per line (no token crosses a newline) and kept by stripped line,
+    (:func:`build_filters`). Tokens are split per line (no token crosses a newline) and kept by stripped line,
     so that FineWeb's word count on C4's output (lines stripped, mostly unchanged) costs look-ups."""
 
     __slots__ = ("line_tokens", "parts", "text", "_tokens")
@@ -104,21 +104,6 @@ class _Doc:
                 out += toks
             self._tokens = out
         return self._tokens
-
-
-class _LastDoc:
-    """The last text one chain of rules analysed: the same ``str`` object gets the same :class:`_Doc`."""
-
-    __slots__ = ("doc",)
-
-    def __init__(self) -> None:
-        self.doc = _Doc("")
-
-    def __call__(self, text: str) -> _Doc:
-        d = self.doc
-        if d.text is not text:
-            d = self.doc = _Doc(text)
-        return d
 
 
 def split_words(text: str) -> list[str]:
@@ -429,9 +414,7 @@ def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, Rejection | None]:
     # Per line, only what decides: a word longer than max_word_length needs a line that long; "fewer than k
     # words" needs k + 1 pieces; every policy phrase holds "cookie", "terms of use" or "privacy policy";
     # sentences are counted until there are enough.
-    max_len = cfg.max_word_length
-    min_words = cfg.min_words_per_line
-    min_sent = cfg.min_num_sentences
+    max_len, min_words, min_sent = cfg.max_word_length, cfg.min_words_per_line, cfg.min_num_sentences
     for raw in text.splitlines():
         line = raw.strip()
         if max_len is not None and line and len(line) > max_len and max(map(len, line.split())) > max_len:
@@ -450,11 +433,8 @@ def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, Rejection | None]:
             continue
         if cfg.filter_curly_bracket and "{" in line:
             return None, Rejection("curly_bracket")
-        if (
-            cfg.filter_policy
-            and ("cookie" in low or "terms of use" in low or "privacy policy" in low)
-            and any(p in low for p in _POLICY)
-        ):
+        if (cfg.filter_policy and ("cookie" in low or "terms of use" in low or "privacy policy" in low)
+                and any(p in low for p in _POLICY)):
             continue
         if min_sent is not None and sentences < min_sent:
             sentences += _count_sentences(line)
@@ -512,17 +492,23 @@ def build_filters(cfg: PrepConfig) -> list[tuple[str, Filter]]:
     """The enabled rules, in FineWeb's order: Gopher repetition, Gopher quality, C4, FineWeb; before them,
     the repeated short lines of a page that would fail a duplicated-line rule are dropped."""
     out: list[tuple[str, Filter]] = []
-    last = _LastDoc()  # the analysis of a text, shared by the rules that run on it
+    last = [_Doc("")]  # the last text the chain analysed, shared by the rules that run on it
+
+    def doc(text: str) -> _Doc:  # the same ``str`` object gets the same analysis
+        if last[0].text is not text:
+            last[0] = _Doc(text)
+        return last[0]
+
     rep = cfg.gopher_repetition if cfg.gopher_repetition.enabled else None
     fw = cfg.fineweb if cfg.fineweb.enabled else None
     if cfg.repeated_lines.enabled and (rep is not None or fw is not None):
         out.append(("repeated_lines", lambda t, c=cfg.repeated_lines: repeated_lines(t, c, rep, fw)))
     if cfg.gopher_repetition.enabled:
-        out.append(("gopher_rep", lambda t, c=cfg.gopher_repetition: gopher_repetition(t, c, last(t))))
+        out.append(("gopher_rep", lambda t, c=cfg.gopher_repetition: gopher_repetition(t, c, doc(t))))
     if cfg.gopher_quality.enabled:
-        out.append(("gopher_qual", lambda t, c=cfg.gopher_quality: gopher_quality(t, c, last(t))))
+        out.append(("gopher_qual", lambda t, c=cfg.gopher_quality: gopher_quality(t, c, doc(t))))
     if cfg.c4.enabled:
         out.append(("c4", lambda t, c=cfg.c4: c4_filter(t, c)))
     if cfg.fineweb.enabled:
-        out.append(("fineweb", lambda t, c=cfg.fineweb: fineweb_filter(t, c, last.doc.line_tokens)))
+        out.append(("fineweb", lambda t, c=cfg.fineweb: fineweb_filter(t, c, last[0].line_tokens)))
     return out

@@ -56,10 +56,6 @@ class MinHasher:
             h = h * _ROLL + wh[k : k + m]
         return h
 
-    def shingles(self, words: list[str]) -> np.ndarray:
-        """64-bit hashes of the distinct word n-grams (one shingle of all words when there are fewer)."""
-        return np.unique(self._ngram_hashes(words))
-
     def signature(self, words: list[str]) -> np.ndarray:
         """``bands * rows`` 32-bit minima of ``a * h + b mod 2^32`` over the shingles' upper 32 bits (repeats
         do not change a minimum, so the n-gram hashes need not be made distinct)."""

@@ -164,9 +164,7 @@ class Plan:
         atomic_write_bytes(self.out / PLAN, (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
 
-def make_plan(
-    out: str | Path, inputs: list[InputFile], config: PrepConfig, unread: Sequence[str] = ()
-) -> Plan:
+def make_plan(out: str | Path, inputs: list[InputFile], config: PrepConfig, unread: Sequence[str] = ()) -> Plan:
     """A plan for ``inputs`` into ``out`` (checked: the output is writable, a given tokenizer exists).
 
     ``unread`` are the files the inputs' folders hold but the pipeline does not read; the plan lists
@@ -175,33 +173,37 @@ def make_plan(
     out = Path(out)
     check_writable(out)
     if config.read.paths_prefix is not None:
-        prefix = split_credentials(config.read.paths_prefix)[0]
-        config = config.model_copy(update={"read": config.read.model_copy(update={"paths_prefix": prefix})})
+        config = _with(config, "read", paths_prefix=split_credentials(config.read.paths_prefix)[0])
     tok_sha = None
     if config.tokenizer.model:
-        p = Path(config.tokenizer.model)
-        if not p.is_file():
-            raise DataError(f"tokenizer {p}: no such file")
-        tok_sha = sha256_file(p)
-        config = config.model_copy(update={"tokenizer": config.tokenizer.model_copy(update={"model": str(p.resolve())})})
+        model, tok_sha = _named_file("tokenizer", config.tokenizer.model)
+        config = _with(config, "tokenizer", model=model)
     url_shas: dict[str, str] = {}
     if config.url_filter.enabled:
         u = config.url_filter
         if not (u.blocklists or u.domains or u.banned_words or u.banned_subwords):
             raise DataError("url_filter.enabled is true but no blocklists, domains, banned_words or "
                             "banned_subwords are given")
-        resolved = []
-        for entry in u.blocklists:
-            p = Path(entry)
-            if not p.is_file():
-                raise DataError(f"url_filter blocklist {p}: no such file")
-            resolved.append(str(p.resolve()))
-            url_shas[resolved[-1]] = sha256_file(p)
-        config = config.model_copy(update={"url_filter": u.model_copy(update={"blocklists": tuple(resolved)})})
+        files = [_named_file("url_filter blocklist", entry) for entry in u.blocklists]
+        url_shas = dict(files)
+        config = _with(config, "url_filter", blocklists=tuple(path for path, _ in files))
     config, lang_sha = _checked_language(config)
     if not inputs:
         raise DataError("no inputs")
     return Plan(out.resolve(), inputs, config, tok_sha, url_shas, lang_sha, unread_summary(unread))
+
+
+def _named_file(what: str, path: str) -> tuple[str, str]:
+    """(absolute path, sha256) of a file the configuration names; a :class:`DataError` when there is none."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} {p}: no such file")
+    return str(p.resolve()), sha256_file(p)
+
+
+def _with(config: PrepConfig, section: str, **values) -> PrepConfig:
+    """``config`` with some values of one section replaced."""
+    return config.model_copy(update={section: getattr(config, section).model_copy(update=values)})
 
 
 def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
@@ -214,12 +216,9 @@ def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
 
     sha = None
     if lang.model:
-        p = Path(lang.model)
-        if not p.is_file():
-            raise DataError(f"language.model {p}: no such file")
-        sha = sha256_file(p)
-        lang = lang.model_copy(update={"model": str(p.resolve())})
-        config = config.model_copy(update={"language": lang})
+        model, sha = _named_file("language.model", lang.model)
+        config = _with(config, "language", model=model)
+        lang = config.language
     known = LanguageIdentifier(lang).labels()
     for code in lang.languages or ():
         if code not in known:
