@@ -78,12 +78,7 @@ def run_cluster(plan: Plan, unit: str) -> dict:
     out = plan.stage_dir("cluster") / "removed.npy"
     rj.save_duplicates(out.parent, nodes, own, roots_exact, roots)
     atomic_write_array(out, np.sort(removed).astype(np.int64))
-    return {
-        "exact_duplicates": n_exact,
-        "near_duplicates": int(len(removed)) - n_exact,
-        "removed": int(len(removed)),
-        "clusters": clusters,
-        "edges": {"exact": int(len(ex)), "minhash": int(len(fz))},
-        "seconds": round(time.perf_counter() - t0, 4),
-    }
+    return {"exact_duplicates": n_exact, "near_duplicates": int(len(removed)) - n_exact, "removed": int(len(removed)),
+            "clusters": clusters, "edges": {"exact": int(len(ex)), "minhash": int(len(fz))},
+            "seconds": round(time.perf_counter() - t0, 4)}
 

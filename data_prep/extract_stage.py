@@ -225,17 +225,12 @@ class _ExtractUnit:
         os.replace(self.tmp, self.out)
         stats = self.stats
         stats["kept"] = self.kept
-        return {
-            "input": self.inp.path,
-            "rejected": rejected_info,
-            "damaged": any(k.startswith("corrupt:") and v for k, v in stats.items()),
-            "kept": self.kept,
-            "kept_chars": self.kept_chars,
-            "stats": dict(sorted(stats.items())),
-            "seconds": round(time.perf_counter() - self.t_start, 4),
-            "cpu_seconds": round(time.process_time() - self.cpu_start, 4),
-            "timing": {k: round(v, 4) for k, v in sorted(self.clock.seconds.items())},
-        }
+        return {"input": self.inp.path, "rejected": rejected_info,
+                "damaged": any(k.startswith("corrupt:") and v for k, v in stats.items()),
+                "kept": self.kept, "kept_chars": self.kept_chars, "stats": dict(sorted(stats.items())),
+                "seconds": round(time.perf_counter() - self.t_start, 4),
+                "cpu_seconds": round(time.process_time() - self.cpu_start, 4),
+                "timing": {k: round(v, 4) for k, v in sorted(self.clock.seconds.items())}}
 
 
 def run_extract(plan: Plan, unit: str) -> dict:

@@ -118,16 +118,10 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
         rejected.abort()
         raise
     shard = writer.shards[0] if writer.shards else {"prefix": None, "documents": 0, "tokens": 0}
-    return {
-        "shard": shard["prefix"],
-        "documents": shard["documents"],
-        "tokens": shard["tokens"],
-        "seconds": round(time.perf_counter() - t0, 4),
-        "cpu_seconds": round(time.process_time() - cpu0, 4),
-        "encode_seconds": round(writer.encode_seconds, 4),
-        "documents_parquet_seconds": round(t_docs, 4),
-        "rejected": rejected_info,
-    }
+    return {"shard": shard["prefix"], "documents": shard["documents"], "tokens": shard["tokens"],
+            "seconds": round(time.perf_counter() - t0, 4), "cpu_seconds": round(time.process_time() - cpu0, 4),
+            "encode_seconds": round(writer.encode_seconds, 4), "documents_parquet_seconds": round(t_docs, 4),
+            "rejected": rejected_info}
 
 
 def _link(src: Path, dst: Path) -> None:

@@ -24,7 +24,7 @@ from data_prep.records import check_input_columns
 from data_prep.runner import run_local
 from data_prep.stages import MANIFEST, check_tokenizer
 
-__all__ = ["plan_run", "prepare_commoncrawl", "run_plan"]
+__all__ = ["plan_run", "run_plan"]
 
 
 def plan_run(
@@ -73,16 +73,3 @@ def run_plan(plan: Plan, workers: int = 1, progress: bool = True) -> tuple[dict,
     walls = run_local(plan, workers=workers, progress=progress)
     return json.loads((plan.out / MANIFEST).read_text()), walls
 
-
-def prepare_commoncrawl(
-    inputs: Sequence[str | Path],
-    out: str | Path,
-    *,
-    workers: int = 1,
-    overrides: Sequence[str] = (),
-    config_files: Sequence[str | Path] = (),
-    progress: bool = False,
-) -> dict:
-    """:func:`plan_run` + :func:`run_plan`; returns the manifest."""
-    plan = plan_run(inputs, out, config_files=config_files, overrides=overrides)
-    return run_plan(plan, workers=workers, progress=progress)[0]

@@ -147,18 +147,11 @@ class Plan:
                             f"{missing[0]} missing): run it first")
 
     def to_json(self) -> dict:
-        return {
-            "format": "megadepth-prep-plan",
-            "format_version": FORMAT_VERSION,
-            "config_hash": self.config_hash,
-            "hashes": self.hashes,
-            "inputs": [i.to_json() for i in self.inputs],
-            "config": self.config.model_dump(mode="json"),
-            "tokenizer_sha256": self.tokenizer_sha256,
-            "url_lists_sha256": self.url_lists_sha256,
-            "language_model_sha256": self.language_model_sha256,
-            "unread_inputs": self.unread,
-        }
+        return {"format": "megadepth-prep-plan", "format_version": FORMAT_VERSION, "config_hash": self.config_hash,
+                "hashes": self.hashes, "inputs": [i.to_json() for i in self.inputs],
+                "config": self.config.model_dump(mode="json"), "tokenizer_sha256": self.tokenizer_sha256,
+                "url_lists_sha256": self.url_lists_sha256, "language_model_sha256": self.language_model_sha256,
+                "unread_inputs": self.unread}
 
     def save(self) -> None:
         atomic_write_bytes(self.out / PLAN, (json.dumps(self.to_json(), indent=1) + "\n").encode())

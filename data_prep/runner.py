@@ -66,9 +66,8 @@ def _postfix(stage: str, done: list[dict], t0: float) -> str:
 
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    """Hold ``OUT/.prep.lock`` for the run: two local runs into one directory would each replace the
-    other's outputs, and ``prep slurm`` (which holds it while it writes) would replace a running one's
-    plan.json. (Slurm tasks of one plan share a directory on purpose and take no lock.)"""
+    """Hold ``OUT/.prep.lock`` for a run or while ``prep slurm`` writes: two of them in one directory would
+    replace each other's outputs. (Slurm tasks of one plan share a directory on purpose and take no lock.)"""
     try:
         out.mkdir(parents=True, exist_ok=True)
         f = open(out / LOCK, "a+")  # noqa: SIM115 - closed by the with below
@@ -95,10 +94,8 @@ def _failed(stage: str, n_units: int, failures: list[str]) -> DataError:
     if n_units == 1:
         return DataError(failures[0])
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-    return DataError(
-        f"prep {stage}: {len(failures)} of {n_units} units failed: {failures[0]}{more}. The finished units are "
-        "kept: fix the cause and run the same command again to retry the rest"
-    )
+    return DataError(f"prep {stage}: {len(failures)} of {n_units} units failed: {failures[0]}{more}. The finished "
+                     "units are kept: fix the cause and run the same command again to retry the rest")
 
 
 def _run_here(plan: Plan, stage: str, unit: str, failures: list[str]) -> dict | None:
@@ -143,11 +140,9 @@ def _run_stage(plan: Plan, stage: str, workers: int, progress: bool, pool: Calla
                 except DataError as e:
                     failures.append(str(e))
                 except BrokenProcessPool:
-                    raise DataError(
-                        f"prep {stage}: a worker process died (killed, or out of memory?) while running unit "
-                        f"{futures[fut]}; the finished units are kept: run the same command again to resume "
-                        "(with fewer --workers if memory is short)"
-                    ) from None
+                    raise DataError(f"prep {stage}: a worker process died (killed, or out of memory?) while running "
+                                    f"unit {futures[fut]}; the finished units are kept: run the same command again "
+                                    "to resume (with fewer --workers if memory is short)") from None
     if failures:
         raise _failed(stage, len(units), failures)
 

@@ -113,22 +113,15 @@ def check_tokenizer(path: Path):
     return sp
 
 
-#: stage -> (module, function) running one of its units; imported when a unit runs
-_RUN = {
-    "extract": ("data_prep.extract_stage", "run_extract"),
-    "buckets": ("data_prep.dedup_stages", "run_buckets"),
-    "cluster": ("data_prep.dedup_stages", "run_cluster"),
-    "tokenizer": ("data_prep.output_stages", "run_tokenizer"),
-    "tokenize": ("data_prep.output_stages", "run_tokenize"),
-    "finalize": ("data_prep.output_stages", "run_finalize"),
-}
+#: stage -> the module whose ``run_<stage>`` runs one of its units; imported when a unit runs
+_MODULE = {"extract": "extract_stage", "buckets": "dedup_stages", "cluster": "dedup_stages",
+           "tokenizer": "output_stages", "tokenize": "output_stages", "finalize": "output_stages"}
 
 
 def run_unit(plan: Plan, stage: str, unit: str) -> dict:
     """Run one unit unless its done marker exists; write the marker last. Returns the marker's data."""
     if plan.is_done(stage, unit):
         return plan.read_marker(stage, unit)
-    module, fn = _RUN[stage]
-    data = getattr(importlib.import_module(module), fn)(plan, unit)
+    data = getattr(importlib.import_module(f"data_prep.{_MODULE[stage]}"), f"run_{stage}")(plan, unit)
     plan.write_marker(stage, unit, data)
     return data
