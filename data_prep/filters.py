@@ -26,17 +26,8 @@ from data_prep.config import (
     RepeatedLinesConfig,
 )
 
-__all__ = [
-    "TERMINAL_PUNCTUATION",
-    "Rejection",
-    "build_filters",
-    "c4_filter",
-    "fineweb_filter",
-    "gopher_quality",
-    "gopher_repetition",
-    "repeated_lines",
-    "split_words",
-]
+__all__ = ["TERMINAL_PUNCTUATION", "Rejection", "build_filters", "c4_filter", "fineweb_filter",
+           "gopher_quality", "gopher_repetition", "repeated_lines", "split_words"]
 
 #: the word split, close to spaCy's English tokenizer (which datatrove's rules use) where it moves Gopher's
 #: alphabetic-word ratio: a URL is one token; "it's" / "don't" split before the apostrophe; "U.S.", "a.m."
@@ -240,9 +231,8 @@ def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) ->
 
 
 def _paragraphs(stripped: str) -> list[str]:
-    """``re.split(r"\n{2,}", stripped)`` for a stripped text: a plain ``split("\n\n")`` gives the
-    same pieces whenever no run of newlines is longer than two (the usual case), at a fraction of the
-    regular expression's cost."""
+    """``re.split(r"\n{2,}", stripped)`` for a stripped text, as a plain ``split`` where no run of newlines
+    is longer than two."""
     if "\n\n\n" in stripped:
         return _PARAGRAPHS.split(stripped)
     return stripped.split("\n\n")
@@ -291,8 +281,7 @@ def _duplicated_lines(text: str, parts: list[str], cfg: GopherRepetitionConfig) 
 
 
 def _fails_duplicated_lines(text: str, rep: GopherRepetitionConfig | None, fw: FineWebConfig | None) -> bool:
-    """Whether ``text`` fails one of the rules that count repeated lines or paragraphs: Gopher repetition's
-    four fractions, FineWeb's duplicated characters (as those rules measure them)."""
+    """Whether ``text`` fails Gopher repetition's duplicated-line rules or FineWeb's duplicated characters."""
     if not text:
         return False
     if rep is not None and _duplicated_lines(text, text.split("\n"), rep) is not None:
@@ -319,9 +308,8 @@ def _collapsible(line: str, key: str, max_chars: int) -> bool:
 
 def repeated_lines(text: str, cfg: RepeatedLinesConfig, rep: GopherRepetitionConfig | None,
                    fw: FineWebConfig | None) -> tuple[str, None]:
-    """A page failing a duplicated-line rule keeps each of its short lines of words once (``cfg.max_chars``;
-    the config's ``repeated_lines`` says why); any other page, and every code-like line, is left as it is.
-    Never drops a page."""
+    """A page failing a duplicated-line rule keeps each of its short lines of words once (the config's
+    ``repeated_lines`` says why); any other page, and every code-like line, is left as it is."""
     if not _fails_duplicated_lines(text, rep, fw):
         return text, None
     seen: set[str] = set()

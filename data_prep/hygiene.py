@@ -13,15 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = [
-    "DEFAULT_MAX_DOC_BYTES",
-    "UNREAD_LISTED",
-    "extension",
-    "too_large",
-    "unread_files",
-    "unread_summary",
-    "unread_warning",
-]
+__all__ = ["DEFAULT_MAX_DOC_BYTES", "UNREAD_LISTED", "extension", "too_large", "unread_files",
+           "unread_summary", "unread_warning"]
 
 #: The per-document cap of ``prep text``: the default of ``prep run``'s ``read.max_payload_bytes``
 #: (tests/test_prep_hygiene.py checks that they agree).
@@ -43,8 +36,7 @@ def too_large(text: str, max_bytes: int) -> bool:
 
 
 def extension(name: str) -> str:
-    """The extension a reader would go by: ``.pdf``, ``.txt.gz`` (a compression suffix keeps the one
-    before it), or ``(none)``."""
+    """The extension a reader would go by: ``.pdf``, ``.txt.gz`` (with a compression suffix), or ``(none)``."""
     suffixes = [s.lower() for s in Path(name).suffixes]
     if not suffixes:
         return "(none)"
@@ -73,8 +65,7 @@ def unread_files(root: Path, reads: Callable[[Path], bool], skip_dir: Callable[[
 
 
 def unread_summary(paths: Iterable[str | Path]) -> dict:
-    """``{"count", "by_extension", "paths"}`` for ``plan.json`` / ``manifest.json``: every file counted,
-    the first :data:`UNREAD_LISTED` (sorted) listed."""
+    """``{"count", "by_extension", "paths"}``: every file counted, the first :data:`UNREAD_LISTED` listed."""
     unique = sorted({str(p) for p in paths})
     by_ext = Counter(extension(os.path.basename(p)) for p in unique)
     return {
@@ -85,8 +76,7 @@ def unread_summary(paths: Iterable[str | Path]) -> dict:
 
 
 def unread_warning(summary: dict, readable: str, where: str) -> str | None:
-    """One line naming the files not read (None when there are none): how many, of which extensions,
-    an example, and where the full list is."""
+    """One line naming the files not read (None when there are none), with where the full list is."""
     n = summary.get("count", 0)
     if not n:
         return None

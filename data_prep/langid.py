@@ -48,8 +48,7 @@ class LanguageIdentifier:
         self._k = 5 if self.languages and len(self.languages) > 1 else 1
 
     def labels(self) -> frozenset[str]:
-        """Every language code the model can output (fasttext-predict has no label list: one prediction
-        with every label and no threshold gives them all)."""
+        """Every language code the model can output (one prediction with every label gives them all)."""
         labels, _ = self._model.predict("language", k=-1, threshold=-1.0)
         return frozenset(lab[9:] for lab in labels)
 

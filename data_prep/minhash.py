@@ -42,8 +42,7 @@ class MinHasher:
         self._b = rng.integers(0, 2**32, size=k, dtype=np.uint32)
 
     def _ngram_hashes(self, words: list[str]) -> np.ndarray:
-        """64-bit hashes of every word n-gram in text order, repeats included (one n-gram of all words
-        when there are fewer)."""
+        """64-bit hashes of every word n-gram in text order (one n-gram of all words when there are fewer)."""
         if not words:
             return np.zeros(1, dtype=np.uint64)
         distinct = list(dict.fromkeys(words))

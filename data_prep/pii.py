@@ -1,9 +1,7 @@
 """PII masking: e-mail addresses and public IPv4 addresses (datatrove's PIIFormatter, deterministic).
 
-Replacements are chosen from fixed lists by a hash of the original (xxhash, the same in every process),
-not at random, so the output is a function of the input. Private, loopback, link-local, multicast and
-reserved IPv4 addresses (10.0.0.1, 192.168.1.1, 127.0.0.1, ...) and version-like strings with a
-leading zero are left alone: they identify nobody.
+Replacements are chosen from fixed lists by a hash of the original, so the output is a function of the
+input. IPv4 addresses that are not public, and version-like strings with a leading zero, are left alone.
 """
 
 from __future__ import annotations

@@ -27,19 +27,9 @@ import numpy as np
 from megadepth.common.errors import DataError
 from megadepth.common.io import atomic_write_array, temporary_path
 
-__all__ = [
-    "REJECTED_DIR",
-    "ExtractDrops",
-    "RejectedWriter",
-    "check_rejected",
-    "collect_rejected",
-    "dedup_rows",
-    "load_duplicates",
-    "nothing_survived_error",
-    "rejected_schema",
-    "save_duplicates",
-    "summarize",
-]
+__all__ = ["REJECTED_DIR", "ExtractDrops", "RejectedWriter", "check_rejected", "collect_rejected",
+           "dedup_rows", "load_duplicates", "nothing_survived_error", "rejected_schema", "save_duplicates",
+           "summarize"]
 
 REJECTED_DIR = "rejected"
 #: Rows per Parquet row group without the text: ~100 bytes a row, so a few MB of memory at most.
@@ -341,12 +331,9 @@ def nothing_survived_error(plan, link) -> DataError:
         pf = pq.ParquetFile(src)
         total += pf.metadata.num_rows
         if len(named) < _NAMED and pf.metadata.num_rows:
-            for row in pf.read(columns=cols).to_pylist()[: _NAMED - len(named)]:
-                named.append(_describe(row))
+            named += map(_describe, pf.read(columns=cols).to_pylist()[: _NAMED - len(named)])
     lines = "".join(f"\n  {d}" for d in named)
     more = f"\n  ... and {total - len(named)} more" if total > len(named) else ""
-    return DataError(
-        f"no document survived the pipeline ({stats['docs_in']} read; {top}): nothing to write.{lines}{more}\n"
-        f"Every dropped document is in {plan.out / REJECTED_DIR}/. Loosen the filters (docs/data_prep.md "
-        "lists them; --preset smoke relaxes them for a check of the install) or check the inputs"
-    )
+    return DataError(f"no document survived the pipeline ({stats['docs_in']} read; {top}): nothing to write.{lines}"
+                     f"{more}\nEvery dropped document is in {plan.out / REJECTED_DIR}/. Loosen the filters "
+                     "(docs/data_prep.md lists them; --preset smoke relaxes them for a check of the install) or check the inputs")

@@ -55,8 +55,7 @@ def format_report(manifest: dict, walls: dict[str, float] | None = None) -> str:
     if rejected:
         text = ", with text" if rejected.get("text") else ""
         lines.append(_row("dropped documents listed", rejected["documents"], f"{rejected['parquet']}{text}"))
-    lines.append("")
-    lines.append(f"  {'stage':<20} {'core-seconds':>13} {'throughput per core':>24} {'wall s':>9}")
+    lines += ["", f"  {'stage':<20} {'core-seconds':>13} {'throughput per core':>24} {'wall s':>9}"]
     w = walls or {}
 
     def fmt(x, unit):

@@ -238,13 +238,9 @@ def write_slurm_scripts(plan: Plan, tasks: int, *, partition: str | None = None,
                         query: slurm.Query | None = None) -> Path:
     """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh.
 
-    ``mem`` is a Slurm size or ``none`` (no ``--mem`` line: the partition's default). Before anything is
-    written, the requests are checked against the partition's nodes (:func:`check_fits`; ``query``: a
-    stand-in for :func:`megadepth.common.slurm.query`).
-
-    Every path and value reaches the scripts shell-quoted (a directory named ``out$(cmd)`` must not run
-    ``cmd`` when a script runs); a path no quoting carries into an ``#SBATCH`` line is refused. Holds
-    ``OUT/.prep.lock`` while writing: a ``prep run`` working in OUT would have its plan.json replaced."""
+    ``mem`` is a Slurm size or ``none`` (the partition's default). The requests are checked against the
+    partition's nodes first (:func:`check_fits`; ``query``: a stand-in for ``slurm.query``). Every path and
+    value reaches the scripts shell-quoted; a path no quoting carries into an ``#SBATCH`` line is refused."""
     mem = slurm.MEM_NONE if mem.strip().lower() == slurm.MEM_NONE else mem  # "None" / "NONE" as typed
     counts = {"--tasks": tasks, "--cpus-per-task": cpus_per_task}
     if max_parallel is not None:  # None: no throttle; 0 or less is a mistake, not "no throttle"
