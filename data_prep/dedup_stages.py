@@ -53,9 +53,6 @@ def run_buckets(plan: Plan, unit: str) -> dict:
     return {"edges": int(len(edges)), "seconds": round(time.perf_counter() - t0, 4)}
 
 
-# ------------------------------------------------------------------------------------------ cluster
-
-
 def run_cluster(plan: Plan, unit: str) -> dict:
     from data_prep.minhash import union_find_roots
 
@@ -65,8 +62,7 @@ def run_cluster(plan: Plan, unit: str) -> dict:
     for u in plan.units("buckets"):
         e = np.load(plan.stage_dir("buckets") / "edges" / f"{u}.npy")
         (exact if int(u[1:4]) == bands else fuzzy).append(e)
-    ex = np.concatenate(exact) if exact else np.zeros((0, 2), dtype=np.int64)
-    fz = np.concatenate(fuzzy) if fuzzy else np.zeros((0, 2), dtype=np.int64)
+    ex, fz = (np.concatenate(e) if e else np.zeros((0, 2), dtype=np.int64) for e in (exact, fuzzy))
     nodes = np.unique(np.concatenate([ex.ravel(), fz.ravel()]))
     n = len(nodes)
     ex_c = np.searchsorted(nodes, ex)
@@ -81,12 +77,7 @@ def run_cluster(plan: Plan, unit: str) -> dict:
     out = plan.stage_dir("cluster") / "removed.npy"
     rj.save_duplicates(out.parent, nodes, own, roots_exact, roots)
     atomic_write_array(out, np.sort(removed).astype(np.int64))
-    return {
-        "exact_duplicates": n_exact,
-        "near_duplicates": int(len(removed)) - n_exact,
-        "removed": int(len(removed)),
-        "clusters": clusters,
-        "edges": {"exact": int(len(ex)), "minhash": int(len(fz))},
-        "seconds": round(time.perf_counter() - t0, 4),
-    }
+    return {"exact_duplicates": n_exact, "near_duplicates": int(len(removed)) - n_exact, "removed": int(len(removed)),
+            "clusters": clusters, "edges": {"exact": int(len(ex)), "minhash": int(len(fz))},
+            "seconds": round(time.perf_counter() - t0, 4)}
 

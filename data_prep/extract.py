@@ -1,16 +1,9 @@
 """Decoding HTML bytes and turning HTML into text, each page under a time limit.
 
-Decoding: a byte-order mark, else strict UTF-8 (most of the web), else the HTTP charset, else the
-``<meta charset>`` of the page, else resiliparse's detector (which never fails: undecodable bytes
-become U+FFFD). Extraction: resiliparse main content (default) or trafilatura with FineWeb's settings.
-
-The extracted text is then tidied (``tidy_text``): blank-looking lines and tab runs, as the ``extract.*`` keys
-say. Both steps run inside the page's time limit, and their regular expressions are linear (possessive
-quantifiers: a long run of white space or tabs is never re-scanned).
-
-Both extractors are checked on a known page when they are created: trafilatura with lxml >= 5.2 needs
-the separate ``lxml_html_clean`` package and otherwise fails on every page, which a per-page time limit
-or error handler would turn into a silently empty crawl.
+Decoding: a byte-order mark, else strict UTF-8, else the HTTP charset, else the page's ``<meta charset>``,
+else resiliparse's detector (undecodable bytes become U+FFFD). Extraction: resiliparse main content
+(default) or trafilatura with FineWeb's settings, then ``tidy_text``. Both extractors are checked on a
+known page when created: one failing on every page would otherwise make a silently empty crawl.
 """
 
 from __future__ import annotations
@@ -63,11 +56,9 @@ def decode_html(payload: bytes, http_charset: str | None, stats: Counter | None 
     return bytes_to_str(payload, detect_encoding(payload))
 
 
-#: a Unicode noncharacter (never in interchange text): appended to a lone separator so that resiliparse keeps
-#: it, then removed from the extracted text
+#: a Unicode noncharacter: appended to a lone separator so that resiliparse keeps it, then removed
 _MARK = "\ufdd0"
-#: a text node between two tags that holds one character of three or more UTF-8 bytes (literal or as a
-#: character reference), possibly with white space around it: what resiliparse's main-content mode drops
+#: a text node between two tags holding one character of three or more UTF-8 bytes (literal or a reference)
 _LONE_SEPARATOR = re.compile(r">(\s*+(?:[\u0800-\U0010ffff]|&#?\w{1,31};))(?=\s*+<)")
 #: a line of white space (``\s`` covers U+00A0 and U+2000-200A) and zero-width spaces only
 _BLANK_LINE = re.compile(r"^(?:[^\S\n]|[\u200b\u2060\ufeff])++$", re.M)
@@ -82,17 +73,11 @@ def mark_separators(html: str) -> str:
 
 def tidy_text(text: str, cfg: ExtractConfig) -> str:
     """The extracted text, cleaned as ``cfg.tidy_whitespace`` asks; the separator marker is always removed."""
-    if _MARK in text:
-        text = text.replace(_MARK, "")
-    if cfg.tidy_whitespace:
-        text = _BLANK_RUNS.sub("\n\n", _INNER_SPACE.sub(_tabs_to_space, _BLANK_LINE.sub("", text)))
+    text = text.replace(_MARK, "")
+    if cfg.tidy_whitespace:  # inner white space with a tab in it (table cells) becomes one space
+        text = _INNER_SPACE.sub(lambda m: " " if "\t" in m.group() else m.group(), _BLANK_LINE.sub("", text))
+        text = _BLANK_RUNS.sub("\n\n", text)
     return text.strip()
-
-
-def _tabs_to_space(match: re.Match) -> str:
-    """Inner white space with a tab in it (table cells) becomes one space; other spacing stays as it is."""
-    run = match.group()
-    return " " if "\t" in run else run
 
 
 class _Timeout(Exception):
@@ -150,9 +135,7 @@ class Extractor:
                 raise DataError(f"extract.engine trafilatura: cannot import it ({e})") from None
 
             def traf(html: str) -> str | None:
-                return trafilatura.extract(
-                    html, favor_precision=True, include_comments=False, deduplicate=True
-                )
+                return trafilatura.extract(html, favor_precision=True, include_comments=False, deduplicate=True)
 
             self._fn = traf
         self._self_check()
@@ -161,15 +144,11 @@ class Extractor:
         try:
             out = self._fn(_CHECK_HTML) or ""
         except Exception as e:  # noqa: BLE001 - any failure here means every page would fail
-            raise DataError(
-                f"extract.engine {self.cfg.engine} fails on a simple page ({type(e).__name__}: {e}); "
-                "for trafilatura with lxml >= 5.2 install lxml_html_clean"
-            ) from None
+            raise DataError(f"extract.engine {self.cfg.engine} fails on a simple page ({type(e).__name__}: {e}); "
+                            "for trafilatura with lxml >= 5.2 install lxml_html_clean") from None
         if "seven wizards" not in out:
-            raise DataError(
-                f"extract.engine {self.cfg.engine} returned no main text for a simple page; "
-                "check the installation (trafilatura needs lxml_html_clean with lxml >= 5.2)"
-            )
+            raise DataError(f"extract.engine {self.cfg.engine} returned no main text for a simple page; "
+                            "check the installation (trafilatura needs lxml_html_clean with lxml >= 5.2)")
 
     def __call__(self, html: str, stats: Counter) -> str | None:
         try:

@@ -1,10 +1,7 @@
 """The extract stage's unit (what it writes: :mod:`data_prep.stages`): one input file through the steps
 read -> url_filter -> html -> language -> filters -> dedup_keys, each timed under its name (CPU seconds,
-the marker's ``timing``).
-
-Pages go in batches (read + extract a batch, identify its languages, then rules and keys page by page):
-each step's code and tables (fastText's model above all) stay in the CPU caches across a batch instead
-of being evicted by resiliparse on every page. Same pages, same order.
+the marker's ``timing``). Pages go in batches, so that each step's tables (fastText's model above all)
+stay in the CPU caches across a batch. Same pages, same order.
 """
 
 from __future__ import annotations
@@ -26,15 +23,13 @@ from megadepth.common.io import atomic_write_array, sha256_file, temporary_path
 
 __all__ = ["StepClock", "run_extract"]
 
-#: Pages per batch (and the most text a batch holds, in characters): enough for each step to run warm
-#: in the CPU caches, small enough to bound memory.
+#: Pages per batch (and the most text a batch holds, in characters).
 _BATCH_DOCS = 256
 _BATCH_CHARS = 8 << 20
 
 
 class StepClock:
-    """CPU seconds per named step of one running clock: ``lap(step)`` charges the time since the
-    previous lap to ``step``, so each step's bookkeeping is charged to it and nothing twice."""
+    """CPU seconds per named step: ``lap(step)`` charges the time since the previous lap to ``step``."""
 
     __slots__ = ("_t", "seconds")
 
@@ -59,7 +54,6 @@ class _Tools:
         from data_prep.urls import UrlFilter
 
         c = plan.config
-        # each list read once, its hash checked
         self.urls = UrlFilter(c.url_filter, plan.url_lists_sha256) if c.url_filter.enabled else None
         self.html = Extractor(c.extract)
         model = Path(c.language.model) if c.language.enabled and plan.language_model_sha256 else None
@@ -98,8 +92,6 @@ class _ExtractUnit:
         self.rejected = rj.RejectedWriter(sd / rj.REJECTED_DIR / f"{unit}.parquet", c.rejected.keep_text,
                                           c.shards.row_group_docs)
         self.extract_drops = rj.ExtractDrops()
-
-    # ------------------------------------------------------------------------------------ the steps
 
     def batches(self) -> Iterator[list[tuple[RawDoc, str]]]:
         """read, url_filter, html: the pages with text, in batches (the last one possibly empty)."""
@@ -151,16 +143,13 @@ class _ExtractUnit:
             for raw, text in batch:
                 self.filters(raw, text, "", 0.0)
             return
-        for (raw, text), (lang, score) in zip(batch, self.language(batch), strict=True):
+        langs = [lid.identify(text) for _, text in batch]
+        self.clock.lap("language")
+        for (raw, text), (lang, score) in zip(batch, langs, strict=True):
             if lid.keep(lang, score):
                 self.filters(raw, text, lang, score)
             else:
                 self.reject_language(raw, text, lang, score)
-
-    def language(self, batch: list[tuple[RawDoc, str]]) -> list[tuple[str, float]]:
-        langs = [self.tools.lid.identify(text) for _, text in batch]
-        self.clock.lap("language")
-        return langs
 
     def reject_language(self, raw: RawDoc, text: str, lang: str, score: float) -> None:
         lid = self.tools.lid
@@ -212,8 +201,6 @@ class _ExtractUnit:
             self.flush()
             stages._maybe_die("extract", self.unit)
 
-    # ------------------------------------------------------------------------------------- outputs
-
     def flush(self) -> None:
         import pyarrow as pa
 
@@ -229,8 +216,7 @@ class _ExtractUnit:
 
     def commit(self) -> dict:
         """The key matrix sorted per row (``sig/``), the rejected pages, the documents; the marker's data."""
-        n_rows = self.c.dedup.bands + 1
-        mat = np.stack(self.keys, axis=1) if self.keys else np.zeros((n_rows, 0), dtype=np.uint64)
+        mat = np.stack(self.keys, axis=1) if self.keys else np.zeros((self.c.dedup.bands + 1, 0), dtype=np.uint64)
         order = np.argsort(mat, axis=1, kind="stable").astype(np.uint32)
         sorted_keys = np.take_along_axis(mat, order.astype(np.int64), axis=1)
         for name, arr in (("keys", sorted_keys), ("docs", order)):
@@ -239,17 +225,12 @@ class _ExtractUnit:
         os.replace(self.tmp, self.out)
         stats = self.stats
         stats["kept"] = self.kept
-        return {
-            "input": self.inp.path,
-            "rejected": rejected_info,
-            "damaged": any(k.startswith("corrupt:") and v for k, v in stats.items()),
-            "kept": self.kept,
-            "kept_chars": self.kept_chars,
-            "stats": dict(sorted(stats.items())),
-            "seconds": round(time.perf_counter() - self.t_start, 4),
-            "cpu_seconds": round(time.process_time() - self.cpu_start, 4),
-            "timing": {k: round(v, 4) for k, v in sorted(self.clock.seconds.items())},
-        }
+        return {"input": self.inp.path, "rejected": rejected_info,
+                "damaged": any(k.startswith("corrupt:") and v for k, v in stats.items()),
+                "kept": self.kept, "kept_chars": self.kept_chars, "stats": dict(sorted(stats.items())),
+                "seconds": round(time.perf_counter() - self.t_start, 4),
+                "cpu_seconds": round(time.process_time() - self.cpu_start, 4),
+                "timing": {k: round(v, 4) for k, v in sorted(self.clock.seconds.items())}}
 
 
 def run_extract(plan: Plan, unit: str) -> dict:

@@ -1,16 +1,11 @@
 """Quality rules: Gopher repetition, Gopher quality, C4 lines, FineWeb — datatrove's definitions.
 
-The rules and thresholds follow datatrove (FineWeb's code) so that a page kept or dropped there is, as
-far as the word split allows, kept or dropped here. What differs is speed: words come from a regular
-expression instead of spaCy (20-50x faster; ``_TOKEN`` says where it follows spaCy's English tokenizer,
-and docs/data_prep.md how often the two decide alike), and the n-gram statistics work on integer word ids
-and rolling hashes in numpy instead of joined strings. The results are those of datatrove's algorithms,
-including the greedy skip in "duplicated n-gram characters".
+The rules and thresholds follow datatrove (FineWeb's code), so that a page kept or dropped there is, as
+far as the word split allows, kept or dropped here; faster: words come from a regular expression instead
+of spaCy (``_TOKEN``), and the n-gram statistics work on integer word ids and rolling hashes in numpy.
 
 Each filter is ``fn(text, cfg) -> (text or None, reason or None)``: ``(None, reason)`` drops the page,
-``(text, None)`` keeps it, possibly changed (C4 removes lines). A reason is a :class:`Rejection`: the
-rule's name as a string, carrying the measured value and the threshold it failed, so the
-rejected-documents Parquet can say by how much a page missed.
+``(text, None)`` keeps it, possibly changed (C4 removes lines). A reason is a :class:`Rejection`.
 """
 
 from __future__ import annotations
@@ -31,24 +26,12 @@ from data_prep.config import (
     RepeatedLinesConfig,
 )
 
-__all__ = [
-    "TERMINAL_PUNCTUATION",
-    "Rejection",
-    "build_filters",
-    "c4_filter",
-    "fineweb_filter",
-    "gopher_quality",
-    "gopher_repetition",
-    "repeated_lines",
-    "split_words",
-]
+__all__ = ["TERMINAL_PUNCTUATION", "Rejection", "build_filters", "c4_filter", "fineweb_filter",
+           "gopher_quality", "gopher_repetition", "repeated_lines", "split_words"]
 
 #: the word split, close to spaCy's English tokenizer (which datatrove's rules use) where it moves Gopher's
-#: alphabetic-word ratio: a URL is one token; "it's" / "don't" split before the apostrophe ("it" "'s",
-#: "don" "'t": as many words with letters as spaCy's "do" "n't"); "U.S." and "a.m." keep their final period,
-#: as does a single letter ("J."); "@name", "M&M", "1,000", "10:30", "1/2" and "1979–1983" are one token;
-#: "--" is one. Possessive quantifiers: what follows a word run is never a word character, so giving
-#: characters back never makes a match, and not trying saves time.
+#: alphabetic-word ratio: a URL is one token; "it's" / "don't" split before the apostrophe; "U.S.", "a.m."
+#: and "J." keep their final period; "@name", "M&M", "1,000", "10:30", "1/2", "1979–1983" and "--" are one.
 _CLITIC_TAIL = r"(?:[sSdDmMtT]|ll|LL|re|RE|ve|VE)\b"
 _TOKEN = re.compile(
     r"(?:https?://|www\.)[^\s<>\"]*[^\s<>\".,;:!?)\]'’”]"  # URL, without a trailing punctuation mark
@@ -60,7 +43,6 @@ _TOKEN = re.compile(
 _LETTER = re.compile(r"[^\W\d_]")
 _PARAGRAPHS = re.compile(r"\n{2,}")
 _BLANK_RUNS = re.compile(r"\n{3,}")
-_LINES = re.compile(r"\n+")
 _CITATION = re.compile(r"\[\d*]|\[edit]|\[citation needed]")
 _SENTENCE_END = re.compile(r"(?<![.!?。！？])[.!?。！？]++(?:[\"'’”)\]]++)?(?=\s|$)")
 _POLICY = ("terms of use", "privacy policy", "cookie policy", "uses cookies", "use of cookies", "use cookies")
@@ -75,10 +57,8 @@ _P = np.uint64(0x9E3779B97F4A7C15)
 
 
 class Rejection(str):
-    """Why a rule dropped a page: equal to the rule's name (``"short_doc"``), so counting and comparing
-    by name are unchanged, plus the measured ``value`` and the ``threshold`` it failed (None where a
-    rule has no number, as for "lorem_ipsum"). Made only on the failing path: a page that passes pays
-    nothing for it."""
+    """Why a rule dropped a page: equal to the rule's name (``"short_doc"``), plus the measured ``value``
+    and the ``threshold`` it failed (None where a rule has no number, as for "lorem_ipsum")."""
 
     value: float | None
     threshold: float | None
@@ -91,14 +71,9 @@ class Rejection(str):
 
 
 class _Doc:
-    """What the rules compute from one text, computed once and shared by the rules run on it.
-
-    The rules of one document run one after the other on the same ``str`` object (C4 may hand a new
-    one to FineWeb), so the chain :func:`build_filters` makes keeps the last analysed text
-    (:class:`_LastDoc`) and hands it to each rule that asks for the same object. Tokens are split per line (no token crosses a newline, so the concatenation is the
-    whole text's split) and kept by stripped line: C4 keeps lines stripped and mostly unchanged, and
-    FineWeb's word count on C4's output then costs dictionary look-ups instead of a second split.
-    """
+    """What the rules compute from one text, computed once and shared by the rules run on it
+    (:func:`build_filters`). Tokens are split per line (no token crosses a newline) and kept by stripped line,
+    so that FineWeb's word count on C4's output (lines stripped, mostly unchanged) costs look-ups."""
 
     __slots__ = ("line_tokens", "parts", "text", "_tokens")
 
@@ -113,35 +88,13 @@ class _Doc:
         if self._tokens is None:
             out: list[str] = []
             for part in self.parts:
-                out += _tokens_of_line(part, self.line_tokens)
+                key = part.strip()  # no token holds white space: a line and its stripped form split alike
+                toks = self.line_tokens.get(key)
+                if toks is None:
+                    toks = self.line_tokens[key] = _TOKEN.findall(key)
+                out += toks
             self._tokens = out
         return self._tokens
-
-
-def _tokens_of_line(line: str, cache: dict[str, list[str]]) -> list[str]:
-    """The tokens of one line (no newline in it), memoised by the stripped line: stripping removes
-    only whitespace, which no token contains, so a line and its stripped form split alike."""
-    key = line.strip()
-    toks = cache.get(key)
-    if toks is None:
-        toks = cache[key] = _TOKEN.findall(key)
-    return toks
-
-
-class _LastDoc:
-    """The last text one chain of rules analysed (one per :func:`build_filters`, so per process):
-    calling it with the same ``str`` object returns the same :class:`_Doc`, with a new text a new one."""
-
-    __slots__ = ("doc",)
-
-    def __init__(self) -> None:
-        self.doc = _Doc("")
-
-    def __call__(self, text: str) -> _Doc:
-        d = self.doc
-        if d.text is not text:
-            d = self.doc = _Doc(text)
-        return d
 
 
 def split_words(text: str) -> list[str]:
@@ -163,9 +116,8 @@ def _find_duplicates(items: list[str]) -> tuple[int, int]:
 
 
 def _greedy_dup_chars(pos: np.ndarray, h: np.ndarray, chars: np.ndarray, n: int) -> int:
-    """datatrove's find_all_duplicate on the n-grams that occur more than once (``pos`` ascending):
-    scan left to right; an n-gram seen before counts its characters and the scan jumps past it. The
-    n-grams that occur once are never repeats and never matter to the others, so they are skipped."""
+    """datatrove's find_all_duplicate on the n-grams that occur more than once (``pos`` ascending): an
+    n-gram seen before counts its characters and the scan jumps past it."""
     seen: set[int] = set()
     repeated = 0
     nxt = 0
@@ -181,12 +133,8 @@ def _greedy_dup_chars(pos: np.ndarray, h: np.ndarray, chars: np.ndarray, n: int)
 
 
 def _counts(h: np.ndarray) -> np.ndarray:
-    """For each element, how often its value occurs in ``h`` (np.unique without its overhead).
-
-    Any sort will do: equal values get the same count whatever their order among themselves, so the
-    default (unstable) sort is used, and the run boundaries are one comparison and one subtraction
-    (no ``np.diff`` / ``np.append`` calls, whose Python overhead dominates on the short arrays of the
-    longer n-grams)."""
+    """For each element, how often its value occurs in ``h`` (np.unique without its overhead; any sort
+    will do, as equal values get the same count whatever their order)."""
     n = len(h)
     if n < 2:
         return np.ones(n, dtype=np.int64)
@@ -203,12 +151,10 @@ def _counts(h: np.ndarray) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _ngram_plan(
-    top_n_grams: tuple[tuple[int, float], ...], dup_n_grams: tuple[tuple[int, float], ...]
-) -> tuple[dict[int, float], dict[int, float], int, int, dict[int, float | None]]:
-    """What the n-gram loop needs from the configuration, worked out once per configuration: the top
-    and duplicated rules by n, the largest n of all and of the top rules, and for each n the smallest
-    threshold among the duplicated-n-gram rules for n-grams of n words or more (None: no such rule)."""
+def _ngram_plan(top_n_grams: tuple[tuple[int, float], ...], dup_n_grams: tuple[tuple[int, float], ...]
+                ) -> tuple[dict[int, float], dict[int, float], int, int, dict[int, float | None]]:
+    """The top and duplicated rules by n, the largest n of all and of the top rules, and for each n the
+    smallest threshold of the duplicated-n-gram rules for n or more words (None: no such rule)."""
     top, dup = dict(top_n_grams), dict(dup_n_grams)
     max_n = max([*top, *dup], default=0)
     rest = {n: min((f for m, f in dup_n_grams if m >= n), default=None) for n in range(1, max_n + 1)}
@@ -217,14 +163,9 @@ def _ngram_plan(
 
 def _covered_chars(pos: np.ndarray, csum: np.ndarray, max_n: int, n_words: int) -> int:
     """Characters (as in "".join) of the words in the union of ``[p, p + max_n)`` over ``pos``, the
-    positions whose n-gram repeats (ascending).
-
-    An upper bound on the duplicated characters of every n-gram rule for m >= n words (m <= max_n):
-    the positions whose m-gram repeats are a subset of ``pos`` (each level keeps only positions of
-    the level before), and the greedy scan counts disjoint m-grams starting at such positions, each
-    inside its position's interval. So when this over ``n_chars`` is at most a rule's threshold, that
-    rule cannot fail, with or without hash collisions.
-    """
+    positions whose n-gram repeats (ascending): an upper bound on the duplicated characters of every
+    n-gram rule for m >= n words, as the greedy scan counts disjoint m-grams starting at a subset of
+    ``pos``. When this over ``n_chars`` is at most a rule's threshold, that rule cannot fail."""
     if not len(pos):
         return 0
     ends = np.minimum(pos + max_n, n_words)
@@ -235,15 +176,9 @@ def _covered_chars(pos: np.ndarray, csum: np.ndarray, max_n: int, n_words: int) 
 def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) -> Rejection | None:
     """The n-gram rules; the reason of the first that fails, or None.
 
-    n-grams grow one word at a time, only at positions where the shorter n-gram occurs more than once
-    (an n-gram can only repeat where its prefix repeats), so the work shrinks quickly with n. Each
-    n-gram has a 64-bit rolling hash of its word ids. A word's id is the position of its first
-    occurrence, so single words are counted with ``bincount`` instead of a sort.
-
-    Once the top n-grams are done, the loop stops as soon as a bound shows that no remaining
-    duplicated-n-gram rule can fail (see :func:`_covered_chars`): on ordinary prose a handful of
-    positions still repeat at n = 4 or 5, far below every threshold, and the longer n-grams would
-    only confirm it at the price of a sort each.
+    n-grams grow one word at a time, only at positions where the shorter n-gram repeats, each with a
+    64-bit rolling hash of its word ids (a word's id: the position of its first occurrence). Once the top
+    n-grams are done, the loop stops as soon as :func:`_covered_chars` shows that no rule left can fail.
     """
     n_words = len(words)
     first = np.fromiter(map({}.setdefault, words, range(n_words)), dtype=np.int64, count=n_words)
@@ -296,9 +231,8 @@ def _ngram_stats(words: list[str], cfg: GopherRepetitionConfig, n_chars: int) ->
 
 
 def _paragraphs(stripped: str) -> list[str]:
-    """``re.split(r"\n{2,}", stripped)`` for a stripped text: a plain ``split("\n\n")`` gives the
-    same pieces whenever no run of newlines is longer than two (the usual case), at a fraction of the
-    regular expression's cost."""
+    """``re.split(r"\n{2,}", stripped)`` for a stripped text, as a plain ``split`` where no run of newlines
+    is longer than two."""
     if "\n\n\n" in stripped:
         return _PARAGRAPHS.split(stripped)
     return stripped.split("\n\n")
@@ -320,45 +254,38 @@ def _lines(text: str, parts: list[str]) -> list[str]:
 def gopher_repetition(text: str, cfg: GopherRepetitionConfig,
                       doc: _Doc | None = None) -> tuple[str | None, Rejection | None]:
     """``doc``: ``text`` analysed already (by an earlier rule of the chain), if it was."""
-    n_chars = len(text)
-    if n_chars == 0:
+    if not text:
         return None, Rejection("empty")
     if doc is None:
         doc = _Doc(text)
+    reason = _duplicated_lines(text, doc.parts, cfg)
+    if reason is None and doc.tokens:
+        reason = _ngram_stats(doc.tokens, cfg, len(text))
+    return (text, None) if reason is None else (None, reason)
+
+
+def _duplicated_lines(text: str, parts: list[str], cfg: GopherRepetitionConfig) -> Rejection | None:
+    """Gopher repetition's duplicated paragraph and line rules on a non-empty text, in datatrove's order;
+    ``parts``: ``text.split("\n")``."""
     paragraphs = _paragraphs(text.strip())
-    dup, chars = _find_duplicates(paragraphs)
-    if cfg.dup_para_frac is not None and dup / len(paragraphs) > cfg.dup_para_frac:
-        return None, Rejection("dup_para_frac", dup / len(paragraphs), cfg.dup_para_frac)
-    if cfg.dup_para_char_frac is not None and chars / n_chars > cfg.dup_para_char_frac:
-        return None, Rejection("dup_para_char_frac", chars / n_chars, cfg.dup_para_char_frac)
-    lines = _lines(text, doc.parts)
-    dup, chars = _find_duplicates(lines)
-    if cfg.dup_line_frac is not None and dup / len(lines) > cfg.dup_line_frac:
-        return None, Rejection("dup_line_frac", dup / len(lines), cfg.dup_line_frac)
-    if cfg.dup_line_char_frac is not None and chars / n_chars > cfg.dup_line_char_frac:
-        return None, Rejection("dup_line_char_frac", chars / n_chars, cfg.dup_line_char_frac)
-    words = doc.tokens
-    if words:
-        reason = _ngram_stats(words, cfg, n_chars)
-        if reason is not None:
-            return None, reason
-    return text, None
+    lines = _lines(text, parts)
+    pdup, pchars = _find_duplicates(paragraphs)
+    ldup, lchars = _find_duplicates(lines)
+    for name, value, limit in (("dup_para_frac", pdup / len(paragraphs), cfg.dup_para_frac),
+                               ("dup_para_char_frac", pchars / len(text), cfg.dup_para_char_frac),
+                               ("dup_line_frac", ldup / len(lines), cfg.dup_line_frac),
+                               ("dup_line_char_frac", lchars / len(text), cfg.dup_line_char_frac)):
+        if limit is not None and value > limit:
+            return Rejection(name, value, limit)
+    return None
 
 
 def _fails_duplicated_lines(text: str, rep: GopherRepetitionConfig | None, fw: FineWebConfig | None) -> bool:
-    """Whether ``text`` fails one of the rules that count repeated lines or paragraphs: Gopher repetition's
-    four fractions, FineWeb's duplicated characters (as those rules measure them)."""
+    """Whether ``text`` fails Gopher repetition's duplicated-line rules or FineWeb's duplicated characters."""
     if not text:
         return False
-    if rep is not None:
-        paragraphs = _paragraphs(text.strip())
-        dup, chars = _find_duplicates(paragraphs)
-        lines = _lines(text, text.split("\n"))
-        ldup, lchars = _find_duplicates(lines)
-        for value, limit in ((dup / len(paragraphs), rep.dup_para_frac), (chars / len(text), rep.dup_para_char_frac),
-                             (ldup / len(lines), rep.dup_line_frac), (lchars / len(text), rep.dup_line_char_frac)):
-            if limit is not None and value > limit:
-                return True
+    if rep is not None and _duplicated_lines(text, text.split("\n"), rep) is not None:
+        return True
     if fw is not None and fw.char_duplicates_ratio is not None:
         denom = len(text) - text.count("\n")
         lines = [line for line in text.split("\n") if line.strip()]
@@ -381,9 +308,8 @@ def _collapsible(line: str, key: str, max_chars: int) -> bool:
 
 def repeated_lines(text: str, cfg: RepeatedLinesConfig, rep: GopherRepetitionConfig | None,
                    fw: FineWebConfig | None) -> tuple[str, None]:
-    """A page failing a duplicated-line rule keeps each of its short lines of words once (``cfg.max_chars``;
-    the config's ``repeated_lines`` says why); any other page, and every code-like line, is left as it is.
-    Never drops a page."""
+    """A page failing a duplicated-line rule keeps each of its short lines of words once (the config's
+    ``repeated_lines`` says why); any other page, and every code-like line, is left as it is."""
     if not _fails_duplicated_lines(text, rep, fw):
         return text, None
     seen: set[str] = set()
@@ -401,9 +327,8 @@ def repeated_lines(text: str, cfg: RepeatedLinesConfig, rep: GopherRepetitionCon
 
 
 def _is_word(token: str) -> bool:
-    """A token is a word unless it is punctuation ("--", "..." or one character that is neither a word
-    character nor space): a word token holds a word character (``\\w`` is ``isalnum`` or "_") at its
-    start or, as in "'s" and "@name", second."""
+    """A token is a word unless it is punctuation ("--", "..." or one non-word character): a word token
+    holds a word character (``isalnum`` or "_") first or, as in "'s" and "@name", second."""
     return any(c.isalnum() or c == "_" for c in token[:2])
 
 
@@ -417,9 +342,7 @@ def gopher_quality(text: str, cfg: GopherQualityConfig,
     """``doc``: ``text`` analysed already (by an earlier rule of the chain), if it was."""
     tokens = (_Doc(text) if doc is None else doc).tokens
     n_tokens = len(tokens)
-    # the tokens that are not punctuation, in order: the distinct tokens that are
-    # not all letters/digits are few ("3.14", "don't", ",", "..."), and only they are looked at in
-    # Python to find the punctuation, which is then filtered out in C
+    # the tokens that are not punctuation: only the few distinct tokens not all letters/digits are looked at
     punct = {t for t in set(filterfalse(str.isalnum, tokens)) if not _is_word(t)}
     words = list(filterfalse(punct.__contains__, tokens)) if punct else tokens
     n_words = len(words)
@@ -476,13 +399,10 @@ def _count_sentences(line: str) -> int:
 def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, Rejection | None]:
     kept: list[str] = []
     sentences = 0
-    # Per line, only what decides: a word longer than max_word_length needs a line that long; "fewer
-    # than k words" needs the first k + 1 pieces only (split stops there); every policy phrase holds
-    # "cookie", "terms of use" or "privacy policy"; and sentences are only counted until there are
-    # enough, as the count is only ever compared with the minimum.
-    max_len = cfg.max_word_length
-    min_words = cfg.min_words_per_line
-    min_sent = cfg.min_num_sentences
+    # Per line, only what decides: a word longer than max_word_length needs a line that long; "fewer than k
+    # words" needs k + 1 pieces; every policy phrase holds "cookie", "terms of use" or "privacy policy";
+    # sentences are counted until there are enough.
+    max_len, min_words, min_sent = cfg.max_word_length, cfg.min_words_per_line, cfg.min_num_sentences
     for raw in text.splitlines():
         line = raw.strip()
         if max_len is not None and line and len(line) > max_len and max(map(len, line.split())) > max_len:
@@ -501,11 +421,8 @@ def c4_filter(text: str, cfg: C4Config) -> tuple[str | None, Rejection | None]:
             continue
         if cfg.filter_curly_bracket and "{" in line:
             return None, Rejection("curly_bracket")
-        if (
-            cfg.filter_policy
-            and ("cookie" in low or "terms of use" in low or "privacy policy" in low)
-            and any(p in low for p in _POLICY)
-        ):
+        if (cfg.filter_policy and ("cookie" in low or "terms of use" in low or "privacy policy" in low)
+                and any(p in low for p in _POLICY)):
             continue
         if min_sent is not None and sentences < min_sent:
             sentences += _count_sentences(line)
@@ -541,9 +458,8 @@ def fineweb_filter(text: str, cfg: FineWebConfig,
             if ratio > cfg.char_duplicates_ratio:
                 return None, Rejection("char_dup_ratio", ratio, cfg.char_duplicates_ratio)
     if cfg.new_line_ratio is not None:
-        # len(split_words(text)), line by line (blank lines hold no token): the lines C4 kept as
-        # they were are already split, in the tokens of the text the earlier rules saw
-        # (looked up, never added: FineWeb alone must not grow the cache document after document)
+        # len(split_words(text)), line by line: the lines C4 kept as they were are split already (looked
+        # up, never added: FineWeb alone must not grow the cache document after document)
         cache = {} if line_tokens is None else line_tokens
         n_words = 0
         for line in lines:
@@ -564,17 +480,23 @@ def build_filters(cfg: PrepConfig) -> list[tuple[str, Filter]]:
     """The enabled rules, in FineWeb's order: Gopher repetition, Gopher quality, C4, FineWeb; before them,
     the repeated short lines of a page that would fail a duplicated-line rule are dropped."""
     out: list[tuple[str, Filter]] = []
-    last = _LastDoc()  # the analysis of a text, shared by the rules that run on it
+    last = [_Doc("")]  # the last text the chain analysed, shared by the rules that run on it
+
+    def doc(text: str) -> _Doc:  # the same ``str`` object gets the same analysis
+        if last[0].text is not text:
+            last[0] = _Doc(text)
+        return last[0]
+
     rep = cfg.gopher_repetition if cfg.gopher_repetition.enabled else None
     fw = cfg.fineweb if cfg.fineweb.enabled else None
     if cfg.repeated_lines.enabled and (rep is not None or fw is not None):
         out.append(("repeated_lines", lambda t, c=cfg.repeated_lines: repeated_lines(t, c, rep, fw)))
     if cfg.gopher_repetition.enabled:
-        out.append(("gopher_rep", lambda t, c=cfg.gopher_repetition: gopher_repetition(t, c, last(t))))
+        out.append(("gopher_rep", lambda t, c=cfg.gopher_repetition: gopher_repetition(t, c, doc(t))))
     if cfg.gopher_quality.enabled:
-        out.append(("gopher_qual", lambda t, c=cfg.gopher_quality: gopher_quality(t, c, last(t))))
+        out.append(("gopher_qual", lambda t, c=cfg.gopher_quality: gopher_quality(t, c, doc(t))))
     if cfg.c4.enabled:
         out.append(("c4", lambda t, c=cfg.c4: c4_filter(t, c)))
     if cfg.fineweb.enabled:
-        out.append(("fineweb", lambda t, c=cfg.fineweb: fineweb_filter(t, c, last.doc.line_tokens)))
+        out.append(("fineweb", lambda t, c=cfg.fineweb: fineweb_filter(t, c, last[0].line_tokens)))
     return out

@@ -1,12 +1,9 @@
 """What the prep commands leave out, said out loud: files they do not read, documents over the size cap.
 
-A folder given as input often holds more than the pipeline reads (a README, PDFs, saved HTML pages, a
-``warc.paths.gz`` list): those files used to be passed over without a word, so a corpus could be a
-fraction of what its owner thought. They are now counted by extension and listed (the first
-:data:`UNREAD_LISTED`) in ``plan.json`` / the manifest, and named in a warning line before any work.
-
-Standard library only: ``data_prep.text_shards`` imports this, and every ``megadepth`` command
-imports that module when it builds its command line.
+Files in an input folder that the pipeline does not read (a README, PDFs, a ``warc.paths.gz`` list) are
+counted by extension and listed (the first :data:`UNREAD_LISTED`) in ``plan.json`` / the manifest, and
+named in a warning line before any work. Standard library only: every ``megadepth`` command imports this
+(through ``data_prep.text_shards``) when it builds its command line.
 """
 
 from __future__ import annotations
@@ -16,15 +13,8 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-__all__ = [
-    "DEFAULT_MAX_DOC_BYTES",
-    "UNREAD_LISTED",
-    "extension",
-    "too_large",
-    "unread_files",
-    "unread_summary",
-    "unread_warning",
-]
+__all__ = ["DEFAULT_MAX_DOC_BYTES", "UNREAD_LISTED", "extension", "too_large", "unread_files",
+           "unread_summary", "unread_warning"]
 
 #: The per-document cap of ``prep text``: the default of ``prep run``'s ``read.max_payload_bytes``
 #: (tests/test_prep_hygiene.py checks that they agree).
@@ -35,8 +25,8 @@ _COMPRESSED = {".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip"}
 
 
 def too_large(text: str, max_bytes: int) -> bool:
-    """Whether ``text`` is over ``max_bytes`` in UTF-8. Encodes only when the character count cannot
-    decide (a character is 1 to 4 bytes), so the common case costs a ``len``."""
+    """Whether ``text`` is over ``max_bytes`` in UTF-8, encoding only when the character count (a
+    character is 1 to 4 bytes) cannot decide."""
     n = len(text)
     if n > max_bytes:
         return True
@@ -46,8 +36,7 @@ def too_large(text: str, max_bytes: int) -> bool:
 
 
 def extension(name: str) -> str:
-    """The extension a reader would go by: ``.pdf``, ``.txt.gz`` (a compression suffix keeps the one
-    before it), or ``(none)``."""
+    """The extension a reader would go by: ``.pdf``, ``.txt.gz`` (with a compression suffix), or ``(none)``."""
     suffixes = [s.lower() for s in Path(name).suffixes]
     if not suffixes:
         return "(none)"
@@ -76,8 +65,7 @@ def unread_files(root: Path, reads: Callable[[Path], bool], skip_dir: Callable[[
 
 
 def unread_summary(paths: Iterable[str | Path]) -> dict:
-    """``{"count", "by_extension", "paths"}`` for ``plan.json`` / ``manifest.json``: every file counted,
-    the first :data:`UNREAD_LISTED` (sorted) listed."""
+    """``{"count", "by_extension", "paths"}``: every file counted, the first :data:`UNREAD_LISTED` listed."""
     unique = sorted({str(p) for p in paths})
     by_ext = Counter(extension(os.path.basename(p)) for p in unique)
     return {
@@ -88,8 +76,7 @@ def unread_summary(paths: Iterable[str | Path]) -> dict:
 
 
 def unread_warning(summary: dict, readable: str, where: str) -> str | None:
-    """One line naming the files not read (None when there are none): how many, of which extensions,
-    an example, and where the full list is."""
+    """One line naming the files not read (None when there are none), with where the full list is."""
     n = summary.get("count", 0)
     if not n:
         return None

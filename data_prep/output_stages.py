@@ -23,7 +23,6 @@ _U64 = 1 << 64
 
 
 def run_tokenizer(plan: Plan, unit: str) -> dict:
-    import pyarrow.parquet as pq
     import xxhash
 
     from data_prep.tokenizer import train_tokenizer
@@ -51,31 +50,17 @@ def run_tokenizer(plan: Plan, unit: str) -> dict:
     sampled = Counter()
 
     def sample():
-        for i, u in enumerate(plan.units("extract")):
-            if offsets[i + 1] == offsets[i]:
-                continue
-            mask = stages.kept_rows(plan, i, offsets, removed)
-            pf = pq.ParquetFile(plan.stage_dir("extract") / "docs" / f"{u}.parquet")
-            row = 0
-            for batch in pf.iter_batches(columns=["text"], batch_size=c.shards.row_group_docs):
-                for text in batch.column(0).to_pylist():
-                    if mask[row] and xxhash.xxh3_64_intdigest(f"{u}:{row}".encode()) <= cut:
-                        sampled["documents"] += 1
-                        sampled["chars"] += len(text)
-                        yield text
-                    row += 1
+        for i, first, batch, mask in stages.kept_batches(plan, range(len(plan.inputs)), offsets, removed, ["text"]):
+            for row, (keep, text) in enumerate(zip(mask, batch.column(0).to_pylist(), strict=True), first):
+                if keep and xxhash.xxh3_64_intdigest(f"{i:06d}:{row}".encode()) <= cut:
+                    sampled["documents"] += 1
+                    sampled["chars"] += len(text)
+                    yield text
 
-    train_tokenizer(
-        sample(), out_dir / "tokenizer", c.tokenizer.vocab_size, c.tokenizer.model_type, c.tokenizer.seed
-    )
+    train_tokenizer(sample(), out_dir / "tokenizer", c.tokenizer.vocab_size, c.tokenizer.model_type, c.tokenizer.seed)
     stages.check_tokenizer(final)
-    return {
-        "trained": True,
-        "sample_documents": sampled["documents"],
-        "sample_chars": sampled["chars"],
-        "seconds": round(time.perf_counter() - t0, 4),
-    }
-
+    return {"trained": True, "sample_documents": sampled["documents"], "sample_chars": sampled["chars"],
+            "seconds": round(time.perf_counter() - t0, 4)}
 
 
 def run_tokenize(plan: Plan, unit: str) -> dict:
@@ -85,7 +70,6 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
     t0 = time.perf_counter()
     cpu0 = time.process_time()
     c = plan.config
-    g = int(unit)
     sp = stages.cached(plan, "sp", lambda: stages.check_tokenizer(plan.stage_dir("tokenizer") / stages.TOKENIZER))
     offsets = stages.offsets(plan)
     removed = stages.removed(plan)
@@ -95,7 +79,6 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
     parquet = sd / stages.DOCS_DIR / f"part-{unit}.parquet"
     tmp = temporary_path(parquet)
     fps = c.shards.files_per_shard
-    files = range(g * fps, min((g + 1) * fps, len(plan.inputs)))
     schema = stages.doc_schema().append(pa.field("tokens", pa.int32()))
     writer = ShardWriter(sp, lambda n: prefix)
     pqw = pq.ParquetWriter(tmp, schema, compression="zstd")
@@ -104,29 +87,21 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
     sources = [x.path for x in plan.inputs]
     t_docs = 0.0
     try:
-        for i in files:
-            if offsets[i + 1] == offsets[i]:
+        files = range(int(unit) * fps, min((int(unit) + 1) * fps, len(plan.inputs)))
+        for i, row, batch, m in stages.kept_batches(plan, files, offsets, removed):
+            if not m.all():
+                gone = ~m
+                gids = offsets[i] + row + np.flatnonzero(gone)
+                rejected.add_table(rj.dedup_rows(batch.filter(pa.array(gone)), gids, removed, details, offsets,
+                                                 sources, c.rejected.keep_text))
+                batch = batch.filter(pa.array(m))
+            if batch.num_rows == 0:
                 continue
-            mask = stages.kept_rows(plan, i, offsets, removed)
-            pf = pq.ParquetFile(plan.stage_dir("extract") / "docs" / f"{i:06d}.parquet")
-            row = 0
-            for batch in pf.iter_batches(batch_size=c.shards.row_group_docs):
-                m = mask[row : row + batch.num_rows]
-                if not m.all():
-                    gone = ~m
-                    gids = offsets[i] + row + np.flatnonzero(gone)
-                    rejected.add_table(rj.dedup_rows(batch.filter(pa.array(gone)), gids, removed, details, offsets,
-                                                  sources, c.rejected.keep_text))
-                    batch = batch.filter(pa.array(m))
-                row += len(m)
-                if batch.num_rows == 0:
-                    continue
-                texts = batch.column(batch.schema.get_field_index("text")).to_pylist()
-                lengths = writer.add(texts, c.tokenizer.num_threads)
-                td = time.process_time()
-                pqw.write_batch(batch.append_column("tokens", pa.array(lengths.astype(np.int32))))
-                t_docs += time.process_time() - td
-                stages._maybe_die("tokenize", unit)
+            lengths = writer.add(batch.column("text").to_pylist(), c.tokenizer.num_threads)
+            td = time.process_time()
+            pqw.write_batch(batch.append_column("tokens", pa.array(lengths.astype(np.int32))))
+            t_docs += time.process_time() - td
+            stages._maybe_die("tokenize", unit)
         td = time.process_time()
         pqw.close()
         t_docs += time.process_time() - td
@@ -142,19 +117,11 @@ def run_tokenize(plan: Plan, unit: str) -> dict:
         tmp.unlink(missing_ok=True)
         rejected.abort()
         raise
-    seconds = time.perf_counter() - t0
     shard = writer.shards[0] if writer.shards else {"prefix": None, "documents": 0, "tokens": 0}
-    return {
-        "shard": shard["prefix"],
-        "documents": shard["documents"],
-        "tokens": shard["tokens"],
-        "seconds": round(seconds, 4),
-        "cpu_seconds": round(time.process_time() - cpu0, 4),
-        "encode_seconds": round(writer.encode_seconds, 4),
-        "documents_parquet_seconds": round(t_docs, 4),
-        "rejected": rejected_info,
-    }
-
+    return {"shard": shard["prefix"], "documents": shard["documents"], "tokens": shard["tokens"],
+            "seconds": round(time.perf_counter() - t0, 4), "cpu_seconds": round(time.process_time() - cpu0, 4),
+            "encode_seconds": round(writer.encode_seconds, 4), "documents_parquet_seconds": round(t_docs, 4),
+            "rejected": rejected_info}
 
 
 def _link(src: Path, dst: Path) -> None:
@@ -168,13 +135,6 @@ def _link(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copy2(src, tmp)
     os.replace(tmp, dst)
-
-
-def _sum_stats(markers: list[dict]) -> Counter:
-    total: Counter = Counter()
-    for m in markers:
-        total.update(m["stats"])
-    return total
 
 
 def run_finalize(plan: Plan, unit: str) -> dict:
@@ -206,9 +166,15 @@ def run_finalize(plan: Plan, unit: str) -> dict:
 def build_manifest(plan: Plan) -> dict:
     """``manifest.json``: inputs, configuration and its hash, counts per stage and rule, shards."""
     c = plan.config
+    fps = c.shards.files_per_shard
     ex = [plan.read_marker("extract", u) for u in plan.units("extract")]
-    read_stats = _sum_stats(ex)
-    cluster = plan.read_marker("cluster", SINGLE) if plan.units("cluster") else None
+    read_stats: Counter = Counter()
+    timing: Counter = Counter()  # update, not +: a count or step of 0 stays
+    for m in ex:
+        read_stats.update(m["stats"])
+        timing.update(m.get("timing", {}))
+    cluster = plan.read_marker("cluster", SINGLE) if plan.units("cluster") else dict.fromkeys(
+        ("removed", "exact_duplicates", "near_duplicates", "clusters", "seconds"), 0)
     buckets = [plan.read_marker("buckets", u) for u in plan.units("buckets")]
     tok_info = plan.read_marker("tokenizer", SINGLE)
     tok = [(u, plan.read_marker("tokenize", u)) for u in plan.units("tokenize")]
@@ -224,13 +190,10 @@ def build_manifest(plan: Plan) -> dict:
         return round(n / s, 1) if s > 0 else None
 
     ex_seconds = sum(m.get("cpu_seconds", m["seconds"]) for m in ex)
-    timing: Counter = Counter()
-    for m in ex:
-        timing.update(m.get("timing", {}))
     tok_seconds = sum(m.get("cpu_seconds", m["seconds"]) for _, m in tok)
     enc_seconds = sum(m["encode_seconds"] for _, m in tok)
     doc_seconds = sum(m["documents_parquet_seconds"] for _, m in tok)
-    dedup_seconds = sum(m["seconds"] for m in buckets) + (cluster["seconds"] if cluster else 0.0)
+    dedup_seconds = sum(m["seconds"] for m in buckets) + float(cluster["seconds"])
     return {
         "format": "megadepth-shards",
         "format_version": 1,
@@ -249,63 +212,36 @@ def build_manifest(plan: Plan) -> dict:
         "rejected": rj.summarize(c.rejected.keep_text, [*ex, *(m for _, m in tok)]),
         "stages": {
             "read": {
-                "files": len(plan.inputs),
-                "unread_files": plan.unread["count"],
-                "records": read_stats["read:records"],
-                "documents_out": docs_in,
-                "skipped": skipped,
+                "files": len(plan.inputs), "unread_files": plan.unread["count"], "records": read_stats["read:records"],
+                "documents_out": docs_in, "skipped": skipped,
                 "damaged_files": [m["input"] for m in ex if m.get("damaged")],
-                "files_read_leniently": read_stats["read:fallback_files"],
-                "non_utf8_pages": read_stats["read:non_utf8"],
+                "files_read_leniently": read_stats["read:fallback_files"], "non_utf8_pages": read_stats["read:non_utf8"],
             },
             "extract_and_filter": {
-                "documents_in": docs_in,
-                "documents_out": kept,
-                "dropped": dropped,
-                "seconds": round(ex_seconds, 3),
-                "docs_per_s": rate(docs_in, ex_seconds),
+                "documents_in": docs_in, "documents_out": kept, "dropped": dropped,
+                "seconds": round(ex_seconds, 3), "docs_per_s": rate(docs_in, ex_seconds),
                 "seconds_by_step": {k: round(v, 3) for k, v in sorted(timing.items())},
             },
             "dedup": {
-                "documents_in": kept,
-                "documents_out": kept - (cluster["removed"] if cluster else 0),
-                "exact_duplicates": cluster["exact_duplicates"] if cluster else 0,
-                "near_duplicates": cluster["near_duplicates"] if cluster else 0,
-                "clusters": cluster["clusters"] if cluster else 0,
-                "seconds": round(dedup_seconds, 3),
-                "docs_per_s": rate(kept, dedup_seconds),
+                "documents_in": kept, "documents_out": kept - cluster["removed"],
+                "exact_duplicates": cluster["exact_duplicates"], "near_duplicates": cluster["near_duplicates"],
+                "clusters": cluster["clusters"], "seconds": round(dedup_seconds, 3), "docs_per_s": rate(kept, dedup_seconds),
             },
-            "tokenizer": {
-                "trained": tok_info["trained"],
-                "sample_documents": tok_info.get("sample_documents"),
-                "seconds": tok_info["seconds"],
-            },
+            "tokenizer": {"trained": tok_info["trained"], "sample_documents": tok_info.get("sample_documents"),
+                          "seconds": tok_info["seconds"]},
             "tokenize": {
-                "documents": n_docs,
-                "tokens": n_tokens,
-                "eos_appended": True,
+                "documents": n_docs, "tokens": n_tokens, "eos_appended": True,
                 "pii_masked": {"emails": read_stats["pii:emails"], "ipv4": read_stats["pii:ipv4"]},
-                "seconds": round(tok_seconds, 3),
-                "documents_parquet_seconds": round(doc_seconds, 3),
+                "seconds": round(tok_seconds, 3), "documents_parquet_seconds": round(doc_seconds, 3),
                 "tokens_per_s": rate(n_tokens, tok_seconds - doc_seconds),
                 "tokens_per_s_with_documents_parquet": rate(n_tokens, tok_seconds),
                 "encode_tokens_per_s": rate(n_tokens, enc_seconds),
             },
         },
         "shards": [
-            {
-                "prefix": m["shard"],
-                "documents": m["documents"],
-                "tokens": m["tokens"],
-                "parquet": f"{stages.DOCS_DIR}/part-{u}.parquet",
-                "inputs": [
-                    plan.inputs[i].path
-                    for i in range(
-                        int(u) * c.shards.files_per_shard,
-                        min((int(u) + 1) * c.shards.files_per_shard, len(plan.inputs)),
-                    )
-                ],
-            }
+            {"prefix": m["shard"], "documents": m["documents"], "tokens": m["tokens"],
+             "parquet": f"{stages.DOCS_DIR}/part-{u}.parquet",
+             "inputs": [x.path for x in plan.inputs[int(u) * fps:(int(u) + 1) * fps]]}
             for u, m in tok
             if m["shard"]
         ],

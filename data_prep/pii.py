@@ -1,9 +1,7 @@
 """PII masking: e-mail addresses and public IPv4 addresses (datatrove's PIIFormatter, deterministic).
 
-Replacements are chosen from fixed lists by a hash of the original (xxhash, the same in every process),
-not at random, so the output is a function of the input. Private, loopback, link-local, multicast and
-reserved IPv4 addresses (10.0.0.1, 192.168.1.1, 127.0.0.1, ...) and version-like strings with a
-leading zero are left alone: they identify nobody.
+Replacements are chosen from fixed lists by a hash of the original, so the output is a function of the
+input. IPv4 addresses that are not public, and version-like strings with a leading zero, are left alone.
 """
 
 from __future__ import annotations
@@ -30,10 +28,8 @@ _EMAIL = re.compile(
 )
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
 _IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?![\w]|\.\d)")
-#: Cheap pre-checks, run before the full patterns: every e-mail match has a local-part character right
-#: before its "@" and a letter or digit right after it, and every IPv4 match is four digit groups
-#: joined by dots. Most texts have neither, and the full patterns cost several times more to find
-#: nothing (they try a match at every word boundary / digit).
+#: Cheap pre-checks that every match of the full patterns passes (most texts have neither, and the full
+#: patterns cost several times more to find nothing).
 _EMAIL_HINT = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]@[A-Za-z0-9]")
 _IPV4_HINT = re.compile(r"\d\.\d{1,3}\.\d{1,3}\.\d")
 

@@ -3,11 +3,9 @@
 >>> plan = plan_run(["crawl/*.warc.gz"], "data/cc", overrides=["tokenizer.vocab_size=32000"])
 >>> manifest, walls = run_plan(plan, workers=8)
 
-Everything that can be wrong with the request is found by :func:`plan_run` before any work: missing
-inputs, an output directory that cannot be written, unknown config keys, a remote input that cannot be
-reached, a Parquet file without the text column, a tokenizer file that is not a sentencepiece model, an extractor that does not work.
-What is not an error but may be a surprise is one ``warning:`` line on stderr: files in the input folders
-that are not read, and credentials taken out of an input URL (used now, stored nowhere).
+Everything that can be wrong with the request (inputs, output directory, config keys, remote inputs,
+Parquet columns, tokenizer, extractor) is found by :func:`plan_run` before any work; what may only be a
+surprise is a ``warning:`` line on stderr.
 """
 
 from __future__ import annotations
@@ -26,7 +24,7 @@ from data_prep.records import check_input_columns
 from data_prep.runner import run_local
 from data_prep.stages import MANIFEST, check_tokenizer
 
-__all__ = ["plan_run", "prepare_commoncrawl", "run_plan"]
+__all__ = ["plan_run", "run_plan"]
 
 
 def plan_run(
@@ -58,12 +56,9 @@ def plan_run(
 
 def plan_warnings(plan: Plan, resolved: Resolved) -> list[str]:
     """What a user should know before the work starts, though nothing is wrong: files in the input
-    folders that are not read, and credentials given in a URL (used by this command, stored nowhere, so
-    a later ``prep task`` needs them from another source)."""
-    lines = []
+    folders that are not read, and credentials given in a URL (used by this command, stored nowhere)."""
     unread = unread_warning(plan.unread, "WARC/WET/ARC, Parquet, JSONL or Arrow", f"{plan.out}/plan.json")
-    if unread:
-        lines.append(unread)
+    lines = [unread] if unread else []
     if resolved.credential_origins:
         lines.append(
             f"the user:password in the URL for {', '.join(resolved.credential_origins)} is used by this command "
@@ -78,16 +73,3 @@ def run_plan(plan: Plan, workers: int = 1, progress: bool = True) -> tuple[dict,
     walls = run_local(plan, workers=workers, progress=progress)
     return json.loads((plan.out / MANIFEST).read_text()), walls
 
-
-def prepare_commoncrawl(
-    inputs: Sequence[str | Path],
-    out: str | Path,
-    *,
-    workers: int = 1,
-    overrides: Sequence[str] = (),
-    config_files: Sequence[str | Path] = (),
-    progress: bool = False,
-) -> dict:
-    """:func:`plan_run` + :func:`run_plan`; returns the manifest."""
-    plan = plan_run(inputs, out, config_files=config_files, overrides=overrides)
-    return run_plan(plan, workers=workers, progress=progress)[0]

@@ -1,16 +1,12 @@
 """The plan of a run: inputs, configuration, stage hashes, directory layout, units of work and markers.
 
-``OUT/plan.json`` is written first (atomically) and is all a task needs: the sorted inputs define the
-work, the configuration defines what is done to them. Each stage writes into
-``OUT/work/<stage>-<hash>/`` where the hash covers that stage's settings and every upstream stage's
-hash, so outputs are a function of (inputs, config): a changed setting gets fresh directories, and an
-unchanged one resumes from the done markers already there.
+``OUT/plan.json`` is written first and is all a task needs. Each stage writes into
+``OUT/work/<stage>-<hash>/``, the hash covering that stage's settings and every upstream stage's hash:
+a changed setting gets fresh directories, an unchanged one resumes from the done markers there.
 
-A stage is a list of independent *units* (an input file, a band partition, a shard group). A Slurm
-task ``rank`` of ``world`` runs ``units[rank::world]``; the local pool hands out units one by one.
-Because a unit's output depends only on the unit, the result is the same for any number of workers
-or tasks. Each unit writes temporary files, renames them into place, then writes its done marker
-(a small JSON of its statistics) last.
+A stage is a list of independent *units* (an input file, a band partition, a shard group); a Slurm task
+``rank`` of ``world`` runs ``units[rank::world]``. A unit renames its files into place, then writes its
+done marker (a small JSON of its statistics) last.
 """
 
 from __future__ import annotations
@@ -53,54 +49,34 @@ class Plan:
     #: they change nothing that is written
     unread: dict = field(default_factory=lambda: unread_summary([]))
 
-    # ------------------------------------------------------------------ hashes and directories
     @cached_property
     def hashes(self) -> dict[str, str]:
         c = self.config
         h_inputs = stable_hash([[i.path, i.kind, i.size] for i in self.inputs])
-        extract = stable_hash(
-            {
-                "v": FORMAT_VERSION,
-                "inputs": h_inputs,
-                "read": c.read.model_dump(mode="json"),
-                "extract": c.extract.model_dump(mode="json"),
-                "language": self._language_identity(),
-                "gopher_repetition": c.gopher_repetition.model_dump(mode="json"),
-                "gopher_quality": c.gopher_quality.model_dump(mode="json"),
-                "c4": c.c4.model_dump(mode="json"),
-                "fineweb": c.fineweb.model_dump(mode="json"),
-                "pii": c.pii.model_dump(mode="json"),
-                "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
-                "row_group_docs": c.shards.row_group_docs,
-                # the rejected/ rows (with or without text) are written by this stage: a directory made
-                # before they existed, or with the other keep_text, re-extracts instead of missing them
-                "rejected": c.rejected.model_dump(mode="json"),
-                # only when on, so that plans made before URL filtering existed keep their hashes
-                **({"url_filter": self._url_filter_identity()} if c.url_filter.enabled else {}),
-            }
-        )
+        sections = ("read", "extract", "gopher_repetition", "gopher_quality", "c4", "fineweb", "pii",
+                    # rejected/ rows (with or without text) are this stage's: another keep_text re-extracts
+                    "rejected")
+        extract = stable_hash({
+            "v": FORMAT_VERSION,
+            "inputs": h_inputs,
+            **{name: getattr(c, name).model_dump(mode="json") for name in sections},
+            "language": self._language_identity(),
+            "minhash": [c.dedup.ngram, c.dedup.bands, c.dedup.rows, c.dedup.seed, c.dedup.minhash],
+            "row_group_docs": c.shards.row_group_docs,
+            # only when on, so that plans made before URL filtering existed keep their hashes
+            **({"url_filter": self._url_filter_identity()} if c.url_filter.enabled else {}),
+        })
         dedup = stable_hash({"up": extract, "dedup": c.dedup.model_dump(mode="json")})
-        tok_cfg = c.tokenizer.model_dump(mode="json")
-        tok_cfg.pop("num_threads")
+        tok_cfg = c.tokenizer.model_dump(mode="json", exclude={"num_threads"})
         if self.tokenizer_sha256:
             tok_cfg = {"model_sha256": self.tokenizer_sha256}
         tokenizer = stable_hash({"up": dedup, "tokenizer": tok_cfg})
-        tokenize = stable_hash(
-            {"up": tokenizer, "shards": c.shards.model_dump(mode="json")}
-        )
-        return {
-            "inputs": h_inputs,
-            "extract": extract,
-            "buckets": dedup,
-            "cluster": dedup,
-            "tokenizer": tokenizer,
-            "tokenize": tokenize,
-            "finalize": tokenize,
-        }
+        tokenize = stable_hash({"up": tokenizer, "shards": c.shards.model_dump(mode="json")})
+        return {"inputs": h_inputs, "extract": extract, "buckets": dedup, "cluster": dedup, "tokenizer": tokenizer,
+                "tokenize": tokenize, "finalize": tokenize}
 
     def _language_identity(self) -> dict:
-        """The language settings with a configured model file replaced by its content hash: the same file
-        moved keeps the hash, another file at the same path changes it."""
+        """The language settings with a configured model file replaced by its content hash."""
         lang = self.config.language.model_dump(mode="json")
         if self.language_model_sha256:
             lang["model"] = {"sha256": self.language_model_sha256}
@@ -124,7 +100,6 @@ class Plan:
     def marker_dir(self, stage: str) -> Path:
         return self.stage_dir(stage) / "done" / stage
 
-    # ------------------------------------------------------------------------------- units
     @property
     def dedup_rows(self) -> list[int]:
         """Key rows of the signature files the buckets stage compares: bands, then the exact key."""
@@ -134,11 +109,6 @@ class Plan:
             rows.append(d.bands)
         return rows
 
-    @property
-    def n_groups(self) -> int:
-        fps = self.config.shards.files_per_shard
-        return (len(self.inputs) + fps - 1) // fps
-
     def units(self, stage: str) -> list[str]:
         if stage == "extract":
             return [f"{i:06d}" for i in range(len(self.inputs))]
@@ -147,7 +117,8 @@ class Plan:
         if stage == "cluster":
             return [SINGLE] if self.dedup_rows else []
         if stage == "tokenize":
-            return [f"{g:05d}" for g in range(self.n_groups)]
+            fps = self.config.shards.files_per_shard
+            return [f"{g:05d}" for g in range((len(self.inputs) + fps - 1) // fps)]
         if stage in ("tokenizer", "finalize"):
             return [SINGLE]
         raise ValueError(f"unknown stage {stage!r} (stages: {', '.join(STAGES)})")
@@ -172,79 +143,65 @@ class Plan:
         missing = self.pending(stage)
         if missing:
             total = len(self.units(stage))
-            raise DataError(
-                f"stage '{stage}' is not finished ({total - len(missing)} of {total} units done, e.g. "
-                f"{missing[0]} missing): run it first"
-            )
+            raise DataError(f"stage '{stage}' is not finished ({total - len(missing)} of {total} units done, e.g. "
+                            f"{missing[0]} missing): run it first")
 
-    # ------------------------------------------------------------------------------ persist
     def to_json(self) -> dict:
-        return {
-            "format": "megadepth-prep-plan",
-            "format_version": FORMAT_VERSION,
-            "config_hash": self.config_hash,
-            "hashes": self.hashes,
-            "inputs": [i.to_json() for i in self.inputs],
-            "config": self.config.model_dump(mode="json"),
-            "tokenizer_sha256": self.tokenizer_sha256,
-            "url_lists_sha256": self.url_lists_sha256,
-            "language_model_sha256": self.language_model_sha256,
-            "unread_inputs": self.unread,
-        }
+        return {"format": "megadepth-prep-plan", "format_version": FORMAT_VERSION, "config_hash": self.config_hash,
+                "hashes": self.hashes, "inputs": [i.to_json() for i in self.inputs],
+                "config": self.config.model_dump(mode="json"), "tokenizer_sha256": self.tokenizer_sha256,
+                "url_lists_sha256": self.url_lists_sha256, "language_model_sha256": self.language_model_sha256,
+                "unread_inputs": self.unread}
 
     def save(self) -> None:
         atomic_write_bytes(self.out / PLAN, (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
 
-def make_plan(
-    out: str | Path, inputs: list[InputFile], config: PrepConfig, unread: Sequence[str] = ()
-) -> Plan:
+def make_plan(out: str | Path, inputs: list[InputFile], config: PrepConfig, unread: Sequence[str] = ()) -> Plan:
     """A plan for ``inputs`` into ``out`` (checked: the output is writable, a given tokenizer exists).
 
     ``unread`` are the files the inputs' folders hold but the pipeline does not read; the plan lists
-    them. A ``read.paths_prefix`` keeps no user:password: plan.json and the manifest store the config,
-    and the stage hashes cover it, so the secret would be written down and two passwords would be two
-    plans (the inputs were resolved with it already; readers take credentials from
-    :mod:`data_prep.credentials`)."""
+    them. A ``read.paths_prefix`` keeps no user:password: plan.json stores the config and the hashes
+    cover it (readers take credentials from :mod:`data_prep.credentials`)."""
     out = Path(out)
     check_writable(out)
     if config.read.paths_prefix is not None:
-        prefix = split_credentials(config.read.paths_prefix)[0]
-        config = config.model_copy(update={"read": config.read.model_copy(update={"paths_prefix": prefix})})
+        config = _with(config, "read", paths_prefix=split_credentials(config.read.paths_prefix)[0])
     tok_sha = None
     if config.tokenizer.model:
-        p = Path(config.tokenizer.model)
-        if not p.is_file():
-            raise DataError(f"tokenizer {p}: no such file")
-        tok_sha = sha256_file(p)
-        config = config.model_copy(
-            update={"tokenizer": config.tokenizer.model_copy(update={"model": str(p.resolve())})}
-        )
+        model, tok_sha = _named_file("tokenizer", config.tokenizer.model)
+        config = _with(config, "tokenizer", model=model)
     url_shas: dict[str, str] = {}
     if config.url_filter.enabled:
         u = config.url_filter
         if not (u.blocklists or u.domains or u.banned_words or u.banned_subwords):
             raise DataError("url_filter.enabled is true but no blocklists, domains, banned_words or "
                             "banned_subwords are given")
-        resolved = []
-        for entry in u.blocklists:
-            p = Path(entry)
-            if not p.is_file():
-                raise DataError(f"url_filter blocklist {p}: no such file")
-            resolved.append(str(p.resolve()))
-            url_shas[resolved[-1]] = sha256_file(p)
-        config = config.model_copy(update={"url_filter": u.model_copy(update={"blocklists": tuple(resolved)})})
+        files = [_named_file("url_filter blocklist", entry) for entry in u.blocklists]
+        url_shas = dict(files)
+        config = _with(config, "url_filter", blocklists=tuple(path for path, _ in files))
     config, lang_sha = _checked_language(config)
     if not inputs:
         raise DataError("no inputs")
     return Plan(out.resolve(), inputs, config, tok_sha, url_shas, lang_sha, unread_summary(unread))
 
 
+def _named_file(what: str, path: str) -> tuple[str, str]:
+    """(absolute path, sha256) of a file the configuration names; a :class:`DataError` when there is none."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{what} {p}: no such file")
+    return str(p.resolve()), sha256_file(p)
+
+
+def _with(config: PrepConfig, section: str, **values) -> PrepConfig:
+    """``config`` with some values of one section replaced."""
+    return config.model_copy(update={section: getattr(config, section).model_copy(update=values)})
+
+
 def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
     """Before any work: the language model loads, every code in ``language.languages`` is one of its
-    labels (``eng`` or a typo would otherwise drop every document, found out only after the extract
-    stage), and a configured model file is resolved and hashed (a relative path would mean another file
-    from a cluster task's working directory)."""
+    labels (``eng`` or a typo would drop every document), and a configured model file is resolved and hashed."""
     lang = config.language
     if not lang.enabled:
         return config, None
@@ -252,21 +209,16 @@ def _checked_language(config: PrepConfig) -> tuple[PrepConfig, str | None]:
 
     sha = None
     if lang.model:
-        p = Path(lang.model)
-        if not p.is_file():
-            raise DataError(f"language.model {p}: no such file")
-        sha = sha256_file(p)
-        lang = lang.model_copy(update={"model": str(p.resolve())})
-        config = config.model_copy(update={"language": lang})
+        model, sha = _named_file("language.model", lang.model)
+        config = _with(config, "language", model=model)
+        lang = config.language
     known = LanguageIdentifier(lang).labels()
     for code in lang.languages or ():
         if code not in known:
             near = [code.lower()] if code.lower() in known else difflib.get_close_matches(code, sorted(known), n=3)
             hint = f"; did you mean {', '.join(near)}?" if near else ""
-            raise DataError(
-                f"language.languages: {code!r} is not a language of the model (it uses ISO 639-1 codes "
-                f"such as en, de, zh when there is one){hint}"
-            )
+            raise DataError(f"language.languages: {code!r} is not a language of the model (it uses ISO 639-1 "
+                            f"codes such as en, de, zh when there is one){hint}")
     return config, sha
 
 
@@ -286,15 +238,10 @@ def load_plan(out: str | Path) -> Plan:
     if data.get("format_version") != FORMAT_VERSION:
         raise DataError(f"{p}: plan format {data.get('format_version')} is not {FORMAT_VERSION}")
     try:
-        plan = Plan(
-            out.resolve(),
-            [InputFile.from_json(d) for d in data["inputs"]],
-            PrepConfig.model_validate(data["config"]),
-            data.get("tokenizer_sha256"),
-            data.get("url_lists_sha256") or {},
-            data.get("language_model_sha256"),
-            u if isinstance(u := data.get("unread_inputs"), dict) else unread_summary([]),
-        )
+        plan = Plan(out.resolve(), [InputFile.from_json(d) for d in data["inputs"]],
+                    PrepConfig.model_validate(data["config"]), data.get("tokenizer_sha256"),
+                    data.get("url_lists_sha256") or {}, data.get("language_model_sha256"),
+                    u if isinstance(u := data.get("unread_inputs"), dict) else unread_summary([]))
         config_hash = data["config_hash"]
     except KeyError as e:
         raise DataError(f"{p}: unreadable plan (no {e.args[0]!r})") from None
@@ -310,18 +257,15 @@ def load_plan(out: str | Path) -> Plan:
 
 
 def check_writable(out: Path) -> None:
-    """The output directory can be written (or made: its nearest existing ancestor is writable), checked
-    up front without creating anything."""
+    """The output directory can be written (or made), checked up front without creating anything."""
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a directory")
     if out.is_dir() and not (out / PLAN).exists() and not (out / "manifest.json").exists():
         theirs = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
         if theirs:
             # finalize replaces shard_* and documents/*.parquet: never in a folder that holds someone's files
-            raise DataError(
-                f"--out {out}: not empty ({', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}) and not a "
-                "megadepth data directory (no plan.json or manifest.json): give a new or empty directory"
-            )
+            raise DataError(f"--out {out}: not empty ({', '.join(theirs[:3])}{' ...' if len(theirs) > 3 else ''}) and "
+                            "not a megadepth data directory (no plan.json or manifest.json): give a new or empty directory")
     if not out.exists():
         # planning must leave no trace (--print-config, a refused config): the run makes the folder later
         parent = out.absolute().parent

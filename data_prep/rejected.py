@@ -8,13 +8,10 @@ Two kinds of part, one schema (so ``pandas.read_parquet("OUT/rejected")`` reads 
 ``dedup-GGGGG.parquet``     one per shard group, written by its tokenize unit: the duplicates removed,
                             with where the copy that was kept is.
 
-Each part is written under a temporary name and renamed before its unit's done marker, like the
-documents, so a killed unit never leaves a part that looks complete; finalize links the parts into
-``OUT/rejected/``. Records that are not documents (warcinfo, request, metadata) and the responses the
-reader skips before a document exists (non-HTML, HTTP errors, oversized payloads: ``stages.read.skipped``
-in the manifest) have no row. The columns are small and Parquet dictionary-encodes the repetitive ones
-(source, rule, language); the text is written only with ``rejected.keep_text``. datatrove's exclusion
-writers are the model: they write each filter's dropped documents next to its output.
+Each part is renamed into place before its unit's done marker; finalize links the parts into
+``OUT/rejected/``. Records that are not documents and the responses the reader skips before a document
+exists (non-HTML, HTTP errors, oversized payloads: ``stages.read.skipped`` in the manifest) have no row.
+The text is written only with ``rejected.keep_text``.
 """
 
 from __future__ import annotations
@@ -30,19 +27,9 @@ import numpy as np
 from megadepth.common.errors import DataError
 from megadepth.common.io import atomic_write_array, temporary_path
 
-__all__ = [
-    "REJECTED_DIR",
-    "ExtractDrops",
-    "RejectedWriter",
-    "check_rejected",
-    "collect_rejected",
-    "dedup_rows",
-    "load_duplicates",
-    "nothing_survived_error",
-    "rejected_schema",
-    "save_duplicates",
-    "summarize",
-]
+__all__ = ["REJECTED_DIR", "ExtractDrops", "RejectedWriter", "check_rejected", "collect_rejected",
+           "dedup_rows", "load_duplicates", "nothing_survived_error", "rejected_schema", "save_duplicates",
+           "summarize"]
 
 REJECTED_DIR = "rejected"
 #: Rows per Parquet row group without the text: ~100 bytes a row, so a few MB of memory at most.
@@ -55,37 +42,23 @@ _KIND = {1: "dedup:exact", 2: "dedup:minhash"}
 
 
 def rejected_schema(keep_text: bool):
-    """The columns of every rejected part. ``value``/``threshold`` are null for a rule without a number
-    (``extract_empty``, ``c4:lorem_ipsum``, a duplicate); ``language``/``language_score`` are null where
-    language id had not run (URL filter, extractor) or is switched off; ``duplicate_of_*`` are set on
-    duplicates only."""
+    """The columns of every rejected part: ``value``/``threshold`` are null for a rule without a number,
+    ``language``/``language_score`` where language id had not run, ``duplicate_of_*`` but on duplicates."""
     import pyarrow as pa
 
-    fields = [
-        ("id", pa.string()),
-        ("url", pa.string()),
-        ("source", pa.string()),
-        ("rule", pa.string()),
-        ("value", pa.float64()),
-        ("threshold", pa.float64()),
-        ("language", pa.string()),
-        ("language_score", pa.float32()),
-        ("duplicate_of_source", pa.string()),
-        ("duplicate_of_row", pa.int64()),
-    ]
-    if keep_text:
-        fields.append(("text", pa.large_string()))
-    return pa.schema(fields)
+    names = ["id", "url", "source", "rule", "value", "threshold", "language", "language_score",
+             "duplicate_of_source", "duplicate_of_row", *(["text"] if keep_text else [])]
+    types = {"value": pa.float64(), "threshold": pa.float64(), "language_score": pa.float32(),
+             "duplicate_of_row": pa.int64(), "text": pa.large_string()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in names])
 
 
 class RejectedWriter:
     """The rejected rows of one unit, written to ``path`` through a temporary file.
 
     ``add`` takes one row (the extract stage, page by page), ``add_table`` a block of rows built with
-    pyarrow (the tokenize stage's duplicates). ``commit`` closes the file and renames it into place;
-    a unit that dropped nothing writes no part (Hugging Face ``datasets`` refuses a folder holding a
-    Parquet file without rows). ``abort`` removes the temporary file. Counts and the first example of
-    each rule (input order) go into the unit's marker for the report.
+    pyarrow (the tokenize stage's duplicates). ``commit`` renames the file into place, ``abort`` removes
+    it. Counts and the first example of each rule (input order) go into the unit's marker for the report.
     """
 
     def __init__(self, path: Path, keep_text: bool, row_group_docs: int) -> None:
@@ -114,19 +87,9 @@ class RejectedWriter:
         language_score: float | None = None,
         text: str | None = None,
     ) -> None:
-        c = self.cols
-        c["id"].append(id)
-        c["url"].append(url)
-        c["source"].append(source)
-        c["rule"].append(rule)
-        c["value"].append(value)
-        c["threshold"].append(threshold)
-        c["language"].append(language)
-        c["language_score"].append(language_score)
-        c["duplicate_of_source"].append(None)
-        c["duplicate_of_row"].append(None)
-        if self.keep_text:
-            c["text"].append(text)
+        row = (id, url, source, rule, value, threshold, language, language_score, None, None, text)
+        for col, v in zip(self.cols.values(), row, strict=False):  # "text" last, a column only with keep_text
+            col.append(v)
         self.counts[rule] += 1
         if rule not in self.examples:
             self.examples[rule] = url or id
@@ -150,9 +113,17 @@ class RejectedWriter:
         if self.pending >= self.flush_rows:
             self.flush()
 
+    def _open(self):
+        """The Parquet writer, made on first use."""
+        import pyarrow.parquet as pq
+
+        if self._writer is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
+        return self._writer
+
     def flush(self) -> None:
         import pyarrow as pa
-        import pyarrow.parquet as pq
 
         if self.cols["id"]:
             self.pieces.append(pa.table(self.cols, schema=self.schema))
@@ -163,21 +134,13 @@ class RejectedWriter:
         table = pa.concat_tables(self.pieces) if len(self.pieces) > 1 else self.pieces[0]
         self.pieces.clear()
         self.pending = 0
-        if self._writer is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
-        self._writer.write_table(table)
+        self._open().write_table(table)
         self.rows += table.num_rows
 
     def commit(self) -> dict:
         """Write the rest, rename into place; returns what the unit's marker records."""
         self.flush()
-        if self._writer is None:  # nothing dropped: an empty part still, so OUT/rejected/ always opens as a dataset
-            import pyarrow.parquet as pq
-
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = pq.ParquetWriter(self.tmp, self.schema, compression="zstd")
-        self._writer.close()
+        self._open().close()  # nothing dropped: an empty part still, so OUT/rejected/ always opens as a dataset
         os.replace(self.tmp, self.path)
         return {"rows": self.rows, "text": self.keep_text, "counts": dict(sorted(self.counts.items())),
                 "examples": dict(sorted(self.examples.items()))}
@@ -189,10 +152,8 @@ class RejectedWriter:
 
 
 class ExtractDrops:
-    """Which ``drop:extract_*`` counter the extractor just raised, for a page it returned None for.
-
-    The extractor counts its reasons in the shared ``stats`` and returns None; comparing with the
-    counts seen so far names the one that moved, on the failing path only (no cost per kept page)."""
+    """Which ``drop:extract_*`` counter in the shared ``stats`` the extractor just raised, for a page it
+    returned None for: the one that moved since the last call."""
 
     KEYS = ("drop:extract_empty", "drop:extract_timeout", "drop:extract_error")
 
@@ -206,9 +167,6 @@ class ExtractDrops:
                 self.seen[k] = n
                 return k[len("drop:"):]
         return "extract_empty"
-
-
-# ------------------------------------------------------------------------------------- duplicates
 
 
 def save_duplicates(folder: Path, nodes: np.ndarray, own: np.ndarray, roots_exact: np.ndarray,
@@ -231,13 +189,10 @@ def load_duplicates(folder: Path) -> np.ndarray | None:
 
 def dedup_rows(batch, gids: np.ndarray, removed: np.ndarray, details: np.ndarray | None, offsets: np.ndarray,
                sources: list[str], keep_text: bool):
-    """The rejected rows of the removed documents in ``batch`` (a record batch of an extract docs
-    Parquet, already cut to the removed rows), whose global ids are ``gids``.
-
-    ``duplicate_of_source`` is the input file of the kept copy and ``duplicate_of_row`` its row among
-    that file's documents in ``documents/*.parquet`` (which keep input order): found from the global
-    ids alone, no other file is read. (Its record id would need a read of that file per duplicate,
-    across the whole crawl.)"""
+    """The rejected rows of the removed documents in ``batch`` (extract docs cut to the removed rows),
+    whose global ids are ``gids``. ``duplicate_of_source`` is the input file of the kept copy and
+    ``duplicate_of_row`` its row among that file's documents in ``documents/*.parquet``: found from the
+    global ids alone, no other file is read."""
     import pyarrow as pa
 
     n = len(gids)
@@ -254,48 +209,40 @@ def dedup_rows(batch, gids: np.ndarray, removed: np.ndarray, details: np.ndarray
         before = np.searchsorted(removed, kept) - np.searchsorted(removed, offsets[file])
         dup_row = pa.array(kept - offsets[file] - before, pa.int64())
         dup_source = pa.array([sources[int(f)] for f in file], pa.string())
-    language = batch.column(batch.schema.get_field_index("language"))
-    score = batch.column(batch.schema.get_field_index("language_score"))
+    language = batch.column("language").to_pylist()
     cols = {
-        "id": batch.column(batch.schema.get_field_index("id")),
-        "url": batch.column(batch.schema.get_field_index("url")),
-        "source": batch.column(batch.schema.get_field_index("source")),
+        "id": batch.column("id"),
+        "url": batch.column("url"),
+        "source": batch.column("source"),
         "rule": rule,
         "value": pa.nulls(n, pa.float64()),
         "threshold": pa.nulls(n, pa.float64()),
         # language id switched off leaves "" / 0.0 in the documents; here that is "did not run"
-        "language": pa.array([x or None for x in language.to_pylist()], pa.string()),
-        "language_score": pa.array([s if x else None for x, s in zip(language.to_pylist(), score.to_pylist(),
-                                                                      strict=True)], pa.float32()),
+        "language": pa.array([x or None for x in language], pa.string()),
+        "language_score": pa.array([s if x else None for x, s in zip(language, batch.column("language_score")
+                                                                      .to_pylist(), strict=True)], pa.float32()),
         "duplicate_of_source": dup_source,
         "duplicate_of_row": dup_row,
     }
     if keep_text:
-        cols["text"] = batch.column(batch.schema.get_field_index("text"))
+        cols["text"] = batch.column("text")
     return pa.table(cols)
-
-
-# ------------------------------------------------------------------------------------ collecting
 
 
 def _parts(plan) -> list[tuple[Path, str]]:
     """(file under work/, its name in OUT/rejected/) of every finished unit's part, in input order."""
     out = []
-    ex = plan.stage_dir("extract") / REJECTED_DIR
-    for u in plan.units("extract"):
-        if plan.is_done("extract", u) and (ex / f"{u}.parquet").is_file():
-            out.append((ex / f"{u}.parquet", f"extract-{u}.parquet"))
-    tk = plan.stage_dir("tokenize") / REJECTED_DIR
-    for u in plan.units("tokenize"):
-        if plan.is_done("tokenize", u) and (tk / f"{u}.parquet").is_file():
-            out.append((tk / f"{u}.parquet", f"dedup-{u}.parquet"))
+    for stage, name in (("extract", "extract"), ("tokenize", "dedup")):
+        folder = plan.stage_dir(stage) / REJECTED_DIR
+        for u in plan.units(stage):
+            if plan.is_done(stage, u) and (folder / f"{u}.parquet").is_file():
+                out.append((folder / f"{u}.parquet", f"{name}-{u}.parquet"))
     return out
 
 
 def check_rejected(plan) -> None:
     """Before finalize links them: every extract and tokenize unit wrote its rejected part as this
-    configuration asks (with or without text). A unit done by a megadepth from before rejected parts, or
-    with the other ``rejected.keep_text``, would otherwise leave rows or text silently missing."""
+    configuration asks (with or without text), so that no rows or text are silently missing."""
     want = plan.config.rejected.keep_text
     for stage in ("extract", "tokenize"):
         for u in plan.units(stage):
@@ -326,8 +273,7 @@ def collect_rejected(plan, link) -> list[str]:
 
 def summarize(keep_text: bool, markers: list[dict]) -> dict:
     """The manifest's ``rejected`` section from the extract then tokenize markers (in unit order): rows,
-    whether text is kept, and per rule its count and one example URL, the first in input order (extract
-    parts first: a duplicate is dropped after them)."""
+    whether text is kept, and per rule its count and its first example URL in input order."""
     rows = 0
     counts: Counter = Counter()
     examples: dict[str, str] = {}
@@ -366,9 +312,8 @@ def _describe(row: dict) -> str:
 
 
 def nothing_survived_error(plan, link) -> DataError:
-    """The error when every document was dropped: the counts per reason, then each dropped document
-    (up to ``_NAMED``) with its language, score and first failing rule. The rejected parts are linked
-    into ``OUT/rejected/`` first, so the whole list is there to open."""
+    """The error when every document was dropped: the counts per reason, then each dropped document (up to
+    ``_NAMED``) with its language, score and first failing rule; the whole list is linked into ``OUT/rejected/``."""
     import pyarrow.parquet as pq
 
     stats: Counter = Counter()
@@ -386,12 +331,9 @@ def nothing_survived_error(plan, link) -> DataError:
         pf = pq.ParquetFile(src)
         total += pf.metadata.num_rows
         if len(named) < _NAMED and pf.metadata.num_rows:
-            for row in pf.read(columns=cols).to_pylist()[: _NAMED - len(named)]:
-                named.append(_describe(row))
+            named += map(_describe, pf.read(columns=cols).to_pylist()[: _NAMED - len(named)])
     lines = "".join(f"\n  {d}" for d in named)
     more = f"\n  ... and {total - len(named)} more" if total > len(named) else ""
-    return DataError(
-        f"no document survived the pipeline ({stats['docs_in']} read; {top}): nothing to write.{lines}{more}\n"
-        f"Every dropped document is in {plan.out / REJECTED_DIR}/. Loosen the filters (docs/data_prep.md "
-        "lists them; --preset smoke relaxes them for a check of the install) or check the inputs"
-    )
+    return DataError(f"no document survived the pipeline ({stats['docs_in']} read; {top}): nothing to write.{lines}"
+                     f"{more}\nEvery dropped document is in {plan.out / REJECTED_DIR}/. Loosen the filters "
+                     "(docs/data_prep.md lists them; --preset smoke relaxes them for a check of the install) or check the inputs")

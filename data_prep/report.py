@@ -15,8 +15,7 @@ _URL_WIDTH = 72
 
 
 def _example(by_rule: dict, rule: str) -> str:
-    """``e.g. URL`` for a rule: its first dropped document in input order (the manifest's ``rejected``
-    section; absent in manifests from before it)."""
+    """``e.g. URL`` for a rule: its first dropped document in input order (none in older manifests)."""
     url = (by_rule.get(rule) or {}).get("example")
     if not url:
         return ""
@@ -56,8 +55,7 @@ def format_report(manifest: dict, walls: dict[str, float] | None = None) -> str:
     if rejected:
         text = ", with text" if rejected.get("text") else ""
         lines.append(_row("dropped documents listed", rejected["documents"], f"{rejected['parquet']}{text}"))
-    lines.append("")
-    lines.append(f"  {'stage':<20} {'core-seconds':>13} {'throughput per core':>24} {'wall s':>9}")
+    lines += ["", f"  {'stage':<20} {'core-seconds':>13} {'throughput per core':>24} {'wall s':>9}"]
     w = walls or {}
 
     def fmt(x, unit):

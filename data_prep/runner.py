@@ -34,11 +34,8 @@ LOCK = ".prep.lock"
 
 
 def _watch_parent(parent: int) -> None:
-    """Pool worker initializer: exit when the parent process is gone.
-
-    A ``prep run`` killed with SIGKILL (or by the OOM killer) cannot stop its pool; without this its
-    workers would finish their units in the background, racing the rerun that resumes the directory.
-    """
+    """Pool worker initializer: exit when the parent process is gone (a ``prep run`` killed with SIGKILL
+    cannot stop its pool, whose workers would race the rerun that resumes the directory)."""
 
     def watch() -> None:
         while os.getppid() == parent:
@@ -69,9 +66,8 @@ def _postfix(stage: str, done: list[dict], t0: float) -> str:
 
 @contextlib.contextmanager
 def _exclusive(out: Path) -> Iterator[None]:
-    """Hold ``OUT/.prep.lock`` for the run: two local runs into one directory would each replace the
-    other's outputs, and ``prep slurm`` (which holds it while it writes) would replace a running one's
-    plan.json. (Slurm tasks of one plan share a directory on purpose and take no lock.)"""
+    """Hold ``OUT/.prep.lock`` for a run or while ``prep slurm`` writes: two of them in one directory would
+    replace each other's outputs. (Slurm tasks of one plan share a directory on purpose and take no lock.)"""
     try:
         out.mkdir(parents=True, exist_ok=True)
         f = open(out / LOCK, "a+")  # noqa: SIM115 - closed by the with below
@@ -98,10 +94,19 @@ def _failed(stage: str, n_units: int, failures: list[str]) -> DataError:
     if n_units == 1:
         return DataError(failures[0])
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-    return DataError(
-        f"prep {stage}: {len(failures)} of {n_units} units failed: {failures[0]}{more}. The finished units are "
-        "kept: fix the cause and run the same command again to retry the rest"
-    )
+    return DataError(f"prep {stage}: {len(failures)} of {n_units} units failed: {failures[0]}{more}. The finished "
+                     "units are kept: fix the cause and run the same command again to retry the rest")
+
+
+def _run_here(plan: Plan, stage: str, unit: str, failures: list[str]) -> dict | None:
+    """One unit in this process (finalize always reruns); its marker, or None with its error in ``failures``."""
+    if stage == "finalize":
+        plan.marker(stage, unit).unlink(missing_ok=True)
+    try:
+        return run_unit(plan, stage, unit)
+    except DataError as e:
+        failures.append(str(e))
+        return None
 
 
 def _run_stage(plan: Plan, stage: str, workers: int, progress: bool, pool: Callable[[], cf.Executor]) -> None:
@@ -114,15 +119,8 @@ def _run_stage(plan: Plan, stage: str, workers: int, progress: bool, pool: Calla
     waiting = set(pending)  # a set: a crawl's stage has ~90,000 units
     done = [plan.read_marker(stage, u) for u in units if u not in waiting]
     failures: list[str] = []
-    with tqdm(
-        total=len(units),
-        initial=len(units) - len(pending),
-        desc=f"prep {stage}",
-        unit="unit",
-        disable=not progress or not units,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    ) as bar:
+    with tqdm(total=len(units), initial=len(units) - len(pending), desc=f"prep {stage}", unit="unit",
+              disable=not progress or not units, file=sys.stderr, dynamic_ncols=True) as bar:
 
         def finished(marker: dict) -> None:
             done.append(marker)
@@ -131,12 +129,9 @@ def _run_stage(plan: Plan, stage: str, workers: int, progress: bool, pool: Calla
 
         if workers == 1 or len(pending) <= 1:
             for u in pending:
-                if stage == "finalize":
-                    plan.marker(stage, u).unlink(missing_ok=True)
-                try:
-                    finished(run_unit(plan, stage, u))
-                except DataError as e:
-                    failures.append(str(e))
+                marker = _run_here(plan, stage, u, failures)
+                if marker is not None:
+                    finished(marker)
         else:
             futures = {pool().submit(_worker_unit, str(plan.out), stage, u): u for u in pending}
             for fut in cf.as_completed(futures):
@@ -145,22 +140,17 @@ def _run_stage(plan: Plan, stage: str, workers: int, progress: bool, pool: Calla
                 except DataError as e:
                     failures.append(str(e))
                 except BrokenProcessPool:
-                    raise DataError(
-                        f"prep {stage}: a worker process died (killed, or out of memory?) while running unit "
-                        f"{futures[fut]}; the finished units are kept: run the same command again to resume "
-                        "(with fewer --workers if memory is short)"
-                    ) from None
+                    raise DataError(f"prep {stage}: a worker process died (killed, or out of memory?) while running "
+                                    f"unit {futures[fut]}; the finished units are kept: run the same command again "
+                                    "to resume (with fewer --workers if memory is short)") from None
     if failures:
         raise _failed(stage, len(units), failures)
 
 
 def run_local(plan: Plan, workers: int = 1, progress: bool = True) -> dict[str, float]:
-    """Every stage in order, each unit once; a rerun continues where a killed one stopped.
-
-    Returns wall seconds per stage. ``workers`` processes share the units of each stage. A unit that
-    fails with a :class:`DataError` (an input that cannot be read, say) does not stop the others of its
-    stage; the stage then ends with one error naming it, and the next run retries only what failed.
-    """
+    """Every stage in order, each unit once; a rerun continues where a killed one stopped. Returns wall
+    seconds per stage. A unit failing with a :class:`DataError` does not stop the others of its stage;
+    the stage then ends with one error naming it, and the next run retries only what failed."""
     if workers < 1:
         raise DataError(f"--workers must be >= 1, got {workers}")
     walls: dict[str, float] = {}
@@ -169,12 +159,8 @@ def run_local(plan: Plan, workers: int = 1, progress: bool = True) -> dict[str, 
     def pool() -> cf.ProcessPoolExecutor:
         nonlocal executor
         if executor is None:  # one pool for the whole run: workers keep their loaded models across stages
-            executor = cf.ProcessPoolExecutor(
-                max_workers=workers,
-                mp_context=mp.get_context("spawn"),
-                initializer=_watch_parent,
-                initargs=(os.getpid(),),
-            )
+            executor = cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                              initializer=_watch_parent, initargs=(os.getpid(),))
         return executor
 
     with _exclusive(plan.out):
@@ -192,7 +178,7 @@ def run_local(plan: Plan, workers: int = 1, progress: bool = True) -> dict[str, 
 
 def _env_int(name: str) -> int | None:
     v = os.environ.get(name)
-    if v is None or v == "":
+    if not v:
         return None
     try:
         return int(v)
@@ -201,17 +187,12 @@ def _env_int(name: str) -> int | None:
 
 
 def run_task(out: str | Path, stage: str, rank: int | None, world_size: int | None, progress: bool = False) -> dict:
-    """One task of one stage: units ``[rank::world_size]``; rank defaults to ``$SLURM_ARRAY_TASK_ID``.
-
-    Checks that the previous stages are finished, skips units already done, and writes the task's own
-    done marker after its last unit.
-    """
+    """One task of one stage: units ``[rank::world_size]`` (rank defaults to ``$SLURM_ARRAY_TASK_ID``) once
+    the previous stages are finished, skipping units already done; the task's own marker comes last."""
     if stage not in STAGES:
         raise DataError(f"--stage {stage!r}: one of {', '.join(STAGES)}")
-    if rank is None:
-        rank = _env_int("SLURM_ARRAY_TASK_ID")
-    if world_size is None:
-        world_size = _env_int("SLURM_ARRAY_TASK_COUNT")
+    rank = _env_int("SLURM_ARRAY_TASK_ID") if rank is None else rank
+    world_size = _env_int("SLURM_ARRAY_TASK_COUNT") if world_size is None else world_size
     if rank is None:
         raise DataError("no rank: give --rank or run inside a Slurm array ($SLURM_ARRAY_TASK_ID)")
     if world_size is None:
@@ -224,15 +205,8 @@ def run_task(out: str | Path, stage: str, rank: int | None, world_size: int | No
     for before in STAGES[: STAGES.index(stage)]:
         plan.require_done(before)
     mine = plan.units(stage)[rank::world_size]
-    done = {}
     failures: list[str] = []
-    for u in mine:
-        if stage == "finalize":
-            plan.marker(stage, u).unlink(missing_ok=True)
-        try:
-            done[u] = run_unit(plan, stage, u)
-        except DataError as e:  # the task's other units still run; the task then fails (and is resubmitted)
-            failures.append(str(e))
+    done = {u: _run_here(plan, stage, u, failures) for u in mine}  # a failed unit fails the task, after the rest
     if failures:
         raise _failed(stage, len(mine), failures)
     task_marker = plan.marker_dir(stage) / "tasks" / f"{rank}-of-{world_size}"
@@ -258,28 +232,15 @@ def check_fits(partition: str | None, cpus_per_task: int, mem: str, time_limit: 
     return None
 
 
-def write_slurm_scripts(
-    plan: Plan,
-    tasks: int,
-    *,
-    partition: str | None = None,
-    account: str | None = None,
-    time_limit: str = "12:00:00",
-    mem: str = "8G",
-    cpus_per_task: int = 1,
-    max_parallel: int | None = None,
-    python: str | None = None,
-    query: slurm.Query | None = None,
-) -> Path:
+def write_slurm_scripts(plan: Plan, tasks: int, *, partition: str | None = None, account: str | None = None,
+                        time_limit: str = "12:00:00", mem: str = "8G", cpus_per_task: int = 1,
+                        max_parallel: int | None = None, python: str | None = None,
+                        query: slurm.Query | None = None) -> Path:
     """``OUT/slurm/<stage>.sbatch`` per stage and ``OUT/slurm/submit.sh`` chaining them; returns submit.sh.
 
-    ``mem`` is a Slurm size or ``none`` (no ``--mem`` line: the partition's default). Before anything is
-    written, the requests are checked against the partition's nodes (:func:`check_fits`; ``query``: a
-    stand-in for :func:`megadepth.common.slurm.query`).
-
-    Every path and value reaches the scripts shell-quoted (a directory named ``out$(cmd)`` must not run
-    ``cmd`` when a script runs); a path no quoting carries into an ``#SBATCH`` line is refused. Holds
-    ``OUT/.prep.lock`` while writing: a ``prep run`` working in OUT would have its plan.json replaced."""
+    ``mem`` is a Slurm size or ``none`` (the partition's default). The requests are checked against the
+    partition's nodes first (:func:`check_fits`; ``query``: a stand-in for ``slurm.query``). Every path and
+    value reaches the scripts shell-quoted; a path no quoting carries into an ``#SBATCH`` line is refused."""
     mem = slurm.MEM_NONE if mem.strip().lower() == slurm.MEM_NONE else mem  # "None" / "NONE" as typed
     counts = {"--tasks": tasks, "--cpus-per-task": cpus_per_task}
     if max_parallel is not None:  # None: no throttle; 0 or less is a mistake, not "no throttle"
@@ -293,61 +254,35 @@ def write_slurm_scripts(
     if problem:
         raise DataError(problem)
     unchecked = check_fits(partition, cpus_per_task, mem, time_limit, query)
-    with _exclusive(plan.out):
-        submit = _write_scripts(plan, tasks, partition, account, time_limit, mem, cpus_per_task, max_parallel,
-                                python or sys.executable)
-    if unchecked:
-        print(unchecked, file=sys.stderr)
-    return submit
-
-
-def _write_scripts(plan: Plan, tasks: int, partition: str | None, account: str | None, time_limit: str, mem: str,
-                   cpus_per_task: int, max_parallel: int | None, python: str) -> Path:
-    """The files of :func:`write_slurm_scripts`, its inputs checked and the lock held."""
-    plan.save()
+    python = shlex.quote(python or sys.executable)
     sdir = plan.out / "slurm"
     logs = sdir / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    extra = ""
-    if partition:
-        extra += f"#SBATCH --partition={partition}\n"
-    if account:
-        extra += f"#SBATCH --account={account}\n"
+    extra = (f"#SBATCH --partition={partition}\n" if partition else "") + (
+        f"#SBATCH --account={account}\n" if account else "")
     submissions = ""
     after = "${dep:+--dependency=afterok:$dep --kill-on-invalid-dep=yes}"  # none for the first stage
-    for stage in STAGES:
-        n = len(plan.units(stage))
-        if n == 0:
-            continue
-        world = min(tasks, n)
-        script = sdir / f"{stage}.sbatch"
-        text = slurm.render(
-            "prep_stage.sbatch",
-            stage=stage,
-            n_units=n,
-            tasks=world,
-            job=f"mdprep-{stage}-{plan.config_hash[:6]}",
-            last=world - 1,
-            throttle=f"%{max_parallel}" if max_parallel is not None else "",
-            cpus=cpus_per_task,
-            mem_line="" if mem == slurm.MEM_NONE else f"#SBATCH --mem={mem}\n",
-            time=time_limit,
-            log_pattern=shlex.quote(f"{logs}/{stage}_%A_%a.log"),
-            extra=extra,
-            cwd=shlex.quote(os.getcwd()),
-            python=shlex.quote(python),
-            out=shlex.quote(str(plan.out)),
-            plan_hash=plan.config_hash,
-        )
-        atomic_write_bytes(script, text.encode())
-        script.chmod(0o755)
-        submissions += (
-            f'jid=$(sbatch --parsable {after} {stage}.sbatch)\n'
-            f'echo "{stage}: job $jid"\ndep="${{jid%%;*}}"\n'
-        )
-    submit = sdir / "submit.sh"
-    done_message = f"submitted; the data directory is complete when {plan.out}/manifest.json exists"
-    text = slurm.render("prep_submit.sh", submissions=submissions, done_message=shlex.quote(done_message))
-    atomic_write_bytes(submit, text.encode())
-    submit.chmod(0o755)
+    with _exclusive(plan.out):
+        plan.save()
+        logs.mkdir(parents=True, exist_ok=True)
+        for stage in STAGES:
+            n = len(plan.units(stage))
+            if n == 0:
+                continue
+            world = min(tasks, n)
+            text = slurm.render(
+                "prep_stage.sbatch", stage=stage, n_units=n, tasks=world, job=f"mdprep-{stage}-{plan.config_hash[:6]}",
+                last=world - 1, throttle=f"%{max_parallel}" if max_parallel is not None else "", cpus=cpus_per_task,
+                mem_line="" if mem == slurm.MEM_NONE else f"#SBATCH --mem={mem}\n", time=time_limit,
+                log_pattern=shlex.quote(f"{logs}/{stage}_%A_%a.log"), extra=extra, cwd=shlex.quote(os.getcwd()),
+                python=python, out=shlex.quote(str(plan.out)), plan_hash=plan.config_hash)
+            atomic_write_bytes(sdir / f"{stage}.sbatch", text.encode())
+            (sdir / f"{stage}.sbatch").chmod(0o755)
+            submissions += f'jid=$(sbatch --parsable {after} {stage}.sbatch)\necho "{stage}: job $jid"\ndep="${{jid%%;*}}"\n'
+        submit = sdir / "submit.sh"
+        done_message = f"submitted; the data directory is complete when {plan.out}/manifest.json exists"
+        text = slurm.render("prep_submit.sh", submissions=submissions, done_message=shlex.quote(done_message))
+        atomic_write_bytes(submit, text.encode())
+        submit.chmod(0o755)
+    if unchecked:
+        print(unchecked, file=sys.stderr)
     return submit

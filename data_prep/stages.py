@@ -1,29 +1,19 @@
 """What each unit of each stage does (see :mod:`data_prep.plan` for units, layout and markers), and the
-per-process state the stages share. The units themselves: :mod:`data_prep.extract_stage` (extract),
-:mod:`data_prep.dedup_stages` (buckets, cluster), :mod:`data_prep.output_stages` (tokenizer, tokenize,
-finalize).
+per-process state the stages share; the units are in :mod:`data_prep.extract_stage`,
+:mod:`data_prep.dedup_stages` and :mod:`data_prep.output_stages`.
 
-extract    one input file -> ``docs/NNNNNN.parquet`` (id, url, date, text, language, language_score,
-           source) + ``sig/NNNNNN.{keys,docs}.npy`` (per key row: sorted 64-bit band / exact keys and
-           the row each belongs to) + ``rejected/NNNNNN.parquet`` (the pages dropped, see
-           :mod:`data_prep.rejected`). Read -> select -> decode -> HTML to text -> language -> Gopher
-           repetition -> Gopher quality -> C4 -> FineWeb -> PII masking -> dedup keys.
-buckets    one (key row, key range) -> ``edges/UNIT.npy``: pairs of global document ids whose keys are
-           equal (each later document linked to the first one with that key).
-cluster    all edges -> union-find -> ``removed.npy``: sorted global ids of every document that is not
-           the smallest id of its cluster. Exact-key edges are joined first so the two kinds of
-           duplicate are counted apart (``duplicates.npy``: each one's kind and kept copy).
-tokenizer  trains sentencepiece on an order-independent hash sample of the kept text (or copies a given
-           model) -> ``tokenizer.model``.
-tokenize   one group of input files -> encode + EOS -> ``shard_GGGGG.bin/.idx`` and
-           ``documents/part-GGGGG.parquet`` with the same documents in the same order, and the
-           duplicates it leaves out -> ``rejected/GGGGG.parquet``.
-finalize   links shards, document parts, rejected parts and the tokenizer into OUT/, writes
-           ``manifest.json`` last.
+extract    one input file -> ``docs/NNNNNN.parquet`` (:data:`DOC_COLUMNS`) + ``sig/NNNNNN.{keys,docs}.npy``
+           (per key row: sorted 64-bit band / exact keys and their rows) + ``rejected/NNNNNN.parquet``.
+buckets    one (key row, key range) -> ``edges/UNIT.npy``: each later document with a key linked to the first.
+cluster    all edges -> union-find -> ``removed.npy`` (sorted global ids of all but each cluster's smallest)
+           and ``duplicates.npy`` (each one's kind, exact or near, and kept copy).
+tokenizer  trains sentencepiece on a hash sample of the kept text (or copies a given model).
+tokenize   one group of input files -> ``shard_GGGGG.bin/.idx`` and ``documents/part-GGGGG.parquet`` (the
+           same documents in the same order), and the duplicates left out -> ``rejected/GGGGG.parquet``.
+finalize   links shards, document parts, rejected parts and the tokenizer into OUT/, ``manifest.json`` last.
 
-A document's global id is its row in its input file's extract output plus the number of documents
-kept from all earlier input files; smaller ids win in deduplication, so the earliest copy in input
-order survives, whatever the number of workers.
+A document's global id is its row in its input file's extract output plus the documents kept from all
+earlier input files: smaller ids win in deduplication, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -65,33 +55,19 @@ def _maybe_die(stage: str, unit: str) -> None:
 def doc_schema():
     import pyarrow as pa
 
-    return pa.schema(
-        [
-            ("id", pa.string()),
-            ("url", pa.string()),
-            ("date", pa.string()),
-            ("text", pa.large_string()),
-            ("language", pa.string()),
-            ("language_score", pa.float32()),
-            ("source", pa.string()),
-        ]
-    )
-
+    types = {"text": pa.large_string(), "language_score": pa.float32()}
+    return pa.schema([(name, types.get(name, pa.string())) for name in DOC_COLUMNS])
 
 
 def offsets(plan: Plan) -> np.ndarray:
-    """Global id of each input file's first kept document (and the total at the end).
-
-    Read from every extract marker once per process and plan: the later stages run only
-    on a finished extract stage, and a unit calling this afresh would read all ~90,000 markers of a
-    crawl per unit (quadratic in the number of files)."""
+    """Global id of each input file's first kept document (and the total at the end), read from the
+    extract markers once per process and plan: per unit it would be quadratic in the number of files."""
 
     def build() -> np.ndarray:
         kept = [plan.read_marker("extract", u)["kept"] for u in plan.units("extract")]
         return np.concatenate(([0], np.cumsum(kept, dtype=np.int64)))
 
     return cached(plan, "offsets", build)
-
 
 
 def removed(plan: Plan) -> np.ndarray:
@@ -109,6 +85,21 @@ def kept_rows(plan: Plan, i: int, offsets: np.ndarray, removed: np.ndarray) -> n
     return mask
 
 
+def kept_batches(plan: Plan, files, offsets: np.ndarray, removed: np.ndarray, columns: list[str] | None = None):
+    """(input index, its first row, batch, the batch's dedup mask) for each batch of the extract documents of
+    the input files ``files`` that kept any."""
+    import pyarrow.parquet as pq
+
+    for i in files:
+        if offsets[i + 1] == offsets[i]:
+            continue
+        mask = kept_rows(plan, i, offsets, removed)
+        pf = pq.ParquetFile(plan.stage_dir("extract") / "docs" / f"{i:06d}.parquet")
+        row = 0
+        for batch in pf.iter_batches(columns=columns, batch_size=plan.config.shards.row_group_docs):
+            yield i, row, batch, mask[row : row + batch.num_rows]
+            row += batch.num_rows
+
 
 def check_tokenizer(path: Path):
     import sentencepiece as spm
@@ -122,23 +113,15 @@ def check_tokenizer(path: Path):
     return sp
 
 
-
-#: stage -> (module, function) running one of its units; imported when a unit runs
-_RUN = {
-    "extract": ("data_prep.extract_stage", "run_extract"),
-    "buckets": ("data_prep.dedup_stages", "run_buckets"),
-    "cluster": ("data_prep.dedup_stages", "run_cluster"),
-    "tokenizer": ("data_prep.output_stages", "run_tokenizer"),
-    "tokenize": ("data_prep.output_stages", "run_tokenize"),
-    "finalize": ("data_prep.output_stages", "run_finalize"),
-}
+#: stage -> the module whose ``run_<stage>`` runs one of its units; imported when a unit runs
+_MODULE = {"extract": "extract_stage", "buckets": "dedup_stages", "cluster": "dedup_stages",
+           "tokenizer": "output_stages", "tokenize": "output_stages", "finalize": "output_stages"}
 
 
 def run_unit(plan: Plan, stage: str, unit: str) -> dict:
     """Run one unit unless its done marker exists; write the marker last. Returns the marker's data."""
     if plan.is_done(stage, unit):
         return plan.read_marker(stage, unit)
-    module, fn = _RUN[stage]
-    data = getattr(importlib.import_module(module), fn)(plan, unit)
+    data = getattr(importlib.import_module(f"data_prep.{_MODULE[stage]}"), f"run_{stage}")(plan, unit)
     plan.write_marker(stage, unit, data)
     return data
