@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -13,23 +14,22 @@ from typing import Any
 from megadepth.common.errors import ConfigError
 
 
-def _whole(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``minimum`` (0 or 1)."""
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (megadepth's other commands use it too)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected at least 1, got {value}" if minimum else
-                                             f"expected 0 or more, got {value}")
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
 
     return parse
 
 
-_positive, _non_negative = _whole(1), _whole(0)
+_positive, _non_negative = at_least(1), at_least(0)
 
 
 def _task_points(task_list: str, index: int, points: list[Any]) -> list[Any]:
@@ -40,13 +40,10 @@ def _task_points(task_list: str, index: int, points: list[Any]) -> list[Any]:
     if not 0 <= index < len(lines):
         raise ConfigError(f"--task-index {index} is outside {path} ({len(lines)} task(s))")
     by_id = {p.id: p for p in points}
-    chosen = []
     for pid in lines[index].split():
         if pid not in by_id:
             print(f"megadepth sweep: warning: {pid} is no longer in the sweep's grid; skipped", file=sys.stderr)
-            continue
-        chosen.append(by_id[pid])
-    return chosen
+    return [by_id[pid] for pid in lines[index].split() if pid in by_id]
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -62,7 +59,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     from megadepth.sweep.slurm import SlurmOptions, check_sweep_dir
     from megadepth.sweep.spec import load_spec
-    from megadepth.sweep.state import count, format_counts
+    from megadepth.sweep.state import count, format_counts, now
 
     if (args.task_list is None) != (args.task_index is None):
         raise ConfigError("--task-list and --task-index go together (they are what a Slurm array task runs)")
@@ -75,11 +72,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         devices = resolve_devices(args.devices)
     opts = None
     if args.executor == "slurm":
-        opts = SlurmOptions(points_per_task=args.points_per_task, gpus_per_task=args.gpus_per_task,
-                            cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
-                            partition=args.partition, account=args.account, qos=args.qos,
-                            max_parallel=args.max_parallel, setup=args.setup, python=args.python,
-                            retries=args.retries)
+        opts = SlurmOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SlurmOptions)})
         opts.check()
         check_sweep_dir(args.out)
     # DIR/sweep.yaml itself (what array tasks run) reads like base files: see parse_spec(frozen=...)
@@ -88,10 +81,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     max_attempts = 1 + args.retries
     sweep, points = prepare(spec, args.out, write=not (task_mode or args.dry_run or args.status),
                             check_data=not args.status)
-
+    jobs = args.jobs or max(1, len(devices))
     if task_mode:
         todo = _task_points(args.task_list, args.task_index, points)
-        jobs = args.jobs or max(1, len(devices))
         print(f"megadepth sweep: array task {args.task_index}: {len(todo)} point(s), {jobs} at a time", flush=True)
         results = run_local(spec, sweep, None, todo, jobs=jobs, devices=devices, max_attempts=max_attempts)
         return 1 if any(r.outcome == "failed" for r in results) else 0
@@ -141,16 +133,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                   f"sbatch {shlex.quote(str(script))}")
             return 0
         job = submit(script, sbatch, opts)
-        import time
-
         write_index(spec, sweep, points, extra={"slurm": [{
             "job_id": job, "script": str(script.relative_to(sweep.root)), "tasks": tasks, "points": len(todo),
-            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]})
+            "submitted": now()}]})
         print(f"submitted job array {job}: {tasks} task(s) for {len(todo)} point(s) ({script}); logs in "
               f"{script.parent / 'logs'}; check with: megadepth sweep {spec_arg} --out {out_arg} --status")
         return 0
 
-    jobs = args.jobs or max(1, len(devices))
     where = f"GPU(s) {','.join(devices)}" if devices else "CPU"
     print(f"{header}; {jobs} at a time on {where}", flush=True)
     results = run_local(spec, sweep, points, todo, jobs=jobs, devices=devices, max_attempts=max_attempts)
@@ -158,8 +147,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     print(f"megadepth sweep '{spec.name}': {format_counts(final)}; report with: megadepth report {out_arg}")
     for r in [r for r in results if r.outcome == "failed"][:10]:
         print(f"  failed: {r.point.label}: {r.error}  (log: {sweep.run_dir(r.point) / 'train.log'})")
-    # a point whose failure could not be recorded in its run directory (its bookkeeping failed) reads as
-    # pending there, but it failed in this invocation all the same
+    # a point whose failure could not be recorded reads as pending there, but it failed all the same
     failed = max(final.get("failed", 0), sum(1 for r in results if r.outcome == "failed"))
     if failed:
         print(f"  {failed} point(s) failed; see `megadepth sweep {spec_arg} --out {out_arg} --status`, "

@@ -1,10 +1,9 @@
 """Running a sweep: the sweep directory, choosing what to run, and the local executor.
 
-Every grid point is one ``megadepth train`` process with its own run directory ``DIR/runs/<id>/``.
-``--jobs N`` runs N at once: one GPU each when there are GPUs (``CUDA_VISIBLE_DEVICES`` per process),
-else CPU processes sharing the cores (``OMP_NUM_THREADS`` = cores / N). The executor never trusts
-anything but the run directories, so it can be killed and started again at any time, and several
-executors (Slurm array tasks) can share one sweep directory: a per-point lock keeps them apart.
+Every grid point is one ``megadepth train`` process with its own run directory ``DIR/runs/<id>/``, one
+GPU each or CPU processes sharing the cores. Only the run directories are trusted, so an executor can be
+killed and restarted at any time, and several (Slurm array tasks) share one directory: a per-point lock
+keeps them apart.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from megadepth.sweep.state import (
     RunState,
     count,
     last_log_line,
+    now,
     read_json,
     read_state,
 )
@@ -87,9 +87,7 @@ def point_config(spec: SweepSpec, point: Point, sweep: SweepDir) -> dict[str, An
 def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data: bool = True
             ) -> tuple[SweepDir, list[Point]]:
     """Expand and check the grid, refuse a directory that holds a different sweep, write the frozen spec.
-
-    ``check_data=False`` (``--status``) skips the start-up checks of the data and tokenizer: reading run
-    states needs neither, and a relative data.path does not resolve from every working directory."""
+    ``check_data=False`` (``--status``, which only reads run states) skips the data and tokenizer checks."""
     sweep = SweepDir(out)
     if sweep.root.exists() and not sweep.root.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -119,11 +117,8 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data:
 
 
 def _saved_config(path: Path) -> dict[str, Any] | None:
-    """A run's config.yaml, or None when there is none or it cannot be read.
-
-    An unreadable one (a torn write, an edited file) is treated like a corrupt summary.json: the run's
-    state comes from its summary as always, and the comparison with the grid is skipped with a warning
-    instead of a traceback that would stop every sweep command, --status included."""
+    """A run's config.yaml, or None when there is none or it cannot be read (a torn write, an edited
+    file: the comparison with the grid is skipped with a warning, not a traceback)."""
     if not path.is_file():
         return None
     try:
@@ -140,10 +135,8 @@ def _saved_config(path: Path) -> dict[str, Any] | None:
 
 
 def check_same_sweep(spec: SweepSpec, sweep: SweepDir) -> None:
-    """Refuse ``spec`` if DIR/sweep.yaml holds a different sweep: anything but added or dropped axis values.
-
-    Comparing finished runs' configs alone misses a spec whose points all have new ids (another grid or
-    name): it would replace sweep.yaml and orphan every run, so the frozen spec itself is compared."""
+    """Refuse ``spec`` if DIR/sweep.yaml holds a different sweep: anything but added or dropped axis values
+    (a spec whose points all have new ids would orphan every run, which the runs' configs cannot show)."""
     if not sweep.spec.is_file():
         return
     try:
@@ -168,9 +161,8 @@ def orphaned(sweep: SweepDir, points: Sequence[Point]) -> list[str]:
 
 
 def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, check_data: bool = True) -> None:
-    """The trainer's start-up checks for every point (layout, parametrization, batch, data, tokenizer),
-    so a point that cannot start fails the sweep now, not hours into it. Without ``check_data`` a
-    DataError (missing data or tokenizer: the last of the checks) is let pass."""
+    """The trainer's start-up checks for every point, so a point that cannot start fails the sweep now,
+    not hours into it. Without ``check_data`` a DataError (missing data or tokenizer) is let pass."""
     from megadepth.data import DataError
     from megadepth.train.preflight import preflight
 
@@ -195,9 +187,8 @@ def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, che
 
 
 def _check_base_shape(points: Sequence[Point]) -> None:
-    """A grid over depth (width) needs a fixed base depth (width). Unset, each point is its own base
-    shape (r = 1, m = 1): every depth-aware (width-aware) preset then trains the SP model and the sweep
-    compares SP with itself under other names, for hours, with nothing to show for it."""
+    """A grid over depth (width) needs a fixed base depth (width): unset, each point is its own base
+    shape and every depth-aware (width-aware) preset trains the SP model."""
     from megadepth.parametrize.rules import scales_depth, scales_width
 
     for dim, base, scales in (("depth", "base_depth", scales_depth), ("width", "base_width", scales_width)):
@@ -224,32 +215,16 @@ def write_index(spec: SweepSpec, sweep: SweepDir, points: Sequence[Point],
     """DIR/sweep.json: the spec's identity, the axes, and every point's current state (rebuilt from the
     run directories; Slurm submissions are kept from the previous index)."""
     old = read_json(sweep.index) or {}
-    runs = []
     current = states(sweep, points)
-    for point, st in zip(points, current, strict=True):
-        entry: dict[str, Any] = {"id": point.id, "label": point.label, "point": point.values,
-                                 "status": st.status, "attempts": st.attempts, "dir": f"runs/{point.id}"}
-        for key in ("final_loss", "final_eval_loss", "steps", "tokens", "wall_s"):
-            if key in st.summary:
-                entry[key] = st.summary[key]
-        if st.error:
-            entry["error"] = st.error
-        runs.append(entry)
-    index = {
-        "name": spec.name,
-        "spec": SPEC_FILE,
-        "spec_sha256": spec.sha256(),
-        "source": spec.source,
-        "wandb_group": group_name(spec),
-        "metric": spec.metric,
-        "axes": spec.axis_keys,
-        "report": spec.report,
-        "budget": spec.budget,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "counts": count(current),
-        "slurm": old.get("slurm", []),
-        "runs": runs,
-    }
+    runs = [{"id": point.id, "label": point.label, "point": point.values, "status": st.status,
+             "attempts": st.attempts, "dir": f"runs/{point.id}",
+             **{k: st.summary[k] for k in ("final_loss", "final_eval_loss", "steps", "tokens", "wall_s")
+                if k in st.summary}, **({"error": st.error} if st.error else {})}
+            for point, st in zip(points, current, strict=True)]
+    index = {"name": spec.name, "spec": SPEC_FILE, "spec_sha256": spec.sha256(), "source": spec.source,
+             "wandb_group": group_name(spec), "metric": spec.metric, "axes": spec.axis_keys,
+             "report": spec.report, "budget": spec.budget, "updated": now(), "counts": count(current),
+             "slurm": old.get("slurm", []), "runs": runs}
     if extra:
         for key, value in extra.items():
             index[key] = (index.get(key) or []) + value if isinstance(value, list) else value
@@ -275,10 +250,8 @@ def select(sweep: SweepDir, points: Sequence[Point], max_attempts: int, retry_fa
 
 def resolve_devices(arg: str) -> list[str]:
     """GPUs to spread runs over: 'auto' (CUDA_VISIBLE_DEVICES, else every visible GPU), 'cpu', or '0,1,2'.
-
-    A listed GPU must exist: a run given a GPU that is not there would silently train on the CPU. Each
-    run's CUDA_VISIBLE_DEVICES is set to the listed entry, so with CUDA_VISIBLE_DEVICES set here the
-    entries must be among its entries; otherwise they are indices below torch.cuda.device_count()."""
+    A listed GPU must exist (else the run would silently train on the CPU): among CUDA_VISIBLE_DEVICES'
+    entries when it is set, else an index below torch.cuda.device_count()."""
     if arg == "cpu":
         return []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -337,11 +310,9 @@ class Outcome:
 
 class LocalExecutor:
     """Runs points as separate ``megadepth train`` processes, ``jobs`` at a time; failed ones are retried
-    until they have failed ``max_attempts`` times (counting earlier invocations).
-
-    Each process is started, waited for and recorded by a worker thread of a pool, so the main thread
-    only waits: Ctrl-C or SIGTERM reaches it there, stops every run (each attempt recorded as
-    interrupted: the point stays pending) and is raised again once the workers have recorded them."""
+    until they have failed ``max_attempts`` times (counting earlier invocations). Worker threads run the
+    processes, so Ctrl-C or SIGTERM reaches the waiting main thread, which stops every run (recorded as
+    interrupted) and raises it again once the workers have recorded them."""
 
     def __init__(self, spec: SweepSpec, sweep: SweepDir, points: Sequence[Point], *, jobs: int,
                  devices: Sequence[str], max_attempts: int = 2, command: Sequence[str] | None = None,
@@ -428,10 +399,8 @@ class LocalExecutor:
         return point if again else None
 
     def _bookkeeping_failed(self, point: Point, exc: Exception) -> Outcome:
-        """A failed Outcome for an exception outside the trainer (writing sweep_config.yaml, sweep_run.json
-        or train.log, taking the lock: a full disk, a read-only or foreign directory), recorded as a failed
-        attempt in sweep_run.json where that can still be written. Not retried in this invocation: the
-        same write would fail again at once."""
+        """A failed Outcome for an exception outside the trainer (the sweep's own files or lock), recorded in
+        sweep_run.json where that can still be written; not retried now: the same write would fail again."""
         error = f"the sweep could not run the point: {type(exc).__name__}: {exc}".splitlines()[0]
         run_dir = self.sweep.run_dir(point)
         with contextlib.suppress(Exception):
@@ -445,21 +414,13 @@ class LocalExecutor:
         return Outcome(point, "failed", error=error, retry=False)
 
     def _report(self, r: Outcome, again: bool) -> None:
-        """One line per attempt. ``[k/N]`` counts finished points, so each k appears once; an attempt
-        after which the point runs again (a retry, a resume) is ``[-/N]``, and the attempt number (over
-        invocations, as in sweep_run.json) is shown from the second on."""
+        """One line per attempt: ``[k/N]`` counts finished points; ``[-/N]`` when the point runs again."""
         metric = r.summary.get(self.spec.metric)
-        shown = f"{self.spec.metric} {metric:.4f}" if isinstance(metric, (int, float)) else ""
-        if r.outcome == "failed":
-            shown = f"{r.error or 'failed'}" + (" (will retry)" if again else "")
-        elif r.outcome == "diverged":
-            shown = "loss not finite"
-        elif r.outcome == "skipped":
-            shown = "running in another executor"
-        elif r.outcome == "interrupted":
-            shown = "interrupted: stays pending"
-        elif r.outcome == "stopped":
-            shown = "stopped (train.stop_after_steps); resuming"
+        value = f"{self.spec.metric} {metric:.4f}" if isinstance(metric, (int, float)) else ""
+        shown = {"failed": (r.error or "failed") + (" (will retry)" if again else ""),
+                 "diverged": "loss not finite", "skipped": "running in another executor",
+                 "interrupted": "interrupted: stays pending",
+                 "stopped": "stopped (train.stop_after_steps); resuming"}.get(r.outcome, value)
         counter = f"[-/{len(self.points)}]" if again else f"[{len(self.results)}/{len(self.points)}]"
         attempt = f"attempt {r.attempt}, " if r.attempt > 1 else ""
         self.echo(f"{counter} {r.outcome:<9} {r.point.label}  {shown}  "
@@ -508,10 +469,8 @@ class LocalExecutor:
             wall = time.monotonic() - start
             summary = read_json(summary_file) or {}
             status = summary.get("status")
-            # stopped by us, or killed by a signal from outside (scancel, preemption, Ctrl-C): not the
-            # run's fault, so not a failed attempt; the point stays pending. SIGKILL (the OOM killer) is.
-            # A trainer that got our SIGTERM saves a checkpoint and says "stopped", as after
-            # train.stop_after_steps: while the sweep is stopping, that is an interruption, not a resume.
+            # stopped by us or by a signal from outside (scancel, preemption): not a failed attempt, the
+            # point stays pending (SIGKILL, the OOM killer, is one); "stopped" while we stop is no resume
             interrupted = status not in (*FINAL, "stopped") and code in INTERRUPT_CODES
             if status not in FINAL and (self._stop.is_set() or interrupted):
                 why = (f"terminated by signal {-code}" if code < 0 else
