@@ -15,14 +15,12 @@ from pathlib import Path
 from megadepth.common.errors import ConfigError
 from megadepth.config import explain, load_config, to_yaml
 
-EXIT_BAD_INPUT = 2
-EXIT_STARTUP = 3
+EXIT_BAD_INPUT, EXIT_STARTUP = 2, 3
 ARGS_B64 = "--args-b64"  # launch.deepspeed_launcher.ARGS_B64, without importing launch on every command
 
 
 def _expand_encoded_args(argv: list[str]) -> list[str]:
-    """``train --args-b64 TOKEN`` -> ``train ARGS...``: the exact list the launcher encoded (hostfile mode,
-    where DeepSpeed's pdsh runner passes every argument through a remote shell). Other commands unchanged."""
+    """``train --args-b64 TOKEN`` -> ``train ARGS...`` (hostfile launches); other commands unchanged."""
     if argv[:1] != ["train"]:
         return argv
     rest, tokens, items = [], [], iter(argv[1:])
@@ -78,8 +76,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    """Check everything for the whole job (options, hostfile, config at the total world size), then run
-    the DeepSpeed launcher, or print it (--dry-run), or write a Slurm script (--slurm)."""
+    """Check the whole job, then run the DeepSpeed launcher, print it (--dry-run) or write --slurm."""
     import dataclasses
     import shlex
 

@@ -1,12 +1,8 @@
 """Coordinate check across depth (and width): does the parametrization keep activations and their
 updates of the right size as the model grows?
 
-Each shape trains a few steps on the real training path (DeepSpeed engine, param groups, schedule,
-data). Before the first step and after each, a fixed probe batch records per layer the RMS of the
-residual stream, of each block's contribution, and of their changes since step 0, plus the logits' change
-(QUANTITIES). Their log-log slopes against depth (and width) are compared with :func:`predicted_slopes`
-(docs/parametrizations.md, "Coordinate checks"); :func:`disagreements` lists those over TOLERANCE apart.
-"""
+Each shape trains a few steps on the real training path; a fixed probe batch records per layer the RMS
+of the QUANTITIES, whose log-log slopes against depth (and width) are compared with predicted_slopes."""
 
 from __future__ import annotations
 
@@ -46,9 +42,8 @@ def _rms(x: torch.Tensor) -> float:
 
 
 def with_base_shape(config: Config, depths: Sequence[int], widths: Sequence[int] | None) -> tuple[Config, list[str]]:
-    """The config with the smallest depth (width) checked as its base where the check varies a dimension
-    whose base is unset (else every shape is its own base and every preset builds the SP model); the heads
-    stay fixed across widths, so an unset ``model.base_heads`` is ``model.heads``."""
+    """The config with the smallest depth (width) checked as its base where the check varies a
+    dimension whose base is unset (else every preset builds the SP model), and notes saying so."""
     notes = []
     model = config.model
     update: dict[str, int] = {}
@@ -96,8 +91,8 @@ def _probe(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Ten
 
 
 def _measure_shape(config: Config, device: torch.device, precision: str) -> tuple[list[dict[str, Any]], int | None]:
-    """Train one shape for config.train.steps steps: (records of (step, quantity, layer, value), the step
-    at which the loss or a measurement stopped being finite, or None); records stop before that step."""
+    """Train one shape: (records of (step, quantity, layer, value), the step at which something
+    stopped being finite, or None)."""
     from megadepth.data import MicroBatchSampler, build_datasets, make_loader
     from megadepth.parallel.topology import build_grid
     from megadepth.train.engine import build_engine
@@ -146,8 +141,7 @@ def _measure_shape(config: Config, device: torch.device, precision: str) -> tupl
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[tuple[int, int, int, str], float]:
-    """(depth, width, step, quantity) -> one number: last layer for residual quantities and logits,
-    the mean over blocks for block quantities."""
+    """(depth, width, step, quantity) -> the last layer's value, or the mean over blocks."""
     grouped: dict[tuple[int, int, int, str], list[tuple[int, float]]] = {}
     for r in records:
         grouped.setdefault((r["depth"], r["width"], r["step"], r["quantity"]), []).append((r["layer"], r["value"]))
@@ -166,18 +160,15 @@ def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 def slopes(summary: dict[tuple[int, int, int, str], float], axis: str,
            incomplete_from: int | None = None) -> dict[str, dict[str, Any]]:
-    """Per quantity: the slope against ``axis`` ('depth' or 'width') at each step (averaged over the other
-    axis' values) and their mean over steps >= 1. A step that lacks a shape, or any from
-    ``incomplete_from`` on (a seed diverged), goes to ``incomplete_steps`` instead: a slope over the
-    survivors would drop the deepest model."""
-    idx = 0 if axis == "depth" else 1
-    other = 1 - idx
+    """Per quantity: the slope against ``axis`` at each complete step and their mean over steps >= 1
+    (a step that lacks a shape, or from ``incomplete_from`` on, goes to ``incomplete_steps``)."""
+    idx, other = (0, 1) if axis == "depth" else (1, 0)
     out: dict[str, dict[str, Any]] = {}
     steps = sorted({k[2] for k in summary})
     shapes = {(k[0], k[1]) for k in summary}
     for q in QUANTITIES:
-        per_step = {}
-        incomplete = []
+        per_step: dict[int, float] = {}
+        incomplete: list[int] = []
         for s in steps:
             present = {(k[0], k[1]) for k in summary if k[2] == s and k[3] == q}
             if not present:
@@ -185,12 +176,11 @@ def slopes(summary: dict[tuple[int, int, int, str], float], axis: str,
             if present != shapes or (incomplete_from is not None and s >= incomplete_from):
                 incomplete.append(s)
                 continue
-            fits = []
-            for fixed in sorted({k[other] for k in summary}):
-                pts = sorted((k[idx], v) for k, v in summary.items() if k[2] == s and k[3] == q and k[other] == fixed)
-                if len(pts) >= 2:
-                    fits.append(fit_slope([p[0] for p in pts], [p[1] for p in pts]))
-            fits = [f for f in fits if math.isfinite(f)]
+            groups = [sorted((k[idx], v) for k, v in summary.items()
+                             if k[2] == s and k[3] == q and k[other] == fixed)
+                      for fixed in sorted({k[other] for k in summary})]
+            fits = [f for pts in groups if len(pts) >= 2
+                    and math.isfinite(f := fit_slope([p[0] for p in pts], [p[1] for p in pts]))]
             if fits:
                 per_step[s] = float(np.mean(fits))
         trained = [v for s, v in per_step.items() if s >= 1]
@@ -212,10 +202,8 @@ def _exponents(config: Config) -> tuple[bool, float, float] | None:
 
 
 def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
-    """The first-order log-log slope theory predicts for each quantity against ``axis`` ('depth' or
-    'width'), for the rules as docs/parametrizations.md ("Coordinate checks") states and derives them, at
-    the regime of configs/coord/*.yaml (Adam(W), small init). None where no single power law is predicted
-    (SGD; SP at block depth 1; quantities mixing two powers)."""
+    """The first-order log-log slope of each quantity against ``axis`` that docs/parametrizations.md
+    ("Coordinate checks") derives for the config's rules; None where no single power law is predicted."""
     found = _exponents(config)
     none: dict[str, float | None] = {q: None for q in (*QUANTITIES, INIT_QUANTITY)}
     if found is None:
@@ -247,21 +235,18 @@ def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
 
 
 def compare(result: dict[str, Any], config: Config) -> None:
-    """Add ``measured`` and ``predicted`` to every quantity of ``result['slopes']`` (in place), and the
-    init's slope of the block output as quantity ``block_output_init``."""
+    """Add ``measured`` and ``predicted`` to every slope of ``result`` (and ``block_output_init``)."""
     for axis, per_q in result["slopes"].items():
         predicted = predicted_slopes(config, axis)
         init = per_q["block_output"]["per_step"].get(0, float("nan"))
         per_q[INIT_QUANTITY] = {"per_step": {0: init}, "mean": init,
                                 "incomplete_steps": [0] if 0 in per_q["block_output"]["incomplete_steps"] else []}
         for q, v in per_q.items():
-            v["measured"] = v["mean"]
-            v["predicted"] = predicted[q]
+            v.update(measured=v["mean"], predicted=predicted[q])
 
 
 def disagreements(result: dict[str, Any], tolerance: float = TOLERANCE) -> list[str]:
-    """'axis quantity: measured x, predicted y' for every predicted slope more than ``tolerance`` away from
-    its measurement (a measurement that is not finite disagrees)."""
+    """'axis quantity: measured x, predicted y' for every slope more than ``tolerance`` off."""
     out = []
     for axis, per_q in result["slopes"].items():
         for q, v in per_q.items():
@@ -296,10 +281,8 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
                 diverged.append({"depth": shape.depth, "width": shape.width, "seed": seed, "step": bad_step})
             for r in measured:
                 sums.setdefault((shape.depth, shape.width, r["step"], r["quantity"], r["layer"]), []).append(r["value"])
-    records = [
-        {"depth": d, "width": w, "step": s, "quantity": q, "layer": layer, "value": float(np.mean(v))}
-        for (d, w, s, q, layer), v in sorted(sums.items())
-    ]
+    records = [{"depth": d, "width": w, "step": s, "quantity": q, "layer": layer, "value": float(np.mean(v))}
+               for (d, w, s, q, layer), v in sorted(sums.items())]
     summary = summarise(records)
     # a shape or seed that diverged at step k has no records from k on: those steps are incomplete
     incomplete_from = min((d["step"] for d in diverged), default=None)

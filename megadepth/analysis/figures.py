@@ -43,10 +43,8 @@ def _min_span(bottom: float, top: float) -> tuple[float, float]:
 
 
 def transfer_ylim(panels: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """transfer.png's y range: everything drawn, optima included, except means, bands and seeds above a
-    cap of 3x the means' spread below their median over the lowest (at least OUTLIER_SPREAD), which are
-    drawn at the top. The cap never hides an LR column where every curve of a panel (two or more) is
-    above it. The span is at least MIN_SPAN."""
+    """transfer.png's y range: everything drawn, except means, bands and seeds above a cap (3x the
+    means' spread below their median, at least OUTLIER_SPREAD) that no whole LR column exceeds."""
     points = [p for panel in panels for c in panel["curves"] for p in c["points"]]
     means = [p["mean"] for p in points if math.isfinite(p["mean"])]
     optima = [c["optimum"].loss for panel in panels for c in panel["curves"]
@@ -119,12 +117,10 @@ def plot_transfer(result: dict[str, Any], roles: Roles, out: Path, title: str) -
         colors = _colors(len(panel["curves"]))
         for color, c in zip(colors, panel["curves"], strict=True):
             pts = c["points"]
-            xs = np.array([p["log2_x"] for p in pts])
-            mean = np.array([p["mean"] for p in pts])
-            std = np.array([p["std"] for p in pts])
+            xs, mean, std = (np.array([p[k] for p in pts]) for k in ("log2_x", "mean", "std"))
             ok = np.isfinite(mean)
-            label = curve_label(roles, c)
-            ax.plot(xs[ok], np.minimum(mean[ok], ylim[1]), "-o", color=color, ms=3.5, lw=1.4, label=label)
+            ax.plot(xs[ok], np.minimum(mean[ok], ylim[1]), "-o", color=color, ms=3.5, lw=1.4,
+                    label=curve_label(roles, c))
             band = ok & np.isfinite(std)
             if band.any():
                 kinds["band"] = True
@@ -178,9 +174,8 @@ def plot_transfer(result: dict[str, Any], roles: Roles, out: Path, title: str) -
 
 
 def plot_loss_vs_depth(result: dict[str, Any], roles: Roles, out: Path, title: str) -> Path | None:
-    """loss_vs_depth.png: per panel, each depth's measured mean at the reference's best grid LR (solid, ±
-    stderr) and its lowest mean (dashed), and as hollow diamonds the fitted loss at the reference's fitted
-    optimum (never joined into the measured line)."""
+    """loss_vs_depth.png: per panel, each depth's measured loss at the reference's best grid LR, its
+    own best, and the fitted loss at the reference's fitted optimum (never joined to the measured line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -191,11 +186,10 @@ def plot_loss_vs_depth(result: dict[str, Any], roles: Roles, out: Path, title: s
         return None
     fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=110, layout="constrained")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    curve_name = leaf(roles.curve)
-    xname = leaf(roles.x)
+    curve_name, xname = leaf(roles.curve), leaf(roles.x)
     values: list[float] = []  # every finite value drawn, for the y range
     diverged: list[tuple[float, Any]] = []
-    handles: list[Any] = []
+    handles: list[Any] = []  # the key's entries, and their texts
     texts: list[str] = []
     kinds = dict.fromkeys(("fitted", "best", "diverged"), False)
     for k, panel in enumerate(result["panels"]):

@@ -45,22 +45,14 @@ class Optimum:
         return a * t * t + b * t + c
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "log2_x": self.log2_x,
-            "x": None if self.log2_x is None else 2.0 ** self.log2_x,
-            "stderr_log2": self.stderr,
-            "loss": self.loss,
-            "loss_stderr": self.loss_stderr,
-            "method": self.method,
-            "note": self.note,
-            "grid_argmin_log2_x": self.grid_argmin,
-            "window_log2_x": list(self.window) if self.window else None,
-        }
+        return {"log2_x": self.log2_x, "x": None if self.log2_x is None else 2.0 ** self.log2_x,
+                "stderr_log2": self.stderr, "loss": self.loss, "loss_stderr": self.loss_stderr,
+                "method": self.method, "note": self.note, "grid_argmin_log2_x": self.grid_argmin,
+                "window_log2_x": list(self.window) if self.window else None}
 
 
 def parabola(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """The least-squares parabola ``a t^2 + b t + c`` through ``(t, y)`` (exact through 3 points): its
-    design matrix, the pseudo-inverse that maps ``y`` to ``(a, b, c)``, and ``(a, b, c)``."""
+    """The least-squares parabola through ``(t, y)``: its design matrix, pseudo-inverse and ``(a, b, c)``."""
     design = np.stack([t * t, t, np.ones_like(t)], axis=1)
     pinv = np.linalg.pinv(design)
     a, b, c = (float(v) for v in pinv @ y)
@@ -215,11 +207,9 @@ def weighted_slope(xs: Sequence[float], ys: Sequence[float], ses: Sequence[float
 
 
 def interpolate(lx: Sequence[float], values: Sequence[float], at: float) -> float | None:
-    """Linear interpolation in log2 x; None outside the grid or next to a missing point, inf next to a
-    diverged one."""
-    for i in range(len(lx)):
-        if abs(lx[i] - at) < 1e-9:
-            v = values[i]
+    """Linear interpolation in log2 x; None outside the grid or by a missing point, inf by a diverged one."""
+    for x, v in zip(lx, values, strict=False):
+        if abs(x - at) < 1e-9:
             return None if math.isnan(v) else v
     for i in range(len(lx) - 1):
         if lx[i] < at < lx[i + 1]:
@@ -293,9 +283,8 @@ def t_quantile(p: float, dof: float) -> float:
 
 
 def seed_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> dict[str, Any] | None:
-    """A ``level`` confidence interval for the mean of ``values``, one estimate per seed: mean ±
-    t_{(1+level)/2, n-1} · sd / sqrt(n) (with 2 or 3 seeds the spread itself is uncertain, which t accounts
-    for and ±1.96 standard errors does not). None for fewer than two values or a non-finite one."""
+    """A ``level`` Student-t interval for the mean of ``values`` (one estimate per seed: with 2 or 3
+    seeds the spread itself is uncertain); None for fewer than two values or a non-finite one."""
     vals = [float(v) for v in values]
     n = len(vals)
     if n < 2 or not all(math.isfinite(v) for v in vals):

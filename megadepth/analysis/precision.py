@@ -23,9 +23,8 @@ def _block_sum(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def residual_rounding_error(model: GPT, tokens: torch.Tensor, precision: str) -> float:
-    """||blocks' summed contribution in ``precision`` - in fp32|| / ||in fp32||, same weights, same
-    tokens, eval mode. ``precision``: "bf16-mixed" (autocast, fp32 stream) or "bf16" (weights and
-    stream in bf16, as DeepSpeed's bf16 mode trains)."""
+    """Relative error of the blocks' summed contribution in ``precision`` ("bf16-mixed": autocast,
+    "bf16": weights and stream in bf16, as DeepSpeed trains) against fp32, same weights and tokens."""
     model = model.eval()
     reference = _block_sum(model, tokens)
     device_type = tokens.device.type

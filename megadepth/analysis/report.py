@@ -1,10 +1,7 @@
 """``megadepth report DIR``: does the optimal learning rate transfer across depth?
 
-Reads a sweep directory (or any directory of run directories) and, per panel and curve (depth), fits
-the optimum of the metric over log2 LR, its shift and slope across curves, and the transfer losses;
-writes DIR/report/transfer.png, loss_vs_depth.png, transfer.json and transfer.txt. The steps are the
-modules runs, transfer (with fitting), table and figures.
-"""
+Per panel and curve of a sweep: the fitted optimum over log2 LR, its shift and slope across curves, and
+the transfer losses, written to DIR/report/ (transfer.png, loss_vs_depth.png, transfer.json, .txt)."""
 
 from __future__ import annotations
 
@@ -76,8 +73,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def add_cli(subparsers: Any) -> None:
     """Register ``megadepth report``."""
     p = subparsers.add_parser(
-        "report",
-        help="read a sweep: optimal LR per depth (fitted), its shift, transfer loss; plots",
+        "report", help="read a sweep: optimal LR per depth (fitted), its shift, transfer loss; plots",
         description="Writes DIR/report/transfer.png, loss_vs_depth.png (when there is a curve axis), "
         "transfer.json and transfer.txt and prints the table. See docs/transfer.md.",
     )

@@ -23,11 +23,9 @@ def show_number(v: float | None, fmt: str = ".3f") -> str:
 
 def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], counts: dict[str, int],
                  runs: list[Run]) -> str:
-    """The printed table (and transfer.txt): one block per panel, one row per curve in two column
-    groups, measured (means of runs) and fitted (a vertex no run produced), then the runs that did not
-    finish and those counted as diverged with a finite loss."""
-    curve_name = leaf(roles.curve or "curve")
-    xname = leaf(roles.x)
+    """The printed table (and transfer.txt): one block per panel, one row per curve, measured and
+    fitted columns apart, then the runs that did not finish or blew up."""
+    curve_name, xname = leaf(roles.curve or "curve"), leaf(roles.x)
 
     def role(key: str | None) -> str:
         mates = roles.linked.get(key or "", [])
@@ -45,8 +43,7 @@ def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], cou
     wl = max(12, len(f"best log2 {xname}"))  # the log2-x columns
     wf = max(18, len(f"log2 {xname} ± se"))
     for panel in result["panels"]:
-        lines.append("")
-        lines.append(panel["label"])
+        lines += ["", panel["label"]]
         names = {id(c): curve_label(roles, c, with_name=False) if roles.curve else "-" for c in panel["curves"]}
         width = max([6, len(curve_name), *(len(n) for n in names.values())])
         lines.append(f"  {'':>{width}}  {'':>7}  {' measured (grid means) ':-^{wl + 2 + 9 + 2 + 13}}  "

@@ -1,6 +1,5 @@
-"""From runs to what the report shows: per panel and curve the points (mean over seeds at each x), the
-fitted optimum, the shift of the optimum from the reference curve to the last one, its slope, the
-transfer losses, and intervals over seeds."""
+"""From runs to what the report shows: per panel and curve the points, the fitted optimum, its shift
+and slope across curves, the transfer losses, and intervals over seeds."""
 
 from __future__ import annotations
 
@@ -100,8 +99,7 @@ def analyse(runs: list[Run], roles: Roles, window: int = 3) -> dict[str, Any]:
 
 
 def _transfer(curves: list[dict[str, Any]]) -> dict[str, Any]:
-    """Shift of the optimum (the first curve with one -> the last), its slope against log2(curve), and
-    each curve's transfer loss: its loss at the reference's optimum minus its own best."""
+    """Shift of the optimum (first curve with one -> last), its slope, and each curve's transfer loss."""
     steps = sorted({round(b["log2_x"] - a["log2_x"], 9) for c in curves
                     for a, b in zip(c["points"], c["points"][1:], strict=False)})
     out: dict[str, Any] = {"grid_step_log2": steps[0] if steps else None, "shift": None, "slope": None,
@@ -150,10 +148,8 @@ def _transfer(curves: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measured_transfer(panel: dict[str, Any]) -> list[dict[str, Any]]:
-    """What the runs measured, one entry per curve: its mean at the reference curve's best grid LR
-    (``log2_x``, not the fitted optimum, where no run was made) and its standard error, its own lowest
-    mean (``best_loss`` at ``best_log2_x``) and the difference (``transfer_loss``). Nothing is
-    interpolated: None without a finished run at that LR; +inf where a seed diverged there."""
+    """What the runs measured, per curve: its mean at the reference's best grid LR (no interpolation),
+    its own lowest mean and the difference (``transfer_loss``)."""
     ref = next((c for c in panel["curves"] if c["optimum"].log2_x is not None), None)  # as in _transfer
     at_lx = ref["optimum"].grid_argmin if ref is not None else None
     out = []
@@ -176,9 +172,8 @@ SeedOptimum = tuple[float, float, tuple[float, float, float]]  # log2_x, loss, (
 
 
 def seed_optima(curve: dict[str, Any]) -> tuple[dict[Any, SeedOptimum], str]:
-    """Each seed's own optimum of a fitted curve: the parabola through its values in the mean fit's
-    window, vertex clamped to it. Returns ``{seed: (log2_x, loss, (a, b, c))}`` and, when some seed has
-    none (a missing or diverged value, a parabola that is not convex), why; that seed is left out."""
+    """Each seed's own optimum of a fitted curve (its parabola in the mean fit's window), and why a
+    seed has none (it is left out)."""
     opt: Optimum = curve["optimum"]
     if opt.method != "fit" or opt.window is None:
         return {}, f"its optimum is not fitted ({opt.method})"
@@ -205,8 +200,7 @@ def seed_optima(curve: dict[str, Any]) -> tuple[dict[Any, SeedOptimum], str]:
 
 
 def _seed_transfer_loss(curve: dict[str, Any], own: SeedOptimum, seed: Any, at_lx: float) -> float | None:
-    """One seed's transfer loss on ``curve``: its loss at ``at_lx`` (its own parabola inside the fit
-    window, else linear between its grid values, as the mean's) minus its own vertex loss."""
+    """One seed's loss on ``curve`` at ``at_lx`` minus its own vertex loss."""
     opt: Optimum = curve["optimum"]
     if opt.value(at_lx) is not None:
         a, b, c = own[2]
@@ -223,10 +217,8 @@ def _seed_transfer_loss(curve: dict[str, Any], own: SeedOptimum, seed: Any, at_l
 
 def transfer_intervals(ref: dict[str, Any], last: dict[str, Any],
                        level: float = INTERVAL_LEVEL) -> dict[str, Any]:
-    """Intervals for the shift of the optimum (``ref`` -> ``last``) and for ``last``'s transfer loss: each
-    seed is one replicate of the whole experiment (its own optima on both curves), and the interval is
-    Student's t over the per-seed values, paired by seed. An interval is None (the note says why) unless
-    every seed has an optimum on both curves and there are two: dropping failed seeds keeps lucky ones."""
+    """Student-t intervals, paired by seed, for the shift (``ref`` -> ``last``) and ``last``'s transfer
+    loss; None (the note says why) unless every seed has an optimum on both curves and there are two."""
     out: dict[str, Any] = {"method": "student-t over seed-level fitted optima, paired by seed",
                            "shift": None, "transfer_loss": None, "seeds": [], "note": ""}
     lo, why_lo = seed_optima(ref)

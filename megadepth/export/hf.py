@@ -72,8 +72,7 @@ def check_exportable(model: ModelConfig) -> None:
 
 def gpt2_state_dict(model: ModelConfig, mult: Multipliers, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The GPT-2 (``GPT2LMHeadModel``) state dict of a consolidated megadepth state dict, multipliers folded."""
-    width, vocab = model.width, model.vocab_size
-    heads, head_dim = model.heads, model.head_dim
+    width, vocab, heads, head_dim = model.width, model.vocab_size, model.heads, model.head_dim
 
     def get(key: str, like: int | None = None) -> torch.Tensor:
         if key in state:
@@ -82,17 +81,15 @@ def gpt2_state_dict(model: ModelConfig, mult: Multipliers, state: dict[str, torc
             raise KeyError(key)
         return torch.zeros(like)  # a bias the model does not have
 
-    out: dict[str, torch.Tensor] = {}
     wte = mult.embedding * get("embed.token.weight")[:vocab]
-    out["transformer.wte.weight"] = wte
-    out["transformer.wpe.weight"] = mult.embedding * get("embed.position.weight")
+    out = {"transformer.wte.weight": wte,
+           "transformer.wpe.weight": mult.embedding * get("embed.position.weight")}
     q_scale = mult.attn_scale * math.sqrt(head_dim)
     for i in range(model.depth):
         src, dst = f"blocks.{i}.", f"transformer.h.{i}."
-        out[dst + "ln_1.weight"] = get(src + "attn_norm.weight")
-        out[dst + "ln_1.bias"] = get(src + "attn_norm.bias", width)
-        out[dst + "ln_2.weight"] = get(src + "mlp_norm.weight")
-        out[dst + "ln_2.bias"] = get(src + "mlp_norm.bias", width)
+        for theirs, ours in (("ln_1", "attn_norm"), ("ln_2", "mlp_norm")):
+            out[f"{dst}{theirs}.weight"] = get(f"{src}{ours}.weight")
+            out[f"{dst}{theirs}.bias"] = get(f"{src}{ours}.bias", width)
         # key_value rows are laid out [heads, 2 (key, value), head_dim]; GPT-2 wants [q | k | v] columns
         kv_w = get(src + "attn.key_value.weight").view(heads, 2, head_dim, width)
         kv_b = get(src + "attn.key_value.bias", 2 * width).view(heads, 2, head_dim)
@@ -195,8 +192,7 @@ def sentencepiece_to_tokenizers(path: Path) -> Any:
 
 
 def _tokenizer_config(sp: Any, model_max_length: int) -> dict[str, Any]:
-    """``tokenizer_config.json``: the generic fast class, nothing added around the text, special tokens
-    as the sentencepiece model defines them (no pad token unless it has one)."""
+    """``tokenizer_config.json``: the generic fast class, nothing added around the text."""
     config: dict[str, Any] = {
         "tokenizer_class": "PreTrainedTokenizerFast", "add_bos_token": False, "add_eos_token": False,
         "clean_up_tokenization_spaces": False,  # it would drop spaces before punctuation on decode
@@ -211,8 +207,7 @@ def _tokenizer_config(sp: Any, model_max_length: int) -> dict[str, Any]:
 
 
 def _tokenizer_mismatch(folder: Path, sp: Any, unigram: bool) -> str | None:
-    """How ``AutoTokenizer.from_pretrained(folder)``'s default encode and decode differ from ``sp`` on
-    :data:`PROBE_TEXTS`, or None (for unigram models a tie, the same pieces in another order, is accepted)."""
+    """How AutoTokenizer's encode and decode differ from ``sp`` on PROBE_TEXTS, or None."""
     from transformers import AutoTokenizer
 
     hf = AutoTokenizer.from_pretrained(folder)
@@ -228,10 +223,9 @@ def _tokenizer_mismatch(folder: Path, sp: Any, unigram: bool) -> str | None:
 
 
 def _write_tokenizer(source: Path, folder: Path, model_max_length: int) -> dict[str, Any]:
-    """Copy the sentencepiece model into ``folder`` as ``tokenizer.model``, write ``tokenizer.json`` and
-    ``tokenizer_config.json`` and check what AutoTokenizer loads; returns what was done. On failure the
-    model becomes ``sentencepiece.model`` and the config names :data:`NO_HF_TOKENIZER_CLASS` (transformers
-    builds an unchecked tokenizer from any ``tokenizer.model``: only both make AutoTokenizer fail)."""
+    """Copy the sentencepiece model into ``folder``, write and check ``tokenizer.json``; on failure keep
+    ``sentencepiece.model`` and name :data:`NO_HF_TOKENIZER_CLASS` (transformers builds an unchecked
+    tokenizer from any ``tokenizer.model``). Returns what was done."""
     import sentencepiece as spm
 
     sp_path = folder / "tokenizer.model"
@@ -278,8 +272,7 @@ def _eos(sp: Any, vocab: int) -> tuple[int, str] | None:
 
 
 def _readme(info: dict[str, Any], eos: tuple[int, str] | None, positions: int) -> str:
-    """``README.md`` of the export: how to load the model and its tokenizer (or why none loads), and that
-    ``megadepth generate`` puts an EOS before a prompt, which no exported tokenizer adds."""
+    """``README.md`` of the export: loading the model and tokenizer, and how megadepth prompts it."""
     hf_tok = info["hf_tokenizer"]
 
     def code(*body: str) -> list[str]:
@@ -343,8 +336,7 @@ def _readme(info: dict[str, Any], eos: tuple[int, str] | None, positions: int) -
 
 
 def describe_export(out: str | Path, info: dict[str, Any]) -> tuple[str, str | None]:
-    """(the line saying what was written, a warning about what was not, or None): printed by
-    ``megadepth export``, so a folder AutoTokenizer cannot load is never reported as plain success."""
+    """(what was written, a warning about what was not, or None), as ``megadepth export`` prints them."""
     written = (f"wrote {out}: GPT-2 (transformers) from {info['source']}, {info['parametrization']} "
                "multipliers folded into the weights; logits match megadepth's to "
                f"{info['max_relative_logit_difference']:.1e}; files: {', '.join(info['files'])}")
@@ -363,8 +355,8 @@ def describe_export(out: str | Path, info: dict[str, Any]) -> tuple[str, str | N
 
 
 def _give_umask_modes(folder: Path) -> None:
-    """Give every file in ``folder`` the mode a new file gets there (safetensors writes 0600 whatever the
-    umask). A probe file learns it: reading the umask would mean changing it, which races with threads."""
+    """Give every file in ``folder`` the mode a new file gets there (safetensors writes 0600); a
+    probe file learns it, since reading the umask means changing it, which races with threads."""
     probe = folder / f".mode-probe-{os.getpid()}"
     os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
@@ -393,8 +385,7 @@ def _max_relative_difference(config: Config, mult: Multipliers, state: dict[str,
 
 
 def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> dict:
-    """Export ``run_dir`` (a run directory, or its checkpoints folder) to ``out``; returns what was
-    written (also saved as ``out/megadepth_export.json``)."""
+    """Export ``run_dir`` (or its checkpoints folder) to ``out``; returns megadepth_export.json's content."""
     try:
         from transformers import GPT2Config, GPT2LMHeadModel
     except ImportError:
@@ -439,14 +430,11 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
     if not diff < _TOLERANCE:
         raise ConfigError(f"the exported model's logits differ from megadepth's by {diff:.2e} (relative): not written")
     info = {
-        "format": "hf-gpt2",
-        "source": str(ckpt_dir / tag),
-        "step_tag": tag,
+        "format": "hf-gpt2", "source": str(ckpt_dir / tag), "step_tag": tag,
         "parametrization": config.parametrization.name,
         "multipliers_folded": {"embedding": mult.embedding, "branch": mult.branch, "readout": mult.readout,
                                "attn_scale": mult.attn_scale},
-        "max_relative_logit_difference": diff,
-        "tokenizer": "tokenizer.model" if tokenizer else None,
+        "max_relative_logit_difference": diff, "tokenizer": "tokenizer.model" if tokenizer else None,
         "hf_tokenizer": None,
     }
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"

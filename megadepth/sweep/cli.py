@@ -47,17 +47,8 @@ def _task_points(task_list: str, index: int, points: list[Any]) -> list[Any]:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from megadepth.sweep.runner import (
-        SweepDir,
-        orphaned,
-        prepare,
-        resolve_devices,
-        run_local,
-        select,
-        states,
-        write_index,
-    )
-    from megadepth.sweep.slurm import SlurmOptions, check_sweep_dir
+    from megadepth.sweep import runner
+    from megadepth.sweep.slurm import SlurmOptions, check_fits, check_sweep_dir, submit, write_array
     from megadepth.sweep.spec import load_spec
     from megadepth.sweep.state import count, format_counts, now
 
@@ -69,31 +60,32 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     # every flag is checked before anything is written (bad input: one line, exit 2, nothing changed)
     devices: list[str] = []
     if args.executor == "local" and not args.status:
-        devices = resolve_devices(args.devices)
+        devices = runner.resolve_devices(args.devices)
     opts = None
     if args.executor == "slurm":
         opts = SlurmOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SlurmOptions)})
         opts.check()
         check_sweep_dir(args.out)
     # DIR/sweep.yaml itself (what array tasks run) reads like base files: see parse_spec(frozen=...)
-    frozen = Path(args.spec).resolve() == SweepDir(args.out).spec
+    frozen = Path(args.spec).resolve() == runner.SweepDir(args.out).spec
     spec = load_spec(args.spec, args.overrides, frozen=frozen)
     max_attempts = 1 + args.retries
-    sweep, points = prepare(spec, args.out, write=not (task_mode or args.dry_run or args.status),
+    sweep, points = runner.prepare(spec, args.out, write=not (task_mode or args.dry_run or args.status),
                             check_data=not args.status)
     jobs = args.jobs or max(1, len(devices))
     if task_mode:
         todo = _task_points(args.task_list, args.task_index, points)
         print(f"megadepth sweep: array task {args.task_index}: {len(todo)} point(s), {jobs} at a time", flush=True)
-        results = run_local(spec, sweep, None, todo, jobs=jobs, devices=devices, max_attempts=max_attempts)
+        results = runner.run_local(spec, sweep, None, todo, jobs=jobs, devices=devices,
+                                   max_attempts=max_attempts)
         return 1 if any(r.outcome == "failed" for r in results) else 0
 
-    dropped = orphaned(sweep, points)
+    dropped = runner.orphaned(sweep, points)
     if dropped:
         print(f"megadepth sweep: warning: {len(dropped)} run(s) under {sweep.runs} are not in this grid "
               f"(e.g. {dropped[0]}): kept, but left out of sweep.json, --status and the report until their "
               "values are listed again", file=sys.stderr)
-    todo, skipped = select(sweep, points, max_attempts, args.retry_failed)
+    todo, skipped = runner.select(sweep, points, max_attempts, args.retry_failed)
     # the commands suggested below are printed shell-quoted: a user pastes them
     spec_arg, out_arg = shlex.quote(args.spec), shlex.quote(args.out)
     already = ", ".join(f"{n} {k}" for k, n in skipped.items() if n)
@@ -101,15 +93,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               f"{', '.join(spec.axis_keys)}; {len(todo)} to run" + (f" ({already} skipped)" if already else ""))
     if args.status or args.dry_run:
         print(header)
-        current = {s.id: s for s in states(sweep, points)}
+        current = {s.id: s for s in runner.states(sweep, points)}
         for point in points:
-            state = current[point.id]
-            mark = "run " if point in todo else "skip"
+            state, mark = current[point.id], "run " if point in todo else "skip"
             detail = f"  {state.error}" if state.error else ""
             print(f"  {mark} {state.status:<9} {point.label}  runs/{point.id}{detail}")
         if args.status:
             if sweep.spec.is_file() or sweep.runs.is_dir():
-                write_index(spec, sweep, points)
+                runner.write_index(spec, sweep, points)
                 print(f"{format_counts(count(current.values()))}; index: {sweep.index}")
             else:  # a look at a sweep that has not started leaves no directory behind
                 print(f"{format_counts(count(current.values()))}; {args.out} holds no started sweep "
@@ -117,8 +108,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
 
     if opts is not None:
-        from megadepth.sweep.slurm import check_fits, submit, write_array
-
         print(header)
         if not todo:
             print(f"nothing to submit; report with: megadepth report {out_arg}")
@@ -133,7 +122,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                   f"sbatch {shlex.quote(str(script))}")
             return 0
         job = submit(script, sbatch, opts)
-        write_index(spec, sweep, points, extra={"slurm": [{
+        runner.write_index(spec, sweep, points, extra={"slurm": [{
             "job_id": job, "script": str(script.relative_to(sweep.root)), "tasks": tasks, "points": len(todo),
             "submitted": now()}]})
         print(f"submitted job array {job}: {tasks} task(s) for {len(todo)} point(s) ({script}); logs in "
@@ -142,8 +131,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     where = f"GPU(s) {','.join(devices)}" if devices else "CPU"
     print(f"{header}; {jobs} at a time on {where}", flush=True)
-    results = run_local(spec, sweep, points, todo, jobs=jobs, devices=devices, max_attempts=max_attempts)
-    final = count(states(sweep, points))
+    results = runner.run_local(spec, sweep, points, todo, jobs=jobs, devices=devices,
+                               max_attempts=max_attempts)
+    final = count(runner.states(sweep, points))
     print(f"megadepth sweep '{spec.name}': {format_counts(final)}; report with: megadepth report {out_arg}")
     for r in [r for r in results if r.outcome == "failed"][:10]:
         print(f"  failed: {r.point.label}: {r.error}  (log: {sweep.run_dir(r.point) / 'train.log'})")
@@ -158,8 +148,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def add_cli(subparsers: Any) -> None:
     """Register ``megadepth sweep``."""
     p = subparsers.add_parser(
-        "sweep",
-        help="run a grid of training runs (parametrization x depth x LR x seed ...); resumable",
+        "sweep", help="run a grid of training runs (parametrization x depth x LR x seed ...); resumable",
         description="Expands SWEEP.yaml's grid and runs every point as its own `megadepth train` process "
         "with run directory DIR/runs/<id>/ (id: a slug + sha256 of the point). Completed and diverged "
         "points are skipped when run again; failed ones are retried once. See docs/transfer.md.",

@@ -1,10 +1,7 @@
 """Running a sweep: the sweep directory, choosing what to run, and the local executor.
 
-Every grid point is one ``megadepth train`` process with its own run directory ``DIR/runs/<id>/``, one
-GPU each or CPU processes sharing the cores. Only the run directories are trusted, so an executor can be
-killed and restarted at any time, and several (Slurm array tasks) share one directory: a per-point lock
-keeps them apart.
-"""
+Every grid point is one ``megadepth train`` process with its own ``DIR/runs/<id>/``. Only the run
+directories are trusted, so executors can be killed and restarted, and share one (a per-point lock)."""
 
 from __future__ import annotations
 
@@ -54,8 +51,7 @@ DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE"
 INTERRUPT_CODES = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 """Exit codes of a run killed by a stop request rather than by its own failure."""
 
-SPEC_FILE = "sweep.yaml"
-INDEX_FILE = "sweep.json"
+SPEC_FILE, INDEX_FILE = "sweep.yaml", "sweep.json"
 
 
 class SweepDir:
@@ -86,8 +82,7 @@ def point_config(spec: SweepSpec, point: Point, sweep: SweepDir) -> dict[str, An
 
 def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data: bool = True
             ) -> tuple[SweepDir, list[Point]]:
-    """Expand and check the grid, refuse a directory that holds a different sweep, write the frozen spec.
-    ``check_data=False`` (``--status``, which only reads run states) skips the data and tokenizer checks."""
+    """Expand and check the grid, refuse a directory that holds a different sweep, write the frozen spec."""
     sweep = SweepDir(out)
     if sweep.root.exists() and not sweep.root.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -102,11 +97,9 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data:
         if changed:
             key = changed[0]
             old, new = lookup(saved, key), lookup(point.config.model_dump(mode="json"), key)
-            raise ConfigError(
-                f"{sweep.run_dir(point)} was run with a different config ({key}: {old!r} there, {new!r} now"
-                f"{f', and {len(changed) - 1} more key(s)' if len(changed) > 1 else ''}); "
-                "use a new --out directory for a changed sweep"
-            )
+            more = f", and {len(changed) - 1} more key(s)" if len(changed) > 1 else ""
+            raise ConfigError(f"{sweep.run_dir(point)} was run with a different config ({key}: {old!r} "
+                              f"there, {new!r} now{more}); use a new --out directory for a changed sweep")
     if write:
         sweep.runs.mkdir(parents=True, exist_ok=True)
         header = (f"# The frozen spec of this sweep (base config files inlined); written by megadepth sweep.\n"
@@ -117,8 +110,7 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data:
 
 
 def _saved_config(path: Path) -> dict[str, Any] | None:
-    """A run's config.yaml, or None when there is none or it cannot be read (a torn write, an edited
-    file: the comparison with the grid is skipped with a warning, not a traceback)."""
+    """A run's config.yaml, or None when there is none or it cannot be read (with a warning)."""
     if not path.is_file():
         return None
     try:
@@ -135,8 +127,7 @@ def _saved_config(path: Path) -> dict[str, Any] | None:
 
 
 def check_same_sweep(spec: SweepSpec, sweep: SweepDir) -> None:
-    """Refuse ``spec`` if DIR/sweep.yaml holds a different sweep: anything but added or dropped axis values
-    (a spec whose points all have new ids would orphan every run, which the runs' configs cannot show)."""
+    """Refuse ``spec`` if DIR/sweep.yaml holds another sweep: anything but added or dropped values."""
     if not sweep.spec.is_file():
         return
     try:
@@ -152,8 +143,7 @@ def check_same_sweep(spec: SweepSpec, sweep: SweepDir) -> None:
 
 
 def orphaned(sweep: SweepDir, points: Sequence[Point]) -> list[str]:
-    """Run directories under DIR/runs/ that are not points of this grid (values dropped from an axis):
-    kept, but not in sweep.json, --status or the report until their values are listed again."""
+    """Run directories under DIR/runs/ that are not points of this grid (values dropped from an axis)."""
     if not sweep.runs.is_dir():
         return []
     ids = {p.id for p in points}
@@ -161,8 +151,7 @@ def orphaned(sweep: SweepDir, points: Sequence[Point]) -> list[str]:
 
 
 def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, check_data: bool = True) -> None:
-    """The trainer's start-up checks for every point, so a point that cannot start fails the sweep now,
-    not hours into it. Without ``check_data`` a DataError (missing data or tokenizer) is let pass."""
+    """The trainer's start-up checks for every point, so a point that cannot start fails the sweep now."""
     from megadepth.data import DataError
     from megadepth.train.preflight import preflight
 
@@ -179,16 +168,13 @@ def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, che
         done.add(key)
         try:
             preflight(validate(point_config(spec, point, sweep)), 1)
-        except DataError as exc:
-            if check_data:
+        except (ConfigError, DataError) as exc:
+            if check_data or not isinstance(exc, DataError):
                 raise ConfigError(f"grid point {point.label}: {exc}") from None
-        except ConfigError as exc:
-            raise ConfigError(f"grid point {point.label}: {exc}") from None
 
 
 def _check_base_shape(points: Sequence[Point]) -> None:
-    """A grid over depth (width) needs a fixed base depth (width): unset, each point is its own base
-    shape and every depth-aware (width-aware) preset trains the SP model."""
+    """A grid over depth (width) needs a fixed base depth (width), else every preset trains SP."""
     from megadepth.parametrize.rules import scales_depth, scales_width
 
     for dim, base, scales in (("depth", "base_depth", scales_depth), ("width", "base_width", scales_width)):
@@ -212,8 +198,7 @@ def states(sweep: SweepDir, points: Sequence[Point]) -> list[RunState]:
 
 def write_index(spec: SweepSpec, sweep: SweepDir, points: Sequence[Point],
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """DIR/sweep.json: the spec's identity, the axes, and every point's current state (rebuilt from the
-    run directories; Slurm submissions are kept from the previous index)."""
+    """DIR/sweep.json: the spec's identity, the axes, and every point's state (Slurm submissions kept)."""
     old = read_json(sweep.index) or {}
     current = states(sweep, points)
     runs = [{"id": point.id, "label": point.label, "point": point.values, "status": st.status,
@@ -234,8 +219,7 @@ def write_index(spec: SweepSpec, sweep: SweepDir, points: Sequence[Point],
 
 def select(sweep: SweepDir, points: Sequence[Point], max_attempts: int, retry_failed: bool
            ) -> tuple[list[Point], dict[str, int]]:
-    """Points to run now: pending ones, and failed ones with attempts left (all failed ones with
-    ``retry_failed``); completed, diverged and running ones are skipped."""
+    """Points to run now: pending ones, and failed ones with attempts left (all with ``retry_failed``)."""
     todo, skipped = [], {"completed": 0, "diverged": 0, "running": 0, "failed": 0}
     for point in points:
         st = read_state(sweep.run_dir(point), point.id)
@@ -249,9 +233,7 @@ def select(sweep: SweepDir, points: Sequence[Point], max_attempts: int, retry_fa
 
 
 def resolve_devices(arg: str) -> list[str]:
-    """GPUs to spread runs over: 'auto' (CUDA_VISIBLE_DEVICES, else every visible GPU), 'cpu', or '0,1,2'.
-    A listed GPU must exist (else the run would silently train on the CPU): among CUDA_VISIBLE_DEVICES'
-    entries when it is set, else an index below torch.cuda.device_count()."""
+    """GPUs to spread runs over: 'auto', 'cpu', or '0,1,2' (each must exist, or a run trains on CPU)."""
     if arg == "cpu":
         return []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -285,13 +267,9 @@ def resolve_devices(arg: str) -> list[str]:
 
 def child_env(device: str | None, threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    if device is None:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        if "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(threads)
-            env["MKL_NUM_THREADS"] = str(threads)
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = device
+    env["CUDA_VISIBLE_DEVICES"] = "" if device is None else device
+    if device is None and "OMP_NUM_THREADS" not in os.environ:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.setdefault("WANDB_SILENT", "true")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -309,10 +287,9 @@ class Outcome:
 
 
 class LocalExecutor:
-    """Runs points as separate ``megadepth train`` processes, ``jobs`` at a time; failed ones are retried
-    until they have failed ``max_attempts`` times (counting earlier invocations). Worker threads run the
-    processes, so Ctrl-C or SIGTERM reaches the waiting main thread, which stops every run (recorded as
-    interrupted) and raises it again once the workers have recorded them."""
+    """Runs points as ``megadepth train`` processes, ``jobs`` at a time, retrying failed ones up to
+    ``max_attempts`` (over invocations). Worker threads run them, so Ctrl-C or SIGTERM reaches the main
+    thread, which stops every run and raises it again once the workers have recorded them."""
 
     def __init__(self, spec: SweepSpec, sweep: SweepDir, points: Sequence[Point], *, jobs: int,
                  devices: Sequence[str], max_attempts: int = 2, command: Sequence[str] | None = None,
@@ -321,10 +298,9 @@ class LocalExecutor:
             raise ConfigError(f"--jobs must be at least 1, got {jobs}")
         self.spec, self.sweep, self.points = spec, sweep, list(points)
         self.jobs, self.devices, self.max_attempts = jobs, list(devices), max_attempts
-        self.command = list(command or TRAIN_COMMAND)
+        self.command, self.echo = list(command or TRAIN_COMMAND), echo
         # what sweep.json lists, rewritten after every run (None: leave the index alone, as array tasks do)
         self.index_points = list(index_points) if index_points is not None else None
-        self.echo = echo
         self.threads = max(1, usable_cpus() // jobs)
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # guards _procs, results and the printed lines
@@ -374,9 +350,7 @@ class LocalExecutor:
                 os.killpg(proc.pid, signal.SIGKILL)
 
     def _attempt(self, point: Point) -> Point | None:
-        """Run one attempt of ``point`` on a free device and account for it; returns the point if it is to
-        run again: stopped by train.stop_after_steps (it resumes from its checkpoint), or failed with
-        attempts left."""
+        """Run one attempt of ``point`` on a free device; returns the point if it is to run again."""
         device = self._free.get()
         try:
             result = self._run_point(point, device)
@@ -399,8 +373,7 @@ class LocalExecutor:
         return point if again else None
 
     def _bookkeeping_failed(self, point: Point, exc: Exception) -> Outcome:
-        """A failed Outcome for an exception outside the trainer (the sweep's own files or lock), recorded in
-        sweep_run.json where that can still be written; not retried now: the same write would fail again."""
+        """A failed, not retried Outcome for an exception outside the trainer (the sweep's own files)."""
         error = f"the sweep could not run the point: {type(exc).__name__}: {exc}".splitlines()[0]
         run_dir = self.sweep.run_dir(point)
         with contextlib.suppress(Exception):

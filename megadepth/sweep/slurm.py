@@ -1,10 +1,6 @@
-"""The Slurm executor: one job array per submission, each array task running one or more grid points.
-
-Writes ``DIR/slurm/array-NNN.tasks`` (one line of point ids per array task), ``array-NNN.sbatch`` and
-``logs/``, then submits with ``sbatch --parsable`` when it is on PATH. Each task runs the frozen
-DIR/sweep.yaml with ``--task-list ... --task-index I``, so later edits of the spec cannot change a queued
-sweep. Points are dealt round-robin (grid order mixes depths, so tasks get similar work).
-"""
+"""The Slurm executor: one job array per submission (``DIR/slurm/array-NNN.tasks`` and ``.sbatch``), each
+task running its points from the frozen DIR/sweep.yaml, so later edits of the spec cannot change a queued
+sweep. Points are dealt round-robin (grid order mixes depths, so tasks get similar work)."""
 
 from __future__ import annotations
 
@@ -103,9 +99,8 @@ def deal(points: list[Point], per_task: int) -> list[list[Point]]:
 
 
 def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: SlurmOptions) -> tuple[Path, Path, int]:
-    """Write the task list and the sbatch script; returns (script, task list, number of tasks).
-
-    Every path reaches the script shell-quoted: a sweep directory named ``o$(cmd)`` must not run ``cmd``."""
+    """Write the task list and the sbatch script (every path shell-quoted); returns (script, task list,
+    number of tasks)."""
     opts.check()
     check_sweep_dir(sweep.root)
     groups = deal(todo, opts.points_per_task)
@@ -141,8 +136,7 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
 
 def submit(script: Path, sbatch: str = "sbatch", opts: SlurmOptions | None = None,
            query: slurm.Query | None = None) -> str:
-    """``sbatch --parsable SCRIPT``; returns the job id. A refusal is bad input that names the request the
-    cluster cannot meet where sinfo tells (sbatch's own message does not say which)."""
+    """``sbatch --parsable SCRIPT``; returns the job id. A refusal names the request no node meets."""
     try:
         proc = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -165,8 +159,7 @@ def _too_big(opts: SlurmOptions, groups: list[slurm.NodeGroup]) -> list[str]:
 
 
 def check_fits(opts: SlurmOptions, query: slurm.Query | None = None) -> None:
-    """Refuse, before anything is written or submitted, array tasks no node of the partition can run
-    (nothing to check where sinfo cannot say; a partition it does not list is left to sbatch)."""
+    """Refuse, before anything is written or submitted, array tasks no node of the partition can run."""
     groups = (query or slurm.query)(opts.partition)
     if not groups:
         return
@@ -176,8 +169,7 @@ def check_fits(opts: SlurmOptions, query: slurm.Query | None = None) -> None:
 
 
 def explain_refusal(opts: SlurmOptions, groups: list[slurm.NodeGroup] | None) -> str:
-    """Which of an array task's requests no node of its partition can meet (sinfo's numbers); else every
-    request."""
+    """Which of an array task's requests no node of its partition can meet; else every request."""
     listing = "each task asks for " + " ".join(f"{k}={v}" for k, v in opts.requests().items())
     if not groups:
         return listing

@@ -1,12 +1,8 @@
-"""Sweep specs: a base config, grid axes over any config key, a budget and a metric -> grid points.
+"""Sweep specs (format: docs/transfer.md): a base config, grid axes over any config key, a budget and a
+metric -> grid points, all checked before any run starts.
 
-The format is in docs/transfer.md. Everything is checked before any run starts (unknown keys and
-axes, empty or bare-value axes, duplicate values, a zero budget, keys the sweep sets itself, every grid
-point's full config); ``spec_differences`` says what makes a spec a different sweep from a directory's.
-
-A run id is a readable slug plus the first 10 hex digits of sha256 over the point's canonical JSON, so
-it is the same on every machine and invocation, and does not change when points are added to the grid.
-"""
+A run id is a readable slug plus the first 10 hex digits of sha256 over the point's canonical JSON: the
+same on every machine, and unchanged when points are added to the grid."""
 
 from __future__ import annotations
 
@@ -305,9 +301,7 @@ def _drop(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Path | None = None,
                overrides: Sequence[str] = (), name: str | None = None, frozen: bool = False) -> SweepSpec:
-    """Check a spec mapping; ``base`` files are read relative to ``base_dir`` and inlined. ``frozen``:
-    ``data`` is a sweep directory's sweep.yaml, whose 'config:' is read like base files (keys the sweep
-    sets dropped, not refused)."""
+    """Check a spec mapping, inlining ``base`` files; ``frozen``: a sweep.yaml, read like base files."""
     where = source
     try:  # an empty key (``report:``) is its default, as if it were not there; an empty metric is refused
         spec = SPEC.validate({k: v for k, v in data.items() if v is not None or k == "metric"})
@@ -413,15 +407,13 @@ def steps_for(config: Config, budget: Mapping[str, int]) -> int:
 
 
 def resolve_point(spec: SweepSpec, raw: Mapping[str, Any]) -> Config:
-    """The validated config of the point with axis values ``raw``: the spec's config, the values, and
-    train.steps from the budget (raises ConfigError)."""
+    """The validated config of the point with axis values ``raw``, train.steps from the budget."""
     data = copy.deepcopy(spec.config)
     for key, value in raw.items():
         data = deep_merge(data, nest(key, value))
     config = validate(data)
     if spec.budget:
-        steps = steps_for(config, spec.budget)
-        config = validate(deep_merge(data, {"train": {"steps": steps}}))
+        config = validate(deep_merge(data, {"train": {"steps": steps_for(config, spec.budget)}}))
     return config
 
 
@@ -430,9 +422,8 @@ def expand(spec: SweepSpec) -> list[Point]:
     points: list[Point] = []
     ids: dict[str, str] = {}
     for index, combo in enumerate(itertools.product(*[rows for _, rows in spec.axes])):
-        raw: dict[str, Any] = {}
-        for (keys, _), row in zip(spec.axes, combo, strict=True):
-            raw.update(zip(keys, row, strict=True))
+        raw = {key: value for (keys, _), row in zip(spec.axes, combo, strict=True)
+               for key, value in zip(keys, row, strict=True)}
         label = point_label(raw)
         try:
             config = resolve_point(spec, raw)
@@ -454,8 +445,7 @@ def expand(spec: SweepSpec) -> list[Point]:
 
 
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ (result-affecting keys only; a key only one side has is not
-    compared, so a schema change does not invalidate runs)."""
+    """Dotted result-affecting keys whose values differ (keys only one side has are not compared)."""
     out: list[str] = []
     for key in sorted(set(old) & set(new)):
         dotted = f"{prefix}{key}"
@@ -477,8 +467,7 @@ def _show(value: Any) -> str:
 
 
 def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
-    """``key: A there, B now`` for the shared config of two specs with the same axes, or None. Compared
-    as validated configs of the old grid's first point, so spelling out a default is no change."""
+    """``key: A there, B now`` for the shared config of two specs with the same axes, or None."""
     raw = {key: value for keys, rows in old.axes for key, value in zip(keys, rows[0], strict=True)}
     try:
         before = resolve_point(old, raw).model_dump(mode="json")
@@ -498,8 +487,8 @@ def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
 
 
 def spec_differences(old: SweepSpec, new: SweepSpec) -> list[str]:
-    """What makes ``new`` a different sweep from ``old`` (a directory's frozen spec), each as ``what: A
-    there, B now``; empty when ``new`` only adds, drops or reorders axis values (every run stays valid)."""
+    """What makes ``new`` a different sweep from ``old``, each as ``what: A there, B now``; empty when
+    it only adds, drops or reorders axis values (every run stays valid)."""
     out: list[str] = []
     if old.name != new.name:
         out.append(f"name: {old.name!r} there, {new.name!r} now")

@@ -25,10 +25,7 @@ from megadepth.train.rundir import probe_lock
 
 FINAL = ("completed", "diverged")
 STATUSES = ("completed", "diverged", "failed", "running", "pending")
-RUN_FILE = "sweep_run.json"
-CONFIG_FILE = "sweep_config.yaml"
-LOG_FILE = "train.log"
-LOCK_FILE = ".lock"
+RUN_FILE, CONFIG_FILE, LOG_FILE, LOCK_FILE = "sweep_run.json", "sweep_config.yaml", "train.log", ".lock"
 
 
 def now() -> str:
@@ -104,8 +101,8 @@ class RunRecord:
 
 
 class PointLock:
-    """An exclusive, non-blocking flock on ``runs/<id>/.lock``; its fd can be passed to the child process,
-    so the lock lasts as long as the run does even if the executor itself dies."""
+    """An exclusive, non-blocking flock on ``runs/<id>/.lock``; its fd is passed to the child process,
+    so the lock lasts as long as the run does even if the executor dies."""
 
     def __init__(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -128,8 +125,7 @@ class PointLock:
 
 
 def is_locked(run_dir: Path) -> bool:
-    """True while some executor holds the point's lock. Only reads (a shared-lock probe), so `--status`
-    and the report work on a read-only directory; a lock file that cannot be opened reads as not locked."""
+    """True while some executor holds the point's lock; only reads, so it works on a read-only sweep."""
     return probe_lock(run_dir / LOCK_FILE) is not None
 
 
@@ -144,12 +140,10 @@ def last_log_line(log: Path, limit: int = 300) -> str | None:
     except OSError:
         return None
     lines = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("== megadepth sweep")]
-    if not lines:
-        return None
-    for line in reversed(lines):
-        if line.startswith("megadepth: error:") or (":" in line and line.split(":", 1)[0].endswith(("Error", "Exception"))):
-            return line[:limit]
-    return lines[-1][:limit]
+    errors = [ln for ln in lines if ln.startswith("megadepth: error:")
+              or (":" in ln and ln.split(":", 1)[0].endswith(("Error", "Exception")))]
+    found = (errors or lines or [None])[-1]
+    return found[:limit] if found else None
 
 
 def read_state(run_dir: Path, point_id: str, check_lock: bool = True) -> RunState:
