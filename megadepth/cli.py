@@ -10,34 +10,29 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from megadepth.common.errors import ConfigError
 from megadepth.config import explain, load_config, to_yaml
 
-EXIT_BAD_INPUT = 2
-EXIT_STARTUP = 3
+EXIT_BAD_INPUT, EXIT_STARTUP = 2, 3
 ARGS_B64 = "--args-b64"  # launch.deepspeed_launcher.ARGS_B64, without importing launch on every command
 
 
 def _expand_encoded_args(argv: list[str]) -> list[str]:
-    """``train --args-b64 TOKEN`` -> ``train ARGS...``: the exact list the launcher encoded (hostfile mode,
-    where DeepSpeed's pdsh runner passes every argument through a remote shell). Other commands unchanged."""
+    """``train --args-b64 TOKEN`` -> ``train ARGS...`` (hostfile launches); other commands unchanged."""
     if argv[:1] != ["train"]:
         return argv
-    rest, tokens, i = [], [], 1
-    while i < len(argv):
-        item = argv[i]
+    rest, tokens, items = [], [], iter(argv[1:])
+    for item in items:
         if item == ARGS_B64:
-            if i + 1 >= len(argv):
+            tokens.append(next(items, None))
+            if tokens[-1] is None:
                 raise ConfigError(f"{ARGS_B64} needs a value")
-            tokens.append(argv[i + 1])
-            i += 2
-            continue
-        if item.startswith(ARGS_B64 + "="):
+        elif item.startswith(ARGS_B64 + "="):
             tokens.append(item.split("=", 1)[1])
         else:
             rest.append(item)
-        i += 1
     if not tokens:
         return argv
     if len(tokens) > 1:
@@ -81,32 +76,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_launch(args: argparse.Namespace) -> int:
-    """Check everything for the whole job (options, hostfile, config at the total world size), then run
-    the DeepSpeed launcher, or print it (--dry-run), or write a Slurm script (--slurm)."""
+    """Check the whole job, then run the DeepSpeed launcher, print it (--dry-run) or write --slurm."""
     import dataclasses
     import shlex
-    from pathlib import Path
 
     import torch
 
-    from launch.deepspeed_launcher import (
-        LaunchSpec,
-        build_command,
-        check_remote_shell_safe,
-        describe,
-        launcher_env,
-        portable_env,
-        run,
-        train_arguments,
-    )
+    from launch import deepspeed_launcher as ds
+    from launch import plan as launch_plan
     from launch.hostfile import LaunchError, format_hostfile, write_private_hostfile
-    from launch.plan import (
-        LaunchRequest,
-        check_local_devices,
-        check_slurm_request,
-        check_ssh_mode,
-        plan_launch,
-    )
     from launch.slurm import SlurmSpec, decide_gpus, render_sbatch
     from megadepth.common.host import usable_cpus
     from megadepth.parallel.distributed import free_port
@@ -114,19 +92,19 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     from megadepth.train.preflight import check_run_dir, preflight
     from megadepth.train.rundir import RunDir
 
-    request = LaunchRequest(args.nproc_per_node, args.hostfile, args.nnodes, args.node_rank, args.master_addr,
-                            args.master_port)
+    request = launch_plan.LaunchRequest(args.nproc_per_node, args.hostfile, args.nnodes, args.node_rank,
+                                        args.master_addr, args.master_port)
     plan = None
     try:
         if args.slurm is not None:
-            world_size = check_slurm_request(request)
+            world_size = launch_plan.check_slurm_request(request)
         elif args.sbatch:
             raise LaunchError("--sbatch options are for --slurm scripts")
         else:
-            plan = plan_launch(request, free_port=free_port)
+            plan = launch_plan.plan_launch(request, free_port=free_port)
             world_size = plan.world_size
             if plan.mode == "hostfile":  # words DeepSpeed's pdsh runner hands the remote shell unquoted
-                check_remote_shell_safe(os.getcwd(), sys.executable)
+                ds.check_remote_shell_safe(os.getcwd(), sys.executable)
     except LaunchError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -138,15 +116,14 @@ def _cmd_launch(args: argparse.Namespace) -> int:
     warnings = []
     if plan is not None and plan.mode != "hostfile":  # the ranks run on this machine: check its devices
         try:
-            warnings = check_local_devices(config.train.device, args.nproc_per_node, gpus_here, usable_cpus(),
-                                           elsewhere=elsewhere)
+            warnings = launch_plan.check_local_devices(config.train.device, args.nproc_per_node, gpus_here,
+                                                       usable_cpus(), elsewhere=elsewhere)
         except LaunchError as exc:
             raise ConfigError(str(exc)) from None
     layout, grad_accum, global_batch = preflight(config, world_size)  # every rank's checks, once, up front
     started = None
     if plan is not None and (plan.mode != "hostfile" or Path(config.train.out_dir).exists()):
-        # what the run directory holds (resume at another layout, 'never'/'must', init_from): rank 0 reads
-        # it here; with a hostfile only when it is visible from this node (it usually is: a shared disk)
+        # what the run directory holds (resume, init_from): with a hostfile only when visible from here
         started = check_run_dir(config, layout.data)
     batch_warning = derived_batch_warning(config, world_size)
     for line in [batch_warning, *warnings] if batch_warning else warnings:
@@ -174,28 +151,22 @@ def _cmd_launch(args: argparse.Namespace) -> int:
                   f"submit it with: sbatch {shlex.quote(args.slurm)}")
             return 0
         if not args.dry_run:
-            check_ssh_mode(plan)  # pdsh and passwordless ssh to every host (hostfile mode only)
+            launch_plan.check_ssh_mode(plan)  # pdsh and passwordless ssh to every host (hostfile mode only)
     except LaunchError as exc:
         raise ConfigError(str(exc)) from None
 
-    spec = LaunchSpec(
-        nproc_per_node=args.nproc_per_node,
-        config_files=tuple(args.configs),
-        overrides=tuple(args.overrides),
-        master_port=plan.master_port,
-        use_gpu=use_gpu,
-        cpu_only=config.train.device == "cpu",
-        hostfile=str(plan.hostfile) if plan.hostfile is not None else None,
-        num_nodes=plan.num_nodes,
-        node_rank=plan.node_rank,
-        master_addr=plan.master_addr,
+    spec = ds.LaunchSpec(
+        nproc_per_node=args.nproc_per_node, config_files=tuple(args.configs), overrides=tuple(args.overrides),
+        master_port=plan.master_port, use_gpu=use_gpu, cpu_only=config.train.device == "cpu",
+        hostfile=str(plan.hostfile) if plan.hostfile is not None else None, num_nodes=plan.num_nodes,
+        node_rank=plan.node_rank, master_addr=plan.master_addr,
     )
-    # hostfile mode: the other nodes' ranks do not inherit this environment (docs/launching.md); a printed
-    # per-node command carries only what any node needs
-    env = {} if plan.mode == "hostfile" else portable_env(spec) if elsewhere else launcher_env(spec)
+    # hostfile mode: other nodes' ranks do not inherit this environment; a printed per-node command
+    # carries only what any node needs
+    env = {} if plan.mode == "hostfile" else ds.portable_env(spec) if elsewhere else ds.launcher_env(spec)
     comments = [f"# {plan.summary()}"]
     if plan.mode == "hostfile":  # what --args-b64 carries, readable (the command itself is the real one)
-        comments.append(f"# --args-b64: megadepth train {shlex.join(train_arguments(spec))}")
+        comments.append(f"# --args-b64: megadepth train {shlex.join(ds.train_arguments(spec))}")
     if args.dry_run:
         gpus = None if elsewhere or plan.mode == "hostfile" else gpus_here
         device, precision = device_text(config, gpus)
@@ -207,11 +178,11 @@ def _cmd_launch(args: argparse.Namespace) -> int:
         if plan.mode == "hostfile":
             lines.append("not checked by a dry run: pdsh on this machine and passwordless ssh to every host "
                          "(a launch checks both before it starts anything)")
-        steps = [describe(build_command(spec), env)] if not plan.hostfile_generated else [
+        steps = [ds.describe(ds.build_command(spec), env)] if not plan.hostfile_generated else [
             # a private file (mktemp) at run time, as the launch itself makes; the command reads "$hostfile"
             "hostfile=$(mktemp) && printf '%s\\n' "
             + " ".join(shlex.quote(x) for x in format_hostfile(plan.hosts).splitlines()) + ' > "$hostfile"',
-            describe(build_command(dataclasses.replace(spec, hostfile=HOSTFILE_MARK)), env).replace(
+            ds.describe(ds.build_command(dataclasses.replace(spec, hostfile=HOSTFILE_MARK)), env).replace(
                 f" -H {HOSTFILE_MARK} ", ' -H "$hostfile" '),
         ]
         print("\n".join([*(f"# {line}".rstrip() for line in lines), *comments, *steps]))
@@ -225,10 +196,10 @@ def _cmd_launch(args: argparse.Namespace) -> int:
                               f"({exc.strerror or exc})") from None
         spec = dataclasses.replace(spec, hostfile=str(written))
     try:
-        cmd = build_command(spec)
-        print("\n".join(f"megadepth: {line.removeprefix('# ')}" for line in [*comments, describe(cmd, env)]),
-              flush=True)
-        return run(cmd, env)
+        cmd = ds.build_command(spec)
+        lines = [*comments, ds.describe(cmd, env)]
+        print("\n".join(f"megadepth: {line.removeprefix('# ')}" for line in lines), flush=True)
+        return ds.run(cmd, env)
     finally:
         if written is not None:
             written.unlink(missing_ok=True)
@@ -250,21 +221,6 @@ def _int_list(text: str) -> list[int]:
     return values
 
 
-def _count(minimum: int):
-    """An argparse type: an integer of at least ``minimum``."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
 def _positive_float(text: str) -> float:
     """An argparse type: a finite number above 0 (a peak throughput divides; refused before any work)."""
     try:
@@ -277,16 +233,7 @@ def _positive_float(text: str) -> float:
 
 
 def _cmd_coord_check(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from megadepth.analysis.coord_check import (
-        Shape,
-        format_slopes,
-        plot_coord_check,
-        run_coord_check,
-        shaped_config,
-        with_base_shape,
-    )
+    from megadepth.analysis import coord_check as cc
     from megadepth.common.io import atomic_write_json
     from megadepth.parametrize.checks import check_parametrization
     from megadepth.train.data_checks import check_tokenizer
@@ -300,35 +247,31 @@ def _cmd_coord_check(args: argparse.Namespace) -> int:
     if config.parallel.tensor > 1 or config.parallel.pipeline > 1:
         raise ConfigError("coord-check trains each shape in one process: parallel.tensor and parallel.pipeline "
                           "must be 1")
-    config, notes = with_base_shape(config, args.depths, args.widths)
+    config, notes = cc.with_base_shape(config, args.depths, args.widths)
     for note in notes:
         print(f"megadepth: {note}", file=sys.stderr)
-    # every shape must pass the same start-up checks as a training run, before the first one trains:
-    # built as run_coord_check builds it (validated: a width the heads do not divide is refused here)
+    # every shape, built as run_coord_check builds it, passes a training run's start-up checks first
     for width in args.widths or [config.model.width]:
         for depth in args.depths:
             try:
-                check_parametrization(shaped_config(config, Shape(depth, width), args.steps, 0))
+                check_parametrization(cc.shaped_config(config, cc.Shape(depth, width), args.steps, 0))
             except ConfigError as exc:
                 raise ConfigError(f"depth {depth} width {width}: {exc}") from None
     check_tokenizer(config)
-    result = run_coord_check(config, args.depths, args.widths, args.steps, seeds=tuple(range(args.seeds)))
+    result = cc.run_coord_check(config, args.depths, args.widths, args.steps, seeds=tuple(range(args.seeds)))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "coord.json", result)
-    plot_coord_check(result, out / "coord.png")
+    cc.plot_coord_check(result, out / "coord.png")
     for d in result["diverged"]:
         print(f"megadepth: warning: depth {d['depth']} width {d['width']} seed {d['seed']} diverged at step "
               f"{d['step']}; its later steps are left out (lower optimizer.lr?)", file=sys.stderr)
-    print(format_slopes(result))
+    print(cc.format_slopes(result))
     print(f"wrote {out / 'coord.json'} and {out / 'coord.png'}")
     return 0
 
 
 def _check_output_file(option: str, path: str) -> None:
-    """A file the command will write at the end: refused now, before the work, if it cannot be written
-    there (its folder missing or not a folder, the path itself a folder, no permission)."""
-    from pathlib import Path
-
+    """A file the command will write at the end: refused now, before the work, if it cannot be written."""
     target = Path(path)
     parent = target.parent
     if target.is_dir():
@@ -370,8 +313,7 @@ def _cmd_merge_tp(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from megadepth.export import export_hf
-    from megadepth.export.hf import describe_export
+    from megadepth.export.hf import describe_export, export_hf
 
     written, warning = describe_export(args.out, export_hf(args.run_dir, args.out, args.tag))
     print(written)
@@ -405,6 +347,11 @@ def _cmd_config(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from data_prep.cli import add_cli as add_prep_cli
+    from megadepth.analysis.report import add_cli as add_report_cli
+    from megadepth.sweep.cli import add_cli as add_sweep_cli
+    from megadepth.sweep.cli import at_least as _count
+
     parser = argparse.ArgumentParser(
         prog="megadepth",
         description="Train GPTs whose hyperparameters transfer across depth (SP, muP, Depth-muP, CompleteP).",
@@ -504,13 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_config)
 
     p = sub.add_parser("prep", help="turn text into token shards")
-    from data_prep.cli import add_cli
-
-    add_cli(p.add_subparsers(dest="prep_command", required=True))
-
-    from megadepth.analysis.report import add_cli as add_report_cli
-    from megadepth.sweep.cli import add_cli as add_sweep_cli
-
+    add_prep_cli(p.add_subparsers(dest="prep_command", required=True))
     add_sweep_cli(sub)
     add_report_cli(sub)
     return parser
@@ -530,12 +471,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (ConfigError, DataError) as exc:
+    except (ConfigError, DataError, StartupError) as exc:
         print(f"megadepth: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except StartupError as exc:
-        print(f"megadepth: error: {exc}", file=sys.stderr)
-        return EXIT_STARTUP
+        return EXIT_STARTUP if isinstance(exc, StartupError) else EXIT_BAD_INPUT
     except CheckpointError as exc:  # the run's summary.json records it too
         if os.environ.get("RANK", "0") == "0":  # every rank raises it together: one line, not one per rank
             print(f"megadepth: error: {exc}", file=sys.stderr)

@@ -1,10 +1,8 @@
 """``megadepth generate RUN_DIR``: text from a run's checkpoint, to see what a model learned.
 
-The checkpoint is consolidated first (any tensor/pipeline layout, see megadepth.train.merge) and run
-as one plain GPT in fp32 on the CPU or one GPU: generation is for looking, not for serving, so there is
-no KV cache and each new token re-reads the context (cropped to the model's positions). The prompt is
-encoded with the run's sentencepiece model and, like every document in training, follows an EOS; an
-empty prompt starts a new document. Sampling is seeded, so the same command prints the same text.
+The checkpoint (any layout) is consolidated and run as one plain fp32 GPT: generation is for looking,
+not serving, so there is no KV cache. The prompt follows an EOS, as every document in training does;
+sampling is seeded, so the same command prints the same text.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ import torch
 
 from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config
-
-__all__ = ["Generator", "SamplingOptions"]
 
 
 @dataclass(frozen=True)
@@ -41,8 +37,7 @@ class SamplingOptions:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` (a GPU if one is visible, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; anything else,
-    or a GPU that is not there, is a ConfigError before the checkpoint is read."""
+    """``auto`` (a GPU if one is visible), ``cpu``, ``cuda`` or ``cuda:N``; else a ConfigError."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -124,8 +119,7 @@ class Generator:
         return new
 
     def complete(self, prompt: str, options: SamplingOptions) -> str:
-        """The prompt and its continuation as one text (decoded together, so the piece boundary between
-        them keeps its space)."""
+        """The prompt and its continuation, decoded together (the boundary between them keeps its space)."""
         context = self.encode(prompt)
         new = self.continue_ids(context, options)
         return self.tokenizer.decode([t for t in context if t != self.eos_id] + new)

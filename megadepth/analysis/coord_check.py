@@ -1,25 +1,8 @@
 """Coordinate check across depth (and width): does the parametrization keep activations and their
 updates of the right size as the model grows?
 
-For each shape the model is built and trained for a few steps on the REAL training path (the DeepSpeed
-engine, the parametrization's param groups and schedule, the configured data), with one LR. Before the
-first step and after each step a fixed probe batch is run through the model and, per layer l, we record
-(RMS = root mean square over all coordinates):
-
-- ``residual``          RMS of the residual stream h_l after block l (l = 0 is the embedding),
-- ``block_output``      RMS of block l's contribution h_l - h_{l-1} (branch multiplier included),
-- ``residual_change``   RMS of h_l(t) - h_l(0), the change since initialisation,
-- ``block_change``      RMS of block l's contribution at step t minus at step 0,
-- ``logits_change``     RMS of the logits' change (one value per model).
-
-Summaries per shape: the residual quantities at the last layer, the block quantities averaged over
-layers. Their log-log slopes against depth (and width) are compared with the slopes theory predicts for
-the rules as implemented (:func:`predicted_slopes`, derived in docs/parametrizations.md, "Coordinate
-checks"): coord.json carries, per axis and quantity, ``measured`` and ``predicted`` (None where no single
-power law is predicted), and :func:`disagreements` lists those more than :data:`TOLERANCE` apart.
-``block_output_init`` is the block output's slope at step 0 (the init); every other quantity's
-``measured`` is its mean slope over steps >= 1.
-"""
+Each shape trains a few steps on the real training path; a fixed probe batch records per layer the RMS
+of the QUANTITIES, whose log-log slopes against depth (and width) are compared with predicted_slopes."""
 
 from __future__ import annotations
 
@@ -59,12 +42,8 @@ def _rms(x: torch.Tensor) -> float:
 
 
 def with_base_shape(config: Config, depths: Sequence[int], widths: Sequence[int] | None) -> tuple[Config, list[str]]:
-    """The config with its base shape fixed where the check varies a dimension the config leaves unset.
-
-    An unset ``model.base_depth`` means "this depth is the base": every shape would then be its own base
-    (r = 1, m = 1), every preset would build the SP model, and the check would measure SP under another
-    name. So the smallest depth (width) of the check becomes the base; the notes say so. Across widths the
-    heads stay fixed, so an unset ``model.base_heads`` is ``model.heads`` (the head size grows)."""
+    """The config with the smallest depth (width) checked as its base where the check varies a
+    dimension whose base is unset (else every preset builds the SP model), and notes saying so."""
     notes = []
     model = config.model
     update: dict[str, int] = {}
@@ -75,7 +54,6 @@ def with_base_shape(config: Config, depths: Sequence[int], widths: Sequence[int]
         update["base_width"] = min(widths)
         notes.append(f"model.base_width is not set: fixed at {min(widths)}, the smallest width checked")
     if model.base_heads is None and widths and len(set(widths)) > 1:
-        # not ambiguous here: the check keeps model.heads at every width, so the head size is what grows
         update["base_heads"] = model.heads
     if not update:
         return config, notes
@@ -85,9 +63,7 @@ def with_base_shape(config: Config, depths: Sequence[int], widths: Sequence[int]
 
 
 def shaped_config(config: Config, shape: Shape, steps: int, seed: int) -> Config:
-    """The config one shape of the check trains with, validated: a shape the config cannot take (heads
-    that do not divide the width) is a ConfigError here, which the command asks for every shape before
-    any trains."""
+    """The validated config one shape trains with (a ConfigError for a shape the config cannot take)."""
     data = config.model_dump(mode="json")
     data["model"].update(depth=shape.depth, width=shape.width)
     data["train"].update(steps=steps, seed=seed, progress=False, save_final=False, save_every=0,
@@ -97,39 +73,26 @@ def shaped_config(config: Config, shape: Shape, steps: int, seed: int) -> Config
     return validate(data)
 
 
-class _Recorder:
-    """Forward hooks on the embedding and every block: the residual stream after each of them."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        self.streams: list[torch.Tensor] = []
-        mods = [model.embed, *model.blocks]
-        self.handles = [m.register_forward_hook(self._hook) for m in mods]
-
-    def _hook(self, _module: Any, _inputs: Any, output: torch.Tensor) -> None:
-        self.streams.append(output.detach().float().clone())
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
 @torch.no_grad()
 def _probe(model: torch.nn.Module, tokens: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The logits and the residual stream after the embedding and after every block (forward hooks)."""
+    streams: list[torch.Tensor] = []
+    handles = [m.register_forward_hook(lambda _m, _i, out: streams.append(out.detach().float().clone()))
+               for m in [model.embed, *model.blocks]]
     was_training = model.training
     model.eval()
-    rec = _Recorder(model)
     try:
         logits = model(tokens).detach().float()
     finally:
-        rec.close()
+        for h in handles:
+            h.remove()
         model.train(was_training)
-    return rec.streams, logits
+    return streams, logits
 
 
 def _measure_shape(config: Config, device: torch.device, precision: str) -> tuple[list[dict[str, Any]], int | None]:
-    """Train one shape for config.train.steps steps: (records of (step, quantity, layer, value), the step
-    at which it diverged or None). A step whose loss or measurements are not finite ends the shape: its
-    records stop at the last finite step."""
+    """Train one shape: (records of (step, quantity, layer, value), the step at which something
+    stopped being finite, or None)."""
     from megadepth.data import MicroBatchSampler, build_datasets, make_loader
     from megadepth.parallel.topology import build_grid
     from megadepth.train.engine import build_engine
@@ -155,17 +118,14 @@ def _measure_shape(config: Config, device: torch.device, precision: str) -> tupl
     def record(step: int, streams: list[torch.Tensor], logits: torch.Tensor) -> bool:
         """Append this step's measurements; False (nothing appended) when any is not finite."""
         blocks = [b - a for a, b in zip(streams[:-1], streams[1:], strict=True)]
-        new = []
+        rows = []
         for layer, h in enumerate(streams):
-            new.append({"step": step, "quantity": "residual", "layer": layer, "value": _rms(h)})
-            new.append({"step": step, "quantity": "residual_change", "layer": layer,
-                        "value": _rms(h - streams0[layer])})
+            rows += [("residual", layer, _rms(h)), ("residual_change", layer, _rms(h - streams0[layer]))]
         for layer, delta in enumerate(blocks, start=1):
-            new.append({"step": step, "quantity": "block_output", "layer": layer, "value": _rms(delta)})
-            new.append({"step": step, "quantity": "block_change", "layer": layer,
-                        "value": _rms(delta - blocks0[layer - 1])})
-        new.append({"step": step, "quantity": "logits_change", "layer": len(streams) - 1,
-                    "value": _rms(logits - logits0)})
+            rows += [("block_output", layer, _rms(delta)),
+                     ("block_change", layer, _rms(delta - blocks0[layer - 1]))]
+        rows.append(("logits_change", len(streams) - 1, _rms(logits - logits0)))
+        new = [{"step": step, "quantity": q, "layer": layer, "value": v} for q, layer, v in rows]
         if not all(math.isfinite(r["value"]) for r in new):
             return False
         records.extend(new)
@@ -181,18 +141,12 @@ def _measure_shape(config: Config, device: torch.device, precision: str) -> tupl
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[tuple[int, int, int, str], float]:
-    """(depth, width, step, quantity) -> one number: last layer for residual quantities and logits,
-    the mean over blocks for block quantities."""
+    """(depth, width, step, quantity) -> the last layer's value, or the mean over blocks."""
     grouped: dict[tuple[int, int, int, str], list[tuple[int, float]]] = {}
     for r in records:
         grouped.setdefault((r["depth"], r["width"], r["step"], r["quantity"]), []).append((r["layer"], r["value"]))
-    out = {}
-    for key, values in grouped.items():
-        if key[3].startswith("block"):
-            out[key] = float(np.mean([v for _, v in values]))
-        else:
-            out[key] = max(values)[1]  # the last layer
-    return out
+    return {key: float(np.mean([v for _, v in values])) if key[3].startswith("block") else max(values)[1]
+            for key, values in grouped.items()}
 
 
 def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
@@ -206,22 +160,15 @@ def fit_slope(xs: Sequence[float], ys: Sequence[float]) -> float:
 
 def slopes(summary: dict[tuple[int, int, int, str], float], axis: str,
            incomplete_from: int | None = None) -> dict[str, dict[str, Any]]:
-    """Per quantity: the slope against ``axis`` ('depth' or 'width') at each step, and their mean over
-    steps >= 1 (the init is not judged). With several values of the other axis, slopes are averaged.
-
-    Only complete steps count: a step that lacks any shape (one diverged earlier), or any step from
-    ``incomplete_from`` on (a seed diverged there: the mean over seeds has lost it), is listed in
-    ``incomplete_steps`` and left out of ``per_step`` and ``mean``. A slope over the survivors would drop
-    the deepest model, the one that matters, and an average over seeds that changes membership mid-run
-    would jump for no reason in the model."""
-    idx = 0 if axis == "depth" else 1
-    other = 1 - idx
+    """Per quantity: the slope against ``axis`` at each complete step and their mean over steps >= 1
+    (a step that lacks a shape, or from ``incomplete_from`` on, goes to ``incomplete_steps``)."""
+    idx, other = (0, 1) if axis == "depth" else (1, 0)
     out: dict[str, dict[str, Any]] = {}
     steps = sorted({k[2] for k in summary})
     shapes = {(k[0], k[1]) for k in summary}
     for q in QUANTITIES:
-        per_step = {}
-        incomplete = []
+        per_step: dict[int, float] = {}
+        incomplete: list[int] = []
         for s in steps:
             present = {(k[0], k[1]) for k in summary if k[2] == s and k[3] == q}
             if not present:
@@ -229,12 +176,11 @@ def slopes(summary: dict[tuple[int, int, int, str], float], axis: str,
             if present != shapes or (incomplete_from is not None and s >= incomplete_from):
                 incomplete.append(s)
                 continue
-            fits = []
-            for fixed in sorted({k[other] for k in summary}):
-                pts = sorted((k[idx], v) for k, v in summary.items() if k[2] == s and k[3] == q and k[other] == fixed)
-                if len(pts) >= 2:
-                    fits.append(fit_slope([p[0] for p in pts], [p[1] for p in pts]))
-            fits = [f for f in fits if math.isfinite(f)]
+            groups = [sorted((k[idx], v) for k, v in summary.items()
+                             if k[2] == s and k[3] == q and k[other] == fixed)
+                      for fixed in sorted({k[other] for k in summary})]
+            fits = [f for pts in groups if len(pts) >= 2
+                    and math.isfinite(f := fit_slope([p[0] for p in pts], [p[1] for p in pts]))]
             if fits:
                 per_step[s] = float(np.mean(fits))
         trained = [v for s, v in per_step.items() if s >= 1]
@@ -256,30 +202,8 @@ def _exponents(config: Config) -> tuple[bool, float, float] | None:
 
 
 def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
-    """The log-log slope theory predicts for each quantity against ``axis`` ('depth' or 'width'), to first
-    order, for the rules as the docs state them and at the regime of configs/coord/*.yaml: Adam(W) updates
-    (entry-wise normalised, so a gradient's size does not matter, only the LR), and, in the transformer,
-    an init (std 0.02) small enough that after a step a branch's change is dominated by its own weights'
-    update, or, at block depth 1 (init 1/sqrt(width)), by the change of its input. None where no single
-    power law is predicted (SGD, which is not derived; SP at block depth 1, which grows exponentially in
-    depth; quantities that mix two powers). docs/parametrizations.md, "Coordinate checks", derives each.
-
-    Depth, with r = L / L0, branch multiplier r^-alpha and in-branch LR r^-gamma (alpha = gamma = 0 for
-    sp and mup), and p = -1/2 when the output projections' init carries GPT-2's 1/sqrt(2L) (sp, mup),
-    0 when it is frozen at the base depth:
-
-    - block output at init: r^(-alpha + p) (pre-LN: a branch's output does not depend on the stream's size);
-    - block change: own-update term r^-(alpha + gamma) (transformer), input-change term r^-alpha
-      (block depth 1; at gamma >= 0 the slower of the two);
-    - final stream's change: L coherent block changes plus the embedding's O(1) change:
-      r^max(0, 1 - alpha - gamma);
-    - logits' change: flat (the final LayerNorm sees the stream's relative change, O(1); the head's own
-      update does not depend on depth).
-
-    Width, Adam: everything flat under muP (every width-scaled preset). SP: a branch's two matrices each
-    scale their input by sigma sqrt(fan-in) (m^1/2, the activation near its linear part): block output at
-    init m^1; own update of either matrix eta n |x| times the other's m^1/2: m^3/2, and so the stream's
-    change once the blocks' changes outweigh the embedding's."""
+    """The first-order log-log slope of each quantity against ``axis`` that docs/parametrizations.md
+    ("Coordinate checks") derives for the config's rules; None where no single power law is predicted."""
     found = _exponents(config)
     none: dict[str, float | None] = {q: None for q in (*QUANTITIES, INIT_QUANTITY)}
     if found is None:
@@ -311,21 +235,18 @@ def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
 
 
 def compare(result: dict[str, Any], config: Config) -> None:
-    """Add ``measured`` and ``predicted`` to every quantity of ``result['slopes']`` (in place), and the
-    init's slope of the block output as quantity ``block_output_init``."""
+    """Add ``measured`` and ``predicted`` to every slope of ``result`` (and ``block_output_init``)."""
     for axis, per_q in result["slopes"].items():
         predicted = predicted_slopes(config, axis)
         init = per_q["block_output"]["per_step"].get(0, float("nan"))
         per_q[INIT_QUANTITY] = {"per_step": {0: init}, "mean": init,
                                 "incomplete_steps": [0] if 0 in per_q["block_output"]["incomplete_steps"] else []}
         for q, v in per_q.items():
-            v["measured"] = v["mean"]
-            v["predicted"] = predicted[q]
+            v.update(measured=v["mean"], predicted=predicted[q])
 
 
 def disagreements(result: dict[str, Any], tolerance: float = TOLERANCE) -> list[str]:
-    """'axis quantity: measured x, predicted y' for every predicted slope more than ``tolerance`` away from
-    its measurement (a measurement that is not finite disagrees)."""
+    """'axis quantity: measured x, predicted y' for every slope more than ``tolerance`` off."""
     out = []
     for axis, per_q in result["slopes"].items():
         for q, v in per_q.items():
@@ -340,21 +261,15 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
     """Measure every (depth, width, seed); returns the coord.json content (records averaged over seeds)."""
     from tqdm import tqdm
 
-    from megadepth.parallel.distributed import (
-        init_distributed,
-        prepare_deepspeed_env,
-        read_env,
-        resolve_device,
-    )
-    from megadepth.parallel.distributed import resolve_precision as _precision
+    from megadepth.parallel import distributed as dist
 
     config, _ = with_base_shape(config, depths, widths)
     widths = list(widths or [config.model.width])
-    env = read_env()
-    device = resolve_device(config, env)
-    precision = _precision(config, device)
-    prepare_deepspeed_env(device)
-    init_distributed(config, env, device)
+    env = dist.read_env()
+    device = dist.resolve_device(config, env)
+    precision = dist.resolve_precision(config, device)
+    dist.prepare_deepspeed_env(device)
+    dist.init_distributed(config, env, device)
     shapes = [Shape(d, w) for w in widths for d in depths]
     sums: dict[tuple[int, int, int, str, int], list[float]] = {}
     diverged: list[dict[str, int]] = []
@@ -366,26 +281,16 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
                 diverged.append({"depth": shape.depth, "width": shape.width, "seed": seed, "step": bad_step})
             for r in measured:
                 sums.setdefault((shape.depth, shape.width, r["step"], r["quantity"], r["layer"]), []).append(r["value"])
-    records = [
-        {"depth": d, "width": w, "step": s, "quantity": q, "layer": layer, "value": float(np.mean(v))}
-        for (d, w, s, q, layer), v in sorted(sums.items())
-    ]
+    records = [{"depth": d, "width": w, "step": s, "quantity": q, "layer": layer, "value": float(np.mean(v))}
+               for (d, w, s, q, layer), v in sorted(sums.items())]
     summary = summarise(records)
     # a shape or seed that diverged at step k has no records from k on: those steps are incomplete
     incomplete_from = min((d["step"] for d in diverged), default=None)
     result: dict[str, Any] = {
-        "parametrization": config.parametrization.name,
-        "optimizer": config.optimizer.name,
-        "lr": config.optimizer.lr,
-        "base_depth": config.model.base_depth,
-        "base_width": config.model.base_width,
-        "depths": list(depths),
-        "widths": widths,
-        "steps": steps,
-        "seeds": list(seeds),
-        "records": records,
-        "diverged": diverged,
-        "slopes": {},
+        "parametrization": config.parametrization.name, "optimizer": config.optimizer.name,
+        "lr": config.optimizer.lr, "base_depth": config.model.base_depth,
+        "base_width": config.model.base_width, "depths": list(depths), "widths": widths, "steps": steps,
+        "seeds": list(seeds), "records": records, "diverged": diverged, "slopes": {},
     }
     if len(set(depths)) > 1:
         result["slopes"]["depth"] = slopes(summary, "depth", incomplete_from)

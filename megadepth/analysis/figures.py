@@ -19,15 +19,12 @@ from megadepth.common.io import save_figure
 from megadepth.common.typed_yaml import leaf
 
 MIN_SPAN = 0.1
-"""The smallest y span, in nats, that both figures draw: seeds of one point differ by a few hundredths
-of a nat at these budgets (docs/transfer.md), so two depths 0.003 nats apart must look close, not fill
-the axis as matplotlib's fit to the data makes them. loss_vs_depth.png says so when its points span less."""
+"""The smallest y span, in nats, both figures draw: points 0.003 nats apart must look close (seeds differ
+by hundredths), not fill the axis."""
 
 OUTLIER_SPREAD = 0.25
-"""transfer.png's top is capped at 3x the means' spread below their median over the lowest mean, so one
-blown-up LR does not flatten the curves; that spread counts as at least this many nats. With three LRs per
-curve the median is a neighbour of the optimum and its spread tiny, yet the grid's measured edges must
-stay in view; a blown-up run lies nats above the rest (a uniform guess over 2048 tokens is 7.6 nats)."""
+"""The least spread (nats) of transfer.png's outlier cap (see transfer_ylim), so the grid's measured edges
+stay in view when the median is a neighbour of the optimum."""
 
 
 def _colors(n: int) -> list[Any]:
@@ -46,13 +43,8 @@ def _min_span(bottom: float, top: float) -> tuple[float, float]:
 
 
 def transfer_ylim(panels: Sequence[dict[str, Any]]) -> tuple[float, float]:
-    """transfer.png's y range. Everything drawn is inside it, every fitted optimum (star) and every grid
-    argmin (diamond) included, except means, bands and seeds above a cap: 3x the spread of the means
-    below their median over the lowest mean (the spread at least OUTLIER_SPREAD), so a blown-up LR does
-    not squash the curves; those are drawn at the top, a mean as a triangle. The cap never hides a whole
-    LR column: where every curve of a panel (two or more) that finished an LR is above the cap, the
-    curves rise there, the LR is no outlier, and the range holds its means. The bottom is not capped,
-    and the span is at least MIN_SPAN so that tiny differences do not fill the height."""
+    """transfer.png's y range: everything drawn, except means, bands and seeds above a cap (3x the
+    means' spread below their median, at least OUTLIER_SPREAD) that no whole LR column exceeds."""
     points = [p for panel in panels for c in panel["curves"] for p in c["points"]]
     means = [p["mean"] for p in points if math.isfinite(p["mean"])]
     optima = [c["optimum"].loss for panel in panels for c in panel["curves"]
@@ -83,29 +75,25 @@ def transfer_ylim(panels: Sequence[dict[str, Any]]) -> tuple[float, float]:
 
 
 def _key_handles(kinds: dict[str, bool]) -> tuple[list[Any], list[str]]:
-    """transfer.png's key, in black: which marks are measurements, which are fitted, which are off the
-    axis (the marks that ``kinds`` says were drawn)."""
+    """transfer.png's key, in black, for the marks that ``kinds`` says were drawn."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
-    entries: list[tuple[Any, str]] = []
     mean = Line2D([], [], color="0.3", marker="o", ms=3.5, lw=1.4)
-    if kinds["band"]:
-        entries.append(((Patch(color="0.3", alpha=0.18, lw=0), mean), "measured mean ± 1 std over seeds"))
-    else:
-        entries.append((mean, "measured mean (one seed: no spread)"))
-    if kinds["seeds"]:
-        entries.append((Line2D([], [], color="0.3", marker=".", ls="", alpha=0.6), "a seed (measured)"))
-    if kinds["fit"]:
-        entries.append((Line2D([], [], color="0.7", marker="*", ms=10, mec="black", mew=0.6, ls=""),
-                        "fitted optimum (parabola vertex) ± stderr"))
-    if kinds["argmin"]:
-        entries.append((Line2D([], [], color="0.7", marker="D", ms=5, mec="black", mew=0.6, ls=""),
-                        "optimum not fitted: measured grid argmin"))
-    if kinds["diverged"]:
-        entries.append((Line2D([], [], color="0.3", marker="x", ms=7, mew=2, ls=""), "diverged (drawn at the top)"))
-    if kinds["off"]:
-        entries.append((Line2D([], [], color="0.3", marker="^", ms=6, ls=""), "mean above the axis (outlier)"))
+    band = (Patch(color="0.3", alpha=0.18, lw=0), mean)
+    entries: list[tuple[Any, str]] = [(band, "measured mean ± 1 std over seeds") if kinds["band"] else
+                                      (mean, "measured mean (one seed: no spread)")]
+    optional = {
+        "seeds": (Line2D([], [], color="0.3", marker=".", ls="", alpha=0.6), "a seed (measured)"),
+        "fit": (Line2D([], [], color="0.7", marker="*", ms=10, mec="black", mew=0.6, ls=""),
+                "fitted optimum (parabola vertex) ± stderr"),
+        "argmin": (Line2D([], [], color="0.7", marker="D", ms=5, mec="black", mew=0.6, ls=""),
+                   "optimum not fitted: measured grid argmin"),
+        "diverged": (Line2D([], [], color="0.3", marker="x", ms=7, mew=2, ls=""),
+                     "diverged (drawn at the top)"),
+        "off": (Line2D([], [], color="0.3", marker="^", ms=6, ls=""), "mean above the axis (outlier)"),
+    }
+    entries += [entry for kind, entry in optional.items() if kinds[kind]]
     return [h for h, _ in entries], [t for _, t in entries]
 
 
@@ -129,12 +117,10 @@ def plot_transfer(result: dict[str, Any], roles: Roles, out: Path, title: str) -
         colors = _colors(len(panel["curves"]))
         for color, c in zip(colors, panel["curves"], strict=True):
             pts = c["points"]
-            xs = np.array([p["log2_x"] for p in pts])
-            mean = np.array([p["mean"] for p in pts])
-            std = np.array([p["std"] for p in pts])
+            xs, mean, std = (np.array([p[k] for p in pts]) for k in ("log2_x", "mean", "std"))
             ok = np.isfinite(mean)
-            label = curve_label(roles, c)
-            ax.plot(xs[ok], np.minimum(mean[ok], ylim[1]), "-o", color=color, ms=3.5, lw=1.4, label=label)
+            ax.plot(xs[ok], np.minimum(mean[ok], ylim[1]), "-o", color=color, ms=3.5, lw=1.4,
+                    label=curve_label(roles, c))
             band = ok & np.isfinite(std)
             if band.any():
                 kinds["band"] = True
@@ -180,8 +166,7 @@ def plot_transfer(result: dict[str, Any], roles: Roles, out: Path, title: str) -
     key_cols = min(len(handles), 2 * ncols - 1)  # an entry takes ~3 inches: one per column of a 5.2-inch panel
     fig.legend(handles, texts, loc="outside lower center", ncol=key_cols, fontsize=8, frameon=False)
     fig.set_size_inches(5.2 * ncols, 4.2 * nrows + 0.4 + 0.2 * math.ceil(len(handles) / key_cols))
-    # wrapped to the figure's width: one panel is 5.2 inches, too narrow for a long title on one line
-    # (at 9 points a line holds ~15 average characters per inch; 13 leaves room for wide ones)
+    # wrapped to the figure's width (at 9 points ~15 average characters per inch; 13 leaves room)
     curves = f", one curve per {leaf(roles.curve)}" if roles.curve else ""
     fig.suptitle(textwrap.fill(f"{title}: {roles.metric} vs log2 {roles.x}{curves}", width=int(13 * 5.2 * ncols),
                                break_long_words=True), fontsize=9)
@@ -189,11 +174,8 @@ def plot_transfer(result: dict[str, Any], roles: Roles, out: Path, title: str) -
 
 
 def plot_loss_vs_depth(result: dict[str, Any], roles: Roles, out: Path, title: str) -> Path | None:
-    """loss_vs_depth.png: per panel, what each depth MEASURED at the reference depth's best grid LR (solid,
-    ± standard error; see measured_transfer) and its lowest measured mean (dashed), and, as hollow
-    diamonds, the fitted loss at the reference's fitted optimum that the table's transfer loss uses. A
-    fitted vertex is no run's loss, so it is never joined into the measured line. The y span is at least
-    MIN_SPAN and a note says when the points differ by less."""
+    """loss_vs_depth.png: per panel, each depth's measured loss at the reference's best grid LR, its
+    own best, and the fitted loss at the reference's fitted optimum (never joined to the measured line)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -204,11 +186,10 @@ def plot_loss_vs_depth(result: dict[str, Any], roles: Roles, out: Path, title: s
         return None
     fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=110, layout="constrained")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    curve_name = leaf(roles.curve)
-    xname = leaf(roles.x)
+    curve_name, xname = leaf(roles.curve), leaf(roles.x)
     values: list[float] = []  # every finite value drawn, for the y range
     diverged: list[tuple[float, Any]] = []
-    handles: list[Any] = []
+    handles: list[Any] = []  # the key's entries, and their texts
     texts: list[str] = []
     kinds = dict.fromkeys(("fitted", "best", "diverged"), False)
     for k, panel in enumerate(result["panels"]):
@@ -261,16 +242,18 @@ def plot_loss_vs_depth(result: dict[str, Any], roles: Roles, out: Path, title: s
         kinds["diverged"] = True
         for x, color in diverged:
             ax.plot([x], [top + pad], "x", color=color, ms=8, mew=2, clip_on=False)
-    if kinds["best"]:
-        handles.append(Line2D([], [], color="0.3", ls="--", alpha=0.6))
-        texts.append("own best: each depth's lowest measured mean")
-    if kinds["fitted"]:
-        handles.append(Line2D([], [], color="0.3", marker="D", ls="", ms=7, mfc="none", mew=1.3))
-        texts.append("fitted: at the fitted optimum LR (on the depth's parabola, else interpolated): "
-                     "the table's transfer loss")
-    if kinds["diverged"]:
-        handles.append(Line2D([], [], color="0.3", marker="x", ls="", ms=8, mew=2))
-        texts.append("diverged at that LR (drawn at the top)")
+    for kind, handle, text in (
+        ("best", Line2D([], [], color="0.3", ls="--", alpha=0.6),
+         "own best: each depth's lowest measured mean"),
+        ("fitted", Line2D([], [], color="0.3", marker="D", ls="", ms=7, mfc="none", mew=1.3),
+         "fitted: at the fitted optimum LR (on the depth's parabola, else interpolated): "
+         "the table's transfer loss"),
+        ("diverged", Line2D([], [], color="0.3", marker="x", ls="", ms=8, mew=2),
+         "diverged at that LR (drawn at the top)"),
+    ):
+        if kinds[kind]:
+            handles.append(handle)
+            texts.append(text)
     ax.set_xlabel(curve_name)
     ax.set_ylabel(f"{roles.metric} (measured mean ± stderr)")
     ax.set_title(f"{title}: loss at the transferred LR vs {curve_name}\n(deeper should be better when transfer works)",

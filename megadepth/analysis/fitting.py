@@ -1,10 +1,5 @@
-"""Fitting an optimum over a learning-rate grid, and intervals over seeds: the statistics behind
-``megadepth report``, apart from reading runs, tables and figures.
-
-``fit_optimum`` fits a parabola in log2(LR) through the grid argmin and its neighbours (its docstring
-states when it refuses) with a delta-method standard error;
-``seed_interval`` is a Student-t interval over per-seed values (``t_quantile`` without scipy).
-"""
+"""The statistics behind ``megadepth report``: ``fit_optimum`` (a parabola in log2(LR) around the grid
+argmin, with a delta-method standard error) and ``seed_interval`` (Student's t over per-seed values)."""
 
 from __future__ import annotations
 
@@ -19,15 +14,11 @@ from megadepth.common.errors import ConfigError
 
 LOPSIDED = 20.0
 """Without a second gentle-side point (rule 4 of :func:`fit_optimum`): the steep side of the bracket may
-rise at most this many times the gentle side's rise. A parabola through a more lopsided bracket puts its
-vertex over 0.45 grid steps from the argmin, which a smooth curve does only with its optimum almost
-halfway between grid points, and a neighbour near divergence does all the time."""
+rise at most this many times the gentle side's rise (more puts the vertex over 0.45 grid steps away)."""
 
 STEEPER = 4.0
-"""With two gentle-side points (rule 4 of :func:`fit_optimum`): the steep neighbour may rise at most
-this many times what the parabola through the gentle side and the argmin predicts there. Smooth curves
-pass whatever their vertex offset (a ratio alone rejects those with the optimum 0.45-0.5 grid steps from
-a grid point), and so does the usual asymmetry of loss against LR (the high side about twice as steep)."""
+"""With two gentle-side points (rule 4 of :func:`fit_optimum`): the steep neighbour may rise at most this
+many times what the parabola through the gentle side and the argmin predicts there."""
 
 
 @dataclass
@@ -54,22 +45,14 @@ class Optimum:
         return a * t * t + b * t + c
 
     def as_dict(self) -> dict[str, Any]:
-        return {
-            "log2_x": self.log2_x,
-            "x": None if self.log2_x is None else 2.0 ** self.log2_x,
-            "stderr_log2": self.stderr,
-            "loss": self.loss,
-            "loss_stderr": self.loss_stderr,
-            "method": self.method,
-            "note": self.note,
-            "grid_argmin_log2_x": self.grid_argmin,
-            "window_log2_x": list(self.window) if self.window else None,
-        }
+        return {"log2_x": self.log2_x, "x": None if self.log2_x is None else 2.0 ** self.log2_x,
+                "stderr_log2": self.stderr, "loss": self.loss, "loss_stderr": self.loss_stderr,
+                "method": self.method, "note": self.note, "grid_argmin_log2_x": self.grid_argmin,
+                "window_log2_x": list(self.window) if self.window else None}
 
 
 def parabola(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
-    """The least-squares parabola ``a t^2 + b t + c`` through ``(t, y)`` (exact through 3 points): its
-    design matrix, the pseudo-inverse that maps ``y`` to ``(a, b, c)``, and ``(a, b, c)``."""
+    """The least-squares parabola through ``(t, y)``: its design matrix, pseudo-inverse and ``(a, b, c)``."""
     design = np.stack([t * t, t, np.ones_like(t)], axis=1)
     pinv = np.linalg.pinv(design)
     a, b, c = (float(v) for v in pinv @ y)
@@ -79,33 +62,22 @@ def parabola(t: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray, tupl
 def fit_optimum(lx: Sequence[float], mean: Sequence[float], sem: Sequence[float | None], window: int = 3,
                 counts: Sequence[int] | None = None) -> Optimum:
     """The optimum of one curve: grid values ``lx`` (log2 x, increasing), the mean loss at each (+inf:
-    diverged, nan: no finished run), each mean's standard error (None: a single seed) and, optionally,
-    the number of finished seeds behind each mean. The first rule that applies decides; ``method`` says
-    what the answer is, and only ``fit`` is anything but the grid argmin (the lowest mean):
+    diverged, nan: no finished run), each mean's standard error (None: one seed) and optionally the
+    finished seeds behind each. The first rule that applies decides; only ``fit`` is not the grid argmin:
 
-    1. ``window`` is an odd number of grid points, at least 3 (else ConfigError); no finite mean: ``none``.
-    2. A grid of one value, or the argmin at either end of the grid: ``edge``, never extrapolated; the
-       note says "extend the grid", or "finish the sweep" when the next value has no finished run yet.
+    1. ``window`` must be odd and >= 3 (else ConfigError); no finite mean: ``none``.
+    2. One grid value, or the argmin at an end of the grid: ``edge`` (never extrapolated).
     3. A neighbour of the argmin diverged or has no finished run: ``argmin``.
-    4. A lopsided bracket (argmin and neighbours), whose steep neighbour is near divergence (the higher
-       LR) or far from converged (the lower): ``argmin``. With a second finite point on the gentle side,
-       the parabola through the gentle side and the argmin predicts the steep neighbour's rise; the rise
-       may be at most STEEPER times that prediction (at least the gentle rise) plus twice the argmin's
-       standard error. Otherwise it may be at most LOPSIDED times the gentle rise (or twice the error).
-    5. A parabola in log2 x is fitted (least squares) to the contiguous finite points at most
-       ``window // 2`` grid points from the argmin. Not convex: ``argmin``. Else its vertex, clamped to
-       those points, is the optimum (``fit``) and the parabola at the vertex its loss.
-    6. The variance of each fit point's mean is its standard error squared. With ``counts``, a point
-       left with one seed (another run failed or is pending) takes the seed variance pooled over the fit
-       points with two or more, over its one seed: neighbouring LRs have about the same seed noise.
-       Otherwise, with some standard error unknown, over 3 fit points all take the fit's residual
-       variance; with 3 there is none, and the note says why.
-    7. The fitted loss may lie below the argmin's mean by at most the largest of twice the argmin's
-       standard error (rule 6), twice the gentle rise and, when rule 4 had a prediction, 1.25/8 of the
-       smaller of the steep rise and that prediction (a parabola with its vertex half a step away dips
-       1/8 of its steeper rise); further: ``argmin``. A wide window's least squares can dip further than
-       its bracket allows.
-    8. The optimum's and its loss's standard errors: the delta method over the variances of rule 6.
+    4. A lopsided bracket (the steep neighbour near divergence or far from converged): ``argmin``. Its
+       rise may be at most STEEPER times what the parabola through the gentle side predicts (when there
+       is a second gentle point), else LOPSIDED times the gentle rise, plus the argmin's noise.
+    5. A least-squares parabola in log2 x through the contiguous finite points within ``window // 2`` of
+       the argmin; not convex: ``argmin``; else its vertex, clamped to those points: ``fit``.
+    6. The means' variances: their standard errors squared; a one-seed point takes the seed variance
+       pooled over the others (with ``counts``); else, over 3 points, the fit's residual variance.
+    7. A fitted loss further below the argmin's mean than twice its standard error, twice the gentle rise
+       or 1.25/8 of the steep rise (a vertex half a step away dips 1/8 of it): ``argmin``.
+    8. Standard errors of the optimum and its loss: the delta method over the variances of rule 6.
     """
     if window < 3 or window % 2 == 0:
         raise ConfigError(f"--window must be an odd number of grid points, at least 3 (got {window})")
@@ -217,12 +189,8 @@ def _fmt_lx(value: float) -> str:
 def weighted_slope(xs: Sequence[float], ys: Sequence[float], ses: Sequence[float | None]) -> tuple[float, float | None]:
     """Slope of ys against xs (weighted by 1/se^2 when every se is known and positive) and its stderr."""
     x, y = np.array(xs, dtype=float), np.array(ys, dtype=float)
-    if all(s is not None and s > 0 for s in ses):
-        w = 1.0 / np.array(ses, dtype=float) ** 2
-        known = True
-    else:
-        w = np.ones_like(x)
-        known = False
+    known = all(s is not None and s > 0 for s in ses)
+    w = 1.0 / np.array(ses, dtype=float) ** 2 if known else np.ones_like(x)
     xm = float((w * x).sum() / w.sum())
     sxx = float((w * (x - xm) ** 2).sum())
     ym = float((w * y).sum() / w.sum())
@@ -239,11 +207,9 @@ def weighted_slope(xs: Sequence[float], ys: Sequence[float], ses: Sequence[float
 
 
 def interpolate(lx: Sequence[float], values: Sequence[float], at: float) -> float | None:
-    """Linear interpolation in log2 x; None outside the grid or next to a missing point, inf next to a
-    diverged one."""
-    for i in range(len(lx)):
-        if abs(lx[i] - at) < 1e-9:
-            v = values[i]
+    """Linear interpolation in log2 x; None outside the grid or by a missing point, inf by a diverged one."""
+    for x, v in zip(lx, values, strict=False):
+        if abs(x - at) < 1e-9:
             return None if math.isnan(v) else v
     for i in range(len(lx) - 1):
         if lx[i] < at < lx[i + 1]:
@@ -256,9 +222,6 @@ def interpolate(lx: Sequence[float], values: Sequence[float], at: float) -> floa
             return (1 - w) * a + w * b
     return None
 
-
-# ----------------------------------------------------------------------------------------------------
-# Intervals over seeds
 
 INTERVAL_LEVEL = 0.95
 """The coverage of the shift's and the transfer loss's intervals."""
@@ -297,8 +260,7 @@ def _betainc(a: float, b: float, x: float) -> float:
 
 
 def t_quantile(p: float, dof: float) -> float:
-    """The ``p`` quantile of Student's t distribution with ``dof`` degrees of freedom (no scipy here):
-    4.303 for p = 0.975 and 2 degrees of freedom (3 seeds), 12.71 for 1 (2 seeds), 1.96 in the limit."""
+    """The ``p`` quantile of Student's t distribution with ``dof`` degrees of freedom (no scipy here)."""
     if not 0.0 < p < 1.0 or not dof > 0:
         raise ValueError(f"t_quantile needs 0 < p < 1 and dof > 0, got p={p}, dof={dof}")
     if p < 0.5:
@@ -321,11 +283,8 @@ def t_quantile(p: float, dof: float) -> float:
 
 
 def seed_interval(values: Sequence[float], level: float = INTERVAL_LEVEL) -> dict[str, Any] | None:
-    """A ``level`` confidence interval for the mean of ``values``, one independent estimate per seed:
-    mean ± t_{(1+level)/2, n-1} · sd / sqrt(n) (Student's t, n - 1 degrees of freedom). This is what
-    is honest with 2 or 3 seeds: the spread of 3 values is itself uncertain, which the t quantile (4.30
-    for 3 seeds, 12.7 for 2) accounts for and a normal ±1.96 standard errors does not. None for fewer
-    than two values or a non-finite one."""
+    """A ``level`` Student-t interval for the mean of ``values`` (one estimate per seed: with 2 or 3
+    seeds the spread itself is uncertain); None for fewer than two values or a non-finite one."""
     vals = [float(v) for v in values]
     n = len(vals)
     if n < 2 or not all(math.isfinite(v) for v in vals):

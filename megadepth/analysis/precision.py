@@ -1,11 +1,8 @@
 """How much of the blocks' contribution to the residual stream survives a bf16 forward pass.
 
-In a depth-scaled model each block adds ``a * f(x)`` with a small multiplier (1/sqrt(L) for Depth-muP,
-1/L for CompleteP) to a residual stream whose magnitude does not shrink with depth. With the stream in
-bf16 (8 significant bits), every addition rounds the stream, and the deeper the model the more of the
-small branch updates is rounded away; under autocast the matmuls run in bf16 but the stream stays fp32.
-This module measures it: the relative error of the blocks' summed contribution (final residual minus
-embedding) against the same forward pass in fp32.
+In a depth-scaled model each block adds ``a * f(x)`` with a small multiplier to a residual stream that
+does not shrink with depth; with the stream in bf16 every addition rounds it. Measured here: the relative
+error of the blocks' summed contribution against the same forward pass in fp32.
 """
 
 from __future__ import annotations
@@ -26,9 +23,8 @@ def _block_sum(model: GPT, tokens: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def residual_rounding_error(model: GPT, tokens: torch.Tensor, precision: str) -> float:
-    """||blocks' summed contribution in ``precision`` - in fp32|| / ||in fp32||, same weights, same
-    tokens, eval mode. ``precision``: "bf16-mixed" (autocast, fp32 stream) or "bf16" (weights and
-    stream in bf16, as DeepSpeed's bf16 mode trains)."""
+    """Relative error of the blocks' summed contribution in ``precision`` ("bf16-mixed": autocast,
+    "bf16": weights and stream in bf16, as DeepSpeed trains) against fp32, same weights and tokens."""
     model = model.eval()
     reference = _block_sum(model, tokens)
     device_type = tokens.device.type

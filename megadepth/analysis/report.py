@@ -1,21 +1,12 @@
 """``megadepth report DIR``: does the optimal learning rate transfer across depth?
 
-Reads a sweep directory (``sweep.json`` + ``runs/<id>/``; or any directory of run directories, the axes
-then being the config keys that differ between runs) and, per panel (parametrization, plus any other
-axis that is not x, the curve or the seed, nor linked to one of them), per curve (depth): the metric
-over seeds at every grid value of x (log2 LR), the fitted optimum, its shift from the shallowest to the
-deepest curve and its slope against log2(depth), and each curve's transfer loss. Writes DIR/report/
-transfer.png, loss_vs_depth.png (when there is a curve axis), transfer.json and transfer.txt.
-
-One module per step: :mod:`~megadepth.analysis.runs` reads the runs and chooses the roles,
-:mod:`~megadepth.analysis.transfer` aggregates and compares the curves (:mod:`~megadepth.analysis.fitting`
-fits each optimum), :mod:`~megadepth.analysis.table` writes the text and
-:mod:`~megadepth.analysis.figures` the figures.
-"""
+Per panel and curve of a sweep: the fitted optimum over log2 LR, its shift and slope across curves, and
+the transfer losses, written to DIR/report/ (transfer.png, loss_vs_depth.png, transfer.json, .txt)."""
 
 from __future__ import annotations
 
 import argparse
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +36,7 @@ def report(root: str | Path, *, metric: str | None = None, x: str | None = None,
     root = Path(root)
     runs, meta = load_runs(root, metric)
     roles = choose_roles(meta, x, curve, seed, [r.point for r in runs])
-    counts: dict[str, int] = {}
-    for r in runs:
-        counts[r.status] = counts.get(r.status, 0) + 1
+    counts = dict(Counter(r.status for r in runs))
     if not any(r.status in FINISHED for r in runs):
         state = ", ".join(f"{n} {k}" for k, n in counts.items()) or "no runs"
         hint = (f"; the runs have no {roles.metric} (try --metric final_loss)" if counts.get("no metric") else
@@ -84,8 +73,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def add_cli(subparsers: Any) -> None:
     """Register ``megadepth report``."""
     p = subparsers.add_parser(
-        "report",
-        help="read a sweep: optimal LR per depth (fitted), its shift, transfer loss; plots",
+        "report", help="read a sweep: optimal LR per depth (fitted), its shift, transfer loss; plots",
         description="Writes DIR/report/transfer.png, loss_vs_depth.png (when there is a curve axis), "
         "transfer.json and transfer.txt and prints the table. See docs/transfer.md.",
     )

@@ -51,10 +51,8 @@ def hashable(value: Any) -> Any:
 
 
 def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]]:
-    """The runs of a sweep directory (or of a plain directory of run directories) and the sweep's meta.
-
-    A run's value is its metric: +inf when it diverged, also when its finite loss is above BLOWN_UP
-    ln(vocab_size) (the run's error says so); nan when it did not finish."""
+    """The runs of a sweep directory (or of a directory of run directories) and the sweep's meta. A
+    run's value is its metric: +inf when it diverged or is above BLOWN_UP ln(vocab); nan when unfinished."""
     if not root.is_dir():
         raise ConfigError(f"report: {root} is not a directory")
     index = read_json(root / "sweep.json")
@@ -98,9 +96,8 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
 
 
 def _run_directories(root: Path) -> tuple[Path, dict[str, Any], list[tuple[str, dict[str, Any]]]]:
-    """A directory without sweep.json (runs made by hand): its run directories (``*/config.yaml``, under
-    ``runs/`` if there is one), and as axes the result-affecting config keys whose values differ
-    between them. A config.yaml that is not YAML leaves its run out."""
+    """A directory without sweep.json: its run directories, and as axes the result-affecting config
+    keys whose values differ between them."""
     run_root = root / "runs" if (root / "runs").is_dir() else root
     dirs = sorted(d for d in run_root.iterdir() if d.is_dir() and (d / "config.yaml").is_file())
     if not dirs:
@@ -120,8 +117,7 @@ def _run_directories(root: Path) -> tuple[Path, dict[str, Any], list[tuple[str, 
 
 
 def _vocab_size(run_dir: Path) -> int | None:
-    """model.vocab_size from a run's config.yaml (the trainer's), else its sweep_config.yaml; None when
-    neither can be read, and such a run is then judged by its loss being finite alone."""
+    """model.vocab_size from a run's config.yaml, else its sweep_config.yaml; None when neither reads."""
     for name in ("config.yaml", "sweep_config.yaml"):
         try:
             data = yaml.load((run_dir / name).read_text(encoding="utf-8"), Loader=_YAML_LOADER)
@@ -135,8 +131,7 @@ def _vocab_size(run_dir: Path) -> int | None:
 
 
 def _spec_links(spec_path: Path, axes: Sequence[str]) -> list[list[str]] | None:
-    """The linked axes (``"model.width,model.heads": [[32, 4], ...]``) of a sweep, from its frozen spec's
-    grid keys (sweep.json lists the axes flat). None when the spec cannot be read."""
+    """The linked axes of a sweep, from its frozen spec's grid keys; None when the spec cannot be read."""
     try:
         data = yaml.safe_load(spec_path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError):
@@ -159,10 +154,7 @@ def _determines(points: Sequence[dict[str, Any]], a: str, b: str) -> bool:
 
 
 def _infer_links(points: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[list[str]]:
-    """Axes that move together without a spec saying so: keys whose values are in one-to-one
-    correspondence over the runs (e.g. width and heads changed together by hand). Such keys are not
-    independent axes, so treating them as separate ones would split one curve into panels of one curve
-    each. Keys with a single value are constants, not links."""
+    """Axes that move together without a spec saying so: varied keys in one-to-one correspondence."""
     varied = [k for k in axes if len(set(_values(points, k))) > 1]
     groups: list[list[str]] = []
     for key in varied:
@@ -177,14 +169,7 @@ def _infer_links(points: Sequence[dict[str, Any]], axes: Sequence[str]) -> list[
 
 def choose_roles(meta: dict[str, Any], x: str | None, curve: str | None, seed: str | None,
                  points: Sequence[dict[str, Any]] = ()) -> Roles:
-    """Which axis is x, curve, seed and which are panels.
-
-    An x, curve or seed given on the command line must be an axis, and the three must be different
-    axes that do not move together (a curve linked to x would hold one x value: nothing to fit). The
-    defaults (the sweep's ``report:`` section, else optimizer.lr / model.depth / train.seed) fall back
-    to "none" for curve and seed when they are not usable, so a sweep without a depth or seed axis
-    still reports. Linked keys that the role key determines move with it (they label its curves) and
-    are not panel axes."""
+    """Which axis is x, curve, seed and which are panels (linked keys move with their role key)."""
     axes = list(meta["axes"])
     groups: list[list[str]] = [list(g) for g in meta.get("linked") or []]
     rep = meta.get("report") or {}

@@ -23,16 +23,9 @@ def show_number(v: float | None, fmt: str = ".3f") -> str:
 
 def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], counts: dict[str, int],
                  runs: list[Run]) -> str:
-    """The printed table (and transfer.txt): one block per panel, one row per curve, then the runs
-    that did not finish and those counted as diverged with a finite loss.
-
-    The columns come in two labelled groups, because a fitted vertex is a number no run produced: the
-    measured group holds means of runs (the lowest grid mean and its LR; the mean at the reference curve's
-    best grid LR minus it), the fitted group the parabola's optimum, its loss and the fitted transfer
-    loss (the numbers transfer.json holds). A row that was not fitted says so in brackets (argmin, edge)
-    and its optimum columns repeat its measured grid point."""
-    curve_name = leaf(roles.curve or "curve")
-    xname = leaf(roles.x)
+    """The printed table (and transfer.txt): one block per panel, one row per curve, measured and
+    fitted columns apart, then the runs that did not finish or blew up."""
+    curve_name, xname = leaf(roles.curve or "curve"), leaf(roles.x)
 
     def role(key: str | None) -> str:
         mates = roles.linked.get(key or "", [])
@@ -50,8 +43,7 @@ def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], cou
     wl = max(12, len(f"best log2 {xname}"))  # the log2-x columns
     wf = max(18, len(f"log2 {xname} ± se"))
     for panel in result["panels"]:
-        lines.append("")
-        lines.append(panel["label"])
+        lines += ["", panel["label"]]
         names = {id(c): curve_label(roles, c, with_name=False) if roles.curve else "-" for c in panel["curves"]}
         width = max([6, len(curve_name), *(len(n) for n in names.values())])
         lines.append(f"  {'':>{width}}  {'':>7}  {' measured (grid means) ':-^{wl + 2 + 9 + 2 + 13}}  "
@@ -129,9 +121,7 @@ def _interval_text(what: str, iv: dict[str, Any] | None, fmt: str, unit: str) ->
 
 def to_json(result: dict[str, Any], roles: Roles, meta: dict[str, Any], counts: dict[str, int],
               failed: list[Run]) -> dict[str, Any]:
-    """transfer.json's content. A value, mean, std or sem that is not defined (an unfinished run; no
-    finished seed; fewer than two; a diverged seed) is null, never NaN: the "nan" strings JSON forces
-    read as numbers to some tools, and sem was already null where std was "nan"."""
+    """transfer.json's content; an undefined value, mean, std or sem is null, never NaN."""
 
     def defined(v: float | None) -> float | None:
         return None if v is None or math.isnan(v) else v

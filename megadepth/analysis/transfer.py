@@ -1,6 +1,5 @@
-"""From runs to what the report shows: per panel and curve the points (mean over seeds at each x), the
-fitted optimum, the shift of the optimum from the reference curve to the last one, its slope, the
-transfer losses, and intervals over seeds."""
+"""From runs to what the report shows: per panel and curve the points, the fitted optimum, its shift
+and slope across curves, the transfer losses, and intervals over seeds."""
 
 from __future__ import annotations
 
@@ -26,8 +25,7 @@ FINISHED = ("completed", "diverged")
 
 
 def show(value: Any) -> str:
-    """A value as the table and the figures show it: floats to 4 significant digits (an LR of
-    2**-10 as 0.0009766, not 0.0009765625), so columns line up; everything else as is."""
+    """A value as the table and the figures show it: floats to 4 significant digits."""
     return format(value, ".4g") if isinstance(value, float) else str(value)
 
 
@@ -46,8 +44,7 @@ def _sort_key(value: Any) -> tuple[int, Any]:
 
 
 def _point(xval: float, group: list[Run], roles: Roles) -> dict[str, Any]:
-    """One grid value of a curve: the metric over seeds. Any diverged seed makes the mean +inf (an LR
-    that sometimes blows up is no usable optimum); std and sem need two finished seeds."""
+    """One grid value of a curve: the metric over seeds (+inf if any seed diverged)."""
     done = [r for r in group if r.status in FINISHED]
     diverged = sum(1 for r in done if r.value == math.inf)
     fin = [r.value for r in done if math.isfinite(r.value)]
@@ -102,9 +99,7 @@ def analyse(runs: list[Run], roles: Roles, window: int = 3) -> dict[str, Any]:
 
 
 def _transfer(curves: list[dict[str, Any]]) -> dict[str, Any]:
-    """Shift of the optimum (the reference, the first curve with one -> the last), its slope against
-    log2(curve), and each curve's transfer loss: its loss at the reference's optimum (on its parabola
-    inside its fit window, else interpolated between grid means) minus its own best."""
+    """Shift of the optimum (first curve with one -> last), its slope, and each curve's transfer loss."""
     steps = sorted({round(b["log2_x"] - a["log2_x"], 9) for c in curves
                     for a, b in zip(c["points"], c["points"][1:], strict=False)})
     out: dict[str, Any] = {"grid_step_log2": steps[0] if steps else None, "shift": None, "slope": None,
@@ -153,12 +148,8 @@ def _transfer(curves: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def measured_transfer(panel: dict[str, Any]) -> list[dict[str, Any]]:
-    """What the runs measured, beside the fitted transfer numbers, one entry per curve (in the panel's
-    order): its mean at the reference curve's best grid LR (``log2_x``: the grid point with the reference's
-    lowest mean, not its fitted optimum, which lies between grid points where no run was made), that
-    point's standard error, its own lowest mean (``best_loss``, at ``best_log2_x``) and the difference
-    (``transfer_loss``). Nothing is interpolated: a curve without a finished run at that LR has no value
-    (None); +inf where a seed diverged there."""
+    """What the runs measured, per curve: its mean at the reference's best grid LR (no interpolation),
+    its own lowest mean and the difference (``transfer_loss``)."""
     ref = next((c for c in panel["curves"] if c["optimum"].log2_x is not None), None)  # as in _transfer
     at_lx = ref["optimum"].grid_argmin if ref is not None else None
     out = []
@@ -177,17 +168,12 @@ def measured_transfer(panel: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-# ----------------------------------------------------------------------------------------------------
-# Intervals over seeds
-
 SeedOptimum = tuple[float, float, tuple[float, float, float]]  # log2_x, loss, (a, b, c)
 
 
 def seed_optima(curve: dict[str, Any]) -> tuple[dict[Any, SeedOptimum], str]:
-    """Each seed's own optimum of a fitted curve: the parabola through that seed's values at the mean
-    fit's window (the same grid values the mean's vertex came from), its vertex clamped to the window as
-    the mean's is. Returns ``{seed: (log2_x, loss, (a, b, c))}`` and, when some seed has none (a missing
-    or diverged value in the window, a parabola that is not convex), why; that seed is left out."""
+    """Each seed's own optimum of a fitted curve (its parabola in the mean fit's window), and why a
+    seed has none (it is left out)."""
     opt: Optimum = curve["optimum"]
     if opt.method != "fit" or opt.window is None:
         return {}, f"its optimum is not fitted ({opt.method})"
@@ -214,8 +200,7 @@ def seed_optima(curve: dict[str, Any]) -> tuple[dict[Any, SeedOptimum], str]:
 
 
 def _seed_transfer_loss(curve: dict[str, Any], own: SeedOptimum, seed: Any, at_lx: float) -> float | None:
-    """One seed's transfer loss on ``curve``: its loss at ``at_lx`` (its own parabola inside the fit
-    window, else linear between its grid values, as the mean's) minus its own vertex loss."""
+    """One seed's loss on ``curve`` at ``at_lx`` minus its own vertex loss."""
     opt: Optimum = curve["optimum"]
     if opt.value(at_lx) is not None:
         a, b, c = own[2]
@@ -232,15 +217,8 @@ def _seed_transfer_loss(curve: dict[str, Any], own: SeedOptimum, seed: Any, at_l
 
 def transfer_intervals(ref: dict[str, Any], last: dict[str, Any],
                        level: float = INTERVAL_LEVEL) -> dict[str, Any]:
-    """Intervals for the shift of the optimum (``ref`` -> ``last``) and for ``last``'s transfer loss,
-    from seed-level fitted optima: each seed is one replicate of the whole experiment (tune the LR on
-    ``ref`` with that seed, move to ``last``), its shift is its own optimum on ``last`` minus its own on
-    ``ref``, its transfer loss ``last``'s loss at its own ``ref`` optimum minus its own best; the interval
-    is Student's t over those per-seed values (:func:`seed_interval`), paired by seed. Returns
-    ``{"shift": interval | None, "transfer_loss": interval | None, "seeds": [...], "note": str}``; an
-    interval is None (the note says why) unless every seed common to both curves has an optimum on
-    both, and there are at least two: dropping the seeds whose parabola failed would keep the lucky
-    ones."""
+    """Student-t intervals, paired by seed, for the shift (``ref`` -> ``last``) and ``last``'s transfer
+    loss; None (the note says why) unless every seed has an optimum on both curves and there are two."""
     out: dict[str, Any] = {"method": "student-t over seed-level fitted optima, paired by seed",
                            "shift": None, "transfer_loss": None, "seeds": [], "note": ""}
     lo, why_lo = seed_optima(ref)

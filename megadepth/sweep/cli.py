@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -13,23 +14,22 @@ from typing import Any
 from megadepth.common.errors import ConfigError
 
 
-def _whole(minimum: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of at least ``minimum`` (0 or 1)."""
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an integer of at least ``minimum`` (megadepth's other commands use it too)."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a whole number, got '{text}'") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got '{text}'") from None
         if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected at least 1, got {value}" if minimum else
-                                             f"expected 0 or more, got {value}")
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
         return value
 
     return parse
 
 
-_positive, _non_negative = _whole(1), _whole(0)
+_positive, _non_negative = at_least(1), at_least(0)
 
 
 def _task_points(task_list: str, index: int, points: list[Any]) -> list[Any]:
@@ -40,29 +40,17 @@ def _task_points(task_list: str, index: int, points: list[Any]) -> list[Any]:
     if not 0 <= index < len(lines):
         raise ConfigError(f"--task-index {index} is outside {path} ({len(lines)} task(s))")
     by_id = {p.id: p for p in points}
-    chosen = []
     for pid in lines[index].split():
         if pid not in by_id:
             print(f"megadepth sweep: warning: {pid} is no longer in the sweep's grid; skipped", file=sys.stderr)
-            continue
-        chosen.append(by_id[pid])
-    return chosen
+    return [by_id[pid] for pid in lines[index].split() if pid in by_id]
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
-    from megadepth.sweep.runner import (
-        SweepDir,
-        orphaned,
-        prepare,
-        resolve_devices,
-        run_local,
-        select,
-        states,
-        write_index,
-    )
-    from megadepth.sweep.slurm import SlurmOptions, check_sweep_dir
+    from megadepth.sweep import runner
+    from megadepth.sweep.slurm import SlurmOptions, check_fits, check_sweep_dir, submit, write_array
     from megadepth.sweep.spec import load_spec
-    from megadepth.sweep.state import count, format_counts
+    from megadepth.sweep.state import count, format_counts, now
 
     if (args.task_list is None) != (args.task_index is None):
         raise ConfigError("--task-list and --task-index go together (they are what a Slurm array task runs)")
@@ -72,36 +60,32 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     # every flag is checked before anything is written (bad input: one line, exit 2, nothing changed)
     devices: list[str] = []
     if args.executor == "local" and not args.status:
-        devices = resolve_devices(args.devices)
+        devices = runner.resolve_devices(args.devices)
     opts = None
     if args.executor == "slurm":
-        opts = SlurmOptions(points_per_task=args.points_per_task, gpus_per_task=args.gpus_per_task,
-                            cpus_per_task=args.cpus_per_task, mem=args.mem, time=args.time,
-                            partition=args.partition, account=args.account, qos=args.qos,
-                            max_parallel=args.max_parallel, setup=args.setup, python=args.python,
-                            retries=args.retries)
+        opts = SlurmOptions(**{f.name: getattr(args, f.name) for f in dataclasses.fields(SlurmOptions)})
         opts.check()
         check_sweep_dir(args.out)
     # DIR/sweep.yaml itself (what array tasks run) reads like base files: see parse_spec(frozen=...)
-    frozen = Path(args.spec).resolve() == SweepDir(args.out).spec
+    frozen = Path(args.spec).resolve() == runner.SweepDir(args.out).spec
     spec = load_spec(args.spec, args.overrides, frozen=frozen)
     max_attempts = 1 + args.retries
-    sweep, points = prepare(spec, args.out, write=not (task_mode or args.dry_run or args.status),
+    sweep, points = runner.prepare(spec, args.out, write=not (task_mode or args.dry_run or args.status),
                             check_data=not args.status)
-
+    jobs = args.jobs or max(1, len(devices))
     if task_mode:
         todo = _task_points(args.task_list, args.task_index, points)
-        jobs = args.jobs or max(1, len(devices))
         print(f"megadepth sweep: array task {args.task_index}: {len(todo)} point(s), {jobs} at a time", flush=True)
-        results = run_local(spec, sweep, None, todo, jobs=jobs, devices=devices, max_attempts=max_attempts)
+        results = runner.run_local(spec, sweep, None, todo, jobs=jobs, devices=devices,
+                                   max_attempts=max_attempts)
         return 1 if any(r.outcome == "failed" for r in results) else 0
 
-    dropped = orphaned(sweep, points)
+    dropped = runner.orphaned(sweep, points)
     if dropped:
         print(f"megadepth sweep: warning: {len(dropped)} run(s) under {sweep.runs} are not in this grid "
               f"(e.g. {dropped[0]}): kept, but left out of sweep.json, --status and the report until their "
               "values are listed again", file=sys.stderr)
-    todo, skipped = select(sweep, points, max_attempts, args.retry_failed)
+    todo, skipped = runner.select(sweep, points, max_attempts, args.retry_failed)
     # the commands suggested below are printed shell-quoted: a user pastes them
     spec_arg, out_arg = shlex.quote(args.spec), shlex.quote(args.out)
     already = ", ".join(f"{n} {k}" for k, n in skipped.items() if n)
@@ -109,15 +93,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
               f"{', '.join(spec.axis_keys)}; {len(todo)} to run" + (f" ({already} skipped)" if already else ""))
     if args.status or args.dry_run:
         print(header)
-        current = {s.id: s for s in states(sweep, points)}
+        current = {s.id: s for s in runner.states(sweep, points)}
         for point in points:
-            state = current[point.id]
-            mark = "run " if point in todo else "skip"
+            state, mark = current[point.id], "run " if point in todo else "skip"
             detail = f"  {state.error}" if state.error else ""
             print(f"  {mark} {state.status:<9} {point.label}  runs/{point.id}{detail}")
         if args.status:
             if sweep.spec.is_file() or sweep.runs.is_dir():
-                write_index(spec, sweep, points)
+                runner.write_index(spec, sweep, points)
                 print(f"{format_counts(count(current.values()))}; index: {sweep.index}")
             else:  # a look at a sweep that has not started leaves no directory behind
                 print(f"{format_counts(count(current.values()))}; {args.out} holds no started sweep "
@@ -125,8 +108,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return 0
 
     if opts is not None:
-        from megadepth.sweep.slurm import check_fits, submit, write_array
-
         print(header)
         if not todo:
             print(f"nothing to submit; report with: megadepth report {out_arg}")
@@ -141,25 +122,22 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                   f"sbatch {shlex.quote(str(script))}")
             return 0
         job = submit(script, sbatch, opts)
-        import time
-
-        write_index(spec, sweep, points, extra={"slurm": [{
+        runner.write_index(spec, sweep, points, extra={"slurm": [{
             "job_id": job, "script": str(script.relative_to(sweep.root)), "tasks": tasks, "points": len(todo),
-            "submitted": time.strftime("%Y-%m-%dT%H:%M:%S%z")}]})
+            "submitted": now()}]})
         print(f"submitted job array {job}: {tasks} task(s) for {len(todo)} point(s) ({script}); logs in "
               f"{script.parent / 'logs'}; check with: megadepth sweep {spec_arg} --out {out_arg} --status")
         return 0
 
-    jobs = args.jobs or max(1, len(devices))
     where = f"GPU(s) {','.join(devices)}" if devices else "CPU"
     print(f"{header}; {jobs} at a time on {where}", flush=True)
-    results = run_local(spec, sweep, points, todo, jobs=jobs, devices=devices, max_attempts=max_attempts)
-    final = count(states(sweep, points))
+    results = runner.run_local(spec, sweep, points, todo, jobs=jobs, devices=devices,
+                               max_attempts=max_attempts)
+    final = count(runner.states(sweep, points))
     print(f"megadepth sweep '{spec.name}': {format_counts(final)}; report with: megadepth report {out_arg}")
     for r in [r for r in results if r.outcome == "failed"][:10]:
         print(f"  failed: {r.point.label}: {r.error}  (log: {sweep.run_dir(r.point) / 'train.log'})")
-    # a point whose failure could not be recorded in its run directory (its bookkeeping failed) reads as
-    # pending there, but it failed in this invocation all the same
+    # a point whose failure could not be recorded reads as pending there, but it failed all the same
     failed = max(final.get("failed", 0), sum(1 for r in results if r.outcome == "failed"))
     if failed:
         print(f"  {failed} point(s) failed; see `megadepth sweep {spec_arg} --out {out_arg} --status`, "
@@ -170,8 +148,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def add_cli(subparsers: Any) -> None:
     """Register ``megadepth sweep``."""
     p = subparsers.add_parser(
-        "sweep",
-        help="run a grid of training runs (parametrization x depth x LR x seed ...); resumable",
+        "sweep", help="run a grid of training runs (parametrization x depth x LR x seed ...); resumable",
         description="Expands SWEEP.yaml's grid and runs every point as its own `megadepth train` process "
         "with run directory DIR/runs/<id>/ (id: a slug + sha256 of the point). Completed and diverged "
         "points are skipped when run again; failed ones are retried once. See docs/transfer.md.",

@@ -1,11 +1,7 @@
 """Running a sweep: the sweep directory, choosing what to run, and the local executor.
 
-Every grid point is one ``megadepth train`` process with its own run directory ``DIR/runs/<id>/``.
-``--jobs N`` runs N at once: one GPU each when there are GPUs (``CUDA_VISIBLE_DEVICES`` per process),
-else CPU processes sharing the cores (``OMP_NUM_THREADS`` = cores / N). The executor never trusts
-anything but the run directories, so it can be killed and started again at any time, and several
-executors (Slurm array tasks) can share one sweep directory: a per-point lock keeps them apart.
-"""
+Every grid point is one ``megadepth train`` process with its own ``DIR/runs/<id>/``. Only the run
+directories are trusted, so executors can be killed and restarted, and share one (a per-point lock)."""
 
 from __future__ import annotations
 
@@ -40,6 +36,7 @@ from megadepth.sweep.state import (
     RunState,
     count,
     last_log_line,
+    now,
     read_json,
     read_state,
 )
@@ -54,8 +51,7 @@ DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE"
 INTERRUPT_CODES = (-signal.SIGTERM, -signal.SIGINT, -signal.SIGHUP)
 """Exit codes of a run killed by a stop request rather than by its own failure."""
 
-SPEC_FILE = "sweep.yaml"
-INDEX_FILE = "sweep.json"
+SPEC_FILE, INDEX_FILE = "sweep.yaml", "sweep.json"
 
 
 class SweepDir:
@@ -86,10 +82,7 @@ def point_config(spec: SweepSpec, point: Point, sweep: SweepDir) -> dict[str, An
 
 def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data: bool = True
             ) -> tuple[SweepDir, list[Point]]:
-    """Expand and check the grid, refuse a directory that holds a different sweep, write the frozen spec.
-
-    ``check_data=False`` (``--status``) skips the start-up checks of the data and tokenizer: reading run
-    states needs neither, and a relative data.path does not resolve from every working directory."""
+    """Expand and check the grid, refuse a directory that holds a different sweep, write the frozen spec."""
     sweep = SweepDir(out)
     if sweep.root.exists() and not sweep.root.is_dir():
         raise ConfigError(f"--out {out} exists and is not a directory")
@@ -104,11 +97,9 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data:
         if changed:
             key = changed[0]
             old, new = lookup(saved, key), lookup(point.config.model_dump(mode="json"), key)
-            raise ConfigError(
-                f"{sweep.run_dir(point)} was run with a different config ({key}: {old!r} there, {new!r} now"
-                f"{f', and {len(changed) - 1} more key(s)' if len(changed) > 1 else ''}); "
-                "use a new --out directory for a changed sweep"
-            )
+            more = f", and {len(changed) - 1} more key(s)" if len(changed) > 1 else ""
+            raise ConfigError(f"{sweep.run_dir(point)} was run with a different config ({key}: {old!r} "
+                              f"there, {new!r} now{more}); use a new --out directory for a changed sweep")
     if write:
         sweep.runs.mkdir(parents=True, exist_ok=True)
         header = (f"# The frozen spec of this sweep (base config files inlined); written by megadepth sweep.\n"
@@ -119,11 +110,7 @@ def prepare(spec: SweepSpec, out: str | Path, *, write: bool = True, check_data:
 
 
 def _saved_config(path: Path) -> dict[str, Any] | None:
-    """A run's config.yaml, or None when there is none or it cannot be read.
-
-    An unreadable one (a torn write, an edited file) is treated like a corrupt summary.json: the run's
-    state comes from its summary as always, and the comparison with the grid is skipped with a warning
-    instead of a traceback that would stop every sweep command, --status included."""
+    """A run's config.yaml, or None when there is none or it cannot be read (with a warning)."""
     if not path.is_file():
         return None
     try:
@@ -140,10 +127,7 @@ def _saved_config(path: Path) -> dict[str, Any] | None:
 
 
 def check_same_sweep(spec: SweepSpec, sweep: SweepDir) -> None:
-    """Refuse ``spec`` if DIR/sweep.yaml holds a different sweep: anything but added or dropped axis values.
-
-    Comparing finished runs' configs alone misses a spec whose points all have new ids (another grid or
-    name): it would replace sweep.yaml and orphan every run, so the frozen spec itself is compared."""
+    """Refuse ``spec`` if DIR/sweep.yaml holds another sweep: anything but added or dropped values."""
     if not sweep.spec.is_file():
         return
     try:
@@ -159,8 +143,7 @@ def check_same_sweep(spec: SweepSpec, sweep: SweepDir) -> None:
 
 
 def orphaned(sweep: SweepDir, points: Sequence[Point]) -> list[str]:
-    """Run directories under DIR/runs/ that are not points of this grid (values dropped from an axis):
-    kept, but not in sweep.json, --status or the report until their values are listed again."""
+    """Run directories under DIR/runs/ that are not points of this grid (values dropped from an axis)."""
     if not sweep.runs.is_dir():
         return []
     ids = {p.id for p in points}
@@ -168,9 +151,7 @@ def orphaned(sweep: SweepDir, points: Sequence[Point]) -> list[str]:
 
 
 def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, check_data: bool = True) -> None:
-    """The trainer's start-up checks for every point (layout, parametrization, batch, data, tokenizer),
-    so a point that cannot start fails the sweep now, not hours into it. Without ``check_data`` a
-    DataError (missing data or tokenizer: the last of the checks) is let pass."""
+    """The trainer's start-up checks for every point, so a point that cannot start fails the sweep now."""
     from megadepth.data import DataError
     from megadepth.train.preflight import preflight
 
@@ -187,17 +168,13 @@ def _preflight(spec: SweepSpec, points: Sequence[Point], sweep: SweepDir, *, che
         done.add(key)
         try:
             preflight(validate(point_config(spec, point, sweep)), 1)
-        except DataError as exc:
-            if check_data:
+        except (ConfigError, DataError) as exc:
+            if check_data or not isinstance(exc, DataError):
                 raise ConfigError(f"grid point {point.label}: {exc}") from None
-        except ConfigError as exc:
-            raise ConfigError(f"grid point {point.label}: {exc}") from None
 
 
 def _check_base_shape(points: Sequence[Point]) -> None:
-    """A grid over depth (width) needs a fixed base depth (width). Unset, each point is its own base
-    shape (r = 1, m = 1): every depth-aware (width-aware) preset then trains the SP model and the sweep
-    compares SP with itself under other names, for hours, with nothing to show for it."""
+    """A grid over depth (width) needs a fixed base depth (width), else every preset trains SP."""
     from megadepth.parametrize.rules import scales_depth, scales_width
 
     for dim, base, scales in (("depth", "base_depth", scales_depth), ("width", "base_width", scales_width)):
@@ -221,35 +198,18 @@ def states(sweep: SweepDir, points: Sequence[Point]) -> list[RunState]:
 
 def write_index(spec: SweepSpec, sweep: SweepDir, points: Sequence[Point],
                 extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """DIR/sweep.json: the spec's identity, the axes, and every point's current state (rebuilt from the
-    run directories; Slurm submissions are kept from the previous index)."""
+    """DIR/sweep.json: the spec's identity, the axes, and every point's state (Slurm submissions kept)."""
     old = read_json(sweep.index) or {}
-    runs = []
     current = states(sweep, points)
-    for point, st in zip(points, current, strict=True):
-        entry: dict[str, Any] = {"id": point.id, "label": point.label, "point": point.values,
-                                 "status": st.status, "attempts": st.attempts, "dir": f"runs/{point.id}"}
-        for key in ("final_loss", "final_eval_loss", "steps", "tokens", "wall_s"):
-            if key in st.summary:
-                entry[key] = st.summary[key]
-        if st.error:
-            entry["error"] = st.error
-        runs.append(entry)
-    index = {
-        "name": spec.name,
-        "spec": SPEC_FILE,
-        "spec_sha256": spec.sha256(),
-        "source": spec.source,
-        "wandb_group": group_name(spec),
-        "metric": spec.metric,
-        "axes": spec.axis_keys,
-        "report": spec.report,
-        "budget": spec.budget,
-        "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "counts": count(current),
-        "slurm": old.get("slurm", []),
-        "runs": runs,
-    }
+    runs = [{"id": point.id, "label": point.label, "point": point.values, "status": st.status,
+             "attempts": st.attempts, "dir": f"runs/{point.id}",
+             **{k: st.summary[k] for k in ("final_loss", "final_eval_loss", "steps", "tokens", "wall_s")
+                if k in st.summary}, **({"error": st.error} if st.error else {})}
+            for point, st in zip(points, current, strict=True)]
+    index = {"name": spec.name, "spec": SPEC_FILE, "spec_sha256": spec.sha256(), "source": spec.source,
+             "wandb_group": group_name(spec), "metric": spec.metric, "axes": spec.axis_keys,
+             "report": spec.report, "budget": spec.budget, "updated": now(), "counts": count(current),
+             "slurm": old.get("slurm", []), "runs": runs}
     if extra:
         for key, value in extra.items():
             index[key] = (index.get(key) or []) + value if isinstance(value, list) else value
@@ -259,8 +219,7 @@ def write_index(spec: SweepSpec, sweep: SweepDir, points: Sequence[Point],
 
 def select(sweep: SweepDir, points: Sequence[Point], max_attempts: int, retry_failed: bool
            ) -> tuple[list[Point], dict[str, int]]:
-    """Points to run now: pending ones, and failed ones with attempts left (all failed ones with
-    ``retry_failed``); completed, diverged and running ones are skipped."""
+    """Points to run now: pending ones, and failed ones with attempts left (all with ``retry_failed``)."""
     todo, skipped = [], {"completed": 0, "diverged": 0, "running": 0, "failed": 0}
     for point in points:
         st = read_state(sweep.run_dir(point), point.id)
@@ -274,11 +233,7 @@ def select(sweep: SweepDir, points: Sequence[Point], max_attempts: int, retry_fa
 
 
 def resolve_devices(arg: str) -> list[str]:
-    """GPUs to spread runs over: 'auto' (CUDA_VISIBLE_DEVICES, else every visible GPU), 'cpu', or '0,1,2'.
-
-    A listed GPU must exist: a run given a GPU that is not there would silently train on the CPU. Each
-    run's CUDA_VISIBLE_DEVICES is set to the listed entry, so with CUDA_VISIBLE_DEVICES set here the
-    entries must be among its entries; otherwise they are indices below torch.cuda.device_count()."""
+    """GPUs to spread runs over: 'auto', 'cpu', or '0,1,2' (each must exist, or a run trains on CPU)."""
     if arg == "cpu":
         return []
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -312,13 +267,9 @@ def resolve_devices(arg: str) -> list[str]:
 
 def child_env(device: str | None, threads: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
-    if device is None:
-        env["CUDA_VISIBLE_DEVICES"] = ""
-        if "OMP_NUM_THREADS" not in os.environ:
-            env["OMP_NUM_THREADS"] = str(threads)
-            env["MKL_NUM_THREADS"] = str(threads)
-    else:
-        env["CUDA_VISIBLE_DEVICES"] = device
+    env["CUDA_VISIBLE_DEVICES"] = "" if device is None else device
+    if device is None and "OMP_NUM_THREADS" not in os.environ:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     env.setdefault("WANDB_SILENT", "true")
     env["PYTHONUNBUFFERED"] = "1"
     return env
@@ -336,12 +287,9 @@ class Outcome:
 
 
 class LocalExecutor:
-    """Runs points as separate ``megadepth train`` processes, ``jobs`` at a time; failed ones are retried
-    until they have failed ``max_attempts`` times (counting earlier invocations).
-
-    Each process is started, waited for and recorded by a worker thread of a pool, so the main thread
-    only waits: Ctrl-C or SIGTERM reaches it there, stops every run (each attempt recorded as
-    interrupted: the point stays pending) and is raised again once the workers have recorded them."""
+    """Runs points as ``megadepth train`` processes, ``jobs`` at a time, retrying failed ones up to
+    ``max_attempts`` (over invocations). Worker threads run them, so Ctrl-C or SIGTERM reaches the main
+    thread, which stops every run and raises it again once the workers have recorded them."""
 
     def __init__(self, spec: SweepSpec, sweep: SweepDir, points: Sequence[Point], *, jobs: int,
                  devices: Sequence[str], max_attempts: int = 2, command: Sequence[str] | None = None,
@@ -350,10 +298,9 @@ class LocalExecutor:
             raise ConfigError(f"--jobs must be at least 1, got {jobs}")
         self.spec, self.sweep, self.points = spec, sweep, list(points)
         self.jobs, self.devices, self.max_attempts = jobs, list(devices), max_attempts
-        self.command = list(command or TRAIN_COMMAND)
+        self.command, self.echo = list(command or TRAIN_COMMAND), echo
         # what sweep.json lists, rewritten after every run (None: leave the index alone, as array tasks do)
         self.index_points = list(index_points) if index_points is not None else None
-        self.echo = echo
         self.threads = max(1, usable_cpus() // jobs)
         self._procs: dict[int, subprocess.Popen[bytes]] = {}
         self._lock = threading.Lock()  # guards _procs, results and the printed lines
@@ -403,9 +350,7 @@ class LocalExecutor:
                 os.killpg(proc.pid, signal.SIGKILL)
 
     def _attempt(self, point: Point) -> Point | None:
-        """Run one attempt of ``point`` on a free device and account for it; returns the point if it is to
-        run again: stopped by train.stop_after_steps (it resumes from its checkpoint), or failed with
-        attempts left."""
+        """Run one attempt of ``point`` on a free device; returns the point if it is to run again."""
         device = self._free.get()
         try:
             result = self._run_point(point, device)
@@ -428,10 +373,7 @@ class LocalExecutor:
         return point if again else None
 
     def _bookkeeping_failed(self, point: Point, exc: Exception) -> Outcome:
-        """A failed Outcome for an exception outside the trainer (writing sweep_config.yaml, sweep_run.json
-        or train.log, taking the lock: a full disk, a read-only or foreign directory), recorded as a failed
-        attempt in sweep_run.json where that can still be written. Not retried in this invocation: the
-        same write would fail again at once."""
+        """A failed, not retried Outcome for an exception outside the trainer (the sweep's own files)."""
         error = f"the sweep could not run the point: {type(exc).__name__}: {exc}".splitlines()[0]
         run_dir = self.sweep.run_dir(point)
         with contextlib.suppress(Exception):
@@ -445,21 +387,13 @@ class LocalExecutor:
         return Outcome(point, "failed", error=error, retry=False)
 
     def _report(self, r: Outcome, again: bool) -> None:
-        """One line per attempt. ``[k/N]`` counts finished points, so each k appears once; an attempt
-        after which the point runs again (a retry, a resume) is ``[-/N]``, and the attempt number (over
-        invocations, as in sweep_run.json) is shown from the second on."""
+        """One line per attempt: ``[k/N]`` counts finished points; ``[-/N]`` when the point runs again."""
         metric = r.summary.get(self.spec.metric)
-        shown = f"{self.spec.metric} {metric:.4f}" if isinstance(metric, (int, float)) else ""
-        if r.outcome == "failed":
-            shown = f"{r.error or 'failed'}" + (" (will retry)" if again else "")
-        elif r.outcome == "diverged":
-            shown = "loss not finite"
-        elif r.outcome == "skipped":
-            shown = "running in another executor"
-        elif r.outcome == "interrupted":
-            shown = "interrupted: stays pending"
-        elif r.outcome == "stopped":
-            shown = "stopped (train.stop_after_steps); resuming"
+        value = f"{self.spec.metric} {metric:.4f}" if isinstance(metric, (int, float)) else ""
+        shown = {"failed": (r.error or "failed") + (" (will retry)" if again else ""),
+                 "diverged": "loss not finite", "skipped": "running in another executor",
+                 "interrupted": "interrupted: stays pending",
+                 "stopped": "stopped (train.stop_after_steps); resuming"}.get(r.outcome, value)
         counter = f"[-/{len(self.points)}]" if again else f"[{len(self.results)}/{len(self.points)}]"
         attempt = f"attempt {r.attempt}, " if r.attempt > 1 else ""
         self.echo(f"{counter} {r.outcome:<9} {r.point.label}  {shown}  "
@@ -508,10 +442,8 @@ class LocalExecutor:
             wall = time.monotonic() - start
             summary = read_json(summary_file) or {}
             status = summary.get("status")
-            # stopped by us, or killed by a signal from outside (scancel, preemption, Ctrl-C): not the
-            # run's fault, so not a failed attempt; the point stays pending. SIGKILL (the OOM killer) is.
-            # A trainer that got our SIGTERM saves a checkpoint and says "stopped", as after
-            # train.stop_after_steps: while the sweep is stopping, that is an interruption, not a resume.
+            # stopped by us or by a signal from outside (scancel, preemption): not a failed attempt, the
+            # point stays pending (SIGKILL, the OOM killer, is one); "stopped" while we stop is no resume
             interrupted = status not in (*FINAL, "stopped") and code in INTERRUPT_CODES
             if status not in FINAL and (self._stop.is_set() or interrupted):
                 why = (f"terminated by signal {-code}" if code < 0 else

@@ -1,17 +1,6 @@
-"""The Slurm executor: one job array per submission, each array task running one or more grid points.
-
-``megadepth sweep SPEC --out DIR --executor slurm`` checks the whole grid here, chooses the points that
-still need running (pending, or failed with attempts left), and writes
-
-- ``DIR/slurm/array-NNN.tasks``   one line per array task: the ids of its points (NNN counts submissions),
-- ``DIR/slurm/array-NNN.sbatch``  the array job (template sweep_array.sbatch of megadepth.common.slurm),
-- ``DIR/slurm/logs/``           one log per array task (each run also logs into its own directory),
-
-then submits it with ``sbatch --parsable`` when ``sbatch`` is on PATH (else prints the command).
-Each array task runs ``megadepth sweep DIR/sweep.yaml --out DIR --task-list ... --task-index I``: the
-frozen spec, so later edits of the original spec or its base files cannot change a queued sweep.
-Points are dealt to tasks round-robin (grid order mixes depths, so tasks get similar amounts of work).
-"""
+"""The Slurm executor: one job array per submission (``DIR/slurm/array-NNN.tasks`` and ``.sbatch``), each
+task running its points from the frozen DIR/sweep.yaml, so later edits of the spec cannot change a queued
+sweep. Points are dealt round-robin (grid order mixes depths, so tasks get similar work)."""
 
 from __future__ import annotations
 
@@ -35,10 +24,8 @@ GPU_TASK_MEM = "32G"
 """``--mem`` of a GPU array task unless given: host memory for its runs' data loading and checkpoints."""
 
 CPU_RUN_MEM_GB = 4
-"""``--mem`` per run at once of a CPU array task unless given, in GiB. A CPU-sized run (the shipped CPU
-sweeps: width 64, depth 16) peaks well under 1 GiB with torch and DeepSpeed loaded, so this leaves room
-while fitting any node that runs jobs, and lets a node take as many tasks as it has CPUs for. (32G, the GPU
-default, once applied here too, and a CPU node with less refused every task.)"""
+"""``--mem`` per run at once of a CPU array task unless given, in GiB: a CPU-sized run peaks well under
+1 GiB, and a CPU node must not be asked for a GPU node's host memory."""
 
 
 @dataclass(frozen=True)
@@ -58,8 +45,7 @@ class SlurmOptions:
     retries: int = 1
 
     def check(self) -> None:
-        """Refuse values that would make a broken #SBATCH line; called before anything is written, so a
-        typo is one line and exit 2 here rather than a rejected or misconfigured job in the queue."""
+        """Refuse values that would make a broken #SBATCH line, before anything is written."""
         if self.gpus_per_task < 0:
             raise ConfigError(f"--gpus-per-task must be 0 or more, got {self.gpus_per_task}")
         if self.max_parallel is not None and self.max_parallel < 1:
@@ -78,8 +64,7 @@ class SlurmOptions:
         return max(1, self.gpus_per_task)
 
     def mem_request(self) -> str | None:
-        """The ``--mem`` value (None: no line). Unless given: 32G for a GPU task, and for a CPU task
-        CPU_RUN_MEM_GB per run it holds at once, so that it fits CPU nodes instead of a GPU node's host."""
+        """The ``--mem`` value (None: no line): unless given, GPU_TASK_MEM or CPU_RUN_MEM_GB per run."""
         if self.mem == slurm.MEM_NONE:
             return None
         if self.mem is not None:
@@ -92,21 +77,14 @@ class SlurmOptions:
 
     def requests(self) -> dict[str, str]:
         """The resources each array task asks for, as sbatch options (what a refusal is explained by)."""
-        asked = {"--cpus-per-task": str(self.cpus())}
-        mem = self.mem_request()
-        if mem is not None:
-            asked["--mem"] = mem
-        if self.gpus_per_task:
-            asked["--gres"] = f"gpu:{self.gpus_per_task}"
-        asked["--time"] = self.time
-        if self.partition:
-            asked["--partition"] = self.partition
-        return asked
+        asked = {"--cpus-per-task": str(self.cpus()), "--mem": self.mem_request(),
+                 "--gres": f"gpu:{self.gpus_per_task}" if self.gpus_per_task else None, "--time": self.time,
+                 "--partition": self.partition or None}
+        return {k: v for k, v in asked.items() if v is not None}
 
 
 def check_sweep_dir(out: str | Path) -> None:
-    """The sweep directory goes into the array script's ``#SBATCH --output`` line and comments: refuse, before
-    anything is written, a path no quoting carries there (a line break, a backslash, a '%')."""
+    """Refuse a sweep directory no quoting carries into ``#SBATCH --output`` (a line break, '\\', '%')."""
     problem = slurm.script_path_problem("--out", str(SweepDir(out).root))
     if problem:
         raise ConfigError(problem)
@@ -121,9 +99,8 @@ def deal(points: list[Point], per_task: int) -> list[list[Point]]:
 
 
 def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: SlurmOptions) -> tuple[Path, Path, int]:
-    """Write the task list and the sbatch script; returns (script, task list, number of tasks).
-
-    Every path reaches the script shell-quoted: a sweep directory named ``o$(cmd)`` must not run ``cmd``."""
+    """Write the task list and the sbatch script (every path shell-quoted); returns (script, task list,
+    number of tasks)."""
     opts.check()
     check_sweep_dir(sweep.root)
     groups = deal(todo, opts.points_per_task)
@@ -137,39 +114,20 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
     script = task_list.with_suffix(".sbatch")
     atomic_write_text(task_list, "".join(" ".join(p.id for p in group) + "\n" for group in groups))
 
-    jobs = opts.jobs
-    extra = []
     mem = opts.mem_request()
-    if opts.gpus_per_task:
-        extra.append(f"#SBATCH --gres=gpu:{opts.gpus_per_task}")
-    for flag, value in (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos)):
-        if value:
-            extra.append(f"#SBATCH --{flag}={value}")
-    cpus = opts.cpus()
+    extra = [f"#SBATCH --gres=gpu:{opts.gpus_per_task}"] if opts.gpus_per_task else []
+    extra += [f"#SBATCH --{flag}={value}" for flag, value in
+              (("partition", opts.partition), ("account", opts.account), ("qos", opts.qos)) if value]
+    q = shlex.quote
     text = slurm.render(
-        "sweep_array.sbatch",
-        name=spec.name,
-        points=len(todo),
-        tasks=len(groups),
-        per_task=opts.points_per_task,
-        script=shlex.quote(str(script)),
-        task_list=shlex.quote(str(task_list)),
-        job_name=f"megadepth-sweep-{spec.name}",
-        last=len(groups) - 1,
-        throttle=f"%{opts.max_parallel}" if opts.max_parallel else "",
-        cpus=cpus,
-        mem_line=f"#SBATCH --mem={mem}\n" if mem is not None else "",
-        time=opts.time,
-        log_pattern=shlex.quote(f"{logs}/%A_%a.log"),
-        extra="\n".join(extra),
-        workdir=shlex.quote(str(Path.cwd())),
-        setup=opts.setup or "",
-        python=shlex.quote(opts.python),
-        spec=shlex.quote(str(sweep.spec)),
-        out=shlex.quote(str(sweep.root)),
-        jobs=jobs,
-        devices="auto" if opts.gpus_per_task else "cpu",
-        retries=opts.retries,
+        "sweep_array.sbatch", name=spec.name, points=len(todo), tasks=len(groups),
+        per_task=opts.points_per_task, script=q(str(script)), task_list=q(str(task_list)),
+        job_name=f"megadepth-sweep-{spec.name}", last=len(groups) - 1,
+        throttle=f"%{opts.max_parallel}" if opts.max_parallel else "", cpus=opts.cpus(),
+        mem_line=f"#SBATCH --mem={mem}\n" if mem is not None else "", time=opts.time,
+        log_pattern=q(f"{logs}/%A_%a.log"), extra="\n".join(extra), workdir=q(str(Path.cwd())),
+        setup=opts.setup or "", python=q(opts.python), spec=q(str(sweep.spec)), out=q(str(sweep.root)),
+        jobs=opts.jobs, devices="auto" if opts.gpus_per_task else "cpu", retries=opts.retries,
     )
     atomic_write_text(script, text)
     script.chmod(0o755)
@@ -178,9 +136,7 @@ def write_array(spec: SweepSpec, sweep: SweepDir, todo: list[Point], opts: Slurm
 
 def submit(script: Path, sbatch: str = "sbatch", opts: SlurmOptions | None = None,
            query: slurm.Query | None = None) -> str:
-    """``sbatch --parsable SCRIPT``; returns the job id. A refusal is bad input (one line, exit 2) that names
-    the request the cluster cannot meet, where sinfo tells (sbatch's own "Requested node configuration is
-    not available" does not say which)."""
+    """``sbatch --parsable SCRIPT``; returns the job id. A refusal names the request no node meets."""
     try:
         proc = subprocess.run([sbatch, "--parsable", str(script)], capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired) as exc:
@@ -203,9 +159,7 @@ def _too_big(opts: SlurmOptions, groups: list[slurm.NodeGroup]) -> list[str]:
 
 
 def check_fits(opts: SlurmOptions, query: slurm.Query | None = None) -> None:
-    """Refuse, before anything is written or submitted, array tasks no node of the partition can run
-    (:func:`megadepth.common.slurm.fit_problems`); nothing to check where sinfo cannot say, and a partition
-    it does not list is left to sbatch, whose "Invalid partition name specified" says so."""
+    """Refuse, before anything is written or submitted, array tasks no node of the partition can run."""
     groups = (query or slurm.query)(opts.partition)
     if not groups:
         return
@@ -215,8 +169,7 @@ def check_fits(opts: SlurmOptions, query: slurm.Query | None = None) -> None:
 
 
 def explain_refusal(opts: SlurmOptions, groups: list[slurm.NodeGroup] | None) -> str:
-    """Which of an array task's requests no node of its partition can meet, against sinfo's numbers; or,
-    where none stands out (or sinfo cannot say), every request, so the message names them all the same."""
+    """Which of an array task's requests no node of its partition can meet; else every request."""
     listing = "each task asks for " + " ".join(f"{k}={v}" for k, v in opts.requests().items())
     if not groups:
         return listing

@@ -1,31 +1,8 @@
-"""Sweep specs: a base config, grid axes over any config key, a budget and a metric -> grid points.
+"""Sweep specs (format: docs/transfer.md): a base config, grid axes over any config key, a budget and a
+metric -> grid points, all checked before any run starts.
 
-A spec is YAML (docs/transfer.md has the full reference)::
-
-    name: cpu-transfer                     # W&B group and report title (default: the file name)
-    base: [../model/tiny.yaml]             # config files, relative to this file, merged left to right
-    config:                                # config values on top of them (any section)
-      model: {width: 64, base_depth: 2}
-    grid:                                  # axis -> values; the grid is their product, in this order
-      parametrization.name: [sp, depth_mup, completep]
-      model.depth: [2, 4, 8, 16]
-      optimizer.lr: {log2_range: [-10, -5]}          # 2^-10 .. 2^-5, step 1 (or [start, stop, step])
-      train.seed: [1, 2]
-      "model.width,model.heads": [[64, 4], [128, 8]]  # linked axes move together
-    budget: {steps: 150}                   # or {tokens: 2_000_000}: steps from each point's batch x seq_len
-    metric: final_eval_loss                # or final_loss: what the report minimises
-    report: {x: optimizer.lr, curve: model.depth, seed: train.seed}
-
-Everything is checked before any run starts: unknown spec keys and axes (named, with the nearest valid
-key), empty grids and axes, bare values where a list belongs, duplicate values, a zero budget, keys the
-sweep sets itself (train.steps, train.out_dir, train.progress, wandb.name) or an axis sets in 'config:' or
---set, and every grid point's full config.
-``spec_differences`` says what makes a spec a different sweep from a directory's frozen one.
-
-A run id is a readable slug plus the first 10 hex digits of sha256 over the point's canonical JSON
-(keys sorted, values as the validated config holds them), so it is the same on every machine and every
-invocation, and does not change when other points are added to the grid.
-"""
+A run id is a readable slug plus the first 10 hex digits of sha256 over the point's canonical JSON: the
+same on every machine, and unchanged when points are added to the grid."""
 
 from __future__ import annotations
 
@@ -61,15 +38,13 @@ from megadepth.config.schema import Config
 
 METRICS = ("final_eval_loss", "final_loss")
 
-# Keys whose value does not change what a run computes: ignored when checking that a finished run was
-# made with the config the sweep would give it now, and never allowed as axes where noted.
+# Keys whose value does not change what a run computes: ignored when comparing a finished run's config.
 NON_RESULT_KEYS = ("train.out_dir", "train.progress", "train.resume", "data.num_workers", "data.cache_dir",
                    "parallel.timeout_s")
 NON_RESULT_SECTIONS = ("wandb",)
 FORBIDDEN_AXES = ("train.out_dir", "wandb.group", "wandb.name")
-# Keys the sweep itself sets for every run: a value for them in the spec's 'config:' or in --set would be
-# silently replaced, so it is refused; in 'base:' files (shared configs written for standalone runs) it is
-# dropped, as the docs say. (The same holds for axis keys: a base file may set model.depth, 'config:' not.)
+# Keys the sweep sets for every run: refused in 'config:' and --set (they would be silently replaced),
+# dropped from 'base:' files (shared configs written for standalone runs), as for axis keys.
 SWEEP_DECIDES = ("train.steps", "train.out_dir", "train.progress", "wandb.name")
 
 
@@ -84,7 +59,6 @@ class Budget(_SpecSection):
     """The length of every run: one of ``steps`` or ``tokens``."""
 
     steps: int | None = None
-    """Optimizer steps per run."""
     tokens: int | None = None
     """Tokens per run: each point trains tokens // (its global batch x seq_len) steps."""
 
@@ -102,24 +76,19 @@ class Budget(_SpecSection):
 
 
 class Report(_SpecSection):
-    """Which axis plays which part in the report (each a config key)."""
+    """The report's default roles (config keys): x optimised, a curve per value of curve, seed averaged."""
 
     x: str = "optimizer.lr"
-    """The swept axis to optimise: the metric against log2 of it."""
     curve: str = "model.depth"
-    """One curve per value of this axis."""
     seed: str = "train.seed"
-    """Averaged over."""
 
 
 class SweepSpecModel(_SpecSection):
-    """A sweep spec file, as written (docs/transfer.md has the reference); :func:`parse_spec` adds the
-    checks that need the training config's schema and turns it into a :class:`SweepSpec`."""
+    """A sweep spec file, as written; :func:`parse_spec` adds the checks that need the config schema."""
 
     name: str | None = None
     """W&B group and report title (letters, digits and . _ + -); default: the spec file's name."""
     description: str = ""
-    """Free text, kept in sweep.yaml."""
     base: list[str] = []
     """Config files (a name or a list of names), relative to the spec, merged left to right."""
     config: dict[str, Any] = {}
@@ -130,9 +99,7 @@ class SweepSpecModel(_SpecSection):
     budget: Budget | None = None
     """The length of every run; none only where a train.steps axis sets it."""
     metric: str = "final_eval_loss"
-    """What the report minimises: final_eval_loss or final_loss."""
     report: Report = Report()
-    """The report's default roles (its --x, --curve and --seed)."""
 
     @field_validator("base", mode="before")
     @classmethod
@@ -204,18 +171,11 @@ class SweepSpec:
 
     def frozen(self) -> dict[str, Any]:
         """A self-contained spec (no ``base`` files): what DIR/sweep.yaml holds and Slurm tasks read."""
-        grid: dict[str, Any] = {}
-        for keys, values in self.axes:
-            if len(keys) == 1:
-                grid[keys[0]] = [v[0] for v in values]
-            else:
-                grid[",".join(keys)] = [list(v) for v in values]
-        out: dict[str, Any] = {"name": self.name}
-        if self.description:
-            out["description"] = self.description
-        out.update({"config": self.config, "grid": grid, "budget": dict(self.budget), "metric": self.metric,
-                    "report": dict(self.report)})
-        return out
+        grid = {",".join(keys): [v[0] if len(keys) == 1 else list(v) for v in values]
+                for keys, values in self.axes}
+        return {"name": self.name, **({"description": self.description} if self.description else {}),
+                "config": self.config, "grid": grid, "budget": dict(self.budget), "metric": self.metric,
+                "report": dict(self.report)}
 
     def frozen_yaml(self) -> str:
         return yaml.safe_dump(self.frozen(), sort_keys=False)
@@ -225,8 +185,7 @@ class SweepSpec:
 
 
 def check_axis_keys(keys: Sequence[str], where: str) -> None:
-    """Axes (and the report's roles) must be config keys that the sweep does not set itself; the unknown
-    ones are named together, each with the config loader's suggestion."""
+    """Axes (and the report's roles) must be config keys the sweep does not set itself."""
     for key in keys:
         if key in FORBIDDEN_AXES:
             raise ConfigError(f"{where}: '{key}' cannot be a sweep axis (the sweep sets it for every run)")
@@ -243,20 +202,19 @@ def _expand_values(key: str, raw: Any, where: str) -> list[Any]:
         if len(raw) != 1:
             raise ConfigError(f"{where}: axis '{key}' must be a list or one of values/log2/log2_range, got {dict(raw)}")
         (kind, arg), = raw.items()
+        numbers = isinstance(arg, list) and all(isinstance(e, (int, float)) and not isinstance(e, bool)
+                                                for e in arg)
         if kind == "values":
             values = arg
         elif kind == "log2":
-            if not isinstance(arg, list) or not all(isinstance(e, (int, float)) and not isinstance(e, bool)
-                                                    for e in arg):
+            if not numbers:
                 raise ConfigError(f"{where}: axis '{key}': log2 takes a list of exponents, got {arg!r}")
             values = [2.0 ** e for e in arg]
         elif kind == "log2_range":
-            if (not isinstance(arg, list) or len(arg) not in (2, 3)
-                    or not all(isinstance(e, (int, float)) and not isinstance(e, bool) for e in arg)):
+            if not numbers or len(arg) not in (2, 3):
                 raise ConfigError(f"{where}: axis '{key}': log2_range takes [start, stop] or [start, stop, step], "
                                   f"got {arg!r}")
-            start, stop = arg[0], arg[1]
-            step = arg[2] if len(arg) == 3 else 1
+            start, stop, step = [*arg, 1][:3]
             if step <= 0:
                 raise ConfigError(f"{where}: axis '{key}': log2_range step must be positive, got {step}")
             count = math.floor((stop - start) / step + 1e-9) + 1
@@ -290,32 +248,32 @@ def _parse_axes(grid: Mapping[str, Any], where: str) -> list[tuple[tuple[str, ..
     axes: list[tuple[tuple[str, ...], list[tuple[Any, ...]]]] = []
     for name, keys in linked.items():
         values = _expand_values(name, grid[name], where)
-        rows: list[tuple[Any, ...]] = []
         for value in values:
-            if len(keys) == 1:
-                rows.append((value,))
-            elif isinstance(value, list) and len(value) == len(keys):
-                rows.append(tuple(value))
-            else:
+            if len(keys) > 1 and not (isinstance(value, list) and len(value) == len(keys)):
                 raise ConfigError(f"{where}: linked axes '{name}' take lists of {len(keys)} values, got {value!r}")
         seen_rows: set[str] = set()
-        for row in rows:
-            text = json.dumps(list(row) if len(keys) > 1 else row[0], sort_keys=True)
+        for value in values:
+            text = json.dumps(value, sort_keys=True)
             if text in seen_rows:
                 raise ConfigError(f"{where}: grid axis '{name}' lists {text} more than once")
             seen_rows.add(text)
-        axes.append((keys, rows))
+        axes.append((keys, [tuple(v) if len(keys) > 1 else (v,) for v in values]))
     return axes
+
+
+_DECIDED = {
+    "train.out_dir": "the sweep decides it (every run writes DIR/runs/<id>/; choose DIR with --out)",
+    "wandb.name": "every run is named by its run id in W&B "
+                  "(set wandb.group, or the spec's name, for the group)",
+    "train.progress": "runs of a sweep draw no progress bars (several run at once); "
+                      "the sweep shows its own counter",
+}
 
 
 def _decided_by(key: str, budget: Mapping[str, int]) -> str:
     """Why the sweep, not the config, sets ``key`` (one of SWEEP_DECIDES)."""
-    if key == "train.out_dir":
-        return "the sweep decides it (every run writes DIR/runs/<id>/; choose DIR with --out)"
-    if key == "wandb.name":
-        return "every run is named by its run id in W&B (set wandb.group, or the spec's name, for the group)"
-    if key == "train.progress":
-        return "runs of a sweep draw no progress bars (several run at once); the sweep shows its own counter"
+    if key in _DECIDED:
+        return _DECIDED[key]
     if budget:
         (kind, value), = budget.items()
         return f"the budget decides the run length (budget: {{{kind}: {value}}}); change the budget instead"
@@ -343,11 +301,7 @@ def _drop(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Path | None = None,
                overrides: Sequence[str] = (), name: str | None = None, frozen: bool = False) -> SweepSpec:
-    """Check a spec mapping; ``base`` files are read relative to ``base_dir`` and inlined.
-
-    ``frozen``: ``data`` is a sweep directory's sweep.yaml, whose 'config:' holds the base files inlined;
-    it is read like base files (train.steps and train.out_dir dropped, not refused), so a sweep.yaml
-    written before those keys were refused still reads."""
+    """Check a spec mapping, inlining ``base`` files; ``frozen``: a sweep.yaml, read like base files."""
     where = source
     try:  # an empty key (``report:``) is its default, as if it were not there; an empty metric is refused
         spec = SPEC.validate({k: v for k, v in data.items() if v is not None or k == "metric"})
@@ -373,8 +327,7 @@ def parse_spec(data: Mapping[str, Any], *, source: str = "<spec>", base_dir: Pat
             raise ConfigError(f"{where}: config {key} would be ignored: '{key}' is a sweep axis, every run takes "
                               "its value from the grid; remove it from 'config:'")
     config = deep_merge(config, spec.config)
-    # from base files (or a frozen spec): the sweep sets these, as documented; dropping the axis keys too
-    # keeps DIR/sweep.yaml free of values no run uses, so it also reads as a spec of its own
+    # from base files (or a frozen spec): dropped, so DIR/sweep.yaml holds no values no run uses
     for key in (*SWEEP_DECIDES, *axis_keys):
         config = _drop(config, key)
     for item in overrides:
@@ -416,29 +369,25 @@ def _fmt(value: Any) -> str:
 
 def point_label(values: Mapping[str, Any]) -> str:
     """Human-readable form of a point, e.g. ``sp depth=8 lr=2^-7 seed=1``."""
-    parts = []
-    for key, value in values.items():
-        name = leaf(key)
+
+    def part(name: str, value: Any) -> str:
         if name == "name" and isinstance(value, str):
-            parts.append(value)
-            continue
+            return value
         if isinstance(value, float) and value > 0 and float(math.log2(value)).is_integer():
-            parts.append(f"{name}=2^{int(math.log2(value))}")
-        else:
-            parts.append(f"{name}={_fmt(value)}")
-    return " ".join(parts)
+            return f"{name}=2^{int(math.log2(value))}"
+        return f"{name}={_fmt(value)}"
+
+    return " ".join(part(leaf(key), value) for key, value in values.items())
 
 
 def point_id(values: Mapping[str, Any]) -> str:
     """Deterministic run id: readable slug + sha256 of the canonical JSON of the point."""
     canonical = json.dumps(dict(values), sort_keys=True, separators=(",", ":"))
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:10]
-    slug_parts = []
-    for key, value in sorted(values.items()):  # canonical order: reordering the axes keeps every id
-        name = leaf(key)
-        slug_parts.append(_fmt(value) if (name == "name" and isinstance(value, str)) else f"{name}{_fmt(value)}")
-    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(slug_parts))
-    slug = slug.strip("-_")[:72]
+    # sorted: reordering the axes keeps every id
+    parts = [_fmt(v) if leaf(k) == "name" and isinstance(v, str) else f"{leaf(k)}{_fmt(v)}"
+             for k, v in sorted(values.items())]
+    slug = re.sub(r"[^A-Za-z0-9._+-]+", "-", "_".join(parts)).strip("-_")[:72]
     return f"{slug}-{digest}" if slug else digest
 
 
@@ -458,15 +407,13 @@ def steps_for(config: Config, budget: Mapping[str, int]) -> int:
 
 
 def resolve_point(spec: SweepSpec, raw: Mapping[str, Any]) -> Config:
-    """The validated config of the point with axis values ``raw``: the spec's config, the values, and
-    train.steps from the budget (raises ConfigError)."""
+    """The validated config of the point with axis values ``raw``, train.steps from the budget."""
     data = copy.deepcopy(spec.config)
     for key, value in raw.items():
         data = deep_merge(data, nest(key, value))
     config = validate(data)
     if spec.budget:
-        steps = steps_for(config, spec.budget)
-        config = validate(deep_merge(data, {"train": {"steps": steps}}))
+        config = validate(deep_merge(data, {"train": {"steps": steps_for(config, spec.budget)}}))
     return config
 
 
@@ -475,9 +422,8 @@ def expand(spec: SweepSpec) -> list[Point]:
     points: list[Point] = []
     ids: dict[str, str] = {}
     for index, combo in enumerate(itertools.product(*[rows for _, rows in spec.axes])):
-        raw: dict[str, Any] = {}
-        for (keys, _), row in zip(spec.axes, combo, strict=True):
-            raw.update(zip(keys, row, strict=True))
+        raw = {key: value for (keys, _), row in zip(spec.axes, combo, strict=True)
+               for key, value in zip(keys, row, strict=True)}
         label = point_label(raw)
         try:
             config = resolve_point(spec, raw)
@@ -499,8 +445,7 @@ def expand(spec: SweepSpec) -> list[Point]:
 
 
 def diff_configs(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ (result-affecting keys only). Keys only one side has are not
-    compared: a schema that gained or lost a key since the run was made does not invalidate the run."""
+    """Dotted result-affecting keys whose values differ (keys only one side has are not compared)."""
     out: list[str] = []
     for key in sorted(set(old) & set(new)):
         dotted = f"{prefix}{key}"
@@ -522,11 +467,7 @@ def _show(value: Any) -> str:
 
 
 def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
-    """``key: A there, B now`` for the shared config of two specs with the same axes, or None.
-
-    Compared as validated configs of one point (the old grid's first, its axis values put into both
-    specs), so spelling out a default, or moving a key between base files and 'config:', is no change;
-    keys that do not change results (NON_RESULT_KEYS, wandb) are not compared."""
+    """``key: A there, B now`` for the shared config of two specs with the same axes, or None."""
     raw = {key: value for keys, rows in old.axes for key, value in zip(keys, rows[0], strict=True)}
     try:
         before = resolve_point(old, raw).model_dump(mode="json")
@@ -534,8 +475,7 @@ def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
         # a changed budget is reported as such, not again as the train.steps it leads to
         changed = [k for k in diff_configs(before, after) if not (k == "train.steps" and old.budget != new.budget)]
     except ConfigError:
-        # not valid under one of them (the new config, or a schema that changed since): compare the raw
-        # configs, axis keys aside (spelled-out defaults then count as changes, but only here)
+        # not valid under one of them (or a schema that changed since): compare the raw configs
         before, after = old.config, new.config
         a, b = flatten(before), flatten(after)
         changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in NON_RESULT_KEYS
@@ -547,9 +487,8 @@ def _config_difference(old: SweepSpec, new: SweepSpec) -> str | None:
 
 
 def spec_differences(old: SweepSpec, new: SweepSpec) -> list[str]:
-    """What makes ``new`` a different sweep from ``old`` (a sweep directory's frozen spec), each as
-    ``what: A there, B now``; empty when ``new`` only adds or drops axis values (or reorders axes, or
-    changes the description), which keeps every run id and every finished run valid."""
+    """What makes ``new`` a different sweep from ``old``, each as ``what: A there, B now``; empty when
+    it only adds, drops or reorders axis values (every run stays valid)."""
     out: list[str] = []
     if old.name != new.name:
         out.append(f"name: {old.name!r} there, {new.name!r} now")

@@ -1,16 +1,9 @@
 """The state of a sweep, read from its run directories (the only source of truth).
 
-Each grid point owns ``DIR/runs/<id>/``: the trainer's run directory (config.yaml, metrics.jsonl,
-summary.json written last), plus what the sweep adds:
-
-- ``sweep_config.yaml``  the resolved config the trainer was started with,
-- ``sweep_run.json``     the point and one record per attempt (start, end, exit code, outcome, error),
-- ``train.log``          the trainer's stdout and stderr, appended per attempt,
-- ``.lock``              held (flock) by whoever runs the point, so two executors never run it twice.
-
-A point is ``completed`` or ``diverged`` when its summary says so (final: skipped by later invocations),
-``failed`` when its last attempt ended without one of those, and ``pending`` otherwise (never started,
-interrupted, or ``stopped`` by ``train.stop_after_steps``, which resumes from its checkpoint).
+Each point's ``DIR/runs/<id>/`` is the trainer's run directory plus ``sweep_config.yaml`` (the config it
+was started with), ``sweep_run.json`` (one record per attempt), ``train.log`` and ``.lock`` (flock held
+by whoever runs it). A point is ``completed`` or ``diverged`` when its summary says so (final),
+``failed`` when its last attempt failed, ``running`` while locked, and ``pending`` otherwise.
 """
 
 from __future__ import annotations
@@ -21,6 +14,7 @@ import math
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,13 +25,10 @@ from megadepth.train.rundir import probe_lock
 
 FINAL = ("completed", "diverged")
 STATUSES = ("completed", "diverged", "failed", "running", "pending")
-RUN_FILE = "sweep_run.json"
-CONFIG_FILE = "sweep_config.yaml"
-LOG_FILE = "train.log"
-LOCK_FILE = ".lock"
+RUN_FILE, CONFIG_FILE, LOG_FILE, LOCK_FILE = "sweep_run.json", "sweep_config.yaml", "train.log", ".lock"
 
 
-def _now() -> str:
+def now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
@@ -77,8 +68,8 @@ class RunRecord:
     def __init__(self, run_dir: Path, point_id: str, values: dict[str, Any] | None = None) -> None:
         self.path = run_dir / RUN_FILE
         data = read_json(self.path) or {}
-        self.data: dict[str, Any] = {"id": point_id, "point": values if values is not None else data.get("point", {}),
-                                     "attempts": data.get("attempts", [])}
+        point = data.get("point", {}) if values is None else values
+        self.data: dict[str, Any] = {"id": point_id, "point": point, "attempts": data.get("attempts", [])}
 
     @property
     def attempts(self) -> list[dict[str, Any]]:
@@ -88,7 +79,7 @@ class RunRecord:
         return sum(1 for a in self.attempts if a.get("outcome") == "failed")
 
     def start(self, command: list[str], log: Path) -> dict[str, Any]:
-        attempt = {"n": len(self.attempts) + 1, "started": _now(), "host": socket.gethostname(),
+        attempt = {"n": len(self.attempts) + 1, "started": now(), "host": socket.gethostname(),
                    "pid": os.getpid(), "command": command, "log": log.name}
         slurm = {k: os.environ[k] for k in ("SLURM_JOB_ID", "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID")
                  if k in os.environ}
@@ -100,7 +91,7 @@ class RunRecord:
 
     def end(self, attempt: dict[str, Any], exit_code: int | None, outcome: str, error: str | None,
             wall_s: float) -> None:
-        attempt.update({"ended": _now(), "exit_code": exit_code, "outcome": outcome, "wall_s": round(wall_s, 3)})
+        attempt.update(ended=now(), exit_code=exit_code, outcome=outcome, wall_s=round(wall_s, 3))
         if error:
             attempt["error"] = error
         self.save()
@@ -110,8 +101,8 @@ class RunRecord:
 
 
 class PointLock:
-    """An exclusive, non-blocking flock on ``runs/<id>/.lock``; its fd can be passed to the child process,
-    so the lock lasts as long as the run does even if the executor itself dies."""
+    """An exclusive, non-blocking flock on ``runs/<id>/.lock``; its fd is passed to the child process,
+    so the lock lasts as long as the run does even if the executor dies."""
 
     def __init__(self, run_dir: Path) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -134,12 +125,7 @@ class PointLock:
 
 
 def is_locked(run_dir: Path) -> bool:
-    """True while some executor holds the point's lock (it is running now).
-
-    Only reads: the lock file is opened read-only and probed with a shared lock, which fails while an
-    executor holds its exclusive one. So `--status` and the report work on a sweep directory that is
-    read-only or someone else's; a lock file that cannot be opened at all reads as not locked (the
-    state then comes from the run's files alone) rather than stopping them with a traceback."""
+    """True while some executor holds the point's lock; only reads, so it works on a read-only sweep."""
     return probe_lock(run_dir / LOCK_FILE) is not None
 
 
@@ -154,36 +140,31 @@ def last_log_line(log: Path, limit: int = 300) -> str | None:
     except OSError:
         return None
     lines = [ln.strip() for ln in lines if ln.strip() and not ln.startswith("== megadepth sweep")]
-    if not lines:
-        return None
-    for line in reversed(lines):
-        if line.startswith("megadepth: error:") or (":" in line and line.split(":", 1)[0].endswith(("Error", "Exception"))):
-            return line[:limit]
-    return lines[-1][:limit]
+    errors = [ln for ln in lines if ln.startswith("megadepth: error:")
+              or (":" in ln and ln.split(":", 1)[0].endswith(("Error", "Exception")))]
+    found = (errors or lines or [None])[-1]
+    return found[:limit] if found else None
 
 
 def read_state(run_dir: Path, point_id: str, check_lock: bool = True) -> RunState:
     """The state of one point from its directory."""
     summary = read_json(run_dir / "summary.json") or {}
-    record = RunRecord(run_dir, point_id)
-    attempts = record.attempts
-    status_in_summary = summary.get("status")
-    if status_in_summary in FINAL:
-        return RunState(point_id, run_dir, status_in_summary, len(attempts), summary.get("error"), summary)
-    if check_lock and is_locked(run_dir):
-        return RunState(point_id, run_dir, "running", len(attempts), None, summary)
-    last = attempts[-1] if attempts else None
-    if status_in_summary == "failed" or (last is not None and last.get("outcome") == "failed"):
-        error = summary.get("error") or (last or {}).get("error")
-        return RunState(point_id, run_dir, "failed", len(attempts), error, summary)
-    return RunState(point_id, run_dir, "pending", len(attempts), None, summary)
+    attempts = RunRecord(run_dir, point_id).attempts
+    status, last = summary.get("status"), attempts[-1] if attempts else {}
+    if status in FINAL:
+        error = summary.get("error")
+    elif check_lock and is_locked(run_dir):
+        status, error = "running", None
+    elif status == "failed" or last.get("outcome") == "failed":
+        status, error = "failed", summary.get("error") or last.get("error")
+    else:
+        status, error = "pending", None
+    return RunState(point_id, run_dir, status, len(attempts), error, summary)
 
 
 def count(states: Iterable[RunState]) -> dict[str, int]:
-    out = dict.fromkeys(STATUSES, 0)
-    for s in states:
-        out[s.status] = out.get(s.status, 0) + 1
-    return {k: v for k, v in out.items() if v}
+    found = Counter(s.status for s in states)
+    return {k: found[k] for k in dict.fromkeys([*STATUSES, *found]) if found[k]}
 
 
 def format_counts(counts: dict[str, int]) -> str:
