@@ -1,9 +1,5 @@
-"""The error classes every part of megadepth raises for bad input, in one leaf module (it imports
-nothing of megadepth), so any package can raise or catch them without importing another package.
-
-All are ``ValueError``: callers that already handle bad values handle these too; their own classes let
-the command line print them as one line instead of a traceback.
-"""
+"""The error classes every part of megadepth raises for bad input, in a leaf module any package may import.
+All are ``ValueError``; the command line prints them as one line instead of a traceback."""
 
 from __future__ import annotations
 

@@ -1,15 +1,10 @@
 """Writing files that other processes trust, and hashing them: the one place for both.
 
-Every file a reader may open while it is being written (summaries, checkpoint pointers, shards, plans,
-markers) goes to a unique temporary name in the same directory, is fsynced, then renamed over the final
-name: readers see the old file or the new one, never a partial one, and concurrent writers (several
-ranks, several sweep workers) never share a temporary file.
-
-The temporary file is created with ``os.open(..., 0o666)``, not ``tempfile.mkstemp``: mkstemp creates
-mode 0600 whatever the umask, and the rename carries that mode over, so teammates on a shared cluster
-could not read a run's files. With 0o666 the kernel applies the umask (and a directory's default ACL) at
-creation, exactly as for a plain ``open(path, "w")``; nothing has to read the umask, which cannot be read
-without briefly changing it (racy with other threads). This module imports nothing of megadepth.
+Every file a reader may open while it is being written goes to a unique temporary name in the same
+directory, is fsynced, then renamed over the final name: readers see the old file or the new one, and
+concurrent writers never share a temporary file. The temporary file is created with ``os.open(...,
+0o666)``, not ``tempfile.mkstemp`` (always mode 0600, which the rename would carry over), so the umask
+applies as for a plain ``open(path, "w")`` and teammates can read a run's files.
 """
 
 from __future__ import annotations
@@ -25,16 +20,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "atomic_write_array",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "json_safe",
-    "save_figure",
-    "sha256_file",
-    "temporary_path",
-]
+__all__ = ["atomic_write_array", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "json_safe",
+           "save_figure", "sha256_file", "temporary_path"]
 
 
 def temporary_path(path: Path) -> Path:
@@ -43,8 +30,7 @@ def temporary_path(path: Path) -> Path:
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new, unique file next to ``path`` opened for writing: ``(fd, its path)``; O_EXCL, so a name
-    that is taken is simply drawn again."""
+    """A new, unique file next to ``path`` opened for writing: ``(fd, its path)``; a taken name is redrawn."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     while True:
         tmp = temporary_path(path)

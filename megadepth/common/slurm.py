@@ -3,17 +3,13 @@
 ``#SBATCH`` lines may hold, what a partition's nodes offer as ``sinfo`` reports it, and the one check of a
 job's requests against those nodes (:func:`fit_problems`).
 
-sbatch reads ``#SBATCH`` lines itself, not a shell: a space ends an unquoted value and the rest is silently
-dropped or misread. So an option value (a partition, a time) may hold only what Slurm's options need, and
-a path (a log file under the output directory) is written quoted and must avoid the few characters no
+sbatch reads ``#SBATCH`` lines itself, not a shell: a space ends an unquoted value. So an option value may
+hold only what Slurm's options need, and a path is written quoted and must avoid the few characters no
 quoting carries through (:func:`script_path_problem`).
 
-What the machine that writes a script has says nothing about the compute nodes (a login node has no GPU, a
-laptop no Slurm at all), so requests are checked against the cluster. sbatch answers a request no node can
-meet with "Requested node configuration is not available", not naming it, or queues it to wait forever
-(more nodes or CPUs than there are: PartitionConfig; more time than the partition allows:
-PartitionTimeLimit). ``sinfo`` is asked once, with a time limit; where it cannot answer (no Slurm client, no
-controller reachable) :func:`query` returns None and callers say what was not checked.
+Requests are checked against the cluster, not the machine writing the script: sbatch answers a request no
+node can meet with "Requested node configuration is not available", or queues it forever. Where ``sinfo``
+cannot answer, :func:`query` returns None and callers say what was not checked.
 """
 
 from __future__ import annotations
@@ -35,10 +31,8 @@ SLURM_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}")
 
 
 def sbatch_value_problem(values: Mapping[str, str | None]) -> str | None:
-    """The first problem with ``{flag: value}`` (None values are unset), as a one-line message, or None.
-
-    Callers raise it in their own error class, so each command keeps its one-line, exit-2 handling.
-    """
+    """The first problem with ``{flag: value}`` (None values are unset), as a one-line message, or None;
+    callers raise it in their own error class."""
     for flag, value in values.items():
         if value is None:
             continue
@@ -52,12 +46,9 @@ def sbatch_value_problem(values: Mapping[str, str | None]) -> str | None:
 
 
 SCRIPT_PATH_REFUSED = {"\n": "a line break", "\r": "a carriage return", "\\": "a backslash", "%": "a '%'"}
-"""Characters a path written into a batch script's ``#SBATCH --output=`` line or a comment line cannot hold.
-
-Everything else is written shell-quoted (``shlex.quote``), which sbatch's own reading of ``#SBATCH`` lines
-takes apart the same way. But a line break would end the comment or ``#SBATCH`` line and turn the rest of
-the path into a shell command (and stop sbatch reading the directives that follow), sbatch treats a
-backslash as an escape even inside quotes, and it expands ``%`` in log file names (``%j``: the job id)."""
+"""Characters a path written shell-quoted into a batch script's ``#SBATCH --output=`` or comment line cannot
+hold: a line break would turn the rest into a shell command, sbatch treats a backslash as an escape even
+inside quotes, and it expands ``%`` in log file names (``%j``: the job id)."""
 
 
 def script_path_problem(option: str, path: str) -> str | None:
@@ -70,8 +61,8 @@ def script_path_problem(option: str, path: str) -> str | None:
 
 
 def option_value(options: Sequence[str], long: str, short: str | None = None) -> str | None:
-    """The value of one sbatch option among options given as single words (``--mem=8G``; ``-c4``, ``-c=4``),
-    the last one winning as for sbatch; None if not given."""
+    """The value of one sbatch option among single-word options (``--mem=8G``; ``-c4``, ``-c=4``), the last
+    one winning as for sbatch; None if not given."""
     found = None
     for option in options:
         if option.startswith(f"{long}="):
@@ -82,8 +73,7 @@ def option_value(options: Sequence[str], long: str, short: str | None = None) ->
 
 
 MEM_NONE = "none"
-"""``--mem none`` (prep, sweep): no ``--mem`` line at all, so the partition's default (DefMemPerCPU /
-DefMemPerNode) applies. On a cluster without such a default that can be the whole node for each task."""
+"""``--mem none`` (prep, sweep): no ``--mem`` line, so the partition's default (DefMemPerCPU) applies."""
 MEM_HINT = f"--mem SIZE, or --mem {MEM_NONE} for the partition's default"
 
 # ------------------------------------------------------------------------------------------- sinfo
@@ -93,8 +83,7 @@ FORMAT = "%P|%c|%m|%G|%D|%l"
 partition's time limit (``infinite``, ``30:00``, ``1-00:00:00``)."""
 
 _GRES_ITEM = re.compile(r"([^,(]+)(?:\([^)]*\))?")
-"""One entry of a ``%G`` list: ``gpu``, ``gpu:4`` or ``gpu:a100:4``, possibly followed by ``(S:0-1)``
-(whose parentheses may hold commas too)."""
+"""One entry of a ``%G`` list: ``gpu``, ``gpu:4`` or ``gpu:a100:4``, maybe followed by ``(S:0-1)``."""
 
 _SIZE = re.compile(r"(\d+)([KMGT]?)B?", re.IGNORECASE)
 _UNIT_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
@@ -151,21 +140,17 @@ def seconds(text: str) -> int | None:
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not match:
         return None
-    days, first, second, third = match.groups()
-    numbers = [int(x) for x in (first, second, third) if x is not None]
+    days, *rest = match.groups()
+    numbers = [int(x) for x in rest if x is not None]
     if days is not None:  # D-HH[:MM[:SS]]
         hours, minutes, secs = (numbers + [0, 0])[:3]
         return ((int(days) * 24 + hours) * 60 + minutes) * 60 + secs
-    if len(numbers) == 3:
-        return (numbers[0] * 60 + numbers[1]) * 60 + numbers[2]
-    if len(numbers) == 2:  # MM:SS
-        return numbers[0] * 60 + numbers[1]
-    return numbers[0] * 60  # minutes
+    units = {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(numbers)]  # minutes, MM:SS, HH:MM:SS
+    return sum(n * unit for n, unit in zip(numbers, units, strict=True))
 
 
 def parse(text: str) -> list[NodeGroup]:
-    """sinfo's ``-h -o FORMAT`` output as NodeGroups (lines that do not parse are left out; the time limit
-    is optional, as in the format's first five fields alone)."""
+    """sinfo's ``-h -o FORMAT`` output as NodeGroups (lines that do not parse left out; time limit optional)."""
     groups = []
     for line in text.splitlines():
         fields = line.strip().split("|")
@@ -192,9 +177,8 @@ def _run(args: list[str], sinfo: str, timeout_s: float) -> str | None:
 
 
 def query(partition: str | None = None, *, sinfo: str = "sinfo", timeout_s: float = 20) -> list[NodeGroup] | None:
-    """The node groups of ``partition`` (None: the default partition's); None when sinfo cannot say (not
-    installed, no controller reachable), and an empty list when it answers but lists no node of the named
-    partition: no such partition (sinfo exits 0 and prints nothing for one)."""
+    """The node groups of ``partition`` (None: the default partition's); None when sinfo cannot say, and an
+    empty list when it lists no node of the named partition (no such partition)."""
     args = ["-h", "-o", FORMAT]
     if partition:
         args += ["-p", partition]
@@ -213,8 +197,7 @@ Query = Callable[[str | None], list[NodeGroup] | None]
 
 
 def partitions(*, sinfo: str = "sinfo", timeout_s: float = 20) -> list[str] | None:
-    """The cluster's partition names as sinfo lists them (``*`` marks the default; ``--all``: hidden ones and
-    those of other groups too), or None where it cannot."""
+    """The cluster's partition names as ``sinfo --all`` lists them (``*`` marks the default), or None."""
     text = _run(["--all", "-h", "-o", "%P"], sinfo, timeout_s)
     if text is None:
         return None
@@ -222,8 +205,8 @@ def partitions(*, sinfo: str = "sinfo", timeout_s: float = 20) -> list[str] | No
 
 
 def partition_option(options: Sequence[str]) -> str | None:
-    """The partition among ``#SBATCH`` options given as single words (``--partition=gpu``, ``-pgpu``,
-    ``-p=gpu``); the last one wins, as it does for sbatch. None: the default partition."""
+    """The partition among single-word ``#SBATCH`` options (``--partition=gpu``, ``-pgpu``, ``-p=gpu``); None:
+    the default partition."""
     return option_value(options, "--partition", "-p") or None
 
 
@@ -238,9 +221,7 @@ def describe(groups: Sequence[NodeGroup]) -> str:
 
 
 def no_such_partition(said: str) -> str:
-    """The line for a partition sinfo answers about but does not list (sbatch would answer "Invalid partition
-    name specified", or with a GPU line first "Invalid generic resource (gres) specification"); ``said``:
-    the option as the user gave it."""
+    """The line for a partition sinfo does not list; ``said``: the option as the user gave it."""
     names = partitions()
     listed = f" (it lists {', '.join(names)}; * marks the default)" if names else ""
     return f"{said}: sinfo lists no such partition{listed}"
@@ -252,16 +233,12 @@ def no_such_partition(said: str) -> str:
 def fit_problems(groups: Sequence[NodeGroup], *, partition: str | None = None, nodes: int | None = None,
                  mem: str | None = None, cpus: int | str | None = None, time: str | None = None,
                  gpus: int = 0, flag: str = "", hints: Mapping[str, str] | None = None) -> list[str]:
-    """The requests of a job (each node of it, or each array task) that the nodes of its partition, as sinfo
-    reports them (``groups``; empty: sinfo lists no such partition), can never meet, one phrase each; empty
-    if they fit. The check before a script is written, for every command that writes one.
+    """The requests of a job (each node of it, or each array task) that the nodes of its partition
+    (``groups``; empty: sinfo lists no such partition) can never meet, one phrase each; empty if they fit.
 
-    Each request is named as an option, ``{flag}--mem=32G`` (``flag``: ``--sbatch=`` for launch's
-    options; GPUs as ``--gres=gpu:N``), with the caller's hint of how to ask for less (``hints``, keyed by
-    ``mem``, ``cpus``, ``time``, ``gpus``). A value that does not parse is left to sbatch. ``nodes`` (None:
-    not asked) is checked once the rest fits: against the partition's nodes, then those meeting every
-    request.
-    """
+    Each request is named as an option, ``{flag}--mem=32G`` (GPUs as ``--gres=gpu:N``), with the caller's
+    hint of how to ask for less (``hints``, keyed by ``mem``, ``cpus``, ``time``, ``gpus``). A value that
+    does not parse is left to sbatch. ``nodes`` (None: not asked) is checked once the rest fits."""
     if not groups:
         return [no_such_partition(f"{flag}--partition={partition}")]
     hints = hints or {}
@@ -297,8 +274,7 @@ def fit_problems(groups: Sequence[NodeGroup], *, partition: str | None = None, n
 
 
 def fit_refusal(groups: Sequence[NodeGroup], problems: Sequence[str], job: str) -> str:
-    """One line for :func:`fit_problems`' answer: ``no node can run JOB: PROBLEMS: the nodes``, or the line
-    of a partition sinfo does not list."""
+    """One line for :func:`fit_problems`' answer: ``no node can run JOB: PROBLEMS: the nodes``."""
     if not groups:
         return problems[0]
     return f"no node can run {job}: {'; '.join(problems)}: {describe(groups)}"
@@ -310,9 +286,8 @@ PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
 def render(template: str, **values: object) -> str:
-    """``templates/TEMPLATE`` (package data of megadepth.common) with each ``{{name}}`` replaced by
-    ``values[name]``, in one pass: a value that holds ``{{`` (a config file's name, an override) stays as
-    it is. A placeholder without a value is a RuntimeError, so no half-filled script is ever written."""
+    """``templates/TEMPLATE`` with each ``{{name}}`` replaced by ``values[name]`` in one pass (a value holding
+    ``{{`` stays as it is); a placeholder without a value is a RuntimeError."""
     text = resources.files("megadepth.common").joinpath("templates", template).read_text(encoding="utf-8")
     unfilled = set(PLACEHOLDER.findall(text)) - values.keys()
     if unfilled:
