@@ -98,15 +98,9 @@ def save_figure(fig: Any, out: str | Path) -> Path:
     """A matplotlib figure as PNG, atomically (a reader never sees a half-written image), then closed."""
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(out)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written image eating space
-        raise
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-    return out
+    return atomic_write_bytes(out, buf.getvalue())

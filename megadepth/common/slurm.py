@@ -79,8 +79,7 @@ MEM_HINT = f"--mem SIZE, or --mem {MEM_NONE} for the partition's default"
 # ------------------------------------------------------------------------------------------- sinfo
 
 FORMAT = "%P|%c|%m|%G|%D|%l"
-"""Partition (``*`` marks the default), CPUs per node, memory per node in MB, generic resources, nodes, the
-partition's time limit (``infinite``, ``30:00``, ``1-00:00:00``)."""
+"""Partition (``*``: the default), CPUs and memory (MB) per node, generic resources, nodes, time limit."""
 
 _GRES_ITEM = re.compile(r"([^,(]+)(?:\([^)]*\))?")
 """One entry of a ``%G`` list: ``gpu``, ``gpu:4`` or ``gpu:a100:4``, maybe followed by ``(S:0-1)``."""
@@ -94,15 +93,12 @@ class NodeGroup:
     """Nodes of one partition that sinfo reports alike (one line of its output)."""
 
     partition: str
-    default: bool
-    """The cluster's default partition: where a job without ``--partition`` goes."""
+    default: bool  # the cluster's default partition
     cpus: int
     memory_mb: int
-    gres: str
-    """sinfo's ``%G`` as printed, e.g. ``gpu:a100:4(S:0-1)`` or ``(null)``."""
+    gres: str  # sinfo's %G as printed, e.g. gpu:a100:4(S:0-1) or (null)
     nodes: int
-    time_limit: str = ""
-    """sinfo's ``%l`` as printed: the partition's MaxTime (``infinite``; empty where not read)."""
+    time_limit: str = ""  # sinfo's %l as printed (infinite; empty where not read)
 
     @property
     def gpus(self) -> int:
@@ -112,20 +108,14 @@ class NodeGroup:
 
 def gpus_in_gres(gres: str) -> int:
     """The number of GPUs a ``gpu[:type][:count]`` list of sinfo's ``%G`` names (a bare ``gpu`` is one)."""
-    total = 0
-    for match in _GRES_ITEM.finditer(gres or ""):
-        parts = match.group(1).strip().split(":")
-        if parts[0] == "gpu":
-            total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
-    return total
+    items = (m.group(1).strip().split(":") for m in _GRES_ITEM.finditer(gres or ""))
+    return sum(int(p[-1]) if len(p) > 1 and p[-1].isdigit() else 1 for p in items if p[0] == "gpu")
 
 
 def size_mb(text: str) -> int | None:
     """A Slurm memory size (``--mem=32G``; no unit means megabytes) in MB, or None if it is not one."""
     match = _SIZE.fullmatch(text.strip())
-    if not match:
-        return None
-    return int(int(match.group(1)) * _UNIT_MB[match.group(2).upper()])
+    return int(int(match.group(1)) * _UNIT_MB[match.group(2).upper()]) if match else None
 
 
 def _number(text: str) -> int:
@@ -179,17 +169,11 @@ def _run(args: list[str], sinfo: str, timeout_s: float) -> str | None:
 def query(partition: str | None = None, *, sinfo: str = "sinfo", timeout_s: float = 20) -> list[NodeGroup] | None:
     """The node groups of ``partition`` (None: the default partition's); None when sinfo cannot say, and an
     empty list when it lists no node of the named partition (no such partition)."""
-    args = ["-h", "-o", FORMAT]
-    if partition:
-        args += ["-p", partition]
-    text = _run(args, sinfo, timeout_s)
+    text = _run(["-h", "-o", FORMAT, *(["-p", partition] if partition else [])], sinfo, timeout_s)
     if text is None:
         return None
     groups = parse(text)
-    if not partition:
-        default = [g for g in groups if g.default]
-        return default or groups or None
-    return groups
+    return groups if partition else [g for g in groups if g.default] or groups or None
 
 
 Query = Callable[[str | None], list[NodeGroup] | None]
@@ -199,9 +183,7 @@ Query = Callable[[str | None], list[NodeGroup] | None]
 def partitions(*, sinfo: str = "sinfo", timeout_s: float = 20) -> list[str] | None:
     """The cluster's partition names as ``sinfo --all`` lists them (``*`` marks the default), or None."""
     text = _run(["--all", "-h", "-o", "%P"], sinfo, timeout_s)
-    if text is None:
-        return None
-    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    return None if text is None else list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def partition_option(options: Sequence[str]) -> str | None:
@@ -213,10 +195,8 @@ def partition_option(options: Sequence[str]) -> str | None:
 def describe(groups: Sequence[NodeGroup]) -> str:
     """``partition debug (1 node: 2 CPUs, 21000M, no GPU)``: what a message can name."""
     name = groups[0].partition if groups else "?"
-    parts = []
-    for g in groups:
-        gpus = f"{g.gpus} GPU(s) ({g.gres})" if g.gpus else "no GPU"
-        parts.append(f"{g.nodes} node(s): {g.cpus} CPUs, {g.memory_mb}M, {gpus}")
+    parts = [f"{g.nodes} node(s): {g.cpus} CPUs, {g.memory_mb}M, "
+             + (f"{g.gpus} GPU(s) ({g.gres})" if g.gpus else "no GPU") for g in groups]
     return f"partition {name} ({'; '.join(parts)})"
 
 
@@ -275,9 +255,7 @@ def fit_problems(groups: Sequence[NodeGroup], *, partition: str | None = None, n
 
 def fit_refusal(groups: Sequence[NodeGroup], problems: Sequence[str], job: str) -> str:
     """One line for :func:`fit_problems`' answer: ``no node can run JOB: PROBLEMS: the nodes``."""
-    if not groups:
-        return problems[0]
-    return f"no node can run {job}: {'; '.join(problems)}: {describe(groups)}"
+    return f"no node can run {job}: {'; '.join(problems)}: {describe(groups)}" if groups else problems[0]
 
 
 # ---------------------------------------------------------------------------------------- templates

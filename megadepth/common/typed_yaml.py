@@ -82,10 +82,8 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     """Merge ``update`` into a copy of ``base``; mappings merge recursively, everything else replaces."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = deep_merge(out[key], value) if both else value
     return out
 
 
@@ -130,10 +128,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a.b": value}`` for every leaf of nested mappings: the inverse of :func:`nest`."""
     if not isinstance(data, Mapping):
         return {prefix[:-1]: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
+    return {k: v for key, value in data.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
 
 
 def lookup(data: Any, key: str) -> Any:
@@ -170,8 +165,7 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     if key == INCLUDE_KEY:
         return f"; '{INCLUDE_KEY}' lists other files at the top of a config file, it is not a key to set"
     if depth == 1:
-        # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`, `mode: offline`): the full
-        # keys it ends, before any section it resembles
+        # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`): the full keys it ends first
         full = sorted(c for c in candidates if leaf(c) == key)
         if full:
             return f"; did you mean {' or '.join(repr(c) for c in full[:3])} (keys live in their section)?"

@@ -12,6 +12,7 @@ every rank learns of them together.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import math
@@ -41,19 +42,16 @@ class CheckpointError(RuntimeError):
     """A checkpoint that could not be written (a full disk, a read-only folder); one line for the user."""
 
 
-def _safe_globals() -> list[Any]:
-    """The non-builtin classes DeepSpeed pickles into its optimizer-state files (ZeRO 1-3, bf16, pipeline);
-    each only stores numbers: building one runs no code of the file's choosing."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, ZeroStageEnum, fragment_address]
-
-
-#: Dotted names of :func:`_safe_globals`, as ``get_unsafe_globals_in_checkpoint`` reports them.
+#: The non-builtin classes DeepSpeed pickles into its optimizer-state files (ZeRO 1-3, bf16, pipeline), as
+#: ``get_unsafe_globals_in_checkpoint`` names them; each only stores numbers, so building one runs no code.
 SAFE_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.zero.config.ZeroStageEnum",
                 "deepspeed.utils.tensor_fragment.fragment_address")
+
+
+def _safe_globals() -> list[Any]:
+    """The classes of :data:`SAFE_GLOBALS` (imported on first use: DeepSpeed is slow to import)."""
+    return [getattr(importlib.import_module(module), name)
+            for module, _, name in (dotted.rpartition(".") for dotted in SAFE_GLOBALS)]
 
 
 def load_file(path: str | Path, map_location: Any = None) -> Any:
@@ -251,8 +249,6 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     if not pointer.is_file():
         complete = complete_tags(ckpt_dir)
         if complete or pointer.is_symlink():  # a dangling link is a pointer too
-            # a first save cut short between its config.yaml and `latest`, or a deleted pointer: starting over
-            # would overwrite these checkpoints step by step
             have = f"holds complete checkpoint(s) up to {complete[-1]}" if complete else "holds no complete checkpoint"
             raise ConfigError(
                 f"{ckpt_dir} {have} but {pointer} is missing or not a file: write the tag to resume from into "
@@ -265,8 +261,6 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     tag = pointer.read_text(encoding="utf-8").strip()
     if tag in complete_tags(ckpt_dir):
         return tag
-    # only a tag of this folder whose save finished (config.yaml is written after every rank saved):
-    # not a path elsewhere (another run's checkpoint), not a tag cut short
     if TAG_RE.match(tag) and (ckpt_dir / tag).is_dir():
         why = "which is incomplete (no config.yaml: its save was cut short)"
     elif tag and not TAG_RE.match(tag):
@@ -298,7 +292,6 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
     failed = _gather_failures(failures)
     if not failed and is_main:
         try:
-            # the data position, readable before the engine exists (the train set is sized from it)
             position: dict[str, Any] = {"step": int(client_state["step"]),
                                         "consumed_samples": int(client_state["consumed_samples"])}
             if data is not None:
@@ -363,8 +356,7 @@ def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> N
                 atomic_write_bytes(tag_dir / gathered_weights_file(tp_rank), buffer.getvalue())
             except Exception as e:  # recorded, so every rank still reaches the gather of failures
                 failures.append(f"{gathered_weights_file(tp_rank)}: {_cause(e, tag_dir)}")
-    # the gather fetched every parameter outside the forward's recorded order: without a reset, ZeRO-3's
-    # prefetcher replays a stale trace on the next step and fails ("tracing error") after a resume
+    # the gather broke the forward's recorded order: ZeRO-3's prefetcher would replay a stale trace and fail
     offload = getattr(engine.optimizer, "parameter_offload", None)
     if offload is not None:
         invalidate = getattr(offload.get_param_coordinator(), "_invalidate_trace", None)

@@ -1,16 +1,9 @@
 """``train.init_from``: start a new run from another run's weights, at any parallel layout.
 
-A checkpoint resumes only at the tensor/pipeline sizes it was saved at (its files are per shard and per
-stage). To go on at another layout (more GPUs, a pipeline, TP for a bigger context), or to branch a run
-(new data, new schedule), a run starts from the *weights* instead: the source checkpoint is merged to
-the plain model's state on the CPU (:func:`megadepth.train.merge.consolidated_state`: any layout,
-``merge-tp`` output too), and each parameter of this rank's model takes its slice of the merged tensor,
-exactly as initialisation slices a freshly drawn one. This happens before the DeepSpeed engine copies
-the weights into its optimizer, so bf16 master weights and ZeRO partitions start from them too.
-
-Only the weights carry over: the step, the optimizer state, the LR schedule and the data order start
-fresh. Once the run has checkpoints of its own, those win (a preempted run resumes, it does not start
-over from the source).
+The source checkpoint is merged to the plain model's state on the CPU
+(:func:`megadepth.train.merge.consolidated_state`), and each parameter of this rank's model takes its slice
+of the merged tensor, as initialisation slices a fresh one, before the engine copies the weights into its
+optimizer. Step, optimizer state, schedule and data order start fresh; the run's own checkpoints win.
 """
 
 from __future__ import annotations
@@ -31,15 +24,11 @@ SHAPE_KEYS = ("block", "depth", "width", "heads", "mlp_ratio", "vocab_size", "vo
               "position", "tie_embeddings", "bias")
 
 
-def _shape_key_name(key: str) -> str:
-    # ``positions`` is derived, not a key a user sets: name the two that decide it
-    return "position table (model.max_positions, else model.seq_len)" if key == "positions" else f"model.{key}"
-
-
 def shape_differences(saved: ModelConfig, model: ModelConfig) -> str:
     """``model.K A there, B here`` for every shape key that differs ('' when none does)."""
-    return ", ".join(f"{_shape_key_name(k)} {getattr(saved, k)} there, {getattr(model, k)} here" for k in SHAPE_KEYS
-                     if getattr(saved, k) != getattr(model, k))
+    names = {"positions": "position table (model.max_positions, else model.seq_len)"}  # derived, not a key
+    return ", ".join(f"{names.get(k, f'model.{k}')} {getattr(saved, k)} there, {getattr(model, k)} here"
+                     for k in SHAPE_KEYS if getattr(saved, k) != getattr(model, k))
 
 
 @dataclass(frozen=True)
@@ -54,8 +43,7 @@ class WeightSource:
 
 
 def check_init_source(config: Config) -> WeightSource:
-    """Resolve ``train.init_from`` (a checkpoints folder, one checkpoint in it, or merge-tp output) and
-    check that it holds a complete checkpoint of this model's shape; ConfigError otherwise."""
+    """Resolve ``train.init_from`` to a complete checkpoint of this model's shape; ConfigError otherwise."""
     from megadepth.train.checkpoint import checkpoints_folder, latest_tag, saved_config
 
     raw = Path(str(config.train.init_from))
@@ -83,8 +71,7 @@ def check_init_source(config: Config) -> WeightSource:
 
 @torch.no_grad()
 def load_weights(model: nn.Module, source: WeightSource, name_for: Callable[[str], str] | None = None) -> None:
-    """Copy the source's weights into ``model`` (this rank's part: a plain GPT or a pipeline stage,
-    tensor-parallel shards sliced like initialisation slices them). ``name_for`` maps a pipeline stage's
+    """Copy the source's weights into ``model`` (this rank's part); ``name_for`` maps a pipeline stage's
     parameter names to the plain GPT's."""
     from megadepth.train.merge import consolidated_state
 

@@ -15,18 +15,13 @@ import torch
 class StopRequest:
     """The stop signals' handler while it is entered (``with``), and the ranks' agreement on a stop.
 
-    Schedulers send SIGTERM shortly before they kill a job (Slurm's ``--signal`` and preemption, a pod's
-    stop: often 30 s) and a user's Ctrl-C is SIGINT: both should end in a resumable run, not a lost
-    interval. Every rank must stop after the same step, so the flag is combined across ranks every step,
-    but on the host only: an asynchronous all-reduce over a gloo group of a CPU tensor, issued after step
-    s and read after step s + 1, when it has long finished. The step itself gains no device sync and no
-    wait on other ranks; a signal is acted on one step after it arrives on any rank. A second SIGINT
-    aborts at once (KeyboardInterrupt).
+    A scheduler's SIGTERM and a user's Ctrl-C (SIGINT) should end in a resumable run. Every rank must stop
+    after the same step, so the flag is combined across ranks every step on the host only: an asynchronous
+    gloo all-reduce issued after step s and read after step s + 1, so the step gains no sync. A second
+    SIGINT aborts at once (KeyboardInterrupt).
 
-    A rank whose standard output or error is closed under it stops the same way (as SIGPIPE): under a
-    hostfile launch the ranks write through ssh and pdsh, and Ctrl-C on pdsh ends those first, so the
-    remote ranks get no signal; before, their next line raised BrokenPipeError and the run failed with
-    no checkpoint. Output goes to the null device from then on.
+    A rank whose standard output or error is closed under it (Ctrl-C on pdsh in a hostfile launch) stops
+    the same way, as SIGPIPE; its output goes to the null device from then on.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -65,8 +60,7 @@ class StopRequest:
         self.signum = signum
 
     def poll(self) -> bool:
-        """Whether any rank had been signalled when the previous step ended; every rank calls this once
-        per step, so all of them get the same answer after the same step."""
+        """Whether any rank had been signalled when the previous step ended (the same answer on every rank)."""
         agreed = False
         if self._pending is not None:
             self._pending.wait()
@@ -88,15 +82,15 @@ class StopRequest:
 
 class _ClosedOutputGuard:
     """A text stream that, once writing to it fails with a broken pipe, tells ``closed`` and writes to the
-    null device instead; everything else is the wrapped stream's."""
+    null device instead."""
 
     def __init__(self, stream: Any, closed: Any) -> None:
         self._stream = stream
         self._closed = closed
 
     def _broken(self) -> None:
-        """The null device under the stream's file descriptor, so that what is still buffered, a later
-        write and the flush at exit all succeed (an exit flush into a closed pipe fails the process)."""
+        """The null device under the stream's file descriptor, so that buffered output, later writes and the
+        flush at exit all succeed."""
         try:
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, self._stream.fileno())
