@@ -1,5 +1,4 @@
-"""The error classes every part of megadepth raises for bad input, in a leaf module any package may import.
-All are ``ValueError``; the command line prints them as one line instead of a traceback."""
+"""Error classes for bad input (``ValueError``s the command line prints as one line), importable anywhere."""
 
 from __future__ import annotations
 

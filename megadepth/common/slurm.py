@@ -31,8 +31,7 @@ SLURM_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}")
 
 
 def sbatch_value_problem(values: Mapping[str, str | None]) -> str | None:
-    """The first problem with ``{flag: value}`` (None values are unset), as a one-line message, or None;
-    callers raise it in their own error class."""
+    """The first problem with ``{flag: value}`` (None: unset) as one line, or None; callers raise it."""
     for flag, value in values.items():
         if value is None:
             continue
@@ -61,8 +60,7 @@ def script_path_problem(option: str, path: str) -> str | None:
 
 
 def option_value(options: Sequence[str], long: str, short: str | None = None) -> str | None:
-    """The value of one sbatch option among single-word options (``--mem=8G``; ``-c4``, ``-c=4``), the last
-    one winning as for sbatch; None if not given."""
+    """The last value of one sbatch option among single-word options (``--mem=8G``, ``-c4``, ``-c=4``), or None."""
     found = None
     for option in options:
         if option.startswith(f"{long}="):
@@ -187,8 +185,7 @@ def partitions(*, sinfo: str = "sinfo", timeout_s: float = 20) -> list[str] | No
 
 
 def partition_option(options: Sequence[str]) -> str | None:
-    """The partition among single-word ``#SBATCH`` options (``--partition=gpu``, ``-pgpu``, ``-p=gpu``); None:
-    the default partition."""
+    """The partition among single-word ``#SBATCH`` options (``-pgpu``); None: the default partition."""
     return option_value(options, "--partition", "-p") or None
 
 
@@ -242,10 +239,9 @@ def fit_problems(groups: Sequence[NodeGroup], *, partition: str | None = None, n
     if gpus > max(g.gpus for g in groups):
         found.append(f"--gres=gpu:{gpus} is more GPUs than any node has{note('gpus')}")
     if not found and nodes is not None:
-        def meets(g: NodeGroup) -> bool:
-            return (mem_mb or 0) <= g.memory_mb and (cpus_n or 0) <= g.cpus and gpus <= g.gpus
-
-        able, total = sum(g.nodes for g in groups if meets(g)), sum(g.nodes for g in groups)
+        total = sum(g.nodes for g in groups)
+        able = sum(g.nodes for g in groups
+                   if (mem_mb or 0) <= g.memory_mb and (cpus_n or 0) <= g.cpus and gpus <= g.gpus)
         if nodes > total:
             found.append(f"--nnodes {nodes} is more nodes than the partition has ({total})")
         elif nodes > able:
@@ -264,8 +260,7 @@ PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
 def render(template: str, **values: object) -> str:
-    """``templates/TEMPLATE`` with each ``{{name}}`` replaced by ``values[name]`` in one pass (a value holding
-    ``{{`` stays as it is); a placeholder without a value is a RuntimeError."""
+    """``templates/TEMPLATE`` with each ``{{name}}`` replaced by ``values[name]`` in one pass, or RuntimeError."""
     text = resources.files("megadepth.common").joinpath("templates", template).read_text(encoding="utf-8")
     unfilled = set(PLACEHOLDER.findall(text)) - values.keys()
     if unfilled:

@@ -155,13 +155,9 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     depth = key.count(".") + 1
     # compare against keys (and section names) of the same nesting depth
     pool = sorted({".".join(c.split(".")[:depth]) for c in candidates})
-    by_leaf: dict[str, str] = {}
-    for c in pool:
-        by_leaf.setdefault(leaf(c), c)
-    if depth > 1 and leaf(key) in by_leaf:
-        best = [by_leaf[leaf(key)]]
-    else:
-        best = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+    by_leaf = {leaf(c): c for c in reversed(pool)}  # the first key of each leaf name
+    best = ([by_leaf[leaf(key)]] if depth > 1 and leaf(key) in by_leaf
+            else difflib.get_close_matches(key, pool, n=1, cutoff=0.6))
     if key == INCLUDE_KEY:
         return f"; '{INCLUDE_KEY}' lists other files at the top of a config file, it is not a key to set"
     if depth == 1:
@@ -215,8 +211,7 @@ class TypedYaml(Generic[M]):
 
     def _unknown_keys(self, data: Mapping[str, Any], model: type[BaseModel], prefix: str, source: str,
                       found: list[UnknownKey]) -> None:
-        """Append every unknown key of ``data`` to ``found`` with its dotted name and a suggestion, so that two
-        typos cost one try; a section that is not a mapping is refused at once."""
+        """Append every unknown key of ``data`` to ``found``, with a suggestion; refuse a non-mapping section."""
         for key, value in data.items():
             dotted = f"{prefix}{key}"
             field = model.model_fields.get(key)
@@ -334,8 +329,7 @@ class TypedYaml(Generic[M]):
             data = deep_merge(data, extra)
         for item in overrides:
             key, value = self.parse_override(item)
-            unknown = self._unknown_override(key)
-            if unknown is not None:
+            if (unknown := self._unknown_override(key)) is not None:
                 found.append(unknown)
             else:
                 data = deep_merge(data, nest(key, value))

@@ -11,21 +11,18 @@ import yaml
 from pydantic import BaseModel
 
 from megadepth.common.errors import ConfigError
-from megadepth.common.typed_yaml import TypedYaml, deep_merge, safe_load_unique, schema_fields
+from megadepth.common.typed_yaml import TypedYaml, deep_merge, schema_fields
 from megadepth.config.schema import Config
 
-__all__ = ["ConfigError", "all_keys", "apply_override", "deep_merge", "default_out_dir", "explain", "load_config",
-           "load_yaml_file", "parse_override", "read_yaml", "resolve_batch", "safe_load_unique", "to_yaml",
-           "unknown_keys_message", "validate"]
+__all__ = ["all_keys", "apply_override", "default_out_dir", "explain", "load_config", "parse_override", "read_yaml",
+           "resolve_batch", "to_yaml", "validate"]
 
 CONFIG = TypedYaml(Config, ConfigError, "config")
 """The training config's loader; the functions below are its methods."""
 
-load_yaml_file = CONFIG.load_file
 read_yaml = CONFIG.read
 parse_override = CONFIG.parse_override
 apply_override = CONFIG.apply_override
-unknown_keys_message = CONFIG.unknown_keys_message
 validate = CONFIG.validate
 
 
@@ -55,8 +52,7 @@ def default_out_dir(paths: Sequence[str | Path]) -> str | None:
 
 
 def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
-    """Merge ``paths`` left to right, apply ``overrides`` (``a.b=c``) in order, validate; train.out_dir, when
-    nothing sets it, is named after the files (:func:`default_out_dir`)."""
+    """Merge ``paths`` left to right, apply ``overrides`` (``a.b=c``) in order, validate (see default_out_dir)."""
     data = CONFIG.merge(paths, overrides)
     train = data.get("train")
     derived = default_out_dir(paths)

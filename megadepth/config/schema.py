@@ -78,15 +78,13 @@ class ModelConfig(Section):
     wider heads (base_heads = heads), or both. Must divide base_width; unset, it is heads when base_width
     equals width, and required (or parametrization.base_head_dim) for a width-scaled transformer."""
     mlp_ratio: float = Field(4.0, gt=0)
-    """MLP hidden width as a multiple of the width (kept fixed when scaling, so m is the same for all
-    hidden matrices)."""
+    """MLP hidden width as a multiple of the width (fixed when scaling: one m for all hidden matrices)."""
     block: Literal["transformer", "linear"] = "transformer"
     """Residual block: 'transformer' (pre-LN attention + MLP, two branches per layer) or 'linear' (block
     depth 1, Tensor Programs VI's main setting: x + branch * MS(act(W x)), one matrix per branch, mean
     subtraction MS, no attention and no LayerNorm inside; a per-token model, for depth studies)."""
     activation: Literal["gelu", "relu", "abs"] = "gelu"
-    """MLP non-linearity. Tensor Programs VI finds abs maximises feature diversity among homogeneous
-    activations."""
+    """MLP non-linearity (Tensor Programs VI finds abs maximises feature diversity)."""
     seq_len: int = Field(256, ge=1)
     """Training sequence length in tokens."""
     max_positions: int | None = Field(None, ge=1)
@@ -98,8 +96,7 @@ class ModelConfig(Section):
     """Pad the embedding's rows to a multiple of this (Megatron's make-vocab-size-divisible-by); must
     be divisible by parallel.tensor. Independent of the layout, so every layout has the same weights."""
     position: Literal["learned", "rotary"] = "learned"
-    """Position encoding: a learned table added to the token embedding (GPT-2), or rotary embeddings
-    applied to queries and keys (no parameters)."""
+    """Position encoding: a learned table added to the token embedding (GPT-2), or rotary (no parameters)."""
     rotary_base: float = Field(10000.0, gt=0)
     """Base of the rotary frequencies (only with position: rotary)."""
     tie_embeddings: bool = True
@@ -155,12 +152,10 @@ class ParametrizationConfig(Section):
     """Parametrization: sp (standard), mup (width only), depth_mup (alpha = 1/2), completep (alpha = 1)
     or custom (alpha and gamma given). Presets take gamma = 1 - alpha (Adam) or 1 - 2 alpha (SGD)."""
     alpha: float | None = None
-    """Branch multiplier exponent: each residual branch is scaled by a * r^-alpha. Only with name: custom
-    (the presets fix it)."""
+    """Branch multiplier exponent: each residual branch is scaled by a * r^-alpha (only with name: custom)."""
     gamma: float | None = None
-    """Depth exponent of the learning rate of in-branch parameters (LR * r^-gamma). Only with
-    name: custom. The presets use gamma = 1 - alpha for Adam and 1 - 2 alpha for SGD, which keep each
-    block's per-step feature update of order 1/L."""
+    """Depth exponent of the learning rate of in-branch parameters (LR * r^-gamma; only with name: custom).
+    The presets' 1 - alpha (Adam) and 1 - 2 alpha (SGD) keep each block's per-step feature update O(1/L)."""
     init_std: float = Field(0.02, gt=0)
     """Base init std sigma of matrices and embeddings (at the base shape)."""
     branch_multiplier: float = Field(1.0, gt=0)
@@ -174,9 +169,8 @@ class ParametrizationConfig(Section):
     shape (attn_multiplier * sqrt(base head size) / head size away from it under the width-scaled presets,
     attn_multiplier / sqrt(head size) under SP); the base head size is model.base_width / model.base_heads."""
     base_head_dim: int | None = Field(None, ge=1)
-    """Head size at the base shape, the older spelling of model.base_heads (base_width / base_heads, which
-    says the same and is preferred); refused when the two disagree, and when it does not divide
-    model.base_width."""
+    """Head size at the base shape, the older spelling of model.base_heads (base_width / base_heads, preferred);
+    refused when the two disagree, and when it does not divide model.base_width."""
     zero_query: bool = False
     """Initialise the query projection to zero (a standard muP option)."""
     zero_readout: bool = False
@@ -283,8 +277,8 @@ class TrainConfig(Section):
     save_final: bool = True
     """Save a checkpoint when training ends."""
     stop_after_steps: int = Field(0, ge=0)
-    """Stop after this many steps in this process, saving a checkpoint first (0: never). For jobs with a
-    time limit: the next job resumes where this one stopped (summary status 'stopped')."""
+    """Stop after this many steps in this process with a checkpoint (0: never), for jobs with a time limit:
+    the next job resumes where this one stopped (summary status 'stopped')."""
     keep_checkpoints: int = Field(2, ge=1)
     """How many recent checkpoints to keep."""
     out_dir: str = Field("runs/default", min_length=1)
@@ -295,10 +289,9 @@ class TrainConfig(Section):
     The same command finds the same directory, so it resumes there; runs that differ only in --set values,
     or whose files share names in other folders, share it: name each one."""
     init_from: str | None = None
-    """Start this run from the weights of another run's checkpoint: its run or checkpoints folder (the
-    latest checkpoint), one step_* folder, or merge-tp output; any tensor/pipeline layout. Step, optimizer
-    state, schedule and data order start fresh. Used only while this run has no checkpoint of its own
-    (a preempted run resumes from its own)."""
+    """Start this run from the weights of another run's checkpoint (its run or checkpoints folder, one step_*
+    folder, or merge-tp output; any layout); step, optimizer state, schedule and data order start fresh.
+    Used only while this run has no checkpoint of its own."""
     resume: Literal["auto", "never", "must"] = "auto"
     """auto: continue from out_dir/checkpoints/latest when present; never: refuse a run directory that
     has checkpoints; must: fail without one."""
@@ -312,8 +305,7 @@ class TrainConfig(Section):
     progress: bool = True
     """Show a progress bar on rank 0."""
     compile: bool = False
-    """torch.compile each transformer block (not with the pipeline engine); the first steps are slower
-    while it compiles."""
+    """torch.compile each transformer block (not with the pipeline engine); the first steps compile."""
 
     @field_validator("out_dir", "init_from", mode="after")
     @classmethod

@@ -55,8 +55,7 @@ def _safe_globals() -> list[Any]:
 
 
 def load_file(path: str | Path, map_location: Any = None) -> Any:
-    """``torch.load`` of one checkpoint file, weights-only: a pickle that names any other callable is
-    refused (ConfigError) instead of run."""
+    """``torch.load`` of one checkpoint file, weights-only: any other callable is refused, never run."""
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -66,8 +65,7 @@ def load_file(path: str | Path, map_location: Any = None) -> Any:
 
 
 def refusal(exc: pickle.UnpicklingError) -> str:
-    """What torch's weights-only refusal refused, by its dotted name. Never torch's own text: it suggests
-    ``weights_only=False``, exactly what must not be done with a file of unknown origin."""
+    """What torch's weights-only load refused, by name (never torch's text: it suggests ``weights_only=False``)."""
     match = re.search(r"GLOBAL ([\w.]+)", str(exc))
     if match:
         return f"it names {match.group(1).rstrip('.')}, which is not allowed"
@@ -178,10 +176,6 @@ def check_writable(ckpt_dir: Path) -> str | None:
     return None
 
 
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
-
-
 def step_of(tag: str) -> int:
     """The optimizer step a tag names (``step_00000300`` -> 300)."""
     match = TAG_RE.match(tag)
@@ -191,14 +185,12 @@ def step_of(tag: str) -> int:
 
 
 def saved_config(tag_dir: Path) -> Config:
-    """The resolved config a checkpoint was saved with; OSError, ValueError or yaml.YAMLError for a missing
-    or foreign file."""
+    """The resolved config a checkpoint was saved with (OSError, ValueError, yaml.YAMLError if unreadable)."""
     return Config.model_validate(yaml.safe_load((tag_dir / "config.yaml").read_text(encoding="utf-8")) or {})
 
 
 def _from_position(tag_dir: Path, read: Any) -> Any:
-    """``read`` of a checkpoint's parsed ``position.json``; None when it is missing (an older checkpoint) or
-    unreadable (the load itself will tell)."""
+    """``read`` of a checkpoint's parsed ``position.json``; None when it is missing or unreadable."""
     try:
         return read(json.loads((tag_dir / POSITION).read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
@@ -279,7 +271,7 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
     checks), the config copy and ``latest``, and prunes old tags. A write that fails on any rank fails the
     save on every rank: the cut-short tag is removed, ``latest`` keeps naming the previous checkpoint, and
     :class:`CheckpointError` says why in one line."""
-    tag = tag_for(step)
+    tag = f"step_{step:08d}"
     tag_dir = ckpt_dir / tag
     with guard_files(engine) as failures:
         try:  # ours, not DeepSpeed's: its makedirs logs a failure and goes on to a misleading torch error

@@ -45,30 +45,26 @@ def _split_sizes_cached(comp: str, _resolved: str, _stats: tuple, valid_fraction
 
 def _without_validation(config: Config) -> str:
     """The settings that turn validation off together (valid_fraction 0 alone is refused with eval_every)."""
-    keys = "data.valid_fraction: 0"
-    return keys + (" and train.eval_every: 0" if config.train.eval_every else "")
+    return "data.valid_fraction: 0" + (" and train.eval_every: 0" if config.train.eval_every else "")
 
 
 def _check_fits(comp: str, config: Config) -> None:
-    """Each split of one data.path component holds at least one sample, as the sample index will need; each
-    message names every key its fix changes."""
+    """Each split of one data.path component holds at least one sample, as the sample index will need."""
     want_valid = config.data.valid_fraction > 0 and config.train.eval_samples > 0
     docs, n_train, train_tokens, n_valid, valid_tokens = _split_sizes(
         str(comp), config.data.valid_fraction if want_valid else 0.0)
     if want_valid and n_valid == 0:
         raise DataError(f"{comp}: {docs} document(s) is too few to hold out validation documents; set "
                         f"{_without_validation(config)} (train without validation), or add documents")
-    need = config.model.seq_len + 1
+    fraction, need = config.data.valid_fraction, config.model.seq_len + 1
+    fixes = {"train": "lower model.seq_len, or add data" + (
+                 f", or lower data.valid_fraction ({fraction})" if n_valid else ""),
+             "valid": f"raise data.valid_fraction ({fraction}), lower model.seq_len, or set "
+                      f"{_without_validation(config)} (train without validation)"}
     for split, n, tokens in (("train", n_train, train_tokens), ("valid", n_valid, valid_tokens)):
         if (split == "train" or want_valid) and tokens < need:
-            if split == "train":
-                fix = "lower model.seq_len, or add data" + (
-                    f", or lower data.valid_fraction ({config.data.valid_fraction})" if n_valid else "")
-            else:
-                fix = (f"raise data.valid_fraction ({config.data.valid_fraction}), lower model.seq_len, or set "
-                       f"{_without_validation(config)} (train without validation)")
             raise DataError(f"{comp} ({split}): {n} documents hold {tokens} tokens, fewer than one sample "
-                            f"of seq_len + 1 = {need}; {fix}")
+                            f"of seq_len + 1 = {need}; {fixes[split]}")
 
 
 def check_tokenizer(config: Config) -> Path | None:
@@ -87,8 +83,7 @@ def check_tokenizer(config: Config) -> Path | None:
                             "run the prep command again to finish it")
         # the shards' index headers and document sizes: a damaged or missing shard fails here, in --dry-run too
         _check_fits(comp, config)
-        manifest = read_data_manifest(comp)
-        manifests[comp] = manifest
+        manifest = manifests[comp] = read_data_manifest(comp)
         if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:
             raise ConfigError(f"the shards in {comp} use a vocabulary of {manifest['vocab_size']} tokens but "
                               f"model.vocab_size is {config.model.vocab_size}: token ids would fall outside the "

@@ -54,8 +54,7 @@ def summary_lines(config: Config, *, processes: int, layout: Layout, grad_accum:
 
 
 def device_text(config: Config, gpus_here: int | None) -> tuple[str, str]:
-    """(device, precision) of the ranks, for the ``layout:`` line of a launch, on a node with ``gpus_here``
-    CUDA devices (None: nodes not known here)."""
+    """(device, precision) of the ranks for a launch's ``layout:`` line (``gpus_here`` None: not known)."""
     want, precision = config.train.device, config.train.precision
     if want == "cpu" or gpus_here == 0:
         return "cpu", resolve_precision(config, torch.device("cpu"))

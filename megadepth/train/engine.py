@@ -19,8 +19,7 @@ from megadepth.train.schedule import make_scheduler
 
 def deepspeed_config(config: Config, grad_accum: int, global_batch: int, precision: str,
                      engine_clips: bool = True) -> dict[str, Any]:
-    """The DeepSpeed JSON config derived from ours (the user never writes one). ``engine_clips=False``:
-    the Stepper clips (see :func:`clips_itself`)."""
+    """The DeepSpeed JSON config derived from ours; ``engine_clips=False``: the Stepper clips."""
     return {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": config.train.micro_batch,

@@ -71,8 +71,7 @@ def check_init_source(config: Config) -> WeightSource:
 
 @torch.no_grad()
 def load_weights(model: nn.Module, source: WeightSource, name_for: Callable[[str], str] | None = None) -> None:
-    """Copy the source's weights into ``model`` (this rank's part); ``name_for`` maps a pipeline stage's
-    parameter names to the plain GPT's."""
+    """Copy the source's weights into this rank's ``model``; ``name_for`` maps pipeline names to the GPT's."""
     from megadepth.train.merge import consolidated_state
 
     _, state, _ = consolidated_state(source.ckpt_dir, source.tag)

@@ -73,8 +73,7 @@ def train(config: Config) -> dict[str, Any]:
 
 
 class Trainer:
-    """One rank's part of a run: :meth:`run` holds the signal handlers, the process group, the run lock and
-    the summary on one exit stack; :meth:`_loop` trains."""
+    """One rank's part of a run: signal handlers, process group, run lock and summary on one exit stack."""
 
     def __init__(self, config: Config) -> None:
         self.config, self.cfg = config, config.train
@@ -204,8 +203,7 @@ class Trainer:
             self.stop.drain()
 
     def _record(self, log_due: bool) -> bool:
-        """This step's metrics record, written and printed, when it is a log or an evaluation step; False
-        (diverged) when its loss is not finite."""
+        """This step's metrics record, at a log or evaluation step; False (diverged) when a loss is not finite."""
         config, cfg, progress = self.config, self.cfg, self.progress
         lr = config.optimizer.lr * lr_factor(progress.step - 1, cfg.steps, config.schedule)
         record: dict[str, Any] = {"step": progress.step, "consumed_tokens": progress.consumed * config.model.seq_len}
@@ -291,8 +289,7 @@ class Trainer:
 
 @contextlib.contextmanager
 def _process_group(plan: TrainingPlan, config_yaml: str) -> Iterator[None]:
-    """This rank in the job's process group, shut down however the run ends; every rank must train the same
-    resolved config (their sha256 are compared first)."""
+    """This rank in the job's process group (shut down however the run ends), checking all have one config."""
     distributed.prepare_deepspeed_env(plan.device)
     distributed.limit_cpu_threads(plan.device, plan.env)
     distributed.init_distributed(plan.config, plan.env, plan.device)

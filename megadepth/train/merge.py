@@ -71,14 +71,14 @@ def _shards_plain(config: Config, folder: Path) -> list[dict[str, torch.Tensor]]
     tp = config.parallel.tensor
     if config.parallel.zero_stage == 3:  # DeepSpeed's files hold pieces; the trainer gathered each shard
         return [_load(folder / checkpoint.gathered_weights_file(rank), f"a parallel.zero_stage 3 checkpoint saved "
-                      f"at parallel.tensor = {tp} (written by a megadepth from before 2026-11-29?)") for rank in range(tp)]
+                      f"at parallel.tensor = {tp} (written by a megadepth from before 2026-11-29?)")
+                for rank in range(tp)]
     return [_load(folder / f"mp_rank_{rank:02d}_model_states.pt",
                   f"the checkpoint was saved at parallel.tensor = {tp}") for rank in range(tp)]
 
 
 def _shards_pipeline(config: Config, folder: Path) -> list[dict[str, torch.Tensor]]:
-    """The same from a pipeline checkpoint (a file per layer and tensor rank, the tied head saved with the
-    token embedding), with names mapped to the plain GPT's."""
+    """The same from a pipeline checkpoint (a file per layer and tensor rank), in the plain GPT's names."""
     from megadepth.model.pipeline import canonical_name
 
     m = config.model
@@ -99,8 +99,7 @@ def _shards_pipeline(config: Config, folder: Path) -> list[dict[str, torch.Tenso
 
 
 def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Config, dict[str, torch.Tensor], str]:
-    """(config at TP = PP = 1, the plain GPT's state dict, tag) from a checkpoint of any layout; only plain
-    tensors are read (``weights_only=True``)."""
+    """(config at TP = PP = 1, the plain GPT's state dict, tag) from a checkpoint of any layout."""
     ckpt_dir = checkpoint.checkpoints_folder(Path(ckpt_dir))
     config, tag = _read_config(ckpt_dir, tag)
     folder = ckpt_dir / tag
@@ -129,8 +128,7 @@ def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Co
 
 
 def _check_out(source: Path, out_dir: Path) -> None:
-    """The output must be a new (or empty) folder outside the source run (inside, it replaced the
-    checkpoint being merged; elsewhere, it mixed with what was there)."""
+    """The output must be a new (or empty) folder outside the source run (inside, it replaced the checkpoint)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a directory")
     blocked = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
@@ -146,8 +144,7 @@ def _check_out(source: Path, out_dir: Path) -> None:
 
 
 def merge_tensor_parallel(ckpt_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
-    """Merge ``ckpt_dir/<tag>`` (default: the ``latest`` one; tensor- and/or pipeline-parallel) into one
-    TP = PP = 1 checkpoint in ``out_dir``; returns the shard path."""
+    """Merge ``ckpt_dir/<tag>`` (default: ``latest``) into one TP = PP = 1 checkpoint in ``out_dir``."""
     out_dir = Path(out_dir)
     checkpoint.check_tag(tag)  # the command line's --tag: a checkpoint name, not a path out of the folder
     _check_out(Path(ckpt_dir), out_dir)

@@ -180,8 +180,7 @@ _LABELS = {"base_head_dim": "base head size (model.base_width / model.base_heads
 
 
 def _resolved(config: Config) -> dict[str, Any]:
-    """The settings a resume pins, with defaults left out replaced by what they resolve to, so a config that
-    spells out the same values resumes."""
+    """The settings a resume pins, defaults resolved, so a config that spells out the same values resumes."""
     from megadepth.parametrize import Parametrization
 
     model = config.model

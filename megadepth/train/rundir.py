@@ -14,8 +14,7 @@ from megadepth.common.io import atomic_write_text, json_safe
 
 
 class RunDir:
-    """Paths of one run directory. ``wandb_id`` keeps the W&B run id, so that every job of a resumed run
-    logs into the same W&B run."""
+    """Paths of one run directory (``wandb_id``: every job of a resumed run logs into one W&B run)."""
 
     def __init__(self, root: str | Path) -> None:
         self.root = root = Path(root)

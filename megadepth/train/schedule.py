@@ -1,5 +1,4 @@
-"""Learning-rate schedules as a factor of each group's own LR (a LambdaLR), so the parametrization's
-per-role LRs survive."""
+"""Learning-rate schedules as a factor of each group's own LR, so the per-role LRs survive."""
 
 from __future__ import annotations
 
@@ -36,8 +35,8 @@ def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
 
 
 def make_scheduler(cfg: ScheduleConfig, total_steps: int) -> Callable[[Optimizer], LambdaLR]:
-    """A factory DeepSpeed calls with the (possibly ZeRO-wrapped) optimizer. The factor is a plain function
-    on purpose: LambdaLR leaves functions out of its state_dict, so a resume follows its current config."""
+    """A factory DeepSpeed calls with the optimizer; a plain function, which LambdaLR leaves out of its
+    state_dict, so a resume follows its current config."""
 
     def factor(step: int) -> float:
         return lr_factor(step, total_steps, cfg)

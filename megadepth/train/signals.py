@@ -81,16 +81,14 @@ class StopRequest:
 
 
 class _ClosedOutputGuard:
-    """A text stream that, once writing to it fails with a broken pipe, tells ``closed`` and writes to the
-    null device instead."""
+    """A text stream that, after a broken pipe, tells ``closed`` and writes to the null device instead."""
 
     def __init__(self, stream: Any, closed: Any) -> None:
         self._stream = stream
         self._closed = closed
 
     def _broken(self) -> None:
-        """The null device under the stream's file descriptor, so that buffered output, later writes and the
-        flush at exit all succeed."""
+        """The null device under the stream's descriptor, so later writes and the exit flush succeed."""
         try:
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, self._stream.fileno())

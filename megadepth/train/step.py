@@ -17,8 +17,7 @@ from megadepth.parametrize import stable_seed
 
 
 def _replica_norm(model: torch.nn.Module, tp: TensorParallel) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """(replica gradient norm, the gradients): tensor-parallel shards summed over the tensor group,
-    replicated parameters (and tied ones) counted once."""
+    """(replica gradient norm, the gradients): TP shards summed over the tensor group, the rest counted once."""
     sharded: list[torch.Tensor] = []
     replicated: list[torch.Tensor] = []
     for p in model.parameters():
@@ -122,8 +121,7 @@ class Stepper:
 
     @torch.no_grad()
     def evaluate(self, dataset: Any, num_samples: int) -> float:
-        """Mean loss over the first ``num_samples`` sequences of ``dataset``, the same ones every time, split
-        over data-parallel ranks (the pipeline engine runs whole micro-batches only)."""
+        """Mean loss over the first ``num_samples`` sequences of ``dataset``, split over data-parallel ranks."""
         g, mb = self.grid, self.micro_batch
         mine = list(range(g.data_rank, min(num_samples, len(dataset)), g.data_size))
         total = torch.zeros(2, dtype=torch.float64, device=self.device)

@@ -22,8 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Progress:
-    """Where the run stands, updated by the trainer. Entered, it opens the run directory for this job; left,
-    it writes summary.json, however the run ended."""
+    """Where the run stands. Entered, it opens the run directory; left, it writes summary.json, however it ended."""
 
     plan: TrainingPlan
     config_yaml: str

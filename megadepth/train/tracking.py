@@ -18,8 +18,7 @@ class Tracker:
 
     def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], enabled: bool,
                  id_file: Path | None = None) -> None:
-        """``id_file`` keeps the W&B run id: a resumed run continues the same W&B run (``resume="allow"``)
-        instead of starting a new one per job."""
+        """``id_file`` keeps the W&B run id, so a resumed run continues the same W&B run."""
         self.run = None
         if not enabled or cfg.mode == "disabled":
             return
