@@ -1,10 +1,6 @@
-"""Writing files that other processes trust, and hashing them: the one place for both.
-
-Every file a reader may open while it is being written goes to a unique temporary name in the same
-directory, is fsynced, then renamed over the final name: readers see the old file or the new one, and
-concurrent writers never share a temporary file. The temporary file is created with ``os.open(...,
-0o666)``, not ``tempfile.mkstemp`` (always mode 0600, which the rename would carry over), so the umask
-applies as for a plain ``open(path, "w")`` and teammates can read a run's files.
+"""Writing files that other processes trust (a unique temporary file, fsynced, renamed over the final name),
+and hashing them. Temporary files are created with ``os.open(..., 0o666)``, not ``tempfile.mkstemp`` (mode
+0600, which the rename would keep), so the umask applies and teammates can read a run's files.
 """
 
 from __future__ import annotations

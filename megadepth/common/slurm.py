@@ -1,15 +1,8 @@
-"""Slurm as megadepth writes for it: the batch scripts of ``launch --slurm``, ``sweep --executor slurm`` and
-``prep slurm`` (templates in megadepth/common/templates, filled by :func:`render`), the values their
-``#SBATCH`` lines may hold, what a partition's nodes offer as ``sinfo`` reports it, and the one check of a
-job's requests against those nodes (:func:`fit_problems`).
-
-sbatch reads ``#SBATCH`` lines itself, not a shell: a space ends an unquoted value. So an option value may
-hold only what Slurm's options need, and a path is written quoted and must avoid the few characters no
-quoting carries through (:func:`script_path_problem`).
-
-Requests are checked against the cluster, not the machine writing the script: sbatch answers a request no
-node can meet with "Requested node configuration is not available", or queues it forever. Where ``sinfo``
-cannot answer, :func:`query` returns None and callers say what was not checked.
+"""Slurm as megadepth writes for it: the batch scripts of launch, sweep and prep (:func:`render`), the values
+their ``#SBATCH`` lines may hold (sbatch reads them itself, not a shell: a space ends a value), what a
+partition's nodes offer as ``sinfo`` reports it, and the check of a job's requests against those nodes
+(:func:`fit_problems`): sbatch answers a request no node can meet with "Requested node configuration is not
+available", or queues it forever.
 """
 
 from __future__ import annotations

@@ -1,8 +1,6 @@
-"""One typed YAML loader: files (and the files they include) merged left to right, dotted ``--set``
-overrides, every unknown key named with its nearest valid key, then a pydantic model. A :class:`TypedYaml`
-is parameterised by the model, the error class and the noun its messages use, so training configs, prep
-configs and sweep specs are read, checked and reported alike; with the dotted-key helpers. YAML is read
-with a ``yaml.SafeLoader`` subclass only.
+"""One typed YAML loader for training configs, prep configs and sweep specs: files (and their includes)
+merged left to right, dotted ``--set`` overrides, every unknown key named with its nearest valid key, then a
+pydantic model; with the dotted-key helpers. YAML is read with a ``yaml.SafeLoader`` subclass only.
 """
 
 from __future__ import annotations

@@ -1,8 +1,5 @@
-"""`megadepth bench`: time optimizer steps through exactly the training code path (the same engine and
-Stepper), fed random tokens so that neither data nor disk is measured; warm-up steps are excluded.
-
-MFU follows docs/throughput.md: flops per token = 6 N + 12 L d T with N = 12 L d^2 + V d, against the H200's
-dense bf16 peak by default (CPU figures only compare runs with each other).
+"""`megadepth bench`: time optimizer steps through exactly the training code path, on random tokens. MFU
+follows docs/throughput.md (6 N + 12 L d T flops per token), against the H200's dense bf16 peak by default.
 """
 
 from __future__ import annotations

@@ -1,12 +1,6 @@
-"""DeepSpeed checkpoints plus the data position, with an atomically written ``latest`` pointer.
-
-DeepSpeed writes the tensors (every rank must call save); we write ``latest`` (DeepSpeed's own format)
-ourselves, last, after a barrier, so a checkpoint is only ever found once all of it is on disk.
-
-A checkpoint is read as data, never as code: DeepSpeed's ``torch.load(weights_only=False)`` is replaced by
-a weights-only reader (:func:`read_weights_only`), and :func:`check_safe` refuses a checkpoint naming any
-class outside :data:`SAFE_GLOBALS` at start-up. Failed writes are collected by :func:`guard_files`, so
-every rank learns of them together.
+"""DeepSpeed checkpoints plus the data position. We write ``latest`` (DeepSpeed's format) ourselves, last,
+after a barrier, so a checkpoint is only ever found once all of it is on disk. A checkpoint is read as data,
+never as code: weights-only (:func:`read_weights_only`, :func:`check_safe`).
 """
 
 from __future__ import annotations

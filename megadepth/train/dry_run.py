@@ -1,7 +1,5 @@
 """``megadepth train --dry-run`` (and ``launch --dry-run``): every start-up check, then what the run would
-be (model size, batch arithmetic, resume, the per-role table), without running it. The model is built on
-the meta device, so it costs no memory; nothing is written.
-"""
+be, without running it; the model is built on the meta device (no memory) and nothing is written."""
 
 from __future__ import annotations
 

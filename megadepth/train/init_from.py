@@ -1,9 +1,5 @@
-"""``train.init_from``: start a new run from another run's weights, at any parallel layout.
-
-The source checkpoint is merged to the plain model's state on the CPU
-(:func:`megadepth.train.merge.consolidated_state`), and each parameter of this rank's model takes its slice
-of the merged tensor, as initialisation slices a fresh one, before the engine copies the weights into its
-optimizer. Step, optimizer state, schedule and data order start fresh; the run's own checkpoints win.
+"""``train.init_from``: start a new run from another run's weights, at any parallel layout: the source is
+merged on the CPU and each parameter of this rank takes its slice, before the engine copies the weights.
 """
 
 from __future__ import annotations

@@ -1,6 +1,5 @@
-"""``megadepth train``: checks, data, engine, the loop, eval, checkpoints, metrics. Everything that can be
-wrong with a config, a layout or the data is checked before the run directory, process group or model exist.
-"""
+"""``megadepth train``: checks (before the run directory, process group or model exist), data, engine, the
+loop, eval, checkpoints, metrics."""
 
 from __future__ import annotations
 

@@ -1,12 +1,6 @@
-"""Merge the tensor-parallel shards of a checkpoint into one TP=1 checkpoint (for export, evaluation,
-or continuing on a different layout).
-
-Each parameter's split dimension is read off a meta-device skeleton of the model at the checkpoint's TP
-size, exactly as the trainer sharded it; replicated parameters must be identical in every shard.
-
-Output: ``OUT/<tag>/mp_rank_00_model_states.pt`` (``{"module": state_dict}``, plain tensors),
-``OUT/<tag>/config.yaml`` (the run's config at ``parallel.tensor: 1``) and ``OUT/latest``. Optimizer
-states are not merged.
+"""Merge the tensor-parallel shards of a checkpoint into one TP=1 checkpoint of plain weights (no optimizer
+states): ``OUT/<tag>/mp_rank_00_model_states.pt``, its ``config.yaml`` and ``OUT/latest``. Each parameter's
+split dimension is read off a meta-device skeleton of the model, exactly as the trainer sharded it.
 """
 
 from __future__ import annotations

@@ -15,13 +15,9 @@ import torch
 class StopRequest:
     """The stop signals' handler while it is entered (``with``), and the ranks' agreement on a stop.
 
-    A scheduler's SIGTERM and a user's Ctrl-C (SIGINT) should end in a resumable run. Every rank must stop
-    after the same step, so the flag is combined across ranks every step on the host only: an asynchronous
-    gloo all-reduce issued after step s and read after step s + 1, so the step gains no sync. A second
-    SIGINT aborts at once (KeyboardInterrupt).
-
-    A rank whose standard output or error is closed under it (Ctrl-C on pdsh in a hostfile launch) stops
-    the same way, as SIGPIPE; its output goes to the null device from then on.
+    Every rank must stop after the same step, so the flag is combined across ranks by an asynchronous gloo
+    all-reduce issued after step s and read after step s + 1 (no sync in the step). A second SIGINT aborts at
+    once. A rank whose output is closed under it (Ctrl-C on pdsh) stops the same way, as SIGPIPE.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)

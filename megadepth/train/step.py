@@ -1,7 +1,5 @@
-"""One optimizer step and one evaluation, for the plain engine (micro-batches one at a time) and for the
-pipeline engine (an iterator it runs itself). Both return the step's mean loss on every rank, kept on the
-device (no host sync per step).
-"""
+"""One optimizer step and one evaluation, for the plain and the pipeline engine; both return the step's mean
+loss on every rank, kept on the device (no host sync per step)."""
 
 from __future__ import annotations
 
