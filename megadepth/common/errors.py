@@ -1,9 +1,4 @@
-"""The error classes every part of megadepth raises for bad input, in one leaf module (it imports
-nothing of megadepth), so any package can raise or catch them without importing another package.
-
-All are ``ValueError``: callers that already handle bad values handle these too; their own classes let
-the command line print them as one line instead of a traceback.
-"""
+"""Error classes for bad input (``ValueError``s the command line prints as one line), importable anywhere."""
 
 from __future__ import annotations
 

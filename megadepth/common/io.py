@@ -1,15 +1,6 @@
-"""Writing files that other processes trust, and hashing them: the one place for both.
-
-Every file a reader may open while it is being written (summaries, checkpoint pointers, shards, plans,
-markers) goes to a unique temporary name in the same directory, is fsynced, then renamed over the final
-name: readers see the old file or the new one, never a partial one, and concurrent writers (several
-ranks, several sweep workers) never share a temporary file.
-
-The temporary file is created with ``os.open(..., 0o666)``, not ``tempfile.mkstemp``: mkstemp creates
-mode 0600 whatever the umask, and the rename carries that mode over, so teammates on a shared cluster
-could not read a run's files. With 0o666 the kernel applies the umask (and a directory's default ACL) at
-creation, exactly as for a plain ``open(path, "w")``; nothing has to read the umask, which cannot be read
-without briefly changing it (racy with other threads). This module imports nothing of megadepth.
+"""Writing files that other processes trust (a unique temporary file, fsynced, renamed over the final name),
+and hashing them. Temporary files are created with ``os.open(..., 0o666)``, not ``tempfile.mkstemp`` (mode
+0600, which the rename would keep), so the umask applies and teammates can read a run's files.
 """
 
 from __future__ import annotations
@@ -25,16 +16,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = [
-    "atomic_write_array",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "json_safe",
-    "save_figure",
-    "sha256_file",
-    "temporary_path",
-]
+__all__ = ["atomic_write_array", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "json_safe",
+           "save_figure", "sha256_file", "temporary_path"]
 
 
 def temporary_path(path: Path) -> Path:
@@ -43,8 +26,7 @@ def temporary_path(path: Path) -> Path:
 
 
 def _create_temporary(path: Path) -> tuple[int, Path]:
-    """A new, unique file next to ``path`` opened for writing: ``(fd, its path)``; O_EXCL, so a name
-    that is taken is simply drawn again."""
+    """A new, unique file next to ``path`` opened for writing: ``(fd, its path)``; a taken name is redrawn."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
     while True:
         tmp = temporary_path(path)
@@ -112,15 +94,9 @@ def save_figure(fig: Any, out: str | Path) -> Path:
     """A matplotlib figure as PNG, atomically (a reader never sees a half-written image), then closed."""
     import matplotlib.pyplot as plt
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_path(out)
+    buf = io.BytesIO()
     try:
-        fig.savefig(tmp, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not keep a half-written image eating space
-        raise
+        fig.savefig(buf, format="png")
     finally:
         plt.close(fig)
-    return out
+    return atomic_write_bytes(out, buf.getvalue())

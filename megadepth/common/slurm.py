@@ -1,19 +1,8 @@
-"""Slurm as megadepth writes for it: the batch scripts of ``launch --slurm``, ``sweep --executor slurm`` and
-``prep slurm`` (templates in megadepth/common/templates, filled by :func:`render`), the values their
-``#SBATCH`` lines may hold, what a partition's nodes offer as ``sinfo`` reports it, and the one check of a
-job's requests against those nodes (:func:`fit_problems`).
-
-sbatch reads ``#SBATCH`` lines itself, not a shell: a space ends an unquoted value and the rest is silently
-dropped or misread. So an option value (a partition, a time) may hold only what Slurm's options need, and
-a path (a log file under the output directory) is written quoted and must avoid the few characters no
-quoting carries through (:func:`script_path_problem`).
-
-What the machine that writes a script has says nothing about the compute nodes (a login node has no GPU, a
-laptop no Slurm at all), so requests are checked against the cluster. sbatch answers a request no node can
-meet with "Requested node configuration is not available", not naming it, or queues it to wait forever
-(more nodes or CPUs than there are: PartitionConfig; more time than the partition allows:
-PartitionTimeLimit). ``sinfo`` is asked once, with a time limit; where it cannot answer (no Slurm client, no
-controller reachable) :func:`query` returns None and callers say what was not checked.
+"""Slurm as megadepth writes for it: the batch scripts of launch, sweep and prep (:func:`render`), the values
+their ``#SBATCH`` lines may hold (sbatch reads them itself, not a shell: a space ends a value), what a
+partition's nodes offer as ``sinfo`` reports it, and the check of a job's requests against those nodes
+(:func:`fit_problems`): sbatch answers a request no node can meet with "Requested node configuration is not
+available", or queues it forever.
 """
 
 from __future__ import annotations
@@ -35,10 +24,7 @@ SLURM_TIME = re.compile(r"\d+(:\d+){0,2}|\d+-\d+(:\d+){0,2}")
 
 
 def sbatch_value_problem(values: Mapping[str, str | None]) -> str | None:
-    """The first problem with ``{flag: value}`` (None values are unset), as a one-line message, or None.
-
-    Callers raise it in their own error class, so each command keeps its one-line, exit-2 handling.
-    """
+    """The first problem with ``{flag: value}`` (None: unset) as one line, or None; callers raise it."""
     for flag, value in values.items():
         if value is None:
             continue
@@ -52,12 +38,9 @@ def sbatch_value_problem(values: Mapping[str, str | None]) -> str | None:
 
 
 SCRIPT_PATH_REFUSED = {"\n": "a line break", "\r": "a carriage return", "\\": "a backslash", "%": "a '%'"}
-"""Characters a path written into a batch script's ``#SBATCH --output=`` line or a comment line cannot hold.
-
-Everything else is written shell-quoted (``shlex.quote``), which sbatch's own reading of ``#SBATCH`` lines
-takes apart the same way. But a line break would end the comment or ``#SBATCH`` line and turn the rest of
-the path into a shell command (and stop sbatch reading the directives that follow), sbatch treats a
-backslash as an escape even inside quotes, and it expands ``%`` in log file names (``%j``: the job id)."""
+"""Characters a path written shell-quoted into a batch script's ``#SBATCH --output=`` or comment line cannot
+hold: a line break would turn the rest into a shell command, sbatch treats a backslash as an escape even
+inside quotes, and it expands ``%`` in log file names (``%j``: the job id)."""
 
 
 def script_path_problem(option: str, path: str) -> str | None:
@@ -70,8 +53,7 @@ def script_path_problem(option: str, path: str) -> str | None:
 
 
 def option_value(options: Sequence[str], long: str, short: str | None = None) -> str | None:
-    """The value of one sbatch option among options given as single words (``--mem=8G``; ``-c4``, ``-c=4``),
-    the last one winning as for sbatch; None if not given."""
+    """The last value of one sbatch option among single-word options (``--mem=8G``, ``-c4``, ``-c=4``), or None."""
     found = None
     for option in options:
         if option.startswith(f"{long}="):
@@ -82,19 +64,16 @@ def option_value(options: Sequence[str], long: str, short: str | None = None) ->
 
 
 MEM_NONE = "none"
-"""``--mem none`` (prep, sweep): no ``--mem`` line at all, so the partition's default (DefMemPerCPU /
-DefMemPerNode) applies. On a cluster without such a default that can be the whole node for each task."""
+"""``--mem none`` (prep, sweep): no ``--mem`` line, so the partition's default (DefMemPerCPU) applies."""
 MEM_HINT = f"--mem SIZE, or --mem {MEM_NONE} for the partition's default"
 
 # ------------------------------------------------------------------------------------------- sinfo
 
 FORMAT = "%P|%c|%m|%G|%D|%l"
-"""Partition (``*`` marks the default), CPUs per node, memory per node in MB, generic resources, nodes, the
-partition's time limit (``infinite``, ``30:00``, ``1-00:00:00``)."""
+"""Partition (``*``: the default), CPUs and memory (MB) per node, generic resources, nodes, time limit."""
 
 _GRES_ITEM = re.compile(r"([^,(]+)(?:\([^)]*\))?")
-"""One entry of a ``%G`` list: ``gpu``, ``gpu:4`` or ``gpu:a100:4``, possibly followed by ``(S:0-1)``
-(whose parentheses may hold commas too)."""
+"""One entry of a ``%G`` list: ``gpu``, ``gpu:4`` or ``gpu:a100:4``, maybe followed by ``(S:0-1)``."""
 
 _SIZE = re.compile(r"(\d+)([KMGT]?)B?", re.IGNORECASE)
 _UNIT_MB = {"K": 1 / 1024, "": 1, "M": 1, "G": 1024, "T": 1024 * 1024}
@@ -105,15 +84,12 @@ class NodeGroup:
     """Nodes of one partition that sinfo reports alike (one line of its output)."""
 
     partition: str
-    default: bool
-    """The cluster's default partition: where a job without ``--partition`` goes."""
+    default: bool  # the cluster's default partition
     cpus: int
     memory_mb: int
-    gres: str
-    """sinfo's ``%G`` as printed, e.g. ``gpu:a100:4(S:0-1)`` or ``(null)``."""
+    gres: str  # sinfo's %G as printed, e.g. gpu:a100:4(S:0-1) or (null)
     nodes: int
-    time_limit: str = ""
-    """sinfo's ``%l`` as printed: the partition's MaxTime (``infinite``; empty where not read)."""
+    time_limit: str = ""  # sinfo's %l as printed (infinite; empty where not read)
 
     @property
     def gpus(self) -> int:
@@ -123,20 +99,14 @@ class NodeGroup:
 
 def gpus_in_gres(gres: str) -> int:
     """The number of GPUs a ``gpu[:type][:count]`` list of sinfo's ``%G`` names (a bare ``gpu`` is one)."""
-    total = 0
-    for match in _GRES_ITEM.finditer(gres or ""):
-        parts = match.group(1).strip().split(":")
-        if parts[0] == "gpu":
-            total += int(parts[-1]) if len(parts) > 1 and parts[-1].isdigit() else 1
-    return total
+    items = (m.group(1).strip().split(":") for m in _GRES_ITEM.finditer(gres or ""))
+    return sum(int(p[-1]) if len(p) > 1 and p[-1].isdigit() else 1 for p in items if p[0] == "gpu")
 
 
 def size_mb(text: str) -> int | None:
     """A Slurm memory size (``--mem=32G``; no unit means megabytes) in MB, or None if it is not one."""
     match = _SIZE.fullmatch(text.strip())
-    if not match:
-        return None
-    return int(int(match.group(1)) * _UNIT_MB[match.group(2).upper()])
+    return int(int(match.group(1)) * _UNIT_MB[match.group(2).upper()]) if match else None
 
 
 def _number(text: str) -> int:
@@ -151,21 +121,17 @@ def seconds(text: str) -> int | None:
     match = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", text.strip())
     if not match:
         return None
-    days, first, second, third = match.groups()
-    numbers = [int(x) for x in (first, second, third) if x is not None]
+    days, *rest = match.groups()
+    numbers = [int(x) for x in rest if x is not None]
     if days is not None:  # D-HH[:MM[:SS]]
         hours, minutes, secs = (numbers + [0, 0])[:3]
         return ((int(days) * 24 + hours) * 60 + minutes) * 60 + secs
-    if len(numbers) == 3:
-        return (numbers[0] * 60 + numbers[1]) * 60 + numbers[2]
-    if len(numbers) == 2:  # MM:SS
-        return numbers[0] * 60 + numbers[1]
-    return numbers[0] * 60  # minutes
+    units = {1: (60,), 2: (60, 1), 3: (3600, 60, 1)}[len(numbers)]  # minutes, MM:SS, HH:MM:SS
+    return sum(n * unit for n, unit in zip(numbers, units, strict=True))
 
 
 def parse(text: str) -> list[NodeGroup]:
-    """sinfo's ``-h -o FORMAT`` output as NodeGroups (lines that do not parse are left out; the time limit
-    is optional, as in the format's first five fields alone)."""
+    """sinfo's ``-h -o FORMAT`` output as NodeGroups (lines that do not parse left out; time limit optional)."""
     groups = []
     for line in text.splitlines():
         fields = line.strip().split("|")
@@ -192,20 +158,13 @@ def _run(args: list[str], sinfo: str, timeout_s: float) -> str | None:
 
 
 def query(partition: str | None = None, *, sinfo: str = "sinfo", timeout_s: float = 20) -> list[NodeGroup] | None:
-    """The node groups of ``partition`` (None: the default partition's); None when sinfo cannot say (not
-    installed, no controller reachable), and an empty list when it answers but lists no node of the named
-    partition: no such partition (sinfo exits 0 and prints nothing for one)."""
-    args = ["-h", "-o", FORMAT]
-    if partition:
-        args += ["-p", partition]
-    text = _run(args, sinfo, timeout_s)
+    """The node groups of ``partition`` (None: the default partition's); None when sinfo cannot say, and an
+    empty list when it lists no node of the named partition (no such partition)."""
+    text = _run(["-h", "-o", FORMAT, *(["-p", partition] if partition else [])], sinfo, timeout_s)
     if text is None:
         return None
     groups = parse(text)
-    if not partition:
-        default = [g for g in groups if g.default]
-        return default or groups or None
-    return groups
+    return groups if partition else [g for g in groups if g.default] or groups or None
 
 
 Query = Callable[[str | None], list[NodeGroup] | None]
@@ -213,34 +172,26 @@ Query = Callable[[str | None], list[NodeGroup] | None]
 
 
 def partitions(*, sinfo: str = "sinfo", timeout_s: float = 20) -> list[str] | None:
-    """The cluster's partition names as sinfo lists them (``*`` marks the default; ``--all``: hidden ones and
-    those of other groups too), or None where it cannot."""
+    """The cluster's partition names as ``sinfo --all`` lists them (``*`` marks the default), or None."""
     text = _run(["--all", "-h", "-o", "%P"], sinfo, timeout_s)
-    if text is None:
-        return None
-    return list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
+    return None if text is None else list(dict.fromkeys(line.strip() for line in text.splitlines() if line.strip()))
 
 
 def partition_option(options: Sequence[str]) -> str | None:
-    """The partition among ``#SBATCH`` options given as single words (``--partition=gpu``, ``-pgpu``,
-    ``-p=gpu``); the last one wins, as it does for sbatch. None: the default partition."""
+    """The partition among single-word ``#SBATCH`` options (``-pgpu``); None: the default partition."""
     return option_value(options, "--partition", "-p") or None
 
 
 def describe(groups: Sequence[NodeGroup]) -> str:
     """``partition debug (1 node: 2 CPUs, 21000M, no GPU)``: what a message can name."""
     name = groups[0].partition if groups else "?"
-    parts = []
-    for g in groups:
-        gpus = f"{g.gpus} GPU(s) ({g.gres})" if g.gpus else "no GPU"
-        parts.append(f"{g.nodes} node(s): {g.cpus} CPUs, {g.memory_mb}M, {gpus}")
+    parts = [f"{g.nodes} node(s): {g.cpus} CPUs, {g.memory_mb}M, "
+             + (f"{g.gpus} GPU(s) ({g.gres})" if g.gpus else "no GPU") for g in groups]
     return f"partition {name} ({'; '.join(parts)})"
 
 
 def no_such_partition(said: str) -> str:
-    """The line for a partition sinfo answers about but does not list (sbatch would answer "Invalid partition
-    name specified", or with a GPU line first "Invalid generic resource (gres) specification"); ``said``:
-    the option as the user gave it."""
+    """The line for a partition sinfo does not list; ``said``: the option as the user gave it."""
     names = partitions()
     listed = f" (it lists {', '.join(names)}; * marks the default)" if names else ""
     return f"{said}: sinfo lists no such partition{listed}"
@@ -252,16 +203,12 @@ def no_such_partition(said: str) -> str:
 def fit_problems(groups: Sequence[NodeGroup], *, partition: str | None = None, nodes: int | None = None,
                  mem: str | None = None, cpus: int | str | None = None, time: str | None = None,
                  gpus: int = 0, flag: str = "", hints: Mapping[str, str] | None = None) -> list[str]:
-    """The requests of a job (each node of it, or each array task) that the nodes of its partition, as sinfo
-    reports them (``groups``; empty: sinfo lists no such partition), can never meet, one phrase each; empty
-    if they fit. The check before a script is written, for every command that writes one.
+    """The requests of a job (each node of it, or each array task) that the nodes of its partition
+    (``groups``; empty: sinfo lists no such partition) can never meet, one phrase each; empty if they fit.
 
-    Each request is named as an option, ``{flag}--mem=32G`` (``flag``: ``--sbatch=`` for launch's
-    options; GPUs as ``--gres=gpu:N``), with the caller's hint of how to ask for less (``hints``, keyed by
-    ``mem``, ``cpus``, ``time``, ``gpus``). A value that does not parse is left to sbatch. ``nodes`` (None:
-    not asked) is checked once the rest fits: against the partition's nodes, then those meeting every
-    request.
-    """
+    Each request is named as an option, ``{flag}--mem=32G`` (GPUs as ``--gres=gpu:N``), with the caller's
+    hint of how to ask for less (``hints``, keyed by ``mem``, ``cpus``, ``time``, ``gpus``). A value that
+    does not parse is left to sbatch. ``nodes`` (None: not asked) is checked once the rest fits."""
     if not groups:
         return [no_such_partition(f"{flag}--partition={partition}")]
     hints = hints or {}
@@ -285,10 +232,9 @@ def fit_problems(groups: Sequence[NodeGroup], *, partition: str | None = None, n
     if gpus > max(g.gpus for g in groups):
         found.append(f"--gres=gpu:{gpus} is more GPUs than any node has{note('gpus')}")
     if not found and nodes is not None:
-        def meets(g: NodeGroup) -> bool:
-            return (mem_mb or 0) <= g.memory_mb and (cpus_n or 0) <= g.cpus and gpus <= g.gpus
-
-        able, total = sum(g.nodes for g in groups if meets(g)), sum(g.nodes for g in groups)
+        total = sum(g.nodes for g in groups)
+        able = sum(g.nodes for g in groups
+                   if (mem_mb or 0) <= g.memory_mb and (cpus_n or 0) <= g.cpus and gpus <= g.gpus)
         if nodes > total:
             found.append(f"--nnodes {nodes} is more nodes than the partition has ({total})")
         elif nodes > able:
@@ -297,11 +243,8 @@ def fit_problems(groups: Sequence[NodeGroup], *, partition: str | None = None, n
 
 
 def fit_refusal(groups: Sequence[NodeGroup], problems: Sequence[str], job: str) -> str:
-    """One line for :func:`fit_problems`' answer: ``no node can run JOB: PROBLEMS: the nodes``, or the line
-    of a partition sinfo does not list."""
-    if not groups:
-        return problems[0]
-    return f"no node can run {job}: {'; '.join(problems)}: {describe(groups)}"
+    """One line for :func:`fit_problems`' answer: ``no node can run JOB: PROBLEMS: the nodes``."""
+    return f"no node can run {job}: {'; '.join(problems)}: {describe(groups)}" if groups else problems[0]
 
 
 # ---------------------------------------------------------------------------------------- templates
@@ -310,9 +253,7 @@ PLACEHOLDER = re.compile(r"\{\{(\w+)\}\}")
 
 
 def render(template: str, **values: object) -> str:
-    """``templates/TEMPLATE`` (package data of megadepth.common) with each ``{{name}}`` replaced by
-    ``values[name]``, in one pass: a value that holds ``{{`` (a config file's name, an override) stays as
-    it is. A placeholder without a value is a RuntimeError, so no half-filled script is ever written."""
+    """``templates/TEMPLATE`` with each ``{{name}}`` replaced by ``values[name]`` in one pass, or RuntimeError."""
     text = resources.files("megadepth.common").joinpath("templates", template).read_text(encoding="utf-8")
     unfilled = set(PLACEHOLDER.findall(text)) - values.keys()
     if unfilled:

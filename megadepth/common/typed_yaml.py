@@ -1,12 +1,6 @@
-"""One typed YAML loader: files (and the files they include) merged left to right, dotted ``--set``
-overrides, every unknown key named with its nearest valid key, then a pydantic model. A
-:class:`TypedYaml` is parameterised by the model, the error class and the noun its messages use, so
-training configs and prep configs (and any other typed YAML file, such as a sweep spec) are read, checked
-and reported alike. The dotted-key helpers (:func:`nest`, :func:`field_at`, :func:`schema_fields`) are
-here too, with :func:`flatten`, :func:`lookup`, :func:`leaf` and :func:`section`.
-
-All checks happen here, before any process group, model or data is touched: a typo costs a second, not a
-queued cluster job. YAML is read with a ``yaml.SafeLoader`` subclass only.
+"""One typed YAML loader for training configs, prep configs and sweep specs: files (and their includes)
+merged left to right, dotted ``--set`` overrides, every unknown key named with its nearest valid key, then a
+pydantic model; with the dotted-key helpers. YAML is read with a ``yaml.SafeLoader`` subclass only.
 """
 
 from __future__ import annotations
@@ -38,8 +32,7 @@ UnknownKey = tuple[str, str, str]
 
 
 class _UniqueKeySafeLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML keeps the last one
-    silently, so a second ``lr:`` further down a file would quietly win)."""
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (plain YAML silently keeps the last)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -55,9 +48,8 @@ class _UniqueKeySafeLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-_UniqueKeySafeLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _UniqueKeySafeLoader.construct_mapping
-)
+_UniqueKeySafeLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+                                     _UniqueKeySafeLoader.construct_mapping)
 
 
 def safe_load_unique(text: str) -> Any:
@@ -88,10 +80,8 @@ def deep_merge(base: Mapping[str, Any], update: Mapping[str, Any]) -> dict[str, 
     """Merge ``update`` into a copy of ``base``; mappings merge recursively, everything else replaces."""
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = value
+        both = isinstance(value, Mapping) and isinstance(out.get(key), Mapping)
+        out[key] = deep_merge(out[key], value) if both else value
     return out
 
 
@@ -136,10 +126,7 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
     """``{"a.b": value}`` for every leaf of nested mappings: the inverse of :func:`nest`."""
     if not isinstance(data, Mapping):
         return {prefix[:-1]: data}
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        out.update(flatten(value, f"{prefix}{key}."))
-    return out
+    return {k: v for key, value in data.items() for k, v in flatten(value, f"{prefix}{key}.").items()}
 
 
 def lookup(data: Any, key: str) -> Any:
@@ -159,25 +146,20 @@ def did_you_mean(word: str, options: Iterable[str], cutoff: float = 0.6) -> str:
 
 def suggest(key: str, candidates: Iterable[str]) -> str:
     """The nearest valid key: a correctly spelled key in the wrong section first ('train.lr' ->
-    'optimizer.lr'), then the closest dotted key, then the closest leaf name. A key without a section
-    ('seed', 'mode') is first looked up as a leaf ('train.seed', 'wandb.mode'), then as the start of one
-    ('warmup' -> 'schedule.warmup_steps'), then as a misspelled section or leaf."""
+    'optimizer.lr'), then the closest dotted key, then the closest leaf name. A key without a section is
+    looked up as a leaf ('seed' -> 'train.seed'), then as the start of one ('warmup' ->
+    'schedule.warmup_steps'), then as a misspelled section or leaf."""
     candidates = list(candidates)
     depth = key.count(".") + 1
     # compare against keys (and section names) of the same nesting depth
     pool = sorted({".".join(c.split(".")[:depth]) for c in candidates})
-    by_leaf: dict[str, str] = {}
-    for c in pool:
-        by_leaf.setdefault(leaf(c), c)
-    if depth > 1 and leaf(key) in by_leaf:
-        best = [by_leaf[leaf(key)]]
-    else:
-        best = difflib.get_close_matches(key, pool, n=1, cutoff=0.6)
+    by_leaf = {leaf(c): c for c in reversed(pool)}  # the first key of each leaf name
+    best = ([by_leaf[leaf(key)]] if depth > 1 and leaf(key) in by_leaf
+            else difflib.get_close_matches(key, pool, n=1, cutoff=0.6))
     if key == INCLUDE_KEY:
         return f"; '{INCLUDE_KEY}' lists other files at the top of a config file, it is not a key to set"
     if depth == 1:
-        # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`, `mode: offline`): the full
-        # keys it ends, before any section it resembles
+        # a key one level too high (a mis-indented `seed: 5`, `--set lr=0.1`): the full keys it ends first
         full = sorted(c for c in candidates if leaf(c) == key)
         if full:
             return f"; did you mean {' or '.join(repr(c) for c in full[:3])} (keys live in their section)?"
@@ -212,9 +194,8 @@ class TypedYaml(Generic[M]):
     """Reads YAML into ``model``; every problem is one ``error`` whose message names the key (or file) and,
     for a typo, the nearest valid key, in sentences about a ``noun`` ('config', 'prep config').
 
-    ``text_values``: a ``--set`` value for a key that holds only text is taken as typed (``--set
-    wandb.name=123`` names the run "123"), an empty one is the empty string, and one that is not YAML is
-    text. Off, every value is YAML: an empty one is null and one that is not YAML is refused."""
+    ``text_values``: a ``--set`` value for a text-only key is taken as typed (``wandb.name=123`` names the
+    run "123"), an empty one is "", one that is not YAML is text. Off, every value is YAML (empty: null)."""
 
     model: type[M]
     error: type[Exception]
@@ -228,9 +209,7 @@ class TypedYaml(Generic[M]):
 
     def _unknown_keys(self, data: Mapping[str, Any], model: type[BaseModel], prefix: str, source: str,
                       found: list[UnknownKey]) -> None:
-        """Append every unknown key of ``data`` to ``found`` with the dotted name and a suggestion (pydantic
-        would only say 'extra'), so that two typos cost one try, not two. A section given as something other
-        than a mapping is refused at once: the keys under it cannot be read."""
+        """Append every unknown key of ``data`` to ``found``, with a suggestion; refuse a non-mapping section."""
         for key, value in data.items():
             dotted = f"{prefix}{key}"
             field = model.model_fields.get(key)
@@ -245,8 +224,7 @@ class TypedYaml(Generic[M]):
                 self._unknown_keys(value, sub, f"{dotted}.", source, found)
 
     def unknown_keys_message(self, found: Sequence[UnknownKey]) -> str:
-        """One line for all unknown keys: the familiar sentence for one; for several, their count, then each
-        key with where it was given and its nearest valid key."""
+        """One line for all unknown keys: for several, their count, then each with where and its nearest key."""
         if len(found) == 1:
             key, source, hint = found[0]
             return f"unknown {self.noun} key '{key}'{source}{hint}"
@@ -258,8 +236,7 @@ class TypedYaml(Generic[M]):
             raise self.error(self.unknown_keys_message(found))
 
     def load_file(self, path: Path) -> Any:
-        """A YAML file's content through :func:`safe_load_unique`; anything that makes it unreadable (not
-        UTF-8, not YAML, a read error) is a one-line error naming the file."""
+        """A YAML file's content; anything that makes it unreadable is a one-line error naming the file."""
         try:
             return safe_load_unique(path.read_text(encoding="utf-8"))
         except UnicodeDecodeError as exc:
@@ -271,12 +248,8 @@ class TypedYaml(Generic[M]):
             raise self.error(f"{path}: not valid YAML: {yaml_reason(exc)}") from None
 
     def read(self, path: str | Path) -> dict[str, Any]:
-        """One YAML file (and the files it includes) as a plain dict; its unknown keys (and those of the
-        files it includes) are refused together."""
-        found: list[UnknownKey] = []
-        data = self._read(Path(path), found)
-        self._refuse(found)
-        return data
+        """One YAML file (and the files it includes) as a plain dict; all their unknown keys refused together."""
+        return self.merge([path])
 
     def _read(self, path: Path, found: list[UnknownKey], seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         """:meth:`read`, collecting unknown keys in ``found`` instead of raising for them."""
@@ -302,8 +275,7 @@ class TypedYaml(Generic[M]):
         return deep_merge(merged, data)
 
     def parse_override(self, item: str) -> tuple[str, Any]:
-        """``a.b=c`` -> (``a.b``, value); the value is parsed as YAML, so ``20`` is an int and ``[1,2]`` a
-        list (for ``text_values``, see the class)."""
+        """``a.b=c`` -> (``a.b``, value); the value is parsed as YAML (for ``text_values``, see the class)."""
         key, sep, raw = item.partition("=")
         key = key.strip()
         if not sep or not key:
@@ -344,9 +316,8 @@ class TypedYaml(Generic[M]):
 
     def merge(self, paths: Sequence[str | Path] = (), overrides: Sequence[str] = (), *,
               base: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """``base``, each file in ``paths`` (after the files it includes), ``extra`` (settings from
-        command-line flags), then each ``KEY=VALUE`` override, merged left to right into one dict. The
-        unknown keys of all of them are refused together."""
+        """``base``, each file in ``paths`` (after its includes), ``extra`` (settings from command-line flags),
+        then each ``KEY=VALUE`` override, merged left to right; all their unknown keys refused together."""
         found: list[UnknownKey] = []
         data = dict(base or {})
         for path in paths:
@@ -356,8 +327,7 @@ class TypedYaml(Generic[M]):
             data = deep_merge(data, extra)
         for item in overrides:
             key, value = self.parse_override(item)
-            unknown = self._unknown_override(key)
-            if unknown is not None:
+            if (unknown := self._unknown_override(key)) is not None:
                 found.append(unknown)
             else:
                 data = deep_merge(data, nest(key, value))

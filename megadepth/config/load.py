@@ -1,9 +1,6 @@
-"""Loading training configs: merge files left to right, apply ``--set`` overrides, validate.
-
-The reading, key checks and messages are :class:`megadepth.common.typed_yaml.TypedYaml`'s (shared with
-prep configs); this module adds what only training configs have: the default run directory, the resolved
-YAML and the batch arithmetic.
-"""
+"""Loading training configs (merge files, apply ``--set`` overrides, validate) through
+:class:`megadepth.common.typed_yaml.TypedYaml`, plus the default run directory, the resolved YAML and the
+batch arithmetic."""
 
 from __future__ import annotations
 
@@ -14,21 +11,18 @@ import yaml
 from pydantic import BaseModel
 
 from megadepth.common.errors import ConfigError
-from megadepth.common.typed_yaml import TypedYaml, deep_merge, safe_load_unique, schema_fields
+from megadepth.common.typed_yaml import TypedYaml, deep_merge, schema_fields
 from megadepth.config.schema import Config
 
-__all__ = ["ConfigError", "all_keys", "apply_override", "deep_merge", "default_out_dir", "explain", "load_config",
-           "load_yaml_file", "parse_override", "read_yaml", "resolve_batch", "safe_load_unique", "to_yaml",
-           "unknown_keys_message", "validate"]
+__all__ = ["all_keys", "apply_override", "default_out_dir", "explain", "load_config", "parse_override", "read_yaml",
+           "resolve_batch", "to_yaml", "validate"]
 
 CONFIG = TypedYaml(Config, ConfigError, "config")
 """The training config's loader; the functions below are its methods."""
 
-load_yaml_file = CONFIG.load_file
 read_yaml = CONFIG.read
 parse_override = CONFIG.parse_override
 apply_override = CONFIG.apply_override
-unknown_keys_message = CONFIG.unknown_keys_message
 validate = CONFIG.validate
 
 
@@ -42,14 +36,9 @@ DEFAULT_RUN_ROOT = "runs"
 
 
 def default_out_dir(paths: Sequence[str | Path]) -> str | None:
-    """``runs/<stems of the config files, joined by '+'>``: ``runs/quickstart`` for configs/quickstart.yaml,
-    ``runs/gpt-124m+completep`` for the model and parametrization files combined; None without files.
-
-    Every run used to share ``runs/default``, where a second experiment resumed (or was refused by) the
-    first one's checkpoints. The name comes from the command line alone (file names, not their folders or
-    contents), so every rank and node of a job, and a rerun of the same command after a preemption,
-    find the same directory; runs that differ only in --set values, or whose files share names in other
-    folders, still share it, so name those. Long names keep their first 100 bytes and a digest."""
+    """``runs/<stems of the config files, joined by '+'>`` (``runs/gpt-124m+completep``); None without files.
+    From the command line alone, so every rank and a rerun after a preemption find the same directory.
+    Long names keep their first 100 bytes and a digest."""
     stems = list(dict.fromkeys(Path(p).stem for p in paths))
     if not stems:
         return None
@@ -63,9 +52,7 @@ def default_out_dir(paths: Sequence[str | Path]) -> str | None:
 
 
 def load_config(paths: Sequence[str | Path], overrides: Sequence[str] = ()) -> Config:
-    """Merge ``paths`` left to right, apply ``overrides`` (``a.b=c``) in order, validate. Unknown keys in
-    every file and override are reported together; train.out_dir, when nothing sets it, is named after
-    the files (:func:`default_out_dir`)."""
+    """Merge ``paths`` left to right, apply ``overrides`` (``a.b=c``) in order, validate (see default_out_dir)."""
     data = CONFIG.merge(paths, overrides)
     train = data.get("train")
     derived = default_out_dir(paths)
@@ -91,15 +78,11 @@ def resolve_batch(config: Config, dp_size: int) -> tuple[int, int]:
     per_step = train.micro_batch * dp_size
     if train.grad_accum is None and train.global_batch is not None:
         if train.global_batch % per_step:
-            raise ConfigError(
-                f"train.global_batch ({train.global_batch}) is not divisible by train.micro_batch "
-                f"({train.micro_batch}) x data-parallel size ({dp_size})"
-            )
+            raise ConfigError(f"train.global_batch ({train.global_batch}) is not divisible by train.micro_batch "
+                              f"({train.micro_batch}) x data-parallel size ({dp_size})")
         return train.global_batch // per_step, train.global_batch
     accum = train.grad_accum or 1
     if train.global_batch is not None and train.global_batch != per_step * accum:
-        raise ConfigError(
-            f"train.global_batch ({train.global_batch}) != train.micro_batch ({train.micro_batch}) x "
-            f"train.grad_accum ({accum}) x data-parallel size ({dp_size}) = {per_step * accum}"
-        )
+        raise ConfigError(f"train.global_batch ({train.global_batch}) != train.micro_batch ({train.micro_batch}) x "
+                          f"train.grad_accum ({accum}) x data-parallel size ({dp_size}) = {per_step * accum}")
     return accum, per_step * accum

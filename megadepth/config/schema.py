@@ -1,9 +1,5 @@
-"""The one typed schema of a megadepth run.
-
-Every field carries a docstring: ``megadepth config --explain`` prints them, and error messages point
-at the dotted key. Sections are frozen pydantic models that forbid unknown keys; the loader
-(:mod:`megadepth.config.load`) catches typos earlier, with a suggestion, before pydantic sees them.
-"""
+"""The one typed schema of a megadepth run: frozen pydantic sections that forbid unknown keys, every field
+with a docstring that ``megadepth config --explain`` prints."""
 
 from __future__ import annotations
 
@@ -24,8 +20,7 @@ def _accepts_bool(annotation: Any) -> bool:
 
 
 def _expand_home(value: str | None) -> str | None:
-    """``~`` and ``~user`` in a path, as a shell would expand them: left alone, ``~/runs`` became a folder
-    named ``~`` in the working directory (which a later ``rm -rf ~`` cleanup would aim at home)."""
+    """``~`` and ``~user`` in a path, as a shell would expand them (not a folder named ``~``)."""
     return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
 
 
@@ -78,37 +73,30 @@ class ModelConfig(Section):
     """Width d0 at which hyperparameters were tuned; the width multiplier is m = width / base_width.
     Unset means 'this model is the base' (m = 1)."""
     base_heads: int | None = Field(None, ge=1)
-    """Attention heads of the base shape; its head size is base_width / base_heads, which the muP attention
-    scale attn_multiplier * sqrt(base head size) / head size needs. It says how the width grew: by more heads
-    at a fixed head size (the GPT-2 family: base_heads = base_width / head size), by wider heads (base_heads
-    = heads), or both. Must divide base_width; unset, it is heads when base_width equals width. Start-up
-    refuses a width-scaled transformer with base_width != width that sets neither this nor
-    parametrization.base_head_dim: the config would not say which way it scales."""
+    """Attention heads of the base shape; the muP attention scale needs its head size base_width / base_heads.
+    It says how the width grew: by more heads at a fixed head size (base_heads = base_width / head size), by
+    wider heads (base_heads = heads), or both. Must divide base_width; unset, it is heads when base_width
+    equals width, and required (or parametrization.base_head_dim) for a width-scaled transformer."""
     mlp_ratio: float = Field(4.0, gt=0)
-    """MLP hidden width as a multiple of the width (kept fixed when scaling, so m is the same for all
-    hidden matrices)."""
+    """MLP hidden width as a multiple of the width (fixed when scaling: one m for all hidden matrices)."""
     block: Literal["transformer", "linear"] = "transformer"
     """Residual block: 'transformer' (pre-LN attention + MLP, two branches per layer) or 'linear' (block
     depth 1, Tensor Programs VI's main setting: x + branch * MS(act(W x)), one matrix per branch, mean
     subtraction MS, no attention and no LayerNorm inside; a per-token model, for depth studies)."""
     activation: Literal["gelu", "relu", "abs"] = "gelu"
-    """MLP non-linearity. Tensor Programs VI finds abs maximises feature diversity among homogeneous
-    activations."""
+    """MLP non-linearity (Tensor Programs VI finds abs maximises feature diversity)."""
     seq_len: int = Field(256, ge=1)
     """Training sequence length in tokens."""
     max_positions: int | None = Field(None, ge=1)
     """Size of the learned position table; defaults to seq_len. seq_len may not exceed it."""
     vocab_size: int = Field(2048, ge=2)
-    """Vocabulary size: the tokenizer's number of pieces. The embedding is padded to vocab_multiple rows;
-    padding rows are never predicted. Start-up refuses fewer than the tokenizer's (or manifest's) and warns
-    about more than padding to vocab_multiple explains: rows that no token id uses, trained for nothing
-    (kept only to leave room for a larger tokenizer)."""
+    """Vocabulary size: the tokenizer's number of pieces (padded to vocab_multiple rows, never predicted).
+    Start-up refuses fewer than the tokenizer's and warns about more than the padding explains."""
     vocab_multiple: int = Field(128, ge=1)
     """Pad the embedding's rows to a multiple of this (Megatron's make-vocab-size-divisible-by); must
     be divisible by parallel.tensor. Independent of the layout, so every layout has the same weights."""
     position: Literal["learned", "rotary"] = "learned"
-    """Position encoding: a learned table added to the token embedding (GPT-2), or rotary embeddings
-    applied to queries and keys (no parameters)."""
+    """Position encoding: a learned table added to the token embedding (GPT-2), or rotary (no parameters)."""
     rotary_base: float = Field(10000.0, gt=0)
     """Base of the rotary frequencies (only with position: rotary)."""
     tie_embeddings: bool = True
@@ -125,29 +113,21 @@ class ModelConfig(Section):
         if self.width % self.heads:
             raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
         if self.max_positions is not None and self.seq_len > self.max_positions:
-            raise ValueError(
-                f"model.seq_len ({self.seq_len}) is larger than the position table "
-                f"(model.max_positions = {self.max_positions})"
-            )
+            raise ValueError(f"model.seq_len ({self.seq_len}) is larger than the position table "
+                             f"(model.max_positions = {self.max_positions})")
         if self.position == "rotary" and (self.width // self.heads) % 2:
             raise ValueError("rotary positions need an even head size (model.width / model.heads)")
         if self.base_heads is not None:
             base_width = self.base_width or self.width
             if base_width % self.base_heads:
-                raise ValueError(
-                    f"model.base_heads ({self.base_heads}) must divide model.base_width ({base_width}): the "
-                    "base head size is base_width / base_heads"
-                )
+                raise ValueError(f"model.base_heads ({self.base_heads}) must divide model.base_width ({base_width}): "
+                                 "the base head size is base_width / base_heads")
             if base_width == self.width and self.base_heads != self.heads:
-                # a model at its base width is its own base shape; a stale base_heads left in a file whose
-                # base_width was then set to the width would silently change its attention scale
-                base = ("is unset" if self.base_width is None
-                        else f"equals model.width ({self.width})")
-                raise ValueError(
-                    f"model.base_heads ({self.base_heads}) differs from model.heads ({self.heads}) but "
-                    f"model.base_width {base}, so this model is its own base shape: set model.base_width to "
-                    f"the width tuned at, or model.base_heads to {self.heads} (or drop it)"
-                )
+                # a stale base_heads would silently change the attention scale of a model at its base width
+                base = "is unset" if self.base_width is None else f"equals model.width ({self.width})"
+                raise ValueError(f"model.base_heads ({self.base_heads}) differs from model.heads ({self.heads}) but "
+                                 f"model.base_width {base}, so this model is its own base shape: set model.base_width "
+                                 f"to the width tuned at, or model.base_heads to {self.heads} (or drop it)")
         return self
 
     @property
@@ -172,12 +152,10 @@ class ParametrizationConfig(Section):
     """Parametrization: sp (standard), mup (width only), depth_mup (alpha = 1/2), completep (alpha = 1)
     or custom (alpha and gamma given). Presets take gamma = 1 - alpha (Adam) or 1 - 2 alpha (SGD)."""
     alpha: float | None = None
-    """Branch multiplier exponent: each residual branch is scaled by a * r^-alpha. Only with name: custom
-    (the presets fix it)."""
+    """Branch multiplier exponent: each residual branch is scaled by a * r^-alpha (only with name: custom)."""
     gamma: float | None = None
-    """Depth exponent of the learning rate of in-branch parameters (LR * r^-gamma). Only with
-    name: custom. The presets use gamma = 1 - alpha for Adam and 1 - 2 alpha for SGD, which keep each
-    block's per-step feature update of order 1/L."""
+    """Depth exponent of the learning rate of in-branch parameters (LR * r^-gamma; only with name: custom).
+    The presets' 1 - alpha (Adam) and 1 - 2 alpha (SGD) keep each block's per-step feature update O(1/L)."""
     init_std: float = Field(0.02, gt=0)
     """Base init std sigma of matrices and embeddings (at the base shape)."""
     branch_multiplier: float = Field(1.0, gt=0)
@@ -191,47 +169,34 @@ class ParametrizationConfig(Section):
     shape (attn_multiplier * sqrt(base head size) / head size away from it under the width-scaled presets,
     attn_multiplier / sqrt(head size) under SP); the base head size is model.base_width / model.base_heads."""
     base_head_dim: int | None = Field(None, ge=1)
-    """Head size at the base shape, the older spelling of model.base_heads (base_width / base_heads, which
-    says the same and is preferred); refused when the two disagree, and when it does not divide
-    model.base_width."""
+    """Head size at the base shape, the older spelling of model.base_heads (base_width / base_heads, preferred);
+    refused when the two disagree, and when it does not divide model.base_width."""
     zero_query: bool = False
     """Initialise the query projection to zero (a standard muP option)."""
     zero_readout: bool = False
     """Initialise an untied LM head to zero (a standard muP option)."""
     eps_scaling: Literal["all_groups", "residual_blocks", "gradient", "constant"] | None = None
-    """Adam epsilon rule (adam/adamw only). Unset: the preset's reference, all_groups for depth_mup,
-    completep and custom (CompleteP's reference code scales the optimizer's one eps), constant for sp and mup
-    (the `mup` package leaves eps alone). all_groups: eps / (m r^alpha) in every group; residual_blocks:
-    that inside residual branches, eps elsewhere (CompleteP's Table 1 as printed); gradient: eps follows
-    the size of each group's gradient entries, eps/m everywhere and r^-alpha inside branches (Everett et
-    al. 2024, per layer; the rule megadepth used as 'scaled', still accepted as that spelling); constant:
-    eps everywhere. All four give eps at the base shape."""
+    """Adam epsilon rule (adam/adamw only). Unset: all_groups for depth_mup, completep and custom (CompleteP's
+    reference code), constant for sp and mup (the `mup` package). all_groups: eps / (m r^alpha) in every
+    group; residual_blocks: that inside residual branches, eps elsewhere (CompleteP's Table 1); gradient:
+    eps/m everywhere and r^-alpha inside branches, following each group's gradient entries (Everett et al.
+    2024; also spelled 'scaled'); constant: eps everywhere. All four give eps at the base shape."""
     output_proj_init: Literal["gpt2", "base_depth", "none"] | None = None
-    """Init std of the matrices that close a residual branch (attention out, MLP out). Unset: the preset's,
-    gpt2 for sp and mup, base_depth for depth_mup, completep and custom. gpt2: sigma/sqrt(m)/sqrt(2 L),
-    GPT-2's factor at the model's own depth (nanoGPT's SP; microsoft/mutransformers' muP GPT-2); refused
-    with the depth presets (their branch multiplier already scales depth). base_depth:
-    sigma/sqrt(m)/sqrt(2 L0), frozen at the base depth (CompleteP's depth-independent hidden init, times a constant that
-    makes the base shape equal SP's model); only with the depth presets. none: sigma/sqrt(m) like every
-    hidden matrix (CompleteP's Table 1 and reference code; the base shape then differs from sp's model
-    unless sp also sets none)."""
+    """Init std of the matrices that close a residual branch (attention out, MLP out). Unset: gpt2 for sp and
+    mup, base_depth for depth_mup, completep and custom. gpt2: sigma/sqrt(m)/sqrt(2 L), GPT-2's factor at
+    the model's own depth; refused with the depth presets. base_depth: sigma/sqrt(m)/sqrt(2 L0), frozen at
+    the base depth (the base shape then equals SP's model); only with the depth presets. none:
+    sigma/sqrt(m) like every hidden matrix (CompleteP's Table 1 and reference code)."""
     wd_depth_scaling: Literal["none", "invariant"] = "none"
-    """Depth scaling of hidden-matrix weight decay (depth_mup, completep, custom; sp and mup do not
-    parametrize depth). none (default; CompleteP's Table 1 and reference code): lambda does not change with
-    depth. invariant: lambda is scaled so the decay per step does not depend on depth (lambda x r^gamma
-    with adamw and sgd, lambda x r^(gamma - alpha) with adam, see adam_wd_scaling). 'one_minus_alpha',
-    the older spelling, means invariant: the same numbers as before for adamw (r^(1 - alpha) = r^gamma)
-    and for adam with adam_wd_scaling: lr_inverse; other numbers with sgd (the old rule left lr x wd
-    growing like r^alpha) and with adam's default effective_decay."""
+    """Depth scaling of hidden-matrix weight decay (depth_mup, completep, custom). none (default; CompleteP's
+    Table 1 and reference code): lambda does not change with depth. invariant: the decay per step does not
+    depend on depth (lambda x r^gamma with adamw and sgd, lambda x r^(gamma - alpha) with adam). The older
+    spelling 'one_minus_alpha' means invariant (other numbers than it once gave with sgd and adam's default)."""
     adam_wd_scaling: Literal["effective_decay", "lr_inverse"] | None = None
-    """Width (and, with wd_depth_scaling: invariant, depth) rule of the weight decay of optimizer.name: adam,
-    whose L2 penalty goes through Adam's normalisation, so a step shrinks a weight by lr x lambda /
-    |gradient entry|, not lr x lambda. effective_decay (default, derived in docs/parametrizations.md):
-    lambda x |gradient| / lr stays fixed, so hidden matrices keep lambda and embeddings, position and
-    readout get lambda/m. lr_inverse: AdamW's rule (hidden matrices lambda x m), which is what the `mup`
-    package's MuAdam does for Adam too; it makes the hidden matrices' decay per step grow like m. Unset
-    means effective_decay. adamw and sgd decay by lr x lambda per step and always scale lambda inversely
-    to the LR: setting it with them is refused (it would have no effect)."""
+    """Width (and, with wd_depth_scaling: invariant, depth) rule of optimizer adam's weight decay, whose L2
+    penalty goes through Adam's normalisation. effective_decay (default, docs/parametrizations.md): hidden
+    matrices keep lambda, embeddings, position and readout get lambda/m. lr_inverse: AdamW's rule (hidden
+    matrices lambda x m), as the `mup` package's MuAdam does. Refused with adamw and sgd (no effect)."""
 
     @field_validator("eps_scaling", "wd_depth_scaling", mode="before")
     @classmethod
@@ -245,10 +210,8 @@ class ParametrizationConfig(Section):
             if self.alpha is None or self.gamma is None:
                 raise ValueError("parametrization.name 'custom' needs both parametrization.alpha and .gamma")
         elif self.alpha is not None or self.gamma is not None:
-            raise ValueError(
-                f"parametrization.alpha/gamma are fixed by the preset '{self.name}'; "
-                "use parametrization.name: custom to choose them"
-            )
+            raise ValueError(f"parametrization.alpha/gamma are fixed by the preset '{self.name}'; "
+                             "use parametrization.name: custom to choose them")
         return self
 
 
@@ -314,8 +277,8 @@ class TrainConfig(Section):
     save_final: bool = True
     """Save a checkpoint when training ends."""
     stop_after_steps: int = Field(0, ge=0)
-    """Stop after this many steps in this process, saving a checkpoint first (0: never). For jobs with a
-    time limit: the next job resumes where this one stopped (summary status 'stopped')."""
+    """Stop after this many steps in this process with a checkpoint (0: never), for jobs with a time limit:
+    the next job resumes where this one stopped (summary status 'stopped')."""
     keep_checkpoints: int = Field(2, ge=1)
     """How many recent checkpoints to keep."""
     out_dir: str = Field("runs/default", min_length=1)
@@ -326,26 +289,23 @@ class TrainConfig(Section):
     The same command finds the same directory, so it resumes there; runs that differ only in --set values,
     or whose files share names in other folders, share it: name each one."""
     init_from: str | None = None
-    """Start this run from the weights of another run's checkpoint: its run or checkpoints folder (the
-    latest checkpoint), one step_* folder, or merge-tp output; any tensor/pipeline layout. Step, optimizer
-    state, schedule and data order start fresh. Used only while this run has no checkpoint of its own
-    (a preempted run resumes from its own)."""
+    """Start this run from the weights of another run's checkpoint (its run or checkpoints folder, one step_*
+    folder, or merge-tp output; any layout); step, optimizer state, schedule and data order start fresh.
+    Used only while this run has no checkpoint of its own."""
     resume: Literal["auto", "never", "must"] = "auto"
     """auto: continue from out_dir/checkpoints/latest when present; never: refuse a run directory that
     has checkpoints; must: fail without one."""
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = "auto"
-    """Training precision. bf16-mixed: fp32 parameters, optimizer and residual stream, matmuls in bf16
-    under autocast (DeepSpeed's torch_autocast). bf16: DeepSpeed's bf16 mode, parameters and activations
-    in bf16 with fp32 master weights in the optimizer (needs parallel.zero_stage 1); its bf16 residual stream rounds away the small
-    branch updates of deep depth-scaled models (docs/throughput.md measures it). auto: bf16-mixed on a GPU
-    that supports bf16, fp32 otherwise."""
+    """Training precision. bf16-mixed: fp32 parameters, optimizer and residual stream, matmuls in bf16 under
+    autocast. bf16: DeepSpeed's bf16 mode with fp32 master weights (needs parallel.zero_stage 1); its bf16
+    residual stream rounds away small branch updates of deep models. auto: bf16-mixed on a GPU with bf16,
+    fp32 otherwise."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where to train; auto uses CUDA when present."""
     progress: bool = True
     """Show a progress bar on rank 0."""
     compile: bool = False
-    """torch.compile each transformer block (not with the pipeline engine); the first steps are slower
-    while it compiles."""
+    """torch.compile each transformer block (not with the pipeline engine); the first steps compile."""
 
     @field_validator("out_dir", "init_from", mode="after")
     @classmethod
@@ -447,9 +407,6 @@ class Config(Section):
         if self.parallel.sequence_parallel and self.parallel.tensor == 1:
             raise ValueError("parallel.sequence_parallel needs parallel.tensor > 1")
         if self.train.eval_every and self.data.valid_fraction == 0:
-            # name both keys of the fix: the data check's advice to turn validation off leads here
-            raise ValueError(
-                "train.eval_every is set but data.valid_fraction is 0: there is no validation split to evaluate "
-                "on; set train.eval_every: 0 too (no evaluation), or data.valid_fraction > 0"
-            )
+            raise ValueError("train.eval_every is set but data.valid_fraction is 0: there is no validation split to "
+                             "evaluate on; set train.eval_every: 0 too (no evaluation), or data.valid_fraction > 0")
         return self

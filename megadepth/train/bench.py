@@ -1,17 +1,10 @@
-"""`megadepth bench`: time optimizer steps through exactly the training code path.
-
-Same engine set-up as `megadepth train` (DeepSpeed engine, the parametrization's multipliers and param
-groups, parallel layers, the same Stepper), fed random tokens so that neither data nor disk is measured
-(as the nanoGPT anchor of docs/throughput.md does). Warm-up steps (compilation, allocator) are excluded; the timed steps run without a
-host sync in between and are synchronised once at the end.
-
-MFU uses the convention of docs/throughput.md: flops per token = 6 N + 12 L d T with N = 12 L d^2 + V d (the tied
-head counted once), MFU = tokens/s x flops per token / peak; the default peak is the H200's dense bf16
-989.4 TFLOP/s, so CPU figures are only for comparing runs with each other.
+"""`megadepth bench`: time optimizer steps through exactly the training code path, on random tokens. MFU
+follows docs/throughput.md (6 N + 12 L d T flops per token), against the H200's dense bf16 peak by default.
 """
 
 from __future__ import annotations
 
+import itertools
 import resource
 import time
 from collections.abc import Iterator
@@ -30,17 +23,13 @@ def flops_per_token(depth: int, width: int, seq_len: int, vocab: int) -> float:
 
 
 def _random_batches(config: Config, device: torch.device, seed: int) -> Iterator[torch.Tensor]:
-    """Endless random token batches of [micro_batch, seq_len + 1], made once and cycled (no host work
-    in the timed loop)."""
+    """Endless random token batches of [micro_batch, seq_len + 1], made once and cycled."""
     gen = torch.Generator().manual_seed(seed)
     m = config.model
     pool = [torch.randint(0, m.vocab_size, (config.train.micro_batch, m.seq_len + 1), generator=gen)
             for _ in range(4)]
     pool = [b.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else b for b in pool]
-    i = 0
-    while True:
-        yield pool[i % len(pool)]
-        i += 1
+    yield from itertools.cycle(pool)
 
 
 def _sync(device: torch.device) -> None:
@@ -51,30 +40,21 @@ def _sync(device: torch.device) -> None:
 def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200_PEAK_TFLOPS) -> dict[str, Any]:
     """Build the engine for this rank and time ``steps`` optimizer steps after ``warmup`` ones."""
     from megadepth.config.load import resolve_batch
-    from megadepth.parallel.distributed import (
-        check_layout,
-        init_distributed,
-        limit_cpu_threads,
-        prepare_deepspeed_env,
-        read_env,
-        resolve_device,
-        resolve_precision,
-        shutdown,
-    )
+    from megadepth.parallel import distributed
     from megadepth.parallel.topology import build_grid
     from megadepth.parametrize.checks import check_parametrization
     from megadepth.train.engine import build_engine
     from megadepth.train.step import Stepper
 
-    env = read_env()
+    env = distributed.read_env()
     check_parametrization(config)
-    layout = check_layout(config, env.world_size)
+    layout = distributed.check_layout(config, env.world_size)
     grad_accum, global_batch = resolve_batch(config, layout.data)
-    device = resolve_device(config, env)
-    precision = resolve_precision(config, device)
-    prepare_deepspeed_env(device)
-    limit_cpu_threads(device, env)
-    init_distributed(config, env, device)
+    device = distributed.resolve_device(config, env)
+    precision = distributed.resolve_precision(config, device)
+    distributed.prepare_deepspeed_env(device)
+    distributed.limit_cpu_threads(device, env)
+    distributed.init_distributed(config, env, device)
     built = None
     try:
         grid = build_grid(layout.pipeline, layout.tensor, layout.data, config.parallel.sequence_parallel)
@@ -96,35 +76,22 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
         m = config.model
         tokens_per_s = steps * global_batch * m.seq_len / elapsed
         fpt = flops_per_token(m.depth, m.width, m.seq_len, m.padded_vocab)
-        if device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(device) / 2**30
-        else:
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB -> GiB (Linux)
+        peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # KiB -> GiB (Linux)
         return {
-            "tokens_per_s": tokens_per_s,
-            "step_ms": 1000 * elapsed / steps,
-            "mfu": tokens_per_s * fpt / (peak_tflops * 1e12),
-            "peak_mem": peak,
-            "flops_per_token": fpt,
-            "peak_tflops": peak_tflops,
-            "final_loss": float(loss) if loss is not None else float("nan"),
-            "steps": steps,
-            "warmup": warmup,
+            "tokens_per_s": tokens_per_s, "step_ms": 1000 * elapsed / steps,
+            "mfu": tokens_per_s * fpt / (peak_tflops * 1e12), "peak_mem": peak, "flops_per_token": fpt,
+            "peak_tflops": peak_tflops, "final_loss": float(loss) if loss is not None else float("nan"),
+            "steps": steps, "warmup": warmup,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "precision": precision,
-            "world_size": env.world_size,
+            "precision": precision, "world_size": env.world_size,
             "layout": {"pipeline": layout.pipeline, "tensor": layout.tensor, "data": layout.data},
-            "zero_stage": config.parallel.zero_stage,
-            "global_batch": global_batch,
-            "seq_len": m.seq_len,
-            "depth": m.depth,
-            "width": m.width,
-            "vocab": m.padded_vocab,
-            "parametrization": config.parametrization.name,
-            "compile": config.train.compile,
+            "zero_stage": config.parallel.zero_stage, "global_batch": global_batch, "seq_len": m.seq_len,
+            "depth": m.depth, "width": m.width, "vocab": m.padded_vocab,
+            "parametrization": config.parametrization.name, "compile": config.train.compile,
             "threads": torch.get_num_threads(),
         }
     finally:
         if built is not None:  # its process groups must not outlive the run (see megadepth.train.loop.train)
             built.engine.destroy()
-        shutdown()
+        distributed.shutdown()

@@ -1,21 +1,12 @@
-"""DeepSpeed checkpoints plus the data position, with an atomically written ``latest`` pointer.
-
-DeepSpeed writes the tensors (every rank must call save); we write ``latest`` ourselves, last, after a
-barrier, so a checkpoint is only ever found once all of it is on disk. The file name and format match
-DeepSpeed's own ``latest``, so ``engine.load_checkpoint(dir)`` understands it too.
-
-Trust: a checkpoint is read as data, never as code. DeepSpeed reads its files with
-``torch.load(weights_only=False)``, which runs whatever a planted pickle asks for; :func:`read_weights_only`
-swaps the engine's file reader for a weights-only one where the engine is built (tensors, numbers,
-strings, containers and the three DeepSpeed bookkeeping classes in :data:`SAFE_GLOBALS`), and
-:func:`check_safe` refuses a checkpoint holding anything else at start-up, before any rank opens it.
-Failed writes (a full disk, a read-only folder) are collected by :func:`guard_files`, so every rank
-learns of them together and the cut-short tag is removed.
+"""DeepSpeed checkpoints plus the data position. We write ``latest`` (DeepSpeed's format) ourselves, last,
+after a barrier, so a checkpoint is only ever found once all of it is on disk. A checkpoint is read as data,
+never as code: weights-only (:func:`read_weights_only`, :func:`check_safe`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import io
 import json
 import math
@@ -45,25 +36,20 @@ class CheckpointError(RuntimeError):
     """A checkpoint that could not be written (a full disk, a read-only folder); one line for the user."""
 
 
-def _safe_globals() -> list[Any]:
-    """The non-builtin classes DeepSpeed pickles into its optimizer-state files (ZeRO 1-3, bf16, the
-    pipeline engine; found by :func:`torch.serialization.get_unsafe_globals_in_checkpoint` on each).
-    Each only stores numbers: building one runs no code of the file's choosing."""
-    from deepspeed.runtime.fp16.loss_scaler import LossScaler
-    from deepspeed.runtime.zero.config import ZeroStageEnum
-    from deepspeed.utils.tensor_fragment import fragment_address
-
-    return [LossScaler, ZeroStageEnum, fragment_address]
-
-
-#: Dotted names of :func:`_safe_globals`, as ``get_unsafe_globals_in_checkpoint`` reports them.
+#: The non-builtin classes DeepSpeed pickles into its optimizer-state files (ZeRO 1-3, bf16, pipeline), as
+#: ``get_unsafe_globals_in_checkpoint`` names them; each only stores numbers, so building one runs no code.
 SAFE_GLOBALS = ("deepspeed.runtime.fp16.loss_scaler.LossScaler", "deepspeed.runtime.zero.config.ZeroStageEnum",
                 "deepspeed.utils.tensor_fragment.fragment_address")
 
 
+def _safe_globals() -> list[Any]:
+    """The classes of :data:`SAFE_GLOBALS` (imported on first use: DeepSpeed is slow to import)."""
+    return [getattr(importlib.import_module(module), name)
+            for module, _, name in (dotted.rpartition(".") for dotted in SAFE_GLOBALS)]
+
+
 def load_file(path: str | Path, map_location: Any = None) -> Any:
-    """``torch.load`` of one checkpoint file, weights-only: a pickle that names any other callable is
-    refused (ConfigError) instead of run."""
+    """``torch.load`` of one checkpoint file, weights-only: any other callable is refused, never run."""
     try:
         with torch.serialization.safe_globals(_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -73,9 +59,7 @@ def load_file(path: str | Path, map_location: Any = None) -> Any:
 
 
 def refusal(exc: pickle.UnpicklingError) -> str:
-    """What torch's weights-only refusal refused, named by its dotted name ("GLOBAL posix.system" in
-    either of torch's wordings). Never torch's own text: it goes on to suggest ``weights_only=False``,
-    exactly what must not be done with a file of unknown origin."""
+    """What torch's weights-only load refused, by name (never torch's text: it suggests ``weights_only=False``)."""
     match = re.search(r"GLOBAL ([\w.]+)", str(exc))
     if match:
         return f"it names {match.group(1).rstrip('.')}, which is not allowed"
@@ -84,9 +68,7 @@ def refusal(exc: pickle.UnpicklingError) -> str:
 
 def check_safe(tag_dir: Path) -> None:
     """Refuse a checkpoint any of whose ``.pt`` files would unpickle a class outside :data:`SAFE_GLOBALS`
-    (a planted ``__reduce__`` among them); read from each file's pickle alone, no tensor is loaded. A
-    file that cannot be scanned (not a regular file, not zip-format, damaged) is refused too: megadepth
-    writes none such, and the dry run must refuse what the run would."""
+    (read from the pickles alone, no tensor loaded), or cannot be scanned: megadepth writes none such."""
     for path in sorted(tag_dir.glob("*.pt")):
         if not path.is_file():  # a FIFO would block the scan (and every later reader) forever
             raise ConfigError(f"{path} is not a regular file: not a checkpoint megadepth wrote, refused")
@@ -106,20 +88,15 @@ def check_safe(tag_dir: Path) -> None:
 
 
 def read_weights_only(engine: Any) -> None:
-    """Make every checkpoint read of ``engine`` weights-only (:func:`load_file`), for the engine's whole
-    life: its model, optimizer and pipeline-layer files all go through its checkpoint engine's ``load``."""
+    """Make every checkpoint read of ``engine`` weights-only (:func:`load_file`) for the engine's life."""
     engine.checkpoint_engine.load = load_file
 
 
 @contextlib.contextmanager
 def guard_files(engine: Any) -> Iterator[list[str]]:
     """While active, a failed write of the engine's checkpoint files is recorded (in the yielded list,
-    ``"file: error"``) instead of raised.
-
-    DeepSpeed saves between two barriers: a rank that raised in between (disk full) would leave the
-    others waiting forever at the second. Recording lets every rank reach it; :func:`save` then decides
-    together. Its writes are the checkpoint engine's ``save`` and ``makedirs`` and, under ZeRO, rank 0's
-    copy of DeepSpeed's recovery scripts."""
+    ``"file: error"``) instead of raised: DeepSpeed saves between two barriers, and a rank that raised in
+    between would leave the others waiting forever at the second. :func:`save` then decides together."""
     files = engine.checkpoint_engine
     failures: list[str] = []
     plain = {"save": files.save, "makedirs": files.makedirs}
@@ -151,9 +128,8 @@ def guard_files(engine: Any) -> Iterator[list[str]]:
 
 
 def _cause(exc: BaseException, folder: Path | None = None) -> str:
-    """The OS-level reason behind a failed write, which the user can act on. torch's zip writer reports a
-    full disk as 'unexpected pos ...' with no errno, so when no OSError is underneath and ``folder``'s file
-    system has (almost) nothing left, that is named instead."""
+    """The OS-level reason behind a failed write. torch's zip writer reports a full disk with no errno, so
+    without an OSError underneath a (nearly) full ``folder`` file system is named instead."""
     inner: BaseException | None = exc
     while inner is not None:
         if isinstance(inner, OSError) and inner.strerror:
@@ -168,9 +144,8 @@ def _cause(exc: BaseException, folder: Path | None = None) -> str:
 
 
 def weights_finite(model: torch.nn.Module, device: torch.device) -> bool:
-    """Whether every parameter on every rank is finite (each rank checks what it holds: its shard, its
-    pipeline stage, under ZeRO-3 its partition). A finite loss and gradient norm do not prove it: an
-    update can overflow (a huge LR), and such weights must never become ``latest``."""
+    """Whether every parameter on every rank is finite (each rank checks what it holds). A finite loss and
+    gradient norm do not prove it: an update can overflow, and such weights must never become ``latest``."""
     bad = torch.zeros((), dtype=torch.bool, device=device)
     for p in model.parameters():
         held = getattr(p, "ds_tensor", None)  # ZeRO-3: the parameter itself is an empty placeholder
@@ -183,9 +158,8 @@ def weights_finite(model: torch.nn.Module, device: torch.device) -> bool:
 
 
 def check_writable(ckpt_dir: Path) -> str | None:
-    """Why checkpoints cannot be written to ``ckpt_dir`` (a read-only or unwritable folder), or None.
-    Probed with a real file in the folder (or in the run directory while it does not exist yet): root
-    passes permission checks that a read-only mount still refuses."""
+    """Why checkpoints cannot be written to ``ckpt_dir``, or None. Probed with a real file (in the run
+    directory while it does not exist yet): root passes permission checks a read-only mount refuses."""
     folder = ckpt_dir if ckpt_dir.is_dir() else ckpt_dir.parent
     probe = folder / f".write-probe-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -194,10 +168,6 @@ def check_writable(ckpt_dir: Path) -> str | None:
     except OSError as e:
         return f"cannot write checkpoints to {ckpt_dir}: {_cause(e)}"
     return None
-
-
-def tag_for(step: int) -> str:
-    return f"step_{step:08d}"
 
 
 def step_of(tag: str) -> int:
@@ -209,42 +179,39 @@ def step_of(tag: str) -> int:
 
 
 def saved_config(tag_dir: Path) -> Config:
-    """The resolved config a checkpoint was saved with (its ``config.yaml``, written last). Raises OSError,
-    ValueError or yaml.YAMLError for a missing or foreign file: callers decide how much that matters."""
+    """The resolved config a checkpoint was saved with (OSError, ValueError, yaml.YAMLError if unreadable)."""
     return Config.model_validate(yaml.safe_load((tag_dir / "config.yaml").read_text(encoding="utf-8")) or {})
 
 
-def position(tag_dir: Path) -> tuple[int, int] | None:
-    """(step, consumed samples) a checkpoint was saved at, from its ``position.json``; None for a checkpoint
-    written before that file existed (or an unreadable one: the load itself will tell)."""
+def _from_position(tag_dir: Path, read: Any) -> Any:
+    """``read`` of a checkpoint's parsed ``position.json``; None when it is missing or unreadable."""
     try:
-        data = json.loads((tag_dir / POSITION).read_text(encoding="utf-8"))
-        return int(data["step"]), int(data["consumed_samples"])
+        return read(json.loads((tag_dir / POSITION).read_text(encoding="utf-8")))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
+def position(tag_dir: Path) -> tuple[int, int] | None:
+    """(step, consumed samples) a checkpoint was saved at."""
+    return _from_position(tag_dir, lambda data: (int(data["step"]), int(data["consumed_samples"])))
+
+
 def checkpoints_folder(path: Path) -> Path:
-    """A run directory stands for its ``checkpoints/``; any other folder (a checkpoints folder, merge-tp
-    output) for itself. What generate, export, merge-tp and train.init_from accept."""
+    """A run directory stands for its ``checkpoints/``; any other folder (merge-tp output) for itself."""
     return path / "checkpoints" if (path / "checkpoints").is_dir() else path
 
 
 def check_tag(tag: str | None) -> None:
-    """A ``--tag`` names a checkpoint of the run's checkpoints folder (step_00000100), never a path
-    elsewhere (``../../x`` was followed by generate, export and merge-tp)."""
+    """A ``--tag`` names a checkpoint of the run's checkpoints folder (step_00000100), never a path."""
     if tag is not None and not TAG_RE.fullmatch(tag):
         raise ConfigError(f"--tag {tag!r} is not a checkpoint name of the run's checkpoints folder "
                           "(names look like step_00000100; leave --tag out for the latest)")
 
 
 def saved_data(tag_dir: Path) -> list[dict[str, Any]] | None:
-    """The data fingerprint a checkpoint was saved with (see :func:`save`); None when it has none (an older
-    checkpoint) or its ``position.json`` cannot be read."""
-    try:
-        data = json.loads((tag_dir / POSITION).read_text(encoding="utf-8"))["data"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    """The data fingerprint a checkpoint was saved with (see :func:`save`); None when it has none."""
+    data = _from_position(tag_dir, lambda position: position["data"])
+
     def well_formed(d: Any) -> bool:
         return (isinstance(d, dict) and isinstance(d.get("documents"), int) and isinstance(d.get("tokens"), int)
                 and isinstance(d.get("lengths_sha256"), str)
@@ -254,8 +221,7 @@ def saved_data(tag_dir: Path) -> list[dict[str, Any]] | None:
 
 
 def complete_tags(ckpt_dir: Path) -> list[str]:
-    """Checkpoint tags in step order whose save finished: ``config.yaml`` is written into a tag after
-    every rank has saved, so a tag without it was cut short."""
+    """Checkpoint tags in step order whose save finished (``config.yaml`` is written after every rank saved)."""
     if not ckpt_dir.is_dir():
         return []
     return sorted(p.name for p in ckpt_dir.iterdir()
@@ -263,17 +229,12 @@ def complete_tags(ckpt_dir: Path) -> list[str]:
 
 
 def latest_tag(ckpt_dir: Path) -> str | None:
-    """The tag named by ``latest``; None when there is no pointer (a new run).
-
-    A pointer to a checkpoint that is gone is an error rather than a new run: starting over would
-    truncate metrics.jsonl while older checkpoints still sit there.
-    """
+    """The tag named by ``latest``; None when there is no pointer (a new run). A pointer to a checkpoint that
+    is gone is an error: starting over would truncate metrics.jsonl while older checkpoints still sit there."""
     pointer = ckpt_dir / LATEST
     if not pointer.is_file():
         complete = complete_tags(ckpt_dir)
         if complete or pointer.is_symlink():  # a dangling link is a pointer too
-            # a first save cut short between its config.yaml and `latest`, or a deleted pointer: starting over
-            # would overwrite these checkpoints step by step
             have = f"holds complete checkpoint(s) up to {complete[-1]}" if complete else "holds no complete checkpoint"
             raise ConfigError(
                 f"{ckpt_dir} {have} but {pointer} is missing or not a file: write the tag to resume from into "
@@ -286,8 +247,6 @@ def latest_tag(ckpt_dir: Path) -> str | None:
     tag = pointer.read_text(encoding="utf-8").strip()
     if tag in complete_tags(ckpt_dir):
         return tag
-    # only a tag of this folder whose save finished (config.yaml is written after every rank saved):
-    # not a path elsewhere (another run's checkpoint), not a tag cut short
     if TAG_RE.match(tag) and (ckpt_dir / tag).is_dir():
         why = "which is incomplete (no config.yaml: its save was cut short)"
     elif tag and not TAG_RE.match(tag):
@@ -302,15 +261,11 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], config_yaml: str,
          keep: int, is_main: bool, data: list[dict[str, Any]] | None = None) -> str:
-    """Save on every rank; then rank 0 writes the config copy and ``latest`` and prunes old tags.
-
-    ``data`` (:func:`megadepth.data.data_fingerprint`) goes into ``position.json``: what the consumed-samples
-    position counts in, checked on resume.
-
-    A write that fails on any rank (a full disk, a read-only folder) fails the save on every rank at the
-    same point: the cut-short tag is removed (it would keep eating the space a resume needs), ``latest``
-    keeps naming the previous checkpoint, and :class:`CheckpointError` says why in one line."""
-    tag = tag_for(step)
+    """Save on every rank; then rank 0 writes ``position.json`` (with ``data``, the fingerprint a resume
+    checks), the config copy and ``latest``, and prunes old tags. A write that fails on any rank fails the
+    save on every rank: the cut-short tag is removed, ``latest`` keeps naming the previous checkpoint, and
+    :class:`CheckpointError` says why in one line."""
+    tag = f"step_{step:08d}"
     tag_dir = ckpt_dir / tag
     with guard_files(engine) as failures:
         try:  # ours, not DeepSpeed's: its makedirs logs a failure and goes on to a misleading torch error
@@ -323,7 +278,6 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
     failed = _gather_failures(failures)
     if not failed and is_main:
         try:
-            # the data position, readable before the engine exists (the train set is sized from it)
             position: dict[str, Any] = {"step": int(client_state["step"]),
                                         "consumed_samples": int(client_state["consumed_samples"])}
             if data is not None:
@@ -368,11 +322,10 @@ def gathered_weights_file(tp_rank: int) -> str:
 
 
 def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> None:
-    """ZeRO-3 saves every parameter in pieces across the data-parallel ranks (inside pickled optimizer
-    files); the tools that read weights (merge-tp, export, generate, train.init_from) read plain tensors
-    only. So the parameters are gathered once per save and the first data-parallel rank of each tensor
-    rank writes its shard as ``{"module": state_dict}`` of plain tensors. Every rank takes part; a failed
-    write is added to ``failures`` (see :func:`guard_files`)."""
+    """ZeRO-3 saves parameters in pieces inside pickled optimizer files, but the tools that read weights
+    (merge-tp, export, generate, train.init_from) read plain tensors: so the first data-parallel rank of each
+    tensor rank writes its gathered shard as ``{"module": state_dict}``. Every rank takes part; a failed
+    write is added to ``failures``."""
     import deepspeed
 
     from megadepth.common.io import atomic_write_bytes
@@ -389,8 +342,7 @@ def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> N
                 atomic_write_bytes(tag_dir / gathered_weights_file(tp_rank), buffer.getvalue())
             except Exception as e:  # recorded, so every rank still reaches the gather of failures
                 failures.append(f"{gathered_weights_file(tp_rank)}: {_cause(e, tag_dir)}")
-    # the gather fetched every parameter outside the forward's recorded order: without a reset, ZeRO-3's
-    # prefetcher replays a stale trace on the next step and fails ("tracing error") after a resume
+    # the gather broke the forward's recorded order: ZeRO-3's prefetcher would replay a stale trace and fail
     offload = getattr(engine.optimizer, "parameter_offload", None)
     if offload is not None:
         invalidate = getattr(offload.get_param_coordinator(), "_invalidate_trace", None)
@@ -399,17 +351,15 @@ def _save_gathered_weights(engine: Any, tag_dir: Path, failures: list[str]) -> N
 
 
 def group_settings(optimizer: Any) -> list[tuple[Any, ...]]:
-    """Each optimizer group's (name, initial LR, eps, weight decay): the numbers the parametrization
-    decided, which a load replaces with the checkpoint's."""
+    """Each optimizer group's (name, initial LR, eps, weight decay), which a load replaces with the checkpoint's."""
     return [(g.get("name"), g.get("initial_lr", g.get("lr")), g.get("eps"), g.get("weight_decay"))
             for g in getattr(optimizer, "param_groups", [])]
 
 
 def group_differences(planned: list[tuple[Any, ...]], restored: list[tuple[Any, ...]]) -> list[str]:
     """``group NAME: eps A there, B here`` for each number a checkpoint's groups hold otherwise than this
-    run's rules give. The config comparison before the load cannot see these: the same config gives other
-    numbers when megadepth's rules change between the save and the resume (the Adam eps and weight-decay
-    defaults did), and a resume would then train on the checkpoint's numbers while every log shows ours."""
+    run's rules give: the same config gives other numbers when megadepth's rules change between save and
+    resume, which the config comparison before the load cannot see."""
     if len(planned) != len(restored):
         return [f"{len(restored)} optimizer groups there, {len(planned)} here"]
     out = []
@@ -421,14 +371,11 @@ def group_differences(planned: list[tuple[Any, ...]], restored: list[tuple[Any, 
 
 
 def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    """Load a checkpoint into the engine (weights, optimizer, scheduler); returns our client state. The
-    tag's files were checked at start-up (:func:`check_safe`, from the run's preflight) and the engine
-    reads them weights-only (:func:`read_weights_only`, from its build)."""
+    """Load a checkpoint into the engine (weights, optimizer, scheduler); returns our client state."""
     planned = group_settings(engine.optimizer)
     try:
-        path, client_state = engine.load_checkpoint(
-            str(ckpt_dir), tag=tag, load_optimizer_states=True, load_lr_scheduler_states=True
-        )
+        path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
+                                                    load_lr_scheduler_states=True)
     except ConfigError:
         raise
     except Exception as e:  # torn or foreign files: DeepSpeed asserts, torch raises many kinds

@@ -1,5 +1,4 @@
-"""The loss curve a finished run leaves beside its metrics (loss.png): train loss, and eval loss where
-recorded, against optimizer step."""
+"""The loss curve a finished run leaves beside its metrics (loss.png)."""
 
 from __future__ import annotations
 

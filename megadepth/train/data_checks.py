@@ -18,9 +18,8 @@ from megadepth.parallel.distributed import read_env
 
 def _split_sizes(comp: str, valid_fraction: float) -> tuple[int, int, int, int, int]:
     """(documents, train documents, train tokens, valid documents, valid tokens) of one component, split
-    as build_datasets splits it. Cached per process by the resolved path and the name, size and mtime of
-    every ``.idx`` file (a sweep checks many grid points on the same data, and opening a large corpus
-    reads every document size): another working directory or rewritten shards miss the cache."""
+    as build_datasets splits it. Cached by the resolved path and each ``.idx`` file's name, size and mtime
+    (a sweep checks many grid points on the same data; rewritten shards miss the cache)."""
     path = Path(comp).resolve()
     idx = sorted(path.glob("*.idx")) if path.is_dir() else [path.with_name(path.name + ".idx")]
     stats = tuple((f.name, st.st_size, st.st_mtime_ns) for f in idx if (st := _stat(f)) is not None)
@@ -45,42 +44,33 @@ def _split_sizes_cached(comp: str, _resolved: str, _stats: tuple, valid_fraction
 
 
 def _without_validation(config: Config) -> str:
-    """The settings that turn validation off together: data.valid_fraction 0 alone is refused while
-    train.eval_every is set (nothing to evaluate on), so a message that advises it names both."""
-    keys = "data.valid_fraction: 0"
-    return keys + (" and train.eval_every: 0" if config.train.eval_every else "")
+    """The settings that turn validation off together (valid_fraction 0 alone is refused with eval_every)."""
+    return "data.valid_fraction: 0" + (" and train.eval_every: 0" if config.train.eval_every else "")
 
 
 def _check_fits(comp: str, config: Config) -> None:
-    """Each split of one data.path component holds at least one sample, as the sample index will need
-    (split as build_datasets splits it: the last valid_fraction of the documents, with evaluation on).
-    Each message names every key its fix changes."""
+    """Each split of one data.path component holds at least one sample, as the sample index will need."""
     want_valid = config.data.valid_fraction > 0 and config.train.eval_samples > 0
     docs, n_train, train_tokens, n_valid, valid_tokens = _split_sizes(
         str(comp), config.data.valid_fraction if want_valid else 0.0)
     if want_valid and n_valid == 0:
         raise DataError(f"{comp}: {docs} document(s) is too few to hold out validation documents; set "
                         f"{_without_validation(config)} (train without validation), or add documents")
-    need = config.model.seq_len + 1
+    fraction, need = config.data.valid_fraction, config.model.seq_len + 1
+    fixes = {"train": "lower model.seq_len, or add data" + (
+                 f", or lower data.valid_fraction ({fraction})" if n_valid else ""),
+             "valid": f"raise data.valid_fraction ({fraction}), lower model.seq_len, or set "
+                      f"{_without_validation(config)} (train without validation)"}
     for split, n, tokens in (("train", n_train, train_tokens), ("valid", n_valid, valid_tokens)):
         if (split == "train" or want_valid) and tokens < need:
-            if split == "train":
-                fix = "lower model.seq_len, or add data" + (
-                    f", or lower data.valid_fraction ({config.data.valid_fraction})" if n_valid else "")
-            else:
-                fix = (f"raise data.valid_fraction ({config.data.valid_fraction}), lower model.seq_len, or set "
-                       f"{_without_validation(config)} (train without validation)")
             raise DataError(f"{comp} ({split}): {n} documents hold {tokens} tokens, fewer than one sample "
-                            f"of seq_len + 1 = {need}; {fix}")
+                            f"of seq_len + 1 = {need}; {fixes[split]}")
 
 
 def check_tokenizer(config: Config) -> Path | None:
-    """The data and the tokenizer the run uses, checked: every data.path component holds readable shards;
-    the tokenizer loads, fits model.vocab_size, and matches the shards.
-
-    Returns its path (None when neither data.tokenizer nor a tokenizer.model beside the data exists;
-    training on pre-tokenized shards does not need one).
-    """
+    """Check the data and the tokenizer: every data.path component holds readable shards; the tokenizer
+    loads, fits model.vocab_size, and matches the shards. Returns its path (None: there is none, which
+    pre-tokenized shards do not need)."""
     components = [p for _, p in parse_data_path(config.data.path)]
     manifests = {}
     for comp in components:
@@ -91,17 +81,13 @@ def check_tokenizer(config: Config) -> Path | None:
             # prep writes manifest.json last (and removes it first when it rewrites the shards)
             raise DataError(f"data.path: {folder} is an unfinished 'megadepth prep run' (no manifest.json yet); "
                             "run the prep command again to finish it")
-        # the shards themselves (index headers and document sizes; no token is read): an empty folder,
-        # a file that is not a shard or a damaged .idx fails here, in --dry-run and before a sweep starts
+        # the shards' index headers and document sizes: a damaged or missing shard fails here, in --dry-run too
         _check_fits(comp, config)
-        manifest = read_data_manifest(comp)
-        manifests[comp] = manifest
+        manifest = manifests[comp] = read_data_manifest(comp)
         if manifest and int(manifest.get("vocab_size", 0)) > config.model.vocab_size:
-            raise ConfigError(
-                f"the shards in {comp} use a vocabulary of {manifest['vocab_size']} tokens but "
-                f"model.vocab_size is {config.model.vocab_size}: token ids would fall outside the embedding; "
-                f"set model.vocab_size: {manifest['vocab_size']}"
-            )
+            raise ConfigError(f"the shards in {comp} use a vocabulary of {manifest['vocab_size']} tokens but "
+                              f"model.vocab_size is {config.model.vocab_size}: token ids would fall outside the "
+                              f"embedding; set model.vocab_size: {manifest['vocab_size']}")
     path = Path(config.data.tokenizer) if config.data.tokenizer else find_tokenizer(config.data.path)
     if path is None:
         sizes = [int(m["vocab_size"]) for m in manifests.values() if m and m.get("vocab_size")]
@@ -118,19 +104,15 @@ def check_tokenizer(config: Config) -> Path | None:
     except (RuntimeError, OSError) as exc:
         raise DataError(f"data.tokenizer: {path} is not a readable sentencepiece model ({exc})") from None
     if sp.get_piece_size() > config.model.vocab_size:
-        raise ConfigError(
-            f"tokenizer {path} has {sp.get_piece_size()} pieces but model.vocab_size is "
-            f"{config.model.vocab_size}: token ids would fall outside the embedding; set model.vocab_size: "
-            f"{sp.get_piece_size()}"
-        )
+        raise ConfigError(f"tokenizer {path} has {sp.get_piece_size()} pieces but model.vocab_size is "
+                          f"{config.model.vocab_size}: token ids would fall outside the embedding; set "
+                          f"model.vocab_size: {sp.get_piece_size()}")
     digest = sha256_file(path)
     for comp, manifest in manifests.items():
         expected = ((manifest or {}).get("tokenizer") or {}).get("sha256")
         if expected and digest != expected:
-            raise DataError(
-                f"tokenizer {path} is not the one the shards in {comp} were made with (sha256 differs from "
-                "manifest.json)"
-            )
+            raise DataError(f"tokenizer {path} is not the one the shards in {comp} were made with (sha256 "
+                            "differs from manifest.json)")
     _warn_once(unused_vocab_warning(config, sp.get_piece_size(),
                                     f"the tokenizer {path} has {sp.get_piece_size()} pieces"))
     return path
@@ -138,14 +120,9 @@ def check_tokenizer(config: Config) -> Path | None:
 
 def unused_vocab_warning(config: Config, tokens: int, source: str) -> str | None:
     """The warning for a model.vocab_size larger than the ``tokens`` of the tokenizer (or manifest) than
-    padding to model.vocab_multiple explains, else None. ``source`` says where ``tokens`` comes from
-    ("the tokenizer X has N pieces").
-
-    Not an error: a vocabulary kept larger on purpose (room for a tokenizer that will grow) trains. But it
-    is mostly a model config meant for other data (gpt-124m's 50304 on a 2048-piece tokenizer): rows no
-    token id reaches, in the embedding, the head and every softmax, cost parameters and compute and raise
-    the loss at initialisation, silently. Within the padding (vocab_size 2048 for 2000 pieces at multiple
-    128) the embedding has the same rows either way, so nothing is said."""
+    padding to model.vocab_multiple explains, else None; ``source`` says where ``tokens`` comes from. Not
+    an error (room for a larger tokenizer), but mostly a model config meant for other data, whose unused
+    rows cost parameters and compute and raise the initial loss, silently."""
     m = config.model
     multiple = m.vocab_multiple
     needed = -(-tokens // multiple) * multiple
@@ -164,8 +141,7 @@ _warned: set[str] = set()
 
 
 def _warn_once(message: str | None) -> None:
-    """Print a start-up warning on stderr once per process (a sweep checks every grid point), on the
-    main rank only (every rank of a job runs the same checks)."""
+    """Print a start-up warning on stderr once per process (a sweep checks every grid point), main rank only."""
     if message is None or message in _warned:
         return
     _warned.add(message)

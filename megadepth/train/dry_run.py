@@ -1,13 +1,5 @@
-"""``megadepth train --dry-run`` (and ``megadepth launch --dry-run``): every start-up check, then what the
-run would be, without running it.
-
-Before spending cluster hours a user wants to see the model size, the batch arithmetic, whether the run
-resumes, and the per-role init / LR / eps / weight decay they are about to get (the table a real run
-writes to parametrization.txt). The checks are the trainer's own (:func:`megadepth.train.loop.plan_training`);
-the model is built on PyTorch's meta device, so even gpt-1.3b costs no memory; nothing is written.
-``launch --dry-run`` prints the same summary (:func:`summary_lines`) for the whole job's world size, from
-the launcher's own checks of it.
-"""
+"""``megadepth train --dry-run`` (and ``launch --dry-run``): every start-up check, then what the run would
+be, without running it; the model is built on the meta device (no memory) and nothing is written."""
 
 from __future__ import annotations
 
@@ -60,8 +52,7 @@ def summary_lines(config: Config, *, processes: int, layout: Layout, grad_accum:
 
 
 def device_text(config: Config, gpus_here: int | None) -> tuple[str, str]:
-    """(device, precision) of the ranks, for the ``layout:`` line of a launch: on a node with ``gpus_here``
-    CUDA devices, or on nodes not known here (None: another node runs the command, or many do)."""
+    """(device, precision) of the ranks for a launch's ``layout:`` line (``gpus_here`` None: not known)."""
     want, precision = config.train.device, config.train.precision
     if want == "cpu" or gpus_here == 0:
         return "cpu", resolve_precision(config, torch.device("cpu"))
@@ -72,8 +63,7 @@ def device_text(config: Config, gpus_here: int | None) -> tuple[str, str]:
 
 
 def describe_run(config: Config) -> str:
-    """The checked plan of ``config`` for this process's world size, as text (raises ConfigError /
-    DataError exactly where ``megadepth train`` would)."""
+    """The checked plan of ``config`` for this process's world size, as text (raising where train would)."""
     from megadepth.train.loop import plan_training
 
     plan = plan_training(config)
@@ -86,12 +76,8 @@ def describe_run(config: Config) -> str:
 
 
 def derived_batch_warning(config: Config, world_size: int) -> str | None:
-    """A one-line warning when the global batch follows the process count, else None.
-
-    Without ``train.global_batch`` the global batch is micro_batch x grad_accum x data-parallel size: the
-    same config launched on 3 processes trains at 3 times the batch of one, a different run (the learning
-    rate, the tokens per step, the samples seen) that a start-up line alone would not make anyone notice.
-    """
+    """A one-line warning when the global batch follows the process count (no ``train.global_batch``): the
+    same config on 3 processes would silently train at 3 times the batch of one."""
     t, par = config.train, config.parallel
     model_parallel = par.tensor * par.pipeline
     if t.global_batch is not None or world_size % model_parallel:  # pinned, or a layout check fails later

@@ -19,8 +19,7 @@ from megadepth.train.schedule import make_scheduler
 
 def deepspeed_config(config: Config, grad_accum: int, global_batch: int, precision: str,
                      engine_clips: bool = True) -> dict[str, Any]:
-    """The DeepSpeed JSON config derived from ours (the user never writes one). ``engine_clips=False``:
-    the Stepper clips (see :func:`clips_itself`)."""
+    """The DeepSpeed JSON config derived from ours; ``engine_clips=False``: the Stepper clips."""
     return {
         "train_batch_size": global_batch,
         "train_micro_batch_size_per_gpu": config.train.micro_batch,
@@ -43,16 +42,13 @@ def build_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
-    # torch has fused Adam kernels for CUDA and (since 2.4) CPU: one pass over each tensor instead of a
-    # dozen elementwise ops per parameter
     fused = True if opt.fused is None else opt.fused
     return cls(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=fused or None)
 
 
 def clips_itself(config: Config, precision: str) -> bool:
-    """Whether megadepth clips gradients itself: the plain engine with fp32 parameters (fp32 or bf16-mixed)
-    without ZeRO, where gradients sit in the parameters' ``.grad`` (under ZeRO and bf16, DeepSpeed's
-    optimizers own the fp32 gradients and clip them; the pipeline engine clips in its own step)."""
+    """Whether megadepth clips gradients itself: the plain engine with fp32 parameters without ZeRO, where
+    gradients sit in the parameters' ``.grad`` (otherwise DeepSpeed owns and clips them)."""
     return (config.parallel.pipeline == 1 and config.parallel.zero_stage == 0
             and precision in ("fp32", "bf16-mixed"))
 
@@ -71,10 +67,8 @@ class Built:
 
 def build_engine(config: Config, device: torch.device, grad_accum: int, global_batch: int,
                  precision: str, grid: Grid, weights: WeightSource | None = None) -> Built:
-    """Build this rank's part of the model on ``device``, initialise it from its roles (global shapes,
-    sliced) or take ``weights`` from a checkpoint (train.init_from), and wrap it in a DeepSpeed engine
-    that averages gradients over the data-parallel group only (the pipeline engine when
-    parallel.pipeline > 1). Weights are in place before the engine copies them into its optimizer."""
+    """Build this rank's part of the model on ``device``, initialise it (or take ``weights`` from
+    train.init_from) and wrap it in a DeepSpeed engine (the pipeline engine when parallel.pipeline > 1)."""
     import deepspeed
 
     ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
@@ -105,16 +99,11 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
     optimizer = build_optimizer(config, groups)
     own = clips_itself(config, precision)
     engine, _, _, _ = deepspeed.initialize(
-        model=model,
-        optimizer=optimizer,
-        lr_scheduler=make_scheduler(config.schedule, config.train.steps),
-        config=deepspeed_config(config, grad_accum, global_batch, precision, engine_clips=not own),
-        mpu=mpu,
-    )
+        model=model, optimizer=optimizer, lr_scheduler=make_scheduler(config.schedule, config.train.steps),
+        config=deepspeed_config(config, grad_accum, global_batch, precision, engine_clips=not own), mpu=mpu)
     read_weights_only(engine)  # DeepSpeed's own reader unpickles anything a planted file names
     if own and grid.data_size == 1:
-        # a data-parallel group of one: averaging is the identity, but DeepSpeed would still flatten
-        # every gradient into buckets and run a collective each step
+        # a data-parallel group of one: DeepSpeed would still bucket every gradient and run a collective
         engine.enable_backward_allreduce = False
     return Built(engine=engine, model=model, parametrization=ptz, groups=groups, pipeline=pipeline,
                  own_clip=config.optimizer.grad_clip if own else 0.0)

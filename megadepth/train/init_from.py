@@ -1,16 +1,5 @@
-"""``train.init_from``: start a new run from another run's weights, at any parallel layout.
-
-A checkpoint resumes only at the tensor/pipeline sizes it was saved at (its files are per shard and per
-stage). To go on at another layout (more GPUs, a pipeline, TP for a bigger context), or to branch a run
-(new data, new schedule), a run starts from the *weights* instead: the source checkpoint is merged to
-the plain model's state on the CPU (:func:`megadepth.train.merge.consolidated_state`: any layout,
-``merge-tp`` output too), and each parameter of this rank's model takes its slice of the merged tensor,
-exactly as initialisation slices a freshly drawn one. This happens before the DeepSpeed engine copies
-the weights into its optimizer, so bf16 master weights and ZeRO partitions start from them too.
-
-Only the weights carry over: the step, the optimizer state, the LR schedule and the data order start
-fresh. Once the run has checkpoints of its own, those win (a preempted run resumes, it does not start
-over from the source).
+"""``train.init_from``: start a new run from another run's weights, at any parallel layout: the source is
+merged on the CPU and each parameter of this rank takes its slice, before the engine copies the weights.
 """
 
 from __future__ import annotations
@@ -31,15 +20,11 @@ SHAPE_KEYS = ("block", "depth", "width", "heads", "mlp_ratio", "vocab_size", "vo
               "position", "tie_embeddings", "bias")
 
 
-def _shape_key_name(key: str) -> str:
-    # ``positions`` is derived, not a key a user sets: name the two that decide it
-    return "position table (model.max_positions, else model.seq_len)" if key == "positions" else f"model.{key}"
-
-
 def shape_differences(saved: ModelConfig, model: ModelConfig) -> str:
     """``model.K A there, B here`` for every shape key that differs ('' when none does)."""
-    return ", ".join(f"{_shape_key_name(k)} {getattr(saved, k)} there, {getattr(model, k)} here" for k in SHAPE_KEYS
-                     if getattr(saved, k) != getattr(model, k))
+    names = {"positions": "position table (model.max_positions, else model.seq_len)"}  # derived, not a key
+    return ", ".join(f"{names.get(k, f'model.{k}')} {getattr(saved, k)} there, {getattr(model, k)} here"
+                     for k in SHAPE_KEYS if getattr(saved, k) != getattr(model, k))
 
 
 @dataclass(frozen=True)
@@ -54,8 +39,7 @@ class WeightSource:
 
 
 def check_init_source(config: Config) -> WeightSource:
-    """Resolve ``train.init_from`` (a checkpoints folder, one checkpoint in it, or merge-tp output) and
-    check that it holds a complete checkpoint of this model's shape; ConfigError otherwise."""
+    """Resolve ``train.init_from`` to a complete checkpoint of this model's shape; ConfigError otherwise."""
     from megadepth.train.checkpoint import checkpoints_folder, latest_tag, saved_config
 
     raw = Path(str(config.train.init_from))
@@ -83,9 +67,7 @@ def check_init_source(config: Config) -> WeightSource:
 
 @torch.no_grad()
 def load_weights(model: nn.Module, source: WeightSource, name_for: Callable[[str], str] | None = None) -> None:
-    """Copy the source's weights into ``model`` (this rank's part: a plain GPT or a pipeline stage,
-    tensor-parallel shards sliced like initialisation slices them). ``name_for`` maps a pipeline stage's
-    parameter names to the plain GPT's."""
+    """Copy the source's weights into this rank's ``model``; ``name_for`` maps pipeline names to the GPT's."""
     from megadepth.train.merge import consolidated_state
 
     _, state, _ = consolidated_state(source.ckpt_dir, source.tag)

@@ -1,8 +1,5 @@
-"""``megadepth train``: checks, data, engine, the loop, eval, checkpoints, metrics.
-
-The order matters: everything that can be wrong with a config, a layout or the data is checked before
-the run directory is created and before any process group or model exists.
-"""
+"""``megadepth train``: checks (before the run directory, process group or model exist), data, engine, the
+loop, eval, checkpoints, metrics."""
 
 from __future__ import annotations
 
@@ -83,17 +80,14 @@ def train(config: Config) -> dict[str, Any]:
 
 
 class Trainer:
-    """One rank's part of a run, top to bottom: :meth:`run` holds the signal handlers, the process group,
-    the run lock and the summary on one exit stack; :meth:`_loop` trains, each step's record (with its
-    evaluation), checkpoint and stop a named method."""
+    """One rank's part of a run: signal handlers, process group, run lock and summary on one exit stack."""
 
     def __init__(self, config: Config) -> None:
         self.config, self.cfg = config, config.train
 
     def run(self) -> dict[str, Any]:
         with contextlib.ExitStack() as stack:
-            # a scheduler's SIGTERM during start-up (data index, engine build) must also end in a stopped run,
-            # so the handler is in place from the start; ranks act on it together once training runs
+            # a SIGTERM during start-up must also end in a stopped run: the handler is in place from the start
             self.stop = stack.enter_context(StopRequest())
             self.plan = plan_training(self.config)
             self.out = tqdm.write if self.plan.env.is_main else (lambda *_a, **_k: None)
@@ -101,8 +95,7 @@ class Trainer:
             config_yaml = to_yaml(self.config)
             stack.enter_context(_process_group(self.plan, config_yaml))
             stack.enter_context(_run_lock(self.plan))
-            # from here on, however the run ends (a checkpoint that fails to load, W&B, the loop), it ends
-            # with a summary.json that says so
+            # from here on, however the run ends, it ends with a summary.json that says so
             self.progress = stack.enter_context(Progress(self.plan, config_yaml))
             stack.callback(self._release_engine)
             if self._build_and_resume():
@@ -123,8 +116,7 @@ class Trainer:
         if plan.env.is_main:  # only rank 0 writes position.json
             plan.data = data_fingerprint(config.data.path)
         # the samples the run reads in all: from where its checkpoint stands, the steps left at this global
-        # batch. A resume may use another global batch (another data-parallel size at a derived one, or a
-        # changed train.global_batch): steps x global batch would then miscount the samples consumed so far.
+        # batch (a resume may use another global batch: steps x batch would miscount the samples consumed)
         saved = checkpoint.position(plan.run.checkpoints / plan.resume_tag) if plan.resume_tag is not None else None
         self.train_set, self.valid_set = build_datasets(
             config.data.path, seq_len=config.model.seq_len, seed=self.cfg.seed,
@@ -209,8 +201,7 @@ class Trainer:
         with tqdm(total=cfg.steps, initial=progress.step, disable=not show_bar, desc="train",
                   dynamic_ncols=True) as self.bar:
             while progress.step < cfg.steps:
-                # log every log_every steps, the first step of a new run (the starting loss) and the last; the
-                # same steps whether or not the run was interrupted and resumed in between
+                # every log_every steps, the first step and the last: the same steps whether or not it resumed
                 step = progress.step
                 log_due = (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == cfg.steps
                 self.window.add(self.stepper.train_step(self.batches, step, want_norm=log_due))
@@ -228,8 +219,7 @@ class Trainer:
             self.stop.drain()
 
     def _record(self, log_due: bool) -> bool:
-        """This step's metrics record, written and printed, when it is a log or an evaluation step; False
-        (diverged) when its loss is not finite."""
+        """This step's metrics record, at a log or evaluation step; False (diverged) when a loss is not finite."""
         config, cfg, progress = self.config, self.cfg, self.progress
         lr = config.optimizer.lr * lr_factor(progress.step - 1, cfg.steps, config.schedule)
         record: dict[str, Any] = {"step": progress.step, "consumed_tokens": progress.consumed * config.model.seq_len}
@@ -277,8 +267,7 @@ class Trainer:
 
     def _checkpoint(self, stop: str | None) -> bool:
         """Save a checkpoint when one is due or the run stops here; False (diverged, nothing saved) when
-        something since the last record is not finite. The loss is only read at log steps (no host sync per
-        step), so it is checked here: `latest` is never a NaN model."""
+        something since the last record is not finite: `latest` is never a NaN model."""
         progress, cfg = self.progress, self.cfg
         if not (stop or (cfg.save_every and progress.step % cfg.save_every == 0)
                 or (progress.step == cfg.steps and cfg.save_final)):
@@ -316,8 +305,7 @@ class Trainer:
 
 @contextlib.contextmanager
 def _process_group(plan: TrainingPlan, config_yaml: str) -> Iterator[None]:
-    """This rank in the job's process group, shut down however the run ends. Every rank (every node) must
-    train the same resolved config: their sha256 are compared first."""
+    """This rank in the job's process group (shut down however the run ends), checking all have one config."""
     distributed.prepare_deepspeed_env(plan.device)
     distributed.limit_cpu_threads(plan.device, plan.env)
     distributed.init_distributed(plan.config, plan.env, plan.device)
@@ -342,8 +330,7 @@ def _run_lock(plan: TrainingPlan) -> Iterator[None]:
         answer: tuple[str | None, str | None] | None = None
         if plan.env.is_main:
             holder = lock.acquire()
-            # what the run holds now: another job may have trained it (and let go) while this one started
-            # (data index, process group), after this job decided whether and where to resume
+            # another job may have trained the run (and let go) after this one decided where to resume
             try:
                 latest = checkpoint.latest_tag(run.checkpoints) if holder is None else None
             except ConfigError as exc:
@@ -364,11 +351,8 @@ def _run_lock(plan: TrainingPlan) -> Iterator[None]:
 
 
 class _LogWindow:
-    """The training loss summed over the steps since the last metrics record, kept on the device.
-
-    Its sum (averaged over ranks) and step count go into every checkpoint, so that a resumed run writes
-    the same records as one that was never stopped: same steps, each loss averaged over the same steps.
-    """
+    """The training loss summed over the steps since the last metrics record, kept on the device. Its sum
+    (averaged over ranks) and step count go into every checkpoint, so a resumed run writes the same records."""
 
     def __init__(self, device: torch.device, loss_sum: float = 0.0, steps: int = 0) -> None:
         self.loss = torch.full((), loss_sum, dtype=torch.float64, device=device)

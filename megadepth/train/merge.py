@@ -1,15 +1,6 @@
-"""Merge the tensor-parallel shards of a checkpoint into one TP=1 checkpoint (for export, evaluation,
-or continuing on a different layout).
-
-Which dimension each parameter was split along is not guessed from shapes: a skeleton of the model is
-built on the meta device at the checkpoint's TP size (no memory, no process group) and each parameter's
-``partition_dim`` is read off it, exactly as the trainer sharded it. Replicated parameters must be
-identical in every shard; a mismatch is an error, not a silent pick.
-
-Output: ``OUT/<tag>/mp_rank_00_model_states.pt`` (``{"module": state_dict}``, plain tensors, loadable
-with ``torch.load(weights_only=True)`` and by DeepSpeed's ``load_checkpoint(load_module_only=True)``),
-``OUT/<tag>/config.yaml`` (the run's config at ``parallel.tensor: 1``) and ``OUT/latest``.
-Optimizer states are not merged: continue training from the merged weights, not from their momentum.
+"""Merge the tensor-parallel shards of a checkpoint into one TP=1 checkpoint of plain weights (no optimizer
+states): ``OUT/<tag>/mp_rank_00_model_states.pt``, its ``config.yaml`` and ``OUT/latest``. Each parameter's
+split dimension is read off a meta-device skeleton of the model, exactly as the trainer sharded it.
 """
 
 from __future__ import annotations
@@ -24,15 +15,7 @@ from megadepth.common.errors import ConfigError
 from megadepth.common.io import atomic_write_text
 from megadepth.config.load import to_yaml, validate
 from megadepth.config.schema import Config
-from megadepth.train.checkpoint import (
-    LATEST,
-    check_tag,
-    checkpoints_folder,
-    complete_tags,
-    gathered_weights_file,
-    latest_tag,
-    refusal,
-)
+from megadepth.train import checkpoint
 
 
 def _skeleton_partitions(config: Config) -> dict[str, int | None]:
@@ -53,9 +36,9 @@ def _skeleton_partitions(config: Config) -> dict[str, int | None]:
 
 def _read_config(ckpt_dir: Path, tag: str | None) -> tuple[Config, str]:
     if tag is not None and not (ckpt_dir / tag).is_dir():
-        there = ", ".join(complete_tags(ckpt_dir)) or "none"
+        there = ", ".join(checkpoint.complete_tags(ckpt_dir)) or "none"
         raise ConfigError(f"{ckpt_dir}: no checkpoint named {tag} (complete ones there: {there})")
-    tag = tag or latest_tag(ckpt_dir)
+    tag = tag or checkpoint.latest_tag(ckpt_dir)
     if tag is None:
         raise ConfigError(f"{ckpt_dir}: no complete checkpoint (no 'latest' pointer)")
     config_file = ckpt_dir / tag / "config.yaml"
@@ -71,7 +54,7 @@ def _load(path: Path, what: str) -> dict[str, torch.Tensor]:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # a class outside plain tensors and containers: never built
         raise ConfigError(f"{path} holds objects other than tensors, refused (weights are loaded weights-only): "
-                          f"{refusal(e)}") from None
+                          f"{checkpoint.refusal(e)}") from None
     except Exception as e:  # a truncated or foreign file: torch raises RuntimeError, EOFError
         raise ConfigError(f"{path} cannot be read ({type(e).__name__}: {e}): the checkpoint is damaged") from None
     return data.get("module", data)
@@ -81,16 +64,15 @@ def _shards_plain(config: Config, folder: Path) -> list[dict[str, torch.Tensor]]
     """One state dict per tensor-parallel rank of a checkpoint saved by the plain engine."""
     tp = config.parallel.tensor
     if config.parallel.zero_stage == 3:  # DeepSpeed's files hold pieces; the trainer gathered each shard
-        return [_load(folder / gathered_weights_file(rank), f"a parallel.zero_stage 3 checkpoint saved at "
-                      f"parallel.tensor = {tp} (written by a megadepth from before 2026-11-29?)") for rank in range(tp)]
+        return [_load(folder / checkpoint.gathered_weights_file(rank), f"a parallel.zero_stage 3 checkpoint saved "
+                      f"at parallel.tensor = {tp} (written by a megadepth from before 2026-11-29?)")
+                for rank in range(tp)]
     return [_load(folder / f"mp_rank_{rank:02d}_model_states.pt",
                   f"the checkpoint was saved at parallel.tensor = {tp}") for rank in range(tp)]
 
 
 def _shards_pipeline(config: Config, folder: Path) -> list[dict[str, torch.Tensor]]:
-    """The same from a pipeline checkpoint: DeepSpeed saves each layer of the PipelineModule in its own
-    file per tensor rank (``layer_XX-model_RR-model_states.pt``, stage-local names); the tied head is
-    saved once, with the token embedding. Names are mapped to the plain GPT's."""
+    """The same from a pipeline checkpoint (a file per layer and tensor rank), in the plain GPT's names."""
     from megadepth.model.pipeline import canonical_name
 
     m = config.model
@@ -111,13 +93,8 @@ def _shards_pipeline(config: Config, folder: Path) -> list[dict[str, torch.Tenso
 
 
 def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Config, dict[str, torch.Tensor], str]:
-    """(config at TP = PP = 1, the plain GPT's state dict, tag) from a checkpoint of any layout.
-
-    Tensor-parallel shards are concatenated along the dimension the trainer split them (read off a
-    meta-device skeleton); replicated parameters must agree across ranks; pipeline checkpoints are read
-    layer by layer. Only plain tensors are read (``weights_only=True``).
-    """
-    ckpt_dir = checkpoints_folder(Path(ckpt_dir))
+    """(config at TP = PP = 1, the plain GPT's state dict, tag) from a checkpoint of any layout."""
+    ckpt_dir = checkpoint.checkpoints_folder(Path(ckpt_dir))
     config, tag = _read_config(ckpt_dir, tag)
     folder = ckpt_dir / tag
     shards = _shards_pipeline(config, folder) if config.parallel.pipeline > 1 else _shards_plain(config, folder)
@@ -138,17 +115,14 @@ def consolidated_state(ckpt_dir: str | Path, tag: str | None = None) -> tuple[Co
     if broken:
         raise ConfigError(f"{folder}: {len(broken)} tensor(s) hold NaN or inf (e.g. {broken[0]}): the run "
                           "diverged before this checkpoint; use an earlier one (--tag)")
-    # the merged weights are one plain file, whatever ZeRO stage saved them (a ZeRO-3 config would send
-    # readers looking for gathered shards)
+    # one plain file, whatever ZeRO stage saved them (a ZeRO-3 config would send readers to gathered shards)
     single = config.model_copy(update={"parallel": config.parallel.model_copy(
         update={"tensor": 1, "pipeline": 1, "sequence_parallel": False, "zero_stage": 0})})
     return single, merged, tag
 
 
 def _check_out(source: Path, out_dir: Path) -> None:
-    """The output must be a new (or empty) folder outside the source run: written into its checkpoints
-    folder, the merged file replaced the checkpoint being merged (optimizer, step and DeepSpeed state
-    gone, the run no longer resumable); written into another folder, it mixed with what was there."""
+    """The output must be a new (or empty) folder outside the source run (inside, it replaced the checkpoint)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigError(f"--out {out_dir} exists and is not a directory")
     blocked = next((p for p in out_dir.parents if p.exists() and not p.is_dir()), None)
@@ -164,10 +138,9 @@ def _check_out(source: Path, out_dir: Path) -> None:
 
 
 def merge_tensor_parallel(ckpt_dir: str | Path, out_dir: str | Path, tag: str | None = None) -> Path:
-    """Merge ``ckpt_dir/<tag>`` (default: the ``latest`` one; tensor- and/or pipeline-parallel) into one
-    TP = PP = 1 checkpoint in ``out_dir``; returns the shard path."""
+    """Merge ``ckpt_dir/<tag>`` (default: ``latest``) into one TP = PP = 1 checkpoint in ``out_dir``."""
     out_dir = Path(out_dir)
-    check_tag(tag)  # the command line's --tag: a checkpoint name, not a path out of the folder
+    checkpoint.check_tag(tag)  # the command line's --tag: a checkpoint name, not a path out of the folder
     _check_out(Path(ckpt_dir), out_dir)
     merged_config, merged, tag = consolidated_state(ckpt_dir, tag)
     target = out_dir / tag / "mp_rank_00_model_states.pt"
@@ -176,5 +149,5 @@ def merge_tensor_parallel(ckpt_dir: str | Path, out_dir: str | Path, tag: str | 
     torch.save({"module": merged}, tmp)
     tmp.replace(target)
     atomic_write_text(out_dir / tag / "config.yaml", to_yaml(merged_config))
-    atomic_write_text(out_dir / LATEST, tag)  # last: the merged checkpoint is complete
+    atomic_write_text(out_dir / checkpoint.LATEST, tag)  # last: the merged checkpoint is complete
     return target

@@ -1,8 +1,5 @@
-"""Every check that can be made before a process group, model or run directory exists.
-
-`megadepth launch` runs it once for the whole job before starting any process, and each rank runs it
-again (cheap) in `megadepth train`, so a bad config costs a second, not a queued cluster job.
-"""
+"""Every check that can be made before a process group, model or run directory exists: `megadepth launch`
+runs it once for the whole job, and each rank again (cheap) in `megadepth train`."""
 
 from __future__ import annotations
 
@@ -45,17 +42,13 @@ def _check_eval(config: Config, layout: Layout) -> None:
     per_round = t.micro_batch * layout.data
     if layout.pipeline > 1 and t.eval_samples % per_round:
         # the pipeline engine evaluates whole micro-batches on every data rank
-        raise ConfigError(
-            f"with parallel.pipeline > 1, train.eval_samples must be a multiple of micro_batch x data-parallel "
-            f"size = {t.micro_batch} x {layout.data} = {per_round} (got {t.eval_samples})"
-        )
+        raise ConfigError(f"with parallel.pipeline > 1, train.eval_samples must be a multiple of micro_batch x "
+                          f"data-parallel size = {t.micro_batch} x {layout.data} = {per_round} (got {t.eval_samples})")
 
 
 def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> tuple[str | None, WeightSource | None]:
-    """(checkpoint tag the run resumes from, weights it starts from) as train.out_dir and train.resume /
-    train.init_from decide; a resume that cannot work (another layout, ZeRO stage, data-parallel size of
-    partitioned optimizer states, or shape; 'never' with checkpoints, 'must' without; a bad init_from) is
-    refused here, before anything is written."""
+    """(checkpoint tag the run resumes from, weights it starts from) as train.out_dir, train.resume and
+    train.init_from decide; a resume or init_from that cannot work is refused here, before anything is written."""
     run = run or RunDir(config.train.out_dir)
     holder = RunLock.holder(run.root)
     if holder is not None:
@@ -66,10 +59,8 @@ def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> 
                           "permission): the run could not save its config, metrics or checkpoints")
     resume_tag = checkpoint.latest_tag(run.checkpoints)
     if config.train.resume == "never" and resume_tag is not None:
-        raise ConfigError(
-            f"train.resume is 'never' but {run.checkpoints} already holds checkpoint {resume_tag}; "
-            "choose another train.out_dir or resume: auto"
-        )
+        raise ConfigError(f"train.resume is 'never' but {run.checkpoints} already holds checkpoint {resume_tag}; "
+                          "choose another train.out_dir or resume: auto")
     if config.train.resume == "must" and resume_tag is None:
         raise ConfigError(f"train.resume is 'must' but {run.checkpoints} holds no complete checkpoint")
     if resume_tag is not None and config.train.resume != "never":
@@ -80,9 +71,8 @@ def check_run_dir(config: Config, data_size: int, run: RunDir | None = None) -> 
 
 
 def _unwritable(path: Path) -> Path | None:
-    """The nearest existing folder on the way to ``path`` when it cannot be written, else None. Asked with
-    access(2), which writes nothing (a dry run must not) and answers EROFS for a read-only mount even to
-    root; the run itself probes with a real file before its first step."""
+    """The nearest existing folder on the way to ``path`` when it cannot be written, else None; asked with
+    access(2), which writes nothing (a dry run must not). The run itself probes with a real file."""
     folder = path
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
@@ -96,8 +86,7 @@ def busy_message(run: RunDir, holder: str) -> str:
 
 
 def _partitioned_over(tag_dir: Path) -> int | None:
-    """Data-parallel ranks the ZeRO optimizer states of a checkpoint are partitioned over (None: not
-    partitioned, as at ZeRO stage 0): one ``*zero_pp_rank_<dp>_mp_rank_<mp>_optim_states.pt`` per rank."""
+    """Data-parallel ranks a checkpoint's ZeRO optimizer states are partitioned over (None: not partitioned)."""
     ranks = {int(m.group(1)) for f in tag_dir.iterdir() if (m := _ZERO_FILE.match(f.name))}
     return max(ranks) + 1 if ranks else None
 
@@ -106,111 +95,83 @@ _ZERO_FILE = re.compile(r"^(?:.*_)?zero_pp_rank_(\d+)_mp_rank_\d+_optim_states\.
 
 
 def _check_resume_layout(config: Config, tag_dir: Path, data_size: int) -> None:
-    """A checkpoint resumes only the model it holds, at the tensor- and pipeline-parallel sizes it was
-    saved at (the shards and the per-stage files differ); checked before anything is written, so a
-    mismatch neither crashes inside DeepSpeed nor rewrites the run's config.yaml and summary."""
+    """A checkpoint resumes only the model it holds, at the layout it was saved at; checked before anything
+    is written, so a mismatch neither crashes inside DeepSpeed nor rewrites the run's config.yaml."""
     if not (tag_dir / "config.yaml").is_file():
         return
     try:
         saved = checkpoint.saved_config(tag_dir)
     except (ValueError, yaml.YAMLError):
         return  # written by another megadepth version: the load itself will tell
+    new_run = f"start a new run (another train.out_dir) with train.init_from: {tag_dir}"
     for key in ("tensor", "pipeline"):
         was, now = getattr(saved.parallel, key), getattr(config.parallel, key)
         if was != now:
-            raise ConfigError(
-                f"{tag_dir} was saved at parallel.{key} = {was} but this run uses {now}; resume with the same "
-                f"layout, or start a new run (another train.out_dir) with train.init_from: {tag_dir}"
-            )
-    new_run = f"start a new run (another train.out_dir) with train.init_from: {tag_dir}"
+            raise ConfigError(f"{tag_dir} was saved at parallel.{key} = {was} but this run uses {now}; resume "
+                              f"with the same layout, or {new_run}")
     if saved.parallel.zero_stage != config.parallel.zero_stage:
-        raise ConfigError(
-            f"{tag_dir} was saved at parallel.zero_stage = {saved.parallel.zero_stage} but this run uses "
-            f"{config.parallel.zero_stage} (the optimizer states are stored differently); resume with the same "
-            f"stage, or {new_run}"
-        )
+        raise ConfigError(f"{tag_dir} was saved at parallel.zero_stage = {saved.parallel.zero_stage} but this run "
+                          f"uses {config.parallel.zero_stage} (the optimizer states are stored differently); resume "
+                          f"with the same stage, or {new_run}")
     saved_dp = _partitioned_over(tag_dir)
     if saved_dp is not None and saved_dp != data_size:
         procs = saved_dp * config.parallel.tensor * config.parallel.pipeline
-        raise ConfigError(
-            f"{tag_dir} holds ZeRO optimizer states partitioned over {saved_dp} data-parallel rank(s) but this "
-            f"run has {data_size}; resume with {procs} process(es), or {new_run}"
-        )
+        raise ConfigError(f"{tag_dir} holds ZeRO optimizer states partitioned over {saved_dp} data-parallel rank(s) "
+                          f"but this run has {data_size}; resume with {procs} process(es), or {new_run}")
     diffs = shape_differences(saved.model, config.model)
     if diffs:
-        raise ConfigError(
-            f"{tag_dir} holds a model of another shape ({diffs}): a run resumes only its own model; "
-            "use a new train.out_dir"
-        )
+        raise ConfigError(f"{tag_dir} holds a model of another shape ({diffs}): a run resumes only its own model; "
+                          "use a new train.out_dir")
     changed = resumed_setting_differences(saved, config)
     if changed:
-        raise ConfigError(
-            f"{tag_dir} was trained with other settings ({changed}). A resume restores the optimizer's "
-            "per-group learning rates, betas, eps and weight decay from the checkpoint, so the new values "
-            "would be logged but not used (and another parametrization would mix its multipliers with the "
-            "old learning rates), and continues the data where it stopped, which another seed, sequence "
-            f"length or split would reorder: resume with the run's own values, or {new_run}"
-        )
+        raise ConfigError(f"{tag_dir} was trained with other settings ({changed}). A resume restores the optimizer's "
+                          "per-group learning rates, betas, eps and weight decay from the checkpoint, so the new "
+                          "values would be logged but not used (and another parametrization would mix its "
+                          "multipliers with the old learning rates), and continues the data where it stopped, which "
+                          f"another seed, sequence length or split would reorder: resume with the run's own values, "
+                          f"or {new_run}")
     _check_same_data(config, tag_dir, new_run)
 
 
 def _check_same_data(config: Config, tag_dir: Path, new_run: str) -> None:
-    """A resume continues the data order where the checkpoint stopped, counted in samples of the index
-    built from the data it trained on: other data at data.path (re-prepared, more shards, another corpus)
-    gives another index, in which that position would repeat and skip samples silently."""
+    """A resume continues the data order where the checkpoint stopped, counted in samples of the index built
+    from the data it trained on: other data at data.path would silently repeat and skip samples."""
     saved = checkpoint.saved_data(tag_dir)
     if saved is None:
         return  # saved before checkpoints recorded their data
     now = data_fingerprint(config.data.path)
     if len(saved) != len(now):
-        raise ConfigError(
-            f"{tag_dir} trained on {len(saved)} data component(s), data.path now names {len(now)}: a resume "
-            f"continues the data it stopped in; resume with the same data, or {new_run}"
-        )
-    if [d["lengths_sha256"] for d in saved] != [d["lengths_sha256"] for d in now] and \
-            sorted(d["lengths_sha256"] for d in saved) == sorted(d["lengths_sha256"] for d in now):
-        raise ConfigError(
-            f"data.path lists the components {tag_dir} trained on in another order: the blend schedule numbers "
-            f"them by position; list them as before, or {new_run}"
-        )
+        raise ConfigError(f"{tag_dir} trained on {len(saved)} data component(s), data.path now names {len(now)}: "
+                          f"a resume continues the data it stopped in; resume with the same data, or {new_run}")
+    was_sums, now_sums = [d["lengths_sha256"] for d in saved], [d["lengths_sha256"] for d in now]
+    if was_sums != now_sums and sorted(was_sums) == sorted(now_sums):
+        raise ConfigError(f"data.path lists the components {tag_dir} trained on in another order: the blend "
+                          f"schedule numbers them by position; list them as before, or {new_run}")
     shares = [(was.get("share"), cur.get("share")) for was, cur in zip(saved, now, strict=True)]
     if any(a is not None and b is not None and not math.isclose(a, b, rel_tol=1e-9) for a, b in shares):
         listing = ", ".join(f"{a:.4g} -> {b:.4g}" for a, b in shares if a is not None and b is not None)
-        raise ConfigError(
-            f"data.path blends its components with other weights than {tag_dir} trained with (shares {listing}): "
-            "the blend maps the position a resume continues from onto components by the weights, so part of "
-            f"one component would be skipped and part of another repeated; resume with the same weights, or "
-            f"{new_run}"
-        )
+        raise ConfigError(f"data.path blends its components with other weights than {tag_dir} trained with (shares "
+                          f"{listing}): the blend maps the position a resume continues from onto components by the "
+                          "weights, so part of one component would be skipped and part of another repeated; resume "
+                          f"with the same weights, or {new_run}")
     for i, (was, cur) in enumerate(zip(saved, now, strict=True)):
-        if was.get("lengths_sha256") == cur["lengths_sha256"]:
+        if was["lengths_sha256"] == cur["lengths_sha256"]:
             continue
         which = "data.path" if len(now) == 1 else f"data.path component {i + 1}"
-        what = (f"{was.get('documents')} documents, {was.get('tokens')} tokens there; {cur['documents']}, "
-                f"{cur['tokens']} here" if (was.get("documents"), was.get("tokens")) != (cur["documents"],
-                                                                                       cur["tokens"])
+        what = (f"{was['documents']} documents, {was['tokens']} tokens there; {cur['documents']}, {cur['tokens']} here"
+                if (was["documents"], was["tokens"]) != (cur["documents"], cur["tokens"])
                 else "as many documents and tokens, but other document lengths")
-        raise ConfigError(
-            f"{which} holds other data than {tag_dir} trained on ({what}): the position a resume continues "
-            f"from counts samples of the old data's index, so samples would repeat or be skipped; resume "
-            f"with the same data, or {new_run}"
-        )
+        raise ConfigError(f"{which} holds other data than {tag_dir} trained on ({what}): the position a resume "
+                          "continues from counts samples of the old data's index, so samples would repeat or be "
+                          f"skipped; resume with the same data, or {new_run}")
 
 
-#: What a checkpoint's optimizer state fixes: DeepSpeed restores the param groups (lr, betas, eps,
-#: weight_decay, momentum) and the scheduler's base learning rates, which the optimizer settings, the
-#: parametrization and the base shape decide. The schedule itself (warm-up, decay, train.steps) may change
-#: on a resume: the scheduler recomputes its factor from the config.
+#: What a checkpoint fixes: the param groups and base LRs DeepSpeed restores (from the optimizer settings,
+#: parametrization and base shape) and the data order. The schedule may change on a resume.
 RESUMED_KEYS = (
     *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay", "betas", "eps", "momentum", "nesterov")),
-    "parametrization",
-    "model.base_depth",
-    "model.base_width",
-    "train.seed",
-    # what decides which samples the run trains on, and in which order (the data position is a count of
-    # consumed samples: another split or packing would continue in another sequence)
-    "model.seq_len",
-    "data.valid_fraction",
+    "parametrization", "model.base_depth", "model.base_width",
+    "train.seed", "model.seq_len", "data.valid_fraction",  # which samples the run trains on, in which order
 )
 
 
@@ -219,9 +180,7 @@ _LABELS = {"base_head_dim": "base head size (model.base_width / model.base_heads
 
 
 def _resolved(config: Config) -> dict[str, Any]:
-    """The settings a resume pins as the run used them: defaults left out (null base shape, preset
-    alpha/gamma, base_head_dim) replaced by what they resolve to, so a config that spells out the same
-    values resumes."""
+    """The settings a resume pins, defaults resolved, so a config that spells out the same values resumes."""
     from megadepth.parametrize import Parametrization
 
     model = config.model
@@ -229,9 +188,7 @@ def _resolved(config: Config) -> dict[str, Any]:
     par = config.parametrization.model_dump(mode="json")
     par.update(alpha=ptz.alpha, gamma=ptz.gamma, base_head_dim=ptz.base_head_dim)
     # the rule options are judged by the numbers they give, after the load (checkpoint.group_differences):
-    # a checkpoint from before an option existed has no key for it, and its former rule is one of the
-    # option's values, so comparing keys would refuse the very setting that reproduces it. The
-    # output-projection init only matters at step 0.
+    # comparing keys would refuse an older checkpoint the very setting that reproduces its rule
     for key in ("eps_scaling", "adam_wd_scaling", "wd_depth_scaling", "output_proj_init"):
         par.pop(key, None)
     return {"parametrization": par, "model.base_depth": model.base_depth or model.depth,
@@ -239,10 +196,8 @@ def _resolved(config: Config) -> dict[str, Any]:
 
 
 def resumed_setting_differences(saved: Config, config: Config) -> str:
-    """``key A there, B here`` for each setting of :data:`RESUMED_KEYS` that differs ('' when none does),
-    and for evaluation turned on or off (it decides whether a held-out split exists). ``train.seed`` is
-    among them: it decides the data order, which a resume continues. ``data.path`` is not: a data
-    directory moved to another path is the same data (its content is compared by :func:`_check_same_data`)."""
+    """``key A there, B here`` for each setting of :data:`RESUMED_KEYS` that differs ('' when none does), and
+    for evaluation turned on or off. Not ``data.path``: moved data is the same data (see :func:`_check_same_data`)."""
     out = []
     was_r, now_r = _resolved(saved), _resolved(config)
     for key in RESUMED_KEYS:
@@ -251,14 +206,12 @@ def resumed_setting_differences(saved: Config, config: Config) -> str:
             was_d, now_d = was_r[section], now_r[section]
             out += [f"{_LABELS.get(k, f'{section}.{k}')} {was_d[k]} there, {now_d[k]} here"
                     for k in was_d if was_d[k] != now_d.get(k)]
-        elif key in was_r:
-            if was_r[key] != now_r[key]:
-                out.append(f"{key} {was_r[key]} there, {now_r[key]} here")
-        elif getattr(getattr(saved, section), field) != getattr(getattr(config, section), field):
-            out.append(f"{key} {getattr(getattr(saved, section), field)} there, "
-                       f"{getattr(getattr(config, section), field)} here")
-    if (saved.train.eval_samples > 0) != (config.train.eval_samples > 0):
-        # the held-out split exists only with evaluation: turning it on or off moves documents in or out
+            continue
+        was, now = ((was_r[key], now_r[key]) if key in was_r else
+                    (getattr(getattr(saved, section), field), getattr(getattr(config, section), field)))
+        if was != now:
+            out.append(f"{key} {was} there, {now} here")
+    if (saved.train.eval_samples > 0) != (config.train.eval_samples > 0):  # moves documents in or out
         out.append(f"train.eval_samples {saved.train.eval_samples} there, {config.train.eval_samples} here "
                    "(0 means no held-out split, so other training documents)")
     return ", ".join(out)

@@ -1,8 +1,4 @@
-"""The run directory contract (docs/architecture.md): config.yaml, metrics.jsonl, summary.json, checkpoints/.
-
-Files that other tools trust are written through megadepth.common.io (a temporary name renamed into place), so a
-crash never leaves a half-written summary or checkpoint pointer behind.
-"""
+"""The run directory contract (docs/architecture.md): config.yaml, metrics.jsonl, summary.json, checkpoints/."""
 
 from __future__ import annotations
 
@@ -18,47 +14,22 @@ from megadepth.common.io import atomic_write_text, json_safe
 
 
 class RunDir:
-    """Paths of one run directory."""
+    """Paths of one run directory (``wandb_id``: every job of a resumed run logs into one W&B run)."""
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.yaml"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def summary(self) -> Path:
-        return self.root / "summary.json"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoints"
-
-    @property
-    def loss_plot(self) -> Path:
-        return self.root / "loss.png"
-
-    @property
-    def parametrization(self) -> Path:
-        return self.root / "parametrization.txt"
-
-    @property
-    def wandb_id(self) -> Path:
-        """The W&B run id, so that every job of a resumed run logs into the same W&B run."""
-        return self.root / "wandb-run-id"
+        self.root = root = Path(root)
+        self.config = root / "config.yaml"
+        self.metrics = root / "metrics.jsonl"
+        self.summary = root / "summary.json"
+        self.checkpoints = root / "checkpoints"
+        self.loss_plot = root / "loss.png"
+        self.parametrization = root / "parametrization.txt"
+        self.wandb_id = root / "wandb-run-id"
 
 
 def probe_lock(path: Path) -> str | None:
-    """The text of a lock file while some process holds an exclusive flock on it, else None.
-
-    Only reads: the file is opened read-only and probed with a shared lock, which fails while the holder
-    keeps its exclusive one, so nothing is created and a read-only or someone else's directory works. A
-    file that cannot be opened, or a file system without flock, reads as not locked."""
+    """The text of a lock file while some process holds an exclusive flock on it, else None. Only reads
+    (a shared-lock probe), so a read-only or someone else's directory works; unopenable or no flock: None."""
     import fcntl
 
     try:
@@ -77,9 +48,8 @@ def probe_lock(path: Path) -> str | None:
 
 
 _HELD_LOCK_FDS: set[int] = set()
-"""Descriptors of run locks this process holds. A forked child (a data-loader worker) shares their open
-file description, and with it the flock: a worker orphaned by a killed trainer kept the run locked. Each
-child closes its copies at once."""
+"""Run-lock descriptors this process holds. A forked child (a data-loader worker) shares the flock, so an
+orphaned worker kept the run locked: each child closes its copies at once."""
 
 
 def _drop_inherited_locks() -> None:
@@ -94,14 +64,9 @@ if hasattr(os, "register_at_fork"):
 
 
 class RunLock:
-    """An exclusive flock on ``RUN/.train.lock``, held by rank 0 of the job that trains the run.
-
-    Two jobs on one run directory (a scheduler requeue while the old job still runs, a double launch)
-    would each rewrite config.yaml, metrics.jsonl and summary.json and prune the other's checkpoints.
-    The lock lives as long as the process: the kernel drops it when the holder dies, so a killed job
-    never leaves a stale lock behind. The file holds ``host pid`` of the holder, to name it in errors.
-    (Not ``.lock``: a sweep holds that one in the same folder for the point it runs.)
-    """
+    """An exclusive flock on ``RUN/.train.lock``, held by rank 0 of the job that trains the run, so two
+    jobs (a requeue while the old job runs) never rewrite each other's files. The kernel drops it when the
+    holder dies; the file holds ``host pid`` of the holder. (Not ``.lock``: a sweep holds that one.)"""
 
     NAME = ".train.lock"
 
@@ -110,9 +75,8 @@ class RunLock:
         self._fd = -1
 
     def acquire(self) -> str | None:
-        """Take the lock; None on success (or where it cannot be had at all: the run goes unprotected
-        rather than not at all), else a description of the holder. Never raises: every rank waits for
-        rank 0's answer in a collective."""
+        """Take the lock; None on success (or where no lock can be had: the run goes unprotected), else
+        the holder. Never raises: every rank waits for rank 0's answer in a collective."""
         import fcntl
         import socket
 
@@ -159,11 +123,8 @@ class RunLock:
 
 
 class MetricsLog:
-    """Appends one JSON object per line to metrics.jsonl (rank 0 only), flushed per record.
-
-    On resume the records past the checkpoint's step are dropped first, so the file describes exactly
-    one history.
-    """
+    """Appends one JSON object per line to metrics.jsonl (rank 0 only), flushed per record. On resume the
+    records past the checkpoint's step are dropped first, so the file describes exactly one history."""
 
     def __init__(self, path: Path, resume_step: int | None) -> None:
         self.path = path

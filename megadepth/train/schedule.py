@@ -1,8 +1,4 @@
-"""Learning-rate schedules as a factor of each group's own LR (so muP / depth ratios survive).
-
-A scheduler that writes one absolute LR into every group would erase the parametrization's per-role LRs
-(docs/parametrizations.md, the rules per role); a torch LambdaLR multiplies each group's initial LR by the same factor.
-"""
+"""Learning-rate schedules as a factor of each group's own LR, so the per-role LRs survive."""
 
 from __future__ import annotations
 
@@ -16,12 +12,9 @@ from megadepth.config.schema import ScheduleConfig
 
 
 def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
-    """Factor applied to every group's LR for the update of optimizer step ``step`` (0-based).
-
-    Warm-up is linear and reaches 1 at step ``warmup_steps - 1`` (the first step is not wasted at LR 0);
-    then cosine / linear decay to ``min_lr_ratio`` at the last step, or warmup-stable-decay (flat,
-    then a linear decay over the last ``decay_fraction`` of the steps).
-    """
+    """Factor applied to every group's LR for the update of optimizer step ``step`` (0-based): a linear
+    warm-up reaching 1 at step ``warmup_steps - 1``, then cosine / linear decay to ``min_lr_ratio`` at the
+    last step, or warmup-stable-decay (flat, then linear over the last ``decay_fraction``)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.name == "constant":
@@ -42,16 +35,10 @@ def lr_factor(step: int, total_steps: int, cfg: ScheduleConfig) -> float:
 
 
 def make_scheduler(cfg: ScheduleConfig, total_steps: int) -> Callable[[Optimizer], LambdaLR]:
-    """A factory DeepSpeed calls with the (possibly ZeRO-wrapped) optimizer.
-
-    The factor is a plain function on purpose: LambdaLR leaves functions out of its state_dict, so a
-    resumed run follows the schedule of its current config (e.g. more train.steps), not a stale copy.
-    """
+    """A factory DeepSpeed calls with the optimizer; a plain function, which LambdaLR leaves out of its
+    state_dict, so a resume follows its current config."""
 
     def factor(step: int) -> float:
         return lr_factor(step, total_steps, cfg)
 
-    def build(optimizer: Optimizer) -> LambdaLR:
-        return LambdaLR(optimizer, factor)
-
-    return build
+    return lambda optimizer: LambdaLR(optimizer, factor)

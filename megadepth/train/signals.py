@@ -15,18 +15,9 @@ import torch
 class StopRequest:
     """The stop signals' handler while it is entered (``with``), and the ranks' agreement on a stop.
 
-    Schedulers send SIGTERM shortly before they kill a job (Slurm's ``--signal`` and preemption, a pod's
-    stop: often 30 s) and a user's Ctrl-C is SIGINT: both should end in a resumable run, not a lost
-    interval. Every rank must stop after the same step, so the flag is combined across ranks every step,
-    but on the host only: an asynchronous all-reduce over a gloo group of a CPU tensor, issued after step
-    s and read after step s + 1, when it has long finished. The step itself gains no device sync and no
-    wait on other ranks; a signal is acted on one step after it arrives on any rank. A second SIGINT
-    aborts at once (KeyboardInterrupt).
-
-    A rank whose standard output or error is closed under it stops the same way (as SIGPIPE): under a
-    hostfile launch the ranks write through ssh and pdsh, and Ctrl-C on pdsh ends those first, so the
-    remote ranks get no signal; before, their next line raised BrokenPipeError and the run failed with
-    no checkpoint. Output goes to the null device from then on.
+    Every rank must stop after the same step, so the flag is combined across ranks by an asynchronous gloo
+    all-reduce issued after step s and read after step s + 1 (no sync in the step). A second SIGINT aborts at
+    once. A rank whose output is closed under it (Ctrl-C on pdsh) stops the same way, as SIGPIPE.
     """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -68,8 +59,7 @@ class StopRequest:
         self.signum = signum
 
     def poll(self) -> bool:
-        """Whether any rank had been signalled when the previous step ended; every rank calls this once
-        per step, so all of them get the same answer after the same step."""
+        """Whether any rank had been signalled when the previous step ended (the same answer on every rank)."""
         agreed = False
         if self._pending is not None:
             self._pending.wait()
@@ -90,16 +80,14 @@ class StopRequest:
 
 
 class _ClosedOutputGuard:
-    """A text stream that, once writing to it fails with a broken pipe, tells ``closed`` and writes to the
-    null device instead; everything else is the wrapped stream's."""
+    """A text stream that, after a broken pipe, tells ``closed`` and writes to the null device instead."""
 
     def __init__(self, stream: Any, closed: Any) -> None:
         self._stream = stream
         self._closed = closed
 
     def _broken(self) -> None:
-        """The null device under the stream's file descriptor, so that what is still buffered, a later
-        write and the flush at exit all succeed (an exit flush into a closed pipe fails the process)."""
+        """The null device under the stream's descriptor, so later writes and the exit flush succeed."""
         try:
             null = os.open(os.devnull, os.O_WRONLY)
             os.dup2(null, self._stream.fileno())

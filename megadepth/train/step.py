@@ -1,10 +1,5 @@
-"""One optimizer step and one evaluation, for the plain engine and for the pipeline engine.
-
-The plain DeepSpeed engine takes micro-batches one at a time (forward, backward, step at the
-accumulation boundary); the pipeline engine takes an iterator and runs every micro-batch of the step
-itself (``train_batch`` / ``eval_batch``), feeding inputs to the first stage and labels to the last.
-Both return the step's mean loss on every rank, kept on the device (no host sync per step).
-"""
+"""One optimizer step and one evaluation, for the plain and the pipeline engine; both return the step's mean
+loss on every rank, kept on the device (no host sync per step)."""
 
 from __future__ import annotations
 
@@ -19,14 +14,18 @@ from megadepth.parallel.topology import Grid, TensorParallel
 from megadepth.parametrize import stable_seed
 
 
-def _split_grads(model: torch.nn.Module) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(tensor-parallel shards, replicated) gradients of this rank's parameters, tied ones once."""
+def _replica_norm(model: torch.nn.Module, tp: TensorParallel) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """(replica gradient norm, the gradients): TP shards summed over the tensor group, the rest counted once."""
     sharded: list[torch.Tensor] = []
     replicated: list[torch.Tensor] = []
     for p in model.parameters():
         if p.grad is not None:
             (sharded if getattr(p, "tensor_model_parallel", False) else replicated).append(p.grad)
-    return sharded, replicated
+    device = next(model.parameters()).device
+    sq_sharded = _squared_norm(sharded, device)
+    if tp.enabled:
+        torch.distributed.all_reduce(sq_sharded, group=tp.group)
+    return (sq_sharded + _squared_norm(replicated, device)).sqrt(), sharded + replicated
 
 
 def _squared_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tensor:
@@ -35,35 +34,17 @@ def _squared_norm(grads: list[torch.Tensor], device: torch.device) -> torch.Tens
     return torch.stack(torch._foreach_norm(grads)).double().pow(2).sum()
 
 
-def _replica_norm(sharded: list[torch.Tensor], replicated: list[torch.Tensor], device: torch.device,
-                  tp: TensorParallel) -> torch.Tensor:
-    sq_sharded = _squared_norm(sharded, device)
-    if tp.enabled:
-        torch.distributed.all_reduce(sq_sharded, group=tp.group)
-    return (sq_sharded + _squared_norm(replicated, device)).sqrt()
-
-
 def replica_grad_norm(model: torch.nn.Module, tp: TensorParallel) -> torch.Tensor:
-    """Norm of the (already data-parallel averaged) gradients of one model replica, on the device.
-
-    DeepSpeed reports the global norm itself under ZeRO and bf16, but not for fp32 without ZeRO, where
-    every rank holds its replica's whole gradient after backward's all-reduce. Tensor-parallel shards
-    are summed over the tensor group; replicated parameters (identical on every rank) counted once.
-    Foreach norms and no host transfer: computing it every step costs no sync.
-    """
-    return _replica_norm(*_split_grads(model), next(model.parameters()).device, tp)
+    """Norm of the (already data-parallel averaged) gradients of one model replica, on the device: DeepSpeed
+    reports none for fp32 without ZeRO. No host transfer, so computing it every step costs no sync."""
+    return _replica_norm(model, tp)[0]
 
 
 def clip_replica_grads(model: torch.nn.Module, tp: TensorParallel, max_norm: float) -> torch.Tensor:
-    """Scale the gradients so that the replica norm is at most ``max_norm``; returns the norm before.
-
-    The fp32 path without ZeRO clips here rather than in DeepSpeed, whose ``clip_grad_norm_`` takes a
-    norm per parameter in a Python loop and two collectives per step even on one process; the rule is
-    the same (coefficient max_norm / (norm + 1e-6), capped at 1), and tests compare both.
-    """
-    sharded, replicated = _split_grads(model)
-    norm = _replica_norm(sharded, replicated, next(model.parameters()).device, tp)
-    grads = sharded + replicated
+    """Scale the gradients so that the replica norm is at most ``max_norm``; returns the norm before. The
+    fp32 path without ZeRO clips here: DeepSpeed's ``clip_grad_norm_`` loops in Python and runs two
+    collectives per step. Same rule (coefficient max_norm / (norm + 1e-6), capped at 1); tests compare both."""
+    norm, grads = _replica_norm(model, tp)
     if grads:
         coef = (max_norm / (norm + 1e-6)).clamp(max=1.0).to(grads[0].dtype)
         torch._foreach_mul_(grads, coef)
@@ -123,11 +104,8 @@ class Stepper:
     def _last_norm(self) -> float | None:
         """The last step's global gradient norm (DeepSpeed's, else ours), None if none was computed."""
         value = self.engine.get_global_grad_norm()
-        if value is None:
-            value = self.last_own_norm
-        if value is None:
-            return None
-        return float(value.item() if torch.is_tensor(value) else value)
+        value = self.last_own_norm if value is None else value
+        return None if value is None else float(value.item() if torch.is_tensor(value) else value)
 
     def grad_norm(self) -> float:
         """The last step's global gradient norm, nan if unknown."""
@@ -135,17 +113,13 @@ class Stepper:
         return float("nan") if value is None else value
 
     def grad_norm_finite(self) -> bool:
-        """False only when the last step's gradient norm is known and not finite (its update then put
-        NaN or inf into the weights); True when no norm was computed for it."""
+        """False only when the last step's gradient norm is known and not finite."""
         value = self._last_norm()
         return value is None or math.isfinite(value)
 
     @torch.no_grad()
     def evaluate(self, dataset: Any, num_samples: int) -> float:
-        """Mean loss over the first ``num_samples`` sequences of ``dataset``, the same ones every time:
-        data-parallel ranks split them, tensor- and pipeline-parallel ranks share them. The pipeline
-        engine runs whole micro-batches only, so there each data rank evaluates a multiple of
-        micro_batch sequences (choose eval_samples as a multiple of micro_batch x data-parallel size)."""
+        """Mean loss over the first ``num_samples`` sequences of ``dataset``, split over data-parallel ranks."""
         g, mb = self.grid, self.micro_batch
         mine = list(range(g.data_rank, min(num_samples, len(dataset)), g.data_size))
         total = torch.zeros(2, dtype=torch.float64, device=self.device)

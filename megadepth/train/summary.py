@@ -22,8 +22,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class Progress:
-    """Where the run stands, updated by the trainer. Entered (``with``), it opens the run directory for this
-    job; left, it writes summary.json from what it holds, however the run ended."""
+    """Where the run stands. Entered, it opens the run directory; left, it writes summary.json, however it ended."""
 
     plan: TrainingPlan
     config_yaml: str
@@ -35,9 +34,7 @@ class Progress:
     last_loss: float | None = None  # the mean over the steps since the previous record; null before a step
     last_eval: float | None = None  # null when there was no evaluation (no held-out split, or none yet)
     finished_before: bool = False  # the checkpoint it resumed had reached train.steps: nothing was trained
-    started: bool = False
-    """The run's state is this job's: its checkpoint loaded (or it began at step 0). A resume that fails
-    before this keeps the previous summary's numbers (the run is still where that summary says)."""
+    started: bool = False  # its checkpoint loaded (or it began at step 0); else a failure keeps the old summary
     tracker: Tracker | None = None
     metrics: MetricsLog | None = None
     summary: dict[str, Any] | None = None  # what summary.json says, once the run has ended
@@ -75,8 +72,7 @@ class Progress:
         if self.finished_before and prior is not None and prior.get("status") == "completed":
             summary = prior  # started again after it had finished: the run's own summary stands
         elif self.error and not self.started and self.plan.resume_tag is not None and prior is not None:
-            # this job failed before it reached its first step (a checkpoint that does not load): the run
-            # is still where its last summary says, so keep those numbers and say this job failed
+            # failed before its first step (a checkpoint that does not load): the run is where its last summary says
             summary = {**prior, "status": "failed", "job_wall_s": job_wall_s}
         if self.error:
             summary["error"] = self.error

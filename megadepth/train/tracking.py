@@ -1,7 +1,5 @@
-"""Weights & Biases, offline by default: no account, no network; `wandb sync` uploads later.
-
-Only rank 0 logs. The API key is never read, passed or written by megadepth: online mode uses whatever
-`wandb login` stored, and the config we log holds no secrets.
+"""Weights & Biases, offline by default (`wandb sync` uploads later); only rank 0 logs. megadepth never
+reads, passes or writes the API key: online mode uses whatever `wandb login` stored.
 """
 
 from __future__ import annotations
@@ -20,8 +18,7 @@ class Tracker:
 
     def __init__(self, cfg: WandbConfig, run_dir: Path, config: dict[str, Any], enabled: bool,
                  id_file: Path | None = None) -> None:
-        """``id_file`` keeps the W&B run id: a resumed run continues the same W&B run (``resume="allow"``)
-        instead of starting a new one per job."""
+        """``id_file`` keeps the W&B run id, so a resumed run continues the same W&B run."""
         self.run = None
         if not enabled or cfg.mode == "disabled":
             return
@@ -34,17 +31,9 @@ class Tracker:
                 run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
                 atomic_write_text(id_file, run_id + "\n")
         self.run = wandb.init(
-            id=run_id,
-            resume="allow" if run_id else None,
-            project=cfg.project,
-            group=cfg.group,
-            name=cfg.name or run_dir.resolve().name,
-            tags=list(cfg.tags),
-            mode=cfg.mode,
-            dir=str(run_dir),
-            config=config,
-            settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
-        )
+            id=run_id, resume="allow" if run_id else None, project=cfg.project, group=cfg.group,
+            name=cfg.name or run_dir.resolve().name, tags=list(cfg.tags), mode=cfg.mode, dir=str(run_dir),
+            config=config, settings=wandb.Settings(silent=True, console="off", x_disable_stats=True))
 
     def log(self, record: dict[str, Any], step: int) -> None:
         if self.run is not None:
