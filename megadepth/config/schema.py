@@ -177,10 +177,11 @@ class ParametrizationConfig(Section):
     """Initialise an untied LM head to zero (a standard muP option)."""
     eps_scaling: Literal["all_groups", "residual_blocks", "gradient", "constant"] | None = None
     """Adam epsilon rule (adam/adamw only). Unset: all_groups for depth_mup, completep and custom (CompleteP's
-    reference code), constant for sp and mup (the `mup` package). all_groups: eps / (m r^alpha) in every
-    group; residual_blocks: that inside residual branches, eps elsewhere (CompleteP's Table 1); gradient:
-    eps/m everywhere and r^-alpha inside branches, following each group's gradient entries (Everett et al.
-    2024; also spelled 'scaled'); constant: eps everywhere. All four give eps at the base shape."""
+    reference code as first published), constant for sp and mup (the `mup` package). all_groups: eps /
+    (m r^alpha) in every group; residual_blocks: that inside residual branches, eps elsewhere (CompleteP's
+    Table 1); gradient: eps/m everywhere and r^-alpha inside branches, following each group's gradient
+    entries (Everett et al. 2024; CompleteP's reference code after its fix; also spelled 'scaled');
+    constant: eps everywhere. All four give eps at the base shape."""
     output_proj_init: Literal["gpt2", "base_depth", "none"] | None = None
     """Init std of the matrices that close a residual branch (attention out, MLP out). Unset: gpt2 for sp and
     mup, base_depth for depth_mup, completep and custom. gpt2: sigma/sqrt(m)/sqrt(2 L), GPT-2's factor at

@@ -118,7 +118,8 @@ def preset_gamma(name: str, alpha: float, optimizer: str) -> float:
 
 def eps_rule(cfg: ParametrizationConfig) -> str:
     """The Adam eps rule in effect: parametrization.eps_scaling, or the preset's reference when unset (the
-    depth presets follow CompleteP's reference code, all_groups; sp and mup the `mup` package, constant)."""
+    depth presets follow CompleteP's reference code as first published, all_groups; sp and mup the `mup`
+    package, constant). That code was later fixed to eps/m outside the blocks, which is ``gradient``."""
     if cfg.eps_scaling is not None:
         return cfg.eps_scaling
     return "all_groups" if scales_depth(cfg.name) else "constant"
@@ -238,7 +239,7 @@ class Parametrization:
         if self.optimizer in SGD_FAMILY:
             return 1.0
         rule = eps_rule(self.cfg)
-        # all_groups: CompleteP's reference code, adam_eps *= 1/m * r^-alpha in every group;
+        # all_groups: CompleteP's reference code as first published, adam_eps *= 1/m * r^-alpha in every group;
         # residual_blocks: CompleteP Table 1, "AdamW eps (residual blocks)"
         if rule == "all_groups" or (rule == "residual_blocks" and role.in_branch):
             return 1.0 / (w * r**self.alpha)
@@ -347,8 +348,9 @@ class Parametrization:
         }[rule])
         if self.optimizer in ADAM_FAMILY:
             lines.append({
-                "all_groups": "adam eps: eps/(m r^alpha) in every group (CompleteP's reference code, model.py "
-                              "configure_optimizers) [parametrization.eps_scaling]",
+                "all_groups": "adam eps: eps/(m r^alpha) in every group (CompleteP's reference code as first "
+                              "published; its fixed version, eps/m outside the blocks, is eps_scaling: gradient) "
+                              "[parametrization.eps_scaling]",
                 "residual_blocks": "adam eps: eps/(m r^alpha) in residual branches, eps elsewhere (CompleteP "
                                    "Table 1) [parametrization.eps_scaling]",
                 "gradient": "adam eps: eps/m, times r^-alpha in branches: the gradients' size (Everett et al. "
