@@ -131,13 +131,16 @@ def _measure_shape(config: Config, device: torch.device, precision: str) -> tupl
         records.extend(new)
         return True
 
-    if not record(0, streams0, logits0):
-        return records, 0
-    for step in range(1, cfg.steps + 1):
-        loss = stepper.train_step(loader, step - 1, want_norm=False)
-        if not math.isfinite(float(loss)) or not record(step, *_probe(model, probe)):
-            return records, step
-    return records, None
+    try:
+        if not record(0, streams0, logits0):
+            return records, 0
+        for step in range(1, cfg.steps + 1):
+            loss = stepper.train_step(loader, step - 1, want_norm=False)
+            if not math.isfinite(float(loss)) or not record(step, *_probe(model, probe)):
+                return records, step
+        return records, None
+    finally:
+        built.release()  # one engine per shape in this process: each must go before the next (Built.release)
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[tuple[int, int, int, str], float]:

@@ -92,6 +92,6 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
             "threads": torch.get_num_threads(),
         }
     finally:
-        if built is not None:  # its process groups must not outlive the run (see megadepth.train.loop.train)
-            built.engine.destroy()
+        if built is not None:
+            built.release()
         distributed.shutdown()

@@ -64,6 +64,13 @@ class Built:
     own_clip: float = 0.0
     """Clipping threshold the Stepper applies (0: DeepSpeed clips, or no clipping)."""
 
+    def release(self) -> None:
+        """DeepSpeed's teardown, once the engine is done with: ZeRO's gradient hooks sit on the parameters in
+        C++, a cycle back to the engine that Python's collector cannot see, so without it the engine, its
+        memory and its process groups outlive their use (to interpreter exit, where gloo's groups now and
+        then abort the process: megadepth.parallel.distributed.shutdown)."""
+        self.engine.destroy()
+
 
 def build_engine(config: Config, device: torch.device, grad_accum: int, global_batch: int,
                  precision: str, grid: Grid, weights: WeightSource | None = None) -> Built:

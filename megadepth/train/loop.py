@@ -104,12 +104,8 @@ class Trainer:
         return self.progress.summary  # type: ignore[return-value]
 
     def _release_engine(self) -> None:
-        """DeepSpeed's own teardown: ZeRO's gradient hooks sit on the parameters in C++, a cycle back to the
-        engine that Python's collector cannot see, so without it the engine and its process groups (the
-        pipeline's among them) would outlive the run into interpreter exit (see :func:`train`)."""
-        built = getattr(self, "built", None)
-        if built is not None:
-            built.engine.destroy()
+        if hasattr(self, "built"):  # built once the run lock is held (see Built.release)
+            self.built.release()
 
     def _read_data(self) -> None:
         config, plan, steps, batch = self.config, self.plan, self.cfg.steps, self.plan.global_batch
