@@ -185,6 +185,40 @@ def test_shipped_shapes_match_benchmarks() -> None:
         assert (m.depth, m.width, m.seq_len, m.vocab_size) == (depth, width, seq, 50304)
 
 
+def test_older_spellings_of_renamed_model_keys() -> None:
+    """Run directories of earlier versions hold model.activation and model.rotary_base: they still load, as
+    model.mlp and model.rope_theta, and a disagreement between the two spellings is refused by name."""
+    old = load_config([], ["model.activation=abs", "model.rotary_base=500"]).model
+    assert (old.mlp, old.rope_theta) == ("abs", 500.0)
+    assert "  activation:" not in to_yaml(load_config([], ["model.activation=abs"]))
+    with pytest.raises(ConfigError, match=r"model.activation \(abs\) and model.mlp \(relu\) disagree"):
+        load_config([], ["model.activation=abs", "model.mlp=relu"])
+    with pytest.raises(ConfigError, match="model.activation"):
+        load_config([], ["model.activation=swiglu"])  # the older key never took the new value
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    (["model.kv_heads=3"], r"model.kv_heads \(3\) must divide model.heads \(4\)"),
+    (["model.kv_heads=8"], r"model.kv_heads \(8\) must divide model.heads"),
+    (["model.block=linear", "model.mlp=swiglu"], r"model.mlp: swiglu need model.block: transformer"),
+    (["model.block=linear", "model.qk_norm=true"], r"model.qk_norm: True need model.block: transformer"),
+    (["model.qk_norm=true", "parametrization.zero_query=true"], "zero_query with model.qk_norm"),
+])
+def test_llama_options_refuse_impossible_combinations(override: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config([], override)
+
+
+def test_swiglu_hidden_width_follows_llamas_rule() -> None:
+    """8/3 x width rounded up to ffn_multiple_of (Llama 2 7B: width 4096, multiple 256 -> 11008), unless
+    model.ffn_hidden says otherwise; the non-gated MLPs keep mlp_ratio x width."""
+    llama7b = load_config([], ["model.width=4096", "model.heads=32", "model.mlp=swiglu"]).model
+    assert llama7b.mlp_width == 11008
+    assert load_config([CONFIGS / "model" / "llama-tiny.yaml"]).model.mlp_width == 192
+    assert load_config([], ["model.mlp=swiglu", "model.ffn_hidden=100"]).model.mlp_width == 100
+    assert load_config([], ["model.width=64", "model.mlp_ratio=3"]).model.mlp_width == 192
+
+
 def test_quickstart_is_depth_mup() -> None:
     cfg = load_config([CONFIGS / "quickstart.yaml"])
     assert cfg.parametrization.name == "depth_mup"
@@ -201,7 +235,12 @@ def test_every_key_can_be_set_from_the_command_line() -> None:
     base = load_config([]).model_dump(mode="json")
     keys = [key for key, _, _ in explain()]
     assert len(keys) > 60
+    older = {"model.activation": ("model.mlp", "relu"), "model.rotary_base": ("model.rope_theta", "500000.0")}
     for key in keys:
+        if key in older:  # an older spelling: not dumped, sets the key it was renamed to
+            new, text = older[key]
+            assert load_config([], [f"{key}={text}"]) == load_config([], [f"{new}={text}"]) != load_config([]), key
+            continue
         value = base
         for part in key.split("."):
             value = value[part]

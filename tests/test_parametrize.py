@@ -280,7 +280,7 @@ def test_base_shape_invariant_under_sgd() -> None:
 def test_linear_block_model() -> None:
     """Block depth 1: x + branch * MS(act(W x)), one matrix per layer, tagged as a hidden matrix."""
     cfg, ptz = make("depth_mup", width=32, depth=4, base_width=32, base_depth=1)
-    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"block": "linear", "activation": "abs"})})
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"block": "linear", "mlp": "abs"})})
     model = model_for(cfg, ptz)
     roles = param_roles(model)
     assert {n for n in roles if n.startswith("blocks.0.")} == {"blocks.0.linear.weight"}

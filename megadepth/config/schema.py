@@ -78,13 +78,35 @@ class ModelConfig(Section):
     wider heads (base_heads = heads), or both. Must divide base_width; unset, it is heads when base_width
     equals width, and required (or parametrization.base_head_dim) for a width-scaled transformer."""
     mlp_ratio: float = Field(4.0, gt=0)
-    """MLP hidden width as a multiple of the width (fixed when scaling: one m for all hidden matrices)."""
+    """Hidden width of a non-gated MLP (gelu, relu, abs) as a multiple of the width (fixed when scaling: one
+    m for all hidden matrices); model.ffn_hidden overrides it. SwiGLU uses Llama's rule instead."""
+    ffn_hidden: int | None = Field(None, ge=1)
+    """Hidden width of the MLP, given directly. Unset: mlp_ratio x width (gelu, relu, abs), or Llama's rule for
+    swiglu, 8/3 x width rounded up to model.ffn_multiple_of. Under width scaling it should grow with the width
+    (the parametrization scales every hidden matrix by the one width multiplier m)."""
+    ffn_multiple_of: int = Field(256, ge=1)
+    """SwiGLU only, with ffn_hidden unset: the hidden width 8/3 x width is rounded up to a multiple of this
+    (Llama's multiple_of)."""
+    mlp: Literal["gelu", "relu", "abs", "swiglu"] = "gelu"
+    """MLP of the transformer block and non-linearity of the linear block: gelu, relu or abs (two matrices,
+    up and down; Tensor Programs VI finds abs maximises feature diversity), or swiglu (Llama's gated MLP:
+    down(silu(gate x) * up x), three matrices; transformer block only)."""
+    activation: Literal["gelu", "relu", "abs"] | None = Field(None, exclude=True)
+    """Older spelling of model.mlp (gelu, relu, abs); refused when both are given and differ."""
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"
+    """Normalisation of the branch inputs and the final hidden state: layernorm (GPT-2; with a bias when
+    model.bias) or rmsnorm (Llama; a gain, no mean subtraction, no bias)."""
+    kv_heads: int | None = Field(None, ge=1)
+    """Key/value heads (grouped-query attention; 1 is multi-query); must divide model.heads. Unset: model.heads
+    (multi-head attention). Under tensor parallelism they are split across ranks when parallel.tensor divides
+    them, else replicated (parallel.tensor must then be a multiple of them)."""
+    qk_norm: bool = False
+    """RMSNorm of every query and key head (before rotary positions), with one gain of the head size shared by
+    the heads (its own parametrization role, qk_gain)."""
     block: Literal["transformer", "linear"] = "transformer"
     """Residual block: 'transformer' (pre-LN attention + MLP, two branches per layer) or 'linear' (block
     depth 1, Tensor Programs VI's main setting: x + branch * MS(act(W x)), one matrix per branch, mean
     subtraction MS, no attention and no LayerNorm inside; a per-token model, for depth studies)."""
-    activation: Literal["gelu", "relu", "abs"] = "gelu"
-    """MLP non-linearity (Tensor Programs VI finds abs maximises feature diversity)."""
     seq_len: int = Field(256, ge=1)
     """Training sequence length in tokens."""
     max_positions: int | None = Field(None, ge=1)
@@ -97,8 +119,10 @@ class ModelConfig(Section):
     be divisible by parallel.tensor. Independent of the layout, so every layout has the same weights."""
     position: Literal["learned", "rotary"] = "learned"
     """Position encoding: a learned table added to the token embedding (GPT-2), or rotary (no parameters)."""
-    rotary_base: float = Field(10000.0, gt=0)
-    """Base of the rotary frequencies (only with position: rotary)."""
+    rope_theta: float = Field(10000.0, gt=0)
+    """Base of the rotary frequencies, theta (only with position: rotary; Llama 2 uses 10000, Llama 3 500000)."""
+    rotary_base: float | None = Field(None, gt=0, exclude=True)
+    """Older spelling of model.rope_theta; refused when both are given and differ."""
     tie_embeddings: bool = True
     """Share the token embedding matrix with the LM head (readout)."""
     bias: bool = False
@@ -106,12 +130,40 @@ class ModelConfig(Section):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the embedding and on each branch output; 0 disables it."""
     norm_eps: float = Field(1e-5, gt=0)
-    """LayerNorm epsilon."""
+    """Epsilon of the LayerNorms or RMSNorms (and of the QK-norm)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_spellings(cls, data: Any) -> Any:
+        """model.activation and model.rotary_base (configs of earlier runs) become model.mlp and rope_theta."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        valid = {"activation": lambda v: v in ("gelu", "relu", "abs"),
+                 "rotary_base": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0}
+        for old, new in (("activation", "mlp"), ("rotary_base", "rope_theta")):
+            if data.get(old) is None or not valid[old](data[old]):
+                continue  # a wrong value stays, so the error names the key the user wrote
+            if data.get(new) is not None and data[new] != data[old]:
+                raise ValueError(f"model.{old} ({data[old]}) and model.{new} ({data[new]}) disagree: model.{old} is "
+                                 f"the older spelling of model.{new}; keep one")
+            data[new] = data.pop(old)
+        return data
 
     @model_validator(mode="after")
     def _shapes_agree(self) -> ModelConfig:
         if self.width % self.heads:
             raise ValueError(f"model.width ({self.width}) must be divisible by model.heads ({self.heads})")
+        if self.kv_heads is not None and (self.kv_heads > self.heads or self.heads % self.kv_heads):
+            raise ValueError(f"model.kv_heads ({self.kv_heads}) must divide model.heads ({self.heads}): each "
+                             "key/value head serves the same number of query heads")
+        if self.block == "linear":
+            extras = [f"model.{key}: {value}" for key, value, plain in (
+                ("mlp", self.mlp, self.mlp != "swiglu"), ("kv_heads", self.kv_heads, self.kv_heads is None),
+                ("qk_norm", self.qk_norm, not self.qk_norm)) if not plain]
+            if extras:
+                raise ValueError(f"{', '.join(extras)} need model.block: transformer (the linear block has one "
+                                 "matrix and no attention)")
         if self.max_positions is not None and self.seq_len > self.max_positions:
             raise ValueError(f"model.seq_len ({self.seq_len}) is larger than the position table "
                              f"(model.max_positions = {self.max_positions})")
@@ -135,7 +187,17 @@ class ModelConfig(Section):
         return self.width // self.heads
 
     @property
+    def n_kv_heads(self) -> int:
+        """Key/value heads: model.kv_heads, or model.heads when unset."""
+        return self.kv_heads or self.heads
+
+    @property
     def mlp_width(self) -> int:
+        """The MLP's hidden width: ffn_hidden, else Llama's rule for swiglu, else mlp_ratio x width."""
+        if self.ffn_hidden is not None:
+            return self.ffn_hidden
+        if self.mlp == "swiglu":
+            return -(-int(8 * self.width / 3) // self.ffn_multiple_of) * self.ffn_multiple_of
         return round(self.mlp_ratio * self.width)
 
     @property
@@ -405,6 +467,9 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _cross_section(self) -> Config:
+        if self.parametrization.zero_query and self.model.qk_norm:
+            raise ValueError("parametrization.zero_query with model.qk_norm: the RMSNorm of an all-zero query "
+                             "divides by sqrt(eps) (gradients of order 1/sqrt(eps)); drop one of them")
         if self.parallel.sequence_parallel and self.parallel.tensor == 1:
             raise ValueError("parallel.sequence_parallel needs parallel.tensor > 1")
         if self.train.eval_every and self.data.valid_fraction == 0:

@@ -1,10 +1,12 @@
-"""The layers of a pre-LayerNorm GPT, each usable on its own (and as a pipeline stage).
+"""The layers of a pre-norm decoder, each usable on its own (and as a pipeline stage): GPT-2's block
+(LayerNorm, gelu MLP, multi-head attention) and Llama's (RMSNorm, SwiGLU, grouped-query attention,
+optional QK-norm), chosen by model.norm, model.mlp, model.kv_heads and model.qk_norm.
 
 Every module declares the parametrization role of its parameters in ``param_roles``; forward multipliers
 arrive as plain numbers, so this file knows nothing about SP, muP or depth scaling. Under tensor
 parallelism attention heads are split across ranks (query/key/value column-parallel, output
 row-parallel), the MLP column-then-row, the vocabulary by rows; with sequence parallelism the residual
-stream, LayerNorms and dropout work on sequence shards between those regions.
+stream, norms and dropout work on sequence shards between those regions.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from megadepth.parallel.layers import (
     VocabParallelEmbedding,
     replicated,
 )
-from megadepth.parallel.mappings import copy_to_tp, gather_from_sequence, scatter_to_sequence
+from megadepth.parallel.mappings import all_reduce_grad, copy_to_tp, gather_from_sequence, scatter_to_sequence
 from megadepth.parallel.topology import TensorParallel
 from megadepth.parametrize.roles import Role
 from megadepth.parametrize.rules import Multipliers
@@ -36,31 +38,51 @@ def activation_fn(name: str):
     return _ACTIVATIONS[name]
 
 
-class LayerNorm(nn.Module):
-    """LayerNorm with an optional bias, replicated on every tensor-parallel rank.
+class Norm(nn.Module):
+    """LayerNorm (with an optional bias) or RMSNorm (a gain only), replicated on every tensor-parallel rank.
 
     ``in_branch`` decides the role (a branch gain/bias or the final norm). Under sequence parallelism
     each rank normalises its own sequence shard, so the gradients of the (replicated) gain and bias are
     summed over the group.
     """
 
-    def __init__(self, width: int, eps: float, bias: bool, in_branch: bool, tp: TensorParallel) -> None:
+    def __init__(self, kind: str, width: int, eps: float, bias: bool, in_branch: bool, tp: TensorParallel) -> None:
         super().__init__()
+        self.kind = kind
         self.eps = eps
         self.tp = tp
         self.weight = nn.Parameter(torch.ones(width))
-        self.bias = nn.Parameter(torch.zeros(width)) if bias else None
+        self.bias = nn.Parameter(torch.zeros(width)) if bias and kind == "layernorm" else None
         self.param_roles = {"weight": Role.BRANCH_GAIN if in_branch else Role.FINAL_GAIN,
                             "bias": Role.BRANCH_BIAS if in_branch else Role.FINAL_BIAS}
 
     def forward(self, x: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-        """LN(x), or LN(x) * scale with the scale applied to the gain and bias vectors instead of to the
+        """norm(x), or norm(x) * scale with the scale applied to the gain and bias vectors instead of to the
         activations: one elementwise pass less."""
         weight, bias = replicated(self.weight, self.tp), replicated(self.bias, self.tp)
         if scale is not None:
             weight = weight * scale
             bias = bias * scale if bias is not None else None
+        if self.kind == "rmsnorm":
+            return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
         return F.layer_norm(x, (x.shape[-1],), weight, bias, self.eps)
+
+
+class QKNorm(nn.Module):
+    """RMSNorm over each head of the queries or keys, one gain of the head size shared by every head (role
+    qk_gain). Every tensor-parallel rank holds other heads (and under sequence parallelism the same heads
+    of the whole sequence), so the gain's gradient is summed over the tensor-parallel group."""
+
+    def __init__(self, head_dim: int, eps: float, tp: TensorParallel) -> None:
+        super().__init__()
+        self.eps = eps
+        self.tp = tp
+        self.weight = nn.Parameter(torch.ones(head_dim))
+        self.param_roles = {"weight": Role.QK_GAIN}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight = all_reduce_grad(self.weight, self.tp.group) if self.tp.enabled else self.weight
+        return F.rms_norm(x, (x.shape[-1],), weight, self.eps)
 
 
 class Rotary(nn.Module):
@@ -116,10 +138,14 @@ class Embedding(nn.Module):
 
 
 class Attention(nn.Module):
-    """Causal self-attention through torch SDPA, heads split across the tensor-parallel group.
+    """Causal self-attention through torch SDPA, heads split across the tensor-parallel group; grouped-query
+    attention when model.kv_heads < model.heads (each key/value head serves heads / kv_heads query heads).
 
-    The key/value matrix is laid out head by head ([heads, 2, head_dim] rows), so a contiguous split of
-    its rows gives each rank the keys and values of its own heads.
+    The key/value matrix is laid out head by head ([kv_heads, 2, head_dim] rows). When parallel.tensor divides
+    the key/value heads, a contiguous split of its rows gives each rank the keys and values of its own query
+    heads. With fewer key/value heads than ranks, every rank holds the whole (small) matrix, uses the rows of
+    the one key/value head its query heads share, and the gradient is summed over the group (Megatron's rule
+    for replicated key/value heads).
     """
 
     def __init__(self, cfg: ModelConfig, attn_scale: float, tp: TensorParallel) -> None:
@@ -127,37 +153,83 @@ class Attention(nn.Module):
         self.tp = tp
         self.heads = tp.shard(cfg.heads, "model.heads")
         self.head_dim = cfg.head_dim
-        self.query = ColumnParallelLinear(cfg.width, cfg.width, cfg.bias, Role.QUERY, tp)
-        self.key_value = ColumnParallelLinear(cfg.width, 2 * cfg.width, cfg.bias, Role.HIDDEN, tp)
-        self.out = RowParallelLinear(cfg.width, cfg.width, cfg.bias, Role.OUTPUT_PROJ, tp)
+        kv_heads = cfg.n_kv_heads
+        self.query = ColumnParallelLinear(cfg.width, cfg.heads * cfg.head_dim, cfg.bias, Role.QUERY, tp)
+        kv_width = 2 * kv_heads * cfg.head_dim
+        self.kv_replicated = tp.enabled and kv_heads % tp.size != 0
+        if self.kv_replicated:
+            if tp.size % kv_heads:
+                raise ValueError(f"model.kv_heads ({kv_heads}) and the tensor-parallel size ({tp.size}): neither "
+                                 "divides the other")
+            self.kv_heads = 1
+            own = tp.rank * kv_heads // tp.size  # the key/value head of this rank's query heads
+            self.kv_rows = slice(own * 2 * cfg.head_dim, (own + 1) * 2 * cfg.head_dim)
+            self.key_value = ColumnParallelLinear(cfg.width, kv_width, cfg.bias, Role.HIDDEN, TensorParallel())
+        else:
+            self.kv_heads = kv_heads // tp.size
+            self.kv_rows = None
+            self.key_value = ColumnParallelLinear(cfg.width, kv_width, cfg.bias, Role.HIDDEN, tp)
+        self.out = RowParallelLinear(cfg.heads * cfg.head_dim, cfg.width, cfg.bias, Role.OUTPUT_PROJ, tp)
         self.scale = attn_scale
         self.dropout = cfg.dropout
-        self.rotary = Rotary(cfg.head_dim, cfg.positions, cfg.rotary_base) if cfg.position == "rotary" else None
+        self.rotary = Rotary(cfg.head_dim, cfg.positions, cfg.rope_theta) if cfg.position == "rotary" else None
+        self.q_norm = QKNorm(cfg.head_dim, cfg.norm_eps, tp) if cfg.qk_norm else None
+        self.k_norm = QKNorm(cfg.head_dim, cfg.norm_eps, tp) if cfg.qk_norm else None
+
+    def _keys_values(self, x: torch.Tensor) -> torch.Tensor:
+        """This rank's keys and values, [batch, seq, kv_heads x 2 x head_dim], from the entered input."""
+        if self.kv_rows is None:
+            return self.key_value(x, entered=True)
+        weight = all_reduce_grad(self.key_value.weight, self.tp.group)[self.kv_rows]
+        bias = self.key_value.bias
+        if bias is not None:
+            bias = all_reduce_grad(bias, self.tp.group)[self.kv_rows]
+        return F.linear(x, weight, bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.query.enter(x)  # one gather (or one backward all-reduce) for query, keys and values
         q = self.query(x, entered=True)
-        kv = self.key_value(x, entered=True)
+        kv = self._keys_values(x)
         batch, seq = q.shape[0], q.shape[1]  # the full sequence (gathered under sequence parallelism)
         q = q.view(batch, seq, self.heads, self.head_dim).transpose(1, 2)
-        k, v = kv.view(batch, seq, self.heads, 2, self.head_dim).permute(3, 0, 2, 1, 4)
+        k, v = kv.view(batch, seq, self.kv_heads, 2, self.head_dim).permute(3, 0, 2, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
+        gqa = self.kv_heads != self.heads
         with self.tp.rng.fork():  # attention dropout differs per head, so per tensor-parallel rank
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale,
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa,
                                                dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
 
 
 class MLP(nn.Module):
+    """up, activation, down: the GPT-2 MLP (gelu, relu or abs)."""
+
     def __init__(self, cfg: ModelConfig, tp: TensorParallel) -> None:
         super().__init__()
         self.up = ColumnParallelLinear(cfg.width, cfg.mlp_width, cfg.bias, Role.HIDDEN, tp)
         self.down = RowParallelLinear(cfg.mlp_width, cfg.width, cfg.bias, Role.OUTPUT_PROJ, tp)
-        self.act = activation_fn(cfg.activation)
+        self.act = activation_fn(cfg.mlp)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down(self.act(self.up(x)))
+
+
+class SwiGLU(nn.Module):
+    """down(silu(gate x) * up x), Llama's gated MLP: gate and up column-parallel (hidden matrices), down
+    row-parallel (it closes the branch: the output-projection role)."""
+
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel) -> None:
+        super().__init__()
+        self.gate = ColumnParallelLinear(cfg.width, cfg.mlp_width, cfg.bias, Role.HIDDEN, tp)
+        self.up = ColumnParallelLinear(cfg.width, cfg.mlp_width, cfg.bias, Role.HIDDEN, tp)
+        self.down = RowParallelLinear(cfg.mlp_width, cfg.width, cfg.bias, Role.OUTPUT_PROJ, tp)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.gate.enter(x)  # one gather (or backward all-reduce) for both input matrices
+        return self.down(F.silu(self.gate(x, entered=True)) * self.up(x, entered=True))
 
 
 class _BranchDropout(nn.Module):
@@ -176,14 +248,15 @@ class _BranchDropout(nn.Module):
 
 
 class Block(nn.Module):
-    """x <- x + branch * Attn(LN(x)); x <- x + branch * MLP(LN(x)), with branch = a * r^-alpha."""
+    """x <- x + branch * Attn(norm(x)); x <- x + branch * MLP(norm(x)), with branch = a * r^-alpha. The norm is
+    LayerNorm or RMSNorm, the MLP GPT-2's or SwiGLU (model.norm, model.mlp)."""
 
     def __init__(self, cfg: ModelConfig, branch_multiplier: float, attn_scale: float, tp: TensorParallel) -> None:
         super().__init__()
-        self.attn_norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=True, tp=tp)
+        self.attn_norm = Norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.bias, in_branch=True, tp=tp)
         self.attn = Attention(cfg, attn_scale, tp)
-        self.mlp_norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=True, tp=tp)
-        self.mlp = MLP(cfg, tp)
+        self.mlp_norm = Norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.bias, in_branch=True, tp=tp)
+        self.mlp = SwiGLU(cfg, tp) if cfg.mlp == "swiglu" else MLP(cfg, tp)
         self.branch = branch_multiplier
         self.dropout = _BranchDropout(cfg.dropout, tp)
 
@@ -202,7 +275,7 @@ class LinearBlock(nn.Module):
         super().__init__()
         self.tp = tp
         self.linear = ColumnParallelLinear(cfg.width, cfg.width, cfg.bias, Role.HIDDEN, tp, gather_output=True)
-        self.act = activation_fn(cfg.activation)
+        self.act = activation_fn(cfg.mlp)
         self.branch = branch_multiplier
         self.dropout = _BranchDropout(cfg.dropout, tp)
 
@@ -227,7 +300,7 @@ def tied_logits(embedding: VocabParallelEmbedding, h: torch.Tensor) -> torch.Ten
 
 
 class Head(nn.Module):
-    """Final LayerNorm, readout multiplier, LM head (its own vocab-parallel matrix, or the tied token
+    """Final norm, readout multiplier, LM head (its own vocab-parallel matrix, or the tied token
     embedding). ``forward`` returns this rank's slice of the vocabulary's logits; ``with_proj=False``
     builds only the norm and multiplier (a pipeline stage: the projection is a stage of its own)."""
 
@@ -235,7 +308,7 @@ class Head(nn.Module):
                  tied: VocabParallelEmbedding | None, with_proj: bool = True) -> None:
         super().__init__()
         self.tp = tp
-        self.norm = LayerNorm(cfg.width, cfg.norm_eps, cfg.bias, in_branch=False, tp=tp)
+        self.norm = Norm(cfg.norm, cfg.width, cfg.norm_eps, cfg.bias, in_branch=False, tp=tp)
         self.multiplier = readout_multiplier
         self.tied = tied
         self.proj: ColumnParallelLinear | None = None

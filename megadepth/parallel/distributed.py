@@ -16,7 +16,7 @@ import torch
 
 from megadepth.common.errors import ConfigError
 from megadepth.common.host import usable_cpus
-from megadepth.config.schema import Config
+from megadepth.config.schema import Config, ModelConfig
 from megadepth.parallel.host_memory import keep_freed_memory
 
 
@@ -160,18 +160,32 @@ def check_tensor_parallel(config: Config) -> None:
     if tp == 1:
         return
     splits = {"model.heads": model.heads, "model.width": model.width,
-              "the MLP width (model.mlp_ratio x model.width)": model.mlp_width,
+              f"the MLP width ({_mlp_width_source(model)})": model.mlp_width,
               "model.vocab_multiple": model.vocab_multiple}
     for what, n in splits.items():
         if n % tp:
             hint = " (the vocabulary is padded to a multiple of it)" if what == "model.vocab_multiple" else ""
             raise ConfigError(f"{what} ({n}) is not divisible by parallel.tensor ({tp}){hint}")
+    kv = model.n_kv_heads
+    if kv % tp and tp % kv:
+        raise ConfigError(f"model.kv_heads ({kv}) and parallel.tensor ({tp}): neither divides the other; key/value "
+                          "heads are split across the tensor-parallel ranks when parallel.tensor divides them, "
+                          "replicated when they divide parallel.tensor")
     if config.parallel.sequence_parallel:
         if model.seq_len % tp:
             raise ConfigError(f"model.seq_len ({model.seq_len}) is not divisible by parallel.tensor ({tp}), "
                               "as sequence parallelism requires")
         if model.block == "linear":
             raise ConfigError("parallel.sequence_parallel is not available with model.block: linear")
+
+
+def _mlp_width_source(model: ModelConfig) -> str:
+    """Where the MLP width came from, in keys (for the divisibility message)."""
+    if model.ffn_hidden is not None:
+        return "model.ffn_hidden"
+    if model.mlp == "swiglu":
+        return "8/3 x model.width rounded up to model.ffn_multiple_of"
+    return "model.mlp_ratio x model.width"
 
 
 def backend_for(config: Config, device: torch.device) -> str:

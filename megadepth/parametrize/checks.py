@@ -11,7 +11,13 @@ import torch.nn.functional as F
 
 from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config
-from megadepth.parametrize.rules import ADAM_FAMILY, SGD_FAMILY, base_head_problem, scales_depth
+from megadepth.parametrize.rules import (
+    ADAM_FAMILY,
+    SGD_FAMILY,
+    base_head_problem,
+    kv_heads_problem,
+    scales_depth,
+)
 
 _warned: set[str] = set()
 
@@ -39,7 +45,7 @@ def check_parametrization(config: Config) -> None:
         raise ConfigError("parametrization.zero_readout with model.tie_embeddings would zero the shared "
                           "token embedding; untie the embeddings or drop zero_readout")
     _check_rule_options(config)
-    problem = base_head_problem(model, ptz)
+    problem = base_head_problem(model, ptz) or kv_heads_problem(model, ptz)
     if problem:
         raise ConfigError(problem)
     if model.block == "linear":

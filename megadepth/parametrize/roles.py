@@ -21,6 +21,9 @@ class Role(str, Enum):
     """Hidden matrices that close a residual branch (attention out, MLP out): GPT-2 shrinks their init
     with depth; the depth parametrizations freeze that factor at the base depth."""
     BRANCH_GAIN = "branch_gain"  # LayerNorm gains inside residual branches (init 1)
+    QK_GAIN = "qk_gain"
+    """RMSNorm gains of queries and keys (model.qk_norm): one vector of the head size shared by every head,
+    inside the attention branch (init 1, no weight decay)."""
     BRANCH_BIAS = "branch_bias"  # Biases and LayerNorm biases inside residual branches (init 0)
     FINAL_GAIN = "final_gain"  # Final LayerNorm gain (init 1), outside every branch
     FINAL_BIAS = "final_bias"  # Final LayerNorm bias (init 0)
@@ -32,4 +35,9 @@ class Role(str, Enum):
 
     @property
     def in_branch(self) -> bool:
-        return self.is_hidden_matrix or self in (Role.BRANCH_GAIN, Role.BRANCH_BIAS)
+        return self.is_hidden_matrix or self in (Role.BRANCH_GAIN, Role.QK_GAIN, Role.BRANCH_BIAS)
+
+    @property
+    def is_gain_or_bias(self) -> bool:
+        """Norm gains and biases: constant init, no weight decay."""
+        return self in (Role.BRANCH_GAIN, Role.QK_GAIN, Role.BRANCH_BIAS, Role.FINAL_GAIN, Role.FINAL_BIAS)

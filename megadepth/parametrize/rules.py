@@ -105,6 +105,28 @@ def base_head_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | N
             f"whether heads or head size grew; {fix}")
 
 
+def kv_heads_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | None:
+    """Why grouped-query attention cannot be width-scaled as configured (one line), or None.
+
+    Width scaling treats the key/value projection as a hidden matrix, whose fan-out grows with the width.
+    megadepth keeps the group size (query heads per key/value head) of the base shape, so the base shape has
+    base_heads / group key/value heads: that must be a whole number. A fixed kv_heads while the width grows
+    (as Llama's 8 at every size) gives K/V a fixed fan-out, for which muP has no hidden-matrix rule: refused."""
+    if model.block != "transformer" or model.n_kv_heads == model.heads or not scales_width(cfg.name):
+        return None
+    base_width = model.base_width or model.width
+    if base_width == model.width:
+        return None
+    group = model.heads // model.n_kv_heads
+    base_heads = round(base_width / resolve_base_head_dim(model, cfg))
+    if base_heads % group:
+        return (f"model.kv_heads ({model.n_kv_heads}) with {model.heads} heads is {group} query heads per key/value "
+                f"head, but the base shape has {base_heads} heads: width scaling keeps the group size of the base "
+                "shape (the key/value fan-out must grow with the width, as every hidden matrix's); choose "
+                f"model.kv_heads so that {base_heads} base heads split into groups of heads / kv_heads")
+    return None
+
+
 def preset_gamma(name: str, alpha: float, optimizer: str) -> float:
     """gamma of a preset: none for SP and muP, 1 - alpha (Adam) or 1 - 2 alpha (SGD) otherwise."""
     if name in ("sp", "mup"):
@@ -219,8 +241,12 @@ class Parametrization:
         init_std, init_value = self._init(role, w)
         if self.optimizer in SGD_FAMILY:
             # SGD does not normalise gradients: vector-like parameters (embeddings, biases, gains, and the
-            # readout behind its 1/m multiplier) get eta * m, matrices eta (mup.MuSGD)
-            lr_width = 1.0 if role.is_hidden_matrix else w
+            # readout behind its 1/m multiplier) get eta * m, matrices eta (mup.MuSGD); the QK-norm gain,
+            # a vector of the head size, 1/(its gradient's size) (see _grad_scale)
+            if role is Role.QK_GAIN:
+                lr_width = 1.0 / self._grad_scale(role, w, r)[0]
+            else:
+                lr_width = 1.0 if role.is_hidden_matrix else w
         else:
             lr_width = 1.0 / w if role.is_hidden_matrix else 1.0  # Adam normalises entry-wise (mup.MuAdam)
         lr_depth = r**-self.gamma if role.in_branch else 1.0
@@ -231,8 +257,16 @@ class Parametrization:
         """(width, depth) factors of the typical size of a role's gradient entries, relative to the base
         shape: 1/m for every role under width scaling (the readout multiplier 1/m makes the gradient of the
         residual stream, and so of everything, of order 1/m), and r^-alpha inside branches (the branch
-        multiplier scales the gradient reaching a block's parameters)."""
-        return 1.0 / w, (r**-self.alpha if role.in_branch else 1.0)
+        multiplier scales the gradient reaching a block's parameters).
+
+        The QK-norm gain is the exception in width: one vector of the head size, shared by every head. Each
+        head adds a gradient of order 1/m per entry, and the heads' count multiplies it: the entries are of
+        order heads/m = base_head_size/head_size (1 when width grows by more heads, 1/m when it grows by
+        wider heads; the mup package's rule for a vector whose one dimension is the head size)."""
+        depth = r**-self.alpha if role.in_branch else 1.0
+        if role is Role.QK_GAIN:
+            return (self.base_head_dim / self.head_dim if self.width_scaling else 1.0), depth
+        return 1.0 / w, depth
 
     def _eps(self, role: Role, w: float, r: float) -> float:
         """Adam eps multiplier under parametrization.eps_scaling (see :func:`eps_rule`); 1 for SGD."""
@@ -263,7 +297,7 @@ class Parametrization:
             if role is Role.QUERY and c.zero_query:
                 std = 0.0
             return std, 0.0
-        if role in (Role.BRANCH_GAIN, Role.FINAL_GAIN):
+        if role in (Role.BRANCH_GAIN, Role.QK_GAIN, Role.FINAL_GAIN):
             return 0.0, 1.0
         if role in (Role.BRANCH_BIAS, Role.FINAL_BIAS):
             return 0.0, 0.0
@@ -277,7 +311,7 @@ class Parametrization:
         weight by lr x wd per step, so wd goes like 1/lr; Adam with the L2 penalty in the gradient shrinks
         it by lr x wd / |gradient entry| (Adam divides the penalty by the gradient's RMS), so wd goes like
         |gradient| / lr (adam_wd_scaling: effective_decay), or like AdamW's (lr_inverse, the mup package)."""
-        if role in (Role.BRANCH_GAIN, Role.BRANCH_BIAS, Role.FINAL_GAIN, Role.FINAL_BIAS):
+        if role.is_gain_or_bias:
             return 0.0
         grad_width, grad_depth = self._grad_scale(role, w, r)
         effective = self.optimizer == "adam" and adam_wd_rule(self.cfg) == "effective_decay"
@@ -377,6 +411,16 @@ class Parametrization:
                 + " [parametrization.wd_depth_scaling]")
         return lines
 
+    def qk_gain_source(self) -> str:
+        """The QK-norm gain's rule in words, with its reasoning (printed when the model has one)."""
+        if self.optimizer in SGD_FAMILY:
+            width = "lr eta x head_size/base_head_size"
+        else:
+            width = "lr eta, width-constant (Adam normalises its entries, like every gain)"
+        return (f"qk_gain: init 1, no weight decay, {width}; in-branch depth rule as the other gains. Derived "
+                "(docs/parametrizations.md): one head-size vector shared by all heads, so its gradient entries are "
+                "of order base_head_size/head_size; checked by the coordinate check, not taken from a reference")
+
     def format_table(self, optimizer: OptimizerConfig, roles: list[Role] | None = None) -> str:
         mult = self.multipliers()
         head = (f"parametrization {self.name} ({self.optimizer}): m = {self.m:g}, r = {self.r:g}, alpha = "
@@ -392,4 +436,6 @@ class Parametrization:
             lines.append(f"{row['role']:<12} {row['init']:>10} {row['multiplier']:>9.4g} {row['lr']:>11.4g} "
                          f"{eps} {row['weight_decay']:>11.4g}")
         lines.extend(f"rule: {line}" for line in self.sources())
+        if roles is not None and Role.QK_GAIN in roles:
+            lines.append(f"rule: {self.qk_gain_source()}")
         return "\n".join(lines)
