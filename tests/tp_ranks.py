@@ -117,13 +117,13 @@ def sequence_parallel_checks(world: int) -> dict[str, float]:
     import torch.nn.functional as F
 
     from megadepth.config import validate
-    from megadepth.model.layers import MLP, LayerNorm
+    from megadepth.model.layers import MLP, Norm
     from megadepth.parallel.mappings import gather_from_sequence, scatter_to_sequence
 
     tp = _tp(world, sequence_parallel=True)
     r, n = tp.rank, tp.size
     cfg = validate({"model": {"width": 8, "heads": 2, "seq_len": 4, "mlp_ratio": 2.0, "bias": True}}).model
-    norm, mlp = LayerNorm(8, 1e-5, True, True, tp), MLP(cfg, tp)
+    norm, mlp = Norm("layernorm", 8, 1e-5, True, True, tp), MLP(cfg, tp)
     g, bb = _full((8,), 20), _full((8,), 21)
     w_up, b_up, w_down, b_down = _full((16, 8), 22), _full((16,), 23), _full((8, 16), 24), _full((8,), 25)
     with torch.no_grad():

@@ -16,13 +16,15 @@ from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config, ModelConfig
 
 #: Model keys that decide the shapes of the saved tensors: weights fit only a model with the same ones.
-SHAPE_KEYS = ("block", "depth", "width", "heads", "mlp_ratio", "vocab_size", "vocab_multiple", "positions",
-              "position", "tie_embeddings", "bias")
+SHAPE_KEYS = ("block", "depth", "width", "heads", "n_kv_heads", "mlp", "mlp_width", "norm", "qk_norm", "vocab_size",
+              "vocab_multiple", "positions", "position", "tie_embeddings", "bias")
 
 
 def shape_differences(saved: ModelConfig, model: ModelConfig) -> str:
     """``model.K A there, B here`` for every shape key that differs ('' when none does)."""
-    names = {"positions": "position table (model.max_positions, else model.seq_len)"}  # derived, not a key
+    names = {"positions": "position table (model.max_positions, else model.seq_len)",  # derived, not keys
+             "n_kv_heads": "key/value heads (model.kv_heads, else model.heads)",
+             "mlp_width": "MLP width (model.ffn_hidden, else from model.mlp_ratio or model.ffn_multiple_of)"}
     return ", ".join(f"{names.get(k, f'model.{k}')} {getattr(saved, k)} there, {getattr(model, k)} here"
                      for k in SHAPE_KEYS if getattr(saved, k) != getattr(model, k))
 
