@@ -91,3 +91,17 @@ def test_dry_run_fails_where_the_trainer_would(sample_data: Path, tmp_path: Path
     code, _, err = _dry_run(tiny_config(sample_data, out, train={"resume": "must"}), tmp_path, capsys)
     assert code == 2 and "holds no complete checkpoint" in err
     assert not out.exists()
+
+
+def test_dry_run_names_the_llama_blocks_pieces_and_the_qk_gain_rule(sample_data: Path, tmp_path: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """What the block is made of is printed in words, and the qk_gain role gets its row and its rule line."""
+    llama = yaml.safe_load((Path(__file__).resolve().parents[1] / "configs" / "model" / "llama-tiny.yaml").read_text())
+    cfg = tiny_config(sample_data, tmp_path / "run", model={**llama["model"], "qk_norm": True, "kv_heads": 1})
+    code, text, err = _dry_run(cfg, tmp_path, capsys)
+    assert code == 0, err
+    assert ("block: rmsnorm, swiglu MLP (hidden 192), multi-query attention (1 key/value heads), QK-norm, "
+            "rotary (theta 10000) positions, no biases") in text
+    rows = [line.split() for line in text.splitlines()]
+    assert ["qk_gain", "const", "1"] == next(r for r in rows if r and r[0] == "qk_gain")[:3]
+    assert any(line.startswith("rule: qk_gain: init 1, no weight decay") for line in text.splitlines())

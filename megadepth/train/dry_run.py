@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from megadepth.config.schema import Config
+from megadepth.config.schema import Config, ModelConfig
 from megadepth.model import GPT
 from megadepth.parallel.distributed import Layout, resolve_precision
 from megadepth.parametrize import Parametrization, roles_present
@@ -41,6 +41,7 @@ def summary_lines(config: Config, *, processes: int, layout: Layout, grad_accum:
         f"model: {count_params(model.parameters()):,} parameters ({m.block}, depth {m.depth}, width {m.width}, "
         f"{m.heads} heads, seq_len {m.seq_len}, vocab {m.vocab_size}, "
         f"{'tied' if m.tie_embeddings else 'untied'} embeddings)",
+        *([f"block: {block_text(m)}"] if m.block == "transformer" else []),
         f"layout: {processes} process(es) = pipeline {layout.pipeline} x tensor {layout.tensor} x "
         f"data {layout.data}; {device}, {precision}",
         f"batch: global {global_batch} = micro {t.micro_batch} x accumulation {grad_accum} x data "
@@ -49,6 +50,19 @@ def summary_lines(config: Config, *, processes: int, layout: Layout, grad_accum:
         f"run: {start}",
         *ptz.format_table(config.optimizer, roles_present(model)).splitlines(),
     ]
+
+
+def block_text(m: ModelConfig) -> str:
+    """The transformer block's options in one line: which of GPT-2's or Llama's pieces it has."""
+    kv = m.n_kv_heads
+    attention = ("multi-head" if kv == m.heads else "multi-query" if kv == 1 else "grouped-query") + " attention"
+    if kv != m.heads:
+        attention += f" ({kv} key/value heads)"
+    if m.qk_norm:
+        attention += ", QK-norm"
+    position = f"rotary (theta {m.rope_theta:g})" if m.position == "rotary" else "learned"
+    return (f"{m.norm}, {m.mlp} MLP (hidden {m.mlp_width}), {attention}, {position} positions, "
+            f"{'with' if m.bias else 'no'} biases")
 
 
 def device_text(config: Config, gpus_here: int | None) -> tuple[str, str]:
