@@ -103,5 +103,5 @@ def test_dry_run_names_the_llama_blocks_pieces_and_the_qk_gain_rule(sample_data:
     assert ("block: rmsnorm, swiglu MLP (hidden 192), multi-query attention (1 key/value heads), QK-norm, "
             "rotary (theta 10000) positions, no biases") in text
     rows = [line.split() for line in text.splitlines()]
-    assert ["qk_gain", "const", "1"] == next(r for r in rows if r and r[0] == "qk_gain")[:3]
+    assert next(r for r in rows if r and r[0] == "qk_gain")[:3] == ["qk_gain", "const", "1"]
     assert any(line.startswith("rule: qk_gain: init 1, no weight decay") for line in text.splitlines())
