@@ -325,7 +325,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_generate(args: argparse.Namespace) -> int:
     from megadepth.generate import Generator, SamplingOptions
 
-    gen = Generator(args.run_dir, args.tag, device=args.device)
+    gen = Generator(args.run_dir, args.tag, device=args.device, kv_cache=not args.no_kv_cache)
+    print(gen.context_note(), file=sys.stderr)
     for i in range(args.samples):
         options = SamplingOptions(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                   top_k=args.top_k, seed=args.seed + i, stop_at_eos=not args.ignore_eos)
@@ -420,14 +421,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="a Hugging Face transformers checkpoint, multipliers folded into the weights")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its checkpoints/ folder), any layout")
-    p.add_argument("--format", required=True, choices=["hf"], help="hf: transformers GPT-2 (GPT2LMHeadModel)")
+    p.add_argument("--format", required=True, choices=["hf"],
+                   help="hf: transformers GPT2LMHeadModel (layernorm, gelu/relu, learned positions), "
+                        "LlamaForCausalLM (rmsnorm, swiglu, rotary) or Qwen3ForCausalLM (the same with qk_norm)")
     p.add_argument("out", metavar="OUT", help="output directory (new or empty)")
     p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("generate", help="continue a prompt with a run's model (any layout; seeded sampling)")
     p.add_argument("run_dir", metavar="RUN_DIR", help="a run directory (or its checkpoints/ folder)")
-    p.add_argument("--prompt", default="", help="text to continue (default: start a new document)")
+    p.add_argument("--prompt", default="", help="text to continue (default: start a new document); the "
+                   "tokenizer's EOS token is put in front of it, as every training document follows one")
     p.add_argument("--max-new-tokens", type=_count(1), default=100, help="tokens to add at most (default 100)")
     p.add_argument("--temperature", type=float, default=0.8, help="0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=_count(0), default=50, help="sample among the k likeliest (0: all; default 50)")
@@ -436,6 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ignore-eos", action="store_true", help="keep going past the end-of-document token")
     p.add_argument("--tag", default=None, help="which checkpoint (default: the latest)")
     p.add_argument("--device", default="auto", help="auto (a GPU if there is one), cpu, cuda or cuda:N")
+    p.add_argument("--no-kv-cache", action="store_true",
+                   help="recompute the whole context for every token (the cache's reference; slower)")
     p.set_defaults(func=_cmd_generate)
 
     p = sub.add_parser("merge-tp", help="merge a tensor- or pipeline-parallel checkpoint into one TP=PP=1 checkpoint")

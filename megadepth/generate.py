@@ -1,13 +1,15 @@
 """``megadepth generate RUN_DIR``: text from a run's checkpoint, to see what a model learned.
 
-The checkpoint (any layout) is consolidated and run as one plain fp32 GPT: generation is for looking,
-not serving, so there is no KV cache. The prompt follows an EOS, as every document in training does;
-sampling is seeded, so the same command prints the same text.
+The checkpoint (any layout) is consolidated and run as one plain fp32 GPT with a KV cache (each step
+feeds one token; ``kv_cache=False`` recomputes the whole context every step, the reference the cache is
+tested against). The prompt follows an EOS, as every document in training does; sampling is seeded, so
+the same command prints the same text.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +62,8 @@ def resolve_device(device: str) -> torch.device:
 class Generator:
     """A run's model and tokenizer, ready to continue prompts."""
 
-    def __init__(self, run_dir: str | Path, tag: str | None = None, device: str = "auto") -> None:
+    def __init__(self, run_dir: str | Path, tag: str | None = None, device: str = "auto",
+                 kv_cache: bool = True) -> None:
         from megadepth.data import find_tokenizer
         from megadepth.model import GPT
         from megadepth.parametrize import Parametrization
@@ -71,6 +74,7 @@ class Generator:
         self.device = resolve_device(device)
         config, state, self.tag = consolidated_state(Path(run_dir), tag)
         self.config: Config = config
+        self.kv_cache = kv_cache and config.model.block == "transformer"  # the linear block is per token
         ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
         self.model = GPT(config.model, ptz.multipliers())
         self.model.load_state_dict({k: v.float() for k, v in state.items()})
@@ -96,13 +100,12 @@ class Generator:
         """New token ids after ``context`` (the context itself is not returned)."""
         if not context:
             raise ConfigError("an empty context: give a prompt, or use a tokenizer with an EOS id")
-        window = self.config.model.positions
         rng = torch.Generator(device="cpu").manual_seed(options.seed)
         ids = list(context)
         new: list[int] = []
+        next_logits = self._next_logits_cached() if self.kv_cache else self._next_logits
         for _ in range(options.max_new_tokens):
-            tokens = torch.tensor([ids[-window:]], dtype=torch.long, device=self.device)
-            logits = self.model(tokens)[0, -1, : self.pieces].double().cpu()
+            logits = next_logits(ids)[: self.pieces].double().cpu()
             if options.temperature == 0:
                 nxt = int(logits.argmax())
             else:
@@ -117,6 +120,33 @@ class Generator:
             ids.append(nxt)
             new.append(nxt)
         return new
+
+    def _next_logits(self, ids: list[int]) -> torch.Tensor:
+        """The next token's logits from the last ``positions`` ids, computed from scratch."""
+        tokens = torch.tensor([ids[-self.config.model.positions:]], dtype=torch.long, device=self.device)
+        return self.model(tokens)[0, -1]
+
+    def _next_logits_cached(self) -> Callable[[list[int]], torch.Tensor]:
+        """A ``_next_logits`` that keeps a KV cache: the first call feeds the context, later ones the ids added
+        since. Past the model's positions it recomputes the last ``positions`` ids every step, as the uncached
+        path does (the positions a window starts from change with every token)."""
+        cache = self.model.new_cache()
+
+        def next_logits(ids: list[int]) -> torch.Tensor:
+            if len(ids) > self.config.model.positions:
+                return self._next_logits(ids)
+            fresh = torch.tensor([ids[cache.length:]], dtype=torch.long, device=self.device)
+            return self.model(fresh, cache=cache)[0, -1]
+
+        return next_logits
+
+    def context_note(self) -> str:
+        """One line on what the model is conditioned on, as ``megadepth generate`` prints it (stderr)."""
+        if self.eos_id < 0:
+            return "megadepth generate: the tokenizer has no EOS: the context is the prompt's pieces alone"
+        return (f"megadepth generate: the context is EOS (id {self.eos_id}, {self.tokenizer.id_to_piece(self.eos_id)!r}) "
+                "and then the prompt: training documents follow an EOS (Hugging Face users of an export put it "
+                "first too)")
 
     def complete(self, prompt: str, options: SamplingOptions) -> str:
         """The prompt and its continuation, decoded together (the boundary between them keeps its space)."""

@@ -1,5 +1,5 @@
-"""`megadepth export --format hf`: the transformers GPT-2 computes what megadepth computes, from any
-layout, with every multiplier folded into the weights. The reference is megadepth's own forward pass
+"""`megadepth export --format hf`: the transformers GPT-2 (or Llama, or Qwen3 for QK-norm) computes what
+megadepth computes, from any layout, with every multiplier folded into the weights. The reference is megadepth's own forward pass
 on the checkpoint file as saved (TP = PP = 1), not the exporter's consolidation."""
 
 from __future__ import annotations
@@ -41,9 +41,9 @@ def megadepth_logits(run: Path) -> torch.Tensor:
 
 
 def hf_logits(out: Path) -> torch.Tensor:
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
-    model = GPT2LMHeadModel.from_pretrained(out).eval()
+    model = AutoModelForCausalLM.from_pretrained(out).eval()
     with torch.no_grad():
         return model(input_ids=TOKENS).logits
 
@@ -151,8 +151,9 @@ def test_export_refuses_what_gpt2_cannot_hold(sample_data: Path, tmp_path: Path)
                                          train={"steps": 1, "save_final": True}))
     from megadepth.export import export_hf
 
-    with pytest.raises(ConfigError, match="rotary"):
+    with pytest.raises(ConfigError, match="rotary") as refused:
         export_hf(tmp_path / "rot", tmp_path / "hf")
+    assert "model.norm 'layernorm'" in str(refused.value)  # nor is it Llama-shaped
     assert not (tmp_path / "hf").exists()
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")
@@ -369,3 +370,69 @@ def test_an_export_without_a_transformers_tokenizer_says_so_and_how_to_load_it(
     context, new = greedy_as_megadepth_generates(run, prompt, 8)
     assert ns["ids"] == context and context[0] == trained.eos_id()
     assert ns["out"][0, len(context):len(context) + len(new)].tolist() == new
+
+
+#: A Llama-shaped tiny model at twice its base width (muP's attention scale is not 1/sqrt(head_dim)).
+LLAMA = {"norm": "rmsnorm", "mlp": "swiglu", "position": "rotary", "heads": 4, "ffn_multiple_of": 16,
+         "base_width": 16, "base_heads": 4, "rope_theta": 500.0}
+
+
+@pytest.mark.parametrize(("shape", "cls"), [
+    pytest.param({"kv_heads": 2, "tie_embeddings": False, "bias": True}, "LlamaForCausalLM", id="llama-gqa-untied-bias"),
+    pytest.param({"kv_heads": 1, "tie_embeddings": True, "qk_norm": True}, "Qwen3ForCausalLM", id="qwen3-mqa-tied"),
+])
+def test_llama_shaped_runs_export_to_llama_or_qwen3(sample_data: Path, tmp_path: Path, shape: dict, cls: str) -> None:
+    """Grouped- and multi-query attention, untied and tied heads (alpha_in != 1: the tied head reads the scaled
+    embedding, compensated in the final norm), biases, QK-norm (its gain takes the attention scale): the
+    exported model's logits are megadepth's, and the export README's code, run as written, generates what
+    megadepth generate does (transformers' generate has its own KV cache)."""
+    from transformers import AutoModelForCausalLM
+
+    run = tmp_path / "run"
+    run_ranks(train_rank, 1, tiny_config(sample_data, run, model={**LLAMA, **shape},
+                                         parametrization={"name": "depth_mup", "input_multiplier": 2.0},
+                                         train={"save_final": True}))
+    export(run, tmp_path / "hf")
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert type(model).__name__ == cls
+    assert model.config.num_key_value_heads == shape["kv_heads"] and model.config.tie_word_embeddings is shape[
+        "tie_embeddings"]
+    assert relative(megadepth_logits(run), hf_logits(tmp_path / "hf")) < 1e-5
+    info = json.loads((tmp_path / "hf" / "megadepth_export.json").read_text())
+    assert info["class"] == cls and info["multipliers_folded"]["embedding"] == 2.0
+    readme = (tmp_path / "hf" / "README.md").read_text(encoding="utf-8")
+    assert f"model = {cls}.from_pretrained(FOLDER)" in readme and "encodes a prompt as `[" in readme
+    prompt = "The standard library"
+    ns = readme_code(tmp_path / "hf", prompt)
+    context, new = greedy_as_megadepth_generates(run, prompt, 8)
+    assert ns["ids"] == context
+    assert ns["out"][0, len(context):len(context) + len(new)].tolist() == new and new
+
+
+@pytest.mark.parametrize(("model", "named"), [
+    ({"norm": "layernorm", "mlp": "swiglu", "position": "rotary"}, ["model.norm 'layernorm'", "model.mlp 'swiglu'"]),
+    ({"norm": "rmsnorm", "mlp": "gelu", "position": "rotary"}, ["model.mlp 'gelu'", "model.norm 'rmsnorm'"]),
+    ({"norm": "rmsnorm", "mlp": "swiglu", "position": "learned"}, ["model.position 'learned'"]),
+    ({"norm": "rmsnorm", "mlp": "relu", "position": "learned"}, ["model.norm 'rmsnorm'", "model.mlp 'relu'"]),
+    ({"mlp": "abs"}, ["model.mlp 'abs'"]),
+    ({"kv_heads": 1}, ["model.kv_heads 1", "model.norm 'layernorm'"]),
+    ({"qk_norm": True}, ["model.qk_norm", "model.position 'learned'"]),
+    ({**LLAMA, "qk_norm": True, "bias": True}, ["model.bias with model.qk_norm"]),
+])
+def test_export_refuses_what_neither_gpt2_nor_llama_holds(model: dict, named: list[str]) -> None:
+    """Mixed blocks, learned positions with a Llama block, non-gated MLPs with RMSNorm, GQA or QK-norm in a
+    GPT-2 block, QK-norm with MLP biases: refused before anything is read further, naming the keys."""
+    from megadepth.export.hf import check_exportable
+
+    cfg = validate({"model": {"width": 32, "heads": 4, **model}, "data": {"path": "."}})
+    with pytest.raises(ConfigError, match="no transformers class holds this model") as refused:
+        check_exportable(cfg.model)
+    assert all(key in str(refused.value) for key in named), str(refused.value)
+
+
+@pytest.mark.parametrize(("model", "arch"), [({}, "gpt2"), ({"mlp": "relu", "bias": True}, "gpt2"),
+                                             ({**LLAMA, "kv_heads": 2}, "llama"), ({**LLAMA, "qk_norm": True}, "qwen3")])
+def test_each_block_shape_goes_to_its_architecture(model: dict, arch: str) -> None:
+    from megadepth.export.hf import check_exportable
+
+    assert check_exportable(validate({"model": {"width": 32, "heads": 4, **model}, "data": {"path": "."}}).model) == arch

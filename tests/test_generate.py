@@ -1,6 +1,7 @@
 """`megadepth generate`: greedy continuation equals the transformers export's own greedy generate (an
-independent implementation of the same model), sampling is reproducible per seed, top-k 1 is greedy,
-and the command line prints the prompt's continuation or one line of error."""
+independent implementation of the same model, GPT-2 and Llama), the KV cache gives what recomputing the
+context gives (learned positions and rotary/grouped-query attention), sampling is reproducible per seed,
+top-k 1 is greedy, and the command line prints the prompt's continuation or one line of error."""
 
 from __future__ import annotations
 
@@ -25,14 +26,28 @@ def trained(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
-def test_greedy_equals_the_exported_model_greedy_generate(trained: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def llama_trained(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RMSNorm, SwiGLU, rotary positions, 4 query heads on 2 key/value heads."""
+    out = tmp_path_factory.mktemp("gen") / "llama"
+    cfg = tiny_config(sample_data, out, model={"norm": "rmsnorm", "mlp": "swiglu", "position": "rotary", "heads": 4,
+                                               "kv_heads": 2, "ffn_multiple_of": 16, "tie_embeddings": False},
+                      train={"steps": 20, "save_final": True, "log_every": 10})
+    run_ranks(train_rank, 1, cfg)
+    return out
+
+
+@pytest.mark.parametrize("run", ["trained", "llama_trained"])
+def test_greedy_equals_the_exported_model_greedy_generate(run: str, tmp_path: Path,
+                                                          request: pytest.FixtureRequest) -> None:
     import torch
-    from transformers import GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
     from megadepth.export import export_hf
 
+    trained = request.getfixturevalue(run)
     export_hf(trained, tmp_path / "hf")
-    hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf").eval()
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
     gen = Generator(trained, device="cpu")
     context = gen.encode("The Python")
     ours = gen.continue_ids(context, SamplingOptions(max_new_tokens=12, temperature=0, stop_at_eos=False))
@@ -40,6 +55,31 @@ def test_greedy_equals_the_exported_model_greedy_generate(trained: Path, tmp_pat
         theirs = hf.generate(torch.tensor([context]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
                              pad_token_id=0)[0, len(context):].tolist()
     assert ours == theirs and len(ours) == 12
+
+
+@pytest.mark.parametrize("run", ["trained", "llama_trained"])
+def test_the_kv_cache_computes_what_recomputing_the_context_does(run: str, request: pytest.FixtureRequest) -> None:
+    """Logits of a context fed in pieces through the cache (a prompt, single tokens, a few tokens at once)
+    equal one forward pass over it; greedy and seeded sampling give the same tokens with and without the
+    cache, also past the model's 32 positions (where both recompute a sliding window)."""
+    import torch
+
+    trained = request.getfixturevalue(run)
+    cached, plain = Generator(trained, device="cpu"), Generator(trained, device="cpu", kv_cache=False)
+    assert cached.kv_cache and not plain.kv_cache
+    tokens = torch.randint(0, 512, (2, 32), generator=torch.Generator().manual_seed(1))
+    model = cached.model
+    with torch.no_grad():
+        whole = model(tokens)
+        cache = model.new_cache()
+        pieces = [model(tokens[:, a:b], cache=cache) for a, b in ((0, 9), (9, 10), (10, 11), (11, 15), (15, 32))]
+    assert cache.length == 32
+    assert float((torch.cat(pieces, dim=1) - whole).abs().max() / whole.abs().max()) < 1e-5
+    context = cached.encode("The Python")
+    for options in (SamplingOptions(max_new_tokens=40, temperature=0, stop_at_eos=False),
+                    SamplingOptions(max_new_tokens=40, temperature=1.0, top_k=0, seed=5, stop_at_eos=False)):
+        ours = cached.continue_ids(context, options)
+        assert ours == plain.continue_ids(context, options) and len(context) + len(ours) > 32
 
 
 def test_sampling_is_reproducible_per_seed_and_top_k_1_is_greedy(trained: Path) -> None:
@@ -63,8 +103,11 @@ def test_options_and_command_line(trained: Path, tmp_path: Path, capsys: pytest.
         SamplingOptions(temperature=-1)
     assert main(["generate", str(trained), "--prompt", "The standard library", "--max-new-tokens", "8",
                  "--samples", "2", "--device", "cpu"]) == 0
-    out = capsys.readouterr().out.strip().split("\n" + "-" * 40 + "\n")
+    printed = capsys.readouterr()
+    out = printed.out.strip().split("\n" + "-" * 40 + "\n")
     assert len(out) == 2 and all(text.startswith("The standard library") for text in out)
+    eos = Generator(trained, device="cpu").eos_id
+    assert f"the context is EOS (id {eos}, '</s>') and then the prompt" in printed.err
     assert main(["generate", str(tmp_path / "nothing")]) == 2
     assert "no complete checkpoint" in capsys.readouterr().err
 

@@ -1,4 +1,7 @@
-"""``megadepth export RUN_DIR --format hf OUT``: a Hugging Face ``transformers`` GPT-2 checkpoint.
+"""``megadepth export RUN_DIR --format hf OUT``: a Hugging Face ``transformers`` checkpoint, ``GPT2LMHeadModel``
+for GPT-2-shaped runs (LayerNorm, gelu or relu MLP, learned positions), ``LlamaForCausalLM`` for Llama-shaped
+ones (RMSNorm, SwiGLU, rotary positions, grouped-query attention; ``Qwen3ForCausalLM`` with QK-norm:
+:mod:`megadepth.export.llama`); anything else is refused, naming the config keys neither can hold.
 
 Each of megadepth's forward-pass multipliers is folded exactly into the weights it multiplies (GPT-2
 has none): embedding tables times alpha_in; attention and MLP output projections (weight and bias) times
@@ -28,6 +31,8 @@ import torch
 
 from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config, ModelConfig
+from megadepth.export.llama import CLASSES, hf_config, llama_shape_problems, llama_state_dict
+from megadepth.export.llama import architecture as llama_architecture
 from megadepth.parametrize import Parametrization
 from megadepth.parametrize.rules import Multipliers
 
@@ -60,14 +65,35 @@ PROBE_TEXTS = (
 )
 
 
-def check_exportable(model: ModelConfig) -> None:
-    """GPT-2's architecture: pre-LN transformer blocks, learned positions, gelu or relu."""
-    if model.block != "transformer":
-        raise ConfigError("model.block 'linear' has no GPT-2 counterpart: only transformer blocks export to hf")
+def gpt2_shape_problems(model: ModelConfig) -> list[str]:
+    """What GPT-2's block (pre-LN, learned positions, gelu or relu MLP, multi-head attention) cannot hold."""
+    problems = []
+    if model.norm != "layernorm":
+        problems.append(f"model.norm '{model.norm}' (GPT-2 has LayerNorms)")
+    if model.mlp not in ("gelu", "relu"):
+        problems.append(f"model.mlp '{model.mlp}' (GPT-2's MLP: gelu or relu)")
     if model.position != "learned":
-        raise ConfigError("model.position 'rotary' has no GPT-2 counterpart (learned positions): cannot export to hf")
-    if model.activation not in ("gelu", "relu"):
-        raise ConfigError(f"model.activation '{model.activation}' has no GPT-2 counterpart (gelu, relu)")
+        problems.append(f"model.position '{model.position}' (GPT-2 learns a position table)")
+    if model.n_kv_heads != model.heads:
+        problems.append(f"model.kv_heads {model.kv_heads} (GPT-2 has as many key/value heads as query heads)")
+    if model.qk_norm:
+        problems.append("model.qk_norm (GPT-2 does not normalise queries and keys)")
+    return problems
+
+
+def check_exportable(model: ModelConfig) -> str:
+    """The architecture that holds the model exactly: 'gpt2', 'llama' or 'qwen3' (Llama with QK-norm); a
+    ConfigError naming the config keys that neither GPT-2 nor Llama can hold."""
+    if model.block != "transformer":
+        raise ConfigError("model.block 'linear' has no transformers counterpart: only transformer blocks export to hf")
+    gpt2 = gpt2_shape_problems(model)
+    if not gpt2:
+        return "gpt2"
+    llama = llama_shape_problems(model)
+    if not llama:
+        return llama_architecture(model)
+    raise ConfigError(f"no transformers class holds this model, so it cannot be exported to hf: as GPT2LMHeadModel, "
+                      f"{'; '.join(gpt2)}; as LlamaForCausalLM/Qwen3ForCausalLM, {'; '.join(llama)}")
 
 
 def gpt2_state_dict(model: ModelConfig, mult: Multipliers, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -274,19 +300,22 @@ def _eos(sp: Any, vocab: int) -> tuple[int, str] | None:
 def _readme(info: dict[str, Any], eos: tuple[int, str] | None, positions: int) -> str:
     """``README.md`` of the export: loading the model and tokenizer, and how megadepth prompts it."""
     hf_tok = info["hf_tokenizer"]
+    cls = info["class"]
+    family = {"GPT2LMHeadModel": "GPT-2", "LlamaForCausalLM": "Llama", "Qwen3ForCausalLM": "Qwen3"}[cls]
+    max_positions = "n_positions" if cls == "GPT2LMHeadModel" else "max_position_embeddings"
 
     def code(*body: str) -> list[str]:
         return ["", "```python", *body, "```"]
 
     lines = [
-        "# GPT-2 (transformers) exported from a megadepth run",
+        f"# {family} (transformers) exported from a megadepth run",
         "",
         f"Exported by `megadepth export` from `{info['source']}` ({info['parametrization']} parametrization). "
         "Its multipliers (embedding, branch, readout, attention scale) are folded into the weights, so this "
-        "is a plain `GPT2LMHeadModel`; its logits were checked against megadepth's own forward pass "
+        f"is a plain `{cls}`; its logits were checked against megadepth's own forward pass "
         f"(largest relative difference {info['max_relative_logit_difference']:.1e}).",
-        *code("from transformers import GPT2LMHeadModel", "FOLDER = \"path/to/this/folder\"",
-              "model = GPT2LMHeadModel.from_pretrained(FOLDER)"),
+        *code(f"from transformers import {cls}", "FOLDER = \"path/to/this/folder\"",
+              f"model = {cls}.from_pretrained(FOLDER)"),
         "", "## Tokenizer", "",
     ]
     if hf_tok is None:
@@ -318,15 +347,17 @@ def _readme(info: dict[str, Any], eos: tuple[int, str] | None, positions: int) -
                       "alone."]
         else:
             eos_id, piece = eos
+            past = ("fails past them" if cls == "GPT2LMHeadModel" else
+                    "goes on past them, at positions the model never saw")
             lines += [
                 f"megadepth's data preparation ends every document with EOS (id {eos_id}, `{piece}`), so in "
                 f"training, text starts right after an EOS. `megadepth generate` therefore encodes a prompt as `[{eos_id}] + "
                 "sentencepiece.encode(prompt)` and stops at the next EOS (unless `--ignore-eos`). The tokenizer "
                 "adds no EOS or BOS; to condition the model as `megadepth generate` does, put the EOS in front "
                 f"yourself (the model reads at most {positions} tokens, prompt and continuation together: "
-                "`megadepth generate` keeps the last ones, `model.generate` fails past them):",
+                f"`megadepth generate` keeps the last ones, `model.generate` {past}):",
                 *code("import torch", f"ids = [{eos_id}] + {name}.encode(prompt)",
-                      "new = min(50, model.config.n_positions - len(ids))",
+                      f"new = min(50, model.config.{max_positions} - len(ids))",
                       "out = model.generate(torch.tensor([ids]), max_new_tokens=new, do_sample=False, "
                       f"pad_token_id={eos_id})",
                       f"print({name}.decode(out[0, 1:].tolist()))  # the prompt and its continuation"),
@@ -337,7 +368,7 @@ def _readme(info: dict[str, Any], eos: tuple[int, str] | None, positions: int) -
 
 def describe_export(out: str | Path, info: dict[str, Any]) -> tuple[str, str | None]:
     """(what was written, a warning about what was not, or None), as ``megadepth export`` prints them."""
-    written = (f"wrote {out}: GPT-2 (transformers) from {info['source']}, {info['parametrization']} "
+    written = (f"wrote {out}: {info['class']} (transformers) from {info['source']}, {info['parametrization']} "
                "multipliers folded into the weights; logits match megadepth's to "
                f"{info['max_relative_logit_difference']:.1e}; files: {', '.join(info['files'])}")
     hf_tok = info["hf_tokenizer"]
@@ -384,10 +415,39 @@ def _max_relative_difference(config: Config, mult: Multipliers, state: dict[str,
     return float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
 
 
+_CLASSES = {"gpt2": "GPT2LMHeadModel", **CLASSES}
+
+
+def _hf_model(arch: str, m: ModelConfig, mult: Multipliers, state: dict[str, torch.Tensor], bos: int | None,
+              eos: int | None) -> Any:
+    """The transformers model of ``arch`` holding the run's weights, multipliers folded in."""
+    import transformers
+
+    if arch == "gpt2":
+        config = transformers.GPT2Config(
+            vocab_size=m.vocab_size, n_positions=m.positions, n_embd=m.width, n_layer=m.depth, n_head=m.heads,
+            n_inner=m.mlp_width, activation_function=m.mlp, layer_norm_epsilon=m.norm_eps,
+            resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, scale_attn_weights=True,
+            tie_word_embeddings=m.tie_embeddings, bos_token_id=bos, eos_token_id=eos)
+        weights = gpt2_state_dict(m, mult, state)
+    else:
+        config = hf_config(m, bos, eos)
+        weights = llama_state_dict(m, mult, state)
+    hf_model = getattr(transformers, _CLASSES[arch])(config)
+    missing, unexpected = hf_model.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if not k.endswith("attn.bias") and not k.endswith("masked_bias")
+               and not (m.tie_embeddings and k == "lm_head.weight")]
+    if missing or unexpected:
+        raise ConfigError(f"{_CLASSES[arch]} weights did not line up (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if m.tie_embeddings:
+        hf_model.tie_weights()
+    return hf_model
+
+
 def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> dict:
     """Export ``run_dir`` (or its checkpoints folder) to ``out``; returns megadepth_export.json's content."""
     try:
-        from transformers import GPT2Config, GPT2LMHeadModel
+        import transformers  # noqa: F401 -- only to say what to install
     except ImportError:
         raise ConfigError("export --format hf needs the transformers package: pip install 'megadepth[hf]'") from None
     from megadepth.data import find_tokenizer
@@ -400,7 +460,7 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty directory: choose a new output directory")
     config, state, tag = consolidated_state(ckpt_dir, tag)
-    check_exportable(config.model)
+    arch = check_exportable(config.model)
     ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
     mult = ptz.multipliers()
     # the run's sentencepiece model, found as the trainer and ``generate`` find it
@@ -415,25 +475,16 @@ def export_hf(run_dir: str | Path, out: str | Path, tag: str | None = None) -> d
     m = config.model
     ids = [-1, -1] if sp is None else [sp.bos_id(), sp.eos_id()]
     bos, eos = (v if 0 <= v < m.vocab_size else None for v in ids)
-    hf_model = GPT2LMHeadModel(GPT2Config(
-        vocab_size=m.vocab_size, n_positions=m.positions, n_embd=m.width, n_layer=m.depth, n_head=m.heads,
-        n_inner=m.mlp_width, activation_function=m.activation, layer_norm_epsilon=m.norm_eps,
-        resid_pdrop=m.dropout, embd_pdrop=m.dropout, attn_pdrop=m.dropout, scale_attn_weights=True,
-        tie_word_embeddings=m.tie_embeddings, bos_token_id=bos, eos_token_id=eos))
-    missing, unexpected = hf_model.load_state_dict(gpt2_state_dict(config.model, mult, state), strict=False)
-    missing = [k for k in missing if not k.endswith("attn.bias") and not k.endswith("masked_bias")]
-    if missing or unexpected:
-        raise ConfigError(f"GPT-2 weights did not line up (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    if config.model.tie_embeddings:
-        hf_model.tie_weights()
+    hf_model = _hf_model(arch, m, mult, state, bos, eos)
     diff = _max_relative_difference(config, mult, state, hf_model)
     if not diff < _TOLERANCE:
         raise ConfigError(f"the exported model's logits differ from megadepth's by {diff:.2e} (relative): not written")
     info = {
-        "format": "hf-gpt2", "source": str(ckpt_dir / tag), "step_tag": tag,
+        "format": f"hf-{arch}", "class": _CLASSES[arch], "source": str(ckpt_dir / tag), "step_tag": tag,
         "parametrization": config.parametrization.name,
         "multipliers_folded": {"embedding": mult.embedding, "branch": mult.branch, "readout": mult.readout,
                                "attn_scale": mult.attn_scale},
+        "tied_head": m.tie_embeddings,
         "max_relative_logit_difference": diff, "tokenizer": "tokenizer.model" if tokenizer else None,
         "hf_tokenizer": None,
     }

@@ -95,12 +95,37 @@ class Rotary(nn.Module):
         self.register_buffer("cos", angles.cos(), persistent=False)
         self.register_buffer("sin", angles.sin(), persistent=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: [batch, heads, seq, head_dim]."""
-        cos, sin = self.cos[: x.shape[-2]].to(x.dtype), self.sin[: x.shape[-2]].to(x.dtype)
+    def forward(self, x: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """x: [batch, heads, seq, head_dim] at positions offset, offset + 1, ... (offset: the tokens already
+        in a KV cache, whose keys were rotated for their own positions)."""
+        end = offset + x.shape[-2]
+        if end > self.cos.shape[0]:
+            raise ValueError(f"position {end - 1} is past the rotary table ({self.cos.shape[0]} positions)")
+        cos, sin = self.cos[offset:end].to(x.dtype), self.sin[offset:end].to(x.dtype)
         x1, x2 = x.chunk(2, dim=-1)
         cos, sin = torch.cat((cos, cos), dim=-1), torch.cat((sin, sin), dim=-1)
         return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+
+
+class LayerCache:
+    """One attention layer's keys and values of the tokens seen so far (after QK-norm and rotary), so that
+    generation feeds only the new tokens: inference in one process (no tensor parallelism, no dropout)."""
+
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None
+        self.values: torch.Tensor | None = None
+
+    @property
+    def length(self) -> int:
+        """Tokens held: the position of the next token."""
+        return 0 if self.keys is None else self.keys.shape[-2]
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append the new tokens' keys and values ([batch, kv_heads, seq, head_dim]); returns all of them."""
+        if self.keys is not None:
+            k, v = torch.cat((self.keys, k), dim=-2), torch.cat((self.values, v), dim=-2)
+        self.keys, self.values = k, v
+        return k, v
 
 
 class Embedding(nn.Module):
@@ -119,17 +144,18 @@ class Embedding(nn.Module):
         self.multiplier = multiplier
         self.dropout = _BranchDropout(cfg.dropout, tp)  # each rank drops out its own sequence shard
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.finish(self.token(tokens))
+    def forward(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        return self.finish(self.token(tokens), offset)
 
-    def finish(self, h: torch.Tensor) -> torch.Tensor:
-        """Positions, multiplier, (sequence scatter), dropout on the looked-up token embeddings."""
+    def finish(self, h: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Positions (from ``offset``: tokens already in a KV cache), multiplier, (sequence scatter), dropout
+        on the looked-up token embeddings."""
         if self.position is not None:
-            seq = h.shape[1]
-            if seq > self.position.num_embeddings:
-                raise ValueError(f"sequence of {seq} tokens is longer than the position table "
+            end = offset + h.shape[1]
+            if end > self.position.num_embeddings:
+                raise ValueError(f"sequence of {end} tokens is longer than the position table "
                                  f"({self.position.num_embeddings})")
-            h = torch.add(h, self.position.weight[:seq]).mul_(self.multiplier)  # the sum is not saved for backward
+            h = torch.add(h, self.position.weight[offset:end]).mul_(self.multiplier)  # the sum is not saved for backward
         else:
             h = h * self.multiplier
         if self.tp.sequence_parallel:
@@ -186,7 +212,8 @@ class Attention(nn.Module):
             bias = all_reduce_grad(bias, self.tp.group)[self.kv_rows]
         return F.linear(x, weight, bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """Causal attention over x, or (``cache``) over the cached tokens and x, x's tokens following them."""
         x = self.query.enter(x)  # one gather (or one backward all-reduce) for query, keys and values
         q = self.query(x, entered=True)
         kv = self._keys_values(x)
@@ -195,13 +222,27 @@ class Attention(nn.Module):
         k, v = kv.view(batch, seq, self.kv_heads, 2, self.head_dim).permute(3, 0, 2, 1, 4)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
+        offset = 0 if cache is None else cache.length
         if self.rotary is not None:
-            q, k = self.rotary(q), self.rotary(k)
+            q, k = self.rotary(q, offset), self.rotary(k, offset)
+        if cache is not None:
+            k, v = cache.extend(k, v)
         gqa = self.kv_heads != self.heads
         with self.tp.rng.fork():  # attention dropout differs per head, so per tensor-parallel rank
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa,
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=_after_cache_mask(offset, seq, q.device),
+                                               is_causal=offset == 0, scale=self.scale, enable_gqa=gqa,
                                                dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(batch, seq, self.heads * self.head_dim))
+
+
+def _after_cache_mask(offset: int, seq: int, device: torch.device) -> torch.Tensor | None:
+    """The causal mask of ``seq`` new queries after ``offset`` cached keys: None when nothing is cached (then
+    is_causal) or for one query (it sees every key). SDPA's is_causal aligns the triangle top-left, which
+    for fewer queries than keys would hide cached keys from the new queries."""
+    if offset == 0 or seq == 1:
+        return None
+    keys = torch.arange(offset + seq, device=device)
+    return keys[None, :] <= (torch.arange(seq, device=device) + offset)[:, None]
 
 
 class MLP(nn.Module):
@@ -260,9 +301,9 @@ class Block(nn.Module):
         self.branch = branch_multiplier
         self.dropout = _BranchDropout(cfg.dropout, tp)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         # x + branch * f(x) as one add-with-alpha: one elementwise pass (and its backward) less per branch
-        x = torch.add(x, self.dropout(self.attn(self.attn_norm(x))), alpha=self.branch)
+        x = torch.add(x, self.dropout(self.attn(self.attn_norm(x), cache)), alpha=self.branch)
         return torch.add(x, self.dropout(self.mlp(self.mlp_norm(x))), alpha=self.branch)
 
 
