@@ -236,17 +236,25 @@ def llama(data: Path, out: Path, kv_heads: int = 2, tensor: int = 1, sp: bool = 
 
 
 def test_llama_block_gradients_equal_under_tp(sample_data: Path, tmp_path: Path) -> None:
-    """Loss, every gathered gradient and the replica gradient norm at TP=2 equal one process's, with the
-    key/value heads split (kv_heads 2) and replicated (multi-query: each rank uses the one head, the gradient
-    is summed), with and without sequence parallelism; the QK-norm gains' gradients are summed over ranks."""
-    layouts = [(kv, sp) for kv in (2, 1) for sp in (False, True)]
-    configs = [llama(sample_data, tmp_path, kv_heads=kv, tensor=2, sp=sp) for kv, sp in layouts]
-    for result in run_ranks(gathered_gradients, 2, configs):
-        for (kv, sp), diffs in zip(layouts, result["runs"], strict=True):
-            bad = {k: v for k, v in diffs.items() if v > 1e-5}
-            assert not bad, (kv, sp, bad)
-            assert {"blocks.1.attn.q_norm.weight", "blocks.1.attn.k_norm.weight", "blocks.1.mlp.gate.weight",
-                    "blocks.1.attn.key_value.weight"} <= diffs.keys()
+    """Loss, every gathered gradient and the replica gradient norm under TP equal one process's, with the
+    key/value heads split (kv_heads 2 on 2 ranks) and replicated (multi-query on 2 ranks; 2 heads on 4 ranks,
+    each pair of ranks using its own), with and without sequence parallelism (and biases); the QK-norm gains'
+    and the replicated key/value matrix's gradients are summed over the ranks."""
+    def check(world: int, layouts: list[tuple[int, bool, bool]]) -> None:
+        configs = []
+        for kv, sp, bias in layouts:
+            configs.append(llama(sample_data, tmp_path, kv_heads=kv, tensor=world, sp=sp))
+            configs[-1]["model"]["bias"] = bias
+        for result in run_ranks(gathered_gradients, world, configs):
+            for layout, diffs in zip(layouts, result["runs"], strict=True):
+                bad = {k: v for k, v in diffs.items() if v > 1e-5}
+                assert not bad, (world, layout, bad)
+                assert {"blocks.1.attn.q_norm.weight", "blocks.1.attn.k_norm.weight", "blocks.1.mlp.gate.weight",
+                        "blocks.1.attn.key_value.weight"} <= diffs.keys()
+                assert ("blocks.1.attn.key_value.bias" in diffs) == layout[2]
+
+    check(2, [(2, False, False), (2, True, False), (1, False, False), (1, True, False), (1, True, True)])
+    check(4, [(2, True, True)])
 
 
 def _logits(state: dict, config_dict: dict) -> torch.Tensor:
