@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_config
 from distributed import run_ranks, train_rank
 from pp_ranks import built_stage
@@ -31,6 +32,14 @@ def shape(data: Path, out: Path, pipeline: int = 1, tensor: int = 1, grad_accum:
     )
 
 
+def llama_shape(data: Path, out: Path, pipeline: int = 1, tensor: int = 1, grad_accum: int = 4) -> dict:
+    """The Llama block, trained with SGD (its weights stay comparable between layouts, AdamW's do not: it
+    rounds tiny gradients differently), saving its final checkpoint."""
+    cfg = shape(data, out, pipeline, tensor, grad_accum, model=LLAMA, save_final=True)
+    cfg["optimizer"] = {"name": "sgd", "lr": 0.5, "momentum": 0.9}
+    return cfg
+
+
 def records(out: Path, key: str) -> dict[int, float]:
     return {r["step"]: r[key] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if key in r}
 
@@ -51,9 +60,9 @@ def reference(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def llama_reference(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The same for the Llama block."""
+    """The same for the Llama block, with its final checkpoint."""
     out = tmp_path_factory.mktemp("llama-ref") / "run"
-    run_ranks(train_rank, 1, shape(sample_data, out, model=LLAMA))
+    run_ranks(train_rank, 1, llama_shape(sample_data, out))
     return out
 
 
@@ -65,16 +74,25 @@ def llama_reference(sample_data: Path, tmp_path_factory: pytest.TempPathFactory)
 def test_layouts_train_like_one_process(sample_data: Path, tmp_path: Path, request: pytest.FixtureRequest,
                                         pipeline: int, tensor: int, data: int, llama: bool) -> None:
     """Losses, gradient norms (replicated parameters counted once: the Llama block's QK gains and, at TP=2,
-    its multi-query key/value matrix) and the eval loss equal one process's."""
+    its multi-query key/value matrix) and the eval loss equal one process's; the Llama block's pipeline
+    checkpoint merges (per-layer files, the key/value matrix equal on both tensor ranks) into its weights."""
     reference = request.getfixturevalue("llama_reference" if llama else "reference")
     out = tmp_path / "run"
     world = pipeline * tensor * data
-    summaries = run_ranks(train_rank, world, shape(sample_data, out, pipeline, tensor, grad_accum=4 // data,
-                                                   model=LLAMA if llama else None), timeout=300)
+    cfg = (llama_shape if llama else shape)(sample_data, out, pipeline, tensor, grad_accum=4 // data)
+    summaries = run_ranks(train_rank, world, cfg, timeout=300)
     assert summaries[0]["status"] == "completed" and summaries[0]["world_size"] == world
     assert_close(records(out, "loss"), records(reference, "loss"), rel=1e-5)
     assert_close(records(out, "grad_norm"), records(reference, "grad_norm"), rel=1e-4)
     assert records(out, "eval_loss")[3] == pytest.approx(records(reference, "eval_loss")[3], rel=1e-5)
+    if llama:
+        from megadepth.train.merge import consolidated_state
+
+        _, got, _ = consolidated_state(out)
+        _, ref, _ = consolidated_state(reference)
+        assert got.keys() == ref.keys()
+        for key in ref:
+            assert torch.allclose(got[key], ref[key], rtol=1e-5, atol=1e-6), key
 
 
 def test_stages_hold_the_same_model(sample_data: Path, tmp_path: Path) -> None:
