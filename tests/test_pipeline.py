@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_config
 from distributed import run_ranks, train_rank
 from pp_ranks import built_stage
@@ -13,15 +14,30 @@ from pp_ranks import built_stage
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
-def shape(data: Path, out: Path, pipeline: int = 1, tensor: int = 1, grad_accum: int = 4, **train) -> dict:
+#: The Llama block (RMSNorm, SwiGLU, rotary, QK-norm, no biases, untied head), multi-query: under TP=2 each
+#: rank holds the whole key/value matrix and sums its gradient (the path a split would not exercise).
+LLAMA = {"norm": "rmsnorm", "mlp": "swiglu", "ffn_multiple_of": 32, "position": "rotary", "kv_heads": 1,
+         "qk_norm": True, "bias": False, "tie_embeddings": False}
+
+
+def shape(data: Path, out: Path, pipeline: int = 1, tensor: int = 1, grad_accum: int = 4, model: dict | None = None,
+          **train) -> dict:
     return tiny_config(
         data, out,
         model={"width": 64, "base_width": 32, "heads": 4, "base_heads": 4, "depth": 4, "base_depth": 2, "seq_len": 32,
-               "vocab_size": 512, "bias": True},
+               "vocab_size": 512, "bias": True, **(model or {})},
         parametrization={"name": "depth_mup"},
         parallel={"pipeline": pipeline, "tensor": tensor, "zero_stage": 1},
         train={"grad_accum": grad_accum, "micro_batch": 2, "eval_samples": 8, **train},
     )
+
+
+def llama_shape(data: Path, out: Path, pipeline: int = 1, tensor: int = 1, grad_accum: int = 4) -> dict:
+    """The Llama block, trained with SGD (its weights stay comparable between layouts, AdamW's do not: it
+    rounds tiny gradients differently), saving its final checkpoint."""
+    cfg = shape(data, out, pipeline, tensor, grad_accum, model=LLAMA, save_final=True)
+    cfg["optimizer"] = {"name": "sgd", "lr": 0.5, "momentum": 0.9}
+    return cfg
 
 
 def records(out: Path, key: str) -> dict[int, float]:
@@ -42,21 +58,41 @@ def reference(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return out
 
 
+@pytest.fixture(scope="module")
+def llama_reference(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The same for the Llama block, with its final checkpoint."""
+    out = tmp_path_factory.mktemp("llama-ref") / "run"
+    run_ranks(train_rank, 1, llama_shape(sample_data, out))
+    return out
+
+
 @pytest.mark.parametrize(
-    ("pipeline", "tensor", "data"),
-    [(2, 1, 1), (2, 1, 2), (2, 2, 1), (2, 2, 2)],
-    ids=["pp2", "pp2-dp2", "pp2-tp2", "pp2-tp2-dp2"],
+    ("pipeline", "tensor", "data", "llama"),
+    [(2, 1, 1, False), (2, 1, 2, False), (2, 2, 1, False), (2, 2, 2, False), (2, 1, 1, True), (2, 2, 2, True)],
+    ids=["pp2", "pp2-dp2", "pp2-tp2", "pp2-tp2-dp2", "llama-pp2", "llama-pp2-tp2-dp2"],
 )
-def test_layouts_train_like_one_process(sample_data: Path, tmp_path: Path, reference: Path, pipeline: int,
-                                        tensor: int, data: int) -> None:
+def test_layouts_train_like_one_process(sample_data: Path, tmp_path: Path, request: pytest.FixtureRequest,
+                                        pipeline: int, tensor: int, data: int, llama: bool) -> None:
+    """Losses, gradient norms (replicated parameters counted once: the Llama block's QK gains and, at TP=2,
+    its multi-query key/value matrix) and the eval loss equal one process's; the Llama block's pipeline
+    checkpoint merges (per-layer files, the key/value matrix equal on both tensor ranks) into its weights."""
+    reference = request.getfixturevalue("llama_reference" if llama else "reference")
     out = tmp_path / "run"
     world = pipeline * tensor * data
-    summaries = run_ranks(train_rank, world, shape(sample_data, out, pipeline, tensor, grad_accum=4 // data),
-                          timeout=300)
+    cfg = (llama_shape if llama else shape)(sample_data, out, pipeline, tensor, grad_accum=4 // data)
+    summaries = run_ranks(train_rank, world, cfg, timeout=300)
     assert summaries[0]["status"] == "completed" and summaries[0]["world_size"] == world
     assert_close(records(out, "loss"), records(reference, "loss"), rel=1e-5)
     assert_close(records(out, "grad_norm"), records(reference, "grad_norm"), rel=1e-4)
     assert records(out, "eval_loss")[3] == pytest.approx(records(reference, "eval_loss")[3], rel=1e-5)
+    if llama:
+        from megadepth.train.merge import consolidated_state
+
+        _, got, _ = consolidated_state(out)
+        _, ref, _ = consolidated_state(reference)
+        assert got.keys() == ref.keys()
+        for key in ref:
+            assert torch.allclose(got[key], ref[key], rtol=1e-5, atol=1e-6), key
 
 
 def test_stages_hold_the_same_model(sample_data: Path, tmp_path: Path) -> None:

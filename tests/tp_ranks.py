@@ -209,3 +209,42 @@ def attention_forward(config_dicts: list[dict]) -> dict[str, Any]:
         runs.append(([b.attn.scale for b in sharded.blocks], sharded.blocks[0].attn.heads, _rel(got, ref),
                      ref.numpy().copy()))
     return {"runs": runs}
+
+
+def gathered_gradients(config_dicts: list[dict]) -> dict[str, Any]:
+    """For each config (its parallel.tensor = this world's size): one forward and backward of the LM loss
+    through the tensor-parallel model and through the unsharded model of the same seed (built here without a
+    group); the relative differences of the loss, of every parameter's gradient (shards gathered first) and
+    of megadepth's own replica gradient norm (which counts replicated parameters once)."""
+    from megadepth.config import validate
+    from megadepth.model import GPT
+    from megadepth.parallel.topology import TensorParallel
+    from megadepth.parametrize import Parametrization, initialize
+    from megadepth.train.step import replica_grad_norm
+
+    runs = []
+    for config_dict in config_dicts:
+        config = validate(config_dict)
+        tp = _tp(config.parallel.tensor, config.parallel.sequence_parallel)
+        ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
+        sharded, whole = GPT(config.model, ptz.multipliers(), tp), GPT(config.model, ptz.multipliers())
+        tokens = torch.randint(0, config.model.vocab_size, (2, config.model.seq_len + 1),
+                               generator=torch.Generator().manual_seed(6))
+        losses = []
+        for model in (sharded, whole):
+            initialize(model, ptz, config.train.seed)
+            loss = model(tokens[:, :-1], tokens[:, 1:])
+            loss.backward()
+            losses.append(loss)
+        diffs = {"loss": _rel(losses[0], losses[1]),
+                 "grad norm": _rel(replica_grad_norm(sharded, tp), replica_grad_norm(whole, TensorParallel()))}
+        ref = dict(whole.named_parameters())
+        for name, p in sharded.named_parameters():
+            grad = p.grad
+            if getattr(p, "tp_size", 1) > 1:
+                parts = [torch.empty_like(grad) for _ in range(tp.size)]
+                dist.all_gather(parts, grad.contiguous(), group=tp.group)
+                grad = torch.cat(parts, dim=p.partition_dim)
+            diffs[name] = _rel(grad, ref[name].grad)
+        runs.append(diffs)
+    return {"runs": runs}
