@@ -57,14 +57,20 @@ def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
         return result["tokens_per_s"], faults, result["cpu_ms_per_step"]
 
 
-def _round_ratios(results: dict[str, list[float]]) -> dict[str, list[float]]:
-    """megadepth / plain within each round (the two ran back to back, so under the same machine load): a
-    second view of the median ratio that shows how much the load moved it."""
+def _round_ratios(results: dict[str, list[float]], cpu_ms: dict[str, list[float]]) -> dict[str, list[float]]:
+    """megadepth / plain within each round (the two ran back to back, so under the same machine load), by
+    wall-clock tokens/s and by CPU time per step: a second view of the medians that shows how much the load
+    moved them."""
     pairs = {"megadepth / plain": ("megadepth depth_mup", "plain"),
+             "megadepth / tuned plain": ("megadepth depth_mup", "plain, tuned malloc"),
              "llama megadepth / llama plain": ("llama megadepth", "llama plain"),
              "llama megadepth / llama tuned plain": ("llama megadepth", "llama plain, tuned malloc")}
-    return {label: [a / b for a, b in zip(results[ours], results[ref], strict=True)]
-            for label, (ours, ref) in pairs.items() if ours in results and ref in results}
+    out = {}
+    for label, (ours, ref) in pairs.items():
+        if ours in results and ref in results:
+            out[f"{label} (wall)"] = [a / b for a, b in zip(results[ours], results[ref], strict=True)]
+            out[f"{label} (CPU)"] = [b / a for a, b in zip(cpu_ms[ours], cpu_ms[ref], strict=True)]
+    return out
 
 
 def main() -> None:
@@ -130,7 +136,7 @@ def main() -> None:
               f"{med_cpu[name]:13.1f}{med_cpu[prefix + 'plain'] / med_cpu[name]:18.3f}")
     if "megadepth sp" in med:
         print(f"Depth-muP multipliers vs SP: {med['megadepth depth_mup'] / med['megadepth sp']:.3f} of SP's throughput")
-    ratios = _round_ratios(results)
+    ratios = _round_ratios(results, cpu_ms)
     for name, values in ratios.items():
         print(f"{name}: per-round ratios {', '.join(f'{v:.3f}' for v in values)}")
     if args.json:
