@@ -11,10 +11,17 @@ megadepth sets glibc's allocator thresholds on CPU (megadepth/parallel/host_memo
 does not, so it is also run with the same settings through glibc's environment variables: that ratio is
 the cost of the stack itself, the other what a user gets against a plain script as it stands. A fifth
 side runs megadepth with the setting off (MEGADEPTH_MALLOC_TUNING=0); each process's minor page faults
-(start-up included) show what the setting saves.
+(start-up included) show what the setting saves. Each side also reports its CPU time per timed step
+(time.process_time): on a shared machine it moves far less with the load than wall time does, so the
+"plain CPU / ours" column is the steadier ratio there (with one thread it is the same measure).
 
-    python benchmarks/cpu_bench.py                      # configs/bench/tiny.yaml, 3 rounds
+The Llama row (issue 19) is the same comparison at configs/bench/llama-tiny.yaml (RMSNorm, SwiGLU,
+grouped-query attention, rotary): plain_gpt.py's plain Llama block against megadepth, same shape, same
+optimizer, interleaved with the other sides; its target is also "within 10% of the plain reference".
+
+    python benchmarks/cpu_bench.py                      # configs/bench/tiny.yaml and llama-tiny, 3 rounds
     python benchmarks/cpu_bench.py --rounds 5 --steps 80 --json out.json
+    python benchmarks/cpu_bench.py --rows llama         # only the Llama sides
 """
 
 from __future__ import annotations
@@ -38,20 +45,40 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESH
               "MALLOC_TOP_PAD_": str(TOP_PAD)}
 
 
-def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
+def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
     """Run one benchmark process: (the tokens/s of the JSON it writes, its minor page faults, whole
-    process). Its stdout is not parsed."""
+    process, and the CPU milliseconds per timed step it reports). Its stdout is not parsed."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt
         subprocess.run([*cmd, "--json", str(out)], cwd=ROOT, check=True, stdout=subprocess.DEVNULL, env=env)
         faults = resource.getrusage(resource.RUSAGE_CHILDREN).ru_minflt - before
-        return json.loads(out.read_text())["tokens_per_s"], faults
+        result = json.loads(out.read_text())
+        return result["tokens_per_s"], faults, result["cpu_ms_per_step"]
+
+
+def _round_ratios(results: dict[str, list[float]], cpu_ms: dict[str, list[float]]) -> dict[str, list[float]]:
+    """megadepth / plain within each round (the two ran back to back, so under the same machine load), by
+    wall-clock tokens/s and by CPU time per step: a second view of the medians that shows how much the load
+    moved them."""
+    pairs = {"megadepth / plain": ("megadepth depth_mup", "plain"),
+             "megadepth / tuned plain": ("megadepth depth_mup", "plain, tuned malloc"),
+             "llama megadepth / llama plain": ("llama megadepth", "llama plain"),
+             "llama megadepth / llama tuned plain": ("llama megadepth", "llama plain, tuned malloc")}
+    out = {}
+    for label, (ours, ref) in pairs.items():
+        if ours in results and ref in results:
+            out[f"{label} (wall)"] = [a / b for a, b in zip(results[ours], results[ref], strict=True)]
+            out[f"{label} (CPU)"] = [b / a for a, b in zip(cpu_ms[ours], cpu_ms[ref], strict=True)]
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/bench/tiny.yaml")
+    parser.add_argument("--llama-config", default="configs/bench/llama-tiny.yaml")
+    parser.add_argument("--rows", choices=["all", "gpt", "llama"], default="all",
+                        help="the GPT sides, the Llama sides, or both (interleaved)")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
@@ -65,36 +92,58 @@ def main() -> None:
     base["OMP_NUM_THREADS"] = str(args.threads)
     plain = [py, "benchmarks/plain_gpt.py", args.config, "--no-compile", *timing]
     ours = [py, "-m", "megadepth", "bench", args.config, *timing]
-    sides = {
-        "plain": (plain, base),
-        "plain, tuned malloc": (plain, base | MALLOC_ENV),
-        "megadepth depth_mup": (ours, base),
-        "megadepth, glibc default": (ours, base | {"MEGADEPTH_MALLOC_TUNING": "0"}),
-        "megadepth sp": ([py, "-m", "megadepth", "bench", args.config, "--set", "parametrization.name=sp", *timing],
-                         base),
-    }
+    sides: dict[str, tuple[list[str], dict[str, str]]] = {}
+    if args.rows in ("all", "gpt"):
+        sides |= {
+            "plain": (plain, base),
+            "plain, tuned malloc": (plain, base | MALLOC_ENV),
+            "megadepth depth_mup": (ours, base),
+            "megadepth, glibc default": (ours, base | {"MEGADEPTH_MALLOC_TUNING": "0"}),
+            "megadepth sp": ([py, "-m", "megadepth", "bench", args.config, "--set", "parametrization.name=sp",
+                              *timing], base),
+        }
+    if args.rows in ("all", "llama"):
+        sides |= {
+            "llama plain": ([py, "benchmarks/plain_gpt.py", args.llama_config, "--no-compile", *timing], base),
+            "llama plain, tuned malloc": ([py, "benchmarks/plain_gpt.py", args.llama_config, "--no-compile", *timing],
+                                          base | MALLOC_ENV),
+            "llama megadepth": ([py, "-m", "megadepth", "bench", args.llama_config, *timing], base),
+        }
     results: dict[str, list[float]] = {name: [] for name in sides}
     faults: dict[str, list[int]] = {name: [] for name in sides}
+    cpu_ms: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(args.rounds):
         for name, (cmd, env) in sides.items():
-            tps, minflt = _run(cmd, env)
+            tps, minflt, cpu = _run(cmd, env)
             results[name].append(tps)
             faults[name].append(minflt)
-            print(f"round {r + 1}/{args.rounds}  {name:<24} {tps:10,.0f} tokens/s  {minflt:10,} page faults", flush=True)
+            cpu_ms[name].append(cpu)
+            print(f"round {r + 1}/{args.rounds}  {name:<26} {tps:10,.0f} tokens/s  {cpu:8.1f} CPU ms/step  "
+                  f"{minflt:10,} page faults", flush=True)
     med = {name: statistics.median(v) for name, v in results.items()}
+    med_cpu = {name: statistics.median(v) for name, v in cpu_ms.items()}
     med_faults = {name: statistics.median(v) for name, v in faults.items()}
     load = os.getloadavg()[0]
-    print(f"\n{args.config}, {args.steps} timed steps after {args.warmup}, eager fp32, {args.threads} thread(s), "
-          f"median of {args.rounds} (load average {load:.1f} on {os.cpu_count()} cores)")
-    print(f"{'path':<26}{'tokens/s':>12}{'ratio to plain':>16}{'to tuned plain':>16}{'page faults':>14}")
+    configs = {"all": f"{args.config} and {args.llama_config}", "gpt": args.config, "llama": args.llama_config}
+    print(f"\n{configs[args.rows]}, {args.steps} timed steps after {args.warmup}, eager fp32, {args.threads} "
+          f"thread(s), median of {args.rounds} (load average {load:.1f} on {os.cpu_count()} cores)")
+    print(f"{'path':<26}{'tokens/s':>12}{'ratio to plain':>16}{'to tuned plain':>16}{'page faults':>14}"
+          f"{'CPU ms/step':>13}{'plain CPU / ours':>18}")
     for name, value in med.items():
-        print(f"{name:<26}{value:12,.0f}{value / med['plain']:16.3f}{value / med['plain, tuned malloc']:16.3f}"
-              f"{med_faults[name]:14,.0f}")
-    print(f"Depth-muP multipliers vs SP: {med['megadepth depth_mup'] / med['megadepth sp']:.3f} of SP's throughput")
+        prefix = "llama " if name.startswith("llama ") else ""
+        print(f"{name:<26}{value:12,.0f}{value / med[prefix + 'plain']:16.3f}"
+              f"{value / med[prefix + 'plain, tuned malloc']:16.3f}{med_faults[name]:14,.0f}"
+              f"{med_cpu[name]:13.1f}{med_cpu[prefix + 'plain'] / med_cpu[name]:18.3f}")
+    if "megadepth sp" in med:
+        print(f"Depth-muP multipliers vs SP: {med['megadepth depth_mup'] / med['megadepth sp']:.3f} of SP's throughput")
+    ratios = _round_ratios(results, cpu_ms)
+    for name, values in ratios.items():
+        print(f"{name}: per-round ratios {', '.join(f'{v:.3f}' for v in values)}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"config": args.config, "steps": args.steps, "threads": args.threads,
-                                               "rounds": results, "page_faults": faults,
-                                               "median": med, "load_average": load}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({"config": args.config, "llama_config": args.llama_config,
+                                               "rows": args.rows, "steps": args.steps, "threads": args.threads,
+                                               "rounds": results, "page_faults": faults, "cpu_ms_per_step": cpu_ms, "median": med,
+                                               "round_ratios": ratios, "load_average": load}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

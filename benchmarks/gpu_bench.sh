@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # ONE device call for issue "Training throughput": megadepth bench and the plain-PyTorch reference, side
-# by side, for the three shapes of configs/bench (gpt-124m, gpt-350m, gpt-1.3b); a table last, JSON under $OUT. Budget: about 8 minutes.
+# by side, for the GPT shapes of configs/bench (gpt-124m, gpt-350m, gpt-1.3b) and one Llama shape (llama-125m:
+# RMSNorm, SwiGLU, rotary; plain_gpt.py runs its plain Llama block for it); a table last, JSON under $OUT.
+# Budget: about 9 minutes (llama-350m and llama-1.3b have bench configs too: SHAPES="llama-350m" ...).
 #
 # Prepare once on the development machine (from the repository root):
 #   pip download --no-deps -d .whl deepspeed pydantic pydantic-core  # wheels into .whl/ (git-ignored), for a
 #                                                    # GPU machine that cannot reach a package index
 # Then the device call (carry [".whl"]):
 #   bash benchmarks/gpu_bench.sh
-# On a CPU machine, for a dry run of every part at a tiny shape:
+# On a CPU machine, for a dry run of every part at a tiny shape (SHAPES="gpt-124m llama-125m" for the Llama row too):
 #   OUT=/tmp/bench SHAPES="gpt-124m" SP_SHAPE=gpt-124m BENCH_SET="--set model.depth=2 --set model.width=64 \
 #     --set model.heads=4 --set model.base_depth=1 --set model.base_width=32 --set model.base_heads=4 \
 #     --set model.seq_len=64 --set train.micro_batch=2" STEPS=3 WARMUP=1 COMPILE=false bash benchmarks/gpu_bench.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/megadepth-bench}
-SHAPES=${SHAPES:-"gpt-124m gpt-350m gpt-1.3b"}
+SHAPES=${SHAPES:-"gpt-124m llama-125m gpt-350m gpt-1.3b"}   # llama-125m second: measured before the large shapes
 STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-8}
 COMPILE=${COMPILE:-true}

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from distributed import bench_rank, run_ranks
 
 from megadepth.config import load_config
@@ -34,6 +35,63 @@ def test_bench_configs_have_the_benchmark_shapes() -> None:
         cfg = load_config([ROOT / "configs" / "bench" / f"{name}.yaml"])
         assert (cfg.model.depth, cfg.model.width, cfg.model.seq_len, cfg.train.micro_batch) == (depth, width, seq, mb)
         assert cfg.model.padded_vocab == 50304 and cfg.model.tie_embeddings and not cfg.model.bias
+    llama = {"llama-125m": (12, 768, 1024, 32, 12), "llama-350m": (24, 1024, 1024, 16, 16),
+             "llama-1.3b": (24, 2048, 2048, 8, 4), "llama-tiny": (4, 64, 128, 16, 2)}
+    for name, (depth, width, seq, mb, kv) in llama.items():
+        m = load_config([ROOT / "configs" / "bench" / f"{name}.yaml"]).model
+        assert (m.depth, m.width, m.seq_len, m.n_kv_heads) == (depth, width, seq, kv), name
+        assert (m.norm, m.mlp, m.position, m.bias) == ("rmsnorm", "swiglu", "rotary", False), name
+        assert load_config([ROOT / "configs" / "bench" / f"{name}.yaml"]).train.micro_batch == mb, name
+
+
+def test_plain_llama_reference_is_megadepths_llama_block() -> None:
+    """The CPU bench's Llama row compares like with like: benchmarks/plain_gpt.py's plain Llama, given
+    megadepth's weights (SP at its base shape: every multiplier 1), computes the same loss, GQA and the
+    untied head included, and so does the GPT-2 reference against megadepth's GPT-2 block."""
+    from benchmarks.plain_gpt import build
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization, initialize
+
+    for cfg_file, sets in ((ROOT / "configs" / "model" / "llama-tiny.yaml", ["model.seq_len=16"]),
+                           (ROOT / "configs" / "bench" / "tiny.yaml", ["model.seq_len=16", "model.depth=2"])):
+        cfg = load_config([cfg_file, ROOT / "configs" / "parametrization" / "sp.yaml"], sets)
+        m = cfg.model
+        ptz = Parametrization.from_config(m, cfg.parametrization, optimizer=cfg.optimizer.name)
+        ours = GPT(m, ptz.multipliers())
+        initialize(ours, ptz, seed=0)
+        with torch.no_grad():  # gains away from 1, so that a norm applied to the wrong place shows
+            for p in (p for p in ours.parameters() if p.dim() == 1):
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(p.numel())), alpha=0.1)
+        plain = build(m)
+        plain.load_state_dict(_plain_weights(ours, m.mlp == "swiglu", m.n_kv_heads, m.head_dim))  # strict: all named
+        tokens = torch.randint(0, m.vocab_size, (2, m.seq_len + 1), generator=torch.Generator().manual_seed(1))
+        with torch.no_grad():
+            expected = ours(tokens[:, :-1], tokens[:, 1:])
+            assert plain(tokens[:, :-1], tokens[:, 1:]) == pytest.approx(float(expected), rel=1e-5), cfg_file.name
+
+
+def _plain_weights(model: torch.nn.Module, llama: bool, kv_heads: int, head_dim: int) -> dict[str, torch.Tensor]:
+    """megadepth's parameters under plain_gpt.py's names: q, then all keys, then all values in one matrix
+    (megadepth lays its key/value rows out head by head, [kv_heads, 2, head_dim])."""
+    ours = dict(model.named_parameters())
+    out = {"tok.weight": ours["embed.token.weight"]}
+    if "embed.position.weight" in ours:
+        out["pos.weight"] = ours["embed.position.weight"]
+    norms = ("norm1", "norm2") if llama else ("ln1", "ln2")
+    for i in range(len(model.blocks)):
+        b = f"blocks.{i}."
+        kv = ours[b + "attn.key_value.weight"].reshape(kv_heads, 2, head_dim, -1)
+        k, v = (kv[:, j].reshape(kv_heads * head_dim, -1) for j in (0, 1))
+        out |= {b + f"{norms[0]}.weight": ours[b + "attn_norm.weight"], b + f"{norms[1]}.weight": ours[b + "mlp_norm.weight"],
+                b + "qkv.weight": torch.cat([ours[b + "attn.query.weight"], k, v]),
+                b + "proj.weight": ours[b + "attn.out.weight"], b + "up.weight": ours[b + "mlp.up.weight"],
+                b + "down.weight": ours[b + "mlp.down.weight"]}
+        if llama:
+            out[b + "gate.weight"] = ours[b + "mlp.gate.weight"]
+    out["norm.weight" if llama else "ln.weight"] = ours["head.norm.weight"]
+    if "head.proj.weight" in ours:
+        out["head.weight"] = ours["head.proj.weight"]
+    return out
 
 
 @pytest.mark.distributed
@@ -87,21 +145,23 @@ def test_peak_tflops_must_be_a_positive_number(peak: str, capsys: pytest.Capture
 
 @pytest.mark.slow
 def test_device_script_dry_run_on_cpu(tmp_path: Path) -> None:
-    """benchmarks/gpu_bench.sh, as its header's CPU dry run: smoke, one shape, the plain reference, the SP
-    run, and the table with the ratio and the multipliers' cost (the device session must not be the first
-    time it runs)."""
+    """benchmarks/gpu_bench.sh, as its header's CPU dry run: smoke, a GPT and a Llama shape, the plain
+    reference of each, the SP run, and the table with the ratios and the multipliers' cost (the device
+    session must not be the first time it runs)."""
     sets = " ".join(f"--set {item}" for item in TINY)
     # the script calls python3 from PATH, as on the device: here that must be this interpreter (make test
     # runs pytest from .venv without activating it)
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "OUT": str(tmp_path), "SHAPES": "gpt-124m", "SP_SHAPE": "gpt-124m", "BENCH_SET": sets,
+    env = {**os.environ, "PATH": path, "OUT": str(tmp_path), "SHAPES": "gpt-124m llama-125m", "SP_SHAPE": "gpt-124m", "BENCH_SET": sets,
            "STEPS": "2", "WARMUP": "1", "COMPILE": "false"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_bench.sh")], capture_output=True, text=True,
                          env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
-    for name in ("smoke", "megadepth-gpt-124m", "plain-gpt-124m", "megadepth-sp-gpt-124m"):
+    for name in ("smoke", "megadepth-gpt-124m", "plain-gpt-124m", "megadepth-sp-gpt-124m", "megadepth-llama-125m",
+                 "plain-llama-125m"):
         assert json.loads((tmp_path / f"{name}.json").read_text())["tokens_per_s"] > 0, name
     table = (tmp_path / "table.md").read_text()
-    row = next(line for line in table.splitlines() if line.startswith("| gpt-124m"))
-    assert "failed" not in row and float(row.split("|")[7]) > 0  # megadepth / plain
+    for shape in ("gpt-124m", "llama-125m"):
+        row = next(line for line in table.splitlines() if line.startswith(f"| {shape}"))
+        assert "failed" not in row and float(row.split("|")[7]) > 0  # megadepth / plain
     assert "the multipliers cost" in table and run.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])

@@ -185,6 +185,26 @@ def test_shipped_shapes_match_benchmarks() -> None:
         assert (m.depth, m.width, m.seq_len, m.vocab_size) == (depth, width, seq, 50304)
 
 
+@pytest.mark.parametrize("name", ["llama-125m", "llama-350m", "llama-1.3b"])
+def test_llama_presets_have_the_parameter_count_of_their_names(name: str) -> None:
+    """The count is read from the name ("125m", "1.3b") and checked against the model the preset builds
+    (on the meta device: no memory, no time), tied matrices counted once, within 5% of the name."""
+    import torch
+
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization
+
+    size = name.removeprefix("llama-")
+    named = float(size[:-1]) * {"m": 1e6, "b": 1e9}[size[-1]]
+    cfg = load_config([CONFIGS / "model" / f"{name}.yaml", CONFIGS / "parametrization" / "completep.yaml"])
+    m = cfg.model
+    assert (m.norm, m.mlp, m.position, m.bias, m.padded_vocab) == ("rmsnorm", "swiglu", "rotary", False, 50304)
+    with torch.device("meta"):
+        model = GPT(m, Parametrization.from_config(m, cfg.parametrization, optimizer=cfg.optimizer.name).multipliers())
+    count = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    assert abs(count / named - 1) < 0.05, f"{name}: {count:,} parameters"
+
+
 def test_older_spellings_of_renamed_model_keys() -> None:
     """Run directories of earlier versions hold model.activation and model.rotary_base: they still load, as
     model.mlp and model.rope_theta, and a disagreement between the two spellings is refused by name."""

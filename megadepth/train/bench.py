@@ -12,14 +12,28 @@ from typing import Any
 
 import torch
 
-from megadepth.config.schema import Config
+from megadepth.config.schema import Config, ModelConfig
 
 H200_PEAK_TFLOPS = 989.4
 
 
-def flops_per_token(depth: int, width: int, seq_len: int, vocab: int) -> float:
-    n = 12 * depth * width**2 + vocab * width
+def flops_per_token(depth: int, width: int, seq_len: int, vocab: int, block_matrices: int | None = None) -> float:
+    """6 N + 12 L d T, N = the block matrices (12 d^2 per layer for GPT-2's block unless ``block_matrices``
+    gives the count) + the vocabulary matrix once (the head's matmul, tied or not)."""
+    per_layer = 12 * width**2 if block_matrices is None else block_matrices
+    n = depth * per_layer + vocab * width
     return 6 * n + 12 * depth * width * seq_len
+
+
+def model_flops_per_token(m: ModelConfig) -> float:
+    """flops_per_token for a model config: the block's matrices counted from its shape, so that grouped
+    key/value heads and SwiGLU's three hidden matrices are counted as built (12 d^2 for GPT-2's block; the
+    linear block keeps that convention too)."""
+    if m.block != "transformer":
+        return flops_per_token(m.depth, m.width, m.seq_len, m.padded_vocab)
+    attn = 2 * m.width * m.heads * m.head_dim + 2 * m.width * m.n_kv_heads * m.head_dim
+    mlp = (3 if m.mlp == "swiglu" else 2) * m.width * m.mlp_width
+    return flops_per_token(m.depth, m.width, m.seq_len, m.padded_vocab, attn + mlp)
 
 
 def _random_batches(config: Config, device: torch.device, seed: int) -> Iterator[torch.Tensor]:
@@ -68,18 +82,19 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
         for step in range(warmup):
             loss = stepper.train_step(batches, step, want_norm=False)
         _sync(device)
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         for step in range(warmup, warmup + steps):
             loss = stepper.train_step(batches, step, want_norm=False)
         _sync(device)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu_start
         m = config.model
         tokens_per_s = steps * global_batch * m.seq_len / elapsed
-        fpt = flops_per_token(m.depth, m.width, m.seq_len, m.padded_vocab)
+        fpt = model_flops_per_token(m)
         peak = (torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda"
                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)  # KiB -> GiB (Linux)
         return {
             "tokens_per_s": tokens_per_s, "step_ms": 1000 * elapsed / steps,
+            "cpu_ms_per_step": 1000 * cpu / steps,  # this process's CPU time: steadier than wall time on a busy host
             "mfu": tokens_per_s * fpt / (peak_tflops * 1e12), "peak_mem": peak, "flops_per_token": fpt,
             "peak_tflops": peak_tflops, "final_loss": float(loss) if loss is not None else float("nan"),
             "steps": steps, "warmup": warmup,
