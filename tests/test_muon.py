@@ -91,6 +91,7 @@ def _losses(out: Path) -> dict[int, float]:
 ORTHOGONALISATIONS_PER_STEP = 2 * 7
 
 
+@pytest.mark.slow
 @pytest.mark.distributed
 def test_muon_trains_resumes_exactly_and_tp2_dp2_matches_one_process(sample_data: Path, tmp_path: Path) -> None:
     """One process, 4 steps: the loss falls, and Newton-Schulz ran 14 times per step. A run stopped after 2
