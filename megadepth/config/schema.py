@@ -278,10 +278,27 @@ class ParametrizationConfig(Section):
         return self
 
 
+class MuonConfig(Section):
+    """Muon's settings (optimizer.name: muon): momentum orthogonalised by Newton-Schulz for the hidden
+    matrices inside residual branches; every other parameter takes AdamW with the optimizer's own settings."""
+
+    momentum: float = Field(0.95, ge=0, lt=1)
+    """Momentum coefficient mu (the buffer is an average: buf = mu buf + (1 - mu) grad)."""
+    nesterov: bool = True
+    """Orthogonalise grad + mu (buf - grad) (Nesterov) rather than the buffer itself."""
+    ns_steps: int = Field(5, ge=1, le=20)
+    """Newton-Schulz iterations (quintic, coefficients 3.4445, -4.7750, 2.0315)."""
+    adjust_lr: Literal["spectral", "match_rms_adamw"] = "spectral"
+    """Per-matrix update scale. spectral: x sqrt(fan_out / fan_in), the spectral condition for feature learning
+    (Yang, Simon and Bernstein 2023), width-constant for hidden matrices. match_rms_adamw: x 0.2 sqrt(max(fan_out,
+    fan_in)) (Moonlight), AdamW's update RMS, which then takes muP's 1/m for hidden matrices like Adam."""
+
+
 class OptimizerConfig(Section):
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
-    """Optimizer: adamw (decoupled weight decay), adam (L2 penalty in the gradient) or sgd (with optional
-    momentum). The parametrization has a rule set for each (muP's Adam and SGD columns)."""
+    name: Literal["adamw", "adam", "sgd", "muon"] = "adamw"
+    """Optimizer: adamw (decoupled weight decay), adam (L2 penalty in the gradient), sgd (with optional
+    momentum) or muon (Muon for hidden matrices in branches, AdamW for the rest; optimizer.muon). The
+    parametrization has a rule set for each (muP's Adam and SGD columns, and a Muon column)."""
     lr: float = Field(3e-3, gt=0)
     """Base learning rate eta (at the base shape); each parameter group multiplies it."""
     weight_decay: float = Field(0.1, ge=0)
@@ -298,11 +315,16 @@ class OptimizerConfig(Section):
     """Use torch's fused Adam/AdamW kernel (CUDA and CPU); unset means on. False: the per-parameter loop."""
     nesterov: bool = False
     """Nesterov momentum (sgd only, needs momentum > 0)."""
+    muon: MuonConfig = Field(default_factory=MuonConfig)
+    """Muon's own settings (optimizer.name: muon); betas, eps, weight_decay and lr serve its AdamW groups too."""
 
     @model_validator(mode="after")
     def _sgd_options(self) -> OptimizerConfig:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("optimizer.nesterov needs optimizer.name: sgd and optimizer.momentum > 0")
+        if self.name != "muon" and self.muon != MuonConfig():  # defaults pass: resolved configs write them out
+            raise ValueError(f"optimizer.muon has no effect with optimizer.name: {self.name}; set optimizer.name: "
+                             "muon or drop it")
         return self
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from megadepth.config.schema import OptimizerConfig
 from megadepth.parametrize.roles import Role
-from megadepth.parametrize.rules import ADAM_FAMILY, Parametrization
+from megadepth.parametrize.rules import ADAM_FAMILY, MUON_FAMILY, Parametrization
 
 
 def param_roles(model: nn.Module) -> dict[str, Role]:
@@ -60,7 +60,10 @@ def initialize(model: nn.Module, ptz: Parametrization, seed: int,
 
 def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerConfig) -> list[dict]:
     """One optimizer group per role present, with absolute lr, weight decay (and Adam's eps), its role
-    ``name`` and ``lr_mult`` (its LR relative to the base LR). Tied parameters appear once."""
+    ``name`` and ``lr_mult`` (its LR relative to the base LR). Tied parameters appear once. Under muon, a
+    group's ``use_muon`` says which half of megadepth.optim.MuonAdamW steps it, and key/value matrices are
+    tagged so that Muon orthogonalises K and V apart."""
+    ptz = ptz.for_optimizer(optimizer)
     roles = param_roles(model)
     params = dict(model.named_parameters())
     by_role: dict[Role, list[nn.Parameter]] = {}
@@ -78,10 +81,27 @@ def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerCon
         rule = ptz.rule(role)
         group = {"name": role.value, "params": by_role[role], "lr": optimizer.lr * rule.lr_mult,
                  "lr_mult": rule.lr_mult, "weight_decay": optimizer.weight_decay * rule.wd_mult}
-        if optimizer.name in ADAM_FAMILY:
+        family = ptz.family(role)
+        if family in ADAM_FAMILY:
             group.update(eps=optimizer.eps * rule.eps_mult, betas=tuple(optimizer.betas))
+        if optimizer.name in MUON_FAMILY:
+            muon = optimizer.muon
+            group.update(use_muon=family in MUON_FAMILY, momentum=muon.momentum, nesterov=muon.nesterov,
+                         ns_steps=muon.ns_steps, adjust_lr=muon.adjust_lr)
         groups.append(group)
+    if optimizer.name in MUON_FAMILY:
+        _tag_key_value(model, ptz.head_dim)
     return groups
+
+
+def _tag_key_value(model: nn.Module, head_dim: int) -> None:
+    """Mark every key_value weight (rows [kv_heads, 2 (k, v), head_dim]) for Muon's K/V split; pipeline stages
+    keep the name's ending."""
+    from megadepth.optim.muon import mark_kv_split
+
+    for name, p in model.named_parameters():
+        if name.endswith("attn.key_value.weight"):
+            mark_kv_split(p, head_dim)
 
 
 def roles_present(model: nn.Module) -> list[Role]:

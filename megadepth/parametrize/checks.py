@@ -13,6 +13,7 @@ from megadepth.common.errors import ConfigError
 from megadepth.config.schema import Config
 from megadepth.parametrize.rules import (
     ADAM_FAMILY,
+    MUON_FAMILY,
     SGD_FAMILY,
     base_head_problem,
     kv_heads_problem,
@@ -34,8 +35,10 @@ def warn_once(message: str) -> None:
 def check_parametrization(config: Config) -> None:
     """Static checks of the config; each failure names the keys involved."""
     model, ptz, opt = config.model, config.parametrization, config.optimizer
-    if opt.name not in ADAM_FAMILY + SGD_FAMILY:
+    if opt.name not in ADAM_FAMILY + SGD_FAMILY + MUON_FAMILY:
         raise ConfigError(f"optimizer.name '{opt.name}' has no parametrization rule")
+    if opt.name in MUON_FAMILY:
+        _check_muon_layout(config)
     for key, base, size, ratio in (("width", model.base_width, model.width, "m"),
                                    ("depth", model.base_depth, model.depth, "r")):
         if base and base > size:
@@ -57,6 +60,21 @@ def check_parametrization(config: Config) -> None:
         set_keys = [k for k, on in ignored.items() if on]
         if set_keys:
             raise ConfigError(f"{', '.join(set_keys)} has no effect with model.block: linear (no attention)")
+
+
+def _check_muon_layout(config: Config) -> None:
+    """Muon runs where its optimizer sees whole matrices: the plain engine without ZeRO (megadepth.optim.muon
+    says why ZeRO 1 and the pipeline engine are not reached yet). Refused rather than degraded: under ZeRO's
+    flat partitions Newton-Schulz could not run on a matrix at all."""
+    par = config.parallel
+    if par.pipeline > 1:
+        raise ConfigError(f"optimizer.name: muon with parallel.pipeline {par.pipeline}: not supported yet (the "
+                          "pipeline engine needs ZeRO 1, whose flat partitions never give the optimizer a whole "
+                          "matrix to orthogonalise); use parallel.pipeline: 1 with tensor and data parallelism")
+    if par.zero_stage != 0:
+        raise ConfigError(f"optimizer.name: muon with parallel.zero_stage {par.zero_stage}: not supported yet "
+                          "(ZeRO cuts the matrices into flat partitions, so Newton-Schulz could not run on a whole "
+                          "matrix); use parallel.zero_stage: 0 (precision fp32 or bf16-mixed)")
 
 
 def _check_rule_options(config: Config) -> None:

@@ -19,7 +19,7 @@ says which rule is in effect and where it comes from (printed under the per-role
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from megadepth.config.schema import ModelConfig, OptimizerConfig, ParametrizationConfig
 from megadepth.parametrize.roles import Role
@@ -28,6 +28,8 @@ PRESETS: dict[str, tuple[bool, float]] = {"sp": (False, 0.0), "mup": (True, 0.0)
                                           "completep": (True, 1.0)}
 ADAM_FAMILY = ("adam", "adamw")
 SGD_FAMILY = ("sgd",)
+MUON_FAMILY = ("muon",)
+"""Muon for hidden matrices, AdamW (with AdamW's rules) for every other role: see :meth:`Parametrization.family`."""
 
 
 def scales_depth(name: str) -> bool:
@@ -131,7 +133,7 @@ def preset_gamma(name: str, alpha: float, optimizer: str) -> float:
     """gamma of a preset: none for SP and muP, 1 - alpha (Adam) or 1 - 2 alpha (SGD) otherwise."""
     if name in ("sp", "mup"):
         return 0.0
-    if optimizer in ADAM_FAMILY:
+    if optimizer in ADAM_FAMILY + MUON_FAMILY:  # Muon's update, like Adam's, ignores the gradient's scale
         return 1.0 - alpha
     if optimizer in SGD_FAMILY:
         return 1.0 - 2.0 * alpha
@@ -199,11 +201,18 @@ class Parametrization:
     head_dim: int
     base_head_dim: float
     cfg: ParametrizationConfig
+    muon_adjust: str = "spectral"
+    """optimizer.muon.adjust_lr (muon only): spectral keeps hidden matrices' LR width-constant, match_rms_adamw
+    gives them Adam's 1/m (see megadepth.optim.muon); set from the OptimizerConfig by :meth:`for_optimizer`."""
 
     @classmethod
-    def from_config(cls, model: ModelConfig, cfg: ParametrizationConfig, *, optimizer: str) -> Parametrization:
-        """Resolve for a model shape and an optimizer family (required: SGD and Adam differ)."""
-        if optimizer not in ADAM_FAMILY + SGD_FAMILY:
+    def from_config(cls, model: ModelConfig, cfg: ParametrizationConfig, *,
+                    optimizer: str | OptimizerConfig) -> Parametrization:
+        """Resolve for a model shape and an optimizer family (required: SGD and Adam differ); given the whole
+        OptimizerConfig, Muon's adjust_lr too (a name alone means its default, spectral)."""
+        if isinstance(optimizer, OptimizerConfig):
+            return cls.from_config(model, cfg, optimizer=optimizer.name).for_optimizer(optimizer)
+        if optimizer not in ADAM_FAMILY + SGD_FAMILY + MUON_FAMILY:
             raise ValueError(f"no parametrization rule for optimizer '{optimizer}'")
         if cfg.name == "custom":
             width_scaling, alpha, gamma = True, float(cfg.alpha), float(cfg.gamma)  # type: ignore[arg-type]
@@ -216,6 +225,19 @@ class Parametrization:
                    m=model.width / base_width, r=model.depth / base_depth, depth=model.depth,
                    base_depth=base_depth, head_dim=model.head_dim,
                    base_head_dim=resolve_base_head_dim(model, cfg), cfg=cfg)
+
+    def for_optimizer(self, optimizer: OptimizerConfig) -> Parametrization:
+        """This parametrization with the optimizer config's Muon settings (a no-op for other optimizers)."""
+        if optimizer.name not in MUON_FAMILY:
+            return self
+        return replace(self, muon_adjust=optimizer.muon.adjust_lr)
+
+    def family(self, role: Role) -> str:
+        """The optimizer a role steps with: under muon, 'muon' for the hidden matrices inside branches and
+        'adamw' for every other role (embeddings, positions, gains, biases, readout keep AdamW's rules)."""
+        if self.optimizer in MUON_FAMILY:
+            return "muon" if role.is_hidden_matrix else "adamw"
+        return self.optimizer
 
     @property
     def depth_scaling(self) -> bool:
@@ -239,7 +261,12 @@ class Parametrization:
         w = self.m if self.width_scaling else 1.0  # width multiplier, 1 when width is not parametrized
         r = self.r if self.depth_scaling else 1.0  # SP and muP do not parametrize depth: r := 1 in every rule
         init_std, init_value = self._init(role, w)
-        if self.optimizer in SGD_FAMILY:
+        family = self.family(role)
+        if family in MUON_FAMILY:
+            # the orthogonalised update's shape factor sqrt(fan_out/fan_in) (spectral) is width-constant under
+            # muP; Moonlight's 0.2 sqrt(max fan) grows like sqrt(m) and takes Adam's 1/m
+            lr_width = 1.0 if self.muon_adjust == "spectral" else 1.0 / w
+        elif family in SGD_FAMILY:
             # SGD does not normalise gradients: vector-like parameters (embeddings, biases, gains, and the
             # readout behind its 1/m multiplier) get eta * m, matrices eta (mup.MuSGD); the QK-norm gain,
             # a vector of the head size, 1/(its gradient's size) (see _grad_scale)
@@ -269,8 +296,8 @@ class Parametrization:
         return 1.0 / w, depth
 
     def _eps(self, role: Role, w: float, r: float) -> float:
-        """Adam eps multiplier under parametrization.eps_scaling (see :func:`eps_rule`); 1 for SGD."""
-        if self.optimizer in SGD_FAMILY:
+        """Adam eps multiplier under parametrization.eps_scaling (see :func:`eps_rule`); 1 for SGD and Muon."""
+        if self.family(role) not in ADAM_FAMILY:
             return 1.0
         rule = eps_rule(self.cfg)
         # all_groups: CompleteP's reference code as first published, adam_eps *= 1/m * r^-alpha in every group;
@@ -331,15 +358,17 @@ class Parametrization:
         return 1.0
 
     def describe(self, optimizer: OptimizerConfig, roles: list[Role] | None = None) -> list[dict]:
-        """Absolute per-role settings (init, forward multiplier, LR, eps, WD): what a user got."""
+        """Absolute per-role settings (init, forward multiplier, optimizer, LR, eps, WD): what a user got."""
+        ptz = self.for_optimizer(optimizer)  # callers may have resolved Muon by its name alone
         rows = []
         for role in roles or list(Role):
-            rule = self.rule(role)
+            rule = ptz.rule(role)
             rows.append(
                 {"role": role.value,
                  "init": f"{rule.init_std:.4g}" if rule.init_std else f"const {rule.init_value:g}",
                  "multiplier": self.forward_multiplier(role), "lr": optimizer.lr * rule.lr_mult,
-                 "eps": optimizer.eps * rule.eps_mult if self.optimizer in ADAM_FAMILY else None,
+                 "eps": optimizer.eps * rule.eps_mult if self.family(role) in ADAM_FAMILY else None,
+                 "optimizer": self.family(role),
                  "weight_decay": optimizer.weight_decay * rule.wd_mult}
             )
         return rows
@@ -359,7 +388,7 @@ class Parametrization:
             lines.append(f"depth: not parametrized by {self.name} (r := 1 in every rule)")
         elif self.name == "custom":
             lines.append(f"gamma = {self.gamma:g}, alpha = {self.alpha:g}: as given (parametrization.alpha, .gamma)")
-        elif self.optimizer in ADAM_FAMILY:
+        elif self.optimizer in ADAM_FAMILY + MUON_FAMILY:
             lines.append(f"gamma = 1 - alpha = {self.gamma:g}: Adam's in-branch LR eta r^(alpha-1) (CompleteP "
                          "Table 1; Tensor Programs VI's eta/sqrt(L) for Depth-muP)")
         elif self.name == "depth_mup":
@@ -380,7 +409,9 @@ class Parametrization:
             "none": f"output_proj init sigma/sqrt(m){init}: as every hidden matrix (CompleteP Table 1 and "
                     "reference code) [parametrization.output_proj_init]",
         }[rule])
-        if self.optimizer in ADAM_FAMILY:
+        if self.optimizer in MUON_FAMILY:
+            lines.extend(self.muon_sources())
+        if self.optimizer in ADAM_FAMILY + MUON_FAMILY:
             lines.append({
                 "all_groups": "adam eps: eps/(m r^alpha) in every group (CompleteP's reference code as first "
                               "published; its fixed version, eps/m outside the blocks, is eps_scaling: gradient) "
@@ -391,7 +422,10 @@ class Parametrization:
                             "2024) [parametrization.eps_scaling]",
                 "constant": "adam eps: unscaled (the mup package's MuAdam) [parametrization.eps_scaling]",
             }[eps_rule(c)])
-        if self.optimizer == "adamw":
+        if self.optimizer in MUON_FAMILY:
+            lines.append("weight decay: decoupled (lr x wd per step) in both halves; AdamW's lambda x (1/lr width "
+                         "factor) on hidden matrices, so lr x wd is width-independent")
+        elif self.optimizer == "adamw":
             lines.append("weight decay: lambda x m on hidden matrices, so lr x wd is width-independent (mup "
                          "MuAdamW; CompleteP Table 1)")
         elif self.optimizer == "adam" and adam_wd_rule(c) == "effective_decay":
@@ -411,9 +445,26 @@ class Parametrization:
                 + " [parametrization.wd_depth_scaling]")
         return lines
 
+    def muon_sources(self) -> list[str]:
+        """Muon's rules in words (optimizer.name: muon)."""
+        width = {
+            "spectral": "update x sqrt(fan_out/fan_in) per orthogonalised matrix (the spectral condition, Yang, "
+                        "Simon and Bernstein 2023): width-constant under muP, so the hidden matrices' lr is eta "
+                        "at every width",
+            "match_rms_adamw": "update x 0.2 sqrt(max(fan_out, fan_in)) per orthogonalised matrix (Moonlight: "
+                               "AdamW's update RMS), with muP's 1/m on the hidden matrices' lr as for Adam",
+        }[self.muon_adjust]
+        return ["muon: query, key, value, attention out, MLP (SwiGLU gate/up/down) matrices by Muon (Newton-"
+                "Schulz on the whole matrix: tensor shards gathered, K and V apart); every other role AdamW "
+                "with AdamW's rules",
+                f"muon: {width} [optimizer.muon.adjust_lr]",
+                "muon in depth: Adam's rules carried over (branch multiplier r^-alpha, in-branch lr r^-(1-alpha)): "
+                "Muon's update ignores the gradient's scale as Adam's does; derived, to be verified by the "
+                "coordinate check"]
+
     def qk_gain_source(self) -> str:
         """The QK-norm gain's rule in words, with its reasoning (printed when the model has one)."""
-        if self.optimizer in SGD_FAMILY:
+        if self.family(Role.QK_GAIN) in SGD_FAMILY:
             width = "lr eta x head_size/base_head_size"
         else:
             width = "lr eta, width-constant (Adam normalises its entries, like every gain)"
@@ -422,6 +473,10 @@ class Parametrization:
                 "of order base_head_size/head_size; checked by the coordinate check, not taken from a reference")
 
     def format_table(self, optimizer: OptimizerConfig, roles: list[Role] | None = None) -> str:
+        """The per-role table and its rule lines (callers may have resolved Muon by its name alone)."""
+        return self.for_optimizer(optimizer)._table(optimizer, roles)
+
+    def _table(self, optimizer: OptimizerConfig, roles: list[Role] | None) -> str:
         mult = self.multipliers()
         head = (f"parametrization {self.name} ({self.optimizer}): m = {self.m:g}, r = {self.r:g}, alpha = "
                 f"{self.alpha:g}, gamma = {self.gamma:g}; attention scale {mult.attn_scale:.4g}")
@@ -430,10 +485,13 @@ class Parametrization:
         if roles is not None and Role.READOUT not in roles:
             # tied embeddings: no readout row, but the head still multiplies the final hidden state
             head += f"; readout multiplier {mult.readout:.4g} (tied head)"
-        lines = [head, f"{'role':<12} {'init std':>10} {'fwd mult':>9} {'lr':>11} {'eps':>11} {'wd':>11}"]
+        muon = self.optimizer in MUON_FAMILY  # an optimizer column only where the roles differ
+        opt_head = f" {'optimizer':>9}" if muon else ""
+        lines = [head, f"{'role':<12} {'init std':>10} {'fwd mult':>9}{opt_head} {'lr':>11} {'eps':>11} {'wd':>11}"]
         for row in self.describe(optimizer, roles):
             eps = f"{row['eps']:>11.4g}" if row["eps"] is not None else f"{'-':>11}"
-            lines.append(f"{row['role']:<12} {row['init']:>10} {row['multiplier']:>9.4g} {row['lr']:>11.4g} "
+            opt = f" {row['optimizer']:>9}" if muon else ""
+            lines.append(f"{row['role']:<12} {row['init']:>10} {row['multiplier']:>9.4g}{opt} {row['lr']:>11.4g} "
                          f"{eps} {row['weight_decay']:>11.4g}")
         lines.extend(f"rule: {line}" for line in self.sources())
         if roles is not None and Role.QK_GAIN in roles:

@@ -36,9 +36,14 @@ def deepspeed_config(config: Config, grad_accum: int, global_batch: int, precisi
     }
 
 
-def build_optimizer(config: Config, groups: list[dict]) -> torch.optim.Optimizer:
-    """The torch optimizer over the parametrization's groups (each group carries its own lr/eps/wd)."""
+def build_optimizer(config: Config, groups: list[dict], tp_group: Any = None) -> torch.optim.Optimizer:
+    """The torch optimizer over the parametrization's groups (each group carries its own lr/eps/wd); Muon's
+    gathers sharded matrices over ``tp_group`` (the tensor-parallel group) to orthogonalise them whole."""
     opt = config.optimizer
+    if opt.name == "muon":
+        from megadepth.optim import MuonAdamW
+
+        return MuonAdamW(groups, tp_group=tp_group)
     if opt.name == "sgd":
         return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=opt.nesterov)
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
@@ -78,7 +83,7 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
     train.init_from) and wrap it in a DeepSpeed engine (the pipeline engine when parallel.pipeline > 1)."""
     import deepspeed
 
-    ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer.name)
+    ptz = Parametrization.from_config(config.model, config.parametrization, optimizer=config.optimizer)
     if config.model.block == "transformer":
         verify_attention_scale(device, torch.float32 if precision == "fp32" else torch.bfloat16)
     pipeline = config.parallel.pipeline > 1
@@ -103,8 +108,11 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
             model.compile_for_speed()
         mpu = grid.mpu
     groups = param_groups(model, ptz, config.optimizer)
-    optimizer = build_optimizer(config, groups)
+    optimizer = build_optimizer(config, groups, grid.tensor.group if grid.tensor.enabled else None)
     own = clips_itself(config, precision)
+    if config.optimizer.name == "muon" and not own:  # parametrize.checks refuses these layouts first
+        raise ValueError(f"optimizer.name: muon needs the plain engine without ZeRO and fp32 or bf16-mixed "
+                         f"parameters (got precision {precision})")
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=make_scheduler(config.schedule, config.train.steps),
         config=deepspeed_config(config, grad_accum, global_batch, precision, engine_clips=not own), mpu=mpu)

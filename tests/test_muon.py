@@ -1,0 +1,197 @@
+"""Muon (optimizer.name: muon): Newton-Schulz, the optimizer's two halves, the rules-table column, the layouts
+it refuses, and training in one process and at TP=2 x DP=2 (ZeRO 0) with parity, counted orthogonalisations
+and exact resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+from distributed import run_ranks
+from muon_ranks import train_counting
+
+from megadepth.optim import MuonAdamW, newton_schulz, orthogonalised_update, shape_factor
+
+
+def _randn(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("shape", [(16, 48), (48, 16), (32, 32)])
+def test_newton_schulz_orthogonalises(shape: tuple[int, int]) -> None:
+    """Singular values of the result lie near 1 (the quintic's band) whatever the input's scale, and the
+    singular vectors are the input's: U S V^T -> U S' V^T."""
+    g = _randn(*shape) * 1e-3
+    out = newton_schulz(g, 5)
+    s = torch.linalg.svdvals(out)
+    assert s.min() > 0.6 and s.max() < 1.25, s
+    u, _, vh = torch.linalg.svd(g.double(), full_matrices=False)
+    core = u.T @ out.double() @ vh.T  # diagonal when the singular vectors are kept
+    assert (core - torch.diag(torch.diagonal(core))).abs().max() < 1e-3
+    assert (newton_schulz(g, 5) - newton_schulz(g * 1e4, 5)).abs().max() < 1e-5
+
+
+def test_key_value_is_orthogonalised_as_k_and_v_apart() -> None:
+    """[kv_heads, 2, head_dim] rows: K and V each orthogonalised whole, each with its own shape factor."""
+    heads, hd, width = 2, 4, 16
+    full = _randn(heads * 2 * hd, width)
+    pairs = full.reshape(heads, 2, hd, width)
+    k, v = (pairs[:, i].reshape(heads * hd, width) for i in range(2))
+    got = orthogonalised_update(full, 5, "spectral", hd, torch.float32).reshape(heads, 2, hd, width)
+    factor = shape_factor(heads * hd, width, "spectral")
+    assert torch.allclose(got[:, 0].reshape(heads * hd, width), newton_schulz(k, 5) * factor)
+    assert torch.allclose(got[:, 1].reshape(heads * hd, width), newton_schulz(v, 5) * factor)
+    assert not torch.allclose(orthogonalised_update(full, 5, "spectral", None, torch.float32), got.reshape(full.shape))
+    assert shape_factor(64, 16, "spectral") == 2.0 and shape_factor(64, 16, "match_rms_adamw") == pytest.approx(1.6)
+
+
+def test_adamw_half_equals_torch_adamw_and_muon_refuses_flat_tensors() -> None:
+    """The AdamW groups step as torch.optim.AdamW does; a Muon group refuses a 1-D tensor (a ZeRO flat
+    partition) instead of stepping it silently as SGD."""
+    a = torch.nn.Parameter(_randn(8, 4))
+    b = torch.nn.Parameter(a.detach().clone())
+    kw = {"lr": 0.01, "weight_decay": 0.1, "betas": (0.9, 0.95), "eps": 1e-8}
+    ours = MuonAdamW([{"params": [a], **kw}])
+    ref = torch.optim.AdamW([b], **kw)
+    for step in range(4):
+        grad = _randn(8, 4, seed=step + 1)
+        a.grad, b.grad = grad.clone(), grad.clone()
+        ours.step()
+        ref.step()
+    assert torch.allclose(a, b, atol=1e-7, rtol=1e-6)
+    with pytest.raises(ValueError, match="Muon steps whole matrices only"):
+        MuonAdamW([{"params": [torch.nn.Parameter(torch.zeros(8))], "use_muon": True}])
+
+
+def _muon_config(data: Path, out: Path, tensor: int = 1, **train) -> dict:
+    """A Llama-shaped tiny model (SwiGLU, grouped-query attention with K/V heads split under TP=2, QK-norm,
+    untied head) under CompleteP with Muon, at ZeRO 0."""
+    return tiny_config(
+        data, out,
+        model={"width": 64, "base_width": 32, "heads": 4, "base_heads": 4, "kv_heads": 2, "depth": 2,
+               "base_depth": 1, "seq_len": 32, "vocab_size": 520, "norm": "rmsnorm", "mlp": "swiglu",
+               "ffn_multiple_of": 32, "position": "rotary", "qk_norm": True, "bias": False,
+               "tie_embeddings": False},
+        parametrization={"name": "completep"},
+        optimizer={"name": "muon", "lr": 0.02, "muon": {"momentum": 0.9}},
+        parallel={"tensor": tensor, "zero_stage": 0},
+        train={"grad_accum": 2, "steps": 4, "save_final": True, **train},
+    )
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
+    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+
+
+# per step and process: query, key and value (2), out, gate, up, down in each of 2 blocks
+ORTHOGONALISATIONS_PER_STEP = 2 * 7
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_muon_trains_resumes_exactly_and_tp2_dp2_matches_one_process(sample_data: Path, tmp_path: Path) -> None:
+    """One process, 4 steps: the loss falls, and Newton-Schulz ran 14 times per step. A run stopped after 2
+    steps and resumed equals it bit for bit (momentum and AdamW state restored). TP=2 x DP=2 at ZeRO 0 (K/V
+    heads split over the tensor ranks, gathered whole, K and V apart), itself stopped and resumed, gives the
+    same losses, every rank orthogonalising every whole matrix each step."""
+    from megadepth.train.merge import consolidated_state
+
+    straight, cut, four = tmp_path / "straight", tmp_path / "cut", tmp_path / "four"
+    (result,) = run_ranks(train_counting, 1, _muon_config(sample_data, straight))
+    assert result["orthogonalisations"] == 4 * ORTHOGONALISATIONS_PER_STEP
+    ref = _losses(straight)
+    assert ref[4] < ref[1] - 0.05, ref
+
+    (first,) = run_ranks(train_counting, 1, _muon_config(sample_data, cut, stop_after_steps=2))
+    assert first["summary"]["status"] == "stopped" and first["orthogonalisations"] == 2 * ORTHOGONALISATIONS_PER_STEP
+    (second,) = run_ranks(train_counting, 1, _muon_config(sample_data, cut, resume="must"))
+    assert second["orthogonalisations"] == 2 * ORTHOGONALISATIONS_PER_STEP
+    assert _losses(cut) == ref
+    weights, resumed = consolidated_state(straight)[1], consolidated_state(cut)[1]
+    assert all(torch.equal(weights[k], resumed[k]) for k in weights)
+
+    # TP=2 x DP=2: each data rank takes half of the 2 micro-batches x 4 sequences per step
+    cfg = _muon_config(sample_data, four, tensor=2, grad_accum=1, global_batch=8)
+    stopped = run_ranks(train_counting, 4, {**cfg, "train": {**cfg["train"], "stop_after_steps": 2}})
+    assert all(r["orthogonalisations"] == 2 * ORTHOGONALISATIONS_PER_STEP for r in stopped)
+    resumed_ranks = run_ranks(train_counting, 4, {**cfg, "train": {**cfg["train"], "resume": "must"}})
+    assert all(r["orthogonalisations"] == 2 * ORTHOGONALISATIONS_PER_STEP for r in resumed_ranks)
+    assert resumed_ranks[0]["summary"]["world_size"] == 4
+    got = _losses(four)
+    assert got.keys() == ref.keys()
+    for step in ref:
+        assert got[step] == pytest.approx(ref[step], rel=2e-6), (step, got, ref)
+
+
+def _rules_config(preset: str, adjust: str = "spectral", width: int = 128, depth: int = 8, **parallel) -> object:
+    from megadepth.config import validate
+
+    return validate({
+        "model": {"width": width, "depth": depth, "heads": 4, "base_width": 32, "base_heads": 4, "base_depth": 2,
+                  "seq_len": 16, "vocab_size": 64, "tie_embeddings": False},
+        "parametrization": {"name": preset},
+        "optimizer": {"name": "muon", "lr": 0.01, "weight_decay": 0.1, "muon": {"adjust_lr": adjust}},
+        "parallel": parallel,
+    })
+
+
+@pytest.mark.parametrize("preset", ["sp", "mup", "depth_mup", "completep"])
+def test_muon_rules_column(preset: str) -> None:
+    """Hidden matrices: Muon, no eps; lr width-constant under spectral, muP's 1/m under match_rms_adamw (wd
+    going inversely); in-branch depth rule r^-(1-alpha) as Adam's. Every other role: AdamW's own rules. At the
+    base shape every preset and both adjust_lr modes give the same numbers (the base-shape invariant)."""
+    from megadepth.parametrize import Parametrization, Role
+
+    def ptz(cfg: object, optimizer: object = None) -> Parametrization:
+        return Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=optimizer or cfg.optimizer)
+
+    spectral, rms = ptz(_rules_config(preset)), ptz(_rules_config(preset, "match_rms_adamw"))
+    adamw = ptz(_rules_config(preset), "adamw")
+    m = 4.0 if preset != "sp" else 1.0
+    depth = 4.0 ** -(1 - adamw.alpha) if adamw.depth_scaling else 1.0
+    for role in Role:
+        if role.is_hidden_matrix:
+            assert spectral.family(role) == "muon" and spectral.rule(role).lr_mult == pytest.approx(depth)
+            assert rms.rule(role).lr_mult == pytest.approx(depth / m)
+            assert rms.rule(role).wd_mult == pytest.approx(spectral.rule(role).wd_mult * m)
+            assert spectral.rule(role).eps_mult == 1.0
+        else:
+            assert spectral.family(role) == "adamw" and spectral.rule(role) == adamw.rule(role), role
+    base = [ptz(_rules_config(p, a, width=32, depth=2)) for p in ("sp", "mup", "depth_mup", "completep")
+            for a in ("spectral", "match_rms_adamw")]
+    for other in base[1:]:
+        assert all(other.rule(role) == base[0].rule(role) for role in Role)
+    rows = spectral.describe(_rules_config(preset).optimizer)
+    assert {r["role"]: r["optimizer"] for r in rows}["hidden"] == "muon"
+    assert {r["role"]: r["eps"] for r in rows}["readout"] is not None
+    table = spectral.format_table(_rules_config(preset).optimizer)
+    assert "optimizer" in table and "muon: update x sqrt(fan_out/fan_in)" in table
+
+
+def test_muon_groups_and_refused_layouts() -> None:
+    """Groups say which half steps them and the key/value matrix is tagged for the K/V split; ZeRO 1 and the
+    pipeline engine are refused at start-up, and optimizer.muon without muon is a config error."""
+    from megadepth.common.errors import ConfigError
+    from megadepth.config import validate
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization, param_groups
+    from megadepth.parametrize.checks import check_parametrization
+
+    cfg = _rules_config("completep", width=32, depth=2)
+    ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer)
+    model = GPT(cfg.model, ptz.multipliers())
+    groups = {g["name"]: g for g in param_groups(model, ptz, cfg.optimizer)}
+    assert groups["hidden"]["use_muon"] and not groups["readout"]["use_muon"] and "eps" in groups["readout"]
+    tagged = [n for n, p in model.named_parameters() if hasattr(p, "muon_kv_head_dim")]
+    assert tagged == ["blocks.0.attn.key_value.weight", "blocks.1.attn.key_value.weight"]
+    check_parametrization(cfg)
+    with pytest.raises(ConfigError, match="parallel.zero_stage 1: not supported yet"):
+        check_parametrization(_rules_config("completep", zero_stage=1))
+    with pytest.raises(ConfigError, match="parallel.pipeline 2: not supported yet"):
+        check_parametrization(_rules_config("completep", pipeline=2, zero_stage=1))
+    with pytest.raises(Exception, match="optimizer.muon has no effect with optimizer.name: adamw"):
+        validate({"optimizer": {"name": "adamw", "muon": {"momentum": 0.9}}})
