@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from conftest import tiny_config
 from distributed import coord_check_rank, coord_result_rank, run_ranks
 
@@ -235,20 +236,136 @@ def shipped(data: Path, tmp: Path, setting: str, preset: str) -> dict:
 @pytest.mark.parametrize(("setting", "preset"), [
     ("transformer", "sp"), ("transformer", "depth_mup"), ("transformer", "completep"),
     ("linear", "depth_mup"), ("linear", "completep"), ("width", "mup"), ("width", "sp"),
+    ("llama", "sp"), ("llama", "depth_mup"), ("llama", "completep"),
+    ("llama-width", "sp"), ("llama-width", "depth_mup"), ("llama-width", "completep"),
 ])
 def test_measured_slopes_agree_with_the_predicted(sample_data: Path, tmp_path: Path, setting: str,
                                                   preset: str) -> None:
     """At the shipped settings (configs/coord/*.yaml, 5 steps, 3 seeds as in the docs' commands) every slope
     predicted for a quantity (docs/parametrizations.md, "Coordinate checks") is within TOLERANCE of the
     measured one: the final stream's change, each block's output at init and its change, the logits'
-    change (SP in width: those with a single predicted power)."""
+    change (SP in width: those with a single predicted power).
+
+    The Llama block (configs/coord/llama*.yaml: RMSNorm, SwiGLU, grouped-query attention with QK-norm, rotary)
+    runs cheaper: one seed, depths 2..16, widths 32..256 at micro-batch 2 (docs: 3 seeds, depths 2..32).
+    SP in width has no single predicted power there (SwiGLU's gated product mixes m^3/2 into the attention's
+    m^1): it must be far from flat, as the GPT-2 block's test_width asks."""
     from megadepth.analysis.coord_check import disagreements
 
-    depths, widths = ([4], WIDTHS) if setting == "width" else (DEPTHS, None)
-    (result,) = run_ranks(coord_result_rank, 1, shipped(sample_data, tmp_path, setting, preset), depths, widths,
-                          5, [0, 1, 2])
+    llama = setting.startswith("llama")
+    depths, widths = ([4], WIDTHS) if setting.endswith("width") else (DEPTHS[:4] if llama else DEPTHS, None)
+    cfg = shipped(sample_data, tmp_path, setting, preset)
+    if llama and setting.endswith("width"):
+        cfg["train"]["micro_batch"] = 2  # fewer tokens than the widths: one seed is as flat as three (docs)
+    (result,) = run_ranks(coord_result_rank, 1, cfg, depths, widths, 5, [0] if llama else [0, 1, 2])
     (axis,) = result["slopes"]
     predicted = {q for q, v in result["slopes"][axis].items() if v["predicted"] is not None}
+    if llama and preset == "sp" and axis == "width":
+        assert predicted == set(), predicted
+        measured = {q: v["measured"] for q, v in result["slopes"][axis].items()}
+        assert measured["residual_change"] > 1.0 and measured["logits_change"] > 0.4, measured
+        return
     must = {"residual_change", "block_output_init", "block_change"}
     assert must | ({"logits_change"} if preset != "sp" or axis == "depth" else set()) <= predicted, predicted
     assert disagreements(result) == [], result["slopes"]
+
+
+# ---- the QK-norm gain's width rule, measured --------------------------------------------------------------
+def _attention_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """Every layer's causal attention logits (scale q.k after QK-norm and rotary, each query head against its
+    key/value head), concatenated: the quantity the QK-norm gains act on."""
+    inputs: list[torch.Tensor] = []
+    handles = [b.attn.register_forward_pre_hook(lambda _m, args: inputs.append(args[0])) for b in model.blocks]
+    with torch.no_grad():
+        model(tokens)
+        out = []
+        for block, x in zip(model.blocks, inputs, strict=True):
+            attn, (batch, seq) = block.attn, x.shape[:2]
+            q = attn.query(x).view(batch, seq, attn.heads, attn.head_dim).transpose(1, 2)
+            k = attn.key_value(x).view(batch, seq, attn.kv_heads, 2, attn.head_dim)[..., 0, :].transpose(1, 2)
+            q, k = attn.rotary(attn.q_norm(q)), attn.rotary(attn.k_norm(k))
+            k = k.repeat_interleave(attn.heads // attn.kv_heads, dim=1)
+            logits = attn.scale * q @ k.transpose(-1, -2)
+            out.append(logits[..., torch.ones(seq, seq, dtype=torch.bool).tril()].flatten())
+    for h in handles:
+        h.remove()
+    return torch.cat(out)
+
+
+def qk_gain_measurements(data: Path, tmp: Path, preset: str, widths: list[int], grow: str,
+                         factors: tuple[float, ...] = (), steps: int = 5) -> dict[str, list[float]]:
+    """configs/coord/llama-width.yaml at depth 2 and each width, the width grown by wider heads (``grow`` "head_size": 4
+    heads throughout) or by more heads ("heads": head size 8 throughout). Per width: the RMS of the QK-norm
+    gains' and the attention RMSNorm gains' gradient entries at step 0 ("qk_grad", "gain_grad"), and, for each
+    LR factor f in ``factors``, the RMS change of the attention logits after ``steps`` Adam steps in which only
+    the QK-norm gains train, at f x (m when f is "m") their rule's LR ("logits_change f")."""
+    import torch.nn.functional as F
+
+    from megadepth.analysis.coord_check import Shape, shaped_config
+    from megadepth.config.load import validate
+    from megadepth.data import MicroBatchSampler, build_datasets, make_loader
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization, initialize, param_groups
+
+    out: dict[str, list[float]] = {}
+    for width in widths:
+        base = shipped(data, tmp, "llama-width", preset)
+        if grow == "heads":
+            base["model"].update(heads=width // 8, kv_heads=width // 16, base_heads=4)
+        cfg = shaped_config(validate(base), Shape(depth=2, width=width), steps, seed=0)
+        ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
+        train_set, _ = build_datasets(cfg.data.path, seq_len=cfg.model.seq_len, seed=0,
+                                      train_samples=(steps + 1) * cfg.train.micro_batch, valid_samples=0,
+                                      valid_fraction=0.0, vocab_size=cfg.model.vocab_size)
+        batches = list(make_loader(train_set, MicroBatchSampler(len(train_set), 0, cfg.train.micro_batch, 0, 1)))
+        probe, batches = batches[0][:, :-1], batches[1:]
+
+        def loss_of(model: GPT, batch: torch.Tensor) -> torch.Tensor:
+            logits = model(batch[:, :-1])
+            return F.cross_entropy(logits.flatten(0, 1).float(), batch[:, 1:].flatten())
+
+        for run, factor in enumerate(factors or (None,)):
+            model = GPT(cfg.model, ptz.multipliers())
+            initialize(model, ptz, seed=0)
+            groups = param_groups(model, ptz, cfg.optimizer)
+            for g in groups:
+                scale = ptz.m if factor == "m" else (factor or 0.0)
+                g["lr"] = g["lr"] * scale if g["name"] == "qk_gain" else 0.0
+            opt = torch.optim.AdamW(groups)
+            before = _attention_logits(model, probe)
+            for step, batch in enumerate(batches[:steps] if factor is not None else batches[:1]):
+                opt.zero_grad()
+                loss_of(model, batch).backward()
+                if run == step == 0:  # the gradients at init
+                    for key, suffix in (("qk_grad", ("q_norm.weight", "k_norm.weight")),
+                                        ("gain_grad", ("attn_norm.weight",))):
+                        grads = torch.cat([p.grad.flatten() for n, p in model.named_parameters() if n.endswith(suffix)])
+                        out.setdefault(key, []).append(float(grads.pow(2).mean().sqrt()))
+                opt.step()
+            if factor is not None:
+                change = _attention_logits(model, probe) - before
+                out.setdefault(f"logits_change {factor}", []).append(float(change.pow(2).mean().sqrt()))
+    return out
+
+
+def test_qk_gain_lr_is_width_constant_under_adam(sample_data: Path, tmp_path: Path) -> None:
+    """The QK-norm gain's rule (docs/parametrizations.md, "The QK-norm gain"), measured. Width grown by more
+    heads (head size 8): with only the gains training, the attention logits' change is flat in width at the
+    rule's Adam LR and grows like m at m times it (SGD's head_size rule, or a hidden matrix's inverse, carried
+    to Adam). Its gradient entries, relative to width grown by wider heads, are larger by head_size /
+    base_head_size = m (the heads' count multiplies one shared vector's gradient), the factor the SGD rule
+    and eps_scaling: gradient use."""
+    from megadepth.analysis.coord_check import fit_slope
+
+    widths = [32, 64, 128]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matrices: one thread, as the rank processes, is faster on shared cores
+    try:
+        heads = qk_gain_measurements(sample_data, tmp_path, "mup", widths, "heads", (1.0, "m"))
+        wider = qk_gain_measurements(sample_data, tmp_path, "mup", widths, "head_size")
+    finally:
+        torch.set_num_threads(threads)
+    slope = {k: fit_slope(widths, v) for k, v in heads.items()}
+    assert abs(slope["logits_change 1.0"]) < FLAT, slope
+    assert slope["logits_change m"] > 0.8, slope
+    assert -1.25 < fit_slope(widths, wider["qk_grad"]) - slope["qk_grad"] < -0.75, (wider, heads)

@@ -141,6 +141,36 @@ def weight_decay_unscaled(mp: pytest.MonkeyPatch) -> None:
     _wrap_rule(mp, lambda p, role, rr: replace(rr, wd_mult=1.0) if role.is_hidden_matrix else rr)
 
 
+def qk_gain_gets_hidden_lr(mp: pytest.MonkeyPatch) -> None:
+    _wrap_rule(mp, lambda p, role, rr: replace(rr, lr_mult=rr.lr_mult / p.m) if role is Role.QK_GAIN and p.width_scaling
+               else rr)
+
+
+def qk_gain_gets_sgd_lr(mp: pytest.MonkeyPatch) -> None:
+    _wrap_rule(mp, lambda p, role, rr: replace(rr, lr_mult=rr.lr_mult * p.head_dim / p.base_head_dim)
+               if role is Role.QK_GAIN and p.width_scaling else rr)
+
+
+def swiglu_gate_tagged_as_vector(mp: pytest.MonkeyPatch) -> None:
+    orig = layers.SwiGLU.__init__
+
+    def __init__(self: layers.SwiGLU, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        self.gate.param_roles = {**self.gate.param_roles, "weight": Role.EMBEDDING}
+
+    mp.setattr(layers.SwiGLU, "__init__", __init__)
+
+
+def kv_tagged_as_output_proj(mp: pytest.MonkeyPatch) -> None:
+    orig = layers.Attention.__init__
+
+    def __init__(self: layers.Attention, *args: Any, **kwargs: Any) -> None:
+        orig(self, *args, **kwargs)
+        self.key_value.param_roles = {**self.key_value.param_roles, "weight": Role.OUTPUT_PROJ}
+
+    mp.setattr(layers.Attention, "__init__", __init__)
+
+
 @dataclass(frozen=True)
 class Mutation:
     what: str
@@ -169,6 +199,14 @@ MUTATIONS = {m.apply.__name__: m for m in (
              "hand-derived"),
     Mutation("embeddings and head get the hidden LR eta/m", vectors_get_hidden_lr, "hand-derived"),
     Mutation("AdamW weight decay not scaled by m on hidden matrices", weight_decay_unscaled, "hand-derived"),
+    Mutation("QK-norm gains get the hidden matrices' width rule (Adam LR eta/m)", qk_gain_gets_hidden_lr,
+             "hand-derived"),
+    Mutation("QK-norm gains get SGD's width rule under Adam (LR eta x head_size/base_head_size)",
+             qk_gain_gets_sgd_lr, "hand-derived"),
+    Mutation("SwiGLU's gate tagged as a vector (embedding role: init sigma, LR eta, not sigma/sqrt(m), eta/m)",
+             swiglu_gate_tagged_as_vector, "hand-derived"),
+    Mutation("grouped-query key/value tagged as an output projection (init / sqrt(2 L0))",
+             kv_tagged_as_output_proj, "hand-derived"),
 )}
 
 
@@ -200,27 +238,33 @@ def coord_failures(data: Path, tmp: Path, check: str, mutation: str | None) -> l
 # ---- the hand-derived check ------------------------------------------------------------------------
 ETA, EPS, WD, SIGMA, ALPHA_IN = 0.01, 1e-8, 0.1, 0.02, 3.0
 # m = 128/32 = 4, r = 8/2 = 4, 4 heads (head size 32, base 8), AdamW. Per role (init std, LR, eps, WD);
-# None: a constant init (LayerNorm). Multipliers (branch, readout, attention scale).
+# None: a constant init (norm gains). Multipliers (branch, readout, attention scale). qk_gain (the Llama
+# model's QK-norm gains, below): Adam's LR is width-constant, with the in-branch depth factor r^-gamma, as the
+# other gains (docs/parametrizations.md, "The QK-norm gain").
 HAND: dict[str, dict[str, Any]] = {
     "sp": {"roles": {"query": (0.02, 0.01, 1e-8, 0.1), "hidden": (0.02, 0.01, 1e-8, 0.1),
                      "output_proj": (0.02 / 4, 0.01, 1e-8, 0.1), "branch_gain": (None, 0.01, 1e-8, 0.0),
                      "final_gain": (None, 0.01, 1e-8, 0.0), "embedding": (0.02, 0.01, 1e-8, 0.1),
-                     "position": (0.02, 0.01, 1e-8, 0.1), "readout": (0.02, 0.01, 1e-8, 0.1)},
+                     "position": (0.02, 0.01, 1e-8, 0.1), "readout": (0.02, 0.01, 1e-8, 0.1),
+                     "qk_gain": (None, 0.01, 1e-8, 0.0)},
            "mult": (1.0, 1.0, 1 / math.sqrt(32))},
     "mup": {"roles": {"query": (0.01, 0.0025, 1e-8, 0.4), "hidden": (0.01, 0.0025, 1e-8, 0.4),
                       "output_proj": (0.01 / 4, 0.0025, 1e-8, 0.4), "branch_gain": (None, 0.01, 1e-8, 0.0),
                       "final_gain": (None, 0.01, 1e-8, 0.0), "embedding": (0.02, 0.01, 1e-8, 0.1),
-                      "position": (0.02, 0.01, 1e-8, 0.1), "readout": (0.02, 0.01, 1e-8, 0.1)},
+                      "position": (0.02, 0.01, 1e-8, 0.1), "readout": (0.02, 0.01, 1e-8, 0.1),
+                      "qk_gain": (None, 0.01, 1e-8, 0.0)},
             "mult": (1.0, 0.25, math.sqrt(8) / 32)},
     "depth_mup": {"roles": {"query": (0.01, 0.00125, 1.25e-9, 0.4), "hidden": (0.01, 0.00125, 1.25e-9, 0.4),
                             "output_proj": (0.005, 0.00125, 1.25e-9, 0.4), "branch_gain": (None, 0.005, 1.25e-9, 0.0),
                             "final_gain": (None, 0.01, 1.25e-9, 0.0), "embedding": (0.02, 0.01, 1.25e-9, 0.1),
-                            "position": (0.02, 0.01, 1.25e-9, 0.1), "readout": (0.02, 0.01, 1.25e-9, 0.1)},
+                            "position": (0.02, 0.01, 1.25e-9, 0.1), "readout": (0.02, 0.01, 1.25e-9, 0.1),
+                            "qk_gain": (None, 0.005, 1.25e-9, 0.0)},
                   "mult": (0.5, 0.25, math.sqrt(8) / 32)},
     "completep": {"roles": {"query": (0.01, 0.0025, 6.25e-10, 0.4), "hidden": (0.01, 0.0025, 6.25e-10, 0.4),
                             "output_proj": (0.005, 0.0025, 6.25e-10, 0.4), "branch_gain": (None, 0.01, 6.25e-10, 0.0),
                             "final_gain": (None, 0.01, 6.25e-10, 0.0), "embedding": (0.02, 0.01, 6.25e-10, 0.1),
-                            "position": (0.02, 0.01, 6.25e-10, 0.1), "readout": (0.02, 0.01, 6.25e-10, 0.1)},
+                            "position": (0.02, 0.01, 6.25e-10, 0.1), "readout": (0.02, 0.01, 6.25e-10, 0.1),
+                            "qk_gain": (None, 0.01, 6.25e-10, 0.0)},
                   "mult": (0.25, 0.25, math.sqrt(8) / 32)},
 }
 
@@ -255,6 +299,8 @@ def hand_derived_failures() -> list[str]:
         for name, role in param_roles(model).items():
             by_role.setdefault(role.value, []).append(params[name].detach().flatten())
         for role, (std, lr, eps, wd) in want["roles"].items():
+            if role == "qk_gain":
+                continue  # GPT-2 has no QK-norm: llama_hand_failures checks it
             g = groups[role]
             for key, value in (("lr", lr), ("eps", eps), ("weight_decay", wd)):
                 if not _close(g[key], value):
@@ -284,6 +330,114 @@ def hand_derived_failures() -> list[str]:
         logits = F.linear(readout * F.layer_norm(x, (128,)), model.head.proj.weight)
         if not torch.allclose(model.head(x), logits, rtol=1e-4, atol=1e-6):
             fails.append(f"{preset} head forward is not W (readout LN(x)) with readout {readout:g}")
+    return fails + llama_hand_failures()
+
+
+# The Llama block's parameters (blocks.i. left off) and the role of HAND whose numbers each must get: SwiGLU's
+# gate and up and grouped-query key/value are hidden matrices, SwiGLU's down closes the branch (output_proj),
+# RMSNorm gains are branch or final gains, the QK-norm gains their own role.
+LLAMA_ROLES = {
+    "attn.query.weight": "query", "attn.key_value.weight": "hidden", "attn.out.weight": "output_proj",
+    "mlp.gate.weight": "hidden", "mlp.up.weight": "hidden", "mlp.down.weight": "output_proj",
+    "attn_norm.weight": "branch_gain", "mlp_norm.weight": "branch_gain", "attn.q_norm.weight": "qk_gain",
+    "attn.k_norm.weight": "qk_gain", "head.norm.weight": "final_gain", "embed.token.weight": "embedding",
+    "head.proj.weight": "readout",
+}
+HEADS, KV_HEADS, HEAD_DIM, NORM_EPS = 4, 2, 32, 1e-5
+
+
+def _rms_norm(x: torch.Tensor, gain: torch.Tensor) -> torch.Tensor:
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + NORM_EPS) * gain
+
+
+def _rotate(x: torch.Tensor, theta: float = 10000.0) -> torch.Tensor:
+    """Rotary positions by hand: pair i with i + d/2, rotated by position x theta^(-2i/d)."""
+    half = x.shape[-1] // 2
+    freqs = theta ** (-torch.arange(half, dtype=torch.float32) * 2 / x.shape[-1])
+    angle = torch.arange(x.shape[-2], dtype=torch.float32)[:, None] * freqs
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * angle.cos() - x2 * angle.sin(), x2 * angle.cos() + x1 * angle.sin()), dim=-1)
+
+
+def _llama_block_by_hand(block: torch.nn.Module, x: torch.Tensor, branch: float, scale: float) -> torch.Tensor:
+    """x + b Attn(RMS x) then + b SwiGLU(RMS x), from the block's own weights: 4 query heads, 2 key/value heads
+    (rows laid out [kv head, key then value, head size]), each query head using key/value head j // 2, QK RMSNorm
+    per head before rotary, softmax scale ``scale``."""
+    attn, batch, seq = block.attn, x.shape[0], x.shape[1]
+    h = _rms_norm(x, block.attn_norm.weight)
+    q = (h @ attn.query.weight.T).view(batch, seq, HEADS, HEAD_DIM).transpose(1, 2)
+    kv = (h @ attn.key_value.weight.T).view(batch, seq, KV_HEADS, 2, HEAD_DIM)
+    k, v = kv[..., 0, :].transpose(1, 2), kv[..., 1, :].transpose(1, 2)
+    q, k = _rotate(_rms_norm(q, attn.q_norm.weight)), _rotate(_rms_norm(k, attn.k_norm.weight))
+    group = HEADS // KV_HEADS
+    k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+    logits = scale * q @ k.transpose(-1, -2)
+    logits = logits.masked_fill(torch.ones(seq, seq, dtype=torch.bool).triu(1), float("-inf"))
+    y = (logits.softmax(-1) @ v).transpose(1, 2).reshape(batch, seq, HEADS * HEAD_DIM)
+    mid = x + branch * y @ attn.out.weight.T
+    h = _rms_norm(mid, block.mlp_norm.weight)
+    mlp = block.mlp
+    return mid + branch * (F.silu(h @ mlp.gate.weight.T) * (h @ mlp.up.weight.T)) @ mlp.down.weight.T
+
+
+@torch.no_grad()
+def llama_hand_failures() -> list[str]:
+    """The Llama block (RMSNorm, SwiGLU, 4 heads on 2 key/value heads, QK-norm, rotary, untied head) at m = r = 4
+    against HAND, parameter by parameter (each must sit in the group, and have the init, of the role it is
+    listed under in LLAMA_ROLES), and its block and head forwards by hand, the multipliers applied once."""
+    from megadepth.config import validate
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization, initialize, param_groups
+
+    fails: list[str] = []
+    for preset, want in HAND.items():
+        cfg = validate({
+            "model": {"width": 128, "depth": 8, "heads": HEADS, "kv_heads": KV_HEADS, "base_width": 32,
+                      "base_heads": 4, "base_depth": 2, "seq_len": 16, "vocab_size": 256, "norm": "rmsnorm",
+                      "mlp": "swiglu", "ffn_multiple_of": 32, "qk_norm": True, "position": "rotary",
+                      "bias": False, "tie_embeddings": False, "norm_eps": NORM_EPS},
+            "parametrization": {"name": preset, "init_std": SIGMA, "input_multiplier": ALPHA_IN},
+            "optimizer": {"name": "adamw", "lr": ETA, "eps": EPS, "weight_decay": WD},
+        })
+        ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
+        model = GPT(cfg.model, ptz.multipliers())
+        initialize(model, ptz, seed=0)
+        model.eval()
+        group_of = {id(p): g for g in param_groups(model, ptz, cfg.optimizer) for p in g["params"]}
+        values: dict[str, list[torch.Tensor]] = {}
+        for name, param in model.named_parameters():
+            local = name.split(".", 2)[2] if name.startswith("blocks.") else name
+            if local not in LLAMA_ROLES:
+                fails.append(f"{preset} llama: {name} has no hand-derived numbers")
+                continue
+            role = LLAMA_ROLES[local]
+            _, lr, eps, wd = want["roles"][role]
+            g = group_of[id(param)]
+            for key, value in (("lr", lr), ("eps", eps), ("weight_decay", wd)):
+                if not _close(g[key], value):
+                    fails.append(f"{preset} llama {local} ({role}) {key} {g[key]:.4g}, by hand {value:.4g}")
+            values.setdefault(local, []).append(param.detach().flatten())
+        for local, tensors in values.items():
+            std = want["roles"][LLAMA_ROLES[local]][0]
+            flat = torch.cat(tensors)
+            if std is not None and not _close(float(flat.std()), std, rel=0.05):
+                fails.append(f"{preset} llama {local} init std {float(flat.std()):.4g}, by hand {std:.4g}")
+            if std is None and not bool((flat == 1).all()):
+                fails.append(f"{preset} llama {local} not initialised at 1")
+        # the forwards by hand, with gains away from 1 so that a gain left out shows
+        gen = torch.Generator().manual_seed(2)
+        for name, param in model.named_parameters():
+            if name.endswith("norm.weight"):
+                param.copy_(1 + 0.3 * torch.randn(param.shape, generator=gen))
+        branch, readout, attn = want["mult"]
+        x = torch.randn(2, 16, 128, generator=gen)
+        block = model.blocks[0]
+        if not torch.allclose(block(x), _llama_block_by_hand(block, x, branch, attn), rtol=1e-4, atol=1e-6):
+            fails.append(f"{preset} llama block forward is not the hand-written one (branch {branch:g}, "
+                         f"attention scale {attn:.4g})")
+        logits = F.linear(readout * _rms_norm(x, model.head.norm.weight), model.head.proj.weight)
+        if not torch.allclose(model.head(x), logits, rtol=1e-4, atol=1e-6):
+            fails.append(f"{preset} llama head forward is not W (readout RMS(x)) with readout {readout:g}")
     return fails
 
 

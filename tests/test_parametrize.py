@@ -16,9 +16,9 @@ ETA, EPS, WD, SIGMA = 0.01, 1e-8, 0.1, 0.02
 
 
 def make(preset: str, width: int = 128, depth: int = 8, base_width: int = 32, base_depth: int = 2,
-         heads: int = 4, base_heads: int | None = None, **extra: object) -> tuple:
+         heads: int = 4, base_heads: int | None = None, model: dict | None = None, **extra: object) -> tuple:
     """``heads`` heads, as many at the base unless base_heads says otherwise (the head size grows with the
-    width: head size 32 here, 8 at the base)."""
+    width: head size 32 here, 8 at the base); ``model``: further model keys (a Llama block's)."""
     ptz_cfg = {"name": preset, "init_std": SIGMA, **extra}
     if preset == "custom":
         ptz_cfg.setdefault("alpha", 0.75)
@@ -26,7 +26,7 @@ def make(preset: str, width: int = 128, depth: int = 8, base_width: int = 32, ba
     cfg = validate({
         "model": {"width": width, "depth": depth, "heads": heads, "base_width": base_width,
                   "base_heads": heads if base_heads is None else base_heads,
-                  "base_depth": base_depth, "seq_len": 16, "vocab_size": 64},
+                  "base_depth": base_depth, "seq_len": 16, "vocab_size": 64, **(model or {})},
         "parametrization": ptz_cfg,
         "optimizer": {"lr": ETA, "eps": EPS, "weight_decay": WD},
     })
@@ -147,21 +147,46 @@ def groups_by_name(model: GPT, ptz, cfg) -> dict:
     }
 
 
-@pytest.mark.parametrize("heads", [4, 8])
+# the Llama block (configs/model/llama-tiny.yaml's options) with QK-norm: every parameter role it adds
+LLAMA = {"norm": "rmsnorm", "mlp": "swiglu", "ffn_multiple_of": 32, "kv_heads": 2, "qk_norm": True,
+         "position": "rotary", "bias": False}
+
+
+def first_steps(model: GPT, ptz, cfg, steps: int = 2) -> dict[str, torch.Tensor]:
+    """The weights after ``steps`` AdamW steps on a fixed batch, with the parametrization's optimizer groups."""
+    opt = torch.optim.AdamW(param_groups(model, ptz, cfg.optimizer))
+    tokens = torch.randint(0, cfg.model.vocab_size, (2, cfg.model.seq_len + 1),
+                           generator=torch.Generator().manual_seed(3))
+    for _ in range(steps):
+        logits = model(tokens[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize(("heads", "llama"), [(4, False), (8, False), (4, True)])
 @pytest.mark.parametrize("tied", [True, False])
-def test_base_shape_invariant(tied: bool, heads: int) -> None:
-    """At m = r = 1 every preset builds the same weights, multipliers and optimizer groups (the base shape
-    given in full: model.base_heads is the head count, so the attention scale is SP's 1/sqrt(head size))."""
+def test_base_shape_invariant(tied: bool, heads: int, llama: bool) -> None:
+    """At m = r = 1 every preset builds the same weights, multipliers and optimizer groups, and takes the same
+    first steps (the base shape given in full: model.base_heads is the head count, so the attention scale is
+    SP's 1/sqrt(head size)). ``llama``: RMSNorm gains, SwiGLU gate/up/down, grouped-query key/value (4 query
+    heads on 2 key/value heads) and the QK-norm gains, whose rules must reduce to SP's too."""
     built = {}
     for preset in PRESETS:
-        cfg, ptz = make(preset, width=64, depth=3, base_width=64, base_depth=3, heads=heads, zero_query=False)
+        cfg, ptz = make(preset, width=64, depth=3, base_width=64, base_depth=3, heads=heads, zero_query=False,
+                        model={**(LLAMA if llama else {"bias": True}), "tie_embeddings": tied})
         assert ptz.multipliers().attn_scale == pytest.approx(1 / math.sqrt(64 / heads))
-        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"tie_embeddings": tied,
-                                                                            "bias": True})})
         model = model_for(cfg, ptz)
-        built[preset] = (model.state_dict(), ptz.multipliers(), groups_by_name(model, ptz, cfg))
-    ref_state, ref_mult, ref_groups = built["sp"]
-    for preset, (state, mult, groups) in built.items():
+        init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        built[preset] = (init, ptz.multipliers(), groups_by_name(model, ptz, cfg), first_steps(model, ptz, cfg))
+    ref_state, ref_mult, ref_groups, ref_stepped = built["sp"]
+    if llama:
+        assert {"qk_gain", "hidden", "output_proj", "branch_gain", "final_gain"} <= ref_groups.keys()
+        assert "blocks.0.attn.q_norm.weight" in ref_groups["qk_gain"][3]
+        assert {"blocks.0.mlp.gate.weight", "blocks.0.mlp.up.weight"} <= set(ref_groups["hidden"][3])
+    for preset, (state, mult, groups, stepped) in built.items():
         assert asdict(mult) == pytest.approx(asdict(ref_mult)), preset
         assert groups.keys() == ref_groups.keys(), preset
         for name, (lr, eps, wd, members) in groups.items():
@@ -169,6 +194,9 @@ def test_base_shape_invariant(tied: bool, heads: int) -> None:
             assert members == ref_groups[name][3]
         for key, value in state.items():
             assert torch.equal(value, ref_state[key]), (preset, key)
+        for key, value in stepped.items():  # the multipliers agree to rounding: so do the steps
+            assert not torch.equal(value, ref_state[key]), (preset, key)  # every parameter took its steps
+            assert torch.allclose(value, ref_stepped[key], rtol=1e-5, atol=1e-7), (preset, key)
 
 
 def test_every_parameter_in_exactly_one_group() -> None:

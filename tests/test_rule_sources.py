@@ -215,3 +215,28 @@ def test_rule_options_are_documented() -> None:
     for option in ("eps_scaling", "output_proj_init", "wd_depth_scaling", "adam_wd_scaling"):
         assert f"parametrization.{option}" in keys
         assert f"`{option}" in table, option
+
+
+# ---- the QK-norm gain's printed rule cites a section that exists ---------------------------------------------
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_qk_gain_rule_line_cites_its_section(optimizer: str) -> None:
+    """The `rule: qk_gain` line names docs/parametrizations.md's section; that section gives the same rule, and
+    the roles table lists the Llama block's parameters with their roles."""
+    import re
+
+    cfg, ptz = make("mup", optimizer)
+    line = ptz.format_table(cfg.optimizer, list(Role)).splitlines()[-1]
+    assert line.startswith("rule: qk_gain:"), line
+    (section,) = re.findall(r'docs/parametrizations\.md, "([^"]+)"', line)
+    docs = DOCS.read_text()
+    assert f"\n### {section}\n" in docs, section
+    text = docs[docs.index(f"### {section}"):]
+    text = text[:text.index("\n## ")]
+    assert "width-constant" in text and "eta x d_head/d_head0" in text and "shared by every head" in text
+    assert ("width-constant" in line) is (optimizer == "adamw")
+    table = docs[docs.index("## The Llama block"):]
+    for name, role in (("mlp.gate.weight", "hidden"), ("mlp.down.weight", "output_proj"),
+                       ("attn.key_value.weight", "hidden"), ("attn_norm.weight", "branch_gain"),
+                       ("head.norm.weight", "final_gain"), ("q_norm.weight", "qk_gain")):
+        row = next(r for r in table.splitlines() if name in r)
+        assert f"| {role} |" in row, row

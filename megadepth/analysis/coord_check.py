@@ -217,7 +217,9 @@ def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
     if axis == "width":
         if width_scaled:
             return {q: 0.0 for q in out}
-        if not linear:
+        if not linear and config.model.mlp != "swiglu":
+            # SwiGLU's gated product of two m^1/2 factors, times down's m^1/2, is m^3/2 at init against the
+            # attention branch's m^1 (and m^2 against m^3/2 in their own updates): a mix, no single power
             out.update({INIT_QUANTITY: 1.0, "block_change": 1.5, "residual_change": 1.5})
         return out
     if linear and alpha < 0.5:

@@ -469,8 +469,9 @@ class Parametrization:
         else:
             width = "lr eta, width-constant (Adam normalises its entries, like every gain)"
         return (f"qk_gain: init 1, no weight decay, {width}; in-branch depth rule as the other gains. Derived "
-                "(docs/parametrizations.md): one head-size vector shared by all heads, so its gradient entries are "
-                "of order base_head_size/head_size; checked by the coordinate check, not taken from a reference")
+                "(docs/parametrizations.md, \"The QK-norm gain\"): one head-size vector shared by all heads, so its "
+                "gradient entries are of order base_head_size/head_size; measured there in width, not taken from a "
+                "reference")
 
     def format_table(self, optimizer: OptimizerConfig, roles: list[Role] | None = None) -> str:
         """The per-role table and its rule lines (callers may have resolved Muon by its name alone)."""
