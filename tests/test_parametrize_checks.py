@@ -28,6 +28,12 @@ def cfg(**sections: dict):
         ({}, "set model.base_heads: 2 (heads grew, head size 16 fixed) or 4 (head size grew from 8, 4 heads "
              "fixed)"),
         ({"model": {"base_heads": 4}, "parametrization": {"base_head_dim": 16}}, "disagree"),
+        # grouped-query attention away from the base width: width 32 -> 64 with 4 -> 8 heads (head size 8)
+        ({"model": {"heads": 8, "kv_heads": 2, "base_heads": 4}}, "set model.base_kv_heads: 1 (the group of 4"),
+        ({"model": {"heads": 8, "kv_heads": 1, "base_heads": 4}}, "no whole number of base key/value heads"),
+        # Llama's fixed kv_heads while the heads double: K/V's fan-out would not grow with the width
+        ({"model": {"heads": 8, "kv_heads": 2, "base_heads": 4, "base_kv_heads": 2}},
+         "model.base_kv_heads (2) with 4 base heads and model.kv_heads (2) with 8 heads: the group size"),
         ({"model": {"block": "linear", "position": "rotary"}}, "rotary has no effect"),
         ({"model": {"block": "linear"}, "parametrization": {"zero_query": True}}, "zero_query has no effect"),
     ],
@@ -47,6 +53,17 @@ def test_allowed() -> None:
     check_parametrization(cfg(model={"heads": 8, "base_width": 36, "width": 72},
                               parametrization={"base_head_dim": 9}))
     check_parametrization(cfg(parametrization={"name": "sp"}, model={"heads": 3, "width": 66, "base_width": 33}))
+    # the group size kept: more heads (2 of 4 -> 4 of 8 query heads per key/value head), or wider heads
+    check_parametrization(cfg(model={"heads": 8, "kv_heads": 4, "base_heads": 4, "base_kv_heads": 2}))
+    check_parametrization(cfg(model={"kv_heads": 2, "base_heads": 4, "base_kv_heads": 2}))
+    # SP has no width rule to break, and at the base width nothing is scaled
+    check_parametrization(cfg(parametrization={"name": "sp"}, model={"heads": 8, "kv_heads": 2, "base_heads": 4}))
+    check_parametrization(cfg(model={"kv_heads": 2, "base_width": None, "base_depth": None}))
+
+
+def test_base_kv_heads_of_a_model_that_is_its_own_base_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"model.base_kv_heads \(1\) differs from the key/value heads \(2\)"):
+        validate({"model": {"width": 64, "heads": 4, "kv_heads": 2, "base_kv_heads": 1}})
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

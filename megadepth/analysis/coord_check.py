@@ -55,6 +55,8 @@ def with_base_shape(config: Config, depths: Sequence[int], widths: Sequence[int]
         notes.append(f"model.base_width is not set: fixed at {min(widths)}, the smallest width checked")
     if model.base_heads is None and widths and len(set(widths)) > 1:
         update["base_heads"] = model.heads
+    if model.base_kv_heads is None and widths and len(set(widths)) > 1:
+        update["base_kv_heads"] = model.n_kv_heads  # --widths keeps the heads, so the group size too
     if not update:
         return config, notes
     data = config.model_dump(mode="json")

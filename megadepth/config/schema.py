@@ -77,6 +77,11 @@ class ModelConfig(Section):
     It says how the width grew: by more heads at a fixed head size (base_heads = base_width / head size), by
     wider heads (base_heads = heads), or both. Must divide base_width; unset, it is heads when base_width
     equals width, and required (or parametrization.base_head_dim) for a width-scaled transformer."""
+    base_kv_heads: int | None = Field(None, ge=1)
+    """Key/value heads of the base shape (grouped-query attention, model.kv_heads). Width scaling treats the
+    key/value projection as a hidden matrix, whose fan-out must grow with the width: the base shape's group
+    size (base_heads / base_kv_heads) must equal heads / kv_heads. Unset, it is kv_heads when base_width equals
+    width, and required for a width-scaled model with fewer key/value heads than heads."""
     mlp_ratio: float = Field(4.0, gt=0)
     """Hidden width of a non-gated MLP (gelu, relu, abs) as a multiple of the width (fixed when scaling: one
     m for all hidden matrices); model.ffn_hidden overrides it. SwiGLU uses Llama's rule instead."""
@@ -157,10 +162,16 @@ class ModelConfig(Section):
         if self.kv_heads is not None and (self.kv_heads > self.heads or self.heads % self.kv_heads):
             raise ValueError(f"model.kv_heads ({self.kv_heads}) must divide model.heads ({self.heads}): each "
                              "key/value head serves the same number of query heads")
+        if self.base_kv_heads is not None and (self.base_width or self.width) == self.width \
+                and self.base_kv_heads != self.n_kv_heads:
+            raise ValueError(f"model.base_kv_heads ({self.base_kv_heads}) differs from the key/value heads "
+                             f"({self.n_kv_heads}) but this model is its own base shape (model.base_width unset or "
+                             "equal to model.width): set model.base_width, or drop model.base_kv_heads")
         if self.block == "linear":
             extras = [f"model.{key}: {value}" for key, value, plain in (
                 ("mlp", self.mlp, self.mlp != "swiglu"), ("kv_heads", self.kv_heads, self.kv_heads is None),
-                ("qk_norm", self.qk_norm, not self.qk_norm)) if not plain]
+                ("qk_norm", self.qk_norm, not self.qk_norm), ("base_kv_heads", self.base_kv_heads,
+                                                                  self.base_kv_heads is None)) if not plain]
             if extras:
                 raise ValueError(f"{', '.join(extras)} need model.block: transformer (the linear block has one "
                                  "matrix and no attention)")

@@ -110,22 +110,31 @@ def base_head_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | N
 def kv_heads_problem(model: ModelConfig, cfg: ParametrizationConfig) -> str | None:
     """Why grouped-query attention cannot be width-scaled as configured (one line), or None.
 
-    Width scaling treats the key/value projection as a hidden matrix, whose fan-out grows with the width.
-    megadepth keeps the group size (query heads per key/value head) of the base shape, so the base shape has
-    base_heads / group key/value heads: that must be a whole number. A fixed kv_heads while the width grows
-    (as Llama's 8 at every size) gives K/V a fixed fan-out, for which muP has no hidden-matrix rule: refused."""
-    if model.block != "transformer" or model.n_kv_heads == model.heads or not scales_width(cfg.name):
+    Width scaling treats the key/value projection as a hidden matrix, whose fan-out (kv_heads x head size)
+    must grow like the width. That holds exactly when the group size (query heads per key/value head) is the
+    base shape's: base_heads / base_kv_heads = heads / kv_heads. A fixed kv_heads while the heads grow (as
+    Llama's 8 at every size) gives K/V a fixed fan-out, for which muP has no hidden-matrix rule: refused. The
+    base shape's key/value heads must be said (model.base_kv_heads), as its heads must (model.base_heads)."""
+    if model.block != "transformer" or not scales_width(cfg.name):
         return None
     base_width = model.base_width or model.width
-    if base_width == model.width:
+    if base_width == model.width or (model.n_kv_heads == model.heads and model.base_kv_heads is None):
         return None
     group = model.heads // model.n_kv_heads
     base_heads = round(base_width / resolve_base_head_dim(model, cfg))
-    if base_heads % group:
-        return (f"model.kv_heads ({model.n_kv_heads}) with {model.heads} heads is {group} query heads per key/value "
-                f"head, but the base shape has {base_heads} heads: width scaling keeps the group size of the base "
-                "shape (the key/value fan-out must grow with the width, as every hidden matrix's); choose "
-                f"model.kv_heads so that {base_heads} base heads split into groups of heads / kv_heads")
+    base_kv = model.base_kv_heads
+    if base_kv is None:
+        kept = (f"set model.base_kv_heads: {base_heads // group} (the group of {group} query heads per key/value "
+                "head kept from the base shape)" if base_heads % group == 0 else
+                f"no whole number of base key/value heads keeps the group of {group}: choose model.kv_heads so "
+                f"that the base shape's {base_heads} heads split into groups of heads / kv_heads")
+        return (f"model.kv_heads ({model.n_kv_heads}) under {cfg.name} away from the base width: the base shape's "
+                f"key/value heads decide whether K/V's fan-out grows with the width; {kept}")
+    if base_heads % base_kv or base_heads // base_kv != group:
+        return (f"model.base_kv_heads ({base_kv}) with {base_heads} base heads and model.kv_heads "
+                f"({model.n_kv_heads}) with {model.heads} heads: the group size (query heads per key/value head) "
+                f"must be the base shape's, else K/V's fan-out does not grow with the width as a hidden matrix's "
+                "must (a fixed kv_heads while heads grow has no muP rule)")
     return None
 
 
