@@ -1,6 +1,7 @@
 """Muon (optimizer.name: muon): Newton-Schulz, the optimizer's two halves, the rules-table column, the layouts
-it refuses, and training in one process and at TP=2 x DP=2 (ZeRO 0) with parity, counted orthogonalisations
-and exact resume."""
+it refuses, and training in one process, at TP=2 x DP=2 (ZeRO 0), at ZeRO 1 DP=2 and in the pipeline engine
+(PP=2, TP=2 x PP=2 x DP=2; the Muon matrices step beside ZeRO) with parity, counted orthogonalisations and
+exact resume."""
 
 from __future__ import annotations
 
@@ -76,15 +77,24 @@ def _muon_config(data: Path, out: Path, tensor: int = 1, **train) -> dict:
                "ffn_multiple_of": 32, "position": "rotary", "qk_norm": True, "bias": False,
                "tie_embeddings": False},
         parametrization={"name": "completep"},
-        optimizer={"name": "muon", "lr": 0.02, "muon": {"momentum": 0.9}},
+        # grad_clip below every step's norm: the clip coefficient (one norm over all parameters) shapes each step
+        optimizer={"name": "muon", "lr": 0.02, "grad_clip": 0.3, "muon": {"momentum": 0.9}},
         parallel={"tensor": tensor, "zero_stage": 0},
         train={"grad_accum": 2, "steps": 4, "save_final": True, **train},
     )
 
 
-def _losses(out: Path) -> dict[int, float]:
+def _losses(out: Path, key: str = "loss") -> dict[int, float]:
     rows = map(json.loads, (out / "metrics.jsonl").read_text().splitlines())
-    return {r["step"]: r["loss"] for r in rows if "loss" in r}
+    return {r["step"]: r[key] for r in rows if key in r}
+
+
+@pytest.fixture(scope="module")
+def muon_reference(sample_data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """One process, ZeRO 0, 4 steps: the run every layout is compared with (its folder, its result)."""
+    straight = tmp_path_factory.mktemp("muon") / "straight"
+    (result,) = run_ranks(train_counting, 1, _muon_config(sample_data, straight))
+    return straight, result
 
 
 # per step and process: query, key and value (2), out, gate, up, down in each of 2 blocks
@@ -93,15 +103,15 @@ ORTHOGONALISATIONS_PER_STEP = 2 * 7
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_muon_trains_resumes_exactly_and_tp2_dp2_matches_one_process(sample_data: Path, tmp_path: Path) -> None:
+def test_muon_trains_resumes_exactly_and_tp2_dp2_matches_one_process(sample_data: Path, tmp_path: Path,
+                                                                     muon_reference: tuple[Path, dict]) -> None:
     """One process, 4 steps: the loss falls, and Newton-Schulz ran 14 times per step. A run stopped after 2
     steps and resumed equals it bit for bit (momentum and AdamW state restored). TP=2 x DP=2 at ZeRO 0 (K/V
     heads split over the tensor ranks, gathered whole, K and V apart), itself stopped and resumed, gives the
     same losses, every rank orthogonalising every whole matrix each step."""
     from megadepth.train.merge import consolidated_state
 
-    straight, cut, four = tmp_path / "straight", tmp_path / "cut", tmp_path / "four"
-    (result,) = run_ranks(train_counting, 1, _muon_config(sample_data, straight))
+    (straight, result), cut, four = muon_reference, tmp_path / "cut", tmp_path / "four"
     assert result["orthogonalisations"] == 4 * ORTHOGONALISATIONS_PER_STEP
     ref = _losses(straight)
     assert ref[4] < ref[1] - 0.05, ref
@@ -125,6 +135,62 @@ def test_muon_trains_resumes_exactly_and_tp2_dp2_matches_one_process(sample_data
     assert got.keys() == ref.keys()
     for step in ref:
         assert got[step] == pytest.approx(ref[step], rel=2e-6), (step, got, ref)
+
+
+
+def _stop_and_resume(cfg: dict, world: int) -> tuple[list[dict], list[dict]]:
+    """Train ``cfg`` on ``world`` ranks, stopped after 2 of its 4 steps, then resumed: both runs' results."""
+    stopped = run_ranks(train_counting, world, {**cfg, "train": {**cfg["train"], "stop_after_steps": 2}})
+    resumed = run_ranks(train_counting, world, {**cfg, "train": {**cfg["train"], "resume": "must"}})
+    return stopped, resumed
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_muon_beside_zero1_and_in_the_pipeline_matches_one_process(sample_data: Path, tmp_path: Path,
+                                                                   muon_reference: tuple[Path, dict]) -> None:
+    """ZeRO 1 at DP=2 (the Muon matrices outside ZeRO's flat partitions, their gradients averaged over the data
+    group beside it, one clip norm over all parameters), the pipeline engine at PP=2 and TP=2 x PP=2 x DP=2,
+    (the two-rank layouts stopped after 2 steps and resumed from their own checkpoint; the eight-rank one
+    straight, to save time) give the same losses and gradient norms as one process at ZeRO 0; every rank
+    orthogonalised each of its stage's matrices each step (7 per block: query, key, value, out, gate, up,
+    down), every checkpoint holds one Muon state file per tensor x pipeline rank, and the final weights,
+    merged as merge-tp does, are one process's."""
+    from megadepth.train.merge import consolidated_state
+
+    straight, _ = muon_reference
+    ref, ref_norms = _losses(straight), _losses(straight, "grad_norm")
+    weights = consolidated_state(straight)[1]
+    layouts = {"zero1_dp2": (2, {"zero_stage": 1}, 2),  # name: (world, parallel, blocks per stage)
+               "pp2": (2, {"zero_stage": 1, "pipeline": 2}, 1),
+               "tp2_pp2_dp2": (8, {"zero_stage": 1, "pipeline": 2, "tensor": 2}, 1)}
+    for name, (world, parallel, blocks) in layouts.items():
+        out = tmp_path / name
+        cfg = _muon_config(sample_data, out, grad_accum=2 if world == 2 and "pipeline" in parallel else 1,
+                           global_batch=8)
+        cfg["parallel"].update(parallel)
+        if world == 2:
+            runs = [*_stop_and_resume(cfg, world)]
+            steps, tag = 2, "step_00000002"
+        else:
+            runs, steps, tag = [run_ranks(train_counting, world, cfg)], 4, "step_00000004"
+        assert all(r["orthogonalisations"] == steps * 7 * blocks for run in runs for r in run), (name, runs)
+        saved = sorted(f.name for f in (out / "checkpoints" / tag).glob("muon_*"))
+        tp, pp = parallel.get("tensor", 1), parallel.get("pipeline", 1)
+        assert saved == sorted(f"muon_tp_{t:02d}_pp_{s:02d}_optim_states.pt" for t in range(tp) for s in range(pp))
+        got, norms = _losses(out), _losses(out, "grad_norm")
+        assert got.keys() == ref.keys() and norms.keys() == ref_norms.keys(), name
+        for step in ref:
+            assert got[step] == pytest.approx(ref[step], rel=2e-6), (name, step, got, ref)
+            assert norms[step] == pytest.approx(ref_norms[step], rel=1e-5), (name, step, norms, ref_norms)
+        assert min(ref_norms.values()) > 0.3  # the clip (grad_clip 0.3) acted on every step compared
+        merged = consolidated_state(out)[1]  # merge-tp reads the Muon matrices from the model files as ever
+        assert merged.keys() == weights.keys()
+        # the vocabulary matrices (AdamW) get 5e-5: under TP their split gradients round otherwise, and Adam's
+        # m / sqrt(v) (eps 2.5e-9) magnifies that on the rows of tokens with next to no gradient
+        loose = ("embed.token.weight", "head.proj.weight")
+        assert all(torch.allclose(merged[k], weights[k], rtol=1e-5, atol=5e-5 if k in loose else 1e-6)
+                   for k in weights), name
 
 
 def _rules_config(preset: str, adjust: str = "spectral", width: int = 128, depth: int = 8, **parallel) -> object:
@@ -172,9 +238,10 @@ def test_muon_rules_column(preset: str) -> None:
     assert "optimizer" in table and "muon: update x sqrt(fan_out/fan_in)" in table
 
 
-def test_muon_groups_and_refused_layouts() -> None:
+def test_muon_groups_and_refused_layouts(tmp_path: Path) -> None:
     """Groups say which half steps them and the key/value matrix is tagged for the K/V split; ZeRO 1 and the
-    pipeline engine are refused at start-up, and optimizer.muon without muon is a config error."""
+    pipeline engine pass the checks, ZeRO 2 and 3 and precision bf16 are refused at start-up, optimizer.muon
+    without muon is a config error, and a checkpoint without this rank's Muon state file is refused."""
     from megadepth.common.errors import ConfigError
     from megadepth.config import validate
     from megadepth.model import GPT
@@ -189,9 +256,23 @@ def test_muon_groups_and_refused_layouts() -> None:
     tagged = [n for n, p in model.named_parameters() if hasattr(p, "muon_kv_head_dim")]
     assert tagged == ["blocks.0.attn.key_value.weight", "blocks.1.attn.key_value.weight"]
     check_parametrization(cfg)
-    with pytest.raises(ConfigError, match="parallel.zero_stage 1: not supported yet"):
-        check_parametrization(_rules_config("completep", zero_stage=1))
-    with pytest.raises(ConfigError, match="parallel.pipeline 2: not supported yet"):
-        check_parametrization(_rules_config("completep", pipeline=2, zero_stage=1))
+    check_parametrization(_rules_config("completep", zero_stage=1))
+    check_parametrization(_rules_config("completep", pipeline=2, zero_stage=1))
+    for stage in (2, 3):
+        with pytest.raises(ConfigError, match=f"parallel.zero_stage {stage}: not supported"):
+            check_parametrization(_rules_config("completep", zero_stage=stage))
+    bf16 = _rules_config("completep", zero_stage=1).model_dump()
+    bf16["train"]["precision"] = "bf16"
+    with pytest.raises(ConfigError, match="train.precision bf16: not supported"):
+        check_parametrization(validate(bf16))
+
+    from megadepth.optim.beside_zero import MuonBeside
+    from megadepth.train.checkpoint import _load_muon_beside
+    from megadepth.train.schedule import make_scheduler
+
+    beside = MuonBeside([g for g in groups.values() if g["use_muon"]], None,
+                        make_scheduler(cfg.schedule, 4), tp_rank=1, pp_rank=0, data_rank=0)
+    with pytest.raises(ConfigError, match="has no muon_tp_01_pp_00_optim_states.pt"):
+        _load_muon_beside(beside, tmp_path)
     with pytest.raises(Exception, match="optimizer.muon has no effect with optimizer.name: adamw"):
         validate({"optimizer": {"name": "adamw", "muon": {"momentum": 0.9}}})

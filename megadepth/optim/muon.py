@@ -21,21 +21,19 @@ K and V interleaved head by head, [kv_heads, 2, head_dim] rows), and momentum th
   and step) is a plain ``state_dict``, saved per model-parallel rank by DeepSpeed at ZeRO 0 and restored
   exactly on resume. This is what is implemented.
 
-* ZeRO 1 (and the pipeline engine, which requires it) is REFUSED at start-up (parametrize.checks). Evidence,
-  from DeepSpeed 0.19.8's runtime/zero/stage_1_and_2.py: ZeRO 1 gives the client optimizer flat fp32
-  partitions cut across matrix boundaries, so a client optimizer never sees a matrix. DeepSpeed's own Muon
-  path runs in ``get_flat_partition`` when a parameter has ``use_muon`` and the optimizer's class NAME
-  contains "muon": it calls its module-level ``muon_update`` on each whole, averaged gradient, and the
-  whole-gradient copy to every rank a matrix straddles (``muon_copy_ranks``) only happens for an instance of
-  its ``MuonWithAuxAdam``. Reusing it (option b) would mean replacing that module function (no TP gather,
-  no K/V split, no per-matrix shape factor there) and accepting that ZeRO then clips the ORTHOGONALISED
-  update rather than the gradient (``groups_lacking_loss_scale``): a different optimizer from ZeRO 0's, so
-  no parity between the stages. The clean route for ZeRO 1 (not built yet) is to keep the Muon matrices out
-  of ZeRO's flat groups: DeepSpeed reduces and partitions only the parameters its optimizer holds, so a
-  second, replicated MuonAdamW over the hidden matrices (averaging their gradients over the data group
-  itself, sharing the clip norm with ZeRO's, saving its state beside the engine's) would see whole matrices
-  at every stage and in the pipeline engine. That needs the global clip norm combined across both and a
-  checkpoint file of its own (train.checkpoint), so it is left for its own change.
+* ZeRO 1 (and the pipeline engine, which requires it): ZeRO 1 gives the optimizer it wraps flat fp32
+  partitions cut across matrix boundaries, so that optimizer never sees a matrix. DeepSpeed 0.19.8's own Muon
+  path (runtime/zero/stage_1_and_2.py, ``get_flat_partition``: parameters tagged ``use_muon`` under an
+  optimizer whose class name contains "muon") runs its module-level ``muon_update`` on each averaged
+  gradient, with no TP gather, no K/V split and no per-matrix shape factor, and ZeRO then clips the
+  ORTHOGONALISED update rather than the gradient (``groups_lacking_loss_scale``): a different optimizer from
+  ZeRO 0's. So megadepth keeps the Muon matrices out of ZeRO's groups instead (megadepth.optim.beside_zero):
+  ZeRO wraps the AdamW half (:class:`~megadepth.optim.beside_zero.AdamWPart`, this class's AdamW arithmetic),
+  and a replicated MuonAdamW over the hidden matrices steps beside it, hooked into the ZeRO optimizer's step
+  (which the pipeline engine's ``train_batch`` reaches too): their gradients averaged over the data group,
+  one clip norm over all parameters shared with ZeRO's, their state saved per tensor x pipeline rank in the
+  checkpoint. Same losses as ZeRO 0 (tests/test_muon.py). ZeRO 2 and 3 and precision bf16 stay refused
+  (parametrize.checks).
 
 Guards: a Muon group whose parameter is not 2-D (a flattened ZeRO partition) raises instead of silently
 stepping it as SGD, and :data:`COUNTER` counts every orthogonalisation actually run, so tests can prove

@@ -63,18 +63,18 @@ def check_parametrization(config: Config) -> None:
 
 
 def _check_muon_layout(config: Config) -> None:
-    """Muon runs where its optimizer sees whole matrices: the plain engine without ZeRO (megadepth.optim.muon
-    says why ZeRO 1 and the pipeline engine are not reached yet). Refused rather than degraded: under ZeRO's
-    flat partitions Newton-Schulz could not run on a matrix at all."""
+    """Muon runs where it sees whole matrices: ZeRO 0 (its optimizer is the engine's) and ZeRO 1, also in
+    the pipeline engine (the Muon matrices step beside ZeRO's flat partitions: megadepth.optim.beside_zero).
+    Refused rather than degraded: ZeRO 2 and 3 (untested: stage 2 reduces gradients in backward hooks, stage
+    3 partitions the weights themselves) and precision bf16 (bf16 weights outside ZeRO's fp32 master copy)."""
     par = config.parallel
-    if par.pipeline > 1:
-        raise ConfigError(f"optimizer.name: muon with parallel.pipeline {par.pipeline}: not supported yet (the "
-                          "pipeline engine needs ZeRO 1, whose flat partitions never give the optimizer a whole "
-                          "matrix to orthogonalise); use parallel.pipeline: 1 with tensor and data parallelism")
-    if par.zero_stage != 0:
-        raise ConfigError(f"optimizer.name: muon with parallel.zero_stage {par.zero_stage}: not supported yet "
-                          "(ZeRO cuts the matrices into flat partitions, so Newton-Schulz could not run on a whole "
-                          "matrix); use parallel.zero_stage: 0 (precision fp32 or bf16-mixed)")
+    if par.zero_stage > 1:
+        raise ConfigError(f"optimizer.name: muon with parallel.zero_stage {par.zero_stage}: not supported (Muon "
+                          "orthogonalises whole matrices; it runs at parallel.zero_stage 0 or 1, the pipeline "
+                          "engine included)")
+    if config.train.precision == "bf16":
+        raise ConfigError("optimizer.name: muon with train.precision bf16: not supported (Muon would step the "
+                          "bf16 weights without an fp32 master copy); use fp32 or bf16-mixed")
 
 
 def _check_rule_options(config: Config) -> None:

@@ -260,11 +260,13 @@ def latest_tag(ckpt_dir: Path) -> str | None:
 
 
 def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], config_yaml: str,
-         keep: int, is_main: bool, data: list[dict[str, Any]] | None = None) -> str:
+         keep: int, is_main: bool, data: list[dict[str, Any]] | None = None, muon_beside: Any = None) -> str:
     """Save on every rank; then rank 0 writes ``position.json`` (with ``data``, the fingerprint a resume
     checks), the config copy and ``latest``, and prunes old tags. A write that fails on any rank fails the
     save on every rank: the cut-short tag is removed, ``latest`` keeps naming the previous checkpoint, and
-    :class:`CheckpointError` says why in one line."""
+    :class:`CheckpointError` says why in one line. ``muon_beside`` (megadepth.optim.beside_zero): the Muon
+    matrices' optimizer that steps beside ZeRO; its first data rank of each (tensor, pipeline) rank writes its
+    state file among DeepSpeed's, so that file is part of what ``config.yaml`` marks complete."""
     tag = f"step_{step:08d}"
     tag_dir = ckpt_dir / tag
     with guard_files(engine) as failures:
@@ -273,6 +275,8 @@ def save(engine: Any, ckpt_dir: Path, step: int, client_state: dict[str, Any], c
         except OSError as e:
             failures.append(_cause(e))
         engine.save_checkpoint(str(ckpt_dir), tag=tag, client_state=client_state, save_latest=False)
+        if muon_beside is not None and muon_beside.saves and not failures:
+            engine.checkpoint_engine.save(muon_beside.state_dict(), str(tag_dir / muon_beside.file))
         if engine.zero_optimization_stage() == 3:
             _save_gathered_weights(engine, tag_dir, failures)
     failed = _gather_failures(failures)
@@ -370,9 +374,25 @@ def group_differences(planned: list[tuple[Any, ...]], restored: list[tuple[Any, 
     return out
 
 
-def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
-    """Load a checkpoint into the engine (weights, optimizer, scheduler); returns our client state."""
-    planned = group_settings(engine.optimizer)
+def _load_muon_beside(muon_beside: Any, tag_dir: Path) -> None:
+    """Restore the Muon matrices' optimizer state (momentum, schedule) of this (tensor, pipeline) rank."""
+    path = tag_dir / muon_beside.file
+    if not path.is_file():
+        raise ConfigError(f"{tag_dir} has no {muon_beside.file}, the Muon optimizer state this rank needs "
+                          "(optimizer.name: muon at parallel.zero_stage 1 saves it there): not a checkpoint of this "
+                          "layout; start a new run with train.init_from pointing at it to take its weights only")
+    try:
+        muon_beside.load_state_dict(load_file(path))
+    except ConfigError:
+        raise
+    except Exception as e:  # a torn or foreign file
+        raise RuntimeError(f"could not load {path}: {type(e).__name__}: {e}") from e
+
+
+def load(engine: Any, ckpt_dir: Path, tag: str, muon_beside: Any = None) -> dict[str, Any]:
+    """Load a checkpoint into the engine (weights, optimizer, scheduler), and into ``muon_beside`` (see
+    :func:`save`) its state file; returns our client state."""
+    planned = group_settings(engine.optimizer) + group_settings(muon_beside)
     try:
         path, client_state = engine.load_checkpoint(str(ckpt_dir), tag=tag, load_optimizer_states=True,
                                                     load_lr_scheduler_states=True)
@@ -382,7 +402,9 @@ def load(engine: Any, ckpt_dir: Path, tag: str) -> dict[str, Any]:
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}: {type(e).__name__}: {e}") from e
     if path is None:
         raise RuntimeError(f"could not load checkpoint {ckpt_dir / tag}")
-    differences = group_differences(planned, group_settings(engine.optimizer))
+    if muon_beside is not None:
+        _load_muon_beside(muon_beside, ckpt_dir / tag)
+    differences = group_differences(planned, group_settings(engine.optimizer) + group_settings(muon_beside))
     if differences:
         raise ConfigError(
             f"{ckpt_dir / tag} was trained with other per-group optimizer numbers than this run's parametrization "

@@ -51,6 +51,27 @@ def build_optimizer(config: Config, groups: list[dict], tp_group: Any = None) ->
     return cls(groups, lr=opt.lr, betas=tuple(opt.betas), eps=opt.eps, fused=fused or None)
 
 
+def check_muon_engine(config: Config, precision: str) -> None:
+    """Muon beside ZeRO needs ZeRO 1 (stage 2 and 3 untested) and fp32 parameters (precision fp32 or
+    bf16-mixed: precision bf16 keeps bf16 weights outside ZeRO's fp32 master copy, which Muon would step
+    in bf16). parametrize.checks refuses these layouts first; this guards the engine itself."""
+    if config.parallel.zero_stage != 1 or precision not in ("fp32", "bf16-mixed"):
+        raise ValueError(f"optimizer.name: muon runs at parallel.zero_stage 0 or 1 with fp32 or bf16-mixed "
+                         f"parameters (got zero_stage {config.parallel.zero_stage}, precision {precision})")
+
+
+def muon_beside_zero(config: Config, groups: list[dict], tp_group: Any, grid: Grid) -> tuple[Any, Any]:
+    """(the Muon groups' own optimizer, the AdamW half for ZeRO to wrap): ZeRO's flat partitions would cut
+    the Muon matrices, so they stay out of them (megadepth.optim.beside_zero says how they are reduced,
+    clipped and saved)."""
+    from megadepth.optim.beside_zero import AdamWPart, MuonBeside
+
+    beside = MuonBeside([g for g in groups if g["use_muon"]], tp_group,
+                        make_scheduler(config.schedule, config.train.steps), tp_rank=grid.tensor.rank,
+                        pp_rank=grid.pipe_rank, data_rank=grid.data_rank)
+    return beside, AdamWPart(g for g in groups if not g["use_muon"])
+
+
 def clips_itself(config: Config, precision: str) -> bool:
     """Whether megadepth clips gradients itself: the plain engine with fp32 parameters without ZeRO, where
     gradients sit in the parameters' ``.grad`` (otherwise DeepSpeed owns and clips them)."""
@@ -68,6 +89,9 @@ class Built:
     pipeline: bool
     own_clip: float = 0.0
     """Clipping threshold the Stepper applies (0: DeepSpeed clips, or no clipping)."""
+    muon_beside: Any = None
+    """Under optimizer muon at ZeRO 1 (and in the pipeline engine): the Muon matrices' optimizer, stepped
+    beside ZeRO's (megadepth.optim.beside_zero); its state is saved with the checkpoint (train.checkpoint)."""
 
     def release(self) -> None:
         """DeepSpeed's teardown, once the engine is done with: ZeRO's gradient hooks sit on the parameters in
@@ -108,17 +132,22 @@ def build_engine(config: Config, device: torch.device, grad_accum: int, global_b
             model.compile_for_speed()
         mpu = grid.mpu
     groups = param_groups(model, ptz, config.optimizer)
-    optimizer = build_optimizer(config, groups, grid.tensor.group if grid.tensor.enabled else None)
+    tp_group = grid.tensor.group if grid.tensor.enabled else None
     own = clips_itself(config, precision)
-    if config.optimizer.name == "muon" and not own:  # parametrize.checks refuses these layouts first
-        raise ValueError(f"optimizer.name: muon needs the plain engine without ZeRO and fp32 or bf16-mixed "
-                         f"parameters (got precision {precision})")
+    beside = None
+    if config.optimizer.name == "muon" and not own:
+        check_muon_engine(config, precision)
+        beside, optimizer = muon_beside_zero(config, groups, tp_group, grid)
+    else:
+        optimizer = build_optimizer(config, groups, tp_group)
     engine, _, _, _ = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=make_scheduler(config.schedule, config.train.steps),
         config=deepspeed_config(config, grad_accum, global_batch, precision, engine_clips=not own), mpu=mpu)
+    if beside is not None:
+        beside.attach(engine.optimizer)
     read_weights_only(engine)  # DeepSpeed's own reader unpickles anything a planted file names
     if own and grid.data_size == 1:
         # a data-parallel group of one: DeepSpeed would still bucket every gradient and run a collective
         engine.enable_backward_allreduce = False
     return Built(engine=engine, model=model, parametrization=ptz, groups=groups, pipeline=pipeline,
-                 own_clip=config.optimizer.grad_clip if own else 0.0)
+                 own_clip=config.optimizer.grad_clip if own else 0.0, muon_beside=beside)

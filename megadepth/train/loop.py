@@ -138,7 +138,8 @@ class Trainer:
                                   weights=plan.init_source)
         state: dict[str, Any] = {}
         if plan.resume_tag is not None:
-            state = checkpoint.load(self.built.engine, run.checkpoints, plan.resume_tag)
+            state = checkpoint.load(self.built.engine, run.checkpoints, plan.resume_tag,
+                                    muon_beside=self.built.muon_beside)
             progress.step, progress.consumed = int(state["step"]), int(state["consumed_samples"])
             progress.elapsed_before = float(state.get("elapsed_s", 0.0))
             if progress.step >= cfg.steps:
@@ -276,7 +277,8 @@ class Trainer:
         client = {"step": progress.step, "consumed_samples": progress.consumed, "seed": cfg.seed,
                   "elapsed_s": self._elapsed(), **self.log_state}
         checkpoint.save(self.built.engine, self.plan.run.checkpoints, progress.step, client, progress.config_yaml,
-                        cfg.keep_checkpoints, self.plan.env.is_main, data=self.plan.data)
+                        cfg.keep_checkpoints, self.plan.env.is_main, data=self.plan.data,
+                        muon_beside=self.built.muon_beside)
         return True
 
     def _stopped(self, why: str) -> None:
