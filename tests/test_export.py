@@ -378,8 +378,10 @@ LLAMA = {"norm": "rmsnorm", "mlp": "swiglu", "position": "rotary", "heads": 4, "
 
 
 @pytest.mark.parametrize(("shape", "cls"), [
-    pytest.param({"kv_heads": 2, "tie_embeddings": False, "bias": True}, "LlamaForCausalLM", id="llama-gqa-untied-bias"),
-    pytest.param({"kv_heads": 1, "tie_embeddings": True, "qk_norm": True}, "Qwen3ForCausalLM", id="qwen3-mqa-tied"),
+    pytest.param({"kv_heads": 2, "base_kv_heads": 2, "tie_embeddings": False, "bias": True}, "LlamaForCausalLM",
+                 id="llama-gqa-untied-bias"),
+    pytest.param({"kv_heads": 1, "base_kv_heads": 1, "tie_embeddings": True, "qk_norm": True}, "Qwen3ForCausalLM",
+                 id="qwen3-mqa-tied"),
 ])
 def test_llama_shaped_runs_export_to_llama_or_qwen3(sample_data: Path, tmp_path: Path, shape: dict, cls: str) -> None:
     """Grouped- and multi-query attention, untied and tied heads (alpha_in != 1: the tied head reads the scaled
