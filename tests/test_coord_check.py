@@ -311,7 +311,7 @@ def qk_gain_measurements(data: Path, tmp: Path, preset: str, widths: list[int], 
     for width in widths:
         base = shipped(data, tmp, "llama-width", preset)
         if grow == "heads":
-            base["model"].update(heads=width // 8, kv_heads=width // 16, base_heads=4)
+            base["model"].update(heads=width // 8, kv_heads=width // 16, base_heads=4, base_kv_heads=2)
         cfg = shaped_config(validate(base), Shape(depth=2, width=width), steps, seed=0)
         ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
         train_set, _ = build_datasets(cfg.data.path, seq_len=cfg.model.seq_len, seed=0,

@@ -72,7 +72,8 @@ def _muon_config(data: Path, out: Path, tensor: int = 1, **train) -> dict:
     untied head) under CompleteP with Muon, at ZeRO 0."""
     return tiny_config(
         data, out,
-        model={"width": 64, "base_width": 32, "heads": 4, "base_heads": 4, "kv_heads": 2, "depth": 2,
+        model={"width": 64, "base_width": 32, "heads": 4, "base_heads": 4, "kv_heads": 2, "base_kv_heads": 2,
+               "depth": 2,
                "base_depth": 1, "seq_len": 32, "vocab_size": 520, "norm": "rmsnorm", "mlp": "swiglu",
                "ffn_multiple_of": 32, "position": "rotary", "qk_norm": True, "bias": False,
                "tie_embeddings": False},

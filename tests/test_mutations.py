@@ -121,10 +121,10 @@ def eps_depth_missing(mp: pytest.MonkeyPatch) -> None:
 def embedding_multiplier_ignored(mp: pytest.MonkeyPatch) -> None:
     orig = layers.Embedding.finish
 
-    def finish(self: layers.Embedding, h: torch.Tensor) -> torch.Tensor:
+    def finish(self: layers.Embedding, h: torch.Tensor, offset: int = 0) -> torch.Tensor:
         kept, self.multiplier = self.multiplier, 1.0
         try:
-            return orig(self, h)
+            return orig(self, h, offset)
         finally:
             self.multiplier = kept
 
@@ -392,7 +392,8 @@ def llama_hand_failures() -> list[str]:
     fails: list[str] = []
     for preset, want in HAND.items():
         cfg = validate({
-            "model": {"width": 128, "depth": 8, "heads": HEADS, "kv_heads": KV_HEADS, "base_width": 32,
+            "model": {"width": 128, "depth": 8, "heads": HEADS, "kv_heads": KV_HEADS, "base_kv_heads": KV_HEADS,
+                      "base_width": 32,
                       "base_heads": 4, "base_depth": 2, "seq_len": 16, "vocab_size": 256, "norm": "rmsnorm",
                       "mlp": "swiglu", "ffn_multiple_of": 32, "qk_norm": True, "position": "rotary",
                       "bias": False, "tie_embeddings": False, "norm_eps": NORM_EPS},

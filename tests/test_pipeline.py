@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 #: The Llama block (RMSNorm, SwiGLU, rotary, QK-norm, no biases, untied head), multi-query: under TP=2 each
 #: rank holds the whole key/value matrix and sums its gradient (the path a split would not exercise).
 LLAMA = {"norm": "rmsnorm", "mlp": "swiglu", "ffn_multiple_of": 32, "position": "rotary", "kv_heads": 1,
-         "qk_norm": True, "bias": False, "tie_embeddings": False}
+         "base_kv_heads": 1, "qk_norm": True, "bias": False, "tie_embeddings": False}
 
 
 def shape(data: Path, out: Path, pipeline: int = 1, tensor: int = 1, grad_accum: int = 4, model: dict | None = None,

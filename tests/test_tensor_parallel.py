@@ -224,7 +224,8 @@ def llama(data: Path, out: Path, kv_heads: int = 2, tensor: int = 1, sp: bool = 
     gradients differs by ~1e-4 between layouts), so merged weights can be compared with TP=1's."""
     return tiny_config(
         data, out,
-        model={"width": 64, "base_width": 32, "heads": 4, "base_heads": 4, "kv_heads": kv_heads, "depth": 2,
+        model={"width": 64, "base_width": 32, "heads": 4, "base_heads": 4, "kv_heads": kv_heads,
+               "base_kv_heads": kv_heads, "depth": 2,
                "base_depth": 1, "seq_len": 32, "vocab_size": 520, "norm": "rmsnorm", "mlp": "swiglu",
                "ffn_multiple_of": 32, "position": "rotary", "qk_norm": True, "bias": False,
                "tie_embeddings": False},
