@@ -34,6 +34,11 @@ def cfg(**sections: dict):
         # Llama's fixed kv_heads while the heads double: K/V's fan-out would not grow with the width
         ({"model": {"heads": 8, "kv_heads": 2, "base_heads": 4, "base_kv_heads": 2}},
          "model.base_kv_heads (2) with 4 base heads and model.kv_heads (2) with 8 heads: the group size"),
+        # keys the chosen block options never read
+        ({"model": {"mlp": "swiglu", "mlp_ratio": 3, "base_heads": 4}}, "model.mlp_ratio (3) has no effect with model.mlp: swiglu"),
+        ({"model": {"ffn_multiple_of": 64, "base_heads": 4}}, "model.ffn_multiple_of (64) has no effect with model.mlp: gelu"),
+        ({"model": {"mlp": "swiglu", "ffn_hidden": 96, "ffn_multiple_of": 64, "base_heads": 4}}, "model.ffn_multiple_of (64)"),
+        ({"model": {"rope_theta": 500, "base_heads": 4}}, "model.rope_theta (500) has no effect"),
         ({"model": {"block": "linear", "position": "rotary"}}, "rotary has no effect"),
         ({"model": {"block": "linear"}, "parametrization": {"zero_query": True}}, "zero_query has no effect"),
     ],
@@ -80,3 +85,23 @@ def test_kernel_that_drops_the_scale_is_refused(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(F, "scaled_dot_product_attention", default_scale_only)
     with pytest.raises(ConfigError, match="ignores the softmax scale"):
         verify_attention_scale(torch.device("cpu"), torch.float32)
+
+
+def test_an_mlp_that_grows_unlike_the_width_is_warned_about_once(monkeypatch: pytest.MonkeyPatch,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """SwiGLU's 8/3 x width rounded up to ffn_multiple_of: 64 -> 128 gives 192 -> 352 (x1.83, not m = 2)."""
+    from megadepth.parametrize import checks
+
+    monkeypatch.setattr(checks, "_warned", set())
+    monkeypatch.delenv("RANK", raising=False)
+    swiglu = {"mlp": "swiglu", "ffn_multiple_of": 32, "width": 128, "heads": 8, "base_width": 64, "base_heads": 4}
+    check_parametrization(cfg(model=swiglu))
+    check_parametrization(cfg(model=swiglu))
+    err = capsys.readouterr().err
+    assert err.count("WARNING") == 1 and "the MLP width grows by 1.833 (192 at the base width 64, 352 here)" in err
+    # in proportion: a multiple that divides both (16: 176 -> 352 is x2), the GPT-2 MLP, SP, or the base width
+    for model, ptz in (({**swiglu, "ffn_multiple_of": 16}, {}), ({**swiglu, "mlp": "gelu", "ffn_multiple_of": 256},
+                                                                 {}), (swiglu, {"name": "sp"}),
+                       ({**swiglu, "base_width": 128, "base_heads": 8}, {})):
+        check_parametrization(cfg(model=model, parametrization=ptz))
+    assert capsys.readouterr().err == ""

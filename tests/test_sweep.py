@@ -125,6 +125,19 @@ def test_grid_expansion_order_values_linked_axes_and_ids() -> None:
     assert point_id({"a": 1, "b": 2.0}) == point_id({"b": 2.0, "a": 1})
 
 
+def test_a_grid_over_the_older_spellings_of_renamed_keys_keeps_its_points_and_ids() -> None:
+    """model.activation and model.rotary_base (now model.mlp, model.rope_theta) as axes: each point takes its
+    value, and its id is the one the sweep had before the rename (written by that version of megadepth), so a
+    sweep directory from then continues instead of running its finished points again."""
+    spec = parse_spec({"config": {"model": {"position": "rotary"}},
+                       "grid": {"model.activation": ["relu", "gelu"], "model.rotary_base": [5000]},
+                       "budget": {"steps": 3}, "metric": "final_loss"})
+    points = expand(spec)
+    assert [(p.config.model.mlp, p.config.model.rope_theta) for p in points] == [("relu", 5000.0), ("gelu", 5000.0)]
+    assert points[0].values == {"model.activation": "relu", "model.rotary_base": 5000.0}
+    assert points[0].id == "activationrelu_rotary_base5e+03-cf8de701a9"
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [

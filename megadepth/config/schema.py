@@ -11,6 +11,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 PRESETS = ("sp", "mup", "depth_mup", "completep", "custom")
 
+RENAMED_KEYS = {"model.activation": "model.mlp", "model.rotary_base": "model.rope_theta"}
+"""Older spellings still accepted (configs and run directories of earlier versions) -> the key now read."""
+
 
 def _accepts_bool(annotation: Any) -> bool:
     """Whether a field's annotation admits a boolean (bool itself, or a union/Literal containing one)."""
@@ -146,7 +149,7 @@ class ModelConfig(Section):
         data = dict(data)
         valid = {"activation": lambda v: v in ("gelu", "relu", "abs"),
                  "rotary_base": lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0}
-        for old, new in (("activation", "mlp"), ("rotary_base", "rope_theta")):
+        for old, new in ((o.removeprefix("model."), n.removeprefix("model.")) for o, n in RENAMED_KEYS.items()):
             if data.get(old) is None or not valid[old](data[old]):
                 continue  # a wrong value stays, so the error names the key the user wrote
             if data.get(new) is not None and data[new] != data[old]:

@@ -18,6 +18,7 @@ from megadepth.parametrize.rules import (
     base_head_problem,
     kv_heads_problem,
     scales_depth,
+    scales_width,
 )
 
 _warned: set[str] = set()
@@ -51,6 +52,8 @@ def check_parametrization(config: Config) -> None:
     problem = base_head_problem(model, ptz) or kv_heads_problem(model, ptz)
     if problem:
         raise ConfigError(problem)
+    _check_ignored_block_keys(config)
+    _warn_mlp_width_unlike_m(config)
     if model.block == "linear":
         ignored = {"model.position: rotary": model.position == "rotary",
                    "parametrization.zero_query": ptz.zero_query,
@@ -75,6 +78,46 @@ def _check_muon_layout(config: Config) -> None:
     if config.train.precision == "bf16":
         raise ConfigError("optimizer.name: muon with train.precision bf16: not supported (Muon would step the "
                           "bf16 weights without an fp32 master copy); use fp32 or bf16-mixed")
+
+
+def _check_ignored_block_keys(config: Config) -> None:
+    """Model keys set away from their defaults that the chosen block options never read: refused by name (a
+    user who set them expected an effect)."""
+    model = config.model
+    defaults = type(model)()
+    ignored = {
+        f"model.mlp_ratio ({model.mlp_ratio:g})": model.mlp_ratio != defaults.mlp_ratio and (
+            model.mlp == "swiglu" or model.ffn_hidden is not None),
+        f"model.ffn_multiple_of ({model.ffn_multiple_of})": model.ffn_multiple_of != defaults.ffn_multiple_of and (
+            model.mlp != "swiglu" or model.ffn_hidden is not None),
+        f"model.rope_theta ({model.rope_theta:g})": model.rope_theta != defaults.rope_theta
+        and model.position != "rotary",
+    }
+    set_keys = [k for k, on in ignored.items() if on]
+    if set_keys:
+        reads = (f"model.mlp: {model.mlp}" + (", model.ffn_hidden" if model.ffn_hidden is not None else "")
+                 + f", model.position: {model.position}")
+        raise ConfigError(f"{', '.join(set_keys)} has no effect with {reads} (the MLP width comes from "
+                          "model.ffn_hidden when set, else mlp_ratio for gelu/relu/abs and ffn_multiple_of for "
+                          "swiglu; rope_theta is read by rotary positions only); drop it")
+
+
+def _warn_mlp_width_unlike_m(config: Config) -> None:
+    """A width-scaled run whose MLP width does not grow like the width (Llama's rounding of 8/3 x width):
+    megadepth scales every hidden matrix by the one width multiplier m, so say how far the MLP is from it."""
+    model, ptz = config.model, config.parametrization
+    base_width = model.base_width or model.width
+    if model.block != "transformer" or base_width == model.width or not scales_width(ptz.name) \
+            or model.ffn_hidden is not None:
+        return
+    base_mlp = type(model)(width=base_width, heads=1, mlp=model.mlp, mlp_ratio=model.mlp_ratio,
+                           ffn_multiple_of=model.ffn_multiple_of).mlp_width
+    m, grew = model.width / base_width, model.mlp_width / base_mlp
+    if abs(grew / m - 1) > 1e-9:
+        warn_once(f"the MLP width grows by {grew:.4g} ({base_mlp} at the base width {base_width}, {model.mlp_width} "
+                  f"here) while the width grows by m = {m:g}: the parametrization scales the MLP matrices by m, "
+                  "as if the MLP grew like the width (with swiglu, 8/3 x width is rounded up to "
+                  "model.ffn_multiple_of; a smaller multiple, or model.ffn_hidden in proportion, keeps the ratio)")
 
 
 def _check_rule_options(config: Config) -> None:

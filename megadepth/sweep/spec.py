@@ -34,7 +34,7 @@ from megadepth.common.typed_yaml import (
     suggest,
 )
 from megadepth.config.load import CONFIG, apply_override, parse_override, read_yaml, resolve_batch, validate
-from megadepth.config.schema import Config
+from megadepth.config.schema import RENAMED_KEYS, Config
 
 METRICS = ("final_eval_loss", "final_loss")
 
@@ -430,7 +430,8 @@ def expand(spec: SweepSpec) -> list[Point]:
         except ConfigError as exc:
             raise ConfigError(f"grid point {label}: {exc}") from None
         dumped = config.model_dump(mode="json")
-        values = {key: lookup(dumped, key) for key in raw}  # canonical: as the validated config holds it
+        # canonical: as the validated config holds it (an older spelling under the key that replaced it)
+        values = {key: lookup(dumped, RENAMED_KEYS.get(key, key)) for key in raw}
         pid = point_id(values)
         if pid in ids:
             raise ConfigError(f"grid points {ids[pid]} and {label} are the same run")

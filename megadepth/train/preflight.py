@@ -170,7 +170,8 @@ def _check_same_data(config: Config, tag_dir: Path, new_run: str) -> None:
 #: parametrization and base shape) and the data order. The schedule may change on a resume.
 RESUMED_KEYS = (
     *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay", "betas", "eps", "momentum", "nesterov")),
-    "parametrization", "model.base_depth", "model.base_width",
+    "parametrization", "model.base_depth", "model.base_width", "model.base_kv_heads",
+    "model.rope_theta", "model.norm_eps",  # what the model computes, at the same tensor shapes
     "train.seed", "model.seq_len", "data.valid_fraction",  # which samples the run trains on, in which order
 )
 
