@@ -78,10 +78,14 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
     with pytest.raises(ConfigError, match=r"train.seed 1234 there, 5 here"):
         _plan(tiny_config(sample_data, out, train={"steps": 4, "seed": 5}))
     # what the model computes at the same shapes (rotary frequencies, the norms' epsilon)
-    with pytest.raises(ConfigError, match=r"model.rope_theta 10000.0 there, 500.0 here"):
-        _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"rope_theta": 500}))
     with pytest.raises(ConfigError, match=r"model.norm_eps 1e-05 there, 1e-06 here"):
         _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"norm_eps": 1e-6}))
+    data["model"]["position"] = "rotary"  # as if the run had rotary positions
+    saved.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError, match=r"model.rope_theta 10000.0 there, 500.0 here"):
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"position": "rotary", "rope_theta": 500}))
+    data["model"]["position"] = "learned"
+    saved.write_text(yaml.safe_dump(data))
     # what decides the training samples: evaluation off removes the held-out split (its documents would
     # join training), another split moves documents
     with pytest.raises(ConfigError, match=r"train.eval_samples 8 there, 0 here \(0 means no held-out split"):

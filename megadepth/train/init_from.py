@@ -25,8 +25,11 @@ def shape_differences(saved: ModelConfig, model: ModelConfig) -> str:
     names = {"positions": "position table (model.max_positions, else model.seq_len)",  # derived, not keys
              "n_kv_heads": "key/value heads (model.kv_heads, else model.heads)",
              "mlp_width": "MLP width (model.ffn_hidden, else from model.mlp_ratio or model.ffn_multiple_of)"}
+    differing = [k for k in SHAPE_KEYS if getattr(saved, k) != getattr(model, k)]
+    if "width" in differing or "mlp" in differing:  # the MLP width follows them: not a difference of its own
+        differing = [k for k in differing if k != "mlp_width"]
     return ", ".join(f"{names.get(k, f'model.{k}')} {getattr(saved, k)} there, {getattr(model, k)} here"
-                     for k in SHAPE_KEYS if getattr(saved, k) != getattr(model, k))
+                     for k in differing)
 
 
 @dataclass(frozen=True)
