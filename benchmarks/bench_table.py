@@ -3,7 +3,8 @@ and against the nanoGPT anchor (nanoGPT + torch.compile on one H200, docs/throug
 
     python benchmarks/bench_table.py OUT_DIR gpt-124m gpt-350m gpt-1.3b
 
-OUT_DIR holds gpu_bench.sh's megadepth-SHAPE.json, plain-SHAPE.json and megadepth-sp-SHAPE.json; a
+OUT_DIR holds gpu_bench.sh's megadepth-SHAPE.json, plain-SHAPE.json, megadepth-sp-SHAPE.json and
+megadepth-muon-SHAPE.json; a
 missing or unreadable file shows as "failed" or "-".
 """
 
@@ -48,6 +49,12 @@ def table(out: Path, shapes: list[str]) -> str:
         if ours and sp:
             lines.append(f"\n{shape}: Depth-muP step {ours['step_ms']:.1f} ms, SP {sp['step_ms']:.1f} ms: the multipliers "
                          f"cost {100 * (ours['step_ms'] / sp['step_ms'] - 1):+.2f}% of the step (target < 1%)")
+    for shape in shapes:  # Muon (hidden matrices) + AdamW (the rest) against AdamW alone at the same shape
+        ours, muon = load(out / f"megadepth-{shape}.json"), load(out / f"megadepth-muon-{shape}.json")
+        if ours and muon:
+            lines.append(f"\n{shape}: AdamW step {ours['step_ms']:.1f} ms, Muon {muon['step_ms']:.1f} ms: Muon's "
+                         f"Newton-Schulz and TP gathers cost {100 * (muon['step_ms'] / ours['step_ms'] - 1):+.2f}% of "
+                         "the step")
     first = load(out / f"megadepth-{shapes[0]}.json") or {}
     setting = (f"megadepth: {first.get('precision', '?')}, ZeRO {first.get('zero_stage', '?')}, "
                f"compile {first.get('compile', '?')}, {first.get('parametrization', '?')}")

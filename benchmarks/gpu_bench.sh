@@ -2,7 +2,7 @@
 # ONE device call for issue "Training throughput": megadepth bench and the plain-PyTorch reference, side
 # by side, for the GPT shapes of configs/bench (gpt-124m, gpt-350m, gpt-1.3b) and one Llama shape (llama-125m:
 # RMSNorm, SwiGLU, rotary; plain_gpt.py runs its plain Llama block for it); a table last, JSON under $OUT.
-# Budget: about 9 minutes (llama-350m and llama-1.3b have bench configs too: SHAPES="llama-350m" ...).
+# Budget: about 9.5 minutes with the Muon row at gpt-124m (MUON_SHAPE="" skips it; llama-350m and llama-1.3b have bench configs too: SHAPES="llama-350m" ...).
 #
 # Prepare once on the development machine (from the repository root):
 #   pip download --no-deps -d .whl deepspeed pydantic pydantic-core  # wheels into .whl/ (git-ignored), for a
@@ -21,6 +21,7 @@ STEPS=${STEPS:-20}
 WARMUP=${WARMUP:-8}
 COMPILE=${COMPILE:-true}
 SP_SHAPE=${SP_SHAPE-gpt-350m}   # the shape at which Depth-muP's multipliers are timed against SP ("" skips it)
+MUON_SHAPE=${MUON_SHAPE-gpt-124m}   # the shape at which Muon's step is timed against AdamW's ("" skips it)
 BENCH_SET=${BENCH_SET:-}
 mkdir -p "$OUT"
 if [ -d .whl ]; then
@@ -61,6 +62,13 @@ if [ -n "$SP_SHAPE" ]; then
   timeout 240 python3 -m megadepth bench "configs/bench/$SP_SHAPE.yaml" $BENCH_SET --set parametrization.name=sp \
     --set train.compile=$COMPILE --steps "$STEPS" --warmup "$WARMUP" --json "$OUT/megadepth-sp-$SP_SHAPE.json" \
     > "$OUT/megadepth-sp-$SP_SHAPE.log" 2>&1 || { echo "megadepth bench sp $SP_SHAPE failed:"; tail -20 "$OUT/megadepth-sp-$SP_SHAPE.log"; }
+fi
+if [ -n "$MUON_SHAPE" ]; then
+  echo "== [${SECONDS}s] $MUON_SHAPE: megadepth bench with Muon (its overhead against AdamW; Newton-Schulz in bf16)"
+  # shellcheck disable=SC2086
+  timeout 240 python3 -m megadepth bench "configs/bench/$MUON_SHAPE.yaml" $BENCH_SET --set optimizer.name=muon \
+    --set train.compile=$COMPILE --steps "$STEPS" --warmup "$WARMUP" --json "$OUT/megadepth-muon-$MUON_SHAPE.json" \
+    > "$OUT/megadepth-muon-$MUON_SHAPE.log" 2>&1 || { echo "megadepth bench muon $MUON_SHAPE failed:"; tail -20 "$OUT/megadepth-muon-$MUON_SHAPE.log"; }
 fi
 echo "== [${SECONDS}s] done"
 # shellcheck disable=SC2086

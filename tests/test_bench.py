@@ -152,16 +152,18 @@ def test_device_script_dry_run_on_cpu(tmp_path: Path) -> None:
     # the script calls python3 from PATH, as on the device: here that must be this interpreter (make test
     # runs pytest from .venv without activating it)
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    env = {**os.environ, "PATH": path, "OUT": str(tmp_path), "SHAPES": "gpt-124m llama-125m", "SP_SHAPE": "gpt-124m", "BENCH_SET": sets,
+    env = {**os.environ, "PATH": path, "OUT": str(tmp_path), "SHAPES": "gpt-124m llama-125m", "SP_SHAPE": "gpt-124m", "MUON_SHAPE": "gpt-124m", "BENCH_SET": sets,
            "STEPS": "2", "WARMUP": "1", "COMPILE": "false"}
     run = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_bench.sh")], capture_output=True, text=True,
                          env=env, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
     for name in ("smoke", "megadepth-gpt-124m", "plain-gpt-124m", "megadepth-sp-gpt-124m", "megadepth-llama-125m",
-                 "plain-llama-125m"):
+                 "plain-llama-125m", "megadepth-muon-gpt-124m"):
         assert json.loads((tmp_path / f"{name}.json").read_text())["tokens_per_s"] > 0, name
     table = (tmp_path / "table.md").read_text()
     for shape in ("gpt-124m", "llama-125m"):
         row = next(line for line in table.splitlines() if line.startswith(f"| {shape}"))
         assert "failed" not in row and float(row.split("|")[7]) > 0  # megadepth / plain
+    assert json.loads((tmp_path / "megadepth-muon-gpt-124m.json").read_text())["optimizer"] == "muon"
+    assert "Muon's Newton-Schulz and TP gathers cost" in table
     assert "the multipliers cost" in table and run.stdout.rstrip().endswith(table.rstrip().splitlines()[-1])

@@ -103,7 +103,8 @@ def run_bench(config: Config, steps: int, warmup: int, peak_tflops: float = H200
             "layout": {"pipeline": layout.pipeline, "tensor": layout.tensor, "data": layout.data},
             "zero_stage": config.parallel.zero_stage, "global_batch": global_batch, "seq_len": m.seq_len,
             "depth": m.depth, "width": m.width, "vocab": m.padded_vocab,
-            "parametrization": config.parametrization.name, "compile": config.train.compile,
+            "parametrization": config.parametrization.name, "optimizer": config.optimizer.name,
+            "compile": config.train.compile,
             "threads": torch.get_num_threads(),
         }
     finally:
