@@ -229,6 +229,12 @@ def test_llama_options_refuse_impossible_combinations(override: list[str], messa
         load_config([], override)
 
 
+@pytest.mark.parametrize(("name", "hint"), [("muon", "optimizer.muon.momentum"), ("adamw", "optimizer.betas")])
+def test_sgd_momentum_with_another_optimizer_is_refused(name: str, hint: str) -> None:
+    with pytest.raises(ConfigError, match=f"optimizer.momentum is SGD's .* optimizer.name: {name} .*{hint}"):
+        load_config([], [f"optimizer.name={name}", "optimizer.momentum=0.9"])
+
+
 def test_swiglu_hidden_width_follows_llamas_rule() -> None:
     """8/3 x width rounded up to ffn_multiple_of (Llama 2 7B: width 4096, multiple 256 -> 11008), unless
     model.ffn_hidden says otherwise; the non-gated MLPs keep mlp_ratio x width."""

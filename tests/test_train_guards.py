@@ -78,6 +78,12 @@ def test_resume_into_another_layout_or_shape_is_refused_before_anything_is_writt
     with pytest.raises(ConfigError, match=r"train.seed 1234 there, 5 here"):
         _plan(tiny_config(sample_data, out, train={"steps": 4, "seed": 5}))
     # what the model computes at the same shapes (rotary frequencies, the norms' epsilon)
+    with pytest.raises(ConfigError, match=r"optimizer.muon.ns_steps 5 there, 3 here"):  # Muon's own settings
+        data["optimizer"]["name"] = "muon"
+        saved.write_text(yaml.safe_dump(data))
+        _plan(tiny_config(sample_data, out, train={"steps": 4}, optimizer={"name": "muon", "muon": {"ns_steps": 3}}))
+    data["optimizer"]["name"] = "adamw"
+    saved.write_text(yaml.safe_dump(data))
     with pytest.raises(ConfigError, match=r"model.norm_eps 1e-05 there, 1e-06 here"):
         _plan(tiny_config(sample_data, out, train={"steps": 4}, model={"norm_eps": 1e-6}))
     data["model"]["position"] = "rotary"  # as if the run had rotary positions

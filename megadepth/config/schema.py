@@ -336,6 +336,11 @@ class OptimizerConfig(Section):
     def _sgd_options(self) -> OptimizerConfig:
         if self.nesterov and (self.name != "sgd" or self.momentum == 0):
             raise ValueError("optimizer.nesterov needs optimizer.name: sgd and optimizer.momentum > 0")
+        if self.momentum and self.name != "sgd":
+            own = {"muon": "Muon's is optimizer.muon.momentum", "adam": "Adam's are optimizer.betas",
+                   "adamw": "Adam's are optimizer.betas"}[self.name]
+            raise ValueError(f"optimizer.momentum is SGD's (optimizer.name: sgd), it has no effect with "
+                             f"optimizer.name: {self.name} ({own})")
         if self.name != "muon" and self.muon != MuonConfig():  # defaults pass: resolved configs write them out
             raise ValueError(f"optimizer.muon has no effect with optimizer.name: {self.name}; set optimizer.name: "
                              "muon or drop it")

@@ -170,6 +170,7 @@ def _check_same_data(config: Config, tag_dir: Path, new_run: str) -> None:
 #: parametrization and base shape) and the data order. The schedule may change on a resume.
 RESUMED_KEYS = (
     *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay", "betas", "eps", "momentum", "nesterov")),
+    *(f"optimizer.muon.{k}" for k in ("momentum", "nesterov", "ns_steps", "adjust_lr")),
     "parametrization", "model.base_depth", "model.base_width", "model.base_kv_heads",
     "model.rope_theta", "model.norm_eps",  # what the model computes, at the same tensor shapes
     "train.seed", "model.seq_len", "data.valid_fraction",  # which samples the run trains on, in which order
@@ -193,7 +194,16 @@ def _resolved(config: Config) -> dict[str, Any]:
     for key in ("eps_scaling", "adam_wd_scaling", "wd_depth_scaling", "output_proj_init"):
         par.pop(key, None)
     return {"parametrization": par, "model.base_depth": model.base_depth or model.depth,
-            "model.base_width": model.base_width or model.width}
+            "model.base_width": model.base_width or model.width,
+            "model.base_kv_heads": model.base_kv_heads or model.n_kv_heads}
+
+
+def _at(config: Config, key: str) -> Any:
+    """The value of a dotted key (``optimizer.muon.momentum``)."""
+    value: Any = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def resumed_setting_differences(saved: Config, config: Config) -> str:
@@ -208,8 +218,7 @@ def resumed_setting_differences(saved: Config, config: Config) -> str:
             out += [f"{_LABELS.get(k, f'{section}.{k}')} {was_d[k]} there, {now_d[k]} here"
                     for k in was_d if was_d[k] != now_d.get(k)]
             continue
-        was, now = ((was_r[key], now_r[key]) if key in was_r else
-                    (getattr(getattr(saved, section), field), getattr(getattr(config, section), field)))
+        was, now = (was_r[key], now_r[key]) if key in was_r else (_at(saved, key), _at(config, key))
         if was != now:
             out.append(f"{key} {was} there, {now} here")
     if (saved.train.eval_samples > 0) != (config.train.eval_samples > 0):  # moves documents in or out
