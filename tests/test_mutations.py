@@ -151,24 +151,24 @@ def qk_gain_gets_sgd_lr(mp: pytest.MonkeyPatch) -> None:
                if role is Role.QK_GAIN and p.width_scaling else rr)
 
 
-def swiglu_gate_tagged_as_vector(mp: pytest.MonkeyPatch) -> None:
-    orig = layers.SwiGLU.__init__
+def _retag(mp: pytest.MonkeyPatch, cls: type, layer: str, role: Role) -> None:
+    """Tag the weight of ``cls``'s sub-layer ``layer`` with another role, after the real constructor ran."""
+    orig = cls.__init__
 
-    def __init__(self: layers.SwiGLU, *args: Any, **kwargs: Any) -> None:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
         orig(self, *args, **kwargs)
-        self.gate.param_roles = {**self.gate.param_roles, "weight": Role.EMBEDDING}
+        sub = getattr(self, layer)
+        sub.param_roles = {**sub.param_roles, "weight": role}
 
-    mp.setattr(layers.SwiGLU, "__init__", __init__)
+    mp.setattr(cls, "__init__", __init__)
+
+
+def swiglu_gate_tagged_as_vector(mp: pytest.MonkeyPatch) -> None:
+    _retag(mp, layers.SwiGLU, "gate", Role.EMBEDDING)
 
 
 def kv_tagged_as_output_proj(mp: pytest.MonkeyPatch) -> None:
-    orig = layers.Attention.__init__
-
-    def __init__(self: layers.Attention, *args: Any, **kwargs: Any) -> None:
-        orig(self, *args, **kwargs)
-        self.key_value.param_roles = {**self.key_value.param_roles, "weight": Role.OUTPUT_PROJ}
-
-    mp.setattr(layers.Attention, "__init__", __init__)
+    _retag(mp, layers.Attention, "key_value", Role.OUTPUT_PROJ)
 
 
 @dataclass(frozen=True)
@@ -274,25 +274,33 @@ def _close(a: float, b: float, rel: float = 1e-6) -> bool:
 
 
 @torch.no_grad()
+def _hand_model(preset: str, model: dict[str, Any]) -> tuple[Any, Any, torch.nn.Module]:
+    """The hand-derived checks' model at m = r = 4 (width 32 -> 128, depth 2 -> 8), initialised, in eval mode."""
+    from megadepth.config import validate
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization, initialize
+
+    cfg = validate({
+        "model": {"width": 128, "depth": 8, "base_width": 32, "base_heads": 4, "base_depth": 2, "seq_len": 16,
+                  "vocab_size": 256, **model},
+        "parametrization": {"name": preset, "init_std": SIGMA, "input_multiplier": ALPHA_IN},
+        "optimizer": {"name": "adamw", "lr": ETA, "eps": EPS, "weight_decay": WD},
+    })
+    ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
+    net = GPT(cfg.model, ptz.multipliers())
+    initialize(net, ptz, seed=0)
+    net.eval()
+    return cfg, ptz, net
+
+
 def hand_derived_failures() -> list[str]:
     """What differs from the hand-derived numbers, for every preset: optimizer groups, init statistics,
     the model's multipliers, and the embedding, block and head forwards with each multiplier applied once."""
-    from megadepth.config import validate
-    from megadepth.model import GPT
-    from megadepth.parametrize import Parametrization, initialize, param_groups, param_roles
+    from megadepth.parametrize import param_groups, param_roles
 
     fails: list[str] = []
     for preset, want in HAND.items():
-        cfg = validate({
-            "model": {"width": 128, "depth": 8, "heads": 4, "base_width": 32, "base_heads": 4, "base_depth": 2,
-                      "seq_len": 16, "vocab_size": 256, "tie_embeddings": False},
-            "parametrization": {"name": preset, "init_std": SIGMA, "input_multiplier": ALPHA_IN},
-            "optimizer": {"name": "adamw", "lr": ETA, "eps": EPS, "weight_decay": WD},
-        })
-        ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
-        model = GPT(cfg.model, ptz.multipliers())
-        initialize(model, ptz, seed=0)
-        model.eval()
+        cfg, ptz, model = _hand_model(preset, {"heads": 4, "tie_embeddings": False})
         groups = {g["name"]: g for g in param_groups(model, ptz, cfg.optimizer)}
         params = dict(model.named_parameters())
         by_role: dict[str, list[torch.Tensor]] = {}
@@ -385,25 +393,14 @@ def llama_hand_failures() -> list[str]:
     """The Llama block (RMSNorm, SwiGLU, 4 heads on 2 key/value heads, QK-norm, rotary, untied head) at m = r = 4
     against HAND, parameter by parameter (each must sit in the group, and have the init, of the role it is
     listed under in LLAMA_ROLES), and its block and head forwards by hand, the multipliers applied once."""
-    from megadepth.config import validate
-    from megadepth.model import GPT
-    from megadepth.parametrize import Parametrization, initialize, param_groups
+    from megadepth.parametrize import param_groups
 
     fails: list[str] = []
     for preset, want in HAND.items():
-        cfg = validate({
-            "model": {"width": 128, "depth": 8, "heads": HEADS, "kv_heads": KV_HEADS, "base_kv_heads": KV_HEADS,
-                      "base_width": 32,
-                      "base_heads": 4, "base_depth": 2, "seq_len": 16, "vocab_size": 256, "norm": "rmsnorm",
-                      "mlp": "swiglu", "ffn_multiple_of": 32, "qk_norm": True, "position": "rotary",
-                      "bias": False, "tie_embeddings": False, "norm_eps": NORM_EPS},
-            "parametrization": {"name": preset, "init_std": SIGMA, "input_multiplier": ALPHA_IN},
-            "optimizer": {"name": "adamw", "lr": ETA, "eps": EPS, "weight_decay": WD},
-        })
-        ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer.name)
-        model = GPT(cfg.model, ptz.multipliers())
-        initialize(model, ptz, seed=0)
-        model.eval()
+        cfg, ptz, model = _hand_model(preset, {
+            "heads": HEADS, "kv_heads": KV_HEADS, "base_kv_heads": KV_HEADS, "norm": "rmsnorm", "mlp": "swiglu",
+            "ffn_multiple_of": 32, "qk_norm": True, "position": "rotary", "bias": False, "tie_embeddings": False,
+            "norm_eps": NORM_EPS})
         group_of = {id(p): g for g in param_groups(model, ptz, cfg.optimizer) for p in g["params"]}
         values: dict[str, list[torch.Tensor]] = {}
         for name, param in model.named_parameters():
