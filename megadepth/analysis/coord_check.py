@@ -198,7 +198,7 @@ def slopes(summary: dict[tuple[int, int, int, str], float], axis: str,
 def _exponents(config: Config) -> tuple[bool, float, float] | None:
     """(width scaled, alpha, gamma) the config asks for, from the docs' table (None: SGD, not derived).
     Muon's hidden matrices, like Adam's, take an update whose size ignores the gradient's scale, so its depth
-    exponents are Adam's (gamma = 1 - alpha); its width exponent is :func:`_muon_width_exponent`'s."""
+    exponents are Adam's (gamma = 1 - alpha); its width slopes are :func:`_muon_width_slopes`'s."""
     ptz = config.parametrization
     if config.optimizer.name not in _ADAM + _MUON:
         return None
@@ -210,8 +210,8 @@ def _exponents(config: Config) -> tuple[bool, float, float] | None:
 
 
 def _muon_width_slopes(config: Config, width_scaled: bool, out: dict[str, float | None]) -> dict[str, float | None]:
-    """Muon's predictions against width (docs/parametrizations.md, "Muon: what the slopes should be"), written
-    out here, not read from rules.py.
+    """Muon's predictions against width (docs/parametrizations.md, "Coordinate checks",
+    "Muon"), written out here, not read from rules.py.
 
     An orthogonalised update has every singular value near 1. Under a width-scaled preset spectral's factor
     sqrt(fan_out/fan_in) is width-constant, and match_rms_adamw's 0.2 sqrt(max fan), which grows like m^1/2,
