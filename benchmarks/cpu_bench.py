@@ -22,6 +22,7 @@ optimizer, interleaved with the other sides; its target is also "within 10% of t
     python benchmarks/cpu_bench.py                      # configs/bench/tiny.yaml and llama-tiny, 3 rounds
     python benchmarks/cpu_bench.py --rounds 5 --steps 80 --json out.json
     python benchmarks/cpu_bench.py --rows llama         # only the Llama sides
+    python benchmarks/cpu_bench.py --rows muon          # only Muon against AdamW (GPT and Llama)
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD), "MALLOC_TRIM_THRESH
               "MALLOC_TOP_PAD_": str(TOP_PAD)}
 
 
+MUON = "optimizer.name=muon"
+"""The Muon sides' one override: Muon for the hidden matrices, AdamW (same settings) for the rest."""
+
+
 def _run(cmd: list[str], env: dict[str, str]) -> tuple[float, int, float]:
     """Run one benchmark process: (the tokens/s of the JSON it writes, its minor page faults, whole
     process, and the CPU milliseconds per timed step it reports). Its stdout is not parsed."""
@@ -64,12 +69,17 @@ def _round_ratios(results: dict[str, list[float]], cpu_ms: dict[str, list[float]
     pairs = {"megadepth / plain": ("megadepth depth_mup", "plain"),
              "megadepth / tuned plain": ("megadepth depth_mup", "plain, tuned malloc"),
              "llama megadepth / llama plain": ("llama megadepth", "llama plain"),
-             "llama megadepth / llama tuned plain": ("llama megadepth", "llama plain, tuned malloc")}
+             "llama megadepth / llama tuned plain": ("llama megadepth", "llama plain, tuned malloc"),
+             "muon / adamw": ("megadepth muon", "megadepth depth_mup"),
+             "llama muon / llama adamw": ("llama megadepth muon", "llama megadepth")}
     out = {}
     for label, (ours, ref) in pairs.items():
         if ours in results and ref in results:
             out[f"{label} (wall)"] = [a / b for a, b in zip(results[ours], results[ref], strict=True)]
-            out[f"{label} (CPU)"] = [b / a for a, b in zip(cpu_ms[ours], cpu_ms[ref], strict=True)]
+            if "muon" in label:  # a cost: Muon's CPU ms per step over AdamW's (above 1: Muon costs more)
+                out[f"{label} (CPU ms per step)"] = [a / b for a, b in zip(cpu_ms[ours], cpu_ms[ref], strict=True)]
+            else:
+                out[f"{label} (CPU)"] = [b / a for a, b in zip(cpu_ms[ours], cpu_ms[ref], strict=True)]
     return out
 
 
@@ -77,8 +87,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/bench/tiny.yaml")
     parser.add_argument("--llama-config", default="configs/bench/llama-tiny.yaml")
-    parser.add_argument("--rows", choices=["all", "gpt", "llama"], default="all",
-                        help="the GPT sides, the Llama sides, or both (interleaved)")
+    parser.add_argument("--rows", choices=["all", "gpt", "llama", "muon"], default="all",
+                        help="the GPT sides, the Llama sides, both (interleaved), or only the Muon and AdamW sides")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--rounds", type=int, default=3)
@@ -93,6 +103,15 @@ def main() -> None:
     plain = [py, "benchmarks/plain_gpt.py", args.config, "--no-compile", *timing]
     ours = [py, "-m", "megadepth", "bench", args.config, *timing]
     sides: dict[str, tuple[list[str], dict[str, str]]] = {}
+    muon_only = args.rows == "muon"
+    if muon_only:
+        sides |= {
+            "megadepth depth_mup": (ours, base),
+            "megadepth muon": ([py, "-m", "megadepth", "bench", args.config, "--set", MUON, *timing], base),
+            "llama megadepth": ([py, "-m", "megadepth", "bench", args.llama_config, *timing], base),
+            "llama megadepth muon": ([py, "-m", "megadepth", "bench", args.llama_config, "--set", MUON, *timing],
+                                     base),
+        }
     if args.rows in ("all", "gpt"):
         sides |= {
             "plain": (plain, base),
@@ -101,6 +120,7 @@ def main() -> None:
             "megadepth, glibc default": (ours, base | {"MEGADEPTH_MALLOC_TUNING": "0"}),
             "megadepth sp": ([py, "-m", "megadepth", "bench", args.config, "--set", "parametrization.name=sp",
                               *timing], base),
+            "megadepth muon": ([py, "-m", "megadepth", "bench", args.config, "--set", MUON, *timing], base),
         }
     if args.rows in ("all", "llama"):
         sides |= {
@@ -108,6 +128,8 @@ def main() -> None:
             "llama plain, tuned malloc": ([py, "benchmarks/plain_gpt.py", args.llama_config, "--no-compile", *timing],
                                           base | MALLOC_ENV),
             "llama megadepth": ([py, "-m", "megadepth", "bench", args.llama_config, *timing], base),
+            "llama megadepth muon": ([py, "-m", "megadepth", "bench", args.llama_config, "--set", MUON, *timing],
+                                     base),
         }
     results: dict[str, list[float]] = {name: [] for name in sides}
     faults: dict[str, list[int]] = {name: [] for name in sides}
@@ -124,18 +146,27 @@ def main() -> None:
     med_cpu = {name: statistics.median(v) for name, v in cpu_ms.items()}
     med_faults = {name: statistics.median(v) for name, v in faults.items()}
     load = os.getloadavg()[0]
-    configs = {"all": f"{args.config} and {args.llama_config}", "gpt": args.config, "llama": args.llama_config}
+    configs = {"all": f"{args.config} and {args.llama_config}", "gpt": args.config, "llama": args.llama_config,
+               "muon": f"{args.config} and {args.llama_config}"}
     print(f"\n{configs[args.rows]}, {args.steps} timed steps after {args.warmup}, eager fp32, {args.threads} "
           f"thread(s), median of {args.rounds} (load average {load:.1f} on {os.cpu_count()} cores)")
     print(f"{'path':<26}{'tokens/s':>12}{'ratio to plain':>16}{'to tuned plain':>16}{'page faults':>14}"
           f"{'CPU ms/step':>13}{'plain CPU / ours':>18}")
     for name, value in med.items():
         prefix = "llama " if name.startswith("llama ") else ""
+        if muon_only:  # no plain reference ran
+            print(f"{name:<26}{value:12,.0f}{'-':>16}{'-':>16}{med_faults[name]:14,.0f}{med_cpu[name]:13.1f}{'-':>18}")
+            continue
         print(f"{name:<26}{value:12,.0f}{value / med[prefix + 'plain']:16.3f}"
               f"{value / med[prefix + 'plain, tuned malloc']:16.3f}{med_faults[name]:14,.0f}"
               f"{med_cpu[name]:13.1f}{med_cpu[prefix + 'plain'] / med_cpu[name]:18.3f}")
     if "megadepth sp" in med:
         print(f"Depth-muP multipliers vs SP: {med['megadepth depth_mup'] / med['megadepth sp']:.3f} of SP's throughput")
+    for muon, adamw in (("megadepth muon", "megadepth depth_mup"), ("llama megadepth muon", "llama megadepth")):
+        if muon in med_cpu:
+            extra = med_cpu[muon] - med_cpu[adamw]
+            print(f"{muon}: the Muon step costs {extra:+.1f} CPU ms per step over AdamW's "
+                  f"({med_cpu[muon] / med_cpu[adamw]:.3f} x AdamW's whole step, CPU time)")
     ratios = _round_ratios(results, cpu_ms)
     for name, values in ratios.items():
         print(f"{name}: per-round ratios {', '.join(f'{v:.3f}' for v in values)}")

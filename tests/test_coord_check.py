@@ -270,6 +270,24 @@ def test_measured_slopes_agree_with_the_predicted(sample_data: Path, tmp_path: P
     assert disagreements(result) == [], result["slopes"]
 
 
+@pytest.mark.parametrize(("setting", "preset"), [
+    ("muon", "depth_mup"), ("muon", "completep"), ("llama-muon", "completep"),
+])
+def test_muon_depth_slopes_agree_with_the_predicted(sample_data: Path, tmp_path: Path, setting: str,
+                                                    preset: str) -> None:
+    """Muon (configs/coord/muon.yaml and llama-muon.yaml, LR 0.1: the Muon matrices' own updates dominate) with
+    Adam's depth rules carried over gives Adam's predicted depth slopes (docs/parametrizations.md, "Muon").
+    One seed, depths 2..16. Width under Muon (both adjust_lr modes flat) is checked by test_mutations' clean
+    "coord muon mup width" and "coord muon-rms mup width" runs, which must pass before their mutations count."""
+    from megadepth.analysis.coord_check import disagreements
+
+    cfg = shipped(sample_data, tmp_path, setting, preset)
+    (result,) = run_ranks(coord_result_rank, 1, cfg, DEPTHS[:4], None, 5, [0])
+    predicted = {q for q, v in result["slopes"]["depth"].items() if v["predicted"] is not None}
+    assert {"residual_change", "block_output_init", "block_change", "logits_change", "residual"} <= predicted
+    assert disagreements(result) == [], result["slopes"]
+
+
 # ---- the QK-norm gain's width rule, measured --------------------------------------------------------------
 def _attention_logits(model: torch.nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     """Every layer's causal attention logits (scale q.k after QK-norm and rotary, each query head against its

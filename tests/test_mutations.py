@@ -171,6 +171,26 @@ def kv_tagged_as_output_proj(mp: pytest.MonkeyPatch) -> None:
     _retag(mp, layers.Attention, "key_value", Role.OUTPUT_PROJ)
 
 
+def _muon_hidden_lr(factor: Callable[[Any], float]) -> Callable[[pytest.MonkeyPatch], None]:
+    def apply(mp: pytest.MonkeyPatch) -> None:
+        def change(ptz: Any, role: Role, rule: rules.RoleRule) -> rules.RoleRule:
+            if ptz.family(role) != "muon":
+                return rule
+            return replace(rule, lr_mult=rule.lr_mult * factor(ptz))
+        _wrap_rule(mp, change)
+    return apply
+
+
+def muon_rms_takes_adams_inverse_m(mp: pytest.MonkeyPatch) -> None:
+    """match_rms_adamw's hidden LR eta/m (Adam's muP rule, the first Muon column) instead of eta/sqrt(m)."""
+    _muon_hidden_lr(lambda ptz: ptz.m**-0.5 if ptz.width_scaling and ptz.muon_adjust == "match_rms_adamw" else 1.0)(mp)
+
+
+def muon_spectral_takes_adams_inverse_m(mp: pytest.MonkeyPatch) -> None:
+    """spectral's hidden LR eta/m (Adam's muP rule) instead of width-constant eta."""
+    _muon_hidden_lr(lambda ptz: 1.0 / ptz.m if ptz.width_scaling and ptz.muon_adjust == "spectral" else 1.0)(mp)
+
+
 @dataclass(frozen=True)
 class Mutation:
     what: str
@@ -207,6 +227,10 @@ MUTATIONS = {m.apply.__name__: m for m in (
              swiglu_gate_tagged_as_vector, "hand-derived"),
     Mutation("grouped-query key/value tagged as an output projection (init / sqrt(2 L0))",
              kv_tagged_as_output_proj, "hand-derived"),
+    Mutation("Muon match_rms_adamw's hidden LR eta/m (Adam's muP rule) instead of eta/sqrt(m)",
+             muon_rms_takes_adams_inverse_m, "coord muon-rms mup width"),
+    Mutation("Muon spectral's hidden LR eta/m (Adam's muP rule) instead of eta", muon_spectral_takes_adams_inverse_m,
+             "coord muon mup width"),
 )}
 
 
@@ -217,6 +241,8 @@ COORD = {
     "coord depth_mup depth": ("transformer", "depth_mup", [2, 4, 8, 16], None),
     "coord sp depth": ("transformer", "sp", [2, 4, 8, 16, 32], None),  # the embedding's change: all depths
     "coord mup width": ("width", "mup", [4], [32, 64, 128]),
+    "coord muon mup width": ("muon-width", "mup", [4], [32, 64, 128]),
+    "coord muon-rms mup width": ("muon-width", "mup", [4], [32, 64, 128]),  # adjust_lr: match_rms_adamw
 }
 COORD_STEPS = 5
 
@@ -229,7 +255,9 @@ def coord_failures(data: Path, tmp: Path, check: str, mutation: str | None) -> l
 
     setting, preset, depths, widths = COORD[check]
     cfg = shipped(data, tmp, setting, preset)
-    if setting == "width":
+    if check.startswith("coord muon-rms"):
+        cfg["optimizer"]["muon"]["adjust_lr"] = "match_rms_adamw"
+    if setting.endswith("width"):
         cfg["train"]["micro_batch"] = 2  # fewer tokens than the widths: one seed is as flat as three (docs)
     (result,) = run_ranks(coord_result_rank, 1, cfg, depths, widths, COORD_STEPS, [0], mutation)
     return disagreements(result)

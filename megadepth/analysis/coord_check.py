@@ -29,6 +29,7 @@ TOLERANCE = 0.15
 # megadepth.parametrize: a wrong rule there must not move its own prediction.
 _PRESET_ALPHA = {"sp": 0.0, "mup": 0.0, "depth_mup": 0.5, "completep": 1.0}
 _ADAM = ("adam", "adamw")
+_MUON = ("muon",)
 
 
 @dataclass(frozen=True)
@@ -195,15 +196,36 @@ def slopes(summary: dict[tuple[int, int, int, str], float], axis: str,
 
 
 def _exponents(config: Config) -> tuple[bool, float, float] | None:
-    """(width scaled, alpha, gamma) the config asks for, from the docs' table (None: SGD, not derived)."""
+    """(width scaled, alpha, gamma) the config asks for, from the docs' table (None: SGD, not derived).
+    Muon's hidden matrices, like Adam's, take an update whose size ignores the gradient's scale, so its depth
+    exponents are Adam's (gamma = 1 - alpha); its width slopes are :func:`_muon_width_slopes`'s."""
     ptz = config.parametrization
-    if config.optimizer.name not in _ADAM:
+    if config.optimizer.name not in _ADAM + _MUON:
         return None
     if ptz.name == "custom":
         return True, float(ptz.alpha), float(ptz.gamma)  # type: ignore[arg-type]
     alpha = _PRESET_ALPHA[ptz.name]
     depth = ptz.name not in ("sp", "mup")
     return ptz.name != "sp", alpha, (1.0 - alpha if depth else 0.0)
+
+
+def _muon_width_slopes(config: Config, width_scaled: bool, out: dict[str, float | None]) -> dict[str, float | None]:
+    """Muon's predictions against width (docs/parametrizations.md, "Coordinate checks",
+    "Muon"), written out here, not read from rules.py.
+
+    An orthogonalised update has every singular value near 1. Under a width-scaled preset spectral's factor
+    sqrt(fan_out/fan_in) is width-constant, and match_rms_adamw's 0.2 sqrt(max fan), which grows like m^1/2,
+    takes the hidden LR's m^-1/2: both give the hidden matrices updates of width-constant spectral norm (the
+    spectral condition) while the AdamW roles keep muP's rules, so every quantity is flat. (Adam's 1/m there
+    would shrink the matrices' part of every change like m^-1/2 against the AdamW roles' O(1): a mix.)
+    SP (no SwiGLU): the init's m^1 as for Adam; its changes mix the AdamW gains' and embedding's m^1 through the
+    branch's two m^1/2 matrices with the Muon matrices' m^(u + 1/2) (u = 0 spectral, 1/2 match_rms_adamw):
+    no single power."""
+    if width_scaled:
+        return {q: 0.0 for q in out}
+    if config.model.block != "linear" and config.model.mlp != "swiglu":
+        out[INIT_QUANTITY] = 1.0
+    return out
 
 
 def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
@@ -216,6 +238,8 @@ def predicted_slopes(config: Config, axis: str) -> dict[str, float | None]:
     width_scaled, alpha, gamma = found
     linear = config.model.block == "linear"
     out = dict(none)
+    if axis == "width" and config.optimizer.name in _MUON:
+        return _muon_width_slopes(config, width_scaled, out)
     if axis == "width":
         if width_scaled:
             return {q: 0.0 for q in out}

@@ -305,7 +305,8 @@ class MuonConfig(Section):
     adjust_lr: Literal["spectral", "match_rms_adamw"] = "spectral"
     """Per-matrix update scale. spectral: x sqrt(fan_out / fan_in), the spectral condition for feature learning
     (Yang, Simon and Bernstein 2023), width-constant for hidden matrices. match_rms_adamw: x 0.2 sqrt(max(fan_out,
-    fan_in)) (Moonlight), AdamW's update RMS, which then takes muP's 1/m for hidden matrices like Adam."""
+    fan_in)) (Moonlight), AdamW's update RMS; its hidden LR goes like 1/sqrt(m) under width scaling (not Adam's
+    1/m: the orthogonalised update's flat spectrum; docs/parametrizations.md, "Muon")."""
 
 
 class OptimizerConfig(Section):

@@ -212,7 +212,7 @@ class Parametrization:
     cfg: ParametrizationConfig
     muon_adjust: str = "spectral"
     """optimizer.muon.adjust_lr (muon only): spectral keeps hidden matrices' LR width-constant, match_rms_adamw
-    gives them Adam's 1/m (see megadepth.optim.muon); set from the OptimizerConfig by :meth:`for_optimizer`."""
+    gives them 1/sqrt(m) (see megadepth.optim.muon); set from the OptimizerConfig by :meth:`for_optimizer`."""
 
     @classmethod
     def from_config(cls, model: ModelConfig, cfg: ParametrizationConfig, *,
@@ -273,8 +273,10 @@ class Parametrization:
         family = self.family(role)
         if family in MUON_FAMILY:
             # the orthogonalised update's shape factor sqrt(fan_out/fan_in) (spectral) is width-constant under
-            # muP; Moonlight's 0.2 sqrt(max fan) grows like sqrt(m) and takes Adam's 1/m
-            lr_width = 1.0 if self.muon_adjust == "spectral" else 1.0 / w
+            # muP; Moonlight's 0.2 sqrt(max fan) grows like m^1/2, and so would the update's spectral norm (its
+            # singular values are all near 1, unlike Adam's nearly low-rank update): m^-1/2, not Adam's 1/m,
+            # keeps it width-constant (measured: docs/parametrizations.md, "Muon")
+            lr_width = 1.0 if self.muon_adjust == "spectral" else w**-0.5
         elif family in SGD_FAMILY:
             # SGD does not normalise gradients: vector-like parameters (embeddings, biases, gains, and the
             # readout behind its 1/m multiplier) get eta * m, matrices eta (mup.MuSGD); the QK-norm gain,
@@ -461,15 +463,17 @@ class Parametrization:
                         "Simon and Bernstein 2023): width-constant under muP, so the hidden matrices' lr is eta "
                         "at every width",
             "match_rms_adamw": "update x 0.2 sqrt(max(fan_out, fan_in)) per orthogonalised matrix (Moonlight: "
-                               "AdamW's update RMS), with muP's 1/m on the hidden matrices' lr as for Adam",
+                               "AdamW's update RMS), with lr eta/sqrt(m) on the hidden matrices: the factor grows "
+                               "like sqrt(m), and Adam's 1/m would shrink the update's spectral norm like "
+                               "1/sqrt(m) (measured by the coordinate check)",
         }[self.muon_adjust]
         return ["muon: query, key, value, attention out, MLP (SwiGLU gate/up/down) matrices by Muon (Newton-"
                 "Schulz on the whole matrix: tensor shards gathered, K and V apart); every other role AdamW "
                 "with AdamW's rules",
                 f"muon: {width} [optimizer.muon.adjust_lr]",
                 "muon in depth: Adam's rules carried over (branch multiplier r^-alpha, in-branch lr r^-(1-alpha)): "
-                "Muon's update ignores the gradient's scale as Adam's does; derived, to be verified by the "
-                "coordinate check"]
+                "Muon's update ignores the gradient's scale as Adam's does; the coordinate check measures "
+                "Adam's depth slopes under Muon (docs/parametrizations.md, Muon)"]
 
     def qk_gain_source(self) -> str:
         """The QK-norm gain's rule in words, with its reasoning (printed when the model has one)."""
