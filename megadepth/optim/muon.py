@@ -42,8 +42,9 @@ that Newton-Schulz ran (DeepSpeed's Muon has had releases where it silently neve
 Width: ``adjust_lr: spectral`` scales each orthogonalised matrix by sqrt(fan_out / fan_in), the spectral
 condition for feature learning (Yang, Simon and Bernstein 2023): under muP both fans grow with m, so the
 factor, and the tuned LR, do not change with width. ``match_rms_adamw`` scales by 0.2 sqrt(max(fan_out,
-fan_in)) (Moonlight: AdamW's update RMS), and the parametrization then gives hidden matrices muP's 1/m as
-for Adam (parametrize.rules). The shape is the orthogonalised matrix's global one (K and V each their own).
+fan_in)) (Moonlight: AdamW's update RMS), which grows like sqrt(m), so the parametrization gives hidden
+matrices LR eta/sqrt(m) (parametrize.rules; Adam's 1/m would shrink the update like m^-1/2, which the
+coordinate check measured). The shape is the orthogonalised matrix's global one (K and V each their own).
 """
 
 from __future__ import annotations
