@@ -387,3 +387,17 @@ def test_qk_gain_lr_is_width_constant_under_adam(sample_data: Path, tmp_path: Pa
     assert abs(slope["logits_change 1.0"]) < FLAT, slope
     assert slope["logits_change m"] > 0.8, slope
     assert -1.25 < fit_slope(widths, wider["qk_grad"]) - slope["qk_grad"] < -0.75, (wider, heads)
+
+
+def test_the_header_promises_predictions_only_where_there_are_some() -> None:
+    """SP across width (and other settings without a single power law) print measured slopes only: the header
+    must not say 'predicted in brackets' over a table that has none."""
+    from megadepth.analysis.coord_check import format_slopes
+
+    def result(predicted: float | None) -> dict:
+        return {"parametrization": "sp", "optimizer": "adamw",
+                "slopes": {"width": {"residual": {"mean": 0.98, "predicted": predicted}}}}
+
+    with_prediction, without = format_slopes(result(1.0)), format_slopes(result(None))
+    assert "predicted in brackets" in with_prediction and "[+1.00]" in with_prediction
+    assert "no predicted slopes for this setting" in without and "[" not in without and "brackets" not in without

@@ -372,8 +372,11 @@ def plot_coord_check(result: dict[str, Any], out: Path) -> Path:
 
 
 def format_slopes(result: dict[str, Any]) -> str:
+    predicted = any(v.get("predicted") is not None for per_q in result["slopes"].values() for v in per_q.values())
     lines = [f"coordinate check: {result['parametrization']} ({result['optimizer']}), mean log-log slope over "
-             "steps >= 1 (block_output_init: step 0), predicted in brackets"]
+             "steps >= 1 (block_output_init: step 0), " + (
+                 "predicted in brackets" if predicted else "no predicted slopes for this setting "
+                 "(docs/parametrizations.md, 'What the slopes should be')")]
     for axis, per_q in result["slopes"].items():
         lines.append("  vs " + axis + ": " + ", ".join(
             f"{q} {v['mean']:+.3f}" + (f" [{v['predicted']:+.2f}]" if v.get("predicted") is not None else "")
