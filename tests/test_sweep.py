@@ -490,6 +490,18 @@ def test_shipped_sweeps_expand(name: str, runs: int, steps: int) -> None:
     assert {p.values["parametrization.name"] for p in points} == {"sp", "depth_mup", "completep"}
 
 
+def test_the_muon_transfer_pilot_is_the_cpu_transfer_grid_under_muon() -> None:
+    """configs/sweeps/cpu_transfer_muon.yaml: the same model, data and budget as cpu_transfer.yaml, only the
+    optimizer, the presets and the LR range differ (docs/transfer.md compares the two)."""
+    root = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
+    muon, adamw = expand(load_spec(root / "cpu_transfer_muon.yaml")), expand(load_spec(root / "cpu_transfer.yaml"))
+    assert len(muon) == 112 and {p.config.optimizer.name for p in muon} == {"muon"}
+    assert {p.values["parametrization.name"] for p in muon} == {"sp", "completep"}
+    assert sorted({p.values["optimizer.lr"] for p in muon}) == [2.0 ** k for k in range(-8, -1)]
+    ours, theirs = muon[0].config, adamw[0].config
+    assert (ours.model, ours.train, ours.data, ours.schedule) == (theirs.model, theirs.train, theirs.data, theirs.schedule)
+
+
 def test_spec_differences_compare_resolved_configs() -> None:
     """The base config is compared as validated configs: a spelled-out default is no change, a key that
     does not change results is ignored; when the old point is not valid under the new config the raw
