@@ -60,9 +60,14 @@ def check_parametrization(config: Config) -> None:
                    "parametrization.attn_multiplier": ptz.attn_multiplier != 1.0,
                    "parametrization.base_head_dim": ptz.base_head_dim is not None,
                    "model.base_heads": model.base_heads is not None}
-        set_keys = [k for k, on in ignored.items() if on]
-        if set_keys:
-            raise ConfigError(f"{', '.join(set_keys)} has no effect with model.block: linear (no attention)")
+        _refuse_ignored(ignored, "model.block: linear (no attention)")
+
+
+def _refuse_ignored(ignored: dict[str, bool], setting: str) -> None:
+    """One error naming every key of ``ignored`` that is set (True) and has no effect with ``setting``."""
+    set_keys = [k for k, on in ignored.items() if on]
+    if set_keys:
+        raise ConfigError(f"{', '.join(set_keys)} has no effect with {setting}")
 
 
 def _check_muon_layout(config: Config) -> None:
@@ -93,13 +98,11 @@ def _check_ignored_block_keys(config: Config) -> None:
         f"model.rope_theta ({model.rope_theta:g})": model.rope_theta != defaults.rope_theta
         and model.position != "rotary",
     }
-    set_keys = [k for k, on in ignored.items() if on]
-    if set_keys:
-        reads = (f"model.mlp: {model.mlp}" + (", model.ffn_hidden" if model.ffn_hidden is not None else "")
-                 + f", model.position: {model.position}")
-        raise ConfigError(f"{', '.join(set_keys)} has no effect with {reads} (the MLP width comes from "
-                          "model.ffn_hidden when set, else mlp_ratio for gelu/relu/abs and ffn_multiple_of for "
-                          "swiglu; rope_theta is read by rotary positions only); drop it")
+    reads = (f"model.mlp: {model.mlp}" + (", model.ffn_hidden" if model.ffn_hidden is not None else "")
+             + f", model.position: {model.position}")
+    _refuse_ignored(ignored, f"{reads} (the MLP width comes from model.ffn_hidden when set, else mlp_ratio for "
+                             "gelu/relu/abs and ffn_multiple_of for swiglu; rope_theta is read by rotary positions "
+                             "only); drop it")
 
 
 def _warn_mlp_width_unlike_m(config: Config) -> None:
