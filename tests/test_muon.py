@@ -35,6 +35,29 @@ def test_newton_schulz_orthogonalises(shape: tuple[int, int]) -> None:
     assert (newton_schulz(g, 5) - newton_schulz(g * 1e4, 5)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("shape", [(64, 256), (256, 64), (128, 128)])
+def test_newton_schulz_in_bf16_keeps_the_fp32_spectrum(shape: tuple[int, int]) -> None:
+    """Newton-Schulz in bfloat16 (what the optimizer uses on CUDA devices, and for ns_dtype=torch.bfloat16):
+    on CPU the same iteration gives the fp32 result's singular values to 0.05 and the update to a few
+    percent (2-4% measured at these shapes), and a MuonAdamW step in bf16 moves the weights as the fp32 step
+    does. What a GPU's bf16 matmul rounds differently is not measured here (no GPU in CI)."""
+    g = _randn(*shape)
+    full, half = newton_schulz(g, 5, torch.float32), newton_schulz(g, 5, torch.bfloat16)
+    assert half.dtype == g.dtype
+    spread = (torch.linalg.svdvals(half) - torch.linalg.svdvals(full)).abs().max()
+    assert spread < 0.05 and torch.linalg.svdvals(half).max() < 1.25, spread
+    assert (half - full).norm() / full.norm() < 0.06
+
+    def step(ns_dtype: torch.dtype) -> torch.Tensor:
+        w = torch.nn.Parameter(_randn(*shape, seed=1) * 0.02)
+        w.grad = g.clone()
+        MuonAdamW([{"params": [w], "use_muon": True, "lr": 0.1}], ns_dtype=ns_dtype).step()
+        return w.detach() - _randn(*shape, seed=1) * 0.02
+
+    moved_full, moved_half = step(torch.float32), step(torch.bfloat16)
+    assert (moved_half - moved_full).norm() / moved_full.norm() < 0.06
+
+
 def test_key_value_is_orthogonalised_as_k_and_v_apart() -> None:
     """[kv_heads, 2, head_dim] rows: K and V each orthogonalised whole, each with its own shape factor."""
     heads, hd, width = 2, 4, 16
@@ -47,6 +70,9 @@ def test_key_value_is_orthogonalised_as_k_and_v_apart() -> None:
     assert torch.allclose(got[:, 1].reshape(heads * hd, width), newton_schulz(v, 5) * factor)
     assert not torch.allclose(orthogonalised_update(full, 5, "spectral", None, torch.float32), got.reshape(full.shape))
     assert shape_factor(64, 16, "spectral") == 2.0 and shape_factor(64, 16, "match_rms_adamw") == pytest.approx(1.6)
+    # torch's original: sqrt(max(1, A/B)), so a matrix wider in than out gets 1, not spectral's sqrt(A/B)
+    assert shape_factor(64, 16, "original") == 2.0 and shape_factor(16, 64, "original") == 1.0
+    assert shape_factor(16, 64, "spectral") == 0.5
 
 
 def test_adamw_half_equals_torch_adamw_and_muon_refuses_flat_tensors() -> None:
@@ -206,6 +232,42 @@ def _rules_config(preset: str, adjust: str = "spectral", width: int = 128, depth
     })
 
 
+def test_muon_lr_sets_the_muon_matrices_apart_from_the_adamw_roles() -> None:
+    """optimizer.muon.lr is the Muon matrices' base LR and optimizer.lr stays the AdamW roles'; unset, one LR
+    drives both. The per-role table reports the LRs the groups get. A resume pins it, reading unset as
+    optimizer.lr; it is refused without optimizer.name: muon."""
+    from megadepth.config import validate
+    from megadepth.model import GPT
+    from megadepth.parametrize import Parametrization, param_groups
+    from megadepth.train.preflight import resumed_setting_differences
+
+    def groups_and_table(cfg: object) -> tuple[dict[str, dict], dict[str, float]]:
+        ptz = Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=cfg.optimizer)
+        groups = {g["name"]: g for g in param_groups(GPT(cfg.model, ptz.multipliers()), ptz, cfg.optimizer)}
+        table = {row["role"]: row["lr"] for row in ptz.describe(cfg.optimizer)}
+        return groups, table
+
+    shared = _rules_config("completep", width=64, depth=4)
+    apart = validate({**shared.model_dump(), "optimizer": {**shared.optimizer.model_dump(),
+                                                           "muon": {"lr": 0.08}}})
+    one, _ = groups_and_table(shared)
+    two, table = groups_and_table(apart)
+    assert {n for n, g in two.items() if g["use_muon"]} >= {"hidden", "output_proj"}
+    assert any(not g["use_muon"] for g in two.values())
+    for name, group in two.items():
+        base = 0.08 if group["use_muon"] else 0.01
+        assert group["lr"] == pytest.approx(base * group["lr_mult"]) and table[name] == pytest.approx(group["lr"])
+        assert one[name]["lr"] == pytest.approx(0.01 * group["lr_mult"])
+        assert (group["lr"] == pytest.approx(one[name]["lr"])) != group["use_muon"]
+
+    spelled = validate({**shared.model_dump(), "optimizer": {**shared.optimizer.model_dump(), "muon": {"lr": 0.01}}})
+    assert resumed_setting_differences(shared, spelled) == ""
+    assert resumed_setting_differences(shared, apart) == "optimizer.muon.lr 0.01 there, 0.08 here"
+    assert "optimizer.muon.lr" in resumed_setting_differences(apart, spelled)
+    with pytest.raises(Exception, match="optimizer.muon has no effect with optimizer.name: adamw"):
+        validate({"optimizer": {"name": "adamw", "muon": {"lr": 0.05}}})
+
+
 @pytest.mark.parametrize("preset", ["sp", "mup", "depth_mup", "completep"])
 def test_muon_rules_column(preset: str) -> None:
     """Hidden matrices: Muon, no eps; lr width-constant under spectral, muP's 1/m under match_rms_adamw (wd
@@ -217,6 +279,7 @@ def test_muon_rules_column(preset: str) -> None:
         return Parametrization.from_config(cfg.model, cfg.parametrization, optimizer=optimizer or cfg.optimizer)
 
     spectral, rms = ptz(_rules_config(preset)), ptz(_rules_config(preset, "match_rms_adamw"))
+    original = ptz(_rules_config(preset, "original"))
     adamw = ptz(_rules_config(preset), "adamw")
     m = 4.0 if preset != "sp" else 1.0
     depth = 4.0 ** -(1 - adamw.alpha) if adamw.depth_scaling else 1.0
@@ -228,10 +291,12 @@ def test_muon_rules_column(preset: str) -> None:
             assert rms.rule(role).lr_mult == pytest.approx(depth / m**0.5)
             assert rms.rule(role).wd_mult == pytest.approx(spectral.rule(role).wd_mult * m**0.5)
             assert spectral.rule(role).eps_mult == 1.0
+            # torch's "original" factor depends on the aspect ratio only, width-constant like spectral's
+            assert original.rule(role) == spectral.rule(role)
         else:
             assert spectral.family(role) == "adamw" and spectral.rule(role) == adamw.rule(role), role
     base = [ptz(_rules_config(p, a, width=32, depth=2)) for p in ("sp", "mup", "depth_mup", "completep")
-            for a in ("spectral", "match_rms_adamw")]
+            for a in ("spectral", "original", "match_rms_adamw")]
     for other in base[1:]:
         assert all(other.rule(role) == base[0].rule(role) for role in Role)
     rows = spectral.describe(_rules_config(preset).optimizer)

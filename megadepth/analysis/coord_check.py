@@ -214,12 +214,13 @@ def _muon_width_slopes(config: Config, width_scaled: bool, out: dict[str, float 
     "Muon"), written out here, not read from rules.py.
 
     An orthogonalised update has every singular value near 1. Under a width-scaled preset spectral's factor
-    sqrt(fan_out/fan_in) is width-constant, and match_rms_adamw's 0.2 sqrt(max fan), which grows like m^1/2,
-    takes the hidden LR's m^-1/2: both give the hidden matrices updates of width-constant spectral norm (the
-    spectral condition) while the AdamW roles keep muP's rules, so every quantity is flat. (Adam's 1/m there
-    would shrink the matrices' part of every change like m^-1/2 against the AdamW roles' O(1): a mix.)
-    SP (no SwiGLU): the init's m^1 as for Adam; its changes mix the AdamW gains' and embedding's m^1 through the
-    branch's two m^1/2 matrices with the Muon matrices' m^(u + 1/2) (u = 0 spectral, 1/2 match_rms_adamw):
+    sqrt(fan_out/fan_in) is width-constant (so is original's sqrt(max(1, fan_out/fan_in))), and
+    match_rms_adamw's 0.2 sqrt(max fan), which grows like m^1/2, takes the hidden LR's m^-1/2: all give the
+    hidden matrices updates of width-constant spectral norm (the spectral condition) while the AdamW roles
+    keep muP's rules, so every quantity is flat. (Adam's 1/m there would shrink the matrices' part of every
+    change like m^-1/2 against the AdamW roles' O(1): a mix.) SP (no SwiGLU): the init's m^1 as for Adam; its
+    changes mix the AdamW gains' and embedding's m^1 through the branch's two m^1/2 matrices with the Muon
+    matrices' m^(u + 1/2) (u = 0 spectral and original, 1/2 match_rms_adamw):
     no single power."""
     if width_scaled:
         return {q: 0.0 for q in out}

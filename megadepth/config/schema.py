@@ -296,15 +296,21 @@ class MuonConfig(Section):
     """Muon's settings (optimizer.name: muon): momentum orthogonalised by Newton-Schulz for the hidden
     matrices inside residual branches; every other parameter takes AdamW with the optimizer's own settings."""
 
+    lr: float | None = Field(None, gt=0)
+    """Base learning rate of the Muon matrices (at the base shape); each Muon group multiplies it by its rule.
+    Unset: optimizer.lr drives both halves. Muon's orthogonalised update wants a larger LR than AdamW's
+    embeddings and readout (about 10-20x under adjust_lr: spectral), so one shared LR tunes a compromise;
+    setting this tunes the two apart, as torch's separate Muon and AdamW optimizers do."""
     momentum: float = Field(0.95, ge=0, lt=1)
     """Momentum coefficient mu (the buffer is an average: buf = mu buf + (1 - mu) grad)."""
     nesterov: bool = True
     """Orthogonalise grad + mu (buf - grad) (Nesterov) rather than the buffer itself."""
     ns_steps: int = Field(5, ge=1, le=20)
     """Newton-Schulz iterations (quintic, coefficients 3.4445, -4.7750, 2.0315)."""
-    adjust_lr: Literal["spectral", "match_rms_adamw"] = "spectral"
+    adjust_lr: Literal["spectral", "original", "match_rms_adamw"] = "spectral"
     """Per-matrix update scale. spectral: x sqrt(fan_out / fan_in), the spectral condition for feature learning
-    (Yang, Simon and Bernstein 2023), width-constant for hidden matrices. match_rms_adamw: x 0.2 sqrt(max(fan_out,
+    (Yang, Simon and Bernstein 2023), width-constant for hidden matrices. original: x sqrt(max(1, fan_out /
+    fan_in)) (Jordan et al. 2024; torch.optim.Muon's default), width-constant too. match_rms_adamw: x 0.2 sqrt(max(fan_out,
     fan_in)) (Moonlight), AdamW's update RMS; its hidden LR goes like 1/sqrt(m) under width scaling (not Adam's
     1/m: the orthogonalised update's flat spectrum; docs/parametrizations.md, "Muon")."""
 
@@ -315,7 +321,8 @@ class OptimizerConfig(Section):
     momentum) or muon (Muon for hidden matrices in branches, AdamW for the rest; optimizer.muon). The
     parametrization has a rule set for each (muP's Adam and SGD columns, and a Muon column)."""
     lr: float = Field(3e-3, gt=0)
-    """Base learning rate eta (at the base shape); each parameter group multiplies it."""
+    """Base learning rate eta (at the base shape); each parameter group multiplies it (under muon, the Muon
+    matrices take optimizer.muon.lr instead when it is set)."""
     weight_decay: float = Field(0.1, ge=0)
     """Base weight decay lambda; zero for norms and biases."""
     betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.95)
@@ -331,7 +338,8 @@ class OptimizerConfig(Section):
     nesterov: bool = False
     """Nesterov momentum (sgd only, needs momentum > 0)."""
     muon: MuonConfig = Field(default_factory=MuonConfig)
-    """Muon's own settings (optimizer.name: muon); betas, eps, weight_decay and lr serve its AdamW groups too."""
+    """Muon's own settings (optimizer.name: muon); betas, eps, weight_decay and lr serve its AdamW groups (lr its
+    Muon groups too, unless optimizer.muon.lr is set)."""
 
     @model_validator(mode="after")
     def _sgd_options(self) -> OptimizerConfig:
@@ -346,6 +354,11 @@ class OptimizerConfig(Section):
             raise ValueError(f"optimizer.muon has no effect with optimizer.name: {self.name}; set optimizer.name: "
                              "muon or drop it")
         return self
+
+    def base_lr(self, muon_half: bool) -> float:
+        """The base LR a group's rule multiplies: optimizer.muon.lr for the Muon matrices when set, else
+        optimizer.lr."""
+        return self.muon.lr if muon_half and self.muon.lr is not None else self.lr
 
 
 class ScheduleConfig(Section):

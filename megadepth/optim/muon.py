@@ -41,7 +41,10 @@ that Newton-Schulz ran (DeepSpeed's Muon has had releases where it silently neve
 
 Width: ``adjust_lr: spectral`` scales each orthogonalised matrix by sqrt(fan_out / fan_in), the spectral
 condition for feature learning (Yang, Simon and Bernstein 2023): under muP both fans grow with m, so the
-factor, and the tuned LR, do not change with width. ``match_rms_adamw`` scales by 0.2 sqrt(max(fan_out,
+factor, and the tuned LR, do not change with width. ``original`` (Keller Jordan's Muon, torch.optim.Muon's
+default) scales by sqrt(max(1, fan_out / fan_in)): the same for wide matrices, 1 instead of sqrt(fan_out /
+fan_in) < 1 for the tall-input ones (MLP out, SwiGLU down); a function of the aspect ratio only, so
+width-constant as well. ``match_rms_adamw`` scales by 0.2 sqrt(max(fan_out,
 fan_in)) (Moonlight: AdamW's update RMS), which grows like sqrt(m), so the parametrization gives hidden
 matrices LR eta/sqrt(m) (parametrize.rules; Adam's 1/m would shrink the update like m^-1/2, which the
 coordinate check measured). The shape is the orthogonalised matrix's global one (K and V each their own).
@@ -60,7 +63,7 @@ NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
 """Quintic Newton-Schulz coefficients (Jordan et al. 2024): the slope at zero as large as convergence allows;
 singular values end in roughly [0.7, 1.2] after 5 steps rather than exactly at 1."""
 
-ADJUST_LR = ("spectral", "match_rms_adamw")
+ADJUST_LR = ("spectral", "original", "match_rms_adamw")
 
 
 @dataclass
@@ -98,6 +101,8 @@ def shape_factor(rows: int, cols: int, adjust_lr: str) -> float:
     """The per-matrix update scale for a global [fan_out, fan_in] matrix (see the module docstring)."""
     if adjust_lr == "spectral":
         return math.sqrt(rows / cols)
+    if adjust_lr == "original":
+        return math.sqrt(max(1.0, rows / cols))
     if adjust_lr == "match_rms_adamw":
         return 0.2 * math.sqrt(max(rows, cols))
     raise ValueError(f"unknown optimizer.muon.adjust_lr '{adjust_lr}' (one of {', '.join(ADJUST_LR)})")

@@ -60,7 +60,8 @@ def initialize(model: nn.Module, ptz: Parametrization, seed: int,
 
 def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerConfig) -> list[dict]:
     """One optimizer group per role present, with absolute lr, weight decay (and Adam's eps), its role
-    ``name`` and ``lr_mult`` (its LR relative to the base LR). Tied parameters appear once. Under muon, a
+    ``name`` and ``lr_mult`` (its LR relative to its base LR: optimizer.lr, or optimizer.muon.lr for Muon's
+    matrices when set). Tied parameters appear once. Under muon, a
     group's ``use_muon`` says which half of megadepth.optim.MuonAdamW steps it, and key/value matrices are
     tagged so that Muon orthogonalises K and V apart."""
     ptz = ptz.for_optimizer(optimizer)
@@ -79,9 +80,10 @@ def param_groups(model: nn.Module, ptz: Parametrization, optimizer: OptimizerCon
         if role not in by_role:
             continue
         rule = ptz.rule(role)
-        group = {"name": role.value, "params": by_role[role], "lr": optimizer.lr * rule.lr_mult,
-                 "lr_mult": rule.lr_mult, "weight_decay": optimizer.weight_decay * rule.wd_mult}
         family = ptz.family(role)
+        base_lr = optimizer.base_lr(muon_half=family in MUON_FAMILY)
+        group = {"name": role.value, "params": by_role[role], "lr": base_lr * rule.lr_mult,
+                 "lr_mult": rule.lr_mult, "weight_decay": optimizer.weight_decay * rule.wd_mult}
         if family in ADAM_FAMILY:
             group.update(eps=optimizer.eps * rule.eps_mult, betas=tuple(optimizer.betas))
         if optimizer.name in MUON_FAMILY:

@@ -211,8 +211,9 @@ class Parametrization:
     base_head_dim: float
     cfg: ParametrizationConfig
     muon_adjust: str = "spectral"
-    """optimizer.muon.adjust_lr (muon only): spectral keeps hidden matrices' LR width-constant, match_rms_adamw
-    gives them 1/sqrt(m) (see megadepth.optim.muon); set from the OptimizerConfig by :meth:`for_optimizer`."""
+    """optimizer.muon.adjust_lr (muon only): spectral and original keep hidden matrices' LR width-constant,
+    match_rms_adamw gives them 1/sqrt(m) (see megadepth.optim.muon); set from the OptimizerConfig by
+    :meth:`for_optimizer`."""
 
     @classmethod
     def from_config(cls, model: ModelConfig, cfg: ParametrizationConfig, *,
@@ -276,7 +277,7 @@ class Parametrization:
             # muP; Moonlight's 0.2 sqrt(max fan) grows like m^1/2, and so would the update's spectral norm (its
             # singular values are all near 1, unlike Adam's nearly low-rank update): m^-1/2, not Adam's 1/m,
             # keeps it width-constant (measured: docs/parametrizations.md, "Muon")
-            lr_width = 1.0 if self.muon_adjust == "spectral" else w**-0.5
+            lr_width = w**-0.5 if self.muon_adjust == "match_rms_adamw" else 1.0  # spectral, original: aspect only
         elif family in SGD_FAMILY:
             # SGD does not normalise gradients: vector-like parameters (embeddings, biases, gains, and the
             # readout behind its 1/m multiplier) get eta * m, matrices eta (mup.MuSGD); the QK-norm gain,
@@ -377,7 +378,8 @@ class Parametrization:
             rows.append(
                 {"role": role.value,
                  "init": f"{rule.init_std:.4g}" if rule.init_std else f"const {rule.init_value:g}",
-                 "multiplier": self.forward_multiplier(role), "lr": optimizer.lr * rule.lr_mult,
+                 "multiplier": self.forward_multiplier(role),
+                 "lr": optimizer.base_lr(muon_half=self.family(role) in MUON_FAMILY) * rule.lr_mult,
                  "eps": optimizer.eps * rule.eps_mult if self.family(role) in ADAM_FAMILY else None,
                  "optimizer": self.family(role),
                  "weight_decay": optimizer.weight_decay * rule.wd_mult}
@@ -462,6 +464,9 @@ class Parametrization:
             "spectral": "update x sqrt(fan_out/fan_in) per orthogonalised matrix (the spectral condition, Yang, "
                         "Simon and Bernstein 2023): width-constant under muP, so the hidden matrices' lr is eta "
                         "at every width",
+            "original": "update x sqrt(max(1, fan_out/fan_in)) per orthogonalised matrix (Jordan et al. 2024, "
+                        "torch.optim.Muon's default): a function of the aspect ratio, width-constant under muP, "
+                        "so the hidden matrices' lr is eta at every width",
             "match_rms_adamw": "update x 0.2 sqrt(max(fan_out, fan_in)) per orthogonalised matrix (Moonlight: "
                                "AdamW's update RMS), with lr eta/sqrt(m) on the hidden matrices: the factor grows "
                                "like sqrt(m), and Adam's 1/m would shrink the update's spectral norm like "

@@ -170,7 +170,7 @@ def _check_same_data(config: Config, tag_dir: Path, new_run: str) -> None:
 #: parametrization and base shape) and the data order. The schedule may change on a resume.
 RESUMED_KEYS = (
     *(f"optimizer.{k}" for k in ("name", "lr", "weight_decay", "betas", "eps", "momentum", "nesterov")),
-    *(f"optimizer.muon.{k}" for k in ("momentum", "nesterov", "ns_steps", "adjust_lr")),
+    *(f"optimizer.muon.{k}" for k in ("lr", "momentum", "nesterov", "ns_steps", "adjust_lr")),
     "parametrization", "model.base_depth", "model.base_width", "model.base_kv_heads",
     "model.rope_theta", "model.norm_eps",  # what the model computes, at the same tensor shapes
     "train.seed", "model.seq_len", "data.valid_fraction",  # which samples the run trains on, in which order
@@ -195,7 +195,10 @@ def _resolved(config: Config) -> dict[str, Any]:
         par.pop(key, None)
     return {"parametrization": par, "model.base_depth": model.base_depth or model.depth,
             "model.base_width": model.base_width or model.width,
-            "model.base_kv_heads": model.base_kv_heads or model.n_kv_heads}
+            "model.base_kv_heads": model.base_kv_heads or model.n_kv_heads,
+            # unset means optimizer.lr: spelling that out resumes
+            "optimizer.muon.lr": config.optimizer.base_lr(muon_half=True) if config.optimizer.name == "muon"
+            else None}
 
 
 def _at(config: Config, key: str) -> Any:
