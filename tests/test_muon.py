@@ -165,6 +165,33 @@ def test_muon_trains_resumes_exactly_and_tp2_dp2_matches_one_process(sample_data
 
 
 
+@pytest.mark.slow
+def test_muon_lr_reaches_the_trained_muon_matrices_only(sample_data: Path, tmp_path: Path) -> None:
+    """Trained for one step (constant LR, no clipping or decay): the run with optimizer.lr 0.01 and
+    optimizer.muon.lr 0.04 moves every Muon matrix exactly as the run with one LR of 0.04 does, and every
+    AdamW parameter exactly as the run with one LR of 0.01; the log carries muon_lr."""
+    from megadepth.train.merge import consolidated_state
+
+    def one_step(name: str, lr: float, muon_lr: float | None = None) -> dict[str, torch.Tensor]:
+        cfg = _muon_config(sample_data, tmp_path / name, steps=1, grad_accum=1)
+        muon = {**cfg["optimizer"]["muon"], **({"lr": muon_lr} if muon_lr else {})}
+        cfg.update(optimizer={**cfg["optimizer"], "lr": lr, "grad_clip": 0.0, "weight_decay": 0.0, "muon": muon},
+                   schedule={"name": "constant", "warmup_steps": 0})
+        run_ranks(train_counting, 1, cfg)
+        return consolidated_state(tmp_path / name)[1]
+
+    apart, muon_lr, adamw_lr = one_step("apart", 0.01, 0.04), one_step("muon", 0.04), one_step("adamw", 0.01)
+    muon_half = [k for k in apart if any(k.endswith(f"{m}.weight") for m in
+                                         ("query", "key_value", "out", "gate", "up", "down"))]
+    assert len(muon_half) == 12 and len(apart) > len(muon_half)
+    for key, value in apart.items():
+        same, other = (muon_lr, adamw_lr) if key in muon_half else (adamw_lr, muon_lr)
+        assert torch.equal(value, same[key]), key
+        if key in muon_half or "embedding" in key:
+            assert not torch.equal(value, other[key]), key
+    assert _losses(tmp_path / "apart", "muon_lr") == {1: 0.04}
+
+
 def _stop_and_resume(cfg: dict, world: int) -> tuple[list[dict], list[dict]]:
     """Train ``cfg`` on ``world`` ranks, stopped after 2 of its 4 steps, then resumed: both runs' results."""
     stopped = run_ranks(train_counting, world, {**cfg, "train": {**cfg["train"], "stop_after_steps": 2}})

@@ -320,7 +320,7 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
     incomplete_from = min((d["step"] for d in diverged), default=None)
     result: dict[str, Any] = {
         "parametrization": config.parametrization.name, "optimizer": config.optimizer.name,
-        "lr": config.optimizer.lr, "base_depth": config.model.base_depth,
+        "lr": config.optimizer.lr, "muon_lr": config.optimizer.muon.lr, "base_depth": config.model.base_depth,
         "base_width": config.model.base_width, "depths": list(depths), "widths": widths, "steps": steps,
         "seeds": list(seeds), "records": records, "diverged": diverged, "slopes": {},
     }

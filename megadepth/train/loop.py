@@ -218,12 +218,15 @@ class Trainer:
     def _record(self, log_due: bool) -> bool:
         """This step's metrics record, at a log or evaluation step; False (diverged) when a loss is not finite."""
         config, cfg, progress = self.config, self.cfg, self.progress
-        lr = config.optimizer.lr * lr_factor(progress.step - 1, cfg.steps, config.schedule)
+        factor = lr_factor(progress.step - 1, cfg.steps, config.schedule)
+        lr = config.optimizer.lr * factor
         record: dict[str, Any] = {"step": progress.step, "consumed_tokens": progress.consumed * config.model.seq_len}
         if log_due:
             progress.last_loss, tokens_per_s = self.window.take(self.plan.global_batch * config.model.seq_len)
             record.update(loss=progress.last_loss, lr=lr, grad_norm=self.stepper.grad_norm(),
                           tokens_per_s=tokens_per_s, elapsed_s=self._elapsed())
+            if config.optimizer.name == "muon" and config.optimizer.muon.lr is not None:
+                record["muon_lr"] = config.optimizer.muon.lr * factor  # the Muon matrices' own base LR
             self.bar.set_postfix(loss=f"{progress.last_loss:.4f}")
         if self._evaluate():
             # an eval step that is not a log step: where the run stands, without the loss window
