@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import statistics
 from collections.abc import Callable
 from pathlib import Path
 
@@ -686,3 +687,41 @@ def test_report_prints_and_saves_the_seed_level_intervals(tmp_path: Path) -> Non
     table = (root / "report" / "transfer.txt").read_text()
     assert "shift: 95% interval [" in table and "Student t, 3 seeds" in table
     assert "transfer loss at depth 16: 95% interval [" in table
+
+
+def test_best_loss_change_and_panel_comparisons_are_paired_by_seed(tmp_path: Path) -> None:
+    """Each seed's best grid loss: its change from depth 2 to 16 within a panel, and the difference between
+    panels at depth 16, with Student-t intervals over the seeds; numbers worked out from the synthetic losses
+    (the minimum sits on the grid at log2 LR -7). A seed missing a grid value is named, not counted."""
+    from megadepth.analysis.fitting import t_quantile
+
+    def loss(param: str, depth: int, lx: float, seed: int) -> float:
+        gain = (0.02 if param == "good" else 0.01) * math.log2(depth / 2) * (1 + 0.1 * seed)
+        return 3.0 + (0.05 if param == "drift" else 0.0) - gain + 0.03 * seed + 0.1 * (lx + 7) ** 2
+
+    data = report(make_sweep(tmp_path / "sweep", loss, lrs=range(-9, -4)))
+    panels = {p["label"]: p for p in data["panels"]}
+    for label, per_doubling in (("sp", 0.02), ("completep", 0.01)):
+        change = panels[label]["best_change"]
+        assert (change["from"], change["to"]) == (2, 16)
+        diffs = [-per_doubling * 3 * (1 + 0.1 * s) for s in (1, 2, 3)]
+        assert [d["difference"] for d in change["seeds"]] == pytest.approx(diffs)
+        half = t_quantile(0.975, 2) * statistics.stdev(diffs) / math.sqrt(3)
+        iv = change["interval"]
+        assert (iv["mean"], iv["low"], iv["high"]) == pytest.approx(
+            (statistics.mean(diffs), statistics.mean(diffs) - half, statistics.mean(diffs) + half))
+    (between,) = data["comparisons"]
+    assert (between["a"], between["b"], between["curve"]) == ("sp", "completep", 16)
+    expected = [0.05 + 0.03 * (1 + 0.1 * s) for s in (1, 2, 3)]  # drift's smaller gain, plus its offset
+    assert [d["difference"] for d in between["seeds"]] == pytest.approx(expected)
+    assert between["interval"]["low"] > 0
+    table = (tmp_path / "sweep" / "report" / "transfer.txt").read_text()
+    assert "best loss change depth 2 -> 16 (each seed's best grid loss, paired): -0.0720" in table
+    assert "completep - sp at depth 16: +0.0860" in table
+    assert json.loads((tmp_path / "sweep" / "report" / "transfer.json").read_text())["comparisons"][0]["curve"] == 16
+
+    gap = report(make_sweep(tmp_path / "gap", loss, lrs=range(-9, -4), skip=lambda v: v["model.depth"] == 16
+                            and v["train.seed"] == 2 and v["optimizer.lr"] == 2.0 ** -5))
+    sp = next(p for p in gap["panels"] if p["label"] == "sp")
+    assert sp["best_change"]["interval"] is None
+    assert sp["best_change"]["note"] == "no interval: seed 2 has no finished run at every grid value"

@@ -1,7 +1,8 @@
 """``megadepth report DIR``: does the optimal learning rate transfer across depth?
 
-Per panel and curve of a sweep: the fitted optimum over log2 LR, its shift and slope across curves, and
-the transfer losses, written to DIR/report/ (transfer.png, loss_vs_depth.png, transfer.json, .txt)."""
+Per panel and curve of a sweep: the fitted optimum over log2 LR, its shift and slope across curves, the
+transfer losses, and each seed's best loss compared across curves and panels, written to DIR/report/
+(transfer.png, loss_vs_depth.png, transfer.json, .txt)."""
 
 from __future__ import annotations
 

@@ -98,6 +98,17 @@ def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], cou
             if shift.get("transfer_loss_interval") is not None:
                 lines.append("  " + _interval_text(f"transfer loss at {curve_name} {show(shift['to'])}",
                                                    shift["transfer_loss_interval"], "+.4f", ""))
+        change = panel.get("best_change")
+        if change:
+            lines.append("  " + _difference_text(
+                f"best loss change {curve_name} {show(change['from'])} -> {show(change['to'])} (each seed's best grid "
+                "loss, paired)", change))
+    comparisons = result.get("comparisons") or []
+    if comparisons:
+        lines += ["", f"between panels at the deepest shared {curve_name}: the second's best grid loss minus the "
+                  "first's, paired by seed (below 0: the second trains better at its own best LR)"]
+        lines += ["  " + _difference_text(f"{c['b']} - {c['a']} at {curve_name} {show(c['curve'])}", c)
+                  for c in comparisons]
     table = "\n".join(lines)
     not_finished = [r for r in runs if r.status not in FINISHED]
     if not_finished:
@@ -119,6 +130,15 @@ def _interval_text(what: str, iv: dict[str, Any] | None, fmt: str, unit: str) ->
             f"(seed-level mean {format(iv['mean'], fmt)}; Student t, {iv['n']} seeds, t = {iv['t']:.2f})")
 
 
+def _difference_text(what: str, diff: dict[str, Any]) -> str:
+    """One table line for a paired best-loss difference: its seed-level interval, or why there is none."""
+    iv = diff["interval"]
+    if iv is None:
+        return f"{what}: {diff['note']}"
+    return (f"{what}: {iv['mean']:+.4f}, {iv['level']:.0%} interval [{iv['low']:+.4f}, {iv['high']:+.4f}] "
+            f"(Student t, {iv['n']} seeds, t = {iv['t']:.2f})")
+
+
 def to_json(result: dict[str, Any], roles: Roles, meta: dict[str, Any], counts: dict[str, int],
               failed: list[Run]) -> dict[str, Any]:
     """transfer.json's content; an undefined value, mean, std or sem is null, never NaN."""
@@ -136,12 +156,12 @@ def to_json(result: dict[str, Any], roles: Roles, meta: dict[str, Any], counts: 
                   for c in panel["curves"]]
         panels.append({"panel": panel["panel"], "label": panel["label"], "grid_step_log2": panel["grid_step_log2"],
                        "shift": panel["shift"], "slope": panel["slope"], "reference": panel["reference"],
-                       "transfer": panel["transfer"], "curves": curves})
+                       "transfer": panel["transfer"], "best_change": panel.get("best_change"), "curves": curves})
     return {
         "sweep": meta["name"], "source": meta["source"], "metric": roles.metric, "x": roles.x,
         "curve": roles.curve, "seed": roles.seed, "linked": roles.linked,
         "linked_source": meta.get("linked_source"), "panel_axes": roles.panels, "runs": counts,
         "not_finished": [{"id": r.id, "point": r.point, "status": r.status, "error": r.error} for r in failed],
-        "panels": panels,
+        "panels": panels, "comparisons": result.get("comparisons") or [],
     }
 

@@ -94,8 +94,8 @@ def analyse(runs: list[Run], roles: Roles, window: int = 3) -> dict[str, Any]:
         label = ", ".join(show(v) if leaf(a) == "name" else f"{leaf(a)}={show(v)}"
                           for a, v in panel_values[pkey].items())
         panels.append({"panel": panel_values[pkey], "label": label or "all runs", "curves": curves,
-                       **_transfer(curves)})
-    return {"panels": panels}
+                       **_transfer(curves), "best_change": best_change(curves)})
+    return {"panels": panels, "comparisons": compare_panels(panels)}
 
 
 def _transfer(curves: list[dict[str, Any]]) -> dict[str, Any]:
@@ -241,4 +241,66 @@ def transfer_intervals(ref: dict[str, Any], last: dict[str, Any],
         out["note"] = f"no interval: {len(seeds)} seed(s) with an optimum on both curves (at least 2 needed)"
     elif out["transfer_loss"] is None:
         out["note"] = "no transfer-loss interval: a seed has no loss at its reference optimum"
+    return out
+
+
+def seed_bests(curve: dict[str, Any]) -> tuple[dict[Any, float], str]:
+    """Each seed's lowest finished loss over the curve's grid (its own best LR, not fitted), and why a seed
+    is left out: a seed needs a finished run at every grid value, or its best would be over fewer LRs."""
+    per_seed: dict[Any, list[float]] = {}
+    for p in curve["points"]:
+        for r in p["seeds"]:
+            value = r["value"] if r["status"] in FINISHED else math.nan
+            per_seed.setdefault(hashable(r["seed"]), []).append(value)
+    out, why = {}, ""
+    n_points = len(curve["points"])
+    for seed, values in per_seed.items():
+        if len(values) != n_points or any(math.isnan(v) for v in values) or not any(math.isfinite(v) for v in values):
+            why = f"seed {show(seed)} has no finished run at every grid value"
+            continue
+        out[seed] = min(v for v in values if math.isfinite(v))
+    return out, why
+
+
+def paired_difference(a: dict[str, Any], b: dict[str, Any], level: float = INTERVAL_LEVEL) -> dict[str, Any]:
+    """Seed by seed, curve ``b``'s best grid loss minus curve ``a``'s, and a Student-t interval over the
+    differences: do the two reach different losses, each at its own best LR? None (the note says why)
+    unless both curves have the same 2 or more seeds."""
+    lo, why_a = seed_bests(a)
+    hi, why_b = seed_bests(b)
+    out: dict[str, Any] = {"method": "student-t over each seed's best-grid-loss difference, paired by seed",
+                           "interval": None, "seeds": [], "note": ""}
+    if why_a or why_b or set(lo) != set(hi):
+        out["note"] = "no interval: " + (why_a or why_b or "the two curves do not have the same seeds")
+        return out
+    diffs = {seed: hi[seed] - lo[seed] for seed in lo}
+    out["seeds"] = [{"seed": seed, "difference": d} for seed, d in diffs.items()]
+    out["interval"] = seed_interval(list(diffs.values()), level)
+    if out["interval"] is None:
+        out["note"] = f"no interval: {len(diffs)} seed(s) (at least 2 needed)"
+    return out
+
+
+def best_change(curves: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The first curve -> the last: how much each seed's best loss changes (depth 2 -> 16: does the deeper
+    model train better at its own tuned LR?)."""
+    if len(curves) < 2:
+        return None
+    first, last = curves[0], curves[-1]
+    return {"from": first["curve"], "to": last["curve"], **paired_difference(first, last)}
+
+
+def compare_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Between every two panels (parametrizations), at the last curve value they share: the second's best
+    grid loss minus the first's, paired by seed (which parametrization trains the deepest model best)."""
+    out = []
+    for i, a in enumerate(panels):
+        for b in panels[i + 1:]:
+            by_a = {c["curve"]: c for c in a["curves"]}
+            shared = [c for c in b["curves"] if c["curve"] in by_a]
+            if not shared:
+                continue
+            curve = shared[-1]
+            out.append({"a": a["label"], "b": b["label"], "curve": curve["curve"],
+                        **paired_difference(by_a[curve["curve"]], curve)})
     return out
