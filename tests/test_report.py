@@ -725,3 +725,20 @@ def test_best_loss_change_and_panel_comparisons_are_paired_by_seed(tmp_path: Pat
     sp = next(p for p in gap["panels"] if p["label"] == "sp")
     assert sp["best_change"]["interval"] is None
     assert sp["best_change"]["note"] == "no interval: seed 2 has no finished run at every grid value"
+
+
+def test_a_sweep_json_without_its_run_directories_reports_the_same(tmp_path: Path) -> None:
+    """Published results ship sweep.json alone (docs/results/): the report reads the status and metrics it
+    recorded per run, gives the same analysis as with the run directories, and says where they came from."""
+    import shutil
+
+    root = make_sweep(tmp_path / "sweep", smooth_loss(noise=0.004), skip=lambda v: v["train.seed"] == 3
+                      and v["optimizer.lr"] == 2.0 ** -4)
+    full = report(root)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(root / "sweep.json", alone / "sweep.json")
+    shipped = report(alone)
+    assert shipped["panels"] == json.loads(json.dumps(full["panels"]))
+    assert shipped["runs"] == full["runs"] and full["runs"].get("pending") == 2 * 4
+    assert full["source"] == "sweep.json" and "from its recorded results" in shipped["source"]

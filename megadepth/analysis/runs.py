@@ -61,16 +61,24 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
         meta = {"name": index.get("name", root.name), "axes": list(index.get("axes", [])),
                 "report": dict(index.get("report") or {}), "metric": index.get("metric"), "source": "sweep.json"}
         entries = [(str(e["id"]), dict(e.get("point") or {})) for e in index["runs"] if "id" in e]
+        recorded = {str(e["id"]): e for e in index["runs"] if "id" in e}
         groups = _spec_links(root / str(index.get("spec") or "sweep.yaml"), meta["axes"])
     else:
         run_root, meta, entries = _run_directories(root)
-        groups = None
+        groups, recorded = None, {}
     meta["linked"], meta["linked_source"] = (groups, "sweep spec") if groups is not None else \
         (_infer_links([p for _, p in entries], meta["axes"]), "inferred")
     runs: list[Run] = []
+    from_index = 0
     for rid, point in entries:
+        if not (run_root / rid).is_dir() and recorded.get(rid, {}).get("status") in ("completed", "diverged"):
+            runs.append(_recorded_run(rid, point, recorded[rid]))
+            from_index += 1
+            continue
         state = read_state(run_root / rid, rid)
         runs.append(Run(rid, point, state.status, math.nan, state.error, state.summary))
+    if from_index:
+        meta["source"] = f"sweep.json ({from_index} run(s) from its recorded results: their directories are absent)"
     metric_name = metric or meta.get("metric")
     if metric_name is None:  # a plain directory: eval loss where runs have it, else train loss
         has_eval = any(math.isfinite(as_float(r.summary.get("final_eval_loss"))) for r in runs
@@ -93,6 +101,15 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
                 r.status, r.value = "diverged", math.inf
     meta["metric"] = metric_name
     return runs, meta
+
+
+def _recorded_run(rid: str, point: dict[str, Any], entry: dict[str, Any]) -> Run:
+    """A run known only from sweep.json (its directory not copied, as for a sweep's published results): the
+    status and metrics the sweep recorded when the run ended (no config to read: the blown-up check against
+    ln(vocab_size) is the one the sweep's runs already passed or not)."""
+    status = str(entry["status"])
+    summary = {k: entry[k] for k in (*METRICS, "steps", "tokens", "wall_s") if k in entry}
+    return Run(rid, point, status, math.nan, entry.get("error"), summary)
 
 
 def _run_directories(root: Path) -> tuple[Path, dict[str, Any], list[tuple[str, dict[str, Any]]]]:
