@@ -335,6 +335,20 @@ def test_keys_one_level_too_high_are_pointed_to_their_section() -> None:
         load_config([], ["warmup=3"])
 
 
+@pytest.mark.parametrize("spelled", ["muon.lr", "optimizer.muon_lr", "optimizer.muonlr", "muon_lr"])
+def test_a_nested_key_spelled_short_or_flat_points_to_it(spelled: str) -> None:
+    """'muon.lr' is optimizer.muon.lr, not the leaf rule's optimizer.lr (which would change the other LR)."""
+    with pytest.raises(ConfigError, match=rf"'{spelled}' \(in --set\); did you mean 'optimizer.muon.lr'\?"):
+        load_config([], [f"{spelled}=0.05"])
+
+
+def test_a_nested_section_at_the_top_level_points_to_its_place(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("optimizer:\n  name: muon\nmuon:\n  lr: 0.05\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'muon' .*did you mean 'optimizer.muon'\?"):
+        load_config([path])
+
+
 def test_home_in_paths_is_expanded_and_a_numeric_folder_stays_text(tmp_path: Path) -> None:
     """`train.out_dir: ~/runs` made a folder named '~' in the working directory; `--set data.path=2024`
     was an int and refused."""

@@ -190,6 +190,7 @@ def test_muon_lr_reaches_the_trained_muon_matrices_only(sample_data: Path, tmp_p
         if key in muon_half or "embedding" in key:
             assert not torch.equal(value, other[key]), key
     assert _losses(tmp_path / "apart", "muon_lr") == {1: 0.04}
+    assert _losses(tmp_path / "adamw", "muon_lr") == {1: 0.01}  # unset: optimizer.lr, logged all the same
 
 
 def _stop_and_resume(cfg: dict, world: int) -> tuple[list[dict], list[dict]]:
@@ -289,9 +290,12 @@ def test_muon_lr_sets_the_muon_matrices_apart_from_the_adamw_roles() -> None:
 
     spelled = validate({**shared.model_dump(), "optimizer": {**shared.optimizer.model_dump(), "muon": {"lr": 0.01}}})
     assert resumed_setting_differences(shared, spelled) == ""
-    assert resumed_setting_differences(shared, apart) == "optimizer.muon.lr 0.01 there, 0.08 here"
-    assert "optimizer.muon.lr" in resumed_setting_differences(apart, spelled)
-    with pytest.raises(Exception, match="optimizer.muon has no effect with optimizer.name: adamw"):
+    assert resumed_setting_differences(shared, apart) == "optimizer.muon.lr unset (optimizer.lr 0.01) there, 0.08 here"
+    assert resumed_setting_differences(apart, spelled) == "optimizer.muon.lr 0.08 there, 0.01 here"
+    faster = validate({**shared.model_dump(), "optimizer": {**shared.optimizer.model_dump(), "lr": 0.02}})
+    assert resumed_setting_differences(shared, faster) == "optimizer.lr 0.01 there, 0.02 here"  # named once
+    with pytest.raises(Exception, match=r"optimizer.muon has no effect with optimizer.name: adamw \(set: "
+                       r"optimizer.muon.lr\); .*--set optimizer.muon.lr=null\)"):
         validate({"optimizer": {"name": "adamw", "muon": {"lr": 0.05}}})
 
 

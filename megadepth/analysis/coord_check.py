@@ -320,10 +320,12 @@ def run_coord_check(config: Config, depths: Sequence[int], widths: Sequence[int]
     incomplete_from = min((d["step"] for d in diverged), default=None)
     result: dict[str, Any] = {
         "parametrization": config.parametrization.name, "optimizer": config.optimizer.name,
-        "lr": config.optimizer.lr, "muon_lr": config.optimizer.muon.lr, "base_depth": config.model.base_depth,
+        "lr": config.optimizer.lr, "base_depth": config.model.base_depth,
         "base_width": config.model.base_width, "depths": list(depths), "widths": widths, "steps": steps,
         "seeds": list(seeds), "records": records, "diverged": diverged, "slopes": {},
     }
+    if config.optimizer.name == "muon":  # the Muon matrices' own LR and update scale
+        result.update(muon_lr=config.optimizer.base_lr(muon_half=True), adjust_lr=config.optimizer.muon.adjust_lr)
     if len(set(depths)) > 1:
         result["slopes"]["depth"] = slopes(summary, "depth", incomplete_from)
     if len(set(widths)) > 1:
@@ -367,14 +369,14 @@ def plot_coord_check(result: dict[str, Any], out: Path) -> Path:
         axes[row][0].set_ylabel("RMS over coordinates")
         if axes[row][0].get_lines():
             axes[row][0].legend(fontsize=7)
-    fig.suptitle(f"coordinate check: {result['parametrization']} ({result['optimizer']}, lr {result['lr']:g})")
+    fig.suptitle(f"coordinate check: {result['parametrization']} ({optimizer_words(result)})")
     fig.tight_layout()
     return save_figure(fig, out)
 
 
 def format_slopes(result: dict[str, Any]) -> str:
     predicted = any(v.get("predicted") is not None for per_q in result["slopes"].values() for v in per_q.values())
-    lines = [f"coordinate check: {result['parametrization']} ({result['optimizer']}), mean log-log slope over "
+    lines = [f"coordinate check: {result['parametrization']} ({optimizer_words(result)}), mean log-log slope over "
              "steps >= 1 (block_output_init: step 0), " + (
                  "predicted in brackets" if predicted else "no predicted slopes for this setting "
                  "(docs/parametrizations.md, 'What the slopes should be')")]
@@ -391,3 +393,12 @@ def format_slopes(result: dict[str, Any]) -> str:
         span = f"step {left_out[0]}" if len(left_out) == 1 else f"steps {left_out[0]} to {left_out[-1]}"
         lines.append(f"  {span} left out of the slopes: a shape or seed had diverged by step {left_out[0]}")
     return "\n".join(lines)
+
+
+def optimizer_words(result: dict[str, Any]) -> str:
+    """'adamw, lr 0.003'; under Muon also its matrices' LR and update scale ('muon, lr 0.1, Muon lr 0.2,
+    adjust_lr original')."""
+    words = f"{result['optimizer']}, lr {result['lr']:g}"
+    if "muon_lr" in result:
+        words += f", Muon lr {result['muon_lr']:g}, adjust_lr {result['adjust_lr']}"
+    return words

@@ -17,6 +17,7 @@ from megadepth.analysis.table import show_number
 from megadepth.analysis.transfer import curve_label, measured_transfer, show
 from megadepth.common.io import save_figure
 from megadepth.common.typed_yaml import leaf
+from megadepth.sweep.spec import label_name
 
 MIN_SPAN = 0.1
 """The smallest y span, in nats, both figures draw: points 0.003 nats apart must look close (seeds differ
@@ -186,7 +187,7 @@ def plot_loss_vs_depth(result: dict[str, Any], roles: Roles, out: Path, title: s
         return None
     fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=110, layout="constrained")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    curve_name, xname = leaf(roles.curve), leaf(roles.x)
+    curve_name, xname = leaf(roles.curve), label_name(roles.x)
     values: list[float] = []  # every finite value drawn, for the y range
     diverged: list[tuple[float, Any]] = []
     handles: list[Any] = []  # the key's entries, and their texts

@@ -10,6 +10,7 @@ from megadepth.analysis.fitting import INTERVAL_LEVEL, Optimum
 from megadepth.analysis.runs import Roles, Run
 from megadepth.analysis.transfer import FINISHED, curve_label, measured_transfer, show
 from megadepth.common.typed_yaml import leaf
+from megadepth.sweep.spec import label_name
 
 
 def show_number(v: float | None, fmt: str = ".3f") -> str:
@@ -25,7 +26,7 @@ def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], cou
                  runs: list[Run]) -> str:
     """The printed table (and transfer.txt): one block per panel, one row per curve, measured and
     fitted columns apart, then the runs that did not finish or blew up."""
-    curve_name, xname = leaf(roles.curve or "curve"), leaf(roles.x)
+    curve_name, xname = leaf(roles.curve or "curve"), label_name(roles.x)
 
     def role(key: str | None) -> str:
         mates = roles.linked.get(key or "", [])

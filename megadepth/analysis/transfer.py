@@ -75,8 +75,10 @@ def analyse(runs: list[Run], roles: Roles, window: int = 3) -> dict[str, Any]:
         cval = hashable(r.point.get(roles.curve)) if roles.curve else None
         xval = r.point[roles.x]
         if not isinstance(xval, (int, float)) or isinstance(xval, bool) or xval <= 0:
+            unset = (" (null: the point leaves the key unset; give every point a number, e.g. the value it "
+                     "falls back to)") if xval is None else ""
             raise ConfigError(f"report: the x axis '{roles.x}' needs positive numbers (it is fitted in log2), "
-                              f"got {xval!r}")
+                              f"got {xval!r}{unset}")
         cells.setdefault(pkey, {}).setdefault(cval, {}).setdefault(float(xval), []).append(r)
 
     panels = []

@@ -150,6 +150,8 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     looked up as a leaf ('seed' -> 'train.seed'), then as the start of one ('warmup' ->
     'schedule.warmup_steps'), then as a misspelled section or leaf."""
     candidates = list(candidates)
+    if nested := _nested(key, candidates):
+        return f"; did you mean {' or '.join(repr(c) for c in nested[:3])}?"
     depth = key.count(".") + 1
     # compare against keys (and section names) of the same nesting depth
     pool = sorted({".".join(c.split(".")[:depth]) for c in candidates})
@@ -176,6 +178,28 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
     if not best:
         best = [by_leaf[m] for m in difflib.get_close_matches(leaf(key), list(by_leaf), n=1, cutoff=0.7)]
     return f"; did you mean '{best[0]}'?" if best else ""
+
+
+def _nested(key: str, candidates: list[str]) -> list[str]:
+    """Keys (or sections) that ``key`` names with its outer sections left off or its dots written as
+    underscores: 'muon.lr', 'optimizer.muon_lr', 'optimizer.muonlr' -> 'optimizer.muon.lr'; a top-level
+    'muon' -> the section 'optimizer.muon'. A single word that is a leaf is left to :func:`suggest`'s own
+    rules ('seed' -> 'train.seed')."""
+    def squash(text: str) -> str:
+        return text.replace(".", "").replace("_", "").lower()
+
+    found: list[str] = []
+    for spelled in dict.fromkeys((key, key.replace("_", "."))):
+        if "." in spelled:
+            found += [c for c in candidates if c.endswith("." + spelled)]
+    if "." in key:
+        found += [c for c in candidates if squash(c) == squash(key)]
+    else:  # a nested section's name on its own
+        for c in candidates:
+            parts = c.split(".")
+            if key in parts[1:-1]:
+                found.append(".".join(parts[: parts.index(key, 1) + 1]))
+    return list(dict.fromkeys(found))
 
 
 def _is_text_field(annotation: Any) -> bool:

@@ -4,6 +4,7 @@ with a docstring that ``megadepth config --explain`` prints."""
 from __future__ import annotations
 
 import datetime
+import json
 import os
 from typing import Annotated, Any, Literal, get_args
 
@@ -298,8 +299,9 @@ class MuonConfig(Section):
 
     lr: float | None = Field(None, gt=0)
     """Base learning rate of the Muon matrices (at the base shape); each Muon group multiplies it by its rule.
-    Unset: optimizer.lr drives both halves. Muon's orthogonalised update wants a larger LR than AdamW's
-    embeddings and readout (about 10-20x under adjust_lr: spectral), so one shared LR tunes a compromise;
+    Unset: optimizer.lr drives both halves. Under adjust_lr: spectral Muon's best LR is several times AdamW's
+    best (README: 5 to 17 times the quickstart's on a short run), and beside Muon the AdamW roles also did
+    best well above AdamW's own optimum (docs/transfer.md, "Muon"), so one shared LR is a sound default;
     setting this tunes the two apart, as torch's separate Muon and AdamW optimizers do."""
     momentum: float = Field(0.95, ge=0, lt=1)
     """Momentum coefficient mu (the buffer is an average: buf = mu buf + (1 - mu) grad)."""
@@ -351,8 +353,13 @@ class OptimizerConfig(Section):
             raise ValueError(f"optimizer.momentum is SGD's (optimizer.name: sgd), it has no effect with "
                              f"optimizer.name: {self.name} ({own})")
         if self.name != "muon" and self.muon != MuonConfig():  # defaults pass: resolved configs write them out
-            raise ValueError(f"optimizer.muon has no effect with optimizer.name: {self.name}; set optimizer.name: "
-                             "muon or drop it")
+            default = MuonConfig()
+            changed = [k for k in MuonConfig.model_fields if getattr(self.muon, k) != getattr(default, k)]
+            keys = ", ".join(f"optimizer.muon.{k}" for k in changed)
+            unset = " ".join(f"--set optimizer.muon.{k}={json.dumps(getattr(default, k)).strip(chr(34))}"
+                             for k in changed)  # null, true, 0.95, spectral
+            raise ValueError(f"optimizer.muon has no effect with optimizer.name: {self.name} (set: {keys}); set "
+                             f"optimizer.name: muon, or drop it (from the command line: {unset})")
         return self
 
     def base_lr(self, muon_half: bool) -> float:

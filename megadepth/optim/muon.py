@@ -42,8 +42,9 @@ that Newton-Schulz ran (DeepSpeed's Muon has had releases where it silently neve
 Width: ``adjust_lr: spectral`` scales each orthogonalised matrix by sqrt(fan_out / fan_in), the spectral
 condition for feature learning (Yang, Simon and Bernstein 2023): under muP both fans grow with m, so the
 factor, and the tuned LR, do not change with width. ``original`` (Keller Jordan's Muon, torch.optim.Muon's
-default) scales by sqrt(max(1, fan_out / fan_in)): the same for wide matrices, 1 instead of sqrt(fan_out /
-fan_in) < 1 for the tall-input ones (MLP out, SwiGLU down); a function of the aspect ratio only, so
+default) scales by sqrt(max(1, fan_out / fan_in)): the same where fan_out >= fan_in, 1 instead of
+sqrt(fan_out / fan_in) < 1 where a matrix has fewer outputs than inputs (MLP out, SwiGLU down, and K and V
+apart under grouped-query attention, kv_heads x head_dim < width); a function of the aspect ratio only, so
 width-constant as well. ``match_rms_adamw`` scales by 0.2 sqrt(max(fan_out,
 fan_in)) (Moonlight: AdamW's update RMS), which grows like sqrt(m), so the parametrization gives hidden
 matrices LR eta/sqrt(m) (parametrize.rules; Adam's 1/m would shrink the update like m^-1/2, which the

@@ -377,7 +377,15 @@ def point_label(values: Mapping[str, Any]) -> str:
             return f"{name}=2^{int(math.log2(value))}"
         return f"{name}={_fmt(value)}"
 
-    return " ".join(part(leaf(key), value) for key, value in values.items())
+    return " ".join(part(label_name(key), value) for key, value in values.items())
+
+
+def label_name(key: str) -> str:
+    """An axis as labels show it: its leaf ('depth'), with the inner section for keys nested deeper
+    ('muon.lr', which the leaf alone would show as if it were optimizer.lr). Run ids keep the leaf: an id,
+    once written, must not change."""
+    parts = key.split(".")
+    return ".".join(parts[1:]) if len(parts) > 2 else parts[-1]
 
 
 def point_id(values: Mapping[str, Any]) -> str:

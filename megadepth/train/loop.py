@@ -220,17 +220,20 @@ class Trainer:
         config, cfg, progress = self.config, self.cfg, self.progress
         factor = lr_factor(progress.step - 1, cfg.steps, config.schedule)
         lr = config.optimizer.lr * factor
+        # under Muon, the Muon matrices' base LR too (optimizer.muon.lr, else optimizer.lr): in every record
+        # that has lr, whether or not it was set, so records keep one shape across a resume that spells it out
+        lrs = {"lr": lr, **({"muon_lr": config.optimizer.base_lr(muon_half=True) * factor}
+                            if config.optimizer.name == "muon" else {})}
         record: dict[str, Any] = {"step": progress.step, "consumed_tokens": progress.consumed * config.model.seq_len}
         if log_due:
             progress.last_loss, tokens_per_s = self.window.take(self.plan.global_batch * config.model.seq_len)
-            record.update(loss=progress.last_loss, lr=lr, grad_norm=self.stepper.grad_norm(),
+            record.update(loss=progress.last_loss, **lrs, grad_norm=self.stepper.grad_norm(),
                           tokens_per_s=tokens_per_s, elapsed_s=self._elapsed())
-            if config.optimizer.name == "muon" and config.optimizer.muon.lr is not None:
-                record["muon_lr"] = config.optimizer.muon.lr * factor  # the Muon matrices' own base LR
             self.bar.set_postfix(loss=f"{progress.last_loss:.4f}")
         if self._evaluate():
             # an eval step that is not a log step: where the run stands, without the loss window
-            record.setdefault("lr", lr)
+            for key, value in lrs.items():
+                record.setdefault(key, value)
             record.setdefault("elapsed_s", self._elapsed())
             record["eval_loss"] = progress.last_eval
         elif not log_due:
@@ -239,7 +242,8 @@ class Trainer:
             progress.metrics.write(record)  # type: ignore[union-attr]
             progress.tracker.log(record, progress.step)  # type: ignore[union-attr]
             parts = [f"step {progress.step}/{cfg.steps}"]
-            parts += [f"{k} {record[k]:.4g}" for k in ("loss", "eval_loss", "lr", "grad_norm") if k in record]
+            parts += [f"{k} {record[k]:.4g}" for k in ("loss", "eval_loss", "lr", "muon_lr", "grad_norm")
+                      if k in record]
             parts += [f"{record['tokens_per_s']:,.0f} tok/s"] if "tokens_per_s" in record else []
             self.out("  ".join(parts))
         if all(math.isfinite(record[k]) for k in ("loss", "eval_loss") if k in record):

@@ -195,10 +195,7 @@ def _resolved(config: Config) -> dict[str, Any]:
         par.pop(key, None)
     return {"parametrization": par, "model.base_depth": model.base_depth or model.depth,
             "model.base_width": model.base_width or model.width,
-            "model.base_kv_heads": model.base_kv_heads or model.n_kv_heads,
-            # unset means optimizer.lr: spelling that out resumes
-            "optimizer.muon.lr": config.optimizer.base_lr(muon_half=True) if config.optimizer.name == "muon"
-            else None}
+            "model.base_kv_heads": model.base_kv_heads or model.n_kv_heads}
 
 
 def _at(config: Config, key: str) -> Any:
@@ -207,6 +204,22 @@ def _at(config: Config, key: str) -> Any:
     for part in key.split("."):
         value = getattr(value, part)
     return value
+
+
+def _muon_lr_difference(saved: Config, config: Config) -> list[str]:
+    """The Muon matrices' base LR, unset read as optimizer.lr (spelling that out resumes); nothing when either
+    run is not Muon's (optimizer.name's difference says it) or both leave it unset (optimizer.lr's does)."""
+    if saved.optimizer.name != "muon" or config.optimizer.name != "muon":
+        return []
+    if saved.optimizer.muon.lr is None and config.optimizer.muon.lr is None:
+        return []
+    if saved.optimizer.base_lr(muon_half=True) == config.optimizer.base_lr(muon_half=True):
+        return []
+
+    def shown(c: Config) -> str:
+        return str(c.optimizer.muon.lr) if c.optimizer.muon.lr is not None else f"unset (optimizer.lr {c.optimizer.lr})"
+
+    return [f"optimizer.muon.lr {shown(saved)} there, {shown(config)} here"]
 
 
 def resumed_setting_differences(saved: Config, config: Config) -> str:
@@ -220,6 +233,9 @@ def resumed_setting_differences(saved: Config, config: Config) -> str:
             was_d, now_d = was_r[section], now_r[section]
             out += [f"{_LABELS.get(k, f'{section}.{k}')} {was_d[k]} there, {now_d[k]} here"
                     for k in was_d if was_d[k] != now_d.get(k)]
+            continue
+        if key == "optimizer.muon.lr":
+            out += _muon_lr_difference(saved, config)
             continue
         was, now = (was_r[key], now_r[key]) if key in was_r else (_at(saved, key), _at(config, key))
         if was != now:
