@@ -398,7 +398,7 @@ def format_slopes(result: dict[str, Any]) -> str:
 def optimizer_words(result: dict[str, Any]) -> str:
     """'adamw, lr 0.003'; under Muon also its matrices' LR and update scale ('muon, lr 0.1, Muon lr 0.2,
     adjust_lr original')."""
-    words = f"{result['optimizer']}, lr {result['lr']:g}"
+    words = result["optimizer"] + (f", lr {result['lr']:g}" if "lr" in result else "")
     if "muon_lr" in result:
         words += f", Muon lr {result['muon_lr']:g}, adjust_lr {result['adjust_lr']}"
     return words
