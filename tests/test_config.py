@@ -335,10 +335,14 @@ def test_keys_one_level_too_high_are_pointed_to_their_section() -> None:
         load_config([], ["warmup=3"])
 
 
-@pytest.mark.parametrize("spelled", ["muon.lr", "optimizer.muon_lr", "optimizer.muonlr", "muon_lr"])
-def test_a_nested_key_spelled_short_or_flat_points_to_it(spelled: str) -> None:
-    """'muon.lr' is optimizer.muon.lr, not the leaf rule's optimizer.lr (which would change the other LR)."""
-    with pytest.raises(ConfigError, match=rf"'{spelled}' \(in --set\); did you mean 'optimizer.muon.lr'\?"):
+@pytest.mark.parametrize(("spelled", "meant"), [
+    ("muon.lr", "optimizer.muon.lr"), ("train.muon.lr", "optimizer.muon.lr"), ("Muon.lr", "optimizer.muon.lr"),
+    ("optimizer.muon_lr", "optimizer.muon.lr"), ("optimizer.muonlr", "optimizer.muon.lr"),
+    ("muon_lr", "optimizer.muon.lr"), ("optimizer_lr", "optimizer.lr"), ("model_depth", "model.depth")])
+def test_a_nested_key_spelled_short_or_flat_points_to_it(spelled: str, meant: str) -> None:
+    """'muon.lr' is optimizer.muon.lr, not the leaf rule's optimizer.lr (which would change the other LR);
+    underscores for dots point to the dotted key, not to its section."""
+    with pytest.raises(ConfigError, match=rf"'{spelled}' \(in --set\); did you mean '{meant}'\?"):
         load_config([], [f"{spelled}=0.05"])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,7 @@ import yaml
 
 from megadepth.analysis.report import fit_optimum, interpolate, report, transfer_ylim, weighted_slope
 from megadepth.cli import main
+from megadepth.common.errors import ConfigError
 from megadepth.sweep.runner import SweepDir, write_index
 from megadepth.sweep.spec import expand, parse_spec
 
@@ -717,14 +719,24 @@ def test_best_loss_change_and_panel_comparisons_are_paired_by_seed(tmp_path: Pat
     assert between["interval"]["low"] > 0
     table = (tmp_path / "sweep" / "report" / "transfer.txt").read_text()
     assert "best loss change depth 2 -> 16 (each seed's best grid loss, paired): -0.0720" in table
-    assert "completep - sp at depth 16: +0.0860" in table
+    assert "completep - sp at depth 16: +0.0860" in table and "'A - B' is A's best grid loss minus B's" in table
     assert json.loads((tmp_path / "sweep" / "report" / "transfer.json").read_text())["comparisons"][0]["curve"] == 16
 
     gap = report(make_sweep(tmp_path / "gap", loss, lrs=range(-9, -4), skip=lambda v: v["model.depth"] == 16
                             and v["train.seed"] == 2 and v["optimizer.lr"] == 2.0 ** -5))
     sp = next(p for p in gap["panels"] if p["label"] == "sp")
-    assert sp["best_change"]["interval"] is None
-    assert sp["best_change"]["note"] == "no interval: seed 2 has no finished run at every grid value"
+    assert sp["best_change"]["interval"]["n"] == 2 and [d["seed"] for d in sp["best_change"]["seeds"]] == [1, 3]
+    assert sp["best_change"]["note"] == "seed 2 left out (no finished run at some grid value at 16)"
+
+    def with_seed_2_diverged(param: str, depth: int, lx: float, seed: int) -> float:
+        return math.inf if (param, depth, seed) == ("good", 16, 2) else loss(param, depth, lx, seed)
+
+    broken = report(make_sweep(tmp_path / "broken", with_seed_2_diverged, lrs=range(-9, -4)))
+    (between,) = broken["comparisons"]
+    assert between["interval"]["n"] == 2
+    assert between["note"] == "seed 2 left out (diverged at every grid value at 16)"
+    table = (tmp_path / "broken" / "report" / "transfer.txt").read_text()
+    assert "completep - sp at depth 16: " in table and "seed 2 left out (diverged at every grid value" in table
 
 
 def test_a_sweep_json_without_its_run_directories_reports_the_same(tmp_path: Path) -> None:
@@ -742,3 +754,17 @@ def test_a_sweep_json_without_its_run_directories_reports_the_same(tmp_path: Pat
     assert shipped["panels"] == json.loads(json.dumps(full["panels"]))
     assert shipped["runs"] == full["runs"] and full["runs"].get("pending") == 2 * 4
     assert full["source"] == "sweep.json" and "from its recorded results" in shipped["source"]
+
+    index = json.loads((alone / "sweep.json").read_text())
+    index["runs"][0].update(status="failed", error="boom")
+    (alone / "sweep.json").write_text(json.dumps(index))
+    assert report(alone)["not_finished"][0]["error"] == "boom"
+    for bad, says in ((lambda i: i["runs"].__setitem__(1, "a string"), "runs[1] is not a run"),
+                      (lambda i: i["runs"][2].update(point=[1, 2]), "runs[2] is not a run"),
+                      (lambda i: i["runs"][3].update(status="exploded"), "runs[3] has status 'exploded'"),
+                      (lambda i: i.update(axes="parametrization.name"), "'axes' is not a list")):
+        corrupt = json.loads(json.dumps(index))
+        bad(corrupt)
+        (alone / "sweep.json").write_text(json.dumps(corrupt))
+        with pytest.raises(ConfigError, match=f"sweep.json is not a sweep index megadepth wrote: {re.escape(says)}"):
+            report(alone)

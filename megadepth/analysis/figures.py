@@ -16,7 +16,6 @@ from megadepth.analysis.runs import Roles
 from megadepth.analysis.table import show_number
 from megadepth.analysis.transfer import curve_label, measured_transfer, show
 from megadepth.common.io import save_figure
-from megadepth.common.typed_yaml import leaf
 from megadepth.sweep.spec import label_name
 
 MIN_SPAN = 0.1
@@ -168,7 +167,7 @@ def plot_transfer(result: dict[str, Any], roles: Roles, out: Path, title: str) -
     fig.legend(handles, texts, loc="outside lower center", ncol=key_cols, fontsize=8, frameon=False)
     fig.set_size_inches(5.2 * ncols, 4.2 * nrows + 0.4 + 0.2 * math.ceil(len(handles) / key_cols))
     # wrapped to the figure's width (at 9 points ~15 average characters per inch; 13 leaves room)
-    curves = f", one curve per {leaf(roles.curve)}" if roles.curve else ""
+    curves = f", one curve per {label_name(roles.curve)}" if roles.curve else ""
     fig.suptitle(textwrap.fill(f"{title}: {roles.metric} vs log2 {roles.x}{curves}", width=int(13 * 5.2 * ncols),
                                break_long_words=True), fontsize=9)
     return save_figure(fig, out)
@@ -187,7 +186,7 @@ def plot_loss_vs_depth(result: dict[str, Any], roles: Roles, out: Path, title: s
         return None
     fig, ax = plt.subplots(figsize=(6.8, 5.0), dpi=110, layout="constrained")
     cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    curve_name, xname = leaf(roles.curve), label_name(roles.x)
+    curve_name, xname = label_name(roles.curve), label_name(roles.x)
     values: list[float] = []  # every finite value drawn, for the y range
     diverged: list[tuple[float, Any]] = []
     handles: list[Any] = []  # the key's entries, and their texts

@@ -14,7 +14,7 @@ import yaml
 from megadepth.common.errors import ConfigError
 from megadepth.common.typed_yaml import flatten, section
 from megadepth.sweep.spec import METRICS, NON_RESULT_KEYS, NON_RESULT_SECTIONS
-from megadepth.sweep.state import as_float, read_json, read_state
+from megadepth.sweep.state import STATUSES, as_float, read_json, read_state
 
 BLOWN_UP = 2.0
 """A finished run whose loss exceeds this many times ln(vocab_size), the loss of a uniform guess, blew
@@ -57,6 +57,7 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
         raise ConfigError(f"report: {root} is not a directory")
     index = read_json(root / "sweep.json")
     if index is not None and isinstance(index.get("runs"), list):
+        _check_index(root / "sweep.json", index)
         run_root = root / "runs"
         meta = {"name": index.get("name", root.name), "axes": list(index.get("axes", [])),
                 "report": dict(index.get("report") or {}), "metric": index.get("metric"), "source": "sweep.json"}
@@ -71,14 +72,15 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
     runs: list[Run] = []
     from_index = 0
     for rid, point in entries:
-        if not (run_root / rid).is_dir() and recorded.get(rid, {}).get("status") in ("completed", "diverged"):
+        if not (run_root / rid).is_dir() and recorded.get(rid, {}).get("status") in ("completed", "diverged", "failed"):
             runs.append(_recorded_run(rid, point, recorded[rid]))
             from_index += 1
             continue
         state = read_state(run_root / rid, rid)
         runs.append(Run(rid, point, state.status, math.nan, state.error, state.summary))
     if from_index:
-        meta["source"] = f"sweep.json ({from_index} run(s) from its recorded results: their directories are absent)"
+        meta["source"] = (f"sweep.json ({from_index} run(s) from its recorded results: their directories are "
+                          "absent, so a finite loss above ln(vocab_size) cannot be checked)")
     metric_name = metric or meta.get("metric")
     if metric_name is None:  # a plain directory: eval loss where runs have it, else train loss
         has_eval = any(math.isfinite(as_float(r.summary.get("final_eval_loss"))) for r in runs
@@ -103,10 +105,26 @@ def load_runs(root: Path, metric: str | None) -> tuple[list[Run], dict[str, Any]
     return runs, meta
 
 
+def _check_index(path: Path, index: dict[str, Any]) -> None:
+    """A sweep.json the report can read: a clear error for a hand-edited or corrupt one, not a traceback."""
+    problems = []
+    if not isinstance(index.get("axes", []), list):
+        problems.append("'axes' is not a list")
+    if not isinstance(index.get("report") or {}, dict):
+        problems.append("'report' is not a mapping")
+    for k, entry in enumerate(index["runs"]):
+        if not isinstance(entry, dict) or not isinstance(entry.get("point", {}), dict):
+            problems.append(f"runs[{k}] is not a run (a mapping with 'id' and a 'point' mapping)")
+        elif "status" in entry and entry["status"] not in STATUSES:
+            problems.append(f"runs[{k}] has status {entry['status']!r} (one of {', '.join(STATUSES)})")
+    if problems:
+        raise ConfigError(f"report: {path} is not a sweep index megadepth wrote: {'; '.join(problems[:3])}")
+
+
 def _recorded_run(rid: str, point: dict[str, Any], entry: dict[str, Any]) -> Run:
     """A run known only from sweep.json (its directory not copied, as for a sweep's published results): the
-    status and metrics the sweep recorded when the run ended (no config to read: the blown-up check against
-    ln(vocab_size) is the one the sweep's runs already passed or not)."""
+    status, error and metrics the sweep recorded when the run ended. Without its config the blown-up check
+    against ln(vocab_size) cannot be made (the report's source says so)."""
     status = str(entry["status"])
     summary = {k: entry[k] for k in (*METRICS, "steps", "tokens", "wall_s") if k in entry}
     return Run(rid, point, status, math.nan, entry.get("error"), summary)

@@ -9,7 +9,6 @@ from typing import Any
 from megadepth.analysis.fitting import INTERVAL_LEVEL, Optimum
 from megadepth.analysis.runs import Roles, Run
 from megadepth.analysis.transfer import FINISHED, curve_label, measured_transfer, show
-from megadepth.common.typed_yaml import leaf
 from megadepth.sweep.spec import label_name
 
 
@@ -26,7 +25,7 @@ def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], cou
                  runs: list[Run]) -> str:
     """The printed table (and transfer.txt): one block per panel, one row per curve, measured and
     fitted columns apart, then the runs that did not finish or blew up."""
-    curve_name, xname = leaf(roles.curve or "curve"), label_name(roles.x)
+    curve_name, xname = label_name(roles.curve or "curve"), label_name(roles.x)
 
     def role(key: str | None) -> str:
         mates = roles.linked.get(key or "", [])
@@ -106,9 +105,11 @@ def format_table(result: dict[str, Any], roles: Roles, meta: dict[str, Any], cou
                 "loss, paired)", change))
     comparisons = result.get("comparisons") or []
     if comparisons:
-        lines += ["", f"between panels at the deepest shared {curve_name}: the second's best grid loss minus the "
-                  "first's, paired by seed (below 0: the second trains better at its own best LR)"]
-        lines += ["  " + _difference_text(f"{c['b']} - {c['a']} at {curve_name} {show(c['curve'])}", c)
+        where = f" at the last {curve_name} both have" if roles.curve else ""
+        lines += ["", f"between panels{where}: 'A - B' is A's best grid loss minus B's, paired by seed (below 0: "
+                  "A trains better, each at its own best LR)"]
+        lines += ["  " + _difference_text(f"{c['b']} - {c['a']}" + (f" at {curve_name} {show(c['curve'])}"
+                                                                   if roles.curve else ""), c)
                   for c in comparisons]
     table = "\n".join(lines)
     not_finished = [r for r in runs if r.status not in FINISHED]
@@ -137,7 +138,7 @@ def _difference_text(what: str, diff: dict[str, Any]) -> str:
     if iv is None:
         return f"{what}: {diff['note']}"
     return (f"{what}: {iv['mean']:+.4f}, {iv['level']:.0%} interval [{iv['low']:+.4f}, {iv['high']:+.4f}] "
-            f"(Student t, {iv['n']} seeds, t = {iv['t']:.2f})")
+            f"(Student t, {iv['n']} seeds, t = {iv['t']:.2f})" + (f"; {diff['note']}" if diff["note"] else ""))
 
 
 def to_json(result: dict[str, Any], roles: Roles, meta: dict[str, Any], counts: dict[str, int],

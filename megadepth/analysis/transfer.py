@@ -20,6 +20,7 @@ from megadepth.analysis.fitting import (
 from megadepth.analysis.runs import Roles, Run, hashable
 from megadepth.common.errors import ConfigError
 from megadepth.common.typed_yaml import leaf
+from megadepth.sweep.spec import label_name
 
 FINISHED = ("completed", "diverged")
 
@@ -33,9 +34,9 @@ def curve_label(roles: Roles, curve: dict[str, Any], *, with_name: bool = True) 
     """A curve's name: its value of the curve key and of the keys linked to it ("width 32, heads 4")."""
     if not roles.curve:
         return "runs"
-    name = leaf(roles.curve)
+    name = label_name(roles.curve)
     parts = [f"{name} {show(curve['curve'])}" if with_name else show(curve["curve"])]
-    parts += [f"{leaf(k)} {show(v)}" for k, v in (curve.get("linked") or {}).items()]
+    parts += [f"{label_name(k)} {show(v)}" for k, v in (curve.get("linked") or {}).items()]
     return ", ".join(parts)
 
 
@@ -93,7 +94,7 @@ def analyse(runs: list[Run], roles: Roles, window: int = 3) -> dict[str, Any]:
             first = next(r for rs in by_x.values() for r in rs)
             curves.append({"curve": cval, "linked": {k: first.point.get(k) for k in roles.linked.get(roles.curve or "", [])},
                            "points": points, "optimum": opt})
-        label = ", ".join(show(v) if leaf(a) == "name" else f"{leaf(a)}={show(v)}"
+        label = ", ".join(show(v) if leaf(a) == "name" else f"{label_name(a)}={show(v)}"
                           for a, v in panel_values[pkey].items())
         panels.append({"panel": panel_values[pkey], "label": label or "all runs", "curves": curves,
                        **_transfer(curves), "best_change": best_change(curves)})
@@ -246,41 +247,48 @@ def transfer_intervals(ref: dict[str, Any], last: dict[str, Any],
     return out
 
 
-def seed_bests(curve: dict[str, Any]) -> tuple[dict[Any, float], str]:
-    """Each seed's lowest finished loss over the curve's grid (its own best LR, not fitted), and why a seed
-    is left out: a seed needs a finished run at every grid value, or its best would be over fewer LRs."""
+def seed_bests(curve: dict[str, Any]) -> tuple[dict[Any, float], dict[Any, str]]:
+    """Each seed's lowest finished loss over the curve's grid (its own best LR, not fitted), and why each
+    other seed is left out: it needs one finished run at every grid value (else its best would be over
+    fewer LRs) and a finite loss at one of them."""
     per_seed: dict[Any, list[float]] = {}
     for p in curve["points"]:
         for r in p["seeds"]:
             value = r["value"] if r["status"] in FINISHED else math.nan
             per_seed.setdefault(hashable(r["seed"]), []).append(value)
-    out, why = {}, ""
+    out: dict[Any, float] = {}
+    left_out: dict[Any, str] = {}
     n_points = len(curve["points"])
     for seed, values in per_seed.items():
-        if len(values) != n_points or any(math.isnan(v) for v in values) or not any(math.isfinite(v) for v in values):
-            why = f"seed {show(seed)} has no finished run at every grid value"
-            continue
-        out[seed] = min(v for v in values if math.isfinite(v))
-    return out, why
+        if len(values) > n_points:
+            left_out[seed] = "more than one run at a grid value"
+        elif len(values) < n_points or any(math.isnan(v) for v in values):
+            left_out[seed] = "no finished run at some grid value"
+        elif not any(math.isfinite(v) for v in values):
+            left_out[seed] = "diverged at every grid value"
+        else:
+            out[seed] = min(v for v in values if math.isfinite(v))
+    return out, left_out
 
 
 def paired_difference(a: dict[str, Any], b: dict[str, Any], level: float = INTERVAL_LEVEL) -> dict[str, Any]:
     """Seed by seed, curve ``b``'s best grid loss minus curve ``a``'s, and a Student-t interval over the
-    differences: do the two reach different losses, each at its own best LR? None (the note says why)
-    unless both curves have the same 2 or more seeds."""
-    lo, why_a = seed_bests(a)
-    hi, why_b = seed_bests(b)
-    out: dict[str, Any] = {"method": "student-t over each seed's best-grid-loss difference, paired by seed",
-                           "interval": None, "seeds": [], "note": ""}
-    if why_a or why_b or set(lo) != set(hi):
-        out["note"] = "no interval: " + (why_a or why_b or "the two curves do not have the same seeds")
-        return out
-    diffs = {seed: hi[seed] - lo[seed] for seed in lo}
-    out["seeds"] = [{"seed": seed, "difference": d} for seed, d in diffs.items()]
-    out["interval"] = seed_interval(list(diffs.values()), level)
-    if out["interval"] is None:
-        out["note"] = f"no interval: {len(diffs)} seed(s) (at least 2 needed)"
-    return out
+    differences of the seeds both curves have a best for: do the two reach different losses, each at its
+    own best LR? The note names every seed left out and why; no interval below 2 seeds."""
+    lo, out_a = seed_bests(a)
+    hi, out_b = seed_bests(b)
+    seeds = [seed for seed in lo if seed in hi]
+    reasons = {**{s: f"{r} at {show(a['curve'])}" for s, r in out_a.items()},
+               **{s: f"{r} at {show(b['curve'])}" for s, r in out_b.items()}}
+    reasons.update({s: "not on both curves" for s in (set(lo) ^ set(hi)) if s not in reasons})
+    diffs = {seed: hi[seed] - lo[seed] for seed in seeds}
+    interval = seed_interval(list(diffs.values()), level)
+    notes = [f"seed {show(s)} left out ({r})" for s, r in sorted(reasons.items(), key=lambda kv: str(kv[0]))]
+    if interval is None:
+        notes.insert(0, f"no interval: {len(diffs)} seed(s) with a best on both curves (at least 2 needed)")
+    return {"method": "student-t over each seed's best-grid-loss difference, paired by seed",
+            "interval": interval, "seeds": [{"seed": s, "difference": d} for s, d in diffs.items()],
+            "note": "; ".join(notes)}
 
 
 def best_change(curves: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -293,11 +301,14 @@ def best_change(curves: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def compare_panels(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Between every two panels (parametrizations), at the last curve value they share: the second's best
-    grid loss minus the first's, paired by seed (which parametrization trains the deepest model best)."""
+    """Between two panels that differ in one panel axis (parametrizations), at the last curve value they
+    share: the second's best grid loss minus the first's, paired by seed (which parametrization trains the
+    deepest model best)."""
     out = []
     for i, a in enumerate(panels):
         for b in panels[i + 1:]:
+            if sum(a["panel"].get(k) != v for k, v in b["panel"].items()) != 1:
+                continue  # two panel axes: compare along one at a time, not width 64's sp with width 128's completep
             by_a = {c["curve"]: c for c in a["curves"]}
             shared = [c for c in b["curves"] if c["curve"] in by_a]
             if not shared:

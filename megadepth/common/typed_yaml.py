@@ -181,24 +181,27 @@ def suggest(key: str, candidates: Iterable[str]) -> str:
 
 
 def _nested(key: str, candidates: list[str]) -> list[str]:
-    """Keys (or sections) that ``key`` names with its outer sections left off or its dots written as
-    underscores: 'muon.lr', 'optimizer.muon_lr', 'optimizer.muonlr' -> 'optimizer.muon.lr'; a top-level
-    'muon' -> the section 'optimizer.muon'. A single word that is a leaf is left to :func:`suggest`'s own
-    rules ('seed' -> 'train.seed')."""
+    """Keys (or sections) that ``key`` names with its outer section left off or wrong, or its dots written
+    as underscores: 'muon.lr', 'train.muon.lr', 'optimizer.muon_lr', 'optimizer_lr', 'muonlr' ->
+    'optimizer.muon.lr' / 'optimizer.lr'; a nested section's name alone ('muon') -> 'optimizer.muon'. A single
+    word that is a leaf is left to :func:`suggest`'s own rules ('seed' -> 'train.seed')."""
     def squash(text: str) -> str:
         return text.replace(".", "").replace("_", "").lower()
 
-    found: list[str] = []
-    for spelled in dict.fromkeys((key, key.replace("_", "."))):
-        if "." in spelled:
-            found += [c for c in candidates if c.endswith("." + spelled)]
-    if "." in key:
-        found += [c for c in candidates if squash(c) == squash(key)]
-    else:  # a nested section's name on its own
+    lowered = key.lower()
+    found = [c for c in candidates if squash(c) == squash(key)]
+    for spelled in dict.fromkeys((lowered, lowered.replace("_", "."))):
+        parts = spelled.split(".")
+        for start in range(len(parts) - 1):  # endings of two parts or more: 'muon.lr' of 'train.muon.lr'
+            ending = ".".join(parts[start:])
+            found += [c for c in candidates if c.endswith("." + ending)]
+            if found:
+                break
+    if "." not in key:  # a nested section's name on its own
         for c in candidates:
             parts = c.split(".")
-            if key in parts[1:-1]:
-                found.append(".".join(parts[: parts.index(key, 1) + 1]))
+            if lowered in parts[1:-1]:
+                found.append(".".join(parts[: parts.index(lowered, 1) + 1]))
     return list(dict.fromkeys(found))
 
 
