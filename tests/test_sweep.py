@@ -520,6 +520,20 @@ def test_the_large_muon_grid_is_the_large_cpu_grid_under_muon() -> None:
     assert ours.model.model_copy(update={"depth": 2}) == theirs.model.model_copy(update={"depth": 2})
 
 
+def test_the_held_adamw_probe_is_the_large_muon_grid_at_depth_2() -> None:
+    """configs/sweeps/cpu_transfer_large_muon_held.yaml: the large Muon grid's depth-2 model, data and budget,
+    sweeping only the Muon matrices' LR while the AdamW roles hold optimizer.lr = 2^-8."""
+    root = Path(__file__).resolve().parent.parent / "configs" / "sweeps"
+    held = expand(load_spec(root / "cpu_transfer_large_muon_held.yaml"))
+    grid = expand(load_spec(root / "cpu_transfer_large_muon.yaml"))
+    assert len(held) == 15 and {p.config.optimizer.lr for p in held} == {2.0 ** -8}
+    assert sorted({p.config.optimizer.muon.lr for p in held}) == [2.0 ** k for k in range(-8, -3)]
+    twin = next(p for p in grid if p.values["model.depth"] == 2).config
+    ours = held[0].config
+    assert (ours.model, ours.train.model_copy(update={"seed": 1}), ours.data, ours.schedule) == (
+        twin.model, twin.train.model_copy(update={"seed": 1}), twin.data, twin.schedule)
+
+
 def test_spec_differences_compare_resolved_configs() -> None:
     """The base config is compared as validated configs: a spelled-out default is no change, a key that
     does not change results is ignored; when the old point is not valid under the new config the raw

@@ -16,6 +16,11 @@ RENAMED_KEYS = {"model.activation": "model.mlp", "model.rotary_base": "model.rop
 """Older spellings still accepted (configs and run directories of earlier versions) -> the key now read."""
 
 
+def _as_yaml_value(value: Any) -> str:
+    """A default as a ``--set`` value reads it back: null, true, 0.95, spectral."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def _accepts_bool(annotation: Any) -> bool:
     """Whether a field's annotation admits a boolean (bool itself, or a union/Literal containing one)."""
     if annotation is bool:
@@ -356,8 +361,7 @@ class OptimizerConfig(Section):
             default = MuonConfig()
             changed = [k for k in MuonConfig.model_fields if getattr(self.muon, k) != getattr(default, k)]
             keys = ", ".join(f"optimizer.muon.{k}" for k in changed)
-            unset = " ".join(f"--set optimizer.muon.{k}={json.dumps(getattr(default, k)).strip(chr(34))}"
-                             for k in changed)  # null, true, 0.95, spectral
+            unset = " ".join(f"--set optimizer.muon.{k}={_as_yaml_value(getattr(default, k))}" for k in changed)
             raise ValueError(f"optimizer.muon has no effect with optimizer.name: {self.name} (set: {keys}); set "
                              f"optimizer.name: muon, or drop it (from the command line: {unset})")
         return self
